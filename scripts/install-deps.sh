@@ -1,0 +1,30 @@
+#!/bin/sh
+# Installs the Debian 12 packages nilbox needs to build, test and run.
+# Idempotent: installs only what is missing; runs `apt-get update` only when needed.
+set -eu
+
+PKGS="build-essential pkg-config meson ninja-build clang llvm libclang-rt-14-dev clang-format
+libuv1-dev libssl-dev node-llhttp libjansson-dev libsqlite3-dev sqlite3 libsodium-dev
+libsecret-1-dev curl ca-certificates openssl python3 python3-requests python3-httpx
+python3-websocket nodejs openssh-client qemu-system-x86 qemu-utils busybox-static nftables
+cpio xz-utils zstd kmod e2fsprogs file"
+
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "nilbox: need root or sudo to install:$missing" >&2; exit 1; }
+    SUDO="sudo"
+fi
+echo "nilbox: installing Debian packages:$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+# A fresh machine has empty lists; a stale one may 404. Update first, once.
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,135 @@
+#include "lib/buf.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "lib/err.h"
+
+int nb_iov_eq(nb_iov_t a, const char *s)
+{
+    size_t n = strlen(s);
+    return a.len == n && (n == 0 || memcmp(a.p, s, n) == 0);
+}
+
+int nb_iov_eq_nocase(nb_iov_t a, const char *s)
+{
+    size_t n = strlen(s);
+    if (a.len != n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = a.p[i], y = (unsigned char)s[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (unsigned char)(x + 32);
+        if (y >= 'A' && y <= 'Z')
+            y = (unsigned char)(y + 32);
+        if (x != y)
+            return 0;
+    }
+    return 1;
+}
+
+void nb_buf_init(nb_buf_t *b, size_t max)
+{
+    b->p = NULL;
+    b->len = b->cap = 0;
+    b->max = max;
+}
+
+void nb_buf_free(nb_buf_t *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+void nb_buf_wipe_free(nb_buf_t *b)
+{
+    if (b->p)
+        sodium_memzero(b->p, b->cap);
+    nb_buf_free(b);
+}
+
+int nb_buf_reserve(nb_buf_t *b, size_t n)
+{
+    /* +1 keeps room for nb_buf_cstr's terminator. */
+    if (n > b->max - b->len)
+        return NB_ETOOBIG;
+    size_t need = b->len + n + 1;
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < need)
+        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    if (b->max < SIZE_MAX && cap > b->max + 1)
+        cap = b->max + 1;
+    uint8_t *np = realloc(b->p, cap);
+    if (!np)
+        return -ENOMEM;
+    b->p = np;
+    b->cap = cap;
+    return 0;
+}
+
+int nb_buf_append(nb_buf_t *b, const void *p, size_t n)
+{
+    int r;
+    if (n == 0)
+        return 0;
+    if ((r = nb_buf_reserve(b, n)) < 0)
+        return r;
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+int nb_buf_append_str(nb_buf_t *b, const char *s)
+{
+    return nb_buf_append(b, s, strlen(s));
+}
+
+int nb_buf_vprintf(nb_buf_t *b, const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0)
+        return NB_EINVAL;
+    int r = nb_buf_reserve(b, (size_t)n);
+    if (r < 0)
+        return r;
+    vsnprintf((char *)b->p + b->len, (size_t)n + 1, fmt, ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int nb_buf_printf(nb_buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = nb_buf_vprintf(b, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+void nb_buf_consume(nb_buf_t *b, size_t n)
+{
+    if (n >= b->len) {
+        b->len = 0;
+        return;
+    }
+    memmove(b->p, b->p + n, b->len - n);
+    b->len -= n;
+}
+
+char *nb_buf_cstr(nb_buf_t *b)
+{
+    if (!b->p && nb_buf_reserve(b, 0) < 0)
+        return NULL;
+    b->p[b->len] = '\0';
+    return (char *)b->p;
+}

@@ -1,0 +1,70 @@
+/* Byte slices and capped growable buffers.
+ *
+ * Every buffer fed by a peer has an explicit cap (`max`): appends that
+ * would exceed it fail with NB_ETOOBIG and leave the buffer unchanged. */
+#ifndef NB_BUF_H
+#define NB_BUF_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A borrowed view of wire data; never assumed NUL-terminated. */
+typedef struct {
+    const uint8_t *p;
+    size_t len;
+} nb_iov_t;
+
+#define NB_IOV_STR(s) ((nb_iov_t){(const uint8_t *)(s), sizeof(s) - 1})
+
+static inline nb_iov_t nb_iov(const void *p, size_t len)
+{
+    return (nb_iov_t){(const uint8_t *)p, len};
+}
+
+/* Case-sensitive / ASCII case-insensitive comparison with a C string. */
+int nb_iov_eq(nb_iov_t a, const char *s);
+int nb_iov_eq_nocase(nb_iov_t a, const char *s);
+
+typedef struct {
+    uint8_t *p; /* owned; NULL until the first append */
+    size_t len; /* bytes in use */
+    size_t cap; /* bytes allocated */
+    size_t max; /* hard cap on len */
+} nb_buf_t;
+
+/* Empty buffer that may grow to `max` bytes. Allocates nothing. */
+void nb_buf_init(nb_buf_t *b, size_t max);
+
+/* Frees the storage (wiping it first with nb_buf_wipe_free) and resets to empty. */
+void nb_buf_free(nb_buf_t *b);
+void nb_buf_wipe_free(nb_buf_t *b);
+
+/* Ensures room for `n` more bytes. 0, NB_ETOOBIG or -ENOMEM. */
+int nb_buf_reserve(nb_buf_t *b, size_t n);
+
+/* Appends. 0, NB_ETOOBIG or -ENOMEM; on error the buffer is unchanged. */
+int nb_buf_append(nb_buf_t *b, const void *p, size_t n);
+int nb_buf_append_str(nb_buf_t *b, const char *s);
+int nb_buf_printf(nb_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int nb_buf_vprintf(nb_buf_t *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
+/* Drops the first `n` bytes (n <= len). */
+void nb_buf_consume(nb_buf_t *b, size_t n);
+
+/* Keeps storage, sets len to 0. */
+static inline void nb_buf_reset(nb_buf_t *b)
+{
+    b->len = 0;
+}
+
+/* NUL-terminates without counting the NUL in len; returns p (never NULL on
+ * success) or NULL on cap/alloc failure. */
+char *nb_buf_cstr(nb_buf_t *b);
+
+static inline nb_iov_t nb_buf_iov(const nb_buf_t *b)
+{
+    return (nb_iov_t){b->p, b->len};
+}
+
+#endif

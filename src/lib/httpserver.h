@@ -1,0 +1,107 @@
+/* HTTP/1.1 server on libuv (used by the daemon API; the egress proxy reuses
+ * the parser in http.h). One loop thread; all functions below belong to it.
+ *
+ * Requests are parsed by llhttp in strict mode plus our own header-block
+ * validation (http.h). Bodies are buffered up to `max_body`; keep-alive and
+ * pipelining are supported (responses go out in request order). Every
+ * connection has an idle timeout and a per-request total timeout. A request
+ * that breaks a rule gets a JSON 4xx ({"error","message"}) and the
+ * connection is closed; the server keeps serving others. */
+#ifndef NB_HTTPSERVER_H
+#define NB_HTTPSERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "lib/buf.h"
+
+typedef struct nb_httpd nb_httpd_t;
+typedef struct nb_httpd_req nb_httpd_req_t;
+typedef struct nb_ws nb_ws_t;
+
+typedef struct {
+    size_t max_start_line;       /* default 8 KiB */
+    size_t max_header_bytes;     /* whole header block, default 32 KiB */
+    size_t max_headers;          /* count, default 100 */
+    size_t max_body;             /* default 1 MiB */
+    size_t max_conns;            /* default 256; extra connections are closed at once */
+    uint64_t idle_timeout_ms;    /* no bytes in either direction; default 60 s */
+    uint64_t request_timeout_ms; /* first byte to complete request; default 30 s */
+} nb_httpd_cfg_t;
+
+/* Fills `cfg` with the defaults above. */
+void nb_httpd_cfg_default(nb_httpd_cfg_t *cfg);
+
+/* Called once per complete, validated request. The handler must call
+ * nb_httpd_respond() exactly once (now or later, e.g. after thread-pool
+ * work) or nb_httpd_ws_accept(). `req` stays valid until then. */
+typedef void (*nb_httpd_handler_fn)(nb_httpd_req_t *req, void *ud);
+
+/* Creates a server on `loop`. `cfg` may be NULL for defaults. */
+int nb_httpd_new(uv_loop_t *loop, const nb_httpd_cfg_t *cfg, nb_httpd_handler_fn on_request,
+                 void *ud, nb_httpd_t **out);
+
+/* Listens on a Unix socket at `path` (an existing socket file is replaced)
+ * and chmods it to `mode` (e.g. 0600). */
+int nb_httpd_listen_unix(nb_httpd_t *srv, const char *path, int mode);
+
+/* Listens on TCP `ip`:`port` (port 0 picks one); the bound port goes to
+ * *bound_port when not NULL. */
+int nb_httpd_listen_tcp(nb_httpd_t *srv, const char *ip, int port, int *bound_port);
+
+/* Stops listening, closes all connections (WebSockets get close 1001) and
+ * frees the server once every handle is closed; then calls `done` if not
+ * NULL. Safe with pending handler calls: their later respond() is dropped. */
+void nb_httpd_close(nb_httpd_t *srv, void (*done)(void *ud), void *ud);
+
+/* --- request accessors (all borrow from req; valid until respond) --- */
+const char *nb_httpd_req_method(const nb_httpd_req_t *req); /* "GET" */
+const char *nb_httpd_req_path(const nb_httpd_req_t *req);   /* "/v1/vms", no query */
+const char *nb_httpd_req_query(const nb_httpd_req_t *req);  /* after '?', or "" */
+/* Value of the first header named `name` (case-insensitive), or NULL. */
+const char *nb_httpd_req_header(const nb_httpd_req_t *req, const char *name);
+nb_iov_t nb_httpd_req_body(const nb_httpd_req_t *req);
+/* 1 when the request came over a Unix socket, 0 over TCP. */
+int nb_httpd_req_is_unix(const nb_httpd_req_t *req);
+uint64_t nb_httpd_req_conn_id(const nb_httpd_req_t *req);
+
+/* Adds a response header for this request's response (copied). Headers
+ * containing CR or LF are refused with NB_EINVAL. */
+int nb_httpd_add_header(nb_httpd_req_t *req, const char *name, const char *value);
+
+/* Sends the response (adds Content-Length, Date, and security headers set
+ * with nb_httpd_set_default_headers) and releases `req`. */
+int nb_httpd_respond(nb_httpd_req_t *req, int status, const char *content_type, const void *body,
+                     size_t len);
+
+/* Convenience: JSON error body {"error": code, "message": msg}. */
+int nb_httpd_respond_error(nb_httpd_req_t *req, int status, const char *code, const char *msg);
+
+/* Headers added to every response of this server (e.g. CSP); copied. */
+int nb_httpd_set_default_header(nb_httpd_t *srv, const char *name, const char *value);
+
+/* --- WebSocket (RFC 6455, server side) --- */
+typedef struct {
+    /* A complete (reassembled) message; `text` is 1 for text frames (UTF-8
+     * validated). Data is borrowed for the duration of the call. */
+    void (*on_message)(nb_ws_t *ws, int text, const uint8_t *data, size_t len, void *ud);
+    /* The connection is gone (peer close, error, server close). Called once;
+     * `ws` must not be used afterwards. */
+    void (*on_close)(nb_ws_t *ws, int code, void *ud);
+    size_t max_message; /* default 1 MiB; larger messages close with 1009 */
+} nb_ws_cbs_t;
+
+/* Accepts a WebSocket upgrade for `req` (checks Upgrade, Connection,
+ * Sec-WebSocket-Version 13 and Key; answers 400 otherwise and returns
+ * NB_EPROTO). `req` is released either way. */
+int nb_httpd_ws_accept(nb_httpd_req_t *req, const nb_ws_cbs_t *cbs, void *ud, nb_ws_t **out);
+
+/* Queues a message. Fails with NB_ETOOBIG when more than the send cap
+ * (default 4 MiB) is queued: slow consumers are not allowed to grow memory. */
+int nb_ws_send(nb_ws_t *ws, int text, const void *data, size_t len);
+
+/* Starts the close handshake; on_close follows. */
+void nb_ws_close(nb_ws_t *ws, int code, const char *reason);
+
+#endif

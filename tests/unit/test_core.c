@@ -1,0 +1,105 @@
+/* Unit tests for src/lib: err, log, buf, json. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "lib/buf.h"
+#include "lib/err.h"
+#include "lib/json.h"
+#include "lib/log.h"
+#include "nbtest.h"
+
+static void test_err(void)
+{
+    NB_CHECK_STR(nb_errname(NB_EPROTO), "NB_EPROTO");
+    NB_CHECK_STR(nb_strerror(NB_ETOOBIG), "input exceeds its size cap");
+    NB_CHECK_STR(nb_errname(-ENOENT), "ENOENT");
+    NB_CHECK(strlen(nb_strerror(-EACCES)) > 0);
+    NB_CHECK_STR(nb_strerror(0), "success");
+    NB_CHECK_STR(nb_errname(-99999), "EUNKNOWN");
+}
+
+static void test_buf_cap(void)
+{
+    nb_buf_t b;
+    nb_buf_init(&b, 10);
+    NB_CHECK_EQ_INT(nb_buf_append(&b, "12345", 5), 0);
+    NB_CHECK_EQ_INT(nb_buf_append(&b, "678901", 6), NB_ETOOBIG);
+    NB_CHECK_EQ_INT(b.len, 5); /* unchanged on failure */
+    NB_CHECK_EQ_INT(nb_buf_append(&b, "67890", 5), 0);
+    NB_CHECK_STR(nb_buf_cstr(&b), "1234567890");
+    nb_buf_consume(&b, 3);
+    NB_CHECK_STR(nb_buf_cstr(&b), "4567890");
+    NB_CHECK_EQ_INT(nb_buf_printf(&b, "%d", 123), 0);
+    NB_CHECK_EQ_INT(nb_buf_printf(&b, "%d", 4567), NB_ETOOBIG);
+    NB_CHECK_STR(nb_buf_cstr(&b), "4567890123");
+    nb_buf_wipe_free(&b);
+    NB_CHECK(b.p == NULL && b.len == 0);
+
+    nb_buf_init(&b, SIZE_MAX);
+    NB_CHECK_EQ_INT(nb_buf_append_str(&b, "x"), 0);
+    NB_CHECK_EQ_INT(nb_buf_reserve(&b, SIZE_MAX), NB_ETOOBIG);
+    nb_buf_free(&b);
+    nb_buf_free(&b); /* free twice is a no-op */
+}
+
+static void test_iov(void)
+{
+    NB_CHECK(nb_iov_eq(NB_IOV_STR("abc"), "abc"));
+    NB_CHECK(!nb_iov_eq(NB_IOV_STR("abc"), "abcd"));
+    NB_CHECK(nb_iov_eq_nocase(NB_IOV_STR("Content-LENGTH"), "content-length"));
+    NB_CHECK(!nb_iov_eq_nocase(NB_IOV_STR("Host"), "hosts"));
+}
+
+static void test_log_escape(void)
+{
+    char out[32];
+    NB_CHECK_STR(nb_log_escape(out, sizeof out, "a\x1b]52;c\n", 8), "a\\x1b]52;c\\x0a");
+    NB_CHECK_STR(nb_log_escape(out, 8, "abcdefghijkl", 12), "abcd...");
+    nb_log_escape(out, sizeof out, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 44);
+    NB_CHECK(strlen(out) < sizeof out);
+    NB_CHECK(strstr(out, "...") != NULL);
+    NB_CHECK(nb_log_next_conn_id() != nb_log_next_conn_id());
+}
+
+static void test_json(void)
+{
+    json_t *j = NULL;
+    char err[128];
+    NB_CHECK_EQ_INT(
+        nb_json_parse(NB_IOV_STR("{\"a\":\"x\",\"n\":3,\"b\":true}"), &j, err, sizeof err), 0);
+    NB_CHECK_STR(nb_json_str(j, "a"), "x");
+    NB_CHECK_EQ_INT(nb_json_int(j, "n", -1), 3);
+    NB_CHECK_EQ_INT(nb_json_int(j, "a", -1), -1);
+    NB_CHECK_EQ_INT(nb_json_bool(j, "b", 0), 1);
+    nb_buf_t b;
+    nb_buf_init(&b, 1024);
+    NB_CHECK_EQ_INT(nb_json_dump(j, &b), 0);
+    NB_CHECK(b.len > 10);
+    nb_buf_free(&b);
+    nb_buf_init(&b, 4);
+    NB_CHECK(nb_json_dump(j, &b) < 0);
+    NB_CHECK_EQ_INT(b.len, 0);
+    nb_buf_free(&b);
+    json_decref(j);
+
+    NB_CHECK_EQ_INT(nb_json_parse(NB_IOV_STR("{\"a\":1,\"a\":2}"), &j, err, sizeof err), NB_EPARSE);
+    NB_CHECK(j == NULL);
+    NB_CHECK_EQ_INT(nb_json_parse(NB_IOV_STR("{\"a\":"), &j, err, sizeof err), NB_EPARSE);
+    NB_CHECK(strstr(err, "invalid JSON") != NULL);
+    NB_CHECK_EQ_INT(nb_json_parse(NB_IOV_STR("\"a\\u0000b\""), &j, NULL, 0), NB_EPARSE);
+    char deep[200];
+    memset(deep, '[', 100);
+    memset(deep + 100, ']', 100);
+    NB_CHECK_EQ_INT(nb_json_parse(nb_iov(deep, sizeof deep), &j, err, sizeof err), NB_EPARSE);
+}
+
+int main(void)
+{
+    NB_RUN(test_err);
+    NB_RUN(test_buf_cap);
+    NB_RUN(test_iov);
+    NB_RUN(test_log_escape);
+    NB_RUN(test_json);
+    NB_TEST_MAIN_END();
+}
