@@ -7,7 +7,7 @@ PKGS="build-essential pkg-config meson ninja-build clang llvm libclang-rt-14-dev
 libuv1-dev libssl-dev node-llhttp libjansson-dev libsqlite3-dev sqlite3 libsodium-dev
 libsecret-1-dev curl ca-certificates openssl python3 python3-requests python3-httpx
 python3-websocket nodejs openssh-client qemu-system-x86 qemu-utils busybox-static nftables
-cpio xz-utils zstd kmod e2fsprogs file"
+cpio xz-utils zstd kmod e2fsprogs file mmdebstrap dbus-daemon gnome-keyring"
 
 missing=""
 for p in $PKGS; do
@@ -15,6 +15,8 @@ for p in $PKGS; do
         missing="$missing $p"
     fi
 done
+# npm (for the Node client tests) comes with some Node.js builds; Debian packs it apart.
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 [ -z "$missing" ] && exit 0
 
 SUDO=""

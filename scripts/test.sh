@@ -81,7 +81,7 @@ if [ $QUICK = 0 ]; then
     if CC=clang build build-fuzz -Dfuzz=true -Db_lundef=false -Dbuildtype=debug; then
         record build-fuzz 0
         for t in build-fuzz/fuzz/fuzz_*; do
-            [ -x "$t" ] || continue
+            [ -f "$t" ] && [ -x "$t" ] || continue
             n=$(basename "$t")
             corpus="fuzz/corpus/${n#fuzz_}"
             work=$(mktemp -d)

@@ -94,14 +94,20 @@ typedef struct {
 
 /* Accepts a WebSocket upgrade for `req` (checks Upgrade, Connection,
  * Sec-WebSocket-Version 13 and Key; answers 400 otherwise and returns
- * NB_EPROTO). `req` is released either way. */
+ * NB_EPROTO). `req` is released either way. Headers added with
+ * nb_httpd_add_header() go into the 101 response. No callback runs inside
+ * this call: messages (even ones sent right behind the request) arrive from
+ * the loop later. On failure *out is NULL and on_close is never called; on
+ * success on_close is called exactly once, eventually. */
 int nb_httpd_ws_accept(nb_httpd_req_t *req, const nb_ws_cbs_t *cbs, void *ud, nb_ws_t **out);
 
-/* Queues a message. Fails with NB_ETOOBIG when more than the send cap
- * (default 4 MiB) is queued: slow consumers are not allowed to grow memory. */
+/* Queues a message (copied). Fails with NB_ETOOBIG when more than the send
+ * cap (4 MiB) is queued: slow consumers are not allowed to grow memory;
+ * NB_ECLOSED once closing; NB_EINVAL for text that is not UTF-8. */
 int nb_ws_send(nb_ws_t *ws, int text, const void *data, size_t len);
 
-/* Starts the close handshake; on_close follows. */
+/* Starts the close handshake (an invalid `code` becomes 1000; `reason` may
+ * be NULL); on_close follows once the peer answers or after 3 s. */
 void nb_ws_close(nb_ws_t *ws, int code, const char *reason);
 
 #endif

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Boot time of the tiny image versus a bare boot, measured in one run.
+
+For each machine type, alternating runs of:
+  bare   the same kernel + initramfs and the same QEMU command line, booted
+         with rdinit=/bench-init: an init that only loads the virtio-serial
+         driver, writes one byte to the org.nilbox.mux port and powers off;
+  tiny   the real init (busybox init, rcS, modules, ports, acpid) up to the
+         readiness marker on the same port (the --no-agent image);
+  agent  (with --agent-image and --muxc) the image with nilbox-agent: spawn to
+         the first exec (`true`) finished through the real nbmux channel,
+         i.e. boot + agent start + authenticated handshake + one stream.
+Wall time is from spawning QEMU to the byte/marker arriving on the host
+end of the channel, as seen by nb_vmrun (the VM manager's launch code).
+Prints the median of --runs runs each and the ratio tiny/bare (goal for
+`nilbox vm start` to a ready agent: <= 1.3x bare).
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run_once(vmrun, image, machine, bare, timeout):
+    d = tempfile.mkdtemp(prefix="nb-bench-boot-")
+    try:
+        argv = [vmrun, "--dir", d, "--kernel", os.path.join(image, "vmlinux"),
+                "--initrd", os.path.join(image, "initramfs.img"), "--memory", "256",
+                "--machine", machine, "--stop", "quit", "--timeout", str(timeout)]
+        if bare:
+            argv += ["--cmdline", "rdinit=/bench-init", "--wait", "byte"]
+        else:
+            argv += ["--wait", "ready"]
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           timeout=timeout + 30)
+        info = {}
+        for line in p.stdout.splitlines():
+            if line.startswith("{"):
+                info.update(json.loads(line))
+        if "ready_ms" not in info:
+            raise RuntimeError("%s %s boot failed: %s" % (machine, "bare" if bare else "tiny",
+                                                          p.stdout[-500:]))
+        return info["ready_ms"], info.get("accel", "?")
+    finally:
+        try:
+            with open(os.path.join(d, "qemu.pid")) as f:
+                os.kill(int(f.read().strip()), 9)
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run_agent_once(vmrun, muxc, image, machine, timeout):
+    """Spawn to the first exec through the agent finishing: boot, agent
+    start, nbmux handshake with the fw_cfg key, exec `true`."""
+    d = tempfile.mkdtemp(prefix="nb-bench-agent-")
+    host = None
+    try:
+        key = os.urandom(32)
+        for name in ("boot.key", "host.key"):
+            fd = os.open(os.path.join(d, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, key)
+            os.close(fd)
+        host = subprocess.Popen([muxc, "--listen", os.path.join(d, "mux.sock"), "--key-file",
+                                 os.path.join(d, "host.key"), "exec", "--", "/bin/true"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not os.path.exists(os.path.join(d, "mux.sock")):
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        subprocess.run([vmrun, "--dir", d, "--kernel", os.path.join(image, "vmlinux"),
+                        "--initrd", os.path.join(image, "initramfs.img"), "--memory", "256",
+                        "--machine", machine, "--no-mux", "--key-file",
+                        os.path.join(d, "boot.key"), "--wait", "qmp", "--stop", "none",
+                        "--timeout", str(timeout)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout + 30)
+        rc = host.wait(timeout=timeout)
+        ms = (time.monotonic() - t0) * 1000.0
+        if rc != 0:
+            raise RuntimeError("%s agent exec failed (muxc %d)" % (machine, rc))
+        return ms
+    finally:
+        if host and host.poll() is None:
+            host.kill()
+            host.wait()
+        try:
+            with open(os.path.join(d, "qemu.pid")) as f:
+                os.kill(int(f.read().strip()), 9)
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--vmrun", required=True)
+    ap.add_argument("--image", required=True, help="tiny image folder (vmlinux, initramfs.img)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--machines", default="microvm,q35")
+    ap.add_argument("--timeout", type=int, default=90)
+    ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    ap.add_argument("--agent-image", help="tiny image built with the agent (adds a column)")
+    ap.add_argument("--muxc", help="the nbmux host test client (tests/muxc)")
+    a = ap.parse_args()
+
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[0]
+    res = {"runs": a.runs, "loadavg_at_start": float(load), "machines": {}}
+    print("boot benchmark: %d runs per case, loadavg %s" % (a.runs, load), file=sys.stderr)
+    for m in a.machines.split(","):
+        bare, tiny, agent = [], [], []
+        accel = "?"
+        with_agent = bool(a.agent_image and a.muxc)
+        for i in range(a.runs):
+            # Alternate so that a change in machine load hits all alike.
+            b, accel = run_once(a.vmrun, a.image, m, True, a.timeout)
+            t, _ = run_once(a.vmrun, a.image, m, False, a.timeout)
+            bare.append(b)
+            tiny.append(t)
+            line = "  %-8s run %d: bare %7.0f ms  tiny %7.0f ms" % (m, i + 1, b, t)
+            if with_agent:
+                agent.append(run_agent_once(a.vmrun, a.muxc, a.agent_image, m, a.timeout))
+                line += "  agent exec %7.0f ms" % agent[-1]
+            print(line, file=sys.stderr)
+        mb, mt = statistics.median(bare), statistics.median(tiny)
+        r = {"accel": accel, "bare_ms": bare, "tiny_ms": tiny,
+             "bare_median_ms": mb, "tiny_median_ms": mt, "ratio": mt / mb}
+        if agent:
+            r.update({"agent_ms": agent, "agent_median_ms": statistics.median(agent),
+                      "agent_ratio": statistics.median(agent) / mb})
+        res["machines"][m] = r
+    print("%-8s %-5s %14s %14s %7s %16s %7s" % ("machine", "accel", "bare (median)",
+                                              "tiny (median)", "ratio", "agent exec (med)",
+                                              "ratio"))
+    for m, r in res["machines"].items():
+        extra = ""
+        if "agent_median_ms" in r:
+            extra = " %13.0f ms %6.2fx" % (r["agent_median_ms"], r["agent_ratio"])
+        print("%-8s %-5s %11.0f ms %11.0f ms %6.2fx%s" % (m, r["accel"], r["bare_median_ms"],
+                                                         r["tiny_median_ms"], r["ratio"], extra))
+    print("nilbox vm start -> ready agent: not measured yet (the VM manager is not in nilboxd)")
+    if a.json:
+        print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+/* libFuzzer target for the injector and the response redactor
+ * (src/daemon/egress/inject.c, redact.c).
+ *
+ * Byte 0 bit 0 picks the mode.
+ * Injector: the rest is a request, "METHOD TARGET\n" then "Name: value"
+ * lines; it is injected for several destinations (bound host over TLS and
+ * cleartext, an unbound host, a suffix-bound host, two VMs). Every secret
+ * value contains '~', which the harness removes from the input, so a '~'
+ * in the output can only come from an injection: checked against the
+ * report. The value callback checks it is only asked for bindings of the
+ * destination (A2), and the head always ends with CRLF CRLF.
+ * Redactor: the rest is split into needles and a stream; the stream is fed
+ * in pieces (byte 1 = step) and compared with a whole-buffer reference. */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "daemon/egress/hostname.h"
+#include "daemon/egress/inject.h"
+#include "daemon/egress/redact.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static nb_binding_t bind[4];
+static const char *cur_host, *cur_vm;
+
+static int get_value(void *ctx, const nb_binding_t *b, uint8_t *buf, size_t cap, size_t *len)
+{
+    (void)ctx;
+    int hm = b->host[0] == '*' ? nb_host_pattern_match(b->host, cur_host)
+                               : strcmp(b->host, cur_host) == 0;
+    if (!hm || (b->vm[0] && strcmp(b->vm, cur_vm) != 0))
+        abort(); /* A2: asked for a secret not bound to this destination */
+    static const char v[] = "val~ue/+= 1";
+    if (cap < sizeof(v) - 1)
+        abort(); /* the work area always has room for a small value */
+    memcpy(buf, v, sizeof(v) - 1);
+    *len = sizeof(v) - 1;
+    return 0;
+}
+
+static void init_bindings(void)
+{
+    static int done;
+    if (done)
+        return;
+    done = 1;
+    if (sodium_init() < 0)
+        abort();
+    nb_binding_set_header(&bind[0], "Authorization: Bearer {secret}");
+    memcpy(bind[0].secret, "KEY_A", 6);
+    memcpy(bind[0].host, "api.a.test", 11);
+    nb_binding_set_header(&bind[1], "x-k: {secret}");
+    memcpy(bind[1].secret, "KEY_B", 6);
+    memcpy(bind[1].host, "*.b.test", 9);
+    memcpy(bind[1].path_prefix, "/v1", 4);
+    memcpy(bind[1].vm, "vm1", 4);
+    memset(&bind[2], 0, sizeof(bind[2]));
+    bind[2].placement = NB_PLACE_QUERY;
+    memcpy(bind[2].secret, "KEY_C", 6);
+    memcpy(bind[2].host, "api.a.test", 11);
+    memcpy(bind[2].param, "key", 4);
+    memset(&bind[3], 0, sizeof(bind[3]));
+    bind[3].placement = NB_PLACE_BASIC;
+    memcpy(bind[3].secret, "KEY_D", 6);
+    memcpy(bind[3].host, "api.a.test", 11);
+    memcpy(bind[3].user, "u", 2);
+    bind[3].allow_cleartext = 1;
+    for (int i = 0; i < 4; i++) {
+        bind[i].id = i + 1;
+        if (nb_binding_normalize(&bind[i]) < 0)
+            abort();
+    }
+}
+
+static void fuzz_inject(const uint8_t *d, size_t n)
+{
+    char *s = malloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+        s[i] = d[i] == '~' ? '-' : (char)d[i];
+    s[n] = 0;
+    nb_inject_header_t h[32];
+    size_t nh = 0;
+    char *nl = memchr(s, '\n', n);
+    size_t l0 = nl ? (size_t)(nl - s) : n;
+    char *sp = memchr(s, ' ', l0);
+    nb_inject_req_t req;
+    memset(&req, 0, sizeof(req));
+    req.method = nb_iov(s, sp ? (size_t)(sp - s) : l0);
+    req.target = sp ? nb_iov(sp + 1, l0 - (size_t)(sp + 1 - s)) : nb_iov(s + l0, 0);
+    req.version_minor = 1;
+    char *line = nl ? nl + 1 : s + n;
+    while (line < s + n && nh < 32) {
+        char *e = memchr(line, '\n', (size_t)(s + n - line));
+        size_t len = e ? (size_t)(e - line) : (size_t)(s + n - line);
+        char *colon = memchr(line, ':', len);
+        if (colon) {
+            h[nh].name = nb_iov(line, (size_t)(colon - line));
+            char *v = colon + 1;
+            while (v < line + len && *v == ' ')
+                v++;
+            h[nh].value = nb_iov(v, (size_t)(line + len - v));
+            nh++;
+        }
+        line += len + 1;
+    }
+    req.headers = h;
+    req.nheaders = nh;
+    static const struct {
+        const char *host, *vm;
+        int tls;
+    } dests[] = {{"api.a.test", "", 1},  {"api.a.test", "", 0}, {"x.b.test", "vm1", 1},
+                 {"x.b.test", "vm2", 1}, {"evil.test", "", 1},  {"a.test", "", 1}};
+    static const char *known[] = {"KEY_A", "KEY_X"};
+    nb_inject_out_t o;
+    if (nb_inject_out_init(&o, 4096) < 0)
+        abort();
+    for (size_t i = 0; i < sizeof(dests) / sizeof(dests[0]); i++) {
+        nb_inject_dest_t dest = {dests[i].host, dests[i].vm, dests[i].tls};
+        cur_host = dests[i].host;
+        cur_vm = dests[i].vm;
+        nb_redact_t *red = NULL;
+        nb_redact_new(&red);
+        int r = nb_inject_head(&req, &dest, bind, 4, known, 2, get_value, NULL, red, &o);
+        if (r == 0) {
+            if (o.len < 4 || memcmp(o.p + o.len - 4, "\r\n\r\n", 4) != 0 || o.len > o.cap)
+                abort();
+            int tilde = memchr(o.p, '~', o.len) != NULL;
+            if (tilde && o.ninjected == 0)
+                abort(); /* a value left without being reported */
+            if (o.ninjected && (i >= 4 || nb_redact_needles(red) == 0))
+                abort(); /* unbound hosts never get anything */
+        } else if (o.len != 0 || o.ninjected != 0) {
+            abort(); /* on error nothing is left behind */
+        }
+        nb_inject_out_wipe(&o);
+        nb_redact_free(red);
+    }
+    nb_inject_out_free(&o);
+    free(s);
+}
+
+/* ---- redactor ---- */
+
+typedef struct {
+    uint8_t *p;
+    size_t len;
+} sink_t;
+
+static int sink(void *ctx, const uint8_t *p, size_t n)
+{
+    sink_t *s = ctx;
+    memcpy(s->p + s->len, p, n);
+    s->len += n;
+    return 0;
+}
+
+static void fuzz_redact(const uint8_t *d, size_t n)
+{
+    if (n < 2)
+        return;
+    size_t step = (size_t)d[0] + 1;
+    d++;
+    n--;
+    /* Up to 3 needles of lowercase letters, separated by '|', then the
+     * stream. Replacements are digits, so output cannot form a needle. */
+    const uint8_t *nd[3];
+    size_t nlen[3], k = 0, i = 0;
+    while (k < 3 && i < n) {
+        size_t st = i;
+        while (i < n && d[i] != '|')
+            i++;
+        if (i == n)
+            break;
+        nd[k] = d + st;
+        nlen[k] = i - st;
+        int ok = nlen[k] > 0 && nlen[k] <= 64;
+        for (size_t j = st; j < i && ok; j++)
+            ok = d[j] >= 'a' && d[j] <= 'z';
+        if (ok)
+            k++;
+        i++;
+    }
+    const uint8_t *in = d + i;
+    size_t inl = n - i;
+    static const char *reps[] = {"1", "22", "333"};
+    nb_redact_t *r = NULL;
+    nb_redact_new(&r);
+    for (size_t j = 0; j < k; j++)
+        nb_redact_add(r, nd[j], nlen[j], reps[j], strlen(reps[j]));
+    size_t cap = inl * 3 + 16;
+    sink_t got = {malloc(cap), 0}, want = {malloc(cap), 0};
+    for (size_t off = 0; off < inl; off += step)
+        if (nb_redact_feed(r, in + off, inl - off < step ? inl - off : step, sink, &got) != 0)
+            abort();
+    if (nb_redact_finish(r, sink, &got) != 0)
+        abort();
+    /* Reference: leftmost-longest over the whole buffer, then the end rule. */
+    size_t pos = 0, last = 0;
+    while (pos < inl) {
+        size_t best = k;
+        for (size_t j = 0; j < k; j++)
+            if (nlen[j] <= inl - pos && memcmp(in + pos, nd[j], nlen[j]) == 0 &&
+                (best == k || nlen[j] > nlen[best]))
+                best = j;
+        if (best < k) {
+            sink(&want, (const uint8_t *)reps[best], strlen(reps[best]));
+            pos += nlen[best];
+            last = pos;
+        } else {
+            sink(&want, in + pos, 1);
+            pos++;
+        }
+    }
+    /* A tail (after the last match) that is a proper prefix of a needle and
+     * at least NB_REDACT_MIN_PARTIAL long is replaced as well. */
+    size_t maxn = 0;
+    for (size_t j = 0; j < k; j++)
+        maxn = nlen[j] > maxn ? nlen[j] : maxn;
+    for (size_t l = inl - last < maxn ? inl - last : (maxn ? maxn - 1 : 0); l > 0; l--) {
+        size_t w = k;
+        for (size_t j = 0; j < k && w == k; j++)
+            if (nlen[j] > l && memcmp(nd[j], in + inl - l, l) == 0)
+                w = j;
+        if (w < k) {
+            if (l >= NB_REDACT_MIN_PARTIAL) {
+                want.len -= l;
+                sink(&want, (const uint8_t *)reps[w], strlen(reps[w]));
+            }
+            break;
+        }
+    }
+    if (got.len != want.len || memcmp(got.p, want.p, got.len) != 0)
+        abort();
+    for (size_t j = 0; j < k; j++)
+        if (got.len && memmem(got.p, got.len, nd[j], nlen[j]))
+            abort();
+    free(got.p);
+    free(want.p);
+    nb_redact_free(r);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1 || size > 16384)
+        return 0;
+    init_bindings();
+    if (data[0] & 1)
+        fuzz_redact(data + 1, size - 1);
+    else
+        fuzz_inject(data + 1, size - 1);
+    return 0;
+}

@@ -1,0 +1,70 @@
+/* nilbox-agent internals: the guest end of the nbmux channel and its
+ * services (docs/protocol.md §6). Everything runs on one libuv loop. */
+#ifndef NB_AGENT_H
+#define NB_AGENT_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "lib/buf.h"
+#include "lib/muxsess.h"
+
+#define NB_AGENT_MAX_ALLOW 32
+
+typedef struct {
+    uv_loop_t *loop;
+    nb_muxsess_t *sess;
+    const char *allow[NB_AGENT_MAX_ALLOW]; /* ctl write_file prefixes (borrowed) */
+    size_t nallow;
+    int vm;        /* really inside a VM: poweroff and hostname changes allowed */
+    int stopping;  /* shutting down: no reconnects */
+    unsigned live; /* service objects alive (for the shutdown log) */
+} nb_agent_t;
+
+/* Service entry points, called from the session's on_open. Each either
+ * accepts/rejects the stream itself and returns 0, or returns a negative
+ * code and the session rejects the stream. */
+int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
+int nb_agent_pty_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
+int nb_agent_tcp_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
+int nb_agent_ctl_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
+
+/* ---- helpers shared by the services (proc.c) ---- */
+
+/* A command to start: argv and envp are NULL-terminated, owned. */
+typedef struct {
+    char **argv;
+    char **envp;
+    char *cwd;  /* NULL: inherit */
+    char *path; /* resolved executable (pty: resolved before fork) */
+} nb_agent_cmd_t;
+
+/* Parses {"argv": [...], "env": {...}, "clear_env": bool, "cwd": "..."}
+ * from `args` (untrusted). `default_argv0` (may be NULL) is used when argv
+ * is absent (pty: the login shell); `term` (may be NULL) sets TERM.
+ * On error returns NB_EINVAL with a reason in `why` (size whysz). */
+int nb_agent_cmd_parse(const json_t *args, const char *default_argv0, const char *term,
+                       nb_agent_cmd_t *cmd, char *why, size_t whysz);
+
+/* Looks up cmd->argv[0] in the PATH of cmd->envp (or takes it as is when
+ * it contains a '/'); sets cmd->path. 0 or -ENOENT / -EACCES. */
+int nb_agent_cmd_resolve(nb_agent_cmd_t *cmd);
+
+void nb_agent_cmd_free(nb_agent_cmd_t *cmd);
+
+/* Parses args as a JSON object. NB_EINVAL (reason in why) otherwise. */
+int nb_agent_args_object(nb_iov_t args, json_t **out, char *why, size_t whysz);
+
+/* Writes a one-message JSON object on the CTL channel of st. */
+int nb_agent_send_ctl(nb_muxsess_stream_t *st, json_t *msg);
+
+/* Sends {"exit": code} or {"signal": n} on CTL and FIN. */
+int nb_agent_send_exit(nb_muxsess_stream_t *st, int64_t exit_status, int term_signal);
+
+/* uv_alloc_cb that mallocs a 64 KiB buffer (handed to the stream with
+ * nb_muxsess_stream_write_owned) and the matching free. */
+void nb_agent_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
+
+#endif

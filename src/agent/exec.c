@@ -1,0 +1,299 @@
+/* The `exec` service: a command with stdin/stdout/stderr on one stream
+ * (channels STDIO/STDERR), its exit status on CTL (protocol.md §6).
+ *
+ * Lifetime: the object lives until the process has exited, every pipe is
+ * closed and the stream is closed; whichever comes last frees it. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/agent.h"
+#include "lib/err.h"
+#include "lib/json.h"
+#include "lib/log.h"
+
+enum { P_IN, P_OUT, P_ERR, NPIPES };
+
+typedef struct {
+    nb_agent_t *a;
+    nb_muxsess_stream_t *st; /* NULL once the stream closed */
+    uv_process_t proc;
+    uv_pipe_t pipes[NPIPES];
+    int pipe_open[NPIPES]; /* handle not yet closed */
+    int handles;           /* libuv handles not yet closed */
+    int exited, status_sent, stdin_fin, paused;
+    int64_t exit_status;
+    int term_signal;
+    unsigned stdin_writes; /* writes to stdin in flight */
+    int pid;
+} exec_t;
+
+typedef struct {
+    uv_write_t req;
+    exec_t *x;
+    size_t n;
+    char data[];
+} in_write_t;
+
+static void maybe_free(exec_t *x)
+{
+    if (x->handles == 0 && !x->st) {
+        x->a->live--;
+        free(x);
+    }
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    exec_t *x = h->data;
+    x->handles--;
+    maybe_free(x);
+}
+
+static void close_pipe(exec_t *x, int i)
+{
+    if (!x->pipe_open[i])
+        return;
+    x->pipe_open[i] = 0;
+    uv_close((uv_handle_t *)&x->pipes[i], on_handle_closed);
+}
+
+/* The stream is gone (closed by the host, the session, or us): stop the
+ * command and release everything. */
+static void stream_gone(exec_t *x)
+{
+    x->st = NULL;
+    if (!x->exited)
+        kill(-x->pid, SIGKILL);
+    for (int i = 0; i < NPIPES; i++)
+        close_pipe(x, i);
+    maybe_free(x);
+}
+
+static void abort_stream(exec_t *x, uint32_t code, const char *msg)
+{
+    nb_muxsess_stream_reset(x->st, code, msg);
+    stream_gone(x);
+}
+
+static void maybe_report(exec_t *x)
+{
+    if (!x->st || x->status_sent || !x->exited || x->pipe_open[P_OUT] || x->pipe_open[P_ERR])
+        return;
+    x->status_sent = 1;
+    if (nb_agent_send_exit(x->st, x->exit_status, x->term_signal) < 0)
+        abort_stream(x, NB_MUX_E_INTERNAL, "cannot send the exit status");
+}
+
+static void on_exit_cb(uv_process_t *p, int64_t status, int sig)
+{
+    exec_t *x = p->data;
+    x->exited = 1;
+    x->exit_status = status;
+    x->term_signal = sig;
+    uv_close((uv_handle_t *)&x->proc, on_handle_closed);
+    maybe_report(x);
+}
+
+static void on_out(uv_stream_t *h, ssize_t n, const uv_buf_t *b);
+
+static void pause_output(exec_t *x, int pause)
+{
+    if (x->paused == pause)
+        return;
+    x->paused = pause;
+    for (int i = P_OUT; i <= P_ERR; i++) {
+        if (!x->pipe_open[i])
+            continue;
+        if (pause)
+            uv_read_stop((uv_stream_t *)&x->pipes[i]);
+        else
+            uv_read_start((uv_stream_t *)&x->pipes[i], nb_agent_alloc, on_out);
+    }
+}
+
+static void on_out(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
+{
+    exec_t *x = h->data;
+    int i = (uv_pipe_t *)h == &x->pipes[P_OUT] ? P_OUT : P_ERR;
+    if (n <= 0 || !x->st) {
+        free(b->base);
+        if (n < 0 || !x->st) {
+            close_pipe(x, i);
+            maybe_report(x);
+        }
+        return;
+    }
+    unsigned chan = i == P_OUT ? NB_MUX_CHAN_STDIO : NB_MUX_CHAN_STDERR;
+    int r = nb_muxsess_stream_write_owned(x->st, chan, b->base, (size_t)n, free);
+    if (r < 0) {
+        abort_stream(x, NB_MUX_E_INTERNAL, "output queue overflow");
+        return;
+    }
+    if (!nb_muxsess_stream_writable(x->st))
+        pause_output(x, 1);
+}
+
+static void on_drain(nb_muxsess_stream_t *st, void *ud)
+{
+    pause_output(ud, 0);
+}
+
+static void on_in_written(uv_write_t *req, int status)
+{
+    in_write_t *w = (in_write_t *)req;
+    exec_t *x = w->x;
+    x->stdin_writes--;
+    if (x->st)
+        nb_muxsess_stream_consume(x->st, w->n);
+    free(w);
+    if (status < 0 || (x->stdin_fin && x->stdin_writes == 0))
+        close_pipe(x, P_IN); /* EPIPE: the child closed stdin; drop the rest */
+}
+
+static void handle_ctl(exec_t *x, nb_iov_t d)
+{
+    json_t *m = NULL;
+    char why[128];
+    if (nb_json_parse(d, &m, why, sizeof why) < 0 || !json_is_object(m)) {
+        json_decref(m);
+        abort_stream(x, NB_MUX_E_BAD_ARGS, "invalid control message");
+        return;
+    }
+    json_int_t sig = nb_json_int(m, "signal", 0);
+    if (sig > 0 && sig < 65 && !x->exited)
+        kill(-x->pid, (int)sig);
+    if (nb_json_bool(m, "eof", 0)) { /* stdin EOF; CTL stays usable, unlike after FIN */
+        x->stdin_fin = 1;
+        if (x->stdin_writes == 0)
+            close_pipe(x, P_IN);
+    }
+    json_decref(m);
+}
+
+static void on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud)
+{
+    exec_t *x = ud;
+    if (chan == NB_MUX_CHAN_CTL) {
+        nb_muxsess_stream_consume(st, d.len);
+        handle_ctl(x, d);
+        return;
+    }
+    if (chan != NB_MUX_CHAN_STDIO || !x->pipe_open[P_IN] || x->stdin_fin) {
+        nb_muxsess_stream_consume(st, d.len); /* nobody to give it to */
+        return;
+    }
+    in_write_t *w = malloc(sizeof *w + d.len);
+    if (!w) {
+        nb_muxsess_stream_consume(st, d.len);
+        return;
+    }
+    w->x = x;
+    w->n = d.len;
+    memcpy(w->data, d.p, d.len);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)d.len);
+    if (uv_write(&w->req, (uv_stream_t *)&x->pipes[P_IN], &b, 1, on_in_written) < 0) {
+        free(w);
+        nb_muxsess_stream_consume(st, d.len);
+        close_pipe(x, P_IN);
+        return;
+    }
+    x->stdin_writes++;
+}
+
+static void on_fin(nb_muxsess_stream_t *st, void *ud)
+{
+    exec_t *x = ud;
+    x->stdin_fin = 1;
+    if (x->stdin_writes == 0)
+        close_pipe(x, P_IN);
+}
+
+static void on_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg, void *ud)
+{
+    /* Clean close: the command exited and both sides sent FIN. Otherwise
+     * the host reset the stream or went away: the command is killed. */
+    stream_gone(ud);
+}
+
+static const nb_muxsess_stream_cbs_t exec_cbs = {
+    .on_data = on_data, .on_fin = on_fin, .on_drain = on_drain, .on_close = on_close};
+
+int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
+{
+    json_t *j = NULL;
+    nb_agent_cmd_t cmd;
+    char why[200];
+    int r;
+    memset(&cmd, 0, sizeof cmd);
+    if ((r = nb_agent_args_object(args, &j, why, sizeof why)) < 0 ||
+        (r = nb_agent_cmd_parse(j, NULL, NULL, &cmd, why, sizeof why)) < 0) {
+        nb_muxsess_stream_reject(st, NB_MUX_E_BAD_ARGS, why);
+        r = 0;
+        goto out;
+    }
+    int want_stdin = nb_json_bool(j, "stdin", 1);
+
+    exec_t *x = calloc(1, sizeof *x);
+    if (!x) {
+        r = -ENOMEM;
+        goto out;
+    }
+    x->a = a;
+    uv_stdio_container_t stdio[NPIPES];
+    for (int i = 0; i < NPIPES; i++) {
+        uv_pipe_init(a->loop, &x->pipes[i], 0);
+        x->pipes[i].data = x;
+        x->pipe_open[i] = 1;
+        x->handles++;
+        stdio[i].flags = UV_CREATE_PIPE | (i == P_IN ? UV_READABLE_PIPE : UV_WRITABLE_PIPE);
+        stdio[i].data.stream = (uv_stream_t *)&x->pipes[i];
+    }
+    if (!want_stdin)
+        stdio[P_IN].flags = UV_IGNORE; /* libuv gives the child /dev/null */
+    uv_process_options_t po = {
+        .exit_cb = on_exit_cb,
+        .file = cmd.argv[0],
+        .args = cmd.argv,
+        .env = cmd.envp,
+        .cwd = cmd.cwd,
+        .flags = UV_PROCESS_DETACHED, /* own session and process group */
+        .stdio_count = NPIPES,
+        .stdio = stdio,
+    };
+    x->proc.data = x;
+    a->live++;
+    if ((r = uv_spawn(a->loop, &x->proc, &po)) < 0) {
+        char e[160], name[64];
+        nb_log_escape(name, sizeof name, cmd.argv[0], strlen(cmd.argv[0]));
+        snprintf(e, sizeof e, "spawn %s: %s", name, uv_strerror(r));
+        nb_muxsess_stream_reject(st, NB_MUX_E_FAILED, e);
+        x->exited = 1;
+        for (int i = 0; i < NPIPES; i++)
+            close_pipe(x, i);
+        /* uv_spawn initialised the process handle: it must be closed too. */
+        x->handles++;
+        uv_close((uv_handle_t *)&x->proc, on_handle_closed);
+        r = 0;
+        goto out;
+    }
+    x->handles++; /* the process handle */
+    x->pid = x->proc.pid;
+    if (!want_stdin)
+        close_pipe(x, P_IN);
+    x->st = st;
+    nb_muxsess_stream_set_cbs(st, &exec_cbs, x);
+    if ((r = nb_muxsess_stream_accept(st)) < 0) {
+        stream_gone(x);
+        goto out;
+    }
+    uv_read_start((uv_stream_t *)&x->pipes[P_OUT], nb_agent_alloc, on_out);
+    uv_read_start((uv_stream_t *)&x->pipes[P_ERR], nb_agent_alloc, on_out);
+    r = 0;
+out:
+    nb_agent_cmd_free(&cmd);
+    json_decref(j);
+    return r;
+}

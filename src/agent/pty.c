@@ -1,0 +1,398 @@
+/* The `pty` service: a command on a new pseudo-terminal, resizable
+ * (protocol.md §6). The child is forked by hand because it needs a new
+ * session with the pty as its controlling terminal, which uv_spawn cannot
+ * arrange; its exit is collected by a SIGCHLD watcher with waitpid(pid). */
+#include <errno.h>
+#include <fcntl.h>
+#include <pty.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "agent/agent.h"
+#include "lib/err.h"
+#include "lib/json.h"
+#include "lib/log.h"
+
+#define DRAIN_MS 200   /* output still read after the child exited */
+#define HANGUP_MS 1000 /* SIGHUP, then SIGKILL after this */
+
+typedef struct {
+    nb_agent_t *a;
+    nb_muxsess_stream_t *st;
+    uv_pipe_t master;
+    uv_signal_t sigchld;
+    uv_timer_t timer; /* output drain after exit, then kill after hangup */
+    int master_open, handles;
+    int exited, status_sent, paused, input_fin;
+    int64_t exit_status;
+    int term_signal;
+    unsigned writes;
+    pid_t pid;
+} pty_t;
+
+typedef struct {
+    uv_write_t req;
+    pty_t *t;
+    size_t n;
+    char data[];
+} pty_write_t;
+
+static void maybe_free(pty_t *t)
+{
+    if (t->handles == 0 && !t->st) {
+        t->a->live--;
+        free(t);
+    }
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    pty_t *t = h->data;
+    t->handles--;
+    maybe_free(t);
+}
+
+static void close_master(pty_t *t)
+{
+    if (!t->master_open)
+        return;
+    t->master_open = 0;
+    uv_close((uv_handle_t *)&t->master, on_handle_closed);
+}
+
+/* Called when nothing more is owed to the stream and the child is gone. */
+static void close_all(pty_t *t)
+{
+    close_master(t);
+    if (!uv_is_closing((uv_handle_t *)&t->sigchld))
+        uv_close((uv_handle_t *)&t->sigchld, on_handle_closed);
+    if (!uv_is_closing((uv_handle_t *)&t->timer))
+        uv_close((uv_handle_t *)&t->timer, on_handle_closed);
+    maybe_free(t);
+}
+
+static void report(pty_t *t)
+{
+    if (t->status_sent || !t->st)
+        return;
+    t->status_sent = 1;
+    if (nb_agent_send_exit(t->st, t->exit_status, t->term_signal) < 0) {
+        nb_muxsess_stream_reset(t->st, NB_MUX_E_INTERNAL, "cannot send the exit status");
+        t->st = NULL;
+    }
+    close_all(t);
+}
+
+static void on_timer(uv_timer_t *h)
+{
+    pty_t *t = h->data;
+    if (t->exited) {
+        report(t); /* output drained (or a background job keeps the pty open) */
+    } else {
+        kill(-t->pid, SIGKILL); /* hung up but still alive */
+    }
+}
+
+static void reap(pty_t *t)
+{
+    int status;
+    if (t->exited || waitpid(t->pid, &status, WNOHANG) != t->pid)
+        return;
+    t->exited = 1;
+    if (WIFSIGNALED(status))
+        t->term_signal = WTERMSIG(status);
+    else
+        t->exit_status = WEXITSTATUS(status);
+    if (!t->st) {
+        close_all(t);
+        return;
+    }
+    if (!t->master_open)
+        report(t);
+    else
+        uv_timer_start(&t->timer, on_timer, DRAIN_MS, 0);
+}
+
+static void on_sigchld(uv_signal_t *h, int sig)
+{
+    reap(h->data);
+}
+
+static void on_master_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b);
+
+static void pause_output(pty_t *t, int pause)
+{
+    if (t->paused == pause || !t->master_open)
+        return;
+    t->paused = pause;
+    if (pause)
+        uv_read_stop((uv_stream_t *)&t->master);
+    else
+        uv_read_start((uv_stream_t *)&t->master, nb_agent_alloc, on_master_read);
+}
+
+static void on_master_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
+{
+    pty_t *t = h->data;
+    if (n > 0 && t->st) {
+        if (nb_muxsess_stream_write_owned(t->st, NB_MUX_CHAN_STDIO, b->base, (size_t)n, free) < 0) {
+            nb_muxsess_stream_reset(t->st, NB_MUX_E_INTERNAL, "output queue overflow");
+            t->st = NULL;
+            kill(-t->pid, SIGKILL);
+            close_master(t);
+            return;
+        }
+        if (!nb_muxsess_stream_writable(t->st))
+            pause_output(t, 1);
+        return;
+    }
+    free(b->base);
+    if (n < 0) {
+        /* EIO: every slave fd is closed, i.e. the session is over. */
+        close_master(t);
+        reap(t);
+        if (t->exited)
+            report(t);
+    }
+}
+
+static void on_drain(nb_muxsess_stream_t *st, void *ud)
+{
+    pause_output(ud, 0);
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    pty_write_t *w = (pty_write_t *)req;
+    pty_t *t = w->t;
+    t->writes--;
+    if (t->st)
+        nb_muxsess_stream_consume(t->st, w->n);
+    free(w);
+}
+
+static void handle_ctl(pty_t *t, nb_iov_t d)
+{
+    json_t *m = NULL;
+    char why[128];
+    if (nb_json_parse(d, &m, why, sizeof why) < 0 || !json_is_object(m)) {
+        json_decref(m);
+        return;
+    }
+    json_t *rs = json_object_get(m, "resize");
+    if (json_is_object(rs) && t->master_open) {
+        json_int_t rows = nb_json_int(rs, "rows", 0), cols = nb_json_int(rs, "cols", 0);
+        if (rows > 0 && rows <= 10000 && cols > 0 && cols <= 10000) {
+            int fd;
+            struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+            /* TIOCSWINSZ on the master makes the kernel send SIGWINCH to the
+             * terminal's foreground process group. */
+            if (uv_fileno((uv_handle_t *)&t->master, &fd) == 0)
+                ioctl(fd, TIOCSWINSZ, &ws);
+        }
+    }
+    json_int_t sig = nb_json_int(m, "signal", 0);
+    if (sig > 0 && sig < 65 && !t->exited)
+        kill(-t->pid, (int)sig);
+    json_decref(m);
+}
+
+static void on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud)
+{
+    pty_t *t = ud;
+    if (chan == NB_MUX_CHAN_CTL) {
+        nb_muxsess_stream_consume(st, d.len);
+        handle_ctl(t, d);
+        return;
+    }
+    if (chan != NB_MUX_CHAN_STDIO || !t->master_open) {
+        nb_muxsess_stream_consume(st, d.len);
+        return;
+    }
+    pty_write_t *w = malloc(sizeof *w + d.len);
+    if (!w) {
+        nb_muxsess_stream_consume(st, d.len);
+        return;
+    }
+    w->t = t;
+    w->n = d.len;
+    memcpy(w->data, d.p, d.len);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)d.len);
+    if (uv_write(&w->req, (uv_stream_t *)&t->master, &b, 1, on_written) < 0) {
+        free(w);
+        nb_muxsess_stream_consume(st, d.len);
+        return;
+    }
+    t->writes++;
+}
+
+static void on_fin(nb_muxsess_stream_t *st, void *ud)
+{
+    ((pty_t *)ud)->input_fin = 1; /* only the input direction ends */
+}
+
+static void on_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg, void *ud)
+{
+    pty_t *t = ud;
+    t->st = NULL;
+    if (t->exited) {
+        close_all(t);
+        return;
+    }
+    /* The host went away or reset the stream: hang up, then kill. */
+    kill(-t->pid, SIGHUP);
+    close_master(t);
+    uv_timer_start(&t->timer, on_timer, HANGUP_MS, 0);
+}
+
+static const nb_muxsess_stream_cbs_t pty_cbs = {
+    .on_data = on_data, .on_fin = on_fin, .on_drain = on_drain, .on_close = on_close};
+
+/* Child side of fork(): only async-signal-safe calls until execve. */
+static void child(int slave, const nb_agent_cmd_t *cmd, char *const argv[])
+{
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int s = 1; s < NSIG; s++)
+        sigaction(s, &dfl, NULL);
+    if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) < 0)
+        _exit(126);
+    if (dup2(slave, 0) < 0 || dup2(slave, 1) < 0 || dup2(slave, 2) < 0)
+        _exit(126);
+    if (slave > 2)
+        close(slave);
+    if (cmd->cwd && chdir(cmd->cwd) < 0) {
+        static const char msg[] = "nilbox-agent: cannot change to the working directory\r\n";
+        (void)!write(2, msg, sizeof msg - 1);
+        _exit(126);
+    }
+    execve(cmd->path, argv, cmd->envp);
+    static const char msg[] = "nilbox-agent: exec failed\r\n";
+    (void)!write(2, msg, sizeof msg - 1);
+    _exit(127);
+}
+
+int nb_agent_pty_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
+{
+    json_t *j = NULL;
+    nb_agent_cmd_t cmd;
+    char why[200], *login = NULL;
+    int r, master = -1, slave = -1;
+    memset(&cmd, 0, sizeof cmd);
+    if ((r = nb_agent_args_object(args, &j, why, sizeof why)) < 0)
+        goto bad;
+    const char *term = nb_json_str(j, "term");
+    json_int_t rows = nb_json_int(j, "rows", 24), cols = nb_json_int(j, "cols", 80);
+    if (!term)
+        term = "xterm-256color";
+    if (strlen(term) > 64 || rows < 1 || rows > 10000 || cols < 1 || cols > 10000) {
+        snprintf(why, sizeof why, "invalid term, rows or cols");
+        goto bad;
+    }
+    const char *shell = getenv("SHELL");
+    if (!shell || shell[0] != '/')
+        shell = "/bin/sh";
+    if ((r = nb_agent_cmd_parse(j, shell, term, &cmd, why, sizeof why)) < 0)
+        goto bad;
+    int use_login = !json_object_get(j, "argv");
+    if ((r = nb_agent_cmd_resolve(&cmd)) < 0) {
+        char name[64];
+        nb_log_escape(name, sizeof name, cmd.argv[0], strlen(cmd.argv[0]));
+        snprintf(why, sizeof why, "spawn %s: %s", name, strerror(-r));
+        nb_muxsess_stream_reject(st, NB_MUX_E_FAILED, why);
+        r = 0;
+        goto out;
+    }
+    /* A login shell is told so by a leading '-' in argv[0]. */
+    char *saved0 = cmd.argv[0];
+    if (use_login) {
+        const char *base = strrchr(shell, '/') + 1;
+        size_t n = strlen(base);
+        if (!(login = malloc(n + 2))) {
+            r = -ENOMEM;
+            goto out;
+        }
+        login[0] = '-';
+        memcpy(login + 1, base, n + 1);
+        cmd.argv[0] = login;
+    }
+
+    struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+    if (openpty(&master, &slave, NULL, NULL, &ws) < 0) {
+        r = -errno;
+        cmd.argv[0] = saved0;
+        goto out;
+    }
+    fcntl(master, F_SETFD, FD_CLOEXEC);
+    fcntl(slave, F_SETFD, FD_CLOEXEC);
+
+    pty_t *t = calloc(1, sizeof *t);
+    if (!t) {
+        r = -ENOMEM;
+        cmd.argv[0] = saved0;
+        goto out;
+    }
+    t->a = a;
+    a->live++;
+    uv_signal_init(a->loop, &t->sigchld);
+    uv_timer_init(a->loop, &t->timer);
+    uv_pipe_init(a->loop, &t->master, 0);
+    t->sigchld.data = t->timer.data = t->master.data = t;
+    t->handles = 3;
+    t->master_open = 1;
+    uv_signal_start(&t->sigchld, on_sigchld, SIGCHLD);
+
+    pid_t pid = fork();
+    if (pid == 0)
+        child(slave, &cmd, cmd.argv);
+    cmd.argv[0] = saved0;
+    close(slave);
+    slave = -1;
+    if (pid < 0 || (r = uv_pipe_open(&t->master, master)) < 0) {
+        r = pid < 0 ? -errno : r;
+        close(master);
+        t->exited = 1;
+        if (pid > 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+        }
+        close_all(t);
+        goto out;
+    }
+    master = -1; /* owned by the pipe handle */
+    t->pid = pid;
+    t->st = st;
+    nb_muxsess_stream_set_cbs(st, &pty_cbs, t);
+    if ((r = nb_muxsess_stream_accept(st)) < 0) {
+        t->st = NULL;
+        kill(-pid, SIGKILL);
+        close_master(t);
+        reap(t);
+        goto out;
+    }
+    uv_read_start((uv_stream_t *)&t->master, nb_agent_alloc, on_master_read);
+    r = 0;
+    goto out;
+bad:
+    nb_muxsess_stream_reject(st, NB_MUX_E_BAD_ARGS, why);
+    r = 0;
+out:
+    if (slave >= 0)
+        close(slave);
+    if (master >= 0)
+        close(master);
+    free(login);
+    nb_agent_cmd_free(&cmd);
+    json_decref(j);
+    return r;
+}

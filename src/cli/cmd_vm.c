@@ -1,0 +1,533 @@
+/* nilbox vm create|start|stop|restart|rm|ls|inspect|logs|resize|set|snapshot
+ *
+ * Lifecycle commands talk to the daemon's /v1/vms routes. `start` (and
+ * `create --start`, `restart`) follow the event stream and print the boot
+ * progress until the VM's agent is ready. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/client.h"
+#include "cli/cmd.h"
+#include "cli/vmwait.h"
+#include "cli/wsclient.h"
+#include "lib/err.h"
+#include "lib/json.h"
+#include "lib/log.h"
+
+#define START_TIMEOUT_S 300
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------ event helpers */
+
+nb_wsc_t *nb_cli_events_open(nb_cli_t *cli)
+{
+    nb_wsc_t *ws = NULL;
+    char err[256];
+    if (nb_wsc_connect(cli->home.sock, "/v1/events", 10000, &ws, NULL, err, sizeof err) < 0)
+        return NULL;
+    return ws;
+}
+
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig)
+{
+    interrupted = 1;
+}
+
+int nb_cli_events_wait(nb_wsc_t *ws, int timeout_s, nb_cli_event_fn fn, void *ud)
+{
+    nb_buf_t msg;
+    struct sigaction sa = {.sa_handler = on_sigint}, old;
+    sigaction(SIGINT, &sa, &old); /* no SA_RESTART: poll returns EINTR */
+    nb_buf_init(&msg, 16u << 20);
+    double end = now_s() + timeout_s;
+    int ret = 0;
+    interrupted = 0;
+    while (!ret) {
+        int left = (int)((end - now_s()) * 1000);
+        if (interrupted) {
+            ret = -EINTR;
+            break;
+        }
+        if (left <= 0) {
+            ret = NB_ETIMEOUT;
+            break;
+        }
+        int op = 0, r = nb_wsc_recv(ws, left, &op, &msg, NULL);
+        if (r == -EINTR)
+            continue;
+        if (r < 0) {
+            ret = r;
+            break;
+        }
+        json_t *e = NULL;
+        if (op == NB_WSC_TEXT && nb_json_parse(nb_buf_iov(&msg), &e, NULL, 0) == 0)
+            ret = fn(e, ud);
+        json_decref(e);
+    }
+    nb_buf_free(&msg);
+    sigaction(SIGINT, &old, NULL);
+    return ret;
+}
+
+void nb_cli_progress(double secs, const char *msg)
+{
+    char esc[600];
+    fprintf(stderr, "  [%6.1fs] %s\n", secs, nb_log_escape(esc, sizeof esc, msg, strlen(msg)));
+    fflush(stderr);
+}
+
+/* ------------------------------------------------------------ start + wait */
+
+typedef struct {
+    const char *vm;
+    double t0;
+    int quiet;
+    char last_exit[256];
+    json_t *running; /* the vm.running event */
+} boot_wait_t;
+
+static int boot_event(const json_t *e, void *ud)
+{
+    boot_wait_t *w = ud;
+    const char *type = nb_json_str(e, "type"), *vm = nb_json_str(e, "vm");
+    if (!type || !vm || strcmp(vm, w->vm) != 0)
+        return 0;
+    if (!strcmp(type, "progress")) {
+        const char *m = nb_json_str(e, "message");
+        if (m && !w->quiet)
+            nb_cli_progress(now_s() - w->t0, m);
+        return 0;
+    }
+    if (!strcmp(type, "vm.running")) {
+        w->running = json_deep_copy(e);
+        return 1;
+    }
+    if (!strcmp(type, "vm.crashed") || !strcmp(type, "vm.stopped")) {
+        const char *le = nb_json_str(e, "last_exit");
+        snprintf(w->last_exit, sizeof w->last_exit, "%s", le ? le : type + 3);
+        return 2;
+    }
+    return 0;
+}
+
+/* POSTs `path` (start or restart) and follows the boot until the agent is
+ * ready. */
+static int start_and_wait(nb_cli_t *cli, const char *name, const char *path, int nowait)
+{
+    boot_wait_t w = {.vm = name, .t0 = now_s(), .quiet = cli->json};
+    nb_wsc_t *ws = nowait ? NULL : nb_cli_events_open(cli);
+    json_t *res = NULL;
+    int code = nb_cli_call(cli, "POST", path, NULL, &res);
+    if (code != NB_CLI_OK) {
+        nb_wsc_free(ws);
+        return code;
+    }
+    if (nowait || !ws) {
+        if (!nowait)
+            fprintf(stderr,
+                    "nilbox: cannot follow the boot (no event stream); see "
+                    "'nilbox vm inspect %s'\n",
+                    name);
+        if (cli->json)
+            nb_cli_print_json(res);
+        else
+            printf("VM %s is starting\n", name);
+        json_decref(res);
+        nb_wsc_free(ws);
+        return NB_CLI_OK;
+    }
+    json_decref(res);
+    if (!cli->json)
+        fprintf(stderr, "nilbox: starting VM %s\n", name);
+    int r = nb_cli_events_wait(ws, START_TIMEOUT_S, boot_event, &w);
+    nb_wsc_free(ws);
+    if (r == 1) {
+        if (cli->json) {
+            nb_cli_print_json(w.running);
+        } else {
+            json_t *b = json_object_get(w.running, "boot_secs");
+            printf("VM %s is running (agent ready after %.1f s)\n", name,
+                   json_is_number(b) ? json_number_value(b) : now_s() - w.t0);
+            printf("open a shell: nilbox shell %s    run a command: nilbox exec %s -- CMD\n", name,
+                   name);
+        }
+        json_decref(w.running);
+        return NB_CLI_OK;
+    }
+    if (r == 2)
+        return nb_cli_fail(cli, NB_CLI_ERROR, "start_failed",
+                           "VM %s did not come up: %s; see 'nilbox vm logs %s'", name, w.last_exit,
+                           name);
+    if (r == -EINTR)
+        return nb_cli_fail(cli, NB_CLI_ERROR, "interrupted",
+                           "stopped waiting; VM %s keeps booting (see 'nilbox vm ls')", name);
+    return nb_cli_fail(cli, NB_CLI_ERROR, "start_timeout",
+                       "VM %s is not ready after %d s; see 'nilbox vm logs %s'", name,
+                       START_TIMEOUT_S, name);
+}
+
+static int vm_path(char *out, size_t outsz, const char *name, const char *suffix)
+{
+    /* Names are validated by the daemon; refuse what would break the path. */
+    if (!name[0] || strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(name) ||
+        strlen(name) > 64) {
+        fprintf(stderr,
+                "nilbox: '%s' is not a valid VM name: start with a lowercase letter, then up to 31 "
+                "lowercase letters, digits or '-'\n",
+                name);
+        return -1;
+    }
+    snprintf(out, outsz, "/v1/vms/%s%s", name, suffix);
+    return 0;
+}
+
+/* ------------------------------------------------------------ verbs */
+
+static int do_create(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    const char *name = a->pos[0];
+    json_t *body = json_pack("{s:s}", "name", name), *res = NULL;
+    const char *image = nb_cli_opt(v, a, "image"), *mem = nb_cli_opt(v, a, "memory");
+    const char *disk = nb_cli_opt(v, a, "disk"), *restart = nb_cli_opt(v, a, "restart");
+    long cpus = nb_cli_opt_long(v, a, "cpus", 1, 64);
+    if (cpus < 0) {
+        json_decref(body);
+        return NB_CLI_USAGE;
+    }
+    json_object_set_new(body, "cpus", json_integer(cpus));
+    if (image)
+        json_object_set_new(body, "image", json_string(image));
+    if (mem)
+        json_object_set_new(body, "memory", json_string(mem));
+    if (disk)
+        json_object_set_new(body, "disk", json_string(disk));
+    if (restart)
+        json_object_set_new(body, "restart", json_string(restart));
+    int code = nb_cli_call(cli, "POST", "/v1/vms", body, &res);
+    json_decref(body);
+    if (code != NB_CLI_OK)
+        return code;
+    if (nb_cli_flag(v, a, "start")) {
+        char path[128];
+        json_decref(res);
+        if (!cli->json)
+            printf("created VM %s\n", name);
+        vm_path(path, sizeof path, name, "/start");
+        return start_and_wait(cli, name, path, 0);
+    }
+    if (cli->json)
+        nb_cli_print_json(res);
+    else
+        printf("created VM %s (image %s, %lld CPU, %lld MiB, disk %lld MiB); start it with "
+               "'nilbox vm start %s'\n",
+               name, nb_json_str(res, "image"), (long long)nb_json_int(res, "cpus", 0),
+               (long long)nb_json_int(res, "memory_mib", 0),
+               (long long)(nb_json_int(res, "disk_bytes", 0) >> 20), name);
+    json_decref(res);
+    return NB_CLI_OK;
+}
+
+static int do_start(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    char path[128];
+    if (vm_path(path, sizeof path, a->pos[0], "/start") < 0)
+        return NB_CLI_USAGE;
+    return start_and_wait(cli, a->pos[0], path, nb_cli_flag(v, a, "no-wait"));
+}
+
+static int do_restart(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    char path[128];
+    if (vm_path(path, sizeof path, a->pos[0], "/restart") < 0)
+        return NB_CLI_USAGE;
+    return start_and_wait(cli, a->pos[0], path, nb_cli_flag(v, a, "no-wait"));
+}
+
+static int simple(nb_cli_t *cli, const char *method, const char *name, const char *suffix,
+                  json_t *body, const char *done)
+{
+    char path[160];
+    json_t *res = NULL;
+    if (vm_path(path, sizeof path, name, suffix) < 0) {
+        json_decref(body);
+        return NB_CLI_USAGE;
+    }
+    int code = nb_cli_call(cli, method, path, body, &res);
+    json_decref(body);
+    if (code == NB_CLI_OK) {
+        if (cli->json)
+            nb_cli_print_json(res);
+        else if (done)
+            printf("VM %s %s\n", name, done);
+    }
+    json_decref(res);
+    return code;
+}
+
+static int do_stop(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    if (!cli->json)
+        fprintf(stderr, "nilbox: stopping VM %s\n", a->pos[0]);
+    return simple(cli, "POST", a->pos[0], "/stop",
+                  json_pack("{s:b}", "force", nb_cli_flag(v, a, "force")), "is stopped");
+}
+
+static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    char path[160];
+    if (vm_path(path, sizeof path, a->pos[0], nb_cli_flag(v, a, "force") ? "?force=1" : "") < 0)
+        return NB_CLI_USAGE;
+    json_t *res = NULL;
+    int code = nb_cli_call(cli, "DELETE", path, NULL, &res);
+    if (code == NB_CLI_OK && !cli->json)
+        printf("removed VM %s\n", a->pos[0]);
+    else if (code == NB_CLI_OK)
+        nb_cli_print_json(res);
+    json_decref(res);
+    return code;
+}
+
+static int do_resize(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    return simple(cli, "POST", a->pos[0], "/resize", json_pack("{s:s}", "disk", a->pos[1]),
+                  "resized; the guest grows its file system at the next boot");
+}
+
+static int do_set(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    const char *restart = nb_cli_opt(v, a, "restart");
+    if (!restart) {
+        fprintf(stderr, "nilbox: nothing to set; try --restart never|on-failure\n");
+        return NB_CLI_USAGE;
+    }
+    return simple(cli, "PATCH", a->pos[0], "", json_pack("{s:s}", "restart", restart), "updated");
+}
+
+static int do_inspect(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    char path[160];
+    json_t *res = NULL;
+    if (vm_path(path, sizeof path, a->pos[0], "") < 0)
+        return NB_CLI_USAGE;
+    int code = nb_cli_call(cli, "GET", path, NULL, &res);
+    if (code == NB_CLI_OK)
+        nb_cli_print_json(res);
+    json_decref(res);
+    return code;
+}
+
+static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    json_t *res = NULL, *vm;
+    size_t i;
+    int code = nb_cli_call(cli, "GET", "/v1/vms", NULL, &res);
+    if (code != NB_CLI_OK)
+        return code;
+    if (cli->json) {
+        nb_cli_print_json(res);
+        json_decref(res);
+        return NB_CLI_OK;
+    }
+    json_t *vms = json_object_get(res, "vms");
+    if (json_array_size(vms) == 0)
+        printf("no VMs; create one with 'nilbox vm create NAME'\n");
+    else
+        printf("%-20s %-9s %-7s %4s %7s %8s %-6s %s\n", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY",
+               "DISK", "AGENT", "RESTART");
+    json_array_foreach (vms, i, vm) {
+        char mem[16], disk[16];
+        snprintf(mem, sizeof mem, "%lldM", (long long)nb_json_int(vm, "memory_mib", 0));
+        snprintf(disk, sizeof disk, "%lldM", (long long)(nb_json_int(vm, "disk_bytes", 0) >> 20));
+        printf("%-20s %-9s %-7s %4lld %7s %8s %-6s %s\n", nb_json_str(vm, "name"),
+               nb_json_str(vm, "state"), nb_json_str(vm, "image"),
+               (long long)nb_json_int(vm, "cpus", 0), mem, disk,
+               nb_json_bool(vm, "agent", 0) ? "yes" : "-", nb_json_str(vm, "restart"));
+    }
+    json_decref(res);
+    return NB_CLI_OK;
+}
+
+/* The console carries whatever the guest printed: drop control bytes
+ * (terminal escapes) except newline and tab. */
+static void print_console(const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 || c == '\n' || c == '\t')
+            fputc(c, stdout);
+    }
+    fflush(stdout);
+}
+
+static int do_logs(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    char path[200], base[160];
+    long tail = nb_cli_opt_long(v, a, "tail", 65536, 1L << 30);
+    int follow = nb_cli_flag(v, a, "follow");
+    long long offset = -1;
+    if (tail < 0 || vm_path(base, sizeof base, a->pos[0], "/logs") < 0)
+        return NB_CLI_USAGE;
+    struct sigaction sa = {.sa_handler = on_sigint};
+    interrupted = 0;
+    if (follow)
+        sigaction(SIGINT, &sa, NULL);
+    for (;;) {
+        json_t *res = NULL;
+        if (offset < 0)
+            snprintf(path, sizeof path, "%s?tail=%ld", base, tail);
+        else
+            snprintf(path, sizeof path, "%s?offset=%lld", base, offset);
+        int code = nb_cli_call(cli, "GET", path, NULL, &res);
+        if (code != NB_CLI_OK)
+            return code;
+        const char *data = nb_json_str(res, "data");
+        print_console(data ? data : "");
+        offset = (long long)nb_json_int(res, "next", 0);
+        int more = nb_json_int(res, "size", 0) > offset;
+        json_decref(res);
+        if (!follow && !more)
+            return NB_CLI_OK;
+        if (interrupted)
+            return NB_CLI_OK;
+        if (!more)
+            usleep(300 * 1000);
+    }
+}
+
+static int do_snapshot(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    const char *op = a->pos[0], *name = a->pos[1], *snap = a->npos > 2 ? a->pos[2] : NULL;
+    char path[256], base[160];
+    json_t *res = NULL;
+    int code;
+    if (vm_path(base, sizeof base, name, "/snapshots") < 0)
+        return NB_CLI_USAGE;
+    if (strcmp(op, "ls") != 0 && !snap) {
+        fprintf(stderr, "nilbox: 'nilbox vm snapshot %s' needs VM and SNAPSHOT names\n", op);
+        return NB_CLI_USAGE;
+    }
+    if (snap && (!snap[0] || strchr(snap, '/') || strchr(snap, '?') || strchr(snap, '%') ||
+                 strlen(snap) > 64)) {
+        fprintf(stderr, "nilbox: '%s' is not a valid snapshot name\n", snap);
+        return NB_CLI_USAGE;
+    }
+    if (!strcmp(op, "ls")) {
+        code = nb_cli_call(cli, "GET", base, NULL, &res);
+        if (code == NB_CLI_OK && !cli->json) {
+            json_t *s;
+            size_t i;
+            json_t *arr = json_object_get(res, "snapshots");
+            if (!json_array_size(arr))
+                printf("VM %s has no snapshots\n", name);
+            json_array_foreach (arr, i, s)
+                printf("%-32s %s\n", nb_json_str(s, "name"), nb_json_str(s, "created"));
+        }
+    } else if (!strcmp(op, "save")) {
+        json_t *body = json_pack("{s:s}", "name", snap);
+        code = nb_cli_call(cli, "POST", base, body, &res);
+        json_decref(body);
+        if (code == NB_CLI_OK && !cli->json)
+            printf("saved snapshot %s of VM %s\n", snap, name);
+    } else if (!strcmp(op, "restore")) {
+        snprintf(path, sizeof path, "%s/%s/restore", base, snap);
+        code = nb_cli_call(cli, "POST", path, NULL, &res);
+        if (code == NB_CLI_OK && !cli->json)
+            printf("restored snapshot %s of VM %s\n", snap, name);
+    } else if (!strcmp(op, "rm")) {
+        snprintf(path, sizeof path, "%s/%s", base, snap);
+        code = nb_cli_call(cli, "DELETE", path, NULL, &res);
+        if (code == NB_CLI_OK && !cli->json)
+            printf("removed snapshot %s of VM %s\n", snap, name);
+    } else {
+        fprintf(stderr, "nilbox: unknown snapshot action '%s' (save, restore, ls or rm)\n", op);
+        return NB_CLI_USAGE;
+    }
+    if (code == NB_CLI_OK && cli->json)
+        nb_cli_print_json(res);
+    json_decref(res);
+    return code;
+}
+
+/* ------------------------------------------------------------ table */
+
+static const nb_cli_opt_t create_opts[] = {
+    {"image", 'i', "IMAGE", "guest image: tiny (default) or debian"},
+    {"cpus", 'c', "N", "virtual CPUs (default 1)"},
+    {"memory", 'm', "SIZE", "memory, e.g. 512M or 2G (default 512M)"},
+    {"disk", 'd', "SIZE", "disk size, e.g. 4G (default: the image's, 1G for tiny)"},
+    {"restart", 'r', "POLICY", "never (default) or on-failure"},
+    {"start", 's', NULL, "start the VM right away and wait for its agent"},
+    {NULL, 0, NULL, NULL},
+};
+static const nb_cli_opt_t start_opts[] = {
+    {"no-wait", 0, NULL, "return once QEMU runs, without waiting for the agent"},
+    {NULL, 0, NULL, NULL},
+};
+static const nb_cli_opt_t stop_opts[] = {
+    {"force", 'f', NULL, "skip the clean shutdown: QMP quit, then kill"},
+    {NULL, 0, NULL, NULL},
+};
+static const nb_cli_opt_t rm_opts[] = {
+    {"force", 'f', NULL, "stop the VM first if it runs"},
+    {NULL, 0, NULL, NULL},
+};
+static const nb_cli_opt_t logs_opts[] = {
+    {"follow", 'f', NULL, "keep printing new console output until interrupted"},
+    {"tail", 't', "BYTES", "start this many bytes before the end (default 65536)"},
+    {NULL, 0, NULL, NULL},
+};
+static const nb_cli_opt_t set_opts[] = {
+    {"restart", 'r', "POLICY", "restart policy: never or on-failure"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const nb_cli_verb_t verbs[] = {
+    {"create", "create a VM (instant: a copy-on-write disk on the image)", "NAME",
+     "Create a VM. NAME: a lowercase letter, then up to 31 lowercase letters, digits or '-'.\n"
+     "The image must be built ('nilbox image build tiny').",
+     1, 1, create_opts, do_create, NB_CLI_NEEDS_DAEMON},
+    {"start", "boot a VM and wait until its agent is ready", "NAME",
+     "Boot a VM and print its progress until the guest agent is ready.", 1, 1, start_opts, do_start,
+     NB_CLI_NEEDS_DAEMON},
+    {"stop", "shut a VM down (agent, then ACPI, then quit, then kill)", "NAME",
+     "Shut a VM down: the agent powers the guest off; if it does not, ACPI powerdown, then QMP\n"
+     "quit, then SIGKILL, each after a timeout.",
+     1, 1, stop_opts, do_stop, NB_CLI_NEEDS_DAEMON},
+    {"restart", "stop and start a VM", "NAME", NULL, 1, 1, start_opts, do_restart,
+     NB_CLI_NEEDS_DAEMON},
+    {"rm", "remove a VM and its disk", "NAME",
+     "Remove a VM, its disk and snapshots. A running VM is refused unless --force.", 1, 1, rm_opts,
+     do_rm, NB_CLI_NEEDS_DAEMON},
+    {"ls", "list VMs", NULL, NULL, 0, 0, NULL, do_ls, NB_CLI_NEEDS_DAEMON},
+    {"inspect", "show everything about a VM (JSON)", "NAME", NULL, 1, 1, NULL, do_inspect,
+     NB_CLI_NEEDS_DAEMON},
+    {"logs", "show a VM's serial console", "NAME", NULL, 1, 1, logs_opts, do_logs,
+     NB_CLI_NEEDS_DAEMON},
+    {"resize", "grow a stopped VM's disk", "NAME SIZE",
+     "Grow the disk of a stopped VM to SIZE (e.g. 4G); disks never shrink. The guest grows its\n"
+     "file system at the next boot.",
+     2, 2, NULL, do_resize, NB_CLI_NEEDS_DAEMON},
+    {"set", "change a VM's settings", "NAME", NULL, 1, 1, set_opts, do_set, NB_CLI_NEEDS_DAEMON},
+    {"snapshot", "disk snapshots: save|restore|ls|rm", "save|restore|ls|rm NAME [SNAPSHOT]",
+     "Disk snapshots of a VM (internal qcow2 snapshots of its disk; RAM is not saved).\n"
+     "save and rm work on running VMs too (after a sync in the guest); restore needs a stopped "
+     "VM.",
+     2, 3, NULL, do_snapshot, NB_CLI_NEEDS_DAEMON},
+    {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL, 0},
+};
+
+const nb_cli_noun_t nb_cli_noun_vm = {"vm", "create, start, stop and manage VMs", verbs, NULL};

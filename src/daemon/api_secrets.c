@@ -1,0 +1,435 @@
+/* Routes of the secret store: status and unlock, secrets (never their
+ * values), bindings. Values arrive in a JSON body, only over the Unix
+ * socket or over TCP with the API token (the API layer's admission rules),
+ * are copied into locked memory at once, and are wiped from the request's
+ * buffers before the handler returns. No answer ever carries a value (A23). */
+#include <errno.h>
+#include <stdio.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/api.h"
+#include "daemon/secretsvc.h"
+#include "lib/err.h"
+#include "lib/json.h"
+#include "lib/log.h"
+
+/* Overwrites every copy of the request body the handler can reach: the
+ * parsed JSON strings and the raw body bytes. */
+static void wipe_body(nb_api_ctx_t *ctx)
+{
+    nb_iov_t raw = nb_httpd_req_body(ctx->req);
+    if (raw.p && raw.len)
+        sodium_memzero((void *)raw.p, raw.len);
+    const char *k;
+    json_t *v;
+    json_object_foreach (ctx->body, k, v) {
+        if (json_is_string(v))
+            sodium_memzero((void *)json_string_value(v), json_string_length(v));
+    }
+}
+
+/* 423 with what to do, when the store cannot be used now. */
+static int reply_unusable(nb_api_ctx_t *ctx)
+{
+    nb_secretsvc_t *svc = ctx->d->secrets;
+    if (!svc) {
+        nb_api_reply_error(ctx, 503, "unavailable", "the secret service is not running");
+        return 1;
+    }
+    int st = nb_secretsvc_state(svc);
+    if (st == NB_SECRETSVC_OPEN || st == NB_SECRETSVC_STARTING)
+        return 0;
+    nb_api_reply_error(ctx, 423, st == NB_SECRETSVC_LOCKED ? "locked" : "keystore-error", "%s",
+                       nb_secretsvc_message(svc));
+    return 1;
+}
+
+static void on_done(void *ud, int status, json_t *result)
+{
+    nb_api_ctx_t *ctx = ud;
+    if (status == 0) {
+        const char *m = nb_httpd_req_method(ctx->req);
+        nb_api_reply_json(ctx, strcmp(m, "POST") == 0 ? 201 : 200, result);
+        return;
+    }
+    json_decref(result);
+    nb_api_reply_errno(ctx, status, NULL);
+}
+
+static void on_status(nb_api_ctx_t *ctx)
+{
+    if (!ctx->d->secrets) {
+        nb_api_reply_error(ctx, 503, "unavailable", "the secret service is not running");
+        return;
+    }
+    nb_api_reply_json(ctx, 200, nb_secretsvc_status_json(ctx->d->secrets));
+}
+
+static void on_unlock_done(void *ud, int status, json_t *result)
+{
+    nb_api_ctx_t *ctx = ud;
+    json_decref(result);
+    nb_secretsvc_t *svc = ctx->d->secrets;
+    if (status == NB_EAUTH) {
+        nb_api_reply_error(ctx, 403, "wrong-passphrase",
+                           "wrong passphrase: the secret store stays locked");
+        return;
+    }
+    if (status < 0) {
+        nb_api_reply_errno(ctx, status, NULL);
+        return;
+    }
+    if (nb_secretsvc_state(svc) != NB_SECRETSVC_OPEN) {
+        nb_api_reply_error(ctx, 423, "keystore-error", "%s", nb_secretsvc_message(svc));
+        return;
+    }
+    nb_api_reply_json(ctx, 200, nb_secretsvc_status_json(svc));
+}
+
+static void on_unlock(nb_api_ctx_t *ctx)
+{
+    nb_secretsvc_t *svc = ctx->d->secrets;
+    json_t *p = json_object_get(ctx->body, "passphrase");
+    size_t len = json_is_string(p) ? json_string_length(p) : 0;
+    char *pass = NULL;
+    int r;
+    if (len > 0 && len <= 1024 && (pass = sodium_malloc(len + 1))) {
+        memcpy(pass, json_string_value(p), len);
+        pass[len] = '\0';
+    }
+    wipe_body(ctx);
+    if (!svc) {
+        nb_api_reply_error(ctx, 503, "unavailable", "the secret service is not running");
+        goto out;
+    }
+    if (len == 0 || len > 1024) {
+        nb_api_reply_error(ctx, 422, "invalid",
+                           "the body needs {\"passphrase\": \"...\"} (1 to 1024 bytes)");
+        goto out;
+    }
+    if (!pass) {
+        nb_api_reply_errno(ctx, -ENOMEM, NULL);
+        goto out;
+    }
+    r = nb_secretsvc_unlock(svc, pass, len, on_unlock_done, ctx);
+    if (r == NB_ESTATE) {
+        nb_api_reply_error(ctx, 409, "wrong-state",
+                           "the secret store is %s, not waiting for a passphrase%s%s",
+                           nb_secretsvc_state_name(nb_secretsvc_state(svc)),
+                           nb_secretsvc_message(svc)[0] ? ": " : "", nb_secretsvc_message(svc));
+    } else if (r == NB_EINVAL) {
+        nb_api_reply_error(ctx, 422, "invalid",
+                           "a new passphrase needs at least %d characters (at most 1024)",
+                           NB_SECRETSVC_PASSPHRASE_MIN);
+    } else if (r < 0) {
+        nb_api_reply_errno(ctx, r, NULL);
+    }
+out:
+    sodium_free(pass);
+}
+
+static void on_list(nb_api_ctx_t *ctx)
+{
+    if (reply_unusable(ctx))
+        return;
+    int r = nb_secretsvc_list(ctx->d->secrets, on_done, ctx);
+    if (r < 0)
+        nb_api_reply_errno(ctx, r, NULL);
+}
+
+static int check_name(nb_api_ctx_t *ctx, const char *name)
+{
+    if (nb_secrets_name_valid(name))
+        return 0;
+    nb_api_reply_error(ctx, 422, "invalid",
+                       "a secret name is a placeholder name: a letter or '_', then letters, "
+                       "digits or '_', at most %d characters (it becomes an environment "
+                       "variable in the VM)",
+                       NB_SECRETS_NAME_MAX);
+    return -1;
+}
+
+static void on_set(nb_api_ctx_t *ctx)
+{
+    const char *name = nb_api_param(ctx, "name");
+    json_t *v = json_object_get(ctx->body, "value");
+    size_t len = json_is_string(v) ? json_string_length(v) : 0;
+    uint8_t *val = NULL;
+    int r;
+    /* Into locked memory first, then every other copy is wiped, whatever
+     * the answer is going to be. */
+    if (len > 0 && len <= NB_SECRETS_VALUE_MAX && (val = sodium_malloc(len)))
+        memcpy(val, json_string_value(v), len);
+    wipe_body(ctx);
+    if (reply_unusable(ctx) || check_name(ctx, name) < 0)
+        goto out;
+    if (len == 0) {
+        nb_api_reply_error(ctx, 422, "invalid",
+                           "the body needs {\"value\": \"...\"} with a non-empty value");
+        goto out;
+    }
+    if (len > NB_SECRETS_VALUE_MAX) {
+        nb_api_reply_error(ctx, 413, "too-large", "a secret value is at most %d bytes",
+                           NB_SECRETS_VALUE_MAX);
+        goto out;
+    }
+    if (!val) {
+        nb_api_reply_errno(ctx, -ENOMEM, NULL);
+        goto out;
+    }
+    r = nb_secretsvc_set(ctx->d->secrets, name, val, len, on_done, ctx);
+    if (r < 0)
+        nb_api_reply_errno(ctx, r, NULL);
+out:
+    sodium_free(val); /* wipes */
+}
+
+static void on_rm(nb_api_ctx_t *ctx)
+{
+    const char *name = nb_api_param(ctx, "name");
+    if (reply_unusable(ctx) || check_name(ctx, name) < 0)
+        return;
+    int r = nb_secretsvc_rm(ctx->d->secrets, name, on_done, ctx);
+    if (r < 0)
+        nb_api_reply_errno(ctx, r, NULL);
+}
+
+static int str_field(nb_api_ctx_t *ctx, const char *key, char *out, size_t outsz, int *bad)
+{
+    json_t *v = json_object_get(ctx->body, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v) || json_string_length(v) >= outsz) {
+        nb_api_reply_error(ctx, 422, "invalid", "'%s' must be a string of at most %zu bytes", key,
+                           outsz - 1);
+        *bad = 1;
+        return -1;
+    }
+    memcpy(out, json_string_value(v), json_string_length(v) + 1);
+    return 1;
+}
+
+static void on_bind_done(void *ud, int status, json_t *result)
+{
+    nb_api_ctx_t *ctx = ud;
+    if (status == NB_EEXIST) {
+        nb_api_reply_error(ctx, 409, "conflict", "the same binding exists already (id %lld)",
+                           (long long)nb_json_int(result, "id", 0));
+        json_decref(result);
+        return;
+    }
+    if (status == NB_ENOTFOUND) {
+        json_decref(result);
+        nb_api_reply_error(ctx, 404, "not-found", "no secret named '%s' (set it first)",
+                           nb_api_param(ctx, "name"));
+        return;
+    }
+    on_done(ud, status, result);
+}
+
+static void on_bind(nb_api_ctx_t *ctx)
+{
+    const char *name = nb_api_param(ctx, "name");
+    nb_binding_t b;
+    char header[NB_BINDING_HEADER_MAX + NB_BINDING_TMPL_MAX + 4] = "";
+    char user[NB_BINDING_USER_MAX] = "", param[NB_BINDING_HEADER_MAX] = "";
+    int bad = 0, nplace = 0, r;
+    if (reply_unusable(ctx) || check_name(ctx, name) < 0)
+        return;
+    if (!ctx->body) {
+        nb_api_reply_error(ctx, 422, "invalid", "the body needs at least {\"host\": \"...\"}");
+        return;
+    }
+    if ((r = str_field(ctx, "header", header, sizeof header, &bad)) < 0)
+        return;
+    nplace += r;
+    if ((r = str_field(ctx, "basic", user, sizeof user, &bad)) < 0)
+        return;
+    nplace += r;
+    if ((r = str_field(ctx, "query", param, sizeof param, &bad)) < 0)
+        return;
+    nplace += r;
+    if (nplace > 1) {
+        nb_api_reply_error(ctx, 422, "invalid",
+                           "give one placement: 'header', 'basic' or 'query' (not several)");
+        return;
+    }
+    memset(&b, 0, sizeof b);
+    if (nplace == 0 || header[0]) {
+        /* Default placement: the usual bearer token. */
+        if (nb_binding_set_header(&b, header[0] ? header : "Authorization: Bearer {secret}") < 0) {
+            nb_api_reply_error(ctx, 422, "invalid",
+                               "'header' must look like 'Authorization: Bearer {secret}' or "
+                               "'x-api-key: {secret}': a header name, then a template with "
+                               "{secret} exactly once (framing headers such as Host are "
+                               "refused)");
+            return;
+        }
+    } else if (user[0]) {
+        b.placement = NB_PLACE_BASIC;
+        memcpy(b.user, user, sizeof b.user);
+    } else {
+        b.placement = NB_PLACE_QUERY;
+        memcpy(b.param, param, sizeof b.param);
+    }
+    snprintf(b.secret, sizeof b.secret, "%s", name);
+    if ((r = str_field(ctx, "host", b.host, sizeof b.host, &bad)) <= 0) {
+        if (!bad)
+            nb_api_reply_error(ctx, 422, "invalid", "'host' is required (a name or *.suffix)");
+        return;
+    }
+    if (str_field(ctx, "path_prefix", b.path_prefix, sizeof b.path_prefix, &bad) < 0 ||
+        str_field(ctx, "vm", b.vm, sizeof b.vm, &bad) < 0)
+        return;
+    json_t *ac = json_object_get(ctx->body, "allow_cleartext");
+    if (ac && !json_is_boolean(ac)) {
+        nb_api_reply_error(ctx, 422, "invalid", "'allow_cleartext' must be true or false");
+        return;
+    }
+    b.allow_cleartext = json_is_true(ac);
+    if (nb_binding_normalize(&b) < 0) {
+        nb_api_reply_error(ctx, 422, "invalid",
+                           "the binding is not valid: host must be a DNS name, an IP or "
+                           "*.suffix; path_prefix starts with '/' without '..', '%%', '?', '#' "
+                           "or '//'; basic user has no ':'; query param is a plain name; vm is "
+                           "a VM name");
+        return;
+    }
+    r = nb_secretsvc_bind(ctx->d->secrets, &b, on_bind_done, ctx);
+    if (r < 0)
+        nb_api_reply_errno(ctx, r, NULL);
+}
+
+static void on_bindings_done(void *ud, int status, json_t *result)
+{
+    nb_api_ctx_t *ctx = ud;
+    if (status < 0) {
+        nb_api_reply_errno(ctx, status, NULL);
+        return;
+    }
+    /* The list answer carries bindings per secret; flatten it. */
+    json_t *out = json_array();
+    size_t i, k;
+    json_t *s, *b;
+    json_array_foreach (json_object_get(result, "secrets"), i, s)
+        json_array_foreach (json_object_get(s, "bindings"), k, b)
+            json_array_append(out, b);
+    json_decref(result);
+    nb_api_reply_json(ctx, 200, json_pack("{s:o}", "bindings", out ? out : json_array()));
+}
+
+static void on_bindings(nb_api_ctx_t *ctx)
+{
+    if (reply_unusable(ctx))
+        return;
+    int r = nb_secretsvc_list(ctx->d->secrets, on_bindings_done, ctx);
+    if (r < 0)
+        nb_api_reply_errno(ctx, r, NULL);
+}
+
+static void on_unbind(nb_api_ctx_t *ctx)
+{
+    const char *s = nb_api_param(ctx, "id");
+    char *end;
+    long long id = strtoll(s, &end, 10);
+    if (reply_unusable(ctx))
+        return;
+    if (!s[0] || *end || id < 1) {
+        nb_api_reply_error(ctx, 422, "invalid", "a binding id is a number >= 1, not '%.40s'", s);
+        return;
+    }
+    int r = nb_secretsvc_unbind(ctx->d->secrets, id, on_done, ctx);
+    if (r < 0)
+        nb_api_reply_errno(ctx, r, NULL);
+}
+
+/* ------------------------------------------------------------ daemon wiring
+ * (declared in secretsvc.h; called from daemon.c) */
+
+/* Prompt timeout: the environment (tests) over the setting over 60 s. */
+static uint64_t prompt_timeout_ms(nb_store_t *st)
+{
+    char *set = NULL;
+    const char *e = getenv("NILBOX_PROMPT_TIMEOUT_MS");
+    uint64_t ms = 0;
+    if ((!e || !e[0]) && nb_store_setting_get(st, "gate.prompt_timeout_ms", &set) == 0)
+        e = set;
+    if (e && e[0]) {
+        char *end;
+        unsigned long long v = strtoull(e, &end, 10);
+        if (!*end && v >= 100 && v <= 3600000)
+            ms = v;
+        else
+            nb_log(NB_LOG_WARN, "ignoring prompt timeout '%.20s' (100..3600000 ms)", e);
+    }
+    free(set);
+    return ms;
+}
+
+int nb_daemon_secrets_start(nb_daemon_t *d, char *err, size_t errsz)
+{
+    int r;
+    if ((r = nb_audit_open(d->loop, d->store, d->events, &d->audit)) < 0) {
+        snprintf(err, errsz, "cannot open the audit log: %s", nb_strerror(r));
+        return r;
+    }
+    const char *kf = d->key_file; /* main.c: --key-file or NILBOX_KEY_FILE */
+    const char *nk = getenv("NILBOX_NO_KEYRING");
+    nb_secretsvc_cfg_t cfg = {
+        .key_file = kf && kf[0] ? kf : NULL,
+        .passphrase_file = getenv("NILBOX_PASSPHRASE_FILE"),
+        .no_keyring = nk && !strcmp(nk, "1"),
+    };
+    /* The service also creates the rules table the gate loads below. */
+    if ((r = nb_secretsvc_new(d->loop, d->store, d->audit, d->events, &d->home, &cfg, &d->secrets,
+                              err, errsz)) < 0)
+        return r;
+    nb_gate_cfg_t gc;
+    nb_gate_cfg_default(&gc);
+    gc.prompt_timeout_ms = prompt_timeout_ms(d->store);
+    gc.store = d->store;
+    nb_api_prompts_hooks(d, &gc.hooks);
+    if ((r = nb_gate_new(d->loop, &gc, &d->gate)) < 0) {
+        snprintf(err, errsz, "cannot create the gate: %s", nb_strerror(r));
+        return r;
+    }
+    if ((r = nb_gate_load_rules(d->gate, nb_store_db(d->store))) < 0) {
+        snprintf(err, errsz, "cannot load the gate rules: %s", nb_strerror(r));
+        return r;
+    }
+    return 0;
+}
+
+void nb_daemon_secrets_quiesce(nb_daemon_t *d)
+{
+    nb_gate_t *g = d->gate;
+    d->gate = NULL; /* handlers see "no gate" from now on */
+    nb_gate_free(g);
+}
+
+void nb_daemon_secrets_stop(nb_daemon_t *d)
+{
+    nb_daemon_secrets_quiesce(d);
+    /* After a failed start the first open job may still be on the pool:
+     * let it finish before its object goes away. */
+    while (d->store && nb_store_pending(d->store) > 0)
+        uv_run(d->loop, UV_RUN_ONCE);
+    nb_secretsvc_close(d->secrets);
+    d->secrets = NULL;
+    nb_audit_close(d->audit);
+    d->audit = NULL;
+}
+
+const nb_api_route_t nb_api_routes_secrets[] = {
+    {"GET", "/v1/keystore", on_status, 0},
+    {"POST", "/v1/keystore/unlock", on_unlock, 0},
+    {"GET", "/v1/secrets", on_list, 0},
+    {"PUT", "/v1/secrets/{name}", on_set, 0},
+    {"DELETE", "/v1/secrets/{name}", on_rm, 0},
+    {"POST", "/v1/secrets/{name}/bindings", on_bind, 0},
+    {"GET", "/v1/bindings", on_bindings, 0},
+    {"DELETE", "/v1/bindings/{id}", on_unbind, 0},
+    {0},
+};

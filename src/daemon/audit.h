@@ -1,0 +1,178 @@
+/* The audit log (DESIGN.md section 6 step 9, THREATS.md A23): persistent,
+ * append-only, hash-chained rows in the `audit` table of state.db.
+ * See docs/internals/audit.md.
+ *
+ * Every row: seq (1, 2, 3, ... without gaps), time_ms, kind, vm, host,
+ * port, detail (a JSON object), prev_hash and hash, where
+ *     hash = SHA-256(prev_hash || canonical(row))
+ * and the first row's prev_hash is 32 zero bytes. SQL triggers refuse
+ * UPDATE and DELETE and any INSERT that does not extend the chain; an
+ * attacker with write access to the file can drop the triggers, and then
+ * nb_audit_verify() names the first row whose chain no longer holds.
+ *
+ * Rows never carry secret values: callers pass names only. The module
+ * enforces it: detail keys that name a value ("value", "password", ...)
+ * are refused, a "secret"/"secrets" field must hold secret names, and a
+ * guard installed by the secret service (nb_audit_set_guard) sees every
+ * string; a string it flags is replaced by "[redacted]" before hashing and
+ * the row says so ("_redacted": [fields]).
+ *
+ * Threading: the object belongs to the loop thread. Appends hash the row
+ * on the loop (cheap) and queue it; the rows are written in batches, one
+ * transaction per batch, by one job at a time on the thread pool (through
+ * nb_store_queue). Queries, verification and exports run as jobs of the
+ * same chain, after the rows appended before them are written, so a reader
+ * always sees its own writes. */
+#ifndef NB_AUDIT_H
+#define NB_AUDIT_H
+
+#include <jansson.h>
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/store.h"
+
+/* (events.h is not included: store.c includes this header for the
+ * migration and must not depend on the HTTP library.) */
+typedef struct nb_events nb_events_t;
+
+/* The schema, as one migration step of store.c (a macro so that the store
+ * library needs no link dependency on this module). */
+#define NB_AUDIT_MIGRATION_SQL                                                                     \
+    "CREATE TABLE audit (seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL,"                       \
+    "  kind TEXT NOT NULL, vm TEXT NOT NULL DEFAULT '', host TEXT NOT NULL DEFAULT '',"            \
+    "  port INTEGER NOT NULL DEFAULT 0 CHECK (port BETWEEN 0 AND 65535),"                          \
+    "  detail TEXT NOT NULL CHECK (json_valid(detail)),"                                           \
+    "  prev_hash TEXT NOT NULL, hash TEXT NOT NULL) STRICT;"                                       \
+    "CREATE INDEX audit_kind_seq ON audit (kind, seq);"                                            \
+    "CREATE INDEX audit_vm_seq ON audit (vm, seq);"                                                \
+    "CREATE INDEX audit_time ON audit (time_ms);"                                                  \
+    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit"                                        \
+    "  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;"                            \
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit"                                        \
+    "  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;"                            \
+    "CREATE TRIGGER audit_extend_chain BEFORE INSERT ON audit"                                     \
+    "  WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM audit)"                          \
+    "    OR NEW.prev_hash IS NOT coalesce((SELECT hash FROM audit ORDER BY seq DESC LIMIT 1),"     \
+    "       '" NB_AUDIT_ZERO_HASH "')"                                                             \
+    "  BEGIN SELECT RAISE(ABORT, 'audit rows must extend the hash chain'); END;"
+
+#define NB_AUDIT_ZERO_HASH "0000000000000000000000000000000000000000000000000000000000000000"
+
+/* Kinds written by the daemon (docs/internals/audit.md has the details of
+ * each). Any [a-z0-9._-]{1,32} string is accepted. */
+#define NB_AUDIT_GATE "gate.decision" /* allow/deny/prompt outcome for a destination */
+#define NB_AUDIT_INJECT "inject"      /* a secret (name) injected into a request */
+#define NB_AUDIT_LEAK "leak"          /* a placeholder seen where it must not go (A3 A4 A7 A9) */
+#define NB_AUDIT_REFUSAL "refusal"    /* a request refused (A1 A8 A13 A15 ...) */
+#define NB_AUDIT_LIMIT "limit"        /* a usage limit warned or blocked */
+#define NB_AUDIT_VM "vm.lifecycle"    /* vm.* events */
+#define NB_AUDIT_DAEMON "daemon.lifecycle" /* daemon.started / daemon.stopping */
+#define NB_AUDIT_SECRET_SET "secret.set"
+#define NB_AUDIT_SECRET_RM "secret.rm"
+#define NB_AUDIT_SECRET_BIND "secret.bind"
+#define NB_AUDIT_SECRET_UNBIND "secret.unbind"
+#define NB_AUDIT_SECRETS_UNLOCK "secrets.unlock" /* master key provider outcome */
+#define NB_AUDIT_RULE_ADD "rule.add"
+#define NB_AUDIT_RULE_RM "rule.rm"
+#define NB_AUDIT_PROMPT_ANSWER "prompt.answer"
+
+#define NB_AUDIT_KIND_MAX 32
+#define NB_AUDIT_FIELD_MAX 512          /* vm and host are cut to this */
+#define NB_AUDIT_DETAIL_MAX (16 * 1024) /* serialised detail; bigger is replaced by a note */
+#define NB_AUDIT_PENDING_MAX 100000     /* rows waiting for the disk before appends fail */
+#define NB_AUDIT_QUERY_MAX 10000        /* rows per query / export page */
+
+typedef struct nb_audit nb_audit_t;
+
+/* Opens the log on `st` (borrowed, must outlive it): reads the chain head
+ * (a blocking query, at daemon start) and, when `ev` is not NULL,
+ * subscribes to the event bus to record vm.* and daemon.* events. */
+int nb_audit_open(uv_loop_t *loop, nb_store_t *st, nb_events_t *ev, nb_audit_t **out);
+
+/* Writes the rows still queued (synchronously: call it when no store job
+ * is in flight, i.e. after nb_store_pending() reached 0), unsubscribes,
+ * and frees the object once its timer has closed. Callbacks of operations
+ * not yet run get UV_ECANCELED. NULL is a no-op. Loop thread. */
+void nb_audit_close(nb_audit_t *a);
+
+/* A guard sees each string of a row before it is hashed and returns 1 when
+ * the string is (or contains) a secret value. Called on the loop thread;
+ * must be cheap. `fn` NULL removes it. */
+typedef int (*nb_audit_guard_fn)(void *ud, const char *s, size_t len);
+void nb_audit_set_guard(nb_audit_t *a, nb_audit_guard_fn fn, void *ud);
+
+/* Appends a row: `kind` as above; `vm`, `host` may be NULL; `port` 0 for
+ * none; `detail` a JSON object or NULL (ownership taken, always). Never
+ * pass a secret value: names only. Returns the row's seq (> 0), or
+ * NB_EINVAL (bad kind / detail not an object / a forbidden key),
+ * NB_ESTATE (closed), NB_ETOOBIG (the disk has not kept up for
+ * NB_AUDIT_PENDING_MAX rows). Loop thread. */
+int64_t nb_audit_append(nb_audit_t *a, const char *kind, const char *vm, const char *host, int port,
+                        json_t *detail);
+
+/* Rows appended so far in this process, and written to disk. */
+uint64_t nb_audit_appended(const nb_audit_t *a);
+uint64_t nb_audit_written(const nb_audit_t *a);
+int64_t nb_audit_last_seq(const nb_audit_t *a);
+
+/* --- reading --- */
+
+typedef struct {
+    char kind[NB_AUDIT_KIND_MAX + 2]; /* exact, or "prefix*"; "" = any */
+    char vm[NB_AUDIT_FIELD_MAX];      /* "" = any */
+    int64_t since_ms;                 /* rows with time_ms >= since_ms; 0 = any */
+    int64_t after_seq;                /* rows with seq > after_seq */
+    int64_t limit;                    /* 1..NB_AUDIT_QUERY_MAX */
+    int newest_first;                 /* 1: the newest `limit` rows, newest first */
+} nb_audit_filter_t;
+
+/* Fills `f` with "everything, oldest first, 1000 rows". */
+void nb_audit_filter_init(nb_audit_filter_t *f);
+
+/* 1 when `kind` is a valid kind filter ([a-z0-9._-]{1,32}, optionally
+ * ending in '*'). */
+int nb_audit_kind_filter_valid(const char *kind);
+
+/* Parses a time for `since`: milliseconds since the epoch, RFC 3339
+ * ("2026-01-02T03:04:05Z", optional .mmm fraction, Z or +hh:mm), a date
+ * ("2026-01-02", UTC midnight), or a duration back from `now_ms` ("90s",
+ * "15m", "2h", "7d"). 0 or NB_EINVAL. Pure. */
+int nb_audit_parse_time(const char *s, int64_t now_ms, int64_t *out_ms);
+
+/* Blocking reads on a database handle (pool thread, tests, tools):
+ * rows matching `f` as a JSON array of row objects (see docs/api.md). */
+int nb_audit_query_db(sqlite3 *db, const nb_audit_filter_t *f, json_t **rows);
+
+typedef struct {
+    int ok;                /* 1: every row links and hashes correctly */
+    int64_t rows;          /* rows checked */
+    int64_t first_bad_seq; /* 0 when ok */
+    char reason[256];      /* what is wrong with first_bad_seq */
+    int64_t head_seq;      /* last row (when ok, or the last good row) */
+    char head_hash[65];    /* its hash, hex */
+} nb_audit_verify_t;
+
+/* Walks the whole chain in seq order: seq continuity, prev_hash linkage,
+ * each row's hash recomputed. Stops at the first broken row. */
+int nb_audit_verify_db(sqlite3 *db, nb_audit_verify_t *res);
+
+/* Row hash as hex (65 bytes with NUL) from its fields; `prev_hex` is the
+ * previous row's hash (hex). Exposed for tests and external verifiers. */
+int nb_audit_row_hash(const char *prev_hex, int64_t seq, int64_t time_ms, const char *kind,
+                      const char *vm, const char *host, int port, const char *detail,
+                      size_t detail_len, char out_hex[65]);
+
+/* --- asynchronous reads (loop thread; callbacks on the loop thread) --- */
+
+/* `rows` is a new reference (callee decrefs) or NULL with status < 0. */
+typedef void (*nb_audit_rows_fn)(void *ud, int status, json_t *rows);
+int nb_audit_query(nb_audit_t *a, const nb_audit_filter_t *f, nb_audit_rows_fn cb, void *ud);
+
+/* `res` is borrowed for the call. */
+typedef void (*nb_audit_verify_fn)(void *ud, int status, const nb_audit_verify_t *res);
+int nb_audit_verify(nb_audit_t *a, nb_audit_verify_fn cb, void *ud);
+
+#endif

@@ -1,0 +1,620 @@
+#include "daemon/egress/inject.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "daemon/egress/hostname.h"
+#include "lib/err.h"
+#include "lib/log.h"
+
+/* How a binding relates to this request, from least to most applicable. */
+enum { ST_NONE, ST_OTHER_VM, ST_OTHER_PATH, ST_CLEARTEXT, ST_USABLE };
+
+#define MAX_FETCH NB_INJECT_MAX_REPORT
+#define MAX_CONSUMED 16
+#define BASIC_MAX 1024
+
+typedef struct {
+    nb_iov_t path;  /* empty for authority-form and "*" */
+    nb_iov_t query; /* after '?', without it; p == NULL when absent */
+    int path_safe;  /* no encoded dots/slashes, dot segments or ';' */
+} target_t;
+
+/* A value in the output's locked work area (an offset: the area may move). */
+typedef struct {
+    size_t off, len;
+} val_t;
+
+typedef struct {
+    const nb_inject_req_t *req;
+    const nb_inject_dest_t *dest;
+    const nb_binding_t *b;
+    size_t nb;
+    const char *const *known;
+    size_t nknown;
+    nb_inject_get_fn get;
+    void *ctx;
+    nb_redact_t *redact;
+    nb_inject_out_t *out;
+    target_t t;
+    struct {
+        const nb_binding_t *b;
+        val_t v;
+    } fetched[MAX_FETCH];
+    size_t nfetched;
+    /* target ranges already substituted (offsets into req->target) */
+    size_t cons_from[MAX_CONSUMED], cons_to[MAX_CONSUMED];
+    size_t ncons;
+} ictx_t;
+
+const char *nb_inject_leak_threat(int kind)
+{
+    switch (kind) {
+    case NB_LEAK_OTHER_HOST:
+        return "A3";
+    case NB_LEAK_PLACEMENT:
+        return "A4";
+    case NB_LEAK_CLEARTEXT:
+        return "A7";
+    case NB_LEAK_OTHER_VM:
+        return "A9";
+    default:
+        return "?";
+    }
+}
+
+int nb_inject_out_init(nb_inject_out_t *o, size_t cap)
+{
+    memset(o, 0, sizeof(*o));
+    o->p = sodium_malloc(cap ? cap : 1);
+    o->work = sodium_malloc(NB_INJECT_WORK_DEFAULT);
+    if (!o->p || !o->work) {
+        nb_inject_out_free(o);
+        return -ENOMEM;
+    }
+    o->cap = cap;
+    o->work_cap = NB_INJECT_WORK_DEFAULT;
+    return 0;
+}
+
+void nb_inject_out_wipe(nb_inject_out_t *o)
+{
+    if (o->p)
+        sodium_memzero(o->p, o->len);
+    o->len = 0;
+}
+
+void nb_inject_out_free(nb_inject_out_t *o)
+{
+    sodium_free(o->p); /* wipes */
+    sodium_free(o->work);
+    memset(o, 0, sizeof(*o));
+}
+
+static uint8_t *W(const ictx_t *c, size_t off)
+{
+    return c->out->work + off;
+}
+
+/* Reserves n bytes of the locked work area; grows it (rarely) when full. */
+static int work_alloc(ictx_t *c, size_t n, size_t *off)
+{
+    nb_inject_out_t *o = c->out;
+    if (n > o->work_cap - o->work_used) {
+        size_t nc = o->work_cap * 2;
+        while (nc - o->work_used < n)
+            nc *= 2;
+        uint8_t *nw = sodium_malloc(nc);
+        if (!nw)
+            return -ENOMEM;
+        memcpy(nw, o->work, o->work_used);
+        sodium_free(o->work);
+        o->work = nw;
+        o->work_cap = nc;
+    }
+    *off = o->work_used;
+    o->work_used += n;
+    return 0;
+}
+
+static int put(ictx_t *c, const void *p, size_t n)
+{
+    nb_inject_out_t *o = c->out;
+    if (n > o->cap - o->len)
+        return NB_ETOOBIG;
+    if (n)
+        memcpy(o->p + o->len, p, n);
+    o->len += n;
+    return 0;
+}
+
+static int is_word(uint8_t ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '_';
+}
+
+static int iov_eq_str(nb_iov_t a, const char *s)
+{
+    size_t n = strlen(s);
+    return a.len == n && memcmp(a.p, s, n) == 0;
+}
+
+static int has_ci(nb_iov_t s, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= s.len; i++)
+        if (nb_iov_eq_nocase(nb_iov(s.p + i, n), needle))
+            return 1;
+    return 0;
+}
+
+/* ---- the request target ------------------------------------------------------ */
+
+static int parse_target(ictx_t *c)
+{
+    nb_iov_t t = c->req->target;
+    target_t *o = &c->t;
+    memset(o, 0, sizeof(*o));
+    size_t i = 0;
+    if (t.len > 0 && t.p[0] != '/') {
+        if (t.len == 1 && t.p[0] == '*')
+            return 0;
+        /* absolute-form: the authority must be the approved host (A1). */
+        size_t sl = 0;
+        if (t.len >= 7 && nb_iov_eq_nocase(nb_iov(t.p, 7), "http://"))
+            sl = 7;
+        else if (t.len >= 8 && nb_iov_eq_nocase(nb_iov(t.p, 8), "https://"))
+            sl = 8;
+        else
+            return 0; /* authority-form (CONNECT): no path, no query */
+        size_t a = sl;
+        while (a < t.len && t.p[a] != '/' && t.p[a] != '?' && t.p[a] != '#')
+            a++;
+        nb_iov_t auth = nb_iov(t.p + sl, a - sl);
+        if (memchr(auth.p, '@', auth.len))
+            return NB_EDENIED; /* userinfo: never ours to interpret */
+        size_t hl = auth.len;
+        if (hl && auth.p[0] == '[') {
+            const uint8_t *close = memchr(auth.p, ']', auth.len);
+            hl = close ? (size_t)(close - auth.p) + 1 : 0;
+        } else {
+            const uint8_t *colon = memchr(auth.p, ':', auth.len);
+            if (colon)
+                hl = (size_t)(colon - auth.p);
+        }
+        char norm[NB_HOSTNAME_BUFSZ];
+        nb_ipaddr_t ip;
+        if (nb_ip_parse((const char *)auth.p, hl, &ip))
+            nb_ip_format(&ip, norm, sizeof(norm));
+        else if (nb_hostname_normalize((const char *)auth.p, hl, norm, sizeof(norm)) < 0)
+            return NB_EDENIED;
+        if (strcmp(norm, c->dest->host) != 0)
+            return NB_EDENIED;
+        i = a;
+    }
+    size_t ps = i;
+    while (i < t.len && t.p[i] != '?' && t.p[i] != '#')
+        i++;
+    o->path = nb_iov(t.p + ps, i - ps);
+    if (i < t.len && t.p[i] == '?') {
+        size_t qs = ++i;
+        while (i < t.len && t.p[i] != '#')
+            i++;
+        o->query = nb_iov(t.p + qs, i - qs);
+    }
+    nb_iov_t p = o->path;
+    o->path_safe = p.len > 0 && p.p[0] == '/' && !memchr(p.p, ';', p.len) &&
+                   !memchr(p.p, '\\', p.len) && !has_ci(p, "%2e") && !has_ci(p, "%2f") &&
+                   !has_ci(p, "%5c") && !has_ci(p, "%00") && !has_ci(p, "//") &&
+                   !has_ci(p, "/./") && !has_ci(p, "/../") &&
+                   !(p.len >= 2 && memcmp(p.p + p.len - 2, "/.", 2) == 0) &&
+                   !(p.len >= 3 && memcmp(p.p + p.len - 3, "/..", 3) == 0);
+    return 0;
+}
+
+/* ---- bindings ------------------------------------------------------------------ */
+
+static int binding_state(const ictx_t *c, const nb_binding_t *b)
+{
+    const char *host = c->dest->host;
+    int hm = (b->host[0] == '*' && b->host[1] == '.') ? nb_host_pattern_match(b->host, host)
+                                                      : strcmp(b->host, host) == 0;
+    if (!hm)
+        return ST_NONE;
+    const char *vm = c->dest->vm ? c->dest->vm : "";
+    if (b->vm[0] && strcmp(b->vm, vm) != 0)
+        return ST_OTHER_VM;
+    if (b->path_prefix[0]) {
+        size_t pl = strlen(b->path_prefix);
+        nb_iov_t p = c->t.path;
+        if (!c->t.path_safe || p.len < pl || memcmp(p.p, b->path_prefix, pl) != 0 ||
+            (p.len > pl && p.p[pl] != '/'))
+            return ST_OTHER_PATH;
+    }
+    if (!c->dest->tls && !b->allow_cleartext)
+        return ST_CLEARTEXT;
+    return ST_USABLE;
+}
+
+/* The secret of a matched binding, fetched once per request into the
+ * locked work area. */
+static int fetch(ictx_t *c, const nb_binding_t *b, val_t *out)
+{
+    for (size_t i = 0; i < c->nfetched; i++) {
+        if (strcmp(c->fetched[i].b->secret, b->secret) == 0) {
+            *out = c->fetched[i].v;
+            return 0;
+        }
+    }
+    if (c->nfetched == MAX_FETCH)
+        return NB_ETOOBIG;
+    nb_inject_out_t *o = c->out;
+    size_t len = 0;
+    int r = c->get(c->ctx, b, o->work + o->work_used, o->work_cap - o->work_used, &len);
+    if (r == NB_ETOOBIG) {
+        size_t off;
+        /* Make room for the largest value, then give the space back. */
+        if ((r = work_alloc(c, NB_SECRETS_VALUE_MAX, &off)) < 0)
+            return r;
+        o->work_used = off;
+        r = c->get(c->ctx, b, o->work + o->work_used, o->work_cap - o->work_used, &len);
+    }
+    if (r < 0)
+        return r;
+    if (len == 0 || len > o->work_cap - o->work_used)
+        return NB_EINVAL;
+    out->off = o->work_used;
+    out->len = len;
+    o->work_used += len;
+    c->fetched[c->nfetched].b = b;
+    c->fetched[c->nfetched++].v = *out;
+    return 0;
+}
+
+static void note_injection(ictx_t *c, const nb_binding_t *b)
+{
+    nb_inject_out_t *o = c->out;
+    for (size_t i = 0; i < o->ninjected; i++)
+        if (o->injected[i].binding_id == b->id && strcmp(o->injected[i].secret, b->secret) == 0)
+            return;
+    if (o->ninjected == NB_INJECT_MAX_REPORT)
+        return;
+    nb_inject_done_t *d = &o->injected[o->ninjected++];
+    snprintf(d->secret, sizeof(d->secret), "%s", b->secret);
+    d->binding_id = b->id;
+    d->placement = b->placement;
+}
+
+static int redact_add(ictx_t *c, const void *v, size_t vl, const void *rep, size_t rl)
+{
+    if (!c->redact)
+        return 0;
+    int r = nb_redact_add(c->redact, v, vl, rep, rl);
+    return r == NB_ETOOBIG ? 0 : r; /* full: the earlier pairs still protect */
+}
+
+/* ---- leak reports ------------------------------------------------------------ */
+
+static void report(ictx_t *c, const char *name, size_t nl, const char *where, nb_iov_t wname)
+{
+    int best = -1;
+    for (size_t i = 0; i < c->nb; i++) {
+        if (strlen(c->b[i].secret) == nl && memcmp(c->b[i].secret, name, nl) == 0) {
+            int st = binding_state(c, &c->b[i]);
+            if (st > best)
+                best = st;
+        }
+    }
+    int kind = best == ST_USABLE || best == ST_OTHER_PATH ? NB_LEAK_PLACEMENT
+               : best == ST_CLEARTEXT                     ? NB_LEAK_CLEARTEXT
+               : best == ST_OTHER_VM                      ? NB_LEAK_OTHER_VM
+                                                          : NB_LEAK_OTHER_HOST;
+    char w[NB_INJECT_WHERE_MAX];
+    char esc[NB_INJECT_WHERE_MAX];
+    if (wname.len)
+        snprintf(w, sizeof(w), "%s:%s", where, nb_log_escape(esc, 64, wname.p, wname.len));
+    else
+        snprintf(w, sizeof(w), "%s", where);
+    nb_inject_out_t *o = c->out;
+    size_t keep = o->nleaks < NB_INJECT_MAX_REPORT ? o->nleaks : NB_INJECT_MAX_REPORT;
+    for (size_t i = 0; i < keep; i++)
+        if (o->leaks[i].kind == kind && strlen(o->leaks[i].secret) == nl &&
+            memcmp(o->leaks[i].secret, name, nl) == 0 && strcmp(o->leaks[i].where, w) == 0)
+            return;
+    if (o->nleaks < NB_INJECT_MAX_REPORT) {
+        nb_inject_leak_t *l = &o->leaks[o->nleaks];
+        memcpy(l->secret, name, nl);
+        l->secret[nl] = '\0';
+        l->kind = kind;
+        snprintf(l->where, sizeof(l->where), "%s", w);
+    }
+    o->nleaks++;
+}
+
+static int known_name(const ictx_t *c, const uint8_t *p, size_t n, const char **name)
+{
+    for (size_t i = 0; i < c->nb; i++)
+        if (strlen(c->b[i].secret) == n && memcmp(c->b[i].secret, p, n) == 0) {
+            *name = c->b[i].secret;
+            return 1;
+        }
+    for (size_t i = 0; i < c->nknown; i++)
+        if (strlen(c->known[i]) == n && memcmp(c->known[i], p, n) == 0) {
+            *name = c->known[i];
+            return 1;
+        }
+    return 0;
+}
+
+/* Reports every whole-token occurrence of a known name in `s`. For the
+ * target, offsets inside substituted ranges are skipped. */
+static void scan(ictx_t *c, nb_iov_t s, const char *where, nb_iov_t wname, int is_target)
+{
+    size_t i = 0;
+    while (i < s.len) {
+        if (!is_word(s.p[i])) {
+            i++;
+            continue;
+        }
+        size_t j = i;
+        while (j < s.len && is_word(s.p[j]))
+            j++;
+        const char *name;
+        int skip = 0;
+        if (is_target) {
+            size_t off = (size_t)(s.p + i - c->req->target.p);
+            for (size_t k = 0; k < c->ncons; k++)
+                skip |= off >= c->cons_from[k] && off < c->cons_to[k];
+        }
+        if (!skip && j - i <= NB_SECRETS_NAME_MAX && known_name(c, s.p + i, j - i, &name))
+            report(c, name, j - i, where, wname);
+        i = j;
+    }
+}
+
+/* ---- Basic credentials ------------------------------------------------------- */
+
+/* Decodes "Basic <b64>" into buf; returns the length or -1. */
+static int basic_decode(nb_iov_t v, uint8_t *buf, size_t cap)
+{
+    if (v.len < 6 || !nb_iov_eq_nocase(nb_iov(v.p, 6), "basic "))
+        return -1;
+    size_t i = 6;
+    while (i < v.len && v.p[i] == ' ')
+        i++;
+    size_t bl = 0;
+    const char *end = NULL;
+    if (i == v.len ||
+        sodium_base642bin(buf, cap, (const char *)v.p + i, v.len - i, NULL, &bl, &end,
+                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
+        end != (const char *)v.p + v.len)
+        return -1;
+    return (int)bl;
+}
+
+static int write_basic(ictx_t *c, nb_iov_t name, const nb_binding_t *b, val_t v)
+{
+    size_t ul = strlen(b->user), cl = ul + 1 + v.len, coff, eoff;
+    size_t el = sodium_base64_ENCODED_LEN(cl, sodium_base64_VARIANT_ORIGINAL);
+    int r;
+    if ((r = work_alloc(c, cl, &coff)) < 0 || (r = work_alloc(c, el, &eoff)) < 0)
+        return r;
+    uint8_t *cred = W(c, coff);
+    char *enc = (char *)W(c, eoff);
+    memcpy(cred, b->user, ul);
+    cred[ul] = ':';
+    memcpy(cred + ul + 1, W(c, v.off), v.len);
+    sodium_bin2base64(enc, el, cred, cl, sodium_base64_VARIANT_ORIGINAL);
+    if ((r = put(c, name.p, name.len)) < 0 || (r = put(c, ": Basic ", 8)) < 0 ||
+        (r = put(c, enc, strlen(enc))) < 0 || (r = put(c, "\r\n", 2)) < 0)
+        return r;
+    /* The echo of either the value or the whole credential is redacted. */
+    if ((r = redact_add(c, W(c, v.off), v.len, b->secret, strlen(b->secret))) < 0)
+        return r;
+    char ph[BASIC_MAX * 2];
+    uint8_t phc[BASIC_MAX];
+    size_t pcl = ul + 1 + strlen(b->secret);
+    if (pcl > sizeof(phc))
+        return 0;
+    memcpy(phc, b->user, ul);
+    phc[ul] = ':';
+    memcpy(phc + ul + 1, b->secret, strlen(b->secret));
+    sodium_bin2base64(ph, sizeof(ph), phc, pcl, sodium_base64_VARIANT_ORIGINAL);
+    return redact_add(c, enc, strlen(enc), ph, strlen(ph));
+}
+
+/* ---- headers ------------------------------------------------------------------- */
+
+static int value_ok(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+/* 1 when `v` equals tmpl with "{secret}" replaced by `name`. */
+static int matches_template(nb_iov_t v, const char *tmpl, const char *name, size_t *pre,
+                            size_t *post)
+{
+    const char *ph = strstr(tmpl, "{secret}");
+    if (!ph)
+        return 0;
+    size_t pl = (size_t)(ph - tmpl), sl = strlen(ph + 8), nl = strlen(name);
+    *pre = pl;
+    *post = sl;
+    return v.len == pl + nl + sl && memcmp(v.p, tmpl, pl) == 0 && memcmp(v.p + pl, name, nl) == 0 &&
+           memcmp(v.p + pl + nl, ph + 8, sl) == 0;
+}
+
+static int do_header(ictx_t *c, const nb_inject_header_t *h)
+{
+    int r;
+    val_t v;
+    for (size_t i = 0; i < c->nb; i++) {
+        const nb_binding_t *b = &c->b[i];
+        size_t pre, post;
+        if (b->placement != NB_PLACE_HEADER || !nb_iov_eq_nocase(h->name, b->header) ||
+            binding_state(c, b) != ST_USABLE ||
+            !matches_template(h->value, b->tmpl, b->secret, &pre, &post))
+            continue;
+        if ((r = fetch(c, b, &v)) < 0)
+            return r;
+        if (!value_ok(W(c, v.off), v.len)) {
+            nb_log(NB_LOG_ERR, "inject: the value of %s cannot go in a header (control bytes)",
+                   b->secret);
+            return NB_EINVAL;
+        }
+        if ((r = put(c, h->name.p, h->name.len)) < 0 || (r = put(c, ": ", 2)) < 0 ||
+            (r = put(c, b->tmpl, pre)) < 0 || (r = put(c, W(c, v.off), v.len)) < 0 ||
+            (r = put(c, b->tmpl + strlen(b->tmpl) - post, post)) < 0 || (r = put(c, "\r\n", 2)) < 0)
+            return r;
+        note_injection(c, b);
+        return redact_add(c, W(c, v.off), v.len, b->secret, strlen(b->secret));
+    }
+    uint8_t cred[BASIC_MAX];
+    int cl = nb_iov_eq_nocase(h->name, "authorization") ? basic_decode(h->value, cred, sizeof(cred))
+                                                        : -1;
+    if (cl >= 0) {
+        for (size_t i = 0; i < c->nb; i++) {
+            const nb_binding_t *b = &c->b[i];
+            size_t ul = strlen(b->user), nl = strlen(b->secret);
+            if (b->placement != NB_PLACE_BASIC || binding_state(c, b) != ST_USABLE ||
+                (size_t)cl != ul + 1 + nl || memcmp(cred, b->user, ul) != 0 || cred[ul] != ':' ||
+                memcmp(cred + ul + 1, b->secret, nl) != 0)
+                continue;
+            if ((r = fetch(c, b, &v)) < 0 || (r = write_basic(c, h->name, b, v)) < 0)
+                return r;
+            note_injection(c, b);
+            return 0;
+        }
+        scan(c, nb_iov(cred, (size_t)cl), "basic", h->name, 0);
+    }
+    scan(c, h->value, "header", h->name, 0);
+    if ((r = put(c, h->name.p, h->name.len)) < 0 || (r = put(c, ": ", 2)) < 0 ||
+        (r = put(c, h->value.p, h->value.len)) < 0 || (r = put(c, "\r\n", 2)) < 0)
+        return r;
+    return 0;
+}
+
+/* ---- query ----------------------------------------------------------------------- */
+
+/* Writes value v percent-encoded (unreserved kept) and registers both
+ * spellings with the redactor. */
+static int put_pct(ictx_t *c, val_t v, const char *name)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t eoff, o = 0;
+    int r = work_alloc(c, 3 * v.len, &eoff);
+    if (r < 0)
+        return r;
+    const uint8_t *p = W(c, v.off);
+    char *enc = (char *)W(c, eoff);
+    for (size_t i = 0; i < v.len; i++) {
+        uint8_t ch = p[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+            enc[o++] = (char)ch;
+        } else {
+            enc[o++] = '%';
+            enc[o++] = hex[ch >> 4];
+            enc[o++] = hex[ch & 15];
+        }
+    }
+    if ((r = put(c, enc, o)) < 0 || (r = redact_add(c, p, v.len, name, strlen(name))) < 0)
+        return r;
+    return redact_add(c, enc, o, name, strlen(name));
+}
+
+/* Writes the target, substituting query parameters per QUERY bindings. */
+static int do_target(ictx_t *c)
+{
+    nb_iov_t t = c->req->target, q = c->t.query;
+    if (!q.p)
+        return put(c, t.p, t.len);
+    size_t qoff = (size_t)(q.p - t.p);
+    int r;
+    if ((r = put(c, t.p, qoff)) < 0)
+        return r;
+    size_t i = 0;
+    while (i <= q.len) {
+        size_t e = i;
+        while (e < q.len && q.p[e] != '&')
+            e++;
+        nb_iov_t param = nb_iov(q.p + i, e - i);
+        const uint8_t *eq = memchr(param.p, '=', param.len);
+        int done = 0;
+        for (size_t k = 0; eq && k < c->nb && !done; k++) {
+            const nb_binding_t *b = &c->b[k];
+            nb_iov_t pn = nb_iov(param.p, (size_t)(eq - param.p));
+            nb_iov_t pv = nb_iov(eq + 1, param.len - pn.len - 1);
+            if (b->placement != NB_PLACE_QUERY || !iov_eq_str(pn, b->param) ||
+                !iov_eq_str(pv, b->secret) || binding_state(c, b) != ST_USABLE)
+                continue;
+            val_t v;
+            if ((r = fetch(c, b, &v)) < 0 || (r = put(c, pn.p, pn.len + 1)) < 0 ||
+                (r = put_pct(c, v, b->secret)) < 0)
+                return r;
+            note_injection(c, b);
+            if (c->ncons < MAX_CONSUMED) {
+                c->cons_from[c->ncons] = (size_t)(pv.p - t.p);
+                c->cons_to[c->ncons++] = (size_t)(pv.p - t.p) + pv.len;
+            }
+            done = 1;
+        }
+        if (!done && (r = put(c, param.p, param.len)) < 0)
+            return r;
+        if (e < q.len && (r = put(c, "&", 1)) < 0)
+            return r;
+        i = e + 1;
+    }
+    size_t rest = qoff + q.len;
+    return put(c, t.p + rest, t.len - rest); /* a fragment, if any */
+}
+
+int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
+                   const nb_binding_t *bindings, size_t nbindings, const char *const *known,
+                   size_t nknown, nb_inject_get_fn get, void *ctx, nb_redact_t *redact,
+                   nb_inject_out_t *out)
+{
+    ictx_t cs, *c = &cs;
+    memset(c, 0, sizeof(*c));
+    c->req = req;
+    c->dest = dest;
+    c->b = bindings;
+    c->nb = nbindings;
+    c->known = known;
+    c->nknown = nknown;
+    c->get = get;
+    c->ctx = ctx;
+    c->redact = redact;
+    c->out = out;
+    nb_inject_out_wipe(out);
+    out->ninjected = out->nleaks = 0;
+    char ver[16];
+    int r;
+    if ((r = parse_target(c)) < 0)
+        goto out;
+    snprintf(ver, sizeof(ver), " HTTP/1.%d\r\n", req->version_minor ? 1 : 0);
+    if ((r = put(c, req->method.p, req->method.len)) < 0 || (r = put(c, " ", 1)) < 0 ||
+        (r = do_target(c)) < 0 || (r = put(c, ver, strlen(ver))) < 0)
+        goto out;
+    scan(c, req->target, "target", nb_iov(NULL, 0), 1);
+    for (size_t i = 0; i < req->nheaders; i++)
+        if ((r = do_header(c, &req->headers[i])) < 0)
+            goto out;
+    r = put(c, "\r\n", 2);
+out:
+    sodium_memzero(out->work, out->work_used);
+    out->work_used = 0;
+    if (r < 0) {
+        nb_inject_out_wipe(out);
+        out->ninjected = 0;
+    }
+    return r;
+}

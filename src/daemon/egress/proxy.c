@@ -1,0 +1,953 @@
+/* The proxy engine: listeners, client connections, CONNECT and the gate.
+ * The HTTP exchange itself is in proxy_http.c, upstream connections in
+ * proxy_upstream.c. See docs/internals/proxy.md for the state machine. */
+#include "daemon/egress/proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/egress/proxy_int.h"
+#include "lib/err.h"
+#include "lib/log.h"
+
+#define IN_PAUSED_MAX (64 * 1024) /* pipelined bytes held while an exchange runs */
+#define IN_CAP (1024 * 1024)      /* hard cap on held client bytes */
+#define LINGER_MS 2000            /* read-and-discard after our last reply */
+
+static const nb_pxio_cbs_t client_cbs;
+static void listener_maybe_free(nb_proxy_listener_t *l);
+static void engine_maybe_free(nb_proxy_t *px);
+
+void nb_proxy_cfg_default(nb_proxy_cfg_t *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->max_conns = 1024;
+    cfg->idle_timeout_ms = 300000;
+    cfg->head_timeout_ms = 30000;
+    cfg->connect_timeout_ms = 15000;
+    cfg->response_timeout_ms = 300000;
+    cfg->pool_idle_ms = 30000;
+    cfg->pool_max_per_key = 8;
+}
+
+/* ---- records (audit + events through one hook) ---- */
+
+void px_record(cconn_t *c, const char *kind, const char *host, int port, json_t *detail)
+{
+    nb_proxy_t *px = c->px;
+    if (!detail)
+        detail = json_object();
+    if (detail) {
+        json_object_set_new(detail, "conn", json_integer((json_int_t)c->id));
+        json_object_set_new(detail, "listener", json_integer((json_int_t)c->l->id));
+    }
+    if (px->cfg.record)
+        px->cfg.record(px->cfg.record_ud, kind, c->l->vm, host, port, detail);
+    else
+        json_decref(detail);
+}
+
+/* ---- client connections ---- */
+
+void px_conn_touch(cconn_t *c)
+{
+    c->last_active = uv_now(c->px->loop);
+}
+
+static void conn_maybe_free(cconn_t *c)
+{
+    if (!c->io_closed || !c->timer_closed)
+        return;
+    nb_proxy_listener_t *l = c->l;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    l->nconns--;
+    l->px->st.conns_open--;
+    nb_http_parser_free(c->rp);
+    nb_buf_free(&c->in);
+    nb_buf_free(&c->x.pending);
+    nb_buf_free(&c->scratch);
+    nb_inject_out_free(&c->inj);
+    nb_redact_free(c->red);
+    nb_pxcreds_unref(c->creds);
+    free(c->hdrs);
+    free(c);
+    listener_maybe_free(l);
+}
+
+static void on_io_closed(nb_pxio_t *io)
+{
+    cconn_t *c = io->ud;
+    c->io_closed = 1;
+    conn_maybe_free(c);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    cconn_t *c = h->data;
+    c->timer_closed = 1;
+    conn_maybe_free(c);
+}
+
+void px_conn_summarize(cconn_t *c)
+{
+    if (c->summarized)
+        return;
+    c->summarized = 1;
+    for (size_t k = 0; k < c->ntally; k++) {
+        if (c->tally[k].count < 2)
+            continue;
+        const char *pl = nb_binding_placement_name(c->tally[k].placement);
+        px_record(c, "inject", c->tally[k].host, c->tally[k].port,
+                  json_pack("{s:[s], s:I, s:s, s:I, s:b}", "secrets", c->tally[k].secret, "binding",
+                            (json_int_t)c->tally[k].binding_id, "placement", pl ? pl : "?", "count",
+                            (json_int_t)c->tally[k].count, "summary", 1));
+    }
+    if (c->leaks_unrecorded)
+        px_record(c, "leak", c->tunnel ? c->auth.host : NULL, c->tunnel ? c->auth.port : 0,
+                  json_pack("{s:I, s:b}", "more", (json_int_t)c->leaks_unrecorded, "summary", 1));
+}
+
+void px_conn_close(cconn_t *c)
+{
+    if (c->state == CS_CLOSING && c->io.closing)
+        return;
+    px_conn_summarize(c);
+    c->state = CS_CLOSING;
+    nb_gate_cancel(c->wait);
+    c->wait = NULL;
+    if (c->up) {
+        upconn_t *u = c->up;
+        c->up = NULL;
+        u->owner = NULL;
+        px_up_close(u);
+    }
+    if (c->timer_open && !uv_is_closing((uv_handle_t *)&c->timer))
+        uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+    nb_pxio_close(&c->io, on_io_closed);
+}
+
+static void on_conn_timer(uv_timer_t *t);
+
+static void arm_timer(cconn_t *c, uint64_t ms)
+{
+    uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+}
+
+/* Ends the connection gracefully once everything queued is written: our
+ * sending side is shut down, then incoming bytes are read and dropped for
+ * a moment so that a client still sending does not get a reset that
+ * destroys the reply in flight. */
+void px_conn_linger(cconn_t *c)
+{
+    if (c->state == CS_CLOSING)
+        return;
+    if (c->up) {
+        upconn_t *u = c->up;
+        c->up = NULL;
+        u->owner = NULL;
+        px_up_close(u);
+    }
+    nb_gate_cancel(c->wait);
+    c->wait = NULL;
+    c->state = CS_CLOSING;
+    nb_pxio_shutdown(&c->io);
+    if (c->io.failed || c->io.eof_reported || c->client_eof) {
+        px_conn_close(c);
+        return;
+    }
+    nb_pxio_read_start(&c->io);
+    arm_timer(c, LINGER_MS);
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    cconn_t *c = t->data;
+    nb_proxy_t *px = c->px;
+    uint64_t now = uv_now(px->loop);
+    if (c->state == CS_CLOSING) {
+        px_conn_close(c); /* the lingering time is over */
+        return;
+    }
+    if ((c->state == CS_SNIFF || c->state == CS_HANDSHAKE) && c->head_started &&
+        now - c->head_started >= px->cfg.head_timeout_ms) {
+        nb_log_conn(NB_LOG_INFO, c->id, "no TLS handshake within %" PRIu64 " ms: closing",
+                    px->cfg.head_timeout_ms);
+        px_conn_close(c);
+        return;
+    }
+    if (c->head_started && now - c->head_started >= px->cfg.head_timeout_ms && !c->x.head_ok &&
+        !c->x.reject_status) {
+        nb_log_conn(NB_LOG_INFO, c->id, "request head not complete after %" PRIu64 " ms",
+                    px->cfg.head_timeout_ms);
+        px_reply(c, 408, "timeout", "head-timeout", c->tunnel ? c->auth.host : "",
+                 "the request head did not arrive in time", "send the whole request head at once",
+                 1);
+        return;
+    }
+    if (c->state != CS_GATE && !c->x.gate_waiting &&
+        now - c->last_active >= px->cfg.idle_timeout_ms) {
+        nb_log_conn(NB_LOG_DEBUG, c->id, "idle for %" PRIu64 " ms: closing",
+                    px->cfg.idle_timeout_ms);
+        px_conn_close(c);
+        return;
+    }
+    uint64_t next = px->cfg.idle_timeout_ms - (now - c->last_active);
+    if (c->state == CS_GATE || c->x.gate_waiting || next > px->cfg.idle_timeout_ms)
+        next = px->cfg.idle_timeout_ms;
+    if (c->head_started && !c->x.head_ok) {
+        uint64_t h = c->head_started + px->cfg.head_timeout_ms;
+        if (h > now && h - now < next)
+            next = h - now;
+    }
+    arm_timer(c, next + 1);
+}
+
+/* Reads from the client only while nothing downstream is full. */
+void px_conn_update_read(cconn_t *c)
+{
+    int want = 0;
+    switch (c->state) {
+    case CS_START:
+    case CS_HTTP:
+        want = !(c->parse_paused && c->in.len >= IN_PAUSED_MAX) &&
+               c->x.pending.len < NB_PXIO_HIGH_WATER &&
+               !(c->up && c->x.head_sent && nb_pxio_queued(&c->up->io) > NB_PXIO_HIGH_WATER);
+        break;
+    case CS_SNIFF:
+    case CS_CLOSING:
+        want = 1;
+        break;
+    case CS_PIPE:
+        want = !c->pipe_c_eof && c->up && nb_pxio_queued(&c->up->io) <= NB_PXIO_HIGH_WATER;
+        break;
+    default:
+        want = 0;
+    }
+    if (want && !c->io.want_read)
+        nb_pxio_read_start(&c->io);
+    else if (!want && c->io.want_read)
+        nb_pxio_read_stop(&c->io);
+}
+
+static int rp_on_head(void *ud, const nb_http_head_t *h)
+{
+    return px_http_on_head(ud, h);
+}
+
+static int rp_on_body(void *ud, const uint8_t *p, size_t len)
+{
+    return px_http_on_body(ud, p, len);
+}
+
+static int rp_on_complete(void *ud)
+{
+    return px_http_on_complete(ud);
+}
+
+static const nb_http_cbs_t req_cbs = {rp_on_head, rp_on_body, rp_on_complete};
+
+/* A fresh request parser for the HTTP stream inside a tunnel or on the
+ * plain proxy connection. Bodies stream: no body cap. */
+int px_conn_start_http(cconn_t *c)
+{
+    nb_http_limits_t lim;
+    nb_http_limits_default(&lim);
+    lim.max_body = 0;
+    nb_http_parser_free(c->rp);
+    c->rp = NULL;
+    int r = nb_http_parser_new(NB_HTTP_REQUEST, &lim, &req_cbs, c, &c->rp);
+    if (r < 0)
+        return r;
+    c->parse_paused = 0;
+    return 0;
+}
+
+static void parse_failed(cconn_t *c)
+{
+    nb_http_err_t e = nb_http_parser_error(c->rp);
+    if (c->x.reject_status)
+        return; /* on_head refused it already; px_http_after_feed replies */
+    const char *tok = nb_http_err_token(e);
+    nb_log_conn(NB_LOG_INFO, c->id, "refusing a malformed request: %s", tok);
+    json_t *d = json_pack("{s:s, s:s, s:s}", "reason", tok, "threat", "A15", "stage", "request");
+    px_record(c, "refusal", c->tunnel ? c->auth.host : NULL, c->tunnel ? c->auth.port : 0, d);
+    c->px->st.refused++;
+    if (c->x.resp_head_sent || c->x.head_sent) {
+        px_conn_close(c);
+        return;
+    }
+    if (c->up) {
+        upconn_t *u = c->up;
+        c->up = NULL;
+        u->owner = NULL;
+        px_up_close(u);
+    }
+    px_reply(c, nb_http_err_status(e), "bad-request", tok, c->tunnel ? c->auth.host : "",
+             nb_http_err_message(e), "fix the client: the proxy refuses ambiguous HTTP", 1);
+}
+
+/* Feeds held client bytes to the request parser until a message ends (the
+ * parser then pauses until the exchange is over). */
+void px_conn_feed(cconn_t *c)
+{
+    if (c->feeding)
+        return;
+    c->feeding = 1;
+    while (!c->parse_paused && c->in.len > 0 && (c->state == CS_START || c->state == CS_HTTP)) {
+        size_t used = 0;
+        if (!c->head_started && !c->x.head_ok)
+            c->head_started = uv_now(c->px->loop);
+        int r = nb_http_parser_feed(c->rp, c->in.p, c->in.len, &used);
+        nb_buf_consume(&c->in, used);
+        if (r == NB_HTTP_MORE)
+            continue;
+        if (r == NB_HTTP_DONE || r == NB_HTTP_UPGRADED) {
+            c->x.req_done = 1;
+            c->parse_paused = 1;
+            continue;
+        }
+        c->feeding = 0;
+        parse_failed(c);
+        return;
+    }
+    c->feeding = 0;
+    if (c->state == CS_START || c->state == CS_HTTP)
+        px_http_after_feed(c);
+    if (c->state != CS_CLOSING)
+        px_conn_update_read(c);
+}
+
+static void sniff(cconn_t *c)
+{
+    if (c->in.len == 0)
+        return;
+    if (c->in.p[0] == 0x16) {
+        /* TLS ClientHello: terminate TLS with a leaf for the approved
+         * name; the CA's SNI callback refuses any other name (A8). */
+        c->state = CS_HANDSHAKE;
+        c->tls = 1;
+        int r = nb_pxio_tls_server(&c->io, c->px->server_ctx, c->auth.host, c->in.p, c->in.len);
+        nb_buf_reset(&c->in);
+        if (r < 0) {
+            nb_log_conn(NB_LOG_WARN, c->id, "cannot start TLS: %s", nb_strerror(r));
+            px_conn_close(c);
+        }
+        return;
+    }
+    /* Plain HTTP inside the tunnel (CONNECT to port 80). */
+    c->state = CS_HTTP;
+    c->tls = 0;
+    if (px_conn_start_http(c) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    px_conn_feed(c);
+}
+
+static void client_on_data(nb_pxio_t *io, const uint8_t *p, size_t len)
+{
+    cconn_t *c = io->ud;
+    px_conn_touch(c);
+    switch (c->state) {
+    case CS_CLOSING:
+        return; /* lingering: drop */
+    case CS_PIPE:
+        px_pipe_client_data(c, p, len);
+        return;
+    default:
+        break;
+    }
+    if (nb_buf_append(&c->in, p, len) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    if (c->state == CS_SNIFF) {
+        sniff(c);
+        return;
+    }
+    if (c->state == CS_START || c->state == CS_HTTP) {
+        /* The upstream head and the body bytes of this read go out as one. */
+        upconn_t *u = c->up;
+        if (u)
+            nb_pxio_cork(&u->io);
+        px_conn_feed(c);
+        /* (u is still allocated: upstreams are freed from close callbacks) */
+        if (u && nb_pxio_uncork(&u->io) < 0 && c->up == u)
+            px_conn_close(c);
+    } else {
+        px_conn_update_read(c);
+    }
+}
+
+static void client_on_eof(nb_pxio_t *io)
+{
+    cconn_t *c = io->ud;
+    c->client_eof = 1;
+    switch (c->state) {
+    case CS_PIPE:
+        px_pipe_client_eof(c);
+        return;
+    case CS_START:
+    case CS_HTTP:
+        if (!c->x.active && c->in.len == 0) {
+            px_conn_close(c);
+            return;
+        }
+        if (c->x.active && !c->x.req_done) {
+            /* The request was cut short: nothing sensible can follow. */
+            px_conn_close(c);
+            return;
+        }
+        c->close_after = 1; /* answer what was asked, then close */
+        return;
+    default:
+        px_conn_close(c);
+    }
+}
+
+static void client_on_error(nb_pxio_t *io, int r)
+{
+    cconn_t *c = io->ud;
+    nb_log_conn(NB_LOG_DEBUG, c->id, "client connection error: %s", nb_strerror(r));
+    px_conn_close(c);
+}
+
+static void client_on_handshake(nb_pxio_t *io, int r)
+{
+    cconn_t *c = io->ud;
+    if (r < 0) {
+        const char *sni = NULL;
+        int st = io->ssl ? nb_ca_ssl_sni_status(io->ssl, &sni) : 0;
+        char esc[300];
+        nb_log_escape(esc, sizeof esc, sni ? sni : "", sni ? strlen(sni) : 0);
+        if (st == NB_CA_SNI_MISMATCH || st == NB_CA_SNI_INVALID) {
+            nb_log_conn(NB_LOG_NOTICE, c->id, "TLS SNI '%s' is not the CONNECT name %s: refused",
+                        esc, c->auth.host);
+            json_t *d = json_pack("{s:s, s:s, s:s}", "reason",
+                                  st == NB_CA_SNI_MISMATCH ? "sni-mismatch" : "sni-invalid",
+                                  "threat", "A8", "sni", esc);
+            px_record(c, "refusal", c->auth.host, c->auth.port, d);
+            c->px->st.refused++;
+        } else {
+            nb_log_conn(NB_LOG_INFO, c->id, "client TLS handshake failed: %s", io->tls_error);
+        }
+        px_conn_close(c);
+        return;
+    }
+    c->state = CS_HTTP;
+    c->head_started = 0;
+    if (px_conn_start_http(c) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    px_conn_update_read(c);
+}
+
+static void client_on_drain(nb_pxio_t *io)
+{
+    cconn_t *c = io->ud;
+    if (c->state == CS_PIPE)
+        px_pipe_client_drain(c);
+    else if (c->state == CS_HTTP || c->state == CS_START)
+        px_http_client_drain(c);
+}
+
+static void client_on_shutdown(nb_pxio_t *io)
+{
+    cconn_t *c = io->ud;
+    if (c->state == CS_PIPE)
+        px_pipe_shutdown_done(c);
+}
+
+static const nb_pxio_cbs_t client_cbs = {
+    .on_shutdown = client_on_shutdown,
+    .on_data = client_on_data,
+    .on_eof = client_on_eof,
+    .on_error = client_on_error,
+    .on_handshake = client_on_handshake,
+    .on_drain = client_on_drain,
+};
+
+/* ---- CONNECT ---- */
+
+static void connect_allowed(cconn_t *c);
+
+static void tunnel_established(cconn_t *c)
+{
+    static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+    if (nb_pxio_write(&c->io, ok, sizeof ok - 1, 0) < 0) {
+        px_conn_close(c);
+        return;
+    }
+}
+
+static void record_gate(cconn_t *c, const nb_dest_t *d, const char *host, int port,
+                        const nb_gate_verdict_t *v, const char *how)
+{
+    json_t *det = json_pack("{s:s, s:s, s:s}", "decision", v->allowed ? "allow" : "deny", "reason",
+                            nb_gate_why_name(v->why), "via", how);
+    if (det && v->rule_id)
+        json_object_set_new(det, "rule", json_integer((json_int_t)v->rule_id));
+    if (det && v->prompt_id)
+        json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
+    px_record(c, "gate.decision", host, port, det);
+    (void)d;
+}
+
+const char *px_why_hint(int why)
+{
+    switch (why) {
+    case NB_GATE_WHY_DENY_RULE:
+    case NB_GATE_WHY_DENY_ALWAYS:
+        return "a deny rule covers this destination; the user can remove it with 'nilbox rule rm'";
+    case NB_GATE_WHY_BLOCKLIST:
+        return "the destination is on the blocklist";
+    case NB_GATE_WHY_TIMEOUT:
+        return "nobody answered the prompt in time; ask the user to run 'nilbox prompts' and retry";
+    case NB_GATE_WHY_DENY_ONCE:
+        return "the user denied this connection; retrying asks again";
+    case NB_GATE_WHY_OVERLOAD:
+        return "too many destinations are waiting for an answer; retry later";
+    case NB_GATE_WHY_NO_PROMPT:
+        return "no rule allows this destination; ask the user to add one with 'nilbox rule add'";
+    default:
+        return "ask the user to allow this destination ('nilbox prompts' or 'nilbox rule add')";
+    }
+}
+
+static void connect_verdict(cconn_t *c, const nb_gate_verdict_t *v)
+{
+    record_gate(c, &c->dest, c->auth.host, c->auth.port, v, "connect");
+    int http_port = c->auth.port == 80 || c->auth.port == 443;
+    if (v->allowed) {
+        c->rule_http = v->http;
+        connect_allowed(c);
+        return;
+    }
+    c->px->st.denied++;
+    c->deny = 1;
+    c->deny_why = v->why;
+    snprintf(c->deny_reason, sizeof c->deny_reason, "%s", nb_gate_why_name(v->why));
+    nb_log_conn(NB_LOG_INFO, c->id, "CONNECT %s:%u denied (%s)", c->auth.host, c->auth.port,
+                c->deny_reason);
+    if (http_port) {
+        /* Tell the agent why, in a form it reads: finish the tunnel (and
+         * TLS, with a minted leaf) and answer its request with a 403. */
+        tunnel_established(c);
+        c->state = CS_SNIFF;
+        c->head_started = uv_now(c->px->loop); /* the TLS handshake is timed like a head */
+        c->inspect = 1;
+        px_conn_update_read(c);
+        sniff(c);
+        return;
+    }
+    px_reply(c, 403, "denied", c->deny_reason, c->auth.host, "the destination is not allowed",
+             px_why_hint(v->why), 1);
+}
+
+static void on_connect_gate(void *ud, const nb_gate_verdict_t *v)
+{
+    cconn_t *c = ud;
+    c->wait = NULL;
+    connect_verdict(c, v);
+}
+
+/* A CONNECT request was read completely (any bytes after it are in c->in). */
+void px_conn_connect(cconn_t *c)
+{
+    nb_proxy_t *px = c->px;
+    c->tunnel = 1;
+    px_exch_reset(c); /* the CONNECT exchange is over; the tunnel's requests start fresh */
+    c->head_started = 0;
+    px->st.tunnels++;
+    c->state = CS_GATE;
+    px_conn_update_read(c);
+    nb_gate_verdict_t v;
+    int r = nb_gate_check(px->cfg.gate, &c->dest, &v, on_connect_gate, c, &c->wait);
+    if (r == 1)
+        connect_verdict(c, &v);
+}
+
+static void connect_allowed(cconn_t *c)
+{
+    c->inspect = c->auth.port == 80 || c->auth.port == 443 || c->rule_http;
+    if (c->inspect) {
+        tunnel_established(c);
+        if (c->state == CS_CLOSING)
+            return;
+        c->state = CS_SNIFF;
+        c->head_started = uv_now(c->px->loop); /* the TLS handshake is timed like a head */
+        px_conn_update_read(c);
+        sniff(c);
+        return;
+    }
+    /* Raw tunnel: connect first, so a failure can still be a 502. */
+    c->state = CS_CONNECTING;
+    int r = px_up_acquire(c, c->auth.host, c->auth.is_ip, c->auth.port, 0, 1);
+    if (r < 0)
+        px_reply(c, 502, "bad-gateway", "internal-error", c->auth.host,
+                 "cannot start the upstream connection", "retry later", 1);
+}
+
+/* proxy_upstream.c calls this for raw tunnels (state CS_CONNECTING). */
+void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r)
+{
+    if (r < 0) {
+        json_t *d = json_pack("{s:s, s:s}", "reason", u->fail_token, "message", u->fail_msg);
+        if (d && strcmp(u->fail_token, "internal-address") == 0)
+            json_object_set_new(d, "threat", json_string("A13"));
+        px_record(c, "refusal", c->auth.host, c->auth.port, d);
+        c->px->st.upstream_errors++;
+        px_reply(c, u->fail_status, "bad-gateway", u->fail_token, c->auth.host, u->fail_msg,
+                 "check the destination; internal addresses need an explicit IP rule", 1);
+        px_up_close(u);
+        return;
+    }
+    c->up = u;
+    u->owner = c;
+    tunnel_established(c);
+    if (c->state == CS_CLOSING)
+        return;
+    c->state = CS_PIPE;
+    nb_buf_t held = c->in;
+    nb_buf_init(&c->in, IN_CAP);
+    px_pipe_start(c, held.p, held.len);
+    nb_buf_free(&held);
+}
+
+/* ---- listeners ---- */
+
+static void on_accept(uv_stream_t *srv, int status)
+{
+    nb_proxy_listener_t *l = srv->data;
+    nb_proxy_t *px = l->px;
+    if (status < 0 || l->closing)
+        return;
+    cconn_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        uv_tcp_t tmp;
+        /* Accept and drop so the backlog does not spin. */
+        if (uv_tcp_init(px->loop, &tmp) == 0) {
+            if (uv_accept(srv, (uv_stream_t *)&tmp) == 0)
+                nb_log(NB_LOG_WARN, "out of memory: dropping a proxy connection");
+            uv_close((uv_handle_t *)&tmp, NULL);
+        }
+        return;
+    }
+    c->l = l;
+    c->px = px;
+    c->id = nb_log_next_conn_id();
+    nb_buf_init(&c->in, IN_CAP);
+    nb_buf_init(&c->x.pending, 2 * 1024 * 1024);
+    nb_buf_init(&c->scratch, PX_RESP_HEAD_MAX);
+    int r = nb_pxio_init(px->loop, &c->io, &client_cbs, c);
+    if (r < 0) {
+        free(c);
+        return;
+    }
+    c->next = l->conns;
+    if (l->conns)
+        l->conns->prev = c;
+    l->conns = c;
+    l->nconns++;
+    px->st.conns_open++;
+    uv_timer_init(px->loop, &c->timer);
+    c->timer.data = c;
+    c->timer_open = 1;
+    if ((r = nb_pxio_accept(&c->io, srv)) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    if (l->nconns > px->cfg.max_conns) {
+        px->st.conns_refused++;
+        nb_log(NB_LOG_WARN, "proxy listener %" PRIu64 ": %zu connections, refusing more", l->id,
+               l->nconns - 1);
+        px_conn_close(c);
+        return;
+    }
+    px->st.conns_accepted++;
+    c->state = CS_START;
+    if (px_conn_start_http(c) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    px_conn_touch(c);
+    arm_timer(c, px->cfg.head_timeout_ms < px->cfg.idle_timeout_ms ? px->cfg.head_timeout_ms
+                                                                   : px->cfg.idle_timeout_ms);
+    c->head_started = uv_now(px->loop);
+    px_conn_update_read(c);
+}
+
+static void engine_maybe_free(nb_proxy_t *px)
+{
+    if (!px->closing || px->listeners)
+        return;
+    SSL_CTX_free(px->server_ctx);
+    nb_pxcreds_unref(px->creds);
+    void (*done)(void *) = px->done;
+    void *ud = px->done_ud;
+    free(px);
+    if (done)
+        done(ud);
+}
+
+static void listener_maybe_free(nb_proxy_listener_t *l)
+{
+    if (!l->closing || !l->srv_closed || l->conns || l->nups)
+        return;
+    nb_proxy_t *px = l->px;
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        px->listeners = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    SSL_CTX_free(l->client_ctx);
+    free(l);
+    engine_maybe_free(px);
+}
+
+void px_listener_check(nb_proxy_listener_t *l)
+{
+    listener_maybe_free(l);
+}
+
+static void on_srv_closed(uv_handle_t *h)
+{
+    nb_proxy_listener_t *l = h->data;
+    l->srv_closed = 1;
+    listener_maybe_free(l);
+}
+
+void nb_proxy_listener_close(nb_proxy_listener_t *l)
+{
+    if (!l || l->closing)
+        return;
+    l->closing = 1;
+    nb_log(NB_LOG_INFO, "proxy listener %" PRIu64 " on %s:%d (vm '%s') closing", l->id, l->ip,
+           l->port, l->vm);
+    uv_close((uv_handle_t *)&l->srv, on_srv_closed);
+    for (cconn_t *c = l->conns, *n; c; c = n) {
+        n = c->next;
+        px_conn_close(c);
+    }
+    px_up_pool_drain(l);
+}
+
+static int loopback_only(const char *ip)
+{
+    nb_ipaddr_t a;
+    if (!nb_ip_parse(ip, strlen(ip), &a))
+        return 0;
+    const char *k = nb_ip_internal_kind(&a);
+    return k && strcmp(k, "loopback") == 0;
+}
+
+int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_listener_t **out)
+{
+    *out = NULL;
+    int r;
+    const char *ip = o->ip ? o->ip : "127.0.0.1";
+    if (px->closing)
+        return NB_ESTATE;
+    if (!loopback_only(ip) || o->port < 0 || o->port > 65535)
+        return NB_EINVAL;
+    if (!o->vm || !o->vm[0] || !nb_rules_vm_valid(o->vm))
+        return NB_EINVAL;
+    if (o->nresolve > NB_PROXY_MAX_RESOLVE)
+        return NB_EINVAL;
+    nb_proxy_listener_t *l = calloc(1, sizeof *l);
+    if (!l)
+        return -ENOMEM;
+    l->px = px;
+    snprintf(l->vm, sizeof l->vm, "%s", o->vm);
+    snprintf(l->ip, sizeof l->ip, "%s", ip);
+    l->test_mode = o->upstream_ca_file || o->nresolve;
+    if (o->nresolve)
+        memcpy(l->resolve, o->resolve, o->nresolve * sizeof *o->resolve);
+    l->nresolve = o->nresolve;
+    if ((r = nb_pxio_client_ctx(o->upstream_ca_file, &l->client_ctx)) < 0) {
+        free(l);
+        return r;
+    }
+    struct sockaddr_storage ss;
+    if (strchr(ip, ':'))
+        r = uv_ip6_addr(ip, o->port, (struct sockaddr_in6 *)&ss);
+    else
+        r = uv_ip4_addr(ip, o->port, (struct sockaddr_in *)&ss);
+    if (r < 0 || (r = uv_tcp_init(px->loop, &l->srv)) < 0) {
+        SSL_CTX_free(l->client_ctx);
+        free(l);
+        return r < 0 ? r : NB_EINVAL;
+    }
+    l->srv.data = l;
+    l->id = px->next_listener_id++;
+    l->next = px->listeners;
+    if (px->listeners)
+        px->listeners->prev = l;
+    px->listeners = l;
+    if ((r = uv_tcp_bind(&l->srv, (struct sockaddr *)&ss, 0)) < 0 ||
+        (r = uv_listen((uv_stream_t *)&l->srv, 256, on_accept)) < 0) {
+        nb_proxy_listener_close(l);
+        return r;
+    }
+    struct sockaddr_storage bound;
+    int blen = sizeof bound;
+    uv_tcp_getsockname(&l->srv, (struct sockaddr *)&bound, &blen);
+    l->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                : ((struct sockaddr_in *)&bound)->sin_port);
+    nb_log(NB_LOG_NOTICE, "proxy listener %" PRIu64 " on %s:%d for vm '%s'%s", l->id, l->ip,
+           l->port, l->vm, l->test_mode ? " (test mode: extra CA / resolve overrides)" : "");
+    *out = l;
+    return 0;
+}
+
+uint64_t nb_proxy_listener_id(const nb_proxy_listener_t *l)
+{
+    return l->id;
+}
+
+int nb_proxy_listener_port(const nb_proxy_listener_t *l)
+{
+    return l->port;
+}
+
+const char *nb_proxy_listener_vm(const nb_proxy_listener_t *l)
+{
+    return l->vm;
+}
+
+nb_proxy_listener_t *nb_proxy_listener_find(nb_proxy_t *px, uint64_t id)
+{
+    for (nb_proxy_listener_t *l = px->listeners; l; l = l->next)
+        if (l->id == id && !l->closing)
+            return l;
+    return NULL;
+}
+
+json_t *nb_proxy_listeners_json(const nb_proxy_t *px)
+{
+    json_t *arr = json_array();
+    for (const nb_proxy_listener_t *l = px->listeners; arr && l; l = l->next) {
+        if (l->closing)
+            continue;
+        char addr[96];
+        snprintf(addr, sizeof addr, strchr(l->ip, ':') ? "[%s]:%d" : "%s:%d", l->ip, l->port);
+        json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:I, s:b}", "id", (json_int_t)l->id,
+                                             "listen", addr, "vm", l->vm, "connections",
+                                             (json_int_t)l->nconns, "test_mode", l->test_mode));
+    }
+    return arr;
+}
+
+/* ---- engine ---- */
+
+int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
+{
+    *out = NULL;
+    if (!cfg || !cfg->gate || !cfg->ca)
+        return NB_EINVAL;
+    nb_proxy_t *px = calloc(1, sizeof *px);
+    if (!px)
+        return -ENOMEM;
+    px->loop = loop;
+    px->cfg = *cfg;
+    nb_proxy_cfg_t def;
+    nb_proxy_cfg_default(&def);
+#define DEF(f)                                                                                     \
+    if (!px->cfg.f)                                                                                \
+        px->cfg.f = def.f;
+    DEF(max_conns)
+    DEF(idle_timeout_ms)
+    DEF(head_timeout_ms)
+    DEF(connect_timeout_ms)
+    DEF(response_timeout_ms)
+    DEF(pool_idle_ms)
+    DEF(pool_max_per_key)
+#undef DEF
+    px->next_listener_id = 1;
+    int r = nb_ca_server_ctx(cfg->ca, &px->server_ctx);
+    if (r < 0 || (r = nb_pxcreds_empty(&px->creds)) < 0) {
+        SSL_CTX_free(px->server_ctx);
+        free(px);
+        return r;
+    }
+    *out = px;
+    return 0;
+}
+
+void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c)
+{
+    if (!c && nb_pxcreds_empty(&c) < 0)
+        return; /* keep the old snapshot rather than none */
+    nb_pxcreds_unref(px->creds);
+    px->creds = c;
+}
+
+void nb_proxy_free(nb_proxy_t *px, void (*done)(void *ud), void *ud)
+{
+    if (!px) {
+        if (done)
+            done(ud);
+        return;
+    }
+    px->closing = 1;
+    px->done = done;
+    px->done_ud = ud;
+    if (!px->listeners) {
+        engine_maybe_free(px);
+        return;
+    }
+    for (nb_proxy_listener_t *l = px->listeners, *n; l; l = n) {
+        n = l->next;
+        nb_proxy_listener_close(l);
+    }
+}
+
+void nb_proxy_stats(const nb_proxy_t *px, nb_proxy_stats_t *st)
+{
+    *st = px->st;
+}
+
+int nb_proxy_resolve_parse(const char *spec, nb_proxy_resolve_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!spec)
+        return NB_EINVAL;
+    size_t len = strlen(spec);
+    const char *c1 = memchr(spec, ':', len);
+    if (!c1 || c1 == spec)
+        return NB_EINVAL;
+    if (nb_hostname_normalize(spec, (size_t)(c1 - spec), out->host, sizeof out->host) < 0)
+        return NB_EINVAL;
+    const char *rest = c1 + 1;
+    /* HOST:PORT:ADDR:PORT when the part after HOST starts with digits
+     * followed by ':' and an address. */
+    const char *c2 = strchr(rest, ':');
+    if (c2 && c2 > rest && strspn(rest, "0123456789") == (size_t)(c2 - rest)) {
+        nb_pxurl_authority_t from, to;
+        char tmp[32];
+        snprintf(tmp, sizeof tmp, "x.x:%.*s", (int)(c2 - rest), rest);
+        if (nb_pxurl_authority((const uint8_t *)tmp, strlen(tmp), 0, &from) < 0)
+            return NB_EINVAL;
+        if (nb_pxurl_authority((const uint8_t *)c2 + 1, strlen(c2 + 1), 0, &to) < 0 || !to.is_ip)
+            return NB_EINVAL;
+        out->port = from.port;
+        out->addr = to.ip;
+        out->to_port = to.port;
+        return 0;
+    }
+    if (!nb_ip_parse(rest, strlen(rest), &out->addr))
+        return NB_EINVAL;
+    return 0;
+}

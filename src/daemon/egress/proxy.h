@@ -1,0 +1,123 @@
+/* The egress proxy engine (DESIGN.md section 6, host side; THREATS.md
+ * A1-A9, A13, A15, A23). See docs/internals/proxy.md.
+ *
+ * One engine per daemon holds what every connection shares: the gate, the
+ * interception CA's server context, the credential snapshot, the record
+ * hook (audit + events). Listeners hang off it: each accepts proxy clients
+ * on a TCP address and speaks for one VM (`nilbox proxy --listen ... --vm
+ * NAME`; the guest channel uses the same engine later).
+ *
+ * Per client connection: an explicit HTTP proxy. `CONNECT host:port` is
+ * judged by the gate; on ports 80/443 and ports an allow rule marks as
+ * HTTP the tunnel is inspected (TLS terminated with a minted leaf whose SNI
+ * must be the CONNECT name, A8; every request's Host must be that name,
+ * A1), elsewhere it becomes a raw TCP tunnel. Absolute-form `http://`
+ * requests are judged per request. Inspected requests get credentials
+ * injected by binding only (inject.h), responses are redacted (redact.h),
+ * everything streams with back-pressure. Denials are 403 JSON bodies with
+ * X-Nilbox-Reason, inside TLS too; upstream failures are 502/504 the same
+ * way.
+ *
+ * Loop thread only. */
+#ifndef NB_PROXY_H
+#define NB_PROXY_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/egress/ca.h"
+#include "daemon/egress/gate.h"
+#include "daemon/egress/hostname.h"
+#include "daemon/egress/proxy_creds.h"
+
+typedef struct nb_proxy nb_proxy_t;
+typedef struct nb_proxy_listener nb_proxy_listener_t;
+
+/* Receives one audit-worthy record: `kind` is an audit kind ("gate.decision",
+ * "inject", "leak", "refusal"; see daemon/audit.h), `vm`/`host` may be
+ * NULL, `detail` a JSON object (ownership passes to the hook). Details
+ * carry names and reasons only, never a secret value (A23). */
+typedef void (*nb_proxy_record_fn)(void *ud, const char *kind, const char *vm, const char *host,
+                                   int port, json_t *detail);
+
+typedef struct {
+    nb_gate_t *gate;           /* borrowed, required */
+    nb_ca_t *ca;               /* borrowed, required */
+    nb_proxy_record_fn record; /* may be NULL */
+    void *record_ud;
+
+    size_t max_conns;             /* per listener; default 1024 */
+    uint64_t idle_timeout_ms;     /* no byte either way; default 300 s */
+    uint64_t head_timeout_ms;     /* a request head must complete within; default 30 s */
+    uint64_t connect_timeout_ms;  /* resolve + TCP + TLS to upstream; default 15 s */
+    uint64_t response_timeout_ms; /* request sent -> response head; default 300 s */
+    uint64_t pool_idle_ms;        /* idle upstream connections kept; default 30 s */
+    size_t pool_max_per_key;      /* default 8 */
+    int block_leaks; /* 1: a request carrying a placeholder where it must not go (A3, A4,
+                        A7, A9) is refused with 403 instead of sent with the dummy */
+} nb_proxy_cfg_t;
+
+void nb_proxy_cfg_default(nb_proxy_cfg_t *cfg);
+
+/* Creates the engine (builds the TLS server context on `cfg->ca`). */
+int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out);
+
+/* Closes every listener and connection, then frees the engine and calls
+ * `done` (may be NULL) once all handles are closed. */
+void nb_proxy_free(nb_proxy_t *px, void (*done)(void *ud), void *ud);
+
+/* Installs a credential snapshot (takes the caller's reference). Requests
+ * already past injection keep the one they used. NULL installs an empty
+ * one. */
+void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c);
+
+/* Test-only resolution override (listener option): `host` on `port` (0:
+ * any) connects to `addr`:`to_port` (0: the same port). */
+typedef struct {
+    char host[NB_HOSTNAME_BUFSZ];
+    uint16_t port;
+    nb_ipaddr_t addr;
+    uint16_t to_port;
+} nb_proxy_resolve_t;
+
+#define NB_PROXY_MAX_RESOLVE 16
+
+/* Parses "HOST:ADDR" or "HOST:PORT:ADDR:PORT" (ADDR an IPv4 literal or a
+ * bracketed IPv6 one). 0 or NB_EINVAL. */
+int nb_proxy_resolve_parse(const char *spec, nb_proxy_resolve_t *out);
+
+typedef struct {
+    const char *ip;                    /* listen address: "127.0.0.1" (loopback addresses only) */
+    int port;                          /* 0: any */
+    const char *vm;                    /* the VM the clients speak for (scope of rules, bindings) */
+    const char *upstream_ca_file;      /* test only: an extra trusted CA (PEM) */
+    const nb_proxy_resolve_t *resolve; /* test only */
+    size_t nresolve;
+} nb_proxy_listen_opts_t;
+
+/* Opens a listener. NB_EINVAL for a non-loopback address or a bad VM name
+ * or CA file; libuv codes for bind failures. */
+int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_listener_t **out);
+
+/* Stops accepting, closes its connections; the listener is freed when
+ * they are gone. */
+void nb_proxy_listener_close(nb_proxy_listener_t *l);
+
+uint64_t nb_proxy_listener_id(const nb_proxy_listener_t *l);
+int nb_proxy_listener_port(const nb_proxy_listener_t *l);
+const char *nb_proxy_listener_vm(const nb_proxy_listener_t *l);
+nb_proxy_listener_t *nb_proxy_listener_find(nb_proxy_t *px, uint64_t id);
+
+/* Listeners as JSON [{id, listen, vm, connections, test_mode}] (new ref). */
+json_t *nb_proxy_listeners_json(const nb_proxy_t *px);
+
+typedef struct {
+    uint64_t conns_accepted, conns_refused, requests, tunnels, injected, leaks, denied, refused,
+        upstream_errors, pool_reused;
+    size_t conns_open;
+} nb_proxy_stats_t;
+void nb_proxy_stats(const nb_proxy_t *px, nb_proxy_stats_t *st);
+
+#endif

@@ -1,0 +1,892 @@
+/* One inspected HTTP exchange: request head checks (A1), the gate for
+ * plain proxy requests, credential injection (A2-A4, A7, A9), streaming
+ * of the request body, the response head and body with redaction (A5),
+ * 100-continue, WebSocket upgrades, keep-alive on both sides. Redirects
+ * are ordinary responses here: they go back to the client (A6). */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/egress/proxy_int.h"
+#include "lib/err.h"
+#include "lib/log.h"
+
+static void check_done(cconn_t *c);
+
+/* ---- helpers ---- */
+
+static const char *const hop_headers[] = {
+    "connection", "keep-alive", "proxy-connection",  "proxy-authorization", "proxy-authenticate",
+    "te",         "trailer",    "transfer-encoding", "content-length",      "upgrade",
+    NULL,
+};
+
+/* 1 when header `name` must not be forwarded: hop-by-hop (RFC 9110 7.6.1)
+ * or named in one of the message's Connection headers. */
+static int is_hop(nb_iov_t name, const nb_http_head_t *h)
+{
+    for (size_t i = 0; hop_headers[i]; i++)
+        if (nb_iov_eq_nocase(name, hop_headers[i]))
+            return 1;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        if (!nb_iov_eq_nocase(h->headers[i].name, "connection"))
+            continue;
+        nb_iov_t v = h->headers[i].value;
+        size_t s = 0;
+        while (s < v.len) {
+            while (s < v.len && (v.p[s] == ',' || v.p[s] == ' ' || v.p[s] == '\t'))
+                s++;
+            size_t e = s;
+            while (e < v.len && v.p[e] != ',' && v.p[e] != ' ' && v.p[e] != '\t')
+                e++;
+            if (e > s && name.len == e - s) {
+                int same = 1;
+                for (size_t k = 0; k < name.len; k++) {
+                    uint8_t a = name.p[k], b = v.p[s + k];
+                    if (a >= 'A' && a <= 'Z')
+                        a = (uint8_t)(a + 32);
+                    if (b >= 'A' && b <= 'Z')
+                        b = (uint8_t)(b + 32);
+                    if (a != b) {
+                        same = 0;
+                        break;
+                    }
+                }
+                if (same)
+                    return 1;
+            }
+            s = e;
+        }
+    }
+    return 0;
+}
+
+static int reject(cconn_t *c, int status, const char *token, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int reject(cconn_t *c, int status, const char *token, const char *fmt, ...)
+{
+    exch_t *x = &c->x;
+    if (x->reject_status)
+        return 0;
+    x->reject_status = status;
+    x->reject_token = token;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(x->reject_msg, sizeof x->reject_msg, fmt, ap);
+    va_end(ap);
+    return 0;
+}
+
+void px_exch_reset(cconn_t *c)
+{
+    nb_buf_t pending = c->x.pending;
+    nb_buf_reset(&pending);
+    memset(&c->x, 0, sizeof c->x);
+    c->x.pending = pending;
+}
+
+static void up_drop(cconn_t *c, int reusable)
+{
+    upconn_t *u = c->up;
+    if (!u)
+        return;
+    c->up = NULL;
+    px_up_release(u, reusable);
+}
+
+/* ---- request head ---- */
+
+int px_http_on_head(cconn_t *c, const nb_http_head_t *h)
+{
+    exch_t *x = &c->x;
+    char esc[128];
+    x->active = 1;
+    x->head = *h;
+    x->t0 = uv_now(c->px->loop);
+    c->head_started = 0;
+    if (h->method.len >= sizeof x->method)
+        return reject(c, 405, "method-not-allowed", "method too long");
+    memcpy(x->method, h->method.p, h->method.len);
+    x->method[h->method.len] = '\0';
+    int is_connect = strcmp(x->method, "CONNECT") == 0;
+
+    if (!c->tunnel) {
+        if (is_connect) {
+            int r = nb_pxurl_authority(h->target.p, h->target.len, 0, &c->auth);
+            if (r < 0)
+                return reject(c, 400, "invalid-connect-target", "CONNECT needs host:port, got '%s'",
+                              nb_log_escape(esc, sizeof esc, h->target.p, h->target.len));
+            if (nb_dest_set(&c->dest, c->l->vm, c->auth.host, strlen(c->auth.host), c->auth.port) <
+                0)
+                return reject(c, 400, "invalid-connect-target", "unusable CONNECT target");
+            x->is_connect = 1;
+            return 0;
+        }
+        nb_pxurl_abs_t abs;
+        int r = nb_pxurl_absolute(h->target.p, h->target.len, &abs);
+        if (r == NB_EUNSUPPORTED)
+            return reject(c, 400, "unsupported-scheme", "only http:// URLs can be proxied");
+        if (r < 0) {
+            if (h->target.len && h->target.p[0] == '/')
+                return reject(c, 400, "not-a-proxy-request",
+                              "this is a proxy: send absolute-form requests or CONNECT");
+            return reject(c, 400, "invalid-target", "cannot parse the request target '%s'",
+                          nb_log_escape(esc, sizeof esc, h->target.p, h->target.len));
+        }
+        if (abs.https)
+            return reject(c, 400, "https-needs-connect",
+                          "https:// URLs go through CONNECT, not as plain requests");
+        x->absolute = 1;
+        x->auth = abs.auth;
+        x->origin = abs.origin;
+        x->tls = 0;
+        if (nb_dest_set(&x->dest, c->l->vm, x->auth.host, strlen(x->auth.host), x->auth.port) < 0)
+            return reject(c, 400, "invalid-target", "unusable destination");
+    } else {
+        if (c->deny)
+            return reject(c, 403, c->deny_reason, "the destination is not allowed");
+        if (is_connect)
+            return reject(c, 405, "connect-in-tunnel", "CONNECT inside a tunnel is refused");
+        x->auth = c->auth;
+        x->dest = c->dest;
+        x->tls = c->tls;
+        if (h->target.len && h->target.p[0] != '/' &&
+            !(h->target.len == 1 && h->target.p[0] == '*')) {
+            nb_pxurl_abs_t abs;
+            if (nb_pxurl_absolute(h->target.p, h->target.len, &abs) < 0)
+                return reject(c, 400, "invalid-target", "cannot parse the request target");
+            /* A1: the URL may not name another host than the tunnel's. */
+            if (strcmp(abs.auth.host, c->auth.host) != 0 || abs.auth.port != c->auth.port)
+                return reject(c, 403, "host-mismatch",
+                              "the request names another host than the tunnel (%s)", c->auth.host);
+            x->origin = abs.origin;
+        } else {
+            x->origin = h->target;
+        }
+    }
+    /* A1: Host must name the approved destination, exactly. */
+    const nb_http_header_t *host = nb_http_head_find(h, "host");
+    if (!host)
+        return reject(c, 400, "missing-host", "the request has no Host header");
+    if (!nb_pxurl_host_matches(host->value, x->auth.host, x->auth.port))
+        return reject(c, 403, "host-mismatch", "Host '%s' is not the destination %s",
+                      nb_log_escape(esc, sizeof esc, host->value.p, host->value.len), x->auth.host);
+    if (h->has_expect && !h->expect_continue)
+        return reject(c, 417, "expectation-failed", "only Expect: 100-continue is supported");
+    if (h->upgrade) {
+        const nb_http_header_t *up = nb_http_head_find(h, "upgrade");
+        if (!up || !nb_http_list_has_token(up->value, "websocket"))
+            return reject(c, 400, "unsupported-upgrade", "only WebSocket upgrades pass");
+        x->upgrade = 1;
+    }
+    x->req_chunked = h->chunked;
+    x->req_has_body = h->chunked || h->content_length > 0;
+    x->head_ok = 1;
+    return 0;
+}
+
+/* ---- upstream head (injection happens here) ---- */
+
+static void record_inject_report(cconn_t *c)
+{
+    exch_t *x = &c->x;
+    nb_inject_out_t *o = &c->inj;
+    nb_proxy_t *px = c->px;
+    size_t nl = o->nleaks < NB_INJECT_MAX_REPORT ? o->nleaks : NB_INJECT_MAX_REPORT;
+    for (size_t i = 0; i < nl; i++) {
+        const nb_inject_leak_t *lk = &o->leaks[i];
+        if (c->leak_rows >= PX_LEAK_ROWS_MAX) {
+            c->leaks_unrecorded++;
+            continue;
+        }
+        c->leak_rows++;
+        nb_log_conn(NB_LOG_NOTICE, c->id, "placeholder %s in %s toward %s (%s): %s", lk->secret,
+                    lk->where, x->auth.host, nb_inject_leak_threat(lk->kind),
+                    px->cfg.block_leaks ? "request refused" : "sent as the dummy");
+        px_record(c, "leak", x->auth.host, x->auth.port,
+                  json_pack("{s:[s], s:s, s:s, s:s}", "secrets", lk->secret, "threat",
+                            nb_inject_leak_threat(lk->kind), "where", lk->where, "action",
+                            px->cfg.block_leaks ? "blocked" : "dummy-forwarded"));
+    }
+    if (o->nleaks > nl)
+        c->leaks_unrecorded += o->nleaks - nl;
+    px->st.leaks += o->nleaks;
+    for (size_t i = 0; i < o->ninjected && i < NB_INJECT_MAX_REPORT; i++) {
+        const nb_inject_done_t *d = &o->injected[i];
+        size_t k;
+        for (k = 0; k < c->ntally; k++)
+            if (c->tally[k].binding_id == d->binding_id && c->tally[k].port == x->auth.port &&
+                strcmp(c->tally[k].host, x->auth.host) == 0)
+                break;
+        if (k < c->ntally) {
+            c->tally[k].count++; /* a repeat: summed up when the connection closes */
+            continue;
+        }
+        if (c->ntally < PX_TALLY_MAX) {
+            c->tally[k].binding_id = d->binding_id;
+            snprintf(c->tally[k].secret, sizeof c->tally[k].secret, "%s", d->secret);
+            snprintf(c->tally[k].host, sizeof c->tally[k].host, "%s", x->auth.host);
+            c->tally[k].port = x->auth.port;
+            c->tally[k].placement = d->placement;
+            c->tally[k].count = 1;
+            c->ntally++;
+        }
+        const char *pl = nb_binding_placement_name(d->placement);
+        px_record(c, "inject", x->auth.host, x->auth.port,
+                  json_pack("{s:[s], s:I, s:s, s:s}", "secrets", d->secret, "binding",
+                            (json_int_t)d->binding_id, "placement", pl ? pl : "?", "method",
+                            x->method));
+    }
+    px->st.injected += o->ninjected;
+    x->ninjected = (int)o->ninjected;
+}
+
+/* Builds and writes the upstream head. Returns 0, or < 0 after having
+ * answered the client itself. */
+static int send_head(cconn_t *c, upconn_t *u)
+{
+    exch_t *x = &c->x;
+    nb_proxy_t *px = c->px;
+    const nb_http_head_t *h = &x->head;
+    int r;
+    nb_pxcreds_unref(c->creds);
+    c->creds = nb_pxcreds_ref(px->creds);
+    int identity = nb_pxcreds_host_has_bindings(c->creds, x->auth.host, c->l->vm);
+    if (!c->hdrs && !(c->hdrs = calloc(PX_MAX_HEADERS + 8, sizeof *c->hdrs)))
+        goto oom;
+    nb_inject_header_t *hv = (nb_inject_header_t *)c->hdrs;
+    _Static_assert(sizeof(nb_inject_header_t) == sizeof(nb_http_header_t),
+                   "header slices share a layout");
+    size_t n = 0;
+    for (size_t i = 0; i < h->nheaders && n < PX_MAX_HEADERS; i++) {
+        nb_iov_t name = h->headers[i].name;
+        if (is_hop(name, h))
+            continue;
+        if (identity && nb_iov_eq_nocase(name, "accept-encoding"))
+            continue;
+        hv[n].name = name;
+        hv[n].value = h->headers[i].value;
+        n++;
+    }
+    if (x->req_chunked) {
+        hv[n].name = NB_IOV_STR("Transfer-Encoding");
+        hv[n++].value = NB_IOV_STR("chunked");
+    } else if (h->content_length >= 0) {
+        int cl = snprintf(c->clbuf, sizeof c->clbuf, "%lld", (long long)h->content_length);
+        hv[n].name = NB_IOV_STR("Content-Length");
+        hv[n++].value = nb_iov(c->clbuf, (size_t)cl);
+    }
+    if (identity) {
+        /* The redactor must see echoed values: no compressed responses. */
+        hv[n].name = NB_IOV_STR("Accept-Encoding");
+        hv[n++].value = NB_IOV_STR("identity");
+    }
+    if (x->upgrade) {
+        const nb_http_header_t *uh = nb_http_head_find(h, "upgrade");
+        hv[n].name = NB_IOV_STR("Connection");
+        hv[n++].value = NB_IOV_STR("Upgrade");
+        hv[n].name = NB_IOV_STR("Upgrade");
+        hv[n++].value = uh->value;
+    }
+    nb_inject_req_t ireq = {
+        .method = h->method,
+        .target = x->origin.len ? x->origin : NB_IOV_STR("/"),
+        .version_minor = 1,
+        .headers = hv,
+        .nheaders = n,
+    };
+    nb_inject_dest_t idest = {.host = x->auth.host, .vm = c->l->vm, .tls = x->tls};
+    if (!c->inj_ready) {
+        if ((r = nb_inject_out_init(&c->inj, PX_INJECT_CAP)) < 0)
+            goto oom;
+        c->inj_ready = 1;
+    }
+    if (!c->red && nb_redact_new(&c->red) < 0)
+        goto oom;
+    nb_redact_reset(c->red);
+    size_t nb, nn;
+    const nb_binding_t *bind = nb_pxcreds_bindings(c->creds, &nb);
+    const char *const *names = nb_pxcreds_names(c->creds, &nn);
+    if (ireq.target.len && ireq.target.p[0] == '?') {
+        /* "http://host?q" means "/?q": the injector wants an origin-form path. */
+        nb_buf_reset(&c->scratch);
+        if (nb_buf_append(&c->scratch, "/", 1) < 0 ||
+            nb_buf_append(&c->scratch, ireq.target.p, ireq.target.len) < 0)
+            goto oom;
+        ireq.target = nb_buf_iov(&c->scratch);
+    }
+    r = nb_inject_head(&ireq, &idest, bind, nb, names, nn, nb_pxcreds_get, c->creds, c->red,
+                       &c->inj);
+    record_inject_report(c);
+    if (r < 0) {
+        nb_inject_out_wipe(&c->inj);
+        up_drop(c, 1); /* nothing was sent on it */
+        if (r == NB_EDENIED) {
+            px_record(c, "refusal", x->auth.host, x->auth.port,
+                      json_pack("{s:s, s:s}", "reason", "host-mismatch", "threat", "A1"));
+            px_reply(c, 403, "refused", "host-mismatch", x->auth.host,
+                     "the request names another host than the approved destination",
+                     "send requests only to the host of the tunnel", 1);
+        } else if (r == NB_ETOOBIG) {
+            px_reply(c, 431, "refused", "headers-too-large", x->auth.host,
+                     "the request head is too large after injection", "send smaller headers", 1);
+        } else {
+            nb_log_conn(NB_LOG_WARN, c->id, "injection toward %s failed: %s", x->auth.host,
+                        nb_strerror(r));
+            px_reply(c, 502, "bad-gateway", "secret-unusable", x->auth.host,
+                     "a bound secret cannot be used (unreadable, or not a valid header value)",
+                     "check the secret with 'nilbox secret ls' and set it again", 1);
+        }
+        return -1;
+    }
+    if (px->cfg.block_leaks && c->inj.nleaks) {
+        nb_inject_out_wipe(&c->inj);
+        up_drop(c, 1);
+        px_reply(c, 403, "refused", "secret-leak", x->auth.host,
+                 "the request carries a secret placeholder where that secret may not go",
+                 "bind the secret to this host and placement, or remove the placeholder", 1);
+        return -1;
+    }
+    x->resp_redact = nb_redact_needles(c->red) > 0;
+    r = nb_pxio_write(&u->io, c->inj.p, c->inj.len, !x->tls);
+    nb_inject_out_wipe(&c->inj);
+    if (r < 0) {
+        up_drop(c, 0);
+        px_reply(c, 502, "bad-gateway", "upstream-error", x->auth.host,
+                 "cannot write to the upstream", "retry", 1);
+        return -1;
+    }
+    px->st.requests++;
+    return 0;
+oom:
+    up_drop(c, 1);
+    px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host, "the proxy is out of memory",
+             "retry later", 1);
+    return -1;
+}
+
+/* ---- request body ---- */
+
+static int write_body(cconn_t *c, const uint8_t *p, size_t len)
+{
+    upconn_t *u = c->up;
+    if (len == 0)
+        return 0;
+    if (!c->x.req_chunked)
+        return nb_pxio_write(&u->io, p, len, 0);
+    char hdr[24];
+    int n = snprintf(hdr, sizeof hdr, "%zx\r\n", len);
+    uv_buf_t b[3] = {uv_buf_init(hdr, (unsigned)n), uv_buf_init((char *)p, (unsigned)len),
+                     uv_buf_init("\r\n", 2)};
+    return nb_pxio_writev(&u->io, b, 3, 0);
+}
+
+static void finish_request(cconn_t *c)
+{
+    exch_t *x = &c->x;
+    if (x->req_sent)
+        return;
+    if (x->req_chunked && nb_pxio_write(&c->up->io, "0\r\n\r\n", 5, 0) < 0)
+        return;
+    x->req_sent = 1;
+}
+
+int px_http_on_body(cconn_t *c, const uint8_t *p, size_t len)
+{
+    exch_t *x = &c->x;
+    if (x->reject_status || !x->head_ok || c->state == CS_CLOSING)
+        return 0;
+    if (x->head_sent && c->up) {
+        if (write_body(c, p, len) < 0)
+            return NB_ECLOSED;
+        return 0;
+    }
+    return nb_buf_append(&x->pending, p, len);
+}
+
+int px_http_on_complete(cconn_t *c)
+{
+    exch_t *x = &c->x;
+    if (x->head_sent && c->up && !x->reject_status)
+        finish_request(c);
+    return 0;
+}
+
+/* ---- gate (plain proxy requests) ---- */
+
+static void acquire(cconn_t *c)
+{
+    exch_t *x = &c->x;
+    int r = px_up_acquire(c, x->auth.host, x->auth.is_ip, x->auth.port, x->tls, x->retried);
+    if (r < 0)
+        px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host,
+                 "cannot start the upstream connection", "retry later", 1);
+}
+
+void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v)
+{
+    exch_t *x = &c->x;
+    json_t *det = json_pack("{s:s, s:s, s:s}", "decision", v->allowed ? "allow" : "deny", "reason",
+                            nb_gate_why_name(v->why), "via", "http");
+    if (det && v->rule_id)
+        json_object_set_new(det, "rule", json_integer((json_int_t)v->rule_id));
+    if (det && v->prompt_id)
+        json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
+    px_record(c, "gate.decision", x->auth.host, x->auth.port, det);
+    if (!v->allowed) {
+        c->px->st.denied++;
+        px_reply(c, 403, "denied", nb_gate_why_name(v->why), x->auth.host,
+                 "the destination is not allowed", px_why_hint(v->why), 1);
+        return;
+    }
+    acquire(c);
+}
+
+static void on_req_gate(void *ud, const nb_gate_verdict_t *v)
+{
+    cconn_t *c = ud;
+    c->wait = NULL;
+    c->x.gate_waiting = 0;
+    px_http_gate_verdict(c, v);
+    if (c->state != CS_CLOSING)
+        px_conn_update_read(c);
+}
+
+static void start(cconn_t *c)
+{
+    exch_t *x = &c->x;
+    if (c->tunnel) {
+        acquire(c);
+        return;
+    }
+    nb_gate_verdict_t v;
+    int r = nb_gate_check(c->px->cfg.gate, &x->dest, &v, on_req_gate, c, &c->wait);
+    if (r == 0) {
+        x->gate_waiting = 1;
+        return;
+    }
+    px_http_gate_verdict(c, &v);
+}
+
+static const char *refusal_threat(const char *token)
+{
+    if (strcmp(token, "host-mismatch") == 0)
+        return "A1";
+    return "A15";
+}
+
+void px_http_after_feed(cconn_t *c)
+{
+    exch_t *x = &c->x;
+    if (c->state == CS_CLOSING)
+        return;
+    if (x->reject_status && !x->resp_head_sent) {
+        const char *host = x->auth.host[0] ? x->auth.host : (c->tunnel ? c->auth.host : "");
+        if (x->reject_status != 403 || strcmp(x->reject_token, "host-mismatch") == 0) {
+            px_record(c, "refusal", host, x->auth.port,
+                      json_pack("{s:s, s:s, s:s}", "reason", x->reject_token, "message",
+                                x->reject_msg, "threat", refusal_threat(x->reject_token)));
+            c->px->st.refused++;
+        }
+        up_drop(c, 0);
+        px_reply(c, x->reject_status, x->reject_status == 403 ? "denied" : "bad-request",
+                 x->reject_token, host, x->reject_msg,
+                 c->deny ? px_why_hint(c->deny_why) : "fix the request", 1);
+        return;
+    }
+    if (x->is_connect && x->req_done) {
+        x->is_connect = 0;
+        px_conn_connect(c);
+        return;
+    }
+    if (x->head_ok && !x->started) {
+        x->started = 1;
+        start(c);
+        if (c->state == CS_CLOSING)
+            return;
+    }
+    check_done(c);
+}
+
+/* ---- upstream ready ---- */
+
+static const nb_http_cbs_t resp_cbs;
+
+void px_http_upstream_ready(cconn_t *c, upconn_t *u, int r)
+{
+    exch_t *x = &c->x;
+    if (r < 0) {
+        json_t *d = json_pack("{s:s, s:s}", "reason", u->fail_token, "message", u->fail_msg);
+        if (d && strcmp(u->fail_token, "internal-address") == 0)
+            json_object_set_new(d, "threat", json_string("A13"));
+        px_record(c, "refusal", x->auth.host, x->auth.port, d);
+        c->px->st.upstream_errors++;
+        px_reply(c, u->fail_status, "bad-gateway", u->fail_token, x->auth.host, u->fail_msg,
+                 strcmp(u->fail_token, "internal-address") == 0
+                     ? "internal addresses need an explicit IP rule ('nilbox rule add')"
+                     : "check that the destination is up and has a valid certificate",
+                 1);
+        px_up_close(u);
+        return;
+    }
+    c->up = u;
+    u->owner = c;
+    if (!u->rp) {
+        nb_http_limits_t lim;
+        nb_http_limits_default(&lim);
+        lim.max_body = 0;
+        if (nb_http_parser_new(NB_HTTP_RESPONSE, &lim, &resp_cbs, u, &u->rp) < 0) {
+            up_drop(c, 0);
+            px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host,
+                     "the proxy is out of memory", "retry later", 1);
+            return;
+        }
+    }
+    nb_http_parser_expect_response_to(u->rp, x->method);
+    if (send_head(c, u) < 0)
+        return;
+    x->head_sent = 1;
+    px_up_arm_response(u);
+    if (x->pending.len) {
+        if (write_body(c, x->pending.p, x->pending.len) < 0) {
+            px_conn_close(c);
+            return;
+        }
+        nb_buf_reset(&x->pending);
+    }
+    if (x->req_done)
+        finish_request(c);
+    nb_pxio_read_start(&u->io);
+    px_conn_update_read(c);
+}
+
+/* ---- response ---- */
+
+static int client_write(cconn_t *c, const void *p, size_t len)
+{
+    int r = nb_pxio_write(&c->io, p, len, 0);
+    if (r < 0)
+        return r;
+    return 0;
+}
+
+static int body_sink(void *ud, const uint8_t *p, size_t len)
+{
+    cconn_t *c = ud;
+    if (len == 0)
+        return 0;
+    if (c->sink_raw || !c->x.resp_out_chunked)
+        return client_write(c, p, len);
+    char hdr[24];
+    int n = snprintf(hdr, sizeof hdr, "%zx\r\n", len);
+    uv_buf_t b[3] = {uv_buf_init(hdr, (unsigned)n), uv_buf_init((char *)p, (unsigned)len),
+                     uv_buf_init("\r\n", 2)};
+    return nb_pxio_writev(&c->io, b, 3, 0);
+}
+
+static int resp_on_head(void *ud, const nb_http_head_t *h)
+{
+    upconn_t *u = ud;
+    cconn_t *c = u->owner;
+    if (!c)
+        return NB_ECLOSED;
+    exch_t *x = &c->x;
+    px_up_disarm(u);
+    if (h->status < 200 && h->status != 101) {
+        x->interim = 1;
+        if (h->status == 100 && x->head.version_minor >= 1 && x->head.expect_continue)
+            return client_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        return 0; /* other 1xx (102, 103) are dropped */
+    }
+    x->interim = 0;
+    x->resp_status = h->status;
+    if (h->status == 101 && !x->upgrade)
+        return NB_EPROTO;
+    int bodyless =
+        strcmp(x->method, "HEAD") == 0 || h->status == 204 || h->status == 304 || h->status == 101;
+    int ka = x->head.keep_alive && !c->close_after && !c->client_eof && !x->upgrade;
+    nb_buf_t *b = &c->scratch;
+    nb_buf_reset(b);
+    int r = nb_buf_printf(b, "HTTP/1.1 %d ", h->status);
+    if (r == 0 && h->reason.len)
+        r = nb_buf_append(b, h->reason.p, h->reason.len);
+    else if (r == 0)
+        r = nb_buf_append_str(b, nb_http_status_text(h->status));
+    if (r == 0)
+        r = nb_buf_append(b, "\r\n", 2);
+    for (size_t i = 0; r == 0 && i < h->nheaders; i++) {
+        nb_iov_t name = h->headers[i].name, value = h->headers[i].value;
+        int keep_cl = bodyless && h->status != 101 && nb_iov_eq_nocase(name, "content-length");
+        if (!keep_cl && is_hop(name, h))
+            continue;
+        if ((r = nb_buf_append(b, name.p, name.len)) == 0 && (r = nb_buf_append(b, ": ", 2)) == 0 &&
+            (r = nb_buf_append(b, value.p, value.len)) == 0)
+            r = nb_buf_append(b, "\r\n", 2);
+    }
+    if (r == 0 && h->status == 101) {
+        const nb_http_header_t *uh = nb_http_head_find(h, "upgrade");
+        r = nb_buf_append_str(b, "Connection: Upgrade\r\nUpgrade: ");
+        if (r == 0 && uh)
+            r = nb_buf_append(b, uh->value.p, uh->value.len);
+        if (r == 0)
+            r = nb_buf_append(b, "\r\n", 2);
+    } else if (r == 0 && !bodyless) {
+        if (!x->resp_redact && h->content_length >= 0) {
+            r = nb_buf_printf(b, "Content-Length: %lld\r\n", (long long)h->content_length);
+        } else if (x->head.version_minor >= 1) {
+            x->resp_out_chunked = 1;
+            r = nb_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
+        } else {
+            x->resp_out_close = 1;
+            ka = 0;
+        }
+    }
+    if (r == 0 && h->status != 101)
+        r = nb_buf_append_str(b, ka ? "Connection: keep-alive\r\n" : "Connection: close\r\n");
+    if (r == 0)
+        r = nb_buf_append(b, "\r\n", 2);
+    if (r < 0)
+        return r;
+    x->client_keepalive = ka;
+    x->resp_keepalive = h->keep_alive;
+    x->resp_head_sent = 1;
+    if (x->resp_redact) {
+        /* Response headers can echo a secret too (A5). Values never hold
+         * CR or LF, so nothing is held back across the head's end. */
+        c->sink_raw = 1;
+        r = nb_redact_feed(c->red, b->p, b->len, body_sink, c);
+        c->sink_raw = 0;
+        return r;
+    }
+    return client_write(c, b->p, b->len);
+}
+
+static int resp_on_body(void *ud, const uint8_t *p, size_t len)
+{
+    upconn_t *u = ud;
+    cconn_t *c = u->owner;
+    if (!c)
+        return NB_ECLOSED;
+    if (c->x.interim)
+        return 0;
+    if (c->x.resp_redact)
+        return nb_redact_feed(c->red, p, len, body_sink, c);
+    return body_sink(c, p, len);
+}
+
+static int resp_on_complete(void *ud)
+{
+    upconn_t *u = ud;
+    cconn_t *c = u->owner;
+    if (!c)
+        return NB_ECLOSED;
+    exch_t *x = &c->x;
+    if (x->interim)
+        return 0;
+    int r = 0;
+    if (x->resp_redact) {
+        r = nb_redact_finish(c->red, body_sink, c);
+        uint64_t n = nb_redact_count(c->red);
+        if (n) {
+            nb_log_conn(NB_LOG_NOTICE, c->id,
+                        "%s echoed an injected secret: %" PRIu64
+                        " occurrence(s) replaced by the placeholder",
+                        x->auth.host, n);
+            px_record(c, "leak", x->auth.host, x->auth.port,
+                      json_pack("{s:s, s:s, s:I}", "threat", "A5", "action", "redacted", "replaced",
+                                (json_int_t)n));
+        }
+    }
+    if (r == 0 && x->resp_out_chunked)
+        r = client_write(c, "0\r\n\r\n", 5);
+    x->resp_done = 1;
+    return r;
+}
+
+static const nb_http_cbs_t resp_cbs = {resp_on_head, resp_on_body, resp_on_complete};
+
+/* The response is complete: hand the upstream back and either read the
+ * client's next request or end the connection. */
+static void exchange_done(cconn_t *c)
+{
+    exch_t *x = &c->x;
+    upconn_t *u = c->up;
+    int reusable = u && x->req_sent && x->resp_keepalive && !x->upgrade;
+    up_drop(c, reusable);
+    nb_pxcreds_unref(c->creds);
+    c->creds = NULL;
+    nb_log_conn(NB_LOG_DEBUG, c->id, "%s %s -> %d (%" PRIu64 " ms)", x->method, x->auth.host,
+                x->resp_status, uv_now(c->px->loop) - x->t0);
+    if (!x->client_keepalive || c->close_after || x->resp_out_close || !x->req_done || x->upgrade) {
+        px_conn_linger(c);
+        return;
+    }
+    px_exch_reset(c);
+    c->parse_paused = 0;
+    if (c->in.len)
+        px_conn_feed(c);
+    else
+        px_conn_update_read(c);
+}
+
+static void check_done(cconn_t *c)
+{
+    if (c->state == CS_CLOSING || c->feeding)
+        return;
+    if (c->x.active && c->x.resp_done && c->x.head_sent)
+        exchange_done(c);
+}
+
+static void switch_to_pipe(cconn_t *c, const uint8_t *up_left, size_t up_len)
+{
+    upconn_t *u = c->up;
+    px_up_disarm(u);
+    if (up_len && client_write(c, up_left, up_len) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    nb_buf_t held = c->in;
+    nb_buf_init(&c->in, held.max);
+    px_pipe_start(c, held.p, held.len);
+    nb_buf_free(&held);
+}
+
+static void up_failed(cconn_t *c, upconn_t *u, const char *token, const char *msg)
+{
+    exch_t *x = &c->x;
+    if (x->resp_head_sent) {
+        px_conn_close(c); /* the client sees a truncated response */
+        return;
+    }
+    up_drop(c, 0);
+    c->px->st.upstream_errors++;
+    px_record(c, "refusal", x->auth.host, x->auth.port,
+              json_pack("{s:s, s:s}", "reason", token, "message", msg));
+    px_reply(c, 502, "bad-gateway", token, x->auth.host, msg, "retry; the upstream misbehaved", 1);
+}
+
+void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len)
+{
+    cconn_t *c = u->owner;
+    exch_t *x = &c->x;
+    px_conn_touch(c);
+    if (!x->head_sent) {
+        up_failed(c, u, "upstream-protocol", "the upstream spoke before being asked");
+        return;
+    }
+    size_t off = 0;
+    int upgraded = 0;
+    c->feeding++;
+    nb_pxio_cork(&c->io); /* head + chunk + terminator leave as one record */
+    while (off < len) {
+        size_t used = 0;
+        int r = nb_http_parser_feed(u->rp, p + off, len - off, &used);
+        off += used;
+        if (c->state == CS_CLOSING) {
+            c->feeding--;
+            return; /* closing drops what the cork holds */
+        }
+        if (r == NB_HTTP_MORE)
+            continue;
+        if (r == NB_HTTP_DONE) {
+            if (x->resp_done)
+                break;
+            continue; /* a 1xx ended; the final response follows */
+        }
+        if (r == NB_HTTP_UPGRADED) {
+            upgraded = 1;
+            break;
+        }
+        c->feeding--;
+        nb_pxio_uncork(&c->io);
+        char msg[160];
+        snprintf(msg, sizeof msg, "the upstream sent a malformed response (%s)",
+                 nb_http_err_token(nb_http_parser_error(u->rp)));
+        up_failed(c, u, "upstream-protocol", msg);
+        return;
+    }
+    c->feeding--;
+    if (nb_pxio_uncork(&c->io) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    if (upgraded) {
+        switch_to_pipe(c, p + off, len - off);
+        return;
+    }
+    if (x->resp_done) {
+        if (off < len)
+            x->resp_keepalive = 0; /* bytes after the response: never reuse */
+        check_done(c);
+        return;
+    }
+    if (nb_pxio_queued(&c->io) > NB_PXIO_HIGH_WATER)
+        nb_pxio_read_stop(&u->io);
+}
+
+void px_http_up_eof(upconn_t *u)
+{
+    cconn_t *c = u->owner;
+    exch_t *x = &c->x;
+    if (!u->io.failed && x->head_sent) {
+        int r = nb_http_parser_finish(u->rp);
+        if (c->state == CS_CLOSING)
+            return;
+        if (r == NB_HTTP_DONE && x->resp_done) {
+            x->resp_keepalive = 0;
+            check_done(c);
+            return;
+        }
+    }
+    if (x->resp_done) {
+        x->resp_keepalive = 0;
+        check_done(c);
+        return;
+    }
+    /* A pooled connection the upstream had closed: send the request once
+     * more on a fresh connection when nothing of it could have been used. */
+    if (u->reused && !x->retried && !x->req_has_body && !x->resp_head_sent &&
+        !nb_http_parser_in_message(u->rp) && !x->interim) {
+        x->retried = 1;
+        x->head_sent = 0;
+        x->req_sent = 0;
+        up_drop(c, 0);
+        acquire(c);
+        return;
+    }
+    up_failed(c, u, "upstream-closed", "the upstream closed the connection before answering");
+}
+
+void px_http_up_timeout(upconn_t *u)
+{
+    cconn_t *c = u->owner;
+    if (!c) {
+        px_up_close(u);
+        return;
+    }
+    exch_t *x = &c->x;
+    if (x->resp_head_sent) {
+        px_conn_close(c);
+        return;
+    }
+    up_drop(c, 0);
+    c->px->st.upstream_errors++;
+    px_reply(c, 504, "gateway-timeout", "upstream-timeout", x->auth.host,
+             "the upstream did not answer in time", "retry later", 1);
+}
+
+void px_http_client_drain(cconn_t *c)
+{
+    upconn_t *u = c->up;
+    if (u && c->x.head_sent && !c->x.resp_done && !u->io.want_read)
+        nb_pxio_read_start(&u->io);
+}
+
+void px_http_up_drain(upconn_t *u)
+{
+    if (u->owner)
+        px_conn_update_read(u->owner);
+}

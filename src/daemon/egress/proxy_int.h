@@ -1,0 +1,267 @@
+/* Internal structures shared by the proxy's modules:
+ *   proxy.c          engine, listeners, client connections, CONNECT, gate
+ *   proxy_http.c     one inspected HTTP exchange (inject, forward, redact)
+ *   proxy_upstream.c upstream connections: resolve, A13 filter, connect,
+ *                    TLS verify, keep-alive pool
+ *   proxy_pipe.c     raw byte pipes (tunnels, WebSocket after 101)
+ *   proxy_reply.c    denials and errors (403/502/504 JSON bodies)
+ * Not a public interface. */
+#ifndef NB_PROXY_INT_H
+#define NB_PROXY_INT_H
+
+#include <stdint.h>
+
+#include "daemon/egress/gate.h"
+#include "daemon/egress/inject.h"
+#include "daemon/egress/proxy.h"
+#include "daemon/egress/proxy_io.h"
+#include "daemon/egress/proxy_url.h"
+#include "daemon/egress/redact.h"
+#include "lib/buf.h"
+#include "lib/http.h"
+
+#define PX_MAX_HEADERS 128
+#define PX_INJECT_CAP (128 * 1024)
+#define PX_RESP_HEAD_MAX (64 * 1024)
+#define PX_TALLY_MAX 8      /* bindings tallied per connection */
+#define PX_LEAK_ROWS_MAX 32 /* leak rows per connection before they are only counted */
+
+typedef struct cconn cconn_t;
+typedef struct upconn upconn_t;
+
+struct nb_proxy {
+    uv_loop_t *loop;
+    nb_proxy_cfg_t cfg;
+    SSL_CTX *server_ctx;
+    nb_pxcreds_t *creds;
+    nb_proxy_listener_t *listeners;
+    uint64_t next_listener_id;
+    int closing;
+    void (*done)(void *ud);
+    void *done_ud;
+    nb_proxy_stats_t st;
+};
+
+struct nb_proxy_listener {
+    nb_proxy_t *px;
+    nb_proxy_listener_t *next, *prev;
+    uint64_t id;
+    uv_tcp_t srv;
+    char vm[NB_RULES_VM_MAX];
+    char ip[64];
+    int port;
+    int test_mode;
+    SSL_CTX *client_ctx;
+    nb_proxy_resolve_t resolve[NB_PROXY_MAX_RESOLVE];
+    size_t nresolve;
+    cconn_t *conns;
+    size_t nconns;
+    upconn_t *pool; /* idle upstream connections */
+    size_t npool;
+    unsigned nups; /* upstream connections alive (owned, pooled or closing) */
+    int closing;
+    int srv_closed;
+};
+
+enum {
+    CS_START = 0,  /* expecting CONNECT or an absolute-form request */
+    CS_GATE,       /* CONNECT waiting for the gate */
+    CS_SNIFF,      /* tunnel established, waiting for the first byte */
+    CS_HANDSHAKE,  /* TLS handshake with the client */
+    CS_HTTP,       /* inspected HTTP (in a tunnel or plain proxy requests) */
+    CS_CONNECTING, /* raw tunnel: upstream being connected */
+    CS_PIPE,       /* raw bytes both ways (tunnel, WebSocket) */
+    CS_CLOSING,
+};
+
+/* One request/response exchange on an inspected connection. */
+typedef struct {
+    int active;
+    int is_connect;      /* a CONNECT request (handled by proxy.c once read) */
+    int started;         /* gate / upstream work began */
+    int retried;         /* re-sent once on a fresh upstream after a stale pooled one */
+    int head_ok;         /* request head accepted */
+    int req_done;        /* request message fully received */
+    int req_sent;        /* request (head + body) fully written upstream */
+    int upgrade;         /* WebSocket upgrade requested */
+    int absolute;        /* absolute-form request (plain proxy) */
+    nb_http_head_t head; /* borrowed slices stay valid until the next message is fed */
+    char method[16];
+    nb_iov_t origin;           /* path + query to send upstream */
+    nb_pxurl_authority_t auth; /* destination of this request */
+    nb_dest_t dest;
+    int tls; /* upstream is TLS */
+    int gate_waiting;
+    int head_sent;   /* upstream head written */
+    int req_chunked; /* body re-framed as chunked upstream */
+    int req_has_body;
+    nb_buf_t pending;   /* body bytes received before the upstream was ready */
+    int resp_head_sent; /* final response head written to the client */
+    int resp_done;
+    int resp_out_chunked;
+    int resp_out_close; /* body delimited by closing the client connection */
+    int resp_redact;
+    int resp_status;
+    int resp_keepalive; /* upstream may be reused */
+    int client_keepalive;
+    int interim;       /* a 1xx response was being forwarded */
+    int reject_status; /* set in on_head when the request is refused */
+    const char *reject_token;
+    char reject_msg[256];
+    int ninjected;
+    uint64_t t0;
+} exch_t;
+
+struct cconn {
+    nb_proxy_listener_t *l;
+    nb_proxy_t *px;
+    cconn_t *next, *prev;
+    uint64_t id;
+    nb_pxio_t io;
+    uv_timer_t timer;
+    int timer_open;
+    int io_closed, timer_closed;
+    int state;
+    uint64_t last_active;  /* uv_now */
+    uint64_t head_started; /* uv_now when a request head began, 0 when none pending */
+
+    /* CONNECT tunnel destination (tunnel == 1) */
+    int tunnel;
+    nb_pxurl_authority_t auth;
+    nb_dest_t dest;
+    int inspect;  /* parse HTTP inside */
+    int tls;      /* client side is TLS (intercepted) */
+    int deny;     /* deny mode: every request gets 403 */
+    int deny_why; /* nb_gate_why_t */
+    char deny_reason[64];
+    nb_gate_wait_t *wait;
+    int rule_http;
+
+    nb_http_parser_t *rp;
+    nb_buf_t in; /* received, not yet fed */
+    int parse_paused;
+    int feeding;
+    int close_after;
+    int client_eof;
+
+    exch_t x;
+    upconn_t *up;
+    nb_inject_out_t inj;
+    int inj_ready;
+    nb_redact_t *red;
+    nb_buf_t scratch;       /* response head building */
+    nb_http_header_t *hdrs; /* PX_MAX_HEADERS + extras, for the injector */
+    nb_pxcreds_t *creds;    /* snapshot used by the current request */
+    int sink_raw;           /* redactor output is the response head (no chunk framing) */
+    char clbuf[24];         /* Content-Length value for the upstream head */
+
+    /* pipe mode */
+    int pipe_c_eof, pipe_u_eof;
+
+    /* Audit volume control: the first injection of each binding toward
+     * each destination is a row at once; repeats on the same connection are
+     * counted and summed up in one row when it closes. Leak rows are capped
+     * per connection the same way. */
+    struct {
+        int64_t binding_id;
+        char secret[NB_SECRETS_NAME_MAX + 1];
+        char host[NB_HOSTNAME_BUFSZ];
+        uint16_t port;
+        int placement;
+        uint64_t count;
+    } tally[PX_TALLY_MAX];
+    size_t ntally;
+    unsigned leak_rows;
+    uint64_t leaks_unrecorded;
+    int summarized;
+};
+
+enum { UP_RESOLVING = 1, UP_CONNECTING, UP_HANDSHAKE, UP_READY, UP_POOLED, UP_CLOSING };
+
+#define UP_MAX_ADDRS 8
+
+struct upconn {
+    nb_proxy_listener_t *l;
+    cconn_t *owner;        /* NULL while pooled or closing */
+    upconn_t *next, *prev; /* pool list */
+    nb_pxio_t io;
+    uv_timer_t timer;
+    uv_getaddrinfo_t gai;
+    int gai_pending;
+    unsigned handles;
+    int state;
+    char host[NB_HOSTNAME_BUFSZ];
+    int is_ip;
+    uint16_t port;
+    int tls;
+    char vm[NB_RULES_VM_MAX];
+    struct sockaddr_storage addrs[UP_MAX_ADDRS];
+    size_t naddrs, next_addr;
+    char addr_text[64]; /* the address connected to, for logs */
+    nb_http_parser_t *rp;
+    nb_buf_t in;
+    int reused;
+    int fail_status;        /* 502 / 504 */
+    const char *fail_token; /* X-Nilbox-Reason */
+    char fail_msg[224];
+    int tmode; /* what the timer measures (proxy_upstream.c) */
+};
+
+/* proxy.c */
+void px_record(cconn_t *c, const char *kind, const char *host, int port, json_t *detail);
+void px_conn_close(cconn_t *c);
+void px_conn_touch(cconn_t *c);
+void px_listener_check(nb_proxy_listener_t *l); /* frees a closed listener once empty */
+void px_conn_feed(cconn_t *c);
+int px_conn_start_http(cconn_t *c);
+void px_conn_linger(cconn_t *c);
+void px_conn_update_read(cconn_t *c);
+void px_conn_connect(cconn_t *c);
+void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r);
+void px_conn_summarize(cconn_t *c); /* the audit summary rows of a closing connection */
+
+/* proxy_http.c */
+int px_http_on_head(cconn_t *c, const nb_http_head_t *h);
+int px_http_on_body(cconn_t *c, const uint8_t *p, size_t len);
+int px_http_on_complete(cconn_t *c);
+void px_http_after_feed(cconn_t *c);
+void px_http_upstream_ready(cconn_t *c, upconn_t *u, int r);
+void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len);
+void px_http_up_eof(upconn_t *u);
+void px_http_client_drain(cconn_t *c);
+void px_http_up_drain(upconn_t *u);
+void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v);
+void px_http_up_timeout(upconn_t *u);
+void px_exch_reset(cconn_t *c);
+
+/* proxy_upstream.c */
+/* Finds a pooled connection (unless `fresh`) or starts a new one; the
+ * outcome arrives in px_http_upstream_ready / px_conn_tunnel_ready. */
+int px_up_acquire(cconn_t *c, const char *host, int is_ip, uint16_t port, int tls, int fresh);
+void px_up_release(upconn_t *u, int reusable);
+void px_up_close(upconn_t *u);
+void px_up_pool_drain(nb_proxy_listener_t *l);
+void px_up_arm_response(upconn_t *u); /* the request is out: time the response head */
+void px_up_disarm(upconn_t *u);
+extern const nb_pxio_cbs_t px_up_cbs;
+
+/* proxy_pipe.c */
+void px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen);
+void px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len);
+void px_pipe_client_eof(cconn_t *c);
+void px_pipe_up_data(upconn_t *u, const uint8_t *p, size_t len);
+void px_pipe_up_eof(upconn_t *u);
+void px_pipe_client_drain(cconn_t *c);
+void px_pipe_up_drain(upconn_t *u);
+void px_pipe_shutdown_done(cconn_t *c);
+
+/* proxy_reply.c */
+/* Writes a complete JSON error response on the client connection:
+ * {"error", "host", "reason", "hint"} plus X-Nilbox-Reason: `why` (a
+ * stable token). `close` adds Connection: close and ends the connection
+ * once the reply is written. */
+void px_reply(cconn_t *c, int status, const char *error, const char *why, const char *host,
+              const char *reason, const char *hint, int close);
+const char *px_why_hint(int why);
+
+#endif

@@ -1,0 +1,670 @@
+/* TCP + optional TLS (memory BIOs) byte streams for the proxy. See
+ * proxy_io.h for the contract. */
+#include "daemon/egress/proxy_io.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <sodium.h>
+
+#include "daemon/egress/ca.h"
+#include "lib/err.h"
+#include "lib/log.h"
+
+#define SYSTEM_CA_FILE "/etc/ssl/certs/ca-certificates.crt"
+
+typedef struct {
+    uv_write_t req;
+    nb_pxio_t *io;
+    size_t len;
+    int sensitive;
+    uint8_t data[];
+} wreq_t;
+
+static void tls_pump(nb_pxio_t *io);
+
+/* Read buffers shared by every stream of the (single) loop thread, so an
+ * idle connection costs no 64 KiB buffer: libuv never nests read
+ * callbacks, and TCP bytes are consumed (handed over, or copied into the
+ * TLS BIO) before the callback returns. TLS plaintext gets its own shared
+ * buffer; should a delivery ever nest, the inner one uses the stream's
+ * private buffer instead. */
+static uint8_t g_rbuf[NB_PXIO_READ_BUF];
+static uint8_t g_pbuf[NB_PXIO_READ_BUF];
+static int g_pbuf_busy;
+
+static void report_error(nb_pxio_t *io, int r)
+{
+    if (io->failed || io->closing)
+        return;
+    io->failed = 1;
+    if (io->tcp_reading) {
+        uv_read_stop((uv_stream_t *)&io->tcp);
+        io->tcp_reading = 0;
+    }
+    if (io->cbs->on_error)
+        io->cbs->on_error(io, r);
+}
+
+static void report_eof(nb_pxio_t *io)
+{
+    if (io->eof_reported || io->failed || io->closing)
+        return;
+    io->eof_reported = 1;
+    if (io->cbs->on_eof)
+        io->cbs->on_eof(io);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    b->base = (char *)g_rbuf;
+    b->len = sizeof g_rbuf;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    nb_pxio_t *io = s->data;
+    if (io->closing || io->failed)
+        return;
+    if (n > 0) {
+        io->bytes_in += (uint64_t)n;
+        if (!io->ssl) {
+            io->cbs->on_data(io, (const uint8_t *)b->base, (size_t)n);
+            return;
+        }
+        if (BIO_write(io->rbio, b->base, (int)n) != (int)n) {
+            report_error(io, -ENOMEM);
+            return;
+        }
+        tls_pump(io);
+        /* Keep TLS records inside OpenSSL, not in the kernel, only while
+         * the owner wants data or the handshake needs it. */
+        if (!io->closing && io->hs_done && !io->want_read && io->tcp_reading) {
+            uv_read_stop(s);
+            io->tcp_reading = 0;
+        }
+        return;
+    }
+    if (n == 0)
+        return;
+    if (n == UV_EOF) {
+        io->eof_seen = 1;
+        uv_read_stop(s);
+        io->tcp_reading = 0;
+        if (io->ssl)
+            tls_pump(io);
+        else
+            report_eof(io);
+        return;
+    }
+    report_error(io, (int)n);
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    wreq_t *w = (wreq_t *)req;
+    nb_pxio_t *io = w->io;
+    io->queued -= w->len;
+    io->bytes_out += w->len;
+    if (w->sensitive)
+        sodium_memzero(w->data, w->len);
+    free(w);
+    if (status < 0) {
+        if (status != UV_ECANCELED)
+            report_error(io, status);
+        return;
+    }
+    if (io->above_high && io->queued <= NB_PXIO_LOW_WATER && !io->closing) {
+        io->above_high = 0;
+        if (io->cbs->on_drain)
+            io->cbs->on_drain(io);
+    }
+}
+
+/* Queues raw bytes on the socket: what the kernel takes at once is not
+ * copied. */
+static int raw_write(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, size_t total, int sensitive)
+{
+    if (io->closing || io->failed || io->shut)
+        return NB_ECLOSED;
+    if (total == 0)
+        return 0;
+    size_t skip = 0;
+    if (io->queued == 0) {
+        int r = uv_try_write((uv_stream_t *)&io->tcp, bufs, n);
+        if (r > 0)
+            skip = (size_t)r;
+        else if (r < 0 && r != UV_EAGAIN)
+            return r;
+        if (skip == total) {
+            io->bytes_out += total;
+            return 0;
+        }
+    }
+    wreq_t *w = malloc(sizeof *w + total - skip);
+    if (!w)
+        return -ENOMEM;
+    w->io = io;
+    w->len = total - skip;
+    w->sensitive = sensitive;
+    size_t o = 0, pos = 0;
+    for (unsigned i = 0; i < n; i++) {
+        size_t bl = bufs[i].len;
+        if (pos + bl <= skip) {
+            pos += bl;
+            continue;
+        }
+        size_t from = skip > pos ? skip - pos : 0;
+        memcpy(w->data + o, bufs[i].base + from, bl - from);
+        o += bl - from;
+        pos += bl;
+    }
+    io->bytes_out += skip;
+    uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
+    int r = uv_write(&w->req, (uv_stream_t *)&io->tcp, &b, 1, on_written);
+    if (r < 0) {
+        if (sensitive)
+            sodium_memzero(w->data, w->len);
+        free(w);
+        return r;
+    }
+    io->queued += w->len;
+    if (io->queued > NB_PXIO_HIGH_WATER)
+        io->above_high = 1;
+    return 0;
+}
+
+/* Moves what OpenSSL wrote into the network BIO onto the socket. */
+static int flush_wbio(nb_pxio_t *io)
+{
+    size_t pending = BIO_ctrl_pending(io->wbio);
+    if (pending == 0)
+        return 0;
+    if (io->closing || io->failed || io->shut) {
+        (void)BIO_reset(io->wbio);
+        return NB_ECLOSED;
+    }
+    wreq_t *w = malloc(sizeof *w + pending);
+    if (!w)
+        return -ENOMEM;
+    int n = BIO_read(io->wbio, w->data, (int)pending);
+    if (n <= 0) {
+        free(w);
+        return NB_EINTERNAL;
+    }
+    w->io = io;
+    w->len = (size_t)n;
+    w->sensitive = 0;
+    size_t skip = 0;
+    if (io->queued == 0) {
+        /* Most flushes fit in the socket buffer: no write request needed. */
+        uv_buf_t tb = uv_buf_init((char *)w->data, (unsigned)n);
+        int t = uv_try_write((uv_stream_t *)&io->tcp, &tb, 1);
+        if (t == n) {
+            io->bytes_out += (uint64_t)n;
+            free(w);
+            return 0;
+        }
+        if (t > 0)
+            skip = (size_t)t;
+        else if (t < 0 && t != UV_EAGAIN) {
+            free(w);
+            return t;
+        }
+    }
+    io->bytes_out += skip;
+    w->len = (size_t)n - skip;
+    n = (int)w->len;
+    uv_buf_t b = uv_buf_init((char *)w->data + skip, (unsigned)n);
+    int r = uv_write(&w->req, (uv_stream_t *)&io->tcp, &b, 1, on_written);
+    if (r < 0) {
+        free(w);
+        return r;
+    }
+    io->queued += (size_t)n;
+    if (io->queued > NB_PXIO_HIGH_WATER)
+        io->above_high = 1;
+    return 0;
+}
+
+static void note_tls_error(nb_pxio_t *io, const char *what)
+{
+    long vr = SSL_get_verify_result(io->ssl);
+    unsigned long e = ERR_peek_last_error();
+    if (!io->tls_server && vr != X509_V_OK)
+        snprintf(io->tls_error, sizeof io->tls_error, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(vr));
+    else if (e)
+        snprintf(io->tls_error, sizeof io->tls_error, "%s: %s", what, ERR_reason_error_string(e));
+    else
+        snprintf(io->tls_error, sizeof io->tls_error, "%s", what);
+    ERR_clear_error();
+}
+
+static void tls_pump(nb_pxio_t *io)
+{
+    if (io->closing || io->failed)
+        return;
+    if (!io->hs_done) {
+        ERR_clear_error();
+        int r = SSL_do_handshake(io->ssl);
+        int fr = flush_wbio(io);
+        if (r == 1) {
+            io->hs_done = 1;
+            if (fr < 0 && fr != NB_ECLOSED) {
+                report_error(io, fr);
+                return;
+            }
+            if (io->cbs->on_handshake)
+                io->cbs->on_handshake(io, 0);
+            if (io->closing || io->failed)
+                return;
+        } else {
+            int e = SSL_get_error(io->ssl, r);
+            if (e == SSL_ERROR_WANT_READ && !io->eof_seen)
+                return;
+            if (e == SSL_ERROR_WANT_READ)
+                snprintf(io->tls_error, sizeof io->tls_error, "peer closed during the handshake");
+            else
+                note_tls_error(io, "handshake failed");
+            io->failed = 1;
+            if (io->tcp_reading) {
+                uv_read_stop((uv_stream_t *)&io->tcp);
+                io->tcp_reading = 0;
+            }
+            if (io->cbs->on_handshake)
+                io->cbs->on_handshake(io, NB_ECRYPTO);
+            return;
+        }
+    }
+    uint8_t *pbuf = g_pbuf;
+    if (g_pbuf_busy) {
+        if (!io->rbuf && !(io->rbuf = malloc(NB_PXIO_READ_BUF))) {
+            report_error(io, -ENOMEM);
+            return;
+        }
+        pbuf = io->rbuf;
+    }
+    int own = pbuf == g_pbuf;
+    if (own)
+        g_pbuf_busy = 1;
+    while (io->want_read && !io->closing && !io->failed) {
+        ERR_clear_error();
+        int n = SSL_read(io->ssl, pbuf, NB_PXIO_READ_BUF);
+        if (n > 0) {
+            io->cbs->on_data(io, pbuf, (size_t)n);
+            continue;
+        }
+        int e = SSL_get_error(io->ssl, n);
+        flush_wbio(io); /* tickets, key updates, alerts */
+        if (e == SSL_ERROR_WANT_READ) {
+            if (io->eof_seen)
+                report_eof(io); /* FIN without close_notify */
+            break;
+        }
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            report_eof(io);
+            break;
+        }
+        note_tls_error(io, "TLS error");
+        report_error(io, NB_ECRYPTO);
+        break;
+    }
+    if (own)
+        g_pbuf_busy = 0;
+}
+
+static void on_kick(uv_timer_t *t)
+{
+    nb_pxio_t *io = t->data;
+    if (io->closing || io->failed)
+        return;
+    if (io->ssl)
+        tls_pump(io);
+    else if (io->eof_seen)
+        report_eof(io);
+}
+
+int nb_pxio_init(uv_loop_t *loop, nb_pxio_t *io, const nb_pxio_cbs_t *cbs, void *ud)
+{
+    memset(io, 0, sizeof *io);
+    io->cbs = cbs;
+    io->ud = ud;
+    int r = uv_tcp_init(loop, &io->tcp);
+    if (r < 0)
+        return r;
+    io->tcp.data = io;
+    io->handles++;
+    if ((r = uv_timer_init(loop, &io->kick)) < 0) {
+        /* The TCP handle must still be closed: mark it so the owner closes. */
+        io->kick.data = NULL;
+        return r;
+    }
+    io->kick.data = io;
+    io->handles++;
+    return 0;
+}
+
+int nb_pxio_accept(nb_pxio_t *io, uv_stream_t *server)
+{
+    int r = uv_accept(server, (uv_stream_t *)&io->tcp);
+    if (r == 0)
+        uv_tcp_nodelay(&io->tcp, 1);
+    return r;
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    nb_pxio_t *io = req->data;
+    if (io->closing)
+        return;
+    if (status == 0)
+        uv_tcp_nodelay(&io->tcp, 1);
+    if (io->cbs->on_connect)
+        io->cbs->on_connect(io, status);
+}
+
+int nb_pxio_connect(nb_pxio_t *io, const struct sockaddr *addr)
+{
+    io->conn_req.data = io;
+    return uv_tcp_connect(&io->conn_req, &io->tcp, addr, on_connected);
+}
+
+int nb_pxio_read_start(nb_pxio_t *io)
+{
+    if (io->closing || io->failed)
+        return NB_ECLOSED;
+    io->want_read = 1;
+    if (!io->eof_seen && !io->tcp_reading) {
+        int r = uv_read_start((uv_stream_t *)&io->tcp, on_alloc, on_read);
+        if (r < 0)
+            return r;
+        io->tcp_reading = 1;
+    }
+    if ((io->ssl && io->hs_done &&
+         (BIO_ctrl_pending(io->rbio) > 0 || SSL_pending(io->ssl) > 0 || io->eof_seen)) ||
+        (!io->ssl && io->eof_seen && !io->eof_reported))
+        uv_timer_start(&io->kick, on_kick, 0, 0);
+    return 0;
+}
+
+void nb_pxio_read_stop(nb_pxio_t *io)
+{
+    io->want_read = 0;
+    if (io->tcp_reading && (!io->ssl || io->hs_done)) {
+        uv_read_stop((uv_stream_t *)&io->tcp);
+        io->tcp_reading = 0;
+    }
+}
+
+static int tls_setup(nb_pxio_t *io, SSL_CTX *ctx)
+{
+    if (!(io->ssl = SSL_new(ctx)))
+        return -ENOMEM;
+    io->rbio = BIO_new(BIO_s_mem());
+    io->wbio = BIO_new(BIO_s_mem());
+    if (!io->rbio || !io->wbio) {
+        BIO_free(io->rbio);
+        BIO_free(io->wbio);
+        io->rbio = io->wbio = NULL;
+        SSL_free(io->ssl);
+        io->ssl = NULL;
+        return -ENOMEM;
+    }
+    /* An empty memory BIO reports "retry" instead of EOF. */
+    BIO_set_mem_eof_return(io->rbio, -1);
+    BIO_set_mem_eof_return(io->wbio, -1);
+    SSL_set_bio(io->ssl, io->rbio, io->wbio);
+    return 0;
+}
+
+int nb_pxio_tls_server(nb_pxio_t *io, SSL_CTX *ctx, const char *expected, const uint8_t *pre,
+                       size_t prelen)
+{
+    int r;
+    if ((r = tls_setup(io, ctx)) < 0)
+        return r;
+    io->tls_server = 1;
+    SSL_set_accept_state(io->ssl);
+    if (expected && (r = nb_ca_ssl_set_expected(io->ssl, expected)) < 0)
+        return r;
+    if (prelen && BIO_write(io->rbio, pre, (int)prelen) != (int)prelen)
+        return -ENOMEM;
+    if (!io->tcp_reading && !io->eof_seen) {
+        if ((r = uv_read_start((uv_stream_t *)&io->tcp, on_alloc, on_read)) < 0)
+            return r;
+        io->tcp_reading = 1;
+    }
+    if (prelen)
+        uv_timer_start(&io->kick, on_kick, 0, 0);
+    return 0;
+}
+
+int nb_pxio_tls_client(nb_pxio_t *io, SSL_CTX *ctx, const char *host, int is_ip)
+{
+    int r;
+    if ((r = tls_setup(io, ctx)) < 0)
+        return r;
+    SSL_set_connect_state(io->ssl);
+    X509_VERIFY_PARAM *vp = SSL_get0_param(io->ssl);
+    if (is_ip) {
+        if (!X509_VERIFY_PARAM_set1_ip_asc(vp, host))
+            return NB_EINVAL;
+    } else {
+        if (!SSL_set_tlsext_host_name(io->ssl, host))
+            return NB_EINVAL;
+        X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (!X509_VERIFY_PARAM_set1_host(vp, host, 0))
+            return NB_EINVAL;
+    }
+    SSL_set_verify(io->ssl, SSL_VERIFY_PEER, NULL);
+    if (!io->tcp_reading) {
+        if ((r = uv_read_start((uv_stream_t *)&io->tcp, on_alloc, on_read)) < 0)
+            return r;
+        io->tcp_reading = 1;
+    }
+    tls_pump(io); /* sends the ClientHello */
+    return 0;
+}
+
+static int writev_now(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensitive);
+
+void nb_pxio_cork(nb_pxio_t *io)
+{
+    io->corked = 1;
+}
+
+int nb_pxio_uncork(nb_pxio_t *io)
+{
+    io->corked = 0;
+    if (!io->cork_len)
+        return 0;
+    uv_buf_t b = uv_buf_init((char *)io->cork, (unsigned)io->cork_len);
+    int r = writev_now(io, &b, 1, io->cork_sensitive);
+    if (io->cork_sensitive)
+        sodium_memzero(io->cork, io->cork_len);
+    io->cork_len = 0;
+    io->cork_sensitive = 0;
+    return r;
+}
+
+int nb_pxio_writev(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensitive)
+{
+    if (!io->corked)
+        return writev_now(io, bufs, n, sensitive);
+    if (io->closing || io->failed || io->shut)
+        return NB_ECLOSED;
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    if (io->cork_len + total > NB_PXIO_READ_BUF) {
+        int r = nb_pxio_uncork(io);
+        io->corked = 1;
+        if (r < 0)
+            return r;
+        if (total > NB_PXIO_READ_BUF)
+            return writev_now(io, bufs, n, sensitive);
+    }
+    if (!io->cork && !(io->cork = malloc(NB_PXIO_READ_BUF)))
+        return writev_now(io, bufs, n, sensitive);
+    for (unsigned i = 0; i < n; i++) {
+        memcpy(io->cork + io->cork_len, bufs[i].base, bufs[i].len);
+        io->cork_len += bufs[i].len;
+    }
+    io->cork_sensitive |= sensitive;
+    return 0;
+}
+
+static int writev_now(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensitive)
+{
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    if (!io->ssl)
+        return raw_write(io, bufs, n, total, sensitive);
+    if (io->closing || io->failed || io->shut)
+        return NB_ECLOSED;
+    if (!io->hs_done)
+        return NB_ESTATE;
+    /* One SSL_write per call keeps small pieces (chunk framing) in the
+     * same TLS record as their data. */
+    uint8_t stackbuf[4096];
+    uint8_t *tmp = stackbuf;
+    const uint8_t *src;
+    if (n == 1) {
+        src = (const uint8_t *)bufs[0].base;
+    } else {
+        if (total > sizeof stackbuf && !(tmp = malloc(total)))
+            return -ENOMEM;
+        size_t o = 0;
+        for (unsigned i = 0; i < n; i++) {
+            memcpy(tmp + o, bufs[i].base, bufs[i].len);
+            o += bufs[i].len;
+        }
+        src = tmp;
+    }
+    int r = 0;
+    size_t off = 0;
+    while (off < total) {
+        ERR_clear_error();
+        size_t part = total - off > (1u << 30) ? (1u << 30) : total - off;
+        int w = SSL_write(io->ssl, src + off, (int)part);
+        if (w <= 0) {
+            note_tls_error(io, "TLS write failed");
+            r = NB_ECRYPTO;
+            break;
+        }
+        off += (size_t)w;
+    }
+    if (tmp != stackbuf) {
+        if (sensitive)
+            sodium_memzero(tmp, total);
+        free(tmp);
+    } else if (sensitive && n > 1) {
+        sodium_memzero(stackbuf, total);
+    }
+    if (r == 0)
+        r = flush_wbio(io);
+    return r;
+}
+
+int nb_pxio_write(nb_pxio_t *io, const void *p, size_t len, int sensitive)
+{
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)len);
+    return nb_pxio_writev(io, &b, 1, sensitive);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    nb_pxio_t *io = req->data;
+    io->shut_done = 1;
+    if (!io->closing && io->cbs->on_shutdown)
+        io->cbs->on_shutdown(io);
+}
+
+void nb_pxio_shutdown(nb_pxio_t *io)
+{
+    if (io->closing || io->failed || io->shut)
+        return;
+    nb_pxio_uncork(io);
+    if (io->ssl && io->hs_done) {
+        ERR_clear_error();
+        SSL_shutdown(io->ssl);
+        flush_wbio(io);
+    }
+    io->shut_req.data = io;
+    if (uv_shutdown(&io->shut_req, (uv_stream_t *)&io->tcp, on_shutdown) < 0) {
+        io->shut_done = 1;
+        return;
+    }
+    io->shut = 1;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    nb_pxio_t *io = h->data;
+    if (--io->handles > 0)
+        return;
+    if (io->ssl)
+        SSL_free(io->ssl); /* frees the BIOs */
+    io->ssl = NULL;
+    io->rbio = io->wbio = NULL;
+    free(io->rbuf);
+    io->rbuf = NULL;
+    if (io->cork) {
+        sodium_memzero(io->cork, NB_PXIO_READ_BUF);
+        free(io->cork);
+        io->cork = NULL;
+    }
+    if (io->on_closed)
+        io->on_closed(io);
+}
+
+void nb_pxio_close(nb_pxio_t *io, void (*on_closed)(nb_pxio_t *io))
+{
+    if (io->closing)
+        return;
+    io->closing = 1;
+    io->on_closed = on_closed;
+    if (io->handles == 0) {
+        if (on_closed)
+            on_closed(io);
+        return;
+    }
+    if (io->kick.data == NULL) /* timer init failed: only the TCP handle is open */
+        io->kick.data = io;
+    else
+        uv_close((uv_handle_t *)&io->kick, on_handle_closed);
+    uv_close((uv_handle_t *)&io->tcp, on_handle_closed);
+}
+
+int nb_pxio_client_ctx(const char *extra_ca_file, SSL_CTX **out)
+{
+    *out = NULL;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx)
+        return -ENOMEM;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    int ok = access(SYSTEM_CA_FILE, R_OK) == 0
+                 ? SSL_CTX_load_verify_locations(ctx, SYSTEM_CA_FILE, NULL)
+                 : SSL_CTX_set_default_verify_paths(ctx);
+    if (!ok)
+        nb_log(NB_LOG_WARN, "cannot load the system trust store");
+    if (extra_ca_file && !SSL_CTX_load_verify_locations(ctx, extra_ca_file, NULL)) {
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        return NB_EINVAL;
+    }
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn - 1);
+    ERR_clear_error();
+    *out = ctx;
+    return 0;
+}

@@ -1,0 +1,68 @@
+/* Streaming redactor for response bytes (THREATS.md A5, echo exfiltration).
+ *
+ * Holds a few (needle -> replacement) pairs, e.g. an injected secret value
+ * -> its placeholder name, and rewrites a byte stream so that no needle
+ * reaches the guest, even when an occurrence is split across chunks: the
+ * longest chunk tail that could still start a needle is held back (in
+ * locked memory) until the next chunk or the end decides it. Nothing else
+ * is delayed: a chunk that does not end in a needle prefix is passed on
+ * whole, so SSE events are not slowed down.
+ *
+ * At the end of the stream, a held-back tail that is a prefix of a needle
+ * of at least NB_REDACT_MIN_PARTIAL bytes is replaced too: an upstream
+ * that echoes a secret cut short by one byte must not hand the guest all
+ * but one byte of it.
+ *
+ * Limits (see docs/internals/egress.md): only verbatim occurrences (and the
+ * encoded forms the injector registers: base64 for Basic credentials,
+ * percent-encoding for query parameters) are caught. Compressed bodies are
+ * opaque: the proxy asks upstreams for identity encoding when it injects.
+ *
+ * Needles, held bytes and scratch space live in one sodium_malloc()ed
+ * arena, wiped on reset and free. Keep one redactor per connection and
+ * nb_redact_reset() it for each response: allocating locked memory costs
+ * several system calls. Not thread-safe. */
+#ifndef NB_REDACT_H
+#define NB_REDACT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define NB_REDACT_MAX_NEEDLES 32
+#define NB_REDACT_MAX_NEEDLE 131072
+#define NB_REDACT_MIN_PARTIAL 8
+
+typedef struct nb_redact nb_redact_t;
+
+/* Receives output bytes, borrowed for the duration of the call. A non-zero
+ * return aborts the feed and is returned from it. */
+typedef int (*nb_redact_sink)(void *ctx, const uint8_t *p, size_t len);
+
+int nb_redact_new(nb_redact_t **out);
+
+/* Wipes the needles and the held-back bytes; NULL is a no-op. */
+void nb_redact_free(nb_redact_t *r);
+
+/* Wipes and forgets the needles and any held bytes (unflushed bytes are
+ * dropped), keeping the arena for the next response. */
+void nb_redact_reset(nb_redact_t *r);
+
+/* Adds a pair (both copied). Only allowed before the first feed.
+ * NB_EINVAL for an empty or oversized needle, NB_ETOOBIG past
+ * NB_REDACT_MAX_NEEDLES, NB_ESTATE after feeding started. Adding a needle
+ * that is already present is a no-op. */
+int nb_redact_add(nb_redact_t *r, const void *needle, size_t nlen, const void *repl, size_t rlen);
+
+/* Number of needles. */
+size_t nb_redact_needles(const nb_redact_t *r);
+
+/* Passes `len` bytes through, calling `sink` for the output. */
+int nb_redact_feed(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink sink, void *ctx);
+
+/* End of stream: flushes the held-back bytes (redacted as described). */
+int nb_redact_finish(nb_redact_t *r, nb_redact_sink sink, void *ctx);
+
+/* Replacements made so far (for the audit row). */
+uint64_t nb_redact_count(const nb_redact_t *r);
+
+#endif

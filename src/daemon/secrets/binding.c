@@ -1,0 +1,189 @@
+#include "daemon/secrets/binding.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "daemon/egress/hostname.h"
+#include "lib/err.h"
+
+static const char *placement_names[] = {NULL, "header", "basic", "query"};
+
+const char *nb_binding_placement_name(int placement)
+{
+    return placement >= NB_PLACE_HEADER && placement <= NB_PLACE_QUERY ? placement_names[placement]
+                                                                       : NULL;
+}
+
+int nb_binding_placement_parse(const char *name)
+{
+    for (int i = NB_PLACE_HEADER; i <= NB_PLACE_QUERY; i++)
+        if (strcmp(name, placement_names[i]) == 0)
+            return i;
+    return 0;
+}
+
+int nb_secrets_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > NB_SECRETS_NAME_MAX || (name[0] >= '0' && name[0] <= '9'))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+static int is_tchar(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static int token_valid(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!is_tchar(*s))
+            return 0;
+    return 1;
+}
+
+static int visible_or_space(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
+            return 0;
+    return 1;
+}
+
+/* Headers that carry framing or routing: a secret never belongs there. */
+static int header_forbidden(const char *h)
+{
+    static const char *bad[] = {
+        "host", "content-length", "transfer-encoding", "connection", "upgrade",
+        "te",   "trailer",        "keep-alive",        "expect",     "proxy-connection"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (strcasecmp(h, bad[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int header_fields_valid(const nb_binding_t *b)
+{
+    const char *ph = strstr(b->tmpl, "{secret}");
+    size_t tl = strlen(b->tmpl);
+    return token_valid(b->header) && !header_forbidden(b->header) && ph &&
+           !strstr(ph + 1, "{secret}") && visible_or_space(b->tmpl) && b->tmpl[0] != ' ' &&
+           b->tmpl[tl - 1] != ' ';
+}
+
+int nb_binding_set_header(nb_binding_t *b, const char *spec)
+{
+    memset(b, 0, sizeof(*b));
+    const char *colon = strchr(spec, ':');
+    if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof(b->header))
+        return NB_EINVAL;
+    memcpy(b->header, spec, (size_t)(colon - spec));
+    const char *v = colon + 1;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    if (strlen(v) >= sizeof(b->tmpl))
+        return NB_EINVAL;
+    snprintf(b->tmpl, sizeof(b->tmpl), "%s", v);
+    b->placement = NB_PLACE_HEADER;
+    return header_fields_valid(b) ? 0 : NB_EINVAL;
+}
+
+static int path_prefix_normalize(char *p)
+{
+    size_t n = strlen(p);
+    if (n == 0)
+        return 0;
+    if (p[0] != '/')
+        return NB_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("-._~/!$&'()*+,;=:@", c)))
+            return NB_EINVAL; /* no '%', '?', '#', spaces: one spelling per path */
+        /* Dot segments would let "/v1/../admin" pass a "/v1" prefix. */
+        if (c == '.' && p[i - 1] == '/' &&
+            (p[i + 1] == '/' || p[i + 1] == 0 ||
+             (p[i + 1] == '.' && (p[i + 2] == '/' || !p[i + 2]))))
+            return NB_EINVAL;
+        if (c == '/' && i > 0 && p[i - 1] == '/')
+            return NB_EINVAL;
+    }
+    while (n > 0 && p[n - 1] == '/')
+        p[--n] = '\0'; /* "/v1/" == "/v1"; "/" == any path */
+    return 0;
+}
+
+static int vm_name_valid(const char *v)
+{
+    size_t n = strlen(v);
+    if (n == 0)
+        return 1;
+    if (n >= NB_BINDING_VM_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = v[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+int nb_binding_normalize(nb_binding_t *b)
+{
+    /* Every string must be terminated inside its field before we read it. */
+    if (!memchr(b->secret, 0, sizeof(b->secret)) || !memchr(b->host, 0, sizeof(b->host)) ||
+        !memchr(b->path_prefix, 0, sizeof(b->path_prefix)) ||
+        !memchr(b->header, 0, sizeof(b->header)) || !memchr(b->tmpl, 0, sizeof(b->tmpl)) ||
+        !memchr(b->user, 0, sizeof(b->user)) || !memchr(b->param, 0, sizeof(b->param)) ||
+        !memchr(b->vm, 0, sizeof(b->vm)))
+        return NB_EINVAL;
+    if (!nb_secrets_name_valid(b->secret) || !vm_name_valid(b->vm))
+        return NB_EINVAL;
+    char host[256];
+    nb_ipaddr_t ip;
+    if (nb_ip_parse(b->host, strlen(b->host), &ip))
+        nb_ip_format(&ip, host, sizeof(host));
+    else if (nb_host_pattern_normalize(b->host, strlen(b->host), host, sizeof(host)) < 0)
+        return NB_EINVAL;
+    memcpy(b->host, host, sizeof(host));
+    if (path_prefix_normalize(b->path_prefix) < 0)
+        return NB_EINVAL;
+    b->allow_cleartext = b->allow_cleartext ? 1 : 0;
+    switch (b->placement) {
+    case NB_PLACE_HEADER:
+        if (!header_fields_valid(b))
+            return NB_EINVAL;
+        b->user[0] = b->param[0] = '\0';
+        return 0;
+    case NB_PLACE_BASIC:
+        /* RFC 7617: the user-id cannot contain a colon. */
+        if (!b->user[0] || strchr(b->user, ':') || !visible_or_space(b->user))
+            return NB_EINVAL;
+        snprintf(b->header, sizeof(b->header), "Authorization");
+        b->tmpl[0] = b->param[0] = '\0';
+        return 0;
+    case NB_PLACE_QUERY:
+        for (const char *c = b->param; *c; c++)
+            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                  (*c >= '0' && *c <= '9') || strchr("-._~", *c)))
+                return NB_EINVAL;
+        if (!b->param[0])
+            return NB_EINVAL;
+        b->header[0] = b->tmpl[0] = b->user[0] = '\0';
+        return 0;
+    default:
+        return NB_EINVAL;
+    }
+}

@@ -1,0 +1,771 @@
+/* VM lifecycle: start (pool prep, key, listener, spawn, QMP, agent
+ * handshake), stop (agent poweroff -> ACPI -> QMP quit -> SIGKILL), exit
+ * and crash handling, the restart policy and re-attach after a daemon
+ * restart. See manager.h and docs/internals/vm.md. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "daemon/home.h"
+#include "daemon/vm/image.h"
+#include "daemon/vm/vmint.h"
+#include "lib/err.h"
+#include "lib/json.h"
+#include "lib/log.h"
+#include "lib/mux.h"
+
+enum { T_NONE = 0, T_QMP, T_STOP, T_RESTART, T_KILLWAIT };
+
+static void vm_exited(nb_vm_t *vm, const char *how);
+static void run_step(nb_vm_t *vm, int step);
+static void qmp_connect(nb_vm_t *vm);
+static void schedule_restart(nb_vm_t *vm, const char *why);
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    nb_vm_t *vm = h->data;
+    vm->handles--; /* the timers keep the VM alive until vm_destroy */
+}
+
+/* ------------------------------------------------------------ start prep */
+
+static pthread_once_t tsc_once = PTHREAD_ONCE_INIT;
+static unsigned tsc_khz;
+
+static void measure_tsc(void)
+{
+    if (nb_qemu_host_tsc_khz(&tsc_khz) < 0)
+        tsc_khz = 0;
+}
+
+typedef struct {
+    vm_job_t j; /* first */
+    int wait;
+    uint8_t key[NB_MUX_KEY_LEN];
+    nb_qemu_argv_t argv;
+    char qemu[VM_PATH];
+} start_job_t;
+
+static void start_work(vm_job_t *jj)
+{
+    start_job_t *j = (start_job_t *)jj;
+    nb_vm_t *vm = jj->vm;
+    nb_vmm_t *m = vm->m;
+    nb_image_t img;
+    char idir[VM_PATH];
+    if (vm_find_binary("NILBOX_QEMU", "qemu-system-x86_64", j->qemu, sizeof j->qemu) < 0) {
+        jj->r = NB_EUNSUPPORTED;
+        nb_vm_fmt(jj->msg, sizeof jj->msg,
+                  "QEMU is missing (%s not found); install the Debian package qemu-system-x86",
+                  j->qemu);
+        return;
+    }
+    if (nb_image_dir(m->home, vm->spec.image, idir, sizeof idir) < 0 ||
+        (jj->r = nb_image_load(idir, &img)) == NB_ENOTFOUND) {
+        jj->r = NB_ENOTFOUND;
+        nb_vm_fmt(jj->msg, sizeof jj->msg,
+                  "image '%s' is not built; build it with 'nilbox image build %s'", vm->spec.image,
+                  vm->spec.image);
+        return;
+    }
+    if (jj->r < 0) {
+        nb_vm_fmt(jj->msg, sizeof jj->msg,
+                  "image '%s' is damaged (%s); rebuild it with 'nilbox image build %s --force'",
+                  vm->spec.image, nb_strerror(jj->r), vm->spec.image);
+        return;
+    }
+    if ((jj->r = vm_check_space(m, jj->msg, sizeof jj->msg)) < 0)
+        return;
+    if (img.disk[0] && access(vm->disk, R_OK | W_OK) < 0) {
+        jj->r = NB_ESTATE;
+        nb_vm_fmt(jj->msg, sizeof jj->msg,
+                  "the VM's disk %s is missing: %s; remove and create "
+                  "the VM again",
+                  vm->disk, strerror(errno));
+        return;
+    }
+    char parent[VM_PATH];
+    nb_vm_fmt(parent, sizeof parent, "%s/vms", m->runtime);
+    mkdir(parent, 0700);
+    if (mkdir(vm->rdir, 0700) < 0 && errno != EEXIST) {
+        jj->r = -errno;
+        nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot create %s: %s", vm->rdir, strerror(errno));
+        return;
+    }
+    pthread_once(&tsc_once, measure_tsc);
+    /* A fresh key per boot: QEMU reads its copy once (fw_cfg, removed when
+     * QMP answers); ours stays 0600 in the runtime folder so that a
+     * restarted daemon can authenticate the agent again. */
+    randombytes_buf(j->key, sizeof j->key);
+    unlink(vm->fwcfg_key);
+    unlink(vm->pidfile);
+    unlink(vm->qmp_sock);
+    char old[VM_PATH + 8];
+    nb_vm_fmt(old, sizeof old, "%s.1", vm->console);
+    rename(vm->console, old); /* keep the previous boot's console */
+    if ((jj->r = nb_home_write_private(vm->keyfile, j->key, sizeof j->key)) < 0 ||
+        (jj->r = nb_qemu_write_key_file(vm->fwcfg_key, j->key, sizeof j->key)) < 0) {
+        nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot write the per-boot key in %s: %s", vm->rdir,
+                  nb_strerror(jj->r));
+        return;
+    }
+    nb_qemu_spec_t spec = {
+        .qemu = j->qemu,
+        .name = vm->spec.name,
+        .cpus = vm->spec.cpus,
+        .memory_mib = vm->spec.memory_mib,
+        .kernel = img.kernel,
+        .initrd = img.initrd[0] ? img.initrd : NULL,
+        .disk = img.disk[0] ? vm->disk : NULL,
+        .disk_is_root = img.disk_is_root,
+        .mux_socket = vm->mux_sock,
+        .key_file = vm->fwcfg_key,
+        .qmp_socket = vm->qmp_sock,
+        .console_log = vm->console,
+        .pidfile = vm->pidfile,
+        .tsc_khz = tsc_khz,
+    };
+    if ((jj->r = nb_qemu_build_argv(&spec, &j->argv)) < 0)
+        nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot build the QEMU command line (see the log)");
+}
+
+static void start_fail(nb_vm_t *vm, int r, const char *msg, nb_vmm_cb cb, void *ud)
+{
+    unlink(vm->fwcfg_key);
+    unlink(vm->keyfile);
+    nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "start failed: %s", msg ? msg : nb_strerror(r));
+    if (vm->state == NB_VM_CRASHED || vm->restart_at_ms) {
+        /* A restart attempt of the policy failed: count it, try again. */
+        vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
+        schedule_restart(vm, "restart failed");
+    }
+    if (cb)
+        cb(ud, r, msg, NULL);
+    vm_waiters_fire(vm, W_READY, r, msg);
+    vm_waiters_fire(vm, W_STARTED, r, msg);
+}
+
+static void on_qemu_exit(uv_process_t *p, int64_t status, int sig)
+{
+    nb_vm_t *vm = p->data;
+    char how[64];
+    if (sig)
+        nb_vm_fmt(how, sizeof how, "killed by signal %d", sig);
+    else
+        nb_vm_fmt(how, sizeof how, "exit status %lld", (long long)status);
+    vm_exited(vm, how);
+}
+
+static void on_boot_timeout(uv_timer_t *t)
+{
+    nb_vm_t *vm = t->data;
+    if (vm->state != NB_VM_STARTING)
+        return;
+    char msg[256];
+    nb_vm_fmt(msg, sizeof msg,
+              "the agent did not connect within %u s; stopping the VM (see 'nilbox vm logs %s')",
+              VM_BOOT_TIMEOUT_MS / 1000, vm->spec.name);
+    vm_progress(vm, "%s", msg);
+    vm->boot_failed = 1;
+    vm_waiters_fire(vm, W_READY, NB_ETIMEOUT, msg);
+    vm_lc_stop(vm, 1, NULL, NULL);
+}
+
+static void start_done(vm_job_t *jj)
+{
+    start_job_t *j = (start_job_t *)jj;
+    nb_vm_t *vm = jj->vm;
+    nb_vmm_t *m = vm->m;
+    int r = jj->r;
+    vm->busy = NULL;
+    if (r < 0) {
+        start_fail(vm, r, jj->msg, jj->cb, jj->ud);
+        goto out;
+    }
+    nb_vmchan_cbs_t cbs;
+    extern const nb_vmchan_cbs_t vm_chan_cbs;
+    cbs = vm_chan_cbs;
+    cbs.ud = vm;
+    if ((r = nb_vmchan_new(m->loop, vm->mux_sock, j->key, &cbs, &vm->chan)) < 0) {
+        nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot listen on %s: %s", vm->mux_sock, nb_strerror(r));
+        start_fail(vm, r, jj->msg, jj->cb, jj->ud);
+        goto out;
+    }
+    memset(&vm->proc, 0, sizeof vm->proc);
+    r = nb_qemu_spawn(m->loop, &j->argv, vm->qemu_log, &vm->proc, on_qemu_exit);
+    vm->proc.data = vm;
+    if (r < 0) {
+        if (vm->proc.loop) { /* libuv: a failed spawn's handle must still be closed */
+            vm->handles++;
+            uv_close((uv_handle_t *)&vm->proc, on_handle_closed);
+        }
+        nb_vmchan_free(vm->chan);
+        vm->chan = NULL;
+        nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot start %s: %s", j->argv.argv[0], uv_strerror(r));
+        start_fail(vm, r == UV_ENOENT ? NB_EUNSUPPORTED : r, jj->msg, jj->cb, jj->ud);
+        goto out;
+    }
+    vm->handles++;
+    vm->proc_open = 1;
+    vm->is_child = 1;
+    vm->pid = vm->proc.pid;
+    vm->gen++;
+    vm->exited = 0;
+    vm->agent_up = 0;
+    vm->reattached = 0;
+    vm->stop_requested = 0;
+    vm->shutdown_reason[0] = '\0';
+    vm->qemu_version[0] = '\0';
+    vm->boot_t0 = uv_now(m->loop);
+    vm->started_ms = nb_events_now_ms();
+    vm->ready_ms = 0;
+    vm->boot_secs = 0;
+    vm->restart_at_ms = 0;
+    nb_vm_fmt(vm->accel, sizeof vm->accel, "%s",
+              j->argv.accel == NB_QEMU_ACCEL_KVM ? "kvm" : "tcg");
+    nb_vm_fmt(vm->machine, sizeof vm->machine, "%s",
+              j->argv.machine == NB_QEMU_MACHINE_MICROVM ? "microvm" : "q35");
+    vm_set_state(vm, NB_VM_STARTING);
+    vm_db_set_want(vm, 1);
+    vm_emit(
+        vm, "vm.starting",
+        json_pack("{s:i, s:s, s:s}", "pid", vm->pid, "accel", vm->accel, "machine", vm->machine));
+    vm_progress(vm, "QEMU started (pid %d, %s, %s, %u CPU, %u MiB)", vm->pid, vm->machine,
+                vm->accel, vm->spec.cpus, vm->spec.memory_mib);
+    if (j->argv.accel != NB_QEMU_ACCEL_KVM)
+        vm_progress(vm, "TCG (no KVM): slower");
+    vm->qmp_deadline = uv_now(m->loop) + VM_QMP_CONNECT_MS;
+    qmp_connect(vm);
+    uv_timer_start(&vm->boot_timer, on_boot_timeout, VM_BOOT_TIMEOUT_MS, 0);
+    vm_waiters_fire(vm, W_STARTED, 0, NULL);
+    if (jj->cb) {
+        if (j->wait) {
+            vm_waiter_add(vm, W_READY, 0, jj->cb, jj->ud);
+        } else {
+            json_t *res = nb_vm_json(vm, 0);
+            jj->cb(jj->ud, 0, NULL, res);
+            json_decref(res);
+        }
+    }
+out:
+    sodium_memzero(j->key, sizeof j->key);
+    nb_qemu_argv_free(&j->argv);
+}
+
+void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
+{
+    char msg[256];
+    if (vm->state == NB_VM_STARTING || vm->state == NB_VM_RUNNING) {
+        if (wait && cb) {
+            if (nb_vm_session(vm)) {
+                json_t *res = nb_vm_json(vm, 0);
+                cb(ud, 0, NULL, res);
+                json_decref(res);
+            } else {
+                vm_waiter_add(vm, W_READY, 0, cb, ud);
+            }
+            return;
+        }
+        nb_vm_fmt(msg, sizeof msg, "VM '%s' is already %s", vm->spec.name,
+                  nb_vm_state_name(vm->state));
+        if (cb)
+            cb(ud, NB_ESTATE, msg, NULL);
+        return;
+    }
+    if (vm->state == NB_VM_STOPPING) {
+        nb_vm_fmt(msg, sizeof msg, "VM '%s' is stopping; start it again once it has stopped",
+                  vm->spec.name);
+        if (cb)
+            cb(ud, NB_ESTATE, msg, NULL);
+        return;
+    }
+    if (vm->state == NB_VM_CRASHED && vm->pid) {
+        nb_vm_fmt(msg, sizeof msg, "VM '%s' is still being cleaned up; try again in a moment",
+                  vm->spec.name);
+        if (cb)
+            cb(ud, NB_ESTATE, msg, NULL);
+        return;
+    }
+    uv_timer_stop(&vm->timer); /* a pending policy restart: this start replaces it */
+    start_job_t *j = calloc(1, sizeof *j);
+    if (!j) {
+        if (cb)
+            cb(ud, -ENOMEM, NULL, NULL);
+        return;
+    }
+    j->wait = wait;
+    j->j.cb = cb;
+    j->j.ud = ud;
+    j->j.work = start_work;
+    j->j.done = start_done;
+    vm->busy = "starting";
+    int r = vm_queue(vm, &j->j);
+    if (r < 0) {
+        vm->busy = NULL;
+        free(j);
+        if (cb)
+            cb(ud, r, NULL, NULL);
+    }
+}
+
+/* ------------------------------------------------------------ QMP */
+
+static void on_kvm_reply(nb_qmp_t *q, int r, json_t *ret, json_t *err, void *data)
+{
+    nb_vm_t *vm = data;
+    if (r == 0 && json_is_object(ret) && !vm->accel[0])
+        nb_vm_fmt(vm->accel, sizeof vm->accel, "%s",
+                  json_is_true(json_object_get(ret, "enabled")) ? "kvm" : "tcg");
+}
+
+static void on_qmp_ready(nb_qmp_t *q, int r, void *ud)
+{
+    nb_vm_t *vm = ud;
+    nb_vm_fmt(vm->qemu_version, sizeof vm->qemu_version, "%s", nb_qmp_version(q));
+    /* QEMU has read its fw_cfg files by the time its monitor answers. */
+    if (unlink(vm->fwcfg_key) == 0 || !vm->reattached)
+        nb_log(NB_LOG_DEBUG, "vm %s: fw_cfg key file removed", vm->spec.name);
+    if (vm->reattached)
+        nb_qmp_command(q, "query-kvm", NULL, 0, on_kvm_reply, vm);
+    else
+        vm_progress(vm, "QMP connected (QEMU %s)", vm->qemu_version);
+}
+
+static void on_qmp_event(nb_qmp_t *q, const char *event, json_t *data, void *ud)
+{
+    nb_vm_t *vm = ud;
+    if (!strcmp(event, "SHUTDOWN")) {
+        const char *reason = nb_json_str(data, "reason");
+        nb_vm_fmt(vm->shutdown_reason, sizeof vm->shutdown_reason, "%s", reason ? reason : "");
+        nb_log(NB_LOG_INFO, "vm %s: QEMU shutting down (%s)", vm->spec.name, vm->shutdown_reason);
+    }
+}
+
+static void on_qmp_retry(uv_timer_t *t)
+{
+    qmp_connect(t->data);
+}
+
+static void on_qmp_close(nb_qmp_t *q, int r, void *ud)
+{
+    nb_vm_t *vm = ud;
+    int was_up = nb_qmp_version(q)[0] != '\0';
+    nb_qmp_close(q);
+    vm->qmp = NULL;
+    if (vm->exited || !vm->pid)
+        return;
+    if (!was_up && uv_now(vm->m->loop) < vm->qmp_deadline) {
+        vm->timer.data = vm;
+        uv_timer_start(&vm->timer, on_qmp_retry, 50, 0);
+        return;
+    }
+    /* Not our child: the monitor's end is the first sign of QEMU's exit. */
+    if (!vm->is_child && kill(vm->pid, 0) < 0 && errno == ESRCH)
+        vm_exited(vm, "QEMU exited");
+}
+
+static void qmp_connect(nb_vm_t *vm)
+{
+    nb_qmp_opts_t o = {0};
+    o.timeout_ms = 5000;
+    o.handshake_timeout_ms = 5000;
+    o.on_event = on_qmp_event;
+    o.on_ready = on_qmp_ready;
+    o.on_close = on_qmp_close;
+    o.ud = vm;
+    if (vm->qmp || vm->exited)
+        return;
+    if (nb_qmp_connect(vm->m->loop, vm->qmp_sock, &o, &vm->qmp) < 0)
+        vm->qmp = NULL;
+}
+
+int vm_lc_qmp(nb_vm_t *vm, const char *cmd, json_t *args, uint64_t timeout_ms, nb_qmp_reply_cb cb,
+              void *data)
+{
+    if (!vm->qmp || !nb_qmp_is_ready(vm->qmp))
+        return NB_ESTATE;
+    return nb_qmp_command(vm->qmp, cmd, args, timeout_ms, cb, data);
+}
+
+/* ------------------------------------------------------------ channel */
+
+static void chan_up(nb_vmchan_t *c, void *ud)
+{
+    nb_vm_t *vm = ud;
+    vm->agent_up = 1;
+    if (vm->state == NB_VM_STARTING) {
+        uv_timer_stop(&vm->boot_timer);
+        vm->ready_ms = nb_events_now_ms();
+        vm->boot_secs = (double)(uv_now(vm->m->loop) - vm->boot_t0) / 1000.0;
+        vm_set_state(vm, NB_VM_RUNNING);
+        vm_progress(vm, "agent ready after %.1f s", vm->boot_secs);
+        vm_emit(vm, "vm.running",
+                json_pack("{s:f, s:s, s:i}", "boot_secs", vm->boot_secs, "accel", vm->accel, "pid",
+                          vm->pid));
+    } else {
+        vm_emit(vm, "vm.agent", json_pack("{s:b}", "connected", 1));
+    }
+    vm_waiters_fire(vm, W_READY, 0, NULL);
+}
+
+static void chan_down(nb_vmchan_t *c, int err, const char *reason, void *ud)
+{
+    nb_vm_t *vm = ud;
+    int was = vm->agent_up;
+    vm->agent_up = 0;
+    if (was && vm->state == NB_VM_RUNNING)
+        vm_emit(vm, "vm.agent", json_pack("{s:b, s:s}", "connected", 0, "reason", reason));
+    else if (!was)
+        nb_log(NB_LOG_WARN, "vm %s: channel handshake failed: %s", vm->spec.name, reason);
+}
+
+const nb_vmchan_cbs_t vm_chan_cbs = {chan_up, chan_down, NULL};
+
+/* ------------------------------------------------------------ exit */
+
+/* Tears down one boot's runtime state. QEMU must be gone, or (detach) be
+ * left alone. */
+static void teardown(nb_vm_t *vm, int keep_runtime)
+{
+    uv_timer_stop(&vm->timer);
+    uv_timer_stop(&vm->boot_timer);
+    if (vm->qmp) {
+        nb_qmp_t *q = vm->qmp;
+        vm->qmp = NULL;
+        nb_qmp_close(q);
+    }
+    if (vm->chan) {
+        nb_vmchan_t *c = vm->chan;
+        vm->chan = NULL;
+        nb_vmchan_free(c);
+    }
+    vm->agent_up = 0;
+    if (vm->proc_open) {
+        vm->proc_open = 0;
+        uv_close((uv_handle_t *)&vm->proc, on_handle_closed);
+    }
+    if (vm->pidpoll_open) {
+        vm->pidpoll_open = 0;
+        uv_close((uv_handle_t *)&vm->pidpoll, on_handle_closed);
+    }
+    if (vm->pidfd >= 0) {
+        close(vm->pidfd); /* libuv has stopped polling it (uv_close above) */
+        vm->pidfd = -1;
+    }
+    if (!keep_runtime) {
+        unlink(vm->keyfile);
+        unlink(vm->fwcfg_key);
+        unlink(vm->qmp_sock);
+        unlink(vm->mux_sock);
+        unlink(vm->pidfile);
+    }
+    vm->pid = 0;
+}
+
+static void vm_exited(nb_vm_t *vm, const char *how)
+{
+    if (vm->exited)
+        return;
+    vm->exited = 1;
+    int stop_req = vm->stop_requested, restart = vm->restart_after_stop;
+    int was_ready = vm->ready_ms != 0;
+    uint64_t up_ms = was_ready ? (uint64_t)(nb_events_now_ms() - vm->ready_ms) : 0;
+    char reason[32];
+    nb_vm_fmt(reason, sizeof reason, "%s", vm->shutdown_reason);
+    teardown(vm, 0);
+    vm->stop_requested = 0;
+    vm->restart_after_stop = 0;
+    vm->stop_step = STOP_NONE;
+    nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "QEMU %s%s%s%s", how, reason[0] ? " (" : "",
+              reason, reason[0] ? ")" : "");
+    if (up_ms >= VM_HEALTHY_AFTER_MS)
+        vm->failures = 0;
+    if (vm->boot_failed) {
+        /* Our own stop after the boot deadline: a failed start, not a user
+         * stop; no policy restart either (it would likely fail again). */
+        vm->boot_failed = 0;
+        nb_vm_fmt(vm->last_exit, sizeof vm->last_exit,
+                  "boot timeout: the agent did not connect within %u s", VM_BOOT_TIMEOUT_MS / 1000);
+        vm_set_state(vm, NB_VM_CRASHED);
+        vm_db_set_want(vm, 0);
+        vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
+        vm_waiters_fire(vm, W_READY, NB_ETIMEOUT, vm->last_exit);
+        vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+        return;
+    }
+    if (stop_req || !strcmp(reason, "guest-shutdown")) {
+        vm_set_state(vm, NB_VM_STOPPED);
+        if (!restart)
+            vm_db_set_want(vm, 0);
+        vm_emit(vm, "vm.stopped",
+                json_pack("{s:s, s:s}", "reason",
+                          stop_req ? "stop request" : "the guest powered off", "last_exit",
+                          vm->last_exit));
+        vm_waiters_fire(vm, W_READY, NB_ESTATE, "the VM stopped before its agent was ready");
+        vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+        if (restart)
+            vm_lc_start(vm, 0, NULL, NULL);
+        return;
+    }
+    vm_set_state(vm, NB_VM_CRASHED);
+    if (!strcmp(reason, "guest-reset")) {
+        vm_emit(vm, "vm.restarting", json_pack("{s:s}", "reason", "the guest rebooted"));
+        vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+        schedule_restart(vm, "guest reboot");
+        return;
+    }
+    char msg[256];
+    nb_vm_fmt(msg, sizeof msg, "the VM crashed: %s", vm->last_exit);
+    nb_log(NB_LOG_WARN, "vm %s: %s", vm->spec.name, msg);
+    vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
+    vm_waiters_fire(vm, W_READY, NB_ESTATE, msg);
+    vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+    if (vm->spec.restart == NB_VM_RESTART_ON_FAILURE)
+        schedule_restart(vm, "restart policy on-failure");
+    else
+        vm_db_set_want(vm, 0);
+}
+
+static void on_restart_timer(uv_timer_t *t)
+{
+    nb_vm_t *vm = t->data;
+    vm->restart_at_ms = 0;
+    if (vm->state != NB_VM_CRASHED)
+        return;
+    vm_progress(vm, "restarting (attempt %d)", vm->failures);
+    vm_lc_start(vm, 0, NULL, NULL);
+}
+
+static void schedule_restart(nb_vm_t *vm, const char *why)
+{
+    if (vm->failures >= VM_RESTART_MAX_TRIES) {
+        nb_log(NB_LOG_WARN, "vm %s: %d failed starts in a row; giving up", vm->spec.name,
+               vm->failures);
+        vm_emit(vm, "vm.restart_gave_up", json_pack("{s:i}", "failures", vm->failures));
+        vm->restart_at_ms = 0;
+        vm_db_set_want(vm, 0);
+        return;
+    }
+    uint64_t delay = VM_RESTART_BACKOFF_MS;
+    for (int i = 0; i < vm->failures && delay < VM_RESTART_BACKOFF_MAX_MS; i++)
+        delay *= 2;
+    if (delay > VM_RESTART_BACKOFF_MAX_MS)
+        delay = VM_RESTART_BACKOFF_MAX_MS;
+    vm->failures++;
+    vm->restart_at_ms = nb_events_now_ms() + (int64_t)delay;
+    vm_emit(vm, "vm.restarting",
+            json_pack("{s:s, s:I, s:i}", "reason", why, "delay_ms", (json_int_t)delay, "attempt",
+                      vm->failures));
+    vm->timer.data = vm;
+    uv_timer_start(&vm->timer, on_restart_timer, delay, 0);
+}
+
+/* ------------------------------------------------------------ stop */
+
+static void on_step_timer(uv_timer_t *t)
+{
+    nb_vm_t *vm = t->data;
+    if (vm->state != NB_VM_STOPPING || vm->exited)
+        return;
+    if (vm->stop_step == STOP_KILL || vm->stop_step == STOP_WAIT) {
+        if (vm->pid && kill(vm->pid, 0) < 0 && errno == ESRCH) {
+            vm_exited(vm, "killed");
+            return;
+        }
+        nb_log(NB_LOG_ERR, "vm %s: QEMU (pid %d) survives SIGKILL; still waiting", vm->spec.name,
+               vm->pid);
+        vm->stop_step = STOP_WAIT;
+        uv_timer_start(&vm->timer, on_step_timer, 1000, 0);
+        return;
+    }
+    nb_log(NB_LOG_INFO, "vm %s: stop step %d timed out", vm->spec.name, vm->stop_step);
+    run_step(vm, vm->stop_step + 1);
+}
+
+static void on_poweroff_done(void *ud, int r, json_t *res, int exit_code)
+{
+    nb_vm_t *vm = ud;
+    if (vm->exited || vm->stop_step != STOP_AGENT)
+        return;
+    if (r < 0 || !json_is_true(json_object_get(res, "ok"))) {
+        nb_log(NB_LOG_INFO, "vm %s: agent poweroff failed (%s); trying ACPI", vm->spec.name,
+               nb_strerror(r));
+        run_step(vm, STOP_ACPI);
+    }
+}
+
+static void on_stop_reply(nb_qmp_t *q, int r, json_t *ret, json_t *err, void *data)
+{
+    if (r < 0)
+        nb_log(NB_LOG_DEBUG, "QMP stop command: %s", nb_strerror(r));
+}
+
+static void run_step(nb_vm_t *vm, int step)
+{
+    vm->stop_step = step;
+    vm->timer.data = vm;
+    switch (step) {
+    case STOP_AGENT: {
+        json_t *args = json_pack("{s:s}", "call", "poweroff");
+        int r = nb_vmchan_ctl(vm->chan, args, VM_STOP_AGENT_MS, on_poweroff_done, vm);
+        json_decref(args);
+        if (r < 0) {
+            run_step(vm, STOP_ACPI);
+            return;
+        }
+        uv_timer_start(&vm->timer, on_step_timer, VM_STOP_AGENT_MS, 0);
+        return;
+    }
+    case STOP_ACPI:
+        if (vm_lc_qmp(vm, "system_powerdown", NULL, 0, on_stop_reply, vm) < 0) {
+            run_step(vm, STOP_QUIT);
+            return;
+        }
+        uv_timer_start(&vm->timer, on_step_timer, VM_STOP_ACPI_MS, 0);
+        return;
+    case STOP_QUIT:
+        if (vm_lc_qmp(vm, "quit", NULL, 0, on_stop_reply, vm) < 0) {
+            run_step(vm, STOP_KILL);
+            return;
+        }
+        uv_timer_start(&vm->timer, on_step_timer, VM_STOP_QUIT_MS, 0);
+        return;
+    default:
+        vm->stop_step = STOP_KILL;
+        if (vm->pid > 1) {
+            nb_log(NB_LOG_WARN, "vm %s: killing QEMU (pid %d)", vm->spec.name, vm->pid);
+            kill(vm->pid, SIGKILL);
+        }
+        uv_timer_start(&vm->timer, on_step_timer, VM_STOP_KILL_MS, 0);
+        return;
+    }
+}
+
+void vm_lc_stop(nb_vm_t *vm, int force, nb_vmm_cb cb, void *ud)
+{
+    if (vm->state == NB_VM_STOPPED || (vm->state == NB_VM_CRASHED && !vm->pid)) {
+        if (vm->state == NB_VM_CRASHED) {
+            uv_timer_stop(&vm->timer);
+            vm->restart_at_ms = 0;
+            vm_set_state(vm, NB_VM_STOPPED);
+            vm_db_set_want(vm, 0);
+            vm_emit(vm, "vm.stopped", json_pack("{s:s}", "reason", "stop request (was crashed)"));
+        }
+        if (cb) {
+            json_t *res = nb_vm_json(vm, 0);
+            cb(ud, 0, NULL, res);
+            json_decref(res);
+        }
+        return;
+    }
+    if (cb)
+        vm_waiter_add(vm, W_STOPPED, 0, cb, ud);
+    if (vm->state == NB_VM_STOPPING) {
+        if (force && vm->stop_step < STOP_QUIT)
+            run_step(vm, STOP_QUIT);
+        return;
+    }
+    vm->stop_requested = 1;
+    uv_timer_stop(&vm->boot_timer);
+    vm_set_state(vm, NB_VM_STOPPING);
+    vm_emit(vm, "vm.stopping", json_pack("{s:b}", "force", force));
+    run_step(vm, force ? STOP_QUIT : nb_vm_session(vm) ? STOP_AGENT : STOP_ACPI);
+}
+
+/* ------------------------------------------------------------ re-attach */
+
+static void on_pidfd(uv_poll_t *p, int status, int events)
+{
+    nb_vm_t *vm = p->data;
+    vm_exited(vm, "exited");
+}
+
+void vm_lc_reattach(nb_vm_t *vm)
+{
+    nb_vmm_t *m = vm->m;
+    int pid = 0;
+    int r = nb_qemu_find_running(vm->pidfile, vm->qmp_sock, &pid);
+    if (r < 0) {
+        teardown(vm, 0);
+        if (vm->want_running) {
+            nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "QEMU was gone when nilboxd started");
+            vm_set_state(vm, NB_VM_CRASHED);
+            vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
+            if (vm->spec.restart == NB_VM_RESTART_ON_FAILURE)
+                schedule_restart(vm, "restart policy on-failure");
+            else
+                vm_db_set_want(vm, 0);
+        }
+        return;
+    }
+    uint8_t key[NB_MUX_KEY_LEN];
+    int have_key = 0;
+    int fd = open(vm->keyfile, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0) {
+        have_key = read(fd, key, sizeof key) == (ssize_t)sizeof key;
+        close(fd);
+    }
+    if (!have_key) {
+        nb_log(NB_LOG_WARN,
+               "vm %s: the per-boot key is lost; the agent cannot reconnect until "
+               "the VM restarts",
+               vm->spec.name);
+        randombytes_buf(key, sizeof key);
+        nb_vm_fmt(vm->last_exit, sizeof vm->last_exit,
+                  "per-boot key lost: restart the VM to reach its agent");
+    }
+    nb_vmchan_cbs_t cbs = vm_chan_cbs;
+    cbs.ud = vm;
+    r = nb_vmchan_new(m->loop, vm->mux_sock, key, &cbs, &vm->chan);
+    sodium_memzero(key, sizeof key);
+    if (r < 0)
+        nb_log(NB_LOG_ERR, "vm %s: cannot listen on %s: %s", vm->spec.name, vm->mux_sock,
+               nb_strerror(r));
+    vm->pid = pid;
+    vm->is_child = 0;
+    vm->exited = 0;
+    vm->reattached = 1;
+    vm->gen++;
+    vm->accel[0] = vm->machine[0] = '\0';
+    struct stat st;
+    vm->started_ms = stat(vm->pidfile, &st) == 0 ? (int64_t)st.st_mtime * 1000 : 0;
+    vm->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (vm->pidfd >= 0 && uv_poll_init(m->loop, &vm->pidpoll, vm->pidfd) == 0) {
+        vm->pidpoll.data = vm;
+        vm->handles++;
+        vm->pidpoll_open = 1;
+        uv_poll_start(&vm->pidpoll, UV_READABLE, on_pidfd);
+    } else if (vm->pidfd >= 0) {
+        close(vm->pidfd);
+        vm->pidfd = -1;
+    }
+    vm_set_state(vm, NB_VM_RUNNING);
+    vm_db_set_want(vm, 1);
+    vm->qmp_deadline = uv_now(m->loop) + VM_QMP_CONNECT_MS;
+    qmp_connect(vm);
+    nb_log(NB_LOG_NOTICE, "vm %s: re-attached to QEMU pid %d", vm->spec.name, pid);
+    vm_emit(vm, "vm.reattached", json_pack("{s:i}", "pid", pid));
+}
+
+void vm_lc_poll(nb_vm_t *vm)
+{
+    /* Re-attached QEMU without a pidfd: poll its pid. */
+    if (vm->pid && !vm->is_child && vm->pidfd < 0 && !vm->exited && kill(vm->pid, 0) < 0 &&
+        errno == ESRCH)
+        vm_exited(vm, "exited");
+}
+
+void vm_lc_detach(nb_vm_t *vm)
+{
+    teardown(vm, 1);
+    vm_waiters_fire(vm, 0, NB_ECLOSED, "the daemon is stopping");
+}

@@ -1,0 +1,1040 @@
+/* The VM manager: the table of VMs, their rows, create / remove, waiters
+ * and the helpers the lifecycle and snapshot code share. See manager.h and
+ * docs/internals/vm.md. */
+#include "daemon/vm/manager.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemon/store.h"
+#include "daemon/vm/image.h"
+#include "daemon/vm/vmint.h"
+#include "lib/err.h"
+#include "lib/log.h"
+
+extern char **environ;
+
+/* ------------------------------------------------------------ names, sizes */
+
+int nb_vm_fmt(char *buf, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    return n < 0 || (size_t)n >= size ? NB_ETOOBIG : 0;
+}
+
+int nb_vm_valid_name(const char *s)
+{
+    if (!s || !(s[0] >= 'a' && s[0] <= 'z'))
+        return 0;
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return 0;
+    }
+    return n <= NB_VM_NAME_MAX;
+}
+
+int nb_vm_valid_snapshot(const char *s)
+{
+    if (!s || !s[0] || s[0] == '.' || s[0] == '-' || s[0] == '_')
+        return 0;
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    /* qemu-img takes an all-digit argument for a snapshot id. */
+    return n <= NB_VM_SNAP_MAX && strspn(s, "0123456789") != n;
+}
+
+const char *nb_vm_state_name(nb_vm_state_t s)
+{
+    static const char *const names[] = {"stopped", "starting", "running", "stopping", "crashed"};
+    return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown";
+}
+
+int nb_vm_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    if (!s || !(*s >= '0' && *s <= '9'))
+        return NB_EINVAL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return NB_EINVAL;
+    unsigned shift = 0;
+    switch (*end) {
+    case '\0':
+        break;
+    case 'k':
+    case 'K':
+        shift = 10;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        break;
+    case 't':
+    case 'T':
+        shift = 40;
+        break;
+    default:
+        return NB_EINVAL;
+    }
+    if (*end) {
+        end++;
+        if (*end == 'i' && end[1] == 'B')
+            end += 2;
+        else if (*end == 'B')
+            end++;
+    }
+    if (*end || v > (UINT64_MAX >> shift))
+        return NB_EINVAL;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+/* ------------------------------------------------------------ accessors */
+
+nb_vm_t *nb_vmm_find(nb_vmm_t *m, const char *name)
+{
+    for (nb_vm_t *vm = m ? m->vms : NULL; vm; vm = vm->next)
+        if (!vm->removed && !strcmp(vm->spec.name, name))
+            return vm;
+    return NULL;
+}
+
+nb_vm_state_t nb_vm_state(const nb_vm_t *vm)
+{
+    return vm->state;
+}
+
+const char *nb_vm_name(const nb_vm_t *vm)
+{
+    return vm->spec.name;
+}
+
+nb_muxsess_t *nb_vm_session(const nb_vm_t *vm)
+{
+    return vm->agent_up ? nb_vmchan_session(vm->chan) : NULL;
+}
+
+const char *nb_vm_console_path(const nb_vm_t *vm)
+{
+    return vm->console;
+}
+
+static json_t *time_json(int64_t ms)
+{
+    char t[40];
+    if (!ms)
+        return json_null();
+    nb_events_format_time(ms, t, sizeof t);
+    return json_string(t);
+}
+
+json_t *nb_vm_json(const nb_vm_t *vm, int detail)
+{
+    int live =
+        vm->state == NB_VM_STARTING || vm->state == NB_VM_RUNNING || vm->state == NB_VM_STOPPING;
+    json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:i, s:I, s:s, s:o, s:b}", "name", vm->spec.name,
+                          "image", vm->spec.image, "state", nb_vm_state_name(vm->state), "cpus",
+                          (int)vm->spec.cpus, "memory_mib", (int)vm->spec.memory_mib, "disk_bytes",
+                          (json_int_t)vm->spec.disk_bytes, "restart",
+                          vm->spec.restart == NB_VM_RESTART_ON_FAILURE ? "on-failure" : "never",
+                          "created", time_json(vm->created_ms), "agent", vm->agent_up);
+    if (!j)
+        return NULL;
+    if (live) {
+        json_object_set_new(j, "pid", json_integer(vm->pid));
+        json_object_set_new(j, "accel", json_string(vm->accel[0] ? vm->accel : "unknown"));
+        if (vm->machine[0])
+            json_object_set_new(j, "machine", json_string(vm->machine));
+        json_object_set_new(j, "started", time_json(vm->started_ms));
+        if (vm->boot_secs > 0)
+            json_object_set_new(j, "boot_secs", json_real(vm->boot_secs));
+        if (vm->reattached)
+            json_object_set_new(j, "reattached", json_true());
+    }
+    if (vm->busy)
+        json_object_set_new(j, "busy", json_string(vm->busy));
+    if (vm->last_exit[0])
+        json_object_set_new(j, "last_exit", json_string(vm->last_exit));
+    if (vm->failures)
+        json_object_set_new(j, "failures", json_integer(vm->failures));
+    if (vm->restart_at_ms)
+        json_object_set_new(j, "restart_at", time_json(vm->restart_at_ms));
+    if (detail) {
+        json_object_set_new(j, "dir", json_string(vm->dir));
+        json_object_set_new(j, "disk", json_string(vm->disk));
+        json_object_set_new(j, "console_log", json_string(vm->console));
+        json_object_set_new(j, "runtime_dir", json_string(vm->rdir));
+        json_object_set_new(j, "qmp_socket", json_string(vm->qmp_sock));
+        json_object_set_new(j, "mux_socket", json_string(vm->mux_sock));
+        if (vm->qemu_version[0])
+            json_object_set_new(j, "qemu_version", json_string(vm->qemu_version));
+        if (vm->chan)
+            json_object_set_new(j, "agent_sessions", json_integer(nb_vmchan_sessions(vm->chan)));
+    }
+    return j;
+}
+
+json_t *nb_vmm_list(nb_vmm_t *m)
+{
+    json_t *arr = json_array();
+    for (nb_vm_t *vm = m->vms; arr && vm; vm = vm->next)
+        if (!vm->removed)
+            json_array_append_new(arr, nb_vm_json(vm, 0));
+    return json_pack("{s:o}", "vms", arr ? arr : json_array());
+}
+
+/* ------------------------------------------------------------ events */
+
+void vm_emit(nb_vm_t *vm, const char *type, json_t *fields)
+{
+    nb_events_t *ev = vm->m->d->events;
+    if (!fields)
+        fields = json_object();
+    if (!fields)
+        return;
+    json_object_set_new(fields, "vm", json_string(vm->spec.name));
+    if (ev && !vm->m->freeing)
+        nb_events_emit(ev, type, fields);
+    else
+        json_decref(fields);
+}
+
+void vm_progress(nb_vm_t *vm, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    nb_log(NB_LOG_INFO, "vm %s: %s", vm->spec.name, msg);
+    /* Not "vm.*": progress lines are for the user, not the audit log. */
+    nb_events_t *ev = vm->m->d->events;
+    if (ev && !vm->m->freeing)
+        nb_events_emit(
+            ev, "progress",
+            json_pack("{s:s, s:s, s:s}", "vm", vm->spec.name, "op", "start", "message", msg));
+}
+
+void vm_set_state(nb_vm_t *vm, nb_vm_state_t s)
+{
+    if (vm->state == s)
+        return;
+    nb_log(NB_LOG_INFO, "vm %s: %s -> %s", vm->spec.name, nb_vm_state_name(vm->state),
+           nb_vm_state_name(s));
+    vm->state = s;
+}
+
+/* ------------------------------------------------------------ waiters */
+
+void vm_waiter_add(nb_vm_t *vm, int kind, uint64_t timeout_ms, nb_vmm_cb cb, void *ud)
+{
+    waiter_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        cb(ud, -ENOMEM, NULL, NULL);
+        return;
+    }
+    w->kind = kind;
+    w->cb = cb;
+    w->ud = ud;
+    w->deadline = timeout_ms ? uv_now(vm->m->loop) + timeout_ms : 0;
+    w->next = vm->waiters;
+    vm->waiters = w;
+}
+
+/* Fires the waiters of `kind` (0: all) with r; a successful READY/STARTED
+ * answer carries the VM's JSON. */
+void vm_waiters_fire(nb_vm_t *vm, int kind, int r, const char *msg)
+{
+    waiter_t *fire = NULL, **pp = &vm->waiters;
+    while (*pp) {
+        waiter_t *w = *pp;
+        if (!kind || w->kind == kind) {
+            *pp = w->next;
+            w->next = fire;
+            fire = w;
+        } else {
+            pp = &w->next;
+        }
+    }
+    while (fire) {
+        waiter_t *w = fire;
+        fire = w->next;
+        json_t *j = r == 0 ? nb_vm_json(vm, 0) : NULL;
+        w->cb(w->ud, r, msg, j);
+        json_decref(j);
+        free(w);
+    }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    nb_vmm_t *m = t->data;
+    uint64_t now = uv_now(m->loop);
+    for (nb_vm_t *vm = m->vms; vm; vm = vm->next) {
+        vm_lc_poll(vm);
+        waiter_t **pp = &vm->waiters;
+        while (*pp) {
+            waiter_t *w = *pp;
+            if (w->deadline && now >= w->deadline) {
+                *pp = w->next;
+                w->cb(w->ud, NB_ETIMEOUT, "timed out waiting for the VM's agent", NULL);
+                free(w);
+            } else {
+                pp = &w->next;
+            }
+        }
+    }
+}
+
+void nb_vmm_when_ready(nb_vmm_t *m, const char *name, uint64_t timeout_ms, nb_vmm_cb cb, void *ud)
+{
+    char msg[160];
+    nb_vm_t *vm = nb_vmm_find(m, name);
+    if (!vm) {
+        nb_vm_fmt(msg, sizeof msg, "no VM named '%s'", name);
+        cb(ud, NB_ENOTFOUND, msg, NULL);
+        return;
+    }
+    if (nb_vm_session(vm)) {
+        cb(ud, 0, NULL, NULL);
+        return;
+    }
+    if (vm->state != NB_VM_STARTING && vm->state != NB_VM_RUNNING) {
+        nb_vm_fmt(msg, sizeof msg,
+                  "VM '%s' is not running (%s); start it with 'nilbox vm start %s'", name,
+                  nb_vm_state_name(vm->state), name);
+        cb(ud, NB_ESTATE, msg, NULL);
+        return;
+    }
+    vm_waiter_add(vm, W_READY, timeout_ms, cb, ud);
+}
+
+/* ------------------------------------------------------------ sqlite rows */
+
+static sqlite3 *db_of(nb_vmm_t *m)
+{
+    return m->d->store ? nb_store_db(m->d->store) : NULL;
+}
+
+static int db_exec(nb_vmm_t *m, const char *sql, nb_vm_t *vm, int full)
+{
+    sqlite3 *db = db_of(m);
+    sqlite3_stmt *st = NULL;
+    if (!db)
+        return NB_ESTATE;
+    int r = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (r == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, vm->spec.name, -1, SQLITE_STATIC);
+        if (full) {
+            sqlite3_bind_text(st, 2, vm->spec.image, -1, SQLITE_STATIC);
+            sqlite3_bind_int(st, 3, (int)vm->spec.cpus);
+            sqlite3_bind_int(st, 4, (int)vm->spec.memory_mib);
+            sqlite3_bind_int64(st, 5, (sqlite3_int64)vm->spec.disk_bytes);
+            sqlite3_bind_text(st, 6,
+                              vm->spec.restart == NB_VM_RESTART_ON_FAILURE ? "on-failure" : "never",
+                              -1, SQLITE_STATIC);
+            sqlite3_bind_int(st, 7, vm->want_running);
+            sqlite3_bind_int64(st, 8, vm->created_ms);
+        }
+        r = sqlite3_step(st);
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE) {
+        nb_log(NB_LOG_ERR, "vm %s: sqlite: %s", vm->spec.name, sqlite3_errmsg(db));
+        return r == SQLITE_CONSTRAINT ? NB_EEXIST : NB_EINTERNAL;
+    }
+    return 0;
+}
+
+int vm_db_update(nb_vm_t *vm)
+{
+    return db_exec(vm->m,
+                   "UPDATE vms SET image = ?2, cpus = ?3, memory_mib = ?4, disk_bytes = ?5,"
+                   " restart = ?6, want_running = ?7, created_ms = ?8 WHERE name = ?1",
+                   vm, 1);
+}
+
+int vm_db_set_want(nb_vm_t *vm, int want)
+{
+    if (vm->want_running == want)
+        return 0;
+    vm->want_running = want;
+    return vm_db_update(vm);
+}
+
+/* ------------------------------------------------------------ the table */
+
+static int vm_paths(nb_vm_t *vm, char *msg, size_t msgsz)
+{
+    nb_vmm_t *m = vm->m;
+    const char *n = vm->spec.name;
+    int bad = nb_vm_fmt(vm->dir, sizeof vm->dir, "%s/vms/%s", m->home, n) |
+              nb_vm_fmt(vm->rdir, sizeof vm->rdir, "%s/vms/%s", m->runtime, n) |
+              nb_vm_fmt(vm->disk, sizeof vm->disk, "%s/disk.qcow2", vm->dir) |
+              nb_vm_fmt(vm->console, sizeof vm->console, "%s/console.log", vm->dir) |
+              nb_vm_fmt(vm->qemu_log, sizeof vm->qemu_log, "%s/qemu.log", vm->dir) |
+              nb_vm_fmt(vm->pidfile, sizeof vm->pidfile, "%s/qemu.pid", vm->dir) |
+              nb_vm_fmt(vm->keyfile, sizeof vm->keyfile, "%s/mux.key", vm->rdir) |
+              nb_vm_fmt(vm->fwcfg_key, sizeof vm->fwcfg_key, "%s/boot.key", vm->rdir);
+    if (bad) {
+        nb_vm_fmt(msg, msgsz, "the state folder path %s is too long", m->home);
+        return NB_ETOOBIG;
+    }
+    if (nb_vm_fmt(vm->qmp_sock, sizeof vm->qmp_sock, "%s/qmp.sock", vm->rdir) < 0 ||
+        nb_vm_fmt(vm->mux_sock, sizeof vm->mux_sock, "%s/mux.sock", vm->rdir) < 0) {
+        nb_vm_fmt(msg, msgsz,
+                  "the VM's socket path %s/mux.sock is longer than a Unix socket allows (107 "
+                  "bytes); use a shorter VM name or NILBOX_RUNTIME_DIR",
+                  vm->rdir);
+        return NB_ETOOBIG;
+    }
+    return 0;
+}
+
+static nb_vm_t *vm_alloc(nb_vmm_t *m, const nb_vm_spec_t *spec, char *msg, size_t msgsz, int *r)
+{
+    nb_vm_t *vm = calloc(1, sizeof *vm);
+    if (!vm) {
+        *r = -ENOMEM;
+        return NULL;
+    }
+    vm->m = m;
+    vm->spec = *spec;
+    vm->pidfd = -1;
+    if ((*r = vm_paths(vm, msg, msgsz)) < 0) {
+        free(vm);
+        return NULL;
+    }
+    uv_timer_init(m->loop, &vm->timer);
+    uv_timer_init(m->loop, &vm->boot_timer);
+    vm->timer.data = vm->boot_timer.data = vm;
+    vm->handles = 2;
+    vm->next = m->vms;
+    m->vms = vm;
+    return vm;
+}
+
+static void vm_handle_closed(uv_handle_t *h)
+{
+    nb_vm_t *vm = h->data;
+    nb_vmm_t *m = vm->m;
+    if (--vm->handles > 0)
+        return;
+    free(vm);
+    if (--m->pending_closes == 0 && m->freeing)
+        free(m);
+}
+
+/* Unlinks the VM from the table and frees it once its timers closed. The
+ * lifecycle state must be torn down already. */
+static void vm_destroy(nb_vm_t *vm)
+{
+    nb_vmm_t *m = vm->m;
+    for (nb_vm_t **pp = &m->vms; *pp; pp = &(*pp)->next) {
+        if (*pp == vm) {
+            *pp = vm->next;
+            break;
+        }
+    }
+    vm_waiters_fire(vm, 0, NB_ECLOSED, "the VM is gone");
+    m->pending_closes++;
+    uv_close((uv_handle_t *)&vm->timer, vm_handle_closed);
+    uv_close((uv_handle_t *)&vm->boot_timer, vm_handle_closed);
+}
+
+/* ------------------------------------------------------------ pool jobs */
+
+static void job_work(uv_work_t *w)
+{
+    vm_job_t *j = (vm_job_t *)w;
+    j->work(j);
+}
+
+static void job_done(uv_work_t *w, int status)
+{
+    vm_job_t *j = (vm_job_t *)w;
+    nb_vm_t *vm = j->vm;
+    nb_vmm_t *m = vm->m;
+    vm->jobs--;
+    if (m->freeing) {
+        /* The store may be closed already: touch nothing but the caller. */
+        if (j->cb)
+            j->cb(j->ud, NB_ECLOSED, "the daemon is stopping", NULL);
+        free(j);
+        if (vm->orphan && !vm->jobs) {
+            vm_destroy(vm);
+            if (--m->pending_closes == 0)
+                free(m); /* not reached: vm_destroy holds a reference */
+        }
+        return;
+    }
+    if (status < 0 && !j->r) {
+        j->r = NB_ECLOSED;
+        nb_vm_fmt(j->msg, sizeof j->msg, "the daemon is stopping");
+    }
+    j->done(j);
+}
+
+int vm_queue(nb_vm_t *vm, vm_job_t *j)
+{
+    j->vm = vm;
+    int r = uv_queue_work(vm->m->loop, &j->w, job_work, job_done);
+    if (r == 0)
+        vm->jobs++;
+    return r;
+}
+
+int vm_run_cmd(const char *const *argv, char *out, size_t outsz)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -errno;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, p[1], 2);
+    pid_t pid;
+    int r = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(p[1]);
+    if (r != 0) {
+        close(p[0]);
+        return -r;
+    }
+    size_t len = 0;
+    char sink[4096];
+    for (;;) {
+        char *dst = out && len + 1 < outsz ? out + len : sink;
+        size_t cap = out && len + 1 < outsz ? outsz - 1 - len : sizeof sink;
+        ssize_t n = read(p[0], dst, cap);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        if (dst != sink)
+            len += (size_t)n;
+    }
+    if (out && outsz)
+        out[len] = '\0';
+    close(p[0]);
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return -errno;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int vm_find_binary(const char *env, const char *name, char *out, size_t outsz)
+{
+    const char *e = env ? getenv(env) : NULL;
+    if (e && e[0]) {
+        nb_vm_fmt(out, outsz, "%s", e);
+        return access(e, X_OK) == 0 ? 0 : NB_ENOTFOUND;
+    }
+    const char *path = getenv("PATH");
+    if (!path || !path[0])
+        path = "/usr/local/bin:/usr/bin:/bin";
+    while (*path) {
+        size_t n = strcspn(path, ":");
+        if (n > 0 && (int)n < 900) {
+            nb_vm_fmt(out, outsz, "%.*s/%s", (int)n, path, name);
+            if (access(out, X_OK) == 0)
+                return 0;
+        }
+        path += n + (path[n] == ':');
+    }
+    nb_vm_fmt(out, outsz, "%s", name);
+    return NB_ENOTFOUND;
+}
+
+int vm_check_space(nb_vmm_t *m, char *msg, size_t msgsz)
+{
+    struct statvfs sv;
+    if (statvfs(m->home, &sv) < 0)
+        return 0; /* cannot tell: let qemu-img / QEMU report it */
+    uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+    if (avail >= m->min_free_bytes)
+        return 0;
+    nb_vm_fmt(msg, msgsz,
+              "no disk space: %llu MiB free in %s, a VM needs at least %llu MiB; free some space "
+              "(or remove unused VMs and images)",
+              (unsigned long long)(avail >> 20), m->home,
+              (unsigned long long)(m->min_free_bytes >> 20));
+    return -ENOSPC;
+}
+
+/* ------------------------------------------------------------ create */
+
+static void create_work(vm_job_t *j)
+{
+    nb_vm_t *vm = j->vm;
+    nb_vmm_t *m = vm->m;
+    char idir[VM_PATH], qimg[VM_PATH];
+    nb_image_t img;
+    if (nb_image_dir(m->home, vm->spec.image, idir, sizeof idir) < 0 ||
+        (j->r = nb_image_load(idir, &img)) == NB_ENOTFOUND) {
+        j->r = NB_ENOTFOUND;
+        nb_vm_fmt(j->msg, sizeof j->msg,
+                  "image '%s' is not built yet; build it with 'nilbox image build %s'",
+                  vm->spec.image, vm->spec.image);
+        return;
+    }
+    if (j->r < 0) {
+        nb_vm_fmt(j->msg, sizeof j->msg,
+                  "image '%s' is damaged (%s); rebuild it with 'nilbox image build %s --force'",
+                  vm->spec.image, nb_strerror(j->r), vm->spec.image);
+        return;
+    }
+    if (vm_find_binary("NILBOX_QEMU_IMG", "qemu-img", qimg, sizeof qimg) < 0) {
+        j->r = NB_EUNSUPPORTED;
+        nb_vm_fmt(j->msg, sizeof j->msg,
+                  "qemu-img is missing (%s); install the Debian package qemu-utils", qimg);
+        return;
+    }
+    if ((j->r = vm_check_space(m, j->msg, sizeof j->msg)) < 0)
+        return;
+    char parent[VM_PATH];
+    nb_vm_fmt(parent, sizeof parent, "%s/vms", m->home);
+    mkdir(parent, 0700);
+    if (mkdir(vm->dir, 0700) < 0 && errno != EEXIST) {
+        j->r = -errno;
+        nb_vm_fmt(j->msg, sizeof j->msg, "cannot create %s: %s", vm->dir, strerror(errno));
+        return;
+    }
+    if (img.disk[0]) {
+        unlink(vm->disk); /* a leftover of a VM of that name removed half-way */
+        if ((j->r = nb_image_overlay_create(qimg, img.disk, vm->disk, vm->spec.disk_bytes)) < 0 ||
+            (j->r = nb_image_disk_size(vm->disk, &vm->spec.disk_bytes)) < 0) {
+            nb_vm_fmt(j->msg, sizeof j->msg, "cannot create the VM's disk %s: %s", vm->disk,
+                      j->r == NB_EINTERNAL ? "qemu-img failed (see the daemon log)"
+                                           : nb_strerror(j->r));
+            if (vm_check_space(m, j->msg, sizeof j->msg) < 0)
+                j->r = -ENOSPC;
+            return;
+        }
+    } else {
+        vm->spec.disk_bytes = 0;
+    }
+    j->r = 0;
+}
+
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    remove(path);
+    return 0;
+}
+
+static void remove_tree(const char *dir)
+{
+    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void create_done(vm_job_t *j)
+{
+    nb_vm_t *vm = j->vm;
+    vm->busy = NULL;
+    if (j->r == 0 && (j->r = db_exec(vm->m,
+                                     "INSERT INTO vms (name, image, cpus, memory_mib, disk_bytes,"
+                                     " restart, want_running, created_ms)"
+                                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                     vm, 1)) < 0)
+        nb_vm_fmt(j->msg, sizeof j->msg, "cannot record the VM: %s", nb_strerror(j->r));
+    if (j->r < 0) {
+        if (j->r != NB_ENOTFOUND && j->r != NB_EUNSUPPORTED && j->r != -ENOSPC)
+            remove_tree(vm->dir);
+        else
+            rmdir(vm->dir);
+        j->cb(j->ud, j->r, j->msg, NULL);
+        vm_destroy(vm);
+        free(j);
+        return;
+    }
+    vm_emit(vm, "vm.created",
+            json_pack("{s:s, s:i, s:i, s:I}", "image", vm->spec.image, "cpus", (int)vm->spec.cpus,
+                      "memory_mib", (int)vm->spec.memory_mib, "disk_bytes",
+                      (json_int_t)vm->spec.disk_bytes));
+    json_t *res = nb_vm_json(vm, 0);
+    j->cb(j->ud, 0, NULL, res);
+    json_decref(res);
+    free(j);
+}
+
+void nb_vmm_create(nb_vmm_t *m, const nb_vm_spec_t *spec, nb_vmm_cb cb, void *ud)
+{
+    char msg[512];
+    int r;
+    nb_vm_spec_t s = *spec;
+    if (!nb_vm_valid_name(s.name)) {
+        nb_vm_fmt(msg, sizeof msg,
+                  "'%.64s' is not a valid VM name: start with a lowercase letter, then up to 31 "
+                  "lowercase letters, digits or '-'",
+                  s.name);
+        cb(ud, NB_EINVAL, msg, NULL);
+        return;
+    }
+    if (nb_vmm_find(m, s.name)) {
+        nb_vm_fmt(msg, sizeof msg, "a VM named '%s' already exists", s.name);
+        cb(ud, NB_EEXIST, msg, NULL);
+        return;
+    }
+    if (!s.image[0])
+        nb_vm_fmt(s.image, sizeof s.image, "tiny");
+    if (!nb_image_valid_name(s.image)) {
+        nb_vm_fmt(msg, sizeof msg, "'%.40s' is not a valid image name", s.image);
+        cb(ud, NB_EINVAL, msg, NULL);
+        return;
+    }
+    if (!s.cpus)
+        s.cpus = 1;
+    if (!s.memory_mib)
+        s.memory_mib = 512;
+    if (s.cpus > 64 || s.memory_mib < 64 || s.memory_mib > 1024 * 1024) {
+        nb_vm_fmt(msg, sizeof msg, "cpus must be 1..64 and memory 64 MiB..1 TiB");
+        cb(ud, NB_EINVAL, msg, NULL);
+        return;
+    }
+    vm_job_t *j = calloc(1, sizeof *j);
+    nb_vm_t *vm = j ? vm_alloc(m, &s, msg, sizeof msg, &r) : NULL;
+    if (!vm) {
+        free(j);
+        cb(ud, j ? r : -ENOMEM, j ? msg : NULL, NULL);
+        return;
+    }
+    vm->created_ms = nb_events_now_ms();
+    vm->busy = "creating";
+    j->cb = cb;
+    j->ud = ud;
+    j->work = create_work;
+    j->done = create_done;
+    if ((r = vm_queue(vm, j)) < 0) {
+        vm_destroy(vm);
+        free(j);
+        cb(ud, r, NULL, NULL);
+    }
+}
+
+/* ------------------------------------------------------------ remove */
+
+static void remove_work(vm_job_t *j)
+{
+    remove_tree(j->vm->dir);
+    remove_tree(j->vm->rdir);
+}
+
+static void remove_done(vm_job_t *j)
+{
+    nb_vm_t *vm = j->vm;
+    vm_emit(vm, "vm.removed", NULL);
+    j->cb(j->ud, 0, NULL, NULL);
+    vm_destroy(vm);
+    free(j);
+}
+
+static void remove_now(nb_vm_t *vm, nb_vmm_cb cb, void *ud)
+{
+    int r;
+    vm_job_t *j = calloc(1, sizeof *j);
+    if (!j) {
+        cb(ud, -ENOMEM, NULL, NULL);
+        return;
+    }
+    if ((r = db_exec(vm->m, "DELETE FROM vms WHERE name = ?1", vm, 0)) < 0) {
+        free(j);
+        cb(ud, r, "cannot delete the VM's row", NULL);
+        return;
+    }
+    vm->removed = 1; /* gone from lookups; memory goes after the files */
+    vm->busy = "removing";
+    j->cb = cb;
+    j->ud = ud;
+    j->work = remove_work;
+    j->done = remove_done;
+    if ((r = vm_queue(vm, j)) < 0) {
+        j->r = r;
+        remove_done(j);
+    }
+}
+
+typedef struct {
+    nb_vm_t *vm;
+    nb_vmm_cb cb;
+    void *ud;
+} rm_ctx_t;
+
+static void rm_after_stop(void *ud, int r, const char *msg, json_t *res)
+{
+    rm_ctx_t *c = ud;
+    nb_vm_t *vm = c->vm;
+    if (r < 0 && vm->state != NB_VM_STOPPED && vm->state != NB_VM_CRASHED)
+        c->cb(c->ud, r, msg, NULL);
+    else
+        remove_now(vm, c->cb, c->ud);
+    free(c);
+}
+
+void nb_vmm_remove(nb_vmm_t *m, const char *name, int force, nb_vmm_cb cb, void *ud)
+{
+    char msg[256];
+    nb_vm_t *vm = nb_vmm_find(m, name);
+    if (!vm) {
+        nb_vm_fmt(msg, sizeof msg, "no VM named '%s'", name);
+        cb(ud, NB_ENOTFOUND, msg, NULL);
+        return;
+    }
+    if (vm->busy) {
+        nb_vm_fmt(msg, sizeof msg, "VM '%s' is busy (%s); try again when it is done", name,
+                  vm->busy);
+        cb(ud, NB_ESTATE, msg, NULL);
+        return;
+    }
+    if (vm->state == NB_VM_STOPPED || (vm->state == NB_VM_CRASHED && !vm->pid)) {
+        uv_timer_stop(&vm->timer); /* a pending restart */
+        remove_now(vm, cb, ud);
+        return;
+    }
+    if (!force) {
+        nb_vm_fmt(msg, sizeof msg,
+                  "VM '%s' is %s; stop it first ('nilbox vm stop %s') or remove it with --force",
+                  name, nb_vm_state_name(vm->state), name);
+        cb(ud, NB_ESTATE, msg, NULL);
+        return;
+    }
+    rm_ctx_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        cb(ud, -ENOMEM, NULL, NULL);
+        return;
+    }
+    c->vm = vm;
+    c->cb = cb;
+    c->ud = ud;
+    vm_lc_stop(vm, 1, rm_after_stop, c);
+}
+
+/* ------------------------------------------------------------ thin wrappers */
+
+static nb_vm_t *find_or_fail(nb_vmm_t *m, const char *name, nb_vmm_cb cb, void *ud)
+{
+    nb_vm_t *vm = nb_vmm_find(m, name);
+    if (!vm) {
+        char msg[160];
+        nb_vm_fmt(msg, sizeof msg, "no VM named '%.64s'; see 'nilbox vm ls'", name);
+        cb(ud, NB_ENOTFOUND, msg, NULL);
+    } else if (vm->busy) {
+        char msg[160];
+        nb_vm_fmt(msg, sizeof msg, "VM '%s' is busy (%s); try again when it is done", name,
+                  vm->busy);
+        cb(ud, NB_ESTATE, msg, NULL);
+        return NULL;
+    }
+    return vm;
+}
+
+void nb_vmm_start(nb_vmm_t *m, const char *name, int wait, nb_vmm_cb cb, void *ud)
+{
+    nb_vm_t *vm = find_or_fail(m, name, cb, ud);
+    if (vm)
+        vm_lc_start(vm, wait, cb, ud);
+}
+
+void nb_vmm_stop(nb_vmm_t *m, const char *name, int force, nb_vmm_cb cb, void *ud)
+{
+    nb_vm_t *vm = find_or_fail(m, name, cb, ud);
+    if (vm)
+        vm_lc_stop(vm, force, cb, ud);
+}
+
+void nb_vmm_restart(nb_vmm_t *m, const char *name, int wait, nb_vmm_cb cb, void *ud)
+{
+    nb_vm_t *vm = find_or_fail(m, name, cb, ud);
+    if (!vm)
+        return;
+    if (vm->state == NB_VM_STOPPED || vm->state == NB_VM_CRASHED) {
+        vm_lc_start(vm, wait, cb, ud);
+        return;
+    }
+    vm->restart_after_stop = 1;
+    vm->restart_wait = wait;
+    vm_waiter_add(vm, wait ? W_READY : W_STARTED, 0, cb, ud);
+    if (vm->state != NB_VM_STOPPING)
+        vm_lc_stop(vm, 0, NULL, NULL);
+}
+
+void nb_vmm_resize(nb_vmm_t *m, const char *name, uint64_t bytes, nb_vmm_cb cb, void *ud)
+{
+    nb_vm_t *vm = find_or_fail(m, name, cb, ud);
+    if (vm)
+        vm_snap_resize(vm, bytes, cb, ud);
+}
+
+void nb_vmm_snapshot(nb_vmm_t *m, const char *name, nb_vm_snap_op_t op, const char *snap,
+                     nb_vmm_cb cb, void *ud)
+{
+    nb_vm_t *vm = find_or_fail(m, name, cb, ud);
+    if (vm)
+        vm_snap_op(vm, op, snap, cb, ud);
+}
+
+void nb_vmm_set_restart(nb_vmm_t *m, const char *name, nb_vm_restart_t policy, nb_vmm_cb cb,
+                        void *ud)
+{
+    nb_vm_t *vm = find_or_fail(m, name, cb, ud);
+    if (!vm)
+        return;
+    nb_vm_restart_t old = vm->spec.restart;
+    vm->spec.restart = policy;
+    int r = vm_db_update(vm);
+    if (r < 0) {
+        vm->spec.restart = old;
+        cb(ud, r, "cannot update the VM's row", NULL);
+        return;
+    }
+    if (policy == NB_VM_RESTART_NEVER && vm->state == NB_VM_CRASHED && vm->restart_at_ms) {
+        uv_timer_stop(&vm->timer);
+        vm->restart_at_ms = 0;
+    }
+    json_t *res = nb_vm_json(vm, 0);
+    cb(ud, 0, NULL, res);
+    json_decref(res);
+}
+
+/* ------------------------------------------------------------ new / free */
+
+static int load_rows(nb_vmm_t *m, char *err, size_t errsz)
+{
+    sqlite3 *db = db_of(m);
+    sqlite3_stmt *st = NULL;
+    if (!db)
+        return 0;
+    int r = sqlite3_prepare_v2(db,
+                               "SELECT name, image, cpus, memory_mib, disk_bytes, restart,"
+                               " want_running, created_ms FROM vms ORDER BY name",
+                               -1, &st, NULL);
+    if (r != SQLITE_OK) {
+        nb_vm_fmt(err, errsz, "cannot read the VM table: %s", sqlite3_errmsg(db));
+        return NB_EINTERNAL;
+    }
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        nb_vm_spec_t s;
+        char msg[256];
+        memset(&s, 0, sizeof s);
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *image = (const char *)sqlite3_column_text(st, 1);
+        const char *restart = (const char *)sqlite3_column_text(st, 5);
+        if (!name || !nb_vm_valid_name(name) || !image) {
+            nb_log(NB_LOG_WARN, "skipping a VM row with an invalid name");
+            continue;
+        }
+        nb_vm_fmt(s.name, sizeof s.name, "%s", name);
+        nb_vm_fmt(s.image, sizeof s.image, "%s", image);
+        s.cpus = (unsigned)sqlite3_column_int(st, 2);
+        s.memory_mib = (unsigned)sqlite3_column_int(st, 3);
+        s.disk_bytes = (uint64_t)sqlite3_column_int64(st, 4);
+        s.restart = restart && !strcmp(restart, "on-failure") ? NB_VM_RESTART_ON_FAILURE
+                                                              : NB_VM_RESTART_NEVER;
+        nb_vm_t *vm = vm_alloc(m, &s, msg, sizeof msg, &r);
+        if (!vm) {
+            nb_log(NB_LOG_ERR, "vm %s: %s", name, r == -ENOMEM ? "out of memory" : msg);
+            continue;
+        }
+        vm->want_running = sqlite3_column_int(st, 6);
+        vm->created_ms = sqlite3_column_int64(st, 7);
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+int nb_vmm_new(nb_daemon_t *d, nb_vmm_t **out, char *err, size_t errsz)
+{
+    *out = NULL;
+    nb_vmm_t *m = calloc(1, sizeof *m);
+    if (!m) {
+        nb_vm_fmt(err, errsz, "out of memory");
+        return -ENOMEM;
+    }
+    m->d = d;
+    m->loop = d->loop;
+    nb_vm_fmt(m->home, sizeof m->home, "%s", d->home.home);
+    nb_vm_fmt(m->runtime, sizeof m->runtime, "%s", d->home.runtime);
+    const char *mf = getenv("NILBOX_VM_MIN_FREE_MB");
+    m->min_free_bytes = (mf && mf[0] ? strtoull(mf, NULL, 10) : 256) << 20;
+    char rd[VM_PATH];
+    nb_vm_fmt(rd, sizeof rd, "%s/vms", m->runtime);
+    mkdir(rd, 0700);
+    int r = load_rows(m, err, errsz);
+    if (r < 0) {
+        free(m);
+        return r;
+    }
+    uv_timer_init(m->loop, &m->tick);
+    m->tick.data = m;
+    uv_timer_start(&m->tick, on_tick, 250, 250);
+    uv_unref((uv_handle_t *)&m->tick);
+    /* Reverse the list into name order again (vm_alloc prepends). */
+    nb_vm_t *rev = NULL;
+    while (m->vms) {
+        nb_vm_t *vm = m->vms;
+        m->vms = vm->next;
+        vm->next = rev;
+        rev = vm;
+    }
+    m->vms = rev;
+    for (nb_vm_t *vm = m->vms; vm; vm = vm->next)
+        vm_lc_reattach(vm);
+    *out = m;
+    return 0;
+}
+
+static void tick_closed(uv_handle_t *h)
+{
+    nb_vmm_t *m = h->data;
+    if (--m->pending_closes == 0)
+        free(m);
+}
+
+void nb_vmm_free(nb_vmm_t *m)
+{
+    if (!m)
+        return;
+    m->freeing = 1;
+    m->pending_closes++; /* the tick timer */
+    while (m->vms) {
+        nb_vm_t *vm = m->vms;
+        vm_lc_detach(vm);
+        if (vm->jobs) {
+            /* A pool job still uses it: job_done destroys it. */
+            m->vms = vm->next;
+            vm->orphan = 1;
+            m->pending_closes++;
+            continue;
+        }
+        vm_destroy(vm);
+    }
+    uv_close((uv_handle_t *)&m->tick, tick_closed);
+}

@@ -1,0 +1,159 @@
+/* Internals of the VM manager shared by manager.c (table, rows, create,
+ * remove, waiters), lifecycle.c (start, stop, exit, re-attach, restart
+ * policy) and snapshot.c (resize, snapshots). Not for other modules. */
+#ifndef NB_VM_VMINT_H
+#define NB_VM_VMINT_H
+
+#include <limits.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/events.h"
+#include "daemon/vm/manager.h"
+#include "daemon/vm/qemu.h"
+#include "daemon/vm/qmp.h"
+#include "daemon/vm/session.h"
+
+#define VM_PATH 1024
+#define VM_SOCK 108
+
+/* Timeouts (ms). TCG boots take seconds on a loaded host; the boot
+ * deadline covers the agent's handshake. */
+#define VM_BOOT_TIMEOUT_MS 180000u
+#define VM_QMP_CONNECT_MS 15000u
+#define VM_STOP_AGENT_MS 10000u
+#define VM_STOP_ACPI_MS 10000u
+#define VM_STOP_QUIT_MS 5000u
+#define VM_STOP_KILL_MS 5000u
+#define VM_RESTART_BACKOFF_MS 1000u
+#define VM_RESTART_BACKOFF_MAX_MS 30000u
+#define VM_RESTART_MAX_TRIES 10
+#define VM_HEALTHY_AFTER_MS 60000u
+
+typedef struct waiter waiter_t;
+struct waiter {
+    waiter_t *next;
+    int kind;          /* W_READY, W_STOPPED, W_STARTED */
+    uint64_t deadline; /* uv_now; 0: none */
+    nb_vmm_cb cb;
+    void *ud;
+};
+enum { W_READY = 1, W_STOPPED, W_STARTED };
+
+enum { STOP_NONE = 0, STOP_AGENT, STOP_ACPI, STOP_QUIT, STOP_KILL, STOP_WAIT };
+
+struct nb_vm {
+    nb_vmm_t *m;
+    nb_vm_t *next;
+    nb_vm_spec_t spec;
+    int64_t created_ms;
+    int want_running;
+    nb_vm_state_t state;
+    const char *busy; /* an operation that owns the VM ("creating", "resize"...) or NULL */
+    int removed;
+    int jobs;   /* thread-pool jobs in flight */
+    int orphan; /* the manager is being freed: destroy once `jobs` is 0 */
+
+    char dir[VM_PATH], rdir[VM_PATH];
+    char disk[VM_PATH], console[VM_PATH], qemu_log[VM_PATH], pidfile[VM_PATH];
+    char keyfile[VM_PATH], fwcfg_key[VM_PATH];
+    char qmp_sock[VM_SOCK], mux_sock[VM_SOCK];
+
+    /* one boot */
+    uint32_t gen; /* boot generation: callbacks of older boots are ignored */
+    int pid;
+    int is_child;
+    uv_process_t proc;
+    int proc_open;
+    int pidfd;
+    uv_poll_t pidpoll;
+    int pidpoll_open;
+    int exited; /* QEMU gone, cleanup pending */
+    nb_qmp_t *qmp;
+    uint64_t qmp_deadline;
+    nb_vmchan_t *chan;
+    int agent_up;
+    char accel[8], machine[8], qemu_version[24];
+    uint64_t boot_t0;   /* uv_now at spawn */
+    int64_t started_ms; /* wall clock of the spawn, or of the re-attach */
+    int64_t ready_ms;   /* wall clock the agent came up */
+    double boot_secs;   /* spawn to agent ready */
+    int reattached;
+    char shutdown_reason[32]; /* from QMP SHUTDOWN */
+    int stop_requested;
+    int boot_failed;        /* our own stop after the boot deadline */
+    int restart_after_stop; /* restart = stop + start */
+    int restart_wait;
+    int stop_step;
+    uv_timer_t timer;      /* QMP retries, stop steps, restart backoff */
+    uv_timer_t boot_timer; /* boot deadline */
+    int handles;           /* open handles of this struct, for the final free */
+
+    /* last exit and the restart policy */
+    int failures;
+    int64_t restart_at_ms;
+    char last_exit[160];
+
+    waiter_t *waiters;
+};
+
+struct nb_vmm {
+    nb_daemon_t *d;
+    uv_loop_t *loop;
+    nb_vm_t *vms;
+    char home[VM_PATH], runtime[VM_PATH];
+    char qemu[VM_PATH], qemu_img[VM_PATH]; /* binaries ("" until resolved) */
+    unsigned tsc_khz;
+    int tsc_done;
+    uint64_t min_free_bytes;
+    uv_timer_t tick; /* waiter deadlines */
+    int freeing;
+    int pending_closes;
+};
+
+/* manager.c */
+void vm_emit(nb_vm_t *vm, const char *type, json_t *fields);
+void vm_progress(nb_vm_t *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void vm_set_state(nb_vm_t *vm, nb_vm_state_t s);
+int vm_db_set_want(nb_vm_t *vm, int want);
+int vm_db_update(nb_vm_t *vm);
+void vm_waiters_fire(nb_vm_t *vm, int kind, int r, const char *msg);
+void vm_waiter_add(nb_vm_t *vm, int kind, uint64_t timeout_ms, nb_vmm_cb cb, void *ud);
+int vm_check_space(nb_vmm_t *m, char *msg, size_t msgsz);
+int vm_find_binary(const char *env, const char *name, char *out, size_t outsz);
+/* Runs `work` on the thread pool and `done` on the loop; `job` is the
+ * first member of the caller's struct. */
+typedef struct vm_job vm_job_t;
+struct vm_job {
+    uv_work_t w;
+    nb_vm_t *vm;
+    nb_vmm_cb cb;
+    void *ud;
+    int r;
+    char msg[512];
+    void (*work)(vm_job_t *j);
+    void (*done)(vm_job_t *j);
+};
+/* Jobs are freed with free() after `done` (no other heap in them). When
+ * the manager is freed meanwhile, `done` is skipped: `cb` gets NB_ECLOSED. */
+int vm_queue(nb_vm_t *vm, vm_job_t *j);
+/* Runs argv (NULL-terminated) and waits; output (stdout+stderr, capped)
+ * into `out`. Returns the exit status, or -errno. Pool threads only. */
+int vm_run_cmd(const char *const *argv, char *out, size_t outsz);
+
+/* lifecycle.c */
+void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud);
+void vm_lc_stop(nb_vm_t *vm, int force, nb_vmm_cb cb, void *ud);
+void vm_lc_reattach(nb_vm_t *vm);
+/* Exit check for a re-attached QEMU that has no pidfd (manager tick). */
+void vm_lc_poll(nb_vm_t *vm);
+/* Drops the runtime state without touching QEMU (daemon shutdown). */
+void vm_lc_detach(nb_vm_t *vm);
+int vm_lc_qmp(nb_vm_t *vm, const char *cmd, json_t *args, uint64_t timeout_ms, nb_qmp_reply_cb cb,
+              void *data);
+
+/* snapshot.c */
+void vm_snap_resize(nb_vm_t *vm, uint64_t bytes, nb_vmm_cb cb, void *ud);
+void vm_snap_op(nb_vm_t *vm, nb_vm_snap_op_t op, const char *snap, nb_vmm_cb cb, void *ud);
+
+#endif

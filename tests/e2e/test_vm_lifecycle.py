@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""End to end: nilboxd's VM manager with real QEMU (TCG unless KVM works).
+
+One daemon, a tiny image with the guest agent (built once and cached in
+NB_E2E_CACHE), and VMs shared between the cases, in order:
+  01 bad input: invalid / duplicate names, missing image, QEMU missing, no
+     disk space, VM not running, unknown VM, image in use, rm running;
+  02 boot + exec: exit codes, stdout/stderr apart, stdin, 127, signals;
+  03 shell through a pseudo-terminal: type, read, resize (stty size);
+  04 two VMs at once, each with its own sockets and key; graceful stop;
+  05 SIGKILL the daemon: QEMU keeps running, the next daemon re-attaches,
+     the channel reconnects and exec works;
+  06 kill QEMU: crash detected, on-failure restarts it;
+  07 snapshots (live save, restore when stopped) and resize;
+  08 stop and remove.
+
+Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE,
+NB_IMAGES_SRC, PYTHONPATH with tests/integ (daemon_harness).
+"""
+import fcntl
+import glob
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+import unittest
+
+from daemon_harness import NILBOX, NILBOXD, Daemon
+
+AGENT = os.environ.get("NILBOX_AGENT", "")
+CACHE = os.environ.get("NB_E2E_CACHE", "")
+IMAGES = os.environ.get("NB_IMAGES_SRC", "")
+IMG = os.path.join(CACHE, "tiny-agent")
+
+
+def build_image():
+    r = subprocess.run(
+        ["bash", os.path.join(IMAGES, "tiny", "build.sh"), "--out", IMG, "--cache",
+         os.path.join(CACHE, "debs"), "--agent", AGENT],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    sys.stderr.write(r.stdout[-1500:])
+    if r.returncode != 0:
+        raise RuntimeError("tiny image build failed")
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_for(fn, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+class VmE2E(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not (NILBOX and NILBOXD and AGENT and CACHE and IMAGES):
+            raise unittest.SkipTest("NB_TEST_NILBOX/NILBOXD, NILBOX_AGENT, NB_E2E_CACHE or "
+                                    "NB_IMAGES_SRC not set")
+        if not shutil.which("qemu-system-x86_64"):
+            raise unittest.SkipTest("qemu-system-x86_64 missing")
+        build_image()
+        cls.d = Daemon()
+        cls.extra = []
+        cls.d.env["NILBOX_AGENT"] = AGENT
+        cls.d.env["NILBOX_IMAGES_DIR"] = IMAGES
+        os.makedirs(os.path.join(cls.d.home, "images"), exist_ok=True)
+        # The cached build is the home's tiny image ("up to date" for builds).
+        os.symlink(IMG, os.path.join(cls.d.home, "images", "tiny"))
+        cls.d.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        homes = [cls.d.home] + [x.home for x in cls.extra]
+        for x in [cls.d] + cls.extra:
+            x.cleanup()
+        for h in homes:
+            for pf in glob.glob(os.path.join(h, "vms", "*", "qemu.pid")):
+                try:
+                    os.kill(int(open(pf).read().strip()), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+
+    # -- helpers -----------------------------------------------------------
+    def cli(self, *args, d=None, timeout=120, input=None, ok=True):
+        r = (d or self.d).cli(*args, timeout=timeout, input=input)
+        if ok and r.returncode != 0:
+            self.fail("nilbox %s -> %d\nstdout: %s\nstderr: %s" %
+                      (" ".join(args), r.returncode, r.stdout, r.stderr))
+        return r
+
+    def inspect(self, name, d=None):
+        return json.loads(self.cli("--json", "vm", "inspect", name, d=d).stdout)
+
+    def qemu_pid(self, name):
+        with open(os.path.join(self.d.home, "vms", name, "qemu.pid")) as f:
+            return int(f.read().strip())
+
+    def exec_(self, name, *argv, input=None, timeout=60):
+        return self.d.cli("exec", name, "--", *argv, timeout=timeout, input=input)
+
+    def ensure_running(self, name):
+        vm = self.inspect(name)
+        if vm["state"] != "running":
+            self.cli("vm", "start", name, timeout=300)
+        wait_for(lambda: self.inspect(name)["agent"], 120, "the agent of " + name)
+
+    def events(self):
+        return json.loads(self.cli("--json", "events").stdout)["events"]
+
+    # -- 01 ------------------------------------------------------------------
+    def test_01_bad_input(self):
+        for bad in ("Bad", "1abc", "a" * 33, "a_b", "-x"):
+            r = self.cli("vm", "create", bad, ok=False)
+            self.assertNotEqual(r.returncode, 0, bad)
+            self.assertIn("not a valid VM name", r.stderr, bad)
+        self.cli("vm", "create", "dup")
+        r = self.cli("vm", "create", "dup", ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("already exists", r.stderr)
+        r = self.cli("vm", "create", "deb", "--image", "debian", ok=False)
+        self.assertIn("nilbox image build debian", r.stderr)
+        r = self.cli("vm", "start", "nosuch", ok=False)
+        self.assertEqual(r.returncode, 4, r.stderr)
+        self.assertIn("no VM named", r.stderr)
+        r = self.exec_("dup", "true")
+        self.assertEqual(r.returncode, 125, r.stderr)
+        self.assertIn("not running", r.stderr)
+        r = self.exec_("nosuch", "true")
+        self.assertEqual(r.returncode, 125, r.stderr)
+        r = self.cli("vm", "resize", "dup", "512M", ok=False)
+        self.assertIn("smaller", r.stderr)
+        r = self.cli("vm", "snapshot", "restore", "dup", "nope", ok=False)
+        self.assertEqual(r.returncode, 4, r.stderr)
+        r = self.cli("vm", "snapshot", "save", "dup", "bad/name", ok=False)
+        self.assertNotEqual(r.returncode, 0)
+        r = self.cli("image", "rm", "tiny", ok=False)
+        self.assertIn("used by VM", r.stderr)
+        r = self.cli("image", "build", "nosuchimage", ok=False)
+        self.assertIn("no recipe", r.stderr)
+        self.cli("vm", "rm", "dup")
+        # Building an image that is up to date goes through the daemon fast.
+        r = self.cli("image", "build", "tiny", timeout=300)
+        self.assertIn("up to date", r.stderr + r.stdout)
+        ls = json.loads(self.cli("--json", "image", "ls").stdout)["images"]
+        self.assertTrue([i for i in ls if i["name"] == "tiny" and i["built"]], ls)
+
+        # A daemon whose QEMU is missing, and one with no disk space left.
+        d2 = Daemon()
+        self.extra.append(d2)
+        d2.env["NILBOX_QEMU"] = "/nonexistent/qemu-system-x86_64"
+        os.makedirs(os.path.join(d2.home, "images"))
+        os.symlink(IMG, os.path.join(d2.home, "images", "tiny"))
+        d2.start()
+        self.cli("vm", "create", "q", d=d2)
+        r = self.cli("vm", "start", "q", d=d2, ok=False)
+        self.assertIn("QEMU is missing", r.stderr)
+        self.assertEqual(self.inspect("q", d=d2)["state"], "stopped")
+        d2.cleanup()
+        d3 = Daemon()
+        self.extra.append(d3)
+        d3.env["NILBOX_VM_MIN_FREE_MB"] = str(1 << 40)
+        os.makedirs(os.path.join(d3.home, "images"))
+        os.symlink(IMG, os.path.join(d3.home, "images", "tiny"))
+        d3.start()
+        r = self.cli("vm", "create", "full", d=d3, ok=False)
+        self.assertIn("no disk space", r.stderr)
+        d3.cleanup()
+
+    # -- 02 ------------------------------------------------------------------
+    def test_02_boot_exec(self):
+        r = self.cli("vm", "create", "t1", "--memory", "256M", "--disk", "1G", "--start",
+                     timeout=300)
+        self.assertIn("is running", r.stdout)
+        self.assertIn("TCG (no KVM): slower" if not os.access("/dev/kvm", os.W_OK) else
+                      "QEMU started", r.stderr)
+        r = self.exec_("t1", "sh", "-c", "echo out; echo err >&2; exit 7")
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (7, "out\n", "err\n"))
+        r = self.exec_("t1", "cat", input="hello from stdin\n")
+        self.assertEqual((r.returncode, r.stdout), (0, "hello from stdin\n"))
+        r = self.d.cli("exec", "-n", "t1", "--", "cat", timeout=60, input="ignored")
+        self.assertEqual((r.returncode, r.stdout), (0, ""))
+        r = self.exec_("t1", "sh", "-c", "kill -TERM $$")
+        self.assertEqual(r.returncode, 128 + 15)
+        r = self.exec_("t1", "no-such-command")
+        self.assertEqual(r.returncode, 127, r.stderr)
+        big = os.urandom(1 << 20).hex()  # 2 MiB of text through stdin and back
+        r = self.exec_("t1", "sh", "-c", "cat | wc -c", input=big)
+        self.assertEqual(r.stdout.strip(), str(len(big)))
+        r = self.exec_("t1", "head", "-c", "5000000", "/dev/zero")
+        self.assertEqual(len(r.stdout), 5000000)
+        # No network in the guest but loopback.
+        r = self.exec_("t1", "ls", "/sys/class/net")
+        self.assertEqual(r.stdout.split(), ["lo"])
+
+    # -- 03 ------------------------------------------------------------------
+    def test_03_shell_pty(self):
+        self.ensure_running("t1")
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.environ.update(self.d.env)
+            os.environ["TERM"] = "xterm"
+            os.execv(NILBOX, [NILBOX, "shell", "t1"])
+        out = b""
+
+        def read_until(token, timeout=60):
+            nonlocal out
+            deadline = time.time() + timeout
+            while token not in out:
+                left = deadline - time.time()
+                if left <= 0:
+                    raise AssertionError("no %r in terminal output: %r" % (token, out[-2000:]))
+                r, _, _ = select.select([fd], [], [], left)
+                if r:
+                    try:
+                        b = os.read(fd, 65536)
+                    except OSError:
+                        b = b""
+                    if not b:
+                        raise AssertionError("terminal closed; output: %r" % out[-2000:])
+                    out += b
+
+        try:
+            os.write(fd, b"echo hi-$((6*7))\r")
+            read_until(b"hi-42")
+            # Resize the terminal: the kernel sends SIGWINCH to nilbox, which
+            # forwards the new size; the guest's stty sees it.
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 37, 101, 0, 0))
+            time.sleep(0.5)
+            os.write(fd, b"stty size\r")
+            read_until(b"37 101")
+            os.write(fd, b"exit 3\r")
+            deadline = time.time() + 30
+            status = None
+            while time.time() < deadline:
+                try:
+                    r, _, _ = select.select([fd], [], [], 0.2)
+                    if r:
+                        out += os.read(fd, 65536)
+                except OSError:
+                    pass
+                wp, st = os.waitpid(pid, os.WNOHANG)
+                if wp:
+                    status = st
+                    break
+            self.assertIsNotNone(status, "nilbox shell did not exit")
+            self.assertEqual(os.waitstatus_to_exitcode(status), 3)
+        finally:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (OSError, ChildProcessError):
+                pass
+            os.close(fd)
+
+    # -- 04 ------------------------------------------------------------------
+    def test_04_two_vms(self):
+        self.ensure_running("t1")
+        self.cli("vm", "create", "t2", "--memory", "256M", "--start", timeout=300)
+        a, b = self.inspect("t1"), self.inspect("t2")
+        self.assertEqual((a["state"], b["state"]), ("running", "running"))
+        self.assertNotEqual(a["mux_socket"], b["mux_socket"])
+        self.assertNotEqual(a["pid"], b["pid"])
+        keys = []
+        for vm in (a, b):
+            kf = os.path.join(vm["runtime_dir"], "mux.key")
+            self.assertEqual(os.stat(kf).st_mode & 0o777, 0o600)
+            keys.append(open(kf, "rb").read())
+            # QEMU's fw_cfg copy is gone once QEMU started.
+            self.assertFalse(os.path.exists(os.path.join(vm["runtime_dir"], "boot.key")))
+            with open("/proc/%d/cmdline" % vm["pid"], "rb") as f:
+                self.assertNotIn(keys[-1].hex().encode(), f.read())
+        self.assertNotEqual(keys[0], keys[1])
+        self.exec_("t1", "sh", "-c", "echo one > /data/who")
+        self.exec_("t2", "sh", "-c", "echo two > /data/who")
+        self.assertEqual(self.exec_("t1", "cat", "/data/who").stdout, "one\n")
+        self.assertEqual(self.exec_("t2", "cat", "/data/who").stdout, "two\n")
+        # Graceful stop: the agent powers the guest off.
+        pid = b["pid"]
+        self.cli("vm", "stop", "t2", timeout=90)
+        self.assertEqual(self.inspect("t2")["state"], "stopped")
+        self.assertFalse(alive(pid))
+        ev = [e for e in self.events() if e.get("vm") == "t2" and e["type"] == "vm.stopped"]
+        self.assertTrue(ev and "guest-shutdown" in ev[-1]["last_exit"], ev)
+        self.assertEqual(self.inspect("t1")["state"], "running")
+        self.cli("vm", "rm", "t2")
+        self.assertFalse(os.path.exists(os.path.join(self.d.home, "vms", "t2")))
+
+    # -- 05 ------------------------------------------------------------------
+    def test_05_daemon_sigkill(self):
+        self.ensure_running("t1")
+        self.exec_("t1", "sh", "-c", "echo before > /tmp/marker")
+        qpid = self.qemu_pid("t1")
+        self.d.proc.kill()
+        self.d.proc.wait()
+        time.sleep(1)
+        self.assertTrue(alive(qpid), "QEMU died with the daemon")
+        self.d.start()
+        vm = wait_for(lambda: (lambda v: v if v["agent"] else None)(self.inspect("t1")), 60,
+                      "the agent to reconnect")
+        self.assertEqual(vm["state"], "running")
+        self.assertTrue(vm.get("reattached"))
+        self.assertEqual(vm["pid"], qpid)
+        # Same guest (RAM state kept), reached through the new daemon.
+        r = self.exec_("t1", "cat", "/tmp/marker")
+        self.assertEqual((r.returncode, r.stdout), (0, "before\n"))
+
+    # -- 06 ------------------------------------------------------------------
+    def test_06_crash_restart(self):
+        self.ensure_running("t1")
+        self.cli("vm", "set", "t1", "--restart", "on-failure")
+        old = self.qemu_pid("t1")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: [e for e in self.events()
+                          if e.get("vm") == "t1" and e["type"] == "vm.crashed"], 20,
+                 "vm.crashed")
+        vm = wait_for(lambda: (lambda v: v if v["agent"] and v["pid"] != old else None)(
+            self.inspect("t1")), 180, "the restart policy to boot t1 again")
+        self.assertEqual(vm["state"], "running")
+        self.assertEqual(self.exec_("t1", "cat", "/data/who").stdout, "one\n")
+        ev = [e for e in self.events() if e.get("vm") == "t1" and e["type"] == "vm.restarting"]
+        self.assertTrue(ev, "no vm.restarting event")
+        self.cli("vm", "set", "t1", "--restart", "never")
+
+    # -- 07 ------------------------------------------------------------------
+    def test_07_snapshot_resize(self):
+        self.ensure_running("t1")
+        self.exec_("t1", "sh", "-c", "echo first > /data/state")
+        self.cli("vm", "snapshot", "save", "t1", "s1")  # live: sync + QMP
+        r = self.cli("vm", "snapshot", "save", "t1", "s1", ok=False)
+        self.assertIn("already", r.stderr)
+        self.exec_("t1", "sh", "-c", "echo second > /data/state; sync")
+        r = self.cli("vm", "snapshot", "restore", "t1", "s1", ok=False)
+        self.assertIn("stop it", r.stderr)
+        r = self.cli("vm", "resize", "t1", "2G", ok=False)
+        self.assertIn("stopped VM", r.stderr)
+        self.cli("vm", "stop", "t1", timeout=90)
+        snaps = json.loads(self.cli("--json", "vm", "snapshot", "ls", "t1").stdout)
+        self.assertEqual([s["name"] for s in snaps["snapshots"]], ["s1"])
+        self.cli("vm", "snapshot", "save", "t1", "s2")  # stopped: qemu-img
+        self.cli("vm", "snapshot", "restore", "t1", "s1")
+        self.cli("vm", "snapshot", "rm", "t1", "s2")
+        r = self.cli("vm", "resize", "t1", "512M", ok=False)
+        self.assertIn("smaller", r.stderr)
+        self.cli("vm", "resize", "t1", "2G")
+        self.assertEqual(self.inspect("t1")["disk_bytes"], 2 << 30)
+        self.cli("vm", "start", "t1", timeout=300)
+        self.assertEqual(self.exec_("t1", "cat", "/data/state").stdout, "first\n")
+        r = self.exec_("t1", "df", "-k", "/data")
+        size_k = int(r.stdout.splitlines()[1].split()[1])
+        self.assertGreater(size_k, 1500 * 1024, r.stdout)  # grown from 1G at boot
+
+    # -- 08 ------------------------------------------------------------------
+    def test_08_stop_rm(self):
+        self.ensure_running("t1")
+        r = self.cli("vm", "rm", "t1", ok=False)
+        self.assertIn("--force", r.stderr)
+        pid = self.qemu_pid("t1")
+        self.cli("vm", "stop", "t1", timeout=90)
+        self.assertFalse(alive(pid))
+        self.assertEqual(self.inspect("t1")["state"], "stopped")
+        logs = self.cli("vm", "logs", "t1").stdout
+        self.assertIn("nilbox-init", logs)
+        self.cli("vm", "rm", "t1")
+        self.assertEqual(json.loads(self.cli("--json", "vm", "ls").stdout)["vms"], [])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,478 @@
+#!/usr/bin/env python3
+"""nilbox-agent round trips over nbmux: exec, pty, tcp, ctl, flow control
+with 200 streams, and peer restarts. The host side is `muxc`, built on the
+same session library as the daemon; the agent runs on the host with
+--transport unix:PATH (the host listens, the agent connects).
+
+Env: MUXC, NILBOX_AGENT (set by meson)."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+MUXC = os.environ["MUXC"]
+AGENT = os.environ["NILBOX_AGENT"]
+TMP = tempfile.mkdtemp(prefix="nb-mux-")
+SOCK = os.path.join(TMP, "chan.sock")
+KEY = os.path.join(TMP, "key")
+ALLOW = os.path.join(TMP, "allow")
+PROCS = []
+
+
+def write_key(path, data=None):
+    with open(path, "wb") as f:
+        f.write(data if data is not None else os.urandom(32))
+    os.chmod(path, 0o600)
+
+
+class Agent:
+    def __init__(self, *extra):
+        self.log = os.path.join(TMP, "agent-%d.log" % len(PROCS))
+        self.logf = open(self.log, "wb")
+        env = dict(os.environ)
+        # Under ASan, freed memory sits in a 256 MB quarantine; keep it small
+        # so that the memory bounds below measure the agent, not ASan.
+        env["ASAN_OPTIONS"] = ":".join(
+            x for x in [os.environ.get("ASAN_OPTIONS"), "quarantine_size_mb=4"] if x)
+        self.p = subprocess.Popen(
+            [AGENT, "--transport", "unix:" + SOCK, "--key-file", KEY,
+             "--ctl-allow", ALLOW + "/", *extra],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env=env)
+        PROCS.append(self.p)
+        # SIGTERM is handled once the start line is logged.
+        end = time.time() + 10
+        while time.time() < end and "nilbox-agent 0.1.0" not in self.text():
+            time.sleep(0.01)
+
+    def text(self):
+        with open(self.log, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def hwm_kib(self):
+        with open("/proc/%d/status" % self.p.pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return -1
+
+    def stop(self):
+        """SIGTERM; the agent must exit 0 (under ASan: without leaks)."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            rc = self.p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            rc = self.p.wait()
+        self.logf.close()
+        text = self.text()
+        assert rc == 0, "agent exit %s:\n%s" % (rc, text[-3000:])
+        assert "Sanitizer" not in text, text[-3000:]
+        return text
+
+
+def muxc(*args, input=None, timeout=60, sessions=None):
+    pre = [MUXC, "--listen", SOCK, "--key-file", KEY]
+    if sessions:
+        pre += ["--sessions", str(sessions)]
+    return subprocess.run(pre + list(args), input=input, capture_output=True, timeout=timeout)
+
+
+def check(cond, msg=""):
+    if not cond:
+        raise AssertionError(msg)
+
+
+# ---------------------------------------------------------------- exec
+
+def test_exec_exit_code_and_streams():
+    r = muxc("exec", "--no-stdin", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    check(r.returncode == 3, r)
+    check(r.stdout == b"out\n", r.stdout)
+    check(b"err\n" in r.stderr, r.stderr)
+
+
+def test_exec_stdin_eof():
+    data = os.urandom(300000)
+    r = muxc("exec", "--", "sh", "-c", "wc -c; echo done", input=data)
+    check(r.returncode == 0, r.stderr)
+    check(r.stdout.split() == [b"300000", b"done"], r.stdout)
+
+
+def test_exec_signal_from_child():
+    r = muxc("exec", "--no-stdin", "--", "sh", "-c", "kill -TERM $$")
+    check(r.returncode == 128 + 15, r)
+    check(b"exit signal 15" in r.stderr, r.stderr)
+
+
+def test_exec_signal_from_host():
+    r = muxc("exec", "--no-stdin", "--signal-after", "300:9", "--", "sleep", "30")
+    check(r.returncode == 128 + 9, r)
+
+
+def test_exec_spawn_failure():
+    r = muxc("exec", "--no-stdin", "--", "/nonexistent/nilbox-cmd")
+    check(r.returncode == 125, r)
+    check(b"FAILED" in r.stderr and b"no such file" in r.stderr, r.stderr)
+
+
+def test_exec_env_and_cwd():
+    r = muxc("exec", "--no-stdin", "--env", "NB_FOO=bar baz", "--cwd", TMP, "--",
+             "sh", "-c", 'echo "$NB_FOO"; pwd')
+    check(r.returncode == 0, r)
+    check(r.stdout == b"bar baz\n" + TMP.encode() + b"\n", r.stdout)
+
+
+def test_exec_bad_args():
+    r = muxc("exec", "--cwd", "/nonexistent-dir", "--no-stdin", "--", "true")
+    check(r.returncode == 125, r)
+
+
+def test_exec_large_output_50mib():
+    path = os.path.join(TMP, "big")
+    with open(path, "wb") as f:
+        for _ in range(50):
+            f.write(os.urandom(1 << 20))
+    want = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    r = muxc("exec", "--no-stdin", "--", "cat", path, timeout=120)
+    check(r.returncode == 0, r.stderr)
+    check(len(r.stdout) == 50 << 20, len(r.stdout))
+    check(hashlib.sha256(r.stdout).hexdigest() == want)
+    os.unlink(path)
+
+
+def test_exec_large_input_20mib():
+    data = os.urandom(20 << 20)
+    r = muxc("exec", "--", "sha256sum", input=data, timeout=120)
+    check(r.returncode == 0, r.stderr)
+    check(r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest(), r.stdout)
+
+
+# ---------------------------------------------------------------- pty
+
+def read_until(stream, needle, timeout=15):
+    buf = b""
+    end = time.time() + timeout
+    os.set_blocking(stream.fileno(), False)
+    while needle not in buf and time.time() < end:
+        try:
+            chunk = stream.read()
+        except BlockingIOError:
+            chunk = None
+        if chunk:
+            buf += chunk
+        else:
+            time.sleep(0.02)
+    return buf
+
+
+def test_pty_resize_seen_by_child():
+    p = subprocess.Popen([MUXC, "--listen", SOCK, "--key-file", KEY, "pty", "--rows", "24",
+                          "--cols", "80", "--resize-on-input", "50x132", "--",
+                          "sh", "-c", "stty size; read x; stty size; exit 4"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    PROCS.append(p)
+    out = read_until(p.stdout, b"24 80")
+    check(b"24 80" in out, out)
+    p.stdin.write(b"go\n")  # muxc sends the resize first, then this line
+    p.stdin.flush()
+    out += read_until(p.stdout, b"50 132")
+    p.stdin.close()
+    rc = p.wait(timeout=15)
+    out += p.stdout.read() or b""
+    check(b"50 132" in out, out)
+    check(rc == 4, rc)
+
+
+def test_pty_is_a_terminal():
+    r = muxc("pty", "--term", "xterm-nilbox", "--", "sh", "-c",
+             'tty; echo "T=$TERM"; test -t 0 && echo isatty', input=b"")
+    check(r.returncode == 0, r)
+    check(b"/dev/pts/" in r.stdout, r.stdout)
+    check(b"T=xterm-nilbox" in r.stdout and b"isatty" in r.stdout, r.stdout)
+
+
+def test_pty_exit_signal():
+    r = muxc("pty", "--", "sh", "-c", "kill -KILL $$", input=b"")
+    check(r.returncode == 128 + 9, r)
+
+
+def test_pty_interactive_shell():
+    r = muxc("pty", "--", "/bin/sh", "-i", input=b"echo nb-$((6*7))\nexit 5\n")
+    check(r.returncode == 5, r)
+    check(b"nb-42" in r.stdout, r.stdout)
+
+
+# ---------------------------------------------------------------- tcp
+
+def test_tcp_echo_and_refused():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def serve():
+        c, _ = srv.accept()
+        data = b""
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            data += d
+        c.sendall(data[::-1])
+        c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    payload = os.urandom(1 << 20)
+    r = muxc("tcp", str(port), input=payload)
+    check(r.returncode == 0, r.stderr)
+    check(r.stdout == payload[::-1], len(r.stdout))
+    t.join(5)
+    srv.close()
+    r = muxc("tcp", str(port))  # nobody listens any more
+    check(r.returncode == 125, r)
+    check(b"connect" in r.stderr and b"refused" in r.stderr, r.stderr)
+    r = muxc("tcp", "0")
+    check(r.returncode == 125 and b"BAD_ARGS" in r.stderr, r.stderr)
+
+
+# ---------------------------------------------------------------- ctl
+
+def ctl(obj, data_file=None):
+    args = ["ctl", json.dumps(obj)]
+    if data_file:
+        args += ["--data-file", data_file]
+    r = muxc(*args)
+    out = r.stdout.strip()
+    return r, (json.loads(out) if out else None)
+
+
+def test_ctl_ping_metrics_hostname():
+    r, j = ctl({"call": "ping"})
+    check(r.returncode == 0 and j["ok"] and j["version"], r)
+    r, j = ctl({"call": "metrics"})
+    check(r.returncode == 0 and j["ok"], r)
+    check(j["mem"]["total"] > 0 and j["cpu"]["count"] >= 1 and j["uptime"] > 0, j)
+    check(j["disk"]["total"] > 0 and len(j["load"]) == 3, j)
+    r, j = ctl({"call": "hostname"})
+    check(j["hostname"] == socket.gethostname(), j)
+    r, j = ctl({"call": "hostname", "set": "evil"})  # only with --vm
+    check(r.returncode == 1 and not j["ok"] and "--vm" in j["error"], j)
+    r, j = ctl({"call": "poweroff"})
+    check(r.returncode == 1 and not j["ok"] and "disabled" in j["error"], j)
+    r, j = ctl({"call": "format-disk"})
+    check(r.returncode == 125 and b"unknown call" in r.stderr, r.stderr)
+
+
+def test_ctl_write_file():
+    src = os.path.join(TMP, "content")
+    with open(src, "wb") as f:
+        f.write(b"export NB=1\n" * 1000)
+    dest = os.path.join(ALLOW, "sub", "dir", "env.sh")
+    r, j = ctl({"call": "write_file", "path": dest, "mode": 0o600, "mkdirs": True}, src)
+    check(r.returncode == 0 and j["ok"] and j["bytes"] == 12000, (r, j))
+    check(open(dest, "rb").read() == open(src, "rb").read())
+    check(os.stat(dest).st_mode & 0o7777 == 0o600, oct(os.stat(dest).st_mode))
+    # Replaced atomically; no temporary file left behind.
+    with open(src, "wb") as f:
+        f.write(b"v2\n")
+    r, j = ctl({"call": "write_file", "path": dest, "mode": 0o644}, src)
+    check(j["ok"] and open(dest, "rb").read() == b"v2\n", j)
+    check(os.listdir(os.path.dirname(dest)) == ["env.sh"], os.listdir(os.path.dirname(dest)))
+
+
+def test_ctl_write_file_refusals():
+    outside = os.path.join(TMP, "outside")
+    os.makedirs(outside, exist_ok=True)
+    src = os.path.join(TMP, "content")
+    for bad in ["/etc/passwd", ALLOW + "/../outside/x", ALLOW + "//x", "relative/path",
+                ALLOW + "/"]:
+        r, j = ctl({"call": "write_file", "path": bad}, src)
+        check(r.returncode == 125 and b"REFUSED" in r.stderr, (bad, r.stderr))
+    check(open("/etc/passwd", "rb").read(5) != b"v2\n")
+    # A symlink below the prefix must not be followed.
+    os.symlink(outside, os.path.join(ALLOW, "link"))
+    r, j = ctl({"call": "write_file", "path": ALLOW + "/link/pwned"}, src)
+    check(r.returncode == 1 and not j["ok"] and "symlink" in j["error"], j)
+    check(not os.path.exists(os.path.join(outside, "pwned")))
+
+
+# ---------------------------------------------------------------- flow
+
+def test_flow_200_streams_one_never_read(agent):
+    before = agent.hwm_kib()
+    r = muxc("flow", "200", str(1 << 20), timeout=150)
+    check(r.returncode == 0, r.stderr[-2000:])
+    line = r.stdout.decode()
+    check("streams=200 failed=0" in line, line)
+    # The stuck stream holds at most one window at the host.
+    stuck = int(line.split("stuck_unconsumed=")[1].split()[0])
+    check(stuck <= 256 * 1024, line)
+    after = agent.hwm_kib()
+    sys.stderr.write("agent VmHWM %d KiB -> %d KiB; %s\n" %
+                     (before, after, r.stderr.decode().strip().splitlines()[-3]))
+    # 200 x 1 MiB went through; the agent must not have buffered it.
+    check(after - before < 64 * 1024, (before, after))
+
+
+# ---------------------------------------------------------------- transports
+
+def test_serial_transport_over_pty():
+    # `serial:` opens a character device, as the agent does with a
+    # virtio-serial port. A pty stands in for it; this test relays the pty
+    # master to the host's socket, as QEMU's chardev would.
+    import pty
+    import select
+    import tty
+    sock2 = os.path.join(TMP, "serial.sock")
+    p = subprocess.Popen([MUXC, "--listen", sock2, "--key-file", KEY, "exec", "--no-stdin",
+                          "--", "sh", "-c", "echo via-serial; head -c 300000 /dev/zero | wc -c"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    PROCS.append(p)
+    master, slave = pty.openpty()
+    tty.setraw(slave)  # no echo or line discipline before the agent takes over
+    end = time.time() + 10
+    while not os.path.exists(sock2) and time.time() < end:
+        time.sleep(0.02)
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(sock2)
+    stop = threading.Event()
+
+    def relay():
+        while not stop.is_set():
+            r, _, _ = select.select([master, conn], [], [], 0.1)
+            try:
+                if master in r:
+                    conn.sendall(os.read(master, 65536))
+                if conn in r:
+                    d = conn.recv(65536)
+                    if not d:
+                        return
+                    os.write(master, d)
+            except OSError:
+                return
+
+    t = threading.Thread(target=relay, daemon=True)
+    t.start()
+    log = open(os.path.join(TMP, "agent-serial.log"), "wb")
+    a = subprocess.Popen([AGENT, "--transport", "serial:" + os.ttyname(slave), "--key-file", KEY],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    PROCS.append(a)
+    try:
+        out, err = p.communicate(timeout=30)
+    finally:
+        a.send_signal(signal.SIGTERM)
+        rc = a.wait(timeout=15)
+        stop.set()
+        t.join(2)
+        conn.close()
+        os.close(master)
+        os.close(slave)
+        log.close()
+    check(p.returncode == 0, err)
+    check(out.split() == [b"via-serial", b"300000"], out)
+    check(rc == 0, open(os.path.join(TMP, "agent-serial.log")).read())
+
+
+# ---------------------------------------------------------------- restarts
+
+def test_host_restart_kills_children_and_reconnects():
+    # The host side dies mid-command (SIGKILL): the agent kills the command,
+    # reconnects, and the next host session works.
+    marker = "%d.125" % (os.getpid() % 1000 + 100)
+    p = subprocess.Popen([MUXC, "--listen", SOCK, "--key-file", KEY, "exec", "--no-stdin",
+                          "--", "sleep", marker], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    PROCS.append(p)
+    end = time.time() + 10
+    while time.time() < end and subprocess.run(["pgrep", "-f", "sleep " + marker],
+                                               capture_output=True).returncode != 0:
+        time.sleep(0.05)
+    check(subprocess.run(["pgrep", "-f", "sleep " + marker]).returncode == 0, "not started")
+    p.kill()
+    p.wait()
+    end = time.time() + 10
+    while time.time() < end and subprocess.run(["pgrep", "-f", "sleep " + marker],
+                                               capture_output=True).returncode == 0:
+        time.sleep(0.05)
+    check(subprocess.run(["pgrep", "-f", "sleep " + marker],
+                         capture_output=True).returncode != 0, "child survived")
+    r = muxc("exec", "--no-stdin", "--", "echo", "again")
+    check(r.returncode == 0 and r.stdout == b"again\n", r)
+
+
+def test_agent_restart_host_reconnects():
+    # The host keeps listening; the agent is killed in the middle of a
+    # command and a new one connects: the host sees the session go down,
+    # a fresh handshake follows, and the command runs in the new agent.
+    p = subprocess.Popen([MUXC, "--listen", SOCK, "--key-file", KEY, "--sessions", "2", "exec",
+                          "--no-stdin", "--", "sh", "-c", "echo pid-$PPID; sleep 1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    PROCS.append(p)
+    a1 = Agent()
+    out = read_until(p.stdout, b"pid-%d" % a1.p.pid)
+    check(b"pid-%d" % a1.p.pid in out, out)
+    a1.p.kill()  # no goodbye
+    a1.p.wait()
+    a1.logf.close()
+    a2 = Agent()
+    end = time.time() + 30
+    while p.poll() is None and time.time() < end:
+        out += read_until(p.stdout, b"\n", timeout=0.2)
+    err = p.stderr.read()
+    a2.stop()
+    check(p.returncode == 0, err)
+    check(b"pid-%d" % a2.p.pid in out, out)
+    check(err.count(b"muxc: session up") == 2, err)
+    check(b"the peer closed the connection" in err, err)
+
+
+def main():
+    write_key(KEY)
+    os.makedirs(ALLOW)
+    failed = 0
+    agent = Agent()
+    tests = [(n, f) for n, f in globals().items() if n.startswith("test_")]  # file order
+    try:
+        for name, fn in tests:
+            t0 = time.time()
+            try:
+                if name == "test_agent_restart_host_reconnects":
+                    agent.stop()  # this test runs its own agents
+                    try:
+                        fn()
+                    finally:
+                        agent = Agent()
+                elif fn.__code__.co_argcount:
+                    fn(agent)
+                else:
+                    fn()
+                print("ok %s (%.1fs)" % (name, time.time() - t0))
+            except Exception:
+                failed += 1
+                print("FAIL %s" % name)
+                traceback.print_exc()
+            sys.stdout.flush()
+        log = agent.stop()
+        if failed:
+            print(log[-4000:])
+    finally:
+        for p in PROCS:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(TMP, ignore_errors=True)
+    print("%d tests, %d failed" % (len(tests), failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

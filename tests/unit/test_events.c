@@ -1,0 +1,97 @@
+/* Unit tests for src/daemon/events: stamping, the replay ring, in-process
+ * subscribers and persistence (WebSocket fan-out is covered by the API
+ * integration tests). */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/events.h"
+#include "daemon/store.h"
+#include "lib/err.h"
+#include "lib/json.h"
+#include "nbtest.h"
+
+static int seen;
+static char last_type[64];
+
+static void on_event(const json_t *e, void *ud)
+{
+    seen++;
+    snprintf(last_type, sizeof last_type, "%s", nb_json_str(e, "type"));
+    (*(int *)ud)++;
+}
+
+static void test_emit_and_ring(void)
+{
+    nb_events_t *ev = NULL;
+    uv_loop_t loop;
+    uint64_t h = 0;
+    int mine = 0;
+    NB_CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    NB_CHECK_EQ_INT(nb_events_new(&loop, NULL, &ev), 0);
+    NB_CHECK_EQ_INT(nb_events_subscribe(ev, on_event, &mine, &h), 0);
+    /* Modules cannot forge the envelope: id/type/time are overwritten. */
+    int64_t id =
+        nb_events_emit(ev, "test.one", json_pack("{s:s, s:i}", "type", "forged", "id", 99));
+    NB_CHECK_EQ_INT(id, 1);
+    NB_CHECK_STR(last_type, "test.one");
+    NB_CHECK_EQ_INT(nb_events_emit(ev, "test.two", NULL), 2);
+    NB_CHECK_EQ_INT(nb_events_emit(ev, "test.bad", json_string("not an object")), NB_EINVAL);
+    NB_CHECK_EQ_INT(mine, 2);
+    nb_events_unsubscribe(ev, h);
+    for (int i = 0; i < NB_EVENTS_RING + 10; i++)
+        nb_events_emit(ev, "test.many", json_pack("{s:i}", "i", i));
+    NB_CHECK_EQ_INT(mine, 2); /* unsubscribed */
+    NB_CHECK_EQ_INT(nb_events_last_id(ev), NB_EVENTS_RING + 12);
+
+    json_t *all = nb_events_recent(ev, 0);
+    NB_CHECK_EQ_INT(json_array_size(all), NB_EVENTS_RING);
+    NB_CHECK_EQ_INT(nb_json_int(json_array_get(all, 0), "id", 0), 13);
+    const char *t = nb_json_str(json_array_get(all, 0), "time");
+    NB_CHECK(t && strlen(t) == 24 && t[23] == 'Z');
+    json_decref(all);
+    json_t *tail = nb_events_recent(ev, NB_EVENTS_RING + 10);
+    NB_CHECK_EQ_INT(json_array_size(tail), 2);
+    NB_CHECK_EQ_INT(nb_json_int(json_array_get(tail, 1), "i", -1), NB_EVENTS_RING + 9);
+    json_decref(tail);
+    json_t *none = nb_events_recent(ev, 1000000);
+    NB_CHECK_EQ_INT(json_array_size(none), 0);
+    json_decref(none);
+    NB_CHECK_EQ_INT(nb_events_ws_count(ev), 0);
+    nb_events_free(ev);
+    NB_CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+static void test_persisted(void)
+{
+    char dir[] = "/tmp/nb-test-events-XXXXXX", path[128], err[256];
+    nb_store_t *st = NULL;
+    nb_events_t *ev = NULL;
+    if (!mkdtemp(dir))
+        return;
+    snprintf(path, sizeof path, "%s/state.db", dir);
+    NB_CHECK_EQ_INT(nb_store_open(path, &st, err, sizeof err), 0);
+    NB_CHECK_EQ_INT(nb_events_new(NULL, st, &ev), 0);
+    nb_events_emit(ev, "vm.started", json_pack("{s:s}", "vm", "dev"));
+    nb_events_emit(ev, "daemon.started", NULL);
+    NB_CHECK_EQ_INT(nb_store_count(st, "events"), 2);
+    sqlite3_stmt *s = NULL;
+    sqlite3_prepare_v2(nb_store_db(st), "SELECT type, vm FROM events ORDER BY id", -1, &s, NULL);
+    NB_CHECK(sqlite3_step(s) == SQLITE_ROW);
+    NB_CHECK_STR((const char *)sqlite3_column_text(s, 0), "vm.started");
+    NB_CHECK_STR((const char *)sqlite3_column_text(s, 1), "dev");
+    NB_CHECK(sqlite3_step(s) == SQLITE_ROW);
+    NB_CHECK(sqlite3_column_type(s, 1) == SQLITE_NULL);
+    sqlite3_finalize(s);
+    nb_events_free(ev);
+    nb_store_close(st);
+    unlink(path);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    NB_RUN(test_emit_and_ring);
+    NB_RUN(test_persisted);
+    NB_TEST_MAIN_END();
+}
