@@ -47,6 +47,10 @@ done
 OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
 TINY=${TINY:-$(dirname "$OUT")/tiny}
 CACHE=${CACHE:-$(dirname "$OUT")/.cache}
+# One build per output folder at a time (a second one waits, then finds the
+# image up to date).
+exec 9>"$OUT/.lock"
+flock 9
 case "$OUT$TINY$HERE" in *[[:space:]\'\"]*) nb_die "paths with spaces or quotes are not supported" ;; esac
 
 if [ -n "$AGENT" ]; then

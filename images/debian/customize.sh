@@ -26,6 +26,19 @@ KVER=$(ls "$R/lib/modules" | head -1)
 chroot "$R" depmod "$KVER"
 printf 'qemu_fw_cfg\nvirtio_console\n' >"$R/etc/modules-load.d/nilbox.conf"
 
+# Egress capture, as in the tiny image (its scripts, taken from the same
+# initramfs): dummy0 default route + nftables redirect to the agent, whose
+# fake-IP resolver on 127.0.0.53 is the only name server. The host writes
+# the interception CA under /usr/local/share/ca-certificates/nilbox/ and
+# runs update-ca-certificates, and the placeholders into /etc/environment
+# and /etc/profile.d/nilbox-env.sh.
+(cd "$R" && cpio -i -d --quiet 'usr/lib/nilbox/*' 'usr/share/nilbox/*' <"$TINYRD")
+install -m 0644 "$HERE/nilbox-net.service" "$R/etc/systemd/system/nilbox-net.service"
+chroot "$R" systemctl enable nilbox-net.service >/dev/null 2>&1
+rm -f "$R/etc/resolv.conf"
+printf 'nameserver 127.0.0.53\noptions edns0 trust-ad\n' >"$R/etc/resolv.conf"
+mkdir -p "$R/usr/local/share/ca-certificates/nilbox" "$R/etc/nilbox"
+
 install -m 0644 "$HERE/nilbox-agent.service" "$R/etc/systemd/system/nilbox-agent.service"
 if [ "$AGENT" != none ]; then
     install -m 0755 "$AGENT" "$R/usr/sbin/nilbox-agent"

@@ -53,6 +53,10 @@ done
 case "$COMPRESS" in gzip | zstd | none) ;; *) nb_die "--compress must be gzip, zstd or none" ;; esac
 OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
 CACHE=${CACHE:-$(dirname "$OUT")/.cache}
+# One build per output folder at a time (a second one waits, then finds the
+# image up to date).
+exec 9>"$OUT/.lock"
+flock 9
 
 if [ -n "$AGENT" ]; then
     [ -f "$AGENT" ] || nb_die "agent binary $AGENT not found"
@@ -74,6 +78,9 @@ file -b "$(readlink -f "$BUSYBOX")" | grep -q 'statically linked' ||
 NFT=$(command -v nft || true)
 [ -n "$NFT" ] || NFT=/usr/sbin/nft
 [ -x "$NFT" ] || nb_die "nft not found: install nftables"
+# curl (Debian's, with its shared libraries) for agents and the egress tests.
+CURL=$(command -v curl || true)
+[ -n "$CURL" ] || nb_die "curl not found: install curl"
 E2TOOLS="/sbin/mke2fs /sbin/resize2fs /sbin/e2fsck"
 
 NB_STEPS=7
@@ -85,6 +92,7 @@ RECIPE=$({
     echo "kernel $NB_KID"
     echo "busybox-static $(nb_pkg_version busybox-static) nftables $(nb_pkg_version nftables)"
     echo "e2fsprogs $(nb_pkg_version e2fsprogs) libc6 $(nb_pkg_version libc6)"
+    echo "curl $(nb_pkg_version curl) libcurl4 $(nb_pkg_version libcurl4)"
     echo "agent $AGENT_ID"
     (cd "$IMAGES" && nb_tree_hash lib tiny)
 } | sha256sum | cut -d' ' -f1)
@@ -171,6 +179,11 @@ copy_bin() {
     done
 }
 copy_bin "$NFT" usr/sbin/nft
+copy_bin "$CURL" usr/bin/curl
+# The system CA bundle is the interception CA the host provisions (every
+# TLS connection on 443 is intercepted; there is no other way out).
+install -d -m 0755 "$ROOT/etc/ssl" "$ROOT/etc/ssl/certs"
+ln -sf /etc/nilbox/ca.pem "$ROOT/etc/ssl/certs/ca-certificates.crt"
 for b in $E2TOOLS; do copy_bin "$b" "sbin/$(basename "$b")"; done
 # The loader path baked into the binaries is /lib64/ld-linux-x86-64.so.2.
 mkdir -p "$ROOT/lib64"

@@ -31,6 +31,15 @@ int nb_agent_pty_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
 int nb_agent_tcp_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
 int nb_agent_ctl_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
 
+/* Guest -> host services (egress.c, dns.c): listeners in the guest whose
+ * connections / queries become `egress` / `dns` streams. Port 0 leaves a
+ * listener off. Errors are logged and returned (libuv codes). */
+int nb_agent_egress_start(nb_agent_t *a, const char *proxy_ip, int proxy_port,
+                          int transparent_port);
+void nb_agent_egress_stop(void);
+int nb_agent_dns_start(nb_agent_t *a, const char *ip, int port);
+void nb_agent_dns_stop(void);
+
 /* ---- helpers shared by the services (proc.c) ---- */
 
 /* A command to start: argv and envp are NULL-terminated, owned. */

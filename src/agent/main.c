@@ -5,6 +5,7 @@
  * transport with a short backoff whenever the host side goes away. */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,11 @@ static const char usage[] =
     "  --vm                 running inside a nilbox VM: allow poweroff, hostname\n"
     "                       changes and the default write_file prefixes\n"
     "  --ctl-allow PREFIX   allow ctl write_file below PREFIX (dir/ or exact file)\n"
+    "  --egress-proxy IP:PORT  explicit egress proxy listener (--vm: 127.0.0.1:8088)\n"
+    "  --egress-transparent PORT  listener for nftables-redirected TCP on 127.0.0.1\n"
+    "                       (--vm: 8089)\n"
+    "  --dns IP:PORT        resolver for the guest, UDP and TCP (--vm: 127.0.0.53:53)\n"
+    "  --no-egress          none of the three (also with --vm)\n"
     "  --handshake-timeout MS, --ping-interval MS, --idle-timeout MS\n"
     "  --help\n";
 
@@ -155,11 +161,31 @@ static void on_signal(uv_signal_t *h, int sig)
         return;
     nb_log(NB_LOG_INFO, "signal %d: shutting down", sig);
     M.a.stopping = 1;
+    nb_agent_egress_stop();
+    nb_agent_dns_stop();
     nb_muxsess_free(M.a.sess); /* every stream closes: children are killed */
     M.a.sess = NULL;
     uv_close((uv_handle_t *)&M.retry, NULL);
     uv_close((uv_handle_t *)&M.sigterm, NULL);
     uv_close((uv_handle_t *)&M.sigint, NULL);
+}
+
+/* "IP:PORT" (IPv4) into ip (size >= 16) and *port. */
+static int parse_ipport(const char *s, char *ip, size_t ipsz, int *port)
+{
+    const char *c = strrchr(s, ':');
+    char *end;
+    if (!c || (size_t)(c - s) >= ipsz)
+        return -1;
+    memcpy(ip, s, (size_t)(c - s));
+    ip[c - s] = '\0';
+    errno = 0;
+    long v = strtol(c + 1, &end, 10);
+    if (errno || *end || v < 1 || v > 65535)
+        return -1;
+    *port = (int)v;
+    struct sockaddr_in sa;
+    return uv_ip4_addr(ip, *port, &sa) == 0 ? 0 : -1;
 }
 
 static int parse_ms(const char *s, uint32_t *out)
@@ -176,6 +202,8 @@ static int parse_ms(const char *s, uint32_t *out)
 int main(int argc, char **argv)
 {
     const char *spec = DEFAULT_TRANSPORT, *keyfile = DEFAULT_KEY, *why = NULL;
+    char px_ip[16] = "", dns_ip[16] = "";
+    int px_port = -1, tp_port = -1, dns_port = -1, no_egress = 0;
     uint8_t key[NB_MUX_KEY_LEN];
     nb_muxsess_opts_t o;
     uv_loop_t loop;
@@ -193,6 +221,9 @@ int main(int argc, char **argv)
         } else if (!strcmp(arg, "--vm")) {
             M.a.vm = 1;
             continue;
+        } else if (!strcmp(arg, "--no-egress")) {
+            no_egress = 1;
+            continue;
         } else if (!val) {
             ok = 0;
         } else if (!strcmp(arg, "--transport")) {
@@ -204,6 +235,15 @@ int main(int argc, char **argv)
                 ok = 0;
             else
                 M.a.allow[M.a.nallow++] = val;
+        } else if (!strcmp(arg, "--egress-proxy")) {
+            ok = parse_ipport(val, px_ip, sizeof px_ip, &px_port) == 0;
+        } else if (!strcmp(arg, "--egress-transparent")) {
+            char *end;
+            long v = strtol(val, &end, 10);
+            ok = !*end && v >= 1 && v <= 65535;
+            tp_port = (int)v;
+        } else if (!strcmp(arg, "--dns")) {
+            ok = parse_ipport(val, dns_ip, sizeof dns_ip, &dns_port) == 0;
         } else if (!strcmp(arg, "--handshake-timeout")) {
             ok = parse_ms(val, &o.handshake_ms) == 0;
         } else if (!strcmp(arg, "--ping-interval")) {
@@ -260,6 +300,26 @@ int main(int argc, char **argv)
     signal(SIGHUP, SIG_IGN);
 
     nb_log(NB_LOG_INFO, "nilbox-agent 0.1.0 on %s", spec);
+    /* Inside a VM the guest's egress and resolver default on (the image's
+     * nftables rules and resolv.conf point at them). A listener that
+     * cannot bind is logged; the agent still serves the host. */
+    if (M.a.vm && !no_egress) {
+        if (px_port < 0) {
+            snprintf(px_ip, sizeof px_ip, "127.0.0.1");
+            px_port = 8088;
+        }
+        if (tp_port < 0)
+            tp_port = 8089;
+        if (dns_port < 0) {
+            snprintf(dns_ip, sizeof dns_ip, "127.0.0.53");
+            dns_port = 53;
+        }
+    }
+    if (!no_egress && (px_port > 0 || tp_port > 0))
+        nb_agent_egress_start(&M.a, px_ip[0] ? px_ip : "127.0.0.1", px_port > 0 ? px_port : 0,
+                              tp_port > 0 ? tp_port : 0);
+    if (!no_egress && dns_port > 0)
+        nb_agent_dns_start(&M.a, dns_ip, dns_port);
     connect_now();
     uv_run(&loop, UV_RUN_DEFAULT);
 

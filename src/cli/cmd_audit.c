@@ -10,6 +10,7 @@
 
 #include "cli/client.h"
 #include "cli/cmd.h"
+#include "cli/cmdutil.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -48,12 +49,7 @@ static void print_row(const json_t *r)
            nb_json_str(r, "kind"), vm ? nb_log_escape(esc, 64, vm, strlen(vm)) : "-");
     printf("%s", nb_log_escape(esc, sizeof esc, hp, strlen(hp)));
     json_object_foreach (json_object_get(r, "detail"), k, v) {
-        char *s = json_is_string(v) ? strdup(json_string_value(v))
-                                    : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!s)
-            continue;
-        printf(" %s=%s", k, nb_log_escape(esc, sizeof esc, s, strlen(s)));
-        free(s);
+        nb_cli_print_field(k, v, esc, sizeof esc);
     }
     printf("\n");
 }
@@ -88,20 +84,16 @@ static int do_query(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     snprintf(lim, sizeof lim, "%ld", limit);
     add_param(q, sizeof q, "limit", lim);
     snprintf(path, sizeof path, "/v1/audit?%s", q);
-    int code = nb_cli_call(cli, "GET", path, NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", path, NULL, &res, &code))
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-    } else {
-        size_t i;
-        json_t *r;
-        json_t *rows = json_object_get(res, "rows");
-        if (json_array_size(rows) == 0)
-            printf("no audit rows match\n");
-        json_array_foreach (rows, i, r)
-            print_row(r);
-    }
+    size_t i;
+    json_t *r;
+    json_t *rows = json_object_get(res, "rows");
+    if (json_array_size(rows) == 0)
+        printf("no audit rows match\n");
+    json_array_foreach (rows, i, r)
+        print_row(r);
     json_decref(res);
     return NB_CLI_OK;
 }

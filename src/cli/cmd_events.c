@@ -7,6 +7,7 @@
 
 #include "cli/client.h"
 #include "cli/cmd.h"
+#include "cli/cmdutil.h"
 #include "cli/wsclient.h"
 #include "lib/err.h"
 #include "lib/json.h"
@@ -25,12 +26,7 @@ static void print_event(const json_t *e)
     json_object_foreach ((json_t *)e, k, v) {
         if (!strcmp(k, "time") || !strcmp(k, "type") || !strcmp(k, "id"))
             continue;
-        char *s = json_is_string(v) ? strdup(json_string_value(v))
-                                    : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!s)
-            continue;
-        printf(" %s=%s", k, nb_log_escape(esc, sizeof esc, s, strlen(s)));
-        free(s);
+        nb_cli_print_field(k, v, esc, sizeof esc);
     }
     printf("\n");
 }
@@ -110,17 +106,13 @@ static int do_events(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     char path[64];
     json_t *res = NULL;
     snprintf(path, sizeof path, "/v1/events?since=%ld", since < 0 ? 0 : since);
-    int code = nb_cli_call(cli, "GET", path, NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", path, NULL, &res, &code))
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-    } else {
-        size_t i;
-        json_t *e;
-        json_array_foreach (json_object_get(res, "events"), i, e)
-            print_event(e);
-    }
+    size_t i;
+    json_t *e;
+    json_array_foreach (json_object_get(res, "events"), i, e)
+        print_event(e);
     json_decref(res);
     return NB_CLI_OK;
 }

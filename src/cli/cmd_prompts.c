@@ -14,6 +14,7 @@
 
 #include "cli/client.h"
 #include "cli/cmd.h"
+#include "cli/cmdutil.h"
 #include "cli/wsclient.h"
 #include "lib/err.h"
 #include "lib/json.h"
@@ -87,17 +88,14 @@ static int do_answer(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     }
     json_t *body = json_pack("{s:s}", "answer", ans);
     snprintf(path, sizeof path, "/v1/prompts/%lld/answer", id);
-    int code = nb_cli_call(cli, "POST", path, body, &res);
+    int code;
+    int done = nb_cli_call_or_json(cli, "POST", path, body, &res, &code);
     json_decref(body);
-    if (code != NB_CLI_OK)
+    if (done)
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-    } else {
-        char d[700];
-        describe(json_object_get(res, "prompt"), d, sizeof d);
-        printf("%s: %s\n", ans, d);
-    }
+    char d[700];
+    describe(json_object_get(res, "prompt"), d, sizeof d);
+    printf("%s: %s\n", ans, d);
     json_decref(res);
     return NB_CLI_OK;
 }
@@ -319,22 +317,18 @@ static int do_list(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
                 a->pos[0]);
         return NB_CLI_USAGE;
     }
-    int code = nb_cli_call(cli, "GET", "/v1/prompts", NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", "/v1/prompts", NULL, &res, &code))
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-    } else {
-        size_t i;
-        json_t *p, *arr = json_object_get(res, "prompts");
-        if (json_array_size(arr) == 0)
-            printf("no pending prompts\n");
-        json_array_foreach (arr, i, p)
-            print_prompt_line(p);
-        if (json_array_size(arr))
-            printf("answer with 'nilbox prompts answer ID allow-once|allow-always|deny-once|"
-                   "deny-always'\n");
-    }
+    size_t i;
+    json_t *p, *arr = json_object_get(res, "prompts");
+    if (json_array_size(arr) == 0)
+        printf("no pending prompts\n");
+    json_array_foreach (arr, i, p)
+        print_prompt_line(p);
+    if (json_array_size(arr))
+        printf("answer with 'nilbox prompts answer ID allow-once|allow-always|deny-once|"
+               "deny-always'\n");
     json_decref(res);
     return NB_CLI_OK;
 }

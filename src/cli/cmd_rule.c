@@ -8,6 +8,7 @@
 
 #include "cli/client.h"
 #include "cli/cmd.h"
+#include "cli/cmdutil.h"
 #include "lib/json.h"
 #include "lib/log.h"
 
@@ -43,22 +44,19 @@ static int do_add(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         json_object_set_new(body, "vm", json_string(vm));
     if (note)
         json_object_set_new(body, "note", json_string(note));
-    int code = nb_cli_call(cli, "POST", "/v1/rules", body, &res);
+    int code;
+    int done = nb_cli_call_or_json(cli, "POST", "/v1/rules", body, &res, &code);
     json_decref(body);
-    if (code != NB_CLI_OK)
+    if (done)
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-    } else {
-        const char *rvm = nb_json_str(res, "vm");
-        json_int_t rp = nb_json_int(res, "port", 0);
-        char pb[16] = "any port";
-        if (rp)
-            snprintf(pb, sizeof pb, "port %lld", (long long)rp);
-        printf("rule %lld: %s %s %s%s%s\n", (long long)nb_json_int(res, "id", 0),
-               nb_json_str(res, "action"), nb_json_str(res, "target"), pb, rvm ? " for vm " : "",
-               rvm ? rvm : "");
-    }
+    const char *rvm = nb_json_str(res, "vm");
+    json_int_t rp = nb_json_int(res, "port", 0);
+    char pb[16] = "any port";
+    if (rp)
+        snprintf(pb, sizeof pb, "port %lld", (long long)rp);
+    printf("rule %lld: %s %s %s%s%s\n", (long long)nb_json_int(res, "id", 0),
+           nb_json_str(res, "action"), nb_json_str(res, "target"), pb, rvm ? " for vm " : "",
+           rvm ? rvm : "");
     json_decref(res);
     return NB_CLI_OK;
 }
@@ -66,14 +64,9 @@ static int do_add(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     json_t *res = NULL;
-    int code = nb_cli_call(cli, "GET", "/v1/rules", NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", "/v1/rules", NULL, &res, &code))
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-        json_decref(res);
-        return NB_CLI_OK;
-    }
     json_t *rules = json_object_get(res, "rules");
     if (json_array_size(rules) == 0)
         printf("no rules: every destination is prompted for (add one with 'nilbox rule add')\n");
@@ -110,13 +103,10 @@ static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return NB_CLI_USAGE;
     }
     snprintf(path, sizeof path, "/v1/rules/%lld", id);
-    int code = nb_cli_call(cli, "DELETE", path, NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code))
         return code;
-    if (cli->json)
-        nb_cli_print_json(res);
-    else
-        printf("removed rule %lld\n", id);
+    printf("removed rule %lld\n", id);
     json_decref(res);
     return NB_CLI_OK;
 }

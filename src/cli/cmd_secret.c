@@ -15,6 +15,7 @@
 
 #include "cli/client.h"
 #include "cli/cmd.h"
+#include "cli/cmdutil.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -198,6 +199,27 @@ static void body_wipe_free(json_t *body, const char *key)
     json_decref(body);
 }
 
+/* A request body {key: the bytes of val as a string}. Takes val (a
+ * sodium_malloc'd secret) and frees it either way; the body's copy is wiped
+ * by body_wipe_free. Fails with bad_msg when the bytes are no valid
+ * string (not UTF-8, or NUL bytes). */
+static int body_take(nb_cli_t *cli, const char *key, uint8_t *val, size_t len, const char *bad_msg,
+                     json_t **out)
+{
+    *out = NULL;
+    json_t *body = json_object();
+    json_t *s = json_stringn((const char *)val, len);
+    sodium_free(val);
+    if (!body || !s) {
+        json_decref(s);
+        json_decref(body);
+        return nb_cli_fail(cli, NB_CLI_ERROR, "invalid", "%s", bad_msg);
+    }
+    json_object_set_new(body, key, s);
+    *out = body;
+    return NB_CLI_OK;
+}
+
 /* ------------------------------------------------------------------- verbs */
 
 static int do_set(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
@@ -222,26 +244,17 @@ static int do_set(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     int code = read_value(cli, prompt, NULL, &val, &len);
     if (code != NB_CLI_OK)
         return code;
-    json_t *body = json_object();
-    json_t *s = json_stringn((const char *)val, len);
-    sodium_free(val);
-    if (!body || !s) {
-        json_decref(s);
-        json_decref(body);
-        return nb_cli_fail(cli, NB_CLI_ERROR, "invalid",
-                           "the value must be UTF-8 text without NUL bytes");
-    }
-    json_object_set_new(body, "value", s);
-    snprintf(path, sizeof path, "/v1/secrets/%s", name);
-    code = nb_cli_call(cli, "PUT", path, body, &res);
-    body_wipe_free(body, "value");
-    if (code != NB_CLI_OK)
+    json_t *body;
+    if ((code = body_take(cli, "value", val, len, "the value must be UTF-8 text without NUL bytes",
+                          &body)) != NB_CLI_OK)
         return code;
-    if (cli->json)
-        nb_cli_print_json(res);
-    else
-        printf("%s %s (version %lld)\n", nb_json_bool(res, "created", 0) ? "created" : "updated",
-               name, (long long)nb_json_int(res, "version", 0));
+    snprintf(path, sizeof path, "/v1/secrets/%s", name);
+    int done = nb_cli_call_or_json(cli, "PUT", path, body, &res, &code);
+    body_wipe_free(body, "value");
+    if (done)
+        return code;
+    printf("%s %s (version %lld)\n", nb_json_bool(res, "created", 0) ? "created" : "updated", name,
+           (long long)nb_json_int(res, "version", 0));
     json_decref(res);
     return NB_CLI_OK;
 }
@@ -270,14 +283,9 @@ static void print_binding(const json_t *b, const char *indent)
 static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     json_t *res = NULL;
-    int code = nb_cli_call(cli, "GET", "/v1/secrets", NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", "/v1/secrets", NULL, &res, &code))
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-        json_decref(res);
-        return NB_CLI_OK;
-    }
     json_t *arr = json_object_get(res, "secrets");
     if (json_array_size(arr) == 0)
         printf("no secrets (add one with 'nilbox secret set NAME')\n");
@@ -307,13 +315,10 @@ static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (!name_ok(a->pos[0]))
         return bad_name(a->pos[0]);
     snprintf(path, sizeof path, "/v1/secrets/%s", a->pos[0]);
-    int code = nb_cli_call(cli, "DELETE", path, NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code))
         return code;
-    if (cli->json)
-        nb_cli_print_json(res);
-    else
-        printf("removed %s and its bindings\n", a->pos[0]);
+    printf("removed %s and its bindings\n", a->pos[0]);
     json_decref(res);
     return NB_CLI_OK;
 }
@@ -351,16 +356,13 @@ static int do_bind(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (query)
         json_object_set_new(body, "query", json_string(query));
     snprintf(path, sizeof path, "/v1/secrets/%s/bindings", name);
-    int code = nb_cli_call(cli, "POST", path, body, &res);
+    int code;
+    int done = nb_cli_call_or_json(cli, "POST", path, body, &res, &code);
     json_decref(body);
-    if (code != NB_CLI_OK)
+    if (done)
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-    } else {
-        printf("bound %s: ", name);
-        print_binding(res, "");
-    }
+    printf("bound %s: ", name);
+    print_binding(res, "");
     json_decref(res);
     return NB_CLI_OK;
 }
@@ -378,13 +380,10 @@ static int do_unbind(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return NB_CLI_USAGE;
     }
     snprintf(path, sizeof path, "/v1/bindings/%lld", id);
-    int code = nb_cli_call(cli, "DELETE", path, NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code))
         return code;
-    if (cli->json)
-        nb_cli_print_json(res);
-    else
-        printf("removed binding #%lld\n", id);
+    printf("removed binding #%lld\n", id);
     json_decref(res);
     return NB_CLI_OK;
 }
@@ -445,23 +444,15 @@ static int do_unlock(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
                       fresh ? "Repeat the passphrase: " : NULL, &pass, &len);
     if (code != NB_CLI_OK)
         return code;
-    json_t *body = json_object();
-    json_t *s = json_stringn((const char *)pass, len);
-    sodium_free(pass);
-    if (!body || !s) {
-        json_decref(s);
-        json_decref(body);
-        return nb_cli_fail(cli, NB_CLI_ERROR, "invalid", "the passphrase must be UTF-8 text");
-    }
-    json_object_set_new(body, "passphrase", s);
-    code = nb_cli_call(cli, "POST", "/v1/keystore/unlock", body, &res);
-    body_wipe_free(body, "passphrase");
-    if (code != NB_CLI_OK)
+    json_t *body;
+    if ((code = body_take(cli, "passphrase", pass, len, "the passphrase must be UTF-8 text",
+                          &body)) != NB_CLI_OK)
         return code;
-    if (cli->json)
-        nb_cli_print_json(res);
-    else
-        printf("the secret store is open (%s)\n", fresh ? "new passphrase set" : "unlocked");
+    int done = nb_cli_call_or_json(cli, "POST", "/v1/keystore/unlock", body, &res, &code);
+    body_wipe_free(body, "passphrase");
+    if (done)
+        return code;
+    printf("the secret store is open (%s)\n", fresh ? "new passphrase set" : "unlocked");
     json_decref(res);
     return NB_CLI_OK;
 }

@@ -96,6 +96,8 @@ typedef struct {
     const char *vm;
     double t0;
     int quiet;
+    int seen_starting; /* a restart stops the VM first: only later ends count */
+    int restart;
     char last_exit[256];
     json_t *running; /* the vm.running event */
 } boot_wait_t;
@@ -112,11 +114,14 @@ static int boot_event(const json_t *e, void *ud)
             nb_cli_progress(now_s() - w->t0, m);
         return 0;
     }
-    if (!strcmp(type, "vm.running")) {
+    if (!strcmp(type, "vm.starting"))
+        w->seen_starting = 1;
+    if (!strcmp(type, "vm.running") ||
+        (!strcmp(type, "vm.agent") && nb_json_bool(e, "connected", 0))) {
         w->running = json_deep_copy(e);
         return 1;
     }
-    if (!strcmp(type, "vm.crashed") || !strcmp(type, "vm.stopped")) {
+    if (w->seen_starting && (!strcmp(type, "vm.crashed") || !strcmp(type, "vm.stopped"))) {
         const char *le = nb_json_str(e, "last_exit");
         snprintf(w->last_exit, sizeof w->last_exit, "%s", le ? le : type + 3);
         return 2;
@@ -129,6 +134,7 @@ static int boot_event(const json_t *e, void *ud)
 static int start_and_wait(nb_cli_t *cli, const char *name, const char *path, int nowait)
 {
     boot_wait_t w = {.vm = name, .t0 = now_s(), .quiet = cli->json};
+    w.restart = strstr(path, "/restart") != NULL;
     nb_wsc_t *ws = nowait ? NULL : nb_cli_events_open(cli);
     json_t *res = NULL;
     int code = nb_cli_call(cli, "POST", path, NULL, &res);
@@ -146,6 +152,16 @@ static int start_and_wait(nb_cli_t *cli, const char *name, const char *path, int
             nb_cli_print_json(res);
         else
             printf("VM %s is starting\n", name);
+        json_decref(res);
+        nb_wsc_free(ws);
+        return NB_CLI_OK;
+    }
+    const char *state = nb_json_str(res, "state");
+    if (state && !strcmp(state, "running") && nb_json_bool(res, "agent", 0) && !w.restart) {
+        if (cli->json)
+            nb_cli_print_json(res);
+        else
+            printf("VM %s is already running\n", name);
         json_decref(res);
         nb_wsc_free(ws);
         return NB_CLI_OK;

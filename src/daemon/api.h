@@ -67,6 +67,11 @@ int nb_api_start(nb_daemon_t *d, nb_api_t **out, char *err, size_t errsz);
  * gate waits are cancelled at once). Call before the gate goes away. */
 void nb_api_proxy_stop(nb_daemon_t *d);
 
+/* api_proxy.c: the daemon's proxy engine, created on first use (the guest
+ * channel's egress streams use it too). NULL with a sentence in `err`
+ * while the secret store is not open (no CA) or the daemon is stopping. */
+struct nb_proxy *nb_api_proxy_engine(nb_daemon_t *d, char *err, size_t errsz);
+
 /* Closes the listeners and all connections, removes the socket and
  * api.json, frees the API and calls `done` (may be NULL). */
 void nb_api_close(nb_api_t *api, void (*done)(void *ud), void *ud);

@@ -136,6 +136,11 @@ static int engine(nb_daemon_t *d, char *err, size_t errsz)
     return 0;
 }
 
+nb_proxy_t *nb_api_proxy_engine(nb_daemon_t *d, char *err, size_t errsz)
+{
+    return engine(d, err, errsz) < 0 ? NULL : eng.px;
+}
+
 void nb_api_proxy_stop(nb_daemon_t *d)
 {
     if (!eng.px)

@@ -48,6 +48,30 @@ typedef struct {
     int r;
 } rule_job_t;
 
+/* A job for ctx, or NULL after answering 500 (out of memory). */
+static rule_job_t *job_new(nb_api_ctx_t *ctx)
+{
+    rule_job_t *j = calloc(1, sizeof *j);
+    if (!j) {
+        nb_api_reply_errno(ctx, -ENOMEM, NULL);
+        return NULL;
+    }
+    j->ctx = ctx;
+    return j;
+}
+
+/* Runs work on the store's thread pool, then done on the loop; takes j
+ * (freed with an answer of 500 when it cannot be queued). */
+static void job_queue(rule_job_t *j, nb_store_work_fn work, nb_store_done_fn done)
+{
+    nb_api_ctx_t *ctx = j->ctx;
+    int q = nb_store_queue(ctx->d->store, ctx->d->loop, work, done, j);
+    if (q < 0) {
+        free(j);
+        nb_api_reply_error(ctx, 500, "internal", "cannot queue the write: %s", uv_strerror(q));
+    }
+}
+
 static void add_work(nb_store_t *st, void *ud)
 {
     rule_job_t *j = ud;
@@ -155,18 +179,11 @@ static void on_add(nb_api_ctx_t *ctx)
             return;
         }
     }
-    rule_job_t *j = calloc(1, sizeof *j);
-    if (!j) {
-        nb_api_reply_errno(ctx, -ENOMEM, NULL);
+    rule_job_t *j = job_new(ctx);
+    if (!j)
         return;
-    }
-    j->ctx = ctx;
     j->rule = r;
-    int q = nb_store_queue(ctx->d->store, ctx->d->loop, add_work, add_done, j);
-    if (q < 0) {
-        free(j);
-        nb_api_reply_error(ctx, 500, "internal", "cannot queue the write: %s", uv_strerror(q));
-    }
+    job_queue(j, add_work, add_done);
 }
 
 static void rm_work(nb_store_t *st, void *ud)
@@ -217,23 +234,16 @@ static void on_rm(nb_api_ctx_t *ctx)
         nb_api_reply_error(ctx, 422, "invalid", "a rule id is a number >= 1, not '%.40s'", s);
         return;
     }
-    rule_job_t *j = calloc(1, sizeof *j);
-    if (!j) {
-        nb_api_reply_errno(ctx, -ENOMEM, NULL);
+    rule_job_t *j = job_new(ctx);
+    if (!j)
         return;
-    }
-    j->ctx = ctx;
     j->id = id;
     /* Keep what the rule was, for the audit row. */
     const nb_ruleset_t *rs = nb_gate_rules(ctx->d->gate);
     for (size_t i = 0; i < rs->n; i++)
         if (rs->v[i].id == id)
             j->rule = rs->v[i];
-    int q = nb_store_queue(ctx->d->store, ctx->d->loop, rm_work, rm_done, j);
-    if (q < 0) {
-        free(j);
-        nb_api_reply_error(ctx, 500, "internal", "cannot queue the write: %s", uv_strerror(q));
-    }
+    job_queue(j, rm_work, rm_done);
 }
 
 const nb_api_route_t nb_api_routes_rules[] = {

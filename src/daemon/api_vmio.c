@@ -214,6 +214,15 @@ static int open_stream(bridge_t *b, json_t *args)
         fail(b, "not-running", "the VM's agent is not connected (is the VM running?)");
         return NB_ESTATE;
     }
+    /* The guest's placeholders and proxy settings (egress/guestsvc.c) go
+     * under the caller's own variables. */
+    json_t *genv = b->d->guest.env ? b->d->guest.env(b->d->guest.ud, b->vm) : NULL;
+    if (genv) {
+        json_t *own = json_object_get(args, "env");
+        if (json_is_object(own))
+            json_object_update(genv, own);
+        json_object_set_new(args, "env", genv);
+    }
     char *js = json_dumps(args, JSON_COMPACT);
     int r = js ? nb_muxsess_open(s, b->kind == K_PTY ? "pty" : "exec", nb_iov(js, strlen(js)),
                                  &st_cbs, b, &b->st)

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "daemon/api.h"
+#include "daemon/egress/guestsvc.h"
 #include "daemon/events.h"
 #include "daemon/secretsvc.h"
 #include "daemon/store.h"
@@ -53,7 +54,8 @@ static void finish_stop(nb_daemon_t *d)
     /* VMs keep running (the next daemon re-attaches); only our state goes. */
     nb_vmm_free(d->vmm);
     d->vmm = NULL;
-    nb_daemon_secrets_stop(d); /* secretsvc.c: secret service, then the audit log */
+    nb_guestsvc_free(d->guestsvc); /* after the VMs' channels: their streams are closed */
+    nb_daemon_secrets_stop(d);     /* secretsvc.c: secret service, then the audit log */
     nb_events_free(d->events);
     d->events = NULL;
     nb_store_close(d->store);
@@ -141,6 +143,8 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
         goto fail;
     if ((r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0) /* vm/manager.c */
         goto fail;
+    if ((r = nb_guestsvc_new(d, nb_api_proxy_engine, &d->guestsvc, err, errsz)) < 0)
+        goto fail; /* egress/guestsvc.c: the guests' egress and dns streams */
 
     if ((r = nb_api_start(d, &d->api, err, errsz)) < 0)
         goto fail;
@@ -157,6 +161,7 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
 fail:
     nb_vmm_free(d->vmm);
     d->vmm = NULL;
+    nb_guestsvc_free(d->guestsvc);
     nb_daemon_secrets_stop(d);
     nb_events_free(d->events);
     d->events = NULL;

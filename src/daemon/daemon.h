@@ -11,6 +11,7 @@
 
 #include "daemon/home.h"
 #include "daemon/version.h"
+#include "lib/muxsess.h"
 
 typedef struct nb_store nb_store_t;
 typedef struct nb_events nb_events_t;
@@ -19,6 +20,7 @@ typedef struct nb_audit nb_audit_t;
 typedef struct nb_secretsvc nb_secretsvc_t;
 typedef struct nb_gate nb_gate_t;
 typedef struct nb_vmm nb_vmm_t;
+typedef struct nb_guestsvc nb_guestsvc_t;
 
 typedef struct nb_daemon {
     uv_loop_t *loop;
@@ -33,7 +35,21 @@ typedef struct nb_daemon {
     nb_secretsvc_t *secrets; /* secretsvc.h: secret store, master key, CA */
     nb_gate_t *gate;         /* egress/gate.h: rules + prompts (created in secretsvc.c) */
     nb_vmm_t *vmm;           /* vm/manager.h: the VM manager */
-    const char *key_file;    /* --key-file or NILBOX_KEY_FILE (explicit master key file) */
+    nb_guestsvc_t *guestsvc; /* egress/guestsvc.h: guest-opened streams, provisioning */
+    /* Hooks egress/guestsvc.c installs and the VM manager calls when set
+     * (so the manager does not link the egress engine): a stream the
+     * agent of `vm` opened (return as nb_muxsess_opts_t.on_open does), and
+     * the agent of `vm` came up. */
+    struct {
+        int (*on_open)(void *ud, const char *vm, nb_muxsess_stream_t *st, const char *service,
+                       nb_iov_t args);
+        void (*on_agent_up)(void *ud, const char *vm);
+        /* The environment every exec/pty in `vm` gets under the caller's
+         * own (placeholders, proxy and CA variables): a new JSON object. */
+        struct json_t *(*env)(void *ud, const char *vm);
+        void *ud;
+    } guest;
+    const char *key_file; /* --key-file or NILBOX_KEY_FILE (explicit master key file) */
 
     int64_t started_ms;      /* wall clock, ms since epoch */
     uint64_t started_hrtime; /* uv_hrtime() at start, for uptime */

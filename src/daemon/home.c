@@ -13,19 +13,6 @@
 
 #include "lib/err.h"
 
-static void say(char *err, size_t errsz, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void say(char *err, size_t errsz, const char *fmt, ...)
-{
-    if (!err || !errsz)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errsz, fmt, ap);
-    va_end(ap);
-}
-
 /* snprintf that reports truncation instead of silently cutting a path. */
 static int path_fmt(char *out, size_t outsz, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -53,7 +40,7 @@ static int default_home(char *out, size_t outsz, char *err, size_t errsz)
         return path_fmt(out, outsz, "%s/nilbox", xdg);
     const char *home = getenv("HOME");
     if (!home || home[0] != '/') {
-        say(err, errsz, "cannot find the state folder: HOME is not set; set NILBOX_HOME");
+        nb_err_say(err, errsz, "cannot find the state folder: HOME is not set; set NILBOX_HOME");
         return NB_EINVAL;
     }
     return path_fmt(out, outsz, "%s/.local/share/nilbox", home);
@@ -84,14 +71,14 @@ int nb_home_resolve(const char *home_override, nb_home_t *h, char *err, size_t e
              * chdirs to /), so anchor it now. */
             char cwd[PATH_MAX];
             if (!getcwd(cwd, sizeof cwd)) {
-                say(err, errsz, "cannot resolve relative NILBOX_HOME '%s': %s", src,
-                    strerror(errno));
+                nb_err_say(err, errsz, "cannot resolve relative NILBOX_HOME '%s': %s", src,
+                           strerror(errno));
                 return -errno;
             }
             r = path_fmt(h->home, sizeof h->home, "%s/%s", cwd, src);
         }
         if (r < 0) {
-            say(err, errsz, "NILBOX_HOME is too long");
+            nb_err_say(err, errsz, "NILBOX_HOME is too long");
             return r;
         }
     } else {
@@ -122,10 +109,10 @@ int nb_home_resolve(const char *home_override, nb_home_t *h, char *err, size_t e
     }
     strip_trailing_slashes(h->runtime);
     if (r < 0 || path_fmt(h->sock, sizeof h->sock, "%s/nilboxd.sock", h->runtime) < 0) {
-        say(err, errsz,
-            "the socket path '%s/nilboxd.sock' is longer than %d bytes; "
-            "set NILBOX_RUNTIME_DIR to a shorter folder",
-            h->runtime, NB_HOME_SOCK_MAX - 1);
+        nb_err_say(err, errsz,
+                   "the socket path '%s/nilboxd.sock' is longer than %d bytes; "
+                   "set NILBOX_RUNTIME_DIR to a shorter folder",
+                   h->runtime, NB_HOME_SOCK_MAX - 1);
         return NB_ETOOBIG;
     }
     if (path_fmt(h->api_json, sizeof h->api_json, "%s/api.json", h->runtime) < 0 ||
@@ -134,7 +121,7 @@ int nb_home_resolve(const char *home_override, nb_home_t *h, char *err, size_t e
         path_fmt(h->logdir, sizeof h->logdir, "%s/logs", h->home) < 0 ||
         path_fmt(h->logfile, sizeof h->logfile, "%s/logs/nilboxd.log", h->home) < 0 ||
         path_fmt(h->db, sizeof h->db, "%s/state.db", h->home) < 0) {
-        say(err, errsz, "NILBOX_HOME '%s' is too long", h->home);
+        nb_err_say(err, errsz, "NILBOX_HOME '%s' is too long", h->home);
         return NB_ETOOBIG;
     }
     return 0;
@@ -154,27 +141,28 @@ static int mkdir_private(const char *path, char *err, size_t errsz)
         *p = '\0';
         if (mkdir(tmp, 0700) < 0 && errno != EEXIST) {
             int e = errno;
-            say(err, errsz, "cannot create folder '%s': %s", tmp, strerror(e));
+            nb_err_say(err, errsz, "cannot create folder '%s': %s", tmp, strerror(e));
             return -e;
         }
         *p = '/';
     }
     if (mkdir(tmp, 0700) < 0 && errno != EEXIST) {
         int e = errno;
-        say(err, errsz, "cannot create folder '%s': %s", tmp, strerror(e));
+        nb_err_say(err, errsz, "cannot create folder '%s': %s", tmp, strerror(e));
         return -e;
     }
     if (stat(tmp, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        say(err, errsz, "'%s' exists but is not a folder", tmp);
+        nb_err_say(err, errsz, "'%s' exists but is not a folder", tmp);
         return -ENOTDIR;
     }
     if (st.st_uid != geteuid()) {
-        say(err, errsz, "folder '%s' belongs to another user (uid %u)", tmp, (unsigned)st.st_uid);
+        nb_err_say(err, errsz, "folder '%s' belongs to another user (uid %u)", tmp,
+                   (unsigned)st.st_uid);
         return -EPERM;
     }
     if ((st.st_mode & 077) && chmod(tmp, 0700) < 0) {
         int e = errno;
-        say(err, errsz, "cannot make folder '%s' private: %s", tmp, strerror(e));
+        nb_err_say(err, errsz, "cannot make folder '%s' private: %s", tmp, strerror(e));
         return -e;
     }
     return 0;
@@ -232,7 +220,7 @@ int nb_home_lock(const nb_home_t *h, int *fd_out, pid_t *holder, char *err, size
     int fd = open(h->lockfile, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
         int e = errno;
-        say(err, errsz, "cannot open lock file '%s': %s", h->lockfile, strerror(e));
+        nb_err_say(err, errsz, "cannot open lock file '%s': %s", h->lockfile, strerror(e));
         return -e;
     }
     struct flock fl = whole_file(F_WRLCK);
@@ -243,23 +231,23 @@ int nb_home_lock(const nb_home_t *h, int *fd_out, pid_t *holder, char *err, size
             if (holder)
                 *holder = p;
             if (p)
-                say(err, errsz,
-                    "another nilboxd (pid %ld) is already running for NILBOX_HOME %s "
-                    "(lock %s); stop it with 'nilbox daemon stop'",
-                    (long)p, h->home, h->lockfile);
+                nb_err_say(err, errsz,
+                           "another nilboxd (pid %ld) is already running for NILBOX_HOME %s "
+                           "(lock %s); stop it with 'nilbox daemon stop'",
+                           (long)p, h->home, h->lockfile);
             else
-                say(err, errsz, "another process holds the lock %s for NILBOX_HOME %s", h->lockfile,
-                    h->home);
+                nb_err_say(err, errsz, "another process holds the lock %s for NILBOX_HOME %s",
+                           h->lockfile, h->home);
             close(fd);
             return NB_ELOCKED;
         }
-        say(err, errsz, "cannot lock '%s': %s", h->lockfile, strerror(e));
+        nb_err_say(err, errsz, "cannot lock '%s': %s", h->lockfile, strerror(e));
         close(fd);
         return -e;
     }
     int r = write_pid_fd(fd, getpid());
     if (r < 0) {
-        say(err, errsz, "cannot write lock file '%s': %s", h->lockfile, strerror(-r));
+        nb_err_say(err, errsz, "cannot write lock file '%s': %s", h->lockfile, strerror(-r));
         close(fd);
         return r;
     }

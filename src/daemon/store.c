@@ -1,7 +1,6 @@
 #include "daemon/store.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,19 +47,6 @@ struct nb_store {
     unsigned pending; /* queued jobs (loop thread only) */
 };
 
-static void say(char *err, size_t errsz, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void say(char *err, size_t errsz, const char *fmt, ...)
-{
-    if (!err || !errsz)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errsz, fmt, ap);
-    va_end(ap);
-}
-
 int nb_store_latest_version(void)
 {
     size_t n = sizeof builtin_migrations / sizeof builtin_migrations[0];
@@ -71,7 +57,7 @@ static int exec_quiet(sqlite3 *db, const char *sql, char *err, size_t errsz, con
 {
     char *msg = NULL;
     if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        say(err, errsz, "%s: %s", what, msg ? msg : sqlite3_errmsg(db));
+        nb_err_say(err, errsz, "%s: %s", what, msg ? msg : sqlite3_errmsg(db));
         sqlite3_free(msg);
         return NB_EINTERNAL;
     }
@@ -101,10 +87,10 @@ static int check_migration_list(const nb_store_migration_t *m, size_t n, char *e
 {
     for (size_t i = 0; i < n; i++) {
         if (m[i].version != (int)i + 1 || !m[i].sql || !m[i].name) {
-            say(err, errsz,
-                "migration list is broken at index %zu (version %d): versions must "
-                "be 1, 2, 3, ... in order",
-                i, m[i].version);
+            nb_err_say(err, errsz,
+                       "migration list is broken at index %zu (version %d): versions must "
+                       "be 1, 2, 3, ... in order",
+                       i, m[i].version);
             return NB_EINTERNAL;
         }
     }
@@ -128,11 +114,12 @@ static int migrate(nb_store_t *st, char *err, size_t errsz)
     if (r < 0)
         goto rollback;
     if ((r = query_int(db, "SELECT coalesce(max(version), 0) FROM schema_migrations", &cur)) < 0) {
-        say(err, errsz, "cannot read schema version: %s", sqlite3_errmsg(db));
+        nb_err_say(err, errsz, "cannot read schema version: %s", sqlite3_errmsg(db));
         goto rollback;
     }
     if (cur > (int64_t)st->n_migs) {
-        say(err, errsz,
+        nb_err_say(
+            err, errsz,
             "the state database has schema version %lld but this nilboxd only knows up to %zu; "
             "run a newer nilbox, or point NILBOX_HOME elsewhere",
             (long long)cur, st->n_migs);
@@ -154,7 +141,7 @@ static int migrate(nb_store_t *st, char *err, size_t errsz)
             sqlite3_bind_int(s, 1, m->version) != SQLITE_OK ||
             sqlite3_bind_text(s, 2, m->name, -1, SQLITE_STATIC) != SQLITE_OK ||
             sqlite3_step(s) != SQLITE_DONE) {
-            say(err, errsz, "%s: cannot record it: %s", what, sqlite3_errmsg(db));
+            nb_err_say(err, errsz, "%s: cannot record it: %s", what, sqlite3_errmsg(db));
             sqlite3_finalize(s);
             r = NB_EINTERNAL;
             goto rollback;
@@ -167,7 +154,7 @@ static int migrate(nb_store_t *st, char *err, size_t errsz)
     int64_t bad = 0;
     r = query_int(db, "SELECT count(*) FROM pragma_foreign_key_check", &bad);
     if (r < 0 || bad > 0) {
-        say(err, errsz, "migrations left %lld foreign key violations", (long long)bad);
+        nb_err_say(err, errsz, "migrations left %lld foreign key violations", (long long)bad);
         r = NB_EINTERNAL;
         goto rollback;
     }
@@ -206,8 +193,8 @@ int nb_store_open_with(const char *path, const nb_store_migration_t *migs, size_
                              NULL);
     umask(old);
     if (rc != SQLITE_OK) {
-        say(err, errsz, "cannot open state database %s: %s", path,
-            st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
+        nb_err_say(err, errsz, "cannot open state database %s: %s", path,
+                   st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
         r = NB_EINTERNAL;
         goto out;
     }
@@ -220,8 +207,8 @@ int nb_store_open_with(const char *path, const nb_store_migration_t *migs, size_
         snprintf(jm, sizeof jm, "%s", (const char *)sqlite3_column_text(s, 0));
     sqlite3_finalize(s);
     if (strcmp(jm, "wal") != 0) {
-        say(err, errsz, "cannot switch %s to WAL mode (got '%s'): %s", path, jm,
-            sqlite3_errmsg(st->db));
+        nb_err_say(err, errsz, "cannot switch %s to WAL mode (got '%s'): %s", path, jm,
+                   sqlite3_errmsg(st->db));
         r = NB_EINTERNAL;
         goto out;
     }

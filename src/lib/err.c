@@ -1,6 +1,8 @@
 #include "lib/err.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 const char *nb_strerror(int r)
@@ -33,4 +35,14 @@ const char *nb_errname(int r)
     if (r < 0 && r > NB_E_BASE && strerrorname_np(-r))
         return strerrorname_np(-r);
     return r == 0 ? "OK" : "EUNKNOWN";
+}
+
+void nb_err_say(char *err, size_t errsz, const char *fmt, ...)
+{
+    if (!err || !errsz)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errsz, fmt, ap);
+    va_end(ap);
 }

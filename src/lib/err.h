@@ -5,6 +5,8 @@
 #ifndef NB_ERR_H
 #define NB_ERR_H
 
+#include <stddef.h>
+
 #define NB_E_BASE (-10000)
 
 /* X(name, offset, message) */
@@ -37,5 +39,11 @@ const char *nb_strerror(int r);
 
 /* Symbolic name ("NB_EPROTO", "ENOENT", ...) for r. Never NULL; static. */
 const char *nb_errname(int r);
+
+/* Formats why something failed into the caller's message buffer err
+ * (errsz bytes, cut there) for functions with a `char *err, size_t errsz`
+ * out-parameter. Does nothing when err is NULL or errsz is 0. */
+void nb_err_say(char *err, size_t errsz, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -32,109 +32,8 @@
 #include "lib/http.h"
 #include "lib/json.h"
 #include "lib/log.h"
+#include "lib/httpserver_int.h"
 #include "lib/ws.h"
-
-#define NB_HTTPD_READ_CHUNK (64 * 1024)
-#define NB_HTTPD_IN_MAX (256 * 1024)    /* unparsed input (pipelined requests) */
-#define NB_HTTPD_WRITE_HWM (256 * 1024) /* stop reading above this many queued bytes */
-#define NB_HTTPD_LINGER_MS 2000
-#define NB_HTTPD_MAX_LISTENERS 8
-#define NB_HTTPD_MAX_RESP_HEADERS (16 * 1024)
-#define NB_WS_SEND_CAP (4 * 1024 * 1024)
-#define NB_WS_CLOSE_WAIT_MS 3000
-
-enum { C_HTTP, C_WS, C_LINGER, C_CLOSING };
-
-typedef union {
-    uv_handle_t h;
-    uv_stream_t s;
-    uv_pipe_t pipe;
-    uv_tcp_t tcp;
-} nb_stream_u;
-
-typedef struct conn conn_t;
-
-typedef struct {
-    nb_stream_u u;
-    nb_httpd_t *srv;
-    int is_unix;
-} listener_t;
-
-struct nb_httpd {
-    uv_loop_t *loop;
-    nb_httpd_cfg_t cfg;
-    nb_httpd_handler_fn on_request;
-    void *ud;
-    listener_t *listeners[NB_HTTPD_MAX_LISTENERS];
-    int nlisteners;
-    conn_t *conns; /* doubly linked list of live (not closing) connections */
-    size_t nconns;
-    unsigned handles; /* listeners + connections not yet fully closed */
-    nb_buf_t defhdrs; /* "Name: value\r\n" lines */
-    int closing;
-    uint64_t last_limit_log;
-    void (*done)(void *ud);
-    void *done_ud;
-};
-
-struct nb_ws {
-    conn_t *c;
-    nb_ws_cbs_t cbs;
-    void *ud;
-    nb_ws_parser_t *parser;
-    int close_sent;
-    int close_recv;
-    int closed_cb_done;
-    int close_code; /* reported to on_close */
-    uint64_t close_at;
-    uint64_t last_ping;
-};
-
-struct conn {
-    nb_stream_u u;
-    uv_timer_t timer;
-    int open_handles; /* stream + timer */
-    nb_httpd_t *srv;
-    conn_t *prev, *next;
-    uint64_t id;
-    int is_unix;
-    int state;
-    nb_http_parser_t *parser;
-    nb_buf_t in;              /* bytes read but not yet parsed */
-    nb_httpd_req_t *req;      /* being received; owned by the connection */
-    nb_httpd_req_t *inflight; /* with the handler */
-    int reading;
-    int eof;
-    int processing; /* process() is on the stack */
-    int err_status; /* set by parser callbacks that refuse a request */
-    const char *err_reason;
-    int upgraded;       /* the parser stopped at an upgrade */
-    int req_started;    /* bytes of an unfinished request were fed */
-    uint64_t req_start; /* uv_now() when that request began */
-    uint64_t last_activity;
-    uint64_t last_rx; /* last byte from the peer */
-    uint64_t linger_start;
-    size_t wq;       /* bytes queued for writing */
-    int shut;        /* shutdown requested */
-    size_t last_wqs; /* write queue size at the last timer check */
-    nb_ws_t *ws;
-};
-
-struct nb_httpd_req {
-    conn_t *conn;  /* NULL once orphaned */
-    nb_buf_t strs; /* NUL-terminated strings: method, path, query, then name/value pairs */
-    size_t method_off, path_off, query_off;
-    size_t *hdr_off; /* 2 * nhdrs offsets into strs */
-    size_t nhdrs;
-    nb_buf_t body;
-    nb_buf_t resp_hdrs; /* "Name: value\r\n" lines */
-    int keep_alive;
-    int head_method;
-    int version_minor;
-    int upgrade;
-    uint64_t conn_id;
-    int is_unix;
-};
 
 typedef struct {
     uv_write_t w;
@@ -145,10 +44,6 @@ typedef struct {
 
 static void conn_close(conn_t *c);
 static void conn_process(conn_t *c);
-static void conn_update_reading(conn_t *c);
-static void ws_on_input(conn_t *c);
-static void ws_finish(nb_ws_t *ws, int code);
-static void on_timer(uv_timer_t *t);
 
 void nb_httpd_cfg_default(nb_httpd_cfg_t *cfg)
 {
@@ -163,7 +58,7 @@ void nb_httpd_cfg_default(nb_httpd_cfg_t *cfg)
 
 /* --- requests --- */
 
-static void req_free(nb_httpd_req_t *req)
+void nb_httpd_req_free(nb_httpd_req_t *req)
 {
     if (!req)
         return;
@@ -279,15 +174,15 @@ static void conn_shutdown(conn_t *c)
         free(sh);
         goto fail;
     }
-    conn_update_reading(c);
-    uv_timer_start(&c->timer, on_timer, NB_HTTPD_LINGER_MS, 0);
+    nb_httpd_conn_update_reading(c);
+    uv_timer_start(&c->timer, nb_httpd_conn_on_timer, NB_HTTPD_LINGER_MS, 0);
     return;
 fail:
     conn_close(c); /* the peer is gone already */
 }
 
 /* Ends the connection once queued writes are out. */
-static void conn_end(conn_t *c)
+void nb_httpd_conn_end(conn_t *c)
 {
     if (c->state == C_CLOSING)
         return;
@@ -295,7 +190,7 @@ static void conn_end(conn_t *c)
     if (c->wq == 0)
         conn_shutdown(c);
     else /* bounded even if the peer never reads what is queued */
-        uv_timer_start(&c->timer, on_timer, NB_HTTPD_LINGER_MS, 0);
+        uv_timer_start(&c->timer, nb_httpd_conn_on_timer, NB_HTTPD_LINGER_MS, 0);
 }
 
 static void on_write(uv_write_t *w, int status)
@@ -322,7 +217,7 @@ static void on_write(uv_write_t *w, int status)
     if (c->state == C_HTTP)
         conn_process(c);
     else
-        conn_update_reading(c);
+        nb_httpd_conn_update_reading(c);
 }
 
 /* Queues `len` bytes taken from `mem` (ownership passes to the write). */
@@ -354,7 +249,7 @@ static int conn_write(conn_t *c, uint8_t *mem, size_t len)
     return 0;
 }
 
-static int conn_write_buf(conn_t *c, nb_buf_t *b)
+int nb_httpd_conn_write_buf(conn_t *c, nb_buf_t *b)
 {
     uint8_t *mem = b->p;
     size_t len = b->len;
@@ -405,9 +300,9 @@ static int conn_send_response(conn_t *c, int status, const char *ctype, const nb
         goto out;
     if (close)
         c->state = C_LINGER;
-    r = conn_write_buf(c, &b);
+    r = nb_httpd_conn_write_buf(c, &b);
     if (r == 0 && close)
-        uv_timer_start(&c->timer, on_timer, NB_HTTPD_LINGER_MS, 0);
+        uv_timer_start(&c->timer, nb_httpd_conn_on_timer, NB_HTTPD_LINGER_MS, 0);
 out:
     nb_buf_free(&b);
     if (r < 0 && c->state != C_CLOSING)
@@ -444,7 +339,7 @@ static void conn_fail(conn_t *c, int status, const char *reason, const char *msg
     nb_buf_free(&body);
     nb_buf_free(&extra);
     if (c->state == C_LINGER)
-        conn_update_reading(c);
+        nb_httpd_conn_update_reading(c);
 }
 
 /* --- parser callbacks --- */
@@ -516,7 +411,7 @@ static int on_head(void *ud, const nb_http_head_t *h)
     }
     return 0;
 fail:
-    req_free(req);
+    nb_httpd_req_free(req);
     return r;
 }
 
@@ -581,7 +476,7 @@ static void conn_process(conn_t *c)
         nb_buf_consume(&c->in, used);
         if (r < 0) {
             nb_http_err_t e = nb_http_parser_error(c->parser);
-            req_free(c->req);
+            nb_httpd_req_free(c->req);
             c->req = NULL;
             if (c->err_status)
                 conn_fail(c, c->err_status, c->err_reason,
@@ -605,14 +500,14 @@ static void conn_process(conn_t *c)
     }
     c->processing = 0;
     if (c->state == C_HTTP && c->eof && !c->inflight && !c->upgraded && c->in.len == 0) {
-        conn_end(c); /* half-closed peer: every complete request was answered */
+        nb_httpd_conn_end(c); /* half-closed peer: every complete request was answered */
         return;
     }
     if (c->state != C_CLOSING)
-        conn_update_reading(c);
+        nb_httpd_conn_update_reading(c);
 }
 
-static void conn_update_reading(conn_t *c)
+void nb_httpd_conn_update_reading(conn_t *c)
 {
     int want;
 
@@ -647,7 +542,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return; /* drained and dropped */
         c->in.len += (size_t)nread;
         if (c->state == C_WS)
-            ws_on_input(c);
+            nb_httpd_ws_on_input(c);
         else
             conn_process(c);
         return;
@@ -685,7 +580,7 @@ static size_t pending_out(conn_t *c)
     return q;
 }
 
-static void on_timer(uv_timer_t *t)
+void nb_httpd_conn_on_timer(uv_timer_t *t)
 {
     conn_t *c = t->data;
     const nb_httpd_cfg_t *cfg = &c->srv->cfg;
@@ -712,13 +607,13 @@ static void on_timer(uv_timer_t *t)
             return;
         }
         next = c->shut ? c->linger_start + NB_HTTPD_LINGER_MS - now : NB_HTTPD_LINGER_MS;
-        uv_timer_start(&c->timer, on_timer, next < 10 ? 10 : next, 0);
+        uv_timer_start(&c->timer, nb_httpd_conn_on_timer, next < 10 ? 10 : next, 0);
         return;
     }
     if (c->state == C_WS) {
         nb_ws_t *ws = c->ws;
         if (c->in.len && !ws->close_recv) {
-            ws_on_input(c); /* frames that came with the upgrade request */
+            nb_httpd_ws_on_input(c); /* frames that came with the upgrade request */
             if (c->state != C_WS)
                 return;
         }
@@ -736,11 +631,11 @@ static void on_timer(uv_timer_t *t)
             nb_buf_init(&b, 16);
             ws->last_ping = now;
             if (nb_ws_frame_append(&b, NB_WS_OP_PING, NULL, 0, NULL) == 0)
-                conn_write_buf(c, &b);
+                nb_httpd_conn_write_buf(c, &b);
             nb_buf_free(&b);
         }
         next = ws->close_sent ? NB_WS_CLOSE_WAIT_MS : cfg->idle_timeout_ms / 4;
-        uv_timer_start(&c->timer, on_timer, next < 50 ? 50 : next, 0);
+        uv_timer_start(&c->timer, nb_httpd_conn_on_timer, next < 50 ? 50 : next, 0);
         return;
     }
     /* C_HTTP */
@@ -762,7 +657,7 @@ static void on_timer(uv_timer_t *t)
     next = c->last_activity + cfg->idle_timeout_ms - now;
     if (c->req_started && c->req_start + cfg->request_timeout_ms - now < next)
         next = c->req_start + cfg->request_timeout_ms - now;
-    uv_timer_start(&c->timer, on_timer, next < 10 ? 10 : next, 0);
+    uv_timer_start(&c->timer, nb_httpd_conn_on_timer, next < 10 ? 10 : next, 0);
 }
 
 /* --- lifecycle --- */
@@ -789,7 +684,7 @@ static void on_conn_handle_closed(uv_handle_t *h)
 
     if (--c->open_handles > 0)
         return;
-    req_free(c->req);
+    nb_httpd_req_free(c->req);
     nb_http_parser_free(c->parser);
     nb_buf_free(&c->in);
     if (c->ws) {
@@ -824,7 +719,7 @@ static void conn_close(conn_t *c)
     /* Last: the user's on_close may call back into us (even nb_httpd_close),
      * which is safe now that this connection is fully closing. */
     if (c->ws)
-        ws_finish(c->ws, 1006);
+        nb_httpd_ws_finish(c->ws, 1006);
 }
 
 static void on_connection(uv_stream_t *ls, int status)
@@ -888,13 +783,13 @@ static void on_connection(uv_stream_t *ls, int status)
         return;
     }
     c->last_activity = uv_now(srv->loop);
-    uv_timer_start(&c->timer, on_timer,
+    uv_timer_start(&c->timer, nb_httpd_conn_on_timer,
                    srv->cfg.idle_timeout_ms < srv->cfg.request_timeout_ms
                        ? srv->cfg.idle_timeout_ms
                        : srv->cfg.request_timeout_ms,
                    0);
     nb_log_conn(NB_LOG_DEBUG, c->id, "accepted (%s)", l->is_unix ? "unix" : "tcp");
-    conn_update_reading(c);
+    nb_httpd_conn_update_reading(c);
 }
 
 int nb_httpd_new(uv_loop_t *loop, const nb_httpd_cfg_t *cfg, nb_httpd_handler_fn on_request,
@@ -1051,7 +946,7 @@ void nb_httpd_close(nb_httpd_t *srv, void (*done)(void *ud), void *ud)
             nb_buf_t b;
             nb_buf_init(&b, 64);
             if (nb_ws_close_frame_append(&b, 1001, "server shutting down") == 0)
-                conn_write_buf(c, &b);
+                nb_httpd_conn_write_buf(c, &b);
             nb_buf_free(&b);
             c->ws->close_sent = 1;
             c->ws->close_code = 1001;
@@ -1074,7 +969,7 @@ int nb_httpd_respond(nb_httpd_req_t *req, int status, const char *content_type, 
     int r, close;
 
     if (!c) {
-        req_free(req);
+        nb_httpd_req_free(req);
         return NB_ECLOSED;
     }
     if (c->inflight != req) {
@@ -1091,13 +986,13 @@ int nb_httpd_respond(nb_httpd_req_t *req, int status, const char *content_type, 
     c->inflight = NULL;
     r = conn_send_response(c, status, content_type, &req->resp_hdrs, body, len, req->head_method,
                            req->version_minor == 0 && !close, close);
-    req_free(req);
+    nb_httpd_req_free(req);
     if (r < 0)
         return r;
     if (c->state == C_HTTP)
         conn_process(c);
     else if (c->state != C_CLOSING)
-        conn_update_reading(c);
+        nb_httpd_conn_update_reading(c);
     return 0;
 }
 
@@ -1119,226 +1014,4 @@ int nb_httpd_respond_error(nb_httpd_req_t *req, int status, const char *code, co
     r = nb_httpd_respond(req, status, "application/json", b.p, b.len);
     nb_buf_free(&b);
     return r;
-}
-
-/* --- WebSocket glue --- */
-
-/* Reports the end to the user once. */
-static void ws_finish(nb_ws_t *ws, int code)
-{
-    if (ws->closed_cb_done)
-        return;
-    ws->closed_cb_done = 1;
-    if (ws->cbs.on_close)
-        ws->cbs.on_close(ws, ws->close_code ? ws->close_code : code, ws->ud);
-}
-
-static int ws_send_frame(nb_ws_t *ws, int opcode, const void *data, size_t len)
-{
-    nb_buf_t b;
-    int r;
-
-    nb_buf_init(&b, len + 16);
-    if ((r = nb_ws_frame_append(&b, opcode, data, len, NULL)) == 0)
-        r = conn_write_buf(ws->c, &b);
-    nb_buf_free(&b);
-    return r;
-}
-
-static void ws_send_close(nb_ws_t *ws, int code, const char *reason)
-{
-    nb_buf_t b;
-
-    if (ws->close_sent)
-        return;
-    ws->close_sent = 1;
-    ws->close_at = uv_now(ws->c->srv->loop);
-    nb_buf_init(&b, 256);
-    if (nb_ws_close_frame_append(&b, code, reason) == 0)
-        conn_write_buf(ws->c, &b);
-    nb_buf_free(&b);
-}
-
-static int ws_on_message(void *ud, int opcode, const uint8_t *p, size_t len)
-{
-    nb_ws_t *ws = ud;
-    if (ws->close_sent || ws->closed_cb_done)
-        return 0; /* closing: data is dropped (RFC 6455 5.5.1) */
-    if (ws->cbs.on_message)
-        ws->cbs.on_message(ws, opcode == NB_WS_OP_TEXT, p, len, ws->ud);
-    return 0;
-}
-
-static int ws_on_control(void *ud, int opcode, const uint8_t *p, size_t len)
-{
-    nb_ws_t *ws = ud;
-
-    if (opcode == NB_WS_OP_PING) {
-        if (!ws->close_sent)
-            ws_send_frame(ws, NB_WS_OP_PONG, p, len);
-        return 0;
-    }
-    if (opcode != NB_WS_OP_CLOSE)
-        return 0; /* pong */
-    ws->close_recv = 1;
-    if (!ws->close_code)
-        ws->close_code = len >= 2 ? (p[0] << 8 | p[1]) : 1005;
-    if (!ws->close_sent) {
-        /* Echo the code (RFC 6455 5.5.1); 1005 is never sent on the wire. */
-        ws_send_close(ws, len >= 2 ? (p[0] << 8 | p[1]) : 1000, NULL);
-    }
-    return 1; /* stop parsing: nothing after a close frame counts */
-}
-
-static void ws_on_input(conn_t *c)
-{
-    nb_ws_t *ws = c->ws;
-    size_t used = 0;
-    int r;
-
-    if (ws->close_recv) {
-        c->in.len = 0;
-        return;
-    }
-    r = nb_ws_parser_feed(ws->parser, c->in.p, c->in.len, &used);
-    if (c->state == C_CLOSING)
-        return;
-    nb_buf_consume(&c->in, used);
-    if (r < 0) {
-        int code = nb_ws_parser_close_code(ws->parser);
-        nb_log_conn(NB_LOG_INFO, c->id, "websocket protocol error: %s (close %d)",
-                    nb_ws_parser_reason(ws->parser), code);
-        ws->close_code = code;
-        ws_send_close(ws, code, nb_ws_parser_reason(ws->parser));
-        c->in.len = 0;
-        ws->close_recv = 1; /* nothing more is read; wait for the write, then end */
-    }
-    if (ws->close_recv && ws->close_sent) {
-        ws_finish(ws, ws->close_code);
-        /* Let the close frame leave, then shut down and drain. */
-        conn_end(c);
-        return;
-    }
-    conn_update_reading(c);
-}
-
-static void ws_reject(nb_httpd_req_t *req, const char *why)
-{
-    nb_httpd_respond_error(req, 400, "bad-websocket-request", why);
-}
-
-int nb_httpd_ws_accept(nb_httpd_req_t *req, const nb_ws_cbs_t *cbs, void *ud, nb_ws_t **out)
-{
-    conn_t *c = req->conn;
-    const char *up, *conn_hdr, *ver, *key;
-    char accept[NB_WS_ACCEPT_LEN + 1];
-    nb_buf_t b;
-    nb_ws_t *ws;
-    nb_ws_parser_cbs_t pcbs = {.on_message = ws_on_message, .on_control = ws_on_control};
-    int r;
-
-    *out = NULL;
-    if (!c) {
-        req_free(req);
-        return NB_ECLOSED;
-    }
-    if (c->inflight != req)
-        return NB_ESTATE;
-    up = nb_httpd_req_header(req, "Upgrade");
-    conn_hdr = nb_httpd_req_header(req, "Connection");
-    ver = nb_httpd_req_header(req, "Sec-WebSocket-Version");
-    key = nb_httpd_req_header(req, "Sec-WebSocket-Key");
-    if (strcmp(nb_httpd_req_method(req), "GET") != 0 || req->version_minor != 1 || !req->upgrade ||
-        !up || !nb_http_list_has_token(nb_iov(up, strlen(up)), "websocket") || !conn_hdr ||
-        !nb_http_list_has_token(nb_iov(conn_hdr, strlen(conn_hdr)), "upgrade")) {
-        ws_reject(req, "not a WebSocket upgrade request");
-        return NB_EPROTO;
-    }
-    if (!ver || strcmp(ver, "13") != 0) {
-        ws_reject(req, "Sec-WebSocket-Version must be 13");
-        return NB_EPROTO;
-    }
-    if (!key || nb_ws_accept_key(key, accept) < 0) {
-        ws_reject(req, "invalid Sec-WebSocket-Key");
-        return NB_EPROTO;
-    }
-    if (!(ws = calloc(1, sizeof(*ws)))) {
-        nb_httpd_respond_error(req, 500, "internal", "out of memory");
-        return -ENOMEM;
-    }
-    ws->c = c;
-    if (cbs)
-        ws->cbs = *cbs;
-    ws->ud = ud;
-    if (!ws->cbs.max_message)
-        ws->cbs.max_message = 1024 * 1024;
-    if ((r = nb_ws_parser_new(NB_WS_ROLE_SERVER, ws->cbs.max_message, &pcbs, ws, &ws->parser)) <
-        0) {
-        free(ws);
-        nb_httpd_respond_error(req, 500, "internal", "out of memory");
-        return r;
-    }
-    nb_buf_init(&b, NB_HTTPD_MAX_RESP_HEADERS);
-    r = nb_buf_printf(&b,
-                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                      "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n",
-                      accept);
-    if (r == 0)
-        r = nb_buf_append(&b, req->resp_hdrs.p, req->resp_hdrs.len);
-    if (r == 0)
-        r = nb_buf_append_str(&b, "\r\n");
-    if (r < 0) {
-        nb_buf_free(&b);
-        nb_ws_parser_free(ws->parser);
-        free(ws);
-        nb_httpd_respond_error(req, 500, "internal", "out of memory");
-        return r;
-    }
-    c->inflight = NULL;
-    req_free(req);
-    c->state = C_WS;
-    c->ws = ws;
-    c->req_started = 0;
-    /* No callback may run before the caller has its handle: on a failed
-     * write the connection closes without on_close (we return the error). */
-    ws->closed_cb_done = 1;
-    r = conn_write_buf(c, &b);
-    nb_buf_free(&b);
-    if (r < 0)
-        return r;
-    ws->closed_cb_done = 0;
-    nb_log_conn(NB_LOG_DEBUG, c->id, "websocket accepted");
-    *out = ws;
-    c->last_activity = c->last_rx = uv_now(c->srv->loop);
-    /* Frames that arrived right behind the request are parsed from the
-     * timer on the next loop turn, never inside this call. */
-    uv_timer_start(&c->timer, on_timer, 0, 0);
-    conn_update_reading(c);
-    return 0;
-}
-
-int nb_ws_send(nb_ws_t *ws, int text, const void *data, size_t len)
-{
-    conn_t *c = ws->c;
-
-    if (ws->close_sent || ws->closed_cb_done || c->state != C_WS)
-        return NB_ECLOSED;
-    if (c->wq + len > NB_WS_SEND_CAP)
-        return NB_ETOOBIG;
-    if (text && !nb_utf8_valid(data, len))
-        return NB_EINVAL;
-    return ws_send_frame(ws, text ? NB_WS_OP_TEXT : NB_WS_OP_BINARY, data, len);
-}
-
-void nb_ws_close(nb_ws_t *ws, int code, const char *reason)
-{
-    conn_t *c = ws->c;
-
-    if (ws->close_sent || ws->closed_cb_done || c->state != C_WS)
-        return;
-    if (!nb_ws_close_code_sendable(code))
-        code = 1000;
-    ws->close_code = code;
-    ws_send_close(ws, code, reason);
-    uv_timer_start(&c->timer, on_timer, NB_WS_CLOSE_WAIT_MS, 0);
 }

@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static int nbt_failures;
 static int nbt_checks;
@@ -46,6 +47,18 @@ static int nbt_checks;
         fn();                                                                                      \
         printf("%s %s\n", nbt_failures == nbt_before ? "ok" : "FAIL", #fn);                        \
     } while (0)
+
+/* Removes an SQLite database and its -wal/-shm side files (cleanup
+ * between tests that reopen the same path). */
+static inline void nbt_rm_db(const char *path)
+{
+    char p[4096];
+    unlink(path);
+    snprintf(p, sizeof p, "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", path);
+    unlink(p);
+}
 
 #define NB_TEST_MAIN_END()                                                                         \
     do {                                                                                           \

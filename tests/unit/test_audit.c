@@ -16,16 +16,6 @@
 static char dir[] = "/tmp/nb-test-audit-XXXXXX";
 static char path[256];
 
-static void rm_db(void)
-{
-    char p[300];
-    unlink(path);
-    snprintf(p, sizeof p, "%s-wal", path);
-    unlink(p);
-    snprintf(p, sizeof p, "%s-shm", path);
-    unlink(p);
-}
-
 typedef struct {
     uv_loop_t loop;
     nb_store_t *st;
@@ -68,7 +58,7 @@ static int exec(sqlite3 *db, const char *sql)
 static void test_append_and_verify(void)
 {
     env_t e;
-    rm_db();
+    nbt_rm_db(path);
     env_open(&e);
     for (int i = 0; i < 50; i++) {
         int64_t seq = nb_audit_append(e.a, i % 2 ? NB_AUDIT_GATE : NB_AUDIT_INJECT,
@@ -100,7 +90,7 @@ static void test_append_and_verify(void)
 static void test_refusals(void)
 {
     env_t e;
-    rm_db();
+    nbt_rm_db(path);
     env_open(&e);
     NB_CHECK_EQ_INT(nb_audit_append(e.a, "Bad Kind", NULL, NULL, 0, NULL), NB_EINVAL);
     NB_CHECK_EQ_INT(nb_audit_append(e.a, "", NULL, NULL, 0, NULL), NB_EINVAL);
@@ -136,7 +126,7 @@ static int guard(void *ud, const char *s, size_t len)
 static void test_guard_redacts(void)
 {
     env_t e;
-    rm_db();
+    nbt_rm_db(path);
     env_open(&e);
     nb_audit_set_guard(e.a, guard, "hunter2-SECRET");
     NB_CHECK(nb_audit_append(e.a, "refusal", "dev", "evil.example", 443,
@@ -164,7 +154,7 @@ static void test_filters(void)
     env_t e;
     json_t *rows = NULL;
     nb_audit_filter_t f;
-    rm_db();
+    nbt_rm_db(path);
     env_open(&e);
     nb_audit_append(e.a, "secret.set", NULL, NULL, 0, json_pack("{s:s}", "secret", "A"));
     nb_audit_append(e.a, "secret.rm", NULL, NULL, 0, json_pack("{s:s}", "secret", "A"));
@@ -241,7 +231,7 @@ static void test_async_reads_see_own_writes(void)
 {
     env_t e;
     nb_audit_filter_t f;
-    rm_db();
+    nbt_rm_db(path);
     env_open(&e);
     /* Queued before the rows are on disk: the chain writes them first. */
     for (int i = 0; i < 10; i++)
@@ -262,7 +252,7 @@ static void test_triggers_and_tampering(void)
 {
     env_t e;
     nb_audit_verify_t v;
-    rm_db();
+    nbt_rm_db(path);
     env_open(&e);
     for (int i = 0; i < 30; i++)
         nb_audit_append(e.a, "gate.decision", "dev", "x.example", 443,
@@ -315,7 +305,7 @@ static void test_triggers_and_tampering(void)
 
     /* A deleted row in the middle is a gap. */
     env_close(&e);
-    rm_db();
+    nbt_rm_db(path);
     env_open(&e);
     for (int i = 0; i < 10; i++)
         nb_audit_append(e.a, "inject", NULL, NULL, 0, NULL);
@@ -390,7 +380,7 @@ int main(void)
     NB_RUN(test_async_reads_see_own_writes);
     NB_RUN(test_triggers_and_tampering);
     NB_RUN(test_parse_time);
-    rm_db();
+    nbt_rm_db(path);
     rmdir(dir);
     NB_TEST_MAIN_END();
 }

@@ -13,16 +13,6 @@
 static char dir[] = "/tmp/nb-test-store-XXXXXX";
 static char path[256];
 
-static void rm_db(void)
-{
-    char p[300];
-    unlink(path);
-    snprintf(p, sizeof p, "%s-wal", path);
-    unlink(p);
-    snprintf(p, sizeof p, "%s-shm", path);
-    unlink(p);
-}
-
 static char *query_text(nb_store_t *st, const char *sql)
 {
     sqlite3_stmt *s = NULL;
@@ -48,7 +38,7 @@ static void test_open_builtin(void)
     nb_store_t *st = NULL;
     char err[512];
     struct stat sb;
-    rm_db();
+    nbt_rm_db(path);
     NB_CHECK_EQ_INT(nb_store_open(path, &st, err, sizeof err), 0);
     NB_CHECK(st != NULL);
     if (!st)
@@ -124,7 +114,7 @@ static void test_broken_migration_rolls_back(void)
 {
     nb_store_t *st = NULL;
     char err[512];
-    rm_db();
+    nbt_rm_db(path);
     NB_CHECK_EQ_INT(nb_store_open_with(path, migs_v2, 2, &st, err, sizeof err), 0);
     if (!st)
         return;
@@ -165,7 +155,7 @@ static void test_broken_first_migration_leaves_empty_db(void)
     nb_store_t *st = NULL;
     char err[512];
     static const nb_store_migration_t bad[] = {{1, "test: bad", "CREATE TABLE x (a); SELEC 1;"}};
-    rm_db();
+    nbt_rm_db(path);
     NB_CHECK_EQ_INT(nb_store_open_with(path, bad, 1, &st, err, sizeof err), NB_EINTERNAL);
     /* Not even the bookkeeping table may remain. */
     NB_CHECK_EQ_INT(nb_store_open_with(path, NULL, 0, &st, err, sizeof err), 0);
@@ -183,7 +173,7 @@ static void test_newer_schema_and_bad_list(void)
 {
     nb_store_t *st = NULL;
     char err[512];
-    rm_db();
+    nbt_rm_db(path);
     NB_CHECK_EQ_INT(nb_store_open_with(path, migs_v2, 2, &st, err, sizeof err), 0);
     nb_store_close(st);
     st = NULL;
@@ -199,7 +189,7 @@ static void test_events_trim(void)
 {
     nb_store_t *st = NULL;
     char err[512];
-    rm_db();
+    nbt_rm_db(path);
     NB_CHECK_EQ_INT(nb_store_open(path, &st, err, sizeof err), 0);
     if (!st)
         return;
@@ -241,7 +231,7 @@ static void test_queue(void)
     char err[512];
     uv_loop_t loop;
     int work_r = -1;
-    rm_db();
+    nbt_rm_db(path);
     NB_CHECK_EQ_INT(nb_store_open(path, &st, err, sizeof err), 0);
     if (!st)
         return;
@@ -269,7 +259,7 @@ int main(void)
     NB_RUN(test_newer_schema_and_bad_list);
     NB_RUN(test_events_trim);
     NB_RUN(test_queue);
-    rm_db();
+    nbt_rm_db(path);
     rmdir(dir);
     NB_TEST_MAIN_END();
 }

@@ -485,6 +485,8 @@ static void connect_allowed(cconn_t *c);
 static void tunnel_established(cconn_t *c)
 {
     static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+    if (c->transparent)
+        return; /* the client never sent a CONNECT: nothing to answer */
     if (nb_pxio_write(&c->io, ok, sizeof ok - 1, 0) < 0) {
         px_conn_close(c);
         return;
@@ -555,6 +557,14 @@ static void connect_verdict(cconn_t *c, const nb_gate_verdict_t *v)
              px_why_hint(v->why), 1);
 }
 
+int px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done)
+{
+    /* Without a callback the gate decides at once: no rule, no prompt. */
+    if (c->l->ip_no_prompt && d->is_ip)
+        done = NULL;
+    return nb_gate_check(c->px->cfg.gate, d, v, done, c, &c->wait);
+}
+
 static void on_connect_gate(void *ud, const nb_gate_verdict_t *v)
 {
     cconn_t *c = ud;
@@ -573,7 +583,7 @@ void px_conn_connect(cconn_t *c)
     c->state = CS_GATE;
     px_conn_update_read(c);
     nb_gate_verdict_t v;
-    int r = nb_gate_check(px->cfg.gate, &c->dest, &v, on_connect_gate, c, &c->wait);
+    int r = px_gate_check(c, &c->dest, &v, on_connect_gate);
     if (r == 1)
         connect_verdict(c, &v);
 }
@@ -627,23 +637,14 @@ void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r)
 
 /* ---- listeners ---- */
 
-static void on_accept(uv_stream_t *srv, int status)
+/* A new client connection on `l`, linked in, with its I/O and timer
+ * initialised (not yet connected to anything). NULL when out of memory. */
+static cconn_t *conn_new(nb_proxy_listener_t *l)
 {
-    nb_proxy_listener_t *l = srv->data;
     nb_proxy_t *px = l->px;
-    if (status < 0 || l->closing)
-        return;
     cconn_t *c = calloc(1, sizeof *c);
-    if (!c) {
-        uv_tcp_t tmp;
-        /* Accept and drop so the backlog does not spin. */
-        if (uv_tcp_init(px->loop, &tmp) == 0) {
-            if (uv_accept(srv, (uv_stream_t *)&tmp) == 0)
-                nb_log(NB_LOG_WARN, "out of memory: dropping a proxy connection");
-            uv_close((uv_handle_t *)&tmp, NULL);
-        }
-        return;
-    }
+    if (!c)
+        return NULL;
     c->l = l;
     c->px = px;
     c->id = nb_log_next_conn_id();
@@ -652,8 +653,11 @@ static void on_accept(uv_stream_t *srv, int status)
     nb_buf_init(&c->scratch, PX_RESP_HEAD_MAX);
     int r = nb_pxio_init(px->loop, &c->io, &client_cbs, c);
     if (r < 0) {
+        nb_buf_free(&c->in);
+        nb_buf_free(&c->x.pending);
+        nb_buf_free(&c->scratch);
         free(c);
-        return;
+        return NULL;
     }
     c->next = l->conns;
     if (l->conns)
@@ -664,10 +668,15 @@ static void on_accept(uv_stream_t *srv, int status)
     uv_timer_init(px->loop, &c->timer);
     c->timer.data = c;
     c->timer_open = 1;
-    if ((r = nb_pxio_accept(&c->io, srv)) < 0) {
-        px_conn_close(c);
-        return;
-    }
+    return c;
+}
+
+/* Starts a connection whose socket is in place: caps, then the explicit
+ * proxy protocol, or (transparent) straight to the gate. */
+static void conn_start(cconn_t *c)
+{
+    nb_proxy_listener_t *l = c->l;
+    nb_proxy_t *px = l->px;
     if (l->nconns > px->cfg.max_conns) {
         px->st.conns_refused++;
         nb_log(NB_LOG_WARN, "proxy listener %" PRIu64 ": %zu connections, refusing more", l->id,
@@ -682,10 +691,79 @@ static void on_accept(uv_stream_t *srv, int status)
         return;
     }
     px_conn_touch(c);
+    if (c->transparent) {
+        arm_timer(c, px->cfg.idle_timeout_ms);
+        px_conn_connect(c);
+        return;
+    }
     arm_timer(c, px->cfg.head_timeout_ms < px->cfg.idle_timeout_ms ? px->cfg.head_timeout_ms
                                                                    : px->cfg.idle_timeout_ms);
     c->head_started = uv_now(px->loop);
     px_conn_update_read(c);
+}
+
+static void on_accept(uv_stream_t *srv, int status)
+{
+    nb_proxy_listener_t *l = srv->data;
+    nb_proxy_t *px = l->px;
+    if (status < 0 || l->closing)
+        return;
+    cconn_t *c = conn_new(l);
+    if (!c) {
+        uv_tcp_t tmp;
+        /* Accept and drop so the backlog does not spin. */
+        if (uv_tcp_init(px->loop, &tmp) == 0) {
+            if (uv_accept(srv, (uv_stream_t *)&tmp) == 0)
+                nb_log(NB_LOG_WARN, "out of memory: dropping a proxy connection");
+            uv_close((uv_handle_t *)&tmp, NULL);
+        }
+        return;
+    }
+    if (nb_pxio_accept(&c->io, srv) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    conn_start(c);
+}
+
+int nb_proxy_adopt(nb_proxy_listener_t *l, int fd, const nb_proxy_dest_t *dest)
+{
+    nb_pxurl_authority_t auth;
+    int r;
+    if (l->closing || l->px->closing) {
+        close(fd);
+        return NB_ESTATE;
+    }
+    if (dest) {
+        char a[NB_HOSTNAME_BUFSZ + 16];
+        int n = snprintf(a, sizeof a, strchr(dest->host, ':') ? "[%s]:%u" : "%s:%u", dest->host,
+                         dest->port);
+        if (n < 0 || (size_t)n >= sizeof a || dest->port == 0 ||
+            nb_pxurl_authority((const uint8_t *)a, (size_t)n, 0, &auth) < 0) {
+            close(fd);
+            return NB_EINVAL;
+        }
+    }
+    cconn_t *c = conn_new(l);
+    if (!c) {
+        close(fd);
+        return -ENOMEM;
+    }
+    if ((r = nb_pxio_open(&c->io, fd)) < 0) {
+        close(fd);
+        px_conn_close(c);
+        return r;
+    }
+    if (dest) {
+        c->transparent = 1;
+        c->auth = auth;
+        if (nb_dest_set(&c->dest, l->vm, auth.host, strlen(auth.host), auth.port) < 0) {
+            px_conn_close(c);
+            return NB_EINVAL;
+        }
+    }
+    conn_start(c);
+    return 0;
 }
 
 static void engine_maybe_free(nb_proxy_t *px)
@@ -736,12 +814,15 @@ void nb_proxy_listener_close(nb_proxy_listener_t *l)
     l->closing = 1;
     nb_log(NB_LOG_INFO, "proxy listener %" PRIu64 " on %s:%d (vm '%s') closing", l->id, l->ip,
            l->port, l->vm);
-    uv_close((uv_handle_t *)&l->srv, on_srv_closed);
+    if (!l->channel)
+        uv_close((uv_handle_t *)&l->srv, on_srv_closed);
     for (cconn_t *c = l->conns, *n; c; c = n) {
         n = c->next;
         px_conn_close(c);
     }
     px_up_pool_drain(l);
+    if (l->channel)
+        listener_maybe_free(l); /* nothing else may be left to wait for */
 }
 
 static int loopback_only(const char *ip)
@@ -753,15 +834,14 @@ static int loopback_only(const char *ip)
     return k && strcmp(k, "loopback") == 0;
 }
 
-int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_listener_t **out)
+/* The parts of a listener shared by TCP and channel listeners. */
+static int listener_new(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const char *ip,
+                        nb_proxy_listener_t **out)
 {
     *out = NULL;
     int r;
-    const char *ip = o->ip ? o->ip : "127.0.0.1";
     if (px->closing)
         return NB_ESTATE;
-    if (!loopback_only(ip) || o->port < 0 || o->port > 65535)
-        return NB_EINVAL;
     if (!o->vm || !o->vm[0] || !nb_rules_vm_valid(o->vm))
         return NB_EINVAL;
     if (o->nresolve > NB_PROXY_MAX_RESOLVE)
@@ -773,6 +853,7 @@ int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_li
     snprintf(l->vm, sizeof l->vm, "%s", o->vm);
     snprintf(l->ip, sizeof l->ip, "%s", ip);
     l->test_mode = o->upstream_ca_file || o->nresolve;
+    l->ip_no_prompt = o->ip_no_prompt;
     if (o->nresolve)
         memcpy(l->resolve, o->resolve, o->nresolve * sizeof *o->resolve);
     l->nresolve = o->nresolve;
@@ -780,6 +861,40 @@ int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_li
         free(l);
         return r;
     }
+    *out = l;
+    return 0;
+}
+
+int nb_proxy_attach(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_listener_t **out)
+{
+    nb_proxy_listener_t *l;
+    int r = listener_new(px, o, "channel", &l);
+    *out = NULL;
+    if (r < 0)
+        return r;
+    l->channel = 1;
+    l->srv_closed = 1;
+    l->id = px->next_listener_id++;
+    l->next = px->listeners;
+    if (px->listeners)
+        px->listeners->prev = l;
+    px->listeners = l;
+    nb_log(NB_LOG_INFO, "proxy channel listener %" PRIu64 " for vm '%s'%s", l->id, l->vm,
+           l->test_mode ? " (test mode: extra CA / resolve overrides)" : "");
+    *out = l;
+    return 0;
+}
+
+int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_listener_t **out)
+{
+    *out = NULL;
+    int r;
+    const char *ip = o->ip ? o->ip : "127.0.0.1";
+    if (!loopback_only(ip) || o->port < 0 || o->port > 65535)
+        return NB_EINVAL;
+    nb_proxy_listener_t *l;
+    if ((r = listener_new(px, o, ip, &l)) < 0)
+        return r;
     struct sockaddr_storage ss;
     if (strchr(ip, ':'))
         r = uv_ip6_addr(ip, o->port, (struct sockaddr_in6 *)&ss);
@@ -842,7 +957,10 @@ json_t *nb_proxy_listeners_json(const nb_proxy_t *px)
         if (l->closing)
             continue;
         char addr[96];
-        snprintf(addr, sizeof addr, strchr(l->ip, ':') ? "[%s]:%d" : "%s:%d", l->ip, l->port);
+        if (l->channel)
+            snprintf(addr, sizeof addr, "vm-channel");
+        else
+            snprintf(addr, sizeof addr, strchr(l->ip, ':') ? "[%s]:%d" : "%s:%d", l->ip, l->port);
         json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:I, s:b}", "id", (json_int_t)l->id,
                                              "listen", addr, "vm", l->vm, "connections",
                                              (json_int_t)l->nconns, "test_mode", l->test_mode));

@@ -95,11 +95,35 @@ typedef struct {
     const char *upstream_ca_file;      /* test only: an extra trusted CA (PEM) */
     const nb_proxy_resolve_t *resolve; /* test only */
     size_t nresolve;
+    int ip_no_prompt; /* an IP-literal destination that no rule decides is denied at once
+                         instead of prompting (the guest channel: A12) */
 } nb_proxy_listen_opts_t;
 
 /* Opens a listener. NB_EINVAL for a non-loopback address or a bad VM name
  * or CA file; libuv codes for bind failures. */
 int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_listener_t **out);
+
+/* Opens a channel listener: the same engine and options as
+ * nb_proxy_listen() (`o->ip` and `o->port` are ignored), but it accepts
+ * nothing itself; connections are handed to it with nb_proxy_adopt().
+ * The guest channel uses one per VM for its `egress` streams. */
+int nb_proxy_attach(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_listener_t **out);
+
+/* Where a transparently captured connection was going: a normalised name
+ * (the fake-IP name) or an IP literal, and the port. */
+typedef struct {
+    const char *host;
+    uint16_t port;
+} nb_proxy_dest_t;
+
+/* Hands a connected stream socket to listener `l` as a new client
+ * connection (`fd`: e.g. one end of a socketpair; ownership passes in
+ * every case). `dest` NULL: the client speaks the explicit proxy protocol.
+ * Otherwise it is transparent: judged and handled as if it had sent
+ * `CONNECT host:port` (no CONNECT exchange on the wire: its first bytes
+ * are already TLS, HTTP or, on other ports, tunnel data). 0, NB_EINVAL (a
+ * bad destination), NB_ESTATE (closing), or a libuv code. */
+int nb_proxy_adopt(nb_proxy_listener_t *l, int fd, const nb_proxy_dest_t *dest);
 
 /* Stops accepting, closes its connections; the listener is freed when
  * they are gone. */

@@ -463,7 +463,7 @@ static void start(cconn_t *c)
         return;
     }
     nb_gate_verdict_t v;
-    int r = nb_gate_check(c->px->cfg.gate, &x->dest, &v, on_req_gate, c, &c->wait);
+    int r = px_gate_check(c, &x->dest, &v, on_req_gate);
     if (r == 0) {
         x->gate_waiting = 1;
         return;

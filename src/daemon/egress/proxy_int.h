@@ -51,6 +51,8 @@ struct nb_proxy_listener {
     char ip[64];
     int port;
     int test_mode;
+    int channel;      /* nb_proxy_attach(): no TCP server, connections are adopted */
+    int ip_no_prompt; /* IP destinations without a rule are denied, not prompted (A12) */
     SSL_CTX *client_ctx;
     nb_proxy_resolve_t resolve[NB_PROXY_MAX_RESOLVE];
     size_t nresolve;
@@ -127,6 +129,7 @@ struct cconn {
 
     /* CONNECT tunnel destination (tunnel == 1) */
     int tunnel;
+    int transparent; /* adopted with a destination: a tunnel without the CONNECT exchange */
     nb_pxurl_authority_t auth;
     nb_dest_t dest;
     int inspect;  /* parse HTTP inside */
@@ -208,6 +211,9 @@ struct upconn {
 };
 
 /* proxy.c */
+/* nb_gate_check() for a connection's destination: on listeners with
+ * ip_no_prompt an IP literal that no rule decides is denied at once. */
+int px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done);
 void px_record(cconn_t *c, const char *kind, const char *host, int port, json_t *detail);
 void px_conn_close(cconn_t *c);
 void px_conn_touch(cconn_t *c);

@@ -358,6 +358,12 @@ int nb_pxio_accept(nb_pxio_t *io, uv_stream_t *server)
     return r;
 }
 
+int nb_pxio_open(nb_pxio_t *io, int fd)
+{
+    /* No Nagle option here: the fd may be a Unix socket. */
+    return uv_tcp_open(&io->tcp, fd);
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     nb_pxio_t *io = req->data;

@@ -87,6 +87,11 @@ int nb_pxio_init(uv_loop_t *loop, nb_pxio_t *io, const nb_pxio_cbs_t *cbs, void 
 /* Accepts a pending connection of `server` into `io`. */
 int nb_pxio_accept(nb_pxio_t *io, uv_stream_t *server);
 
+/* Adopts an already connected stream socket `fd` (e.g. one end of a
+ * socketpair bridging a guest channel stream). Ownership of fd passes to
+ * `io` on success; on failure the caller still owns it. */
+int nb_pxio_open(nb_pxio_t *io, int fd);
+
 /* Connects to `addr`; on_connect(io, r) follows. */
 int nb_pxio_connect(nb_pxio_t *io, const struct sockaddr *addr);
 

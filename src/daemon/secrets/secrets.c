@@ -88,6 +88,20 @@ static int db_err(sqlite3 *db, const char *what)
     return NB_EINTERNAL;
 }
 
+/* Room for element `cnt` of a growing array (capacity doubling from
+ * `first`). Returns the array, moved or not, or NULL when out of memory
+ * (the old one stays valid and the caller frees it). */
+static void *grow(void *v, size_t cnt, size_t *cap, size_t elsz, size_t first)
+{
+    if (cnt < *cap)
+        return v;
+    size_t nc = *cap ? *cap * 2 : first;
+    void *nv = realloc(v, nc * elsz);
+    if (nv)
+        *cap = nc;
+    return nv;
+}
+
 static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st)
 {
     if (sqlite3_prepare_v2(db, sql, -1, st, NULL) != SQLITE_OK)
@@ -458,16 +472,12 @@ int nb_secrets_load_sealed(nb_secrets_t *s, nb_sealed_t **out, size_t *n)
             sqlite3_column_bytes(st, 3) != AEAD_NONCE || !ct || clen <= AEAD_TAG ||
             clen > NB_SECRETS_VALUE_MAX + AEAD_TAG)
             continue; /* unseal would refuse it anyway */
-        if (cnt == cap) {
-            size_t nc = cap ? cap * 2 : 16;
-            nb_sealed_t *nv = realloc(v, nc * sizeof(*v));
-            if (!nv) {
-                r = -ENOMEM;
-                goto out;
-            }
-            v = nv;
-            cap = nc;
+        nb_sealed_t *nv = grow(v, cnt, &cap, sizeof(*v), 16);
+        if (!nv) {
+            r = -ENOMEM;
+            goto out;
         }
+        v = nv;
         nb_sealed_t *e = &v[cnt];
         memset(e, 0, sizeof(*e));
         if (!(e->ct = malloc(clen))) {
@@ -624,16 +634,12 @@ int nb_secrets_ls(nb_secrets_t *s, nb_secret_info_t **out, size_t *n)
         const char *name = (const char *)sqlite3_column_text(st, 0);
         if (!name || !nb_secrets_name_valid(name))
             continue; /* a row we would never have written */
-        if (cnt == cap) {
-            size_t nc = cap ? cap * 2 : 16;
-            nb_secret_info_t *nv = realloc(v, nc * sizeof(*v));
-            if (!nv) {
-                r = -ENOMEM;
-                goto out;
-            }
-            v = nv;
-            cap = nc;
+        nb_secret_info_t *nv = grow(v, cnt, &cap, sizeof(*v), 16);
+        if (!nv) {
+            r = -ENOMEM;
+            goto out;
         }
+        v = nv;
         nb_secret_info_t *e = &v[cnt++];
         memset(e, 0, sizeof(*e));
         snprintf(e->name, sizeof(e->name), "%s", name);
@@ -759,16 +765,12 @@ int nb_secrets_bindings(nb_secrets_t *s, nb_binding_t **out, size_t *n)
         return r;
     int step;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            size_t nc = cap ? cap * 2 : 8;
-            nb_binding_t *nv = realloc(v, nc * sizeof(*v));
-            if (!nv) {
-                r = -ENOMEM;
-                goto out;
-            }
-            v = nv;
-            cap = nc;
+        nb_binding_t *nv = grow(v, cnt, &cap, sizeof(*v), 8);
+        if (!nv) {
+            r = -ENOMEM;
+            goto out;
         }
+        v = nv;
         nb_binding_t *b = &v[cnt];
         memset(b, 0, sizeof(*b));
         b->id = sqlite3_column_int64(st, 0);

@@ -26,6 +26,7 @@
 enum { T_NONE = 0, T_QMP, T_STOP, T_RESTART, T_KILLWAIT };
 
 static void vm_exited(nb_vm_t *vm, const char *how);
+static const nb_vmchan_cbs_t vm_chan_cbs;
 static void run_step(nb_vm_t *vm, int step);
 static void qmp_connect(nb_vm_t *vm);
 static void schedule_restart(nb_vm_t *vm, const char *why);
@@ -143,7 +144,7 @@ static void start_fail(nb_vm_t *vm, int r, const char *msg, nb_vmm_cb cb, void *
     unlink(vm->fwcfg_key);
     unlink(vm->keyfile);
     nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "start failed: %s", msg ? msg : nb_strerror(r));
-    if (vm->state == NB_VM_CRASHED || vm->restart_at_ms) {
+    if (vm->state == NB_VM_CRASHED && vm->spec.restart == NB_VM_RESTART_ON_FAILURE) {
         /* A restart attempt of the policy failed: count it, try again. */
         vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
         schedule_restart(vm, "restart failed");
@@ -191,9 +192,7 @@ static void start_done(vm_job_t *jj)
         start_fail(vm, r, jj->msg, jj->cb, jj->ud);
         goto out;
     }
-    nb_vmchan_cbs_t cbs;
-    extern const nb_vmchan_cbs_t vm_chan_cbs;
-    cbs = vm_chan_cbs;
+    nb_vmchan_cbs_t cbs = vm_chan_cbs;
     cbs.ud = vm;
     if ((r = nb_vmchan_new(m->loop, vm->mux_sock, j->key, &cbs, &vm->chan)) < 0) {
         nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot listen on %s: %s", vm->mux_sock, nb_strerror(r));
@@ -259,6 +258,14 @@ static void start_done(vm_job_t *jj)
 out:
     sodium_memzero(j->key, sizeof j->key);
     nb_qemu_argv_free(&j->argv);
+    free(j);
+}
+
+static void start_cleanup(vm_job_t *jj)
+{
+    start_job_t *j = (start_job_t *)jj;
+    sodium_memzero(j->key, sizeof j->key);
+    nb_qemu_argv_free(&j->argv);
 }
 
 void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
@@ -275,10 +282,12 @@ void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
             }
             return;
         }
-        nb_vm_fmt(msg, sizeof msg, "VM '%s' is already %s", vm->spec.name,
-                  nb_vm_state_name(vm->state));
-        if (cb)
-            cb(ud, NB_ESTATE, msg, NULL);
+        /* Idempotent: the answer's state says it was running already. */
+        if (cb) {
+            json_t *res = nb_vm_json(vm, 0);
+            cb(ud, 0, NULL, res);
+            json_decref(res);
+        }
         return;
     }
     if (vm->state == NB_VM_STOPPING) {
@@ -307,6 +316,7 @@ void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
     j->j.ud = ud;
     j->j.work = start_work;
     j->j.done = start_done;
+    j->j.cleanup = start_cleanup;
     vm->busy = "starting";
     int r = vm_queue(vm, &j->j);
     if (r < 0) {
@@ -384,6 +394,15 @@ static void qmp_connect(nb_vm_t *vm)
     o.ud = vm;
     if (vm->qmp || vm->exited)
         return;
+    if (access(vm->qmp_sock, F_OK) < 0) {
+        /* QEMU has not created its monitor socket yet: look again soon
+         * (without a failed connect, which the QMP client would log). */
+        if (uv_now(vm->m->loop) < vm->qmp_deadline) {
+            vm->timer.data = vm;
+            uv_timer_start(&vm->timer, on_qmp_retry, 20, 0);
+        }
+        return;
+    }
     if (nb_qmp_connect(vm->m->loop, vm->qmp_sock, &o, &vm->qmp) < 0)
         vm->qmp = NULL;
 }
@@ -405,7 +424,8 @@ static void chan_up(nb_vmchan_t *c, void *ud)
     if (vm->state == NB_VM_STARTING) {
         uv_timer_stop(&vm->boot_timer);
         vm->ready_ms = nb_events_now_ms();
-        vm->boot_secs = (double)(uv_now(vm->m->loop) - vm->boot_t0) / 1000.0;
+        /* Milliseconds are enough; keep the JSON short (4.13, not 4.1310000000000002). */
+        vm->boot_secs = (double)((uv_now(vm->m->loop) - vm->boot_t0) / 10) / 100.0;
         vm_set_state(vm, NB_VM_RUNNING);
         vm_progress(vm, "agent ready after %.1f s", vm->boot_secs);
         vm_emit(vm, "vm.running",
@@ -414,6 +434,10 @@ static void chan_up(nb_vmchan_t *c, void *ud)
     } else {
         vm_emit(vm, "vm.agent", json_pack("{s:b}", "connected", 1));
     }
+    /* The guest's CA and environment (egress/guestsvc.c, in the background). */
+    nb_daemon_t *d = vm->m->d;
+    if (d->guest.on_agent_up)
+        d->guest.on_agent_up(d->guest.ud, vm->spec.name);
     vm_waiters_fire(vm, W_READY, 0, NULL);
 }
 
@@ -428,7 +452,18 @@ static void chan_down(nb_vmchan_t *c, int err, const char *reason, void *ud)
         nb_log(NB_LOG_WARN, "vm %s: channel handshake failed: %s", vm->spec.name, reason);
 }
 
-const nb_vmchan_cbs_t vm_chan_cbs = {chan_up, chan_down, NULL};
+/* Streams the guest opens (egress, dns) go to egress/guestsvc.c. */
+static int chan_open(nb_vmchan_t *c, nb_muxsess_stream_t *st, const char *service, nb_iov_t args,
+                     void *ud)
+{
+    nb_vm_t *vm = ud;
+    nb_daemon_t *d = vm->m->d;
+    if (!d->guest.on_open)
+        return NB_EUNSUPPORTED;
+    return d->guest.on_open(d->guest.ud, vm->spec.name, st, service, args);
+}
+
+static const nb_vmchan_cbs_t vm_chan_cbs = {chan_up, chan_down, NULL, chan_open};
 
 /* ------------------------------------------------------------ exit */
 
@@ -510,7 +545,8 @@ static void vm_exited(nb_vm_t *vm, const char *how)
                 json_pack("{s:s, s:s}", "reason",
                           stop_req ? "stop request" : "the guest powered off", "last_exit",
                           vm->last_exit));
-        vm_waiters_fire(vm, W_READY, NB_ESTATE, "the VM stopped before its agent was ready");
+        if (!restart) /* a restart's waiters wait for the next boot */
+            vm_waiters_fire(vm, W_READY, NB_ESTATE, "the VM stopped before its agent was ready");
         vm_waiters_fire(vm, W_STOPPED, 0, NULL);
         if (restart)
             vm_lc_start(vm, 0, NULL, NULL);

@@ -342,7 +342,7 @@ static sqlite3 *db_of(nb_vmm_t *m)
     return m->d->store ? nb_store_db(m->d->store) : NULL;
 }
 
-static int db_exec(nb_vmm_t *m, const char *sql, nb_vm_t *vm, int full)
+int vm_db_exec(nb_vmm_t *m, const char *sql, nb_vm_t *vm, int full)
 {
     sqlite3 *db = db_of(m);
     sqlite3_stmt *st = NULL;
@@ -374,10 +374,10 @@ static int db_exec(nb_vmm_t *m, const char *sql, nb_vm_t *vm, int full)
 
 int vm_db_update(nb_vm_t *vm)
 {
-    return db_exec(vm->m,
-                   "UPDATE vms SET image = ?2, cpus = ?3, memory_mib = ?4, disk_bytes = ?5,"
-                   " restart = ?6, want_running = ?7, created_ms = ?8 WHERE name = ?1",
-                   vm, 1);
+    return vm_db_exec(vm->m,
+                      "UPDATE vms SET image = ?2, cpus = ?3, memory_mib = ?4, disk_bytes = ?5,"
+                      " restart = ?6, want_running = ?7, created_ms = ?8 WHERE name = ?1",
+                      vm, 1);
 }
 
 int vm_db_set_want(nb_vm_t *vm, int want)
@@ -417,7 +417,7 @@ static int vm_paths(nb_vm_t *vm, char *msg, size_t msgsz)
     return 0;
 }
 
-static nb_vm_t *vm_alloc(nb_vmm_t *m, const nb_vm_spec_t *spec, char *msg, size_t msgsz, int *r)
+nb_vm_t *vm_alloc(nb_vmm_t *m, const nb_vm_spec_t *spec, char *msg, size_t msgsz, int *r)
 {
     nb_vm_t *vm = calloc(1, sizeof *vm);
     if (!vm) {
@@ -435,8 +435,11 @@ static nb_vm_t *vm_alloc(nb_vmm_t *m, const nb_vm_spec_t *spec, char *msg, size_
     uv_timer_init(m->loop, &vm->boot_timer);
     vm->timer.data = vm->boot_timer.data = vm;
     vm->handles = 2;
-    vm->next = m->vms;
-    m->vms = vm;
+    nb_vm_t **pp = &m->vms; /* kept in name order (listings) */
+    while (*pp && strcmp((*pp)->spec.name, vm->spec.name) < 0)
+        pp = &(*pp)->next;
+    vm->next = *pp;
+    *pp = vm;
     return vm;
 }
 
@@ -451,9 +454,7 @@ static void vm_handle_closed(uv_handle_t *h)
         free(m);
 }
 
-/* Unlinks the VM from the table and frees it once its timers closed. The
- * lifecycle state must be torn down already. */
-static void vm_destroy(nb_vm_t *vm)
+void vm_destroy(nb_vm_t *vm)
 {
     nb_vmm_t *m = vm->m;
     for (nb_vm_t **pp = &m->vms; *pp; pp = &(*pp)->next) {
@@ -466,375 +467,6 @@ static void vm_destroy(nb_vm_t *vm)
     m->pending_closes++;
     uv_close((uv_handle_t *)&vm->timer, vm_handle_closed);
     uv_close((uv_handle_t *)&vm->boot_timer, vm_handle_closed);
-}
-
-/* ------------------------------------------------------------ pool jobs */
-
-static void job_work(uv_work_t *w)
-{
-    vm_job_t *j = (vm_job_t *)w;
-    j->work(j);
-}
-
-static void job_done(uv_work_t *w, int status)
-{
-    vm_job_t *j = (vm_job_t *)w;
-    nb_vm_t *vm = j->vm;
-    nb_vmm_t *m = vm->m;
-    vm->jobs--;
-    if (m->freeing) {
-        /* The store may be closed already: touch nothing but the caller. */
-        if (j->cb)
-            j->cb(j->ud, NB_ECLOSED, "the daemon is stopping", NULL);
-        free(j);
-        if (vm->orphan && !vm->jobs) {
-            vm_destroy(vm);
-            if (--m->pending_closes == 0)
-                free(m); /* not reached: vm_destroy holds a reference */
-        }
-        return;
-    }
-    if (status < 0 && !j->r) {
-        j->r = NB_ECLOSED;
-        nb_vm_fmt(j->msg, sizeof j->msg, "the daemon is stopping");
-    }
-    j->done(j);
-}
-
-int vm_queue(nb_vm_t *vm, vm_job_t *j)
-{
-    j->vm = vm;
-    int r = uv_queue_work(vm->m->loop, &j->w, job_work, job_done);
-    if (r == 0)
-        vm->jobs++;
-    return r;
-}
-
-int vm_run_cmd(const char *const *argv, char *out, size_t outsz)
-{
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) < 0)
-        return -errno;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, p[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, p[1], 2);
-    pid_t pid;
-    int r = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    close(p[1]);
-    if (r != 0) {
-        close(p[0]);
-        return -r;
-    }
-    size_t len = 0;
-    char sink[4096];
-    for (;;) {
-        char *dst = out && len + 1 < outsz ? out + len : sink;
-        size_t cap = out && len + 1 < outsz ? outsz - 1 - len : sizeof sink;
-        ssize_t n = read(p[0], dst, cap);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        if (dst != sink)
-            len += (size_t)n;
-    }
-    if (out && outsz)
-        out[len] = '\0';
-    close(p[0]);
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return -errno;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-int vm_find_binary(const char *env, const char *name, char *out, size_t outsz)
-{
-    const char *e = env ? getenv(env) : NULL;
-    if (e && e[0]) {
-        nb_vm_fmt(out, outsz, "%s", e);
-        return access(e, X_OK) == 0 ? 0 : NB_ENOTFOUND;
-    }
-    const char *path = getenv("PATH");
-    if (!path || !path[0])
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        size_t n = strcspn(path, ":");
-        if (n > 0 && (int)n < 900) {
-            nb_vm_fmt(out, outsz, "%.*s/%s", (int)n, path, name);
-            if (access(out, X_OK) == 0)
-                return 0;
-        }
-        path += n + (path[n] == ':');
-    }
-    nb_vm_fmt(out, outsz, "%s", name);
-    return NB_ENOTFOUND;
-}
-
-int vm_check_space(nb_vmm_t *m, char *msg, size_t msgsz)
-{
-    struct statvfs sv;
-    if (statvfs(m->home, &sv) < 0)
-        return 0; /* cannot tell: let qemu-img / QEMU report it */
-    uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
-    if (avail >= m->min_free_bytes)
-        return 0;
-    nb_vm_fmt(msg, msgsz,
-              "no disk space: %llu MiB free in %s, a VM needs at least %llu MiB; free some space "
-              "(or remove unused VMs and images)",
-              (unsigned long long)(avail >> 20), m->home,
-              (unsigned long long)(m->min_free_bytes >> 20));
-    return -ENOSPC;
-}
-
-/* ------------------------------------------------------------ create */
-
-static void create_work(vm_job_t *j)
-{
-    nb_vm_t *vm = j->vm;
-    nb_vmm_t *m = vm->m;
-    char idir[VM_PATH], qimg[VM_PATH];
-    nb_image_t img;
-    if (nb_image_dir(m->home, vm->spec.image, idir, sizeof idir) < 0 ||
-        (j->r = nb_image_load(idir, &img)) == NB_ENOTFOUND) {
-        j->r = NB_ENOTFOUND;
-        nb_vm_fmt(j->msg, sizeof j->msg,
-                  "image '%s' is not built yet; build it with 'nilbox image build %s'",
-                  vm->spec.image, vm->spec.image);
-        return;
-    }
-    if (j->r < 0) {
-        nb_vm_fmt(j->msg, sizeof j->msg,
-                  "image '%s' is damaged (%s); rebuild it with 'nilbox image build %s --force'",
-                  vm->spec.image, nb_strerror(j->r), vm->spec.image);
-        return;
-    }
-    if (vm_find_binary("NILBOX_QEMU_IMG", "qemu-img", qimg, sizeof qimg) < 0) {
-        j->r = NB_EUNSUPPORTED;
-        nb_vm_fmt(j->msg, sizeof j->msg,
-                  "qemu-img is missing (%s); install the Debian package qemu-utils", qimg);
-        return;
-    }
-    if ((j->r = vm_check_space(m, j->msg, sizeof j->msg)) < 0)
-        return;
-    char parent[VM_PATH];
-    nb_vm_fmt(parent, sizeof parent, "%s/vms", m->home);
-    mkdir(parent, 0700);
-    if (mkdir(vm->dir, 0700) < 0 && errno != EEXIST) {
-        j->r = -errno;
-        nb_vm_fmt(j->msg, sizeof j->msg, "cannot create %s: %s", vm->dir, strerror(errno));
-        return;
-    }
-    if (img.disk[0]) {
-        unlink(vm->disk); /* a leftover of a VM of that name removed half-way */
-        if ((j->r = nb_image_overlay_create(qimg, img.disk, vm->disk, vm->spec.disk_bytes)) < 0 ||
-            (j->r = nb_image_disk_size(vm->disk, &vm->spec.disk_bytes)) < 0) {
-            nb_vm_fmt(j->msg, sizeof j->msg, "cannot create the VM's disk %s: %s", vm->disk,
-                      j->r == NB_EINTERNAL ? "qemu-img failed (see the daemon log)"
-                                           : nb_strerror(j->r));
-            if (vm_check_space(m, j->msg, sizeof j->msg) < 0)
-                j->r = -ENOSPC;
-            return;
-        }
-    } else {
-        vm->spec.disk_bytes = 0;
-    }
-    j->r = 0;
-}
-
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    remove(path);
-    return 0;
-}
-
-static void remove_tree(const char *dir)
-{
-    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void create_done(vm_job_t *j)
-{
-    nb_vm_t *vm = j->vm;
-    vm->busy = NULL;
-    if (j->r == 0 && (j->r = db_exec(vm->m,
-                                     "INSERT INTO vms (name, image, cpus, memory_mib, disk_bytes,"
-                                     " restart, want_running, created_ms)"
-                                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                                     vm, 1)) < 0)
-        nb_vm_fmt(j->msg, sizeof j->msg, "cannot record the VM: %s", nb_strerror(j->r));
-    if (j->r < 0) {
-        if (j->r != NB_ENOTFOUND && j->r != NB_EUNSUPPORTED && j->r != -ENOSPC)
-            remove_tree(vm->dir);
-        else
-            rmdir(vm->dir);
-        j->cb(j->ud, j->r, j->msg, NULL);
-        vm_destroy(vm);
-        free(j);
-        return;
-    }
-    vm_emit(vm, "vm.created",
-            json_pack("{s:s, s:i, s:i, s:I}", "image", vm->spec.image, "cpus", (int)vm->spec.cpus,
-                      "memory_mib", (int)vm->spec.memory_mib, "disk_bytes",
-                      (json_int_t)vm->spec.disk_bytes));
-    json_t *res = nb_vm_json(vm, 0);
-    j->cb(j->ud, 0, NULL, res);
-    json_decref(res);
-    free(j);
-}
-
-void nb_vmm_create(nb_vmm_t *m, const nb_vm_spec_t *spec, nb_vmm_cb cb, void *ud)
-{
-    char msg[512];
-    int r;
-    nb_vm_spec_t s = *spec;
-    if (!nb_vm_valid_name(s.name)) {
-        nb_vm_fmt(msg, sizeof msg,
-                  "'%.64s' is not a valid VM name: start with a lowercase letter, then up to 31 "
-                  "lowercase letters, digits or '-'",
-                  s.name);
-        cb(ud, NB_EINVAL, msg, NULL);
-        return;
-    }
-    if (nb_vmm_find(m, s.name)) {
-        nb_vm_fmt(msg, sizeof msg, "a VM named '%s' already exists", s.name);
-        cb(ud, NB_EEXIST, msg, NULL);
-        return;
-    }
-    if (!s.image[0])
-        nb_vm_fmt(s.image, sizeof s.image, "tiny");
-    if (!nb_image_valid_name(s.image)) {
-        nb_vm_fmt(msg, sizeof msg, "'%.40s' is not a valid image name", s.image);
-        cb(ud, NB_EINVAL, msg, NULL);
-        return;
-    }
-    if (!s.cpus)
-        s.cpus = 1;
-    if (!s.memory_mib)
-        s.memory_mib = 512;
-    if (s.cpus > 64 || s.memory_mib < 64 || s.memory_mib > 1024 * 1024) {
-        nb_vm_fmt(msg, sizeof msg, "cpus must be 1..64 and memory 64 MiB..1 TiB");
-        cb(ud, NB_EINVAL, msg, NULL);
-        return;
-    }
-    vm_job_t *j = calloc(1, sizeof *j);
-    nb_vm_t *vm = j ? vm_alloc(m, &s, msg, sizeof msg, &r) : NULL;
-    if (!vm) {
-        free(j);
-        cb(ud, j ? r : -ENOMEM, j ? msg : NULL, NULL);
-        return;
-    }
-    vm->created_ms = nb_events_now_ms();
-    vm->busy = "creating";
-    j->cb = cb;
-    j->ud = ud;
-    j->work = create_work;
-    j->done = create_done;
-    if ((r = vm_queue(vm, j)) < 0) {
-        vm_destroy(vm);
-        free(j);
-        cb(ud, r, NULL, NULL);
-    }
-}
-
-/* ------------------------------------------------------------ remove */
-
-static void remove_work(vm_job_t *j)
-{
-    remove_tree(j->vm->dir);
-    remove_tree(j->vm->rdir);
-}
-
-static void remove_done(vm_job_t *j)
-{
-    nb_vm_t *vm = j->vm;
-    vm_emit(vm, "vm.removed", NULL);
-    j->cb(j->ud, 0, NULL, NULL);
-    vm_destroy(vm);
-    free(j);
-}
-
-static void remove_now(nb_vm_t *vm, nb_vmm_cb cb, void *ud)
-{
-    int r;
-    vm_job_t *j = calloc(1, sizeof *j);
-    if (!j) {
-        cb(ud, -ENOMEM, NULL, NULL);
-        return;
-    }
-    if ((r = db_exec(vm->m, "DELETE FROM vms WHERE name = ?1", vm, 0)) < 0) {
-        free(j);
-        cb(ud, r, "cannot delete the VM's row", NULL);
-        return;
-    }
-    vm->removed = 1; /* gone from lookups; memory goes after the files */
-    vm->busy = "removing";
-    j->cb = cb;
-    j->ud = ud;
-    j->work = remove_work;
-    j->done = remove_done;
-    if ((r = vm_queue(vm, j)) < 0) {
-        j->r = r;
-        remove_done(j);
-    }
-}
-
-typedef struct {
-    nb_vm_t *vm;
-    nb_vmm_cb cb;
-    void *ud;
-} rm_ctx_t;
-
-static void rm_after_stop(void *ud, int r, const char *msg, json_t *res)
-{
-    rm_ctx_t *c = ud;
-    nb_vm_t *vm = c->vm;
-    if (r < 0 && vm->state != NB_VM_STOPPED && vm->state != NB_VM_CRASHED)
-        c->cb(c->ud, r, msg, NULL);
-    else
-        remove_now(vm, c->cb, c->ud);
-    free(c);
-}
-
-void nb_vmm_remove(nb_vmm_t *m, const char *name, int force, nb_vmm_cb cb, void *ud)
-{
-    char msg[256];
-    nb_vm_t *vm = nb_vmm_find(m, name);
-    if (!vm) {
-        nb_vm_fmt(msg, sizeof msg, "no VM named '%s'", name);
-        cb(ud, NB_ENOTFOUND, msg, NULL);
-        return;
-    }
-    if (vm->busy) {
-        nb_vm_fmt(msg, sizeof msg, "VM '%s' is busy (%s); try again when it is done", name,
-                  vm->busy);
-        cb(ud, NB_ESTATE, msg, NULL);
-        return;
-    }
-    if (vm->state == NB_VM_STOPPED || (vm->state == NB_VM_CRASHED && !vm->pid)) {
-        uv_timer_stop(&vm->timer); /* a pending restart */
-        remove_now(vm, cb, ud);
-        return;
-    }
-    if (!force) {
-        nb_vm_fmt(msg, sizeof msg,
-                  "VM '%s' is %s; stop it first ('nilbox vm stop %s') or remove it with --force",
-                  name, nb_vm_state_name(vm->state), name);
-        cb(ud, NB_ESTATE, msg, NULL);
-        return;
-    }
-    rm_ctx_t *c = calloc(1, sizeof *c);
-    if (!c) {
-        cb(ud, -ENOMEM, NULL, NULL);
-        return;
-    }
-    c->vm = vm;
-    c->cb = cb;
-    c->ud = ud;
-    vm_lc_stop(vm, 1, rm_after_stop, c);
 }
 
 /* ------------------------------------------------------------ thin wrappers */
@@ -996,15 +628,6 @@ int nb_vmm_new(nb_daemon_t *d, nb_vmm_t **out, char *err, size_t errsz)
     m->tick.data = m;
     uv_timer_start(&m->tick, on_tick, 250, 250);
     uv_unref((uv_handle_t *)&m->tick);
-    /* Reverse the list into name order again (vm_alloc prepends). */
-    nb_vm_t *rev = NULL;
-    while (m->vms) {
-        nb_vm_t *vm = m->vms;
-        m->vms = vm->next;
-        vm->next = rev;
-        rev = vm;
-    }
-    m->vms = rev;
     for (nb_vm_t *vm = m->vms; vm; vm = vm->next)
         vm_lc_reattach(vm);
     *out = m;

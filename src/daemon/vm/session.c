@@ -13,6 +13,7 @@
 #include "lib/transport.h"
 
 #define RESP_MAX (64u * 1024u) /* a ctl answer; ours are a few hundred bytes */
+#define VMCHAN_HANDSHAKE_MS 600000u
 
 typedef struct op op_t;
 
@@ -201,11 +202,14 @@ static void on_down(nb_muxsess_t *s, int err, const char *reason, void *ud)
     (void)was_up;
 }
 
-/* The guest may not open anything toward the host in this version. */
+/* Guest-opened streams (egress, dns) go to the owner's hook, if any. */
 static int on_open(nb_muxsess_t *s, nb_muxsess_stream_t *st, const char *service, nb_iov_t args,
                    void *ud)
 {
-    return NB_EUNSUPPORTED;
+    nb_vmchan_t *c = ud;
+    if (!c->cbs.on_open)
+        return NB_EUNSUPPORTED;
+    return c->cbs.on_open(c, st, service, args, c->cbs.ud);
 }
 
 static void on_accept(uv_poll_t *p, int status, int events)
@@ -238,6 +242,14 @@ int nb_vmchan_new(uv_loop_t *loop, const char *sock_path, const uint8_t *key,
         c->cbs = *cbs;
     nb_muxsess_opts_t o;
     nb_muxsess_opts_default(&o, NB_MUX_ROLE_HOST);
+    /* QEMU connects as soon as it starts, long before the guest's agent
+     * runs (a TCG boot takes seconds, more on a loaded host): our HELLO
+     * waits in the socket (QEMU reads it only once the guest opened its
+     * port). With the default 10 s the handshake timed out during slow
+     * boots and only the reconnect a second later succeeded. The peer is
+     * our own QEMU on a 0600 socket; the manager's boot deadline bounds
+     * the wait. */
+    o.handshake_ms = VMCHAN_HANDSHAKE_MS;
     o.on_up = on_up;
     o.on_down = on_down;
     o.on_open = on_open;

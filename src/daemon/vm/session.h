@@ -29,6 +29,10 @@ typedef struct {
     /* The session went down (reason escaped, one line). */
     void (*on_down)(nb_vmchan_t *c, int err, const char *reason, void *ud);
     void *ud;
+    /* The guest opened a stream (egress, dns): as nb_muxsess_opts_t.on_open.
+     * NULL: every guest OPEN gets NO_SERVICE. */
+    int (*on_open)(nb_vmchan_t *c, nb_muxsess_stream_t *st, const char *service, nb_iov_t args,
+                   void *ud);
 } nb_vmchan_cbs_t;
 
 /* Listens on `sock_path` (a stale socket file is replaced; mode 0600) and

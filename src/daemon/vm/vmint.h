@@ -112,6 +112,16 @@ struct nb_vmm {
 };
 
 /* manager.c */
+/* Allocates a VM (paths, timers) and links it into the table. NULL with *r
+ * (and a sentence in msg) on failure. */
+nb_vm_t *vm_alloc(nb_vmm_t *m, const nb_vm_spec_t *spec, char *msg, size_t msgsz, int *r);
+/* Unlinks the VM from the table, fails its waiters and frees it once its
+ * timers closed. The lifecycle state must be torn down already. */
+void vm_destroy(nb_vm_t *vm);
+/* One statement on the VM's row: ?1 name, with `full` also ?2..?8 (image,
+ * cpus, memory, disk, restart, want_running, created). 0, NB_EEXIST or
+ * NB_EINTERNAL. */
+int vm_db_exec(nb_vmm_t *m, const char *sql, nb_vm_t *vm, int full);
 void vm_emit(nb_vm_t *vm, const char *type, json_t *fields);
 void vm_progress(nb_vm_t *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void vm_set_state(nb_vm_t *vm, nb_vm_state_t s);
@@ -132,14 +142,17 @@ struct vm_job {
     int r;
     char msg[512];
     void (*work)(vm_job_t *j);
-    void (*done)(vm_job_t *j);
+    void (*done)(vm_job_t *j);    /* frees the job */
+    void (*cleanup)(vm_job_t *j); /* optional: run instead of done when the manager is gone */
 };
-/* Jobs are freed with free() after `done` (no other heap in them). When
- * the manager is freed meanwhile, `done` is skipped: `cb` gets NB_ECLOSED. */
+/* `done` frees the job. When the manager is freed meanwhile, `done` is
+ * skipped: `cb` gets NB_ECLOSED, `cleanup` runs and the job is free()d. */
 int vm_queue(nb_vm_t *vm, vm_job_t *j);
 /* Runs argv (NULL-terminated) and waits; output (stdout+stderr, capped)
  * into `out`. Returns the exit status, or -errno. Pool threads only. */
 int vm_run_cmd(const char *const *argv, char *out, size_t outsz);
+
+/* ops.c: create / remove entry points are nb_vmm_create / nb_vmm_remove */
 
 /* lifecycle.c */
 void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud);

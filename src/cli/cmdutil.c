@@ -1,0 +1,33 @@
+/* Helpers shared by the CLI's nouns; see cmdutil.h. */
+#include "cli/cmdutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/client.h"
+#include "lib/log.h"
+
+int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, const json_t *body,
+                        json_t **res, int *code)
+{
+    *code = nb_cli_call(cli, method, path, body, res);
+    if (*code != NB_CLI_OK)
+        return 1;
+    if (!cli->json)
+        return 0;
+    nb_cli_print_json(*res);
+    json_decref(*res);
+    *res = NULL;
+    return 1;
+}
+
+void nb_cli_print_field(const char *key, const json_t *v, char *esc, size_t escsz)
+{
+    char *s = json_is_string(v) ? strdup(json_string_value(v))
+                                : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!s)
+        return;
+    printf(" %s=%s", key, nb_log_escape(esc, escsz, s, strlen(s)));
+    free(s);
+}

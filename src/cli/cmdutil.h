@@ -1,0 +1,26 @@
+/* Small helpers shared by the CLI's nouns (cmd_<noun>.c): the
+ * call-then-print-JSON step most verbs share, and escaped key=value
+ * output of untrusted fields. */
+#ifndef NB_CLI_CMDUTIL_H
+#define NB_CLI_CMDUTIL_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "cli/cmd.h"
+
+/* Calls the daemon (nb_cli_call) and, with --json, prints the reply as it
+ * is. Returns 1 when the verb is finished, with its exit code in *code (the
+ * call failed, or the reply was printed and released); 0 when the caller
+ * renders *res as text and json_decref's it (*code is NB_CLI_OK). Borrows
+ * body. */
+int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, const json_t *body,
+                        json_t **res, int *code);
+
+/* Prints " key=value" for one JSON field: strings as they are, anything
+ * else as compact JSON, both escaped with nb_log_escape into esc (escsz
+ * bytes; longer values are cut there). Prints nothing when out of memory. */
+void nb_cli_print_field(const char *key, const json_t *v, char *esc, size_t escsz);
+
+#endif

@@ -1,0 +1,438 @@
+/* nbmux session layer: the stream table, outbound chunks and flow-control
+ * bookkeeping, and the stream API. Module map: muxsess_int.h. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/err.h"
+#include "lib/muxsess_int.h"
+
+/* ------------------------------------------------------------- streams */
+
+static void hash_del(nb_muxsess_t *s, nb_muxsess_stream_t *st)
+{
+    nb_muxsess_stream_t **pp = &s->buckets[hidx(st->id)];
+    while (*pp && *pp != st)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = st->hnext;
+}
+
+void nb_mxs_ready_del(nb_muxsess_t *s, nb_muxsess_stream_t *st)
+{
+    if (!st->in_ready)
+        return;
+    if (st->rprev)
+        st->rprev->rnext = st->rnext;
+    else
+        s->rhead = st->rnext;
+    if (st->rnext)
+        st->rnext->rprev = st->rprev;
+    else
+        s->rtail = st->rprev;
+    st->rprev = st->rnext = NULL;
+    st->in_ready = 0;
+}
+
+void nb_mxs_ready_add(nb_muxsess_t *s, nb_muxsess_stream_t *st)
+{
+    if (st->in_ready)
+        return;
+    st->rnext = NULL;
+    st->rprev = s->rtail;
+    if (s->rtail)
+        s->rtail->rnext = st;
+    else
+        s->rhead = st;
+    s->rtail = st;
+    st->in_ready = 1;
+}
+
+void nb_mxs_wlist_del(nb_muxsess_t *s, nb_muxsess_stream_t *st)
+{
+    if (!st->in_wlist)
+        return;
+    if (st->wprev)
+        st->wprev->wnext = st->wnext;
+    else
+        s->whead = st->wnext;
+    if (st->wnext)
+        st->wnext->wprev = st->wprev;
+    st->wprev = st->wnext = NULL;
+    st->in_wlist = 0;
+}
+
+static void wlist_add(nb_muxsess_t *s, nb_muxsess_stream_t *st)
+{
+    if (st->in_wlist)
+        return;
+    st->wprev = NULL;
+    st->wnext = s->whead;
+    if (s->whead)
+        s->whead->wprev = st;
+    s->whead = st;
+    st->in_wlist = 1;
+}
+
+static int stream_ready(const nb_muxsess_stream_t *st)
+{
+    if (st->state != ST_OPEN || st->fin_sent)
+        return 0;
+    const struct chunk *c = st->qhead;
+    if (!c)
+        return st->fin_queued;
+    if (c->chan == NB_MUX_CHAN_CTL)
+        return st->send_credit >= c->len - c->off;
+    return st->send_credit > 0;
+}
+
+void nb_mxs_update_ready(nb_muxsess_stream_t *st)
+{
+    nb_muxsess_t *s = st->s;
+    if (stream_ready(st)) {
+        nb_mxs_ready_add(s, st);
+        nb_mxs_schedule_flush(s);
+    } else {
+        nb_mxs_ready_del(s, st);
+    }
+}
+
+static int writable(const nb_muxsess_stream_t *st)
+{
+    const nb_muxsess_t *s = st->s;
+    return st->state != ST_DEAD && st->queued < s->o.stream_send_hiwat &&
+           (st->queued == 0 || s->queued < s->o.send_budget);
+}
+
+/* After a write: arm on_drain if the writer should now pause. */
+static void note_pressure(nb_muxsess_stream_t *st)
+{
+    if (writable(st))
+        return;
+    st->want_drain = 1;
+    if (st->s->queued >= st->s->o.send_budget)
+        st->s->send_blocked = 1;
+}
+
+void nb_mxs_chunk_unref(struct chunk *c)
+{
+    if (--c->refs)
+        return;
+    if (c->free_fn)
+        c->free_fn(c->p);
+    int k = c->cap == CHUNK_BIG ? 1 : c->cap == CHUNK_SMALL ? 0 : -1;
+    nb_muxsess_t *s = c->s;
+    if (k >= 0 && s && !s->freed && s->conn && s->npool[k] < (k ? POOL_BIG : POOL_SMALL)) {
+        c->next = s->pool[k];
+        s->pool[k] = c;
+        s->npool[k]++;
+        return;
+    }
+    free(c);
+}
+
+static struct chunk *chunk_get(nb_muxsess_t *s, size_t cap)
+{
+    int k = cap == CHUNK_BIG ? 1 : 0;
+    struct chunk *c = s->pool[k];
+    if (c) {
+        s->pool[k] = c->next;
+        s->npool[k]--;
+    } else if (!(c = malloc(sizeof *c + cap))) {
+        return NULL;
+    }
+    memset(c, 0, sizeof *c);
+    c->s = s;
+    c->p = (uint8_t *)(c + 1);
+    c->cap = cap;
+    c->refs = 1;
+    return c;
+}
+
+nb_muxsess_stream_t *nb_mxs_stream_new(nb_muxsess_t *s, uint32_t id, int local, int state)
+{
+    nb_muxsess_stream_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return NULL;
+    st->s = s;
+    st->id = id;
+    st->local = (uint8_t)local;
+    st->state = (uint8_t)state;
+    st->recv_credit = st->window = NB_MUX_INITIAL_WINDOW;
+    unsigned i = hidx(id);
+    st->hnext = s->buckets[i];
+    s->buckets[i] = st;
+    st->anext = s->all;
+    if (s->all)
+        s->all->aprev = st;
+    s->all = st;
+    s->nstreams++;
+    return st;
+}
+
+void nb_mxs_stream_finish(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg,
+                          int notify)
+{
+    nb_muxsess_t *s = st->s;
+    if (st->state == ST_DEAD)
+        return;
+    hash_del(s, st);
+    if (st->aprev)
+        st->aprev->anext = st->anext;
+    else
+        s->all = st->anext;
+    if (st->anext)
+        st->anext->aprev = st->aprev;
+    nb_mxs_ready_del(s, st);
+    nb_mxs_wlist_del(s, st);
+    s->nstreams--;
+    s->unconsumed -= st->unconsumed;
+    s->queued -= st->queued;
+    st->unconsumed = 0;
+    st->queued = 0;
+    struct chunk *c;
+    while ((c = st->qhead)) {
+        st->qhead = c->next;
+        nb_mxs_chunk_unref(c);
+    }
+    st->qtail = NULL;
+    st->state = ST_DEAD;
+    st->gnext = s->grave;
+    s->grave = st;
+    if (notify && st->cbs && st->cbs->on_close)
+        st->cbs->on_close(st, err, code, msg ? msg : "", st->ud);
+}
+
+int nb_muxsess_open(nb_muxsess_t *s, const char *service, nb_iov_t args,
+                    const nb_muxsess_stream_cbs_t *cbs, void *ud, nb_muxsess_stream_t **out)
+{
+    *out = NULL;
+    if (!nb_muxsess_is_up(s))
+        return NB_ESTATE;
+    size_t n = strlen(service);
+    if (!nb_mux_service_valid(service, n))
+        return NB_EINVAL;
+    if (args.len > NB_MUX_MAX_PAYLOAD - 1 - n)
+        return NB_ETOOBIG;
+    if (s->nstreams >= s->o.max_streams)
+        return -EBUSY;
+    if (s->next_local_id > UINT32_MAX - 2)
+        return NB_ESTATE;
+    nb_muxsess_stream_t *st = nb_mxs_stream_new(s, s->next_local_id, 1, ST_OPENING);
+    if (!st)
+        return -ENOMEM;
+    int r = nb_mux_enc_open(&s->ctlq, st->id, service, args);
+    if (r < 0) {
+        nb_mxs_stream_finish(st, r, NB_MUX_E_INTERNAL, NULL, 0);
+        return r;
+    }
+    s->next_local_id += 2;
+    st->cbs = cbs;
+    st->ud = ud;
+    nb_mxs_schedule_flush(s);
+    *out = st;
+    return 0;
+}
+
+void nb_muxsess_stream_set_cbs(nb_muxsess_stream_t *st, const nb_muxsess_stream_cbs_t *cbs,
+                               void *ud)
+{
+    st->cbs = cbs;
+    st->ud = ud;
+}
+
+int nb_muxsess_stream_accept(nb_muxsess_stream_t *st)
+{
+    nb_muxsess_t *s = st->s;
+    if (st->state != ST_PENDING || !s->conn)
+        return NB_ESTATE;
+    int r = nb_mux_enc_frame(&s->ctlq, NB_MUX_OPEN_OK, 0, st->id, NULL, 0);
+    if (r < 0)
+        return nb_mxs_ctl_frame_result(s, r);
+    st->state = ST_OPEN;
+    st->send_credit = NB_MUX_INITIAL_WINDOW;
+    nb_mxs_update_ready(st);
+    nb_mxs_schedule_flush(s);
+    return 0;
+}
+
+void nb_muxsess_stream_reject(nb_muxsess_stream_t *st, uint32_t code, const char *msg)
+{
+    nb_muxsess_t *s = st->s;
+    if (st->state != ST_PENDING) {
+        nb_muxsess_stream_reset(st, code, msg);
+        return;
+    }
+    if (s->conn) {
+        s->stats.opens_refused++;
+        nb_mxs_ctl_frame_result(s, nb_mux_enc_code(&s->ctlq, NB_MUX_OPEN_ERR, st->id, code, msg));
+    }
+    nb_mxs_stream_finish(st, 0, code, NULL, 0);
+}
+
+void nb_muxsess_stream_reset(nb_muxsess_stream_t *st, uint32_t code, const char *msg)
+{
+    nb_muxsess_t *s = st->s;
+    if (st->state == ST_DEAD)
+        return;
+    if (st->state == ST_PENDING) {
+        nb_muxsess_stream_reject(st, code, msg);
+        return;
+    }
+    if (s->conn)
+        nb_mxs_ctl_frame_result(s, nb_mux_enc_code(&s->ctlq, NB_MUX_RST, st->id, code, msg));
+    nb_mxs_stream_finish(st, 0, code, NULL, 0);
+}
+
+static int queue_chunk(nb_muxsess_stream_t *st, struct chunk *c)
+{
+    nb_muxsess_t *s = st->s;
+    c->next = NULL;
+    if (st->qtail)
+        st->qtail->next = c;
+    else
+        st->qhead = c;
+    st->qtail = c;
+    st->queued += c->len;
+    s->queued += c->len;
+    note_pressure(st);
+    nb_mxs_update_ready(st);
+    return 0;
+}
+
+static int write_check(const nb_muxsess_stream_t *st, unsigned chan, size_t n)
+{
+    if (st->state == ST_DEAD || st->state == ST_PENDING || st->fin_queued || !st->s->conn)
+        return NB_ESTATE;
+    if (chan > NB_MUX_CHAN_CTL)
+        return NB_EINVAL;
+    if (chan == NB_MUX_CHAN_CTL && n > NB_MUX_CTL_MAX)
+        return NB_ETOOBIG;
+    if (n > st->s->o.stream_send_max - st->queued)
+        return NB_ETOOBIG;
+    return 0;
+}
+
+int nb_muxsess_stream_write(nb_muxsess_stream_t *st, unsigned chan, const void *p, size_t n)
+{
+    nb_muxsess_t *s = st->s;
+    const uint8_t *src = p;
+    int r;
+    if ((r = write_check(st, chan, n)) < 0)
+        return r;
+    while (n) {
+        struct chunk *t = st->qtail;
+        if (chan != NB_MUX_CHAN_CTL && t && t->s && t->chan == chan && t->cap > t->len) {
+            /* Fill the tail; bytes already framed stay where they are. */
+            size_t k = t->cap - t->len < n ? t->cap - t->len : n;
+            memcpy(t->p + t->len, src, k);
+            t->len += k;
+            st->queued += k;
+            s->queued += k;
+            src += k;
+            n -= k;
+            continue;
+        }
+        /* A CTL message is one chunk of its own (<= 4096 bytes). */
+        size_t cap = chan == NB_MUX_CHAN_CTL || n < CHUNK_SMALL ? CHUNK_SMALL : CHUNK_BIG;
+        struct chunk *c = chunk_get(s, cap);
+        if (!c)
+            return -ENOMEM; /* what was copied so far stays queued */
+        size_t k = n < cap ? n : cap;
+        memcpy(c->p, src, k);
+        c->len = k;
+        c->chan = (uint8_t)chan;
+        c->next = NULL;
+        if (st->qtail)
+            st->qtail->next = c;
+        else
+            st->qhead = c;
+        st->qtail = c;
+        st->queued += k;
+        s->queued += k;
+        src += k;
+        n -= k;
+    }
+    note_pressure(st);
+    nb_mxs_update_ready(st);
+    return 0;
+}
+
+int nb_muxsess_stream_write_owned(nb_muxsess_stream_t *st, unsigned chan, void *p, size_t n,
+                                  void (*free_fn)(void *))
+{
+    int r;
+    if ((r = write_check(st, chan, n)) < 0 || n == 0) {
+        if (free_fn)
+            free_fn(p);
+        return r;
+    }
+    struct chunk *c = calloc(1, sizeof *c);
+    if (!c) {
+        if (free_fn)
+            free_fn(p);
+        return -ENOMEM;
+    }
+    c->p = p;
+    c->len = n;
+    c->chan = (uint8_t)chan;
+    c->refs = 1;
+    c->free_fn = free_fn;
+    return queue_chunk(st, c);
+}
+
+int nb_muxsess_stream_writable(const nb_muxsess_stream_t *st)
+{
+    return writable(st);
+}
+
+size_t nb_muxsess_stream_queued(const nb_muxsess_stream_t *st)
+{
+    return st->queued;
+}
+
+int nb_muxsess_stream_fin(nb_muxsess_stream_t *st)
+{
+    if (st->state == ST_DEAD || st->state == ST_PENDING)
+        return NB_ESTATE;
+    if (st->fin_queued)
+        return 0;
+    st->fin_queued = 1;
+    nb_mxs_update_ready(st);
+    return 0;
+}
+
+void nb_muxsess_stream_consume(nb_muxsess_stream_t *st, size_t n)
+{
+    nb_muxsess_t *s = st->s;
+    if (st->state == ST_DEAD)
+        return;
+    if (n > st->unconsumed)
+        n = st->unconsumed;
+    st->unconsumed -= n;
+    s->unconsumed -= n;
+    if (!st->fin_recv) {
+        st->consumed_pending += (uint32_t)n;
+        if (st->consumed_pending >= st->window / 4) {
+            wlist_add(s, st);
+            nb_mxs_schedule_flush(s);
+        }
+    }
+    if (s->conn && !s->conn->reading)
+        nb_mxs_schedule_flush(s); /* on_prep re-checks the read budget */
+}
+
+uint32_t nb_muxsess_stream_id(const nb_muxsess_stream_t *st)
+{
+    return st->id;
+}
+
+void *nb_muxsess_stream_ud(const nb_muxsess_stream_t *st)
+{
+    return st->ud;
+}
+
+nb_muxsess_t *nb_muxsess_stream_session(const nb_muxsess_stream_t *st)
+{
+    return st->s;
+}
