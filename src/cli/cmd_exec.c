@@ -15,6 +15,7 @@
 
 #include "cli/client.h"
 #include "cli/cmd.h"
+#include "cli/termfilter.h"
 #include "cli/vmio.h"
 #include "cli/wsclient.h"
 #include "lib/err.h"
@@ -93,6 +94,42 @@ static void write_all(int fd, const uint8_t *p, size_t n)
     }
 }
 
+/* Guest output that goes to a terminal passes through a filter (THREATS.md
+ * A20, docs/internals/termfilter.md); into a pipe or a file it stays
+ * byte-exact. */
+static nb_termfilter_t out_filter[2]; /* stdout, stderr */
+static int out_filtered[2];
+static int out_fd[2] = {STDOUT_FILENO, STDERR_FILENO};
+
+static void on_filtered(void *ud, const uint8_t *p, size_t n)
+{
+    write_all(*(int *)ud, p, n);
+}
+
+static void write_guest(int ch, const uint8_t *p, size_t n)
+{
+    if (out_filtered[ch])
+        nb_termfilter_feed(&out_filter[ch], p, n, on_filtered, &out_fd[ch]);
+    else
+        write_all(out_fd[ch], p, n);
+}
+
+/* Flushes the filters and prints one notice if anything was blocked. */
+static void filter_finish(void)
+{
+    nb_termfilter_stats_t st = {0};
+    char line[256];
+    for (int i = 0; i < 2; i++) {
+        if (!out_filtered[i])
+            continue;
+        nb_termfilter_finish(&out_filter[i], on_filtered, &out_fd[i]);
+        nb_termfilter_stats(&out_filter[i], &st);
+        out_filtered[i] = 0;
+    }
+    if (nb_termfilter_notice(&st, line, sizeof line))
+        fputs(line, stderr);
+}
+
 static int send_json(nb_wsc_t *ws, json_t *j)
 {
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
@@ -142,7 +179,7 @@ static int drain_ws(nb_wsc_t *ws, sess_t *s, nb_buf_t *msg)
         if (r < 0)
             return r;
         if (op == NB_WSC_BINARY && msg->len >= 1) {
-            write_all(msg->p[0] == 1 ? STDERR_FILENO : STDOUT_FILENO, msg->p + 1, msg->len - 1);
+            write_guest(msg->p[0] == 1, msg->p + 1, msg->len - 1);
             s->to_ack += msg->len - 1;
         } else if (op == NB_WSC_TEXT) {
             on_text(s, msg);
@@ -196,6 +233,10 @@ int nb_cli_vm_session(nb_cli_t *cli, const char *vm, int pty, const json_t *req,
     int stdin_open = use_stdin, forwarded = 0, code;
     if ((code = connect_session(cli, vm, pty, &ws)) != 0)
         return code;
+    for (int i = 0; i < 2; i++) {
+        out_filtered[i] = isatty(out_fd[i]);
+        nb_termfilter_init(&out_filter[i]);
+    }
     if (!pty) {
         json_t *first = json_deep_copy(req);
         json_object_set_new(first, "stdin", json_boolean(use_stdin));
@@ -262,6 +303,7 @@ int nb_cli_vm_session(nb_cli_t *cli, const char *vm, int pty, const json_t *req,
         }
     }
     restore_tty();
+    filter_finish();
     nb_buf_free(&msg);
     nb_wsc_free(ws);
     signal(SIGWINCH, SIG_DFL);

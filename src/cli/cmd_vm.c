@@ -242,6 +242,7 @@ static int do_create(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         json_decref(res);
         if (!cli->json)
             printf("created VM %s\n", name);
+        fflush(stdout);
         vm_path(path, sizeof path, name, "/start");
         return start_and_wait(cli, name, path, 0);
     }

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lib/err.h"
 #include "lib/log.h"
@@ -592,6 +593,22 @@ void nb_mxs_on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
         s->last_rx = now_ms(s);
         s->stats.bytes_in += (uint64_t)n;
         process(s, c, (const uint8_t *)b->base, (size_t)n);
+        /* A virtio-serial port returns one guest buffer (a few KiB) per
+         * read, and libuv goes back to polling after every short read:
+         * drain what is already there in this turn (bounded). */
+        uv_os_fd_t fd;
+        for (int i = 0; i < 64 && s->conn == c && (size_t)n < RBUF_SIZE && s->rbuf &&
+                        uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0;
+             i++) {
+            nb_mxs_update_read(s); /* the receive budget may say stop */
+            if (!c->reading)
+                break;
+            ssize_t k = read(fd, s->rbuf, RBUF_SIZE);
+            if (k <= 0)
+                break; /* EAGAIN, or EOF/errors: libuv's next read reports them */
+            s->stats.bytes_in += (uint64_t)k;
+            process(s, c, s->rbuf, (size_t)k);
+        }
         if (s->conn == c) {
             nb_mxs_flush(s);
             nb_mxs_update_read(s);

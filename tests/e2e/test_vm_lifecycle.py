@@ -12,7 +12,7 @@ NB_E2E_CACHE), and VMs shared between the cases, in order:
      the channel reconnects and exec works;
   06 kill QEMU: crash detected, on-failure restarts it;
   07 snapshots (live save, restore when stopped) and resize;
-  08 stop and remove.
+  08 restart, stop and remove.
 
 Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE,
 NB_IMAGES_SRC, PYTHONPATH with tests/integ (daemon_harness).
@@ -375,6 +375,11 @@ class VmE2E(unittest.TestCase):
     # -- 08 ------------------------------------------------------------------
     def test_08_stop_rm(self):
         self.ensure_running("t1")
+        old = self.qemu_pid("t1")
+        r = self.cli("vm", "restart", "t1", timeout=300)
+        self.assertIn("is running", r.stdout)
+        self.assertNotEqual(self.qemu_pid("t1"), old)
+        self.assertFalse(alive(old))
         r = self.cli("vm", "rm", "t1", ok=False)
         self.assertIn("--force", r.stderr)
         pid = self.qemu_pid("t1")

@@ -201,8 +201,10 @@ static void test_A24_wrong_master_key(void)
 
     /* Tampered wrapped data key: refused even with the right master key. */
     sqlite3_exec(db,
-                 "UPDATE secret_meta SET v = "
-                 "substr(v, 1, 40) || x'00' || substr(v, 42) WHERE k = 'datakey'",
+                 /* Always a different byte (the old one may happen to be 0). */
+                 "UPDATE secret_meta SET v = substr(v, 1, 40) || "
+                 "CASE WHEN substr(v, 41, 1) = x'00' THEN x'01' ELSE x'00' END || "
+                 "substr(v, 42) WHERE k = 'datakey'",
                  NULL, NULL, NULL);
     NB_CHECK_EQ_INT(nb_secrets_open(db, good, &s), NB_EAUTH);
 

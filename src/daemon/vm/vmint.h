@@ -156,6 +156,11 @@ int vm_run_cmd(const char *const *argv, char *out, size_t outsz);
 
 /* lifecycle.c */
 void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud);
+/* QEMU is gone (`how`: "exit status 0", "killed by signal 9"...): tears
+ * the boot down and decides the next state (stopped, crashed, restart). */
+void vm_exited(nb_vm_t *vm, const char *how);
+
+/* stop.c */
 void vm_lc_stop(nb_vm_t *vm, int force, nb_vmm_cb cb, void *ud);
 void vm_lc_reattach(nb_vm_t *vm);
 /* Exit check for a re-attached QEMU that has no pidfd (manager tick). */
