@@ -216,15 +216,17 @@ class EgressE2E(unittest.TestCase):
                 d.cli("vm", "stop", "--force", VM, timeout=60)
             except Exception:
                 pass
-            pidf = os.path.join(d.home, "vms", VM, "qemu.pid")
-            try:
-                os.kill(int(open(pidf).read().strip()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
+            for vm in (VM, "eg2"):
+                pidf = os.path.join(d.home, "vms", vm, "qemu.pid")
+                try:
+                    os.kill(int(open(pidf).read().strip()), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
             d.cleanup()
         for p in getattr(cls, "procs", []):
             p.kill()
             p.wait()
+            p.stdout.close()
         shutil.rmtree(getattr(cls, "tmp", "/nonexistent"), ignore_errors=True)
 
     # -- helpers -----------------------------------------------------------
@@ -491,7 +493,11 @@ class EgressE2E(unittest.TestCase):
         self.assertEqual(self.out("echo still-here").strip(), "still-here")
         # A17: root in the guest kills the agent and writes garbage into the
         # channel port: the host drops that session, the daemon stays up,
-        # and the respawned agent's channel comes back.
+        # the respawned agent's channel comes back, and another VM never
+        # notices.
+        self.ccli("vm", "create", "eg2", timeout=120)
+        self.ccli("vm", "start", "eg2", timeout=300)
+        other = json.loads(self.ccli("--json", "vm", "inspect", "eg2").stdout)["agent_sessions"]
         self.sh("setsid sh -c 'sleep 1; kill -9 $(pidof nilbox-agent); usleep 200000; "
                 "head -c 200000 /dev/urandom > /dev/virtio-ports/org.nilbox.mux' "
                 ">/dev/null 2>&1 < /dev/null & echo started")
@@ -501,6 +507,12 @@ class EgressE2E(unittest.TestCase):
                  "the agent's channel to come back")
         st, _, _ = self.d.unix("GET", "/v1/status")
         self.assertEqual(st, 200)
+        r = self.d.cli("exec", "eg2", "--", "sh", "-c", 'echo "$OPENAI_API_KEY"', timeout=60)
+        self.assertEqual(r.stdout.strip(), "OPENAI_API_KEY")
+        self.assertEqual(json.loads(self.ccli("--json", "vm", "inspect", "eg2").stdout)
+                         ["agent_sessions"], other)
+        self.ccli("vm", "stop", "eg2", timeout=120)
+        self.ccli("vm", "rm", "eg2", timeout=60)
         self.assertIsNone(self.d.proc.poll())
         self.assertEqual(self.out('echo "$OPENAI_API_KEY"').strip(), "OPENAI_API_KEY")
         r = self.sh("curl -sS -m 60 -o /dev/null -w '%{http_code}' https://api.example.test/echo")

@@ -35,7 +35,7 @@
 #define GUEST_PROFILE "/etc/profile.d/nilbox-env.sh"
 #define GUEST_ENVIRONMENT "/etc/environment"
 
-#define PROV_OP_TIMEOUT_MS 20000 /* one write or command in the guest */
+#define PROV_OP_TIMEOUT_MS 60000 /* one write or command in a (slow, emulated) guest */
 #define PROV_ANSWER_MAX 4096
 #define ARGS_MAX 1024        /* egress/dns OPEN arguments are tiny */
 #define DNS_AUDIT_PER_MIN 30 /* dns.blocked rows per VM and minute; then only counted */
@@ -318,6 +318,39 @@ static void reject(nb_guestsvc_t *g, nb_muxsess_stream_t *st, uint32_t code, con
     nb_muxsess_stream_reject(st, code, msg);
 }
 
+static const nb_muxsess_stream_cbs_t drop_cbs = {.auto_consume = 1};
+
+/* The egress engine is not available (the secret store is locked, so there
+ * is no CA): an explicit-proxy client gets a 503 it can show, whatever it
+ * sent (a CONNECT or a plain request), and the stream ends. */
+static void unavailable(nb_guestsvc_t *g, nb_muxsess_stream_t *st, const char *vm, const char *why)
+{
+    char body[400], resp[700];
+    json_t *j = json_pack("{s:s, s:s, s:s}", "error", "unavailable", "reason", why, "hint",
+                          "ask the user to unlock the secret store ('nilbox secret unlock')");
+    char *js = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    snprintf(body, sizeof body, "%s\n", js ? js : "{\"error\":\"unavailable\"}");
+    free(js);
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nX-Nilbox-Reason: egress-unavailable\r\n"
+                     "Connection: close\r\n\r\n%s",
+                     strlen(body), body);
+    g->st.egress_refused++;
+    char esc[300];
+    nb_log(NB_LOG_INFO, "vm %s: egress unavailable: %s", vm,
+           nb_log_escape(esc, sizeof esc, why, strlen(why)));
+    nb_muxsess_stream_set_cbs(st, &drop_cbs, NULL);
+    if (nb_muxsess_stream_accept(st) < 0) {
+        nb_muxsess_stream_reject(st, NB_MUX_E_REFUSED, why);
+        return;
+    }
+    if (n > 0 && (size_t)n < sizeof resp)
+        nb_muxsess_stream_write(st, NB_MUX_CHAN_STDIO, resp, (size_t)n);
+    nb_muxsess_stream_fin(st);
+}
+
 static int egress_open(nb_guestsvc_t *g, const char *vm, nb_muxsess_stream_t *st, nb_iov_t args)
 {
     char err[256];
@@ -364,6 +397,10 @@ static int egress_open(nb_guestsvc_t *g, const char *vm, nb_muxsess_stream_t *st
     if (!px) {
         if (!g->engine)
             snprintf(err, sizeof err, "no egress engine");
+        if (!destp) {
+            unavailable(g, st, vm, err); /* a proxy client can read an HTTP answer */
+            return 0;
+        }
         reject(g, st, NB_MUX_E_REFUSED, vm, err);
         return 0;
     }
@@ -873,10 +910,19 @@ static int render_env(json_t *env, nb_buf_t *plain, nb_buf_t *sh, nb_buf_t *etc)
 
 static void prov_start(nb_guestsvc_t *g, gvm_t *v)
 {
+    /* Adds the CA to the system bundle at once. Debian's
+     * update-ca-certificates would too (it takes the file under
+     * /usr/local/share/ca-certificates on its next run), but it takes most
+     * of a minute in an emulated guest. The tiny image's bundle is a
+     * symlink to the CA file: nothing to do there. */
     static const char *const trust_argv[] = {
         "/bin/sh", "-c",
-        "if command -v update-ca-certificates >/dev/null 2>&1; then "
-        "update-ca-certificates >/dev/null 2>&1; fi; exit 0",
+        "ca=" GUEST_CA_FILE "; b=" GUEST_BUNDLE "; [ -s \"$ca\" ] || exit 0; "
+        "if [ -f \"$b\" ] && [ ! -L \"$b\" ]; then "
+        "l=$(sed -n 2p \"$ca\"); grep -qF -- \"$l\" \"$b\" || cat \"$ca\" >>\"$b\"; "
+        "if command -v openssl >/dev/null 2>&1; then "
+        "h=$(openssl x509 -hash -noout -in \"$ca\" 2>/dev/null) && "
+        "ln -sf \"$ca\" \"/etc/ssl/certs/$h.0\"; fi; fi; exit 0",
         NULL};
     if (v->prov) {
         v->prov_again = 1;
