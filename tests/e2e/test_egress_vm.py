@@ -147,6 +147,17 @@ class Echo:
 class EgressE2E(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
+        try:
+            cls._setup()
+        except unittest.SkipTest:
+            raise
+        except BaseException:
+            # unittest skips tearDownClass when setUpClass fails: clean up here.
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def _setup(cls):
         if not (NILBOX and NILBOXD and AGENT and CACHE and IMAGES):
             raise unittest.SkipTest("NB_TEST_NILBOX/NILBOXD, NILBOX_AGENT, NB_E2E_CACHE or "
                                     "NB_IMAGES_SRC not set")
