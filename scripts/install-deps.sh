@@ -17,16 +17,30 @@ for p in $PKGS; do
 done
 # npm (for the Node client tests) comes with some Node.js builds; Debian packs it apart.
 command -v npm >/dev/null 2>&1 || missing="$missing npm"
-[ -z "$missing" ] && exit 0
-
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "nilbox: need root or sudo to install:$missing" >&2; exit 1; }
-    SUDO="sudo"
+if [ -n "$missing" ]; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "nilbox: need root or sudo to install:$missing" >&2; exit 1; }
+        SUDO="sudo"
+    fi
+    echo "nilbox: installing Debian packages:$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    # A fresh machine has empty lists; a stale one may 404. Update first, once.
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
-echo "nilbox: installing Debian packages:$missing" >&2
-export DEBIAN_FRONTEND=noninteractive
-# A fresh machine has empty lists; a stale one may 404. Update first, once.
-$SUDO apt-get update -qq
-# shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+
+# npm packages the tests use, exactly as locked: installed here, at setup, so that the test suite
+# itself never reaches a network. `npm ci` runs again only when the lockfile changed.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+for dir in tests/integ/node; do
+    lock="$ROOT/$dir/package-lock.json"
+    stamp="$ROOT/$dir/node_modules/.package-lock.json"
+    [ -f "$lock" ] || continue
+    if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ]; then
+        echo "nilbox: installing npm packages for $dir (from its lockfile)" >&2
+        (cd "$ROOT/$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+            { echo "nilbox: npm ci failed in $dir (is the npm registry reachable?)" >&2; exit 1; }
+    fi
+done
