@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "lib/buf.h"
@@ -42,18 +43,48 @@ void nb_agent_dns_stop(void);
 
 /* ---- helpers shared by the services (proc.c) ---- */
 
+#define NB_AGENT_USER_NAME_MAX 33
+#define NB_AGENT_USER_GROUPS_MAX 32
+
+/* A guest account (user.c), read from /etc/passwd and /etc/group. */
+typedef struct {
+    uid_t uid;
+    gid_t gid;
+    char name[NB_AGENT_USER_NAME_MAX];
+    char home[256];
+    char shell[256];
+    gid_t groups[NB_AGENT_USER_GROUPS_MAX]; /* supplementary, without gid */
+    size_t ngroups;
+} nb_agent_user_t;
+
+/* Looks an account up by `name`, or by `uid` when name is NULL.
+ * 0, -ENOENT (no such account), NB_ETOOBIG or another -errno. */
+int nb_agent_user_lookup(const char *name, uid_t uid, nb_agent_user_t *u);
+/* The same on other files (tests). */
+int nb_agent_user_lookup_in(const char *passwd_path, const char *group_path, const char *name,
+                            uid_t uid, nb_agent_user_t *u);
+/* 1 when `name` is a plausible account name (the useradd rules). */
+int nb_agent_user_valid_name(const char *name);
+
 /* A command to start: argv and envp are NULL-terminated, owned. */
 typedef struct {
     char **argv;
     char **envp;
-    char *cwd;  /* NULL: inherit */
-    char *path; /* resolved executable (pty: resolved before fork) */
+    char *cwd;       /* NULL: inherit */
+    char *path;      /* resolved executable (pty: resolved before fork) */
+    int switch_user; /* run as `user` (the agent's own uid differs) */
+    nb_agent_user_t user;
 } nb_agent_cmd_t;
 
-/* Parses {"argv": [...], "env": {...}, "clear_env": bool, "cwd": "..."}
- * from `args` (untrusted). `default_argv0` (may be NULL) is used when argv
- * is absent (pty: the login shell); `term` (may be NULL) sets TERM.
- * On error returns NB_EINVAL with a reason in `why` (size whysz). */
+/* Parses {"argv": [...], "env": {...}, "clear_env": bool, "cwd": "...",
+ * "user": "name"} from `args` (untrusted). The command runs as `user`
+ * (default: the agent's own account) with a login-like environment: HOME,
+ * USER, LOGNAME, SHELL, PATH, LANG, TERM (when `term` is set), then `env`
+ * on top; nothing of the agent's own environment leaks in. With clear_env,
+ * only `env` (and a default PATH). The working directory defaults to the
+ * user's home. `default_argv0` (may be NULL) is used when argv is absent
+ * (pty: the login shell; "" means the user's shell). On error returns
+ * NB_EINVAL with a reason in `why` (size whysz). */
 int nb_agent_cmd_parse(const json_t *args, const char *default_argv0, const char *term,
                        nb_agent_cmd_t *cmd, char *why, size_t whysz);
 

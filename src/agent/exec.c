@@ -259,7 +259,10 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
         .args = cmd.argv,
         .env = cmd.envp,
         .cwd = cmd.cwd,
-        .flags = UV_PROCESS_DETACHED, /* own session and process group */
+        .flags = UV_PROCESS_DETACHED /* own session and process group */
+                 | (cmd.switch_user ? UV_PROCESS_SETUID | UV_PROCESS_SETGID : 0),
+        .uid = cmd.user.uid,
+        .gid = cmd.user.gid,
         .stdio_count = NPIPES,
         .stdio = stdio,
     };

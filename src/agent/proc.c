@@ -14,8 +14,6 @@
 #define MAX_ENV 1024
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-extern char **environ;
-
 static void free_vec(char **v)
 {
     if (!v)
@@ -106,6 +104,40 @@ int nb_agent_cmd_parse(const json_t *args, const char *default_argv0, const char
     json_t *jenv = json_object_get(args, "env");
     json_t *jcwd = json_object_get(args, "cwd");
     json_t *jclear = json_object_get(args, "clear_env");
+    json_t *juser = json_object_get(args, "user");
+
+    if (juser && (!json_is_string(juser) || !nb_agent_user_valid_name(json_string_value(juser)))) {
+        snprintf(why, whysz, "user must be an account name");
+        goto out;
+    }
+    const char *uname = juser ? json_string_value(juser) : NULL;
+    if ((r = nb_agent_user_lookup(uname, geteuid(), &cmd->user)) < 0) {
+        if (uname)
+            snprintf(why, whysz, "no account '%s' in this VM", uname);
+        else
+            snprintf(why, whysz, "the agent's own account is not in /etc/passwd");
+        r = NB_EINVAL;
+        if (uname)
+            goto out;
+        /* Without a passwd entry for itself the agent still runs commands. */
+        memset(&cmd->user, 0, sizeof cmd->user);
+        cmd->user.uid = geteuid();
+        cmd->user.gid = getegid();
+        memcpy(cmd->user.home, "/", 2);
+        memcpy(cmd->user.shell, "/bin/sh", 8);
+        snprintf(cmd->user.name, sizeof cmd->user.name, "%u", (unsigned)geteuid());
+    }
+    if (cmd->user.uid != geteuid()) {
+        if (geteuid() != 0) {
+            snprintf(why, whysz, "cannot run as '%s': the agent does not run as root", uname);
+            r = NB_EINVAL;
+            goto out;
+        }
+        cmd->switch_user = 1;
+    }
+    if (default_argv0 && !*default_argv0)
+        default_argv0 = cmd->user.shell;
+    r = NB_EINVAL;
 
     if (jargv) {
         size_t n = json_array_size(jargv);
@@ -138,6 +170,8 @@ int nb_agent_cmd_parse(const json_t *args, const char *default_argv0, const char
     }
     if (jcwd && !(cmd->cwd = strdup(json_string_value(jcwd))))
         goto oom;
+    if (!jcwd && access(cmd->user.home, X_OK) == 0 && !(cmd->cwd = strdup(cmd->user.home)))
+        goto oom;
     if (jclear && !json_is_boolean(jclear)) {
         snprintf(why, whysz, "clear_env must be a boolean");
         goto out;
@@ -151,11 +185,15 @@ int nb_agent_cmd_parse(const json_t *args, const char *default_argv0, const char
     if (!(cmd->envp = calloc(cap, sizeof(char *))))
         goto oom;
     if (!json_is_true(jclear)) {
-        for (char **e = environ; e && *e && n + 1 < cap; e++) {
-            if (!(cmd->envp[n] = strdup(*e)))
-                goto oom;
-            n++;
-        }
+        /* A login-like environment; the agent's own (service manager
+         * variables and the like) is not the command's business. */
+        const char *base[][2] = {
+            {"HOME", cmd->user.home},   {"USER", cmd->user.name}, {"LOGNAME", cmd->user.name},
+            {"SHELL", cmd->user.shell}, {"PATH", DEFAULT_PATH},   {"LANG", "C.UTF-8"},
+        };
+        for (size_t i = 0; i < sizeof base / sizeof base[0]; i++)
+            if ((r = env_set(cmd->envp, &n, cap, base[i][0], base[i][1])) < 0)
+                goto fail;
     }
     if (term && (r = env_set(cmd->envp, &n, cap, "TERM", term)) < 0)
         goto fail;

@@ -4,6 +4,7 @@
  * arrange; its exit is collected by a SIGCHLD watcher with waitpid(pid). */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <pty.h>
 #include <signal.h>
 #include <stdio.h>
@@ -271,6 +272,12 @@ static void child(int slave, const nb_agent_cmd_t *cmd, char *const argv[])
         _exit(126);
     if (slave > 2)
         close(slave);
+    if (cmd->switch_user && (setgroups(cmd->user.ngroups, cmd->user.groups) < 0 ||
+                             setgid(cmd->user.gid) < 0 || setuid(cmd->user.uid) < 0)) {
+        static const char msg[] = "nilbox-agent: cannot switch to the user\r\n";
+        (void)!write(2, msg, sizeof msg - 1);
+        _exit(126);
+    }
     if (cmd->cwd && chdir(cmd->cwd) < 0) {
         static const char msg[] = "nilbox-agent: cannot change to the working directory\r\n";
         (void)!write(2, msg, sizeof msg - 1);
@@ -299,11 +306,9 @@ int nb_agent_pty_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
         snprintf(why, sizeof why, "invalid term, rows or cols");
         goto bad;
     }
-    const char *shell = getenv("SHELL");
-    if (!shell || shell[0] != '/')
-        shell = "/bin/sh";
-    if ((r = nb_agent_cmd_parse(j, shell, term, &cmd, why, sizeof why)) < 0)
+    if ((r = nb_agent_cmd_parse(j, "", term, &cmd, why, sizeof why)) < 0)
         goto bad;
+    const char *shell = cmd.user.shell;
     int use_login = !json_object_get(j, "argv");
     if ((r = nb_agent_cmd_resolve(&cmd)) < 0) {
         char name[64];

@@ -192,7 +192,7 @@ static int drain_ws(nb_wsc_t *ws, sess_t *s, nb_buf_t *msg)
     return 0;
 }
 
-static int connect_session(nb_cli_t *cli, const char *vm, int pty, nb_wsc_t **ws)
+static int connect_session(nb_cli_t *cli, const char *vm, int pty, const char *user, nb_wsc_t **ws)
 {
     char path[256], err[512];
     int status = 0;
@@ -209,7 +209,8 @@ static int connect_session(nb_cli_t *cli, const char *vm, int pty, nb_wsc_t **ws
             strspn(term, "abcdefghijklmnopqrstuvwxyz0123456789-+._") != strlen(term) ||
             strlen(term) > 60)
             term = "xterm-256color";
-        snprintf(path, sizeof path, "/v1/vms/%s/pty?rows=%d&cols=%d&term=%s", vm, rows, cols, term);
+        snprintf(path, sizeof path, "/v1/vms/%s/pty?rows=%d&cols=%d&term=%s%s%s", vm, rows, cols,
+                 term, user ? "&user=" : "", user ? user : "");
     } else {
         snprintf(path, sizeof path, "/v1/vms/%s/exec", vm);
     }
@@ -231,7 +232,13 @@ int nb_cli_vm_session(nb_cli_t *cli, const char *vm, int pty, const json_t *req,
     nb_buf_t msg;
     uint8_t inbuf[IN_CHUNK + 1];
     int stdin_open = use_stdin, forwarded = 0, code;
-    if ((code = connect_session(cli, vm, pty, &ws)) != 0)
+    const char *user = req ? nb_json_str(req, "user") : NULL;
+    if (user && (!user[0] || strlen(user) > 32 ||
+                 strspn(user, "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(user))) {
+        fprintf(stderr, "nilbox: '%s' is not an account name (a-z, 0-9, _ and -)\n", user);
+        return NB_CLI_USAGE;
+    }
+    if ((code = connect_session(cli, vm, pty, user, &ws)) != 0)
         return code;
     for (int i = 0; i < 2; i++) {
         out_filtered[i] = isatty(out_fd[i]);
@@ -341,6 +348,9 @@ static int do_exec(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     const char *cwd = nb_cli_opt(v, a, "cwd");
     if (cwd)
         json_object_set_new(req, "cwd", json_string(cwd));
+    const char *user = nb_cli_opt(v, a, "user");
+    if (user)
+        json_object_set_new(req, "user", json_string(user));
     /* One -e NAME=VALUE (the option parser keeps an option's last value). */
     const char *env = nb_cli_opt(v, a, "env");
     if (env) {
@@ -364,7 +374,8 @@ static int do_exec(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 static const nb_cli_opt_t exec_opts[] = {
     {"no-stdin", 'n', NULL, "give the command no input (/dev/null)"},
     {"env", 'e', "NAME=VALUE", "set an environment variable for the command"},
-    {"cwd", 'w', "DIR", "working directory in the guest"},
+    {"cwd", 'w', "DIR", "working directory in the guest (default: the user's home)"},
+    {"user", 'u', "NAME", "run as this account in the guest (default: the VM's default user)"},
     {NULL, 0, NULL, NULL},
 };
 

@@ -4,13 +4,24 @@
  * several shells may run at once. Exit status: the shell's. */
 #include <stdio.h>
 
+#include <jansson.h>
+
 #include "cli/cmd.h"
 #include "cli/vmio.h"
 
 static int do_shell(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
-    return nb_cli_vm_session(cli, a->pos[0], 1, NULL, 1);
+    const char *user = nb_cli_opt(v, a, "user");
+    json_t *req = user ? json_pack("{s:s}", "user", user) : NULL;
+    int code = nb_cli_vm_session(cli, a->pos[0], 1, req, 1);
+    json_decref(req);
+    return code;
 }
+
+static const nb_cli_opt_t shell_opts[] = {
+    {"user", 'u', "NAME", "log in as this account (default: the VM's default user)"},
+    {NULL, 0, NULL, NULL},
+};
 
 static const nb_cli_verb_t shell_self = {
     NULL,
@@ -20,7 +31,7 @@ static const nb_cli_verb_t shell_self = {
     "The terminal follows your window's size. Leave with 'exit' or Ctrl-D.",
     1,
     1,
-    NULL,
+    shell_opts,
     do_shell,
     NB_CLI_NEEDS_DAEMON,
 };

@@ -36,6 +36,7 @@ typedef struct {
     char vm[NB_VM_NAME_MAX + 1];
     int rows, cols;
     char term[64];
+    char user[33];     /* guest account to run as; "" = the VM's default */
     nb_api_ctx_t *ctx; /* until the upgrade */
     nb_ws_t *ws;
     nb_muxsess_stream_t *st;
@@ -206,6 +207,14 @@ static void st_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char
 static const nb_muxsess_stream_cbs_t st_cbs = {
     .on_data = st_data, .on_fin = st_fin, .on_drain = st_drain, .on_close = st_close};
 
+/* Account names as useradd takes them; the agent checks again. */
+static int valid_user(const char *u)
+{
+    size_t n = strlen(u);
+    return n > 0 && n < 33 && ((u[0] >= 'a' && u[0] <= 'z') || u[0] == '_') &&
+           strspn(u, "abcdefghijklmnopqrstuvwxyz0123456789_-") == n;
+}
+
 static int open_stream(bridge_t *b, json_t *args)
 {
     nb_vm_t *vm = b->d->vmm ? nb_vmm_find(b->d->vmm, b->vm) : NULL;
@@ -223,6 +232,8 @@ static int open_stream(bridge_t *b, json_t *args)
             json_object_update(genv, own);
         json_object_set_new(args, "env", genv);
     }
+    if (b->user[0] && !json_object_get(args, "user"))
+        json_object_set_new(args, "user", json_string(b->user));
     char *js = json_dumps(args, JSON_COMPACT);
     int r = js ? nb_muxsess_open(s, b->kind == K_PTY ? "pty" : "exec", nb_iov(js, strlen(js)),
                                  &st_cbs, b, &b->st)
@@ -279,6 +290,14 @@ static void on_control(bridge_t *b, json_t *m)
         json_t *args = json_pack("{s:O, s:b}", "argv", argv, "stdin", nb_json_bool(m, "stdin", 1));
         json_t *env = json_object_get(m, "env");
         const char *cwd = nb_json_str(m, "cwd");
+        const char *user = nb_json_str(m, "user");
+        if (user && !valid_user(user)) {
+            fail(b, "invalid", "user must be an account name (a-z, 0-9, _ and -)");
+            json_decref(args);
+            return;
+        }
+        if (user)
+            json_object_set_new(args, "user", json_string(user));
         if (json_is_object(env))
             json_object_set(args, "env", env);
         if (cwd)
@@ -424,6 +443,15 @@ static void upgrade(nb_api_ctx_t *ctx, int kind)
         b->cols = (int)strtol(v, NULL, 10);
     if (nb_api_query(ctx, "term", v, sizeof v) == 1)
         nb_vm_fmt(b->term, sizeof b->term, "%s", v);
+    if (nb_api_query(ctx, "user", v, sizeof v) == 1) {
+        if (!valid_user(v)) {
+            free(b);
+            nb_api_reply_error(ctx, 422, "invalid",
+                               "user must be an account name (a-z, 0-9, _ and -)");
+            return;
+        }
+        nb_vm_fmt(b->user, sizeof b->user, "%s", v);
+    }
     if (b->rows < 1 || b->rows > 10000 || b->cols < 1 || b->cols > 10000 ||
         strspn(b->term, "abcdefghijklmnopqrstuvwxyz0123456789-+._") != strlen(b->term) ||
         !b->term[0]) {

@@ -4,7 +4,7 @@
  * with the command's status.
  *
  *   muxc --listen PATH --key-file F [--sessions N] [--idle-timeout MS] CMD
- *   CMD: exec [--no-stdin] [--env K=V]... [--cwd D] [--signal-after MS:SIG] -- ARGV...
+ *   CMD: exec [--no-stdin] [--env K=V]... [--cwd D] [--user U] [--signal-after MS:SIG] -- ARGV...
  *        pty [--rows R] [--cols C] [--term T] [--resize-on-input RxC] [-- ARGV...]
  *        tcp PORT
  *        ctl JSON [--data-file F]
@@ -41,7 +41,7 @@ static struct {
     int cmd;
     char **argv; /* exec/pty argv */
     int no_stdin, rows, cols;
-    const char *term, *cwd, *ctl_json, *data_file;
+    const char *term, *cwd, *user, *ctl_json, *data_file;
     json_t *env;
     int resize_rows, resize_cols, resized;
     uint64_t signal_after_ms;
@@ -432,6 +432,8 @@ static void start_command(void)
             json_object_set(args, "env", M.env);
         if (M.cwd)
             json_object_set_new(args, "cwd", json_string(M.cwd));
+        if (M.user)
+            json_object_set_new(args, "user", json_string(M.user));
         if (M.cmd == C_EXEC) {
             svc = "exec";
             json_object_set_new(args, "stdin", json_boolean(!M.no_stdin));
@@ -614,6 +616,8 @@ int main(int argc, char **argv)
                 json_object_set_new(M.env, k, json_string(eq + 1));
             } else if (!strcmp(a, "--cwd")) {
                 M.cwd = v;
+            } else if (!strcmp(a, "--user")) {
+                M.user = v;
             } else if (!strcmp(a, "--rows")) {
                 M.rows = (int)strtol(v, NULL, 10);
             } else if (!strcmp(a, "--cols")) {

@@ -40,6 +40,7 @@ class Agent:
         env = dict(os.environ)
         # Under ASan, freed memory sits in a 256 MB quarantine; keep it small
         # so that the memory bounds below measure the agent, not ASan.
+        env["NB_AGENT_ONLY"] = "leak"  # must not reach commands
         env["ASAN_OPTIONS"] = ":".join(
             x for x in [os.environ.get("ASAN_OPTIONS"), "quarantine_size_mb=4"] if x)
         self.p = subprocess.Popen(
@@ -129,6 +130,42 @@ def test_exec_env_and_cwd():
              "sh", "-c", 'echo "$NB_FOO"; pwd')
     check(r.returncode == 0, r)
     check(r.stdout == b"bar baz\n" + TMP.encode() + b"\n", r.stdout)
+
+
+def test_exec_login_environment():
+    # The command gets a login-like environment of its account, not the
+    # agent's own (the agent was started with a marker variable).
+    r = muxc("exec", "--no-stdin", "--", "sh", "-c",
+             'echo "$HOME|$USER|$LOGNAME|$SHELL|$LANG|${NB_AGENT_ONLY-unset}"; pwd; id -u')
+    check(r.returncode == 0, r)
+    import pwd
+    me = pwd.getpwuid(os.geteuid())
+    home = me.pw_dir if os.path.isdir(me.pw_dir) else "/"
+    lines = r.stdout.decode().splitlines()
+    check(lines[0] == "%s|%s|%s|%s|C.UTF-8|unset" % (me.pw_dir, me.pw_name, me.pw_name,
+                                                     me.pw_shell), lines)
+    check(lines[1] == os.path.realpath(home) and lines[2] == str(os.geteuid()), lines)
+    # clear_env is not reachable from muxc; an explicit --env still wins.
+    r = muxc("exec", "--no-stdin", "--env", "LANG=fr_FR.UTF-8", "--", "sh", "-c", 'echo $LANG')
+    check(r.stdout == b"fr_FR.UTF-8\n", r.stdout)
+
+
+def test_exec_as_user():
+    if os.geteuid() != 0:
+        r = muxc("exec", "--no-stdin", "--user", "root", "--", "true")
+        check(r.returncode == 125 and b"not run as root" in r.stderr, r)
+        return
+    r = muxc("exec", "--no-stdin", "--user", "nobody", "--", "sh", "-c",
+             'id -u; id -g; echo "$USER $HOME"')
+    check(r.returncode == 0, r)
+    import pwd
+    nb = pwd.getpwnam("nobody")
+    check(r.stdout.decode().split() == [str(nb.pw_uid), str(nb.pw_gid), "nobody", nb.pw_dir],
+          r.stdout)
+    for bad, why in (("no-such-user-x", b"no account"), ("Root;rm", b"account name"),
+                     ("", b"account name")):
+        r = muxc("exec", "--no-stdin", "--user", bad, "--", "true")
+        check(r.returncode == 125 and why in r.stderr, (bad, r))
 
 
 def test_exec_bad_args():
