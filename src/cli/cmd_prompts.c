@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "cli/client.h"
@@ -203,6 +204,56 @@ static int read_line(char *buf, size_t cap)
     return (int)n;
 }
 
+/* On a terminal an answer is one key, no Enter: the terminal leaves
+ * canonical mode while watching and is restored on every way out. */
+static struct termios saved_tio;
+static int tio_saved;
+
+static void key_mode_end(void)
+{
+    if (tio_saved)
+        tcsetattr(STDIN_FILENO, TCSANOW, &saved_tio);
+    tio_saved = 0;
+}
+
+static void key_mode_begin(void)
+{
+    struct termios t;
+    if (!isatty(STDIN_FILENO) || tcgetattr(STDIN_FILENO, &saved_tio) < 0)
+        return;
+    t = saved_tio;
+    t.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+    t.c_cc[VMIN] = 1;
+    t.c_cc[VTIME] = 0;
+    if (tcsetattr(STDIN_FILENO, TCSANOW, &t) == 0) {
+        tio_saved = 1;
+        atexit(key_mode_end);
+    }
+}
+
+/* One answer: a key on a terminal (echoed; blanks are ignored and give 0),
+ * else a line. Same returns as read_line. */
+static int read_answer(char *buf, size_t cap)
+{
+    if (!tio_saved)
+        return read_line(buf, cap);
+    char c;
+    ssize_t k = read(STDIN_FILENO, &c, 1);
+    if (k < 0 && errno == EINTR)
+        return -EINTR;
+    if (k <= 0 || c == 4) /* EOF or Ctrl-D */
+        return -1;
+    if (c == '\n' || c == '\r' || c == ' ' || c == '\t')
+        return 0;
+    buf[0] = c;
+    buf[1] = '\0';
+    if (c >= 0x20 && c < 0x7f)
+        printf("%c\n", c);
+    else
+        printf("\n");
+    return 1;
+}
+
 static int watch(nb_cli_t *cli)
 {
     char err[512];
@@ -230,8 +281,10 @@ static int watch(nb_cli_t *cli)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     nb_buf_init(&msg, 16u << 20);
+    key_mode_begin();
     if (!cli->json)
-        printf("watching for prompts (Ctrl-C to stop)\n");
+        printf("watching for prompts (%sCtrl-C to stop)\n",
+               tio_saved ? "answer with one key; " : "");
     fflush(stdout);
     while (!interrupted) {
         int op = 0, cc = 0;
@@ -260,8 +313,8 @@ static int watch(nb_cli_t *cli)
         if (!w.asking || !(pf[1].revents & (POLLIN | POLLHUP)))
             continue;
         char line[64];
-        int len = read_line(line, sizeof line);
-        if (len == -EINTR)
+        int len = read_answer(line, sizeof line);
+        if (len == -EINTR || len == 0)
             continue;
         if (len < 0) /* stdin closed: nobody left to answer */
             break;
@@ -300,6 +353,7 @@ static int watch(nb_cli_t *cli)
     }
     while (w.n)
         drop(&w, 0);
+    key_mode_end();
     nb_buf_free(&msg);
     nb_wsc_free(ws);
     return code;
@@ -353,7 +407,8 @@ static const nb_cli_verb_t self = {
     NULL,
     "List the destinations waiting for your decision (a VM wants to reach a host no rule\n"
     "covers). Each prompt denies by itself when its deadline passes. With --watch, ask about\n"
-    "each prompt as it arrives: [o]nce, [a]lways, [d]eny once, [n]ever, [s]kip.",
+    "each prompt as it arrives: [o]nce, [a]lways, [d]eny once, [n]ever, [s]kip (one key on a\n"
+    "terminal, no Enter; a line otherwise).",
     0,
     1,
     opts,

@@ -225,7 +225,8 @@ def test_watch_through_a_pty():
         try:
             out = read_until(fd, b"[s]kip?")
             assert b"first.example port 443" in out, out
-            os.write(fd, b"o\n")
+            assert b"answer with one key" in out, out
+            os.write(fd, b"o")  # one key, no Enter
             out = read_until(fd, b"allow-once")
             assert b"allow-once" in out, out
             v = wait_for(lambda: events(d, "test.verdict"))
@@ -234,10 +235,11 @@ def test_watch_through_a_pty():
             ask(d, "second.example", port=8080, vm="other")
             out = read_until(fd, b"[s]kip?")
             assert b"VM 'other' wants to connect to second.example port 8080" in out, out
-            os.write(fd, b"what\n")
+            os.write(fd, b"w")
             out = read_until(fd, b"answer o, a, d, n or s")
             assert b"answer o, a, d, n or s" in out, out
-            os.write(fd, b"n\n")
+            os.write(fd, b"\n")  # blanks are ignored
+            os.write(fd, b"n")
             out = read_until(fd, b"deny-always")
             assert b"deny-always" in out, out
             st, v = ask(d, "second.example", port=8080, vm="other")
