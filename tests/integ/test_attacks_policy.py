@@ -7,7 +7,7 @@ that records what it receives:
   (deny rule added, allow rule removed) and the upstream sees nothing;
 - a secret unbound or removed mid-connection is not injected into the next
   request on the same connection;
-- a raw (non-HTTP port) tunnel is closed at once when a deny rule covers it
+- a raw (non-HTTP port) tunnel, or a WebSocket after its 101, is closed at once when a deny rule covers it
   or the allow rule that admitted it goes; an allow-once tunnel survives an
   unrelated change;
 - 0.0.0.0/0 (and other broad CIDRs) do not open loopback (A13), a narrow
@@ -271,6 +271,31 @@ def test_allow_once_tunnel_survives_unrelated_change_but_not_deny():
         s.close()
 
 
+def test_websocket_closed_on_deny():
+    """A WebSocket after its 101 is a byte pipe: a deny rule closes it at once."""
+    import websocket
+    E.cli("rule", "add", "allow", "evil.test:443", check=False)
+    ws = websocket.create_connection("wss://evil.test/ws", http_proxy_host="127.0.0.1",
+                                     http_proxy_port=PX.port, proxy_type="http",
+                                     sslopt={"ca_certs": E.ca_pem}, timeout=10)
+    try:
+        ws.send("hello")
+        assert ws.recv() == "hello"
+        E.rule("deny", "evil.test:443")
+        ws.settimeout(3)
+        t0 = time.time()
+        try:
+            ws.recv()
+            closed = False
+        except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError):
+            closed = True
+        except websocket.WebSocketTimeoutException:
+            closed = False
+        assert closed and time.time() - t0 < 3, "the WebSocket must be closed at once"
+    finally:
+        ws.close()
+
+
 def test_A13_broad_cidr_does_not_open_loopback():
     port = E.upstream(tls=False)
     url = "http://127.0.0.1:%d/echo/a13-broad" % port
@@ -341,14 +366,21 @@ def test_connection_host_keeps_host():
         c.close()
 
 
+def test_daemon_stops_clean():
+    """After all of the above (connections closed under it by rule changes),
+    nilboxd stops with exit 0 and no sanitizer report."""
+    E.stop_clean()
+
+
 def main():
     tests = [test_rule_change_reaches_open_tunnel, test_deny_rule_wins_over_existing_allow,
              test_allow_rule_removed_asks_again, test_unbind_mid_connection,
              test_raw_tunnel_closed_at_once_on_deny, test_raw_tunnel_closed_when_allow_goes,
              test_allow_once_tunnel_survives_unrelated_change_but_not_deny,
+             test_websocket_closed_on_deny,
              test_A13_broad_cidr_does_not_open_loopback,
              test_public_suffix_binding_and_rule_refused, test_hop_by_hop_binding_refused,
-             test_connection_host_keeps_host]
+             test_connection_host_keeps_host, test_daemon_stops_clean]
     try:
         setup()
         run_tests(tests)
