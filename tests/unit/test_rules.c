@@ -357,6 +357,11 @@ static void test_A13_narrow(void)
     NB_CHECK(allowed_with("::1", "::1", 80));
     NB_CHECK(allowed_with("fd00::/8", "fd12::1", 80));
     NB_CHECK(allowed_with("64:ff9b::7f00:0/104", "64:ff9b::7f00:1", 80));
+    /* Never opened: 0.0.0.0 reaches the host itself; multicast. */
+    NB_CHECK(!allowed_with("0.0.0.0/8", "0.0.0.0", 80));
+    NB_CHECK(!allowed_with("0.0.0.0/32", "0.0.0.0", 80));
+    NB_CHECK(!allowed_with("::/128", "::", 80));
+    NB_CHECK(!allowed_with("224.0.0.0/4", "224.0.0.1", 80));
     /* The metadata address needs its own /32: link-local does not open it. */
     NB_CHECK(!allowed_with("169.254.0.0/16", "169.254.169.254", 80));
     NB_CHECK(allowed_with("169.254.0.0/16", "169.254.1.1", 80));

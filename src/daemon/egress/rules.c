@@ -395,6 +395,11 @@ int nb_rules_addr_allowed(const nb_ruleset_t *rs, const char *vm, const nb_ipadd
     int iprefix;
     const char *kind;
     int internal = internal_range(addr, &inet, &iprefix, &kind);
+    /* A connection to 0.0.0.0 or :: reaches the host itself, and TCP to a
+     * multicast group is meaningless: no rule opens them (loopback is
+     * opened by naming 127.0.0.0/8 or ::1). */
+    if (internal && (strcmp(kind, "unspecified") == 0 || strcmp(kind, "multicast") == 0))
+        return 0;
     for (size_t i = 0; i < rs->n; i++) {
         const nb_rule_t *r = &rs->v[i];
         if (r->action != NB_RULE_ALLOW || r->kind != NB_RULE_CIDR || !nb_rule_match(r, &d))

@@ -138,7 +138,9 @@ const char *nb_ip_internal_kind(const nb_ipaddr_t *ip);
  * specific one): 127.0.0.0/8 or 127.0.0.1/32 open loopback, 10.0.0.0/8 or
  * narrower private 10.x, 169.254.169.254/32 the metadata address (not
  * 169.254.0.0/16), fd00::/8 ULA. 0.0.0.0/0, ::/0, 0.0.0.0/1 or 10.0.0.0/7
- * cover internal addresses without opening any. */
+ * cover internal addresses without opening any. Unspecified (0.0.0.0/8,
+ * ::) and multicast addresses are never opened: connecting to 0.0.0.0
+ * reaches the host itself. */
 int nb_rules_addr_allowed(const nb_ruleset_t *rs, const char *vm, const nb_ipaddr_t *addr,
                           uint16_t port);
 
