@@ -31,7 +31,7 @@ E = None
 PX = None
 JSON = {"Content-Type": "application/json"}
 # Names the fake upstream's certificate carries; 2 resolve entries each (max 16).
-NAMES = ("api.test", "other.test", "evil.test", "ws.test")
+NAMES = ("api.test", "other.test", "evil.test", "ws.test", "sse.test")
 
 
 def setup():
@@ -271,6 +271,44 @@ def test_allow_once_tunnel_survives_unrelated_change_but_not_deny():
         s.close()
 
 
+def test_allow_once_inspected_tunnel():
+    """allow-once admits this tunnel for its lifetime: its later requests
+    pass without a new prompt, also across unrelated rule changes (and a
+    rule that covers it for a while); a later deny rule still wins."""
+    c = tunnel("sse.test")
+    out = {}
+
+    def first():
+        try:
+            out["r"] = get(c, "/echo/once-1")
+        except Exception as e:  # noqa: BLE001 - reported below
+            out["e"] = e
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        p = pending_prompt("sse.test")
+        st, _, body = E.d.unix("POST", "/v1/prompts/%d/answer" % p["id"],
+                               json.dumps({"answer": "allow-once"}), JSON)
+        assert st == 200, body
+        t.join(15)
+        assert out.get("r", (0,))[0] == 200, out
+        tmp = E.rule("allow", "unrelated-once.test:443")
+        assert get(c, "/echo/once-2")[0] == 200
+        cover = E.rule("allow", "sse.test:443")
+        assert get(c, "/echo/once-3")[0] == 200
+        rule_rm(cover["id"])
+        rule_rm(tmp["id"])
+        assert get(c, "/echo/once-4")[0] == 200, "no new prompt: allow-once holds"
+        st, _, body = E.d.unix("GET", "/v1/prompts")
+        assert not [q for q in json.loads(body)["prompts"] if q["host"] == "sse.test"]
+        E.rule("deny", "sse.test")
+        st, h, _ = get(c, "/echo/once-5")
+        assert st == 403 and h.get("x-nilbox-reason") == "deny-rule", (st, h)
+        assert seen("/echo/once-5") == []
+    finally:
+        c.close()
+
+
 def test_websocket_closed_on_deny():
     """A WebSocket after its 101 is a byte pipe: a deny rule closes it at once."""
     import websocket
@@ -377,7 +415,7 @@ def main():
              test_allow_rule_removed_asks_again, test_unbind_mid_connection,
              test_raw_tunnel_closed_at_once_on_deny, test_raw_tunnel_closed_when_allow_goes,
              test_allow_once_tunnel_survives_unrelated_change_but_not_deny,
-             test_websocket_closed_on_deny,
+             test_allow_once_inspected_tunnel, test_websocket_closed_on_deny,
              test_A13_broad_cidr_does_not_open_loopback,
              test_public_suffix_binding_and_rule_refused, test_hop_by_hop_binding_refused,
              test_connection_host_keeps_host, test_daemon_stops_clean]

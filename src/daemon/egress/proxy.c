@@ -599,7 +599,9 @@ int px_tunnel_rejudge(cconn_t *c, nb_gate_verdict_t *v)
     if (nb_gate_rules_verdict(g, &c->dest, v)) {
         c->pol_gen = gen;
         if (v->allowed) {
-            c->pol_why = v->why;
+            /* An allow-once admission outlives the rule that covers it now. */
+            if (c->pol_why != NB_GATE_WHY_ALLOW_ONCE)
+                c->pol_why = v->why;
             return 2;
         }
         nb_log_conn(NB_LOG_INFO, c->id, "%s:%u is no longer allowed (%s): request refused",
