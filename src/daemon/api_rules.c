@@ -133,6 +133,14 @@ static void on_add(nb_api_ctx_t *ctx)
                            "a CIDR (10.0.0.0/8), optionally with :PORT");
         return;
     }
+    if (target[0] == '*' && (target[1] == '\0' || target[1] == ':')) {
+        nb_api_reply_error(
+            ctx, 422, "invalid",
+            "'*' is not a valid target: it would match every destination; name the hosts "
+            "(api.example.com, *.example.com); without a rule a destination "
+            "is prompted for");
+        return;
+    }
     if (nb_rule_parse(target, &r) < 0) {
         nb_api_reply_error(ctx, 422, "invalid",
                            "'%.300s' is not a valid target: use a DNS name (api.example.com), "

@@ -310,6 +310,11 @@ static void on_bind(nb_api_ctx_t *ctx)
     }
     b.allow_cleartext = json_is_true(ac);
     char hnorm[sizeof b.host];
+    if (strcmp(b.host, "*") == 0) {
+        nb_api_reply_error(ctx, 422, "invalid", "host '*' is refused: %s",
+                           nb_binding_host_refusal("*"));
+        return;
+    }
     if (nb_host_pattern_normalize(b.host, strlen(b.host), hnorm, sizeof hnorm) >= 0 &&
         nb_binding_host_refusal(hnorm)) {
         nb_api_reply_error(ctx, 422, "invalid", "host '%s' is refused: %s", hnorm,

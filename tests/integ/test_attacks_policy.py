@@ -357,14 +357,16 @@ def test_A13_broad_cidr_does_not_open_loopback():
 
 
 def test_public_suffix_binding_and_rule_refused():
-    for host in ("*.com", "*.co.uk", "*.COM.", "*.io"):
+    for host in ("*.com", "*.co.uk", "*.COM.", "*.io", "*"):
         r = E.cli("secret", "bind", "POL_KEY", "--host", host, check=False)
         assert r.returncode != 0, (host, r.stdout)
         assert "public suffix" in r.stderr, r.stderr
     r = E.cli("rule", "add", "allow", "*.com", check=False)
     assert r.returncode != 0 and "public suffix" in r.stderr, r.stderr
-    r = E.cli("rule", "add", "allow", "*", check=False)
-    assert r.returncode != 0, r.stdout
+    for spec in ("*", "*:443", "*.co.uk:443"):
+        r = E.cli("rule", "add", "allow", spec, check=False)
+        assert r.returncode != 0, r.stdout
+        assert "every destination" in r.stderr or "public suffix" in r.stderr, r.stderr
     # Denying a whole suffix is fine; an ordinary wildcard binding too.
     E.rule("deny", "*.zzz-deny-test.com")
     E.rule("deny", "*.info")
