@@ -8,7 +8,9 @@
  * (same kind, prefix, pattern); normalised names are fixed points; the
  * decision follows the documented order (deny > blocklist > allow >
  * prompt) as recomputed by brute force; display names are printable,
- * bounded and terminated. */
+ * bounded and terminated. The whole input is also read as a Public
+ * Suffix List (nb_psl_contains) for a few suffixes, and every allow rule's
+ * A13 breadth warning must be bounded and terminated. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,6 +53,10 @@ static void check_rule(const char *spec, int action, const char *vm, nb_ruleset_
         again.kind != r.kind || again.prefix != r.prefix || again.port != 0)
         abort();
     if (r.kind == NB_RULE_CIDR && (r.prefix < 0 || r.prefix > (r.net.family == AF_INET ? 32 : 128)))
+        abort();
+    char w[256];
+    size_t wl = nb_rule_broad_warning(&r, w, sizeof(w));
+    if (wl >= sizeof(w) || strlen(w) != wl)
         abort();
     r.id = id;
     if (!nb_rules_vm_valid(vm))
@@ -102,6 +108,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *s = malloc(size + 1);
     memcpy(s, data, size);
     s[size] = 0;
+    static const char *const sfx[] = {"com", "co.uk", "a.ck", "www.ck", "x"};
+    for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++)
+        if (nb_psl_contains(s, size, sfx[i]) > 1)
+            abort();
     nb_ruleset_t rs = NB_RULESET_INIT;
     int64_t id = 1;
     char *line = s, *end = s + size;

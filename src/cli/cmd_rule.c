@@ -57,6 +57,12 @@ static int do_add(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     printf("rule %lld: %s %s %s%s%s\n", (long long)nb_json_int(res, "id", 0),
            nb_json_str(res, "action"), nb_json_str(res, "target"), pb, rvm ? " for vm " : "",
            rvm ? rvm : "");
+    /* The daemon accepted it but says what it does not do (A13). */
+    size_t wi;
+    json_t *w;
+    json_array_foreach (json_object_get(res, "warnings"), wi, w)
+        if (json_is_string(w))
+            fprintf(stderr, "nilbox: warning: %s\n", json_string_value(w));
     json_decref(res);
     return NB_CLI_OK;
 }

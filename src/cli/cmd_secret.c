@@ -458,7 +458,9 @@ static int do_unlock(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 }
 
 static const nb_cli_opt_t bind_opts[] = {
-    {"host", 'H', "HOST", "where the secret may go: a name, *.suffix (subdomains) or an IP"},
+    {"host", 'H', "HOST",
+     "where the secret may go: a name, *.suffix (subdomains; not *.com or another public suffix) "
+     "or an IP"},
     {"path-prefix", 0, "P", "only for request paths under P (/v1 matches /v1 and /v1/...)"},
     {"header", 0, "SPEC",
      "header placement, e.g. 'Authorization: Bearer {secret}' (the default) or 'x-api-key: "

@@ -104,7 +104,11 @@ static void add_done(void *ud, int status)
     if (d->events)
         nb_events_emit(d->events, "rule.added",
                        json_pack("{s:o, s:s}", "rule", rule_json(r2), "source", "api"));
-    nb_api_reply_json(ctx, 201, rule_json(r2));
+    json_t *ans = rule_json(r2);
+    char warn[512];
+    if (ans && nb_rule_broad_warning(r2, warn, sizeof warn))
+        json_object_set_new(ans, "warnings", json_pack("[s]", warn));
+    nb_api_reply_json(ctx, 201, ans);
     free(j);
 }
 
@@ -129,6 +133,14 @@ static void on_add(nb_api_ctx_t *ctx)
                            "a CIDR (10.0.0.0/8), optionally with :PORT");
         return;
     }
+    if (target[0] == '*' && (target[1] == '\0' || target[1] == ':')) {
+        nb_api_reply_error(
+            ctx, 422, "invalid",
+            "'*' is not a valid target: it would match every destination; name the hosts "
+            "(api.example.com, *.example.com); without a rule a destination "
+            "is prompted for");
+        return;
+    }
     if (nb_rule_parse(target, &r) < 0) {
         nb_api_reply_error(ctx, 422, "invalid",
                            "'%.300s' is not a valid target: use a DNS name (api.example.com), "
@@ -136,6 +148,15 @@ static void on_add(nb_api_ctx_t *ctx)
                            "(10.0.0.0/8, fd00::/8) with a valid prefix length, optionally "
                            "followed by :PORT (1-65535; IPv6 in brackets)",
                            target);
+        return;
+    }
+    if (r.action == NB_RULE_ALLOW && r.kind == NB_RULE_SUFFIX &&
+        nb_host_pattern_public(r.pattern)) {
+        nb_api_reply_error(ctx, 422, "invalid",
+                           "'%s' is a wildcard over a public suffix: it would allow every site "
+                           "under it, of unrelated owners; allow the service's own names "
+                           "(api.example.com, *.example.com) instead (a deny rule may use it)",
+                           r.pattern);
         return;
     }
     if (port && !json_is_null(port)) {

@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include "daemon/api.h"
+#include "daemon/egress/hostname.h"
+#include "daemon/secrets/binding.h"
 #include "daemon/secretsvc.h"
 #include "lib/err.h"
 #include "lib/json.h"
@@ -257,6 +259,24 @@ static void on_bind(nb_api_ctx_t *ctx)
         return;
     }
     memset(&b, 0, sizeof b);
+    if (header[0]) {
+        /* Say why a header can never carry a secret, not only that it cannot. */
+        char hname[NB_BINDING_HEADER_MAX];
+        size_t hl = strcspn(header, ":");
+        const char *why = NULL;
+        if (hl < sizeof hname) {
+            memcpy(hname, header, hl);
+            hname[hl] = '\0';
+            while (hl > 0 && (hname[hl - 1] == ' ' || hname[hl - 1] == '\t'))
+                hname[--hl] = '\0';
+            why = nb_binding_header_refusal(hname);
+        }
+        if (why) {
+            nb_api_reply_error(ctx, 422, "invalid", "a secret cannot go into header '%s': %s",
+                               hname, why);
+            return;
+        }
+    }
     if (nplace == 0 || header[0]) {
         /* Default placement: the usual bearer token. */
         if (nb_binding_set_header(&b, header[0] ? header : "Authorization: Bearer {secret}") < 0) {
@@ -289,6 +309,18 @@ static void on_bind(nb_api_ctx_t *ctx)
         return;
     }
     b.allow_cleartext = json_is_true(ac);
+    char hnorm[sizeof b.host];
+    if (strcmp(b.host, "*") == 0) {
+        nb_api_reply_error(ctx, 422, "invalid", "host '*' is refused: %s",
+                           nb_binding_host_refusal("*"));
+        return;
+    }
+    if (nb_host_pattern_normalize(b.host, strlen(b.host), hnorm, sizeof hnorm) >= 0 &&
+        nb_binding_host_refusal(hnorm)) {
+        nb_api_reply_error(ctx, 422, "invalid", "host '%s' is refused: %s", hnorm,
+                           nb_binding_host_refusal(hnorm));
+        return;
+    }
     if (nb_binding_normalize(&b) < 0) {
         nb_api_reply_error(ctx, 422, "invalid",
                            "the binding is not valid: host must be a DNS name, an IP or "

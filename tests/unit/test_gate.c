@@ -251,6 +251,83 @@ static void test_always_and_rejudge(void)
     NB_CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
+typedef struct {
+    nb_gate_t *g;
+    int calls;
+    uint64_t gen_seen;
+    int rules_seen;
+} watch_log_t;
+
+static void on_change(void *ud)
+{
+    watch_log_t *w = ud;
+    w->calls++;
+    w->gen_seen = nb_gate_generation(w->g);
+    w->rules_seen = (int)nb_gate_rules(w->g)->n;
+}
+
+/* Issue 16: every ruleset change bumps the generation and tells watchers
+ * (after the change, so they see the new rules); nothing else does. */
+static void test_generation_and_watch(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    hooks_log_t h = {0};
+    nb_gate_t *g = mkgate(&loop, &h, 5000, NULL);
+    watch_log_t wl = {.g = g}, wl2 = {.g = g};
+    uint64_t hw = nb_gate_watch(g, on_change, &wl);
+    uint64_t hw2 = nb_gate_watch(g, on_change, &wl2);
+    NB_CHECK(hw && hw2 && hw != hw2);
+    uint64_t g0 = nb_gate_generation(g);
+    add_rule(g, "api.example.com:443", NB_RULE_ALLOW, "", 1);
+    NB_CHECK(nb_gate_generation(g) > g0);
+    NB_CHECK_EQ_INT(wl.calls, 1);
+    NB_CHECK_EQ_INT(wl.rules_seen, 1);
+    NB_CHECK(wl.gen_seen == nb_gate_generation(g));
+    /* Judging and removing an unknown rule change nothing. */
+    uint64_t g1 = nb_gate_generation(g);
+    nb_gate_verdict_t v;
+    nb_gate_wait_t *w = NULL;
+    waiter_t wt = {0};
+    nb_dest_t d = dest("a", "api.example.com", 443);
+    NB_CHECK_EQ_INT(nb_gate_check(g, &d, &v, on_done, &wt, &w), 1);
+    NB_CHECK_EQ_INT(nb_gate_rule_removed(g, 99), NB_ENOTFOUND);
+    NB_CHECK(nb_gate_generation(g) == g1);
+    NB_CHECK_EQ_INT(wl.calls, 1);
+    /* The rules-only verdict: decides or says "no rule", never prompts. */
+    NB_CHECK_EQ_INT(nb_gate_rules_verdict(g, &d, &v), 1);
+    NB_CHECK(v.allowed && v.why == NB_GATE_WHY_ALLOW_RULE && v.rule_id == 1);
+    add_rule(g, "api.example.com", NB_RULE_DENY, "a", 2);
+    NB_CHECK_EQ_INT(wl.calls, 2);
+    NB_CHECK_EQ_INT(nb_gate_rules_verdict(g, &d, &v), 1);
+    NB_CHECK(!v.allowed && v.why == NB_GATE_WHY_DENY_RULE && v.rule_id == 2);
+    NB_CHECK_EQ_INT(nb_gate_rule_removed(g, 2), 0);
+    NB_CHECK_EQ_INT(nb_gate_rule_removed(g, 1), 0);
+    NB_CHECK_EQ_INT(wl.calls, 4);
+    NB_CHECK_EQ_INT(wl.rules_seen, 0);
+    NB_CHECK_EQ_INT(nb_gate_rules_verdict(g, &d, &v), 0);
+    NB_CHECK(!v.allowed && v.why == NB_GATE_WHY_NO_PROMPT);
+    NB_CHECK_EQ_INT(h.created, 0); /* no prompt from the rules-only verdict */
+    /* An *-always answer is a change too. */
+    NB_CHECK_EQ_INT(nb_gate_check(g, &d, &v, on_done, &wt, &w), 0);
+    NB_CHECK_EQ_INT(nb_gate_answer(g, h.last_created.id, NB_GATE_DENY_ALWAYS), 0);
+    NB_CHECK_EQ_INT(wl.calls, 5);
+    NB_CHECK_EQ_INT(wl.rules_seen, 1);
+    /* allow-once is not. */
+    nb_dest_t d2 = dest("a", "other.example.com", 443);
+    NB_CHECK_EQ_INT(nb_gate_check(g, &d2, &v, on_done, &wt, &w), 0);
+    NB_CHECK_EQ_INT(nb_gate_answer(g, h.last_created.id, NB_GATE_ALLOW_ONCE), 0);
+    NB_CHECK_EQ_INT(wl.calls, 5);
+    nb_gate_unwatch(g, hw);
+    nb_gate_unwatch(g, 12345); /* unknown: no-op */
+    add_rule(g, "x.example.com", NB_RULE_ALLOW, "", 7);
+    NB_CHECK_EQ_INT(wl.calls, 5);
+    NB_CHECK_EQ_INT(wl2.calls, 6);
+    nb_gate_free(g); /* frees the remaining watcher */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    NB_CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
 static void test_timeout_denies(void)
 {
     uv_loop_t loop;
@@ -427,6 +504,7 @@ int main(void)
     NB_RUN(test_one_prompt_many_waiters);
     NB_RUN(test_always_and_rejudge);
     NB_RUN(test_timeout_denies);
+    NB_RUN(test_generation_and_watch);
     NB_RUN(test_overload_and_no_prompt);
     NB_RUN(test_display_and_names);
     NB_RUN(test_persist);

@@ -676,6 +676,60 @@ static void test_A5_pending_leftmost(void)
     }
 }
 
+/* Issue 16: bindings that could never fire, or that would fire for hosts
+ * of unrelated owners, are refused with a reason. */
+static void test_binding_refusals(void)
+{
+    static const char *const never[] = {"Proxy-Authorization",
+                                        "proxy-authorization",
+                                        "Connection",
+                                        "Keep-Alive",
+                                        "TE",
+                                        "Trailer",
+                                        "Transfer-Encoding",
+                                        "Upgrade",
+                                        "Content-Length",
+                                        "Host",
+                                        "Proxy-Connection",
+                                        "Proxy-Authenticate",
+                                        "Expect",
+                                        "Accept-Encoding"};
+    nb_binding_t b;
+    char spec[128];
+    for (size_t i = 0; i < sizeof never / sizeof never[0]; i++) {
+        NB_CHECK(nb_binding_header_refusal(never[i]) != NULL);
+        snprintf(spec, sizeof spec, "%s: Bearer {secret}", never[i]);
+        NB_CHECK_EQ_INT(nb_binding_set_header(&b, spec), NB_EINVAL);
+        /* Through normalize too (a stored or API-made binding). */
+        memset(&b, 0, sizeof b);
+        snprintf(b.secret, sizeof b.secret, "K");
+        snprintf(b.host, sizeof b.host, "api.example.com");
+        snprintf(b.header, sizeof b.header, "%s", never[i]);
+        snprintf(b.tmpl, sizeof b.tmpl, "{secret}");
+        b.placement = NB_PLACE_HEADER;
+        NB_CHECK_EQ_INT(nb_binding_normalize(&b), NB_EINVAL);
+    }
+    NB_CHECK(nb_binding_header_refusal("Authorization") == NULL);
+    NB_CHECK(nb_binding_header_refusal("x-api-key") == NULL);
+    NB_CHECK_EQ_INT(nb_binding_set_header(&b, "x-api-key: {secret}"), 0);
+
+    static const char *const wide[] = {"*.com", "*.COM.", "*.io", "*.co.uk", "*.com.au"};
+    for (size_t i = 0; i < sizeof wide / sizeof wide[0]; i++) {
+        NB_CHECK_EQ_INT(nb_binding_set_header(&b, "Authorization: Bearer {secret}"), 0);
+        snprintf(b.secret, sizeof b.secret, "K");
+        snprintf(b.host, sizeof b.host, "%s", wide[i]);
+        NB_CHECK_EQ_INT(nb_binding_normalize(&b), NB_EINVAL);
+    }
+    NB_CHECK(nb_binding_host_refusal("*.com") != NULL);
+    NB_CHECK(nb_binding_host_refusal("*") != NULL);
+    NB_CHECK(nb_binding_host_refusal("*.example.com") == NULL);
+    NB_CHECK(nb_binding_host_refusal("api.example.com") == NULL);
+    NB_CHECK_EQ_INT(nb_binding_set_header(&b, "Authorization: Bearer {secret}"), 0);
+    snprintf(b.secret, sizeof b.secret, "K");
+    snprintf(b.host, sizeof b.host, "*.bbc.co.uk");
+    NB_CHECK_EQ_INT(nb_binding_normalize(&b), 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -697,5 +751,6 @@ int main(void)
     NB_RUN(test_A5_injector_registers);
     NB_RUN(test_A5_random);
     NB_RUN(test_A5_pending_leftmost);
+    NB_RUN(test_binding_refusals);
     NB_TEST_MAIN_END();
 }

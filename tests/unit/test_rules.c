@@ -318,6 +318,129 @@ static void test_A13_internal(void)
     nb_ruleset_free(&rs);
 }
 
+static int allowed_with(const char *rule, const char *addr, uint16_t port)
+{
+    nb_ruleset_t rs = NB_RULESET_INIT;
+    nb_rule_t r = mk(NB_RULE_ALLOW, rule, NULL, 1);
+    nb_ruleset_add(&rs, &r);
+    nb_ipaddr_t ip;
+    NB_CHECK(nb_ip_parse(addr, strlen(addr), &ip));
+    int ok = nb_rules_addr_allowed(&rs, "vm1", &ip, port);
+    nb_ruleset_free(&rs);
+    return ok;
+}
+
+/* A13, issue 16: a broad CIDR covers internal ranges without naming them. */
+static void test_A13_narrow(void)
+{
+    static const char *const broad[] = {"0.0.0.0/0",   "0.0.0.0/1", "64.0.0.0/2",
+                                        "126.0.0.0/7", "::/0",      "::ffff:0.0.0.0/96"};
+    for (size_t i = 0; i < sizeof broad / sizeof broad[0]; i++) {
+        NB_CHECK(!allowed_with(broad[i], "127.0.0.1", 80));
+    }
+    NB_CHECK(!allowed_with("0.0.0.0/0", "10.1.2.3", 80));
+    NB_CHECK(!allowed_with("0.0.0.0/0", "169.254.169.254", 80));
+    NB_CHECK(!allowed_with("0.0.0.0/0", "192.168.1.1", 80));
+    NB_CHECK(!allowed_with("10.0.0.0/7", "10.1.2.3", 80));
+    NB_CHECK(!allowed_with("::/0", "::1", 80));
+    NB_CHECK(!allowed_with("::/0", "fd12::1", 80));
+    NB_CHECK(!allowed_with("fc00::/6", "fd12::1", 80));
+    NB_CHECK(!allowed_with("::/0", "64:ff9b::7f00:1", 80)); /* NAT64 of 127.0.0.1 */
+    NB_CHECK(!allowed_with("2002::/16", "2002:7f00:1::1", 80));
+    /* Named narrowly: open. */
+    NB_CHECK(allowed_with("127.0.0.0/8", "127.0.0.1", 80));
+    NB_CHECK(allowed_with("127.0.0.1", "127.0.0.1", 80));
+    NB_CHECK(allowed_with("127.0.0.0/24:80", "127.0.0.1", 80));
+    NB_CHECK(!allowed_with("127.0.0.0/24:80", "127.0.0.1", 81));
+    NB_CHECK(allowed_with("10.0.0.0/8", "10.200.0.1", 80));
+    NB_CHECK(allowed_with("172.16.0.0/12", "172.20.0.1", 80));
+    NB_CHECK(allowed_with("::1", "::1", 80));
+    NB_CHECK(allowed_with("fd00::/8", "fd12::1", 80));
+    NB_CHECK(allowed_with("64:ff9b::7f00:0/104", "64:ff9b::7f00:1", 80));
+    /* Never opened: 0.0.0.0 reaches the host itself; multicast. */
+    NB_CHECK(!allowed_with("0.0.0.0/8", "0.0.0.0", 80));
+    NB_CHECK(!allowed_with("0.0.0.0/32", "0.0.0.0", 80));
+    NB_CHECK(!allowed_with("::/128", "::", 80));
+    NB_CHECK(!allowed_with("224.0.0.0/4", "224.0.0.1", 80));
+    /* The metadata address needs its own /32: link-local does not open it. */
+    NB_CHECK(!allowed_with("169.254.0.0/16", "169.254.169.254", 80));
+    NB_CHECK(allowed_with("169.254.0.0/16", "169.254.1.1", 80));
+    NB_CHECK(allowed_with("169.254.169.254/32", "169.254.169.254", 80));
+    /* A narrow rule next to a broad one: the narrow one counts. */
+    nb_ruleset_t rs = NB_RULESET_INIT;
+    nb_rule_t b = mk(NB_RULE_ALLOW, "0.0.0.0/0", NULL, 1);
+    nb_rule_t n = mk(NB_RULE_ALLOW, "127.0.0.1:9000", NULL, 2);
+    nb_ruleset_add(&rs, &b);
+    nb_ruleset_add(&rs, &n);
+    nb_ipaddr_t ip;
+    nb_ip_parse("127.0.0.1", 9, &ip);
+    NB_CHECK(nb_rules_addr_allowed(&rs, "", &ip, 9000));
+    NB_CHECK(!nb_rules_addr_allowed(&rs, "", &ip, 9001));
+    nb_ip_parse("8.8.8.8", 7, &ip);
+    NB_CHECK(nb_rules_addr_allowed(&rs, "", &ip, 1)); /* public: the broad rule is fine */
+    nb_ruleset_free(&rs);
+
+    /* Warnings for broad allow rules, none for narrow or public ones. */
+    char w[512];
+    nb_rule_t r = mk(NB_RULE_ALLOW, "0.0.0.0/0", NULL, 1);
+    NB_CHECK(nb_rule_broad_warning(&r, w, sizeof w) > 0);
+    NB_CHECK(strstr(w, "loopback") && strstr(w, "private") && strstr(w, "metadata"));
+    r = mk(NB_RULE_ALLOW, "::/0", NULL, 1);
+    NB_CHECK(nb_rule_broad_warning(&r, w, sizeof w) > 0 && strstr(w, "loopback"));
+    r = mk(NB_RULE_ALLOW, "10.0.0.0/7", NULL, 1);
+    NB_CHECK(nb_rule_broad_warning(&r, w, sizeof w) > 0 && strstr(w, "10.0.0.0/8"));
+    r = mk(NB_RULE_ALLOW, "169.254.0.0/16", NULL, 1);
+    NB_CHECK(nb_rule_broad_warning(&r, w, sizeof w) > 0 && strstr(w, "metadata"));
+    r = mk(NB_RULE_ALLOW, "127.0.0.0/8", NULL, 1);
+    NB_CHECK_EQ_INT(nb_rule_broad_warning(&r, w, sizeof w), 0);
+    NB_CHECK_STR(w, "");
+    r = mk(NB_RULE_ALLOW, "8.8.8.0/24", NULL, 1);
+    NB_CHECK_EQ_INT(nb_rule_broad_warning(&r, w, sizeof w), 0);
+    r = mk(NB_RULE_DENY, "0.0.0.0/0", NULL, 1);
+    NB_CHECK_EQ_INT(nb_rule_broad_warning(&r, w, sizeof w), 0);
+    r = mk(NB_RULE_ALLOW, "*.example.com", NULL, 1);
+    NB_CHECK_EQ_INT(nb_rule_broad_warning(&r, w, sizeof w), 0);
+}
+
+/* Wildcards over public suffixes (issue 16). */
+static void test_public_suffix(void)
+{
+    static const char list[] = "// comment\n"
+                               "com\n"
+                               "co.uk\n"
+                               "  github.io  trailing words\n"
+                               "*.ck\n"
+                               "!www.ck\n"
+                               "\n"
+                               "// ===BEGIN PRIVATE DOMAINS===\n"
+                               "googleapis.com\n";
+    NB_CHECK(nb_psl_contains(list, sizeof list - 1, "com"));
+    NB_CHECK(nb_psl_contains(list, sizeof list - 1, "co.uk"));
+    NB_CHECK(nb_psl_contains(list, sizeof list - 1, "github.io"));
+    NB_CHECK(nb_psl_contains(list, sizeof list - 1, "foo.ck"));
+    NB_CHECK(!nb_psl_contains(list, sizeof list - 1, "www.ck"));
+    NB_CHECK(!nb_psl_contains(list, sizeof list - 1, "ck.foo"));
+    NB_CHECK(!nb_psl_contains(list, sizeof list - 1, "example.com"));
+    NB_CHECK(!nb_psl_contains(list, sizeof list - 1, "comment"));
+    NB_CHECK(!nb_psl_contains("", 0, "com"));
+    NB_CHECK(!nb_psl_contains(list, sizeof list - 1, "googleapis.com"));
+
+    NB_CHECK(nb_host_pattern_public("*"));
+    NB_CHECK(nb_host_pattern_public("*.com"));
+    NB_CHECK(nb_host_pattern_public("*.io"));
+    NB_CHECK(nb_host_pattern_public("*.co.uk"));
+    NB_CHECK(nb_host_pattern_public("*.com.au"));
+    NB_CHECK(nb_host_pattern_public("*.test"));
+    NB_CHECK(!nb_host_pattern_public("*.example.com"));
+    NB_CHECK(!nb_host_pattern_public("*.bbc.co.uk"));
+    NB_CHECK(!nb_host_pattern_public("*.openai.com"));
+    NB_CHECK(!nb_host_pattern_public("com"));
+    NB_CHECK(!nb_host_pattern_public("api.openai.com"));
+    NB_CHECK(!nb_host_pattern_public("*.googleapis.com")); /* private section: not counted */
+    if (access(NB_PSL_FILE, R_OK) == 0)
+        NB_CHECK(nb_host_pattern_public("*.k12.ak.us")); /* only the list knows this one */
+}
+
 static void test_A16_display_name(void)
 {
     char out[128];
@@ -406,6 +529,8 @@ int main(void)
     NB_RUN(test_parse);
     NB_RUN(test_eval);
     NB_RUN(test_A13_internal);
+    NB_RUN(test_A13_narrow);
+    NB_RUN(test_public_suffix);
     NB_RUN(test_A16_display_name);
     NB_RUN(test_db);
     NB_TEST_MAIN_END();

@@ -32,10 +32,20 @@ struct prompt {
     uv_timer_t timer;        /* the deadline; the prompt is freed in its close callback */
 };
 
+typedef struct watch {
+    struct watch *next;
+    uint64_t handle;
+    nb_gate_change_fn fn;
+    void *ud;
+} watch_t;
+
 struct nb_gate {
     uv_loop_t *loop;
     nb_gate_cfg_t cfg;
     nb_ruleset_t rules;
+    uint64_t gen; /* bumped on every ruleset change */
+    watch_t *watches;
+    uint64_t next_watch;
     prompt_t *head, *tail;
     size_t pending;
     uint64_t next_id;
@@ -80,6 +90,11 @@ int nb_gate_new(uv_loop_t *loop, const nb_gate_cfg_t *cfg, nb_gate_t **out)
 static void maybe_destroy(nb_gate_t *g)
 {
     if (g->closing && g->open_handles == 0 && g->jobs == 0) {
+        while (g->watches) {
+            watch_t *w = g->watches;
+            g->watches = w->next;
+            free(w);
+        }
         nb_ruleset_free(&g->rules);
         free(g);
     }
@@ -228,6 +243,50 @@ static prompt_t *new_prompt(nb_gate_t *g, const nb_dest_t *d)
     return p;
 }
 
+/* ---- policy changes ---- */
+
+/* The ruleset changed: new generation, then every watcher walks what it
+ * holds open (the proxy closes raw tunnels the new rules no longer allow).
+ * A watcher may not change rules from its callback. */
+static void policy_changed(nb_gate_t *g)
+{
+    g->gen++;
+    for (watch_t *w = g->watches, *n; w; w = n) {
+        n = w->next; /* a callback may unwatch itself */
+        w->fn(w->ud);
+    }
+}
+
+uint64_t nb_gate_generation(const nb_gate_t *g)
+{
+    return g->gen;
+}
+
+uint64_t nb_gate_watch(nb_gate_t *g, nb_gate_change_fn fn, void *ud)
+{
+    watch_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return 0;
+    w->fn = fn;
+    w->ud = ud;
+    w->handle = ++g->next_watch;
+    w->next = g->watches;
+    g->watches = w;
+    return w->handle;
+}
+
+void nb_gate_unwatch(nb_gate_t *g, uint64_t handle)
+{
+    for (watch_t **pp = &g->watches; *pp; pp = &(*pp)->next) {
+        if ((*pp)->handle == handle) {
+            watch_t *w = *pp;
+            *pp = w->next;
+            free(w);
+            return;
+        }
+    }
+}
+
 /* ---- judging ---- */
 
 static void verdict_from_rules(const nb_gate_result_t *res, nb_gate_verdict_t *v)
@@ -253,6 +312,19 @@ static int decide_now(nb_gate_t *g, nb_gate_verdict_t *v, int allowed, int why)
         g->st.allowed++;
     else
         g->st.denied++;
+    return 1;
+}
+
+int nb_gate_rules_verdict(const nb_gate_t *g, const nb_dest_t *d, nb_gate_verdict_t *v)
+{
+    nb_gate_result_t res;
+    nb_rules_eval(&g->rules, d, g->cfg.blocklist, g->cfg.blocklist_ctx, &res);
+    if (res.decision == NB_GATE_PROMPT) {
+        memset(v, 0, sizeof *v);
+        v->why = NB_GATE_WHY_NO_PROMPT;
+        return 0;
+    }
+    verdict_from_rules(&res, v);
     return 1;
 }
 
@@ -352,6 +424,7 @@ int nb_gate_load_rules(nb_gate_t *g, sqlite3 *db)
     }
     nb_ruleset_free(&g->rules);
     g->rules = rs;
+    policy_changed(g);
     rejudge(g);
     return 0;
 }
@@ -361,13 +434,17 @@ int nb_gate_rule_added(nb_gate_t *g, const nb_rule_t *r)
     int rc = nb_ruleset_add(&g->rules, r);
     if (rc < 0)
         return rc;
+    policy_changed(g);
     rejudge(g);
     return 0;
 }
 
 int nb_gate_rule_removed(nb_gate_t *g, int64_t id)
 {
-    return nb_ruleset_remove(&g->rules, id);
+    int rc = nb_ruleset_remove(&g->rules, id);
+    if (rc == 0)
+        policy_changed(g);
+    return rc;
 }
 
 int nb_gate_addr_allowed(const nb_gate_t *g, const char *vm, const nb_ipaddr_t *addr, uint16_t port)
@@ -442,6 +519,7 @@ static void add_always_rule(nb_gate_t *g, const nb_rule_t *rule)
         nb_log(NB_LOG_WARN, "cannot keep rule %s: out of memory", rule->pattern);
         return;
     }
+    policy_changed(g);
     if (g->cfg.hooks.on_rule_added)
         g->cfg.hooks.on_rule_added(g->cfg.hooks.ud, rule);
     if (!g->cfg.store)

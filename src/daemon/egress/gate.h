@@ -150,9 +150,32 @@ int nb_gate_load_rules(nb_gate_t *g, sqlite3 *db);
  * pending prompts. 0 or -ENOMEM. */
 int nb_gate_rule_added(nb_gate_t *g, const nb_rule_t *r);
 
-/* Removes rule `id` from memory. 0 or NB_ENOTFOUND. Connections already
- * allowed stay allowed; new ones are judged without the rule. */
+/* Removes rule `id` from memory. 0 or NB_ENOTFOUND. New connections and
+ * every later request on an open one are judged without the rule; raw
+ * tunnels it admitted are closed by the proxy's watcher. */
 int nb_gate_rule_removed(nb_gate_t *g, int64_t id);
+
+/* ---- policy changes (open connections follow them) ---- */
+
+/* A counter bumped on every ruleset change (load, add, remove, *-always
+ * answer). A connection remembers the generation its destination was last
+ * judged at: while it is unchanged, nothing needs judging again, so an
+ * unchanged policy costs one comparison per request. */
+uint64_t nb_gate_generation(const nb_gate_t *g);
+
+/* Called (loop thread, synchronously) after every ruleset change, before
+ * pending prompts are re-judged. It must not change rules itself. */
+typedef void (*nb_gate_change_fn)(void *ud);
+
+/* Registers a watcher; returns its handle (0 on allocation failure). */
+uint64_t nb_gate_watch(nb_gate_t *g, nb_gate_change_fn fn, void *ud);
+/* Unregisters it; an unknown handle is a no-op. */
+void nb_gate_unwatch(nb_gate_t *g, uint64_t handle);
+
+/* The verdict of the rules (and blocklist) alone, never a prompt: 1 with
+ * *v filled when they decide, 0 when no rule does (v->why is
+ * NB_GATE_WHY_NO_PROMPT, allowed 0). For re-judging open connections. */
+int nb_gate_rules_verdict(const nb_gate_t *g, const nb_dest_t *d, nb_gate_verdict_t *v);
 
 /* 1 when an explicit IP/CIDR allow rule lets an upstream connection of
  * `vm` reach internal address `addr` on `port` (A13; see rules.h). */

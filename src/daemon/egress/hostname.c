@@ -1,6 +1,8 @@
 #include "daemon/egress/hostname.h"
 
 #include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -148,4 +150,135 @@ int nb_host_pattern_match(const char *pattern, const char *name)
         return nl > sl && memcmp(name + nl - sl, suffix, sl) == 0;
     }
     return strcmp(pattern, name) == 0;
+}
+
+/* ---- wildcards over public suffixes ---- */
+
+/* The next rule of the list from *pos: its bytes without surrounding
+ * blanks; comments and empty lines skipped. 0 at the end. */
+static int psl_next(const char *list, size_t len, size_t *pos, const char **rule, size_t *rlen)
+{
+    while (*pos < len) {
+        size_t s = *pos, e = s;
+        while (e < len && list[e] != '\n')
+            e++;
+        *pos = e + 1;
+        while (s < e && (list[s] == ' ' || list[s] == '\t' || list[s] == '\r'))
+            s++;
+        size_t t = s;
+        /* A rule ends at the first blank (the format allows trailing text). */
+        while (t < e && list[t] != ' ' && list[t] != '\t' && list[t] != '\r')
+            t++;
+        if (t - s >= 2 && list[s] == '/' && list[s + 1] == '/') {
+            /* Only the ICANN section: the private one lists suffixes such
+             * as googleapis.com where one company hands out names, and a
+             * binding to *.googleapis.com is ordinary. */
+            static const char priv[] = "===BEGIN PRIVATE DOMAINS===";
+            size_t pl = sizeof priv - 1;
+            for (size_t k = s; k + pl <= e; k++)
+                if (memcmp(list + k, priv, pl) == 0)
+                    return 0;
+            continue;
+        }
+        if (t == s)
+            continue;
+        *rule = list + s;
+        *rlen = t - s;
+        return 1;
+    }
+    return 0;
+}
+
+static int bytes_eq_nocase(const char *a, size_t n, const char *b)
+{
+    if (strlen(b) != n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (char)(x + 32);
+        if (x != y)
+            return 0;
+    }
+    return 1;
+}
+
+int nb_psl_contains(const char *list, size_t len, const char *suffix)
+{
+    const char *dot = strchr(suffix, '.');
+    const char *parent = dot ? dot + 1 : NULL;
+    size_t pos = 0, rl;
+    const char *rule;
+    int wild = 0;
+    while (psl_next(list, len, &pos, &rule, &rl)) {
+        if (rule[0] == '!') {
+            if (bytes_eq_nocase(rule + 1, rl - 1, suffix))
+                return 0; /* an exception: a registrable name */
+            continue;
+        }
+        if (bytes_eq_nocase(rule, rl, suffix))
+            return 1;
+        if (parent && rl > 2 && rule[0] == '*' && rule[1] == '.' &&
+            bytes_eq_nocase(rule + 2, rl - 2, parent))
+            wild = 1; /* keep looking: an exception may follow */
+    }
+    return wild;
+}
+
+static int builtin_public(const char *suffix)
+{
+    static const char *const second[] = {"co",  "com", "net", "org", "gov", "edu", "ac",
+                                         "or",  "ne",  "go",  "gob", "mil", "nic", "ltd",
+                                         "plc", "sch", "nom", "gen", "biz", "info"};
+    const char *dot = strchr(suffix, '.');
+    if (!dot)
+        return 1; /* a top-level domain */
+    const char *last = dot + 1;
+    if (strchr(last, '.') || strlen(last) != 2)
+        return 0;
+    for (size_t i = 0; i < sizeof(second) / sizeof(second[0]); i++)
+        if (strlen(second[i]) == (size_t)(dot - suffix) &&
+            memcmp(second[i], suffix, (size_t)(dot - suffix)) == 0)
+            return 1;
+    return 0;
+}
+
+int nb_host_pattern_public(const char *pattern)
+{
+    if (strcmp(pattern, "*") == 0)
+        return 1;
+    if (pattern[0] != '*' || pattern[1] != '.')
+        return 0;
+    const char *suffix = pattern + 2;
+    if (!strchr(suffix, '.'))
+        return 1; /* never ask a file whether "com" is public */
+    int r = -1;
+    FILE *f = fopen(NB_PSL_FILE, "re");
+    if (f) {
+        char *buf = NULL;
+        size_t cap = 0, n = 0, got;
+        for (;;) {
+            if (n + 65536 > cap) {
+                if (cap > (16u << 20))
+                    break; /* not the list we know */
+                char *nb = realloc(buf, cap + 262144);
+                if (!nb)
+                    break;
+                buf = nb;
+                cap += 262144;
+            }
+            got = fread(buf + n, 1, cap - n, f);
+            n += got;
+            if (got == 0) {
+                if (!ferror(f))
+                    r = nb_psl_contains(buf, n, suffix);
+                break;
+            }
+        }
+        fclose(f);
+        free(buf);
+    }
+    if (r < 0)
+        r = builtin_public(suffix);
+    return r;
 }

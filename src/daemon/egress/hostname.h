@@ -52,4 +52,29 @@ int nb_host_pattern_normalize(const char *in, size_t len, char *out, size_t outs
  * "a.b.example.com" but NOT "example.com" itself. */
 int nb_host_pattern_match(const char *pattern, const char *name);
 
+/* ---- wildcards over public suffixes ---- */
+
+/* Where Debian's `publicsuffix` package puts the Public Suffix List. */
+#define NB_PSL_FILE "/usr/share/publicsuffix/public_suffix_list.dat"
+
+/* 1 when normalised name `suffix` is a public suffix according to the
+ * list text `list` (len bytes, the PSL format: one rule a line, "//"
+ * comments, "*.ck" wildcards, "!www.ck" exceptions): it equals a rule, or
+ * a wildcard rule covers it and no exception names it. 0 otherwise. Only
+ * the ICANN section counts: reading stops at "===BEGIN PRIVATE DOMAINS==="
+ * (that section lists names like googleapis.com under which one company
+ * hands out subdomains; binding *.googleapis.com is ordinary). Pure;
+ * fuzzed (fuzz/fuzz_rules.c). */
+int nb_psl_contains(const char *list, size_t len, const char *suffix);
+
+/* 1 when normalised pattern `pattern` is a wildcard over a public suffix,
+ * i.e. it would match names of unrelated owners: "*.com", "*.co.uk",
+ * "*.k12.ak.us", or "*" alone. Uses NB_PSL_FILE when it can be read (it is
+ * read on each call: rules and bindings are added rarely), and otherwise a
+ * conservative built-in rule: a suffix of one label, or of two where the
+ * last is a two-letter country code and the first a usual second-level
+ * label (co, com, net, org, gov, edu, ac, ...). 0 for exact names and IP
+ * literals. Thread-safe (no state). */
+int nb_host_pattern_public(const char *pattern);
+
 #endif

@@ -530,6 +530,8 @@ const char *px_why_hint(int why)
 static void connect_verdict(cconn_t *c, const nb_gate_verdict_t *v)
 {
     record_gate(c, &c->dest, c->auth.host, c->auth.port, v, "connect");
+    c->pol_gen = nb_gate_generation(c->px->cfg.gate);
+    c->pol_why = v->why;
     int http_port = c->auth.port == 80 || c->auth.port == 443;
     if (v->allowed) {
         c->rule_http = v->http;
@@ -570,6 +572,118 @@ static void on_connect_gate(void *ud, const nb_gate_verdict_t *v)
     cconn_t *c = ud;
     c->wait = NULL;
     connect_verdict(c, v);
+}
+
+/* ---- policy changes reach open connections ---- */
+
+/* The tunnel's verdict came from a prompt while one of its requests
+ * waited (the rule that admitted it was gone). */
+static void on_tunnel_regate(void *ud, const nb_gate_verdict_t *v)
+{
+    cconn_t *c = ud;
+    c->wait = NULL;
+    c->x.gate_waiting = 0;
+    c->pol_gen = nb_gate_generation(c->px->cfg.gate);
+    c->pol_why = v->why;
+    px_http_gate_verdict(c, v);
+    if (c->state != CS_CLOSING)
+        px_conn_update_read(c);
+}
+
+int px_tunnel_rejudge(cconn_t *c, nb_gate_verdict_t *v)
+{
+    nb_gate_t *g = c->px->cfg.gate;
+    uint64_t gen = nb_gate_generation(g);
+    if (c->pol_gen == gen)
+        return 2;
+    if (nb_gate_rules_verdict(g, &c->dest, v)) {
+        c->pol_gen = gen;
+        if (v->allowed) {
+            /* An allow-once admission outlives the rule that covers it now. */
+            if (c->pol_why != NB_GATE_WHY_ALLOW_ONCE)
+                c->pol_why = v->why;
+            return 2;
+        }
+        nb_log_conn(NB_LOG_INFO, c->id, "%s:%u is no longer allowed (%s): request refused",
+                    c->auth.host, c->auth.port, nb_gate_why_name(v->why));
+        return 1;
+    }
+    /* No rule decides. An allow-once answer holds for this connection;
+     * an admission by a rule that is gone does not: ask again. */
+    if (c->pol_why == NB_GATE_WHY_ALLOW_ONCE) {
+        c->pol_gen = gen;
+        return 2;
+    }
+    int r = px_gate_check(c, &c->dest, v, on_tunnel_regate);
+    if (r == 1) {
+        c->pol_gen = gen;
+        c->pol_why = v->why;
+    }
+    return r;
+}
+
+int px_tunnel_undeny(cconn_t *c)
+{
+    nb_gate_t *g = c->px->cfg.gate;
+    uint64_t gen = nb_gate_generation(g);
+    nb_gate_verdict_t v;
+    if (c->pol_gen == gen)
+        return 0;
+    c->pol_gen = gen;
+    if (!nb_gate_rules_verdict(g, &c->dest, &v) || !v.allowed)
+        return 0;
+    record_gate(c, &c->dest, c->auth.host, c->auth.port, &v, "policy-change");
+    c->deny = 0;
+    c->pol_why = v.why;
+    return 1;
+}
+
+/* Where an open connection's bytes go, for re-judging; NULL when it has
+ * no destination (yet). */
+static const nb_dest_t *conn_dest(const cconn_t *c)
+{
+    if (c->tunnel)
+        return &c->dest;
+    if (c->x.absolute && c->x.head_ok)
+        return &c->x.dest;
+    return NULL;
+}
+
+/* Gate watcher: the ruleset changed. Byte pipes (raw tunnels, WebSocket
+ * after 101) carry no requests to judge, so one the rules no longer allow
+ * is closed at once: a deny rule now covers it, or the allow rule that
+ * admitted it is gone (an allow-once admission stands until a rule
+ * decides). Inspected connections are re-judged per request
+ * (px_tunnel_rejudge), lazily. */
+static void on_policy_changed(void *ud)
+{
+    nb_proxy_t *px = ud;
+    nb_gate_t *g = px->cfg.gate;
+    uint64_t gen = nb_gate_generation(g);
+    for (nb_proxy_listener_t *l = px->listeners; l; l = l->next) {
+        if (l->closing)
+            continue;
+        for (cconn_t *c = l->conns, *n; c; c = n) {
+            n = c->next; /* closing frees nothing before the loop turns */
+            const nb_dest_t *d = conn_dest(c);
+            if ((c->state != CS_PIPE && c->state != CS_CONNECTING) || !d)
+                continue;
+            nb_gate_verdict_t v;
+            int decided = nb_gate_rules_verdict(g, d, &v);
+            if ((decided && v.allowed) || (!decided && c->pol_why == NB_GATE_WHY_ALLOW_ONCE)) {
+                c->pol_gen = gen;
+                continue;
+            }
+            const char *host = c->tunnel ? c->auth.host : c->x.auth.host;
+            int port = c->tunnel ? c->auth.port : c->x.auth.port;
+            nb_log_conn(NB_LOG_NOTICE, c->id, "%s:%d is no longer allowed (%s): closing the %s",
+                        host, port, nb_gate_why_name(v.why),
+                        c->tunnel && !c->inspect ? "raw tunnel" : "WebSocket");
+            record_gate(c, d, host, port, &v, "policy-change");
+            px->st.denied++;
+            px_conn_close(c);
+        }
+    }
 }
 
 /* A CONNECT request was read completely (any bytes after it are in c->in). */
@@ -1000,6 +1114,12 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
         free(px);
         return r;
     }
+    if (!(px->gate_watch = nb_gate_watch(cfg->gate, on_policy_changed, px))) {
+        nb_pxcreds_unref(px->creds);
+        SSL_CTX_free(px->server_ctx);
+        free(px);
+        return -ENOMEM;
+    }
     *out = px;
     return 0;
 }
@@ -1022,6 +1142,9 @@ void nb_proxy_free(nb_proxy_t *px, void (*done)(void *ud), void *ud)
     px->closing = 1;
     px->done = done;
     px->done_ud = ud;
+    if (px->gate_watch)
+        nb_gate_unwatch(px->cfg.gate, px->gate_watch);
+    px->gate_watch = 0;
     if (!px->listeners) {
         engine_maybe_free(px);
         return;

@@ -27,6 +27,10 @@ static const char *const hop_headers[] = {
  * or named in one of the message's Connection headers. */
 static int is_hop(nb_iov_t name, const nb_http_head_t *h)
 {
+    /* The proxy owns Host: a client naming it in Connection must not make
+     * the upstream request lose the name that was checked (A1). */
+    if (nb_iov_eq_nocase(name, "host"))
+        return 0;
     for (size_t i = 0; hop_headers[i]; i++)
         if (nb_iov_eq_nocase(name, hop_headers[i]))
             return 1;
@@ -146,7 +150,7 @@ int px_http_on_head(cconn_t *c, const nb_http_head_t *h)
         if (nb_dest_set(&x->dest, c->l->vm, x->auth.host, strlen(x->auth.host), x->auth.port) < 0)
             return reject(c, 400, "invalid-target", "unusable destination");
     } else {
-        if (c->deny)
+        if (c->deny && !px_tunnel_undeny(c))
             return reject(c, 403, c->deny_reason, "the destination is not allowed");
         if (is_connect)
             return reject(c, 405, "connect-in-tunnel", "CONNECT inside a tunnel is refused");
@@ -436,6 +440,7 @@ void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v)
     if (det && v->prompt_id)
         json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
     px_record(c, "gate.decision", x->auth.host, x->auth.port, det);
+    c->pol_why = v->why; /* a WebSocket after this request follows rule changes */
     if (!v->allowed) {
         c->px->st.denied++;
         px_reply(c, 403, "denied", nb_gate_why_name(v->why), x->auth.host,
@@ -458,12 +463,19 @@ static void on_req_gate(void *ud, const nb_gate_verdict_t *v)
 static void start(cconn_t *c)
 {
     exch_t *x = &c->x;
+    nb_gate_verdict_t v;
+    int r;
     if (c->tunnel) {
-        acquire(c);
+        /* Rules apply to every request, not only to the CONNECT. */
+        if ((r = px_tunnel_rejudge(c, &v)) == 2)
+            acquire(c);
+        else if (r == 0)
+            x->gate_waiting = 1;
+        else
+            px_http_gate_verdict(c, &v);
         return;
     }
-    nb_gate_verdict_t v;
-    int r = px_gate_check(c, &x->dest, &v, on_req_gate);
+    r = px_gate_check(c, &x->dest, &v, on_req_gate);
     if (r == 0) {
         x->gate_waiting = 1;
         return;

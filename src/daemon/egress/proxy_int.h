@@ -40,6 +40,7 @@ struct nb_proxy {
     void (*done)(void *ud);
     void *done_ud;
     nb_proxy_stats_t st;
+    uint64_t gate_watch; /* nb_gate_watch handle: rule changes walk the connections */
 };
 
 struct nb_proxy_listener {
@@ -139,6 +140,11 @@ struct cconn {
     char deny_reason[64];
     nb_gate_wait_t *wait;
     int rule_http;
+    /* Policy follow-up: the gate generation the destination was last
+     * judged at, and why it was admitted (an allow-once answer holds for
+     * this connection only as long as no rule decides otherwise). */
+    uint64_t pol_gen;
+    int pol_why;
 
     nb_http_parser_t *rp;
     nb_buf_t in; /* received, not yet fed */
@@ -225,6 +231,14 @@ void px_conn_update_read(cconn_t *c);
 void px_conn_connect(cconn_t *c);
 void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r);
 void px_conn_summarize(cconn_t *c); /* the audit summary rows of a closing connection */
+/* Re-judges a tunnel's destination before one of its requests goes
+ * upstream: 2 when the policy did not change or still allows it (go on,
+ * nothing to record), 1 with *v filled (record and apply it), 0 when it
+ * waits on a prompt (px_http_gate_verdict runs later). */
+int px_tunnel_rejudge(cconn_t *c, nb_gate_verdict_t *v);
+/* A tunnel in deny mode whose destination a rule now allows leaves deny
+ * mode (1); otherwise 0. */
+int px_tunnel_undeny(cconn_t *c);
 
 /* proxy_http.c */
 int px_http_on_head(cconn_t *c, const nb_http_head_t *h);

@@ -324,27 +324,59 @@ static const range_t v6_ranges[] = {
     {{0xff}, 8, "multicast"},
 };
 
-const char *nb_ip_internal_kind(const nb_ipaddr_t *ip)
+/* The internal range `ip` lies in (the most specific one: the tables list
+ * narrow ranges before the wider ones around them), as a network of
+ * ip->family. IPv6 forms that embed an IPv4 address (NAT64, 6to4) get the
+ * embedded range shifted into their own prefix. 0 for a public address. */
+static int internal_range(const nb_ipaddr_t *ip, nb_ipaddr_t *net, int *prefix, const char **kind)
 {
-    if (ip->family == AF_INET) {
-        for (size_t i = 0; i < sizeof(v4_ranges) / sizeof(v4_ranges[0]); i++)
-            if (prefix_eq(ip->a, v4_ranges[i].a, v4_ranges[i].prefix))
-                return v4_ranges[i].kind;
-        return NULL;
+    const range_t *tab = ip->family == AF_INET ? v4_ranges : v6_ranges;
+    size_t n = ip->family == AF_INET ? sizeof(v4_ranges) / sizeof(v4_ranges[0])
+                                     : sizeof(v6_ranges) / sizeof(v6_ranges[0]);
+    for (size_t i = 0; i < n; i++) {
+        if (prefix_eq(ip->a, tab[i].a, tab[i].prefix)) {
+            memset(net, 0, sizeof(*net));
+            net->family = ip->family;
+            memcpy(net->a, tab[i].a, sizeof(net->a));
+            *prefix = tab[i].prefix;
+            *kind = tab[i].kind;
+            return 1;
+        }
     }
-    for (size_t i = 0; i < sizeof(v6_ranges) / sizeof(v6_ranges[0]); i++)
-        if (prefix_eq(ip->a, v6_ranges[i].a, v6_ranges[i].prefix))
-            return v6_ranges[i].kind;
+    if (ip->family != AF_INET6)
+        return 0;
     /* Forms that carry an IPv4 address: judge the embedded one. */
     static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b};
-    nb_ipaddr_t v4 = {.family = AF_INET};
+    nb_ipaddr_t v4 = {.family = AF_INET}, v4net;
+    int off, v4prefix;
     if (memcmp(ip->a, nat64, 12) == 0)
-        memcpy(v4.a, ip->a + 12, 4);
+        off = 12;
     else if (ip->a[0] == 0x20 && ip->a[1] == 0x02) /* 6to4 2002:AABB:CCDD::/48 */
-        memcpy(v4.a, ip->a + 2, 4);
+        off = 2;
     else
-        return NULL;
-    return nb_ip_internal_kind(&v4);
+        return 0;
+    memcpy(v4.a, ip->a + off, 4);
+    if (!internal_range(&v4, &v4net, &v4prefix, kind))
+        return 0;
+    *net = *ip;
+    memset(net->a + off, 0, sizeof(net->a) - (size_t)off);
+    memcpy(net->a + off, v4net.a, 4);
+    *prefix = off * 8 + v4prefix;
+    return 1;
+}
+
+const char *nb_ip_internal_kind(const nb_ipaddr_t *ip)
+{
+    nb_ipaddr_t net;
+    int prefix;
+    const char *kind;
+    return internal_range(ip, &net, &prefix, &kind) ? kind : NULL;
+}
+
+/* 1 when CIDR net/prefix lies inside inet/iprefix (same family). */
+static int cidr_within(const nb_ipaddr_t *net, int prefix, const nb_ipaddr_t *inet, int iprefix)
+{
+    return net->family == inet->family && prefix >= iprefix && prefix_eq(net->a, inet->a, iprefix);
 }
 
 int nb_rules_addr_allowed(const nb_ruleset_t *rs, const char *vm, const nb_ipaddr_t *addr,
@@ -357,7 +389,74 @@ int nb_rules_addr_allowed(const nb_ruleset_t *rs, const char *vm, const nb_ipadd
     d.is_ip = 1;
     d.ip = *addr;
     d.port = port;
-    return !best_match(rs, &d, NB_RULE_DENY) && best_match(rs, &d, NB_RULE_ALLOW) != NULL;
+    if (best_match(rs, &d, NB_RULE_DENY))
+        return 0;
+    nb_ipaddr_t inet;
+    int iprefix;
+    const char *kind;
+    int internal = internal_range(addr, &inet, &iprefix, &kind);
+    /* A connection to 0.0.0.0 or :: reaches the host itself, and TCP to a
+     * multicast group is meaningless: no rule opens them (loopback is
+     * opened by naming 127.0.0.0/8 or ::1). */
+    if (internal && (strcmp(kind, "unspecified") == 0 || strcmp(kind, "multicast") == 0))
+        return 0;
+    for (size_t i = 0; i < rs->n; i++) {
+        const nb_rule_t *r = &rs->v[i];
+        if (r->action != NB_RULE_ALLOW || r->kind != NB_RULE_CIDR || !nb_rule_match(r, &d))
+            continue;
+        /* A13: an internal address needs a rule that names its range
+         * narrowly (127.0.0.0/8 or inside it, 169.254.169.254/32 for the
+         * metadata address); 0.0.0.0/0, ::/0 or 10.0.0.0/7 cover it
+         * without meaning it. */
+        if (!internal || cidr_within(&r->net, r->prefix, &inet, iprefix))
+            return 1;
+    }
+    return 0;
+}
+
+size_t nb_rule_broad_warning(const nb_rule_t *r, char *out, size_t outsz)
+{
+    if (outsz)
+        out[0] = '\0';
+    if (r->kind != NB_RULE_CIDR || r->action != NB_RULE_ALLOW || outsz < 64)
+        return 0;
+    const range_t *tab = r->net.family == AF_INET ? v4_ranges : v6_ranges;
+    size_t n = r->net.family == AF_INET ? sizeof(v4_ranges) / sizeof(v4_ranges[0])
+                                        : sizeof(v6_ranges) / sizeof(v6_ranges[0]);
+    const char *kinds[16];
+    size_t nk = 0;
+    char example[64] = "";
+    for (size_t i = 0; i < n; i++) {
+        nb_ipaddr_t rnet = {.family = r->net.family};
+        memcpy(rnet.a, tab[i].a, sizeof(rnet.a));
+        /* The rule strictly contains this internal range without lying
+         * inside it: it does not open it (nb_rules_addr_allowed). */
+        if (r->prefix >= tab[i].prefix || !prefix_eq(rnet.a, r->net.a, r->prefix))
+            continue;
+        if (cidr_within(&r->net, r->prefix, &rnet, tab[i].prefix))
+            continue;
+        size_t k;
+        for (k = 0; k < nk && strcmp(kinds[k], tab[i].kind) != 0; k++)
+            ;
+        if (k == nk && nk < sizeof(kinds) / sizeof(kinds[0]))
+            kinds[nk++] = tab[i].kind;
+        if (!example[0]) {
+            char a[64];
+            snprintf(example, sizeof(example), "%s/%d", nb_ip_format(&rnet, a, sizeof(a)),
+                     tab[i].prefix);
+        }
+    }
+    if (!nk)
+        return 0;
+    size_t o = (size_t)snprintf(out, outsz, "%s covers internal ranges (", r->pattern);
+    for (size_t k = 0; k < nk && o < outsz; k++)
+        o += (size_t)snprintf(out + o, outsz - o, "%s%s", k ? ", " : "", kinds[k]);
+    if (o < outsz)
+        o += (size_t)snprintf(out + o, outsz - o,
+                              ") but does not open them (A13): an internal address is reached "
+                              "only through a rule inside its own range, e.g. %s",
+                              example);
+    return o < outsz ? o : outsz - 1;
 }
 
 /* ---- A16: names shown to people ------------------------------------------- */

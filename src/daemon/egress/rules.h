@@ -132,9 +132,23 @@ void nb_rules_eval(const nb_ruleset_t *rs, const nb_dest_t *d, nb_blocklist_fn b
 const char *nb_ip_internal_kind(const nb_ipaddr_t *ip);
 
 /* 1 when an allow CIDR/IP rule for `vm` (or global) explicitly covers
- * `addr` on `port` and no deny rule does: the only way past A13. */
+ * `addr` on `port` and no deny rule does: the only way past A13. For an
+ * internal address the rule must name its range narrowly: the rule's
+ * network must lie inside the internal range that holds `addr` (the most
+ * specific one): 127.0.0.0/8 or 127.0.0.1/32 open loopback, 10.0.0.0/8 or
+ * narrower private 10.x, 169.254.169.254/32 the metadata address (not
+ * 169.254.0.0/16), fd00::/8 ULA. 0.0.0.0/0, ::/0, 0.0.0.0/1 or 10.0.0.0/7
+ * cover internal addresses without opening any. Unspecified (0.0.0.0/8,
+ * ::) and multicast addresses are never opened: connecting to 0.0.0.0
+ * reaches the host itself. */
 int nb_rules_addr_allowed(const nb_ruleset_t *rs, const char *vm, const nb_ipaddr_t *addr,
                           uint16_t port);
+
+/* For an allow CIDR rule broader than internal ranges it covers (so that
+ * it does not open them, see above), writes a one-line warning naming the
+ * range kinds and an example of a narrow rule to `out` (outsz >= 64) and
+ * returns its length; 0 (and "") for any other rule. */
+size_t nb_rule_broad_warning(const nb_rule_t *r, char *out, size_t outsz);
 
 /* Renders untrusted name bytes for a prompt or log (A16): printable ASCII
  * is kept, '\\' becomes "\\\\", every other byte "\\xNN". When the result

@@ -61,16 +61,49 @@ static int visible_or_space(const char *s)
     return 1;
 }
 
-/* Headers that carry framing or routing: a secret never belongs there. */
+/* Headers a binding can never fill: the proxy owns them (routing and
+ * framing, which it checks or writes itself) or drops them as hop-by-hop
+ * before the request goes upstream, so a secret placed there would either
+ * never fire or change how the message is read. */
+static const struct {
+    const char *name, *why;
+} header_refusals[] = {
+    {"host", "the proxy owns Host: it names the approved destination (A1)"},
+    {"content-length", "a framing header: the proxy frames the body itself"},
+    {"transfer-encoding", "a framing header: the proxy frames the body itself"},
+    {"trailer", "a framing header: the proxy frames the body itself"},
+    {"connection", "a hop-by-hop header: it never reaches the upstream"},
+    {"keep-alive", "a hop-by-hop header: it never reaches the upstream"},
+    {"proxy-connection", "a hop-by-hop header: it never reaches the upstream"},
+    {"proxy-authorization",
+     "a hop-by-hop header: it authenticates to the proxy and never reaches the upstream"},
+    {"proxy-authenticate", "a hop-by-hop header: it never reaches the upstream"},
+    {"te", "a hop-by-hop header: it never reaches the upstream"},
+    {"upgrade", "the proxy writes Upgrade itself (WebSocket only)"},
+    {"expect", "the proxy handles Expect itself (100-continue only)"},
+    {"accept-encoding",
+     "the proxy rewrites Accept-Encoding toward bound hosts, so a value there never fires"},
+};
+
+const char *nb_binding_header_refusal(const char *h)
+{
+    for (size_t i = 0; i < sizeof(header_refusals) / sizeof(header_refusals[0]); i++)
+        if (strcasecmp(h, header_refusals[i].name) == 0)
+            return header_refusals[i].why;
+    return NULL;
+}
+
+const char *nb_binding_host_refusal(const char *host)
+{
+    if (strcmp(host, "*") == 0 || nb_host_pattern_public(host))
+        return "a wildcard over a public suffix (like *.com or *.co.uk) matches hosts of "
+               "unrelated owners: bind the secret to the service's own name or *.its-domain";
+    return NULL;
+}
+
 static int header_forbidden(const char *h)
 {
-    static const char *bad[] = {
-        "host", "content-length", "transfer-encoding", "connection", "upgrade",
-        "te",   "trailer",        "keep-alive",        "expect",     "proxy-connection"};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        if (strcasecmp(h, bad[i]) == 0)
-            return 1;
-    return 0;
+    return nb_binding_header_refusal(h) != NULL;
 }
 
 static int header_fields_valid(const nb_binding_t *b)
@@ -155,7 +188,8 @@ int nb_binding_normalize(nb_binding_t *b)
     nb_ipaddr_t ip;
     if (nb_ip_parse(b->host, strlen(b->host), &ip))
         nb_ip_format(&ip, host, sizeof(host));
-    else if (nb_host_pattern_normalize(b->host, strlen(b->host), host, sizeof(host)) < 0)
+    else if (nb_host_pattern_normalize(b->host, strlen(b->host), host, sizeof(host)) < 0 ||
+             nb_binding_host_refusal(host))
         return NB_EINVAL;
     memcpy(b->host, host, sizeof(host));
     if (path_prefix_normalize(b->path_prefix) < 0)

@@ -54,6 +54,18 @@ int nb_binding_set_header(nb_binding_t *b, const char *spec);
  * 0 or NB_EINVAL. */
 int nb_binding_normalize(nb_binding_t *b);
 
+/* Why a secret may not be placed in header `h` (a static sentence), or
+ * NULL when it may. Refused: Host and framing headers (the proxy owns
+ * them), hop-by-hop headers such as Proxy-Authorization or Connection
+ * (never forwarded, so the binding could never fire), Upgrade, Expect,
+ * Accept-Encoding. nb_binding_set_header/_normalize refuse them too. */
+const char *nb_binding_header_refusal(const char *h);
+
+/* Why a binding may not use normalised host pattern `host` (a static
+ * sentence), or NULL: "*" or a wildcard over a public suffix ("*.com",
+ * "*.co.uk"; nb_host_pattern_public). nb_binding_normalize refuses it. */
+const char *nb_binding_host_refusal(const char *host);
+
 /* "header", "basic", "query" (static), or NULL for anything else. */
 const char *nb_binding_placement_name(int placement);
 
