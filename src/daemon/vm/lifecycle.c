@@ -242,6 +242,8 @@ static void qemu_said(nb_vm_t *vm, char *out, size_t outsz)
     out[0] = '\0';
     if (nb_qemu_log_error_line(vm->qemu_log, vm->qemu_log_off, line, sizeof line) > 0)
         nb_vm_fmt(out, outsz, "; QEMU said: \"%s\" (in %s)", line, vm->qemu_log);
+    else
+        nb_vm_fmt(out, outsz, "; QEMU wrote nothing to %s", vm->qemu_log);
 }
 
 /* QEMU stopped the guest while it booted (KVM internal error, panic,
@@ -477,9 +479,12 @@ void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
 static void on_kvm_reply(nb_qmp_t *q, int r, json_t *ret, json_t *err, void *data)
 {
     nb_vm_t *vm = data;
-    if (r == 0 && json_is_object(ret) && !vm->accel[0])
+    if (r == 0 && json_is_object(ret) && !vm->accel[0]) {
         nb_vm_fmt(vm->accel, sizeof vm->accel, "%s",
                   json_is_true(json_object_get(ret, "enabled")) ? "kvm" : "tcg");
+        nb_vm_fmt(vm->accel_reason, sizeof vm->accel_reason,
+                  "re-attached: QEMU reports %s (query-kvm)", vm->accel);
+    }
 }
 
 static void on_qmp_ready(nb_qmp_t *q, int r, void *ud)
@@ -695,8 +700,8 @@ void vm_exited(nb_vm_t *vm, const char *how)
     vm->halted[0] = '\0';
     /* What QEMU wrote during this boot, for every "did not come up". */
     qemu_said(vm, said, sizeof said);
-    if (said[0])
-        nb_qemu_log_error_line(vm->qemu_log, vm->qemu_log_off, line, sizeof line);
+    if (nb_qemu_log_error_line(vm->qemu_log, vm->qemu_log_off, line, sizeof line) <= 0)
+        line[0] = '\0';
     teardown(vm, 0);
     vm->stop_requested = 0;
     vm->restart_after_stop = 0;
@@ -871,7 +876,7 @@ void vm_lc_reattach(nb_vm_t *vm)
     vm->exited = 0;
     vm->reattached = 1;
     vm->gen++;
-    vm->accel[0] = vm->machine[0] = '\0';
+    vm->accel[0] = vm->machine[0] = vm->accel_reason[0] = '\0';
     struct stat st;
     vm->started_ms = stat(vm->pidfile, &st) == 0 ? (int64_t)st.st_mtime * 1000 : 0;
     vm->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
