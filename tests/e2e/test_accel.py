@@ -233,6 +233,22 @@ class AccelE2E(unittest.TestCase):
         self.assertIn("no kvm: /nonexistent/kvm", r.stdout)
         d2.cleanup()
 
+        # The daemon-wide default: VMs without --accel follow NILBOX_ACCEL;
+        # a VM's own setting wins. A bad value stops the daemon at start.
+        d3 = self.new_daemon({"NILBOX_QEMU": self.qemu, "NILBOX_ACCEL": "tcg"})
+        self.cli("vm", "create", "n1", d=d3)
+        self.cli("vm", "create", "n2", "--accel", "auto", d=d3)
+        vm = self.inspect("n1", d=d3)
+        self.assertEqual((vm["accel_setting"], vm["accel_setting_from"]), ("tcg", "NILBOX_ACCEL"))
+        vm = self.inspect("n2", d=d3)
+        self.assertEqual((vm["accel_setting"], vm["accel_setting_from"]), ("auto", "vm"))
+        d3.cleanup()
+        env = dict(d3.env, NILBOX_ACCEL="fast", NILBOX_HOME=os.path.join(self.tmp, "h4"))
+        r = subprocess.run([NILBOXD, "--foreground"], env=env, capture_output=True, text=True,
+                           timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("NILBOX_ACCEL must be auto, kvm or tcg (it is 'fast')", r.stderr)
+
         # KVM present but broken (cached from 01): kvm is allowed as a
         # setting, and the start says why it cannot run.
         self.cli("vm", "create", "k2", "--accel", "kvm")
