@@ -605,10 +605,16 @@ static void test_kvm_status(void)
     NB_CHECK(strstr(st.detail, "did not start its init") != NULL);
     NB_CHECK(st.probe_secs < 2.0);
 
-    /* No kernel to boot (no tiny image in home): present, not probed. */
+    /* No kernel to boot (no tiny image in home): present, not probed... */
+    write_fake_qemu(qemu, "QEMU emulator version 10.0.2", "boot");
     o.kernel = NULL;
     NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
     NB_CHECK_EQ_INT(st.state, NB_KVM_UNPROBED);
+    /* ...unless a VM found KVM broken for this key: that still counts. */
+    NB_CHECK_EQ_INT(nb_kvm_record_broken(g_dir, qemu, "QEMU killed by signal 6"), 0);
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_BROKEN);
+    NB_CHECK_STR(st.detail, "QEMU killed by signal 6");
     unsetenv("NILBOX_KVM_DEVICE");
 }
 

@@ -604,20 +604,6 @@ int nb_kvm_status(const nb_kvm_probe_opts_t *o, nb_kvm_status_t *out)
         out->state = NB_KVM_ABSENT;
         return 0;
     }
-    nb_image_t img;
-    const char *kernel = o->kernel, *initrd = o->initrd;
-    if (!kernel) {
-        char dir[4200];
-        if (!o->home || nb_image_dir(o->home, "tiny", dir, sizeof dir) < 0 ||
-            nb_image_load(dir, &img) < 0) {
-            out->state = NB_KVM_UNPROBED;
-            snprintf(out->detail, sizeof out->detail,
-                     "not probed: the tiny image is not built ('nilbox image build tiny')");
-            return 0;
-        }
-        kernel = img.kernel;
-        initrd = img.initrd[0] ? img.initrd : NULL;
-    }
     char key[1024];
     pthread_mutex_lock(&probe_lock);
     int r = cache_key(o->qemu, key, sizeof key);
@@ -628,9 +614,26 @@ int nb_kvm_status(const nb_kvm_probe_opts_t *o, nb_kvm_status_t *out)
                  o->qemu ? o->qemu : "qemu-system-x86_64");
         return 0;
     }
+    /* The cache first: a failure recorded by a VM counts even where there
+     * is no tiny image to probe with. */
     if (!o->force && cache_read(o->home, key, out)) {
         pthread_mutex_unlock(&probe_lock);
         return 0;
+    }
+    nb_image_t img;
+    const char *kernel = o->kernel, *initrd = o->initrd;
+    if (!kernel) {
+        char dir[4200];
+        if (!o->home || nb_image_dir(o->home, "tiny", dir, sizeof dir) < 0 ||
+            nb_image_load(dir, &img) < 0) {
+            pthread_mutex_unlock(&probe_lock);
+            out->state = NB_KVM_UNPROBED;
+            snprintf(out->detail, sizeof out->detail,
+                     "not probed: the tiny image is not built ('nilbox image build tiny')");
+            return 0;
+        }
+        kernel = img.kernel;
+        initrd = img.initrd[0] ? img.initrd : NULL;
     }
     char **argv = NULL;
     if ((r = nb_kvm_probe_argv(o->qemu, kernel, initrd, nb_kvm_cpu_model(), &argv)) < 0) {
