@@ -180,6 +180,16 @@ class AccelE2E(unittest.TestCase):
         except OSError:
             return []
 
+    # -- 00 ------------------------------------------------------------------
+    def test_00_daemon_status_web_ui(self):
+        with open(os.path.join(self.d.runtime, "api.json")) as f:
+            api = json.load(f)
+        want = "%s#token=%s" % (api["url"], api["token"])
+        r = self.cli("daemon", "status")
+        self.assertIn("web UI:    " + want + "\n", r.stdout)
+        st = json.loads(self.cli("--json", "daemon", "status").stdout)
+        self.assertEqual(st["web_ui"], want)
+
     # -- 01 ------------------------------------------------------------------
     def test_01_doctor_and_auto(self):
         r = self.cli("doctor", ok=False)
