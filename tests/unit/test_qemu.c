@@ -490,6 +490,10 @@ static void test_error_line(void)
                       "`ret == cpu->kvm_msr_buf->nmsrs' failed.\n";
     NB_CHECK_EQ_INT(nb_qemu_error_line(msr, strlen(msr), out, sizeof out), 1);
     NB_CHECK_STR(out, "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000c0ab");
+    const char *warn = "qemu-system-x86_64: error: real one\n"
+                       "qemu-system-x86_64: warning: recovered from a read error\n";
+    NB_CHECK_EQ_INT(nb_qemu_error_line(warn, strlen(warn), out, sizeof out), 1);
+    NB_CHECK_STR(out, "qemu-system-x86_64: error: real one");
     const char *kie = "KVM internal error. Suberror: 1\nemulation failure\nEAX=00000000 "
                       "EBX=00000000\nEFER=0000000000000000\n\n";
     NB_CHECK_EQ_INT(nb_qemu_error_line(kie, strlen(kie), out, sizeof out), 1);
@@ -540,6 +544,8 @@ static void write_fake_qemu(const char *p, const char *version, const char *mode
             "  kill -ABRT $$ ;;\n"
             "boot) echo '[    0.9] Run /init as init process'; sleep 30 ;;\n"
             "hang) exec sleep 30 ;;\n"
+            "warn) echo 'qemu-system-x86_64: warning: MSR error ignored' >&2; sleep 0.2;\n"
+            "  echo 'Run /init as init process'; sleep 30 ;;\n"
             "esac\n",
             version, mode);
     fclose(f);
@@ -596,6 +602,11 @@ static void test_kvm_status(void)
     NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
     NB_CHECK_EQ_INT(st.state, NB_KVM_BROKEN);
     NB_CHECK_STR(st.detail, "KVM internal error. Suberror: 1");
+
+    /* QEMU's warnings do not fail the probe, even when they say "error". */
+    write_fake_qemu(qemu, "QEMU emulator version 10.0.3", "warn");
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_OK);
 
     /* A guest that makes no progress: broken after the timeout. */
     write_fake_qemu(qemu, "QEMU emulator version 10.0.1", "hang");

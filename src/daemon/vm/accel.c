@@ -111,12 +111,20 @@ static size_t timestamp_len(const char *s, size_t n)
     return (size_t)(sp - s) + 1;
 }
 
-static int has_error(const char *s, size_t n)
+static int has_word(const char *s, size_t n, const char *w)
 {
-    for (size_t i = 0; i + 5 <= n; i++)
-        if (strncasecmp(s + i, "error", 5) == 0)
+    size_t k = strlen(w);
+    for (size_t i = 0; i + k <= n; i++)
+        if (strncasecmp(s + i, w, k) == 0)
             return 1;
     return 0;
+}
+
+/* An error line: says "error", and is not one of QEMU's warnings (which
+ * may mention errors it recovered from). */
+static int has_error(const char *s, size_t n)
+{
+    return has_word(s, n, "error") && !has_word(s, n, "warning:");
 }
 
 int nb_qemu_error_line(const char *text, size_t len, char *out, size_t outsz)

@@ -88,7 +88,8 @@ int nb_kvm_probe_argv(const char *qemu, const char *kernel, const char *initrd, 
 void nb_accel_argv_free(char **argv);
 
 /* The line of QEMU's output (stderr) that says what went wrong: the last
- * line containing "error" (any case), else the last non-empty line; a
+ * line containing "error" (any case) that is not a "warning:", else the
+ * last non-empty line; a
  * leading "-msg timestamp=on" time stamp is dropped, control characters
  * become '?', and the line is cut to fit `outsz`. 1 when a line was found,
  * 0 when `text` holds none ("" in out). */
