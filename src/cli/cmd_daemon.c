@@ -24,11 +24,33 @@ static void fmt_uptime(double s, char *out, size_t outsz)
         snprintf(out, outsz, "%ldd %ldh", t / 86400, (t % 86400) / 3600);
 }
 
+/* The web UI address with its per-start token in the URL fragment (which
+ * the browser never sends: no server log, no Referer). The token is in
+ * the daemon's api.json (0600, runtime folder), not in API answers. 0
+ * and "" when there is none. */
+static int web_ui_url(const json_t *st, char *out, size_t outsz)
+{
+    char path[1200];
+    const char *rt = nb_json_str(st, "runtime_dir");
+    out[0] = '\0';
+    if (!rt || snprintf(path, sizeof path, "%s/api.json", rt) >= (int)sizeof path)
+        return 0;
+    json_t *a = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+    const char *url = nb_json_str(a, "url"), *tok = nb_json_str(a, "token");
+    int ok = url && tok && url[0] && tok[0] &&
+             strspn(tok, "0123456789abcdefABCDEF-_") == strlen(tok) &&
+             snprintf(out, outsz, "%s#token=%s", url, tok) < (int)outsz;
+    if (!ok)
+        out[0] = '\0';
+    json_decref(a);
+    return ok;
+}
+
 static void print_status(const json_t *st)
 {
-    char up[32];
+    char up[32], ui[1400];
     const json_t *counts = json_object_get(st, "counts");
-    const char *url = nb_json_str(st, "api_url");
+    const char *url = web_ui_url(st, ui, sizeof ui) ? ui : nb_json_str(st, "api_url");
     fmt_uptime(json_number_value(json_object_get(st, "uptime_s")), up, sizeof up);
     printf("nilboxd %s is running (pid %lld, up %s)\n", nb_json_str(st, "version"),
            (long long)nb_json_int(st, "pid", 0), up);
@@ -75,7 +97,10 @@ static int do_status(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return code;
     }
     if (cli->json) {
+        char ui[1400];
         json_object_set_new(resp.json, "running", json_true());
+        if (web_ui_url(resp.json, ui, sizeof ui))
+            json_object_set_new(resp.json, "web_ui", json_string(ui));
         nb_cli_print_json(resp.json);
     } else {
         print_status(resp.json);

@@ -98,7 +98,7 @@ typedef struct {
     int quiet;
     int seen_starting; /* a restart stops the VM first: only later ends count */
     int restart;
-    char last_exit[256];
+    char last_exit[1024];
     json_t *running; /* the vm.running event */
 } boot_wait_t;
 
@@ -213,6 +213,20 @@ static int vm_path(char *out, size_t outsz, const char *name, const char *suffix
 
 /* ------------------------------------------------------------ verbs */
 
+/* --accel VALUE: NULL (not given), or 0 and usage error. */
+static int accel_opt(const nb_cli_verb_t *v, nb_cli_args_t *a, const char **out)
+{
+    const char *s = nb_cli_opt(v, a, "accel");
+    *out = s;
+    if (s && strcmp(s, "auto") != 0 && strcmp(s, "kvm") != 0 && strcmp(s, "tcg") != 0) {
+        char esc[80];
+        fprintf(stderr, "nilbox: --accel must be auto, kvm or tcg (not '%s')\n",
+                nb_log_escape(esc, sizeof esc, s, strlen(s)));
+        return -1;
+    }
+    return 0;
+}
+
 static int do_create(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     const char *name = a->pos[0];
@@ -220,10 +234,13 @@ static int do_create(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     const char *image = nb_cli_opt(v, a, "image"), *mem = nb_cli_opt(v, a, "memory");
     const char *disk = nb_cli_opt(v, a, "disk"), *restart = nb_cli_opt(v, a, "restart");
     long cpus = nb_cli_opt_long(v, a, "cpus", 1, 64);
-    if (cpus < 0) {
+    const char *accel;
+    if (cpus < 0 || accel_opt(v, a, &accel) < 0) {
         json_decref(body);
         return NB_CLI_USAGE;
     }
+    if (accel)
+        json_object_set_new(body, "accel", json_string(accel));
     json_object_set_new(body, "cpus", json_integer(cpus));
     if (image)
         json_object_set_new(body, "image", json_string(image));
@@ -326,12 +343,21 @@ static int do_resize(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 
 static int do_set(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
-    const char *restart = nb_cli_opt(v, a, "restart");
-    if (!restart) {
-        fprintf(stderr, "nilbox: nothing to set; try --restart never|on-failure\n");
+    const char *restart = nb_cli_opt(v, a, "restart"), *accel;
+    if (accel_opt(v, a, &accel) < 0)
+        return NB_CLI_USAGE;
+    if (!restart && !accel) {
+        fprintf(stderr,
+                "nilbox: nothing to set; try --restart never|on-failure or --accel auto|kvm|tcg\n");
         return NB_CLI_USAGE;
     }
-    return simple(cli, "PATCH", a->pos[0], "", json_pack("{s:s}", "restart", restart), "updated");
+    json_t *body = json_object();
+    if (restart)
+        json_object_set_new(body, "restart", json_string(restart));
+    if (accel)
+        json_object_set_new(body, "accel", json_string(accel));
+    return simple(cli, "PATCH", a->pos[0], "", body,
+                  accel ? "updated (the accelerator applies from the next start)" : "updated");
 }
 
 static int do_inspect(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
@@ -390,39 +416,70 @@ static void print_console(const char *s)
     fflush(stdout);
 }
 
+/* Prints one log (console or QEMU's stderr) from `offset` (-1: the last
+ * `tail` bytes); with `follow`, keeps printing until interrupted. */
+static int print_log(nb_cli_t *cli, const char *base, const char *source, long tail, int follow,
+                     const char *header)
+{
+    char path[240];
+    long long offset = -1;
+    int printed_header = 0;
+    for (;;) {
+        json_t *res = NULL;
+        if (offset < 0)
+            snprintf(path, sizeof path, "%s?source=%s&tail=%ld", base, source, tail);
+        else
+            snprintf(path, sizeof path, "%s?source=%s&offset=%lld", base, source, offset);
+        int code = nb_cli_call(cli, "GET", path, NULL, &res);
+        if (code != NB_CLI_OK)
+            return code;
+        const char *data = nb_json_str(res, "data");
+        if (header && !printed_header && data && data[0]) {
+            printf("%s", header);
+            printed_header = 1;
+        }
+        print_console(data ? data : "");
+        offset = (long long)nb_json_int(res, "next", 0);
+        int more = nb_json_int(res, "size", 0) > offset;
+        json_decref(res);
+        if ((!follow && !more) || interrupted)
+            return NB_CLI_OK;
+        if (!more)
+            usleep(300 * 1000);
+    }
+}
+
 static int do_logs(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
-    char path[200], base[160];
+    char base[160], header[1400];
     long tail = nb_cli_opt_long(v, a, "tail", 65536, 1L << 30);
-    int follow = nb_cli_flag(v, a, "follow");
-    long long offset = -1;
+    int follow = nb_cli_flag(v, a, "follow"), qemu = nb_cli_flag(v, a, "qemu");
     if (tail < 0 || vm_path(base, sizeof base, a->pos[0], "/logs") < 0)
         return NB_CLI_USAGE;
     struct sigaction sa = {.sa_handler = on_sigint};
     interrupted = 0;
     if (follow)
         sigaction(SIGINT, &sa, NULL);
-    for (;;) {
-        json_t *res = NULL;
-        if (offset < 0)
-            snprintf(path, sizeof path, "%s?tail=%ld", base, tail);
-        else
-            snprintf(path, sizeof path, "%s?offset=%lld", base, offset);
-        int code = nb_cli_call(cli, "GET", path, NULL, &res);
-        if (code != NB_CLI_OK)
-            return code;
-        const char *data = nb_json_str(res, "data");
-        print_console(data ? data : "");
-        offset = (long long)nb_json_int(res, "next", 0);
-        int more = nb_json_int(res, "size", 0) > offset;
-        json_decref(res);
-        if (!follow && !more)
-            return NB_CLI_OK;
-        if (interrupted)
-            return NB_CLI_OK;
-        if (!more)
-            usleep(300 * 1000);
+    if (qemu)
+        return print_log(cli, base, "qemu", tail, follow, NULL);
+    /* Without --follow: the console, then QEMU's own stderr, marked. With
+     * --follow: QEMU's stderr so far, then the console as it grows. */
+    snprintf(header, sizeof header,
+             "\n----- QEMU's own output (stderr: %s/vms/%s/qemu.log; only this: --qemu) -----\n",
+             cli->home.home, a->pos[0]);
+    int code;
+    if (follow) {
+        code = print_log(cli, base, "qemu", tail, 0, header + 1);
+        if (code == NB_CLI_OK)
+            code =
+                print_log(cli, base, "console", tail, 1, "----- guest console (following) -----\n");
+        return code;
     }
+    code = print_log(cli, base, "console", tail, 0, NULL);
+    if (code == NB_CLI_OK)
+        code = print_log(cli, base, "qemu", tail, 0, header);
+    fflush(stdout);
+    return code;
 }
 
 static int do_snapshot(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
@@ -487,6 +544,9 @@ static const nb_cli_opt_t create_opts[] = {
     {"memory", 'm', "SIZE", "memory, e.g. 512M or 2G (default 512M)"},
     {"disk", 'd', "SIZE", "disk size, e.g. 4G (default: the image's, 1G for tiny)"},
     {"restart", 'r', "POLICY", "never (default) or on-failure"},
+    {"accel", 'a', "ACCEL",
+     "auto (default: KVM when it works here, else TCG), kvm or tcg; NILBOX_ACCEL sets the "
+     "daemon's default"},
     {"start", 's', NULL, "start the VM right away and wait for its agent"},
     {NULL, 0, NULL, NULL},
 };
@@ -505,10 +565,12 @@ static const nb_cli_opt_t rm_opts[] = {
 static const nb_cli_opt_t logs_opts[] = {
     {"follow", 'f', NULL, "keep printing new console output until interrupted"},
     {"tail", 't', "BYTES", "start this many bytes before the end (default 65536)"},
+    {"qemu", 'q', NULL, "only QEMU's own output (its stderr, qemu.log)"},
     {NULL, 0, NULL, NULL},
 };
 static const nb_cli_opt_t set_opts[] = {
     {"restart", 'r', "POLICY", "restart policy: never or on-failure"},
+    {"accel", 'a', "ACCEL", "accelerator from the next start: auto, kvm or tcg"},
     {NULL, 0, NULL, NULL},
 };
 
@@ -532,13 +594,18 @@ static const nb_cli_verb_t verbs[] = {
     {"ls", "list VMs", NULL, NULL, 0, 0, NULL, do_ls, NB_CLI_NEEDS_DAEMON},
     {"inspect", "show everything about a VM (JSON)", "NAME", NULL, 1, 1, NULL, do_inspect,
      NB_CLI_NEEDS_DAEMON},
-    {"logs", "show a VM's serial console", "NAME", NULL, 1, 1, logs_opts, do_logs,
-     NB_CLI_NEEDS_DAEMON},
+    {"logs", "show a VM's serial console and QEMU's own output", "NAME",
+     "Show the guest's serial console, then QEMU's own output (its stderr, qemu.log: why QEMU\n"
+     "failed or stopped the guest), under a marked header. --qemu: only QEMU's output.\n"
+     "--follow: QEMU's output so far, then the console as it grows.",
+     1, 1, logs_opts, do_logs, NB_CLI_NEEDS_DAEMON},
     {"resize", "grow a stopped VM's disk", "NAME SIZE",
      "Grow the disk of a stopped VM to SIZE (e.g. 4G); disks never shrink. The guest grows its\n"
      "file system at the next boot.",
      2, 2, NULL, do_resize, NB_CLI_NEEDS_DAEMON},
-    {"set", "change a VM's settings", "NAME", NULL, 1, 1, set_opts, do_set, NB_CLI_NEEDS_DAEMON},
+    {"set", "change a VM's settings", "NAME",
+     "Change a VM's restart policy (at once) or accelerator (from the next start).", 1, 1, set_opts,
+     do_set, NB_CLI_NEEDS_DAEMON},
     {"snapshot", "disk snapshots: save|restore|ls|rm", "save|restore|ls|rm NAME [SNAPSHOT]",
      "Disk snapshots of a VM (internal qcow2 snapshots of its disk; RAM is not saved).\n"
      "save and rm work on running VMs too (after a sync in the guest); restore needs a stopped "

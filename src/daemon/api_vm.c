@@ -125,6 +125,11 @@ static int parse_restart(const char *s, nb_vm_restart_t *out)
     return 0;
 }
 
+static int valid_accel(const char *s)
+{
+    return !strcmp(s, "auto") || !strcmp(s, "kvm") || !strcmp(s, "tcg");
+}
+
 static void on_create(nb_api_ctx_t *ctx)
 {
     nb_vm_spec_t s;
@@ -179,6 +184,14 @@ static void on_create(nb_api_ctx_t *ctx)
         nb_api_reply_error(ctx, 422, "invalid", "'restart' must be \"never\" or \"on-failure\"");
         return;
     }
+    json_t *acc = json_object_get(ctx->body, "accel");
+    if (acc && !json_is_null(acc)) {
+        if (!json_is_string(acc) || !valid_accel(json_string_value(acc))) {
+            nb_api_reply_error(ctx, 422, "invalid", "'accel' must be \"auto\", \"kvm\" or \"tcg\"");
+            return;
+        }
+        nb_vm_fmt(s.accel, sizeof s.accel, "%s", json_string_value(acc));
+    }
     nb_vmm_create(ctx->d->vmm, &s, done_201, ctx);
 }
 
@@ -228,15 +241,19 @@ static void on_resize(nb_api_ctx_t *ctx)
 static void on_patch(nb_api_ctx_t *ctx)
 {
     nb_vm_restart_t p;
-    const char *restart = nb_json_str(ctx->body, "restart");
+    json_t *rv = json_object_get(ctx->body, "restart"), *av = json_object_get(ctx->body, "accel");
     if (!have_vmm(ctx))
         return;
-    if (!restart || parse_restart(restart, &p) < 0) {
+    if ((!rv && !av) ||
+        (rv && (!json_is_string(rv) || parse_restart(json_string_value(rv), &p) < 0)) ||
+        (av && (!json_is_string(av) || !valid_accel(json_string_value(av))))) {
         nb_api_reply_error(ctx, 422, "invalid",
-                           "only 'restart' (\"never\" or \"on-failure\") can be changed");
+                           "settings: 'restart' (\"never\" or \"on-failure\") and 'accel' "
+                           "(\"auto\", \"kvm\" or \"tcg\")");
         return;
     }
-    nb_vmm_set_restart(ctx->d->vmm, nb_api_param(ctx, "name"), p, done_200, ctx);
+    nb_vmm_set(ctx->d->vmm, nb_api_param(ctx, "name"), rv ? &p : NULL,
+               av ? json_string_value(av) : NULL, done_200, ctx);
 }
 
 /* ------------------------------------------------------------ logs */
@@ -344,7 +361,10 @@ static void on_logs(nb_api_ctx_t *ctx)
     }
     j->ctx = ctx;
     j->tail = -1;
-    nb_vm_fmt(j->path, sizeof j->path, "%s", nb_vm_console_path(vm));
+    /* ?source=qemu: QEMU's own stderr (qemu.log) instead of the console. */
+    int qemu = nb_api_query(ctx, "source", v, sizeof v) == 1 && !strcmp(v, "qemu");
+    nb_vm_fmt(j->path, sizeof j->path, "%s",
+              qemu ? nb_vm_qemu_log_path(vm) : nb_vm_console_path(vm));
     if (nb_api_query(ctx, "offset", v, sizeof v) == 1)
         j->offset = strtoll(v, NULL, 10);
     if (nb_api_query(ctx, "tail", v, sizeof v) == 1)

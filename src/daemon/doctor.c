@@ -2,15 +2,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/kvm.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+
+#include "daemon/vm/accel.h"
 
 #ifdef NB_HAVE_GIO
 #include <gio/gio.h>
@@ -55,7 +55,9 @@ static int find_in_path(const char *name, char *out, size_t outsz)
 static void check_qemu(const nb_home_t *h, nb_doctor_result_t *res)
 {
     char sys[1024], img[1024];
-    int have_sys = find_in_path("qemu-system-x86_64", sys, sizeof sys);
+    const char *q = getenv("NILBOX_QEMU");
+    int have_sys = q && q[0] ? snprintf(sys, sizeof sys, "%s", q) > 0 && access(sys, X_OK) == 0
+                             : find_in_path("qemu-system-x86_64", sys, sizeof sys);
     int have_img = find_in_path("qemu-img", img, sizeof img);
     if (have_sys && have_img)
         set(res, NB_DOCTOR_OK, NULL, "QEMU found: %s and %s", sys, img);
@@ -67,36 +69,50 @@ static void check_qemu(const nb_home_t *h, nb_doctor_result_t *res)
             !have_sys ? "qemu-system-x86_64" : "qemu-img");
 }
 
+/* Whether VMs get KVM: the same answer the VM manager uses for `auto`
+ * (accel.h): the device must open, and the probe (cached per host key) must
+ * boot the tiny kernel under KVM. Messages start with "kvm ok", "kvm present
+ * but unusable: <QEMU's line>" or "no kvm" (scripts match on them). */
 static void check_kvm(const nb_home_t *h, nb_doctor_result_t *res)
 {
     const char *tcg = "VMs will run under TCG software emulation (works, but several times slower)";
-    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ENOENT)
+    char qemu[1024];
+    const char *q = getenv("NILBOX_QEMU");
+    if (!(q && q[0]) && find_in_path("qemu-system-x86_64", qemu, sizeof qemu))
+        q = qemu;
+    nb_kvm_probe_opts_t o = {.home = h->home, .qemu = q && q[0] ? q : NULL};
+    nb_kvm_status_t st;
+    if (nb_kvm_status(&o, &st) < 0) {
+        set(res, NB_DOCTOR_WARN, NULL, "kvm not checked: out of memory");
+        return;
+    }
+    switch (st.state) {
+    case NB_KVM_OK:
+        set(res, NB_DOCTOR_OK, NULL, "kvm ok: %s%s: VMs use hardware acceleration", st.detail,
+            st.cached ? " (cached result)" : "");
+        break;
+    case NB_KVM_BROKEN:
+        set(res, NB_DOCTOR_WARN,
+            "nothing to do: VMs use TCG (the probe runs again when the kernel, QEMU or CPU "
+            "changes)",
+            "kvm present but unusable: %s: %s", st.detail, tcg);
+        break;
+    case NB_KVM_UNPROBED:
+        set(res, NB_DOCTOR_WARN, "build the tiny image ('nilbox image build tiny') to probe it",
+            "kvm present (%s opens), not probed: %s", nb_kvm_device(), st.detail);
+        break;
+    default:
+        if (strstr(st.detail, strerror(EACCES)) || strstr(st.detail, strerror(EPERM)))
+            set(res, NB_DOCTOR_WARN,
+                "add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again",
+                "no kvm: %s: %s", st.detail, tcg);
+        else
             set(res, NB_DOCTOR_WARN,
                 "enable virtualization (VT-x/AMD-V) in the firmware and load the kvm module "
                 "(sudo modprobe kvm_intel or kvm_amd); inside a VM, enable nested virtualization",
-                "/dev/kvm does not exist: %s", tcg);
-        else if (e == EACCES || e == EPERM)
-            set(res, NB_DOCTOR_WARN,
-                "add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again",
-                "/dev/kvm is not accessible to this user: %s", tcg);
-        else
-            set(res, NB_DOCTOR_WARN, "check that the kvm module loads (dmesg | grep -i kvm)",
-                "/dev/kvm cannot be opened (%s): %s", strerror(e), tcg);
-        return;
+                "no kvm: %s: %s", st.detail, tcg);
+        break;
     }
-    int v = ioctl(fd, KVM_GET_API_VERSION, 0);
-    close(fd);
-    if (v == KVM_API_VERSION)
-        set(res, NB_DOCTOR_OK, NULL,
-            "/dev/kvm is usable (KVM API %d): VMs use hardware "
-            "acceleration",
-            v);
-    else
-        set(res, NB_DOCTOR_WARN, "check the kernel's kvm module",
-            "/dev/kvm answered API version %d (expected %d): %s", v, KVM_API_VERSION, tcg);
 }
 
 /* The session bus address, without ever auto-launching a bus (GLib would

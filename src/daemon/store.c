@@ -35,6 +35,7 @@ static const nb_store_migration_t builtin_migrations[] = {
      "CREATE INDEX events_type_time ON events (type, time_ms);"},
     {2, "audit: hash-chained append-only log", NB_AUDIT_MIGRATION_SQL},
     {3, "vm: the VM table", NB_VM_MIGRATION_SQL},
+    {4, "vm: per-VM accelerator setting", NB_VM_ACCEL_MIGRATION_SQL},
     /* append new migrations above this line */
 };
 

@@ -4,6 +4,7 @@
  * bench/boot until the daemon's VM manager exists.
  *
  *   nb_vmrun --dir DIR --kernel K [--initrd I] [--disk D] [--machine auto|microvm|q35]
+ *            [--accel auto|kvm|tcg]
  *            [--root-disk] [--cmdline ARGS] [--memory MIB] [--cpus N]
  *            [--key-file F] [--no-mux] [--wait ready|byte|mux|qmp]
  *            [--stop quit|powerdown|none|die] [--timeout SEC]
@@ -27,6 +28,7 @@
 #include <sodium.h>
 #include <uv.h>
 
+#include "daemon/vm/accel.h"
 #include "daemon/vm/qemu.h"
 #include "daemon/vm/qmp.h"
 #include "lib/err.h"
@@ -240,7 +242,8 @@ static void on_deadline(uv_timer_t *t)
 static void usage(void)
 {
     fprintf(stderr, "usage: nb_vmrun --dir DIR (--kernel K [--initrd I] [--disk D] "
-                    "[--machine auto|microvm|q35] [--cmdline S] [--memory MIB] [--cpus N] | "
+                    "[--machine auto|microvm|q35] [--accel auto|kvm|tcg] [--cmdline S] [--memory "
+                    "MIB] [--cpus N] | "
                     "--attach) [--wait ready|byte|mux] [--stop quit|powerdown|none|die] "
                     "[--timeout SEC]\n");
     exit(2);
@@ -299,7 +302,10 @@ int main(int argc, char **argv)
             spec.cpus = num(v);
         else if (strcmp(a, "--timeout") == 0)
             timeout = num(v);
-        else if (strcmp(a, "--machine") == 0)
+        else if (strcmp(a, "--accel") == 0) {
+            if (nb_accel_parse(v, &spec.accel) < 0)
+                usage();
+        } else if (strcmp(a, "--machine") == 0)
             spec.machine = strcmp(v, "microvm") == 0 ? NB_QEMU_MACHINE_MICROVM
                            : strcmp(v, "q35") == 0   ? NB_QEMU_MACHINE_Q35
                                                      : NB_QEMU_MACHINE_AUTO;
@@ -373,6 +379,24 @@ int main(int argc, char **argv)
                 return 1;
             sodium_memzero(key, sizeof(key));
         }
+        /* auto as the daemon does it: KVM only where the probe boots under
+         * it (cached in $NB_E2E_CACHE, else DIR), so the boot tests pass on
+         * hosts with working, broken or no KVM. */
+        if (spec.accel == NB_QEMU_ACCEL_AUTO) {
+            const char *home = getenv("NB_E2E_CACHE");
+            nb_kvm_probe_opts_t po = {.home = home && home[0] ? home : dir,
+                                      .qemu = spec.qemu,
+                                      .kernel = spec.kernel,
+                                      .initrd = spec.initrd};
+            nb_kvm_status_t ks;
+            if (nb_kvm_status(&po, &ks) < 0)
+                return 1;
+            spec.accel = ks.state == NB_KVM_OK || ks.state == NB_KVM_UNPROBED ? NB_QEMU_ACCEL_KVM
+                                                                              : NB_QEMU_ACCEL_TCG;
+            fprintf(stderr, "nb_vmrun: accel %s (%s)\n",
+                    spec.accel == NB_QEMU_ACCEL_KVM ? "kvm" : "tcg", ks.detail);
+        }
+        spec.kvm_cpu = nb_kvm_cpu_model();
         if (nb_qemu_build_argv(&spec, &a) < 0)
             return 1;
         g.t0 = uv_hrtime();

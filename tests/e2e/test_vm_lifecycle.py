@@ -190,8 +190,9 @@ class VmE2E(unittest.TestCase):
         r = self.cli("vm", "create", "t1", "--memory", "256M", "--disk", "1G", "--start",
                      timeout=300)
         self.assertIn("is running", r.stdout)
-        self.assertIn("TCG (no KVM): slower" if not os.access("/dev/kvm", os.W_OK) else
-                      "QEMU started", r.stderr)
+        # auto: KVM where it works, else TCG, and the progress says which and why.
+        self.assertRegex(r.stderr, r"accelerator (tcg|kvm): auto \((default|NILBOX_ACCEL)\): ")
+        self.assertIn(self.inspect("t1")["accel"], ("tcg", "kvm"))
         r = self.exec_("t1", "sh", "-c", "echo out; echo err >&2; exit 7")
         self.assertEqual((r.returncode, r.stdout, r.stderr), (7, "out\n", "err\n"))
         r = self.exec_("t1", "cat", input="hello from stdin\n")

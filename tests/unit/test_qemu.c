@@ -10,6 +10,7 @@
 
 #include <sodium.h>
 
+#include "daemon/vm/accel.h"
 #include "daemon/vm/image.h"
 #include "daemon/vm/qemu.h"
 #include "lib/err.h"
@@ -140,12 +141,33 @@ static void test_argv_microvm(void)
     NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), 0);
     NB_CHECK_EQ_INT(a.accel, NB_QEMU_ACCEL_KVM);
     NB_CHECK(opt_value(&a, "-accel", "kvm") != NULL);
-    NB_CHECK(opt_value(&a, "-cpu", "host") != NULL);
+    /* The nested-safe model, exactly (the KVM probe uses the same). */
+    NB_CHECK_STR(opt_value(&a, "-cpu", "host"), NB_QEMU_KVM_CPU);
+    NB_CHECK(strstr(NB_QEMU_KVM_CPU, "-arch-capabilities") && strstr(NB_QEMU_KVM_CPU, "-vmx"));
     m = opt_value(&a, "-machine", "microvm");
+    NB_CHECK_STR(m, NB_QEMU_KVM_MICROVM);
     NB_CHECK(m && strstr(m, "pit=off") && strstr(m, "pic=off"));
     app = opt_value(&a, "-append", "console=ttyS0");
     NB_CHECK(app && !strstr(app, "tsc_early_khz"));
     nb_qemu_argv_free(&a);
+
+    /* A CPU model override goes in as one argument; junk is refused. */
+    s.kvm_cpu = "host,-arch-capabilities";
+    NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), 0);
+    NB_CHECK_STR(opt_value(&a, "-cpu", "host"), "host,-arch-capabilities");
+    nb_qemu_argv_free(&a);
+    s.kvm_cpu = "host -netdev user";
+    NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), NB_EINVAL);
+    s.kvm_cpu = "";
+    NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), NB_EINVAL);
+    s.kvm_cpu = NULL;
+    /* TCG ignores it and uses "max". */
+    s.accel = NB_QEMU_ACCEL_TCG;
+    s.kvm_cpu = "host";
+    NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), 0);
+    NB_CHECK_STR(opt_value(&a, "-cpu", ""), NB_QEMU_TCG_CPU);
+    nb_qemu_argv_free(&a);
+    s.kvm_cpu = NULL;
 
     /* Forced q35 even with a TSC frequency. */
     s.accel = NB_QEMU_ACCEL_TCG;
@@ -380,6 +402,233 @@ static void test_disks(void)
     unlink(base);
 }
 
+static int argv_find(char **v, const char *s)
+{
+    for (int i = 0; v[i]; i++)
+        if (strcmp(v[i], s) == 0)
+            return i;
+    return -1;
+}
+
+static void test_probe_argv(void)
+{
+    char **v = NULL;
+    NB_CHECK_EQ_INT(nb_kvm_probe_argv("/usr/bin/qemu-system-x86_64", "/img/vmlinux",
+                                      "/img/initramfs.img", NB_QEMU_KVM_CPU, &v),
+                    0);
+    NB_CHECK_STR(v[0], "/usr/bin/qemu-system-x86_64");
+    int i = argv_find(v, "-accel");
+    NB_CHECK(i > 0 && strcmp(v[i + 1], "kvm") == 0);
+    /* Same machine and CPU as a VM under KVM: that is what the probe tests. */
+    i = argv_find(v, "-machine");
+    NB_CHECK(i > 0 && strcmp(v[i + 1], NB_QEMU_KVM_MICROVM) == 0);
+    i = argv_find(v, "-cpu");
+    NB_CHECK(i > 0 && strcmp(v[i + 1], NB_QEMU_KVM_CPU) == 0);
+    i = argv_find(v, "-initrd");
+    NB_CHECK(i > 0 && strcmp(v[i + 1], "/img/initramfs.img") == 0);
+    i = argv_find(v, "-serial");
+    NB_CHECK(i > 0 && strcmp(v[i + 1], "stdio") == 0);
+    i = argv_find(v, "-nic");
+    NB_CHECK(i > 0 && strcmp(v[i + 1], "none") == 0);
+    NB_CHECK(argv_find(v, "-nodefaults") > 0 && argv_find(v, "-no-user-config") > 0);
+    i = argv_find(v, "-append");
+    NB_CHECK(i > 0 && strstr(v[i + 1], "loglevel=7") && !strstr(v[i + 1], "quiet"));
+    for (int k = 0; v[k]; k++)
+        NB_CHECK(!strstr(v[k], "netdev") && !strstr(v[k], "virtio-net"));
+    nb_accel_argv_free(v);
+    /* No initrd: no -initrd; bad paths refused. */
+    NB_CHECK_EQ_INT(nb_kvm_probe_argv(NULL, "/img/vmlinux", NULL, "host", &v), 0);
+    NB_CHECK_STR(v[0], "qemu-system-x86_64");
+    NB_CHECK(argv_find(v, "-initrd") < 0);
+    nb_accel_argv_free(v);
+    NB_CHECK_EQ_INT(nb_kvm_probe_argv(NULL, "/img/vm\nlinux", NULL, "host", &v), NB_EINVAL);
+    NB_CHECK(v == NULL);
+    NB_CHECK_EQ_INT(nb_kvm_probe_argv(NULL, "/img/vmlinux", NULL, "host x", &v), NB_EINVAL);
+    NB_CHECK_EQ_INT(nb_kvm_probe_argv(NULL, NULL, NULL, "host", &v), NB_EINVAL);
+}
+
+static void test_accel_parse(void)
+{
+    nb_qemu_accel_t a = NB_QEMU_ACCEL_TCG;
+    NB_CHECK_EQ_INT(nb_accel_parse("auto", &a), 0);
+    NB_CHECK_EQ_INT(a, NB_QEMU_ACCEL_AUTO);
+    NB_CHECK_EQ_INT(nb_accel_parse("kvm", &a), 0);
+    NB_CHECK_EQ_INT(a, NB_QEMU_ACCEL_KVM);
+    NB_CHECK_EQ_INT(nb_accel_parse("tcg", &a), 0);
+    NB_CHECK_EQ_INT(a, NB_QEMU_ACCEL_TCG);
+    NB_CHECK_EQ_INT(nb_accel_parse("KVM", &a), NB_EINVAL);
+    NB_CHECK_EQ_INT(nb_accel_parse("", &a), NB_EINVAL);
+    NB_CHECK_EQ_INT(nb_accel_parse("bogus", &a), NB_EINVAL);
+    NB_CHECK_EQ_INT(nb_accel_parse("tcg ", &a), NB_EINVAL);
+    NB_CHECK_EQ_INT(nb_accel_parse(NULL, &a), NB_EINVAL);
+    NB_CHECK_STR(nb_accel_name(NB_QEMU_ACCEL_KVM), "kvm");
+    NB_CHECK_STR(nb_accel_name(NB_QEMU_ACCEL_AUTO), "auto");
+    setenv("NILBOX_ACCEL", "tcg", 1);
+    NB_CHECK_EQ_INT(nb_accel_env_default(&a), 0);
+    NB_CHECK_EQ_INT(a, NB_QEMU_ACCEL_TCG);
+    setenv("NILBOX_ACCEL", "fast", 1);
+    NB_CHECK_EQ_INT(nb_accel_env_default(&a), NB_EINVAL);
+    unsetenv("NILBOX_ACCEL");
+    NB_CHECK_EQ_INT(nb_accel_env_default(&a), 0);
+    NB_CHECK_EQ_INT(a, NB_QEMU_ACCEL_AUTO);
+    /* NILBOX_KVM_CPU: plain values only. */
+    setenv("NILBOX_KVM_CPU", "EPYC,-svm", 1);
+    NB_CHECK_STR(nb_kvm_cpu_model(), "EPYC,-svm");
+    setenv("NILBOX_KVM_CPU", "host -S", 1);
+    NB_CHECK_STR(nb_kvm_cpu_model(), NB_QEMU_KVM_CPU);
+    unsetenv("NILBOX_KVM_CPU");
+}
+
+static void test_error_line(void)
+{
+    char out[200];
+    const char *msr = "2026-12-04T15:40:00.123456Z qemu-system-x86_64: warning: host doesn't "
+                      "support requested feature\n"
+                      "2026-12-04T15:40:00.223456Z qemu-system-x86_64: error: failed to set MSR "
+                      "0x10a to 0x2000c0ab\n"
+                      "qemu-system-x86_64: ../target/i386/kvm/kvm.c:3052: kvm_put_msrs: Assertion "
+                      "`ret == cpu->kvm_msr_buf->nmsrs' failed.\n";
+    NB_CHECK_EQ_INT(nb_qemu_error_line(msr, strlen(msr), out, sizeof out), 1);
+    NB_CHECK_STR(out, "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000c0ab");
+    const char *warn = "qemu-system-x86_64: error: real one\n"
+                       "qemu-system-x86_64: warning: recovered from a read error\n";
+    NB_CHECK_EQ_INT(nb_qemu_error_line(warn, strlen(warn), out, sizeof out), 1);
+    NB_CHECK_STR(out, "qemu-system-x86_64: error: real one");
+    const char *kie = "KVM internal error. Suberror: 1\nemulation failure\nEAX=00000000 "
+                      "EBX=00000000\nEFER=0000000000000000\n\n";
+    NB_CHECK_EQ_INT(nb_qemu_error_line(kie, strlen(kie), out, sizeof out), 1);
+    NB_CHECK_STR(out, "KVM internal error. Suberror: 1");
+    /* No "error" line: the last non-empty one; control bytes neutralised. */
+    const char *plain = "starting\nqemu: terminating on signal 15 \x1b[31m\n  \n";
+    NB_CHECK_EQ_INT(nb_qemu_error_line(plain, strlen(plain), out, sizeof out), 1);
+    NB_CHECK_STR(out, "qemu: terminating on signal 15 ?[31m");
+    NB_CHECK_EQ_INT(nb_qemu_error_line("\n\n", 2, out, sizeof out), 0);
+    NB_CHECK_STR(out, "");
+    NB_CHECK_EQ_INT(nb_qemu_error_line(NULL, 0, out, sizeof out), 0);
+    char small[8];
+    NB_CHECK_EQ_INT(nb_qemu_error_line("an ERROR here\n", 14, small, sizeof small), 1);
+    NB_CHECK_STR(small, "an ERRO");
+    /* From a log file, from an offset: an earlier boot's error is not this one's. */
+    char p[256];
+    path(p, sizeof p, "qemu.log");
+    FILE *f = fopen(p, "w");
+    NB_CHECK(f != NULL);
+    fputs("qemu-system-x86_64: error: old boot\n", f);
+    long off = ftell(f);
+    fputs("qemu-system-x86_64: terminating on signal 15 from pid 1\n", f);
+    fclose(f);
+    NB_CHECK_EQ_INT(nb_qemu_log_error_line(p, off, out, sizeof out), 1);
+    NB_CHECK_STR(out, "qemu-system-x86_64: terminating on signal 15 from pid 1");
+    NB_CHECK_EQ_INT(nb_qemu_log_error_line(p, 0, out, sizeof out), 1);
+    NB_CHECK_STR(out, "qemu-system-x86_64: error: old boot");
+    path(p, sizeof p, "missing.log");
+    NB_CHECK_EQ_INT(nb_qemu_log_error_line(p, 0, out, sizeof out), -ENOENT);
+}
+
+/* A stand-in QEMU for the probe: `--version` prints VERSION; otherwise it
+ * acts as MODE says: "abort" (QEMU's MSR error and SIGABRT), "boot" (the
+ * kernel's init line on the console) or "hang". */
+static void write_fake_qemu(const char *p, const char *version, const char *mode)
+{
+    FILE *f = fopen(p, "w");
+    NB_CHECK(f != NULL);
+    if (!f)
+        return;
+    fprintf(f,
+            "#!/bin/sh\n"
+            "if [ \"$1\" = --version ]; then echo '%s'; exit 0; fi\n"
+            "echo \"$@\" > \"$0.args\"\n"
+            "case %s in\n"
+            "abort) echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000c0ab' >&2;\n"
+            "  echo 'qemu-system-x86_64: kvm.c:3052: kvm_put_msrs: Assertion failed.' >&2;\n"
+            "  kill -ABRT $$ ;;\n"
+            "boot) echo '[    0.9] Run /init as init process'; sleep 30 ;;\n"
+            "hang) exec sleep 30 ;;\n"
+            "warn) echo 'qemu-system-x86_64: warning: MSR error ignored' >&2; sleep 0.2;\n"
+            "  echo 'Run /init as init process'; sleep 30 ;;\n"
+            "esac\n",
+            version, mode);
+    fclose(f);
+    chmod(p, 0700);
+}
+
+static void test_kvm_status(void)
+{
+    char qemu[256], kernel[256], cache[256], args[300];
+    nb_kvm_status_t st;
+    path(qemu, sizeof qemu, "fake-qemu");
+    path(kernel, sizeof kernel, "vmlinux");
+    path(cache, sizeof cache, NB_KVM_CACHE_FILE);
+    snprintf(args, sizeof args, "%s.args", qemu);
+    FILE *f = fopen(kernel, "w");
+    if (f)
+        fclose(f);
+    nb_kvm_probe_opts_t o = {.home = g_dir, .qemu = qemu, .kernel = kernel, .timeout_ms = 3000};
+
+    /* No device: "no kvm" at once, QEMU never runs. */
+    setenv("NILBOX_KVM_DEVICE", "/nonexistent/kvm", 1);
+    write_fake_qemu(qemu, "QEMU emulator version 9.9.9", "abort");
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_ABSENT);
+    NB_CHECK(strstr(st.detail, "/nonexistent/kvm") != NULL);
+    NB_CHECK(access(args, F_OK) < 0);
+    NB_CHECK(access(cache, F_OK) < 0);
+
+    /* A device that opens; QEMU aborts under KVM: broken, with its line. */
+    setenv("NILBOX_KVM_DEVICE", "/dev/null", 1);
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_BROKEN);
+    NB_CHECK_EQ_INT(st.cached, 0);
+    NB_CHECK_STR(st.detail, "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000c0ab");
+    NB_CHECK(access(args, F_OK) == 0);
+    struct stat sb;
+    NB_CHECK(stat(cache, &sb) == 0 && (sb.st_mode & 0777) == 0600);
+    /* Same key: the cache answers, QEMU is not started again. */
+    unlink(args);
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_BROKEN);
+    NB_CHECK_EQ_INT(st.cached, 1);
+    NB_CHECK(access(args, F_OK) < 0);
+
+    /* A new QEMU version is a new key: probe again, and now it boots. */
+    write_fake_qemu(qemu, "QEMU emulator version 10.0.0", "boot");
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_OK);
+    NB_CHECK_EQ_INT(st.cached, 0);
+    NB_CHECK(st.probe_secs < 2.5); /* the marker ends it, not the 30 s sleep */
+    NB_CHECK(access(args, F_OK) == 0);
+    /* A VM that failed under KVM anyway marks the host broken for this key. */
+    NB_CHECK_EQ_INT(nb_kvm_record_broken(g_dir, qemu, "KVM internal error. Suberror: 1"), 0);
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_BROKEN);
+    NB_CHECK_STR(st.detail, "KVM internal error. Suberror: 1");
+
+    /* QEMU's warnings do not fail the probe, even when they say "error". */
+    write_fake_qemu(qemu, "QEMU emulator version 10.0.3", "warn");
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_OK);
+
+    /* A guest that makes no progress: broken after the timeout. */
+    write_fake_qemu(qemu, "QEMU emulator version 10.0.1", "hang");
+    o.timeout_ms = 500;
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_BROKEN);
+    NB_CHECK(strstr(st.detail, "did not start its init") != NULL);
+    NB_CHECK(st.probe_secs < 2.0);
+
+    /* No kernel to boot (no tiny image in home): present, not probed... */
+    write_fake_qemu(qemu, "QEMU emulator version 10.0.2", "boot");
+    o.kernel = NULL;
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_UNPROBED);
+    /* ...unless a VM found KVM broken for this key: that still counts. */
+    NB_CHECK_EQ_INT(nb_kvm_record_broken(g_dir, qemu, "QEMU killed by signal 6"), 0);
+    NB_CHECK_EQ_INT(nb_kvm_status(&o, &st), 0);
+    NB_CHECK_EQ_INT(st.state, NB_KVM_BROKEN);
+    NB_CHECK_STR(st.detail, "QEMU killed by signal 6");
+    unsetenv("NILBOX_KVM_DEVICE");
+}
+
 int main(void)
 {
     if (sodium_init() < 0 || !mkdtemp(g_dir))
@@ -392,6 +641,10 @@ int main(void)
     NB_RUN(test_tsc);
     NB_RUN(test_image_manifest);
     NB_RUN(test_disks);
+    NB_RUN(test_probe_argv);
+    NB_RUN(test_accel_parse);
+    NB_RUN(test_error_line);
+    NB_RUN(test_kvm_status);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
     if (system(cmd) != 0)

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "daemon/store.h"
 #include "daemon/vm/manager.h"
 #include "lib/err.h"
@@ -79,6 +81,21 @@ static void test_fmt(void)
     NB_CHECK_STR(b, "1234567");
 }
 
+/* Rows of `vms` whose accel is `v`. */
+static int accel_rows(nb_store_t *st, const char *v)
+{
+    sqlite3_stmt *q = NULL;
+    int n = -1;
+    if (sqlite3_prepare_v2(nb_store_db(st), "SELECT count(*) FROM vms WHERE accel = ?1", -1, &q,
+                           NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, v, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) == SQLITE_ROW)
+            n = sqlite3_column_int(q, 0);
+    }
+    sqlite3_finalize(q);
+    return n;
+}
+
 static void test_migration(void)
 {
     char path[] = "/tmp/nb-test-vmm-XXXXXX", db[64], err[256];
@@ -100,6 +117,15 @@ static void test_migration(void)
                  st, "INSERT INTO vms (name, image, cpus, memory_mib, disk_bytes,"
                      " restart, created_ms) VALUES ('b', 'tiny', 1, 512, 0, 'always', 0)") < 0);
     NB_CHECK_EQ_INT(nb_store_count(st, "vms"), 1);
+    /* Migration 4: the accelerator setting; '' (the daemon's default) for
+     * rows of before, and only the three known values. */
+    NB_CHECK_EQ_INT(accel_rows(st, ""), 1);
+    NB_CHECK_EQ_INT(nb_store_exec(st, "UPDATE vms SET accel = 'kvm' WHERE name = 'a'"), 0);
+    NB_CHECK_EQ_INT(nb_store_exec(st, "UPDATE vms SET accel = 'tcg' WHERE name = 'a'"), 0);
+    NB_CHECK_EQ_INT(nb_store_exec(st, "UPDATE vms SET accel = 'auto' WHERE name = 'a'"), 0);
+    NB_CHECK(nb_store_exec(st, "UPDATE vms SET accel = 'hvf' WHERE name = 'a'") < 0);
+    NB_CHECK(nb_store_exec(st, "UPDATE vms SET accel = NULL WHERE name = 'a'") < 0);
+    NB_CHECK_EQ_INT(accel_rows(st, "auto"), 1);
     nb_store_close(st);
     unlink(db);
     char wal[80];

@@ -16,6 +16,7 @@
 #include <sodium.h>
 
 #include "daemon/home.h"
+#include "daemon/vm/accel.h"
 #include "daemon/vm/image.h"
 #include "daemon/vm/vmint.h"
 #include "lib/err.h"
@@ -28,6 +29,7 @@ enum { T_NONE = 0, T_QMP, T_STOP, T_RESTART, T_KILLWAIT };
 static const nb_vmchan_cbs_t vm_chan_cbs;
 static void qmp_connect(nb_vm_t *vm);
 static void schedule_restart(nb_vm_t *vm, const char *why);
+static void on_status_tick(uv_timer_t *t);
 
 static void on_handle_closed(uv_handle_t *h)
 {
@@ -52,7 +54,78 @@ typedef struct {
     uint8_t key[NB_MUX_KEY_LEN];
     nb_qemu_argv_t argv;
     char qemu[VM_PATH];
+    /* in: copied on the loop thread */
+    char home[VM_PATH], setting[8], source[16];
+    int fallback;        /* auto, and KVM just failed: TCG, and record it */
+    char kvm_error[300]; /* that failure */
+    /* out */
+    char reason[320];
+    int64_t log_off;
 } start_job_t;
+
+/* Decides KVM or TCG for this boot (pool thread: may run the KVM probe).
+ * 0, or an error with a sentence in jj->msg (kvm requested, none usable). */
+static int choose_accel(start_job_t *j, nb_qemu_accel_t *out)
+{
+    vm_job_t *jj = &j->j;
+    nb_qemu_accel_t want = NB_QEMU_ACCEL_AUTO;
+    nb_accel_parse(j->setting, &want);
+    const char *from = !strcmp(j->source, "vm")             ? ""
+                       : !strcmp(j->source, "NILBOX_ACCEL") ? " (NILBOX_ACCEL)"
+                                                            : " (default)";
+    if (j->fallback) {
+        nb_kvm_record_broken(j->home, j->qemu, j->kvm_error);
+        *out = NB_QEMU_ACCEL_TCG;
+        nb_vm_fmt(j->reason, sizeof j->reason,
+                  "auto%s: KVM failed on the previous attempt (%s); TCG", from, j->kvm_error);
+        return 0;
+    }
+    if (want == NB_QEMU_ACCEL_TCG) {
+        *out = NB_QEMU_ACCEL_TCG;
+        nb_vm_fmt(j->reason, sizeof j->reason, "tcg%s: requested", from);
+        return 0;
+    }
+    nb_kvm_probe_opts_t o = {.home = j->home, .qemu = j->qemu};
+    nb_kvm_status_t st;
+    int r = nb_kvm_status(&o, &st);
+    if (r < 0)
+        return r;
+    if (want == NB_QEMU_ACCEL_KVM) {
+        if (st.state == NB_KVM_ABSENT || st.state == NB_KVM_BROKEN) {
+            nb_vm_fmt(jj->msg, sizeof jj->msg,
+                      "accel kvm%s: KVM is %s on this host (%s); use 'nilbox vm set %s --accel "
+                      "auto' (KVM when it works, else TCG) or --accel tcg",
+                      from, st.state == NB_KVM_ABSENT ? "not available" : "present but unusable",
+                      st.detail, jj->vm->spec.name);
+            return NB_EUNSUPPORTED;
+        }
+        *out = NB_QEMU_ACCEL_KVM;
+        nb_vm_fmt(j->reason, sizeof j->reason, "kvm%s: requested (%s)", from, st.detail);
+        return 0;
+    }
+    switch (st.state) {
+    case NB_KVM_OK:
+        *out = NB_QEMU_ACCEL_KVM;
+        nb_vm_fmt(j->reason, sizeof j->reason, "auto%s: KVM works here (%s%s)", from, st.detail,
+                  st.cached ? ", cached" : "");
+        break;
+    case NB_KVM_UNPROBED:
+        *out = NB_QEMU_ACCEL_KVM;
+        nb_vm_fmt(j->reason, sizeof j->reason, "auto%s: %s opens (%s)", from, nb_kvm_device(),
+                  st.detail);
+        break;
+    case NB_KVM_BROKEN:
+        *out = NB_QEMU_ACCEL_TCG;
+        nb_vm_fmt(j->reason, sizeof j->reason, "auto%s: KVM present but unusable: %s; TCG", from,
+                  st.detail);
+        break;
+    default:
+        *out = NB_QEMU_ACCEL_TCG;
+        nb_vm_fmt(j->reason, sizeof j->reason, "auto%s: no KVM (%s); TCG", from, st.detail);
+        break;
+    }
+    return 0;
+}
 
 static void start_work(vm_job_t *jj)
 {
@@ -100,6 +173,11 @@ static void start_work(vm_job_t *jj)
         nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot create %s: %s", vm->rdir, strerror(errno));
         return;
     }
+    nb_qemu_accel_t accel;
+    if ((jj->r = choose_accel(j, &accel)) < 0)
+        return;
+    struct stat lst;
+    j->log_off = stat(vm->qemu_log, &lst) == 0 ? (int64_t)lst.st_size : 0;
     pthread_once(&tsc_once, measure_tsc);
     /* A fresh key per boot: QEMU reads its copy once (fw_cfg, removed when
      * QMP answers); ours stays 0600 in the runtime folder so that a
@@ -120,6 +198,8 @@ static void start_work(vm_job_t *jj)
     nb_qemu_spec_t spec = {
         .qemu = j->qemu,
         .name = vm->spec.name,
+        .accel = accel,
+        .kvm_cpu = nb_kvm_cpu_model(),
         .cpus = vm->spec.cpus,
         .memory_mib = vm->spec.memory_mib,
         .kernel = img.kernel,
@@ -153,6 +233,62 @@ static void start_fail(nb_vm_t *vm, int r, const char *msg, nb_vmm_cb cb, void *
     vm_waiters_fire(vm, W_STARTED, r, msg);
 }
 
+/* "; QEMU said: \"LINE\" (in PATH)" for the last error line QEMU wrote
+ * during this boot, or "" when it wrote none. Reads at most 64 KiB of a
+ * local file: cheap enough for the loop thread, and only on failures. */
+static void qemu_said(nb_vm_t *vm, char *out, size_t outsz)
+{
+    char line[300];
+    out[0] = '\0';
+    if (nb_qemu_log_error_line(vm->qemu_log, vm->qemu_log_off, line, sizeof line) > 0)
+        nb_vm_fmt(out, outsz, "; QEMU said: \"%s\" (in %s)", line, vm->qemu_log);
+    else
+        nb_vm_fmt(out, outsz, "; QEMU wrote nothing to %s", vm->qemu_log);
+}
+
+/* QEMU stopped the guest while it booted (KVM internal error, panic,
+ * anything that is not "running"): fail the boot now, not at the boot
+ * deadline. The exit path decides (TCG fallback, crashed). */
+static void vm_halted(nb_vm_t *vm, const char *status)
+{
+    if (vm->state != NB_VM_STARTING || vm->halted[0])
+        return;
+    nb_vm_fmt(vm->halted, sizeof vm->halted, "QEMU stopped the guest (status %s)", status);
+    vm_progress(vm, "%s; stopping QEMU", vm->halted);
+    uv_timer_stop(&vm->status_timer);
+    vm_lc_stop(vm, 1, NULL, NULL);
+}
+
+static void on_status_reply(nb_qmp_t *q, int r, json_t *ret, json_t *err, void *data)
+{
+    nb_vm_t *vm = data;
+    if (r < 0 || !json_is_object(ret) || vm->state != NB_VM_STARTING)
+        return;
+    const char *status = nb_json_str(ret, "status");
+    if (json_is_true(json_object_get(ret, "running")) || !status)
+        return;
+    /* "shutdown": the guest powered off or reset; QEMU exits next and the
+     * exit path handles it. */
+    if (strcmp(status, "shutdown") != 0 && strcmp(status, "inmigrate") != 0)
+        vm_halted(vm, status);
+}
+
+static void query_status(nb_vm_t *vm)
+{
+    if (vm->qmp && nb_qmp_is_ready(vm->qmp))
+        nb_qmp_command(vm->qmp, "query-status", NULL, 2000, on_status_reply, vm);
+}
+
+static void on_status_tick(uv_timer_t *t)
+{
+    nb_vm_t *vm = t->data;
+    if (vm->state != NB_VM_STARTING) {
+        uv_timer_stop(t);
+        return;
+    }
+    query_status(vm);
+}
+
 static void on_qemu_exit(uv_process_t *p, int64_t status, int sig)
 {
     nb_vm_t *vm = p->data;
@@ -169,10 +305,11 @@ static void on_boot_timeout(uv_timer_t *t)
     nb_vm_t *vm = t->data;
     if (vm->state != NB_VM_STARTING)
         return;
-    char msg[256];
+    char msg[512], said[400];
+    qemu_said(vm, said, sizeof said);
     nb_vm_fmt(msg, sizeof msg,
-              "the agent did not connect within %u s; stopping the VM (see 'nilbox vm logs %s')",
-              VM_BOOT_TIMEOUT_MS / 1000, vm->spec.name);
+              "the agent did not connect within %u s; stopping the VM%s (see 'nilbox vm logs %s')",
+              VM_BOOT_TIMEOUT_MS / 1000, said, vm->spec.name);
     vm_progress(vm, "%s", msg);
     vm->boot_failed = 1;
     vm_waiters_fire(vm, W_READY, NB_ETIMEOUT, msg);
@@ -227,22 +364,27 @@ static void start_done(vm_job_t *jj)
     vm->ready_ms = 0;
     vm->boot_secs = 0;
     vm->restart_at_ms = 0;
+    vm->halted[0] = '\0';
+    vm->boot_failed = 0;
+    vm->qemu_log_off = j->log_off;
+    nb_vm_fmt(vm->accel_reason, sizeof vm->accel_reason, "%s", j->reason);
     nb_vm_fmt(vm->accel, sizeof vm->accel, "%s",
               j->argv.accel == NB_QEMU_ACCEL_KVM ? "kvm" : "tcg");
     nb_vm_fmt(vm->machine, sizeof vm->machine, "%s",
               j->argv.machine == NB_QEMU_MACHINE_MICROVM ? "microvm" : "q35");
     vm_set_state(vm, NB_VM_STARTING);
     vm_db_set_want(vm, 1);
-    vm_emit(
-        vm, "vm.starting",
-        json_pack("{s:i, s:s, s:s}", "pid", vm->pid, "accel", vm->accel, "machine", vm->machine));
+    vm_emit(vm, "vm.starting",
+            json_pack("{s:i, s:s, s:s, s:s}", "pid", vm->pid, "accel", vm->accel, "machine",
+                      vm->machine, "accel_reason", vm->accel_reason));
     vm_progress(vm, "QEMU started (pid %d, %s, %s, %u CPU, %u MiB)", vm->pid, vm->machine,
                 vm->accel, vm->spec.cpus, vm->spec.memory_mib);
-    if (j->argv.accel != NB_QEMU_ACCEL_KVM)
-        vm_progress(vm, "TCG (no KVM): slower");
+    vm_progress(vm, "accelerator %s: %s%s", vm->accel, vm->accel_reason,
+                j->argv.accel == NB_QEMU_ACCEL_KVM ? "" : " (slower than KVM)");
     vm->qmp_deadline = uv_now(m->loop) + VM_QMP_CONNECT_MS;
     qmp_connect(vm);
     uv_timer_start(&vm->boot_timer, on_boot_timeout, VM_BOOT_TIMEOUT_MS, 0);
+    uv_timer_start(&vm->status_timer, on_status_tick, VM_STATUS_POLL_MS, VM_STATUS_POLL_MS);
     vm_waiters_fire(vm, W_STARTED, 0, NULL);
     if (jj->cb) {
         if (j->wait) {
@@ -310,6 +452,13 @@ void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
         return;
     }
     j->wait = wait;
+    const char *src = NULL;
+    nb_vm_fmt(j->setting, sizeof j->setting, "%s", vm_accel_setting(vm, &src));
+    nb_vm_fmt(j->source, sizeof j->source, "%s", src);
+    nb_vm_fmt(j->home, sizeof j->home, "%s", vm->m->home);
+    j->fallback = vm->kvm_fallback;
+    nb_vm_fmt(j->kvm_error, sizeof j->kvm_error, "%s", vm->kvm_error);
+    vm->kvm_fallback = 0;
     j->j.cb = cb;
     j->j.ud = ud;
     j->j.work = start_work;
@@ -330,9 +479,12 @@ void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
 static void on_kvm_reply(nb_qmp_t *q, int r, json_t *ret, json_t *err, void *data)
 {
     nb_vm_t *vm = data;
-    if (r == 0 && json_is_object(ret) && !vm->accel[0])
+    if (r == 0 && json_is_object(ret) && !vm->accel[0]) {
         nb_vm_fmt(vm->accel, sizeof vm->accel, "%s",
                   json_is_true(json_object_get(ret, "enabled")) ? "kvm" : "tcg");
+        nb_vm_fmt(vm->accel_reason, sizeof vm->accel_reason,
+                  "re-attached: QEMU reports %s (query-kvm)", vm->accel);
+    }
 }
 
 static void on_qmp_ready(nb_qmp_t *q, int r, void *ud)
@@ -344,13 +496,20 @@ static void on_qmp_ready(nb_qmp_t *q, int r, void *ud)
         nb_log(NB_LOG_DEBUG, "vm %s: fw_cfg key file removed", vm->spec.name);
     if (vm->reattached)
         nb_qmp_command(q, "query-kvm", NULL, 0, on_kvm_reply, vm);
-    else
+    else {
         vm_progress(vm, "QMP connected (QEMU %s)", vm->qemu_version);
+        if (vm->state == NB_VM_STARTING)
+            query_status(vm);
+    }
 }
 
 static void on_qmp_event(nb_qmp_t *q, const char *event, json_t *data, void *ud)
 {
     nb_vm_t *vm = ud;
+    if (!strcmp(event, "STOP") && vm->state == NB_VM_STARTING)
+        query_status(vm); /* why did it stop? */
+    else if (!strcmp(event, "GUEST_PANICKED"))
+        vm_halted(vm, "guest-panicked");
     if (!strcmp(event, "SHUTDOWN")) {
         const char *reason = nb_json_str(data, "reason");
         nb_vm_fmt(vm->shutdown_reason, sizeof vm->shutdown_reason, "%s", reason ? reason : "");
@@ -471,6 +630,7 @@ static void teardown(nb_vm_t *vm, int keep_runtime)
 {
     uv_timer_stop(&vm->timer);
     uv_timer_stop(&vm->boot_timer);
+    uv_timer_stop(&vm->status_timer);
     if (vm->qmp) {
         nb_qmp_t *q = vm->qmp;
         vm->qmp = NULL;
@@ -504,6 +664,28 @@ static void teardown(nb_vm_t *vm, int keep_runtime)
     vm->pid = 0;
 }
 
+/* Auto mode, a boot under KVM that never came up: boot again under TCG
+ * (once), and have the start job record the host as KVM-unusable. 1 when
+ * it did. */
+static int kvm_fallback(nb_vm_t *vm, const char *failure, const char *line)
+{
+    const char *setting = vm_accel_setting(vm, NULL);
+    if (strcmp(setting, "auto") != 0 || strcmp(vm->accel, "kvm") != 0 || vm->reattached)
+        return 0;
+    nb_vm_fmt(vm->kvm_error, sizeof vm->kvm_error, "%s", line[0] ? line : failure);
+    vm->kvm_fallback = 1;
+    vm_progress(vm, "KVM failed (%s%s%s); starting again under TCG", failure, line[0] ? ": " : "",
+                line);
+    vm_emit(vm, "vm.restarting",
+            json_pack("{s:s, s:s}", "reason", "KVM failed: starting again under TCG", "error",
+                      vm->kvm_error));
+    vm_set_state(vm, NB_VM_STOPPED);
+    vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+    /* W_READY waiters (start --wait) stay: the TCG boot answers them. */
+    vm_lc_start(vm, 0, NULL, NULL);
+    return 1;
+}
+
 void vm_exited(nb_vm_t *vm, const char *how)
 {
     if (vm->exited)
@@ -512,22 +694,59 @@ void vm_exited(nb_vm_t *vm, const char *how)
     int stop_req = vm->stop_requested, restart = vm->restart_after_stop;
     int was_ready = vm->ready_ms != 0;
     uint64_t up_ms = was_ready ? (uint64_t)(nb_events_now_ms() - vm->ready_ms) : 0;
-    char reason[32];
+    char reason[32], halted[200], said[400], line[300] = "";
     nb_vm_fmt(reason, sizeof reason, "%s", vm->shutdown_reason);
+    nb_vm_fmt(halted, sizeof halted, "%s", vm->halted);
+    vm->halted[0] = '\0';
+    /* What QEMU wrote during this boot, for every "did not come up". */
+    qemu_said(vm, said, sizeof said);
+    if (nb_qemu_log_error_line(vm->qemu_log, vm->qemu_log_off, line, sizeof line) <= 0)
+        line[0] = '\0';
     teardown(vm, 0);
     vm->stop_requested = 0;
     vm->restart_after_stop = 0;
     vm->stop_step = STOP_NONE;
-    nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "QEMU %s%s%s%s", how, reason[0] ? " (" : "",
-              reason, reason[0] ? ")" : "");
+    nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "QEMU %s%s%s%s%s", how, reason[0] ? " (" : "",
+              reason, reason[0] ? ")" : "", was_ready ? "" : said);
     if (up_ms >= VM_HEALTHY_AFTER_MS)
         vm->failures = 0;
+    /* A boot that failed on its own (QEMU stopped the guest, or exited
+     * before the agent came up, without a stop request or a clean guest
+     * power-off), or that missed the boot deadline. */
+    int boot_fail =
+        !was_ready && !vm->reattached &&
+        (halted[0] || vm->boot_failed || (!stop_req && strcmp(reason, "guest-shutdown") != 0));
+    if (boot_fail) {
+        char failure[200];
+        if (halted[0])
+            nb_vm_fmt(failure, sizeof failure, "%s", halted);
+        else if (vm->boot_failed)
+            nb_vm_fmt(failure, sizeof failure, "the agent did not connect within %u s",
+                      VM_BOOT_TIMEOUT_MS / 1000);
+        else
+            nb_vm_fmt(failure, sizeof failure, "QEMU %s", how);
+        if (kvm_fallback(vm, failure, line)) {
+            vm->boot_failed = 0;
+            return;
+        }
+    }
+    if (halted[0]) {
+        vm->boot_failed = 0;
+        nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "%s%s", halted, said);
+        vm_set_state(vm, NB_VM_CRASHED);
+        vm_db_set_want(vm, 0);
+        vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
+        vm_waiters_fire(vm, W_READY, NB_ESTATE, vm->last_exit);
+        vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+        return;
+    }
     if (vm->boot_failed) {
         /* Our own stop after the boot deadline: a failed start, not a user
          * stop; no policy restart either (it would likely fail again). */
         vm->boot_failed = 0;
         nb_vm_fmt(vm->last_exit, sizeof vm->last_exit,
-                  "boot timeout: the agent did not connect within %u s", VM_BOOT_TIMEOUT_MS / 1000);
+                  "boot timeout: the agent did not connect within %u s%s",
+                  VM_BOOT_TIMEOUT_MS / 1000, said);
         vm_set_state(vm, NB_VM_CRASHED);
         vm_db_set_want(vm, 0);
         vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
@@ -557,7 +776,7 @@ void vm_exited(nb_vm_t *vm, const char *how)
         schedule_restart(vm, "guest reboot");
         return;
     }
-    char msg[256];
+    char msg[900];
     nb_vm_fmt(msg, sizeof msg, "the VM crashed: %s", vm->last_exit);
     nb_log(NB_LOG_WARN, "vm %s: %s", vm->spec.name, msg);
     vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
@@ -657,7 +876,7 @@ void vm_lc_reattach(nb_vm_t *vm)
     vm->exited = 0;
     vm->reattached = 1;
     vm->gen++;
-    vm->accel[0] = vm->machine[0] = '\0';
+    vm->accel[0] = vm->machine[0] = vm->accel_reason[0] = '\0';
     struct stat st;
     vm->started_ms = stat(vm->pidfile, &st) == 0 ? (int64_t)st.st_mtime * 1000 : 0;
     vm->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "daemon/store.h"
+#include "daemon/vm/accel.h"
 #include "daemon/vm/image.h"
 #include "daemon/vm/vmint.h"
 #include "lib/err.h"
@@ -145,6 +146,28 @@ const char *nb_vm_console_path(const nb_vm_t *vm)
     return vm->console;
 }
 
+const char *nb_vm_qemu_log_path(const nb_vm_t *vm)
+{
+    return vm->qemu_log;
+}
+
+const char *nb_vmm_default_accel(const nb_vmm_t *m)
+{
+    return nb_accel_name(m->accel_default);
+}
+
+const char *vm_accel_setting(const nb_vm_t *vm, const char **source)
+{
+    if (vm->spec.accel[0]) {
+        if (source)
+            *source = "vm";
+        return vm->spec.accel;
+    }
+    if (source)
+        *source = getenv("NILBOX_ACCEL") && getenv("NILBOX_ACCEL")[0] ? "NILBOX_ACCEL" : "default";
+    return nb_accel_name(vm->m->accel_default);
+}
+
 static json_t *time_json(int64_t ms)
 {
     char t[40];
@@ -166,9 +189,14 @@ json_t *nb_vm_json(const nb_vm_t *vm, int detail)
                           "created", time_json(vm->created_ms), "agent", vm->agent_up);
     if (!j)
         return NULL;
+    const char *src = NULL, *setting = vm_accel_setting(vm, &src);
+    json_object_set_new(j, "accel_setting", json_string(setting));
+    json_object_set_new(j, "accel_setting_from", json_string(src));
     if (live) {
         json_object_set_new(j, "pid", json_integer(vm->pid));
         json_object_set_new(j, "accel", json_string(vm->accel[0] ? vm->accel : "unknown"));
+        if (vm->accel_reason[0])
+            json_object_set_new(j, "accel_reason", json_string(vm->accel_reason));
         if (vm->machine[0])
             json_object_set_new(j, "machine", json_string(vm->machine));
         json_object_set_new(j, "started", time_json(vm->started_ms));
@@ -189,6 +217,7 @@ json_t *nb_vm_json(const nb_vm_t *vm, int detail)
         json_object_set_new(j, "dir", json_string(vm->dir));
         json_object_set_new(j, "disk", json_string(vm->disk));
         json_object_set_new(j, "console_log", json_string(vm->console));
+        json_object_set_new(j, "qemu_log", json_string(vm->qemu_log));
         json_object_set_new(j, "runtime_dir", json_string(vm->rdir));
         json_object_set_new(j, "qmp_socket", json_string(vm->qmp_sock));
         json_object_set_new(j, "mux_socket", json_string(vm->mux_sock));
@@ -361,6 +390,7 @@ int vm_db_exec(nb_vmm_t *m, const char *sql, nb_vm_t *vm, int full)
                               -1, SQLITE_STATIC);
             sqlite3_bind_int(st, 7, vm->want_running);
             sqlite3_bind_int64(st, 8, vm->created_ms);
+            sqlite3_bind_text(st, 9, vm->spec.accel, -1, SQLITE_STATIC);
         }
         r = sqlite3_step(st);
     }
@@ -376,7 +406,8 @@ int vm_db_update(nb_vm_t *vm)
 {
     return vm_db_exec(vm->m,
                       "UPDATE vms SET image = ?2, cpus = ?3, memory_mib = ?4, disk_bytes = ?5,"
-                      " restart = ?6, want_running = ?7, created_ms = ?8 WHERE name = ?1",
+                      " restart = ?6, want_running = ?7, created_ms = ?8, accel = ?9"
+                      " WHERE name = ?1",
                       vm, 1);
 }
 
@@ -433,8 +464,9 @@ nb_vm_t *vm_alloc(nb_vmm_t *m, const nb_vm_spec_t *spec, char *msg, size_t msgsz
     }
     uv_timer_init(m->loop, &vm->timer);
     uv_timer_init(m->loop, &vm->boot_timer);
-    vm->timer.data = vm->boot_timer.data = vm;
-    vm->handles = 2;
+    uv_timer_init(m->loop, &vm->status_timer);
+    vm->timer.data = vm->boot_timer.data = vm->status_timer.data = vm;
+    vm->handles = 3;
     nb_vm_t **pp = &m->vms; /* kept in name order (listings) */
     while (*pp && strcmp((*pp)->spec.name, vm->spec.name) < 0)
         pp = &(*pp)->next;
@@ -467,6 +499,7 @@ void vm_destroy(nb_vm_t *vm)
     m->pending_closes++;
     uv_close((uv_handle_t *)&vm->timer, vm_handle_closed);
     uv_close((uv_handle_t *)&vm->boot_timer, vm_handle_closed);
+    uv_close((uv_handle_t *)&vm->status_timer, vm_handle_closed);
 }
 
 /* ------------------------------------------------------------ thin wrappers */
@@ -536,24 +569,58 @@ void nb_vmm_snapshot(nb_vmm_t *m, const char *name, nb_vm_snap_op_t op, const ch
 void nb_vmm_set_restart(nb_vmm_t *m, const char *name, nb_vm_restart_t policy, nb_vmm_cb cb,
                         void *ud)
 {
+    nb_vmm_set(m, name, &policy, NULL, cb, ud);
+}
+
+/* ------------------------------------------------------------ settings */
+
+void nb_vmm_set(nb_vmm_t *m, const char *name, const nb_vm_restart_t *restart, const char *accel,
+                nb_vmm_cb cb, void *ud)
+{
+    char msg[512];
+    nb_qemu_accel_t a = NB_QEMU_ACCEL_AUTO;
+    if (accel && nb_accel_parse(accel, &a) < 0) {
+        cb(ud, NB_EINVAL, "'accel' must be \"auto\", \"kvm\" or \"tcg\"", NULL);
+        return;
+    }
     nb_vm_t *vm = find_or_fail(m, name, cb, ud);
     if (!vm)
         return;
-    nb_vm_restart_t old = vm->spec.restart;
-    vm->spec.restart = policy;
+    if (accel && a == NB_QEMU_ACCEL_KVM && vm_kvm_refused(msg, sizeof msg)) {
+        cb(ud, NB_EUNSUPPORTED, msg, NULL);
+        return;
+    }
+    nb_vm_spec_t old = vm->spec;
+    if (restart)
+        vm->spec.restart = *restart;
+    if (accel)
+        nb_vm_fmt(vm->spec.accel, sizeof vm->spec.accel, "%s", nb_accel_name(a));
     int r = vm_db_update(vm);
     if (r < 0) {
-        vm->spec.restart = old;
+        vm->spec = old;
         cb(ud, r, "cannot update the VM's row", NULL);
         return;
     }
-    if (policy == NB_VM_RESTART_NEVER && vm->state == NB_VM_CRASHED && vm->restart_at_ms) {
+    if (restart && *restart == NB_VM_RESTART_NEVER && vm->state == NB_VM_CRASHED &&
+        vm->restart_at_ms) {
         uv_timer_stop(&vm->timer);
         vm->restart_at_ms = 0;
     }
     json_t *res = nb_vm_json(vm, 0);
     cb(ud, 0, NULL, res);
     json_decref(res);
+}
+
+int vm_kvm_refused(char *msg, size_t msgsz)
+{
+    char why[300];
+    if (nb_kvm_device_usable(why, sizeof why))
+        return 0;
+    nb_vm_fmt(msg, msgsz,
+              "accel kvm: this host has no usable KVM (%s); use --accel auto (KVM when it works, "
+              "else TCG) or --accel tcg",
+              why);
+    return 1;
 }
 
 /* ------------------------------------------------------------ new / free */
@@ -566,7 +633,7 @@ static int load_rows(nb_vmm_t *m, char *err, size_t errsz)
         return 0;
     int r = sqlite3_prepare_v2(db,
                                "SELECT name, image, cpus, memory_mib, disk_bytes, restart,"
-                               " want_running, created_ms FROM vms ORDER BY name",
+                               " want_running, created_ms, accel FROM vms ORDER BY name",
                                -1, &st, NULL);
     if (r != SQLITE_OK) {
         nb_vm_fmt(err, errsz, "cannot read the VM table: %s", sqlite3_errmsg(db));
@@ -590,6 +657,10 @@ static int load_rows(nb_vmm_t *m, char *err, size_t errsz)
         s.disk_bytes = (uint64_t)sqlite3_column_int64(st, 4);
         s.restart = restart && !strcmp(restart, "on-failure") ? NB_VM_RESTART_ON_FAILURE
                                                               : NB_VM_RESTART_NEVER;
+        const char *accel = (const char *)sqlite3_column_text(st, 8);
+        nb_qemu_accel_t acc;
+        if (accel && nb_accel_parse(accel, &acc) == 0)
+            nb_vm_fmt(s.accel, sizeof s.accel, "%s", accel);
         nb_vm_t *vm = vm_alloc(m, &s, msg, sizeof msg, &r);
         if (!vm) {
             nb_log(NB_LOG_ERR, "vm %s: %s", name, r == -ENOMEM ? "out of memory" : msg);
@@ -616,6 +687,12 @@ int nb_vmm_new(nb_daemon_t *d, nb_vmm_t **out, char *err, size_t errsz)
     nb_vm_fmt(m->runtime, sizeof m->runtime, "%s", d->home.runtime);
     const char *mf = getenv("NILBOX_VM_MIN_FREE_MB");
     m->min_free_bytes = (mf && mf[0] ? strtoull(mf, NULL, 10) : 256) << 20;
+    if (nb_accel_env_default(&m->accel_default) < 0) {
+        nb_vm_fmt(err, errsz, "NILBOX_ACCEL must be auto, kvm or tcg (it is '%.32s')",
+                  getenv("NILBOX_ACCEL"));
+        free(m);
+        return NB_EINVAL;
+    }
     char rd[VM_PATH];
     nb_vm_fmt(rd, sizeof rd, "%s/vms", m->runtime);
     mkdir(rd, 0700);

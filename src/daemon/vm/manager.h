@@ -58,6 +58,12 @@ typedef enum {
     "  CHECK (restart IN ('never', 'on-failure')), want_running INTEGER NOT NULL DEFAULT 0,"       \
     "  created_ms INTEGER NOT NULL) STRICT;"
 
+/* Migration 4: the VM's accelerator setting ("" = the daemon's default,
+ * NILBOX_ACCEL, else auto). */
+#define NB_VM_ACCEL_MIGRATION_SQL                                                                  \
+    "ALTER TABLE vms ADD COLUMN accel TEXT NOT NULL DEFAULT ''"                                    \
+    "  CHECK (accel IN ('', 'auto', 'kvm', 'tcg'));"
+
 typedef struct {
     char name[NB_VM_NAME_MAX + 1];
     char image[32];      /* "" means "tiny" */
@@ -65,6 +71,7 @@ typedef struct {
     unsigned memory_mib; /* 0: 512 */
     uint64_t disk_bytes; /* 0: the image's disk size */
     nb_vm_restart_t restart;
+    char accel[8]; /* "auto", "kvm", "tcg", or "": the daemon's default (NILBOX_ACCEL) */
 } nb_vm_spec_t;
 
 /* snprintf that reports truncation: 0, or NB_ETOOBIG when `buf` (size
@@ -137,6 +144,18 @@ void nb_vmm_resize(nb_vmm_t *m, const char *name, uint64_t bytes, nb_vmm_cb cb, 
 /* Changes the restart policy (any state). */
 void nb_vmm_set_restart(nb_vmm_t *m, const char *name, nb_vm_restart_t policy, nb_vmm_cb cb,
                         void *ud);
+
+/* Changes settings (any state; accel applies from the next boot):
+ * `restart` NULL or a policy, `accel` NULL or "auto"/"kvm"/"tcg". "kvm" on
+ * a host without a usable KVM device is refused (NB_EUNSUPPORTED). */
+void nb_vmm_set(nb_vmm_t *m, const char *name, const nb_vm_restart_t *restart, const char *accel,
+                nb_vmm_cb cb, void *ud);
+
+/* The daemon-wide accelerator default (NILBOX_ACCEL, else "auto"). */
+const char *nb_vmm_default_accel(const nb_vmm_t *m);
+
+/* Path of QEMU's own stderr log (qemu.log). */
+const char *nb_vm_qemu_log_path(const nb_vm_t *vm);
 
 typedef enum {
     NB_VM_SNAP_LIST = 0,

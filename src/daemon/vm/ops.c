@@ -166,6 +166,10 @@ static void create_work(vm_job_t *j)
                   vm->spec.image, nb_strerror(j->r), vm->spec.image);
         return;
     }
+    if (!strcmp(vm->spec.accel, "kvm") && vm_kvm_refused(j->msg, sizeof j->msg)) {
+        j->r = NB_EUNSUPPORTED;
+        return;
+    }
     if (vm_find_binary("NILBOX_QEMU_IMG", "qemu-img", qimg, sizeof qimg) < 0) {
         j->r = NB_EUNSUPPORTED;
         nb_vm_fmt(j->msg, sizeof j->msg,
@@ -217,8 +221,8 @@ static void create_done(vm_job_t *j)
     if (j->r == 0 &&
         (j->r = vm_db_exec(vm->m,
                            "INSERT INTO vms (name, image, cpus, memory_mib, disk_bytes,"
-                           " restart, want_running, created_ms)"
-                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                           " restart, want_running, created_ms, accel)"
+                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                            vm, 1)) < 0)
         nb_vm_fmt(j->msg, sizeof j->msg, "cannot record the VM: %s", nb_strerror(j->r));
     if (j->r < 0) {

@@ -202,6 +202,10 @@ int nb_qemu_build_argv(const nb_qemu_spec_t *s, nb_qemu_argv_t *out)
         return bad("socket, key, console log and pidfile paths are required");
     if (s->qemu && !valid_path(s->qemu))
         return bad("qemu binary path");
+    if (s->kvm_cpu && (!s->kvm_cpu[0] || strlen(s->kvm_cpu) >= 128 ||
+                       strspn(s->kvm_cpu, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                          "0123456789,_=.+-") != strlen(s->kvm_cpu)))
+        return bad("KVM CPU model must be 1-127 of [A-Za-z0-9,_=.+-]");
     if (!valid_cmdline(s->cmdline))
         return bad("kernel arguments must be printable ASCII, < 2048 bytes");
     unsigned cpus = s->cpus ? s->cpus : 1;
@@ -232,14 +236,13 @@ int nb_qemu_build_argv(const nb_qemu_spec_t *s, nb_qemu_argv_t *out)
         /* No option ROMs (direct kernel boot needs none). Under KVM the
          * legacy PIT/PIC are useless (kvmclock, in-kernel LAPIC); under TCG
          * the kernel needs the PIT for its timer. */
-        add(&a, kvm ? "microvm,x-option-roms=off,rtc=on,pit=off,pic=off"
-                    : "microvm,x-option-roms=off,rtc=on");
+        add(&a, kvm ? NB_QEMU_KVM_MICROVM : NB_QEMU_TCG_MICROVM);
     else
         add(&a, "q35,vmport=off");
     add(&a, "-accel");
     add(&a, kvm ? "kvm" : "tcg");
     add(&a, "-cpu");
-    add(&a, kvm ? "host" : "max");
+    add(&a, kvm ? (s->kvm_cpu ? s->kvm_cpu : NB_QEMU_KVM_CPU) : NB_QEMU_TCG_CPU);
     add(&a, "-smp");
     addf(&a, "%u", cpus);
     add(&a, "-m");
@@ -254,7 +257,7 @@ int nb_qemu_build_argv(const nb_qemu_spec_t *s, nb_qemu_argv_t *out)
     add(&a, "none");
     /* QEMU's seccomp filter: no exec, no privilege changes. */
     add(&a, "-sandbox");
-    add(&a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+    add(&a, NB_QEMU_SANDBOX);
     add(&a, "-msg");
     add(&a, "timestamp=on");
 

@@ -39,11 +39,27 @@ typedef enum {
  * /sys/firmware/qemu_fw_cfg/by_name/opt/nilbox/key/raw. */
 #define NB_QEMU_KEY_FWCFG "opt/nilbox/key"
 
+/* -cpu under KVM. "host" minus what nested hosts cannot set: QEMU writes
+ * IA32_ARCH_CAPABILITIES (MSR 0x10a) and, with vmx, the VMX capability
+ * MSRs (0x480..) into the vCPU; an L1 hypervisor's KVM often refuses them
+ * and QEMU aborts ("failed to set MSR 0x10a", kvm_put_msrs assertion).
+ * Guests run no VMs of their own and need neither. docs/internals/vm.md.
+ * NILBOX_KVM_CPU overrides it (nb_kvm_cpu_model). Under TCG: "max". */
+#define NB_QEMU_KVM_CPU "host,-vmx,-svm,-arch-capabilities"
+#define NB_QEMU_TCG_CPU "max"
+/* microvm under KVM: no option ROMs; no legacy PIT/PIC (kvmclock, in-kernel
+ * LAPIC). The KVM probe uses the same string. */
+#define NB_QEMU_KVM_MICROVM "microvm,x-option-roms=off,rtc=on,pit=off,pic=off"
+#define NB_QEMU_TCG_MICROVM "microvm,x-option-roms=off,rtc=on"
+/* QEMU's seccomp filter: no exec, no privilege changes. */
+#define NB_QEMU_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
 typedef struct {
     const char *qemu; /* binary; NULL: "qemu-system-x86_64" from PATH */
     const char *name; /* VM name ([A-Za-z0-9_.-], 1..63), for -name */
     nb_qemu_machine_t machine;
-    nb_qemu_accel_t accel;
+    nb_qemu_accel_t accel;   /* resolve AUTO with nb_kvm_status (accel.h) first */
+    const char *kvm_cpu;     /* -cpu under KVM; NULL: NB_QEMU_KVM_CPU */
     unsigned cpus;           /* 0: 1 */
     unsigned memory_mib;     /* 0: 512 */
     const char *kernel;      /* required */
@@ -70,7 +86,8 @@ typedef struct {
     nb_qemu_accel_t accel;
 } nb_qemu_argv_t;
 
-/* 1 when /dev/kvm opens read-write (KVM usable by this user), else 0. */
+/* 1 when /dev/kvm opens read-write, else 0. Only a first hint: whether
+ * KVM really runs our guests is nb_kvm_status's (accel.h) to say. */
 int nb_qemu_kvm_usable(void);
 
 /* Measures the host TSC frequency against CLOCK_MONOTONIC_RAW (blocks
@@ -79,11 +96,10 @@ int nb_qemu_kvm_usable(void);
  * 0 and *khz set, or NB_EUNSUPPORTED. */
 int nb_qemu_host_tsc_khz(unsigned *khz);
 
-/* Builds the argv for `spec`, resolving AUTO accel (nb_qemu_kvm_usable)
- * and machine. Values that end up inside QEMU option strings have their
- * commas doubled (QEMU's escape). 0, NB_EINVAL (missing/invalid field, with
- * a log line saying which) or -ENOMEM. *out is cleared on entry; free with
- * nb_qemu_argv_free. */
+/* Builds the argv for `spec`, resolving AUTO machine (and AUTO accel by
+ * nb_qemu_kvm_usable alone: callers resolve it first). Values that end up inside QEMU option
+ * strings have their commas doubled (QEMU's escape). 0, NB_EINVAL (missing/invalid field, with a
+ * log line saying which) or -ENOMEM. *out is cleared on entry; free with nb_qemu_argv_free. */
 int nb_qemu_build_argv(const nb_qemu_spec_t *spec, nb_qemu_argv_t *out);
 
 void nb_qemu_argv_free(nb_qemu_argv_t *a);

@@ -29,6 +29,10 @@
 #define VM_RESTART_BACKOFF_MAX_MS 30000u
 #define VM_RESTART_MAX_TRIES 10
 #define VM_HEALTHY_AFTER_MS 60000u
+/* While a VM boots, QMP query-status this often: a guest that QEMU has
+ * stopped (KVM internal error, panic) fails the boot within a second
+ * instead of at the boot deadline. */
+#define VM_STATUS_POLL_MS 1000u
 
 typedef struct waiter waiter_t;
 struct waiter {
@@ -74,10 +78,16 @@ struct nb_vm {
     nb_vmchan_t *chan;
     int agent_up;
     char accel[8], machine[8], qemu_version[24];
-    uint64_t boot_t0;   /* uv_now at spawn */
-    int64_t started_ms; /* wall clock of the spawn, or of the re-attach */
-    int64_t ready_ms;   /* wall clock the agent came up */
-    double boot_secs;   /* spawn to agent ready */
+    char accel_reason[320];  /* why this accelerator ("auto: KVM works here"...) */
+    int64_t qemu_log_off;    /* size of qemu.log before this boot's QEMU wrote to it */
+    char halted[200];        /* QEMU stopped the guest during the boot: why */
+    int kvm_fallback;        /* the next boot: TCG because KVM just failed (auto) */
+    char kvm_error[300];     /* that failure, recorded in the KVM cache by the next start */
+    uv_timer_t status_timer; /* query-status while starting */
+    uint64_t boot_t0;        /* uv_now at spawn */
+    int64_t started_ms;      /* wall clock of the spawn, or of the re-attach */
+    int64_t ready_ms;        /* wall clock the agent came up */
+    double boot_secs;        /* spawn to agent ready */
     int reattached;
     char shutdown_reason[32]; /* from QMP SHUTDOWN */
     int stop_requested;
@@ -92,7 +102,7 @@ struct nb_vm {
     /* last exit and the restart policy */
     int failures;
     int64_t restart_at_ms;
-    char last_exit[160];
+    char last_exit[768];
 
     waiter_t *waiters;
 };
@@ -105,6 +115,7 @@ struct nb_vmm {
     char qemu[VM_PATH], qemu_img[VM_PATH]; /* binaries ("" until resolved) */
     unsigned tsc_khz;
     int tsc_done;
+    nb_qemu_accel_t accel_default; /* NILBOX_ACCEL */
     uint64_t min_free_bytes;
     uv_timer_t tick; /* waiter deadlines */
     int freeing;
@@ -130,6 +141,12 @@ int vm_db_update(nb_vm_t *vm);
 void vm_waiters_fire(nb_vm_t *vm, int kind, int r, const char *msg);
 void vm_waiter_add(nb_vm_t *vm, int kind, uint64_t timeout_ms, nb_vmm_cb cb, void *ud);
 int vm_check_space(nb_vmm_t *m, char *msg, size_t msgsz);
+/* The VM's accelerator setting ("auto"/"kvm"/"tcg") and where it comes from
+ * ("vm", "NILBOX_ACCEL" or "default"). */
+const char *vm_accel_setting(const nb_vm_t *vm, const char **source);
+/* 1 (and a sentence in msg) when `kvm` cannot work here: no usable KVM
+ * device. Quick (an open()). */
+int vm_kvm_refused(char *msg, size_t msgsz);
 int vm_find_binary(const char *env, const char *name, char *out, size_t outsz);
 /* Runs `work` on the thread pool and `done` on the loop; `job` is the
  * first member of the caller's struct. */
