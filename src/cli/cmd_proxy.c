@@ -3,11 +3,17 @@
  * Runs the daemon's egress proxy engine for host clients: the daemon opens
  * the listener on its own loop (same gate, rules, prompts, secrets and
  * audit as a VM), tied to a WebSocket session of this command, so the
- * listener closes when the command ends (Ctrl-C, end of input, crash). */
+ * listener closes when the command ends (Ctrl-C, end of input, crash).
+ *
+ * Any local user can reach a loopback port, so the listener takes only
+ * clients that know the token this command makes (A26): it prints the
+ * proxy URL http://nilbox:TOKEN@ADDR (the standard userinfo form, which
+ * curl, Python and Node clients turn into Proxy-Authorization: Basic). */
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +74,15 @@ static int do_proxy(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     char capath[PATH_MAX];
     if (ca && !realpath(ca, capath))
         return nb_cli_fail(cli, NB_CLI_ERROR, "invalid", "cannot read %s: %s", ca, strerror(errno));
-    json_t *req = json_pack("{s:s, s:s}", "listen", listen, "vm", vm);
+    /* The token is made here, so the daemon never has to send it back. */
+    unsigned char raw[32];
+    char token[65], url[400];
+    if (sodium_init() < 0)
+        return nb_cli_fail(cli, NB_CLI_ERROR, "internal", "libsodium failed to initialise");
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2hex(token, sizeof token, raw, sizeof raw);
+    sodium_memzero(raw, sizeof raw);
+    json_t *req = json_pack("{s:s, s:s, s:s}", "listen", listen, "vm", vm, "token", token);
     json_t *rl = json_array();
     if (!req || !rl || add_list(rl, res) < 0) {
         json_decref(req);
@@ -116,13 +130,18 @@ static int do_proxy(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         code = nb_cli_fail(cli, st == 403 ? NB_CLI_DENIED : NB_CLI_ERROR, "refused", "%s", esc);
         goto out;
     }
+    const char *addr = nb_json_str(ans, "listen");
+    snprintf(url, sizeof url, "http://nilbox:%s@%s", token, addr ? addr : "?");
     if (cli->json) {
+        json_object_set_new(ans, "token", json_string(token));
+        json_object_set_new(ans, "proxy_url", json_string(url));
         nb_cli_print_json(ans);
     } else {
-        const char *addr = nb_json_str(ans, "listen");
         printf("listening on %s for vm %s\n", addr ? addr : "?", vm);
-        printf("use: HTTPS_PROXY=http://%s HTTP_PROXY=http://%s (Ctrl-C to stop)\n",
-               addr ? addr : "?", addr ? addr : "?");
+        printf("proxy URL: %s\n", url);
+        printf("export HTTPS_PROXY=%s\n", url);
+        printf("export HTTP_PROXY=%s\n", url);
+        printf("# clients must send the token (Proxy-Authorization); Ctrl-C to stop\n");
     }
     fflush(stdout);
 
@@ -156,6 +175,8 @@ static int do_proxy(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         }
     }
 out:
+    sodium_memzero(token, sizeof token);
+    sodium_memzero(url, sizeof url);
     json_decref(ans);
     nb_buf_free(&msg);
     nb_wsc_free(ws); /* closing the session closes the listener */
@@ -179,7 +200,10 @@ static const nb_cli_verb_t self = {
     "Serve the egress proxy on a loopback port for programs on this host, with the rules,\n"
     "prompts, secret bindings and audit of VM NAME. Point clients at it with\n"
     "HTTPS_PROXY/HTTP_PROXY and trust the interception CA ('nilbox ca export'). Runs until\n"
-    "Ctrl-C or end of input; the listener closes with this command.",
+    "Ctrl-C or end of input; the listener closes with this command.\n"
+    "Clients must authenticate: the command prints the proxy URL\n"
+    "http://nilbox:TOKEN@ADDR:PORT with a fresh random token (any user name works; --json\n"
+    "gives 'token' and 'proxy_url'). Requests without it get 407.",
     0,
     0,
     opts,

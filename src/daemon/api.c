@@ -17,6 +17,9 @@
 #define TOKEN_BYTES 32
 #define TOKEN_HEX (2 * TOKEN_BYTES)
 #define WS_TOKEN_PROTO "nilbox.token."
+#define NB_API_MAX_CONNS 256
+#define NB_API_MAX_UNAUTH 64
+#define NB_API_UNAUTH_TIMEOUT_MS 5000
 
 struct nb_api {
     nb_daemon_t *d;
@@ -274,6 +277,8 @@ static int admit(nb_api_t *api, nb_httpd_req_t *req, int is_unix, int *authed)
     int ws = upg && strcasecmp(upg, "websocket") == 0;
     *authed = token_from_request(req, ws, given, sizeof given) && token_ok(api, given);
     sodium_memzero(given, sizeof given);
+    if (*authed)
+        nb_httpd_req_set_authed(req); /* leaves the unauthenticated budget */
     return 0;
 }
 
@@ -421,6 +426,16 @@ int nb_api_start(nb_daemon_t *d, nb_api_t **out, char *err, size_t errsz)
 
     nb_httpd_cfg_default(&cfg);
     cfg.max_body = NB_API_MAX_BODY;
+    /* Budgets per listener (the Unix socket and the TCP port never share
+     * one): idle connections make room for new ones; on the TCP port,
+     * which any local user can reach, connections without a valid token
+     * get a small budget of their own and 5 s of patience, so they can
+     * lock out neither the CLI nor the owner's browser. */
+    cfg.max_conns = NB_API_MAX_CONNS;
+    cfg.evict_idle = 1;
+    cfg.max_conns_per_uid = NB_API_MAX_CONNS * 3 / 4;
+    cfg.unauth_timeout_ms = NB_API_UNAUTH_TIMEOUT_MS;
+    cfg.max_unauth_conns = NB_API_MAX_UNAUTH;
     if ((r = nb_httpd_new(d->loop, &cfg, on_request, api, &api->srv)) < 0) {
         snprintf(err, errsz, "cannot create the API server: %s", nb_strerror(r));
         free(api);

@@ -6,9 +6,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "daemon/egress/proxy_int.h"
@@ -18,6 +20,7 @@
 #define IN_PAUSED_MAX (64 * 1024) /* pipelined bytes held while an exchange runs */
 #define IN_CAP (1024 * 1024)      /* hard cap on held client bytes */
 #define LINGER_MS 2000            /* read-and-discard after our last reply */
+#define PX_REFUSE_SLACK 64        /* 503 answers lingering at once, beyond the budget */
 
 static const nb_pxio_cbs_t client_cbs;
 static void listener_maybe_free(nb_proxy_listener_t *l);
@@ -27,6 +30,7 @@ void nb_proxy_cfg_default(nb_proxy_cfg_t *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->max_conns = 1024;
+    cfg->max_conns_total = 4096;
     cfg->idle_timeout_ms = 300000;
     cfg->head_timeout_ms = 30000;
     cfg->connect_timeout_ms = 15000;
@@ -71,6 +75,7 @@ static void conn_maybe_free(cconn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     l->nconns--;
+    l->px->nconns--;
     l->px->st.conns_open--;
     nb_http_parser_free(c->rp);
     nb_buf_free(&c->in);
@@ -239,8 +244,148 @@ void px_conn_update_read(cconn_t *c)
         nb_pxio_read_stop(&c->io);
 }
 
+/* ---- client authentication (A26) ----
+ * A TCP listener is reachable by every local user; what tells the owner's
+ * clients apart is the listener's token in Proxy-Authorization. */
+
+/* 0: `v` carries the token; 2: it does not. Constant time in the token. */
+static int auth_value_ok(const nb_proxy_listener_t *l, nb_iov_t v)
+{
+    size_t i = 0, n = v.len;
+    while (i < n && (v.p[i] == ' ' || v.p[i] == '\t'))
+        i++;
+    size_t s = i;
+    while (i < n && v.p[i] != ' ' && v.p[i] != '\t')
+        i++;
+    size_t slen = i - s;
+    while (i < n && (v.p[i] == ' ' || v.p[i] == '\t'))
+        i++;
+    while (n > i && (v.p[n - 1] == ' ' || v.p[n - 1] == '\t'))
+        n--;
+    const uint8_t *arg = v.p + i;
+    size_t alen = n - i;
+    uint8_t bin[384];
+    const uint8_t *pw = NULL;
+    size_t pwlen = 0, binlen = 0;
+    int ok = 0;
+    if (slen == 5 && strncasecmp((const char *)v.p + s, "basic", 5) == 0) {
+        /* base64(USER:TOKEN); USER is not checked (clients need one). */
+        if (alen < 4 * sizeof bin / 3 &&
+            sodium_base642bin(bin, sizeof bin, (const char *)arg, alen, NULL, &binlen, NULL,
+                              sodium_base64_VARIANT_ORIGINAL) == 0) {
+            const uint8_t *colon = memchr(bin, ':', binlen);
+            if (colon) {
+                pw = colon + 1;
+                pwlen = binlen - (size_t)(pw - bin);
+            }
+        }
+    } else if (slen == 6 && strncasecmp((const char *)v.p + s, "bearer", 6) == 0) {
+        pw = arg;
+        pwlen = alen;
+    }
+    /* The token's length is public (fixed); its bytes are compared in
+     * constant time. */
+    if (pw && pwlen == l->token_len && sodium_memcmp(pw, l->token, l->token_len) == 0)
+        ok = 1;
+    sodium_memzero(bin, sizeof bin);
+    return ok ? 0 : 2;
+}
+
+/* 0: the request may go on; 1: no credentials; 2: wrong or ambiguous. */
+static int auth_check(const cconn_t *c, const nb_http_head_t *h)
+{
+    const nb_http_header_t *found = NULL;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        if (!nb_iov_eq_nocase(h->headers[i].name, "proxy-authorization"))
+            continue;
+        if (found)
+            return 2; /* two credentials: which one would count? neither */
+        found = &h->headers[i];
+    }
+    if (!found)
+        return 1;
+    return auth_value_ok(c->l, found->value);
+}
+
+static void burst_row(nb_proxy_t *px, nb_proxy_listener_t *l, px_burst_t *b, uint64_t conn,
+                      const char *reason, const char *threat, const char *msg)
+{
+    uint64_t now = uv_now(px->loop);
+    if (b->last_row && now - b->last_row < PX_BURST_MS) {
+        b->suppressed++;
+        return;
+    }
+    json_t *d = json_pack("{s:s, s:s, s:s, s:I, s:I}", "reason", reason, "threat", threat, "stage",
+                          "accept", "listener", (json_int_t)l->id, "earlier_unrecorded",
+                          (json_int_t)b->suppressed);
+    if (d && conn)
+        json_object_set_new(d, "conn", json_integer((json_int_t)conn));
+    nb_log(NB_LOG_NOTICE,
+           "proxy listener %" PRIu64 " (vm '%s'): %s (%" PRIu64 " more since the last report)",
+           l->id, l->vm, msg, b->suppressed);
+    b->suppressed = 0;
+    b->last_row = now;
+    if (px->cfg.record)
+        px->cfg.record(px->cfg.record_ud, "refusal", l->vm, NULL, 0, d);
+    else
+        json_decref(d);
+}
+
+/* The counts of refusals not yet in a row, when the listener closes. */
+static void burst_flush(nb_proxy_listener_t *l, px_burst_t *b, const char *reason,
+                        const char *threat)
+{
+    nb_proxy_t *px = l->px;
+    if (!b->suppressed)
+        return;
+    json_t *d = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b}", "reason", reason, "threat", threat,
+                          "stage", "accept", "listener", (json_int_t)l->id, "earlier_unrecorded",
+                          (json_int_t)b->suppressed, "summary", 1);
+    b->suppressed = 0;
+    if (px->cfg.record)
+        px->cfg.record(px->cfg.record_ud, "refusal", l->vm, NULL, 0, d);
+    else
+        json_decref(d);
+}
+
+/* 407: no gate, no upstream, nothing of the request is looked at. */
+static void auth_refuse(cconn_t *c)
+{
+    static const char body[] =
+        "{\"error\":\"proxy-auth-required\",\"host\":\"\",\"reason\":\"this proxy needs the "
+        "token that 'nilbox proxy' printed\",\"hint\":\"use the proxy URL "
+        "http://nilbox:TOKEN@HOST:PORT (Proxy-Authorization: Basic)\"}\n";
+    const char *why = c->auth_failed == 1 ? "proxy-auth-required" : "proxy-auth-wrong";
+    char head[320];
+    burst_row(c->px, c->l, &c->l->auth_burst, c->id, why, "A26",
+              c->auth_failed == 1 ? "client without proxy credentials refused (407)"
+                                  : "client with wrong proxy credentials refused (407)");
+    c->px->st.refused++;
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 407 Proxy Authentication Required\r\n"
+                     "Proxy-Authenticate: Basic realm=\"nilbox\"\r\n"
+                     "Content-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n"
+                     "X-Nilbox-Reason: %s\r\n"
+                     "Cache-Control: no-store\r\n"
+                     "Connection: close\r\n\r\n",
+                     sizeof body - 1, why);
+    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)n),
+                        uv_buf_init((char *)body, (unsigned)(sizeof body - 1))};
+    c->x.resp_head_sent = 1;
+    c->x.resp_done = 1;
+    nb_pxio_writev(&c->io, bufs, 2, 0);
+    px_conn_linger(c);
+}
+
 static int rp_on_head(void *ud, const nb_http_head_t *h)
 {
+    cconn_t *c = ud;
+    /* Before anything else looks at the request: requests inside an
+     * authenticated CONNECT are covered by it; the guest channel has no
+     * token (its one client is the VM). */
+    if (!c->tunnel && c->l->token_len && (c->auth_failed = auth_check(c, h)) != 0)
+        return NB_EAUTH; /* the parser stops; parse_failed() answers 407 */
     return px_http_on_head(ud, h);
 }
 
@@ -274,6 +419,10 @@ int px_conn_start_http(cconn_t *c)
 
 static void parse_failed(cconn_t *c)
 {
+    if (c->auth_failed) {
+        auth_refuse(c);
+        return;
+    }
     nb_http_err_t e = nb_http_parser_error(c->rp);
     if (c->x.reject_status)
         return; /* on_head refused it already; px_http_after_feed replies */
@@ -664,6 +813,7 @@ static cconn_t *conn_new(nb_proxy_listener_t *l)
         l->conns->prev = c;
     l->conns = c;
     l->nconns++;
+    px->nconns++;
     px->st.conns_open++;
     uv_timer_init(px->loop, &c->timer);
     c->timer.data = c;
@@ -673,15 +823,42 @@ static cconn_t *conn_new(nb_proxy_listener_t *l)
 
 /* Starts a connection whose socket is in place: caps, then the explicit
  * proxy protocol, or (transparent) straight to the gate. */
+static int over_budget(const nb_proxy_listener_t *l, size_t extra)
+{
+    return l->nconns + extra > l->px->cfg.max_conns ||
+           l->px->nconns + extra > l->px->cfg.max_conns_total;
+}
+
+int nb_proxy_listener_has_room(const nb_proxy_listener_t *l)
+{
+    return !l->closing && !l->px->closing && !over_budget(l, 1);
+}
+
+/* Over budget (A28): the connection is counted already. One audit row per
+ * burst; a client gets a 503 it can show, unless refusals themselves pile
+ * up (each lingers a moment), then it is closed at once. */
+static void refuse_full(cconn_t *c)
+{
+    nb_proxy_listener_t *l = c->l;
+    nb_proxy_t *px = l->px;
+    px->st.conns_refused++;
+    burst_row(px, l, &l->full_burst, c->id, "too-many-connections", "A28",
+              "connection budget used up; refusing new connections (503)");
+    if (c->transparent || over_budget(l, 1 + PX_REFUSE_SLACK)) {
+        px_conn_close(c);
+        return;
+    }
+    px_reply(c, 503, "overloaded", "too-many-connections", "",
+             "this proxy listener has too many open connections",
+             "close idle connections or retry later", 1);
+}
+
 static void conn_start(cconn_t *c)
 {
     nb_proxy_listener_t *l = c->l;
     nb_proxy_t *px = l->px;
-    if (l->nconns > px->cfg.max_conns) {
-        px->st.conns_refused++;
-        nb_log(NB_LOG_WARN, "proxy listener %" PRIu64 ": %zu connections, refusing more", l->id,
-               l->nconns - 1);
-        px_conn_close(c);
+    if (over_budget(l, 0)) {
+        refuse_full(c);
         return;
     }
     px->st.conns_accepted++;
@@ -744,6 +921,14 @@ int nb_proxy_adopt(nb_proxy_listener_t *l, int fd, const nb_proxy_dest_t *dest)
             return NB_EINVAL;
         }
     }
+    if (over_budget(l, 1)) {
+        /* Never adopt beyond the budget: the caller answers the guest. */
+        l->px->st.conns_refused++;
+        burst_row(l->px, l, &l->full_burst, 0, "too-many-connections", "A28",
+                  "connection budget used up; refusing new streams");
+        close(fd);
+        return -EBUSY;
+    }
     cconn_t *c = conn_new(l);
     if (!c) {
         close(fd);
@@ -791,6 +976,7 @@ static void listener_maybe_free(nb_proxy_listener_t *l)
     if (l->next)
         l->next->prev = l->prev;
     SSL_CTX_free(l->client_ctx);
+    sodium_memzero(l->token, sizeof l->token);
     free(l);
     engine_maybe_free(px);
 }
@@ -814,6 +1000,8 @@ void nb_proxy_listener_close(nb_proxy_listener_t *l)
     l->closing = 1;
     nb_log(NB_LOG_INFO, "proxy listener %" PRIu64 " on %s:%d (vm '%s') closing", l->id, l->ip,
            l->port, l->vm);
+    burst_flush(l, &l->auth_burst, "proxy-auth", "A26");
+    burst_flush(l, &l->full_burst, "too-many-connections", "A28");
     if (!l->channel)
         uv_close((uv_handle_t *)&l->srv, on_srv_closed);
     for (cconn_t *c = l->conns, *n; c; c = n) {
@@ -854,6 +1042,15 @@ static int listener_new(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const c
     snprintf(l->ip, sizeof l->ip, "%s", ip);
     l->test_mode = o->upstream_ca_file || o->nresolve;
     l->ip_no_prompt = o->ip_no_prompt;
+    if (o->auth_token) {
+        size_t tl = strlen(o->auth_token);
+        if (tl < 16 || tl >= sizeof l->token) {
+            free(l);
+            return NB_EINVAL;
+        }
+        memcpy(l->token, o->auth_token, tl);
+        l->token_len = tl;
+    }
     if (o->nresolve)
         memcpy(l->resolve, o->resolve, o->nresolve * sizeof *o->resolve);
     l->nresolve = o->nresolve;
@@ -961,9 +1158,11 @@ json_t *nb_proxy_listeners_json(const nb_proxy_t *px)
             snprintf(addr, sizeof addr, "vm-channel");
         else
             snprintf(addr, sizeof addr, strchr(l->ip, ':') ? "[%s]:%d" : "%s:%d", l->ip, l->port);
-        json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:I, s:b}", "id", (json_int_t)l->id,
-                                             "listen", addr, "vm", l->vm, "connections",
-                                             (json_int_t)l->nconns, "test_mode", l->test_mode));
+        json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:I, s:b, s:b, s:I}", "id",
+                                             (json_int_t)l->id, "listen", addr, "vm", l->vm,
+                                             "connections", (json_int_t)l->nconns, "test_mode",
+                                             l->test_mode, "auth", l->token_len > 0,
+                                             "max_connections", (json_int_t)l->px->cfg.max_conns));
     }
     return arr;
 }
@@ -986,6 +1185,7 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
     if (!px->cfg.f)                                                                                \
         px->cfg.f = def.f;
     DEF(max_conns)
+    DEF(max_conns_total)
     DEF(idle_timeout_ms)
     DEF(head_timeout_ms)
     DEF(connect_timeout_ms)

@@ -29,6 +29,15 @@
 typedef struct cconn cconn_t;
 typedef struct upconn upconn_t;
 
+/* Refusals of one kind on one listener: the first of a burst is an audit
+ * row at once, later ones within PX_BURST_MS are only counted and the
+ * count goes into the next row (or the listener's last one). */
+#define PX_BURST_MS 10000
+typedef struct {
+    uint64_t last_row; /* uv_now of the last row, 0: none yet */
+    uint64_t suppressed;
+} px_burst_t;
+
 struct nb_proxy {
     uv_loop_t *loop;
     nb_proxy_cfg_t cfg;
@@ -40,6 +49,7 @@ struct nb_proxy {
     void (*done)(void *ud);
     void *done_ud;
     nb_proxy_stats_t st;
+    size_t nconns; /* client connections of every listener */
 };
 
 struct nb_proxy_listener {
@@ -53,6 +63,9 @@ struct nb_proxy_listener {
     int test_mode;
     int channel;      /* nb_proxy_attach(): no TCP server, connections are adopted */
     int ip_no_prompt; /* IP destinations without a rule are denied, not prompted (A12) */
+    char token[129];  /* client authentication (proxy.h auth_token); "" for none */
+    size_t token_len;
+    px_burst_t auth_burst, full_burst; /* rate-limited refusal rows */
     SSL_CTX *client_ctx;
     nb_proxy_resolve_t resolve[NB_PROXY_MAX_RESOLVE];
     size_t nresolve;
@@ -146,6 +159,7 @@ struct cconn {
     int feeding;
     int close_after;
     int client_eof;
+    int auth_failed; /* 1: no, 2: wrong Proxy-Authorization (proxy.c answers 407) */
 
     exch_t x;
     upconn_t *up;
