@@ -20,7 +20,8 @@
 #define IN_PAUSED_MAX (64 * 1024) /* pipelined bytes held while an exchange runs */
 #define IN_CAP (1024 * 1024)      /* hard cap on held client bytes */
 #define LINGER_MS 2000            /* read-and-discard after our last reply */
-#define PX_REFUSE_SLACK 64        /* 503 answers lingering at once, beyond the budget */
+#define PX_UNAUTH_MS 5000         /* a connection's first request must pass auth within */
+#define PX_UNAUTH_GRACE_MS 1000   /* ... and it is not made room for before this */
 
 static const nb_pxio_cbs_t client_cbs;
 static void listener_maybe_free(nb_proxy_listener_t *l);
@@ -76,6 +77,12 @@ static void conn_maybe_free(cconn_t *c)
         c->next->prev = c->prev;
     l->nconns--;
     l->px->nconns--;
+    if (c->refusing) {
+        l->nrefusing--;
+        l->px->nrefusing--;
+    }
+    if (c->unauth)
+        l->nunauth--;
     l->px->st.conns_open--;
     nb_http_parser_free(c->rp);
     nb_buf_free(&c->in);
@@ -183,6 +190,13 @@ static void on_conn_timer(uv_timer_t *t)
         px_conn_close(c); /* the lingering time is over */
         return;
     }
+    if (c->unauth && now - c->created >= PX_UNAUTH_MS) {
+        /* No credentials in time (A28): any local user can open these. */
+        nb_log_conn(NB_LOG_DEBUG, c->id, "no authenticated request within %d ms: closing",
+                    PX_UNAUTH_MS);
+        px_conn_close(c);
+        return;
+    }
     if ((c->state == CS_SNIFF || c->state == CS_HANDSHAKE) && c->head_started &&
         now - c->head_started >= px->cfg.head_timeout_ms) {
         nb_log_conn(NB_LOG_INFO, c->id, "no TLS handshake within %" PRIu64 " ms: closing",
@@ -214,6 +228,8 @@ static void on_conn_timer(uv_timer_t *t)
         if (h > now && h - now < next)
             next = h - now;
     }
+    if (c->unauth && c->created + PX_UNAUTH_MS - now < next)
+        next = c->created + PX_UNAUTH_MS - now;
     arm_timer(c, next + 1);
 }
 
@@ -386,6 +402,10 @@ static int rp_on_head(void *ud, const nb_http_head_t *h)
      * token (its one client is the VM). */
     if (!c->tunnel && c->l->token_len && (c->auth_failed = auth_check(c, h)) != 0)
         return NB_EAUTH; /* the parser stops; parse_failed() answers 407 */
+    if (c->unauth) {
+        c->unauth = 0; /* leaves the unauthenticated budget */
+        c->l->nunauth--;
+    }
     return px_http_on_head(ud, h);
 }
 
@@ -823,10 +843,13 @@ static cconn_t *conn_new(nb_proxy_listener_t *l)
 
 /* Starts a connection whose socket is in place: caps, then the explicit
  * proxy protocol, or (transparent) straight to the gate. */
+/* Connections being refused (a 503 lingering until the client reads it)
+ * do not count against the budgets: they have their own cap. */
 static int over_budget(const nb_proxy_listener_t *l, size_t extra)
 {
-    return l->nconns + extra > l->px->cfg.max_conns ||
-           l->px->nconns + extra > l->px->cfg.max_conns_total;
+    const nb_proxy_t *px = l->px;
+    return l->nconns - l->nrefusing + extra > px->cfg.max_conns ||
+           px->nconns - px->nrefusing + extra > px->cfg.max_conns_total;
 }
 
 int nb_proxy_listener_has_room(const nb_proxy_listener_t *l)
@@ -844,19 +867,59 @@ static void refuse_full(cconn_t *c)
     px->st.conns_refused++;
     burst_row(px, l, &l->full_burst, c->id, "too-many-connections", "A28",
               "connection budget used up; refusing new connections (503)");
-    if (c->transparent || over_budget(l, 1 + PX_REFUSE_SLACK)) {
+    /* Refusals linger (until the client has read the 503 and closed, at
+     * most LINGER_MS) on a descriptor budget of their own, a quarter of
+     * the engine's: beyond it a refused client is just closed. */
+    if (c->transparent || px->nrefusing >= px->cfg.max_conns_total / 4 + 16) {
         px_conn_close(c);
         return;
     }
+    c->refusing = 1;
+    l->nrefusing++;
+    px->nrefusing++;
     px_reply(c, 503, "overloaded", "too-many-connections", "",
              "this proxy listener has too many open connections",
              "close idle connections or retry later", 1);
+}
+
+/* Until its first request passes auth a connection is in the listener's
+ * unauthenticated budget (a quarter of its connections; any local user
+ * can fill it). Over that budget the oldest such connection that has had
+ * PX_UNAUTH_GRACE_MS to send its credentials makes room, so idle floods
+ * churn through their own budget while the owner's clients, which send
+ * credentials at once, get in; a burst of fresh connections is never cut
+ * before it could speak (the listener budget and its 503 apply). */
+static void admit_unauth(cconn_t *c)
+{
+    nb_proxy_listener_t *l = c->l;
+    size_t cap = l->px->cfg.max_conns / 4 ? l->px->cfg.max_conns / 4 : 1;
+    uint64_t now = uv_now(l->px->loop);
+    if (l->nunauth >= cap) {
+        cconn_t *old = NULL;
+        for (cconn_t *x = l->conns; x; x = x->next)
+            if (x->unauth && x->state == CS_START && !x->x.active &&
+                now - x->created >= PX_UNAUTH_GRACE_MS)
+                old = x; /* the list is newest first: the last one is the oldest */
+        if (old) {
+            /* Its descriptor goes on the next loop turn: stop counting it
+             * against the budget now. */
+            old->refusing = 1;
+            l->nrefusing++;
+            l->px->nrefusing++;
+            px_conn_close(old);
+        }
+    }
+    c->unauth = 1;
+    l->nunauth++;
 }
 
 static void conn_start(cconn_t *c)
 {
     nb_proxy_listener_t *l = c->l;
     nb_proxy_t *px = l->px;
+    c->created = uv_now(px->loop);
+    if (l->token_len && !c->transparent)
+        admit_unauth(c);
     if (over_budget(l, 0)) {
         refuse_full(c);
         return;
@@ -873,8 +936,9 @@ static void conn_start(cconn_t *c)
         px_conn_connect(c);
         return;
     }
-    arm_timer(c, px->cfg.head_timeout_ms < px->cfg.idle_timeout_ms ? px->cfg.head_timeout_ms
-                                                                   : px->cfg.idle_timeout_ms);
+    uint64_t first = px->cfg.head_timeout_ms < px->cfg.idle_timeout_ms ? px->cfg.head_timeout_ms
+                                                                       : px->cfg.idle_timeout_ms;
+    arm_timer(c, c->unauth && PX_UNAUTH_MS < first ? PX_UNAUTH_MS + 1 : first);
     c->head_started = uv_now(px->loop);
     px_conn_update_read(c);
 }

@@ -49,7 +49,8 @@ struct nb_proxy {
     void (*done)(void *ud);
     void *done_ud;
     nb_proxy_stats_t st;
-    size_t nconns; /* client connections of every listener */
+    size_t nconns;    /* client connections of every listener */
+    size_t nrefusing; /* of which being refused (503 lingering) */
 };
 
 struct nb_proxy_listener {
@@ -71,7 +72,9 @@ struct nb_proxy_listener {
     size_t nresolve;
     cconn_t *conns;
     size_t nconns;
-    upconn_t *pool; /* idle upstream connections */
+    size_t nrefusing; /* connections being refused (proxy.c refuse_full) */
+    size_t nunauth;   /* connections with no authenticated request yet */
+    upconn_t *pool;   /* idle upstream connections */
     size_t npool;
     unsigned nups; /* upstream connections alive (owned, pooled or closing) */
     int closing;
@@ -160,6 +163,9 @@ struct cconn {
     int close_after;
     int client_eof;
     int auth_failed; /* 1: no, 2: wrong Proxy-Authorization (proxy.c answers 407) */
+    int refusing;    /* refused (503, then close) or made room for: out of the budgets */
+    int unauth;      /* counted in l->nunauth: no request passed auth yet */
+    uint64_t created;
 
     exch_t x;
     upconn_t *up;
