@@ -19,6 +19,7 @@
 #include "lib/httpserver.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -700,6 +701,8 @@ static void srv_maybe_free(nb_httpd_t *srv)
     done = srv->done;
     ud = srv->done_ud;
     nb_buf_free(&srv->defhdrs);
+    if (srv->reserve_fd >= 0)
+        close(srv->reserve_fd);
     free(srv);
     if (done)
         done(ud);
@@ -782,7 +785,7 @@ static conn_t *oldest(nb_httpd_t *srv, listener_t *l, int unauth, long uid, int 
 {
     conn_t *found = NULL;
     for (conn_t *c = srv->conns; c; c = c->next) {
-        if (c->l != l || (unauth && c->authed) || (uid >= 0 && c->uid != uid) ||
+        if ((l && c->l != l) || (unauth && c->authed) || (uid >= 0 && c->uid != uid) ||
             (idle && !conn_idle(c)))
             continue;
         found = c;
@@ -829,6 +832,45 @@ static int admit(nb_httpd_t *srv, listener_t *l, conn_t *c)
     return 1;
 }
 
+/* Out of descriptors on accept (EMFILE/ENFILE). libuv retries accept() at
+ * once, and once its own spare descriptor is used up it would call us in a
+ * tight loop: free one descriptor each time, so that the next accept takes
+ * a connection (and the backlog drains) instead of spinning. Best an idle
+ * connection (the new one may be the owner's), else our spare, else the
+ * oldest connection of this listener. */
+static void accept_short(nb_httpd_t *srv, listener_t *l)
+{
+    uint64_t now = uv_now(srv->loop);
+    conn_t *v;
+    if (now - srv->last_limit_log >= 1000 || !srv->last_limit_log) {
+        srv->last_limit_log = now;
+        nb_log(NB_LOG_WARN, "out of file descriptors accepting connections (%zu open)",
+               srv->nconns);
+    }
+    if ((v = oldest(srv, l, 1, -1, 0)) || (v = oldest(srv, l, 0, -1, 1)) ||
+        (v = oldest(srv, NULL, 0, -1, 1))) {
+        evict(v, "out of descriptors");
+        return;
+    }
+    if (srv->reserve_fd >= 0) {
+        close(srv->reserve_fd);
+        srv->reserve_fd = -1;
+        return;
+    }
+    if ((v = oldest(srv, l, 0, -1, 0)))
+        evict(v, "out of descriptors");
+}
+
+/* Takes the spare descriptor back after accept_short() gave it up; when
+ * there is still none, the connection just accepted makes room for it. */
+static int reserve_restore(nb_httpd_t *srv)
+{
+    if (srv->reserve_fd >= 0)
+        return 0;
+    srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    return srv->reserve_fd >= 0 ? 0 : -1;
+}
+
 static void on_connection(uv_stream_t *ls, int status)
 {
     listener_t *l = ls->data;
@@ -837,8 +879,13 @@ static void on_connection(uv_stream_t *ls, int status)
     conn_t *c;
     int r;
 
-    if (status < 0 || srv->closing)
-        return; /* EMFILE and friends: libuv already dropped the connection */
+    if (srv->closing)
+        return;
+    if (status < 0) {
+        if (status == UV_EMFILE || status == UV_ENFILE)
+            accept_short(srv, l);
+        return;
+    }
     if (!(c = calloc(1, sizeof(*c))))
         return;
     c->srv = srv;
@@ -869,6 +916,11 @@ static void on_connection(uv_stream_t *ls, int status)
     c->created = uv_now(srv->loop);
     if ((r = uv_accept(ls, &c->u.s)) < 0) {
         conn_close(c);
+        return;
+    }
+    if (reserve_restore(srv) < 0) {
+        conn_close(c); /* its descriptor becomes the spare */
+        reserve_restore(srv);
         return;
     }
     if (l->is_unix)
@@ -937,6 +989,7 @@ int nb_httpd_new(uv_loop_t *loop, const nb_httpd_cfg_t *cfg, nb_httpd_handler_fn
         srv->cfg.max_unauth_conns = 64;
     srv->on_request = on_request;
     srv->ud = ud;
+    srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     nb_buf_init(&srv->defhdrs, NB_HTTPD_MAX_RESP_HEADERS);
     *out = srv;
     return 0;

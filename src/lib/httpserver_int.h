@@ -58,6 +58,7 @@ struct nb_httpd {
     nb_buf_t defhdrs; /* "Name: value\r\n" lines */
     int closing;
     uint64_t last_limit_log;
+    int reserve_fd; /* a spare descriptor given up on EMFILE (httpserver.c accept_short) */
     void (*done)(void *ud);
     void *done_ud;
 };

@@ -257,10 +257,88 @@ def test_daemon_exits_cleanly():
     E.stop_clean()
 
 
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def low_fd_daemon_flood(limit, cli_during):
+    """A daemon whose hard descriptor limit is `limit`, flooded with 300 Unix
+    and 300 TCP connections: it must not spin, crash or stop answering once
+    the flood is gone; with `cli_during`, its budgets must also keep the
+    owner's CLI served during the flood."""
+    import daemon_harness
+    from daemon_harness import Daemon
+    d = Daemon()
+    wrapper = os.path.join(d.tmp, "nilboxd-lowfd")
+    with open(wrapper, "w") as f:
+        f.write("#!/bin/sh\nulimit -Sn %d && ulimit -Hn %d && exec %s \"$@\"\n" %
+                (limit, limit, daemon_harness.NILBOXD))
+    os.chmod(wrapper, 0o755)
+    saved = daemon_harness.NILBOXD
+    daemon_harness.NILBOXD = wrapper
+    socks = []
+    try:
+        d.start()
+        pid = d.proc.pid
+        with open("/proc/%d/limits" % pid) as f:
+            line = [l for l in f if l.startswith("Max open files")][0]
+            assert line.split()[3] == str(limit), line
+        port = d.api()["port"]
+        for _ in range(300):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(d.sock)
+            socks.append(s)
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        c0 = cpu_seconds(pid)
+        time.sleep(3)
+        spent = cpu_seconds(pid) - c0
+        nfd = len(os.listdir("/proc/%d/fd" % pid))
+        print("  limit %d: daemon CPU over 3 s with 600 connections: %.2f s, %d descriptors" %
+              (limit, spent, nfd))
+        assert spent < 1.0, spent
+        assert nfd <= limit
+        if cli_during:
+            r = d.cli("daemon", "status", timeout=30)
+            assert r.returncode == 0, (r.stdout, r.stderr, d.stderr()[-2000:])
+        for s in socks:
+            s.close()
+        socks = []
+        time.sleep(0.5)
+        r = d.cli("daemon", "status", timeout=30)
+        assert r.returncode == 0, (r.stderr, d.stderr()[-2000:])
+        assert d.proc.poll() is None
+        assert d.terminate(timeout=20) == 0, d.stderr()[-2000:]
+    finally:
+        daemon_harness.NILBOXD = saved
+        for s in socks:
+            s.close()
+        d.cleanup()
+
+
+def test_small_fd_limit_budgets_hold():
+    # 40 descriptors: the API's budgets (an eighth of the limit per
+    # listener, at least 16) keep the daemon below it; the CLI is served.
+    low_fd_daemon_flood(40, cli_during=True)
+
+
+def test_emfile_does_not_spin_or_crash():
+    # 26 descriptors: below what the budgets assume, so accepts fail with
+    # EMFILE; the loop must not spin and the daemon recovers.
+    low_fd_daemon_flood(26, cli_during=False)
+
+
 def main():
+    # A daemon that stops accepting blocks Unix connect(): fail with a
+    # traceback well before meson's timeout instead of hanging.
+    import faulthandler
+    faulthandler.dump_traceback_later(170, exit=True)
     tests = [test_fd_limit_raised, test_api_idle_floods_do_not_lock_out_the_owner,
              test_proxy_connection_flood, test_proxy_idle_flood_without_token,
-             test_proxy_needs_token, test_tokens_stay_private, test_daemon_exits_cleanly]
+             test_proxy_needs_token, test_tokens_stay_private, test_daemon_exits_cleanly,
+             test_small_fd_limit_budgets_hold, test_emfile_does_not_spin_or_crash]
     try:
         setup()
         run_tests(tests)

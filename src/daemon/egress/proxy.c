@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -943,20 +944,72 @@ static void conn_start(cconn_t *c)
     px_conn_update_read(c);
 }
 
+static void free_handle(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Out of descriptors on accept (EMFILE/ENFILE): libuv retries accept() at
+ * once and, without its own spare descriptor, would call us in a tight
+ * loop. Free one each time (the engine's spare, else this listener's
+ * oldest connection that has not passed auth, else its oldest), so that
+ * the backlog drains instead of spinning. */
+static void accept_short(nb_proxy_listener_t *l)
+{
+    nb_proxy_t *px = l->px;
+    cconn_t *v = NULL, *any = NULL;
+    burst_row(px, l, &l->full_burst, 0, "out-of-descriptors", "A28",
+              "out of file descriptors accepting connections");
+    if (px->reserve_fd >= 0) {
+        close(px->reserve_fd);
+        px->reserve_fd = -1;
+        return;
+    }
+    for (cconn_t *x = l->conns; x; x = x->next) {
+        if (x->state == CS_CLOSING && x->io.closing)
+            continue;
+        any = x;
+        if (x->unauth)
+            v = x;
+    }
+    if (v || any)
+        px_conn_close(v ? v : any);
+}
+
 static void on_accept(uv_stream_t *srv, int status)
 {
     nb_proxy_listener_t *l = srv->data;
     nb_proxy_t *px = l->px;
-    if (status < 0 || l->closing)
+    if (l->closing)
         return;
+    if (status < 0) {
+        if (status == UV_EMFILE || status == UV_ENFILE)
+            accept_short(l);
+        return;
+    }
+    if (px->reserve_fd < 0 && (px->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+        /* Still short: this connection's descriptor becomes the spare. */
+        uv_tcp_t *tmp = malloc(sizeof *tmp);
+        if (tmp && uv_tcp_init(px->loop, tmp) == 0) {
+            uv_accept(srv, (uv_stream_t *)tmp);
+            uv_close((uv_handle_t *)tmp, free_handle);
+        } else {
+            free(tmp);
+        }
+        px->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        return;
+    }
     cconn_t *c = conn_new(l);
     if (!c) {
-        uv_tcp_t tmp;
-        /* Accept and drop so the backlog does not spin. */
-        if (uv_tcp_init(px->loop, &tmp) == 0) {
-            if (uv_accept(srv, (uv_stream_t *)&tmp) == 0)
+        /* Accept and drop so the backlog does not spin. (The handle lives
+         * until its close callback: not on the stack.) */
+        uv_tcp_t *tmp = malloc(sizeof *tmp);
+        if (tmp && uv_tcp_init(px->loop, tmp) == 0) {
+            if (uv_accept(srv, (uv_stream_t *)tmp) == 0)
                 nb_log(NB_LOG_WARN, "out of memory: dropping a proxy connection");
-            uv_close((uv_handle_t *)&tmp, NULL);
+            uv_close((uv_handle_t *)tmp, free_handle);
+        } else {
+            free(tmp);
         }
         return;
     }
@@ -1021,6 +1074,8 @@ static void engine_maybe_free(nb_proxy_t *px)
         return;
     SSL_CTX_free(px->server_ctx);
     nb_pxcreds_unref(px->creds);
+    if (px->reserve_fd >= 0)
+        close(px->reserve_fd);
     void (*done)(void *) = px->done;
     void *ud = px->done_ud;
     free(px);
@@ -1258,9 +1313,12 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
     DEF(pool_max_per_key)
 #undef DEF
     px->next_listener_id = 1;
+    px->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int r = nb_ca_server_ctx(cfg->ca, &px->server_ctx);
     if (r < 0 || (r = nb_pxcreds_empty(&px->creds)) < 0) {
         SSL_CTX_free(px->server_ctx);
+        if (px->reserve_fd >= 0)
+            close(px->reserve_fd);
         free(px);
         return r;
     }

@@ -51,6 +51,7 @@ struct nb_proxy {
     nb_proxy_stats_t st;
     size_t nconns;    /* client connections of every listener */
     size_t nrefusing; /* of which being refused (503 lingering) */
+    int reserve_fd;   /* a spare descriptor given up on EMFILE (proxy.c accept_short) */
 };
 
 struct nb_proxy_listener {
