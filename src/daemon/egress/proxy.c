@@ -11,9 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
+#include "daemon/egress/proxy_auth.h"
 #include "daemon/egress/proxy_int.h"
 #include "lib/err.h"
 #include "lib/log.h"
@@ -265,49 +265,6 @@ void px_conn_update_read(cconn_t *c)
  * A TCP listener is reachable by every local user; what tells the owner's
  * clients apart is the listener's token in Proxy-Authorization. */
 
-/* 0: `v` carries the token; 2: it does not. Constant time in the token. */
-static int auth_value_ok(const nb_proxy_listener_t *l, nb_iov_t v)
-{
-    size_t i = 0, n = v.len;
-    while (i < n && (v.p[i] == ' ' || v.p[i] == '\t'))
-        i++;
-    size_t s = i;
-    while (i < n && v.p[i] != ' ' && v.p[i] != '\t')
-        i++;
-    size_t slen = i - s;
-    while (i < n && (v.p[i] == ' ' || v.p[i] == '\t'))
-        i++;
-    while (n > i && (v.p[n - 1] == ' ' || v.p[n - 1] == '\t'))
-        n--;
-    const uint8_t *arg = v.p + i;
-    size_t alen = n - i;
-    uint8_t bin[384];
-    const uint8_t *pw = NULL;
-    size_t pwlen = 0, binlen = 0;
-    int ok = 0;
-    if (slen == 5 && strncasecmp((const char *)v.p + s, "basic", 5) == 0) {
-        /* base64(USER:TOKEN); USER is not checked (clients need one). */
-        if (alen < 4 * sizeof bin / 3 &&
-            sodium_base642bin(bin, sizeof bin, (const char *)arg, alen, NULL, &binlen, NULL,
-                              sodium_base64_VARIANT_ORIGINAL) == 0) {
-            const uint8_t *colon = memchr(bin, ':', binlen);
-            if (colon) {
-                pw = colon + 1;
-                pwlen = binlen - (size_t)(pw - bin);
-            }
-        }
-    } else if (slen == 6 && strncasecmp((const char *)v.p + s, "bearer", 6) == 0) {
-        pw = arg;
-        pwlen = alen;
-    }
-    /* The token's length is public (fixed); its bytes are compared in
-     * constant time. */
-    if (pw && pwlen == l->token_len && sodium_memcmp(pw, l->token, l->token_len) == 0)
-        ok = 1;
-    sodium_memzero(bin, sizeof bin);
-    return ok ? 0 : 2;
-}
-
 /* 0: the request may go on; 1: no credentials; 2: wrong or ambiguous. */
 static int auth_check(const cconn_t *c, const nb_http_head_t *h)
 {
@@ -321,7 +278,10 @@ static int auth_check(const cconn_t *c, const nb_http_head_t *h)
     }
     if (!found)
         return 1;
-    return auth_value_ok(c->l, found->value);
+    return nb_proxy_auth_check((const uint8_t *)c->l->token, c->l->token_len, found->value.p,
+                               found->value.len)
+               ? 0
+               : 2;
 }
 
 static void burst_row(nb_proxy_t *px, nb_proxy_listener_t *l, px_burst_t *b, uint64_t conn,
