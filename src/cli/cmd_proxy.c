@@ -71,6 +71,16 @@ static int do_proxy(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         fprintf(stderr, "nilbox: 'nilbox proxy' needs --listen 127.0.0.1:PORT and --vm NAME\n");
         return NB_CLI_USAGE;
     }
+    /* --listen unix:PATH: a 0600 Unix socket (no token; the daemon serves
+     * only this user), the path made absolute for the daemon. */
+    char sockarg[PATH_MAX + 8], cwd[PATH_MAX];
+    int is_unix = strncmp(listen, "unix:", 5) == 0;
+    if (is_unix && listen[5] != '/') {
+        if (!getcwd(cwd, sizeof cwd) ||
+            snprintf(sockarg, sizeof sockarg, "unix:%s/%s", cwd, listen + 5) >= (int)sizeof sockarg)
+            return nb_cli_fail(cli, NB_CLI_USAGE, "invalid", "the socket path is too long");
+        listen = sockarg;
+    }
     char capath[PATH_MAX];
     if (ca && !realpath(ca, capath))
         return nb_cli_fail(cli, NB_CLI_ERROR, "invalid", "cannot read %s: %s", ca, strerror(errno));
@@ -82,7 +92,9 @@ static int do_proxy(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     randombytes_buf(raw, sizeof raw);
     sodium_bin2hex(token, sizeof token, raw, sizeof raw);
     sodium_memzero(raw, sizeof raw);
-    json_t *req = json_pack("{s:s, s:s, s:s}", "listen", listen, "vm", vm, "token", token);
+    json_t *req = is_unix
+                      ? json_pack("{s:s, s:s}", "listen", listen, "vm", vm)
+                      : json_pack("{s:s, s:s, s:s}", "listen", listen, "vm", vm, "token", token);
     json_t *rl = json_array();
     if (!req || !rl || add_list(rl, res) < 0) {
         json_decref(req);
@@ -132,7 +144,16 @@ static int do_proxy(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     }
     const char *addr = nb_json_str(ans, "listen");
     snprintf(url, sizeof url, "http://nilbox:%s@%s", token, addr ? addr : "?");
-    if (cli->json) {
+    if (is_unix) {
+        if (cli->json) {
+            json_object_set_new(ans, "socket", json_string(listen + 5));
+            nb_cli_print_json(ans);
+        } else {
+            printf("listening on %s for vm %s\n", addr ? addr : "?", vm);
+            printf("proxy socket: %s (mode 0600: only your user can connect; no token)\n",
+                   listen + 5);
+        }
+    } else if (cli->json) {
         json_object_set_new(ans, "token", json_string(token));
         json_object_set_new(ans, "proxy_url", json_string(url));
         nb_cli_print_json(ans);
@@ -184,7 +205,8 @@ out:
 }
 
 static const nb_cli_opt_t opts[] = {
-    {"listen", 'l', "ADDR:PORT", "loopback address and port to listen on (port 0: any)"},
+    {"listen", 'l', "ADDR:PORT",
+     "loopback address and port to listen on (port 0: any), or unix:PATH for a 0600 socket"},
     {"vm", 0, "NAME", "the VM whose rules, secrets and prompts apply"},
     {"as", 0, "NAME", "same as --vm"},
     {"upstream-ca", 0, "FILE", "test only: also trust this CA for upstreams (NILBOX_TEST_MODE=1)"},
@@ -203,7 +225,8 @@ static const nb_cli_verb_t self = {
     "Ctrl-C or end of input; the listener closes with this command.\n"
     "Clients must authenticate: the command prints the proxy URL\n"
     "http://nilbox:TOKEN@ADDR:PORT with a fresh random token (any user name works; --json\n"
-    "gives 'token' and 'proxy_url'). Requests without it get 407.",
+    "gives 'token' and 'proxy_url'). Requests without it get 407. With --listen unix:PATH\n"
+    "the proxy is a 0600 Unix socket that serves only your user, without a token.",
     0,
     0,
     opts,

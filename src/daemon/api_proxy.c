@@ -225,9 +225,17 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
         snprintf(err, errsz, "'vm' must be a VM name ([A-Za-z0-9._-], up to 63 bytes)");
         return NULL;
     }
-    nb_pxurl_authority_t a;
-    if (!listen || nb_pxurl_authority((const uint8_t *)listen, strlen(listen), 0, &a) < 0 ||
-        !a.is_ip) {
+    nb_pxurl_authority_t a = {0};
+    /* "unix:/abs/path": a 0600 Unix socket, peers checked by uid, no token */
+    const char *upath = listen && strncmp(listen, "unix:", 5) == 0 ? listen + 5 : NULL;
+    if (upath && (upath[0] != '/' || strlen(upath) >= 108)) {
+        snprintf(err, errsz, "'listen' unix:PATH needs an absolute path under 108 bytes");
+        return NULL;
+    }
+    if (upath) {
+        /* no address to check */
+    } else if (!listen || nb_pxurl_authority((const uint8_t *)listen, strlen(listen), 0, &a) < 0 ||
+               !a.is_ip) {
         /* port 0 is refused by the parser: accept "IP:0" explicitly */
         size_t n = listen ? strlen(listen) : 0;
         if (!(n > 2 && strcmp(listen + n - 2, ":0") == 0 &&
@@ -237,7 +245,7 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
         }
         a.port = 0;
     }
-    const char *kind = nb_ip_internal_kind(&a.ip);
+    const char *kind = upath ? "loopback" : nb_ip_internal_kind(&a.ip);
     if (!kind || strcmp(kind, "loopback") != 0) {
         snprintf(err, errsz, "'listen' must be a loopback address (the proxy speaks for a VM)");
         *status = 403;
@@ -278,9 +286,10 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
         *status = 409;
         return NULL;
     }
-    char ip[64];
-    nb_ip_format(&a.ip, ip, sizeof ip);
-    if (!token) {
+    char ip[64] = "";
+    if (!upath)
+        nb_ip_format(&a.ip, ip, sizeof ip);
+    if (!token && !upath) {
         /* The caller did not choose one: make it and hand it back once. */
         unsigned char raw[32];
         randombytes_buf(raw, sizeof raw);
@@ -296,11 +305,12 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
                                  .nresolve = nrv,
                                  .auth_token = token};
     nb_proxy_listener_t *l = NULL;
-    if ((r = nb_proxy_listen(eng.px, &lo, &l)) < 0) {
+    r = upath ? nb_proxy_listen_unix(eng.px, &lo, upath, &l) : nb_proxy_listen(eng.px, &lo, &l);
+    if (r < 0) {
         sodium_memzero(made_token, made_tokensz);
-        snprintf(err, errsz, "cannot listen on %s: %s", listen,
-                 r == UV_EADDRINUSE ? "address in use" : nb_strerror(r));
-        *status = r == UV_EADDRINUSE ? 409 : 422;
+        snprintf(err, errsz, "cannot listen on %.200s: %s", listen,
+                 r == UV_EADDRINUSE || r == -EEXIST ? "address in use" : nb_strerror(r));
+        *status = r == UV_EADDRINUSE || r == -EEXIST ? 409 : 422;
         return NULL;
     }
     return l;
@@ -308,9 +318,12 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
 
 static json_t *listener_json(nb_proxy_listener_t *l, const char *ip)
 {
-    char addr[96];
-    snprintf(addr, sizeof addr, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip,
-             nb_proxy_listener_port(l));
+    char addr[128];
+    if (nb_proxy_listener_path(l))
+        snprintf(addr, sizeof addr, "unix:%s", nb_proxy_listener_path(l));
+    else
+        snprintf(addr, sizeof addr, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip,
+                 nb_proxy_listener_port(l));
     return json_pack("{s:I, s:s, s:i, s:s}", "id", (json_int_t)nb_proxy_listener_id(l), "listen",
                      addr, "port", nb_proxy_listener_port(l), "vm", nb_proxy_listener_vm(l));
 }

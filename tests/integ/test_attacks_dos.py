@@ -240,6 +240,76 @@ def test_proxy_needs_token():
     assert code == 200, r.stderr
 
 
+def unix_exchange(path, data):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+        return out
+    except (socket.timeout, ConnectionError):
+        return out
+    finally:
+        s.close()
+
+
+def test_proxy_unix_socket():
+    # `--listen unix:PATH`: a 0600 socket; no token needed, the peer must
+    # be the daemon's user (SO_PEERCRED); removed when the command ends.
+    import select
+    import stat
+    from daemon_harness import NILBOX
+    path = os.path.join(E.tmp, "px.sock")
+    p = subprocess.Popen([NILBOX, "proxy", "--listen", "unix:" + path, "--vm", "a",
+                          "--upstream-ca", E.up_ca, "--resolve", ",".join(E.resolve_specs())],
+                         env=E.d.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([p.stdout], [], [], 15)
+        line = p.stdout.readline() if ready else ""
+        assert line.startswith("listening on unix:" + path), (line, p.stderr.read())
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        out = unix_exchange(path, b"GET http://plain.test/unix-ok HTTP/1.1\r\n"
+                                  b"Host: plain.test\r\nConnection: close\r\n\r\n")
+        assert status_of(out) == 200, out
+        # Another user, even if the socket's mode were loosened: refused.
+        os.chmod(path, 0o666)
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                out = unix_exchange(path, b"GET http://plain.test/unix-other HTTP/1.1\r\n"
+                                          b"Host: plain.test\r\nConnection: close\r\n\r\n")
+                code = 0 if out == b"" else 1
+            except PermissionError:
+                code = 2  # cannot change uid here: nothing to check
+            finally:
+                os._exit(code)
+        _, st = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(st) in (0, 2), os.WEXITSTATUS(st)
+        print("  another uid on the Unix proxy socket: %s" %
+              ("refused" if os.WEXITSTATUS(st) == 0 else "not checked (cannot change uid)"))
+        if os.WEXITSTATUS(st) == 0:
+            assert not [r for r in E.received() if r["target"] == "/unix-other"]
+        lst = json.loads(E.d.unix("GET", "/v1/proxies")[2])["proxies"]
+        assert [x for x in lst if x["listen"] == "unix:" + path and x["auth"]], lst
+    finally:
+        p.stdin.close()
+        p.wait(timeout=10)
+    deadline = time.time() + 5
+    while os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(path), "the socket outlived `nilbox proxy`"
+
+
 def test_tokens_stay_private():
     tokens = [E.px.token, E.pb.token]
     for path, data in E.all_state_bytes():
@@ -337,7 +407,7 @@ def main():
     faulthandler.dump_traceback_later(170, exit=True)
     tests = [test_fd_limit_raised, test_api_idle_floods_do_not_lock_out_the_owner,
              test_proxy_connection_flood, test_proxy_idle_flood_without_token,
-             test_proxy_needs_token, test_tokens_stay_private, test_daemon_exits_cleanly,
+             test_proxy_needs_token, test_proxy_unix_socket, test_tokens_stay_private, test_daemon_exits_cleanly,
              test_small_fd_limit_budgets_hold, test_emfile_does_not_spin_or_crash]
     try:
         setup()

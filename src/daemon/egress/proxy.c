@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "daemon/egress/proxy_auth.h"
@@ -936,6 +938,19 @@ static void accept_short(nb_proxy_listener_t *l)
         px_conn_close(v ? v : any);
 }
 
+/* Unix listeners: the peer must run as the daemon's user (SO_PEERCRED;
+ * the socket is 0600 too, this also stops root-owned strangers). */
+static int peer_is_owner(cconn_t *c)
+{
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->io.tcp, &fd) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+        return 0;
+    return cr.uid == geteuid();
+}
+
 static void on_accept(uv_stream_t *srv, int status)
 {
     nb_proxy_listener_t *l = srv->data;
@@ -974,6 +989,13 @@ static void on_accept(uv_stream_t *srv, int status)
         return;
     }
     if (nb_pxio_accept(&c->io, srv) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    if (l->is_unix && !peer_is_owner(c)) {
+        burst_row(px, l, &l->auth_burst, c->id, "peer-uid", "A26",
+                  "a client of another user refused on the Unix socket");
+        px->st.refused++;
         px_conn_close(c);
         return;
     }
@@ -1081,8 +1103,12 @@ void nb_proxy_listener_close(nb_proxy_listener_t *l)
            l->port, l->vm);
     burst_flush(l, &l->auth_burst, "proxy-auth", "A26");
     burst_flush(l, &l->full_burst, "too-many-connections", "A28");
-    if (!l->channel)
+    if (l->is_unix) {
+        uv_close((uv_handle_t *)&l->psrv, on_srv_closed);
+        unlink(l->path);
+    } else if (!l->channel) {
         uv_close((uv_handle_t *)&l->srv, on_srv_closed);
+    }
     for (cconn_t *c = l->conns, *n; c; c = n) {
         n = c->next;
         px_conn_close(c);
@@ -1203,6 +1229,63 @@ int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_li
     return 0;
 }
 
+int nb_proxy_listen_unix(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const char *path,
+                         nb_proxy_listener_t **out)
+{
+    *out = NULL;
+    struct stat st;
+    nb_proxy_listener_t *l;
+    int r;
+    if (!path || path[0] != '/' || strlen(path) >= sizeof l->path)
+        return NB_EINVAL;
+    nb_proxy_listen_opts_t uo = *o;
+    uo.auth_token = NULL; /* the socket's mode and the peer's uid decide */
+    if ((r = listener_new(px, &uo, "unix", &l)) < 0)
+        return r;
+    snprintf(l->path, sizeof l->path, "%s", path);
+    l->is_unix = 1;
+    if ((r = uv_pipe_init(px->loop, &l->psrv, 0)) < 0) {
+        SSL_CTX_free(l->client_ctx);
+        free(l);
+        return r;
+    }
+    l->psrv.data = l;
+    l->id = px->next_listener_id++;
+    l->next = px->listeners;
+    if (px->listeners)
+        px->listeners->prev = l;
+    px->listeners = l;
+    /* Replace a stale socket, never another kind of file; create it 0600
+     * (umask) so that nobody else can connect in between. */
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            l->path[0] = '\0'; /* not ours: never unlink it */
+            nb_proxy_listener_close(l);
+            return -EEXIST;
+        }
+        unlink(path);
+    }
+    mode_t old = umask(0177);
+    r = uv_pipe_bind(&l->psrv, path);
+    umask(old);
+    if (r < 0 || (r = chmod(path, 0600) < 0 ? -errno : 0) < 0 ||
+        (r = uv_listen((uv_stream_t *)&l->psrv, 256, on_accept)) < 0) {
+        if (r == UV_EADDRINUSE)
+            l->path[0] = '\0';
+        nb_proxy_listener_close(l);
+        return r;
+    }
+    nb_log(NB_LOG_NOTICE, "proxy listener %" PRIu64 " on unix:%s for vm '%s'%s", l->id, l->path,
+           l->vm, l->test_mode ? " (test mode: extra CA / resolve overrides)" : "");
+    *out = l;
+    return 0;
+}
+
+const char *nb_proxy_listener_path(const nb_proxy_listener_t *l)
+{
+    return l->is_unix ? l->path : NULL;
+}
+
 uint64_t nb_proxy_listener_id(const nb_proxy_listener_t *l)
 {
     return l->id;
@@ -1235,12 +1318,14 @@ json_t *nb_proxy_listeners_json(const nb_proxy_t *px)
         char addr[96];
         if (l->channel)
             snprintf(addr, sizeof addr, "vm-channel");
+        else if (l->is_unix)
+            snprintf(addr, sizeof addr, "unix:%.90s", l->path);
         else
             snprintf(addr, sizeof addr, strchr(l->ip, ':') ? "[%s]:%d" : "%s:%d", l->ip, l->port);
         json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:I, s:b, s:b, s:I}", "id",
                                              (json_int_t)l->id, "listen", addr, "vm", l->vm,
                                              "connections", (json_int_t)l->nconns, "test_mode",
-                                             l->test_mode, "auth", l->token_len > 0,
+                                             l->test_mode, "auth", l->token_len > 0 || l->is_unix,
                                              "max_connections", (json_int_t)l->px->cfg.max_conns));
     }
     return arr;

@@ -118,6 +118,18 @@ typedef struct {
  * or CA file; libuv codes for bind failures. */
 int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_listener_t **out);
 
+/* Opens a listener on a Unix socket at `path` (absolute, created 0600; a
+ * stale socket file is replaced, never another kind of file; removed when
+ * the listener closes). Clients need no token: only peers running as the
+ * daemon's user (SO_PEERCRED) are served, others are closed and recorded.
+ * `o->ip`, `o->port` and `o->auth_token` are ignored. -EEXIST when `path`
+ * is another kind of file. */
+int nb_proxy_listen_unix(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const char *path,
+                         nb_proxy_listener_t **out);
+
+/* The socket path of a Unix listener, NULL for others. */
+const char *nb_proxy_listener_path(const nb_proxy_listener_t *l);
+
 /* Opens a channel listener: the same engine and options as
  * nb_proxy_listen() (`o->ip` and `o->port` are ignored), but it accepts
  * nothing itself; connections are handed to it with nb_proxy_adopt().

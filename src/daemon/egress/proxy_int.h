@@ -66,6 +66,9 @@ struct nb_proxy_listener {
     int channel;      /* nb_proxy_attach(): no TCP server, connections are adopted */
     int ip_no_prompt; /* IP destinations without a rule are denied, not prompted (A12) */
     char token[129];  /* client authentication (proxy.h auth_token); "" for none */
+    int is_unix;      /* nb_proxy_listen_unix(): psrv, path; peers checked by uid */
+    uv_pipe_t psrv;
+    char path[108];
     size_t token_len;
     px_burst_t auth_burst, full_burst; /* rate-limited refusal rows */
     SSL_CTX *client_ctx;
