@@ -64,19 +64,26 @@ class Bench:
         self.procs.append(p)
         return p
 
-    def run_client(self, *args):
+    def run_client(self, *args, auth=None):
+        env = dict(os.environ)
+        if auth:
+            env["NB_PROXY_AUTH"] = auth  # the proxy's token: environment, never argv
         r = subprocess.run([self.client, *[str(x) for x in args]], capture_output=True,
-                           text=True, timeout=self.a.secs * 4 + 60)
+                           text=True, timeout=self.a.secs * 4 + 60, env=env)
         if r.returncode != 0 or not r.stdout.strip():
             raise RuntimeError("bench_client %s failed: %s" % (args, r.stderr[-500:]))
         return json.loads(r.stdout.strip().splitlines()[-1])
 
+    def auth_for(self, proxy):
+        return self.nb_auth if proxy and proxy == getattr(self, "nb_port", None) else None
+
     def rps(self, ca, proxy=0, header="", conns=1):
         return self.run_client("rps", "localhost", self.port, ca, self.a.secs, conns, proxy,
-                               header)
+                               header, auth=self.auth_for(proxy))
 
     def sse(self, ca, proxy=0):
-        return self.run_client("sse", "localhost", self.port, ca, self.a.sse_events, 5, proxy)
+        return self.run_client("sse", "localhost", self.port, ca, self.a.sse_events, 5, proxy,
+                               auth=self.auth_for(proxy))
 
     def setup_upstream(self):
         import fake_upstream
@@ -109,6 +116,10 @@ class Bench:
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = p.stdout.readline()
         self.nb_port = int(line.split()[2].rsplit(":", 1)[1])
+        url = p.stdout.readline()  # proxy URL: http://nilbox:TOKEN@127.0.0.1:PORT
+        token = url.split("http://nilbox:", 1)[1].split("@", 1)[0]
+        import base64
+        self.nb_auth = "Basic " + base64.b64encode(("nilbox:" + token).encode()).decode()
 
     def setup_mitm(self):
         exe = shutil.which("mitmdump")

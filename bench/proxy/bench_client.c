@@ -8,7 +8,10 @@
  * rps: {"reqs", "secs", "rps", "p50_us", "p99_us"} (latency of each request
  * on its connection, sequential per connection).
  * sse: {"events", "p50_us", "p99_us", "max_us"} (receive time minus the
- * upstream's send stamp, same host clock). */
+ * upstream's send stamp, same host clock).
+ *
+ * NB_PROXY_AUTH (environment, not argv: other users can read argv) is
+ * sent as the CONNECT's Proxy-Authorization value (e.g. "Basic ..."). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -151,9 +154,15 @@ static SSL *open_conn(int *fdp)
         return NULL;
     }
     if (g_proxy) {
-        char req[512], resp[1024];
-        int n = snprintf(req, sizeof req, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n", g_host,
-                         g_port, g_host, g_port);
+        char req[1024], resp[1024];
+        const char *auth = getenv("NB_PROXY_AUTH");
+        int n = snprintf(req, sizeof req, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n%s%s%s\r\n",
+                         g_host, g_port, g_host, g_port, auth ? "Proxy-Authorization: " : "",
+                         auth ? auth : "", auth ? "\r\n" : "");
+        if (n < 0 || (size_t)n >= sizeof req) {
+            close(fd);
+            return NULL;
+        }
         if (write(fd, req, (size_t)n) != n) {
             close(fd);
             return NULL;

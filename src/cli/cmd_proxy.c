@@ -3,11 +3,17 @@
  * Runs the daemon's egress proxy engine for host clients: the daemon opens
  * the listener on its own loop (same gate, rules, prompts, secrets and
  * audit as a VM), tied to a WebSocket session of this command, so the
- * listener closes when the command ends (Ctrl-C, end of input, crash). */
+ * listener closes when the command ends (Ctrl-C, end of input, crash).
+ *
+ * Any local user can reach a loopback port, so the listener takes only
+ * clients that know the token this command makes (A26): it prints the
+ * proxy URL http://nilbox:TOKEN@ADDR (the standard userinfo form, which
+ * curl, Python and Node clients turn into Proxy-Authorization: Basic). */
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,10 +71,30 @@ static int do_proxy(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         fprintf(stderr, "nilbox: 'nilbox proxy' needs --listen 127.0.0.1:PORT and --vm NAME\n");
         return NB_CLI_USAGE;
     }
+    /* --listen unix:PATH: a 0600 Unix socket (no token; the daemon serves
+     * only this user), the path made absolute for the daemon. */
+    char sockarg[PATH_MAX + 8], cwd[PATH_MAX];
+    int is_unix = strncmp(listen, "unix:", 5) == 0;
+    if (is_unix && listen[5] != '/') {
+        if (!getcwd(cwd, sizeof cwd) ||
+            snprintf(sockarg, sizeof sockarg, "unix:%s/%s", cwd, listen + 5) >= (int)sizeof sockarg)
+            return nb_cli_fail(cli, NB_CLI_USAGE, "invalid", "the socket path is too long");
+        listen = sockarg;
+    }
     char capath[PATH_MAX];
     if (ca && !realpath(ca, capath))
         return nb_cli_fail(cli, NB_CLI_ERROR, "invalid", "cannot read %s: %s", ca, strerror(errno));
-    json_t *req = json_pack("{s:s, s:s}", "listen", listen, "vm", vm);
+    /* The token is made here, so the daemon never has to send it back. */
+    unsigned char raw[32];
+    char token[65], url[400];
+    if (sodium_init() < 0)
+        return nb_cli_fail(cli, NB_CLI_ERROR, "internal", "libsodium failed to initialise");
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2hex(token, sizeof token, raw, sizeof raw);
+    sodium_memzero(raw, sizeof raw);
+    json_t *req = is_unix
+                      ? json_pack("{s:s, s:s}", "listen", listen, "vm", vm)
+                      : json_pack("{s:s, s:s, s:s}", "listen", listen, "vm", vm, "token", token);
     json_t *rl = json_array();
     if (!req || !rl || add_list(rl, res) < 0) {
         json_decref(req);
@@ -116,13 +142,27 @@ static int do_proxy(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         code = nb_cli_fail(cli, st == 403 ? NB_CLI_DENIED : NB_CLI_ERROR, "refused", "%s", esc);
         goto out;
     }
-    if (cli->json) {
+    const char *addr = nb_json_str(ans, "listen");
+    snprintf(url, sizeof url, "http://nilbox:%s@%s", token, addr ? addr : "?");
+    if (is_unix) {
+        if (cli->json) {
+            json_object_set_new(ans, "socket", json_string(listen + 5));
+            nb_cli_print_json(ans);
+        } else {
+            printf("listening on %s for vm %s\n", addr ? addr : "?", vm);
+            printf("proxy socket: %s (mode 0600: only your user can connect; no token)\n",
+                   listen + 5);
+        }
+    } else if (cli->json) {
+        json_object_set_new(ans, "token", json_string(token));
+        json_object_set_new(ans, "proxy_url", json_string(url));
         nb_cli_print_json(ans);
     } else {
-        const char *addr = nb_json_str(ans, "listen");
         printf("listening on %s for vm %s\n", addr ? addr : "?", vm);
-        printf("use: HTTPS_PROXY=http://%s HTTP_PROXY=http://%s (Ctrl-C to stop)\n",
-               addr ? addr : "?", addr ? addr : "?");
+        printf("proxy URL: %s\n", url);
+        printf("export HTTPS_PROXY=%s\n", url);
+        printf("export HTTP_PROXY=%s\n", url);
+        printf("# clients must send the token (Proxy-Authorization); Ctrl-C to stop\n");
     }
     fflush(stdout);
 
@@ -156,6 +196,8 @@ static int do_proxy(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         }
     }
 out:
+    sodium_memzero(token, sizeof token);
+    sodium_memzero(url, sizeof url);
     json_decref(ans);
     nb_buf_free(&msg);
     nb_wsc_free(ws); /* closing the session closes the listener */
@@ -163,7 +205,8 @@ out:
 }
 
 static const nb_cli_opt_t opts[] = {
-    {"listen", 'l', "ADDR:PORT", "loopback address and port to listen on (port 0: any)"},
+    {"listen", 'l', "ADDR:PORT",
+     "loopback address and port to listen on (port 0: any), or unix:PATH for a 0600 socket"},
     {"vm", 0, "NAME", "the VM whose rules, secrets and prompts apply"},
     {"as", 0, "NAME", "same as --vm"},
     {"upstream-ca", 0, "FILE", "test only: also trust this CA for upstreams (NILBOX_TEST_MODE=1)"},
@@ -179,7 +222,11 @@ static const nb_cli_verb_t self = {
     "Serve the egress proxy on a loopback port for programs on this host, with the rules,\n"
     "prompts, secret bindings and audit of VM NAME. Point clients at it with\n"
     "HTTPS_PROXY/HTTP_PROXY and trust the interception CA ('nilbox ca export'). Runs until\n"
-    "Ctrl-C or end of input; the listener closes with this command.",
+    "Ctrl-C or end of input; the listener closes with this command.\n"
+    "Clients must authenticate: the command prints the proxy URL\n"
+    "http://nilbox:TOKEN@ADDR:PORT with a fresh random token (any user name works; --json\n"
+    "gives 'token' and 'proxy_url'). Requests without it get 407. With --listen unix:PATH\n"
+    "the proxy is a 0600 Unix socket that serves only your user, without a token.",
     0,
     0,
     opts,

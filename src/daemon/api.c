@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "daemon/apiroute.h"
@@ -17,6 +18,9 @@
 #define TOKEN_BYTES 32
 #define TOKEN_HEX (2 * TOKEN_BYTES)
 #define WS_TOKEN_PROTO "nilbox.token."
+#define NB_API_MAX_CONNS 256
+#define NB_API_MAX_UNAUTH 64
+#define NB_API_UNAUTH_TIMEOUT_MS 5000
 
 struct nb_api {
     nb_daemon_t *d;
@@ -274,6 +278,8 @@ static int admit(nb_api_t *api, nb_httpd_req_t *req, int is_unix, int *authed)
     int ws = upg && strcasecmp(upg, "websocket") == 0;
     *authed = token_from_request(req, ws, given, sizeof given) && token_ok(api, given);
     sodium_memzero(given, sizeof given);
+    if (*authed)
+        nb_httpd_req_set_authed(req); /* leaves the unauthenticated budget */
     return 0;
 }
 
@@ -394,6 +400,17 @@ static int set_security_headers(nb_api_t *api)
     return r;
 }
 
+/* Per listener: 256, or an eighth of the descriptor limit when that is
+ * smaller (both listeners together stay within a quarter of it). */
+static size_t api_max_conns(void)
+{
+    struct rlimit rl;
+    size_t n = NB_API_MAX_CONNS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur / 8 < n)
+        n = (size_t)rl.rlim_cur / 8;
+    return n < 16 ? 16 : n;
+}
+
 static void on_srv_closed(void *ud)
 {
     nb_api_t *api = ud;
@@ -421,6 +438,17 @@ int nb_api_start(nb_daemon_t *d, nb_api_t **out, char *err, size_t errsz)
 
     nb_httpd_cfg_default(&cfg);
     cfg.max_body = NB_API_MAX_BODY;
+    /* Budgets per listener (the Unix socket and the TCP port never share
+     * one): idle connections make room for new ones; on the TCP port,
+     * which any local user can reach, connections without a valid token
+     * get a small budget of their own and 5 s of patience, so they can
+     * lock out neither the CLI nor the owner's browser. */
+    cfg.max_conns = api_max_conns();
+    cfg.evict_idle = 1;
+    cfg.max_conns_per_uid = cfg.max_conns * 3 / 4;
+    cfg.unauth_timeout_ms = NB_API_UNAUTH_TIMEOUT_MS;
+    cfg.max_unauth_conns =
+        cfg.max_conns / 4 < NB_API_MAX_UNAUTH ? cfg.max_conns / 4 : NB_API_MAX_UNAUTH;
     if ((r = nb_httpd_new(d->loop, &cfg, on_request, api, &api->srv)) < 0) {
         snprintf(err, errsz, "cannot create the API server: %s", nb_strerror(r));
         free(api);

@@ -4,12 +4,19 @@
  * prompts` like a VM's.
  *
  *   GET    /v1/proxies            the open listeners
- *   POST   /v1/proxies            opens one: {"listen", "vm"[, "upstream_ca", "resolve"]}
+ *   POST   /v1/proxies            opens one: {"listen", "vm"[, "token", "upstream_ca",
+ *                                 "resolve"]}; the answer carries "token" when the
+ *                                 daemon made it (no "token" given), never otherwise
  *   DELETE /v1/proxies/{id}       closes one
  *   GET    /v1/proxies/session    WebSocket: the client sends the same JSON
  *                                 object as its first message; the listener
  *                                 lives as long as the WebSocket (the CLI's
  *                                 way: Ctrl-C, EOF or a crash close it)
+ *
+ * Every listener requires its token in Proxy-Authorization (A26: any local
+ * user can reach a loopback port); the token is in no log, audit row or
+ * listing. The engine's connection budgets are sized from RLIMIT_NOFILE
+ * (A28), NILBOX_PROXY_MAX_CONNS overrides the per-listener one.
  *
  * The engine is created on first use, once the secret store is open (the
  * interception CA lives there). It records gate decisions, injections,
@@ -19,9 +26,11 @@
  * overrides) exist for tests only: refused unless the daemon runs with
  * NILBOX_TEST_MODE=1. */
 #include <errno.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "daemon/api.h"
@@ -103,6 +112,38 @@ static void on_snap_changed(void *ud, const nb_secretsvc_snap_t *snap)
     install_snapshot(snap);
 }
 
+/* Descriptor budgets below the process limit (A28): a proxy client
+ * connection costs up to 3 descriptors (client, upstream, the guest
+ * channel's socketpair end); a reserve stays for the API, the audit log,
+ * VMs and their channels. One listener (one VM) gets a quarter of the
+ * total, so a single client or guest cannot starve the others. */
+static void size_budgets(nb_proxy_cfg_t *cfg)
+{
+    struct rlimit rl;
+    size_t lim = 1024, reserve = 256;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        lim = (size_t)rl.rlim_cur;
+    else if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        lim = 1u << 20;
+    if (lim / 4 > reserve)
+        reserve = lim / 4;
+    size_t total = lim > reserve + 96 ? (lim - reserve) / 3 : 32;
+    size_t per = total / 4 < 16 ? 16 : total / 4;
+    if (per > 1024)
+        per = 1024;
+    cfg->max_conns_total = total;
+    cfg->max_conns = per;
+    const char *e = getenv("NILBOX_PROXY_MAX_CONNS");
+    char *end;
+    unsigned long long v = e ? strtoull(e, &end, 10) : 0;
+    if (e && *e && !*end && v >= 1 && v <= total)
+        cfg->max_conns = (size_t)v;
+    else if (e)
+        nb_log(NB_LOG_WARN, "NILBOX_PROXY_MAX_CONNS must be 1..%zu; using %zu", total, per);
+    nb_log(NB_LOG_INFO, "proxy budgets: %zu connections per listener, %zu in all (fd limit %zu)",
+           cfg->max_conns, total, lim);
+}
+
 static int engine(nb_daemon_t *d, char *err, size_t errsz)
 {
     if (eng.px)
@@ -121,6 +162,7 @@ static int engine(nb_daemon_t *d, char *err, size_t errsz)
     }
     nb_proxy_cfg_t cfg;
     nb_proxy_cfg_default(&cfg);
+    size_budgets(&cfg);
     cfg.gate = d->gate;
     cfg.ca = ca;
     cfg.record = on_record;
@@ -155,12 +197,24 @@ void nb_api_proxy_stop(nb_daemon_t *d)
 
 /* Parses and opens a listener from a request object. On failure `status`
  * and `err` say why. */
+/* A client-chosen token: long and URL-safe (it goes into proxy URLs as
+ * the password). */
+static int token_valid(const char *t)
+{
+    size_t n = strlen(t);
+    return n >= 32 && n <= 128 &&
+           strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~") == n;
+}
+
 static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *status, char *err,
-                                          size_t errsz)
+                                          size_t errsz, char *made_token, size_t made_tokensz)
 {
     *status = 422;
+    made_token[0] = '\0';
     const char *listen = nb_json_str(o, "listen");
     const char *vm = nb_json_str(o, "vm");
+    const char *token = nb_json_str(o, "token");
+    json_t *tj = json_object_get(o, "token");
     const char *ca = nb_json_str(o, "upstream_ca");
     json_t *res = json_object_get(o, "resolve");
     if (!o || !json_is_object(o)) {
@@ -171,9 +225,17 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
         snprintf(err, errsz, "'vm' must be a VM name ([A-Za-z0-9._-], up to 63 bytes)");
         return NULL;
     }
-    nb_pxurl_authority_t a;
-    if (!listen || nb_pxurl_authority((const uint8_t *)listen, strlen(listen), 0, &a) < 0 ||
-        !a.is_ip) {
+    nb_pxurl_authority_t a = {0};
+    /* "unix:/abs/path": a 0600 Unix socket, peers checked by uid, no token */
+    const char *upath = listen && strncmp(listen, "unix:", 5) == 0 ? listen + 5 : NULL;
+    if (upath && (upath[0] != '/' || strlen(upath) >= 108)) {
+        snprintf(err, errsz, "'listen' unix:PATH needs an absolute path under 108 bytes");
+        return NULL;
+    }
+    if (upath) {
+        /* no address to check */
+    } else if (!listen || nb_pxurl_authority((const uint8_t *)listen, strlen(listen), 0, &a) < 0 ||
+               !a.is_ip) {
         /* port 0 is refused by the parser: accept "IP:0" explicitly */
         size_t n = listen ? strlen(listen) : 0;
         if (!(n > 2 && strcmp(listen + n - 2, ":0") == 0 &&
@@ -183,10 +245,14 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
         }
         a.port = 0;
     }
-    const char *kind = nb_ip_internal_kind(&a.ip);
+    const char *kind = upath ? "loopback" : nb_ip_internal_kind(&a.ip);
     if (!kind || strcmp(kind, "loopback") != 0) {
         snprintf(err, errsz, "'listen' must be a loopback address (the proxy speaks for a VM)");
         *status = 403;
+        return NULL;
+    }
+    if (tj && (!token || !token_valid(token))) {
+        snprintf(err, errsz, "'token' must be 32 to 128 characters of [A-Za-z0-9._~-]");
         return NULL;
     }
     if ((ca || (res && json_array_size(res))) && !test_mode()) {
@@ -220,15 +286,31 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
         *status = 409;
         return NULL;
     }
-    char ip[64];
-    nb_ip_format(&a.ip, ip, sizeof ip);
-    nb_proxy_listen_opts_t lo = {
-        .ip = ip, .port = a.port, .vm = vm, .upstream_ca_file = ca, .resolve = rv, .nresolve = nrv};
+    char ip[64] = "";
+    if (!upath)
+        nb_ip_format(&a.ip, ip, sizeof ip);
+    if (!token && !upath) {
+        /* The caller did not choose one: make it and hand it back once. */
+        unsigned char raw[32];
+        randombytes_buf(raw, sizeof raw);
+        sodium_bin2hex(made_token, made_tokensz, raw, sizeof raw);
+        sodium_memzero(raw, sizeof raw);
+        token = made_token;
+    }
+    nb_proxy_listen_opts_t lo = {.ip = ip,
+                                 .port = a.port,
+                                 .vm = vm,
+                                 .upstream_ca_file = ca,
+                                 .resolve = rv,
+                                 .nresolve = nrv,
+                                 .auth_token = token};
     nb_proxy_listener_t *l = NULL;
-    if ((r = nb_proxy_listen(eng.px, &lo, &l)) < 0) {
-        snprintf(err, errsz, "cannot listen on %s: %s", listen,
-                 r == UV_EADDRINUSE ? "address in use" : nb_strerror(r));
-        *status = r == UV_EADDRINUSE ? 409 : 422;
+    r = upath ? nb_proxy_listen_unix(eng.px, &lo, upath, &l) : nb_proxy_listen(eng.px, &lo, &l);
+    if (r < 0) {
+        sodium_memzero(made_token, made_tokensz);
+        snprintf(err, errsz, "cannot listen on %.200s: %s", listen,
+                 r == UV_EADDRINUSE || r == -EEXIST ? "address in use" : nb_strerror(r));
+        *status = r == UV_EADDRINUSE || r == -EEXIST ? 409 : 422;
         return NULL;
     }
     return l;
@@ -236,9 +318,12 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
 
 static json_t *listener_json(nb_proxy_listener_t *l, const char *ip)
 {
-    char addr[96];
-    snprintf(addr, sizeof addr, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip,
-             nb_proxy_listener_port(l));
+    char addr[128];
+    if (nb_proxy_listener_path(l))
+        snprintf(addr, sizeof addr, "unix:%s", nb_proxy_listener_path(l));
+    else
+        snprintf(addr, sizeof addr, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip,
+                 nb_proxy_listener_port(l));
     return json_pack("{s:I, s:s, s:i, s:s}", "id", (json_int_t)nb_proxy_listener_id(l), "listen",
                      addr, "port", nb_proxy_listener_port(l), "vm", nb_proxy_listener_vm(l));
 }
@@ -279,14 +364,19 @@ static void on_list(nb_api_ctx_t *ctx)
 
 static void on_open(nb_api_ctx_t *ctx)
 {
-    char err[300];
+    char err[300], tok[65];
     int status;
-    nb_proxy_listener_t *l = open_listener(ctx->d, ctx->body, &status, err, sizeof err);
+    nb_proxy_listener_t *l =
+        open_listener(ctx->d, ctx->body, &status, err, sizeof err, tok, sizeof tok);
     if (!l) {
         nb_api_reply_error(ctx, status, status == 409 ? "wrong-state" : "invalid", "%s", err);
         return;
     }
-    nb_api_reply_json(ctx, 201, listener_json(l, listen_ip(ctx->body)));
+    json_t *j = listener_json(l, listen_ip(ctx->body));
+    if (tok[0])
+        json_object_set_new(j, "token", json_string(tok));
+    sodium_memzero(tok, sizeof tok);
+    nb_api_reply_json(ctx, 201, j);
 }
 
 static void on_close(nb_api_ctx_t *ctx)
@@ -335,7 +425,8 @@ static void on_ws_message(nb_ws_t *ws, int text, const uint8_t *data, size_t len
         return;
     }
     int status;
-    nb_proxy_listener_t *l = open_listener(s->d, o, &status, err, sizeof err);
+    char tok[65];
+    nb_proxy_listener_t *l = open_listener(s->d, o, &status, err, sizeof err, tok, sizeof tok);
     if (!l) {
         ws_say(ws, json_pack("{s:s, s:i, s:s}", "type", "error", "status", status, "message", err));
         json_decref(o);
@@ -345,6 +436,9 @@ static void on_ws_message(nb_ws_t *ws, int text, const uint8_t *data, size_t len
     s->lid = nb_proxy_listener_id(l);
     json_t *j = listener_json(l, listen_ip(o));
     json_object_set_new(j, "type", json_string("listening"));
+    if (tok[0])
+        json_object_set_new(j, "token", json_string(tok));
+    sodium_memzero(tok, sizeof tok);
     ws_say(ws, j);
     json_decref(o);
 }

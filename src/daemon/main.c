@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +41,19 @@ static void usage(FILE *f)
             "\n"
             "Exit status: 0 after a clean stop, 1 on errors (e.g. another nilboxd already\n"
             "uses this NILBOX_HOME), 2 on usage errors.\n");
+}
+
+/* The default soft limit of 1024 descriptors is what one busy client
+ * could use up (A28): take everything the hard limit allows. The proxy
+ * and API budgets are sized below the result (api_proxy.c). */
+static void raise_nofile_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        nb_log(NB_LOG_WARN, "cannot raise the descriptor limit: %s", strerror(errno));
 }
 
 /* Moves a big log aside once at start; enough to keep it bounded without
@@ -196,6 +210,7 @@ int main(int argc, char **argv)
         d.key_file = key_file_abs;
     }
     nb_log_set_tag("nilboxd");
+    raise_nofile_limit();
     umask(077);
     signal(SIGPIPE, SIG_IGN);
     if (sodium_init() < 0) {

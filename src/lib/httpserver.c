@@ -19,10 +19,12 @@
 #include "lib/httpserver.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -54,6 +56,10 @@ void nb_httpd_cfg_default(nb_httpd_cfg_t *cfg)
     cfg->max_conns = 256;
     cfg->idle_timeout_ms = 60 * 1000;
     cfg->request_timeout_ms = 30 * 1000;
+    cfg->evict_idle = 0;
+    cfg->max_conns_per_uid = 0;
+    cfg->unauth_timeout_ms = 0;
+    cfg->max_unauth_conns = 0;
 }
 
 /* --- requests --- */
@@ -116,6 +122,21 @@ int nb_httpd_req_is_unix(const nb_httpd_req_t *req)
 uint64_t nb_httpd_req_conn_id(const nb_httpd_req_t *req)
 {
     return req->conn_id;
+}
+
+long nb_httpd_req_peer_uid(const nb_httpd_req_t *req)
+{
+    return req->uid;
+}
+
+void nb_httpd_req_set_authed(nb_httpd_req_t *req)
+{
+    conn_t *c = req->conn;
+    if (!c || c->authed || c->state == C_CLOSING)
+        return;
+    c->authed = 1;
+    if (c->l)
+        c->l->nunauth--;
 }
 
 static int header_ok(const char *name, const char *value)
@@ -374,6 +395,7 @@ static int on_head(void *ud, const nb_http_head_t *h)
     req->conn = c;
     req->conn_id = c->id;
     req->is_unix = c->is_unix;
+    req->uid = c->uid;
     req->keep_alive = h->keep_alive;
     req->version_minor = h->version_minor;
     req->upgrade = h->upgrade;
@@ -639,13 +661,20 @@ void nb_httpd_conn_on_timer(uv_timer_t *t)
         return;
     }
     /* C_HTTP */
+    uint64_t idle_ms = cfg->idle_timeout_ms, req_ms = cfg->request_timeout_ms;
+    if (!c->authed) {
+        /* Who has not shown a credential gets little of our time (and of
+         * our descriptors): its budget is shared with any local user. */
+        idle_ms = cfg->unauth_timeout_ms < idle_ms ? cfg->unauth_timeout_ms : idle_ms;
+        req_ms = cfg->unauth_timeout_ms < req_ms ? cfg->unauth_timeout_ms : req_ms;
+    }
     if (c->inflight) {
         /* Waiting for our own handler is not the peer's idleness. */
         c->last_activity = now;
-    } else if (c->req_started && now - c->req_start >= cfg->request_timeout_ms) {
+    } else if (c->req_started && now - c->req_start >= req_ms) {
         conn_fail(c, 408, "request-timeout", "the request was not received in time");
         return;
-    } else if (now - c->last_activity >= cfg->idle_timeout_ms) {
+    } else if (now - c->last_activity >= idle_ms) {
         if (c->req_started) {
             conn_fail(c, 408, "request-timeout", "the connection was idle");
         } else {
@@ -654,9 +683,9 @@ void nb_httpd_conn_on_timer(uv_timer_t *t)
         }
         return;
     }
-    next = c->last_activity + cfg->idle_timeout_ms - now;
-    if (c->req_started && c->req_start + cfg->request_timeout_ms - now < next)
-        next = c->req_start + cfg->request_timeout_ms - now;
+    next = c->last_activity + idle_ms - now;
+    if (c->req_started && c->req_start + req_ms - now < next)
+        next = c->req_start + req_ms - now;
     uv_timer_start(&c->timer, nb_httpd_conn_on_timer, next < 10 ? 10 : next, 0);
 }
 
@@ -672,6 +701,8 @@ static void srv_maybe_free(nb_httpd_t *srv)
     done = srv->done;
     ud = srv->done_ud;
     nb_buf_free(&srv->defhdrs);
+    if (srv->reserve_fd >= 0)
+        close(srv->reserve_fd);
     free(srv);
     if (done)
         done(ud);
@@ -714,12 +745,130 @@ static void conn_close(conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     srv->nconns--;
+    if (c->l) {
+        c->l->nconns--;
+        if (!c->authed)
+            c->l->nunauth--;
+        c->l = NULL;
+    }
     uv_close(&c->u.h, on_conn_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
     /* Last: the user's on_close may call back into us (even nb_httpd_close),
      * which is safe now that this connection is fully closing. */
     if (c->ws)
         nb_httpd_ws_finish(c->ws, 1006);
+}
+
+static long peer_uid(conn_t *c)
+{
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    uv_os_fd_t fd;
+    if (uv_fileno(&c->u.h, &fd) < 0 || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+        return -1;
+    return (long)cr.uid;
+}
+
+/* A connection that may be closed to make room: nothing of a request is
+ * pending or with the handler, nothing is being written, not a WebSocket
+ * (those are live sessions: a shell, an event stream). */
+static int conn_idle(const conn_t *c)
+{
+    return c->state == C_HTTP && !c->inflight && !c->req_started && !c->upgraded &&
+           c->in.len == 0 && c->wq == 0;
+}
+
+/* The oldest live connection of listener `l` matching: `unauth` only
+ * unauthenticated ones, `uid` >= 0 only that peer, `idle` only conn_idle()
+ * ones. The list is newest first, so the last match is the oldest. */
+static conn_t *oldest(nb_httpd_t *srv, listener_t *l, int unauth, long uid, int idle)
+{
+    conn_t *found = NULL;
+    for (conn_t *c = srv->conns; c; c = c->next) {
+        if ((l && c->l != l) || (unauth && c->authed) || (uid >= 0 && c->uid != uid) ||
+            (idle && !conn_idle(c)))
+            continue;
+        found = c;
+    }
+    return found;
+}
+
+static void evict(conn_t *v, const char *why)
+{
+    nb_log_conn(NB_LOG_DEBUG, v->id, "closed to make room (%s)", why);
+    conn_close(v);
+}
+
+/* Applies the listener's budgets to new connection `c` (not yet counted).
+ * Returns 1 when it may stay (maybe after closing an older one), 0 when it
+ * must be closed. */
+static int admit(nb_httpd_t *srv, listener_t *l, conn_t *c)
+{
+    const nb_httpd_cfg_t *cfg = &srv->cfg;
+    conn_t *v;
+    if (!c->authed && l->nunauth >= cfg->max_unauth_conns) {
+        /* Unauthenticated ones make room for each other, oldest first: a
+         * flood churns through its own budget, a real client's request
+         * (sent at once) gets in. */
+        if (!(v = oldest(srv, l, 1, -1, 1)) && !(v = oldest(srv, l, 1, -1, 0)))
+            return 0;
+        evict(v, "unauthenticated budget");
+    }
+    if (l->is_unix && cfg->max_conns_per_uid) {
+        size_t n = 0;
+        for (conn_t *x = srv->conns; x; x = x->next)
+            n += x->l == l && x->uid == c->uid;
+        if (n >= cfg->max_conns_per_uid) {
+            if (!cfg->evict_idle || !(v = oldest(srv, l, 0, c->uid, 1)))
+                return 0;
+            evict(v, "per-peer budget");
+        }
+    }
+    if (l->nconns >= cfg->max_conns) {
+        if (!cfg->evict_idle || !(v = oldest(srv, l, 0, -1, 1)))
+            return 0;
+        evict(v, "listener budget");
+    }
+    return 1;
+}
+
+/* Out of descriptors on accept (EMFILE/ENFILE). libuv retries accept() at
+ * once, and once its own spare descriptor is used up it would call us in a
+ * tight loop: free one descriptor each time, so that the next accept takes
+ * a connection (and the backlog drains) instead of spinning. Best an idle
+ * connection (the new one may be the owner's), else our spare, else the
+ * oldest connection of this listener. */
+static void accept_short(nb_httpd_t *srv, listener_t *l)
+{
+    uint64_t now = uv_now(srv->loop);
+    conn_t *v;
+    if (now - srv->last_limit_log >= 1000 || !srv->last_limit_log) {
+        srv->last_limit_log = now;
+        nb_log(NB_LOG_WARN, "out of file descriptors accepting connections (%zu open)",
+               srv->nconns);
+    }
+    if ((v = oldest(srv, l, 1, -1, 0)) || (v = oldest(srv, l, 0, -1, 1)) ||
+        (v = oldest(srv, NULL, 0, -1, 1))) {
+        evict(v, "out of descriptors");
+        return;
+    }
+    if (srv->reserve_fd >= 0) {
+        close(srv->reserve_fd);
+        srv->reserve_fd = -1;
+        return;
+    }
+    if ((v = oldest(srv, l, 0, -1, 0)))
+        evict(v, "out of descriptors");
+}
+
+/* Takes the spare descriptor back after accept_short() gave it up; when
+ * there is still none, the connection just accepted makes room for it. */
+static int reserve_restore(nb_httpd_t *srv)
+{
+    if (srv->reserve_fd >= 0)
+        return 0;
+    srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    return srv->reserve_fd >= 0 ? 0 : -1;
 }
 
 static void on_connection(uv_stream_t *ls, int status)
@@ -730,8 +879,13 @@ static void on_connection(uv_stream_t *ls, int status)
     conn_t *c;
     int r;
 
-    if (status < 0 || srv->closing)
+    if (srv->closing)
         return;
+    if (status < 0) {
+        if (status == UV_EMFILE || status == UV_ENFILE)
+            accept_short(srv, l);
+        return;
+    }
     if (!(c = calloc(1, sizeof(*c))))
         return;
     c->srv = srv;
@@ -757,20 +911,38 @@ static void on_connection(uv_stream_t *ls, int status)
     srv->nconns++;
     c->state = C_HTTP;
     nb_buf_init(&c->in, NB_HTTPD_IN_MAX + NB_HTTPD_READ_CHUNK);
+    c->uid = -1;
+    c->authed = 1;
+    c->created = uv_now(srv->loop);
     if ((r = uv_accept(ls, &c->u.s)) < 0) {
         conn_close(c);
         return;
     }
-    if (srv->nconns > srv->cfg.max_conns) {
+    if (reserve_restore(srv) < 0) {
+        conn_close(c); /* its descriptor becomes the spare */
+        reserve_restore(srv);
+        return;
+    }
+    if (l->is_unix)
+        c->uid = peer_uid(c);
+    else if (srv->cfg.unauth_timeout_ms)
+        c->authed = 0;
+    if (!admit(srv, l, c)) {
         uint64_t now = uv_now(srv->loop);
         if (now - srv->last_limit_log >= 1000 || !srv->last_limit_log) {
             srv->last_limit_log = now; /* a flood must not flood the log too */
-            nb_log(NB_LOG_WARN, "connection limit (%zu) reached; closing new connections",
-                   srv->cfg.max_conns);
+            nb_log(NB_LOG_WARN,
+                   "connection limit of a %s listener reached (%zu, %zu unauthenticated); "
+                   "closing new connections",
+                   l->is_unix ? "unix" : "tcp", l->nconns, l->nunauth);
         }
         conn_close(c);
         return;
     }
+    c->l = l;
+    l->nconns++;
+    if (!c->authed)
+        l->nunauth++;
     if (!l->is_unix)
         uv_tcp_nodelay(&c->u.tcp, 1);
     nb_http_limits_default(&lim);
@@ -783,11 +955,12 @@ static void on_connection(uv_stream_t *ls, int status)
         return;
     }
     c->last_activity = uv_now(srv->loop);
-    uv_timer_start(&c->timer, nb_httpd_conn_on_timer,
-                   srv->cfg.idle_timeout_ms < srv->cfg.request_timeout_ms
-                       ? srv->cfg.idle_timeout_ms
-                       : srv->cfg.request_timeout_ms,
-                   0);
+    uint64_t first = srv->cfg.idle_timeout_ms < srv->cfg.request_timeout_ms
+                         ? srv->cfg.idle_timeout_ms
+                         : srv->cfg.request_timeout_ms;
+    if (!c->authed && srv->cfg.unauth_timeout_ms < first)
+        first = srv->cfg.unauth_timeout_ms;
+    uv_timer_start(&c->timer, nb_httpd_conn_on_timer, first, 0);
     nb_log_conn(NB_LOG_DEBUG, c->id, "accepted (%s)", l->is_unix ? "unix" : "tcp");
     nb_httpd_conn_update_reading(c);
 }
@@ -812,8 +985,11 @@ int nb_httpd_new(uv_loop_t *loop, const nb_httpd_cfg_t *cfg, nb_httpd_handler_fn
         free(srv);
         return NB_EINVAL;
     }
+    if (srv->cfg.unauth_timeout_ms && !srv->cfg.max_unauth_conns)
+        srv->cfg.max_unauth_conns = 64;
     srv->on_request = on_request;
     srv->ud = ud;
+    srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     nb_buf_init(&srv->defhdrs, NB_HTTPD_MAX_RESP_HEADERS);
     *out = srv;
     return 0;

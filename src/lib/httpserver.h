@@ -25,9 +25,25 @@ typedef struct {
     size_t max_header_bytes;     /* whole header block, default 32 KiB */
     size_t max_headers;          /* count, default 100 */
     size_t max_body;             /* default 1 MiB */
-    size_t max_conns;            /* default 256; extra connections are closed at once */
+    size_t max_conns;            /* per listener, default 256; see evict_idle */
     uint64_t idle_timeout_ms;    /* no bytes in either direction; default 60 s */
     uint64_t request_timeout_ms; /* first byte to complete request; default 30 s */
+    /* At max_conns, 1: the listener's oldest idle connection (no request
+     * in progress, not a WebSocket) is closed to make room, so a flood of
+     * idle connections cannot lock a real client out; when none is idle
+     * the new one is closed. 0 (default): the new one is closed. */
+    int evict_idle;
+    /* Unix sockets: at most this many connections per peer uid
+     * (SO_PEERCRED); 0 (default): max_conns. */
+    size_t max_conns_per_uid;
+    /* Authentication budget for TCP listeners. 0 (default): off, every
+     * connection counts as authenticated. Otherwise a TCP connection is
+     * unauthenticated until the handler calls nb_httpd_req_set_authed();
+     * such connections are closed after this many ms without a byte (and
+     * their requests must complete within it), and at most
+     * max_unauth_conns of them live per listener (the oldest goes first). */
+    uint64_t unauth_timeout_ms;
+    size_t max_unauth_conns; /* default 64 when unauth_timeout_ms is set */
 } nb_httpd_cfg_t;
 
 /* Fills `cfg` with the defaults above. */
@@ -65,6 +81,12 @@ nb_iov_t nb_httpd_req_body(const nb_httpd_req_t *req);
 /* 1 when the request came over a Unix socket, 0 over TCP. */
 int nb_httpd_req_is_unix(const nb_httpd_req_t *req);
 uint64_t nb_httpd_req_conn_id(const nb_httpd_req_t *req);
+/* The peer's uid on a Unix socket (SO_PEERCRED), or -1 (TCP, unknown). */
+long nb_httpd_req_peer_uid(const nb_httpd_req_t *req);
+/* Marks the request's connection as authenticated (the handler checked
+ * its credentials): it leaves the unauthenticated budget and gets the
+ * normal idle timeout. No effect on an orphaned request. */
+void nb_httpd_req_set_authed(nb_httpd_req_t *req);
 
 /* Adds a response header for this request's response (copied). Headers
  * containing CR or LF are refused with NB_EINVAL. */

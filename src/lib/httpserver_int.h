@@ -41,6 +41,8 @@ typedef struct {
     nb_stream_u u;
     nb_httpd_t *srv;
     int is_unix;
+    size_t nconns;  /* live connections accepted here */
+    size_t nunauth; /* of which not yet authenticated */
 } listener_t;
 
 struct nb_httpd {
@@ -56,6 +58,7 @@ struct nb_httpd {
     nb_buf_t defhdrs; /* "Name: value\r\n" lines */
     int closing;
     uint64_t last_limit_log;
+    int reserve_fd; /* a spare descriptor given up on EMFILE (httpserver.c accept_short) */
     void (*done)(void *ud);
     void *done_ud;
 };
@@ -81,6 +84,10 @@ struct conn {
     conn_t *prev, *next;
     uint64_t id;
     int is_unix;
+    listener_t *l; /* NULL once the connection is closing */
+    long uid;      /* Unix peer uid (SO_PEERCRED), -1 when unknown */
+    int authed;    /* 0: counted in l->nunauth (see nb_httpd_cfg_t) */
+    uint64_t created;
     int state;
     nb_http_parser_t *parser;
     nb_buf_t in;              /* bytes read but not yet parsed */
@@ -117,6 +124,7 @@ struct nb_httpd_req {
     int upgrade;
     uint64_t conn_id;
     int is_unix;
+    long uid;
 };
 
 /* --- httpserver.c */

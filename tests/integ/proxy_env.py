@@ -9,13 +9,14 @@
         e.secret("OPENAI_API_KEY", "sk-real-...")
         e.bind("OPENAI_API_KEY", "api.test")
         e.rule("allow", "api.test:443")
-        p = e.proxy()                 # -> Proxy: .url, .port
+        p = e.proxy()                 # -> Proxy: .url (with the token), .port, .token
         r = e.curl(p, "https://api.test/echo", "-H", "Authorization: Bearer OPENAI_API_KEY")
         e.received()                  # what the upstream saw (list of dicts)
 
 Every name in *.test resolves (test-only --resolve) to the fake upstream on
 127.0.0.1, which an explicit IP rule allows (A13 needs one for loopback).
 Everything is cleaned up on exit, even when a test fails."""
+import base64
 import json
 import os
 import select
@@ -32,6 +33,15 @@ PY = "/usr/bin/python3"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def with_auth(px, data):
+    """`data` (a raw request head to the proxy) with the proxy's
+    Proxy-Authorization line after its request line."""
+    i = data.find(b"\r\n")
+    if i < 0 or not data[:1].isalpha():
+        return data
+    return data[:i + 2] + px.auth + data[i + 2:]
+
+
 def wait_store_open(d, timeout=15, state="open"):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -43,10 +53,19 @@ def wait_store_open(d, timeout=15, state="open"):
 
 
 class Proxy:
-    def __init__(self, proc, port):
+    """A running `nilbox proxy`. `url` carries the listener's token as
+    userinfo (http://nilbox:TOKEN@127.0.0.1:PORT), which curl, requests,
+    httpx and undici turn into Proxy-Authorization; `bare_url` has none.
+    Raw-socket tests put `auth` (a whole header line) into their heads."""
+
+    def __init__(self, proc, port, token):
         self.proc = proc
         self.port = port
-        self.url = "http://127.0.0.1:%d" % port
+        self.token = token
+        self.bare_url = "http://127.0.0.1:%d" % port
+        self.url = "http://nilbox:%s@127.0.0.1:%d" % (token, port)
+        self.basic = "Basic " + base64.b64encode(("nilbox:" + token).encode()).decode()
+        self.auth = b"Proxy-Authorization: " + self.basic.encode() + b"\r\n"
 
     def stop(self):
         if self.proc.poll() is None:
@@ -151,7 +170,12 @@ class ProxyEnv:
             p.kill()
             raise AssertionError("nilbox proxy did not start: %r %r" % (line, p.stderr.read()))
         port = int(line.split()[2].rsplit(":", 1)[1])
-        px = Proxy(p, port)
+        url = p.stdout.readline()
+        if not url.startswith("proxy URL: http://nilbox:"):
+            p.kill()
+            raise AssertionError("nilbox proxy printed no proxy URL: %r" % url)
+        token = url.split("http://nilbox:", 1)[1].split("@", 1)[0]
+        px = Proxy(p, port, token)
         self.proxies.append(px)
         return px
 

@@ -46,7 +46,7 @@ def tunnel(host):
     """A keep-alive HTTPS connection through a CONNECT tunnel of the proxy."""
     ctx = ssl.create_default_context(cafile=E.ca_pem)
     c = http.client.HTTPSConnection("127.0.0.1", PX.port, context=ctx, timeout=15)
-    c.set_tunnel(host, 443)
+    c.set_tunnel(host, 443, headers={"Proxy-Authorization": PX.basic})
     return c
 
 
@@ -182,8 +182,8 @@ def test_unbind_mid_connection():
 
 def raw_tunnel(host):
     s = socket.create_connection(("127.0.0.1", PX.port), timeout=10)
-    s.sendall(b"CONNECT %s:7000 HTTP/1.1\r\nHost: %s:7000\r\n\r\n" % (host.encode(),
-                                                                      host.encode()))
+    s.sendall(b"CONNECT %s:7000 HTTP/1.1\r\nProxy-Authorization: %s\r\nHost: %s:7000\r\n\r\n"
+              % (host.encode(), PX.basic.encode(), host.encode()))
     head = s.recv(4096)
     assert head.startswith(b"HTTP/1.1 200"), head
     # The upstream on the other end speaks HTTP: one keep-alive exchange.
@@ -315,6 +315,7 @@ def test_websocket_closed_on_deny():
     E.cli("rule", "add", "allow", "evil.test:443", check=False)
     ws = websocket.create_connection("wss://evil.test/ws", http_proxy_host="127.0.0.1",
                                      http_proxy_port=PX.port, proxy_type="http",
+                                     http_proxy_auth=("nilbox", PX.token),
                                      sslopt={"ca_certs": E.ca_pem}, timeout=10)
     try:
         ws.send("hello")

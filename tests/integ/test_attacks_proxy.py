@@ -15,7 +15,7 @@ import threading
 import time
 
 from daemon_harness import Daemon, run_tests, status_of
-from proxy_env import ProxyEnv, wait_store_open
+from proxy_env import ProxyEnv, wait_store_open, with_auth
 
 OPENAI = "sk-proj-REALVALUE-5f0c2d8e9a"
 OTHER = "ghp_REALOTHER_c0ffee1234"
@@ -76,8 +76,8 @@ def tls_tunnel(host, port=443, sni=None, px=None):
     the TLS socket."""
     px = px or E.px
     s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
-    s.sendall(b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host.encode(), port,
-                                                                   host.encode(), port))
+    s.sendall(with_auth(px, b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" %
+                        (host.encode(), port, host.encode(), port)))
     head = b""
     while b"\r\n\r\n" not in head:
         b = s.recv(1)
@@ -333,8 +333,8 @@ def test_A15_smuggling():
     assert not rows("/a15-hidden")
     # Plain proxy side too.
     out = exchange(socket.create_connection(("127.0.0.1", E.px.port), timeout=10),
-                   b"GET http://api.test/a15 HTTP/1.1\r\nHost: api.test\r\n"
-                   b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+                   with_auth(E.px, b"GET http://api.test/a15 HTTP/1.1\r\nHost: api.test\r\n"
+                             b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"))
     assert status_of(out) == 400 and b"X-Nilbox-Reason:" in out, out
     never_sent(["/a15"], OPENAI)
     wait_audit("refusal", lambda r: r["detail"].get("threat") == "A15", "A15 refusal row")
@@ -364,11 +364,77 @@ def test_A16_prompt_timeout():
     assert res["r"][0] == 403
     # A name with control characters never becomes a prompt.
     s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
-    out = exchange(s, b"CONNECT api.test\x1b[2J.evil.test:443 HTTP/1.1\r\nHost: x\r\n\r\n")
+    out = exchange(s, with_auth(E.px, b"CONNECT api.test\x1b[2J.evil.test:443 HTTP/1.1\r\n"
+                                      b"Host: x\r\n\r\n"))
     s.close()
     assert status_of(out) == 400, out
     wait_audit("gate.decision", lambda r: r["detail"].get("reason") == "prompt-timeout",
                "A16 audit row")
+
+
+# ---- local users (A26) --------------------------------------------------------
+
+def test_A26_proxy_needs_its_token():
+    # Any local user can reach the loopback port: without the listener's
+    # token nothing happens - no gate decision or prompt, no upstream byte,
+    # no injection - and the answer is 407 with Proxy-Authenticate.
+    import base64
+    before = len(E.received())
+    prompts0 = json.loads(E.cli("--json", "prompts").stdout)["prompts"]
+    other = "0" * len(E.px.token)
+    cases = {
+        "none": b"",
+        "wrong": b"Proxy-Authorization: Basic " +
+                 base64.b64encode(b"nilbox:" + other.encode()) + b"\r\n",
+        "other-listener": E.pb.auth,
+        "prefix": b"Proxy-Authorization: Basic " +
+                  base64.b64encode(b"nilbox:" + E.px.token[:-1].encode()) + b"\r\n",
+        "no-user-colon": b"Proxy-Authorization: Basic " +
+                         base64.b64encode(E.px.token.encode()) + b"\r\n",
+        "bad-base64": b"Proxy-Authorization: Basic %%%%\r\n",
+        "other-scheme": b"Proxy-Authorization: Digest " + E.px.token.encode() + b"\r\n",
+        "api-header": b"Authorization: Bearer " + E.px.token.encode() + b"\r\n",
+        "twice": E.px.auth + b"Proxy-Authorization: Basic eDp5\r\n",
+    }
+    for name, hdr in cases.items():
+        for req in (b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n%s\r\n",
+                    b"GET http://api.test/a26-%s HTTP/1.1\r\nHost: api.test\r\n%s"
+                    b"X-Auth: OPENAI_API_KEY\r\n\r\n" % (name.encode(), b"%s"),
+                    b"CONNECT new-name.evil.test:443 HTTP/1.1\r\nHost: x\r\n%s\r\n"):
+            s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
+            out = exchange(s, req.replace(b"%s", hdr, 1))
+            s.close()
+            assert status_of(out) == 407, (name, out)
+            assert b"Proxy-Authenticate: Basic realm=\"nilbox\"" in out, out
+            assert b"X-Nilbox-Reason: proxy-auth-" in out, out
+    assert len(E.received()) == before, "the upstream saw an unauthenticated request"
+    prompts1 = json.loads(E.cli("--json", "prompts").stdout)["prompts"]
+    assert not [p for p in prompts1 if "new-name" in p["host"]] and len(prompts1) == len(prompts0)
+    # The right token, in any user name, and the Bearer form: accepted.
+    for hdr in (E.px.auth,
+                b"Proxy-Authorization: basic " +
+                base64.b64encode(b"someone:" + E.px.token.encode()) + b"\r\n",
+                b"Proxy-Authorization: Bearer " + E.px.token.encode() + b"\r\n"):
+        s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
+        out = exchange(s, b"GET http://plain.test/a26ok HTTP/1.1\r\nHost: plain.test\r\n" + hdr +
+                       b"Connection: close\r\n\r\n")
+        s.close()
+        assert status_of(out) == 200, out
+    # ... and never forwarded upstream.
+    row = rows("/a26ok")[-1]
+    assert not [k for k, _ in row["headers"] if k.lower() == "proxy-authorization"], row
+    # curl without the token: 407; with it (userinfo form): through.
+    code, _, _ = E.curl(type("P", (), {"url": E.px.bare_url})(), "https://api.test/a26c")
+    assert code in (0, 407), code
+    assert not rows("/a26c")
+    # One audit row per burst, never the token.
+    found = wait_audit("refusal", lambda r: r["detail"].get("reason", "").startswith("proxy-auth"),
+                       "A26 refusal row")
+    assert len(found) <= 3, found
+    au = json.dumps(E.audit())
+    assert E.px.token not in au and E.pb.token not in au
+    st, _, body = E.d.unix("GET", "/v1/proxies")
+    assert st == 200 and E.px.token.encode() not in body and json.loads(body)["proxies"][0]["auth"] is True, body
 
 
 # ---- secrets at rest and in logs --------------------------------------------
@@ -378,7 +444,7 @@ def test_A23_no_secret_in_logs_or_state():
     # appears in any file under NILBOX_HOME, the daemon's output, the events
     # or the audit log.
     for path, data in E.all_state_bytes():
-        for v in ALL_VALUES:
+        for v in list(ALL_VALUES) + [E.px.token, E.pb.token]:
             assert v.encode() not in data, ("value in", path)
     ev = json.dumps(E.events())
     au = json.dumps(E.audit())
@@ -414,7 +480,8 @@ def main():
              test_A3_cross_host_placeholder, test_A4_placement_confusion,
              test_A5_echo_exfiltration, test_A6_redirect_laundering, test_A7_cleartext,
              test_A8_domain_fronting_sni, test_A9_cross_vm, test_A13_host_and_lan_reach,
-             test_A15_smuggling, test_A16_prompt_timeout, test_A23_no_secret_in_logs_or_state,
+             test_A15_smuggling, test_A16_prompt_timeout, test_A26_proxy_needs_its_token,
+             test_A23_no_secret_in_logs_or_state,
              test_A24_no_master_key_no_secrets]
     try:
         setup()

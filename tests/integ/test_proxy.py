@@ -17,7 +17,7 @@ import threading
 import time
 
 from daemon_harness import run_tests
-from proxy_env import ProxyEnv, wait_store_open
+from proxy_env import ProxyEnv, wait_store_open, with_auth
 
 SECRET = "sk-live-REAL-7c1e9a2b44d0f3e5"
 NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
@@ -150,6 +150,7 @@ def test_websocket_echo():
     import websocket
     ws = websocket.create_connection("wss://ws.test/ws", http_proxy_host="127.0.0.1",
                                      http_proxy_port=E.px.port, proxy_type="http",
+                                     http_proxy_auth=("nilbox", E.px.token),
                                      sslopt={"ca_certs": E.ca_pem}, timeout=10)
     try:
         for msg in ("hello", "x" * 70000):
@@ -214,7 +215,7 @@ def test_raw_tunnel_other_port():
     # inspection (and so no injection: the placeholder goes as is).
     s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
     try:
-        s.sendall(b"CONNECT api.test:7000 HTTP/1.1\r\nHost: api.test:7000\r\n\r\n")
+        s.sendall(with_auth(E.px, b"CONNECT api.test:7000 HTTP/1.1\r\nHost: api.test:7000\r\n\r\n"))
         head = s.recv(4096)
         assert head.startswith(b"HTTP/1.1 200"), head
         s.sendall(b"GET /raw HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer OPENAI_API_KEY\r\n"
@@ -306,7 +307,7 @@ def test_hostile_clients_do_not_hurt():
     def raw(data, read=True):
         s = socket.create_connection(addr, timeout=5)
         try:
-            s.sendall(data)
+            s.sendall(with_auth(E.px, data))
             if read:
                 s.settimeout(2)
                 try:
@@ -340,7 +341,7 @@ def test_hostile_clients_do_not_hurt():
     socks = []
     for i in range(150):
         c = socket.create_connection(addr, timeout=5)
-        c.sendall(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+        c.sendall(with_auth(E.px, b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n"))
         socks.append(c)
     for c in socks[::2]:
         c.close()
@@ -355,7 +356,7 @@ def test_hostile_clients_do_not_hurt():
 
 def tls_sock():
     s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
-    s.sendall(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+    s.sendall(with_auth(E.px, b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n"))
     head = b""
     while b"\r\n\r\n" not in head:
         head += s.recv(1)

@@ -435,8 +435,15 @@ static int egress_open(nb_guestsvc_t *g, const char *vm, nb_muxsess_stream_t *st
     int r = nb_proxy_adopt(l, sv[1], destp); /* takes sv[1] in every case */
     if (r < 0) {
         bridge_close(b);
-        reject(g, st, r == NB_EINVAL ? NB_MUX_E_BAD_ARGS : NB_MUX_E_INTERNAL, vm,
-               r == NB_EINVAL ? "unusable destination" : "the proxy refused the connection");
+        /* -EBUSY: this VM's connection budget is used up (A28; recorded) */
+        reject(g, st,
+               r == NB_EINVAL ? NB_MUX_E_BAD_ARGS
+               : r == -EBUSY  ? NB_MUX_E_BUSY
+                              : NB_MUX_E_INTERNAL,
+               vm,
+               r == NB_EINVAL ? "unusable destination"
+               : r == -EBUSY  ? "too many open connections from this VM"
+                              : "the proxy refused the connection");
         return 0;
     }
     b->st = st;

@@ -5,12 +5,17 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "daemon/egress/proxy_auth.h"
 #include "daemon/egress/proxy_int.h"
 #include "lib/err.h"
 #include "lib/log.h"
@@ -18,6 +23,8 @@
 #define IN_PAUSED_MAX (64 * 1024) /* pipelined bytes held while an exchange runs */
 #define IN_CAP (1024 * 1024)      /* hard cap on held client bytes */
 #define LINGER_MS 2000            /* read-and-discard after our last reply */
+#define PX_UNAUTH_MS 5000         /* a connection's first request must pass auth within */
+#define PX_UNAUTH_GRACE_MS 1000   /* ... and it is not made room for before this */
 
 static const nb_pxio_cbs_t client_cbs;
 static void listener_maybe_free(nb_proxy_listener_t *l);
@@ -27,6 +34,7 @@ void nb_proxy_cfg_default(nb_proxy_cfg_t *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->max_conns = 1024;
+    cfg->max_conns_total = 4096;
     cfg->idle_timeout_ms = 300000;
     cfg->head_timeout_ms = 30000;
     cfg->connect_timeout_ms = 15000;
@@ -71,6 +79,13 @@ static void conn_maybe_free(cconn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     l->nconns--;
+    l->px->nconns--;
+    if (c->refusing) {
+        l->nrefusing--;
+        l->px->nrefusing--;
+    }
+    if (c->unauth)
+        l->nunauth--;
     l->px->st.conns_open--;
     nb_http_parser_free(c->rp);
     nb_buf_free(&c->in);
@@ -178,6 +193,13 @@ static void on_conn_timer(uv_timer_t *t)
         px_conn_close(c); /* the lingering time is over */
         return;
     }
+    if (c->unauth && now - c->created >= PX_UNAUTH_MS) {
+        /* No credentials in time (A28): any local user can open these. */
+        nb_log_conn(NB_LOG_DEBUG, c->id, "no authenticated request within %d ms: closing",
+                    PX_UNAUTH_MS);
+        px_conn_close(c);
+        return;
+    }
     if ((c->state == CS_SNIFF || c->state == CS_HANDSHAKE) && c->head_started &&
         now - c->head_started >= px->cfg.head_timeout_ms) {
         nb_log_conn(NB_LOG_INFO, c->id, "no TLS handshake within %" PRIu64 " ms: closing",
@@ -209,6 +231,8 @@ static void on_conn_timer(uv_timer_t *t)
         if (h > now && h - now < next)
             next = h - now;
     }
+    if (c->unauth && c->created + PX_UNAUTH_MS - now < next)
+        next = c->created + PX_UNAUTH_MS - now;
     arm_timer(c, next + 1);
 }
 
@@ -239,8 +263,112 @@ void px_conn_update_read(cconn_t *c)
         nb_pxio_read_stop(&c->io);
 }
 
+/* ---- client authentication (A26) ----
+ * A TCP listener is reachable by every local user; what tells the owner's
+ * clients apart is the listener's token in Proxy-Authorization. */
+
+/* 0: the request may go on; 1: no credentials; 2: wrong or ambiguous. */
+static int auth_check(const cconn_t *c, const nb_http_head_t *h)
+{
+    const nb_http_header_t *found = NULL;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        if (!nb_iov_eq_nocase(h->headers[i].name, "proxy-authorization"))
+            continue;
+        if (found)
+            return 2; /* two credentials: which one would count? neither */
+        found = &h->headers[i];
+    }
+    if (!found)
+        return 1;
+    return nb_proxy_auth_check((const uint8_t *)c->l->token, c->l->token_len, found->value.p,
+                               found->value.len)
+               ? 0
+               : 2;
+}
+
+static void burst_row(nb_proxy_t *px, nb_proxy_listener_t *l, px_burst_t *b, uint64_t conn,
+                      const char *reason, const char *threat, const char *msg)
+{
+    uint64_t now = uv_now(px->loop);
+    if (b->last_row && now - b->last_row < PX_BURST_MS) {
+        b->suppressed++;
+        return;
+    }
+    json_t *d = json_pack("{s:s, s:s, s:s, s:I, s:I}", "reason", reason, "threat", threat, "stage",
+                          "accept", "listener", (json_int_t)l->id, "earlier_unrecorded",
+                          (json_int_t)b->suppressed);
+    if (d && conn)
+        json_object_set_new(d, "conn", json_integer((json_int_t)conn));
+    nb_log(NB_LOG_NOTICE,
+           "proxy listener %" PRIu64 " (vm '%s'): %s (%" PRIu64 " more since the last report)",
+           l->id, l->vm, msg, b->suppressed);
+    b->suppressed = 0;
+    b->last_row = now;
+    if (px->cfg.record)
+        px->cfg.record(px->cfg.record_ud, "refusal", l->vm, NULL, 0, d);
+    else
+        json_decref(d);
+}
+
+/* The counts of refusals not yet in a row, when the listener closes. */
+static void burst_flush(nb_proxy_listener_t *l, px_burst_t *b, const char *reason,
+                        const char *threat)
+{
+    nb_proxy_t *px = l->px;
+    if (!b->suppressed)
+        return;
+    json_t *d = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b}", "reason", reason, "threat", threat,
+                          "stage", "accept", "listener", (json_int_t)l->id, "earlier_unrecorded",
+                          (json_int_t)b->suppressed, "summary", 1);
+    b->suppressed = 0;
+    if (px->cfg.record)
+        px->cfg.record(px->cfg.record_ud, "refusal", l->vm, NULL, 0, d);
+    else
+        json_decref(d);
+}
+
+/* 407: no gate, no upstream, nothing of the request is looked at. */
+static void auth_refuse(cconn_t *c)
+{
+    static const char body[] =
+        "{\"error\":\"proxy-auth-required\",\"host\":\"\",\"reason\":\"this proxy needs the "
+        "token that 'nilbox proxy' printed\",\"hint\":\"use the proxy URL "
+        "http://nilbox:TOKEN@HOST:PORT (Proxy-Authorization: Basic)\"}\n";
+    const char *why = c->auth_failed == 1 ? "proxy-auth-required" : "proxy-auth-wrong";
+    char head[320];
+    burst_row(c->px, c->l, &c->l->auth_burst, c->id, why, "A26",
+              c->auth_failed == 1 ? "client without proxy credentials refused (407)"
+                                  : "client with wrong proxy credentials refused (407)");
+    c->px->st.refused++;
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 407 Proxy Authentication Required\r\n"
+                     "Proxy-Authenticate: Basic realm=\"nilbox\"\r\n"
+                     "Content-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n"
+                     "X-Nilbox-Reason: %s\r\n"
+                     "Cache-Control: no-store\r\n"
+                     "Connection: close\r\n\r\n",
+                     sizeof body - 1, why);
+    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)n),
+                        uv_buf_init((char *)body, (unsigned)(sizeof body - 1))};
+    c->x.resp_head_sent = 1;
+    c->x.resp_done = 1;
+    nb_pxio_writev(&c->io, bufs, 2, 0);
+    px_conn_linger(c);
+}
+
 static int rp_on_head(void *ud, const nb_http_head_t *h)
 {
+    cconn_t *c = ud;
+    /* Before anything else looks at the request: requests inside an
+     * authenticated CONNECT are covered by it; the guest channel has no
+     * token (its one client is the VM). */
+    if (!c->tunnel && c->l->token_len && (c->auth_failed = auth_check(c, h)) != 0)
+        return NB_EAUTH; /* the parser stops; parse_failed() answers 407 */
+    if (c->unauth) {
+        c->unauth = 0; /* leaves the unauthenticated budget */
+        c->l->nunauth--;
+    }
     return px_http_on_head(ud, h);
 }
 
@@ -274,6 +402,10 @@ int px_conn_start_http(cconn_t *c)
 
 static void parse_failed(cconn_t *c)
 {
+    if (c->auth_failed) {
+        auth_refuse(c);
+        return;
+    }
     nb_http_err_t e = nb_http_parser_error(c->rp);
     if (c->x.reject_status)
         return; /* on_head refused it already; px_http_after_feed replies */
@@ -778,6 +910,7 @@ static cconn_t *conn_new(nb_proxy_listener_t *l)
         l->conns->prev = c;
     l->conns = c;
     l->nconns++;
+    px->nconns++;
     px->st.conns_open++;
     uv_timer_init(px->loop, &c->timer);
     c->timer.data = c;
@@ -787,15 +920,85 @@ static cconn_t *conn_new(nb_proxy_listener_t *l)
 
 /* Starts a connection whose socket is in place: caps, then the explicit
  * proxy protocol, or (transparent) straight to the gate. */
+/* Connections being refused (a 503 lingering until the client reads it)
+ * do not count against the budgets: they have their own cap. */
+static int over_budget(const nb_proxy_listener_t *l, size_t extra)
+{
+    const nb_proxy_t *px = l->px;
+    return l->nconns - l->nrefusing + extra > px->cfg.max_conns ||
+           px->nconns - px->nrefusing + extra > px->cfg.max_conns_total;
+}
+
+int nb_proxy_listener_has_room(const nb_proxy_listener_t *l)
+{
+    return !l->closing && !l->px->closing && !over_budget(l, 1);
+}
+
+/* Over budget (A28): the connection is counted already. One audit row per
+ * burst; a client gets a 503 it can show, unless refusals themselves pile
+ * up (each lingers a moment), then it is closed at once. */
+static void refuse_full(cconn_t *c)
+{
+    nb_proxy_listener_t *l = c->l;
+    nb_proxy_t *px = l->px;
+    px->st.conns_refused++;
+    burst_row(px, l, &l->full_burst, c->id, "too-many-connections", "A28",
+              "connection budget used up; refusing new connections (503)");
+    /* Refusals linger (until the client has read the 503 and closed, at
+     * most LINGER_MS) on a descriptor budget of their own, a quarter of
+     * the engine's: beyond it a refused client is just closed. */
+    if (c->transparent || px->nrefusing >= px->cfg.max_conns_total / 4 + 16) {
+        px_conn_close(c);
+        return;
+    }
+    c->refusing = 1;
+    l->nrefusing++;
+    px->nrefusing++;
+    px_reply(c, 503, "overloaded", "too-many-connections", "",
+             "this proxy listener has too many open connections",
+             "close idle connections or retry later", 1);
+}
+
+/* Until its first request passes auth a connection is in the listener's
+ * unauthenticated budget (a quarter of its connections; any local user
+ * can fill it). Over that budget the oldest such connection that has had
+ * PX_UNAUTH_GRACE_MS to send its credentials makes room, so idle floods
+ * churn through their own budget while the owner's clients, which send
+ * credentials at once, get in; a burst of fresh connections is never cut
+ * before it could speak (the listener budget and its 503 apply). */
+static void admit_unauth(cconn_t *c)
+{
+    nb_proxy_listener_t *l = c->l;
+    size_t cap = l->px->cfg.max_conns / 4 ? l->px->cfg.max_conns / 4 : 1;
+    uint64_t now = uv_now(l->px->loop);
+    if (l->nunauth >= cap) {
+        cconn_t *old = NULL;
+        for (cconn_t *x = l->conns; x; x = x->next)
+            if (x->unauth && x->state == CS_START && !x->x.active &&
+                now - x->created >= PX_UNAUTH_GRACE_MS)
+                old = x; /* the list is newest first: the last one is the oldest */
+        if (old) {
+            /* Its descriptor goes on the next loop turn: stop counting it
+             * against the budget now. */
+            old->refusing = 1;
+            l->nrefusing++;
+            l->px->nrefusing++;
+            px_conn_close(old);
+        }
+    }
+    c->unauth = 1;
+    l->nunauth++;
+}
+
 static void conn_start(cconn_t *c)
 {
     nb_proxy_listener_t *l = c->l;
     nb_proxy_t *px = l->px;
-    if (l->nconns > px->cfg.max_conns) {
-        px->st.conns_refused++;
-        nb_log(NB_LOG_WARN, "proxy listener %" PRIu64 ": %zu connections, refusing more", l->id,
-               l->nconns - 1);
-        px_conn_close(c);
+    c->created = uv_now(px->loop);
+    if (l->token_len && !c->transparent)
+        admit_unauth(c);
+    if (over_budget(l, 0)) {
+        refuse_full(c);
         return;
     }
     px->st.conns_accepted++;
@@ -810,30 +1013,103 @@ static void conn_start(cconn_t *c)
         px_conn_connect(c);
         return;
     }
-    arm_timer(c, px->cfg.head_timeout_ms < px->cfg.idle_timeout_ms ? px->cfg.head_timeout_ms
-                                                                   : px->cfg.idle_timeout_ms);
+    uint64_t first = px->cfg.head_timeout_ms < px->cfg.idle_timeout_ms ? px->cfg.head_timeout_ms
+                                                                       : px->cfg.idle_timeout_ms;
+    arm_timer(c, c->unauth && PX_UNAUTH_MS < first ? PX_UNAUTH_MS + 1 : first);
     c->head_started = uv_now(px->loop);
     px_conn_update_read(c);
+}
+
+static void free_handle(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Out of descriptors on accept (EMFILE/ENFILE): libuv retries accept() at
+ * once and, without its own spare descriptor, would call us in a tight
+ * loop. Free one each time (the engine's spare, else this listener's
+ * oldest connection that has not passed auth, else its oldest), so that
+ * the backlog drains instead of spinning. */
+static void accept_short(nb_proxy_listener_t *l)
+{
+    nb_proxy_t *px = l->px;
+    cconn_t *v = NULL, *any = NULL;
+    burst_row(px, l, &l->full_burst, 0, "out-of-descriptors", "A28",
+              "out of file descriptors accepting connections");
+    if (px->reserve_fd >= 0) {
+        close(px->reserve_fd);
+        px->reserve_fd = -1;
+        return;
+    }
+    for (cconn_t *x = l->conns; x; x = x->next) {
+        if (x->state == CS_CLOSING && x->io.closing)
+            continue;
+        any = x;
+        if (x->unauth)
+            v = x;
+    }
+    if (v || any)
+        px_conn_close(v ? v : any);
+}
+
+/* Unix listeners: the peer must run as the daemon's user (SO_PEERCRED;
+ * the socket is 0600 too, this also stops root-owned strangers). */
+static int peer_is_owner(cconn_t *c)
+{
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->io.tcp, &fd) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+        return 0;
+    return cr.uid == geteuid();
 }
 
 static void on_accept(uv_stream_t *srv, int status)
 {
     nb_proxy_listener_t *l = srv->data;
     nb_proxy_t *px = l->px;
-    if (status < 0 || l->closing)
+    if (l->closing)
         return;
+    if (status < 0) {
+        if (status == UV_EMFILE || status == UV_ENFILE)
+            accept_short(l);
+        return;
+    }
+    if (px->reserve_fd < 0 && (px->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+        /* Still short: this connection's descriptor becomes the spare. */
+        uv_tcp_t *tmp = malloc(sizeof *tmp);
+        if (tmp && uv_tcp_init(px->loop, tmp) == 0) {
+            uv_accept(srv, (uv_stream_t *)tmp);
+            uv_close((uv_handle_t *)tmp, free_handle);
+        } else {
+            free(tmp);
+        }
+        px->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        return;
+    }
     cconn_t *c = conn_new(l);
     if (!c) {
-        uv_tcp_t tmp;
-        /* Accept and drop so the backlog does not spin. */
-        if (uv_tcp_init(px->loop, &tmp) == 0) {
-            if (uv_accept(srv, (uv_stream_t *)&tmp) == 0)
+        /* Accept and drop so the backlog does not spin. (The handle lives
+         * until its close callback: not on the stack.) */
+        uv_tcp_t *tmp = malloc(sizeof *tmp);
+        if (tmp && uv_tcp_init(px->loop, tmp) == 0) {
+            if (uv_accept(srv, (uv_stream_t *)tmp) == 0)
                 nb_log(NB_LOG_WARN, "out of memory: dropping a proxy connection");
-            uv_close((uv_handle_t *)&tmp, NULL);
+            uv_close((uv_handle_t *)tmp, free_handle);
+        } else {
+            free(tmp);
         }
         return;
     }
     if (nb_pxio_accept(&c->io, srv) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    if (l->is_unix && !peer_is_owner(c)) {
+        burst_row(px, l, &l->auth_burst, c->id, "peer-uid", "A26",
+                  "a client of another user refused on the Unix socket");
+        px->st.refused++;
         px_conn_close(c);
         return;
     }
@@ -857,6 +1133,14 @@ int nb_proxy_adopt(nb_proxy_listener_t *l, int fd, const nb_proxy_dest_t *dest)
             close(fd);
             return NB_EINVAL;
         }
+    }
+    if (over_budget(l, 1)) {
+        /* Never adopt beyond the budget: the caller answers the guest. */
+        l->px->st.conns_refused++;
+        burst_row(l->px, l, &l->full_burst, 0, "too-many-connections", "A28",
+                  "connection budget used up; refusing new streams");
+        close(fd);
+        return -EBUSY;
     }
     cconn_t *c = conn_new(l);
     if (!c) {
@@ -886,6 +1170,8 @@ static void engine_maybe_free(nb_proxy_t *px)
         return;
     SSL_CTX_free(px->server_ctx);
     nb_pxcreds_unref(px->creds);
+    if (px->reserve_fd >= 0)
+        close(px->reserve_fd);
     void (*done)(void *) = px->done;
     void *ud = px->done_ud;
     free(px);
@@ -905,6 +1191,7 @@ static void listener_maybe_free(nb_proxy_listener_t *l)
     if (l->next)
         l->next->prev = l->prev;
     SSL_CTX_free(l->client_ctx);
+    sodium_memzero(l->token, sizeof l->token);
     free(l);
     engine_maybe_free(px);
 }
@@ -928,8 +1215,14 @@ void nb_proxy_listener_close(nb_proxy_listener_t *l)
     l->closing = 1;
     nb_log(NB_LOG_INFO, "proxy listener %" PRIu64 " on %s:%d (vm '%s') closing", l->id, l->ip,
            l->port, l->vm);
-    if (!l->channel)
+    burst_flush(l, &l->auth_burst, "proxy-auth", "A26");
+    burst_flush(l, &l->full_burst, "too-many-connections", "A28");
+    if (l->is_unix) {
+        uv_close((uv_handle_t *)&l->psrv, on_srv_closed);
+        unlink(l->path);
+    } else if (!l->channel) {
         uv_close((uv_handle_t *)&l->srv, on_srv_closed);
+    }
     for (cconn_t *c = l->conns, *n; c; c = n) {
         n = c->next;
         px_conn_close(c);
@@ -968,6 +1261,15 @@ static int listener_new(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const c
     snprintf(l->ip, sizeof l->ip, "%s", ip);
     l->test_mode = o->upstream_ca_file || o->nresolve;
     l->ip_no_prompt = o->ip_no_prompt;
+    if (o->auth_token) {
+        size_t tl = strlen(o->auth_token);
+        if (tl < 16 || tl >= sizeof l->token) {
+            free(l);
+            return NB_EINVAL;
+        }
+        memcpy(l->token, o->auth_token, tl);
+        l->token_len = tl;
+    }
     if (o->nresolve)
         memcpy(l->resolve, o->resolve, o->nresolve * sizeof *o->resolve);
     l->nresolve = o->nresolve;
@@ -1041,6 +1343,63 @@ int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_li
     return 0;
 }
 
+int nb_proxy_listen_unix(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const char *path,
+                         nb_proxy_listener_t **out)
+{
+    *out = NULL;
+    struct stat st;
+    nb_proxy_listener_t *l;
+    int r;
+    if (!path || path[0] != '/' || strlen(path) >= sizeof l->path)
+        return NB_EINVAL;
+    nb_proxy_listen_opts_t uo = *o;
+    uo.auth_token = NULL; /* the socket's mode and the peer's uid decide */
+    if ((r = listener_new(px, &uo, "unix", &l)) < 0)
+        return r;
+    snprintf(l->path, sizeof l->path, "%s", path);
+    l->is_unix = 1;
+    if ((r = uv_pipe_init(px->loop, &l->psrv, 0)) < 0) {
+        SSL_CTX_free(l->client_ctx);
+        free(l);
+        return r;
+    }
+    l->psrv.data = l;
+    l->id = px->next_listener_id++;
+    l->next = px->listeners;
+    if (px->listeners)
+        px->listeners->prev = l;
+    px->listeners = l;
+    /* Replace a stale socket, never another kind of file; create it 0600
+     * (umask) so that nobody else can connect in between. */
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            l->path[0] = '\0'; /* not ours: never unlink it */
+            nb_proxy_listener_close(l);
+            return -EEXIST;
+        }
+        unlink(path);
+    }
+    mode_t old = umask(0177);
+    r = uv_pipe_bind(&l->psrv, path);
+    umask(old);
+    if (r < 0 || (r = chmod(path, 0600) < 0 ? -errno : 0) < 0 ||
+        (r = uv_listen((uv_stream_t *)&l->psrv, 256, on_accept)) < 0) {
+        if (r == UV_EADDRINUSE)
+            l->path[0] = '\0';
+        nb_proxy_listener_close(l);
+        return r;
+    }
+    nb_log(NB_LOG_NOTICE, "proxy listener %" PRIu64 " on unix:%s for vm '%s'%s", l->id, l->path,
+           l->vm, l->test_mode ? " (test mode: extra CA / resolve overrides)" : "");
+    *out = l;
+    return 0;
+}
+
+const char *nb_proxy_listener_path(const nb_proxy_listener_t *l)
+{
+    return l->is_unix ? l->path : NULL;
+}
+
 uint64_t nb_proxy_listener_id(const nb_proxy_listener_t *l)
 {
     return l->id;
@@ -1073,11 +1432,15 @@ json_t *nb_proxy_listeners_json(const nb_proxy_t *px)
         char addr[96];
         if (l->channel)
             snprintf(addr, sizeof addr, "vm-channel");
+        else if (l->is_unix)
+            snprintf(addr, sizeof addr, "unix:%.90s", l->path);
         else
             snprintf(addr, sizeof addr, strchr(l->ip, ':') ? "[%s]:%d" : "%s:%d", l->ip, l->port);
-        json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:I, s:b}", "id", (json_int_t)l->id,
-                                             "listen", addr, "vm", l->vm, "connections",
-                                             (json_int_t)l->nconns, "test_mode", l->test_mode));
+        json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:I, s:b, s:b, s:I}", "id",
+                                             (json_int_t)l->id, "listen", addr, "vm", l->vm,
+                                             "connections", (json_int_t)l->nconns, "test_mode",
+                                             l->test_mode, "auth", l->token_len > 0 || l->is_unix,
+                                             "max_connections", (json_int_t)l->px->cfg.max_conns));
     }
     return arr;
 }
@@ -1100,6 +1463,7 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
     if (!px->cfg.f)                                                                                \
         px->cfg.f = def.f;
     DEF(max_conns)
+    DEF(max_conns_total)
     DEF(idle_timeout_ms)
     DEF(head_timeout_ms)
     DEF(connect_timeout_ms)
@@ -1108,9 +1472,12 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
     DEF(pool_max_per_key)
 #undef DEF
     px->next_listener_id = 1;
+    px->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int r = nb_ca_server_ctx(cfg->ca, &px->server_ctx);
     if (r < 0 || (r = nb_pxcreds_empty(&px->creds)) < 0) {
         SSL_CTX_free(px->server_ctx);
+        if (px->reserve_fd >= 0)
+            close(px->reserve_fd);
         free(px);
         return r;
     }

@@ -48,7 +48,14 @@ typedef struct {
     nb_proxy_record_fn record; /* may be NULL */
     void *record_ud;
 
-    size_t max_conns;             /* per listener; default 1024 */
+    size_t max_conns;             /* client connections per listener; default 1024 */
+    size_t max_conns_total;       /* client connections of all listeners; default 4096. Each
+                                     costs up to 3 descriptors (client, upstream, and for the
+                                     guest channel the daemon's end of the stream's
+                                     socketpair): the daemon sizes both below RLIMIT_NOFILE.
+                                     Over either cap a client gets 503 (X-Nilbox-Reason:
+                                     too-many-connections), a guest stream OPEN_ERR, and the
+                                     burst one audit row. */
     uint64_t idle_timeout_ms;     /* no byte either way; default 300 s */
     uint64_t head_timeout_ms;     /* a request head must complete within; default 30 s */
     uint64_t connect_timeout_ms;  /* resolve + TCP + TLS to upstream; default 15 s */
@@ -97,11 +104,31 @@ typedef struct {
     size_t nresolve;
     int ip_no_prompt; /* an IP-literal destination that no rule decides is denied at once
                          instead of prompting (the guest channel: A12) */
+    /* Client authentication (TCP listeners; the guest channel needs none:
+     * its only client is the VM). Every CONNECT and every absolute-form
+     * request must carry `Proxy-Authorization: Basic base64(USER:TOKEN)`
+     * (any USER) or `Bearer TOKEN`, checked in constant time before
+     * anything else; otherwise 407 with Proxy-Authenticate, no gate, no
+     * upstream. Copied (and wiped on close). NULL: no check (test
+     * harnesses only; the daemon always sets one). 16..128 bytes. */
+    const char *auth_token;
 } nb_proxy_listen_opts_t;
 
 /* Opens a listener. NB_EINVAL for a non-loopback address or a bad VM name
  * or CA file; libuv codes for bind failures. */
 int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_listener_t **out);
+
+/* Opens a listener on a Unix socket at `path` (absolute, created 0600; a
+ * stale socket file is replaced, never another kind of file; removed when
+ * the listener closes). Clients need no token: only peers running as the
+ * daemon's user (SO_PEERCRED) are served, others are closed and recorded.
+ * `o->ip`, `o->port` and `o->auth_token` are ignored. -EEXIST when `path`
+ * is another kind of file. */
+int nb_proxy_listen_unix(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const char *path,
+                         nb_proxy_listener_t **out);
+
+/* The socket path of a Unix listener, NULL for others. */
+const char *nb_proxy_listener_path(const nb_proxy_listener_t *l);
 
 /* Opens a channel listener: the same engine and options as
  * nb_proxy_listen() (`o->ip` and `o->port` are ignored), but it accepts
@@ -116,9 +143,16 @@ typedef struct {
     uint16_t port;
 } nb_proxy_dest_t;
 
+/* 1 when listener `l` can take another client connection now (its
+ * budget and the engine's are not used up). The guest channel asks before
+ * adopting a stream so that it can answer OPEN_ERR. */
+int nb_proxy_listener_has_room(const nb_proxy_listener_t *l);
+
 /* Hands a connected stream socket to listener `l` as a new client
  * connection (`fd`: e.g. one end of a socketpair; ownership passes in
  * every case). `dest` NULL: the client speaks the explicit proxy protocol.
+ * NB_EBUSY when the connection budget is used up (the fd is closed and
+ * the refusal recorded).
  * Otherwise it is transparent: judged and handled as if it had sent
  * `CONNECT host:port` (no CONNECT exchange on the wire: its first bytes
  * are already TLS, HTTP or, on other ports, tunnel data). 0, NB_EINVAL (a

@@ -29,6 +29,15 @@
 typedef struct cconn cconn_t;
 typedef struct upconn upconn_t;
 
+/* Refusals of one kind on one listener: the first of a burst is an audit
+ * row at once, later ones within PX_BURST_MS are only counted and the
+ * count goes into the next row (or the listener's last one). */
+#define PX_BURST_MS 10000
+typedef struct {
+    uint64_t last_row; /* uv_now of the last row, 0: none yet */
+    uint64_t suppressed;
+} px_burst_t;
+
 struct nb_proxy {
     uv_loop_t *loop;
     nb_proxy_cfg_t cfg;
@@ -41,6 +50,9 @@ struct nb_proxy {
     void *done_ud;
     nb_proxy_stats_t st;
     uint64_t gate_watch; /* nb_gate_watch handle: rule changes walk the connections */
+    size_t nconns;    /* client connections of every listener */
+    size_t nrefusing; /* of which being refused (503 lingering) */
+    int reserve_fd;   /* a spare descriptor given up on EMFILE (proxy.c accept_short) */
 };
 
 struct nb_proxy_listener {
@@ -54,12 +66,20 @@ struct nb_proxy_listener {
     int test_mode;
     int channel;      /* nb_proxy_attach(): no TCP server, connections are adopted */
     int ip_no_prompt; /* IP destinations without a rule are denied, not prompted (A12) */
+    char token[129];  /* client authentication (proxy.h auth_token); "" for none */
+    int is_unix;      /* nb_proxy_listen_unix(): psrv, path; peers checked by uid */
+    uv_pipe_t psrv;
+    char path[108];
+    size_t token_len;
+    px_burst_t auth_burst, full_burst; /* rate-limited refusal rows */
     SSL_CTX *client_ctx;
     nb_proxy_resolve_t resolve[NB_PROXY_MAX_RESOLVE];
     size_t nresolve;
     cconn_t *conns;
     size_t nconns;
-    upconn_t *pool; /* idle upstream connections */
+    size_t nrefusing; /* connections being refused (proxy.c refuse_full) */
+    size_t nunauth;   /* connections with no authenticated request yet */
+    upconn_t *pool;   /* idle upstream connections */
     size_t npool;
     unsigned nups; /* upstream connections alive (owned, pooled or closing) */
     int closing;
@@ -152,6 +172,10 @@ struct cconn {
     int feeding;
     int close_after;
     int client_eof;
+    int auth_failed; /* 1: no, 2: wrong Proxy-Authorization (proxy.c answers 407) */
+    int refusing;    /* refused (503, then close) or made room for: out of the budgets */
+    int unauth;      /* counted in l->nunauth: no request passed auth yet */
+    uint64_t created;
 
     exch_t x;
     upconn_t *up;
