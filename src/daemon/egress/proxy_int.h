@@ -50,9 +50,9 @@ struct nb_proxy {
     void *done_ud;
     nb_proxy_stats_t st;
     uint64_t gate_watch; /* nb_gate_watch handle: rule changes walk the connections */
-    size_t nconns;    /* client connections of every listener */
-    size_t nrefusing; /* of which being refused (503 lingering) */
-    int reserve_fd;   /* a spare descriptor given up on EMFILE (proxy.c accept_short) */
+    size_t nconns;       /* client connections of every listener */
+    size_t nrefusing;    /* of which being refused (503 lingering) */
+    int reserve_fd;      /* a spare descriptor given up on EMFILE (proxy.c accept_short) */
 };
 
 struct nb_proxy_listener {
