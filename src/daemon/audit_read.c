@@ -467,6 +467,8 @@ int nb_audit_anchor_read(const char *path, const uint8_t key[NB_AUDIT_KEY_BYTES]
     if (n <= 0)
         return NB_EINVAL;
     buf[n] = '\0';
+    if (strlen(buf) != (size_t)n) /* a NUL would hide what follows it */
+        return NB_EINVAL;
     long long sq = 0;
     char hh[80], mm[80];
     int used = 0;
