@@ -102,13 +102,24 @@ def test_no_secret_copies_in_memory():
             code, body, r = e.curl(px, "https://api.test/echo-header?i=%d" % i,
                                    "-H", "Authorization: Bearer OPENAI_API_KEY", "-D", "-")
             assert code == 200 and value.encode() not in r.stdout, r
+        # Cleartext too (a binding that allows it): the raw socket path.
+        plain = "pk-memdump-" + secrets.token_hex(20)
+        e.secret("PLAIN_KEY", plain)
+        e.bind("PLAIN_KEY", "plain.test", "--header", "x-token: {secret}", "--allow-cleartext")
+        e.rule("allow", "plain.test:80")
+        for i in range(2):
+            code, body, r = e.curl(px, "http://plain.test/echo?p=%d" % i,
+                                   "-H", "x-token: PLAIN_KEY")
+            assert code == 200 and plain.encode() not in body, r
+        assert [x for x in e.received() if plain in str(x)], "no cleartext injection"
         seen = [x for x in e.received() if value in str(x)]
         assert seen, "the upstream never saw the real value: the session did not inject"
         # A second value set and replaced: the old one must not linger either.
         e.secret("OTHER_KEY", value[::-1])
         e.secret("OTHER_KEY", "replaced-" + secrets.token_hex(8))
         time.sleep(0.5)
-        needles = [value.encode(), value[::-1].encode(), value.encode("utf-16-le")]
+        needles = [value.encode(), value[::-1].encode(), value.encode("utf-16-le"),
+                   plain.encode()]
         outside, inside = find_copies(pid, needles)
         for addr, name, n, ctx in outside[:20]:
             print("   copy at %s in %s: %r" % (addr, name, ctx))
