@@ -497,8 +497,7 @@ int nb_pxio_uncork(nb_pxio_t *io)
         return 0;
     uv_buf_t b = uv_buf_init((char *)io->cork, (unsigned)io->cork_len);
     int r = writev_now(io, &b, 1, io->cork_sensitive);
-    if (io->cork_sensitive)
-        sodium_memzero(io->cork, io->cork_len);
+    sodium_memzero(io->cork, io->cork_len); /* plaintext either way (see raw_write) */
     io->cork_len = 0;
     io->cork_sensitive = 0;
     return r;
