@@ -111,7 +111,7 @@ typedef struct nb_events nb_events_t;
  * NILBOX_AUDIT_AGG_WINDOW_MS) or nb_audit_set_limits(). */
 #define NB_AUDIT_AGG_WINDOW_MS 10000 /* identical traffic rows merged within */
 #define NB_AUDIT_VM_PER_MIN 600      /* traffic rows per VM per minute */
-#define NB_AUDIT_MAX_ROWS 1000000    /* retention: rows kept (about 300 MB at most) */
+#define NB_AUDIT_MAX_ROWS 1000000    /* retention: rows kept (~300 MB of typical rows) */
 #define NB_AUDIT_MAX_DAYS 365        /* retention: age of the oldest row kept */
 #define NB_AUDIT_AGG_MAX 4096        /* distinct keys being merged at once */
 
