@@ -124,10 +124,11 @@ static int do_verify(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
                    "not covered by a keyed row yet\n",
                    (long long)nb_json_int(res, "unanchored_rows", 0));
     } else if (nb_json_int(res, "first_bad_seq", 0) > 0) {
-        printf("audit log BROKEN at seq %lld: %s\n(rows before it are intact: last good seq "
-               "%lld)\n",
-               (long long)nb_json_int(res, "first_bad_seq", 0), nb_json_str(res, "reason"),
-               (long long)nb_json_int(res, "head_seq", 0));
+        long long bad = (long long)nb_json_int(res, "first_bad_seq", 0);
+        long long good = (long long)nb_json_int(res, "head_seq", 0);
+        printf("audit log BROKEN at seq %lld: %s\n", bad, nb_json_str(res, "reason"));
+        if (good < bad)
+            printf("(rows before it are intact: last good seq %lld)\n", good);
     } else {
         printf("audit log BROKEN: %s\n", nb_json_str(res, "reason"));
     }

@@ -251,8 +251,14 @@ int nb_audit_verify_db_keyed(sqlite3 *db, const uint8_t *key, const char *anchor
             break;
         }
         if (key && mac == 1 && !tamper[0] && strcmp(kind, NB_AUDIT_TAMPER) == 0) {
+            json_t *tj = NULL;
             tamper_seq = seq;
-            snprintf(tamper, sizeof tamper, "%.190s", det);
+            if (nb_json_parse(nb_iov(det, (size_t)detlen), &tj, NULL, 0) == 0 &&
+                nb_json_str(tj, "reason"))
+                snprintf(tamper, sizeof tamper, "%.190s", nb_json_str(tj, "reason"));
+            else
+                snprintf(tamper, sizeof tamper, "%.190s", det);
+            json_decref(tj);
         }
         snprintf(prev, sizeof prev, "%s", hh);
         res->head_seq = seq;
@@ -285,7 +291,8 @@ int nb_audit_verify_db_keyed(sqlite3 *db, const uint8_t *key, const char *anchor
         snprintf(res->anchor, sizeof res->anchor, "none");
     }
     if (res->ok && tamper[0])
-        fail(res, tamper_seq, "row %lld records tampering found at unlock: %s",
+        fail(res, tamper_seq,
+             "row %lld (audit.tamper) records tampering found when the key was loaded: %s",
              (long long)tamper_seq, tamper);
 out:
     if (r < 0)

@@ -240,6 +240,10 @@ def test_anchor_file_tampering_detected():
     with Daemon() as d:
         start(d)
         make_rows(d)
+        # A verify runs after every queued row is written (and anchored):
+        # nothing rewrites the anchor behind the test's back from here on.
+        r, v = verify_json(d)
+        assert r.returncode == 0 and v["ok"], v
         head = os.path.join(d.home, "audit.head")
         with open(head) as f:
             good = f.read()
