@@ -788,11 +788,21 @@ static uint64_t fnv(const char *s, size_t n)
     return h;
 }
 
+/* Keys hold the row's text before the guard ran: wiped like any buffer
+ * that could (by a caller's bug) hold a value. */
+static void key_free(char *key)
+{
+    if (key) {
+        sodium_memzero(key, strlen(key));
+        free(key);
+    }
+}
+
 static void agg_free(agg_t *g)
 {
     if (!g)
         return;
-    free(g->key);
+    key_free(g->key);
     json_decref(g->detail);
     free(g);
 }
@@ -923,12 +933,12 @@ int64_t nb_audit_append(nb_audit_t *a, const char *kind, const char *vm, const c
     size_t klen = lk + lv + lh + lp + lt + 4;
     char *key = malloc(klen + 1 + lv + 1 + lh + 1);
     if (!key) {
-        free(txt);
+        key_free(txt);
         json_decref(kd);
         return queue_row(a, kind, vm, host, port, detail);
     }
     snprintf(key, klen + 1, "%s\x1f%s\x1f%s\x1f%s\x1f%s", kind, v, h, portb, txt ? txt : "");
-    free(txt);
+    key_free(txt);
     uint64_t hv = fnv(key, klen);
     if (a->lim.agg_window_ms > 0) {
         for (size_t i = 0; i < a->naggs; i++) {
@@ -936,7 +946,7 @@ int64_t nb_audit_append(nb_audit_t *a, const char *kind, const char *vm, const c
             if (g->h == hv && strcmp(g->key, key) == 0 && now < g->end_ms) {
                 g->count++;
                 a->merged++;
-                free(key);
+                key_free(key);
                 json_decref(kd);
                 json_decref(detail);
                 return 0;
@@ -957,7 +967,7 @@ int64_t nb_audit_append(nb_audit_t *a, const char *kind, const char *vm, const c
             b->suppressed++;
             a->suppressed++;
             tick_start(a);
-            free(key);
+            key_free(key);
             json_decref(kd);
             json_decref(detail);
             return 0;
@@ -988,7 +998,7 @@ int64_t nb_audit_append(nb_audit_t *a, const char *kind, const char *vm, const c
         a->aggs[a->naggs++] = g;
         tick_start(a);
     }
-    free(key);
+    key_free(key);
     json_decref(kd);
     int64_t r = queue_row(a, kind, vm, host, port, detail);
     if (r < 0 && g) {
