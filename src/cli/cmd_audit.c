@@ -108,14 +108,29 @@ static int do_verify(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (cli->json) {
         nb_cli_print_json(res);
     } else if (ok) {
-        printf("audit log intact: %lld rows, head seq %lld hash %s\n",
-               (long long)nb_json_int(res, "rows", 0), (long long)nb_json_int(res, "head_seq", 0),
-               nb_json_str(res, "head_hash"));
+        printf("audit log intact: %lld rows (seq %lld..%lld), head hash %s\n",
+               (long long)nb_json_int(res, "rows", 0), (long long)nb_json_int(res, "first_seq", 0),
+               (long long)nb_json_int(res, "head_seq", 0), nb_json_str(res, "head_hash"));
+        if (!nb_json_bool(res, "keyed", 0))
+            printf("note: the secret store is locked: keyed rows were checked for linkage "
+                   "only, not their MACs or the head anchor ('nilbox secret unlock')\n");
+        else
+            printf("%lld keyed rows, %lld unkeyed (written before an unlock, or older than the "
+                   "keyed chain); head anchor: %s\n",
+                   (long long)nb_json_int(res, "keyed_rows", 0),
+                   (long long)nb_json_int(res, "unkeyed_rows", 0), nb_json_str(res, "anchor"));
+        if (nb_json_int(res, "unanchored_rows", 0) > 0)
+            printf("note: the newest %lld rows were written while the store was locked and are "
+                   "not covered by a keyed row yet\n",
+                   (long long)nb_json_int(res, "unanchored_rows", 0));
+    } else if (nb_json_int(res, "first_bad_seq", 0) > 0) {
+        long long bad = (long long)nb_json_int(res, "first_bad_seq", 0);
+        long long good = (long long)nb_json_int(res, "head_seq", 0);
+        printf("audit log BROKEN at seq %lld: %s\n", bad, nb_json_str(res, "reason"));
+        if (good < bad)
+            printf("(rows before it are intact: last good seq %lld)\n", good);
     } else {
-        printf("audit log BROKEN at seq %lld: %s\n(rows before it are intact: last good seq "
-               "%lld)\n",
-               (long long)nb_json_int(res, "first_bad_seq", 0), nb_json_str(res, "reason"),
-               (long long)nb_json_int(res, "head_seq", 0));
+        printf("audit log BROKEN: %s\n", nb_json_str(res, "reason"));
     }
     json_decref(res);
     return ok ? NB_CLI_OK : NB_CLI_ERROR;

@@ -185,8 +185,12 @@ static void on_verified(void *ud, int status, const nb_audit_verify_t *v)
         nb_api_reply_errno(ctx, status, "the audit log cannot be read");
         return;
     }
-    json_t *j = json_pack("{s:b, s:I, s:I, s:s}", "ok", v->ok, "rows", (json_int_t)v->rows,
-                          "head_seq", (json_int_t)v->head_seq, "head_hash", v->head_hash);
+    json_t *j = json_pack(
+        "{s:b, s:I, s:I, s:s, s:b, s:I, s:I, s:I, s:s, s:I, s:I}", "ok", v->ok, "rows",
+        (json_int_t)v->rows, "head_seq", (json_int_t)v->head_seq, "head_hash", v->head_hash,
+        "keyed", v->keyed, "keyed_rows", (json_int_t)v->keyed_rows, "unkeyed_rows",
+        (json_int_t)v->unkeyed_rows, "first_seq", (json_int_t)v->first_seq, "anchor", v->anchor,
+        "anchor_seq", (json_int_t)v->anchor_seq, "unanchored_rows", (json_int_t)v->unanchored_rows);
     if (j && !v->ok) {
         json_object_set_new(j, "first_bad_seq", json_integer(v->first_bad_seq));
         json_object_set_new(j, "reason", json_string(v->reason));

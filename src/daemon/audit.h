@@ -1,14 +1,30 @@
 /* The audit log (DESIGN.md section 6 step 9, THREATS.md A23): persistent,
- * append-only, hash-chained rows in the `audit` table of state.db.
+ * append-only, chained rows in the `audit` table of state.db.
  * See docs/internals/audit.md.
  *
- * Every row: seq (1, 2, 3, ... without gaps), time_ms, kind, vm, host,
- * port, detail (a JSON object), prev_hash and hash, where
- *     hash = SHA-256(prev_hash || canonical(row))
- * and the first row's prev_hash is 32 zero bytes. SQL triggers refuse
- * UPDATE and DELETE and any INSERT that does not extend the chain; an
- * attacker with write access to the file can drop the triggers, and then
- * nb_audit_verify() names the first row whose chain no longer holds.
+ * Every row: seq (without gaps, from 1 or from the end of a pruned
+ * prefix), time_ms, kind, vm, host, port, detail (a JSON object),
+ * prev_hash, hash and mac (the scheme of hash):
+ *     mac 1 (keyed):   hash = BLAKE2b-256[K](prev || "nilbox.audit.v2\0" || row)
+ *     mac 0 (unkeyed): hash = SHA-256(prev || "nilbox.audit.v1\0" || row)
+ * K is derived from the secret store's data key (nb_secrets_audit_key), so
+ * writing a valid keyed row needs the master key. Rows appended before
+ * the store is unlocked (and rows of logs older than the keyed chain) are
+ * unkeyed; the next keyed row commits them through its prev_hash. The
+ * head (seq, hash), MACed with K, is also kept outside the database in
+ * `audit.head` beside state.db, rewritten atomically after each batch, so
+ * cutting the newest rows or rewriting the chain is detected. SQL
+ * triggers refuse UPDATE, DELETE (except of a prefix a keyed
+ * "audit.pruned" checkpoint row covers) and any INSERT that does not
+ * extend the chain; an attacker who drops them is found by
+ * nb_audit_verify_db_keyed().
+ *
+ * Volume: repeated traffic rows (leak, refusal, gate.decision, inject,
+ * limit, dns.blocked) with the same vm, kind, host, port and detail within
+ * NB_AUDIT_AGG_WINDOW_MS become one row plus one row carrying
+ * "_repeated": N; such rows are capped per VM per minute (the excess is
+ * counted in one "audit.suppressed" row); retention (max rows / max days)
+ * prunes the oldest rows behind a keyed "audit.pruned" checkpoint.
  *
  * Rows never carry secret values: callers pass names only. The module
  * enforces it: detail keys that name a value ("value", "password", ...)
@@ -78,12 +94,33 @@ typedef struct nb_events nb_events_t;
 #define NB_AUDIT_RULE_ADD "rule.add"
 #define NB_AUDIT_RULE_RM "rule.rm"
 #define NB_AUDIT_PROMPT_ANSWER "prompt.answer"
+#define NB_AUDIT_PRUNED "audit.pruned"         /* retention checkpoint: {"through": seq, ...} */
+#define NB_AUDIT_SUPPRESSED "audit.suppressed" /* rows over the per-VM cap, counted */
+#define NB_AUDIT_TAMPER "audit.tamper"         /* the head anchor did not match at unlock */
 
 #define NB_AUDIT_KIND_MAX 32
 #define NB_AUDIT_FIELD_MAX 512          /* vm and host are cut to this */
 #define NB_AUDIT_DETAIL_MAX (16 * 1024) /* serialised detail; bigger is replaced by a note */
 #define NB_AUDIT_PENDING_MAX 100000     /* rows waiting for the disk before appends fail */
 #define NB_AUDIT_QUERY_MAX 10000        /* rows per query / export page */
+#define NB_AUDIT_KEY_BYTES 32
+#define NB_AUDIT_HEAD_FILE "audit.head" /* the anchor, beside state.db */
+
+/* Volume limits; defaults below, overridden by the environment of nilboxd
+ * (NILBOX_AUDIT_MAX_ROWS, NILBOX_AUDIT_MAX_DAYS, NILBOX_AUDIT_VM_PER_MIN,
+ * NILBOX_AUDIT_AGG_WINDOW_MS) or nb_audit_set_limits(). */
+#define NB_AUDIT_AGG_WINDOW_MS 10000 /* identical traffic rows merged within */
+#define NB_AUDIT_VM_PER_MIN 600      /* traffic rows per VM per minute */
+#define NB_AUDIT_MAX_ROWS 1000000    /* retention: rows kept (~300 MB of typical rows) */
+#define NB_AUDIT_MAX_DAYS 365        /* retention: age of the oldest row kept */
+#define NB_AUDIT_AGG_MAX 4096        /* distinct keys being merged at once */
+
+typedef struct {
+    int64_t agg_window_ms; /* 0: no merging */
+    int64_t vm_per_min;    /* 0: no cap */
+    int64_t max_rows;      /* 0: no row limit */
+    int64_t max_days;      /* 0: no age limit */
+} nb_audit_limits_t;
 
 typedef struct nb_audit nb_audit_t;
 
@@ -106,12 +143,37 @@ void nb_audit_set_guard(nb_audit_t *a, nb_audit_guard_fn fn, void *ud);
 
 /* Appends a row: `kind` as above; `vm`, `host` may be NULL; `port` 0 for
  * none; `detail` a JSON object or NULL (ownership taken, always). Never
- * pass a secret value: names only. Returns the row's seq (> 0), or
+ * pass a secret value: names only. Returns the row's seq (> 0), 0 when a
+ * traffic row was merged into an aggregate or suppressed by the cap, or
  * NB_EINVAL (bad kind / detail not an object / a forbidden key),
  * NB_ESTATE (closed), NB_ETOOBIG (the disk has not kept up for
  * NB_AUDIT_PENDING_MAX rows). Loop thread. */
 int64_t nb_audit_append(nb_audit_t *a, const char *kind, const char *vm, const char *host, int port,
                         json_t *detail);
+
+/* Sets the chain key (copied into locked memory) from the secret store at
+ * unlock; rows appended from now on are keyed, the anchor file is checked
+ * against the log (a mismatch appends an "audit.tamper" row) and then kept
+ * up to date, and retention runs. The key is set once per process: a
+ * different key later is refused (NB_ESTATE). Loop thread. */
+int nb_audit_set_key(nb_audit_t *a, const uint8_t key[NB_AUDIT_KEY_BYTES]);
+
+/* Current limits, and setting them (tests; the daemon takes them from the
+ * environment at open). */
+void nb_audit_get_limits(const nb_audit_t *a, nb_audit_limits_t *out);
+void nb_audit_set_limits(nb_audit_t *a, const nb_audit_limits_t *l);
+
+/* Merges and cap summaries still open are appended now (normally on a
+ * 1 s timer). Loop thread. */
+void nb_audit_flush_aggregates(nb_audit_t *a);
+
+/* Runs the retention check now (normally on unlock and then hourly / every
+ * 10000 rows). Loop thread. */
+void nb_audit_prune_now(nb_audit_t *a);
+
+/* Rows merged into an aggregate and rows suppressed by the cap so far. */
+uint64_t nb_audit_merged(const nb_audit_t *a);
+uint64_t nb_audit_suppressed(const nb_audit_t *a);
 
 /* Rows appended so far in this process, and written to disk. */
 uint64_t nb_audit_appended(const nb_audit_t *a);
@@ -153,11 +215,43 @@ typedef struct {
     char reason[256];      /* what is wrong with first_bad_seq */
     int64_t head_seq;      /* last row (when ok, or the last good row) */
     char head_hash[65];    /* its hash, hex */
+    int keyed;             /* 1: keyed rows and the anchor were checked with the key */
+    int64_t keyed_rows, unkeyed_rows;
+    int64_t first_seq;       /* first row kept (> 1 after pruning) */
+    int64_t anchor_seq;      /* head recorded in audit.head; -1 when there is none */
+    char anchor[16];         /* "ok", "missing", "none" (no keyed rows yet), "unchecked" */
+    int64_t unanchored_rows; /* unkeyed rows after the anchor (written while locked) */
 } nb_audit_verify_t;
 
 /* Walks the whole chain in seq order: seq continuity, prev_hash linkage,
- * each row's hash recomputed. Stops at the first broken row. */
+ * each row's hash recomputed. Stops at the first broken row. Without a
+ * key, keyed rows are only checked for linkage. */
 int nb_audit_verify_db(sqlite3 *db, nb_audit_verify_t *res);
+
+/* Same, with the chain key (NULL: as above) and the anchor file
+ * (`anchor_path`, NULL: not checked): keyed MACs, the pruning checkpoint
+ * in front of the first row, "audit.tamper" rows, and the anchor (its
+ * MAC, its seq not past the end, its hash equal to that row's). */
+int nb_audit_verify_db_keyed(sqlite3 *db, const uint8_t *key, const char *anchor_path,
+                             nb_audit_verify_t *res);
+
+/* Keyed row MAC (scheme 1), hex, like nb_audit_row_hash. */
+int nb_audit_row_mac(const uint8_t key[NB_AUDIT_KEY_BYTES], const char *prev_hex, int64_t seq,
+                     int64_t time_ms, const char *kind, const char *vm, const char *host, int port,
+                     const char *detail, size_t detail_len, char out_hex[65]);
+
+/* The anchor file: "nilbox-audit-head v1 <seq> <hash hex> <mac hex>\n",
+ * mac = BLAKE2b-256[K]("nilbox.audit.head.v1\0" || be64(seq) || hash). */
+int nb_audit_anchor_write(const char *path, const uint8_t key[NB_AUDIT_KEY_BYTES], int64_t seq,
+                          const char *hash_hex);
+/* 0 and the fields; NB_ENOTFOUND when absent; NB_EINVAL when malformed;
+ * NB_ECRYPTO when its MAC does not verify. */
+int nb_audit_anchor_read(const char *path, const uint8_t key[NB_AUDIT_KEY_BYTES], int64_t *seq,
+                         char hash_hex[65]);
+
+/* Schema upgrade of the audit table to the keyed chain (column `mac`,
+ * the pruning-aware DELETE trigger); idempotent. Run by nb_audit_open. */
+int nb_audit_upgrade_db(sqlite3 *db);
 
 /* Row hash as hex (65 bytes with NUL) from its fields; `prev_hex` is the
  * previous row's hash (hex). Exposed for tests and external verifiers. */

@@ -5,12 +5,15 @@
 #include "daemon/audit.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "daemon/events.h"
 #include "daemon/secrets/binding.h"
@@ -46,6 +49,9 @@ static json_t *row_json(sqlite3_stmt *s)
         "host", host && host[0] ? json_string(host) : json_null(), "port",
         port ? json_integer(port) : json_null(), "detail", d ? d : json_object(), "prev_hash",
         (const char *)sqlite3_column_text(s, 7), "hash", (const char *)sqlite3_column_text(s, 8));
+    if (o)
+        json_object_set_new(o, "chain",
+                            json_string(sqlite3_column_int(s, 9) == 1 ? "keyed" : "sha256"));
     return o;
 }
 
@@ -62,7 +68,7 @@ int nb_audit_query_db(sqlite3 *db, const nb_audit_filter_t *f, json_t **rows)
     /* The kind filter is validated to [a-z0-9._-] plus a final '*', so it
      * is safe as a GLOB pattern; it is still bound, never spliced. */
     snprintf(sql, sizeof sql,
-             "SELECT seq, time_ms, kind, vm, host, port, detail, prev_hash, hash FROM audit"
+             "SELECT seq, time_ms, kind, vm, host, port, detail, prev_hash, hash, mac FROM audit"
              " WHERE seq > ?%s%s%s ORDER BY seq %s LIMIT ?",
              f->kind[0] ? (star ? " AND kind GLOB ?" : " AND kind = ?") : "",
              f->vm[0] ? " AND vm = ?" : "", f->since_ms > 0 ? " AND time_ms >= ?" : "",
@@ -104,21 +110,91 @@ out:
     return r;
 }
 
-int nb_audit_verify_db(sqlite3 *db, nb_audit_verify_t *res)
+static int64_t one_int(sqlite3 *db, const char *sql, int64_t arg, int64_t def)
 {
     sqlite3_stmt *s = NULL;
-    char prev[65], h[65];
-    int64_t expect = 1;
-    int r = NB_EINTERNAL, rc;
+    int64_t v = def;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(s, 1, arg);
+        if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
+            v = sqlite3_column_int64(s, 0);
+    }
+    sqlite3_finalize(s);
+    return v;
+}
+
+static void fail(nb_audit_verify_t *res, int64_t seq, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail(nb_audit_verify_t *res, int64_t seq, const char *fmt, ...)
+{
+    va_list ap;
+    res->ok = 0;
+    res->first_bad_seq = seq;
+    va_start(ap, fmt);
+    vsnprintf(res->reason, sizeof res->reason, fmt, ap);
+    va_end(ap);
+}
+
+int nb_audit_verify_db(sqlite3 *db, nb_audit_verify_t *res)
+{
+    return nb_audit_verify_db_keyed(db, NULL, NULL, res);
+}
+
+int nb_audit_verify_db_keyed(sqlite3 *db, const uint8_t *key, const char *anchor_path,
+                             nb_audit_verify_t *res)
+{
+    sqlite3_stmt *s = NULL;
+    char prev[65], h[65], ahash[65] = "";
+    int r = NB_EINTERNAL, rc, ar = NB_ENOTFOUND;
+    int64_t aseq = 0, tamper_seq = 0, last = 0;
+    char tamper[200] = "";
     memset(res, 0, sizeof *res);
+    res->anchor_seq = -1;
+    res->keyed = key != NULL;
+    snprintf(res->anchor, sizeof res->anchor, "unchecked");
     snprintf(prev, sizeof prev, "%s", NB_AUDIT_ZERO_HASH);
     snprintf(res->head_hash, sizeof res->head_hash, "%s", NB_AUDIT_ZERO_HASH);
+    res->ok = 1;
+    if (key && anchor_path) {
+        ar = nb_audit_anchor_read(anchor_path, key, &aseq, ahash);
+        if (ar == 0) {
+            res->anchor_seq = aseq;
+        } else if (ar == NB_ECRYPTO || ar == NB_EINVAL) {
+            fail(res, 0, "the head anchor file (%s) %s", NB_AUDIT_HEAD_FILE,
+                 ar == NB_ECRYPTO ? "does not verify: it was edited or replaced" : "is malformed");
+            return 0;
+        }
+    }
+    /* A log pruned by retention starts after a prefix that a keyed
+     * checkpoint row ("audit.pruned", detail.through) accounts for. */
+    int64_t first = one_int(db, "SELECT min(seq) FROM audit WHERE seq > ?", 0, 1);
+    int64_t cp = 0;
+    res->first_seq = first;
+    if (first > 1) {
+        cp = one_int(db,
+                     "SELECT max(seq) FROM audit WHERE kind = '" NB_AUDIT_PRUNED "' AND mac = 1"
+                     " AND json_valid(detail) AND json_extract(detail, '$.through') = ?",
+                     first - 1, 0);
+        if (!cp) {
+            int64_t covered =
+                one_int(db,
+                        "SELECT max(json_extract(detail, '$.through')) FROM audit WHERE kind = "
+                        "'" NB_AUDIT_PRUNED "' AND mac = 1 AND json_valid(detail)"
+                        " AND json_extract(detail, '$.through') < ?",
+                        first - 1, 0);
+            fail(res, covered + 1,
+                 "rows %lld to %lld are missing and no retention checkpoint covers them "
+                 "(deleted)",
+                 (long long)(covered + 1), (long long)(first - 1));
+            return 0;
+        }
+    }
     if (sqlite3_prepare_v2(db,
                            "SELECT seq, time_ms, kind, vm, host, port, detail, prev_hash, hash,"
-                           " typeof(detail) FROM audit ORDER BY seq",
+                           " mac FROM audit ORDER BY seq",
                            -1, &s, NULL) != SQLITE_OK)
         goto out;
-    res->ok = 1;
+    int64_t expect = first;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         int64_t seq = sqlite3_column_int64(s, 0);
         const char *kind = (const char *)sqlite3_column_text(s, 2);
@@ -128,34 +204,96 @@ int nb_audit_verify_db(sqlite3 *db, nb_audit_verify_t *res)
         int detlen = sqlite3_column_bytes(s, 6);
         const char *ph = (const char *)sqlite3_column_text(s, 7);
         const char *hh = (const char *)sqlite3_column_text(s, 8);
+        int mac = sqlite3_column_int(s, 9);
+        int64_t tms = sqlite3_column_int64(s, 1);
+        int port = sqlite3_column_int(s, 5);
         const char *why = NULL;
         res->rows++;
+        if (seq == first && first > 1 && ph && strlen(ph) == 64)
+            snprintf(prev, sizeof prev, "%s", ph); /* vouched for by the checkpoint's MAC */
         if (seq != expect)
             why = seq > expect ? "rows are missing before this one (deleted)"
                                : "sequence numbers are out of order";
         else if (!ph || strcmp(ph, prev) != 0)
             why = "prev_hash does not match the previous row's hash (rows removed, reordered "
                   "or rewritten)";
-        else if (!kind || !det ||
-                 nb_audit_row_hash(prev, seq, sqlite3_column_int64(s, 1), kind, vm, host,
-                                   sqlite3_column_int(s, 5), det, (size_t)detlen, h) < 0 ||
-                 !hh || strcmp(h, hh) != 0)
-            why = "the row's content does not match its hash (modified)";
+        else if (!kind || !det || !hh)
+            why = "the row is incomplete (modified)";
+        else if (mac == 1) {
+            res->keyed_rows++;
+            if (key && (nb_audit_row_mac(key, prev, seq, tms, kind, vm, host, port, det,
+                                         (size_t)detlen, h) < 0 ||
+                        sodium_memcmp(h, hh, 64) != 0))
+                why = "the row does not match its keyed MAC (modified, or forged without the "
+                      "master key)";
+        } else if (mac == 0) {
+            res->unkeyed_rows++;
+            if (nb_audit_row_hash(prev, seq, tms, kind, vm, host, port, det, (size_t)detlen, h) <
+                    0 ||
+                strcmp(h, hh) != 0)
+                why = "the row's content does not match its hash (modified)";
+            else if (seq == cp)
+                why = "the retention checkpoint is not keyed (forged)";
+            else if (res->anchor_seq >= 0 && seq > res->anchor_seq)
+                res->unanchored_rows++;
+        } else {
+            why = "unknown chain scheme in column mac (modified)";
+        }
         if (why) {
-            res->ok = 0;
             /* For a gap, the first missing seq is what broke. */
-            res->first_bad_seq = seq > expect ? expect : seq;
-            snprintf(res->reason, sizeof res->reason, "%s", why);
+            fail(res, seq > expect ? expect : seq, "%s", why);
             break;
+        }
+        if (seq == aseq && strcmp(hh, ahash) != 0) {
+            fail(res, seq,
+                 "this row is not the one the head anchor recorded: the chain was rewritten "
+                 "(here or before)");
+            break;
+        }
+        if (key && mac == 1 && !tamper[0] && strcmp(kind, NB_AUDIT_TAMPER) == 0) {
+            json_t *tj = NULL;
+            tamper_seq = seq;
+            if (nb_json_parse(nb_iov(det, (size_t)detlen), &tj, NULL, 0) == 0 &&
+                nb_json_str(tj, "reason"))
+                snprintf(tamper, sizeof tamper, "%.190s", nb_json_str(tj, "reason"));
+            else
+                snprintf(tamper, sizeof tamper, "%.190s", det);
+            json_decref(tj);
         }
         snprintf(prev, sizeof prev, "%s", hh);
         res->head_seq = seq;
         snprintf(res->head_hash, sizeof res->head_hash, "%s", hh);
+        last = seq;
         expect = seq + 1;
     }
     if (res->ok && rc != SQLITE_DONE)
         goto out;
     r = 0;
+    if (!res->ok || !key || !anchor_path)
+        goto out;
+    if (ar == 0) {
+        snprintf(res->anchor, sizeof res->anchor, "ok");
+        if (aseq > last) {
+            snprintf(res->anchor, sizeof res->anchor, "ahead");
+            fail(res, last + 1,
+                 "rows %lld to %lld were deleted from the end (the head anchor records seq %lld)",
+                 (long long)(last + 1), (long long)aseq, (long long)aseq);
+        } else if (aseq < first && aseq > 0) {
+            fail(res, aseq, "the head anchor is older than the first row kept (replaced)");
+        }
+    } else if (res->keyed_rows > 0) {
+        snprintf(res->anchor, sizeof res->anchor, "missing");
+        fail(res, 0,
+             "the head anchor file (%s) is missing although the log has keyed rows "
+             "(deleted?)",
+             NB_AUDIT_HEAD_FILE);
+    } else {
+        snprintf(res->anchor, sizeof res->anchor, "none");
+    }
+    if (res->ok && tamper[0])
+        fail(res, tamper_seq,
+             "row %lld (audit.tamper) records tampering found when the key was loaded: %s",
+             (long long)tamper_seq, tamper);
 out:
     if (r < 0)
         nb_log(NB_LOG_ERR, "audit: verify failed: %s", sqlite3_errmsg(db));
@@ -266,5 +404,133 @@ int nb_audit_parse_time(const char *s, int64_t now_ms, int64_t *out_ms)
     if (t == (time_t)-1)
         return NB_EINVAL;
     *out_ms = ((int64_t)t - (int64_t)off * 60) * 1000 + ms;
+    return 0;
+}
+
+/* ------------------------------------------------------------ the anchor */
+
+#define ANCHOR_TAG "nilbox.audit.head.v1"
+#define ANCHOR_MAGIC "nilbox-audit-head v1"
+
+static void anchor_mac(const uint8_t *key, int64_t seq, const uint8_t hash[32], char out_hex[65])
+{
+    uint8_t b[8], out[32];
+    uint64_t v = (uint64_t)seq;
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        b[i] = (uint8_t)v;
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, key, NB_AUDIT_KEY_BYTES, sizeof out);
+    crypto_generichash_update(&h, (const uint8_t *)ANCHOR_TAG, sizeof ANCHOR_TAG);
+    crypto_generichash_update(&h, b, sizeof b);
+    crypto_generichash_update(&h, hash, 32);
+    crypto_generichash_final(&h, out, sizeof out);
+    sodium_bin2hex(out_hex, 65, out, sizeof out);
+}
+
+int nb_audit_anchor_write(const char *path, const uint8_t key[NB_AUDIT_KEY_BYTES], int64_t seq,
+                          const char *hash_hex)
+{
+    uint8_t hb[32];
+    size_t bin = 0;
+    char mac[65], tmp[4096], line[256];
+    if (!path || !key || !hash_hex || strlen(hash_hex) != 64 ||
+        sodium_hex2bin(hb, sizeof hb, hash_hex, 64, NULL, &bin, NULL) != 0 || bin != 32 ||
+        snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return NB_EINVAL;
+    anchor_mac(key, seq, hb, mac);
+    int n =
+        snprintf(line, sizeof line, "%s %lld %s %s\n", ANCHOR_MAGIC, (long long)seq, hash_hex, mac);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -errno;
+    /* fsync before rename: after a crash the anchor is the old or the new
+     * head, never an empty file. */
+    if (write(fd, line, (size_t)n) != n || fsync(fd) < 0) {
+        int e = -errno;
+        close(fd);
+        unlink(tmp);
+        return e ? e : NB_EINTERNAL;
+    }
+    close(fd);
+    if (rename(tmp, path) < 0) {
+        int e = -errno;
+        unlink(tmp);
+        return e;
+    }
+    return 0;
+}
+
+int nb_audit_anchor_read(const char *path, const uint8_t key[NB_AUDIT_KEY_BYTES], int64_t *seq,
+                         char hash_hex[65])
+{
+    char buf[512], mac[65], want[65];
+    *seq = 0;
+    hash_hex[0] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? NB_ENOTFOUND : -errno;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return NB_EINVAL;
+    buf[n] = '\0';
+    if (strlen(buf) != (size_t)n) /* a NUL would hide what follows it */
+        return NB_EINVAL;
+    long long sq = 0;
+    char hh[80], mm[80];
+    int used = 0;
+    if (strncmp(buf, ANCHOR_MAGIC " ", sizeof ANCHOR_MAGIC) != 0 ||
+        sscanf(buf + sizeof ANCHOR_MAGIC, "%lld %79s %79s%n", &sq, hh, mm, &used) != 3 || sq < 0 ||
+        strlen(hh) != 64 || strlen(mm) != 64 || strcmp(buf + sizeof ANCHOR_MAGIC + used, "\n") != 0)
+        return NB_EINVAL;
+    uint8_t hb[32];
+    size_t bin = 0;
+    if (sodium_hex2bin(hb, sizeof hb, hh, 64, NULL, &bin, NULL) != 0 || bin != 32)
+        return NB_EINVAL;
+    snprintf(mac, sizeof mac, "%s", mm);
+    anchor_mac(key, (int64_t)sq, hb, want);
+    if (sodium_memcmp(want, mac, 64) != 0)
+        return NB_ECRYPTO;
+    *seq = sq;
+    snprintf(hash_hex, 65, "%s", hh);
+    return 0;
+}
+
+/* ------------------------------------------------------------ schema v2 */
+
+int nb_audit_upgrade_db(sqlite3 *db)
+{
+    sqlite3_stmt *s = NULL;
+    int have = 0;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info('audit') WHERE name = 'mac'",
+                           -1, &s, NULL) != SQLITE_OK ||
+        sqlite3_step(s) != SQLITE_ROW) {
+        sqlite3_finalize(s);
+        nb_log(NB_LOG_ERR, "audit: cannot read the schema: %s", sqlite3_errmsg(db));
+        return NB_EINTERNAL;
+    }
+    have = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    if (have)
+        return 0;
+    /* Rows already there keep mac 0: they verify as unkeyed (legacy) rows,
+     * and the first keyed row commits them. DELETE stays refused except
+     * for a prefix a keyed retention checkpoint covers. */
+    char *msg = NULL;
+    if (sqlite3_exec(db,
+                     "BEGIN IMMEDIATE;"
+                     "ALTER TABLE audit ADD COLUMN mac INTEGER NOT NULL DEFAULT 0;"
+                     "DROP TRIGGER IF EXISTS audit_no_delete;"
+                     "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit"
+                     "  WHEN OLD.seq > coalesce((SELECT max(json_extract(detail, '$.through'))"
+                     "    FROM audit WHERE kind = '" NB_AUDIT_PRUNED "' AND mac = 1), 0)"
+                     "  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;"
+                     "COMMIT;",
+                     NULL, NULL, &msg) != SQLITE_OK) {
+        nb_log(NB_LOG_ERR, "audit: cannot upgrade the schema: %s", msg ? msg : "?");
+        sqlite3_free(msg);
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return NB_EINTERNAL;
+    }
     return 0;
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include "daemon/daemon.h"
 #include "daemon/home.h"
 #include "lib/err.h"
+#include "lib/json.h"
 #include "lib/log.h"
 
 #define LOG_ROTATE_BYTES (10L << 20)
@@ -36,6 +38,9 @@ static void usage(FILE *f)
             "  --key-file F       take the secret store's master key from file F (0600;\n"
             "                     created when missing): for headless machines only\n"
             "                     (default: OS keyring, else passphrase; also NILBOX_KEY_FILE)\n"
+            "  --debug-dumpable   allow core dumps and ptrace by the same user (debugging\n"
+            "                     only: a dump holds secret values; also\n"
+            "                     NILBOX_DEBUG_DUMPABLE=1)\n"
             "  -h, --help         this help\n"
             "  --version          print the version\n"
             "\n"
@@ -128,6 +133,27 @@ static int daemonize(const char *logfile, int *notify_fd)
     return 0;
 }
 
+/* A core dump or a same-uid ptrace/process_vm_readv would copy whatever
+ * is in memory, secret values included (docs/security.md "Memory"). Not
+ * dumpable: no core file, /proc/PID/mem and ptrace need CAP_SYS_PTRACE.
+ * RLIMIT_CORE 0 as well, so a later exec'd helper or a re-enabled flag
+ * still writes no core. Before any secret is read. */
+static int harden_dumps(int debug)
+{
+    const char *e = getenv("NILBOX_DEBUG_DUMPABLE");
+    if (debug || (e && strcmp(e, "1") == 0)) {
+        fprintf(stderr, "nilboxd: WARNING: core dumps allowed (--debug-dumpable): a dump or a "
+                        "debugger sees every secret value\n");
+        return 0;
+    }
+    struct rlimit rl = {0, 0};
+    if (setrlimit(RLIMIT_CORE, &rl) < 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+        fprintf(stderr, "nilboxd: cannot disable core dumps: %s\n", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 static void on_stopped(nb_daemon_t *d)
 {
     /* Handles close asynchronously; uv_run returns once they are gone. */
@@ -142,14 +168,19 @@ static void on_walk_close(uv_handle_t *h, void *arg)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"foreground", no_argument, NULL, 'f'},     {"home", required_argument, NULL, 'H'},
-        {"api-port", required_argument, NULL, 'p'}, {"no-tcp", no_argument, NULL, 'n'},
-        {"key-file", required_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},        {NULL, 0, NULL, 0},
+        {"foreground", no_argument, NULL, 'f'},
+        {"home", required_argument, NULL, 'H'},
+        {"api-port", required_argument, NULL, 'p'},
+        {"no-tcp", no_argument, NULL, 'n'},
+        {"key-file", required_argument, NULL, 'k'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"debug-dumpable", no_argument, NULL, 'D'},
+        {NULL, 0, NULL, 0},
     };
     static nb_daemon_t d;
     const char *home_arg = NULL;
-    int foreground = 0, c, notify = -1, r;
+    int foreground = 0, c, notify = -1, r, debug_dumpable = 0;
     char err[1024] = "";
     uv_loop_t loop;
     pid_t holder = 0;
@@ -178,6 +209,9 @@ int main(int argc, char **argv)
             break;
         case 'k':
             d.key_file = optarg;
+            break;
+        case 'D':
+            debug_dumpable = 1;
             break;
         case 'h':
             usage(stdout);
@@ -209,6 +243,9 @@ int main(int argc, char **argv)
         }
         d.key_file = key_file_abs;
     }
+    if (harden_dumps(debug_dumpable) < 0)
+        return 1;
+    nb_json_wipe_on_free();
     nb_log_set_tag("nilboxd");
     raise_nofile_limit();
     umask(077);

@@ -118,6 +118,16 @@ static void finish_open(nb_secretsvc_t *svc, job_t *j)
                    svc->key_file);
         if (!strcmp(svc->provider, "keyfile") && svc->key_file_explicit && svc->st)
             nb_store_setting_set(svc->st, SETTING_KEY_FILE, svc->key_file);
+        if (svc->audit) {
+            /* Key the audit chain from here on (docs/internals/audit.md):
+             * the unlock row below is the first keyed one of this run. */
+            uint8_t *ak = sodium_malloc(NB_AUDIT_KEY_BYTES);
+            if (ak && nb_secrets_audit_key(svc->s, ak, NB_AUDIT_KEY_BYTES) == 0)
+                nb_audit_set_key(svc->audit, ak);
+            else
+                nb_log(NB_LOG_ERR, "secrets: cannot derive the audit key; rows stay unkeyed");
+            sodium_free(ak);
+        }
         audit_row(svc, NB_AUDIT_SECRETS_UNLOCK, NULL, NULL,
                   json_pack("{s:s, s:s}", "provider", svc->provider, "outcome", "open"));
         nb_secretsvc_snap_install(svc, j->snap, "unlock", NULL);

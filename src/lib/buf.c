@@ -39,8 +39,13 @@ void nb_buf_init(nb_buf_t *b, size_t max)
     b->max = max;
 }
 
+/* Buffers carry protocol bytes that can hold secret values (an injected
+ * request head, an upstream's echo of it, a JSON body): no byte of one
+ * is left behind in freed heap memory (issue 16, docs/security.md). */
 void nb_buf_free(nb_buf_t *b)
 {
+    if (b->p)
+        sodium_memzero(b->p, b->cap);
     free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
@@ -48,8 +53,6 @@ void nb_buf_free(nb_buf_t *b)
 
 void nb_buf_wipe_free(nb_buf_t *b)
 {
-    if (b->p)
-        sodium_memzero(b->p, b->cap);
     nb_buf_free(b);
 }
 
@@ -66,9 +69,15 @@ int nb_buf_reserve(nb_buf_t *b, size_t n)
         cap = cap > SIZE_MAX / 2 ? need : cap * 2;
     if (b->max < SIZE_MAX && cap > b->max + 1)
         cap = b->max + 1;
-    uint8_t *np = realloc(b->p, cap);
+    /* Not realloc: it may leave the old block's bytes in freed memory. */
+    uint8_t *np = malloc(cap);
     if (!np)
         return -ENOMEM;
+    if (b->p) {
+        memcpy(np, b->p, b->len);
+        sodium_memzero(b->p, b->cap);
+        free(b->p);
+    }
     b->p = np;
     b->cap = cap;
     return 0;
@@ -119,11 +128,21 @@ int nb_buf_printf(nb_buf_t *b, const char *fmt, ...)
 void nb_buf_consume(nb_buf_t *b, size_t n)
 {
     if (n >= b->len) {
+        if (b->p)
+            sodium_memzero(b->p, b->len);
         b->len = 0;
         return;
     }
     memmove(b->p, b->p + n, b->len - n);
+    sodium_memzero(b->p + b->len - n, n);
     b->len -= n;
+}
+
+void nb_buf_reset(nb_buf_t *b)
+{
+    if (b->p)
+        sodium_memzero(b->p, b->len);
+    b->len = 0;
 }
 
 char *nb_buf_cstr(nb_buf_t *b)

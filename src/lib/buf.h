@@ -36,7 +36,8 @@ typedef struct {
 /* Empty buffer that may grow to `max` bytes. Allocates nothing. */
 void nb_buf_init(nb_buf_t *b, size_t max);
 
-/* Frees the storage (wiping it first with nb_buf_wipe_free) and resets to empty. */
+/* Wipes and frees the storage, and resets to empty (both names do the
+ * same: every buffer is wiped; growth and consume wipe what they leave). */
 void nb_buf_free(nb_buf_t *b);
 void nb_buf_wipe_free(nb_buf_t *b);
 
@@ -52,11 +53,8 @@ int nb_buf_vprintf(nb_buf_t *b, const char *fmt, va_list ap) __attribute__((form
 /* Drops the first `n` bytes (n <= len). */
 void nb_buf_consume(nb_buf_t *b, size_t n);
 
-/* Keeps storage, sets len to 0. */
-static inline void nb_buf_reset(nb_buf_t *b)
-{
-    b->len = 0;
-}
+/* Keeps storage (wiped), sets len to 0. */
+void nb_buf_reset(nb_buf_t *b);
 
 /* NUL-terminates without counting the NUL in len; returns p (never NULL on
  * success) or NULL on cap/alloc failure. */

@@ -273,6 +273,14 @@ static void reset_message(nb_http_parser_t *p)
     llhttp_resume(&p->ll);
 }
 
+void nb_http_parser_idle(nb_http_parser_t *p)
+{
+    /* The finished message's head (which can echo a secret value) is
+     * wiped now rather than when the next message starts. */
+    if (p && p->next_reset)
+        reset_message(p);
+}
+
 /* --- feeding --- */
 
 /* Runs llhttp over d[0..len). Returns bytes used (all of them unless the

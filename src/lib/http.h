@@ -172,6 +172,10 @@ int nb_http_parser_feed(nb_http_parser_t *p, const uint8_t *data, size_t len, si
 int nb_http_parser_finish(nb_http_parser_t *p);
 
 /* 1 when bytes of an unfinished message have been consumed. */
+/* After a message is complete and handled: wipes its head now (a parser
+ * left idle, e.g. a pooled upstream connection, keeps no copy of it). */
+void nb_http_parser_idle(nb_http_parser_t *p);
+
 int nb_http_parser_in_message(const nb_http_parser_t *p);
 
 /* Reason for the last failure (NB_HTTP_ERR_NONE if none). */

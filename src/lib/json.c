@@ -1,12 +1,30 @@
 #include "lib/json.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lib/err.h"
 
 #define NB_JSON_MAX_DEPTH 32
+
+/* jansson frees its strings, and the lexer's scratch buffers that held
+ * every token of a parsed body, without clearing them: in the daemon a
+ * secret value sent to the API would stay in freed heap memory. */
+static void wiping_free(void *p)
+{
+    if (!p)
+        return;
+    explicit_bzero(p, malloc_usable_size(p));
+    free(p);
+}
+
+void nb_json_wipe_on_free(void)
+{
+    json_set_alloc_funcs(malloc, wiping_free);
+}
 
 static int depth_ok(const json_t *j, int depth)
 {

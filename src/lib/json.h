@@ -13,6 +13,10 @@
  * gets a one-line reason. */
 int nb_json_parse(nb_iov_t in, json_t **out, char *err, size_t errsz);
 
+/* Makes jansson wipe every block it frees (process-wide; call once at
+ * start, before any JSON exists). For processes that parse secret values. */
+void nb_json_wipe_on_free(void);
+
 /* Appends the compact serialisation of `j` to `b`. 0, NB_ETOOBIG, -ENOMEM. */
 int nb_json_dump(const json_t *j, nb_buf_t *b);
 

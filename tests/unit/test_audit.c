@@ -29,6 +29,9 @@ static void env_open(env_t *e)
     uv_loop_init(&e->loop);
     NB_CHECK_EQ_INT(nb_store_open(path, &e->st, err, sizeof err), 0);
     NB_CHECK_EQ_INT(nb_audit_open(&e->loop, e->st, NULL, &e->a), 0);
+    /* The chain tests see every row: merging and caps are tested apart. */
+    nb_audit_limits_t l = {0, 0, 0, 0};
+    nb_audit_set_limits(e->a, &l);
 }
 
 static void env_close(env_t *e)
@@ -367,11 +370,254 @@ static void test_parse_time(void)
         NB_CHECK_EQ_INT(nb_audit_parse_time(bad[i], now, &ms), NB_EINVAL);
 }
 
+/* ------------------------------------------------ keyed chain, anchor, volume */
+
+static char head_path[300];
+static const uint8_t KEY[NB_AUDIT_KEY_BYTES] = "0123456789abcdef0123456789abcdef";
+
+static void fresh(void)
+{
+    nbt_rm_db(path);
+    unlink(head_path);
+}
+
+static void verify_keyed(env_t *e, nb_audit_verify_t *v)
+{
+    NB_CHECK_EQ_INT(nb_audit_verify_db_keyed(nb_store_db(e->st), KEY, head_path, v), 0);
+}
+
+static void test_keyed_chain_and_anchor(void)
+{
+    env_t e;
+    nb_audit_verify_t v;
+    fresh();
+    env_open(&e);
+    /* Rows before unlock are unkeyed; the first keyed row commits them. */
+    for (int i = 0; i < 3; i++)
+        NB_CHECK(nb_audit_append(e.a, NB_AUDIT_DAEMON, NULL, NULL, 0, NULL) > 0);
+    NB_CHECK_EQ_INT(nb_audit_set_key(e.a, KEY), 0);
+    uint8_t other[NB_AUDIT_KEY_BYTES] = {1};
+    NB_CHECK_EQ_INT(nb_audit_set_key(e.a, other), NB_ESTATE);
+    for (int i = 0; i < 7; i++)
+        nb_audit_append(e.a, "rule.add", "dev", "x.example", 443, json_pack("{s:i}", "i", i));
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    sqlite3 *db = nb_store_db(e.st);
+    NB_CHECK_EQ_INT(count(db, "SELECT count(*) FROM audit WHERE mac = 0"), 3);
+    NB_CHECK_EQ_INT(count(db, "SELECT count(*) FROM audit WHERE mac = 1"), 7);
+    verify_keyed(&e, &v);
+    NB_CHECK(v.ok);
+    NB_CHECK_EQ_INT(v.keyed_rows, 7);
+    NB_CHECK_EQ_INT(v.unkeyed_rows, 3);
+    NB_CHECK_EQ_INT(v.anchor_seq, 10);
+    NB_CHECK_STR(v.anchor, "ok");
+    /* The wrong key: every keyed row fails, starting with the first. */
+    NB_CHECK_EQ_INT(nb_audit_verify_db_keyed(db, other, NULL, &v), 0);
+    NB_CHECK(!v.ok);
+    NB_CHECK_EQ_INT(v.first_bad_seq, 4);
+
+    /* The anchor itself: edited, then removed. */
+    {
+        char saved[512];
+        FILE *f = fopen(head_path, "r+");
+        NB_CHECK(f != NULL);
+        size_t sn = fread(saved, 1, sizeof saved, f);
+        fseek(f, 21, SEEK_SET);
+        fputc(saved[21] == '7' ? '8' : '7', f);
+        fclose(f);
+        verify_keyed(&e, &v);
+        NB_CHECK(!v.ok);
+        NB_CHECK(strstr(v.reason, "anchor") != NULL);
+        unlink(head_path);
+        verify_keyed(&e, &v);
+        NB_CHECK(!v.ok);
+        NB_CHECK(strstr(v.reason, "missing") != NULL);
+        f = fopen(head_path, "w");
+        fwrite(saved, 1, sn, f);
+        fclose(f);
+        verify_keyed(&e, &v);
+        NB_CHECK(v.ok);
+    }
+
+    /* Truncation: the newest rows deleted (triggers dropped first). */
+    NB_CHECK_EQ_INT(exec(db, "DROP TRIGGER audit_no_delete"), SQLITE_OK);
+    NB_CHECK_EQ_INT(exec(db, "DELETE FROM audit WHERE seq > 8"), SQLITE_OK);
+    NB_CHECK_EQ_INT(nb_audit_verify_db(db, &v), 0);
+    NB_CHECK(v.ok); /* without the anchor a cut tail is invisible */
+    verify_keyed(&e, &v);
+    NB_CHECK(!v.ok);
+    NB_CHECK_EQ_INT(v.first_bad_seq, 9);
+    NB_CHECK(strstr(v.reason, "deleted from the end") != NULL);
+    env_close(&e);
+
+    /* Rewrite: edit row 5 and recompute every later hash with the unkeyed
+     * scheme (what an attacker without the key can do). */
+    fresh();
+    env_open(&e);
+    NB_CHECK_EQ_INT(nb_audit_set_key(e.a, KEY), 0);
+    for (int i = 0; i < 10; i++)
+        nb_audit_append(e.a, "rule.add", "dev", "x.example", 443, json_pack("{s:i}", "i", i));
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    db = nb_store_db(e.st);
+    NB_CHECK_EQ_INT(exec(db, "DROP TRIGGER audit_no_update"), SQLITE_OK);
+    NB_CHECK_EQ_INT(exec(db, "UPDATE audit SET detail = '{\"i\":99}' WHERE seq = 5"), SQLITE_OK);
+    for (int64_t seq = 5; seq <= 10; seq++) {
+        char h[65], prev[65], sql[300];
+        sqlite3_stmt *s = NULL;
+        sqlite3_prepare_v2(db,
+                           "SELECT (SELECT hash FROM audit WHERE seq = a.seq - 1), time_ms, "
+                           "kind, vm, host, port, detail FROM audit a WHERE seq = ?",
+                           -1, &s, NULL);
+        sqlite3_bind_int64(s, 1, seq);
+        NB_CHECK_EQ_INT(sqlite3_step(s), SQLITE_ROW);
+        snprintf(prev, sizeof prev, "%s", (const char *)sqlite3_column_text(s, 0));
+        const char *det = (const char *)sqlite3_column_text(s, 6);
+        nb_audit_row_hash(
+            prev, seq, sqlite3_column_int64(s, 1), (const char *)sqlite3_column_text(s, 2),
+            (const char *)sqlite3_column_text(s, 3), (const char *)sqlite3_column_text(s, 4),
+            sqlite3_column_int(s, 5), det, strlen(det), h);
+        sqlite3_finalize(s);
+        /* Both spellings: keep mac = 1 (fails the MAC) or downgrade to 0. */
+        snprintf(sql, sizeof sql,
+                 "UPDATE audit SET prev_hash = '%s', hash = '%s', mac = %d WHERE seq = %lld", prev,
+                 h, 0, (long long)seq);
+        NB_CHECK_EQ_INT(exec(db, sql), SQLITE_OK);
+    }
+    NB_CHECK_EQ_INT(nb_audit_verify_db(db, &v), 0);
+    NB_CHECK(v.ok); /* the unkeyed chain alone is fooled */
+    verify_keyed(&e, &v);
+    NB_CHECK(!v.ok);
+    NB_CHECK_EQ_INT(v.first_bad_seq, 10);
+    NB_CHECK(strstr(v.reason, "rewritten") != NULL);
+    NB_CHECK_EQ_INT(exec(db, "UPDATE audit SET mac = 1 WHERE seq >= 5"), SQLITE_OK);
+    verify_keyed(&e, &v);
+    NB_CHECK(!v.ok);
+    NB_CHECK_EQ_INT(v.first_bad_seq, 5);
+    NB_CHECK(strstr(v.reason, "keyed MAC") != NULL);
+
+    env_close(&e);
+}
+
+static void test_tamper_found_at_unlock(void)
+{
+    env_t e;
+    nb_audit_verify_t v;
+    fresh();
+    env_open(&e);
+    NB_CHECK_EQ_INT(nb_audit_set_key(e.a, KEY), 0);
+    for (int i = 0; i < 6; i++)
+        nb_audit_append(e.a, "rule.add", NULL, "x.example", 0, NULL);
+    env_close(&e);
+    /* Offline: the newest rows cut. The next run's first keyed batch
+     * would overwrite the anchor: it records what it found first. */
+    {
+        sqlite3 *db = NULL;
+        NB_CHECK_EQ_INT(sqlite3_open(path, &db), SQLITE_OK);
+        NB_CHECK_EQ_INT(exec(db, "DROP TRIGGER audit_no_delete"), SQLITE_OK);
+        NB_CHECK_EQ_INT(exec(db, "DELETE FROM audit WHERE seq > 4"), SQLITE_OK);
+        sqlite3_close(db);
+    }
+    env_open(&e);
+    nb_audit_append(e.a, NB_AUDIT_DAEMON, NULL, NULL, 0, NULL);
+    NB_CHECK_EQ_INT(nb_audit_set_key(e.a, KEY), 0);
+    nb_audit_append(e.a, "rule.add", NULL, "y.example", 0, NULL);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    sqlite3 *db = nb_store_db(e.st);
+    NB_CHECK_EQ_INT(count(db, "SELECT count(*) FROM audit WHERE kind = 'audit.tamper'"), 1);
+    verify_keyed(&e, &v);
+    NB_CHECK(!v.ok);
+    NB_CHECK(strstr(v.reason, "tampering") != NULL);
+    NB_CHECK(strstr(v.reason, "deleted") != NULL);
+    env_close(&e);
+}
+
+static void test_merge_and_cap(void)
+{
+    env_t e;
+    fresh();
+    env_open(&e);
+    nb_audit_limits_t l = {60000, 50, 0, 0};
+    nb_audit_set_limits(e.a, &l);
+    /* 10000 identical leaks: one row now, one row with the count. */
+    for (int i = 0; i < 10000; i++)
+        nb_audit_append(e.a, NB_AUDIT_LEAK, "dev", "unbound.example", 443,
+                        json_pack("{s:s}", "placeholder", "OPENAI_API_KEY"));
+    NB_CHECK_EQ_INT(nb_audit_merged(e.a), 9999);
+    /* Distinct rows from one VM: capped at 50 a minute, excess counted. */
+    for (int i = 0; i < 1000; i++) {
+        char host[64];
+        snprintf(host, sizeof host, "h%d.example", i);
+        nb_audit_append(e.a, NB_AUDIT_REFUSAL, "dev", host, 443, NULL);
+    }
+    NB_CHECK_EQ_INT(nb_audit_suppressed(e.a), 951);
+    /* Another VM has its own budget; owner actions are never merged. */
+    NB_CHECK(nb_audit_append(e.a, NB_AUDIT_REFUSAL, "other", "a.example", 443, NULL) > 0);
+    NB_CHECK(nb_audit_append(e.a, "rule.add", "dev", "a.example", 0, NULL) > 0);
+    NB_CHECK(nb_audit_append(e.a, "rule.add", "dev", "a.example", 0, NULL) > 0);
+    nb_audit_flush_aggregates(e.a);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    sqlite3 *db = nb_store_db(e.st);
+    NB_CHECK_EQ_INT(count(db, "SELECT count(*) FROM audit WHERE kind = 'leak'"), 2);
+    NB_CHECK_EQ_INT(count(db, "SELECT json_extract(detail, '$._repeated') FROM audit"
+                              " WHERE kind = 'leak' AND seq = (SELECT max(seq) FROM audit"
+                              " WHERE kind = 'leak')"),
+                    9999);
+    NB_CHECK_EQ_INT(count(db, "SELECT count(*) FROM audit WHERE kind = 'refusal' AND vm = 'dev'"),
+                    49);
+    NB_CHECK_EQ_INT(count(db, "SELECT json_extract(detail, '$.suppressed') FROM audit"
+                              " WHERE kind = 'audit.suppressed' AND vm = 'dev'"),
+                    951);
+    NB_CHECK_EQ_INT(count(db, "SELECT json_extract(detail, '$.kinds.refusal') FROM audit"
+                              " WHERE kind = 'audit.suppressed'"),
+                    951);
+    NB_CHECK_EQ_INT(count(db, "SELECT count(*) FROM audit WHERE kind = 'rule.add'"), 2);
+    NB_CHECK(count(db, "SELECT count(*) FROM audit") < 60);
+    nb_audit_verify_t v;
+    NB_CHECK_EQ_INT(nb_audit_verify_db(db, &v), 0);
+    NB_CHECK(v.ok);
+    env_close(&e);
+}
+
+static void test_retention_keeps_chain(void)
+{
+    env_t e;
+    nb_audit_verify_t v;
+    fresh();
+    env_open(&e);
+    nb_audit_limits_t l = {0, 0, 100, 0};
+    nb_audit_set_limits(e.a, &l);
+    for (int i = 0; i < 20; i++)
+        nb_audit_append(e.a, NB_AUDIT_DAEMON, NULL, NULL, 0, NULL); /* legacy prefix */
+    NB_CHECK_EQ_INT(nb_audit_set_key(e.a, KEY), 0);
+    for (int i = 0; i < 250; i++)
+        nb_audit_append(e.a, "rule.add", NULL, "x.example", 0, json_pack("{s:i}", "i", i));
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    nb_audit_prune_now(e.a);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    sqlite3 *db = nb_store_db(e.st);
+    int64_t n = count(db, "SELECT count(*) FROM audit");
+    NB_CHECK(n <= 100);
+    NB_CHECK(n >= 80);
+    NB_CHECK_EQ_INT(count(db, "SELECT count(*) FROM audit WHERE kind = 'audit.pruned'"), 1);
+    verify_keyed(&e, &v);
+    NB_CHECK(v.ok);
+    NB_CHECK(v.first_seq > 1);
+    /* A prefix cut beyond the checkpoint is not covered. */
+    NB_CHECK(exec(db, "DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)") != SQLITE_OK);
+    NB_CHECK_EQ_INT(exec(db, "DROP TRIGGER audit_no_delete"), SQLITE_OK);
+    NB_CHECK_EQ_INT(exec(db, "DELETE FROM audit WHERE seq < (SELECT min(seq) + 3 FROM audit)"),
+                    SQLITE_OK);
+    verify_keyed(&e, &v);
+    NB_CHECK(!v.ok);
+    NB_CHECK(strstr(v.reason, "no retention checkpoint") != NULL);
+    env_close(&e);
+}
+
 int main(void)
 {
     if (sodium_init() < 0 || !mkdtemp(dir))
         return 1;
     snprintf(path, sizeof path, "%s/state.db", dir);
+    snprintf(head_path, sizeof head_path, "%s/%s", dir, NB_AUDIT_HEAD_FILE);
     NB_RUN(test_row_hash_is_canonical);
     NB_RUN(test_append_and_verify);
     NB_RUN(test_refusals);
@@ -380,7 +626,11 @@ int main(void)
     NB_RUN(test_async_reads_see_own_writes);
     NB_RUN(test_triggers_and_tampering);
     NB_RUN(test_parse_time);
-    nbt_rm_db(path);
+    NB_RUN(test_keyed_chain_and_anchor);
+    NB_RUN(test_tamper_found_at_unlock);
+    NB_RUN(test_merge_and_cap);
+    NB_RUN(test_retention_keeps_chain);
+    fresh();
     rmdir(dir);
     NB_TEST_MAIN_END();
 }

@@ -594,8 +594,9 @@ int nb_ca_server_ctx(nb_ca_t *ca, SSL_CTX **out)
         return -ENOMEM;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* CLEANSE_PLAINTEXT: decrypted client records are wiped once read. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_CLEANSE_PLAINTEXT);
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     SSL_CTX_set_tlsext_servername_arg(ctx, ca);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);

@@ -75,6 +75,9 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         io->bytes_in += (uint64_t)n;
         if (!io->ssl) {
             io->cbs->on_data(io, (const uint8_t *)b->base, (size_t)n);
+            /* Plaintext (an upstream's echo of an injected value, a request
+             * head): nothing of it stays behind in the shared buffer. */
+            sodium_memzero(b->base, (size_t)n);
             return;
         }
         if (BIO_write(io->rbio, b->base, (int)n) != (int)n) {
@@ -151,7 +154,9 @@ static int raw_write(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, size_t tot
         return -ENOMEM;
     w->io = io;
     w->len = total - skip;
-    w->sensitive = sensitive;
+    /* Plaintext on a raw socket: wiped when done whatever the caller said
+     * (a relayed response can echo a value the caller did not know of). */
+    w->sensitive = 1;
     size_t o = 0, pos = 0;
     for (unsigned i = 0; i < n; i++) {
         size_t bl = bufs[i].len;
@@ -168,8 +173,7 @@ static int raw_write(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, size_t tot
     uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
     int r = uv_write(&w->req, (uv_stream_t *)&io->tcp, &b, 1, on_written);
     if (r < 0) {
-        if (sensitive)
-            sodium_memzero(w->data, w->len);
+        sodium_memzero(w->data, w->len);
         free(w);
         return r;
     }
@@ -298,6 +302,7 @@ static void tls_pump(nb_pxio_t *io)
         int n = SSL_read(io->ssl, pbuf, NB_PXIO_READ_BUF);
         if (n > 0) {
             io->cbs->on_data(io, pbuf, (size_t)n);
+            sodium_memzero(pbuf, (size_t)n); /* decrypted bytes: see on_read */
             continue;
         }
         int e = SSL_get_error(io->ssl, n);
@@ -492,8 +497,7 @@ int nb_pxio_uncork(nb_pxio_t *io)
         return 0;
     uv_buf_t b = uv_buf_init((char *)io->cork, (unsigned)io->cork_len);
     int r = writev_now(io, &b, 1, io->cork_sensitive);
-    if (io->cork_sensitive)
-        sodium_memzero(io->cork, io->cork_len);
+    sodium_memzero(io->cork, io->cork_len); /* plaintext either way (see raw_write) */
     io->cork_len = 0;
     io->cork_sensitive = 0;
     return r;
@@ -567,11 +571,12 @@ static int writev_now(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensi
         }
         off += (size_t)w;
     }
+    /* The gathered plaintext is wiped whatever `sensitive` says (see
+     * raw_write). */
     if (tmp != stackbuf) {
-        if (sensitive)
-            sodium_memzero(tmp, total);
+        sodium_memzero(tmp, total);
         free(tmp);
-    } else if (sensitive && n > 1) {
+    } else if (n > 1) {
         sodium_memzero(stackbuf, total);
     }
     if (r == 0)
@@ -620,6 +625,8 @@ static void on_handle_closed(uv_handle_t *h)
         SSL_free(io->ssl); /* frees the BIOs */
     io->ssl = NULL;
     io->rbio = io->wbio = NULL;
+    if (io->rbuf)
+        sodium_memzero(io->rbuf, NB_PXIO_READ_BUF);
     free(io->rbuf);
     io->rbuf = NULL;
     if (io->cork) {
@@ -656,7 +663,10 @@ int nb_pxio_client_ctx(const char *extra_ca_file, SSL_CTX **out)
     if (!ctx)
         return -ENOMEM;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    /* CLEANSE_PLAINTEXT: OpenSSL wipes decrypted records once handed over
+     * (an upstream can echo an injected value). */
+    SSL_CTX_set_options(ctx,
+                        SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CLEANSE_PLAINTEXT);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     int ok = access(SYSTEM_CA_FILE, R_OK) == 0
                  ? SSL_CTX_load_verify_locations(ctx, SYSTEM_CA_FILE, NULL)

@@ -502,6 +502,7 @@ void px_up_release(upconn_t *u, int reusable)
         return;
     }
     u->state = UP_POOLED;
+    nb_http_parser_idle(u->rp); /* no echo of a value kept while pooled */
     u->next = l->pool;
     u->prev = NULL;
     if (l->pool)

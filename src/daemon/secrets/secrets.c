@@ -537,6 +537,17 @@ int nb_secrets_unseal_to(const nb_secrets_t *s, const nb_sealed_t *e, uint8_t *b
     return 0;
 }
 
+int nb_secrets_audit_key(const nb_secrets_t *s, uint8_t *out, size_t len)
+{
+    if (!s || !s->dk || len < crypto_kdf_BYTES_MIN || len > crypto_kdf_BYTES_MAX)
+        return NB_EINVAL;
+    /* Subkey 2 of the data key ("nbbind01" is subkey 1 of another context):
+     * constant across master key rotations (rekey re-wraps the same data
+     * key), out of reach without the master key. */
+    crypto_kdf_derive_from_key(out, len, 2, "nbaudit1", s->dk);
+    return 0;
+}
+
 int nb_secrets_unseal(const nb_secrets_t *s, const nb_sealed_t *e, nb_secret_value_t *out)
 {
     out->p = NULL;

@@ -112,6 +112,11 @@ int nb_secrets_unseal(const nb_secrets_t *s, const nb_sealed_t *e, nb_secret_val
 int nb_secrets_unseal_to(const nb_secrets_t *s, const nb_sealed_t *e, uint8_t *buf, size_t cap,
                          size_t *len);
 
+/* The audit log's MAC key (audit.h, nb_audit_set_key): `len` bytes
+ * (16..64) derived from the data key, so forging audit rows needs the
+ * master key. Write it into locked memory. Any thread while open. */
+int nb_secrets_audit_key(const nb_secrets_t *s, uint8_t *out, size_t len);
+
 /* Removes a user secret and its bindings. NB_ENOTFOUND if absent. */
 int nb_secrets_rm(nb_secrets_t *s, const char *name);
 
