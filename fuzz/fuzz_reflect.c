@@ -33,6 +33,8 @@ typedef struct {
 static int out_sink(void *ctx, const uint8_t *p, size_t n)
 {
     out_t *o = ctx;
+    if (n == 0)
+        return 0;
     if (o->len + n > o->cap) {
         size_t nc = (o->len + n) * 2 + 64;
         uint8_t *np = realloc(o->p, nc);

@@ -398,6 +398,7 @@ static int basic_decode(nb_iov_t v, uint8_t *buf, size_t cap)
 }
 
 static int redact_basic(ictx_t *c, const nb_binding_t *b, const char *enc);
+static int watch_all(ictx_t *c);
 
 /* base64("user:value") of Basic binding b into the work area (*eoff). */
 static int encode_basic(ictx_t *c, const nb_binding_t *b, val_t v, size_t *eoff)
@@ -630,6 +631,8 @@ int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
         if ((r = do_header(c, &req->headers[i])) < 0)
             goto out;
     r = put(c, "\r\n", 2);
+    if (r == 0 && dest->watch && redact)
+        r = watch_all(c);
 out:
     sodium_memzero(out->work, out->work_used);
     out->work_used = 0;
@@ -640,22 +643,14 @@ out:
     return r;
 }
 
-int nb_inject_watch(const nb_inject_dest_t *dest, const nb_binding_t *bindings, size_t nbindings,
-                    nb_inject_get_fn get, void *ctx, nb_redact_t *redact, nb_inject_out_t *out)
+/* Registers every secret bound for the VM (see nb_inject_watch). Values
+ * already fetched for injection are reused. */
+static int watch_all(ictx_t *c)
 {
-    ictx_t cs, *c = &cs;
-    memset(c, 0, sizeof(*c));
-    c->dest = dest;
-    c->b = bindings;
-    c->nb = nbindings;
-    c->get = get;
-    c->ctx = ctx;
-    c->redact = redact;
-    c->out = out;
-    const char *vm = dest->vm ? dest->vm : "";
+    const char *vm = c->dest->vm ? c->dest->vm : "";
     int r = 0;
-    for (size_t i = 0; i < nbindings && r >= 0; i++) {
-        const nb_binding_t *b = &bindings[i];
+    for (size_t i = 0; i < c->nb && r >= 0; i++) {
+        const nb_binding_t *b = &c->b[i];
         if (b->vm[0] && strcmp(b->vm, vm) != 0)
             continue; /* never sent for this VM: it cannot come back to it */
         val_t v;
@@ -670,7 +665,23 @@ int nb_inject_watch(const nb_inject_dest_t *dest, const nb_binding_t *bindings, 
         if (r >= 0 && b->placement == NB_PLACE_BASIC && (r = encode_basic(c, b, v, &eoff)) >= 0)
             r = redact_basic(c, b, (const char *)W(c, eoff));
     }
+    return r < 0 ? r : 0;
+}
+
+int nb_inject_watch(const nb_inject_dest_t *dest, const nb_binding_t *bindings, size_t nbindings,
+                    nb_inject_get_fn get, void *ctx, nb_redact_t *redact, nb_inject_out_t *out)
+{
+    ictx_t cs, *c = &cs;
+    memset(c, 0, sizeof(*c));
+    c->dest = dest;
+    c->b = bindings;
+    c->nb = nbindings;
+    c->get = get;
+    c->ctx = ctx;
+    c->redact = redact;
+    c->out = out;
+    int r = watch_all(c);
     sodium_memzero(out->work, out->work_used);
     out->work_used = 0;
-    return r < 0 ? r : 0;
+    return r;
 }

@@ -57,6 +57,7 @@ typedef struct {
     const char *host; /* normalised name or IP literal (nb_hostname / nb_ip_format) */
     const char *vm;   /* "" or NULL for none */
     int tls;          /* 1: intercepted TLS; 0: plain HTTP */
+    int watch;        /* 1: nb_inject_head also does what nb_inject_watch does */
 } nb_inject_dest_t;
 
 /* Writes the value of the secret of binding `b` into `buf` (locked memory

@@ -327,30 +327,98 @@ static int match_at(const needle_t *d, const uint8_t *s, size_t avail, size_t *u
     return r < 0 || r2 < 0 ? -1 : 0;
 }
 
+/* Longest complete match at pos (0 when none); *which gets the needle. */
+static size_t match_here(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t pos,
+                         size_t *which)
+{
+    size_t best = 0;
+    uint8_t b = buf[pos];
+    int esc = b == '%' || b == '\\' || b == '&';
+    for (size_t i = 0; i < r->count; i++) {
+        const needle_t *d = &r->nd[i];
+        size_t used = 0, got = 0;
+        if (!esc && d->n[0] != b)
+            continue;
+        /* Cheap reject before the full matcher: the second byte must be
+         * the needle's, or start an escape. */
+        if (!esc && d->nlen > 1 && pos + 1 < len && buf[pos + 1] != d->n[1] &&
+            buf[pos + 1] != '%' && buf[pos + 1] != '\\' && buf[pos + 1] != '&')
+            continue;
+        if (match_at(d, buf + pos, len - pos, &used, &got) == 1 && used > best) {
+            best = used;
+            *which = i;
+        }
+    }
+    return best;
+}
+
+/* Next position in [from, end) holding '%', '\\' or '&', or `end`. nx
+ * caches the next of each (SIZE_MAX: not looked up yet). */
+static size_t next_intro(const uint8_t *buf, size_t from, size_t end, size_t nx[3])
+{
+    static const uint8_t intro[3] = {'%', '\\', '&'};
+    size_t best = end;
+    for (size_t k = 0; k < 3; k++) {
+        if (nx[k] == SIZE_MAX || nx[k] < from) {
+            const uint8_t *q = from < end ? memchr(buf + from, intro[k], end - from) : NULL;
+            nx[k] = q ? (size_t)(q - buf) : end;
+        }
+        if (nx[k] < best)
+            best = nx[k];
+    }
+    return best;
+}
+
 /* Leftmost complete match starting in [from, limit); the longest wins at
- * equal positions. Returns the position (*mlen its length), or SIZE_MAX. */
+ * equal positions. Returns the position (*mlen its length), or SIZE_MAX.
+ *
+ * Fast path: an occurrence is either verbatim (memmem finds it) or holds
+ * an escape introducer ('%', '\\', '&'). If e is its first introducer,
+ * everything before e is literal, so it starts at most maxlen - 1 bytes
+ * before e. Only those short windows before introducers (found by memchr)
+ * go through the per-byte matcher; plain text passes at memmem speed. */
 static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
                          size_t limit, size_t *which, size_t *mlen)
 {
     if (limit > len)
         limit = len;
-    for (size_t pos = from; pos < limit; pos++) {
-        if (!r->starts[buf[pos]])
+    if (from >= limit)
+        return SIZE_MAX;
+    size_t m1 = SIZE_MAX;
+    for (size_t i = 0; i < r->count; i++) {
+        const needle_t *d = &r->nd[i];
+        if (d->nlen > len - from)
             continue;
-        size_t best = 0;
-        for (size_t i = 0; i < r->count; i++) {
-            size_t used = 0, got = 0;
-            if (match_at(&r->nd[i], buf + pos, len - pos, &used, &got) == 1 && used > best) {
-                best = used;
-                *which = i;
+        const uint8_t *m = memmem(buf + from, len - from, d->n, d->nlen);
+        if (m && (size_t)(m - buf) < limit && (size_t)(m - buf) < m1)
+            m1 = (size_t)(m - buf);
+    }
+    size_t iend = limit + r->maxlen - 1 < len ? limit + r->maxlen - 1 : len;
+    size_t nx[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX}, scanned = from;
+    for (size_t e = next_intro(buf, from, iend, nx);; e = next_intro(buf, e + 1, iend, nx)) {
+        if (e >= iend)
+            break;
+        size_t ws = e >= r->maxlen - 1 ? e - (r->maxlen - 1) : 0;
+        if (ws < scanned)
+            ws = scanned;
+        size_t we = e < limit - 1 ? e : limit - 1;
+        if (ws > m1 || ws >= limit)
+            break;
+        for (size_t p = ws; p <= we && p <= m1; p++) {
+            if (!r->starts[buf[p]])
+                continue;
+            size_t l = match_here(r, buf, len, p, which);
+            if (l) {
+                *mlen = l;
+                return p;
             }
         }
-        if (best) {
-            *mlen = best;
-            return pos;
-        }
+        scanned = we + 1;
     }
-    return SIZE_MAX;
+    if (m1 == SIZE_MAX)
+        return SIZE_MAX;
+    *mlen = match_here(r, buf, len, m1, which); /* the longest there, any spelling */
+    return m1;
 }
 
 /* The first position in [from, last] (and not before the last span-1
