@@ -10,6 +10,9 @@
 
 #include <sodium.h>
 #include <zlib.h>
+#ifdef NB_HAVE_BROTLI
+#include <brotli/encode.h>
+#endif
 
 #include "daemon/egress/decode.h"
 #include "daemon/egress/redact.h"
@@ -204,6 +207,39 @@ static void test_decode(void)
         decode_roundtrip(NB_DECODE_DEFLATE, 15, steps[i]);
         decode_roundtrip(NB_DECODE_DEFLATE, -15, steps[i]); /* raw deflate as "deflate" */
     }
+}
+
+static void test_decode_br(void)
+{
+#ifdef NB_HAVE_BROTLI
+    const char *plain = "{\"stored\":\"" KEY "\"} brotli body, long enough to compress a bit";
+    uint8_t comp[1024];
+    size_t cl = sizeof comp;
+    NB_CHECK(BrotliEncoderCompress(5, 22, BROTLI_MODE_TEXT, strlen(plain), (const uint8_t *)plain,
+                                   &cl, comp));
+    for (size_t step = 1; step <= cl; step += 7) {
+        nb_decode_t *d = NULL;
+        out_t o = {0};
+        NB_CHECK_EQ_INT(nb_decode_new(NB_DECODE_BR, &d), 0);
+        for (size_t off = 0; off < cl; off += step)
+            NB_CHECK_EQ_INT(
+                nb_decode_feed(d, comp + off, cl - off < step ? cl - off : step, out_sink, &o), 0);
+        NB_CHECK_EQ_INT(nb_decode_finish(d), 0);
+        NB_CHECK_STR((char *)o.p, plain);
+        out_free(&o);
+        nb_decode_free(d);
+    }
+    nb_decode_t *d = NULL;
+    out_t o = {0};
+    NB_CHECK_EQ_INT(nb_decode_new(NB_DECODE_BR, &d), 0);
+    NB_CHECK_EQ_INT(nb_decode_feed(d, comp, cl / 2, out_sink, &o), 0);
+    NB_CHECK_EQ_INT(nb_decode_finish(d), NB_EPROTO); /* cut short */
+    out_free(&o);
+    nb_decode_free(d);
+#else
+    nb_decode_t *d = NULL;
+    NB_CHECK_EQ_INT(nb_decode_new(NB_DECODE_BR, &d), NB_EUNSUPPORTED);
+#endif
 }
 
 static void test_decode_gzip_members_and_errors(void)
@@ -455,6 +491,7 @@ int main(void)
     NB_RUN(test_streaming_holdback);
     NB_RUN(test_false_start);
     NB_RUN(test_decode);
+    NB_RUN(test_decode_br);
     NB_RUN(test_decode_gzip_members_and_errors);
     NB_RUN(test_decode_bomb);
     NB_RUN(test_ws_scan);

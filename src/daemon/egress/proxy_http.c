@@ -659,6 +659,9 @@ static int resp_on_head(void *ud, const nb_http_head_t *h)
             continue;
         if (x->dec && nb_iov_eq_nocase(name, "content-encoding"))
             continue; /* forwarded decoded */
+        if (h->status == 101 && x->resp_redact &&
+            nb_iov_eq_nocase(name, "sec-websocket-extensions"))
+            continue; /* never offered (A5): the scanner refuses compressed frames */
         if ((r = nb_buf_append(b, name.p, name.len)) == 0 && (r = nb_buf_append(b, ": ", 2)) == 0 &&
             (r = nb_buf_append(b, value.p, value.len)) == 0)
             r = nb_buf_append(b, "\r\n", 2);
