@@ -159,6 +159,9 @@ class Upstream:
             with self.lock:
                 v = self.stored.get(q.get("slot", "x"), "")
             return self.send(c, 200, json.dumps({"value": v}))
+        if path == "/coding-echo":
+            # the value itself as the coding: it must not come back in the error
+            return self.send(c, 200, b"\x00\x01", extra=[("Content-Encoding", tok)])
         if path in ("/gzip", "/deflate", "/rawdeflate", "/zstd"):
             doc = json.dumps({"auth": auth, "padding": "x" * 2000}).encode()
             if path == "/gzip":
@@ -486,6 +489,10 @@ def test_A5_undecodable_encoding_refused():
     assert_clean(body, "zstd")
     j = json.loads(body)
     assert "zstd" in j["reason"] and j["error"] == "bad-gateway", j
+    code, body, r = E.curl(E.px, "https://%s/coding-echo" % HOST, "-D", "/dev/stderr",
+                           "-H", "Authorization: Bearer REFLECT_KEY")
+    assert code == 502, (code, body)
+    assert_clean(body + r.stderr, "coding named in the error")
     E.wait_for(lambda: [x for x in E.audit("refusal")
                         if x["detail"].get("reason") == "undecodable-encoding"
                         and x["detail"].get("threat") == "A5"])

@@ -661,11 +661,14 @@ static int watch_all(ictx_t *c)
         }
         if (r < 0)
             break;
-        r = redact_add(c, W(c, v.off), v.len, b->secret, strlen(b->secret));
+        r = nb_redact_add(c->redact, W(c, v.off), v.len, b->secret, strlen(b->secret));
         if (r >= 0 && b->placement == NB_PLACE_BASIC && (r = encode_basic(c, b, v, &eoff)) >= 0)
             r = redact_basic(c, b, (const char *)W(c, eoff));
     }
-    return r < 0 ? r : 0;
+    /* Unlike injected values (whose request is then simply not scanned for
+     * the surplus), a secret we cannot watch for must not be reachable:
+     * fail closed with a distinct code. */
+    return r == NB_ETOOBIG ? NB_EUNSUPPORTED : r < 0 ? r : 0;
 }
 
 int nb_inject_watch(const nb_inject_dest_t *dest, const nb_binding_t *bindings, size_t nbindings,

@@ -129,7 +129,9 @@ int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
  * value is caught in any later response, not only in the answer to the
  * request it was injected into (A5: stored, then fetched; one host
  * storing and another serving). Values pass through out's locked work
- * area and are wiped. 0 or the callback's / redactor's error. */
+ * area and are wiped. 0, the callback's / redactor's error, or
+ * NB_EUNSUPPORTED when more are bound than NB_REDACT_MAX_NEEDLES can hold
+ * (the caller must then refuse: the response could not be scanned). */
 int nb_inject_watch(const nb_inject_dest_t *dest, const nb_binding_t *bindings, size_t nbindings,
                     nb_inject_get_fn get, void *ctx, nb_redact_t *redact, nb_inject_out_t *out);
 

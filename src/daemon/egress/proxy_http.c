@@ -341,6 +341,13 @@ static int send_head(cconn_t *c, upconn_t *u)
         } else if (r == NB_ETOOBIG) {
             px_reply(c, 431, "refused", "headers-too-large", x->auth.host,
                      "the request head is too large after injection", "send smaller headers", 1);
+        } else if (r == NB_EUNSUPPORTED) {
+            nb_log_conn(NB_LOG_WARN, c->id,
+                        "too many secrets bound for this VM to scan responses from %s (A5)",
+                        x->auth.host);
+            px_reply(c, 502, "bad-gateway", "too-many-secrets", x->auth.host,
+                     "more secrets are bound for this VM than the response scanner can watch",
+                     "unbind secrets this VM does not need ('nilbox secret unbind')", 1);
         } else {
             nb_log_conn(NB_LOG_WARN, c->id, "injection toward %s failed: %s", x->auth.host,
                         nb_strerror(r));
@@ -596,6 +603,29 @@ static int body_sink(void *ud, const uint8_t *p, size_t len)
     return nb_pxio_writev(&c->io, b, 3, 0);
 }
 
+/* The response's Content-Encoding for an error message. The upstream
+ * writes that value, so it is named only when it is a known token (the
+ * guest must never see upstream text that was not scanned, A5). */
+static const char *coding_name(const nb_http_head_t *h)
+{
+    static const char *const known[] = {"zstd",         "compress",  "x-compress", "br",
+                                        "gzip",         "x-gzip",    "deflate",    "exi",
+                                        "pack200-gzip", "aes128gcm", NULL};
+    size_t n = 0;
+    const nb_http_header_t *ce = NULL;
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (nb_iov_eq_nocase(h->headers[i].name, "content-encoding")) {
+            ce = &h->headers[i];
+            n++;
+        }
+    if (n != 1 || memchr(ce->value.p, ',', ce->value.len))
+        return "with several codings";
+    for (size_t i = 0; known[i]; i++)
+        if (nb_iov_eq_nocase(ce->value, known[i]))
+            return known[i];
+    return "of an unknown coding";
+}
+
 static int resp_on_head(void *ud, const nb_http_head_t *h)
 {
     upconn_t *u = ud;
@@ -633,13 +663,11 @@ static int resp_on_head(void *ud, const nb_http_head_t *h)
         }
         int r = enc == NB_DECODE_IDENTITY ? 0 : nb_decode_new(enc, &x->dec);
         if (r < 0) {
-            char esc[64];
-            const nb_http_header_t *ce = nb_http_head_find(h, "content-encoding");
             x->fail_token = r == NB_EUNSUPPORTED ? "undecodable-encoding" : "out-of-memory";
             snprintf(x->fail_msg, sizeof x->fail_msg,
-                     "the upstream answered with Content-Encoding '%s', which the proxy cannot "
+                     "the upstream answered with Content-Encoding %s, which the proxy cannot "
                      "decode to check it for secrets",
-                     ce ? nb_log_escape(esc, sizeof esc, ce->value.p, ce->value.len) : "?");
+                     coding_name(h));
             return r == NB_EUNSUPPORTED ? NB_EUNSUPPORTED : r;
         }
     }

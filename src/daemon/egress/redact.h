@@ -32,7 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define NB_REDACT_MAX_NEEDLES 64
+#define NB_REDACT_MAX_NEEDLES 128
 #define NB_REDACT_MAX_NEEDLE 131072
 #define NB_REDACT_MIN_PARTIAL 8
 /* Longest spelling of one byte ("&#x002F;"): an occurrence of an n-byte

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "lib/err.h"
 
 enum { ST_HDR, ST_DATA, ST_CTL, ST_FAILED };
@@ -41,6 +43,9 @@ int nb_wsscan_new(nb_redact_t *data, nb_redact_t *ctl, nb_wsscan_t **out)
 
 void nb_wsscan_free(nb_wsscan_t *s)
 {
+    if (!s)
+        return;
+    sodium_memzero(s, sizeof *s);
     free(s);
 }
 
@@ -113,8 +118,8 @@ static int end_control(nb_wsscan_t *s)
     if ((rc = put_header(s, 1, s->op, s->coutlen)) != 0)
         return rc;
     rc = s->coutlen ? s->sink(s->ctx, s->cout, s->coutlen) : 0;
-    memset(s->cbuf, 0, sizeof s->cbuf);
-    memset(s->cout, 0, sizeof s->cout);
+    sodium_memzero(s->cbuf, sizeof s->cbuf); /* may have held a value */
+    sodium_memzero(s->cout, sizeof s->cout);
     return rc;
 }
 
