@@ -110,6 +110,63 @@ static void test_spellings(void)
     check_spelling("\\u0073k-live%2F%41b+9=Zq%x&y"); /* escapes mixed within one echo */
 }
 
+/* Random mixes: every byte of the value in a random spelling, inside
+ * random text, fed in random pieces. */
+static void test_random_spellings(void)
+{
+    static const char *named[][2] = {
+        {"/", "&sol;"}, {"+", "&plus;"}, {"=", "&equals;"}, {"%", "&percnt;"}, {"&", "&amp;"}};
+    srand(1234);
+    for (int it = 0; it < 3000; it++) {
+        char sp[512] = "";
+        size_t o = 0;
+        for (const char *k = KEY; *k; k++) {
+            unsigned ch = (unsigned char)*k;
+            switch (rand() % 8) {
+            case 0:
+                o += (size_t)snprintf(sp + o, sizeof sp - o, "%%%02X", ch);
+                break;
+            case 1:
+                o += (size_t)snprintf(sp + o, sizeof sp - o, "%%%02x", ch);
+                break;
+            case 2:
+                o +=
+                    (size_t)snprintf(sp + o, sizeof sp - o, rand() % 2 ? "\\u%04x" : "\\u%04X", ch);
+                break;
+            case 3:
+                o += (size_t)snprintf(sp + o, sizeof sp - o, rand() % 2 ? "&#x%X;" : "&#%u;", ch);
+                break;
+            case 4:
+                if (ch == '/') {
+                    o += (size_t)snprintf(sp + o, sizeof sp - o, "\\/");
+                    break;
+                }
+                for (size_t n = 0; n < sizeof named / sizeof named[0]; n++)
+                    if (named[n][0][0] == (char)ch) {
+                        o += (size_t)snprintf(sp + o, sizeof sp - o, "%s", named[n][1]);
+                        ch = 0;
+                    }
+                if (ch)
+                    sp[o++] = (char)ch;
+                break;
+            default:
+                sp[o++] = (char)ch;
+            }
+            sp[o] = 0;
+        }
+        char in[700], want[700];
+        const char *pre = rand() % 2 ? "x=1&y=" : "{\"a\":\"50% s";
+        snprintf(in, sizeof in, "%s%s&tail\\n", pre, sp);
+        snprintf(want, sizeof want, "%s%s&tail\\n", pre, NAME);
+        uint64_t n = 0;
+        char *got = redact_str(in, (size_t)(rand() % 40) + 1, &n);
+        if (strcmp(got, want) != 0)
+            fprintf(stderr, "random spelling %s: got %s\n", in, got);
+        NB_CHECK_STR(got, want);
+        free(got);
+    }
+}
+
 static void test_not_spellings(void)
 {
     /* Near misses pass unchanged: a different byte, a broken escape, a
@@ -487,6 +544,7 @@ int main(void)
     if (sodium_init() < 0)
         return 1;
     NB_RUN(test_spellings);
+    NB_RUN(test_random_spellings);
     NB_RUN(test_not_spellings);
     NB_RUN(test_streaming_holdback);
     NB_RUN(test_false_start);

@@ -23,9 +23,10 @@ struct nb_redact {
     needle_t nd[NB_REDACT_MAX_NEEDLES];
     size_t count;
     size_t maxlen;
-    size_t span;         /* longest occurrence in the stream: maxlen spelled out */
-    uint8_t starts[256]; /* bytes that may start an occurrence */
-    uint8_t *arena;      /* sodium_malloc */
+    size_t span;           /* longest occurrence in the stream: maxlen spelled out */
+    uint8_t starts[256];   /* bytes that may start an occurrence */
+    uint8_t inneedle[256]; /* bytes some needle holds */
+    uint8_t *arena;        /* sodium_malloc */
     size_t cap, used;
     uint8_t *hold; /* in the arena, maxlen bytes: may hold part of a secret */
     size_t hlen;
@@ -54,6 +55,7 @@ void nb_redact_reset(nb_redact_t *r)
         sodium_memzero(r->arena, r->used);
     r->count = r->maxlen = r->span = r->used = r->hlen = 0;
     memset(r->starts, 0, sizeof r->starts);
+    memset(r->inneedle, 0, sizeof r->inneedle);
     r->hold = r->scratch = NULL;
     r->started = 0;
     r->replaced = 0;
@@ -106,6 +108,8 @@ int nb_redact_add(nb_redact_t *r, const void *needle, size_t nlen, const void *r
     d->ambiguous =
         memchr(needle, '%', nlen) || memchr(needle, '\\', nlen) || memchr(needle, '&', nlen);
     r->starts[d->n[0]] = 1;
+    for (size_t k = 0; k < nlen; k++)
+        r->inneedle[d->n[k]] = 1;
     r->starts['%'] = r->starts['\\'] = r->starts['&'] = 1;
     r->used += nlen + rlen;
     if (nlen > r->maxlen)
@@ -352,21 +356,105 @@ static size_t match_here(const nb_redact_t *r, const uint8_t *buf, size_t len, s
     return best;
 }
 
-/* Next position in [from, end) holding '%', '\\' or '&', or `end`. nx
- * caches the next of each (SIZE_MAX: not looked up yet). */
-static size_t next_intro(const uint8_t *buf, size_t from, size_t end, size_t nx[3])
+/* The byte an escape at s spells: 0-255, -1 when it is no escape, -2 when
+ * the input ends inside one. Same forms as spell_escape. */
+static int escape_value(const uint8_t *s, size_t avail)
+{
+    unsigned v;
+    int r;
+    if (s[0] == '%') {
+        r = hexn(s + 1, avail - 1, 2, &v);
+        return r < 0 ? -2 : r == 0 ? -1 : (int)v;
+    }
+    if (s[0] == '\\') {
+        if (avail < 2)
+            return -2;
+        if (s[1] == '/' || s[1] == '"' || s[1] == '\\')
+            return s[1];
+        if (s[1] != 'u')
+            return -1;
+        r = hexn(s + 2, avail - 2, 4, &v);
+        return r < 0 ? -2 : r == 0 || v >= 0x80 ? -1 : (int)v;
+    }
+    /* '&': the numeric value, or the named reference's byte. */
+    if (avail < 2)
+        return -2;
+    if (s[1] == '#') {
+        /* spell_entity checks one byte; numbers spell exactly one value. */
+        size_t i = 2;
+        int hex = 0;
+        if (i < avail && (s[i] == 'x' || s[i] == 'X'))
+            hex = 1, i++;
+        unsigned val = 0, digits = 0;
+        for (;; i++) {
+            if (i >= NB_REDACT_SPELL_MAX)
+                return -1;
+            if (i >= avail)
+                return -2;
+            int d = hex ? hexval(s[i]) : (s[i] >= '0' && s[i] <= '9' ? s[i] - '0' : -1);
+            if (d < 0)
+                break;
+            val = val * (hex ? 16u : 10u) + (unsigned)d;
+            if (val > 0xff)
+                return -1;
+            digits++;
+        }
+        return digits && s[i] == ';' ? (int)val : -1;
+    }
+    if (!((s[1] >= 'a' && s[1] <= 'z') || (s[1] >= 'A' && s[1] <= 'Z')))
+        return -1; /* "& ", "&&": the common case in text */
+    int partial = 0;
+    for (size_t e = 0; e < sizeof entities / sizeof entities[0]; e++) {
+        const char *nm = entities[e].name;
+        size_t k = 0;
+        for (; nm[k]; k++) {
+            if (1 + k >= avail) {
+                partial = 1;
+                break;
+            }
+            if (s[1 + k] != (uint8_t)nm[k])
+                break;
+        }
+        if (nm[k] || 1 + k >= avail) {
+            partial |= !nm[k] && 1 + k >= avail;
+            continue;
+        }
+        if (s[1 + k] == ';')
+            return entities[e].ch;
+    }
+    return partial ? -2 : -1;
+}
+
+/* 1 when the introducer at e may belong to an occurrence: it is a needle
+ * byte itself, or its escape spells one (or is cut by the end). */
+static int intro_relevant(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t e)
+{
+    if (r->inneedle[buf[e]])
+        return 1;
+    int v = escape_value(buf + e, len - e);
+    return v == -2 || (v >= 0 && r->inneedle[v]);
+}
+
+/* Next position in [from, end) holding a relevant '%', '\\' or '&', or
+ * `end`. nx caches the next of each (SIZE_MAX: not looked up yet). */
+static size_t next_intro(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
+                         size_t end, size_t nx[3])
 {
     static const uint8_t intro[3] = {'%', '\\', '&'};
-    size_t best = end;
-    for (size_t k = 0; k < 3; k++) {
-        if (nx[k] == SIZE_MAX || nx[k] < from) {
-            const uint8_t *q = from < end ? memchr(buf + from, intro[k], end - from) : NULL;
-            nx[k] = q ? (size_t)(q - buf) : end;
+    for (;;) {
+        size_t best = end;
+        for (size_t k = 0; k < 3; k++) {
+            if (nx[k] == SIZE_MAX || nx[k] < from) {
+                const uint8_t *q = from < end ? memchr(buf + from, intro[k], end - from) : NULL;
+                nx[k] = q ? (size_t)(q - buf) : end;
+            }
+            if (nx[k] < best)
+                best = nx[k];
         }
-        if (nx[k] < best)
-            best = nx[k];
+        if (best >= end || intro_relevant(r, buf, len, best))
+            return best;
+        from = best + 1;
     }
-    return best;
 }
 
 /* Leftmost complete match starting in [from, limit); the longest wins at
@@ -395,7 +483,8 @@ static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, s
     }
     size_t iend = limit + r->maxlen - 1 < len ? limit + r->maxlen - 1 : len;
     size_t nx[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX}, scanned = from;
-    for (size_t e = next_intro(buf, from, iend, nx);; e = next_intro(buf, e + 1, iend, nx)) {
+    for (size_t e = next_intro(r, buf, len, from, iend, nx);;
+         e = next_intro(r, buf, len, e + 1, iend, nx)) {
         if (e >= iend)
             break;
         size_t ws = e >= r->maxlen - 1 ? e - (r->maxlen - 1) : 0;
@@ -423,22 +512,39 @@ static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, s
 
 /* The first position in [from, last] (and not before the last span-1
  * bytes) where some needle is still matching when buf ends. SIZE_MAX when
- * there is none. */
+ * there is none. As in find_match, only positions that can start such an
+ * occurrence are tried: within maxlen - 1 bytes of the end (all literal),
+ * or within maxlen - 1 bytes before an escape introducer (its first one). */
 static size_t first_partial(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
                             size_t last, size_t *which, size_t *got_out)
 {
     size_t q = len - from < r->span ? from : len - r->span + 1;
-    for (; q <= last && q < len; q++) {
-        if (!r->starts[buf[q]])
-            continue;
-        for (size_t i = 0; i < r->count; i++) {
-            size_t used = 0, got = 0;
-            if (match_at(&r->nd[i], buf + q, len - q, &used, &got) < 0) {
-                if (which)
-                    *which = i;
-                if (got_out)
-                    *got_out = got;
-                return q;
+    size_t tail = len >= r->maxlen ? len - r->maxlen + 1 : 0;
+    size_t nx[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    while (q <= last && q < len) {
+        size_t hi = len - 1; /* candidates run from q to hi */
+        if (q < tail) {
+            size_t e = next_intro(r, buf, len, q, len, nx);
+            size_t ws = e >= len ? len : e >= r->maxlen - 1 ? e - (r->maxlen - 1) : 0;
+            size_t cand = ws < tail ? ws : tail;
+            if (q < cand) {
+                q = cand;
+                continue;
+            }
+            hi = e; /* q is in e's window (so e < len) */
+        }
+        for (; q <= hi && q <= last; q++) {
+            if (!r->starts[buf[q]])
+                continue;
+            for (size_t i = 0; i < r->count; i++) {
+                size_t used = 0, got = 0;
+                if (match_at(&r->nd[i], buf + q, len - q, &used, &got) < 0) {
+                    if (which)
+                        *which = i;
+                    if (got_out)
+                        *got_out = got;
+                    return q;
+                }
             }
         }
     }
