@@ -651,8 +651,11 @@ static int watch_all(ictx_t *c)
     int r = 0;
     for (size_t i = 0; i < c->nb && r >= 0; i++) {
         const nb_binding_t *b = &c->b[i];
-        if (b->vm[0] && strcmp(b->vm, vm) != 0)
-            continue; /* never sent for this VM: it cannot come back to it */
+        /* Bound for this VM (to any host: one service may store what
+         * another serves), or bound to this host for any VM (another VM's
+         * value stored here and fetched by this one, A9). */
+        if (b->vm[0] && strcmp(b->vm, vm) != 0 && binding_state(c, b) == ST_NONE)
+            continue;
         val_t v;
         size_t eoff;
         if ((r = fetch(c, b, &v)) == NB_ENOTFOUND) {

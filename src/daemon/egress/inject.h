@@ -124,7 +124,8 @@ int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
 
 /* Registers with `redact` the value (and, for Basic bindings, the base64
  * credential) of every secret that a binding makes visible to dest->vm,
- * whatever its host, path or placement, each replaced by its name. The
+ * whatever its host, path or placement, and of every secret bound to
+ * dest->host for any VM, each replaced by its name. The
  * proxy calls it for every request toward a host with bindings, so that a
  * value is caught in any later response, not only in the answer to the
  * request it was injected into (A5: stored, then fetched; one host
