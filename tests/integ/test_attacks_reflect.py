@@ -430,6 +430,22 @@ def test_A5_ws_percent_and_deflate_refused():
     assert not frames or all(op != 1 for op, _ in ws_messages(frames)), frames
 
 
+def test_A5_ws_client_library():
+    # A real client (websocket-client) through the proxy reads the
+    # re-framed, redacted messages as ordinary ones.
+    import websocket
+    for mode, want in (("split", "echo: Bearer REFLECT_KEY end"), ("ping", "Bearer REFLECT_KEY")):
+        ws = websocket.create_connection(
+            "wss://%s/ws?mode=%s" % (HOST, mode), timeout=10, http_proxy_host="127.0.0.1",
+            http_proxy_port=E.px.port, proxy_type="http", sslopt={"ca_certs": E.ca_pem},
+            header=["Authorization: Bearer REFLECT_KEY"])
+        try:
+            got = ws.recv()
+        finally:
+            ws.close()
+        assert got == want, (mode, got)
+
+
 # ---- stored, then fetched -------------------------------------------------------
 
 def test_A5_store_then_retrieve_same_connection():
@@ -596,6 +612,7 @@ def test_A5_sse_still_incremental():
 def main():
     tests = [test_A5_ws_whole_frame, test_A5_ws_split_across_continuation,
              test_A5_ws_ping_interleaved, test_A5_ws_percent_and_deflate_refused,
+             test_A5_ws_client_library,
              test_A5_store_then_retrieve_same_connection,
              test_A5_store_then_retrieve_new_connection, test_A5_store_then_retrieve_other_port,
              test_A5_store_then_retrieve_other_vm, test_A5_compressed_curl,
