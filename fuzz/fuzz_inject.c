@@ -184,8 +184,12 @@ static void fuzz_redact(const uint8_t *d, size_t n)
             k++;
         i++;
     }
-    const uint8_t *in = d + i;
+    /* The reference below is verbatim only: keep the escape introducers
+     * ('%', '\\', '&') out of the stream (fuzz_reflect covers spellings). */
     size_t inl = n - i;
+    uint8_t *in = malloc(inl ? inl : 1);
+    for (size_t j = 0; j < inl; j++)
+        in[j] = d[i + j] == '%' || d[i + j] == '\\' || d[i + j] == '&' ? '.' : d[i + j];
     static const char *reps[] = {"1", "22", "333"};
     nb_redact_t *r = NULL;
     nb_redact_new(&r);
@@ -240,6 +244,7 @@ static void fuzz_redact(const uint8_t *d, size_t n)
             abort();
     free(got.p);
     free(want.p);
+    free(in);
     nb_redact_free(r);
 }
 

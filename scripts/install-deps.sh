@@ -4,8 +4,8 @@
 set -eu
 
 PKGS="build-essential pkg-config meson ninja-build clang llvm libclang-rt-14-dev clang-format
-libuv1-dev libssl-dev node-llhttp libjansson-dev libsqlite3-dev sqlite3 libsodium-dev
-libsecret-1-dev curl ca-certificates openssl python3 python3-requests python3-httpx
+libuv1-dev libssl-dev node-llhttp libjansson-dev libsqlite3-dev sqlite3 libsodium-dev zlib1g-dev
+libbrotli-dev libsecret-1-dev curl ca-certificates openssl python3 python3-requests python3-httpx
 python3-websocket publicsuffix nodejs openssh-client qemu-system-x86 qemu-utils busybox-static nftables
 cpio xz-utils zstd kmod e2fsprogs file mmdebstrap dbus-daemon gnome-keyring"
 

@@ -730,6 +730,50 @@ static void test_binding_refusals(void)
     NB_CHECK_EQ_INT(nb_binding_normalize(&b), 0);
 }
 
+/* A5, stored then fetched: with dest.watch (or nb_inject_watch) every
+ * secret bound for the VM is a needle, whatever its host, even when the
+ * request injected nothing; secrets bound only for another VM are not. */
+static void test_A5_watch_all_bound(void)
+{
+    nb_inject_out_t o;
+    NB_CHECK_EQ_INT(nb_inject_out_init(&o, 65536), 0);
+    for (int mode = 0; mode < 2; mode++) {
+        for (int vmi = 0; vmi < 2; vmi++) {
+            const char *vm = vmi ? "a" : "b";
+            nb_redact_t *r = NULL;
+            NB_CHECK_EQ_INT(nb_redact_new(&r), 0);
+            nb_inject_dest_t dest = {.host = "api.openai.com", .vm = vm, .tls = 1, .watch = 1};
+            if (mode == 0) {
+                NB_CHECK_EQ_INT(nb_inject_watch(&dest, bindings, nbindings, get_value, NULL, r, &o),
+                                0);
+            } else {
+                nb_inject_req_t req = {.method = NB_IOV_STR("GET"),
+                                       .target = NB_IOV_STR("/retrieve"),
+                                       .version_minor = 1};
+                NB_CHECK_EQ_INT(nb_inject_head(&req, &dest, bindings, nbindings, known, 2,
+                                               get_value, NULL, r, &o),
+                                0);
+                NB_CHECK_EQ_INT((int)o.ninjected, 0);
+            }
+            const char *in =
+                "[" V_ANTHROPIC "|" V_GEMINI "|" V_VM "|" V_PLAIN "|" V_PATH
+                "|cmVnaXN0cnktcGFzcy00Mg==|Ym90OnJlZ2lzdHJ5LXBhc3MtNDI=|sk-ant-api03%2dZYXWVUT]";
+            sink_t sk = {.secret = NULL};
+            NB_CHECK_EQ_INT(nb_redact_feed(r, (const uint8_t *)in, strlen(in), sink, &sk), 0);
+            NB_CHECK_EQ_INT(nb_redact_finish(r, sink, &sk), 0);
+            sk.buf[sk.len] = 0;
+            char want[512];
+            snprintf(want, sizeof want,
+                     "[ANTHROPIC_KEY|GEMINI_KEY|%s|PLAIN_KEY|PATH_KEY|cmVnaXN0cnktcGFzcy00Mg==|"
+                     "Ym90OkJBU0lDX1BX|ANTHROPIC_KEY]",
+                     vmi ? "VM_KEY" : V_VM);
+            NB_CHECK_STR((char *)sk.buf, want);
+            nb_redact_free(r);
+        }
+    }
+    nb_inject_out_free(&o);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -752,5 +796,6 @@ int main(void)
     NB_RUN(test_A5_random);
     NB_RUN(test_A5_pending_leftmost);
     NB_RUN(test_binding_refusals);
+    NB_RUN(test_A5_watch_all_bound);
     NB_TEST_MAIN_END();
 }

@@ -251,8 +251,6 @@ static int fetch(ictx_t *c, const nb_binding_t *b, val_t *out)
             return 0;
         }
     }
-    if (c->nfetched == MAX_FETCH)
-        return NB_ETOOBIG;
     nb_inject_out_t *o = c->out;
     size_t len = 0;
     int r = c->get(c->ctx, b, o->work + o->work_used, o->work_cap - o->work_used, &len);
@@ -271,8 +269,10 @@ static int fetch(ictx_t *c, const nb_binding_t *b, val_t *out)
     out->off = o->work_used;
     out->len = len;
     o->work_used += len;
-    c->fetched[c->nfetched].b = b;
-    c->fetched[c->nfetched++].v = *out;
+    if (c->nfetched < MAX_FETCH) { /* past that, fetched again when needed */
+        c->fetched[c->nfetched].b = b;
+        c->fetched[c->nfetched++].v = *out;
+    }
     return 0;
 }
 
@@ -397,25 +397,47 @@ static int basic_decode(nb_iov_t v, uint8_t *buf, size_t cap)
     return (int)bl;
 }
 
-static int write_basic(ictx_t *c, nb_iov_t name, const nb_binding_t *b, val_t v)
+static int redact_basic(ictx_t *c, const nb_binding_t *b, const char *enc);
+static int watch_all(ictx_t *c);
+
+/* base64("user:value") of Basic binding b into the work area (*eoff). */
+static int encode_basic(ictx_t *c, const nb_binding_t *b, val_t v, size_t *eoff)
 {
-    size_t ul = strlen(b->user), cl = ul + 1 + v.len, coff, eoff;
+    size_t ul = strlen(b->user), cl = ul + 1 + v.len, coff;
     size_t el = sodium_base64_ENCODED_LEN(cl, sodium_base64_VARIANT_ORIGINAL);
     int r;
-    if ((r = work_alloc(c, cl, &coff)) < 0 || (r = work_alloc(c, el, &eoff)) < 0)
+    if ((r = work_alloc(c, cl, &coff)) < 0 || (r = work_alloc(c, el, eoff)) < 0)
         return r;
     uint8_t *cred = W(c, coff);
-    char *enc = (char *)W(c, eoff);
     memcpy(cred, b->user, ul);
     cred[ul] = ':';
     memcpy(cred + ul + 1, W(c, v.off), v.len);
-    sodium_bin2base64(enc, el, cred, cl, sodium_base64_VARIANT_ORIGINAL);
+    sodium_bin2base64((char *)W(c, *eoff), el, cred, cl, sodium_base64_VARIANT_ORIGINAL);
+    sodium_memzero(cred, cl);
+    return 0;
+}
+
+static int write_basic(ictx_t *c, nb_iov_t name, const nb_binding_t *b, val_t v)
+{
+    size_t eoff;
+    int r;
+    if ((r = encode_basic(c, b, v, &eoff)) < 0)
+        return r;
+    const char *enc = (const char *)W(c, eoff);
     if ((r = put(c, name.p, name.len)) < 0 || (r = put(c, ": Basic ", 8)) < 0 ||
         (r = put(c, enc, strlen(enc))) < 0 || (r = put(c, "\r\n", 2)) < 0)
         return r;
     /* The echo of either the value or the whole credential is redacted. */
     if ((r = redact_add(c, W(c, v.off), v.len, b->secret, strlen(b->secret))) < 0)
         return r;
+    return redact_basic(c, b, enc);
+}
+
+/* Registers the base64 credential `enc` of Basic binding b, replaced by
+ * the base64 of "user:NAME" (what the guest sent). */
+static int redact_basic(ictx_t *c, const nb_binding_t *b, const char *enc)
+{
+    size_t ul = strlen(b->user);
     char ph[BASIC_MAX * 2];
     uint8_t phc[BASIC_MAX];
     size_t pcl = ul + 1 + strlen(b->secret);
@@ -609,6 +631,8 @@ int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
         if ((r = do_header(c, &req->headers[i])) < 0)
             goto out;
     r = put(c, "\r\n", 2);
+    if (r == 0 && dest->watch && redact)
+        r = watch_all(c);
 out:
     sodium_memzero(out->work, out->work_used);
     out->work_used = 0;
@@ -616,5 +640,54 @@ out:
         nb_inject_out_wipe(out);
         out->ninjected = 0;
     }
+    return r;
+}
+
+/* Registers every secret bound for the VM (see nb_inject_watch). Values
+ * already fetched for injection are reused. */
+static int watch_all(ictx_t *c)
+{
+    const char *vm = c->dest->vm ? c->dest->vm : "";
+    int r = 0;
+    for (size_t i = 0; i < c->nb && r >= 0; i++) {
+        const nb_binding_t *b = &c->b[i];
+        /* Bound for this VM (to any host: one service may store what
+         * another serves), or bound to this host for any VM (another VM's
+         * value stored here and fetched by this one, A9). */
+        if (b->vm[0] && strcmp(b->vm, vm) != 0 && binding_state(c, b) == ST_NONE)
+            continue;
+        val_t v;
+        size_t eoff;
+        if ((r = fetch(c, b, &v)) == NB_ENOTFOUND) {
+            r = 0; /* a binding whose secret is gone: nothing to watch for */
+            continue;
+        }
+        if (r < 0)
+            break;
+        r = nb_redact_add(c->redact, W(c, v.off), v.len, b->secret, strlen(b->secret));
+        if (r >= 0 && b->placement == NB_PLACE_BASIC && (r = encode_basic(c, b, v, &eoff)) >= 0)
+            r = redact_basic(c, b, (const char *)W(c, eoff));
+    }
+    /* Unlike injected values (whose request is then simply not scanned for
+     * the surplus), a secret we cannot watch for must not be reachable:
+     * fail closed with a distinct code. */
+    return r == NB_ETOOBIG ? NB_EUNSUPPORTED : r < 0 ? r : 0;
+}
+
+int nb_inject_watch(const nb_inject_dest_t *dest, const nb_binding_t *bindings, size_t nbindings,
+                    nb_inject_get_fn get, void *ctx, nb_redact_t *redact, nb_inject_out_t *out)
+{
+    ictx_t cs, *c = &cs;
+    memset(c, 0, sizeof(*c));
+    c->dest = dest;
+    c->b = bindings;
+    c->nb = nbindings;
+    c->get = get;
+    c->ctx = ctx;
+    c->redact = redact;
+    c->out = out;
+    int r = watch_all(c);
+    sodium_memzero(out->work, out->work_used);
+    out->work_used = 0;
     return r;
 }

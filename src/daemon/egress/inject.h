@@ -57,6 +57,7 @@ typedef struct {
     const char *host; /* normalised name or IP literal (nb_hostname / nb_ip_format) */
     const char *vm;   /* "" or NULL for none */
     int tls;          /* 1: intercepted TLS; 0: plain HTTP */
+    int watch;        /* 1: nb_inject_head also does what nb_inject_watch does */
 } nb_inject_dest_t;
 
 /* Writes the value of the secret of binding `b` into `buf` (locked memory
@@ -120,6 +121,20 @@ int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
                    const nb_binding_t *bindings, size_t nbindings, const char *const *known,
                    size_t nknown, nb_inject_get_fn get, void *ctx, nb_redact_t *redact,
                    nb_inject_out_t *out);
+
+/* Registers with `redact` the value (and, for Basic bindings, the base64
+ * credential) of every secret that a binding makes visible to dest->vm,
+ * whatever its host, path or placement, and of every secret bound to
+ * dest->host for any VM, each replaced by its name. The
+ * proxy calls it for every request toward a host with bindings, so that a
+ * value is caught in any later response, not only in the answer to the
+ * request it was injected into (A5: stored, then fetched; one host
+ * storing and another serving). Values pass through out's locked work
+ * area and are wiped. 0, the callback's / redactor's error, or
+ * NB_EUNSUPPORTED when more are bound than NB_REDACT_MAX_NEEDLES can hold
+ * (the caller must then refuse: the response could not be scanned). */
+int nb_inject_watch(const nb_inject_dest_t *dest, const nb_binding_t *bindings, size_t nbindings,
+                    nb_inject_get_fn get, void *ctx, nb_redact_t *redact, nb_inject_out_t *out);
 
 /* "A3", "A4", "A7", "A9" for a leak kind (audit rows). */
 const char *nb_inject_leak_threat(int kind);

@@ -93,6 +93,7 @@ static void conn_maybe_free(cconn_t *c)
     nb_buf_free(&c->scratch);
     nb_inject_out_free(&c->inj);
     nb_redact_free(c->red);
+    px_pipe_free(c); /* WebSocket scanner, body decoder */
     nb_pxcreds_unref(c->creds);
     free(c->hdrs);
     free(c);

@@ -141,6 +141,17 @@ int nb_pxcreds_host_has_bindings(const nb_pxcreds_t *c, const char *host, const 
     return 0;
 }
 
+int nb_pxcreds_host_bound_any(const nb_pxcreds_t *c, const char *host)
+{
+    for (size_t i = 0; i < c->nbindings; i++) {
+        const nb_binding_t *b = &c->wbindings[i];
+        int wild = b->host[0] == '*' && b->host[1] == '.';
+        if (wild ? nb_host_pattern_match(b->host, host) : strcmp(b->host, host) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 static int by_name(const void *key, const void *elem)
 {
     return strcmp(key, ((const nb_sealed_t *)elem)->name);

@@ -50,6 +50,11 @@ const char *const *nb_pxcreds_names(const nb_pxcreds_t *c, size_t *n);
  * redactor can see echoed values. */
 int nb_pxcreds_host_has_bindings(const nb_pxcreds_t *c, const char *host, const char *vm);
 
+/* 1 when some binding, for any VM, names `host` (pattern or exact): a
+ * value may have been sent there, so everything that comes back from it
+ * on an inspected connection is scanned (A5), for every VM. */
+int nb_pxcreds_host_bound_any(const nb_pxcreds_t *c, const char *host);
+
 /* nb_inject_get_fn for this snapshot (ctx = the snapshot). */
 int nb_pxcreds_get(void *ctx, const nb_binding_t *b, uint8_t *buf, size_t cap, size_t *len);
 

@@ -88,6 +88,7 @@ void px_exch_reset(cconn_t *c)
 {
     nb_buf_t pending = c->x.pending;
     nb_buf_reset(&pending);
+    nb_decode_free(c->x.dec);
     memset(&c->x, 0, sizeof c->x);
     c->x.pending = pending;
 }
@@ -258,7 +259,9 @@ static int send_head(cconn_t *c, upconn_t *u)
     int r;
     nb_pxcreds_unref(c->creds);
     c->creds = nb_pxcreds_ref(px->creds);
-    int identity = nb_pxcreds_host_has_bindings(c->creds, x->auth.host, c->l->vm);
+    /* A5: a host some binding names (for any VM) may hold a value; its
+     * responses are scanned, whatever this request carries. */
+    int identity = nb_pxcreds_host_bound_any(c->creds, x->auth.host);
     if (!c->hdrs && !(c->hdrs = calloc(PX_MAX_HEADERS + 8, sizeof *c->hdrs)))
         goto oom;
     nb_inject_header_t *hv = (nb_inject_header_t *)c->hdrs;
@@ -270,6 +273,10 @@ static int send_head(cconn_t *c, upconn_t *u)
         if (is_hop(name, h))
             continue;
         if (identity && nb_iov_eq_nocase(name, "accept-encoding"))
+            continue;
+        /* No WebSocket extension on a scanned host: permessage-deflate
+         * would hide echoed values from the frame scanner (A5). */
+        if (identity && nb_iov_eq_nocase(name, "sec-websocket-extensions"))
             continue;
         hv[n].name = name;
         hv[n].value = h->headers[i].value;
@@ -302,7 +309,10 @@ static int send_head(cconn_t *c, upconn_t *u)
         .headers = hv,
         .nheaders = n,
     };
-    nb_inject_dest_t idest = {.host = x->auth.host, .vm = c->l->vm, .tls = x->tls};
+    /* On a host with bindings every response is scanned for every secret
+     * bound for the VM, not only what this request injected (A5). */
+    nb_inject_dest_t idest = {
+        .host = x->auth.host, .vm = c->l->vm, .tls = x->tls, .watch = identity};
     if (!c->inj_ready) {
         if ((r = nb_inject_out_init(&c->inj, PX_INJECT_CAP)) < 0)
             goto oom;
@@ -337,6 +347,13 @@ static int send_head(cconn_t *c, upconn_t *u)
         } else if (r == NB_ETOOBIG) {
             px_reply(c, 431, "refused", "headers-too-large", x->auth.host,
                      "the request head is too large after injection", "send smaller headers", 1);
+        } else if (r == NB_EUNSUPPORTED) {
+            nb_log_conn(NB_LOG_WARN, c->id,
+                        "too many secrets bound for this VM to scan responses from %s (A5)",
+                        x->auth.host);
+            px_reply(c, 502, "bad-gateway", "too-many-secrets", x->auth.host,
+                     "more secrets are bound for this VM than the response scanner can watch",
+                     "unbind secrets this VM does not need ('nilbox secret unbind')", 1);
         } else {
             nb_log_conn(NB_LOG_WARN, c->id, "injection toward %s failed: %s", x->auth.host,
                         nb_strerror(r));
@@ -355,6 +372,7 @@ static int send_head(cconn_t *c, upconn_t *u)
         return -1;
     }
     x->resp_redact = nb_redact_needles(c->red) > 0;
+    x->resp_scanned = identity;
     r = nb_pxio_write(&u->io, c->inj.p, c->inj.len, !x->tls);
     nb_inject_out_wipe(&c->inj);
     if (r < 0) {
@@ -599,6 +617,29 @@ static int body_sink(void *ud, const uint8_t *p, size_t len)
     return nb_pxio_writev(&c->io, b, 3, 0);
 }
 
+/* The response's Content-Encoding for an error message. The upstream
+ * writes that value, so it is named only when it is a known token (the
+ * guest must never see upstream text that was not scanned, A5). */
+static const char *coding_name(const nb_http_head_t *h)
+{
+    static const char *const known[] = {"zstd",         "compress",  "x-compress", "br",
+                                        "gzip",         "x-gzip",    "deflate",    "exi",
+                                        "pack200-gzip", "aes128gcm", NULL};
+    size_t n = 0;
+    const nb_http_header_t *ce = NULL;
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (nb_iov_eq_nocase(h->headers[i].name, "content-encoding")) {
+            ce = &h->headers[i];
+            n++;
+        }
+    if (n != 1 || memchr(ce->value.p, ',', ce->value.len))
+        return "with several codings";
+    for (size_t i = 0; known[i]; i++)
+        if (nb_iov_eq_nocase(ce->value, known[i]))
+            return known[i];
+    return "of an unknown coding";
+}
+
 static int resp_on_head(void *ud, const nb_http_head_t *h)
 {
     upconn_t *u = ud;
@@ -620,6 +661,30 @@ static int resp_on_head(void *ud, const nb_http_head_t *h)
     int bodyless =
         strcmp(x->method, "HEAD") == 0 || h->status == 204 || h->status == 304 || h->status == 101;
     int ka = x->head.keep_alive && !c->close_after && !c->client_eof && !x->upgrade;
+    nb_decode_kind_t enc = NB_DECODE_IDENTITY;
+    if (x->resp_redact && !bodyless) {
+        /* The upstream may ignore "Accept-Encoding: identity": decode
+         * what we can for the redactor, refuse what we cannot (A5). */
+        for (size_t i = 0; i < h->nheaders; i++) {
+            if (!nb_iov_eq_nocase(h->headers[i].name, "content-encoding"))
+                continue;
+            nb_decode_kind_t k =
+                nb_decode_kind((const char *)h->headers[i].value.p, h->headers[i].value.len);
+            if (k != NB_DECODE_IDENTITY && enc != NB_DECODE_IDENTITY)
+                k = NB_DECODE_UNSUPPORTED; /* stacked codings */
+            if (k != NB_DECODE_IDENTITY)
+                enc = k;
+        }
+        int r = enc == NB_DECODE_IDENTITY ? 0 : nb_decode_new(enc, &x->dec);
+        if (r < 0) {
+            x->fail_token = r == NB_EUNSUPPORTED ? "undecodable-encoding" : "out-of-memory";
+            snprintf(x->fail_msg, sizeof x->fail_msg,
+                     "the upstream answered with Content-Encoding %s, which the proxy cannot "
+                     "decode to check it for secrets",
+                     coding_name(h));
+            return r == NB_EUNSUPPORTED ? NB_EUNSUPPORTED : r;
+        }
+    }
     nb_buf_t *b = &c->scratch;
     nb_buf_reset(b);
     int r = nb_buf_printf(b, "HTTP/1.1 %d ", h->status);
@@ -634,6 +699,11 @@ static int resp_on_head(void *ud, const nb_http_head_t *h)
         int keep_cl = bodyless && h->status != 101 && nb_iov_eq_nocase(name, "content-length");
         if (!keep_cl && is_hop(name, h))
             continue;
+        if (x->dec && nb_iov_eq_nocase(name, "content-encoding"))
+            continue; /* forwarded decoded */
+        if (h->status == 101 && x->resp_redact &&
+            nb_iov_eq_nocase(name, "sec-websocket-extensions"))
+            continue; /* never offered (A5): the scanner refuses compressed frames */
         if ((r = nb_buf_append(b, name.p, name.len)) == 0 && (r = nb_buf_append(b, ": ", 2)) == 0 &&
             (r = nb_buf_append(b, value.p, value.len)) == 0)
             r = nb_buf_append(b, "\r\n", 2);
@@ -676,6 +746,24 @@ static int resp_on_head(void *ud, const nb_http_head_t *h)
     return client_write(c, b->p, b->len);
 }
 
+static int redact_sink(void *ud, const uint8_t *p, size_t len)
+{
+    cconn_t *c = ud;
+    return nb_redact_feed(c->red, p, len, body_sink, c);
+}
+
+/* A compressed body that cannot be decoded further: the head is out, so
+ * the response is cut (the held-back bytes never leave). */
+static void decode_failed(cconn_t *c, int r)
+{
+    exch_t *x = &c->x;
+    const char *why = r == NB_ETOOBIG ? "decompression-bomb" : "corrupt-encoding";
+    nb_log_conn(NB_LOG_NOTICE, c->id, "%s: compressed body from %s, response cut", why,
+                x->auth.host);
+    px_record(c, "refusal", x->auth.host, x->auth.port,
+              json_pack("{s:s, s:s}", "reason", why, "threat", "A5"));
+}
+
 static int resp_on_body(void *ud, const uint8_t *p, size_t len)
 {
     upconn_t *u = ud;
@@ -684,6 +772,12 @@ static int resp_on_body(void *ud, const uint8_t *p, size_t len)
         return NB_ECLOSED;
     if (c->x.interim)
         return 0;
+    if (c->x.dec) {
+        int r = nb_decode_feed(c->x.dec, p, len, redact_sink, c);
+        if (r == NB_ETOOBIG || r == NB_EPROTO)
+            decode_failed(c, r);
+        return r;
+    }
     if (c->x.resp_redact)
         return nb_redact_feed(c->red, p, len, body_sink, c);
     return body_sink(c, p, len);
@@ -699,6 +793,15 @@ static int resp_on_complete(void *ud)
     if (x->interim)
         return 0;
     int r = 0;
+    if (x->dec) {
+        r = nb_decode_finish(x->dec);
+        nb_decode_free(x->dec);
+        x->dec = NULL;
+        if (r < 0) {
+            decode_failed(c, r);
+            return r; /* cut: the tail held back is not released */
+        }
+    }
     if (x->resp_redact) {
         r = nb_redact_finish(c->red, body_sink, c);
         uint64_t n = nb_redact_count(c->red);
@@ -756,7 +859,11 @@ static void switch_to_pipe(cconn_t *c, const uint8_t *up_left, size_t up_len)
 {
     upconn_t *u = c->up;
     px_up_disarm(u);
-    if (up_len && client_write(c, up_left, up_len) < 0) {
+    if (c->x.resp_redact && px_pipe_scan_ws(c) < 0) {
+        px_conn_close(c);
+        return;
+    }
+    if (up_len && px_pipe_up_first(c, up_left, up_len) < 0) {
         px_conn_close(c);
         return;
     }
@@ -775,9 +882,14 @@ static void up_failed(cconn_t *c, upconn_t *u, const char *token, const char *ms
     }
     up_drop(c, 0);
     c->px->st.upstream_errors++;
-    px_record(c, "refusal", x->auth.host, x->auth.port,
-              json_pack("{s:s, s:s}", "reason", token, "message", msg));
-    px_reply(c, 502, "bad-gateway", token, x->auth.host, msg, "retry; the upstream misbehaved", 1);
+    json_t *d = json_pack("{s:s, s:s}", "reason", token, "message", msg);
+    if (d && x->fail_token)
+        json_object_set_new(d, "threat", json_string("A5"));
+    px_record(c, "refusal", x->auth.host, x->auth.port, d);
+    px_reply(c, 502, "bad-gateway", token, x->auth.host, msg,
+             x->fail_token ? "the upstream must answer uncompressed, gzip, deflate or br"
+                           : "retry; the upstream misbehaved",
+             1);
 }
 
 void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len)
@@ -814,6 +926,10 @@ void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len)
         }
         c->feeding--;
         nb_pxio_uncork(&c->io);
+        if (x->fail_token) {
+            up_failed(c, u, x->fail_token, x->fail_msg);
+            return;
+        }
         char msg[160];
         snprintf(msg, sizeof msg, "the upstream sent a malformed response (%s)",
                  nb_http_err_token(nb_http_parser_error(u->rp)));

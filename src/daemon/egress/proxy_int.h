@@ -16,7 +16,9 @@
 #include "daemon/egress/proxy.h"
 #include "daemon/egress/proxy_io.h"
 #include "daemon/egress/proxy_url.h"
+#include "daemon/egress/decode.h"
 #include "daemon/egress/redact.h"
+#include "daemon/egress/wsscan.h"
 #include "lib/buf.h"
 #include "lib/http.h"
 
@@ -124,6 +126,10 @@ typedef struct {
     int resp_out_chunked;
     int resp_out_close; /* body delimited by closing the client connection */
     int resp_redact;
+    int resp_scanned;       /* the host has bindings: every response is scanned (A5) */
+    nb_decode_t *dec;       /* decoding a compressed body for the redactor (A5) */
+    const char *fail_token; /* set by resp_on_head to refuse the response */
+    char fail_msg[160];
     int resp_status;
     int resp_keepalive; /* upstream may be reused */
     int client_keepalive;
@@ -190,6 +196,9 @@ struct cconn {
 
     /* pipe mode */
     int pipe_c_eof, pipe_u_eof;
+    nb_wsscan_t *ws;      /* WebSocket on a scanned host: server frames redacted (A5) */
+    nb_redact_t *red_ctl; /* the WebSocket control frames' redactor */
+    uint64_t ws_reported; /* replacements already audited */
 
     /* Audit volume control: the first injection of each binding toward
      * each destination is a row at once; repeats on the same connection are
@@ -298,6 +307,12 @@ void px_pipe_up_eof(upconn_t *u);
 void px_pipe_client_drain(cconn_t *c);
 void px_pipe_up_drain(upconn_t *u);
 void px_pipe_shutdown_done(cconn_t *c);
+/* Scans the upstream's WebSocket frames from now on (hosts with bindings). */
+int px_pipe_scan_ws(cconn_t *c);
+/* The upstream bytes that came with the 101 head. */
+int px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len);
+/* Frees what px_pipe_scan_ws and the HTTP exchange allocated. */
+void px_pipe_free(cconn_t *c);
 
 /* proxy_reply.c */
 /* Writes a complete JSON error response on the client connection:

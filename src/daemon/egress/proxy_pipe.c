@@ -3,8 +3,17 @@
  * are forwarded as they come, each direction paused while the other side
  * has more than NB_PXIO_HIGH_WATER bytes queued; an EOF on one side is
  * passed on as a half-close, and the connection ends once both directions
- * are finished and flushed. */
+ * are finished and flushed.
+ *
+ * WebSocket connections to hosts with bindings are not raw: the
+ * upstream's frames go through nb_wsscan (parsed, payloads redacted,
+ * re-framed) so that an echoed value never reaches the guest (A5). The
+ * guest's frames pass as they are: they come from the guest, which never
+ * holds a real value. */
+#include <inttypes.h>
+
 #include "daemon/egress/proxy_int.h"
+#include "lib/err.h"
 #include "lib/log.h"
 
 static void up_update_read(cconn_t *c)
@@ -53,15 +62,86 @@ void px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len)
     px_conn_update_read(c);
 }
 
+int px_pipe_scan_ws(cconn_t *c)
+{
+    int r;
+    if (!c->red_ctl && (r = nb_redact_new(&c->red_ctl)) < 0)
+        return r;
+    if ((r = nb_redact_copy(c->red_ctl, c->red)) < 0)
+        return r;
+    nb_wsscan_free(c->ws);
+    c->ws = NULL;
+    c->ws_reported = nb_redact_count(c->red);
+    return nb_wsscan_new(c->red, c->red_ctl, &c->ws);
+}
+
+void px_pipe_free(cconn_t *c)
+{
+    nb_wsscan_free(c->ws);
+    c->ws = NULL;
+    nb_redact_free(c->red_ctl);
+    c->red_ctl = NULL;
+    nb_decode_free(c->x.dec);
+    c->x.dec = NULL;
+}
+
+static int ws_sink(void *ud, const uint8_t *p, size_t len)
+{
+    cconn_t *c = ud;
+    return nb_pxio_write(&c->io, p, len, 0);
+}
+
+/* Audits replacements made in WebSocket frames since the last row. */
+static void ws_audit(cconn_t *c)
+{
+    uint64_t n = nb_redact_count(c->red) + nb_redact_count(c->red_ctl);
+    if (n <= c->ws_reported)
+        return;
+    uint64_t d = n - c->ws_reported;
+    c->ws_reported = n;
+    if (c->leak_rows >= PX_LEAK_ROWS_MAX) {
+        c->leaks_unrecorded += d;
+        return;
+    }
+    c->leak_rows++;
+    nb_log_conn(NB_LOG_NOTICE, c->id,
+                "%s echoed a secret in a WebSocket frame: %" PRIu64
+                " occurrence(s) replaced by the placeholder",
+                c->x.auth.host, d);
+    px_record(c, "leak", c->x.auth.host, c->x.auth.port,
+              json_pack("{s:s, s:s, s:I, s:s}", "threat", "A5", "action", "redacted", "replaced",
+                        (json_int_t)d, "where", "websocket"));
+}
+
+/* Bytes from the upstream to the client, scanned when they must be. */
+static int up_to_client(cconn_t *c, const uint8_t *p, size_t len)
+{
+    if (!c->ws)
+        return nb_pxio_write(&c->io, p, len, 0);
+    int r = nb_wsscan_feed(c->ws, p, len, ws_sink, c);
+    ws_audit(c);
+    if (r == NB_EPROTO)
+        nb_log_conn(NB_LOG_NOTICE, c->id,
+                    "%s sent a WebSocket frame the proxy cannot scan (extension bits, masking or "
+                    "bad framing): connection closed",
+                    c->x.auth.host);
+    return r;
+}
+
 void px_pipe_up_data(upconn_t *u, const uint8_t *p, size_t len)
 {
     cconn_t *c = u->owner;
     px_conn_touch(c);
-    if (nb_pxio_write(&c->io, p, len, 0) < 0) {
+    if (up_to_client(c, p, len) < 0) {
         px_conn_close(c);
         return;
     }
     up_update_read(c);
+}
+
+int px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len)
+{
+    return up_to_client(c, p, len);
 }
 
 void px_pipe_client_eof(cconn_t *c)
@@ -77,7 +157,9 @@ void px_pipe_up_eof(upconn_t *u)
 {
     cconn_t *c = u->owner;
     c->pipe_u_eof = 1;
-    if (u->io.failed) {
+    if (u->io.failed || (c->ws && nb_wsscan_partial(c->ws))) {
+        /* Cut mid-frame: held-back bytes may be part of a value, and the
+         * client cannot use half a frame anyway. */
         px_conn_close(c);
         return;
     }

@@ -11,7 +11,8 @@
 typedef struct {
     uint8_t *n; /* in the arena: a secret or an encoding of one */
     size_t nlen;
-    uint8_t *rep; /* in the arena: the placeholder */
+    int ambiguous; /* holds '%', '\\' or '&': a literal and an escape may compete */
+    uint8_t *rep;  /* in the arena: the placeholder */
     size_t rlen;
 } needle_t;
 
@@ -22,7 +23,10 @@ struct nb_redact {
     needle_t nd[NB_REDACT_MAX_NEEDLES];
     size_t count;
     size_t maxlen;
-    uint8_t *arena; /* sodium_malloc */
+    size_t span;           /* longest occurrence in the stream: maxlen spelled out */
+    uint8_t starts[256];   /* bytes that may start an occurrence */
+    uint8_t inneedle[256]; /* bytes some needle holds */
+    uint8_t *arena;        /* sodium_malloc */
     size_t cap, used;
     uint8_t *hold; /* in the arena, maxlen bytes: may hold part of a secret */
     size_t hlen;
@@ -49,7 +53,9 @@ void nb_redact_reset(nb_redact_t *r)
 {
     if (r->arena)
         sodium_memzero(r->arena, r->used);
-    r->count = r->maxlen = r->used = r->hlen = 0;
+    r->count = r->maxlen = r->span = r->used = r->hlen = 0;
+    memset(r->starts, 0, sizeof r->starts);
+    memset(r->inneedle, 0, sizeof r->inneedle);
     r->hold = r->scratch = NULL;
     r->started = 0;
     r->replaced = 0;
@@ -99,9 +105,27 @@ int nb_redact_add(nb_redact_t *r, const void *needle, size_t nlen, const void *r
         memcpy(d->rep, repl, rlen);
     d->nlen = nlen;
     d->rlen = rlen;
+    d->ambiguous =
+        memchr(needle, '%', nlen) || memchr(needle, '\\', nlen) || memchr(needle, '&', nlen);
+    r->starts[d->n[0]] = 1;
+    for (size_t k = 0; k < nlen; k++)
+        r->inneedle[d->n[k]] = 1;
+    r->starts['%'] = r->starts['\\'] = r->starts['&'] = 1;
     r->used += nlen + rlen;
     if (nlen > r->maxlen)
         r->maxlen = nlen;
+    return 0;
+}
+
+int nb_redact_copy(nb_redact_t *dst, const nb_redact_t *src)
+{
+    nb_redact_reset(dst);
+    for (size_t i = 0; i < src->count; i++) {
+        const needle_t *d = &src->nd[i];
+        int rc = nb_redact_add(dst, d->n, d->nlen, d->rep, d->rlen);
+        if (rc < 0)
+            return rc;
+    }
     return 0;
 }
 
@@ -120,66 +144,419 @@ static int emit(nb_redact_sink sink, void *ctx, const uint8_t *p, size_t n)
     return n ? sink(ctx, p, n) : 0;
 }
 
-/* Leftmost complete match starting in [from, limit); the longest needle
- * wins at equal positions. Returns the position, or SIZE_MAX. */
-static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
-                         size_t limit, size_t *which)
+/* ---- spellings ----
+ *
+ * An upstream may echo a value in another spelling than the one it was
+ * sent in: percent-encoded (either hex case, any subset of the bytes),
+ * JSON-escaped ("\/", "\u002F"), or as HTML character references
+ * ("&#x2F;", "&#47;", "&sol;"). The matcher decodes these per byte while it
+ * compares, so one needle catches every mix of them without listing the
+ * combinations. What is not a per-byte spelling (base64 of the bare value,
+ * case changes, a value split across messages) stays out of reach; see
+ * docs/security.md (A5). */
+
+static int hexval(uint8_t ch)
 {
-    size_t best = SIZE_MAX;
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Reads `n` hex digits of s (avail bytes). 1 with *v, 0 not hex, -1 ran out. */
+static int hexn(const uint8_t *s, size_t avail, size_t n, unsigned *v)
+{
+    *v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i >= avail)
+            return -1;
+        int h = hexval(s[i]);
+        if (h < 0)
+            return 0;
+        *v = *v * 16 + (unsigned)h;
+    }
+    return 1;
+}
+
+static const struct {
+    const char *name; /* without '&' and ';' */
+    uint8_t ch;
+} entities[] = {
+    {"amp", '&'},    {"lt", '<'},     {"gt", '>'},     {"quot", '"'},  {"apos", '\''},
+    {"sol", '/'},    {"plus", '+'},   {"equals", '='}, {"colon", ':'}, {"percnt", '%'},
+    {"bsol", '\\'},  {"num", '#'},    {"excl", '!'},   {"quest", '?'}, {"period", '.'},
+    {"lowbar", '_'}, {"hyphen", '-'}, {"dollar", '$'}, {"comma", ','}, {"semi", ';'},
+};
+
+/* An HTML character reference for byte b at s ('&' already seen). */
+static int spell_entity(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
+{
+    if (avail < 2)
+        return -1;
+    if (s[1] == '#') {
+        size_t i = 2;
+        int hex = 0;
+        if (i < avail && (s[i] == 'x' || s[i] == 'X')) {
+            hex = 1;
+            i++;
+        }
+        unsigned v = 0;
+        size_t digits = 0;
+        for (;; i++) {
+            if (i >= NB_REDACT_SPELL_MAX)
+                return 0;
+            if (i >= avail)
+                return -1;
+            int d = hex ? hexval(s[i]) : (s[i] >= '0' && s[i] <= '9' ? s[i] - '0' : -1);
+            if (d < 0)
+                break;
+            v = v * (hex ? 16u : 10u) + (unsigned)d;
+            if (v > 0xff)
+                return 0;
+            digits++;
+        }
+        if (!digits || s[i] != ';' || v != b)
+            return 0;
+        *used = i + 1;
+        return 1;
+    }
+    int partial = 0;
+    for (size_t e = 0; e < sizeof entities / sizeof entities[0]; e++) {
+        if (entities[e].ch != b)
+            continue;
+        size_t nl = strlen(entities[e].name), k;
+        for (k = 0; k < nl + 1; k++) {
+            uint8_t want = k < nl ? (uint8_t)entities[e].name[k] : ';';
+            if (1 + k >= avail) {
+                partial = 1;
+                break;
+            }
+            if (s[1 + k] != want)
+                break;
+        }
+        if (k == nl + 1) {
+            *used = nl + 2;
+            return 1;
+        }
+    }
+    return partial ? -1 : 0;
+}
+
+/* An escaped spelling of byte b at s: 1 (*used bytes), 0 none, -1 the input
+ * ends inside what could still be one. */
+static int spell_escape(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
+{
+    unsigned v;
+    int r;
+    switch (s[0]) {
+    case '%':
+        if ((r = hexn(s + 1, avail - 1, 2, &v)) <= 0)
+            return r;
+        if (v != b)
+            return 0;
+        *used = 3;
+        return 1;
+    case '\\':
+        if (avail < 2)
+            return -1;
+        if (s[1] == b && (b == '/' || b == '"' || b == '\\')) {
+            *used = 2;
+            return 1;
+        }
+        if (s[1] != 'u' || b >= 0x80)
+            return 0;
+        if ((r = hexn(s + 2, avail - 2, 4, &v)) <= 0)
+            return r;
+        if (v != b)
+            return 0;
+        *used = 6;
+        return 1;
+    case '&':
+        return spell_entity(b, s, avail, used);
+    default:
+        return 0;
+    }
+}
+
+/* Matches needle d at s (avail bytes). 1: complete, *used stream bytes;
+ * 0: no; -1: the input ends while it still matches (*got needle bytes).
+ * `lit` prefers the literal byte where both a literal and an escape could
+ * apply (only needles holding '%', '\\' or '&' are ambiguous). */
+static int match_mode(const needle_t *d, const uint8_t *s, size_t avail, size_t *used, size_t *got,
+                      int lit)
+{
+    size_t pos = 0;
+    for (size_t i = 0; i < d->nlen; i++) {
+        if (pos >= avail) {
+            *got = i;
+            return -1;
+        }
+        uint8_t b = d->n[i];
+        size_t u = 0;
+        if (lit && s[pos] == b) {
+            pos++;
+            continue;
+        }
+        int r = spell_escape(b, s + pos, avail - pos, &u);
+        if (r == 1) {
+            pos += u;
+            continue;
+        }
+        if (r < 0) {
+            *got = i;
+            return -1;
+        }
+        if (s[pos] != b)
+            return 0;
+        pos++;
+    }
+    *used = pos;
+    return 1;
+}
+
+static int match_at(const needle_t *d, const uint8_t *s, size_t avail, size_t *used, size_t *got)
+{
+    int r = match_mode(d, s, avail, used, got, 1);
+    if (r == 1 || !d->ambiguous)
+        return r;
+    size_t g2 = 0;
+    int r2 = match_mode(d, s, avail, used, &g2, 0);
+    if (r2 == 1)
+        return 1;
+    if (r2 < 0 && (r == 0 || g2 > *got))
+        *got = g2;
+    return r < 0 || r2 < 0 ? -1 : 0;
+}
+
+/* Longest complete match at pos (0 when none); *which gets the needle. */
+static size_t match_here(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t pos,
+                         size_t *which)
+{
+    size_t best = 0;
+    uint8_t b = buf[pos];
+    int esc = b == '%' || b == '\\' || b == '&';
     for (size_t i = 0; i < r->count; i++) {
         const needle_t *d = &r->nd[i];
-        if (from >= len || d->nlen > len - from)
+        size_t used = 0, got = 0;
+        if (!esc && d->n[0] != b)
             continue;
-        const uint8_t *m = memmem(buf + from, len - from, d->n, d->nlen);
-        if (!m)
+        /* Cheap reject before the full matcher: the second byte must be
+         * the needle's, or start an escape. */
+        if (!esc && d->nlen > 1 && pos + 1 < len && buf[pos + 1] != d->n[1] &&
+            buf[pos + 1] != '%' && buf[pos + 1] != '\\' && buf[pos + 1] != '&')
             continue;
-        size_t pos = (size_t)(m - buf);
-        if (pos >= limit)
-            continue;
-        if (pos < best || (pos == best && d->nlen > r->nd[*which].nlen)) {
-            best = pos;
+        if (match_at(d, buf + pos, len - pos, &used, &got) == 1 && used > best) {
+            best = used;
             *which = i;
         }
     }
     return best;
 }
 
-/* Longest tail of buf[from, len) that is a proper prefix of some needle. */
-static size_t tail_prefix(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
-                          size_t *which)
+/* The byte an escape at s spells: 0-255, -1 when it is no escape, -2 when
+ * the input ends inside one. Same forms as spell_escape. */
+static int escape_value(const uint8_t *s, size_t avail)
 {
-    size_t avail = len - from, maxl = r->maxlen - 1;
-    for (size_t l = avail < maxl ? avail : maxl; l > 0; l--) {
-        const uint8_t *t = buf + len - l;
-        for (size_t i = 0; i < r->count; i++) {
-            const needle_t *d = &r->nd[i];
-            if (d->nlen > l && d->n[0] == t[0] && memcmp(d->n, t, l) == 0) {
-                if (which)
-                    *which = i;
-                return l;
+    unsigned v;
+    int r;
+    if (s[0] == '%') {
+        r = hexn(s + 1, avail - 1, 2, &v);
+        return r < 0 ? -2 : r == 0 ? -1 : (int)v;
+    }
+    if (s[0] == '\\') {
+        if (avail < 2)
+            return -2;
+        if (s[1] == '/' || s[1] == '"' || s[1] == '\\')
+            return s[1];
+        if (s[1] != 'u')
+            return -1;
+        r = hexn(s + 2, avail - 2, 4, &v);
+        return r < 0 ? -2 : r == 0 || v >= 0x80 ? -1 : (int)v;
+    }
+    /* '&': the numeric value, or the named reference's byte. */
+    if (avail < 2)
+        return -2;
+    if (s[1] == '#') {
+        /* spell_entity checks one byte; numbers spell exactly one value. */
+        size_t i = 2;
+        int hex = 0;
+        if (i < avail && (s[i] == 'x' || s[i] == 'X'))
+            hex = 1, i++;
+        unsigned val = 0, digits = 0;
+        for (;; i++) {
+            if (i >= NB_REDACT_SPELL_MAX)
+                return -1;
+            if (i >= avail)
+                return -2;
+            int d = hex ? hexval(s[i]) : (s[i] >= '0' && s[i] <= '9' ? s[i] - '0' : -1);
+            if (d < 0)
+                break;
+            val = val * (hex ? 16u : 10u) + (unsigned)d;
+            if (val > 0xff)
+                return -1;
+            digits++;
+        }
+        return digits && s[i] == ';' ? (int)val : -1;
+    }
+    if (!((s[1] >= 'a' && s[1] <= 'z') || (s[1] >= 'A' && s[1] <= 'Z')))
+        return -1; /* "& ", "&&": the common case in text */
+    int partial = 0;
+    for (size_t e = 0; e < sizeof entities / sizeof entities[0]; e++) {
+        const char *nm = entities[e].name;
+        size_t k = 0;
+        for (; nm[k]; k++) {
+            if (1 + k >= avail) {
+                partial = 1;
+                break;
+            }
+            if (s[1 + k] != (uint8_t)nm[k])
+                break;
+        }
+        if (nm[k] || 1 + k >= avail) {
+            partial |= !nm[k] && 1 + k >= avail;
+            continue;
+        }
+        if (s[1 + k] == ';')
+            return entities[e].ch;
+    }
+    return partial ? -2 : -1;
+}
+
+/* 1 when the introducer at e may belong to an occurrence: it is a needle
+ * byte itself, or its escape spells one (or is cut by the end). */
+static int intro_relevant(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t e)
+{
+    if (r->inneedle[buf[e]])
+        return 1;
+    int v = escape_value(buf + e, len - e);
+    return v == -2 || (v >= 0 && r->inneedle[v]);
+}
+
+/* Next position in [from, end) holding a relevant '%', '\\' or '&', or
+ * `end`. nx caches the next of each (SIZE_MAX: not looked up yet). */
+static size_t next_intro(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
+                         size_t end, size_t nx[3])
+{
+    static const uint8_t intro[3] = {'%', '\\', '&'};
+    for (;;) {
+        size_t best = end;
+        for (size_t k = 0; k < 3; k++) {
+            if (nx[k] == SIZE_MAX || nx[k] < from) {
+                const uint8_t *q = from < end ? memchr(buf + from, intro[k], end - from) : NULL;
+                nx[k] = q ? (size_t)(q - buf) : end;
+            }
+            if (nx[k] < best)
+                best = nx[k];
+        }
+        if (best >= end || intro_relevant(r, buf, len, best))
+            return best;
+        from = best + 1;
+    }
+}
+
+/* Leftmost complete match starting in [from, limit); the longest wins at
+ * equal positions. Returns the position (*mlen its length), or SIZE_MAX.
+ *
+ * Fast path: an occurrence is either verbatim (memmem finds it) or holds
+ * an escape introducer ('%', '\\', '&'). If e is its first introducer,
+ * everything before e is literal, so it starts at most maxlen - 1 bytes
+ * before e. Only those short windows before introducers (found by memchr)
+ * go through the per-byte matcher; plain text passes at memmem speed. */
+static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
+                         size_t limit, size_t *which, size_t *mlen)
+{
+    if (limit > len)
+        limit = len;
+    if (from >= limit)
+        return SIZE_MAX;
+    size_t m1 = SIZE_MAX;
+    for (size_t i = 0; i < r->count; i++) {
+        const needle_t *d = &r->nd[i];
+        if (d->nlen > len - from)
+            continue;
+        const uint8_t *m = memmem(buf + from, len - from, d->n, d->nlen);
+        if (m && (size_t)(m - buf) < limit && (size_t)(m - buf) < m1)
+            m1 = (size_t)(m - buf);
+    }
+    size_t iend = limit + r->maxlen - 1 < len ? limit + r->maxlen - 1 : len;
+    size_t nx[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX}, scanned = from;
+    for (size_t e = next_intro(r, buf, len, from, iend, nx);;
+         e = next_intro(r, buf, len, e + 1, iend, nx)) {
+        if (e >= iend)
+            break;
+        size_t ws = e >= r->maxlen - 1 ? e - (r->maxlen - 1) : 0;
+        if (ws < scanned)
+            ws = scanned;
+        size_t we = e < limit - 1 ? e : limit - 1;
+        if (ws > m1 || ws >= limit)
+            break;
+        for (size_t p = ws; p <= we && p <= m1; p++) {
+            if (!r->starts[buf[p]])
+                continue;
+            size_t l = match_here(r, buf, len, p, which);
+            if (l) {
+                *mlen = l;
+                return p;
+            }
+        }
+        scanned = we + 1;
+    }
+    if (m1 == SIZE_MAX)
+        return SIZE_MAX;
+    *mlen = match_here(r, buf, len, m1, which); /* the longest there, any spelling */
+    return m1;
+}
+
+/* The first position in [from, last] (and not before the last span-1
+ * bytes) where some needle is still matching when buf ends. SIZE_MAX when
+ * there is none. As in find_match, only positions that can start such an
+ * occurrence are tried: within maxlen - 1 bytes of the end (all literal),
+ * or within maxlen - 1 bytes before an escape introducer (its first one). */
+static size_t first_partial(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
+                            size_t last, size_t *which, size_t *got_out)
+{
+    size_t q = len - from < r->span ? from : len - r->span + 1;
+    size_t tail = len >= r->maxlen ? len - r->maxlen + 1 : 0;
+    size_t nx[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    while (q <= last && q < len) {
+        size_t hi = len - 1; /* candidates run from q to hi */
+        if (q < tail) {
+            size_t e = next_intro(r, buf, len, q, len, nx);
+            size_t ws = e >= len ? len : e >= r->maxlen - 1 ? e - (r->maxlen - 1) : 0;
+            size_t cand = ws < tail ? ws : tail;
+            if (q < cand) {
+                q = cand;
+                continue;
+            }
+            hi = e; /* q is in e's window (so e < len) */
+        }
+        for (; q <= hi && q <= last; q++) {
+            if (!r->starts[buf[q]])
+                continue;
+            for (size_t i = 0; i < r->count; i++) {
+                size_t used = 0, got = 0;
+                if (match_at(&r->nd[i], buf + q, len - q, &used, &got) < 0) {
+                    if (which)
+                        *which = i;
+                    if (got_out)
+                        *got_out = got;
+                    return q;
+                }
             }
         }
     }
-    return 0;
+    return SIZE_MAX;
 }
 
-/* The first position in [from, m] where a needle may start that runs past
- * the end of buf (at m itself: only needles longer than `l`). Such a
- * pending occurrence would be leftmost (or longer) than the complete match
- * at m, so that match is not decided yet. SIZE_MAX when there is none. */
-static size_t pending_start(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
-                            size_t m, size_t l)
+/* Length of the tail of buf[from, len) that may still start a needle. */
+static size_t tail_prefix(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
+                          size_t *which, size_t *got)
 {
-    size_t q = len - from < r->maxlen ? from : len - r->maxlen + 1;
-    for (; q <= m; q++) {
-        for (size_t i = 0; i < r->count; i++) {
-            const needle_t *d = &r->nd[i];
-            if (d->nlen > len - q && (q < m || d->nlen > l) && d->n[0] == buf[q] &&
-                memcmp(d->n, buf + q, len - q) == 0)
-                return q;
-        }
-    }
-    return SIZE_MAX;
+    size_t q = first_partial(r, buf, len, from, len - 1, which, got);
+    return q == SIZE_MAX ? 0 : len - q;
 }
 
 /* Emits buf[0, len) with every match starting before `limit` replaced.
@@ -189,14 +566,14 @@ static size_t pending_start(const nb_redact_t *r, const uint8_t *buf, size_t len
 static int run_matches(nb_redact_t *r, const uint8_t *buf, size_t len, size_t limit, int final,
                        size_t *end, int *deferred, nb_redact_sink sink, void *ctx)
 {
-    size_t pos = 0, which = 0;
+    size_t pos = 0, which = 0, ml = 0;
     int rc;
     *deferred = 0;
     for (;;) {
-        size_t m = find_match(r, buf, len, pos, limit, &which);
+        size_t m = find_match(r, buf, len, pos, limit, &which, &ml);
         if (m == SIZE_MAX)
             break;
-        size_t q = final ? SIZE_MAX : pending_start(r, buf, len, pos, m, r->nd[which].nlen);
+        size_t q = final ? SIZE_MAX : first_partial(r, buf, len, pos, m, NULL, NULL);
         if (q != SIZE_MAX) {
             if ((rc = emit(sink, ctx, buf + pos, q - pos)) != 0)
                 return rc;
@@ -208,7 +585,7 @@ static int run_matches(nb_redact_t *r, const uint8_t *buf, size_t len, size_t li
             (rc = emit(sink, ctx, r->nd[which].rep, r->nd[which].rlen)) != 0)
             return rc;
         r->replaced++;
-        pos = m + r->nd[which].nlen;
+        pos = m + ml;
     }
     *end = pos;
     return 0;
@@ -221,7 +598,7 @@ static int process(nb_redact_t *r, const uint8_t *buf, size_t len, nb_redact_sin
     int deferred, rc = run_matches(r, buf, len, len, 0, &pos, &deferred, sink, ctx);
     if (rc != 0)
         return rc;
-    size_t keep = deferred ? len - pos : tail_prefix(r, buf, len, pos, NULL);
+    size_t keep = deferred ? len - pos : tail_prefix(r, buf, len, pos, NULL, NULL);
     if ((rc = emit(sink, ctx, buf + pos, len - pos - keep)) != 0)
         return rc;
     memmove(r->hold, buf + len - keep, keep); /* buf may be scratch, never hold */
@@ -234,12 +611,13 @@ static int start(nb_redact_t *r)
     if (r->started)
         return 0;
     if (r->count > 0) {
-        int rc = arena_reserve(r, 3 * r->maxlen);
+        r->span = r->maxlen * NB_REDACT_SPELL_MAX;
+        int rc = arena_reserve(r, 3 * r->span);
         if (rc < 0)
             return rc;
         r->hold = r->arena + r->used;
-        r->scratch = r->hold + r->maxlen;
-        r->used += 3 * r->maxlen;
+        r->scratch = r->hold + r->span;
+        r->used += 3 * r->span;
     }
     r->started = 1;
     return 0;
@@ -254,8 +632,8 @@ int nb_redact_feed(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink 
         return emit(sink, ctx, p, len);
     if (len == 0)
         return 0;
-    size_t m1 = r->maxlen - 1;
-    if (r->hlen + len <= 2 * r->maxlen && len < r->maxlen) {
+    size_t m1 = r->span - 1;
+    if (r->hlen + len <= 2 * r->span && len < r->span) {
         /* Small chunk: work on hold + chunk as one buffer. */
         memcpy(r->scratch, r->hold, r->hlen);
         memcpy(r->scratch + r->hlen, p, len);
@@ -289,12 +667,12 @@ int nb_redact_finish(nb_redact_t *r, nb_redact_sink sink, void *ctx)
     int rc, deferred;
     if ((rc = start(r)) < 0 || r->hlen == 0)
         return rc;
-    size_t end = 0, which = 0;
+    size_t end = 0, which = 0, got = 0;
     if ((rc = run_matches(r, r->hold, r->hlen, r->hlen, 1, &end, &deferred, sink, ctx)) != 0)
         goto out;
     size_t rest = r->hlen - end;
-    size_t l = rest ? tail_prefix(r, r->hold, r->hlen, end, &which) : 0;
-    if (rest && l == rest && l >= NB_REDACT_MIN_PARTIAL) {
+    size_t l = rest ? tail_prefix(r, r->hold, r->hlen, end, &which, &got) : 0;
+    if (rest && l == rest && got >= NB_REDACT_MIN_PARTIAL) {
         rc = emit(sink, ctx, r->nd[which].rep, r->nd[which].rlen);
         r->replaced++;
     } else {

@@ -13,10 +13,14 @@
  * that echoes a secret cut short by one byte must not hand the guest all
  * but one byte of it.
  *
- * Limits (see docs/internals/egress.md): only verbatim occurrences (and the
- * encoded forms the injector registers: base64 for Basic credentials,
- * percent-encoding for query parameters) are caught. Compressed bodies are
- * opaque: the proxy asks upstreams for identity encoding when it injects.
+ * A needle is found in every per-byte spelling an echo may give it, mixed
+ * freely: the byte itself, percent-encoding (either hex case), JSON
+ * escapes ("\/", "\"", "\\", "\u002F" in either case) and HTML character
+ * references ("&#x2F;", "&#47;", a few named ones such as "&sol;"). Other
+ * transforms (base64 of the bare value, case changes) need their own
+ * needle (the injector registers base64 for Basic credentials) or stay out
+ * of reach: docs/security.md (A5). Compressed bodies are decoded before
+ * they get here (decode.h).
  *
  * Needles, held bytes and scratch space live in one sodium_malloc()ed
  * arena, wiped on reset and free. Keep one redactor per connection and
@@ -28,9 +32,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define NB_REDACT_MAX_NEEDLES 32
+#define NB_REDACT_MAX_NEEDLES 128
 #define NB_REDACT_MAX_NEEDLE 131072
 #define NB_REDACT_MIN_PARTIAL 8
+/* Longest spelling of one byte ("&#x002F;"): an occurrence of an n-byte
+ * needle spans at most n * NB_REDACT_SPELL_MAX stream bytes, the most that
+ * is ever held back. */
+#define NB_REDACT_SPELL_MAX 8
 
 typedef struct nb_redact nb_redact_t;
 
@@ -52,6 +60,11 @@ void nb_redact_reset(nb_redact_t *r);
  * NB_REDACT_MAX_NEEDLES, NB_ESTATE after feeding started. Adding a needle
  * that is already present is a no-op. */
 int nb_redact_add(nb_redact_t *r, const void *needle, size_t nlen, const void *repl, size_t rlen);
+
+/* Resets `dst` and gives it the needles of `src` (for a second stream
+ * that must be scanned independently, e.g. WebSocket control frames
+ * interleaved in a fragmented message). */
+int nb_redact_copy(nb_redact_t *dst, const nb_redact_t *src);
 
 /* Number of needles. */
 size_t nb_redact_needles(const nb_redact_t *r);
