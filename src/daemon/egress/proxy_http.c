@@ -111,6 +111,8 @@ int px_http_on_head(cconn_t *c, const nb_http_head_t *h)
     x->head = *h;
     x->t0 = uv_now(c->px->loop);
     c->head_started = 0;
+    const nb_http_header_t *ua = nb_http_head_find(h, "user-agent");
+    x->git_client = ua && ua->value.len >= 4 && memcmp(ua->value.p, "git/", 4) == 0;
     if (h->method.len >= sizeof x->method)
         return reject(c, 405, "method-not-allowed", "method too long");
     memcpy(x->method, h->method.p, h->method.len);
@@ -450,6 +452,17 @@ void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v)
     acquire(c);
 }
 
+void px_http_release(cconn_t *c)
+{
+    exch_t *x = &c->x;
+    if (c->deny) {
+        px_reply(c, 403, "denied", c->deny_reason, x->auth.host, "the destination is not allowed",
+                 px_why_hint(c->deny_why), 1);
+        return;
+    }
+    acquire(c);
+}
+
 static void on_req_gate(void *ud, const nb_gate_verdict_t *v)
 {
     cconn_t *c = ud;
@@ -466,6 +479,12 @@ static void start(cconn_t *c)
     nb_gate_verdict_t v;
     int r;
     if (c->tunnel) {
+        if (c->held) {
+            /* The CONNECT was answered before its verdict: its first
+             * request waits for it (px_http_release). */
+            x->gate_waiting = 1;
+            return;
+        }
         /* Rules apply to every request, not only to the CONNECT. */
         if ((r = px_tunnel_rejudge(c, &v)) == 2)
             acquire(c);
@@ -536,6 +555,8 @@ void px_http_upstream_ready(cconn_t *c, upconn_t *u, int r)
             json_object_set_new(d, "threat", json_string("A13"));
         px_record(c, "refusal", x->auth.host, x->auth.port, d);
         c->px->st.upstream_errors++;
+        snprintf(c->reply_addr, sizeof c->reply_addr, "%s", u->fail_addr);
+        c->reply_port = u->fail_port;
         px_reply(c, u->fail_status, "bad-gateway", u->fail_token, x->auth.host, u->fail_msg,
                  strcmp(u->fail_token, "internal-address") == 0
                      ? "internal addresses need an explicit IP rule ('nilbox rule add')"

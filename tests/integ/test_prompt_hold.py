@@ -1,0 +1,219 @@
+#!/usr/bin/python3
+"""Prompts that clients survive (issue 17): a CONNECT whose destination
+waits on a prompt is answered at once and its TLS handshake completes (a
+leaf minted for the CONNECT name), then the first request (or, on a raw
+port, the first bytes) waits for the decision. Real `nilbox proxy`, real
+clients: Node's fetch (undici ProxyAgent, 10 s connect timeout) and Python
+requests (5 s connect timeout) against prompts answered after 20 s.
+
+Before the answer the fake upstream saw nothing and no upstream name was
+resolved (the proxy's `resolves` counter; the names resolve only through the
+test-mode override). A client that goes away leaves the prompt's waiters; a
+prompt nobody waits on still takes an answer and an *-always answer still
+becomes a rule."""
+import json
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import requests
+
+from daemon_harness import run_tests, status_of
+from proxy_env import ProxyEnv
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NODE_DIR = os.path.join(HERE, "node")
+HELD = ("other.test", "evil.test", "ws.test", "sse.test")  # in the fake upstream's certificate
+E = None
+
+
+def setup():
+    global E
+    E = ProxyEnv(prompt_timeout_ms=45000, names=("api.test",)).__enter__()
+    extra = ["%s:443:127.0.0.1:%d" % (n, E.tls_port) for n in HELD]
+    extra += ["raw.test:7000:127.0.0.1:%d" % E.plain_port,
+              "rawdeny.test:7001:127.0.0.1:%d" % E.plain_port]
+    E.px = E.proxy(vm="a", extra_resolve=extra)
+
+
+def stats():
+    st, _, body = E.d.unix("GET", "/v1/proxies")
+    assert st == 200, body
+    return json.loads(body)["stats"]
+
+
+def prompts(host=None):
+    ps = json.loads(E.cli("--json", "prompts").stdout)["prompts"]
+    return [p for p in ps if host is None or p["host"] == host]
+
+
+def answer(p, a):
+    E.cli("prompts", "answer", str(p["id"]), a)
+
+
+def upstream_saw(prefix):
+    return [r for r in E.received() if r["target"].startswith(prefix)]
+
+
+def node_fetch(url, out):
+    assert os.path.isdir(os.path.join(NODE_DIR, "node_modules", "undici")), (
+        "undici is not installed in %s: run scripts/install-deps.sh" % NODE_DIR)
+    r = subprocess.run(["node", os.path.join(NODE_DIR, "fetch_once.mjs"), E.px.url, E.ca_pem,
+                        url], capture_output=True, text=True, timeout=120)
+    out["node"] = (r.returncode, r.stdout, r.stderr)
+
+
+def py_get(url, out, key):
+    try:
+        r = requests.get(url, proxies={"https": E.px.url, "http": E.px.url}, verify=E.ca_pem,
+                         timeout=(5, 90))
+        out[key] = (r.status_code, r.reason, r.text, r.headers.get("content-type"),
+                    r.headers.get("x-nilbox-reason"))
+    except Exception as e:  # noqa: BLE001 - reported by the assertion below
+        out[key] = ("error", repr(e))
+
+
+def test_clients_survive_prompts_answered_after_20s():
+    base = stats()["resolves"]
+    out = {}
+    ts = [threading.Thread(target=node_fetch, args=("https://other.test/held/node", out)),
+          threading.Thread(target=py_get, args=("https://evil.test/held/py", out, "py")),
+          threading.Thread(target=py_get, args=("https://ws.test/held/deny", out, "deny"))]
+    for t in ts:
+        t.start()
+    ps = {}
+    for n in ("other.test", "evil.test", "ws.test"):
+        ps[n] = E.wait_for(lambda: prompts(n), timeout=15)[0]
+    t0 = time.time()
+    # Each client's request is in and waits: one waiter per prompt.
+    for n in ps:
+        E.wait_for(lambda: prompts(n) and prompts(n)[0]["waiters"] == 1, timeout=10)
+    while time.time() - t0 < 20:
+        time.sleep(0.5)
+        assert not upstream_saw("/held/"), "a held request reached the upstream"
+        assert stats()["resolves"] == base, "a name was resolved before the decision"
+    for t in ts:
+        assert t.is_alive(), ("a client gave up while its prompt was pending", out)
+    answer(ps["other.test"], "allow-once")
+    answer(ps["evil.test"], "allow-always")
+    answer(ps["ws.test"], "deny-once")
+    for t in ts:
+        t.join(60)
+    rc, so, se = out["node"]
+    j = json.loads(so)
+    assert j.get("status") == 200 and "/held/node" in j["body"], (so, se)
+    assert out["py"][0] == 200 and "/held/py" in out["py"][2], out["py"]
+    # Denied after 20 s: the 403 JSON arrives inside the TLS tunnel.
+    st, _reason, body, ctype, why = out["deny"]
+    assert st == 403 and ctype.startswith("application/json"), out["deny"]
+    assert json.loads(body)["code"] == "denied" and why == "deny-once", out["deny"]
+    assert [r["target"] for r in upstream_saw("/held/")] in (["/held/node", "/held/py"],
+                                                              ["/held/py", "/held/node"])
+    assert stats()["resolves"] == base + 2  # resolved after the allows, never for the denial
+    # allow-always became a rule; one gate row per CONNECT with its prompt.
+    rules = json.loads(E.cli("--json", "rule", "ls").stdout)
+    rules = rules["rules"] if isinstance(rules, dict) else rules
+    assert [r for r in rules if r["target"] == "evil.test" and r["action"] == "allow"], rules
+    for n, why in (("other.test", "allow-once"), ("evil.test", "allow-always"),
+                   ("ws.test", "deny-once")):
+        rows = [r for r in E.audit("gate.decision") if r.get("host") == n]
+        assert len(rows) == 1 and rows[0]["detail"]["reason"] == why, rows
+        assert rows[0]["detail"]["via"] == "connect" and rows[0]["detail"]["prompt"], rows
+
+
+def tls_request_then_wait(host):
+    """CONNECT, TLS and one request; returns the socket (its request
+    waits on the prompt)."""
+    s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
+    s.sendall(b"CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n" % (host.encode(), host.encode()))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        b = s.recv(1)
+        assert b, "closed during CONNECT"
+        head += b
+    assert status_of(head) == 200, head
+    ctx = ssl.create_default_context(cafile=E.ca_pem)
+    t = ctx.wrap_socket(s, server_hostname=host)  # the handshake completes before any answer
+    t.sendall(b"GET /gone/1 HTTP/1.1\r\nHost: %s\r\n\r\n" % host.encode())
+    return t
+
+
+def test_client_that_leaves_leaves_the_waiters():
+    a = tls_request_then_wait("sse.test")
+    p = E.wait_for(lambda: prompts("sse.test"), timeout=10)[0]
+    b = tls_request_then_wait("sse.test")
+    E.wait_for(lambda: prompts("sse.test")[0]["waiters"] == 2, timeout=10)
+    assert p["id"] == prompts("sse.test")[0]["id"], "one prompt for both"
+    a.close()
+    E.wait_for(lambda: prompts("sse.test")[0]["waiters"] == 1, timeout=10)
+    b.close()
+    E.wait_for(lambda: prompts("sse.test")[0]["waiters"] == 0, timeout=10)
+    ups = [e for e in E.events("prompt.updated") if e["prompt"]["id"] == p["id"]]
+    assert [e["prompt"]["waiters"] for e in ups][-2:] == [1, 0], ups
+    r = E.cli("prompts")
+    line = [ln for ln in r.stdout.splitlines() if "sse.test" in ln]
+    assert line and "nobody waiting" in line[0], r.stdout
+    # Nobody waits, yet the answer is taken and becomes a rule.
+    r = E.cli("prompts", "answer", str(p["id"]), "allow-always")
+    assert "nobody was waiting" in r.stdout, r.stdout
+    rules = json.loads(E.cli("--json", "rule", "ls").stdout)
+    rules = rules["rules"] if isinstance(rules, dict) else rules
+    assert [x for x in rules if x["target"] == "sse.test"], rules
+    assert not upstream_saw("/gone/"), "a request of a client that left went upstream"
+
+
+def raw_connect(host, port):
+    s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
+    s.sendall(b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host.encode(), port,
+                                                                   host.encode(), port))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        b = s.recv(1)
+        assert b, "closed during CONNECT"
+        head += b
+    return s, head
+
+
+def test_raw_tunnel_held_then_allowed_or_denied():
+    base = stats()["resolves"]
+    # Answered at once although nobody decided yet; the first bytes wait.
+    s, head = raw_connect("raw.test", 7000)
+    assert status_of(head) == 200, head
+    s.sendall(b"GET /raw/held HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n")
+    p = E.wait_for(lambda: prompts("raw.test"), timeout=10)[0]
+    d, dhead = raw_connect("rawdeny.test", 7001)
+    assert status_of(dhead) == 200, dhead
+    d.sendall(b"GET /raw/denied HTTP/1.1\r\nHost: rawdeny.test\r\n\r\n")
+    pd = E.wait_for(lambda: prompts("rawdeny.test"), timeout=10)[0]
+    time.sleep(3)
+    assert not upstream_saw("/raw/"), "held raw bytes reached the upstream"
+    assert stats()["resolves"] == base, "a name was resolved before the decision"
+    answer(p, "allow-once")
+    s.settimeout(15)
+    got = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+    assert status_of(got) == 200 and b"/raw/held" in got, got[:300]
+    answer(pd, "deny-once")
+    d.settimeout(10)
+    assert d.recv(100) == b"", "a denied raw tunnel is closed, with nothing written"
+    assert [r["target"] for r in upstream_saw("/raw/")] == ["/raw/held"]
+    assert stats()["resolves"] == base + 1
+    rows = [r for r in E.audit("gate.decision") if r.get("host") == "rawdeny.test"]
+    assert rows and rows[0]["detail"]["decision"] == "deny", rows
+
+
+if __name__ == "__main__":
+    setup()
+    try:
+        run_tests([test_clients_survive_prompts_answered_after_20s,
+                   test_client_that_leaves_leaves_the_waiters,
+                   test_raw_tunnel_held_then_allowed_or_denied])
+    finally:
+        E.cleanup()
