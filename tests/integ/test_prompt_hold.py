@@ -39,6 +39,12 @@ def setup():
     E.px = E.proxy(vm="a", extra_resolve=extra)
 
 
+def proxy_auth():
+    """The Proxy-Authorization header line raw sockets send, where the
+    proxy has a token (b"" where it has none)."""
+    return getattr(E.px, "auth", b"")
+
+
 def stats():
     st, _, body = E.d.unix("GET", "/v1/proxies")
     assert st == 200, body
@@ -128,7 +134,8 @@ def tls_request_then_wait(host):
     """CONNECT, TLS and one request; returns the socket (its request
     waits on the prompt)."""
     s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
-    s.sendall(b"CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n" % (host.encode(), host.encode()))
+    s.sendall(b"CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n%s\r\n" % (
+        host.encode(), host.encode(), proxy_auth()))
     head = b""
     while b"\r\n\r\n" not in head:
         b = s.recv(1)
@@ -167,8 +174,8 @@ def test_client_that_leaves_leaves_the_waiters():
 
 def raw_connect(host, port):
     s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
-    s.sendall(b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host.encode(), port,
-                                                                   host.encode(), port))
+    s.sendall(b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (
+        host.encode(), port, host.encode(), port, proxy_auth()))
     head = b""
     while b"\r\n\r\n" not in head:
         b = s.recv(1)
