@@ -113,6 +113,7 @@ int px_http_on_head(cconn_t *c, const nb_http_head_t *h)
     c->head_started = 0;
     const nb_http_header_t *ua = nb_http_head_find(h, "user-agent");
     x->git_client = ua && ua->value.len >= 4 && memcmp(ua->value.p, "git/", 4) == 0;
+    x->npm_client = ua && ua->value.len >= 4 && memcmp(ua->value.p, "npm/", 4) == 0;
     if (h->method.len >= sizeof x->method)
         return reject(c, 405, "method-not-allowed", "method too long");
     memcpy(x->method, h->method.p, h->method.len);

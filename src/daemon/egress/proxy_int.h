@@ -112,6 +112,7 @@ typedef struct {
     const char *reject_token;
     char reject_msg[256];
     int git_client; /* User-Agent git/...: our replies are text/plain (shown as "remote:") */
+    int npm_client; /* User-Agent npm/...: it prints body.error after the reason phrase */
     int ninjected;
     uint64_t t0;
 } exch_t;

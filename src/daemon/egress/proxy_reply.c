@@ -159,7 +159,9 @@ void px_reply(cconn_t *c, int status, const char *error, const char *why, const 
     }
     size_t blen = strlen(body);
     char head[1024], rp[REASON_PHRASE_MAX + 1];
-    phrase(rp, sizeof rp, sentence);
+    /* npm prints "<status> <phrase> - <METHOD> <url> - <body.error>": the
+     * sentence once is enough. */
+    phrase(rp, sizeof rp, c->x.npm_client ? "" : sentence);
     /* `why` is one of our own tokens; still, never let it break the head. */
     char whyesc[80];
     nb_log_escape(whyesc, sizeof whyesc, why, strlen(why));
