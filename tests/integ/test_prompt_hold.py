@@ -13,6 +13,7 @@ prompt nobody waits on still takes an answer and an *-always answer still
 becomes a rule."""
 import json
 import os
+import queue
 import socket
 import ssl
 import subprocess
@@ -216,11 +217,124 @@ def test_raw_tunnel_held_then_allowed_or_denied():
     assert rows and rows[0]["detail"]["decision"] == "deny", rows
 
 
+class Harness:
+    """proxy_harness (the engine without the daemon) with transparent
+    listeners: their connections are adopted by a channel listener with a
+    fixed destination, as guestsvc does for a guest's connections."""
+
+    def __init__(self, transparent):
+        path = os.environ.get("NB_PROXY_HARNESS", "")
+        assert path, "NB_PROXY_HARNESS is not set (meson sets it)"
+        self.ca = os.path.join(E.tmp, "harness-ca.pem")
+        cfg = {"vm": "g", "listen": 0, "upstream_ca": E.up_ca, "prompt_timeout_ms": 30000,
+               "ca_out": self.ca,
+               "resolve": ["other.test:443:127.0.0.1:%d" % E.tls_port,
+                           "raw.test:7000:127.0.0.1:%d" % E.plain_port],
+               "rules": [{"action": "allow", "dest": "127.0.0.1:%d" % E.tls_port},
+                         {"action": "allow", "dest": "127.0.0.1:%d" % E.plain_port}],
+               "transparent": [{"host": h, "port": p} for h, p in transparent]}
+        cf = os.path.join(E.tmp, "harness.json")
+        with open(cf, "w") as f:
+            json.dump(cfg, f)
+        self.p = subprocess.Popen([path, cf], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+        self.ports = {}
+        while True:
+            line = self.p.stdout.readline()
+            assert line, "proxy_harness did not start"
+            if line.startswith("TRANSPARENT "):
+                _, dest, port = line.split()
+                self.ports[dest] = int(port)
+            if line.startswith("LISTEN "):
+                break
+        self.q = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.q.put(line)
+
+    def prompt(self, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                line = self.q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line.startswith("PROMPT "):
+                return json.loads(line.split(" ", 1)[1])
+        raise AssertionError("no prompt")
+
+    def answer(self, pid, a):
+        self.p.stdin.write("answer %d %s\n" % (pid, a))
+        self.p.stdin.flush()
+
+    def close(self):
+        try:
+            self.p.stdin.close()
+            self.p.wait(timeout=10)
+        except Exception:  # noqa: BLE001
+            self.p.kill()
+
+
+def read_all(s, timeout=15):
+    s.settimeout(timeout)
+    got = b""
+    while True:
+        try:
+            b = s.recv(65536)
+        except (ConnectionError, ssl.SSLError):
+            break
+        if not b:
+            break
+        got += b
+    return got
+
+
+def test_transparent_connections_held():
+    h = Harness([("other.test", 443), ("raw.test", 7000)])
+    try:
+        # TLS: the handshake completes while the prompt is pending (a leaf
+        # for the destination's name), the request waits, nothing upstream.
+        s = socket.create_connection(("127.0.0.1", h.ports["other.test:443"]), timeout=10)
+        ctx = ssl.create_default_context(cafile=h.ca)
+        t = ctx.wrap_socket(s, server_hostname="other.test")
+        t.sendall(b"GET /transparent/tls HTTP/1.1\r\nHost: other.test\r\n"
+                  b"Connection: close\r\n\r\n")
+        p = h.prompt()
+        assert p["host"] == "other.test" and p["waiters"] == 1, p
+        time.sleep(2)
+        assert not upstream_saw("/transparent/"), "a held request reached the upstream"
+        h.answer(p["id"], "allow-once")
+        got = read_all(t)
+        assert status_of(got) == 200 and b"/transparent/tls" in got, got[:300]
+        # Raw port: the first bytes wait; deny closes, allow pipes them.
+        r = socket.create_connection(("127.0.0.1", h.ports["raw.test:7000"]), timeout=10)
+        r.sendall(b"GET /transparent/raw-denied HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+        p = h.prompt()
+        time.sleep(1)
+        h.answer(p["id"], "deny-once")
+        assert read_all(r) == b"", "a denied raw connection is closed with nothing written"
+        r = socket.create_connection(("127.0.0.1", h.ports["raw.test:7000"]), timeout=10)
+        r.sendall(b"GET /transparent/raw HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n")
+        p = h.prompt()
+        time.sleep(1)
+        assert [x["target"] for x in upstream_saw("/transparent/")] == ["/transparent/tls"]
+        h.answer(p["id"], "allow-once")
+        got = read_all(r)
+        assert status_of(got) == 200 and b"/transparent/raw" in got, got[:300]
+        assert [x["target"] for x in upstream_saw("/transparent/")] == [
+            "/transparent/tls", "/transparent/raw"]
+    finally:
+        h.close()
+
+
 if __name__ == "__main__":
     setup()
     try:
         run_tests([test_clients_survive_prompts_answered_after_20s,
                    test_client_that_leaves_leaves_the_waiters,
-                   test_raw_tunnel_held_then_allowed_or_denied])
+                   test_raw_tunnel_held_then_allowed_or_denied,
+                   test_transparent_connections_held])
     finally:
         E.cleanup()
