@@ -182,6 +182,10 @@ static void on_event(nb_cli_t *cli, watch_t *w, const json_t *e)
         if (i != (size_t)-1 && p) {
             json_decref(w->q[i]);
             w->q[i] = json_incref(p);
+            if (nb_json_int(p, "id", 0) == w->asking && nb_json_int(p, "waiters", 0) == 0) {
+                printf("\n  (nobody is waiting any more; an answer still applies) ");
+                fflush(stdout);
+            }
         }
     } else if (!strcmp(t, "prompt.resolved")) {
         int64_t id = nb_json_int(e, "prompt_id", 0); /* "id" is the event's */

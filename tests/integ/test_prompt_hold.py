@@ -171,6 +171,16 @@ def test_client_that_leaves_leaves_the_waiters():
     rules = rules["rules"] if isinstance(rules, dict) else rules
     assert [x for x in rules if x["target"] == "sse.test"], rules
     assert not upstream_saw("/gone/"), "a request of a client that left went upstream"
+    # A plain proxy request and a raw tunnel that wait leave the same way.
+    for host, head in (("plainwait.test", b"GET http://plainwait.test/gone/2 HTTP/1.1\r\n"
+                                           b"Host: plainwait.test\r\n%s\r\n"),
+                       ("rawwait.test", b"CONNECT rawwait.test:7002 HTTP/1.1\r\n"
+                                        b"Host: rawwait.test:7002\r\n%s\r\n")):
+        c = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
+        c.sendall(head % proxy_auth())
+        E.wait_for(lambda: prompts(host) and prompts(host)[0]["waiters"] == 1, timeout=10)
+        c.close()
+        E.wait_for(lambda: prompts(host)[0]["waiters"] == 0, timeout=10)
 
 
 def raw_connect(host, port):
