@@ -29,7 +29,7 @@ def setup():
     global E
     E = ProxyEnv(prompt_timeout_ms=1000, names=("api.test",)).__enter__()
     E.rule("allow", "rebind.test:443")
-    E.rule("deny", "evil.test")
+    E.deny_id = E.rule("deny", "evil.test")["id"]
     # The upstream is on loopback: without ProxyEnv's IP rule for it, a name
     # that resolves there is refused (A13: 502 internal-address).
     rules = json.loads(E.cli("--json", "rule", "ls").stdout)
@@ -121,7 +121,8 @@ def test_python_requests():
     # A deny rule: no `rule add` (it would not win), but how to lift it.
     r = requests.get("https://evil.test/py", proxies=px, verify=E.ca_pem, timeout=20)
     assert r.status_code == 403 and "a deny rule covers it" in r.reason, r.reason
-    assert "nilbox rule rm" in r.reason and r.json()["code"] == "denied", r.reason
+    assert "to lift the deny rule: nilbox rule rm %d" % E.deny_id in r.reason, r.reason
+    assert r.json()["code"] == "denied" and r.json()["allow"] == "nilbox rule rm %d" % E.deny_id
 
 
 def test_node_fetch():
@@ -196,6 +197,12 @@ def test_printed_commands_allow():
     run_printed(r.json()["allow"])
     r = requests.get("https://other.test/allow-me", proxies=px, verify=E.ca_pem, timeout=20)
     assert r.status_code == 200 and "/allow-me" in r.text, (r.status_code, r.text[:300])
+    # The deny rule's own command lifts exactly it: the name is asked about again.
+    r = requests.get("https://evil.test/lift", proxies=px, verify=E.ca_pem, timeout=20)
+    assert r.headers["x-nilbox-reason"] == "deny-rule", r.headers
+    run_printed(r.json()["allow"])
+    r = requests.get("https://evil.test/lift", proxies=px, verify=E.ca_pem, timeout=20)
+    assert r.headers["x-nilbox-reason"] == "prompt-timeout", r.headers
 
 
 def test_long_name_phrase_bounded():

@@ -514,6 +514,7 @@ static void record_gate(cconn_t *c, const nb_dest_t *d, const char *host, int po
     if (det && v->prompt_id)
         json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
     px_record(c, "gate.decision", host, port, det);
+    c->reply_rule = v->allowed ? 0 : v->rule_id;
     (void)d;
 }
 

@@ -443,6 +443,7 @@ void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v)
     if (det && v->prompt_id)
         json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
     px_record(c, "gate.decision", x->auth.host, x->auth.port, det);
+    c->reply_rule = v->allowed ? 0 : v->rule_id;
     c->pol_why = v->why; /* a WebSocket after this request follows rule changes */
     if (!v->allowed) {
         c->px->st.denied++;

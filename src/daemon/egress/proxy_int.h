@@ -142,6 +142,7 @@ struct cconn {
     char deny_reason[64];
     char reply_addr[64]; /* the internal address of a 502 internal-address (px_reply) */
     uint16_t reply_port; /* ... and its port */
+    int64_t reply_rule;  /* the deny rule of the last verdict (px_reply names it), or 0 */
     nb_gate_wait_t *wait;
     /* The CONNECT (or transparent connection) was answered before its gate
      * decision: its TLS handshake, first request (inspected ports) or

@@ -62,29 +62,38 @@ static int cmd_safe(const char *s)
 }
 
 /* The command that would allow this destination, or "" when there is
- * none (blocklist, refusals of the request itself, upstream failures). */
-static void allow_cmd(const cconn_t *c, const char *error, const char *why, const char *host,
-                      int port, char *out, size_t outsz)
+ * none (blocklist, refusals of the request itself, upstream failures).
+ * Returns how the sentence introduces it. */
+static const char *allow_cmd(const cconn_t *c, const char *error, const char *why, const char *host,
+                             int port, char *out, size_t outsz)
 {
     const char *vm = c->l->vm;
     out[0] = '\0';
     if (!cmd_safe(vm) || port <= 0)
-        return;
+        return "";
     if (strcmp(why, "internal-address") == 0) {
         /* The narrow rule: this one address on the port connected to
          * (the destination's, unless a test-mode override moved it). */
         if (cmd_safe(c->reply_addr))
             snprintf(out, outsz, "nilbox rule add allow %s --port %d --vm %s", c->reply_addr,
                      c->reply_port ? c->reply_port : port, vm);
-        return;
+        return "to allow it";
     }
     if (strcmp(error, "denied") != 0 || !why_text(why) || !cmd_safe(host))
-        return;
-    if (strcmp(why, "deny-rule") == 0 || strcmp(why, "deny-always") == 0)
+        return "";
+    int deny_rule = strcmp(why, "deny-rule") == 0 || strcmp(why, "deny-always") == 0;
+    if (deny_rule && c->reply_rule > 0) {
+        snprintf(out, outsz, "nilbox rule rm %lld", (long long)c->reply_rule); /* it, exactly */
+        return "to lift the deny rule";
+    }
+    if (deny_rule) {
         snprintf(out, outsz, "nilbox rule ls, then nilbox rule rm ID of the deny rule for %s",
                  host);
-    else if (strcmp(why, "blocklist") != 0 && strcmp(why, "shutdown") != 0)
+        return "to lift the deny rule";
+    }
+    if (strcmp(why, "blocklist") != 0 && strcmp(why, "shutdown") != 0)
         snprintf(out, outsz, "nilbox rule add allow %s --port %d --vm %s", host, port, vm);
+    return "to allow it";
 }
 
 /* Status line text: printable ASCII only (no CR/LF, no control bytes, no
@@ -119,7 +128,7 @@ void px_reply(cconn_t *c, int status, const char *error, const char *why, const 
     else
         snprintf(dest, sizeof dest, "%s", hostesc[0] ? hostesc : "the destination");
     char cmd[NB_HOSTNAME_BUFSZ + NB_RULES_VM_MAX + 96];
-    allow_cmd(c, error, why, host, port, cmd, sizeof cmd);
+    const char *intro = allow_cmd(c, error, why, host, port, cmd, sizeof cmd);
     const char *wt = why_text(why);
     char sentence[1024];
     int sn;
@@ -132,7 +141,7 @@ void px_reply(cconn_t *c, int status, const char *error, const char *why, const 
                       reason);
     if (sn > 0 && (size_t)sn < sizeof sentence) {
         if (cmd[0])
-            snprintf(sentence + sn, sizeof sentence - (size_t)sn, "; to allow it: %s", cmd);
+            snprintf(sentence + sn, sizeof sentence - (size_t)sn, "; %s: %s", intro, cmd);
         else if (hint[0])
             snprintf(sentence + sn, sizeof sentence - (size_t)sn, "; %s", hint);
     }
