@@ -62,9 +62,14 @@ static void print_prompt_line(const json_t *p)
     char d[700];
     const char *dl = nb_json_str(p, "deadline");
     describe(p, d, sizeof d);
-    printf("%5lld  %s (denied at %s unless answered; %lld waiting)\n",
-           (long long)nb_json_int(p, "id", 0), d, dl ? dl : "?",
-           (long long)nb_json_int(p, "waiters", 0));
+    long long nw = (long long)nb_json_int(p, "waiters", 0);
+    char wt[48];
+    if (nw > 0)
+        snprintf(wt, sizeof wt, "%lld waiting", nw);
+    else
+        snprintf(wt, sizeof wt, "nobody waiting now; an answer still applies");
+    printf("%5lld  %s (denied at %s unless answered; %s)\n", (long long)nb_json_int(p, "id", 0), d,
+           dl ? dl : "?", wt);
 }
 
 static int do_answer(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
@@ -95,8 +100,13 @@ static int do_answer(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (done)
         return code;
     char d[700];
-    describe(json_object_get(res, "prompt"), d, sizeof d);
-    printf("%s: %s\n", ans, d);
+    const json_t *pj = json_object_get(res, "prompt");
+    describe(pj, d, sizeof d);
+    printf("%s: %s%s\n", ans, d,
+           nb_json_int(pj, "waiters", 0) > 0 ? ""
+           : strncmp(ans, "allow-a", 7) == 0 || strncmp(ans, "deny-a", 6) == 0
+               ? " (nobody was waiting; the rule applies to the next connections)"
+               : " (nobody was waiting)");
     json_decref(res);
     return NB_CLI_OK;
 }
@@ -165,6 +175,18 @@ static void on_event(nb_cli_t *cli, watch_t *w, const json_t *e)
         return;
     if (!strcmp(t, "prompt.created")) {
         add(w, json_object_get(e, "prompt"));
+    } else if (!strcmp(t, "prompt.updated")) {
+        /* Its waiter count changed: keep the newest copy. */
+        json_t *p = json_object_get(e, "prompt");
+        size_t i = find(w, nb_json_int(p, "id", 0));
+        if (i != (size_t)-1 && p) {
+            json_decref(w->q[i]);
+            w->q[i] = json_incref(p);
+            if (nb_json_int(p, "id", 0) == w->asking && nb_json_int(p, "waiters", 0) == 0) {
+                printf("\n  (nobody is waiting any more; an answer still applies) ");
+                fflush(stdout);
+            }
+        }
     } else if (!strcmp(t, "prompt.resolved")) {
         int64_t id = nb_json_int(e, "prompt_id", 0); /* "id" is the event's */
         size_t i = find(w, id);

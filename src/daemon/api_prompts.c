@@ -52,6 +52,18 @@ static void hook_resolved(void *ud, const nb_gate_prompt_info_t *p, int allowed,
                                   (int)p->waiters));
 }
 
+/* A connection joined or left a pending prompt: the UI and `prompts
+ * --watch` show who is still waiting (0: nobody, an answer still applies). */
+static void hook_waiters(void *ud, const nb_gate_prompt_info_t *p)
+{
+    nb_daemon_t *d = ud;
+    json_t *pj = nb_gate_prompt_json(p);
+    if (d->events && pj)
+        nb_events_emit(d->events, "prompt.updated", json_pack("{s:o}", "prompt", pj));
+    else
+        json_decref(pj);
+}
+
 static json_t *rule_json(const nb_rule_t *r)
 {
     return json_pack("{s:I, s:s, s:s, s:i, s:s*, s:b, s:s, s:I}", "id", (json_int_t)r->id, "action",
@@ -82,6 +94,7 @@ void nb_api_prompts_hooks(nb_daemon_t *d, nb_gate_hooks_t *h)
     memset(h, 0, sizeof *h);
     h->on_prompt_created = hook_created;
     h->on_prompt_resolved = hook_resolved;
+    h->on_prompt_waiters = hook_waiters;
     h->on_rule_stored = hook_rule_stored;
     h->ud = d;
 }

@@ -350,12 +350,13 @@ static void on_list(nb_api_ctx_t *ctx)
     if (eng.px) {
         nb_proxy_stats_t s;
         nb_proxy_stats(eng.px, &s);
-        st = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
+        st = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
                        (json_int_t)s.conns_open, "accepted", (json_int_t)s.conns_accepted,
                        "requests", (json_int_t)s.requests, "tunnels", (json_int_t)s.tunnels,
                        "injected", (json_int_t)s.injected, "leaks", (json_int_t)s.leaks, "denied",
                        (json_int_t)s.denied, "refused", (json_int_t)s.refused, "upstream_errors",
-                       (json_int_t)s.upstream_errors, "pool_reused", (json_int_t)s.pool_reused);
+                       (json_int_t)s.upstream_errors, "pool_reused", (json_int_t)s.pool_reused,
+                       "resolves", (json_int_t)s.resolves);
     }
     nb_api_reply_json(ctx, 200,
                       json_pack("{s:o, s:o}", "proxies", arr ? arr : json_array(), "stats",

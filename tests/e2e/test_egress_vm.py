@@ -391,7 +391,7 @@ class EgressE2E(unittest.TestCase):
         out, err = p.communicate(timeout=90)
         self.assertEqual(self.status(out), "403", out)
         r = self.sh("curl -sS -m 30 https://ask3.example.test/echo")
-        self.assertIn('"error":"denied"', r.stdout)
+        self.assertIn('"code":"denied"', r.stdout)
         # Nobody answers: denied at the deadline, with a reason the agent can read.
         t0 = time.time()
         r = self.sh("curl -sS -i -m 60 https://ask4.example.test/echo")
@@ -409,7 +409,7 @@ class EgressE2E(unittest.TestCase):
                        "curl -sS -i -m 30 --noproxy '*' http://198.18.77.77/"):
             r = self.sh(script)
             self.assertEqual(self.status(r.stdout), "403", (script, r.stdout, r.stderr))
-            self.assertIn('"error":"denied"', r.stdout, script)
+            self.assertIn('"code":"denied"', r.stdout, script)
             self.assertIn("x-nilbox-reason: no-rule", r.stdout.lower(), script)
         self.assertEqual(self.prompts(), [])  # IPs are never prompted for (A12)
 
@@ -432,7 +432,7 @@ class EgressE2E(unittest.TestCase):
         self.assertEqual(r.returncode, 6, (r.stdout, r.stderr))  # could not resolve
         self.assertIn("resolve", r.stderr)
         r = self.sh("curl -sS -m 30 https://blocked.example.test/")
-        self.assertIn('"error":"denied"', r.stdout)
+        self.assertIn('"code":"denied"', r.stdout)
         self.assertIn("deny rule", r.stdout)
 
     def test_07_dns_exfiltration(self):
@@ -474,7 +474,7 @@ class EgressE2E(unittest.TestCase):
                     "curl -sS -m 8 --noproxy '*' https://api.example.test/echo; echo rc=$?")
         self.assertNotIn("rc=0", r.stdout)
         r = self.sh("curl -sS -m 30 http://93.184.216.34/")
-        self.assertIn('"error":"denied"', r.stdout)
+        self.assertIn('"code":"denied"', r.stdout)
         r = self.sh("curl -sS -m 30 -o /dev/null -w '%{http_code}' https://api.example.test/echo")
         self.assertEqual(r.stdout.strip(), "200")
         # Put the capture back for whatever runs next.

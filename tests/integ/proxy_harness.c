@@ -10,13 +10,18 @@
  *          "bindings": [{"secret": "NAME", "host": "api.test", "header": "Authorization: Bearer
  * {secret}", "basic": "user", "query": "key", "path_prefix": "/v1", "vm": "", "cleartext": false}],
  *          "prompt_timeout_ms": 60000, "block_leaks": false,
- *          "ca_out": "path to write the interception CA (PEM)"}
- * Prints "LISTEN <port>" once ready, then one line per event:
+ *          "ca_out": "path to write the interception CA (PEM)",
+ *          "transparent": [{"host": "api.test", "port": 443}]}
+ * Prints "LISTEN <port>" once ready (after one "TRANSPARENT <host>:<port>
+ * <listen port>" per "transparent" entry: a TCP port whose connections a
+ * channel listener adopts with that destination, as guestsvc does for a
+ * guest's transparent connections), then one line per event:
  *   PROMPT <json>      a prompt is pending
  *   RESOLVED <json>    a prompt is gone
  *   RECORD <json>      an audit record (kind, vm, host, port, detail)
  * Reads commands on stdin: "answer ID allow-once|allow-always|deny-once|deny-always",
  * "stats". Exits on EOF or SIGTERM. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -45,6 +50,37 @@ static uv_signal_t sig;
 static char linebuf[4096];
 static size_t linelen;
 static int quiet_records;
+
+/* Transparent entries: connections accepted here are adopted with a fixed
+ * destination by a channel listener (ip_no_prompt, like guestsvc's). */
+typedef struct {
+    uv_tcp_t srv;
+    nb_proxy_listener_t *ch;
+    char host[256];
+    uint16_t port;
+} tsrv_t;
+static tsrv_t tsrv[4];
+static size_t ntsrv;
+
+static void on_tconn(uv_stream_t *s, int status)
+{
+    tsrv_t *t = s->data;
+    if (status < 0)
+        return;
+    uv_tcp_t *cl = malloc(sizeof *cl);
+    if (!cl || uv_tcp_init(loop, cl) < 0) {
+        free(cl);
+        return;
+    }
+    uv_os_fd_t fd;
+    if (uv_accept(s, (uv_stream_t *)cl) == 0 && uv_fileno((uv_handle_t *)cl, &fd) == 0) {
+        int d = dup(fd);
+        nb_proxy_dest_t dest = {.host = t->host, .port = t->port};
+        if (d >= 0 && nb_proxy_adopt(t->ch, d, &dest) < 0)
+            fprintf(stderr, "proxy_harness: adopt failed\n");
+    }
+    uv_close((uv_handle_t *)cl, (uv_close_cb)free);
+}
 
 static void out_json(const char *tag, json_t *j)
 {
@@ -83,6 +119,9 @@ static void on_record(void *ud, const char *kind, const char *vm, const char *ho
 
 static void stop_all(void)
 {
+    for (size_t i = 0; i < ntsrv; i++)
+        if (!uv_is_closing((uv_handle_t *)&tsrv[i].srv))
+            uv_close((uv_handle_t *)&tsrv[i].srv, NULL);
     uv_read_stop((uv_stream_t *)&in_pipe);
     if (!uv_is_closing((uv_handle_t *)&in_pipe))
         uv_close((uv_handle_t *)&in_pipe, NULL);
@@ -295,6 +334,29 @@ int main(int argc, char **argv)
     nb_proxy_listener_t *l;
     if ((r = nb_proxy_listen(px, &lo, &l)) < 0)
         return die("listen", r);
+    json_array_foreach (json_object_get(cfg, "transparent"), i, v) {
+        if (ntsrv >= sizeof tsrv / sizeof tsrv[0])
+            return die("transparent", NB_EINVAL);
+        tsrv_t *t = &tsrv[ntsrv];
+        snprintf(t->host, sizeof t->host, "%s", json_string_value(json_object_get(v, "host")));
+        t->port = (uint16_t)json_integer_value(json_object_get(v, "port"));
+        nb_proxy_listen_opts_t co = lo;
+        co.ip_no_prompt = 1;
+        struct sockaddr_in sa;
+        struct sockaddr_storage bound;
+        int blen = sizeof bound;
+        if ((r = nb_proxy_attach(px, &co, &t->ch)) < 0 || (r = uv_tcp_init(loop, &t->srv)) < 0)
+            return die("transparent", r);
+        t->srv.data = t;
+        ntsrv++;
+        uv_ip4_addr("127.0.0.1", 0, &sa);
+        if ((r = uv_tcp_bind(&t->srv, (struct sockaddr *)&sa, 0)) < 0 ||
+            (r = uv_listen((uv_stream_t *)&t->srv, 64, on_tconn)) < 0 ||
+            (r = uv_tcp_getsockname(&t->srv, (struct sockaddr *)&bound, &blen)) < 0)
+            return die("transparent", r);
+        printf("TRANSPARENT %s:%u %d\n", t->host, t->port,
+               ntohs(((struct sockaddr_in *)&bound)->sin_port));
+    }
     printf("LISTEN %d\n", nb_proxy_listener_port(l));
     fflush(stdout);
 

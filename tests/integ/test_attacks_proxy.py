@@ -278,7 +278,7 @@ def test_A9_cross_vm():
     t2.join(30)
     assert res["a"][0] == 200, res["a"]
     code, body, _ = res["b"]
-    assert code == 403 and json.loads(body)["error"] == "denied", (code, body)
+    assert code == 403 and json.loads(body)["code"] == "denied", (code, body)
     assert rows("/a9once-a") and not rows("/a9once-b")
 
 
@@ -346,7 +346,7 @@ def test_A16_prompt_timeout():
                            "x:1:127.0.0.1", timeout=20)
     assert code == 403, (code, body)
     j = json.loads(body)
-    assert j["error"] == "denied" and "prompt" in j["hint"], j
+    assert j["code"] == "denied" and "prompt" in j["hint"], j
     assert time.time() - t0 >= 1.0  # it waited for the (1.5 s) deadline, then denied
     # A long, tricky name is shown cut from the front, the real domain kept.
     long = ".".join(["api-openai-com"] * 12) + ".evil.test"

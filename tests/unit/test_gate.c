@@ -28,8 +28,8 @@ static void on_done(void *ud, const nb_gate_verdict_t *v)
 }
 
 typedef struct {
-    int created, resolved, added, stored;
-    nb_gate_prompt_info_t last_created, last_resolved;
+    int created, resolved, added, stored, waiters;
+    nb_gate_prompt_info_t last_created, last_resolved, last_waiters;
     int last_allowed, last_why, last_store_r;
     nb_rule_t last_rule;
 } hooks_log_t;
@@ -48,6 +48,13 @@ static void h_resolved(void *ud, const nb_gate_prompt_info_t *p, int allowed, in
     h->last_resolved = *p;
     h->last_allowed = allowed;
     h->last_why = why;
+}
+
+static void h_waiters(void *ud, const nb_gate_prompt_info_t *p)
+{
+    hooks_log_t *h = ud;
+    h->waiters++;
+    h->last_waiters = *p;
 }
 
 static void h_added(void *ud, const nb_rule_t *r)
@@ -93,6 +100,7 @@ static nb_gate_t *mkgate(uv_loop_t *loop, hooks_log_t *h, uint64_t timeout_ms, n
     cfg.hooks.on_prompt_created = h_created;
     cfg.hooks.on_prompt_resolved = h_resolved;
     cfg.hooks.on_rule_added = h_added;
+    cfg.hooks.on_prompt_waiters = h_waiters;
     cfg.hooks.on_rule_stored = h_stored;
     cfg.hooks.ud = h;
     nb_gate_t *g = NULL;
@@ -135,6 +143,41 @@ static void test_rules_first(void)
     NB_CHECK_EQ_INT(h.resolved, 2);
     NB_CHECK_EQ_INT(h.last_why, NB_GATE_WHY_SHUTDOWN);
     NB_CHECK_EQ_INT(h.last_allowed, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    NB_CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+/* Waiters that leave are counted out (on_prompt_waiters); a prompt nobody
+ * waits on still takes an answer, and an *-always answer still adds its
+ * rule. */
+static void test_waiters_leave(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    hooks_log_t h = {0};
+    nb_gate_t *g = mkgate(&loop, &h, 10000, NULL);
+    nb_gate_verdict_t v;
+    nb_gate_wait_t *w1 = NULL, *w2 = NULL;
+    waiter_t a = {0}, b = {0};
+    nb_dest_t d = dest("a", "api.example.com", 443);
+    NB_CHECK_EQ_INT(nb_gate_check(g, &d, &v, on_done, &a, &w1), 0);
+    NB_CHECK(h.created == 1 && h.last_created.waiters == 1 && h.waiters == 0);
+    NB_CHECK_EQ_INT(nb_gate_check(g, &d, &v, on_done, &b, &w2), 0);
+    NB_CHECK(h.waiters == 1 && h.last_waiters.waiters == 2);
+    nb_gate_cancel(w1);
+    NB_CHECK(h.waiters == 2 && h.last_waiters.waiters == 1);
+    nb_gate_cancel(w2);
+    NB_CHECK(h.waiters == 3 && h.last_waiters.waiters == 0);
+    nb_gate_prompt_info_t p;
+    NB_CHECK_EQ_INT(nb_gate_prompts(g, &p, 1), 1);
+    NB_CHECK_EQ_INT(p.waiters, 0);
+    NB_CHECK_EQ_INT(nb_gate_answer(g, p.id, NB_GATE_ALLOW_ALWAYS), 0);
+    NB_CHECK(a.called == 0 && b.called == 0 && h.resolved == 1 && h.added == 1);
+    NB_CHECK_EQ_INT(h.last_resolved.waiters, 0);
+    NB_CHECK_EQ_INT(h.waiters, 3); /* answering is not a waiter change */
+    NB_CHECK_EQ_INT(nb_gate_check(g, &d, &v, on_done, &a, &w1), 1);
+    NB_CHECK(v.allowed && v.why == NB_GATE_WHY_ALLOW_RULE);
+    nb_gate_free(g);
     uv_run(&loop, UV_RUN_DEFAULT);
     NB_CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
@@ -502,6 +545,7 @@ int main(void)
 {
     NB_RUN(test_rules_first);
     NB_RUN(test_one_prompt_many_waiters);
+    NB_RUN(test_waiters_leave);
     NB_RUN(test_always_and_rejudge);
     NB_RUN(test_timeout_denies);
     NB_RUN(test_generation_and_watch);

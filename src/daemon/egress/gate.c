@@ -30,6 +30,7 @@ struct prompt {
     nb_gate_prompt_info_t info;
     nb_gate_wait_t *waiters; /* doubly linked, head insert */
     uv_timer_t timer;        /* the deadline; the prompt is freed in its close callback */
+    int resolved;            /* out of the pending list, waking its waiters */
 };
 
 typedef struct watch {
@@ -145,6 +146,7 @@ static void resolve(nb_gate_t *g, prompt_t *p, const nb_gate_verdict_t *v)
 {
     nb_gate_prompt_info_t info = p->info;
     unlink_prompt(g, p);
+    p->resolved = 1;
     uv_timer_stop(&p->timer);
     /* Pop one waiter at a time: a callback may cancel another waiter. */
     while (p->waiters) {
@@ -347,23 +349,26 @@ int nb_gate_check(nb_gate_t *g, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gat
         return decide_now(g, v, 0, NB_GATE_WHY_SHUTDOWN);
     if (g->cfg.no_prompt || !done)
         return decide_now(g, v, 0, NB_GATE_WHY_NO_PROMPT);
-    prompt_t *p = find_prompt(g, d);
-    if (!p) {
-        if (g->pending >= g->cfg.max_prompts ||
-            pending_for_vm(g, d->vm) >= g->cfg.max_prompts_per_vm) {
-            nb_log(NB_LOG_WARN, "too many pending prompts (vm '%s'): denied without asking", d->vm);
-            return decide_now(g, v, 0, NB_GATE_WHY_OVERLOAD);
-        }
-        if (!(p = new_prompt(g, d)))
-            return decide_now(g, v, 0, NB_GATE_WHY_ERROR);
-        nb_log(NB_LOG_INFO, "prompt %" PRIu64 ": vm '%s' wants %s port %u", p->info.id, p->info.vm,
-               p->info.host, p->info.port);
-        if (g->cfg.hooks.on_prompt_created)
-            g->cfg.hooks.on_prompt_created(g->cfg.hooks.ud, &p->info);
-    }
     nb_gate_wait_t *w = calloc(1, sizeof *w);
     if (!w)
         return decide_now(g, v, 0, NB_GATE_WHY_ERROR);
+    prompt_t *p = find_prompt(g, d);
+    int created = 0;
+    if (!p) {
+        if (g->pending >= g->cfg.max_prompts ||
+            pending_for_vm(g, d->vm) >= g->cfg.max_prompts_per_vm) {
+            free(w);
+            nb_log(NB_LOG_WARN, "too many pending prompts (vm '%s'): denied without asking", d->vm);
+            return decide_now(g, v, 0, NB_GATE_WHY_OVERLOAD);
+        }
+        if (!(p = new_prompt(g, d))) {
+            free(w);
+            return decide_now(g, v, 0, NB_GATE_WHY_ERROR);
+        }
+        created = 1;
+        nb_log(NB_LOG_INFO, "prompt %" PRIu64 ": vm '%s' wants %s port %u", p->info.id, p->info.vm,
+               p->info.host, p->info.port);
+    }
     w->p = p;
     w->done = done;
     w->ud = ud;
@@ -373,6 +378,11 @@ int nb_gate_check(nb_gate_t *g, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gat
     p->waiters = w;
     p->info.waiters++;
     *wait = w;
+    /* The hooks see the prompt with its new waiter counted. */
+    if (created && g->cfg.hooks.on_prompt_created)
+        g->cfg.hooks.on_prompt_created(g->cfg.hooks.ud, &p->info);
+    else if (!created && g->cfg.hooks.on_prompt_waiters)
+        g->cfg.hooks.on_prompt_waiters(g->cfg.hooks.ud, &p->info);
     return 0;
 }
 
@@ -380,8 +390,12 @@ void nb_gate_cancel(nb_gate_wait_t *w)
 {
     if (!w)
         return;
-    if (w->p)
-        unlink_wait(w->p, w);
+    prompt_t *p = w->p;
+    if (p) {
+        unlink_wait(p, w);
+        if (!p->resolved && p->g->cfg.hooks.on_prompt_waiters)
+            p->g->cfg.hooks.on_prompt_waiters(p->g->cfg.hooks.ud, &p->info);
+    }
     free(w);
 }
 

@@ -101,6 +101,10 @@ typedef struct {
      * DENY_ALWAYS), timed out, re-judged by a new rule (ALLOW_RULE /
      * DENY_RULE), or cancelled by shutdown. `allowed` is the outcome. */
     void (*on_prompt_resolved)(void *ud, const nb_gate_prompt_info_t *p, int allowed, int why);
+    /* A pending prompt's waiter count changed: a connection joined it, or
+     * one left (nb_gate_cancel: its client went away). A prompt with no
+     * waiters left stays pending and still takes an answer. */
+    void (*on_prompt_waiters)(void *ud, const nb_gate_prompt_info_t *p);
     /* An allow-always/deny-always answer added this rule (r->id is 0 until
      * it is stored; on_rule_stored follows with the id when a store is set). */
     void (*on_rule_added)(void *ud, const nb_rule_t *r);

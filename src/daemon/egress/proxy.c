@@ -252,6 +252,11 @@ void px_conn_update_read(cconn_t *c)
     case CS_CLOSING:
         want = 1;
         break;
+    case CS_GATE:
+        /* A raw tunnel answered before its verdict: keep its first bytes
+         * (and notice a client that leaves) without sending anything. */
+        want = c->held && c->in.len < IN_PAUSED_MAX;
+        break;
     case CS_PIPE:
         want = !c->pipe_c_eof && c->up && nb_pxio_queued(&c->up->io) <= NB_PXIO_HIGH_WATER;
         break;
@@ -532,6 +537,12 @@ static void client_on_eof(nb_pxio_t *io)
         return;
     case CS_START:
     case CS_HTTP:
+        if (c->wait) {
+            /* Its request waits on a prompt: the client is gone, and so
+             * is its place among the prompt's waiters. */
+            px_conn_close(c);
+            return;
+        }
         if (!c->x.active && c->in.len == 0) {
             px_conn_close(c);
             return;
@@ -636,6 +647,7 @@ static void record_gate(cconn_t *c, const nb_dest_t *d, const char *host, int po
     if (det && v->prompt_id)
         json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
     px_record(c, "gate.decision", host, port, det);
+    c->reply_rule = v->allowed ? 0 : v->rule_id;
     (void)d;
 }
 
@@ -660,11 +672,58 @@ const char *px_why_hint(int why)
     }
 }
 
+/* The verdict of a CONNECT answered before it (connect_hold). Nothing
+ * has gone upstream yet: an HTTP port's held request goes on or gets its
+ * 403 inside the tunnel; a raw port's held bytes go to a new upstream
+ * connection, or the tunnel is closed. */
+static void held_verdict(cconn_t *c, const nb_gate_verdict_t *v)
+{
+    c->held = 0;
+    if (!v->allowed) {
+        c->px->st.denied++;
+        c->deny = 1;
+        c->deny_why = v->why;
+        snprintf(c->deny_reason, sizeof c->deny_reason, "%s", nb_gate_why_name(v->why));
+        nb_log_conn(NB_LOG_INFO, c->id, "CONNECT %s:%u denied (%s)", c->auth.host, c->auth.port,
+                    c->deny_reason);
+    }
+    if (c->state == CS_GATE) {
+        if (!v->allowed) {
+            px_conn_close(c); /* a raw tunnel has no way to carry a reason */
+            return;
+        }
+        c->rule_http = v->http;
+        c->inspect = v->http;
+        if (c->inspect) {
+            c->state = CS_SNIFF;
+            c->head_started = uv_now(c->px->loop);
+            px_conn_update_read(c);
+            sniff(c);
+            return;
+        }
+        c->state = CS_CONNECTING;
+        px_conn_update_read(c);
+        if (px_up_acquire(c, c->auth.host, c->auth.is_ip, c->auth.port, 0, 1) < 0)
+            px_conn_close(c);
+        return;
+    }
+    if (c->x.gate_waiting) {
+        c->x.gate_waiting = 0;
+        px_http_release(c);
+        if (c->state != CS_CLOSING)
+            px_conn_update_read(c);
+    }
+}
+
 static void connect_verdict(cconn_t *c, const nb_gate_verdict_t *v)
 {
     record_gate(c, &c->dest, c->auth.host, c->auth.port, v, "connect");
     c->pol_gen = nb_gate_generation(c->px->cfg.gate);
     c->pol_why = v->why;
+    if (c->held) {
+        held_verdict(c, v);
+        return;
+    }
     int http_port = c->auth.port == 80 || c->auth.port == 443;
     if (v->allowed) {
         c->rule_http = v->http;
@@ -819,6 +878,31 @@ static void on_policy_changed(void *ud)
     }
 }
 
+/* The gate prompts for the CONNECT's destination: answer the CONNECT now
+ * and hold what follows until the verdict, so that a client with a short
+ * connect timeout (undici: 10 s) waits under its response timeout
+ * instead of giving up while the user decides. An HTTP port gets its TLS
+ * handshake at once, with a leaf minted for the CONNECT name (no upstream
+ * contact, no resolution), and its first request waits (start() in
+ * proxy_http.c); a raw port's first bytes are read and kept in c->in. */
+static void connect_hold(cconn_t *c)
+{
+    c->held = 1;
+    c->early = 1;
+    tunnel_established(c);
+    if (c->state == CS_CLOSING)
+        return;
+    if (c->auth.port == 80 || c->auth.port == 443) {
+        c->inspect = 1;
+        c->state = CS_SNIFF;
+        c->head_started = uv_now(c->px->loop); /* the TLS handshake is timed like a head */
+        px_conn_update_read(c);
+        sniff(c);
+        return;
+    }
+    px_conn_update_read(c);
+}
+
 /* A CONNECT request was read completely (any bytes after it are in c->in). */
 void px_conn_connect(cconn_t *c)
 {
@@ -833,6 +917,8 @@ void px_conn_connect(cconn_t *c)
     int r = px_gate_check(c, &c->dest, &v, on_connect_gate);
     if (r == 1)
         connect_verdict(c, &v);
+    else
+        connect_hold(c);
 }
 
 static void connect_allowed(cconn_t *c)
@@ -865,6 +951,14 @@ void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r)
             json_object_set_new(d, "threat", json_string("A13"));
         px_record(c, "refusal", c->auth.host, c->auth.port, d);
         c->px->st.upstream_errors++;
+        snprintf(c->reply_addr, sizeof c->reply_addr, "%s", u->fail_addr);
+        c->reply_port = u->fail_port;
+        if (c->early) {
+            /* Already answered 200: the raw stream has no place for a 502. */
+            px_up_close(u);
+            px_conn_close(c);
+            return;
+        }
         px_reply(c, u->fail_status, "bad-gateway", u->fail_token, c->auth.host, u->fail_msg,
                  "check the destination; internal addresses need an explicit IP rule", 1);
         px_up_close(u);
@@ -872,7 +966,8 @@ void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r)
     }
     c->up = u;
     u->owner = c;
-    tunnel_established(c);
+    if (!c->early)
+        tunnel_established(c);
     if (c->state == CS_CLOSING)
         return;
     c->state = CS_PIPE;

@@ -174,6 +174,7 @@ json_t *nb_proxy_listeners_json(const nb_proxy_t *px);
 typedef struct {
     uint64_t conns_accepted, conns_refused, requests, tunnels, injected, leaks, denied, refused,
         upstream_errors, pool_reused;
+    uint64_t resolves; /* upstream names looked up (test overrides included) */
     size_t conns_open;
 } nb_proxy_stats_t;
 void nb_proxy_stats(const nb_proxy_t *px, nb_proxy_stats_t *st);

@@ -112,6 +112,9 @@ int px_http_on_head(cconn_t *c, const nb_http_head_t *h)
     x->head = *h;
     x->t0 = uv_now(c->px->loop);
     c->head_started = 0;
+    const nb_http_header_t *ua = nb_http_head_find(h, "user-agent");
+    x->git_client = ua && ua->value.len >= 4 && memcmp(ua->value.p, "git/", 4) == 0;
+    x->npm_client = ua && ua->value.len >= 4 && memcmp(ua->value.p, "npm/", 4) == 0;
     if (h->method.len >= sizeof x->method)
         return reject(c, 405, "method-not-allowed", "method too long");
     memcpy(x->method, h->method.p, h->method.len);
@@ -458,11 +461,23 @@ void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v)
     if (det && v->prompt_id)
         json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
     px_record(c, "gate.decision", x->auth.host, x->auth.port, det);
+    c->reply_rule = v->allowed ? 0 : v->rule_id;
     c->pol_why = v->why; /* a WebSocket after this request follows rule changes */
     if (!v->allowed) {
         c->px->st.denied++;
         px_reply(c, 403, "denied", nb_gate_why_name(v->why), x->auth.host,
                  "the destination is not allowed", px_why_hint(v->why), 1);
+        return;
+    }
+    acquire(c);
+}
+
+void px_http_release(cconn_t *c)
+{
+    exch_t *x = &c->x;
+    if (c->deny) {
+        px_reply(c, 403, "denied", c->deny_reason, x->auth.host, "the destination is not allowed",
+                 px_why_hint(c->deny_why), 1);
         return;
     }
     acquire(c);
@@ -484,6 +499,12 @@ static void start(cconn_t *c)
     nb_gate_verdict_t v;
     int r;
     if (c->tunnel) {
+        if (c->held) {
+            /* The CONNECT was answered before its verdict: its first
+             * request waits for it (px_http_release). */
+            x->gate_waiting = 1;
+            return;
+        }
         /* Rules apply to every request, not only to the CONNECT. */
         if ((r = px_tunnel_rejudge(c, &v)) == 2)
             acquire(c);
@@ -554,6 +575,8 @@ void px_http_upstream_ready(cconn_t *c, upconn_t *u, int r)
             json_object_set_new(d, "threat", json_string("A13"));
         px_record(c, "refusal", x->auth.host, x->auth.port, d);
         c->px->st.upstream_errors++;
+        snprintf(c->reply_addr, sizeof c->reply_addr, "%s", u->fail_addr);
+        c->reply_port = u->fail_port;
         px_reply(c, u->fail_status, "bad-gateway", u->fail_token, x->auth.host, u->fail_msg,
                  strcmp(u->fail_token, "internal-address") == 0
                      ? "internal addresses need an explicit IP rule ('nilbox rule add')"

@@ -137,6 +137,8 @@ typedef struct {
     int reject_status; /* set in on_head when the request is refused */
     const char *reject_token;
     char reject_msg[256];
+    int git_client; /* User-Agent git/...: our replies are text/plain (shown as "remote:") */
+    int npm_client; /* User-Agent npm/...: it prints body.error after the reason phrase */
     int ninjected;
     uint64_t t0;
 } exch_t;
@@ -164,7 +166,16 @@ struct cconn {
     int deny;     /* deny mode: every request gets 403 */
     int deny_why; /* nb_gate_why_t */
     char deny_reason[64];
+    char reply_addr[64]; /* the internal address of a 502 internal-address (px_reply) */
+    uint16_t reply_port; /* ... and its port */
+    int64_t reply_rule;  /* the deny rule of the last verdict (px_reply names it), or 0 */
     nb_gate_wait_t *wait;
+    /* The CONNECT (or transparent connection) was answered before its gate
+     * decision: its TLS handshake, first request (inspected ports) or
+     * first bytes (raw ports) wait for the verdict; nothing goes upstream
+     * and no name is resolved before it. Cleared by the verdict. */
+    int held;
+    int early; /* the CONNECT was answered before its verdict (stays set) */
     int rule_http;
     /* Policy follow-up: the gate generation the destination was last
      * judged at, and why it was admitted (an allow-once answer holds for
@@ -246,7 +257,9 @@ struct upconn {
     int fail_status;        /* 502 / 504 */
     const char *fail_token; /* X-Nilbox-Reason */
     char fail_msg[224];
-    int tmode; /* what the timer measures (proxy_upstream.c) */
+    char fail_addr[64]; /* internal-address: the address that was refused */
+    uint16_t fail_port; /* ... and the port it was refused on */
+    int tmode;          /* what the timer measures (proxy_upstream.c) */
 };
 
 /* proxy.c */
@@ -284,6 +297,9 @@ void px_http_up_eof(upconn_t *u);
 void px_http_client_drain(cconn_t *c);
 void px_http_up_drain(upconn_t *u);
 void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v);
+/* The tunnel's held request goes on (or gets its 403 in deny mode) now
+ * that the CONNECT's verdict is in (proxy.c records the verdict). */
+void px_http_release(cconn_t *c);
 void px_http_up_timeout(upconn_t *u);
 void px_exch_reset(cconn_t *c);
 

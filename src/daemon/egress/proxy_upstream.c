@@ -329,6 +329,7 @@ static void add_addr(upconn_t *u, const struct sockaddr *sa, uint16_t port, cons
     if (kind && !nb_gate_addr_allowed(u->l->px->cfg.gate, u->vm, &ip, port)) {
         *why = kind;
         snprintf(whyaddr, whyaddrsz, "%s", text);
+        u->fail_port = port;
         return;
     }
     struct sockaddr_storage *ss = &u->addrs[u->naddrs++];
@@ -363,6 +364,8 @@ static void ip_to_sockaddr(const nb_ipaddr_t *ip, struct sockaddr_storage *ss)
 static void addrs_done(upconn_t *u, const char *why, const char *whyaddr)
 {
     if (u->naddrs == 0) {
+        if (why)
+            snprintf(u->fail_addr, sizeof u->fail_addr, "%s", whyaddr);
         if (why)
             up_fail(u, 502, "internal-address",
                     "%s resolves to %s (%s); internal addresses need an explicit IP rule", u->host,
@@ -403,6 +406,8 @@ static void start_resolve(upconn_t *u)
     const char *why = NULL;
     char whyaddr[64] = "";
     struct sockaddr_storage ss;
+    if (!u->is_ip)
+        l->px->st.resolves++;
     for (size_t i = 0; i < l->nresolve; i++) {
         const nb_proxy_resolve_t *o = &l->resolve[i];
         if (strcmp(o->host, u->host) != 0 || (o->port && o->port != u->port))
