@@ -409,6 +409,7 @@ int main(int argc, char **argv)
     uv_timer_init(&loop, &M.retry);
     uv_timer_init(&loop, &M.hold_timer);
     M.hold_start = uv_now(&loop);
+    M.a.setup_done_file = M.hold_file;
     uv_signal_init(&loop, &M.sigterm);
     uv_signal_init(&loop, &M.sigint);
     uv_signal_start(&M.sigterm, on_signal, SIGTERM);
