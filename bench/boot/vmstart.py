@@ -36,13 +36,23 @@ class NilboxCase:
         return p.stdout
 
     def once(self):
-        """(wall ms of `nilbox vm start`, daemon spawn -> agent ms, machine)"""
+        """(wall ms of `nilbox vm start`, daemon spawn -> agent ms, machine,
+        QEMU CPU ms when the command returned, or None)"""
         t0 = time.monotonic()
         self.run("vm", "start", "bench")
         wall = (time.monotonic() - t0) * 1000
+        cpu = None
+        try:
+            with open(os.path.join(self.env["NILBOX_HOME"], "vms", "bench", "qemu.pid")) as f:
+                pid = int(f.read().strip())
+            with open("/proc/%d/stat" % pid) as f:
+                v = f.read().rsplit(")", 1)[1].split()
+            cpu = (int(v[11]) + int(v[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
         vm = json.loads(self.run("--json", "vm", "inspect", "bench"))
         self.run("vm", "stop", "bench", "--force")
-        return wall, vm.get("boot_secs", 0) * 1000, vm.get("machine", "?")
+        return wall, vm.get("boot_secs", 0) * 1000, vm.get("machine", "?"), cpu
 
     def close(self):
         for args in (("vm", "stop", "bench", "--force"), ("daemon", "stop")):

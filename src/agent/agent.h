@@ -22,6 +22,9 @@ typedef struct {
     int vm;        /* really inside a VM: poweroff and hostname changes allowed */
     int stopping;  /* shutting down: no reconnects */
     unsigned live; /* service objects alive (for the shutdown log) */
+    /* --hold-until: the image's setup runs until this file exists (NULL:
+     * nothing to wait for). Set by main.c; ctl's poweroff waits for it. */
+    const char *setup_done_file;
 } nb_agent_t;
 
 /* Service entry points, called from the session's on_open. Each either

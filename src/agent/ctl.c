@@ -354,13 +354,32 @@ static void write_file_done(uv_work_t *req, int status)
 
 /* ---------------------------------------------------------------- poweroff */
 
+/* A poweroff that arrives while the image's setup still runs (right after
+ * boot: the agent starts first) waits for it up to this long, polling: the
+ * setup may be formatting or growing the data disk, and a disk cut off in
+ * mke2fs would not mount again. Below the host's 10 s for this step. */
+#define POWEROFF_SETUP_WAIT_MS 8000
+#define POWEROFF_POLL_MS 50
+
+typedef struct {
+    uv_timer_t t;
+    nb_agent_t *a;
+    uint64_t deadline;
+} poweroff_t;
+
 static void on_poweroff_closed(uv_handle_t *h)
 {
-    free(h);
+    free(h->data);
 }
 
 static void on_poweroff(uv_timer_t *t)
 {
+    poweroff_t *p = t->data;
+    if (p->a->setup_done_file && access(p->a->setup_done_file, F_OK) != 0 &&
+        uv_now(t->loop) < p->deadline) {
+        uv_timer_start(t, on_poweroff, POWEROFF_POLL_MS, 0);
+        return;
+    }
     uv_close((uv_handle_t *)t, on_poweroff_closed);
     nb_log(NB_LOG_NOTICE, "powering off on the host's request");
     sync();
@@ -529,13 +548,16 @@ int nb_agent_ctl_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
             res = fail("poweroff disabled (the agent runs without --vm)");
             break;
         }
-        uv_timer_t *t = malloc(sizeof *t);
-        if (t) {
-            uv_timer_init(a->loop, t);
-            uv_timer_start(t, on_poweroff, 300, 0); /* the response leaves first */
-            uv_unref((uv_handle_t *)t);
+        poweroff_t *po = malloc(sizeof *po);
+        if (po) {
+            po->a = a;
+            uv_timer_init(a->loop, &po->t);
+            po->t.data = po;
+            po->deadline = uv_now(a->loop) + POWEROFF_SETUP_WAIT_MS;
+            uv_timer_start(&po->t, on_poweroff, 300, 0); /* the response leaves first */
+            uv_unref((uv_handle_t *)&po->t);
         }
-        res = t ? json_pack("{s:b}", "ok", 1) : fail("out of memory");
+        res = po ? json_pack("{s:b}", "ok", 1) : fail("out of memory");
         break;
     default: /* write_file: waits for the content */
         goto out;

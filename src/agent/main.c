@@ -23,6 +23,10 @@
 #define DEFAULT_KEY "/sys/firmware/qemu_fw_cfg/by_name/opt/nilbox/key/raw"
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
+/* --hold-until: how often the file is looked for while streams wait, and
+ * how long they wait at most (a broken init must not hang every exec). */
+#define HOLD_POLL_MS 20
+#define HOLD_MAX_MS 120000
 
 static const char *const vm_allow[] = {
     "/etc/nilbox/",     "/etc/profile.d/nilbox-env.sh",
@@ -44,8 +48,22 @@ static const char usage[] =
     "                       (--vm: 8089)\n"
     "  --dns IP:PORT        resolver for the guest, UDP and TCP (--vm: 127.0.0.53:53)\n"
     "  --no-egress          none of the three (also with --vm)\n"
+    "  --hold-until FILE    exec and pty streams wait until FILE exists (the image's\n"
+    "                       init creates it once the data disk and the egress capture\n"
+    "                       are set up; at most 120 s); ctl and tcp never wait\n"
     "  --handshake-timeout MS, --ping-interval MS, --idle-timeout MS\n"
     "  --help\n";
+
+/* An exec or pty stream that arrived before the system setup finished: its
+ * OPEN stays pending (the host cannot send on it yet) with a copy of its
+ * arguments, and is served once --hold-until's file exists. */
+typedef struct held {
+    struct held *next;
+    nb_muxsess_stream_t *st;
+    int pty;
+    size_t len;
+    uint8_t args[];
+} held_t;
 
 typedef struct {
     nb_agent_t a;
@@ -54,6 +72,12 @@ typedef struct {
     uv_signal_t sigterm, sigint;
     uint64_t backoff;
     int fails;
+    /* Boot gate (--hold-until). */
+    const char *hold_file;
+    int hold_done;
+    uint64_t hold_start;
+    held_t *held, **held_tail;
+    uv_timer_t hold_timer;
 } agent_main_t;
 
 static agent_main_t M;
@@ -140,14 +164,100 @@ static void on_down(nb_muxsess_t *s, int err, const char *reason, void *ud)
     schedule_retry();
 }
 
+/* ---- boot gate: the agent comes up (and the host sees it ready) while the
+ * image's init still mounts the data disk and loads the egress capture; the
+ * commands the host runs must not see a half set-up system (a file written
+ * to /data before the mount would vanish under it). */
+
+static int hold_open(void)
+{
+    if (!M.hold_file || M.hold_done)
+        return 1;
+    uint64_t waited = uv_now(M.a.loop) - M.hold_start;
+    if (access(M.hold_file, F_OK) == 0) {
+        M.hold_done = 1;
+        nb_log(NB_LOG_INFO, "system setup done (%s) after %llu ms", M.hold_file,
+               (unsigned long long)waited);
+    } else if (waited >= HOLD_MAX_MS) {
+        M.hold_done = 1;
+        nb_log(NB_LOG_WARN, "%s still missing after %d s: serving commands anyway", M.hold_file,
+               HOLD_MAX_MS / 1000);
+    }
+    return M.hold_done;
+}
+
+static void held_unlink(held_t *h)
+{
+    held_t **pp = &M.held;
+    while (*pp && *pp != h)
+        pp = &(*pp)->next;
+    if (!*pp)
+        return;
+    *pp = h->next;
+    if (M.held_tail == &h->next)
+        M.held_tail = pp;
+}
+
+/* The host reset a waiting stream, or the session ended. */
+static void held_closed(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg, void *ud)
+{
+    held_t *h = ud;
+    held_unlink(h);
+    free(h);
+}
+
+static const nb_muxsess_stream_cbs_t held_cbs = {.on_close = held_closed};
+
+static void on_hold_timer(uv_timer_t *t)
+{
+    if (!hold_open())
+        return;
+    uv_timer_stop(&M.hold_timer);
+    /* In arrival order. Each open sets the stream's own callbacks. */
+    while (M.held) {
+        held_t *h = M.held;
+        held_unlink(h);
+        nb_iov_t args = {h->args, h->len};
+        int r =
+            h->pty ? nb_agent_pty_open(&M.a, h->st, args) : nb_agent_exec_open(&M.a, h->st, args);
+        if (r < 0)
+            nb_muxsess_stream_reject(h->st, NB_MUX_E_FAILED, nb_strerror(r));
+        free(h);
+    }
+}
+
+static int hold_stream(nb_muxsess_stream_t *st, int pty, nb_iov_t args)
+{
+    held_t *h = malloc(sizeof *h + args.len);
+    if (!h)
+        return -ENOMEM;
+    h->next = NULL;
+    h->st = st;
+    h->pty = pty;
+    h->len = args.len;
+    if (args.len)
+        memcpy(h->args, args.p, args.len);
+    if (!M.held)
+        M.held_tail = &M.held;
+    *M.held_tail = h;
+    M.held_tail = &h->next;
+    nb_muxsess_stream_set_cbs(st, &held_cbs, h);
+    if (!uv_is_active((uv_handle_t *)&M.hold_timer)) {
+        nb_log(NB_LOG_INFO, "%s waits for the system setup (%s)", pty ? "pty" : "exec",
+               M.hold_file);
+        uv_timer_start(&M.hold_timer, on_hold_timer, HOLD_POLL_MS, HOLD_POLL_MS);
+    }
+    return 0;
+}
+
 static int on_open(nb_muxsess_t *s, nb_muxsess_stream_t *st, const char *service, nb_iov_t args,
                    void *ud)
 {
     nb_agent_t *a = ud;
     if (!strcmp(service, "exec"))
-        return nb_agent_exec_open(a, st, args);
+        return hold_open() ? nb_agent_exec_open(a, st, args) : hold_stream(st, 0, args);
     if (!strcmp(service, "pty"))
-        return nb_agent_pty_open(a, st, args);
+        return hold_open() ? nb_agent_pty_open(a, st, args) : hold_stream(st, 1, args);
     if (!strcmp(service, "tcp"))
         return nb_agent_tcp_open(a, st, args);
     if (!strcmp(service, "ctl"))
@@ -166,6 +276,7 @@ static void on_signal(uv_signal_t *h, int sig)
     nb_muxsess_free(M.a.sess); /* every stream closes: children are killed */
     M.a.sess = NULL;
     uv_close((uv_handle_t *)&M.retry, NULL);
+    uv_close((uv_handle_t *)&M.hold_timer, NULL);
     uv_close((uv_handle_t *)&M.sigterm, NULL);
     uv_close((uv_handle_t *)&M.sigint, NULL);
 }
@@ -242,6 +353,9 @@ int main(int argc, char **argv)
             long v = strtol(val, &end, 10);
             ok = !*end && v >= 1 && v <= 65535;
             tp_port = (int)v;
+        } else if (!strcmp(arg, "--hold-until")) {
+            ok = val[0] == '/';
+            M.hold_file = val;
         } else if (!strcmp(arg, "--dns")) {
             ok = parse_ipport(val, dns_ip, sizeof dns_ip, &dns_port) == 0;
         } else if (!strcmp(arg, "--handshake-timeout")) {
@@ -293,6 +407,9 @@ int main(int argc, char **argv)
         return 1;
     }
     uv_timer_init(&loop, &M.retry);
+    uv_timer_init(&loop, &M.hold_timer);
+    M.hold_start = uv_now(&loop);
+    M.a.setup_done_file = M.hold_file;
     uv_signal_init(&loop, &M.sigterm);
     uv_signal_init(&loop, &M.sigint);
     uv_signal_start(&M.sigterm, on_signal, SIGTERM);

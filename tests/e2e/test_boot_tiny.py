@@ -11,7 +11,10 @@ spawn, key file, QMP client and mux socket):
      the guest shuts down cleanly;
   3. boots it, SIGKILLs the launcher (as a crashing daemon): QEMU keeps
      running in its own session; a new launcher finds it by pidfile + QMP,
-     QEMU's chardev reconnects to the new mux socket, and quit stops it.
+     QEMU's chardev reconnects to the new mux socket, and quit stops it;
+  4. (with nilbox-agent and muxc built) the image with the agent and a data
+     disk: an exec sent at once is held by the agent until the rest of the
+     setup (data disk, egress capture) is done, then sees both.
 
 Env: NB_VMRUN (binary), NB_E2E_CACHE (image cache dir), NB_IMAGES_SRC.
 The image is built with --no-agent until nilbox-agent exists: its init then
@@ -210,16 +213,22 @@ class BootTiny(unittest.TestCase):
         host = subprocess.Popen(
             [MUXC, "--listen", os.path.join(self.dir, "mux.sock"), "--key-file",
              os.path.join(self.dir, "host.key"), "exec", "--", "/bin/sh", "-c",
-             "echo net: $(ls /sys/class/net); cat /proc/cmdline; exit 7"],
+             "echo net: $(ls /sys/class/net); cat /proc/cmdline; "
+             "grep -c ' /data ext4 ' /proc/mounts | sed 's/^/data mounts: /'; exit 7"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(host)
         for _ in range(100):
             if os.path.exists(os.path.join(self.dir, "mux.sock")):
                 break
             time.sleep(0.05)
+        # With a data disk: the agent comes up before rcS.late has mounted
+        # it, and holds the exec until the setup is done.
+        disk = os.path.join(self.dir, "disk.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                        os.path.join(img, "disk.qcow2"), disk], check=True)
         rc, ev = self.vmrun("--kernel", os.path.join(img, "vmlinux"), "--initrd",
                             os.path.join(img, "initramfs.img"), "--memory", "256",
-                            "--no-mux", "--key-file", os.path.join(self.dir, "boot.key"),
+                            "--disk", disk, "--no-mux", "--key-file", os.path.join(self.dir, "boot.key"),
                             "--wait", "qmp", "--stop", "none", "--timeout", "30")
         self.assertEqual(rc, 0, ev)
         self.assertTrue(first(ev, "key_file_removed"), ev)
@@ -230,8 +239,15 @@ class BootTiny(unittest.TestCase):
             out, err = host.communicate()
         sys.stderr.write("agent exec done after %.1f s\n%s" % (time.time() - t0, err[-1500:]))
         self.assertEqual(host.returncode, 7, out + err)
+        # The exec ran only once the egress capture and /data were set up,
+        # although it reached the agent before (the agent starts first).
         self.assertIn("net: dummy0 lo\n", out)
+        self.assertIn("data mounts: 1\n", out)
         self.assertIn("console=ttyS0", out)
+        con = self.console()
+        self.assertIn("system setup done", con)
+        self.assertLess(con.index("nilbox-agent 0.1.0 on serial"),
+                        con.index("data disk mounted on /data"), con[-2000:])
         # The key is nowhere the guest or the host shows it.
         self.assertNotIn(key.hex(), out)
         self.assertNotIn(key.hex(), self.console())

@@ -472,6 +472,48 @@ def test_agent_restart_host_reconnects():
     check(b"the peer closed the connection" in err, err)
 
 
+def test_exec_held_until_setup_done():
+    # --hold-until (the VM image's boot gate): exec waits for the file, ctl
+    # does not; a waiting exec whose host goes away is dropped cleanly.
+    marker = os.path.join(TMP, "setup-done")
+    a = Agent("--hold-until", marker)
+    try:
+        gone = subprocess.Popen([MUXC, "--listen", SOCK, "--key-file", KEY, "exec", "--no-stdin",
+                                 "--", "true"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        PROCS.append(gone)
+        time.sleep(1.0)
+        check(gone.poll() is None, "exec ran before the setup was done")
+        gone.kill()  # the session ends with the stream still waiting
+        gone.wait()
+        p = subprocess.Popen([MUXC, "--listen", SOCK, "--key-file", KEY, "exec", "--no-stdin",
+                              "--", "sh", "-c", "test -e '%s' && echo after-setup" % marker],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        PROCS.append(p)
+        time.sleep(1.0)
+        check(p.poll() is None, "exec ran before the setup was done")
+        # The agent serves one host session at a time: ctl is checked below.
+        with open(marker, "w"):
+            pass
+        out, err = p.communicate(timeout=30)
+        check(p.returncode == 0 and out == b"after-setup\n", (p.returncode, out, err))
+        r, j = ctl({"call": "ping"})
+        check(r.returncode == 0 and j["ok"], r)
+    finally:
+        text = a.stop()
+    check("exec waits for the system setup" in text, text[-2000:])
+    check("system setup done" in text, text[-2000:])
+
+
+def test_ctl_not_held_before_setup_done():
+    marker = os.path.join(TMP, "setup-never")
+    a = Agent("--hold-until", marker)
+    try:
+        r, j = ctl({"call": "ping"})
+        check(r.returncode == 0 and j["ok"], r)
+    finally:
+        a.stop()
+
+
 def main():
     write_key(KEY)
     os.makedirs(ALLOW)
@@ -482,7 +524,9 @@ def main():
         for name, fn in tests:
             t0 = time.time()
             try:
-                if name == "test_agent_restart_host_reconnects":
+                if name in ("test_agent_restart_host_reconnects",
+                            "test_exec_held_until_setup_done",
+                            "test_ctl_not_held_before_setup_done"):
                     agent.stop()  # this test runs its own agents
                     try:
                         fn()
