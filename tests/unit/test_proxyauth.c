@@ -50,8 +50,8 @@ static void test_refuses(void)
         "0123456789abcdef0123456789abcdef",
         "Basic %%%%",
         "Basic MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", /* the token, no "user:" */
-        "BasicX "
-        "bmlsYm94OjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVm",
+        ("BasicX "
+         "bmlsYm94OjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVm"), /* no such scheme */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         NB_CHECK_EQ_INT(check(bad[i]), 0);
