@@ -33,9 +33,11 @@ def setup():
     for n in ("api.test", "sse.test", "ws.test"):
         E.rule("allow", n + ":443")
     E.rule("allow", "plain.test:80")
-    E.rule("allow", "api.test:7000")  # raw tunnel port (not HTTP)
+    E.rule("allow", "api.test:7000")  # raw tunnel port (not HTTP) of a bound host: refused
+    E.rule("allow", "raw.test:7000")  # raw tunnel port of a host no binding names
     E.rule("allow", "unresolvable.test:7001")  # resolved for real: fails or takes a while
-    E.px = E.proxy(vm="a", extra_resolve=["api.test:7000:127.0.0.1:%d" % E.plain_port])
+    E.px = E.proxy(vm="a", extra_resolve=["api.test:7000:127.0.0.1:%d" % E.plain_port,
+                                          "raw.test:7000:127.0.0.1:%d" % E.plain_port])
 
 
 def last_received(target):
@@ -215,7 +217,7 @@ def test_raw_tunnel_other_port():
     # inspection (and so no injection: the placeholder goes as is).
     s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
     try:
-        s.sendall(with_auth(E.px, b"CONNECT api.test:7000 HTTP/1.1\r\nHost: api.test:7000\r\n\r\n"))
+        s.sendall(with_auth(E.px, b"CONNECT raw.test:7000 HTTP/1.1\r\nHost: raw.test:7000\r\n\r\n"))
         head = s.recv(4096)
         assert head.startswith(b"HTTP/1.1 200"), head
         s.sendall(b"GET /raw HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer OPENAI_API_KEY\r\n"
@@ -230,6 +232,32 @@ def test_raw_tunnel_other_port():
     finally:
         s.close()
     assert header(last_received("/raw"), "Authorization") == ["Bearer OPENAI_API_KEY"]
+
+
+def test_A5_no_raw_tunnel_to_a_bound_host():
+    # A value injected into a request to api.test may be stored there and
+    # served back on any connection to it; a raw tunnel cannot be scanned
+    # (it may be TLS end to end), so none is opened to a bound host: 403
+    # with the reason and the command that makes the port inspected.
+    before = len([r for r in E.received() if r["target"] == "/raw-bound"])
+    s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
+    try:
+        s.sendall(with_auth(E.px, b"CONNECT api.test:7000 HTTP/1.1\r\nHost: api.test:7000\r\n\r\n"))
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+    finally:
+        s.close()
+    assert data.startswith(b"HTTP/1.1 403"), data
+    assert b"X-Nilbox-Reason: raw-tunnel-bound-host" in data, data
+    assert b"--port 7000 --http" in data, data
+    time.sleep(0.3)
+    assert len([r for r in E.received() if r["target"] == "/raw-bound"]) == before
+    rows = E.audit("refusal")
+    assert any(r.get("detail", {}).get("reason") == "raw-tunnel-bound-host" for r in rows), rows
 
 
 def test_prompt_allow_once_then_again():
@@ -373,6 +401,7 @@ def main():
              test_node_fetch_undici, test_chunked_upload_and_download,
              test_sse_events_arrive_as_sent, test_websocket_echo, test_expect_100_continue,
              test_100_mib_both_ways, test_plain_http_absolute_form, test_raw_tunnel_other_port,
+             test_A5_no_raw_tunnel_to_a_bound_host,
              test_prompt_allow_once_then_again, test_listener_closes_with_the_command,
              test_test_options_need_test_mode, test_eof_delimited_and_redirect_responses,
              test_hostile_clients_do_not_hurt, test_daemon_exits_cleanly]

@@ -672,6 +672,37 @@ const char *px_why_hint(int why)
     }
 }
 
+/* A5: a value injected into a request to a bound host may be stored there
+ * and served back later on any connection to that host. Inspected
+ * connections are scanned; a raw tunnel cannot be (it may be TLS end to end
+ * with the upstream), so none is opened to a host that any binding names.
+ * The user can have such a port inspected instead (`--http` on its rule).
+ * 1 when refused (the connection is answered or closed). */
+static int raw_refused(cconn_t *c)
+{
+    if (!nb_pxcreds_host_bound_any(c->px->creds, c->auth.host))
+        return 0;
+    char msg[400], hint[400];
+    snprintf(msg, sizeof msg,
+             "secrets are bound to %s, and a connection nilbox cannot inspect could carry one "
+             "back",
+             c->auth.host);
+    snprintf(hint, sizeof hint,
+             "to let nilbox inspect it: nilbox rule add allow %s --port %u --http", c->auth.host,
+             (unsigned)c->auth.port);
+    json_t *d = json_pack("{s:s, s:s, s:s}", "reason", "raw-tunnel-bound-host", "threat", "A5",
+                          "message", msg);
+    px_record(c, "refusal", c->auth.host, c->auth.port, d);
+    nb_log_conn(NB_LOG_INFO, c->id, "raw tunnel to bound host %s:%u refused", c->auth.host,
+                (unsigned)c->auth.port);
+    c->px->st.denied++;
+    if (c->early || c->transparent)
+        px_conn_close(c); /* a raw stream has no place for a reason */
+    else
+        px_reply(c, 403, "refused", "raw-tunnel-bound-host", c->auth.host, msg, hint, 1);
+    return 1;
+}
+
 /* The verdict of a CONNECT answered before it (connect_hold). Nothing
  * has gone upstream yet: an HTTP port's held request goes on or gets its
  * 403 inside the tunnel; a raw port's held bytes go to a new upstream
@@ -701,6 +732,8 @@ static void held_verdict(cconn_t *c, const nb_gate_verdict_t *v)
             sniff(c);
             return;
         }
+        if (raw_refused(c))
+            return;
         c->state = CS_CONNECTING;
         px_conn_update_read(c);
         if (px_up_acquire(c, c->auth.host, c->auth.is_ip, c->auth.port, 0, 1) < 0)
@@ -934,6 +967,8 @@ static void connect_allowed(cconn_t *c)
         sniff(c);
         return;
     }
+    if (raw_refused(c))
+        return;
     /* Raw tunnel: connect first, so a failure can still be a 502. */
     c->state = CS_CONNECTING;
     int r = px_up_acquire(c, c->auth.host, c->auth.is_ip, c->auth.port, 0, 1);
