@@ -143,6 +143,23 @@ int nb_secretsvc_snap_load(nb_secrets_t *s, nb_secretsvc_snap_t **out)
     if ((r = nb_secrets_load_sealed(s, &sn->sealed, &sn->nsealed)) < 0 ||
         (r = nb_secrets_bindings(s, &sn->bindings, &sn->nbindings)) < 0)
         goto fail;
+    /* A binding stored before today's checks (a public-suffix host such as
+     * `*.com`, a header that can never carry it) never injects: the same
+     * rules as `secret bind`, applied to what the proxy will use. It stays
+     * listed so that the user can see and remove it. */
+    size_t kept = 0;
+    for (size_t i = 0; i < sn->nbindings; i++) {
+        nb_binding_t t = sn->bindings[i];
+        if (nb_binding_normalize(&t) < 0) {
+            nb_log(NB_LOG_WARN,
+                   "secrets: binding %lld of %s is no longer accepted (host or header); it is "
+                   "ignored: remove it with 'nilbox secret unbind'",
+                   (long long)sn->bindings[i].id, sn->bindings[i].secret);
+            continue;
+        }
+        sn->bindings[kept++] = sn->bindings[i];
+    }
+    sn->nbindings = kept;
     sn->names = calloc(sn->nsealed + 1, sizeof *sn->names);
     if (!sn->names) {
         r = -ENOMEM;
