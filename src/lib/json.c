@@ -61,7 +61,7 @@ static int dump_cb(const char *p, size_t n, void *ud)
 int nb_json_dump(const json_t *j, nb_buf_t *b)
 {
     size_t before = b->len;
-    if (json_dump_callback(j, dump_cb, b, JSON_COMPACT | JSON_ENCODE_ANY) < 0) {
+    if (json_dump_callback(j, dump_cb, b, NB_JSON_DUMP_FLAGS) < 0) {
         b->len = before;
         return b->max - b->len < 1024 ? NB_ETOOBIG : -ENOMEM;
     }
