@@ -193,7 +193,15 @@ static void st_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char
             nb_vm_fmt(m, sizeof m, "%s", msg);
         } else if (code == NB_MUX_E_BAD_ARGS) {
             c = "invalid";
-            nb_vm_fmt(m, sizeof m, "the agent refused the request: %s", msg);
+            /* An image built before it had the 'agent' account: say how out. */
+            nb_vm_fmt(m, sizeof m, "the agent refused the request: %s%s%s%s", msg,
+                      strstr(msg, "no account") ? "; choose another with --user, or change the "
+                                                  "VM's default with 'nilbox vm set "
+                                                : "",
+                      strstr(msg, "no account") ? b->vm : "",
+                      strstr(msg, "no account") ? " --user root' (images built before the "
+                                                  "'agent' user lack it: rebuild them)"
+                                                : "");
         } else {
             nb_vm_fmt(m, sizeof m, "the VM's channel closed (%s): %s", nb_mux_code_name(code), msg);
         }
