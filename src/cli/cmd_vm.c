@@ -14,7 +14,7 @@
 
 #include "cli/client.h"
 #include "cli/cmd.h"
-#include "cli/termfilter.h"
+#include "cli/logfilter.h"
 #include "cli/vmwait.h"
 #include "cli/wsclient.h"
 #include "lib/err.h"
@@ -428,49 +428,17 @@ static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     return NB_CLI_OK;
 }
 
-/* The console carries whatever the guest printed, including terminal
- * requests (ESC[6n from a shell asking where the cursor is) that would make
- * the user's terminal type an answer after `vm logs` exits. The text goes
- * through the same filter as `shell` output (termfilter.h: valid UTF-8,
- * hostile sequences dropped whole, complete sequences only), and then a
- * log keeps only what reads as a record: colours (SGR) on a terminal,
- * no escape sequence at all into a pipe or file, and no control byte but
- * newline and tab. */
-static nb_termfilter_t log_filter;
-static int log_colour;
+/* The console carries whatever the guest printed: see logfilter.h. */
+static nb_logfilter_t log_filter;
 
 static void on_log_filtered(void *ud, const uint8_t *p, size_t n)
 {
-    for (size_t i = 0; i < n;) {
-        uint8_t c = p[i];
-        if (c != 0x1b) {
-            if (c >= 0x20 || c == '\n' || c == '\t')
-                fputc(c, stdout);
-            i++;
-            continue;
-        }
-        size_t j = i + 1; /* termfilter hands out complete sequences only */
-        if (j < n && p[j] == '[') {
-            for (j++; j < n && !(p[j] >= 0x40 && p[j] <= 0x7e); j++)
-                ;
-            if (j < n && log_colour && p[j] == 'm')
-                fwrite(p + i, 1, j + 1 - i, stdout);
-            i = j + 1;
-        } else if (j < n && p[j] == ']') { /* OSC: up to BEL or ESC \ */
-            for (j++; j < n && p[j] != 0x07 && p[j] != 0x1b; j++)
-                ;
-            i = j < n && p[j] == 0x1b ? j + 2 : j + 1;
-        } else {
-            while (j < n && p[j] >= 0x20 && p[j] <= 0x2f) /* intermediates, then a final */
-                j++;
-            i = j + 1;
-        }
-    }
+    fwrite(p, 1, n, stdout);
 }
 
 static void print_console(const char *s)
 {
-    nb_termfilter_feed(&log_filter, (const uint8_t *)s, strlen(s), on_log_filtered, NULL);
+    nb_logfilter_feed(&log_filter, (const uint8_t *)s, strlen(s));
     fflush(stdout);
 }
 
@@ -501,7 +469,7 @@ static int print_log(nb_cli_t *cli, const char *base, const char *source, long t
         int more = nb_json_int(res, "size", 0) > offset;
         json_decref(res);
         if ((!follow && !more) || interrupted) {
-            nb_termfilter_finish(&log_filter, on_log_filtered, NULL);
+            nb_logfilter_finish(&log_filter);
             fflush(stdout);
             return NB_CLI_OK;
         }
@@ -519,8 +487,7 @@ static int do_logs(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return NB_CLI_USAGE;
     struct sigaction sa = {.sa_handler = on_sigint};
     interrupted = 0;
-    nb_termfilter_init(&log_filter);
-    log_colour = isatty(STDOUT_FILENO);
+    nb_logfilter_init(&log_filter, isatty(STDOUT_FILENO), on_log_filtered, NULL);
     if (follow)
         sigaction(SIGINT, &sa, NULL);
     if (qemu)
