@@ -413,16 +413,18 @@ static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (json_array_size(vms) == 0)
         printf("no VMs; create one with 'nilbox vm create NAME'\n");
     else
-        printf("%-20s %-9s %-7s %4s %7s %8s %-6s %s\n", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY",
-               "DISK", "AGENT", "RESTART");
+        printf("%-20s %-9s %-7s %4s %7s %8s %-6s %-10s %s\n", "NAME", "STATE", "IMAGE", "CPUS",
+               "MEMORY", "DISK", "AGENT", "RESTART", "USER");
     json_array_foreach (vms, i, vm) {
         char mem[16], disk[16];
         snprintf(mem, sizeof mem, "%lldM", (long long)nb_json_int(vm, "memory_mib", 0));
         snprintf(disk, sizeof disk, "%lldM", (long long)(nb_json_int(vm, "disk_bytes", 0) >> 20));
-        printf("%-20s %-9s %-7s %4lld %7s %8s %-6s %s\n", nb_json_str(vm, "name"),
+        const char *user = nb_json_str(vm, "user");
+        printf("%-20s %-9s %-7s %4lld %7s %8s %-6s %-10s %s\n", nb_json_str(vm, "name"),
                nb_json_str(vm, "state"), nb_json_str(vm, "image"),
                (long long)nb_json_int(vm, "cpus", 0), mem, disk,
-               nb_json_bool(vm, "agent", 0) ? "yes" : "-", nb_json_str(vm, "restart"));
+               nb_json_bool(vm, "agent", 0) ? "yes" : "-", nb_json_str(vm, "restart"),
+               user ? user : "-");
     }
     json_decref(res);
     return NB_CLI_OK;

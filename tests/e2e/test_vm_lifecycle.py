@@ -135,6 +135,7 @@ class VmE2E(unittest.TestCase):
         self.cli("vm", "create", "dup")
         # New VMs run exec/shell as the images' unprivileged user.
         self.assertEqual(self.inspect("dup")["user"], "agent")
+        self.assertRegex(self.cli("vm", "ls").stdout, r"\ndup +stopped .* never +agent\n")
         r = self.cli("vm", "create", "nope1", "--image", "nope", ok=False)
         self.assertEqual(r.returncode, 4, r.stderr)
         self.assertIn("no image named 'nope'", r.stderr)
