@@ -238,6 +238,16 @@ class VmE2E(unittest.TestCase):
                        "/etc/environment; do [ ! -e $f ] || [ -r $f ] || echo unreadable $f; "
                        "done; cat /etc/nilbox/env >/dev/null")
         self.assertEqual((r.returncode, r.stdout), (0, ""), r.stderr)
+        # This daemon has no key (headless, no passphrase yet): the store is
+        # locked, and the guest's proxy answers 503 saying how to unlock it.
+        st = json.loads(self.cli("--json", "secret", "status", ok=False).stdout)["state"]
+        if st == "locked":
+            r = self.exec_("t1", "curl", "-s", "-i", "-x", "http://127.0.0.1:8088",
+                           "http://example.test/")
+            self.assertIn("503", r.stdout.split("\n")[0], r.stdout)
+            self.assertIn("egress-unavailable", r.stdout)
+            self.assertIn("the secret store is locked", r.stdout)
+            self.assertIn("nilbox secret unlock", r.stdout)
         # The VM's default user: root from now on (the rest writes /data).
         self.cli("vm", "set", "t1", "--user", "root")
         self.assertEqual(self.exec_("t1", "id", "-un").stdout.strip(), "root")
