@@ -456,12 +456,32 @@ static int read_offer(nb_cli_t *cli, int fresh, uint8_t **out, size_t *len)
     return NB_CLI_OK;
 }
 
+/* Sends the passphrase (takes `pass`, a sodium_malloc'd secret). */
+static int send_passphrase(nb_cli_t *cli, uint8_t *pass, size_t len, int fresh, int offer)
+{
+    json_t *body, *res = NULL;
+    int code;
+    if ((code = body_take(cli, "passphrase", pass, len, "the passphrase must be UTF-8 text",
+                          &body)) != NB_CLI_OK)
+        return code;
+    int done = nb_cli_call_or_json(cli, "POST", "/v1/keystore/unlock", body, &res, &code);
+    body_wipe_free(body, "passphrase");
+    if (done) {
+        if (offer)
+            fprintf(stderr, "nilbox: the daemon runs; try again with 'nilbox secret unlock'\n");
+        return code;
+    }
+    printf("the secret store is open (%s)\n", fresh ? "new passphrase set" : "unlocked");
+    json_decref(res);
+    return NB_CLI_OK;
+}
+
 /* `offer`: called by `daemon start` on a terminal: waits for the store to
  * leave "starting", says nothing unless it is locked, and an empty entry
  * skips. */
 static int unlock(nb_cli_t *cli, int offer)
 {
-    json_t *st = NULL, *res = NULL;
+    json_t *st = NULL;
     uint8_t *pass = NULL;
     size_t len = 0;
     int code = nb_cli_call(cli, "GET", "/v1/keystore", NULL, &st);
@@ -493,37 +513,27 @@ static int unlock(nb_cli_t *cli, int offer)
         json_decref(st);
         return code;
     }
-    json_decref(st);
     if (offer) {
+        json_decref(st);
         fprintf(stderr,
                 "nilbox: the secret store is locked%s: guests get no placeholders and "
                 "their egress answers 503 until it is unlocked.\n",
                 fresh ? " (no passphrase set yet, and no OS keyring)" : "");
         code = read_offer(cli, fresh, &pass, &len);
-        if (code == NB_CLI_OK && !pass) {
+        if (code != NB_CLI_OK)
+            return code;
+        if (!pass) {
             fprintf(stderr, "nilbox: not unlocked; run 'nilbox secret unlock' when you want\n");
             return NB_CLI_OK;
         }
-    } else {
-        code = read_value(cli, fresh ? "New passphrase for the secret store: " : "Passphrase: ",
-                          fresh ? "Repeat the passphrase: " : NULL, &pass, &len);
+        return send_passphrase(cli, pass, len, fresh, 1);
     }
+    json_decref(st);
+    code = read_value(cli, fresh ? "New passphrase for the secret store: " : "Passphrase: ",
+                      fresh ? "Repeat the passphrase: " : NULL, &pass, &len);
     if (code != NB_CLI_OK)
         return code;
-    json_t *body;
-    if ((code = body_take(cli, "passphrase", pass, len, "the passphrase must be UTF-8 text",
-                          &body)) != NB_CLI_OK)
-        return code;
-    int done = nb_cli_call_or_json(cli, "POST", "/v1/keystore/unlock", body, &res, &code);
-    body_wipe_free(body, "passphrase");
-    if (done) {
-        if (offer)
-            fprintf(stderr, "nilbox: the daemon runs; try again with 'nilbox secret unlock'\n");
-        return code;
-    }
-    printf("the secret store is open (%s)\n", fresh ? "new passphrase set" : "unlocked");
-    json_decref(res);
-    return NB_CLI_OK;
+    return send_passphrase(cli, pass, len, fresh, 0);
 }
 
 static int do_unlock(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)

@@ -13,10 +13,6 @@
  * gets a one-line reason. */
 int nb_json_parse(nb_iov_t in, json_t **out, char *err, size_t errsz);
 
-/* Reals with 15 significant digits (what a double holds exactly): 9.18,
- * not jansson's default 17-digit 9.1799999999999997. */
-#define NB_JSON_DUMP_FLAGS (JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15))
-
 /* Appends the compact serialisation of `j` to `b`. 0, NB_ETOOBIG, -ENOMEM. */
 int nb_json_dump(const json_t *j, nb_buf_t *b);
 
