@@ -28,7 +28,7 @@ NO_AGENT=0
 SIZE=4G
 FORCE=0
 SUITE=bookworm
-PACKAGES="systemd-sysv,udev,dbus,kmod,iproute2,nftables,e2fsprogs,procps,less,ca-certificates,curl,git,python3,nodejs,npm"
+PACKAGES="systemd-sysv,udev,dbus,kmod,iproute2,nftables,e2fsprogs,procps,less,ca-certificates,curl,git,python3,nodejs,npm,sudo"
 
 usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do

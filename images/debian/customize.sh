@@ -15,6 +15,14 @@ echo nilbox >"$R/etc/hostname"
 printf '127.0.0.1 localhost nilbox\n::1 localhost\n' >"$R/etc/hosts"
 # No passwords: root is locked; there is no sshd. Access is the agent only.
 sed -i 's|^root:[^:]*:|root:*:|' "$R/etc/shadow"
+# The unprivileged account that `nilbox exec` and `shell` use by default
+# (uid 1000, as in the tiny image): many agents refuse to run as root. No
+# password (locked, and there is no sshd); passwordless sudo for what needs
+# root (apt, services).
+chroot "$R" useradd --create-home --uid 1000 --user-group --shell /bin/bash \
+    --comment "nilbox agent" agent
+printf 'agent ALL=(ALL:ALL) NOPASSWD: ALL\n' >"$R/etc/sudoers.d/nilbox-agent"
+chmod 0440 "$R/etc/sudoers.d/nilbox-agent"
 # Root on the whole virtio disk, grown online to the disk size at each boot
 # (after `nilbox vm resize`).
 printf '/dev/vda / ext4 defaults,noatime,x-systemd.growfs 0 1\n' >"$R/etc/fstab"

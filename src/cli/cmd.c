@@ -36,7 +36,7 @@ int nb_cli_fail(nb_cli_t *cli, int code, const char *err_code, const char *fmt, 
 
 void nb_cli_print_json(const json_t *j)
 {
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY);
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
     if (s) {
         fputs(s, stdout);
         fputc('\n', stdout);

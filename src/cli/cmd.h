@@ -107,4 +107,8 @@ int nb_cli_fail(nb_cli_t *cli, int code, const char *err_code, const char *fmt, 
 /* Prints `j` as indented JSON plus newline on stdout. Borrows j. */
 void nb_cli_print_json(const json_t *j);
 
+/* `daemon start` on a terminal: when the secret store is locked, says so
+ * and offers to unlock it (hidden passphrase; empty skips). cmd_secret.c. */
+int nb_cli_secret_unlock_offer(nb_cli_t *cli);
+
 #endif

@@ -10,6 +10,7 @@
 #include "cli/client.h"
 #include "cli/cmd.h"
 #include "lib/json.h"
+#include "lib/log.h"
 
 static void fmt_uptime(double s, char *out, size_t outsz)
 {
@@ -61,6 +62,22 @@ static void print_status(const json_t *st)
     printf("  events:    %lld (%lld live subscribers)\n",
            (long long)nb_json_int(counts, "events", 0),
            (long long)nb_json_int(counts, "event_clients", 0));
+    const json_t *sec = json_object_get(st, "secrets");
+    const char *state = nb_json_str(sec, "state"), *prov = nb_json_str(sec, "provider");
+    const char *hint = nb_json_str(sec, "hint");
+    char esc[600];
+    if (!state)
+        return;
+    if (!strcmp(state, "locked")) {
+        printf("  secrets:   LOCKED: %s\n", hint ? hint : "run 'nilbox secret unlock'");
+        return;
+    }
+    printf("  secrets:   %s", state);
+    if (prov && prov[0])
+        printf(" (%s)", prov);
+    if (hint && hint[0])
+        printf(": %s", nb_log_escape(esc, sizeof esc, hint, strlen(hint)));
+    printf("\n");
 }
 
 static int not_running(nb_cli_t *cli)
@@ -131,6 +148,12 @@ static int do_start(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         print_status(st);
     }
     json_decref(st);
+    /* With the passphrase provider every start leaves the store locked:
+     * on a terminal, offer to unlock it right here. */
+    if (!cli->json && isatty(STDIN_FILENO) && isatty(STDERR_FILENO)) {
+        fflush(stdout);
+        return nb_cli_secret_unlock_offer(cli);
+    }
     return NB_CLI_OK;
 }
 

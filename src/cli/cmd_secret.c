@@ -420,17 +420,91 @@ static int do_status(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     return code;
 }
 
-static int do_unlock(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+/* Reads the passphrase for the offer of `daemon start`: empty = skip (0
+ * and *out NULL). A new store asks twice. */
+static int read_offer(nb_cli_t *cli, int fresh, uint8_t **out, size_t *len)
 {
-    json_t *st = NULL, *res = NULL;
+    uint8_t *buf = sodium_malloc(VALUE_MAX + 2), *chk = NULL;
+    size_t l2 = 0;
+    *out = NULL;
+    *len = 0;
+    if (!buf)
+        return nb_cli_fail(cli, NB_CLI_ERROR, "internal", "cannot lock memory for the value");
+    int r = read_tty(fresh ? "New passphrase for the secret store (empty: not now): "
+                           : "Passphrase to unlock it now (empty: not now): ",
+                     buf, VALUE_MAX, len);
+    if (r == 0 && *len > 0 && fresh) {
+        if (!(chk = sodium_malloc(VALUE_MAX + 2)))
+            r = -ENOMEM;
+        else if ((r = read_tty("Repeat the passphrase: ", chk, VALUE_MAX, &l2)) == 0 &&
+                 (l2 != *len || sodium_memcmp(buf, chk, l2) != 0)) {
+            sodium_free(chk);
+            sodium_free(buf);
+            return nb_cli_fail(cli, NB_CLI_ERROR, "mismatch",
+                               "the two entries differ; run 'nilbox secret unlock' to try again");
+        }
+        sodium_free(chk);
+    }
+    if (r < 0 || *len == 0) {
+        sodium_free(buf);
+        *len = 0;
+        return r < 0 ? nb_cli_fail(cli, NB_CLI_ERROR, "read_failed",
+                                   "cannot read the passphrase: %s", nb_strerror(r))
+                     : NB_CLI_OK;
+    }
+    buf[*len] = 0;
+    *out = buf;
+    return NB_CLI_OK;
+}
+
+/* Sends the passphrase (takes `pass`, a sodium_malloc'd secret). */
+static int send_passphrase(nb_cli_t *cli, uint8_t *pass, size_t len, int fresh, int offer)
+{
+    json_t *body, *res = NULL;
+    int code;
+    if ((code = body_take(cli, "passphrase", pass, len, "the passphrase must be UTF-8 text",
+                          &body)) != NB_CLI_OK)
+        return code;
+    int done = nb_cli_call_or_json(cli, "POST", "/v1/keystore/unlock", body, &res, &code);
+    body_wipe_free(body, "passphrase");
+    if (done) {
+        if (offer)
+            fprintf(stderr, "nilbox: the daemon runs; try again with 'nilbox secret unlock'\n");
+        return code;
+    }
+    printf("the secret store is open (%s)\n", fresh ? "new passphrase set" : "unlocked");
+    json_decref(res);
+    return NB_CLI_OK;
+}
+
+/* `offer`: called by `daemon start` on a terminal: waits for the store to
+ * leave "starting", says nothing unless it is locked, and an empty entry
+ * skips. */
+static int unlock(nb_cli_t *cli, int offer)
+{
+    json_t *st = NULL;
     uint8_t *pass = NULL;
     size_t len = 0;
     int code = nb_cli_call(cli, "GET", "/v1/keystore", NULL, &st);
+    /* A keyring attempt may take a few seconds after the daemon starts. */
+    for (int i = 0; offer && code == NB_CLI_OK && i < 100; i++) {
+        const char *s0 = nb_json_str(st, "state");
+        if (!s0 || strcmp(s0, "starting") != 0)
+            break;
+        json_decref(st);
+        st = NULL;
+        usleep(100 * 1000);
+        code = nb_cli_call(cli, "GET", "/v1/keystore", NULL, &st);
+    }
     if (code != NB_CLI_OK)
         return code;
     const char *state = nb_json_str(st, "state");
     const char *prov = nb_json_str(st, "provider");
     int fresh = !prov || !prov[0];
+    if (offer && (!state || strcmp(state, "locked") != 0)) {
+        json_decref(st);
+        return NB_CLI_OK;
+    }
     if (!state || strcmp(state, "locked") != 0) {
         code = state && !strcmp(state, "open")
                    ? (printf("the secret store is already open\n"), NB_CLI_OK)
@@ -440,23 +514,38 @@ static int do_unlock(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         json_decref(st);
         return code;
     }
+    if (offer) {
+        json_decref(st);
+        fprintf(stderr,
+                "nilbox: the secret store is locked%s: guests get no placeholders and "
+                "their egress answers 503 until it is unlocked.\n",
+                fresh ? " (no passphrase set yet, and no OS keyring)" : "");
+        code = read_offer(cli, fresh, &pass, &len);
+        if (code != NB_CLI_OK)
+            return code;
+        if (!pass) {
+            fprintf(stderr, "nilbox: not unlocked; run 'nilbox secret unlock' when you want\n");
+            return NB_CLI_OK;
+        }
+        return send_passphrase(cli, pass, len, fresh, 1);
+    }
     json_decref(st);
     nb_json_wipe_on_free();
     code = read_value(cli, fresh ? "New passphrase for the secret store: " : "Passphrase: ",
                       fresh ? "Repeat the passphrase: " : NULL, &pass, &len);
     if (code != NB_CLI_OK)
         return code;
-    json_t *body;
-    if ((code = body_take(cli, "passphrase", pass, len, "the passphrase must be UTF-8 text",
-                          &body)) != NB_CLI_OK)
-        return code;
-    int done = nb_cli_call_or_json(cli, "POST", "/v1/keystore/unlock", body, &res, &code);
-    body_wipe_free(body, "passphrase");
-    if (done)
-        return code;
-    printf("the secret store is open (%s)\n", fresh ? "new passphrase set" : "unlocked");
-    json_decref(res);
-    return NB_CLI_OK;
+    return send_passphrase(cli, pass, len, fresh, 0);
+}
+
+static int do_unlock(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    return unlock(cli, 0);
+}
+
+int nb_cli_secret_unlock_offer(nb_cli_t *cli)
+{
+    return unlock(cli, 1);
 }
 
 static const nb_cli_opt_t bind_opts[] = {

@@ -14,6 +14,7 @@
 
 #include "cli/client.h"
 #include "cli/cmd.h"
+#include "cli/logfilter.h"
 #include "cli/vmwait.h"
 #include "cli/wsclient.h"
 #include "lib/err.h"
@@ -241,6 +242,8 @@ static int do_create(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     }
     if (accel)
         json_object_set_new(body, "accel", json_string(accel));
+    if (nb_cli_opt(v, a, "user"))
+        json_object_set_new(body, "user", json_string(nb_cli_opt(v, a, "user")));
     json_object_set_new(body, "cpus", json_integer(cpus));
     if (image)
         json_object_set_new(body, "image", json_string(image));
@@ -266,11 +269,12 @@ static int do_create(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (cli->json)
         nb_cli_print_json(res);
     else
-        printf("created VM %s (image %s, %lld CPU, %lld MiB, disk %lld MiB); start it with "
-               "'nilbox vm start %s'\n",
+        printf("created VM %s (image %s, %lld CPU, %lld MiB, disk %lld MiB, user %s); start it "
+               "with 'nilbox vm start %s'\n",
                name, nb_json_str(res, "image"), (long long)nb_json_int(res, "cpus", 0),
                (long long)nb_json_int(res, "memory_mib", 0),
-               (long long)(nb_json_int(res, "disk_bytes", 0) >> 20), name);
+               (long long)(nb_json_int(res, "disk_bytes", 0) >> 20), nb_json_str(res, "user"),
+               name);
     json_decref(res);
     return NB_CLI_OK;
 }
@@ -314,10 +318,28 @@ static int simple(nb_cli_t *cli, const char *method, const char *name, const cha
 
 static int do_stop(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
-    if (!cli->json)
+    char path[160];
+    json_t *res = NULL;
+    if (vm_path(path, sizeof path, a->pos[0], "") < 0)
+        return NB_CLI_USAGE;
+    /* Say "already stopped" rather than "stopping" for a VM that is not
+     * running; the stop request still goes out (it cancels the pending
+     * restart of a crashed VM). */
+    int code = nb_cli_call(cli, "GET", path, NULL, &res);
+    if (code != NB_CLI_OK)
+        return code;
+    const char *state = nb_json_str(res, "state");
+    int down = state && (!strcmp(state, "stopped") || !strcmp(state, "crashed"));
+    char was[16];
+    snprintf(was, sizeof was, "%s", state ? state : "");
+    json_decref(res);
+    if (!cli->json && !down)
         fprintf(stderr, "nilbox: stopping VM %s\n", a->pos[0]);
     return simple(cli, "POST", a->pos[0], "/stop",
-                  json_pack("{s:b}", "force", nb_cli_flag(v, a, "force")), "is stopped");
+                  json_pack("{s:b}", "force", nb_cli_flag(v, a, "force")),
+                  !down                     ? "is stopped"
+                  : !strcmp(was, "crashed") ? "was not running (it had crashed); it stays stopped"
+                                            : "is already stopped");
 }
 
 static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
@@ -343,12 +365,12 @@ static int do_resize(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 
 static int do_set(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
-    const char *restart = nb_cli_opt(v, a, "restart"), *accel;
+    const char *restart = nb_cli_opt(v, a, "restart"), *accel, *user = nb_cli_opt(v, a, "user");
     if (accel_opt(v, a, &accel) < 0)
         return NB_CLI_USAGE;
-    if (!restart && !accel) {
-        fprintf(stderr,
-                "nilbox: nothing to set; try --restart never|on-failure or --accel auto|kvm|tcg\n");
+    if (!restart && !accel && !user) {
+        fprintf(stderr, "nilbox: nothing to set; try --restart never|on-failure, --accel "
+                        "auto|kvm|tcg or --user NAME\n");
         return NB_CLI_USAGE;
     }
     json_t *body = json_object();
@@ -356,6 +378,8 @@ static int do_set(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         json_object_set_new(body, "restart", json_string(restart));
     if (accel)
         json_object_set_new(body, "accel", json_string(accel));
+    if (user)
+        json_object_set_new(body, "user", json_string(user));
     return simple(cli, "PATCH", a->pos[0], "", body,
                   accel ? "updated (the accelerator applies from the next start)" : "updated");
 }
@@ -389,30 +413,34 @@ static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (json_array_size(vms) == 0)
         printf("no VMs; create one with 'nilbox vm create NAME'\n");
     else
-        printf("%-20s %-9s %-7s %4s %7s %8s %-6s %s\n", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY",
-               "DISK", "AGENT", "RESTART");
+        printf("%-20s %-9s %-7s %4s %7s %8s %-6s %-10s %s\n", "NAME", "STATE", "IMAGE", "CPUS",
+               "MEMORY", "DISK", "AGENT", "RESTART", "USER");
     json_array_foreach (vms, i, vm) {
         char mem[16], disk[16];
         snprintf(mem, sizeof mem, "%lldM", (long long)nb_json_int(vm, "memory_mib", 0));
         snprintf(disk, sizeof disk, "%lldM", (long long)(nb_json_int(vm, "disk_bytes", 0) >> 20));
-        printf("%-20s %-9s %-7s %4lld %7s %8s %-6s %s\n", nb_json_str(vm, "name"),
+        const char *user = nb_json_str(vm, "user");
+        printf("%-20s %-9s %-7s %4lld %7s %8s %-6s %-10s %s\n", nb_json_str(vm, "name"),
                nb_json_str(vm, "state"), nb_json_str(vm, "image"),
                (long long)nb_json_int(vm, "cpus", 0), mem, disk,
-               nb_json_bool(vm, "agent", 0) ? "yes" : "-", nb_json_str(vm, "restart"));
+               nb_json_bool(vm, "agent", 0) ? "yes" : "-", nb_json_str(vm, "restart"),
+               user ? user : "-");
     }
     json_decref(res);
     return NB_CLI_OK;
 }
 
-/* The console carries whatever the guest printed: drop control bytes
- * (terminal escapes) except newline and tab. */
+/* The console carries whatever the guest printed: see logfilter.h. */
+static nb_logfilter_t log_filter;
+
+static void on_log_filtered(void *ud, const uint8_t *p, size_t n)
+{
+    fwrite(p, 1, n, stdout);
+}
+
 static void print_console(const char *s)
 {
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 || c == '\n' || c == '\t')
-            fputc(c, stdout);
-    }
+    nb_logfilter_feed(&log_filter, (const uint8_t *)s, strlen(s));
     fflush(stdout);
 }
 
@@ -442,8 +470,11 @@ static int print_log(nb_cli_t *cli, const char *base, const char *source, long t
         offset = (long long)nb_json_int(res, "next", 0);
         int more = nb_json_int(res, "size", 0) > offset;
         json_decref(res);
-        if ((!follow && !more) || interrupted)
+        if ((!follow && !more) || interrupted) {
+            nb_logfilter_finish(&log_filter);
+            fflush(stdout);
             return NB_CLI_OK;
+        }
         if (!more)
             usleep(300 * 1000);
     }
@@ -458,6 +489,7 @@ static int do_logs(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return NB_CLI_USAGE;
     struct sigaction sa = {.sa_handler = on_sigint};
     interrupted = 0;
+    nb_logfilter_init(&log_filter, isatty(STDOUT_FILENO), on_log_filtered, NULL);
     if (follow)
         sigaction(SIGINT, &sa, NULL);
     if (qemu)
@@ -547,6 +579,9 @@ static const nb_cli_opt_t create_opts[] = {
     {"accel", 'a', "ACCEL",
      "auto (default: KVM when it works here, else TCG), kvm or tcg; NILBOX_ACCEL sets the "
      "daemon's default"},
+    {"user", 'u', "USER",
+     "guest account that exec and shell run as (default: agent, the images' unprivileged "
+     "user with sudo in debian; root for root)"},
     {"start", 's', NULL, "start the VM right away and wait for its agent"},
     {NULL, 0, NULL, NULL},
 };
@@ -571,6 +606,7 @@ static const nb_cli_opt_t logs_opts[] = {
 static const nb_cli_opt_t set_opts[] = {
     {"restart", 'r', "POLICY", "restart policy: never or on-failure"},
     {"accel", 'a', "ACCEL", "accelerator from the next start: auto, kvm or tcg"},
+    {"user", 'u', "USER", "guest account of exec and shell when they name none (e.g. agent, root)"},
     {NULL, 0, NULL, NULL},
 };
 
@@ -604,8 +640,9 @@ static const nb_cli_verb_t verbs[] = {
      "file system at the next boot.",
      2, 2, NULL, do_resize, NB_CLI_NEEDS_DAEMON},
     {"set", "change a VM's settings", "NAME",
-     "Change a VM's restart policy (at once) or accelerator (from the next start).", 1, 1, set_opts,
-     do_set, NB_CLI_NEEDS_DAEMON},
+     "Change a VM's restart policy (at once), accelerator (from the next start) or default\n"
+     "guest user (the next exec or shell; --user on those overrides it).",
+     1, 1, set_opts, do_set, NB_CLI_NEEDS_DAEMON},
     {"snapshot", "disk snapshots: save|restore|ls|rm", "save|restore|ls|rm NAME [SNAPSHOT]",
      "Disk snapshots of a VM (internal qcow2 snapshots of its disk; RAM is not saved).\n"
      "save and rm work on running VMs too (after a sync in the guest); restore needs a stopped "

@@ -31,6 +31,22 @@ static void on_status(nb_api_ctx_t *ctx)
         nb_api_reply_errno(ctx, -ENOMEM, NULL);
         return;
     }
+    /* The secret store's state, so that `daemon status` can say that it is
+     * locked (after every restart with the passphrase provider) and what
+     * that costs the guests. */
+    if (d->secrets) {
+        int st = nb_secretsvc_state(d->secrets);
+        json_t *sj = json_pack("{s:s, s:s}", "state", nb_secretsvc_state_name(st), "provider",
+                               nb_secretsvc_provider(d->secrets));
+        if (sj && st == NB_SECRETSVC_LOCKED)
+            json_object_set_new(sj, "hint",
+                                json_string("guests get no placeholders and their egress answers "
+                                            "503 until it is unlocked: run 'nilbox secret "
+                                            "unlock'"));
+        else if (sj && st != NB_SECRETSVC_OPEN && st != NB_SECRETSVC_STARTING)
+            json_object_set_new(sj, "hint", json_string(nb_secretsvc_message(d->secrets)));
+        json_object_set_new(j, "secrets", sj ? sj : json_null());
+    }
     nb_api_reply_json(ctx, 200, j);
 }
 

@@ -188,12 +188,32 @@ out:
     sodium_free(val); /* wipes */
 }
 
+/* A missing secret or binding: name it and say where the names are. */
+static void on_rm_done(void *ud, int status, json_t *result)
+{
+    nb_api_ctx_t *ctx = ud;
+    if (status != NB_ENOTFOUND) {
+        on_done(ud, status, result);
+        return;
+    }
+    json_decref(result);
+    const char *name = nb_api_param(ctx, "name");
+    if (name)
+        nb_api_reply_error(ctx, 404, "not-found",
+                           "no secret named '%s'; 'nilbox secret ls' lists them", name);
+    else
+        nb_api_reply_error(
+            ctx, 404, "not-found",
+            "no binding #%.40s; 'nilbox secret ls' lists the bindings with their ids",
+            nb_api_param(ctx, "id"));
+}
+
 static void on_rm(nb_api_ctx_t *ctx)
 {
     const char *name = nb_api_param(ctx, "name");
     if (reply_unusable(ctx) || check_name(ctx, name) < 0)
         return;
-    int r = nb_secretsvc_rm(ctx->d->secrets, name, on_done, ctx);
+    int r = nb_secretsvc_rm(ctx->d->secrets, name, on_rm_done, ctx);
     if (r < 0)
         nb_api_reply_errno(ctx, r, NULL);
 }
@@ -372,7 +392,7 @@ static void on_unbind(nb_api_ctx_t *ctx)
         nb_api_reply_error(ctx, 422, "invalid", "a binding id is a number >= 1, not '%.40s'", s);
         return;
     }
-    int r = nb_secretsvc_unbind(ctx->d->secrets, id, on_done, ctx);
+    int r = nb_secretsvc_unbind(ctx->d->secrets, id, on_rm_done, ctx);
     if (r < 0)
         nb_api_reply_errno(ctx, r, NULL);
 }

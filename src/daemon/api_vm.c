@@ -130,6 +130,10 @@ static int valid_accel(const char *s)
     return !strcmp(s, "auto") || !strcmp(s, "kvm") || !strcmp(s, "tcg");
 }
 
+#define USER_RULE                                                                                  \
+    "'user' must be a guest account name: a lowercase letter or '_', then up to 31 lowercase "     \
+    "letters, digits, '_' or '-' (e.g. agent or root)"
+
 static void on_create(nb_api_ctx_t *ctx)
 {
     nb_vm_spec_t s;
@@ -192,6 +196,14 @@ static void on_create(nb_api_ctx_t *ctx)
         }
         nb_vm_fmt(s.accel, sizeof s.accel, "%s", json_string_value(acc));
     }
+    json_t *uv = json_object_get(ctx->body, "user");
+    if (uv && !json_is_null(uv)) {
+        if (!json_is_string(uv) || !nb_vm_valid_user(json_string_value(uv))) {
+            nb_api_reply_error(ctx, 422, "invalid", "%s", USER_RULE);
+            return;
+        }
+        nb_vm_fmt(s.user, sizeof s.user, "%s", json_string_value(uv));
+    }
     nb_vmm_create(ctx->d->vmm, &s, done_201, ctx);
 }
 
@@ -231,29 +243,62 @@ static void on_resize(nb_api_ctx_t *ctx)
     uint64_t bytes;
     if (!have_vmm(ctx))
         return;
-    if (size_field(ctx, "disk", 1, &bytes) < 0 || !bytes) {
+    json_t *dv = json_object_get(ctx->body, "disk");
+    if (!dv || json_is_null(dv)) {
         nb_api_reply_error(ctx, 422, "invalid", "'disk' is required: a size like 4G");
         return;
     }
+    if (size_field(ctx, "disk", 1, &bytes) < 0 || !bytes) {
+        if (json_is_string(dv))
+            nb_api_reply_error(ctx, 422, "invalid",
+                               "'%.40s' is not a valid disk size: a number of bytes or a number "
+                               "with K, M, G or T (binary units), e.g. 4G or 8192M",
+                               json_string_value(dv));
+        else
+            nb_api_reply_error(ctx, 422, "invalid",
+                               "'disk' must be a size: a number of bytes or a string like 4G");
+        return;
+    }
     nb_vmm_resize(ctx->d->vmm, nb_api_param(ctx, "name"), bytes, done_200, ctx);
+}
+
+/* After the other settings of a PATCH: the default user. */
+static void patch_user_done(void *ud, int r, const char *msg, json_t *res)
+{
+    nb_api_ctx_t *ctx = ud;
+    const char *user = nb_json_str(ctx->body, "user");
+    if (r < 0 || !user)
+        reply_with(ctx, 200, r, msg, res);
+    else
+        nb_vmm_set_user(ctx->d->vmm, nb_api_param(ctx, "name"), user, done_200, ctx);
 }
 
 static void on_patch(nb_api_ctx_t *ctx)
 {
     nb_vm_restart_t p;
     json_t *rv = json_object_get(ctx->body, "restart"), *av = json_object_get(ctx->body, "accel");
+    json_t *uv = json_object_get(ctx->body, "user");
     if (!have_vmm(ctx))
         return;
+    if (uv && (!json_is_string(uv) || !nb_vm_valid_user(json_string_value(uv)))) {
+        nb_api_reply_error(ctx, 422, "invalid", "%s", USER_RULE);
+        return;
+    }
+    if (uv && !rv && !av) {
+        nb_vmm_set_user(ctx->d->vmm, nb_api_param(ctx, "name"), json_string_value(uv), done_200,
+                        ctx);
+        return;
+    }
     if ((!rv && !av) ||
         (rv && (!json_is_string(rv) || parse_restart(json_string_value(rv), &p) < 0)) ||
         (av && (!json_is_string(av) || !valid_accel(json_string_value(av))))) {
         nb_api_reply_error(ctx, 422, "invalid",
-                           "settings: 'restart' (\"never\" or \"on-failure\") and 'accel' "
-                           "(\"auto\", \"kvm\" or \"tcg\")");
+                           "settings: 'restart' (\"never\" or \"on-failure\"), 'accel' "
+                           "(\"auto\", \"kvm\" or \"tcg\") and 'user' (a guest account)");
         return;
     }
     nb_vmm_set(ctx->d->vmm, nb_api_param(ctx, "name"), rv ? &p : NULL,
-               av ? json_string_value(av) : NULL, done_200, ctx);
+               av ? json_string_value(av) : NULL, patch_user_done, ctx);
 }
 
 /* ------------------------------------------------------------ logs */

@@ -193,7 +193,15 @@ static void st_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char
             nb_vm_fmt(m, sizeof m, "%s", msg);
         } else if (code == NB_MUX_E_BAD_ARGS) {
             c = "invalid";
-            nb_vm_fmt(m, sizeof m, "the agent refused the request: %s", msg);
+            /* An image built before it had the 'agent' account: say how out. */
+            nb_vm_fmt(m, sizeof m, "the agent refused the request: %s%s%s%s", msg,
+                      strstr(msg, "no account") ? "; choose another with --user, or change the "
+                                                  "VM's default with 'nilbox vm set "
+                                                : "",
+                      strstr(msg, "no account") ? b->vm : "",
+                      strstr(msg, "no account") ? " --user root' (images built before the "
+                                                  "'agent' user lack it: rebuild them)"
+                                                : "");
         } else {
             nb_vm_fmt(m, sizeof m, "the VM's channel closed (%s): %s", nb_mux_code_name(code), msg);
         }
@@ -210,9 +218,7 @@ static const nb_muxsess_stream_cbs_t st_cbs = {
 /* Account names as useradd takes them; the agent checks again. */
 static int valid_user(const char *u)
 {
-    size_t n = strlen(u);
-    return n > 0 && n < 33 && ((u[0] >= 'a' && u[0] <= 'z') || u[0] == '_') &&
-           strspn(u, "abcdefghijklmnopqrstuvwxyz0123456789_-") == n;
+    return nb_vm_valid_user(u);
 }
 
 static int open_stream(bridge_t *b, json_t *args)
@@ -234,6 +240,10 @@ static int open_stream(bridge_t *b, json_t *args)
     }
     if (b->user[0] && !json_object_get(args, "user"))
         json_object_set_new(args, "user", json_string(b->user));
+    /* No user named: the VM's default (`vm set --user`); "" is the agent's
+     * own account (VMs created before the setting existed). */
+    if (!json_object_get(args, "user") && nb_vm_user(vm)[0])
+        json_object_set_new(args, "user", json_string(nb_vm_user(vm)));
     char *js = json_dumps(args, JSON_COMPACT);
     int r = js ? nb_muxsess_open(s, b->kind == K_PTY ? "pty" : "exec", nb_iov(js, strlen(js)),
                                  &st_cbs, b, &b->st)

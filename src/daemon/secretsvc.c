@@ -90,8 +90,14 @@ static void set_state(nb_secretsvc_t *svc, int state, const char *message)
     snprintf(svc->message, sizeof svc->message, "%s", message ? message : "");
     if (changed && svc->ev)
         nb_events_emit(svc->ev, "secrets.state",
-                       json_pack("{s:s, s:s, s:s}", "state", nb_secretsvc_state_name(state),
-                                 "provider", svc->provider, "message", svc->message));
+                       json_pack("{s:s, s:s, s:s, s:b, s:s*}", "state",
+                                 nb_secretsvc_state_name(state), "provider", svc->provider,
+                                 "message", svc->message, "locked", state == NB_SECRETSVC_LOCKED,
+                                 "hint",
+                                 state == NB_SECRETSVC_LOCKED
+                                     ? "guests get no placeholders and their egress answers 503 "
+                                       "until it is unlocked: run 'nilbox secret unlock'"
+                                     : NULL));
 }
 
 /* Loop thread: applies an open/unlock outcome. */
@@ -631,8 +637,9 @@ void nb_secretsvc_doctor(const nb_secretsvc_t *svc, json_t *report)
     case NB_SECRETSVC_LOCKED:
         res.status = NB_DOCTOR_WARN;
         snprintf(res.message, sizeof res.message,
-                 "master key: passphrase, not given yet: %.300s%s%.150s", svc->message,
-                 note[0] ? "; " : "", note);
+                 "the secret store is LOCKED (guests get no placeholders, their egress answers "
+                 "503); master key: passphrase, not given yet: %.200s%s%.120s",
+                 svc->message, note[0] ? "; " : "", note);
         snprintf(res.hint, sizeof res.hint,
                  "run 'nilbox secret unlock' (or set NILBOX_PASSPHRASE_FILE for the daemon)");
         break;

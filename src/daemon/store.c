@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "daemon/audit.h"
+#include "daemon/egress/rules.h"
 #include "daemon/vm/manager.h"
 #include "lib/buf.h"
 #include "lib/err.h"
@@ -36,6 +37,8 @@ static const nb_store_migration_t builtin_migrations[] = {
     {2, "audit: hash-chained append-only log", NB_AUDIT_MIGRATION_SQL},
     {3, "vm: the VM table", NB_VM_MIGRATION_SQL},
     {4, "vm: per-VM accelerator setting", NB_VM_ACCEL_MIGRATION_SQL},
+    {5, "egress: rule ids are never reused", NB_RULES_AUTOINC_MIGRATION_SQL},
+    {6, "vm: per-VM default guest user", NB_VM_USER_MIGRATION_SQL},
     /* append new migrations above this line */
 };
 

@@ -76,10 +76,14 @@ static int dump_cb(const char *p, size_t n, void *ud)
     return nb_buf_append(ud, p, n) < 0 ? -1 : 0;
 }
 
+/* Reals with 15 significant digits (what a double holds exactly): 9.18,
+ * not jansson's default 17-digit 9.1799999999999997. */
+#define NB_JSON_DUMP_FLAGS (JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15))
+
 int nb_json_dump(const json_t *j, nb_buf_t *b)
 {
     size_t before = b->len;
-    if (json_dump_callback(j, dump_cb, b, JSON_COMPACT | JSON_ENCODE_ANY) < 0) {
+    if (json_dump_callback(j, dump_cb, b, NB_JSON_DUMP_FLAGS) < 0) {
         b->len = before;
         return b->max - b->len < 1024 ? NB_ETOOBIG : -ENOMEM;
     }

@@ -200,7 +200,7 @@ class EgressE2E(unittest.TestCase):
         # The fake upstreams live on loopback: only explicit IP rules admit them (A13).
         for p in (cls.tls_port, cls.plain_port, cls.echo.port):
             c("rule", "add", "allow", "127.0.0.1:%d" % p)
-        c("vm", "create", VM, timeout=120)
+        c("vm", "create", VM, "--user", "root", timeout=120)  # root-level bypass attempts
         c("vm", "start", VM, timeout=300)
 
     @classmethod
@@ -506,7 +506,7 @@ class EgressE2E(unittest.TestCase):
         # channel port: the host drops that session, the daemon stays up,
         # the respawned agent's channel comes back, and another VM never
         # notices.
-        self.ccli("vm", "create", "eg2", timeout=120)
+        self.ccli("vm", "create", "eg2", "--user", "root", timeout=120)
         self.ccli("vm", "start", "eg2", timeout=300)
         other = json.loads(self.ccli("--json", "vm", "inspect", "eg2").stdout)["agent_sessions"]
         self.sh("setsid sh -c 'sleep 1; kill -9 $(pidof nilbox-agent); usleep 200000; "

@@ -60,6 +60,12 @@ class VmDebian(unittest.TestCase):
             self.assertEqual(r.stdout.strip(), "42")
             r = d.cli("exec", "deb", "--", "node", "-e", "console.log(process.version)")
             self.assertTrue(r.stdout.startswith("v"), r.stdout + r.stderr)
+            # The unprivileged user with bash, its home, passwordless sudo.
+            r = d.cli("exec", "deb", "--", "bash", "-c", 'id -un; echo "$HOME $SHELL"; pwd')
+            self.assertEqual(r.stdout.split("\n")[:3],
+                             ["agent", "/home/agent /bin/bash", "/home/agent"], r.stdout)
+            r = d.cli("exec", "deb", "--", "sudo", "-n", "id", "-u")
+            self.assertEqual((r.returncode, r.stdout.strip()), (0, "0"), r.stderr)
             r = d.cli("exec", "deb", "--", "ls", "/sys/class/net")
             self.assertLessEqual(set(r.stdout.split()), {"lo", "dummy0"}, r.stdout)
             r = d.cli("vm", "stop", "deb", timeout=120)

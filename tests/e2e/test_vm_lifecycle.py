@@ -133,6 +133,28 @@ class VmE2E(unittest.TestCase):
             self.assertNotEqual(r.returncode, 0, bad)
             self.assertIn("not a valid VM name", r.stderr, bad)
         self.cli("vm", "create", "dup")
+        # New VMs run exec/shell as the images' unprivileged user.
+        self.assertEqual(self.inspect("dup")["user"], "agent")
+        self.assertRegex(self.cli("vm", "ls").stdout, r"\ndup +stopped .* never +agent\n")
+        r = self.cli("vm", "create", "nope1", "--image", "nope", ok=False)
+        self.assertEqual(r.returncode, 4, r.stderr)
+        self.assertIn("no image named 'nope'", r.stderr)
+        self.assertIn("tiny, ", r.stderr + ", ")
+        self.assertNotIn("image build nope", r.stderr)
+        r = self.cli("vm", "resize", "dup", "abc", ok=False)
+        self.assertIn("'abc' is not a valid disk size", r.stderr)
+        # Stopping a stopped VM says so.
+        r = self.cli("vm", "stop", "dup")
+        self.assertIn("VM dup is already stopped", r.stdout)
+        self.assertNotIn("stopping", r.stderr)
+        # vm logs: the console's terminal requests and escapes are filtered
+        # (as `shell` does), the text stays.
+        with open(os.path.join(self.d.home, "vms", "dup", "console.log"), "ab") as f:
+            f.write(b"login: \x1b[6n\x1b[c\x1b]0;title\x07\x1b[1;31mred\x1b[0m done\x1b[2J\r\n")
+        r = self.cli("vm", "logs", "dup")
+        self.assertIn("login: red done", r.stdout)
+        for bad in ("\x1b", "[6n", "[c", "title", "[2J", "\r"):
+            self.assertNotIn(bad, r.stdout)
         r = self.cli("vm", "create", "dup", ok=False)
         self.assertEqual(r.returncode, 1)
         self.assertIn("already exists", r.stderr)
@@ -150,6 +172,9 @@ class VmE2E(unittest.TestCase):
         self.assertIn("smaller", r.stderr)
         r = self.cli("vm", "snapshot", "restore", "dup", "nope", ok=False)
         self.assertEqual(r.returncode, 4, r.stderr)
+        r = self.cli("vm", "snapshot", "rm", "dup", "nope", ok=False)
+        self.assertEqual(r.returncode, 4, r.stderr)
+        self.assertIn("no snapshot nope in VM dup", r.stderr)
         r = self.cli("vm", "snapshot", "save", "dup", "bad/name", ok=False)
         self.assertNotEqual(r.returncode, 0)
         r = self.cli("image", "rm", "tiny", ok=False)
@@ -193,6 +218,39 @@ class VmE2E(unittest.TestCase):
         # auto: KVM where it works, else TCG, and the progress says which and why.
         self.assertRegex(r.stderr, r"accelerator (tcg|kvm): auto \((default|NILBOX_ACCEL)\): ")
         self.assertIn(self.inspect("t1")["accel"], ("tcg", "kvm"))
+        # boot_secs is printed rounded (no 9.1799999999999997).
+        raw = self.cli("--json", "vm", "inspect", "t1").stdout
+        self.assertRegex(raw, r'"boot_secs": \d+(\.\d{1,3})?,')
+        # A login-like environment as the unprivileged user, in its home;
+        # the hostname is the VM's name; --user root overrides.
+        r = self.exec_("t1", "sh", "-c", 'id -un; id -u; echo "$HOME $USER $LOGNAME"; pwd')
+        self.assertEqual(r.stdout.split("\n")[:4],
+                         ["agent", "1000", "/home/agent agent agent", "/home/agent"], r.stdout)
+        wait_for(lambda: self.exec_("t1", "hostname").stdout.strip() == "t1", 60,
+                 "the hostname t1")
+        r = self.d.cli("exec", "--user", "root", "t1", "--", "id", "-u", timeout=60)
+        self.assertEqual(r.stdout.strip(), "0", r.stderr)
+        # What nilbox provisions is readable by every user.
+        wait_for(lambda: self.exec_("t1", "test", "-e", "/etc/nilbox/env").returncode == 0, 60,
+                 "the provisioned environment")
+        r = self.exec_("t1", "sh", "-c",
+                       "for f in /etc/nilbox/env /etc/nilbox/ca.pem /etc/profile.d/nilbox-env.sh "
+                       "/etc/environment; do [ ! -e $f ] || [ -r $f ] || echo unreadable $f; "
+                       "done; cat /etc/nilbox/env >/dev/null")
+        self.assertEqual((r.returncode, r.stdout), (0, ""), r.stderr)
+        # This daemon has no key (headless, no passphrase yet): the store is
+        # locked, and the guest's proxy answers 503 saying how to unlock it.
+        st = json.loads(self.cli("--json", "secret", "status", ok=False).stdout)["state"]
+        if st == "locked":
+            r = self.exec_("t1", "curl", "-s", "-i", "-x", "http://127.0.0.1:8088",
+                           "http://example.test/")
+            self.assertIn("503", r.stdout.split("\n")[0], r.stdout)
+            self.assertIn("egress-unavailable", r.stdout)
+            self.assertIn("the secret store is locked", r.stdout)
+            self.assertIn("nilbox secret unlock", r.stdout)
+        # The VM's default user: root from now on (the rest writes /data).
+        self.cli("vm", "set", "t1", "--user", "root")
+        self.assertEqual(self.exec_("t1", "id", "-un").stdout.strip(), "root")
         r = self.exec_("t1", "sh", "-c", "echo out; echo err >&2; exit 7")
         self.assertEqual((r.returncode, r.stdout, r.stderr), (7, "out\n", "err\n"))
         r = self.exec_("t1", "cat", input="hello from stdin\n")
@@ -277,7 +335,7 @@ class VmE2E(unittest.TestCase):
     # -- 04 ------------------------------------------------------------------
     def test_04_two_vms(self):
         self.ensure_running("t1")
-        self.cli("vm", "create", "t2", "--memory", "256M", "--start", timeout=300)
+        self.cli("vm", "create", "t2", "--memory", "256M", "--user", "root", "--start", timeout=300)
         a, b = self.inspect("t1"), self.inspect("t2")
         self.assertEqual((a["state"], b["state"]), ("running", "running"))
         self.assertNotEqual(a["mux_socket"], b["mux_socket"])
@@ -352,6 +410,10 @@ class VmE2E(unittest.TestCase):
         self.cli("vm", "snapshot", "save", "t1", "s1")  # live: sync + QMP
         r = self.cli("vm", "snapshot", "save", "t1", "s1", ok=False)
         self.assertIn("already", r.stderr)
+        r = self.cli("vm", "snapshot", "rm", "t1", "nope", ok=False)  # live: QMP
+        self.assertEqual(r.returncode, 4, r.stderr)
+        self.assertIn("no snapshot nope in VM t1", r.stderr)
+        self.assertNotIn("QEMU", r.stderr)
         self.exec_("t1", "sh", "-c", "echo second > /data/state; sync")
         r = self.cli("vm", "snapshot", "restore", "t1", "s1", ok=False)
         self.assertIn("stop it", r.stderr)

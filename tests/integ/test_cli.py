@@ -228,6 +228,37 @@ def test_daemon_error_printed():
         assert r.returncode == 0 and json.loads(r.stdout)["events"] == []
 
 
+def test_vm_input_errors_say_what_to_do():
+    """Bad VM input names the thing and what to do (issue 17), without a VM
+    image: sizes, image names, guest users; reals print rounded."""
+    import re
+    with Daemon() as d:
+        d.start()
+        r = d.cli("vm", "resize", "default", "abc")
+        assert r.returncode == 1 and "'abc' is not a valid disk size" in r.stderr, r
+        assert "4G" in r.stderr and "required" not in r.stderr, r
+        r = d.cli("vm", "create", "x1", "--image", "nope")
+        assert r.returncode == 4, r
+        assert "no image named 'nope'" in r.stderr and "image build nope" not in r.stderr, r
+        assert "tiny" in r.stderr and "debian" in r.stderr, r
+        r = d.cli("vm", "create", "x1", "--user", "Bad!")
+        assert r.returncode == 1 and "guest account name" in r.stderr, r
+        r = d.cli("vm", "set", "x1", "--user", "bad user")
+        assert r.returncode == 1 and "guest account name" in r.stderr, r
+        r = d.cli("vm", "set", "nosuch", "--user", "agent")
+        assert r.returncode == 4 and "no VM named 'nosuch'" in r.stderr, r
+        r = d.cli("vm", "set", "nosuch")
+        assert r.returncode == 2 and "--user NAME" in r.stderr, r
+        # Reals are printed with 15 significant digits at most (no
+        # 9.1799999999999997), in API answers and in the CLI's JSON.
+        st, _, body = d.unix("GET", "/v1/status")
+        m = re.search(rb'"uptime_s":([0-9.e+-]+)', body)
+        assert m and len(m.group(1).replace(b".", b"").lstrip(b"0")) <= 15, body
+        r = d.cli("--json", "daemon", "status")
+        m = re.search(r'"uptime_s": ([0-9.e+-]+)', r.stdout)
+        assert m and len(m.group(1).replace(".", "").lstrip("0")) <= 15, r.stdout
+
+
 if __name__ == "__main__":
     run_tests([
         test_help_everywhere,
@@ -243,4 +274,5 @@ if __name__ == "__main__":
         test_doctor_keyring_probe,
         test_events_follow,
         test_daemon_error_printed,
+        test_vm_input_errors_say_what_to_do,
     ])

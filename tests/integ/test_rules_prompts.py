@@ -109,6 +109,59 @@ def test_rules_add_ls_rm():
         assert st == 200 and v["allowed"] is True and v["reason"] == "allow-rule", v
 
 
+def test_rule_ids_never_reused():
+    """A removed rule's id never names another rule: not after `rule rm`
+    of the newest rule, not after a restart, not on a database made before
+    ids were AUTOINCREMENT (store migration 5 keeps the old ids)."""
+    import sqlite3
+    with daemon() as d:
+        def add(target):
+            r = d.cli("--json", "rule", "add", "allow", target)
+            assert r.returncode == 0, r
+            return json.loads(r.stdout)["id"]
+        a, b = add("a.example"), add("b.example")
+        assert d.cli("rule", "rm", str(b)).returncode == 0
+        c = add("c.example")
+        assert c > b, (b, c)
+        assert d.cli("rule", "rm", str(c)).returncode == 0
+        d.terminate()
+        d.start("--key-file", os.path.join(d.tmp, "master.key"))
+        e = add("e.example")
+        assert e > c, (c, e)
+        assert d.cli("rule", "rm", str(e)).returncode == 0
+        r = d.cli("rule", "rm", str(e))
+        assert r.returncode == 4 and "no rule with id %d" % e in r.stderr, r
+        d.terminate()
+        # The table as it was before migration 5: ids 1 and 3 in use, 4 was
+        # removed (a plain INTEGER PRIMARY KEY would hand out 4 again).
+        db = sqlite3.connect(os.path.join(d.home, "state.db"))
+        db.executescript("""
+            DROP TABLE egress_rules;
+            CREATE TABLE egress_rules (id INTEGER PRIMARY KEY,
+              action TEXT NOT NULL CHECK (action IN ('allow', 'deny')), dest TEXT NOT NULL,
+              port INTEGER NOT NULL DEFAULT 0 CHECK (port BETWEEN 0 AND 65535),
+              vm TEXT NOT NULL DEFAULT '', http INTEGER NOT NULL DEFAULT 0,
+              note TEXT NOT NULL DEFAULT '', created_at INTEGER NOT NULL,
+              UNIQUE (action, dest, port, vm));
+            INSERT INTO egress_rules (id, action, dest, created_at)
+              VALUES (1, 'allow', 'one.example', 1), (3, 'deny', 'three.example', 1);
+            DELETE FROM sqlite_sequence WHERE name = 'egress_rules';
+            ALTER TABLE vms DROP COLUMN user;
+            DELETE FROM schema_migrations WHERE version >= 5;
+        """)
+        db.commit()
+        db.close()
+        d.start("--key-file", os.path.join(d.tmp, "master.key"))
+        r = d.cli("--json", "rule", "ls")
+        rules = json.loads(r.stdout)["rules"]
+        assert [(x["id"], x["target"]) for x in rules] == \
+            [(1, "one.example"), (3, "three.example")], rules
+        f = add("f.example")
+        assert f == 4, f
+        assert d.cli("rule", "rm", str(f)).returncode == 0
+        assert add("g.example") == 5
+
+
 def test_prompts_list_and_answer():
     with daemon(timeout_ms=20000) as d:
         st, v = ask(d, "new.example.com")
@@ -261,6 +314,6 @@ def test_watch_through_a_pty():
 
 
 if __name__ == "__main__":
-    run_tests([test_rules_add_ls_rm, test_prompts_list_and_answer,
+    run_tests([test_rules_add_ls_rm, test_rule_ids_never_reused, test_prompts_list_and_answer,
                test_A16_unanswered_prompt_denies, test_A16_names_shown_exactly_and_cut,
                test_watch_through_a_pty])

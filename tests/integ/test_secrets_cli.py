@@ -137,6 +137,13 @@ def test_bad_input():
         assert r.returncode == 2 and "one placement" in r.stderr, r
         r = d.cli("secret", "unbind", "zero")
         assert r.returncode == 2, r
+        # Unknown names and ids: named, with where to look (exit 4).
+        r = d.cli("secret", "rm", "NO_SUCH_KEY")
+        assert r.returncode == 4 and "no secret named 'NO_SUCH_KEY'" in r.stderr, r
+        assert "nilbox secret ls" in r.stderr, r
+        r = d.cli("secret", "unbind", "4242")
+        assert r.returncode == 4 and "no binding #4242" in r.stderr, r
+        assert "nilbox secret ls" in r.stderr, r
         # Straight to the API: wrong types, missing value.
         st, _, body = d.unix("PUT", "/v1/secrets/K", body=b'{"value": 5}',
                              headers={"Content-Type": "application/json"})
@@ -177,6 +184,95 @@ def test_hidden_prompt_on_a_tty():
         assert os.WEXITSTATUS(status) == 0, out
         assert b"created TYPED_KEY" in out, out
         assert value.encode() not in out, "the value was echoed: %r" % out
+
+
+def pty_run(argv, env, steps, timeout=20):
+    """Runs argv on a pty; for each (needle, reply) waits for needle in the
+    output and types reply. Returns (exit status, all output)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(argv[0], argv, env)
+    out = b""
+    deadline = time.time() + timeout
+    try:
+        for needle, reply in steps:
+            while needle not in out and time.time() < deadline:
+                if select.select([fd], [], [], 0.5)[0]:
+                    try:
+                        out += os.read(fd, 4096)
+                    except OSError:
+                        break
+            assert needle in out, out
+            if reply is not None:
+                os.write(fd, reply)
+        while time.time() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.WEXITSTATUS(status), out
+
+
+def test_locked_store_is_visible():
+    """With the passphrase provider every restart leaves the store locked:
+    daemon status (text and JSON), doctor and the event stream say so, and
+    `daemon start` on a terminal offers to unlock it (hidden input)."""
+    pw = "a long enough passphrase"
+    with Daemon() as d:
+        assert "DBUS_SESSION_BUS_ADDRESS" not in d.env
+        d.start()
+        wait_open(d)
+        r = d.cli("secret", "unlock", input=pw + "\n")
+        assert r.returncode == 0 and "new passphrase set" in r.stdout, r
+        d.terminate()
+        d.start()
+        assert wait_open(d)["state"] == "locked"
+        r = d.cli("--json", "daemon", "status")
+        sec = json.loads(r.stdout)["secrets"]
+        assert sec["state"] == "locked" and sec["provider"] == "passphrase", sec
+        assert "nilbox secret unlock" in sec["hint"] and "503" in sec["hint"], sec
+        r = d.cli("daemon", "status")
+        assert r.returncode == 0 and "secrets:   LOCKED" in r.stdout, r
+        assert "nilbox secret unlock" in r.stdout, r
+        r = d.cli("--json", "doctor")
+        c = {x["name"]: x for x in json.loads(r.stdout)["checks"]}["secrets"]
+        assert c["status"] == "warn" and "LOCKED" in c["message"], c
+        assert "nilbox secret unlock" in c["hint"], c
+        st, _, body = d.unix("GET", "/v1/events?since=0")
+        ev = [e for e in json.loads(body)["events"] if e["type"] == "secrets.state"]
+        assert ev and ev[-1]["state"] == "locked" and ev[-1]["locked"] is True, ev
+        assert "nilbox secret unlock" in ev[-1]["hint"], ev
+        # Not on a terminal: no question, nothing read from stdin.
+        r = d.cli("daemon", "start", input=pw + "\n")
+        assert r.returncode == 0 and "Passphrase" not in r.stderr, r
+        assert json.loads(d.cli("--json", "secret", "status").stdout)["state"] == "locked"
+        # On a terminal: an empty line skips...
+        code, out = pty_run([NILBOX, "daemon", "start"], d.env,
+                            [(b"unlock it now (empty: not now): ", b"\n")])
+        assert code == 0 and b"not unlocked" in out, out
+        # ...and the passphrase unlocks, without echo.
+        code, out = pty_run([NILBOX, "daemon", "start"], d.env,
+                            [(b"the secret store is locked", None),
+                             (b"unlock it now (empty: not now): ", (pw + "\n").encode())])
+        assert code == 0 and b"the secret store is open (unlocked)" in out, out
+        assert pw.encode() not in out, out
+        r = d.cli("--json", "daemon", "status")
+        assert json.loads(r.stdout)["secrets"]["state"] == "open", r
+        r = d.cli("daemon", "status")
+        assert "secrets:   open (passphrase)" in r.stdout, r
+        st, _, body = d.unix("GET", "/v1/events?since=0")
+        ev = [e for e in json.loads(body)["events"] if e["type"] == "secrets.state"]
+        assert ev[-1]["state"] == "open" and ev[-1]["locked"] is False, ev
+        # Open already: daemon start asks nothing.
+        code, out = pty_run([NILBOX, "daemon", "start"], d.env, [(b"already running", None)])
+        assert code == 0 and b"Passphrase" not in out, out
 
 
 def test_A23_value_nowhere_in_clear():
@@ -220,4 +316,5 @@ def test_A23_value_nowhere_in_clear():
 
 if __name__ == "__main__":
     run_tests([test_roundtrip_stdin, test_value_never_from_argv, test_bad_input,
+               test_locked_store_is_visible,
                test_hidden_prompt_on_a_tty, test_A23_value_nowhere_in_clear])

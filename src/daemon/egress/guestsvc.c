@@ -676,7 +676,7 @@ json_t *nb_guestsvc_env_json(nb_guestsvc_t *g, const char *vm)
 
 /* ------------------------------------------------------------ provisioning */
 
-enum { OP_WRITE = 1, OP_RUN };
+enum { OP_WRITE = 1, OP_RUN, OP_HOSTNAME };
 
 typedef struct {
     int kind;
@@ -799,12 +799,12 @@ static void prov_closed(nb_muxsess_stream_t *st, int err, uint32_t code, const c
     uv_timer_stop(&p->timer);
     if (err) {
         char why[400];
-        snprintf(why, sizeof why, "stopped at %s: %s",
-                 op->kind == OP_WRITE ? op->path : op->argv[0], msg);
+        snprintf(why, sizeof why, "stopped at %s: %s", op->kind != OP_RUN ? op->path : op->argv[0],
+                 msg);
         prov_finish(p, why);
         return;
     }
-    if (op->kind == OP_WRITE) {
+    if (op->kind != OP_RUN) {
         json_t *a = NULL;
         if (nb_json_parse(nb_buf_iov(&p->answer), &a, NULL, 0) < 0 ||
             !json_is_true(json_object_get(a, "ok"))) {
@@ -850,7 +850,9 @@ static void prov_step(prov_t *p)
     }
     op_t *op = &p->ops[p->cur];
     json_t *args;
-    if (op->kind == OP_WRITE) {
+    if (op->kind == OP_HOSTNAME) {
+        args = json_pack("{s:s, s:s}", "call", "hostname", "set", p->vm);
+    } else if (op->kind == OP_WRITE) {
         args = json_pack("{s:s, s:s, s:i, s:b}", "call", "write_file", "path", op->path, "mode",
                          op->mode, "mkdirs", 1);
     } else {
@@ -867,7 +869,7 @@ static void prov_step(prov_t *p)
     }
     nb_buf_reset(&p->answer);
     p->exit_code = 0;
-    int r = nb_muxsess_open(s, op->kind == OP_WRITE ? "ctl" : "exec", nb_iov(js, strlen(js)),
+    int r = nb_muxsess_open(s, op->kind != OP_RUN ? "ctl" : "exec", nb_iov(js, strlen(js)),
                             &prov_cbs, p, &p->st);
     free(js);
     if (r == 0 && op->kind == OP_WRITE && op->len)
@@ -967,6 +969,9 @@ static void prov_start(nb_guestsvc_t *g, gvm_t *v)
     crypto_generichash_update(&hs, plain.p ? plain.p : (const uint8_t *)"", plain.len);
     crypto_generichash_final(&hs, p->hash, sizeof p->hash);
 
+    /* The guest's hostname is the VM's name (the images say "nilbox"). */
+    p->ops[p->nops].kind = OP_HOSTNAME;
+    p->ops[p->nops++].path = "hostname";
     if (r == 0 && have_ca) {
         nb_buf_t ca2;
         nb_buf_init(&ca2, ca.max);

@@ -10,18 +10,10 @@
 #include "lib/err.h"
 #include "lib/log.h"
 
+/* AUTOINCREMENT: ids are never reused (see NB_RULES_AUTOINC_MIGRATION_SQL). */
 const char nb_rules_migration_sql[] =
-    "CREATE TABLE IF NOT EXISTS egress_rules (\n"
-    "  id INTEGER PRIMARY KEY,\n"
-    "  action TEXT NOT NULL CHECK (action IN ('allow', 'deny')),\n"
-    "  dest TEXT NOT NULL,\n"
-    "  port INTEGER NOT NULL DEFAULT 0 CHECK (port BETWEEN 0 AND 65535),\n"
-    "  vm TEXT NOT NULL DEFAULT '',\n"
-    "  http INTEGER NOT NULL DEFAULT 0,\n"
-    "  note TEXT NOT NULL DEFAULT '',\n"
-    "  created_at INTEGER NOT NULL,\n"
-    "  UNIQUE (action, dest, port, vm)\n"
-    ");\n";
+    "CREATE TABLE IF NOT EXISTS egress_rules ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT," NB_RULES_COLUMNS_SQL ");\n";
 
 int nb_rules_vm_valid(const char *vm)
 {

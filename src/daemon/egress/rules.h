@@ -55,6 +55,30 @@ typedef struct {
 /* The migration for the `egress_rules` table (idempotent). */
 extern const char nb_rules_migration_sql[];
 
+/* The columns of `egress_rules` after its id. */
+#define NB_RULES_COLUMNS_SQL                                                                       \
+    "  action TEXT NOT NULL CHECK (action IN ('allow', 'deny')),"                                  \
+    "  dest TEXT NOT NULL,"                                                                        \
+    "  port INTEGER NOT NULL DEFAULT 0 CHECK (port BETWEEN 0 AND 65535),"                          \
+    "  vm TEXT NOT NULL DEFAULT '',"                                                               \
+    "  http INTEGER NOT NULL DEFAULT 0,"                                                           \
+    "  note TEXT NOT NULL DEFAULT '',"                                                             \
+    "  created_at INTEGER NOT NULL,"                                                               \
+    "  UNIQUE (action, dest, port, vm)"
+
+/* Store migration: rule ids are never reused (a removed rule's id must not
+ * later name another rule: audit rows, prompts and scripts refer to ids).
+ * The table (created by the secret service on first start, so maybe not
+ * yet) is rebuilt with AUTOINCREMENT, keeping its rows and their ids. */
+#define NB_RULES_AUTOINC_MIGRATION_SQL                                                             \
+    "CREATE TABLE IF NOT EXISTS egress_rules (id INTEGER PRIMARY KEY," NB_RULES_COLUMNS_SQL ");"   \
+    "CREATE TABLE egress_rules_new (id INTEGER PRIMARY KEY AUTOINCREMENT," NB_RULES_COLUMNS_SQL    \
+    ");"                                                                                           \
+    "INSERT INTO egress_rules_new (id, action, dest, port, vm, http, note, created_at)"            \
+    "  SELECT id, action, dest, port, vm, http, note, created_at FROM egress_rules;"               \
+    "DROP TABLE egress_rules;"                                                                     \
+    "ALTER TABLE egress_rules_new RENAME TO egress_rules;"
+
 /* Parses a destination spec (syntax above) into r->kind, r->pattern,
  * r->net/prefix and r->port; other fields are left alone. NB_EINVAL for
  * anything else (bad names per nb_hostname_normalize, "*" alone, "*" not

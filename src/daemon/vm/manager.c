@@ -50,6 +50,18 @@ int nb_vm_valid_name(const char *s)
     return n <= NB_VM_NAME_MAX;
 }
 
+int nb_vm_valid_user(const char *u)
+{
+    size_t n = u ? strlen(u) : 0;
+    return n > 0 && n <= NB_VM_USER_MAX && ((u[0] >= 'a' && u[0] <= 'z') || u[0] == '_') &&
+           strspn(u, "abcdefghijklmnopqrstuvwxyz0123456789_-") == n;
+}
+
+const char *nb_vm_user(const nb_vm_t *vm)
+{
+    return vm->spec.user;
+}
+
 int nb_vm_valid_snapshot(const char *s)
 {
     if (!s || !s[0] || s[0] == '.' || s[0] == '-' || s[0] == '_')
@@ -192,6 +204,7 @@ json_t *nb_vm_json(const nb_vm_t *vm, int detail)
     const char *src = NULL, *setting = vm_accel_setting(vm, &src);
     json_object_set_new(j, "accel_setting", json_string(setting));
     json_object_set_new(j, "accel_setting_from", json_string(src));
+    json_object_set_new(j, "user", json_string(vm->spec.user[0] ? vm->spec.user : "root"));
     if (live) {
         json_object_set_new(j, "pid", json_integer(vm->pid));
         json_object_set_new(j, "accel", json_string(vm->accel[0] ? vm->accel : "unknown"));
@@ -391,6 +404,7 @@ int vm_db_exec(nb_vmm_t *m, const char *sql, nb_vm_t *vm, int full)
             sqlite3_bind_int(st, 7, vm->want_running);
             sqlite3_bind_int64(st, 8, vm->created_ms);
             sqlite3_bind_text(st, 9, vm->spec.accel, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 10, vm->spec.user, -1, SQLITE_STATIC);
         }
         r = sqlite3_step(st);
     }
@@ -406,7 +420,7 @@ int vm_db_update(nb_vm_t *vm)
 {
     return vm_db_exec(vm->m,
                       "UPDATE vms SET image = ?2, cpus = ?3, memory_mib = ?4, disk_bytes = ?5,"
-                      " restart = ?6, want_running = ?7, created_ms = ?8, accel = ?9"
+                      " restart = ?6, want_running = ?7, created_ms = ?8, accel = ?9, user = ?10"
                       " WHERE name = ?1",
                       vm, 1);
 }
@@ -611,6 +625,31 @@ void nb_vmm_set(nb_vmm_t *m, const char *name, const nb_vm_restart_t *restart, c
     json_decref(res);
 }
 
+void nb_vmm_set_user(nb_vmm_t *m, const char *name, const char *user, nb_vmm_cb cb, void *ud)
+{
+    if (!nb_vm_valid_user(user)) {
+        cb(ud, NB_EINVAL,
+           "'user' must be a guest account name: a lowercase letter or '_', then up to 31 "
+           "lowercase letters, digits, '_' or '-'",
+           NULL);
+        return;
+    }
+    nb_vm_t *vm = find_or_fail(m, name, cb, ud);
+    if (!vm)
+        return;
+    nb_vm_spec_t old = vm->spec;
+    nb_vm_fmt(vm->spec.user, sizeof vm->spec.user, "%s", user);
+    int r = vm_db_update(vm);
+    if (r < 0) {
+        vm->spec = old;
+        cb(ud, r, "cannot update the VM's row", NULL);
+        return;
+    }
+    json_t *res = nb_vm_json(vm, 0);
+    cb(ud, 0, NULL, res);
+    json_decref(res);
+}
+
 int vm_kvm_refused(char *msg, size_t msgsz)
 {
     char why[300];
@@ -633,7 +672,7 @@ static int load_rows(nb_vmm_t *m, char *err, size_t errsz)
         return 0;
     int r = sqlite3_prepare_v2(db,
                                "SELECT name, image, cpus, memory_mib, disk_bytes, restart,"
-                               " want_running, created_ms, accel FROM vms ORDER BY name",
+                               " want_running, created_ms, accel, user FROM vms ORDER BY name",
                                -1, &st, NULL);
     if (r != SQLITE_OK) {
         nb_vm_fmt(err, errsz, "cannot read the VM table: %s", sqlite3_errmsg(db));
@@ -661,6 +700,9 @@ static int load_rows(nb_vmm_t *m, char *err, size_t errsz)
         nb_qemu_accel_t acc;
         if (accel && nb_accel_parse(accel, &acc) == 0)
             nb_vm_fmt(s.accel, sizeof s.accel, "%s", accel);
+        const char *user = (const char *)sqlite3_column_text(st, 9);
+        if (user && nb_vm_valid_user(user))
+            nb_vm_fmt(s.user, sizeof s.user, "%s", user);
         nb_vm_t *vm = vm_alloc(m, &s, msg, sizeof msg, &r);
         if (!vm) {
             nb_log(NB_LOG_ERR, "vm %s: %s", name, r == -ENOMEM ? "out of memory" : msg);

@@ -64,6 +64,15 @@ typedef enum {
     "ALTER TABLE vms ADD COLUMN accel TEXT NOT NULL DEFAULT ''"                                    \
     "  CHECK (accel IN ('', 'auto', 'kvm', 'tcg'));"
 
+/* Migration 6: the guest account that exec and shell run as when the
+ * request names none ("" = the agent's own, root: VMs from before). */
+#define NB_VM_USER_MIGRATION_SQL "ALTER TABLE vms ADD COLUMN user TEXT NOT NULL DEFAULT '';"
+
+/* The unprivileged account of the nilbox images (uid 1000), the default
+ * user of new VMs. */
+#define NB_VM_DEFAULT_USER "agent"
+#define NB_VM_USER_MAX 32
+
 typedef struct {
     char name[NB_VM_NAME_MAX + 1];
     char image[32];      /* "" means "tiny" */
@@ -72,6 +81,7 @@ typedef struct {
     uint64_t disk_bytes; /* 0: the image's disk size */
     nb_vm_restart_t restart;
     char accel[8]; /* "auto", "kvm", "tcg", or "": the daemon's default (NILBOX_ACCEL) */
+    char user[NB_VM_USER_MAX + 1]; /* default guest account of exec/shell; "": root */
 } nb_vm_spec_t;
 
 /* snprintf that reports truncation: 0, or NB_ETOOBIG when `buf` (size
@@ -150,6 +160,14 @@ void nb_vmm_set_restart(nb_vmm_t *m, const char *name, nb_vm_restart_t policy, n
  * a host without a usable KVM device is refused (NB_EUNSUPPORTED). */
 void nb_vmm_set(nb_vmm_t *m, const char *name, const nb_vm_restart_t *restart, const char *accel,
                 nb_vmm_cb cb, void *ud);
+
+/* 1 when `user` is a guest account name as useradd takes it
+ * ([a-z_][a-z0-9_-]{0,31}). */
+int nb_vm_valid_user(const char *user);
+/* Changes the VM's default guest user (any state; the next exec/shell). */
+void nb_vmm_set_user(nb_vmm_t *m, const char *name, const char *user, nb_vmm_cb cb, void *ud);
+/* The VM's default guest user ("" = the agent's own account, root). */
+const char *nb_vm_user(const nb_vm_t *vm);
 
 /* The daemon-wide accelerator default (NILBOX_ACCEL, else "auto"). */
 const char *nb_vmm_default_accel(const nb_vmm_t *m);

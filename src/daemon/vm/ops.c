@@ -1,6 +1,7 @@
 /* VM manager operations that run on the thread pool: the job helper, the
  * blocking helpers (commands, binaries, disk space), create and remove.
  * See manager.h. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -19,6 +20,37 @@
 #include "lib/log.h"
 
 extern char **environ;
+
+#ifndef NB_IMAGES_SRC
+#define NB_IMAGES_SRC "/usr/share/nilbox/images"
+#endif
+
+/* The names of the image recipes (images/NAME/build.sh, where api_image.c
+ * looks for them), comma-separated into `out`; 1 when `image` is one. */
+static int list_recipes(const char *image, char *out, size_t outsz)
+{
+    const char *e = getenv("NILBOX_IMAGES_DIR");
+    const char *src = e && e[0] ? e : NB_IMAGES_SRC;
+    char path[VM_PATH];
+    int found = 0;
+    size_t n = 0;
+    out[0] = '\0';
+    DIR *dp = opendir(src);
+    struct dirent *de;
+    while (dp && (de = readdir(dp))) {
+        nb_vm_fmt(path, sizeof path, "%s/%s/build.sh", src, de->d_name);
+        if (!nb_image_valid_name(de->d_name) || access(path, R_OK) < 0)
+            continue;
+        found |= !strcmp(de->d_name, image);
+        int k = snprintf(out + n, outsz - n, "%s%s", n ? ", " : "", de->d_name);
+        if (k < 0 || (size_t)k >= outsz - n)
+            break;
+        n += (size_t)k;
+    }
+    if (dp)
+        closedir(dp);
+    return found;
+}
 
 /* ------------------------------------------------------------ pool jobs */
 
@@ -154,10 +186,17 @@ static void create_work(vm_job_t *j)
     nb_image_t img;
     if (nb_image_dir(m->home, vm->spec.image, idir, sizeof idir) < 0 ||
         (j->r = nb_image_load(idir, &img)) == NB_ENOTFOUND) {
+        char recipes[256];
         j->r = NB_ENOTFOUND;
-        nb_vm_fmt(j->msg, sizeof j->msg,
-                  "image '%s' is not built yet; build it with 'nilbox image build %s'",
-                  vm->spec.image, vm->spec.image);
+        if (list_recipes(vm->spec.image, recipes, sizeof recipes))
+            nb_vm_fmt(j->msg, sizeof j->msg,
+                      "image '%s' is not built yet; build it with 'nilbox image build %s'",
+                      vm->spec.image, vm->spec.image);
+        else
+            nb_vm_fmt(j->msg, sizeof j->msg,
+                      "there is no image named '%s' and no recipe to build one; the recipes "
+                      "are: %s ('nilbox image ls' shows which are built)",
+                      vm->spec.image, recipes[0] ? recipes : "(none found)");
         return;
     }
     if (j->r < 0) {
@@ -221,8 +260,8 @@ static void create_done(vm_job_t *j)
     if (j->r == 0 &&
         (j->r = vm_db_exec(vm->m,
                            "INSERT INTO vms (name, image, cpus, memory_mib, disk_bytes,"
-                           " restart, want_running, created_ms, accel)"
-                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                           " restart, want_running, created_ms, accel, user)"
+                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                            vm, 1)) < 0)
         nb_vm_fmt(j->msg, sizeof j->msg, "cannot record the VM: %s", nb_strerror(j->r));
     if (j->r < 0) {
@@ -267,6 +306,15 @@ void nb_vmm_create(nb_vmm_t *m, const nb_vm_spec_t *spec, nb_vmm_cb cb, void *ud
         nb_vm_fmt(s.image, sizeof s.image, "tiny");
     if (!nb_image_valid_name(s.image)) {
         nb_vm_fmt(msg, sizeof msg, "'%.40s' is not a valid image name", s.image);
+        cb(ud, NB_EINVAL, msg, NULL);
+        return;
+    }
+    /* New VMs run commands as the images' unprivileged account (many
+     * agents refuse root); "root" is stored as such, "" only in old rows. */
+    if (!s.user[0])
+        nb_vm_fmt(s.user, sizeof s.user, "%s", NB_VM_DEFAULT_USER);
+    if (!nb_vm_valid_user(s.user)) {
+        nb_vm_fmt(msg, sizeof msg, "'%.40s' is not a valid guest user name", s.user);
         cb(ud, NB_EINVAL, msg, NULL);
         return;
     }

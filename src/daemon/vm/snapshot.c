@@ -99,10 +99,8 @@ static void snap_work(vm_job_t *j)
         return;
     }
     if (s->op != NB_VM_SNAP_SAVE && !exists) {
-        nb_vm_fmt(j->msg, sizeof j->msg,
-                  "VM '%s' has no snapshot named '%s'; see 'nilbox vm "
-                  "snapshot ls %s'",
-                  j->vm->spec.name, s->snap, j->vm->spec.name);
+        nb_vm_fmt(j->msg, sizeof j->msg, "no snapshot %s in VM %s; see 'nilbox vm snapshot ls %s'",
+                  s->snap, j->vm->spec.name, j->vm->spec.name);
         j->r = NB_ENOTFOUND;
         return;
     }
@@ -194,12 +192,20 @@ static void on_live_reply(nb_qmp_t *q, int r, json_t *ret, json_t *err, void *da
     char msg[512];
     if (r == NB_EPROTO && err) {
         const char *desc = nb_json_str(err, "desc");
-        nb_vm_fmt(msg, sizeof msg, "QEMU refused the snapshot: %.400s", desc ? desc : "?");
-        live_finish(l,
-                    desc && strstr(desc, "already exists") ? NB_EEXIST
-                    : desc && strstr(desc, "not found")    ? NB_ENOTFOUND
-                                                           : NB_EINTERNAL,
-                    msg);
+        /* QEMU's wording for a missing one: "... does not exist in
+         * device/node ..." (older: "not found"). Say it as the stopped path
+         * does, with what to do, instead of QEMU's text. */
+        int missing = desc && (strstr(desc, "does not exist") || strstr(desc, "not found"));
+        int dup = desc && strstr(desc, "already exists");
+        if (missing)
+            nb_vm_fmt(msg, sizeof msg, "no snapshot %s in VM %s; see 'nilbox vm snapshot ls %s'",
+                      l->snap, l->vm->spec.name, l->vm->spec.name);
+        else if (dup)
+            nb_vm_fmt(msg, sizeof msg, "VM '%s' already has a snapshot named '%s'",
+                      l->vm->spec.name, l->snap);
+        else
+            nb_vm_fmt(msg, sizeof msg, "QEMU refused the snapshot: %.400s", desc ? desc : "?");
+        live_finish(l, missing ? NB_ENOTFOUND : dup ? NB_EEXIST : NB_EINTERNAL, msg);
         return;
     }
     nb_vm_fmt(msg, sizeof msg, "the snapshot did not complete: %s", nb_strerror(r));
