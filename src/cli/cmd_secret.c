@@ -241,7 +241,6 @@ static int do_set(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (!name_ok(name))
         return bad_name(name);
     snprintf(prompt, sizeof prompt, "Value for %s (not shown): ", name);
-    nb_json_wipe_on_free(); /* the body's strings and serialisations, once freed */
     int code = read_value(cli, prompt, NULL, &val, &len);
     if (code != NB_CLI_OK)
         return code;
@@ -530,7 +529,6 @@ static int unlock(nb_cli_t *cli, int offer)
         return send_passphrase(cli, pass, len, fresh, 1);
     }
     json_decref(st);
-    nb_json_wipe_on_free();
     code = read_value(cli, fresh ? "New passphrase for the secret store: " : "Passphrase: ",
                       fresh ? "Repeat the passphrase: " : NULL, &pass, &len);
     if (code != NB_CLI_OK)
