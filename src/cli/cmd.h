@@ -19,8 +19,8 @@
     X(daemon)                                                                                      \
     X(doctor)                                                                                      \
     X(events)                                                                                      \
-    X(secret) X(rule) X(prompts) X(audit) X(ca) X(proxy) X(vm) X(shell) X(exec) X(image)           \
-        X(blocklist)
+    X(secret)                                                                                      \
+    X(rule) X(prompts) X(audit) X(ca) X(proxy) X(vm) X(shell) X(exec) X(image) X(blocklist)
 
 /* Exit codes (README.md, docs/cli.md). */
 enum {
