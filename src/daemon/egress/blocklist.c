@@ -783,7 +783,8 @@ int nb_bl_key_load_or_create(const char *home, uint8_t sk[64], uint8_t pk[32], i
         nb_err_say(err, errsz, "the nilbox home path is too long");
         return NB_ETOOBIG;
     }
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+    /* The home itself too: building needs no daemon to have run. */
+    if ((mkdir(home, 0700) < 0 && errno != EEXIST) || (mkdir(dir, 0700) < 0 && errno != EEXIST)) {
         int e = -errno;
         nb_err_say(err, errsz, "cannot create %s: %s", dir, strerror(-e));
         return e;
