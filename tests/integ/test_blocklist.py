@@ -13,6 +13,7 @@ it receives:
   an unsigned one are refused with a clear error and the loaded list stays;
   --pubkey trusts a third party's key;
 - `check` says blocked / not blocked and which parent matched;
+- `update URL` downloads from a (local) HTTP server;
 - the installed list is loaded again when the daemon restarts."""
 import http.client
 import json
@@ -204,12 +205,39 @@ def test_third_party_key_needs_pubkey():
     assert not j["blocked"], "the old list is replaced: %s" % j
 
 
+def test_update_from_local_url():
+    import functools
+    import http.server
+    import threading
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=E.tmp)
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        base = "http://127.0.0.1:%d/" % srv.server_address[1]
+        r = E.d.cli("blocklist", "update", base + "missing.nbbl")
+        assert r.returncode != 0 and "downloading" in r.stderr, r
+        assert status()["count"] == 2
+        r = E.cli("blocklist", "update", base + "bl.nbbl")
+        assert "4 names" in r.stdout, r.stdout
+        assert blocked("a.b.evil.test")
+        left = [f for f in os.listdir(os.path.join(E.d.home, "blocklist")) if "download" in f]
+        assert left == [], left
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_loaded_again_at_restart():
+    global PX
     E.stop_clean()
     E.d.start("--key-file", os.path.join(E.tmp, "master.key"))
     E.wait_open()
     st = status()
-    assert st["loaded"] and st["count"] == 2, st
+    assert st["loaded"] and st["count"] == 4, st
+    PX = E.proxy(vm="a")
+    assert blocked("x.evil.test")
 
 
 def teardown():
@@ -226,6 +254,7 @@ if __name__ == "__main__":
                    test_exact_allow_rule_overrides_wildcard_does_not,
                    test_tampered_truncated_unsigned_refused,
                    test_third_party_key_needs_pubkey,
+                   test_update_from_local_url,
                    test_loaded_again_at_restart])
     finally:
         teardown()
