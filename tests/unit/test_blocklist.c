@@ -198,6 +198,9 @@ static void test_lines(void)
     check_line("evil.com", NB_BL_LINE_PLAIN, "evil.com,");
     check_line("  Evil.COM  # x", NB_BL_LINE_PLAIN, "Evil.COM,");
     check_line("||evil.com^", NB_BL_LINE_ADBLOCK, "evil.com,");
+    check_line("||evil.com^|", NB_BL_LINE_ADBLOCK, "evil.com,");
+    check_line("||^|", NB_BL_LINE_SKIPPED, "");
+    check_line("||evil.com", NB_BL_LINE_SKIPPED, "");
     check_line("||evil.com^$third-party", NB_BL_LINE_SKIPPED, "");
     check_line("||evil.com/path^", NB_BL_LINE_SKIPPED, "");
     check_line("||*.evil.com^", NB_BL_LINE_SKIPPED, "");

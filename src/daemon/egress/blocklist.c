@@ -645,9 +645,11 @@ int nb_bl_parse_line(const char *line, size_t len, nb_bl_name_fn fn, void *ud)
     const char *s = line + a;
     size_t n = e - a;
     if (n >= 2 && s[0] == '|' && s[1] == '|') {
-        /* Exactly "||name^": anything after the caret (options, paths) or
+        /* Exactly "||name^" (or "||name^|"): anything after the caret (options, paths) or
          * wildcards in the name make it something other than "block this
          * domain and its subdomains". */
+        if (n >= 5 && s[n - 1] == '|' && s[n - 2] == '^')
+            n--; /* "||name^|": the end anchor adds nothing for a host name */
         if (n < 4 || s[n - 1] != '^' || !name_chars(s + 2, n - 3))
             return NB_BL_LINE_SKIPPED;
         int r = fn(ud, s + 2, n - 3);
