@@ -209,8 +209,11 @@ def test_update_from_local_url():
     import functools
     import http.server
     import threading
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=E.tmp)
-    handler.log_message = lambda *a: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    handler = functools.partial(Quiet, directory=E.tmp)
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
