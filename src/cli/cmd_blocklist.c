@@ -21,6 +21,7 @@
 #include "cli/cmd.h"
 #include "cli/cmdutil.h"
 #include "daemon/egress/blocklist.h"
+#include "daemon/egress/hostname.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -317,10 +318,51 @@ out:
     return rc;
 }
 
+/* check --file: the same answer computed here from a file (verified with
+ * the trusted keys), without the daemon: to test a list before installing. */
+static json_t *check_file(nb_cli_t *cli, const char *file, const char *raw)
+{
+    uint8_t keys[NB_BL_MAX_KEYS][32];
+    int nk = nb_bl_trusted_keys(cli->home.home, keys, NB_BL_MAX_KEYS);
+    char err[512], name[NB_HOSTNAME_BUFSZ];
+    int n = nb_hostname_normalize(raw, strlen(raw), name, sizeof name);
+    if (n < 0) {
+        fprintf(stderr, "nilbox: not a valid host name (letters, digits, hyphens and dots; IP "
+                        "addresses are never listed)\n");
+        return NULL;
+    }
+    nb_bl_t *b = NULL;
+    if (nb_bl_load_file(file, (const uint8_t(*)[32])keys, (size_t)nk, &b, err, sizeof err) < 0) {
+        fprintf(stderr, "nilbox: %s\n", err);
+        return NULL;
+    }
+    size_t m = 0;
+    int hit = nb_bl_lookup(b, name, &m);
+    nb_bl_free(b);
+    json_t *o = json_pack("{s:s, s:b, s:b, s:o}", "name", name, "blocked", hit, "loaded", 1,
+                          "allow_rule", json_null());
+    json_object_set_new(o, "matched", hit ? json_string(name + m) : json_null());
+    return o;
+}
+
 static int do_check(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     char q[600], path[700];
     json_t *res = NULL;
+    const char *file = nb_cli_opt(v, a, "file");
+    if (file) {
+        if (!(res = check_file(cli, file, a->pos[0])))
+            return NB_CLI_ERROR;
+        if (cli->json) {
+            nb_cli_print_json(res);
+            json_decref(res);
+            return NB_CLI_OK;
+        }
+        goto show;
+    }
+    int started = 0, rc = nb_cli_ensure_daemon(cli, 30, cli->json, &started);
+    if (rc != NB_CLI_OK)
+        return rc;
     /* Percent-encode everything but unreserved bytes. */
     size_t o = 0;
     for (const unsigned char *p = (const unsigned char *)a->pos[0]; *p && o + 4 < sizeof q; p++) {
@@ -335,6 +377,7 @@ static int do_check(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     int code;
     if (nb_cli_call_or_json(cli, "GET", path, NULL, &res, &code))
         return code;
+show:;
     const char *name = nb_json_str(res, "name"), *m = nb_json_str(res, "matched");
     char e1[600], e2[600];
     nb_log_escape(e1, sizeof e1, name ? name : "", name ? strlen(name) : 0);
@@ -414,6 +457,11 @@ static const nb_cli_opt_t update_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
+static const nb_cli_opt_t check_opts[] = {
+    {"file", 'f', "FILE", "look it up in this blocklist file instead of the daemon's"},
+    {NULL, 0, NULL, NULL},
+};
+
 static const nb_cli_verb_t verbs[] = {
     {"build", "compile domain lists into a signed blocklist file", "INPUT...",
      "Reads hosts files (0.0.0.0 evil.com), plain domain lists (one name a line) and AdBlock\n"
@@ -429,8 +477,10 @@ static const nb_cli_verb_t verbs[] = {
      "and the loaded blocklist stays. A URL is fetched with curl. --pubkey trusts a third\n"
      "party's signing key once the file verifies with it.",
      1, 1, update_opts, do_update, 0},
-    {"check", "is a name blocked, and by which listed parent", "NAME", NULL, 1, 1, NULL, do_check,
-     NB_CLI_NEEDS_DAEMON},
+    {"check", "is a name blocked, and by which listed parent", "NAME",
+     "Asks nilboxd about its loaded blocklist, or with --file looks the name up in a built\n"
+     "file (verified with the trusted keys) without the daemon.",
+     1, 1, check_opts, do_check, 0},
     {"status", "the loaded blocklist, counters, the last refused file", NULL, NULL, 0, 0, NULL,
      do_status, NB_CLI_NEEDS_DAEMON},
     {"key", "print your blocklist signing public key (to share)", NULL, NULL, 0, 0, NULL, do_key,
