@@ -179,7 +179,7 @@ static void on_status(nb_api_ctx_t *ctx)
 {
     struct nb_blstate *s = ctx->d->blocklist;
     if (!s) {
-        nb_api_reply_error(ctx, 409, "wrong_state", "the blocklist is not available");
+        nb_api_reply_error(ctx, 409, "wrong-state", "the blocklist is not available");
         return;
     }
     nb_api_reply_json(ctx, 200, status_json(s));
@@ -195,7 +195,7 @@ static void on_check(nb_api_ctx_t *ctx)
         return;
     }
     if (!s) {
-        nb_api_reply_error(ctx, 409, "wrong_state", "the blocklist is not available");
+        nb_api_reply_error(ctx, 409, "wrong-state", "the blocklist is not available");
         return;
     }
     int n = nb_hostname_normalize(raw, strlen(raw), name, sizeof name);
@@ -311,11 +311,11 @@ static void on_load(nb_api_ctx_t *ctx)
 {
     struct nb_blstate *s = ctx->d->blocklist;
     if (!s) {
-        nb_api_reply_error(ctx, 409, "wrong_state", "the blocklist is not available");
+        nb_api_reply_error(ctx, 409, "wrong-state", "the blocklist is not available");
         return;
     }
     if (s->busy) {
-        nb_api_reply_error(ctx, 409, "wrong_state", "a blocklist load is already running");
+        nb_api_reply_error(ctx, 409, "wrong-state", "a blocklist load is already running");
         return;
     }
     const char *path = s->active;
