@@ -6,8 +6,9 @@
  * prefixed by "@vm " for a VM scope; every other line is a destination
  * "host port vm" to judge. Checks: canonical rule text re-parses to itself
  * (same kind, prefix, pattern); normalised names are fixed points; the
- * decision follows the documented order (deny > blocklist > allow >
- * prompt) as recomputed by brute force; display names are printable,
+ * decision follows the documented order (deny > blocklist, unless an
+ * exact-name allow rule names it > allow > prompt) as recomputed by brute
+ * force; display names are printable,
  * bounded and terminated. The whole input is also read as a Public
  * Suffix List (nb_psl_contains) for a few suffixes, and every allow rule's
  * A13 breadth warning must be bounded and terminated. */
@@ -83,17 +84,23 @@ static void judge(const nb_ruleset_t *rs, const char *host, size_t hl, unsigned 
     }
     nb_gate_result_t res;
     nb_rules_eval(rs, &d, blocked, NULL, &res);
-    int any_deny = 0, any_allow = 0;
+    int any_deny = 0, any_allow = 0, exact_allow = 0;
     for (size_t i = 0; i < rs->n; i++) {
+        /* An exact-name allow rule overrides the blocklist (rules.h), on
+         * its port or when the destination has none (DNS). */
+        const nb_rule_t *r = &rs->v[i];
+        exact_allow |= r->action == NB_RULE_ALLOW && r->kind == NB_RULE_NAME && !d.is_ip &&
+                       (!r->vm[0] || !strcmp(r->vm, d.vm)) &&
+                       (!r->port || !d.port || r->port == d.port) && !strcmp(r->pattern, d.name);
         if (!nb_rule_match(&rs->v[i], &d))
             continue;
         any_deny |= rs->v[i].action == NB_RULE_DENY;
         any_allow |= rs->v[i].action == NB_RULE_ALLOW;
     }
-    int want = any_deny            ? NB_GATE_DENY
-               : blocked(NULL, &d) ? NB_GATE_DENY
-               : any_allow         ? NB_GATE_ALLOW
-                                   : NB_GATE_PROMPT;
+    int want = any_deny                            ? NB_GATE_DENY
+               : blocked(NULL, &d) && !exact_allow ? NB_GATE_DENY
+               : any_allow                         ? NB_GATE_ALLOW
+                                                   : NB_GATE_PROMPT;
     if (res.decision != want)
         abort();
     if ((res.reason == NB_GATE_R_DENY_RULE || res.reason == NB_GATE_R_ALLOW_RULE) &&

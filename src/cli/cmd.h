@@ -18,7 +18,9 @@
 #define NB_CLI_NOUNS(X)                                                                            \
     X(daemon)                                                                                      \
     X(doctor)                                                                                      \
-    X(events) X(secret) X(rule) X(prompts) X(audit) X(ca) X(proxy) X(vm) X(shell) X(exec) X(image)
+    X(events)                                                                                      \
+    X(secret)                                                                                      \
+    X(rule) X(prompts) X(audit) X(ca) X(proxy) X(vm) X(shell) X(exec) X(image) X(blocklist)
 
 /* Exit codes (README.md, docs/cli.md). */
 enum {

@@ -29,7 +29,7 @@
 #include "lib/httpserver.h"
 
 #define NB_API_MODULES(X)                                                                          \
-    X(daemon) X(secrets) X(audit) X(ca) X(rules) X(prompts) X(proxy) X(vm) X(image)
+    X(daemon) X(secrets) X(audit) X(ca) X(rules) X(prompts) X(proxy) X(vm) X(image) X(blocklist)
 
 #define NB_API_MAX_BODY (1024 * 1024) /* bigger bodies get 413 */
 
@@ -71,6 +71,12 @@ void nb_api_proxy_stop(nb_daemon_t *d);
  * channel's egress streams use it too). NULL with a sentence in `err`
  * while the secret store is not open (no CA) or the daemon is stopping. */
 struct nb_proxy *nb_api_proxy_engine(nb_daemon_t *d, char *err, size_t errsz);
+
+/* api_blocklist.c: loads the installed blocklist (a refused file is
+ * logged and reported, never fatal) and sets the gate's hook; frees it.
+ * 0 or -ENOMEM. */
+int nb_api_blocklist_start(nb_daemon_t *d);
+void nb_api_blocklist_free(nb_daemon_t *d);
 
 /* Closes the listeners and all connections, removes the socket and
  * api.json, frees the API and calls `done` (may be NULL). */

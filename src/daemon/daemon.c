@@ -56,6 +56,7 @@ static void finish_stop(nb_daemon_t *d)
     d->vmm = NULL;
     nb_guestsvc_free(d->guestsvc); /* after the VMs' channels: their streams are closed */
     nb_daemon_secrets_stop(d);     /* secretsvc.c: secret service, then the audit log */
+    nb_api_blocklist_free(d);      /* after the gate that called its hook */
     nb_events_free(d->events);
     d->events = NULL;
     nb_store_close(d->store);
@@ -141,6 +142,8 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
     /* --- modules: create long-lived state here (after store/events, before the API) --- */
     if ((r = nb_daemon_secrets_start(d, err, errsz)) < 0) /* secretsvc.c */
         goto fail;
+    if ((r = nb_api_blocklist_start(d)) < 0) /* api_blocklist.c: after the gate */
+        goto fail;
     if ((r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0) /* vm/manager.c */
         goto fail;
     if ((r = nb_guestsvc_new(d, nb_api_proxy_engine, &d->guestsvc, err, errsz)) < 0)
@@ -163,6 +166,7 @@ fail:
     d->vmm = NULL;
     nb_guestsvc_free(d->guestsvc);
     nb_daemon_secrets_stop(d);
+    nb_api_blocklist_free(d);
     nb_events_free(d->events);
     d->events = NULL;
     nb_store_close(d->store);

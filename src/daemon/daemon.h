@@ -36,6 +36,8 @@ typedef struct nb_daemon {
     nb_gate_t *gate;         /* egress/gate.h: rules + prompts (created in secretsvc.c) */
     nb_vmm_t *vmm;           /* vm/manager.h: the VM manager */
     nb_guestsvc_t *guestsvc; /* egress/guestsvc.h: guest-opened streams, provisioning */
+    /* api_blocklist.c: the loaded DNS blocklist and the gate's hook state */
+    struct nb_blstate *blocklist;
     /* Hooks egress/guestsvc.c installs and the VM manager calls when set
      * (so the manager does not link the egress engine): a stream the
      * agent of `vm` opened (return as nb_muxsess_opts_t.on_open does), and

@@ -443,6 +443,14 @@ int nb_gate_load_rules(nb_gate_t *g, sqlite3 *db)
     return 0;
 }
 
+void nb_gate_set_blocklist(nb_gate_t *g, nb_blocklist_fn fn, void *ctx)
+{
+    g->cfg.blocklist = fn;
+    g->cfg.blocklist_ctx = ctx;
+    policy_changed(g);
+    rejudge(g);
+}
+
 int nb_gate_rule_added(nb_gate_t *g, const nb_rule_t *r)
 {
     int rc = nb_ruleset_add(&g->rules, r);

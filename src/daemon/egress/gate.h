@@ -122,7 +122,7 @@ typedef struct {
     /* Where *-always answers are persisted (nb_rules_db_add on the thread
      * pool); NULL keeps them in memory only. Borrowed; must outlive the gate. */
     nb_store_t *store;
-    nb_blocklist_fn blocklist; /* NULL for none (not yet wired) */
+    nb_blocklist_fn blocklist; /* NULL for none; see nb_gate_set_blocklist() */
     void *blocklist_ctx;
     nb_gate_hooks_t hooks;
 } nb_gate_cfg_t;
@@ -158,6 +158,11 @@ int nb_gate_rule_added(nb_gate_t *g, const nb_rule_t *r);
  * every later request on an open one are judged without the rule; raw
  * tunnels it admitted are closed by the proxy's watcher. */
 int nb_gate_rule_removed(nb_gate_t *g, int64_t id);
+
+/* Sets (or replaces, or with fn NULL removes) the blocklist hook and
+ * treats it as a policy change: new generation, watchers run, pending
+ * prompts re-judged. Call it again after the hook's list changed. */
+void nb_gate_set_blocklist(nb_gate_t *g, nb_blocklist_fn fn, void *ctx);
 
 /* ---- policy changes (open connections follow them) ---- */
 

@@ -470,6 +470,7 @@ typedef struct {
 typedef struct {
     nb_guestsvc_t *g;
     const char *vm;
+    int why; /* nb_gate_why_t of a blocked name */
 } dnspol_t;
 
 /* Names a deny rule covers on every port (or the blocklist, when the gate
@@ -480,11 +481,15 @@ static int dns_policy(void *ud, const char *name)
     if (!p->g->d->gate)
         return 0;
     nb_dest_t d;
+    p->why = NB_GATE_WHY_ERROR;
     if (nb_dest_set(&d, p->vm, name, strlen(name), 0) < 0)
         return 1;
-    nb_gate_result_t res;
-    nb_rules_eval(nb_gate_rules(p->g->d->gate), &d, NULL, NULL, &res);
-    return res.decision == NB_GATE_DENY;
+    /* The rules and the gate's blocklist hook (deny -> blocklist -> allow). */
+    nb_gate_verdict_t v;
+    if (!nb_gate_rules_verdict(p->g->d->gate, &d, &v) || v.allowed)
+        return 0;
+    p->why = v.why;
+    return 1;
 }
 
 static void dnsq_free(dnsq_t *q)
@@ -495,7 +500,7 @@ static void dnsq_free(dnsq_t *q)
     g_unref(g);
 }
 
-static void dns_audit_blocked(nb_guestsvc_t *g, gvm_t *v, const char *name)
+static void dns_audit_blocked(nb_guestsvc_t *g, gvm_t *v, const char *name, const char *reason)
 {
     int64_t minute = nb_events_now_ms() / 60000;
     if (v->audit_min != minute) {
@@ -506,7 +511,7 @@ static void dns_audit_blocked(nb_guestsvc_t *g, gvm_t *v, const char *name)
         return;
     v->audit_rows++;
     nb_audit_append(g->d->audit, "dns.blocked", v->name, name, 0,
-                    json_pack("{s:s, s:s}", "answer", "NXDOMAIN", "reason", "deny-rule"));
+                    json_pack("{s:s, s:s}", "answer", "NXDOMAIN", "reason", reason));
 }
 
 static void dns_fin(nb_muxsess_stream_t *st, void *ud)
@@ -518,7 +523,7 @@ static void dns_fin(nb_muxsess_stream_t *st, void *ud)
     size_t n = 0;
     nb_fakedns_result_t res;
     if (v) {
-        dnspol_t pol = {g, q->vm};
+        dnspol_t pol = {g, q->vm, 0};
         n = nb_fakedns_answer(v->dns, nb_buf_iov(&q->q), (uint64_t)uv_now(g->loop), dns_policy,
                               &pol, out, sizeof out, &res);
         g->st.dns_queries++;
@@ -526,7 +531,7 @@ static void dns_fin(nb_muxsess_stream_t *st, void *ud)
             g->st.dns_nxdomain++;
         if (res.blocked) {
             g->st.dns_blocked++;
-            dns_audit_blocked(g, v, res.qname);
+            dns_audit_blocked(g, v, res.qname, nb_gate_why_name(pol.why));
         }
         char esc[300];
         nb_log(NB_LOG_DEBUG, "vm %s: dns %s type %u -> rcode %d", q->vm,

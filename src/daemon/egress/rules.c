@@ -253,6 +253,20 @@ static const nb_rule_t *best_match(const nb_ruleset_t *rs, const nb_dest_t *d, i
     return best;
 }
 
+const nb_rule_t *nb_rules_exact_allow(const nb_ruleset_t *rs, const nb_dest_t *d)
+{
+    if (d->is_ip)
+        return NULL;
+    for (size_t i = 0; i < rs->n; i++) {
+        const nb_rule_t *r = &rs->v[i];
+        if (r->action == NB_RULE_ALLOW && r->kind == NB_RULE_NAME &&
+            (!r->vm[0] || strcmp(r->vm, d->vm) == 0) &&
+            (!r->port || !d->port || r->port == d->port) && strcmp(r->pattern, d->name) == 0)
+            return r;
+    }
+    return NULL;
+}
+
 void nb_rules_eval(const nb_ruleset_t *rs, const nb_dest_t *d, nb_blocklist_fn bl, void *blctx,
                    nb_gate_result_t *res)
 {
@@ -264,7 +278,7 @@ void nb_rules_eval(const nb_ruleset_t *rs, const nb_dest_t *d, nb_blocklist_fn b
         res->rule_id = r->id;
         return;
     }
-    if (bl && bl(blctx, d)) {
+    if (bl && !d->is_ip && bl(blctx, d) && !nb_rules_exact_allow(rs, d)) {
         res->decision = NB_GATE_DENY;
         res->reason = NB_GATE_R_BLOCKLIST;
         return;

@@ -137,7 +137,10 @@ typedef struct {
 } nb_gate_result_t;
 
 /* Blocklist hook: return 1 to block `d`. Called after deny rules and before
- * allow rules. */
+ * allow rules; an exact-name allow rule (nb_rules_exact_allow) overrides
+ * it, since the blocklist is a probabilistic filter with false positives
+ * and such a rule is the user's word about that one name. Wildcard allow
+ * rules do not override it. */
 typedef int (*nb_blocklist_fn)(void *ctx, const nb_dest_t *d);
 
 /* Judges `d` against `rs`: deny -> blocklist (bl may be NULL) -> allow ->
@@ -147,6 +150,11 @@ typedef int (*nb_blocklist_fn)(void *ctx, const nb_dest_t *d);
  * port. Never fails. */
 void nb_rules_eval(const nb_ruleset_t *rs, const nb_dest_t *d, nb_blocklist_fn bl, void *blctx,
                    nb_gate_result_t *res);
+
+/* The allow rule of kind NB_RULE_NAME for exactly d->name (global or for
+ * d->vm) whose port is any, d->port, or any when d->port is 0 (the DNS
+ * asks without a port), or NULL. What overrides the blocklist. */
+const nb_rule_t *nb_rules_exact_allow(const nb_ruleset_t *rs, const nb_dest_t *d);
 
 /* Classifies addresses an upstream connection must not reach by default
  * (A13): loopback, private, link-local (cloud metadata), CGNAT, the fake-IP
