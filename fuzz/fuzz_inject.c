@@ -119,7 +119,7 @@ static void fuzz_inject(const uint8_t *d, size_t n)
     if (nb_inject_out_init(&o, 4096) < 0)
         abort();
     for (size_t i = 0; i < sizeof(dests) / sizeof(dests[0]); i++) {
-        nb_inject_dest_t dest = {dests[i].host, dests[i].vm, dests[i].tls};
+        nb_inject_dest_t dest = {.host = dests[i].host, .vm = dests[i].vm, .tls = dests[i].tls};
         cur_host = dests[i].host;
         cur_vm = dests[i].vm;
         nb_redact_t *red = NULL;
