@@ -108,6 +108,25 @@ static void test_spellings(void)
     check_spelling("sk-live&#x2F;Ab&#43;9&equals;Zq&percnt;x&amp;y");            /* HTML */
     check_spelling("sk-live&#X2f;Ab&plus;9&#61;Zq%x&#38;y");
     check_spelling("\\u0073k-live%2F%41b+9=Zq%x&y"); /* escapes mixed within one echo */
+    /* HTML also decodes numeric references without ';' and with any
+     * number of leading zeros (issue 16, outside attack suite). */
+    check_spelling("sk-live&#47Ab&#x2b;9&#61Zq%x&#38y");
+    check_spelling("sk-live&#0000000000000000047;Ab&#x00000000002B;9&#000061Zq%x&y");
+    check_spelling("&#00115&#000107&#0045&#x006C&#x0069&#000118&#00101&#047&#X0041&#0098&#43"
+                   "&#0057&#61&#90&#113&#37&#120&#38&#121");
+}
+
+/* Leading zeros past the second are squeezed out wherever they are (the
+ * same character to an HTML reader); other text is unchanged. */
+static void test_zeros_squeezed(void)
+{
+    size_t steps[] = {1, 2, 5, 1000};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        char *got =
+            redact_str("a &#00000065; &#x0000041; &#00; 000 &0000 #000 &#1000;", steps[i], NULL);
+        NB_CHECK_STR(got, "a &#0065; &#x0041; &#00; 000 &0000 #000 &#1000;");
+        free(got);
+    }
 }
 
 /* Random mixes: every byte of the value in a random spelling, inside
@@ -134,7 +153,8 @@ static void test_random_spellings(void)
                     (size_t)snprintf(sp + o, sizeof sp - o, rand() % 2 ? "\\u%04x" : "\\u%04X", ch);
                 break;
             case 3:
-                o += (size_t)snprintf(sp + o, sizeof sp - o, rand() % 2 ? "&#x%X;" : "&#%u;", ch);
+                o += (size_t)snprintf(sp + o, sizeof sp - o, rand() % 2 ? "&#x%0*X;" : "&#%0*u;",
+                                      rand() % 12 + 1, ch);
                 break;
             case 4:
                 if (ch == '/') {
@@ -544,6 +564,7 @@ int main(void)
     if (sodium_init() < 0)
         return 1;
     NB_RUN(test_spellings);
+    NB_RUN(test_zeros_squeezed);
     NB_RUN(test_random_spellings);
     NB_RUN(test_not_spellings);
     NB_RUN(test_streaming_holdback);

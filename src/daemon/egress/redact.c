@@ -33,6 +33,11 @@ struct nb_redact {
     uint8_t *scratch; /* in the arena, 2 * maxlen bytes */
     int started;
     uint64_t replaced;
+    /* Numeric character reference in progress across feeds, for
+     * squeeze_zeros: 0 none, 1 after '&', 2 after "&#", 3 after "&#x";
+     * zeros: leading zeros seen since. */
+    int ref_state;
+    unsigned ref_zeros;
 };
 
 int nb_redact_new(nb_redact_t **out)
@@ -59,6 +64,8 @@ void nb_redact_reset(nb_redact_t *r)
     r->hold = r->scratch = NULL;
     r->started = 0;
     r->replaced = 0;
+    r->ref_state = 0;
+    r->ref_zeros = 0;
 }
 
 static int arena_reserve(nb_redact_t *r, size_t need)
@@ -218,9 +225,11 @@ static int spell_entity(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
                 return 0;
             digits++;
         }
-        if (!digits || s[i] != ';' || v != b)
+        /* HTML decodes a numeric reference without its ';' too ("&#47x"
+         * is "/x"); the digits end at the first non-digit either way. */
+        if (!digits || v != b)
             return 0;
-        *used = i + 1;
+        *used = i + (s[i] == ';');
         return 1;
     }
     int partial = 0;
@@ -399,7 +408,7 @@ static int escape_value(const uint8_t *s, size_t avail)
                 return -1;
             digits++;
         }
-        return digits && s[i] == ';' ? (int)val : -1;
+        return digits ? (int)val : -1;
     }
     if (!((s[1] >= 'a' && s[1] <= 'z') || (s[1] >= 'A' && s[1] <= 'Z')))
         return -1; /* "& ", "&&": the common case in text */
@@ -623,7 +632,7 @@ static int start(nb_redact_t *r)
     return 0;
 }
 
-int nb_redact_feed(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink sink, void *ctx)
+static int feed_raw(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink sink, void *ctx)
 {
     int rc;
     if ((rc = start(r)) < 0)
@@ -662,8 +671,58 @@ int nb_redact_feed(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink 
     return process(r, p + off, len - off, sink, ctx);
 }
 
+/* HTML allows any number of leading zeros in a numeric character reference
+ * ("&#0000000047;" is "/"), which no bounded hold-back could cover. So
+ * zeros past the second are dropped from the stream before matching: the
+ * reference keeps its meaning and every spelling of one byte stays within
+ * NB_REDACT_SPELL_MAX ("&#x002F;", "&#00047;"). Only "&#" or "&#x"
+ * followed by three or more zeros is changed; the state carries across
+ * feeds, so a run cut by a chunk boundary is squeezed the same way. The
+ * kept runs are passed on as slices of p: no copy. */
+int nb_redact_feed(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink sink, void *ctx)
+{
+    if (r->count == 0)
+        return feed_raw(r, p, len, sink, ctx); /* nothing to find: bytes unchanged */
+    size_t from = 0;
+    for (size_t i = 0; i < len; i++) {
+        uint8_t ch = p[i];
+        switch (r->ref_state) {
+        case 1:
+            r->ref_state = ch == '#' ? 2 : 0;
+            r->ref_zeros = 0;
+            break;
+        case 2:
+        case 3:
+            if (ch == '0') {
+                if (++r->ref_zeros > 2) {
+                    int rc = i > from ? feed_raw(r, p + from, i - from, sink, ctx) : 0;
+                    if (rc != 0)
+                        return rc;
+                    from = i + 1;
+                    r->ref_zeros = 2;
+                }
+                continue;
+            }
+            if (r->ref_state == 2 && r->ref_zeros == 0 && (ch == 'x' || ch == 'X')) {
+                r->ref_state = 3;
+                continue;
+            }
+            r->ref_state = 0;
+            break;
+        default:
+            break;
+        }
+        if (ch == '&')
+            r->ref_state = 1;
+    }
+    return from < len ? feed_raw(r, p + from, len - from, sink, ctx) : 0;
+}
+
 int nb_redact_finish(nb_redact_t *r, nb_redact_sink sink, void *ctx)
 {
+    r->ref_state = 0;
+    r->ref_zeros = 0;
+
     int rc, deferred;
     if ((rc = start(r)) < 0 || r->hlen == 0)
         return rc;
