@@ -10,6 +10,7 @@ TLS (bench.test) and over plain HTTP with an allow_cleartext binding
 value reaches the client, whatever the proxy answers."""
 import base64
 import gzip
+import json
 import os
 import socket
 import ssl
@@ -138,15 +139,25 @@ class Up(R.Upstream):
                     body += "&#" + "0" * n + "%d" % b
                 body += ";" if semi else ""
             return self.send(c, 200, "<p>" + body + "</p>", ctype="text/html")
+        if p == "/reason":
+            c.sendall(b"HTTP/1.1 200 " + tok + b"\r\nContent-Length: 2\r\n\r\nok")
+            return True
+        if p == "/chunk-ext-key":
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"2;k=" + tok + b"\r\nok\r\n0;k=" + tok + b"\r\nX-T: " + tok +
+                      b"\r\n\r\n")
+            return True
         if p == "/upgrade-unasked":
             c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                       b"Connection: Upgrade\r\n\r\n" + tok)
             time.sleep(0.3)
             return False
+        if p.startswith("/v1/"):
+            target = target[3:]  # the prefix binding's paths: same routes
         return super().route(c, f, method, target, headers, body)
 
     def websocket(self, c, f, headers, mode):
-        if mode not in ("close-reason", "bytes", "masked"):
+        if mode not in ("close-reason", "bytes", "masked", "slow"):
             return super().websocket(c, f, headers, mode)
         import hashlib
         accept = base64.b64encode(hashlib.sha1(
@@ -155,7 +166,7 @@ class Up(R.Upstream):
         c.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                    "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept).encode())
         auth = headers.get("authorization", "").encode()
-        tok = auth.split(b" ", 1)[1]
+        tok = auth.split(b" ", 1)[-1]
         F = self.frame
         if mode == "close-reason":
             out = F(8, struct.pack(">H", 1000) + tok)
@@ -164,6 +175,11 @@ class Up(R.Upstream):
             for i in range(1, len(tok)):
                 out += F(0, tok[i:i + 1], fin=(i == len(tok) - 1))
             out += F(8, struct.pack(">H", 1000))
+        elif mode == "slow":
+            for i in range(20):
+                c.sendall(F(1, b"tick %d" % i))
+                time.sleep(0.25)
+            return False
         else:
             mask = b"\x01\x02\x03\x04"
             pl = bytes(b ^ mask[i % 4] for i, b in enumerate(tok))
@@ -173,9 +189,15 @@ class Up(R.Upstream):
         return False
 
 
+PFX = "api.test"  # REFLECT_KEY bound only under /v1
+WS_PIPE = "ws.test"  # allowed, bound to nothing: a WebSocket there is a byte pipe
+WS_SCAN = "sse.test"  # allowed and bound: frames go through the scanner
+RULES = {}
+
+
 def setup():
     global E, UP, UPP
-    E = ProxyEnv(prompt_timeout_ms=1500)
+    E = ProxyEnv(prompt_timeout_ms=8000, names=("other.test",))
     E.d.env["NILBOX_AUDIT_AGG_WINDOW_MS"] = "200"
     E.__enter__()
     R.E = E
@@ -184,13 +206,18 @@ def setup():
     R.UP = UP
     E.secret("REFLECT_KEY", KEY)
     E.bind("REFLECT_KEY", HOST)
+    E.bind("REFLECT_KEY", PFX, "--path-prefix", "/v1")
+    E.bind("REFLECT_KEY", WS_SCAN)
     E.secret("CLEAR_KEY", CLEARKEY)
     E.bind("CLEAR_KEY", CLEAR, "--header", "x-clear: {secret}", "--allow-cleartext")
     E.rule("allow", "127.0.0.1:%d" % UP.port)
     E.rule("allow", "127.0.0.1:%d" % UPP.port)
     E.rule("allow", HOST + ":443")
     E.rule("allow", CLEAR + ":80")
-    res = ["%s:443:127.0.0.1:%d" % (HOST, UP.port), "%s:80:127.0.0.1:%d" % (CLEAR, UPP.port)]
+    for h in (WS_PIPE, WS_SCAN, PFX):
+        RULES[h] = E.rule("allow", h + ":443")["id"]
+    res = ["%s:443:127.0.0.1:%d" % (HOST, UP.port), "%s:80:127.0.0.1:%d" % (CLEAR, UPP.port),
+           "%s:443:127.0.0.1:%d" % (WS_PIPE, UP.port), "%s:443:127.0.0.1:%d" % (WS_SCAN, UP.port), "%s:443:127.0.0.1:%d" % (PFX, UP.port)]
     E.px = E.proxy(vm="a", extra_resolve=res)
 
 
@@ -334,6 +361,29 @@ def test_A5_ws_variants():
         assert KEY.encode() not in joined, (mode, joined)
 
 
+def test_A5_reason_phrase_and_chunk_extensions():
+    out = tls_req("/reason")
+    assert_clean(out, "reason phrase")
+    out = tls_req("/chunk-ext-key")
+    assert_clean(out, "chunk extension / trailer")
+
+
+def test_A5_path_prefix_binding_other_path():
+    # injected under the prefix, stored, then fetched from a path outside
+    # the prefix without any placeholder
+    s = R.tls_tunnel(PFX)
+    s.sendall(("POST /v1/store?slot=pfx HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer REFLECT_KEY"
+               "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % PFX).encode())
+    read_all(s)
+    assert UP.stored.get("pfx") == KEY, "positive control: the prefix binding injected"
+    for path in ("/other/retrieve?slot=pfx", "/retrieve?slot=pfx", "/v2/../retrieve?slot=pfx"):
+        s = R.tls_tunnel(PFX)
+        s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                   % (path, PFX)).encode())
+        out = read_all(s)
+        assert_clean(out, "retrieved from " + path)
+
+
 # ---- A26 proxy auth spellings ----------------------------------------------
 
 def raw_proxy(data, timeout=5):
@@ -436,13 +486,69 @@ def test_A13_more_broad_rules():
     assert code in (403, 502), (code, body)
 
 
+# ---- policy changes -----------------------------------------------------------
+
+def ws_open(host, mode):
+    s = R.tls_tunnel(host)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET /ws?mode=%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+               "\r\n" % (mode, host, key)).encode())
+    s.settimeout(5)
+    got = b""
+    while b"tick 0" not in got:
+        b = s.recv(4096)
+        if not b:
+            break
+        got += b
+    assert b" 101 " in got and b"tick 0" in got, got[:200]
+    return s
+
+
+def test_deny_rule_while_held_for_prompt():
+    s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
+    s.sendall(b"CONNECT other.test:443 HTTP/1.1\r\nHost: other.test:443\r\n" + E.px.auth +
+              b"\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        b = s.recv(1)
+        if not b:
+            break
+        head += b
+    assert status_of(head) == 200, head
+    ctx = ssl.create_default_context(cafile=E.ca_pem)
+    t = ctx.wrap_socket(s, server_hostname="other.test")
+    t.sendall(b"GET /echo/held-deny HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+    ps = E.wait_for(lambda: [p for p in json.loads(E.cli("--json", "prompts").stdout)["prompts"]
+                             if p["host"] == "other.test"])
+    rid = E.rule("deny", "other.test")["id"]
+    E.cli("prompts", "answer", str(ps[0]["id"]), "allow-once", check=False)
+    out = read_all(t, 10)
+    E.cli("rule", "rm", str(rid))
+    assert status_of(out) in (0, 403), out[:300]
+    assert not [r for r in E.received() if r["target"].startswith("/echo/held-deny")], \
+        "a request held for a prompt went out although a deny rule came first"
+
+
+def test_websocket_closed_when_allow_rule_removed():
+    for host in (WS_PIPE, WS_SCAN):
+        s = ws_open(host, "slow")
+        E.cli("rule", "rm", str(RULES[host]))
+        t0 = time.time()
+        rest = read_all(s, 8)
+        took = time.time() - t0
+        assert b"tick 19" not in rest and took < 3, (host, took, rest[-100:])
+
+
 def main():
     tests = [test_A5_cleartext_echo, test_A5_chunked_split_with_extensions,
              test_A5_interim_responses, test_A5_head_and_eof_bodies,
              test_A5_headers_location_cookie, test_A5_codings, test_A5_json_u_every_byte_uppercase,
              test_A5_html_numeric_references, test_A5_upgrade_not_asked, test_A5_ws_variants,
              test_A26_auth_spellings, test_A26_keepalive_needs_token_each_request,
-             test_A26_plain_request_inside_tunnel, test_A13_more_broad_rules]
+             test_A26_plain_request_inside_tunnel, test_A13_more_broad_rules,
+             test_A5_reason_phrase_and_chunk_extensions, test_A5_path_prefix_binding_other_path,
+             test_deny_rule_while_held_for_prompt, test_websocket_closed_when_allow_rule_removed]
     try:
         setup()
         run_tests(tests)
