@@ -139,6 +139,10 @@ class Up(R.Upstream):
                     body += "&#" + "0" * n + "%d" % b
                 body += ";" if semi else ""
             return self.send(c, 200, "<p>" + body + "</p>", ctype="text/html")
+        if p == "/utf":
+            enc = dict(urllib.parse.parse_qsl(u.query)).get("enc", "utf-16")
+            doc = ('{"k": "%s"}' % tok.decode()).encode(enc)
+            return self.send(c, 200, doc, ctype="application/json; charset=" + enc)
         if p == "/reason":
             c.sendall(b"HTTP/1.1 200 " + tok + b"\r\nContent-Length: 2\r\n\r\nok")
             return True
@@ -329,6 +333,23 @@ def test_A5_html_numeric_references():
         text = html.unescape(out.decode("latin-1"))
         assert KEY not in text, (q, out[-300:])
         assert_clean(out, "html " + q)
+
+
+def test_A5_utf16_utf32_bodies():
+    for enc in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"):
+        out = tls_req("/utf?enc=" + enc)
+        assert status_of(out) == 200, (enc, out[:200])
+        head, _, body = out.partition(b"\r\n\r\n")
+        # undo the chunked framing, then read it the way the guest would
+        data, rest = b"", body
+        while rest:
+            line, _, rest = rest.partition(b"\r\n")
+            n = int(line.split(b";")[0], 16)
+            if n == 0:
+                break
+            data, rest = data + rest[:n], rest[n + 2:]
+        text = data.decode(enc, "replace")
+        assert KEY not in text and KEY[5:20] not in text, (enc, text[:200])
 
 
 def test_A5_upgrade_not_asked():
@@ -544,7 +565,8 @@ def main():
     tests = [test_A5_cleartext_echo, test_A5_chunked_split_with_extensions,
              test_A5_interim_responses, test_A5_head_and_eof_bodies,
              test_A5_headers_location_cookie, test_A5_codings, test_A5_json_u_every_byte_uppercase,
-             test_A5_html_numeric_references, test_A5_upgrade_not_asked, test_A5_ws_variants,
+             test_A5_html_numeric_references, test_A5_utf16_utf32_bodies,
+             test_A5_upgrade_not_asked, test_A5_ws_variants,
              test_A26_auth_spellings, test_A26_keepalive_needs_token_each_request,
              test_A26_plain_request_inside_tunnel, test_A13_more_broad_rules,
              test_A5_reason_phrase_and_chunk_extensions, test_A5_path_prefix_binding_other_path,

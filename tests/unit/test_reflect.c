@@ -116,6 +116,59 @@ static void test_spellings(void)
                    "&#0057&#61&#90&#113&#37&#120&#38&#121");
 }
 
+/* UTF-16 and UTF-32 text (both byte orders) spells each ASCII byte with
+ * NULs beside it; the guest reads it back with one decode call. */
+static void test_utf16_utf32(void)
+{
+    static const char *const enc[] = {"utf16le", "utf16be", "utf32le", "utf32be"};
+    size_t klen = strlen(KEY);
+    for (size_t e = 0; e < 4; e++) {
+        size_t w = e < 2 ? 2 : 4;
+        uint8_t in[256];
+        size_t n = 0;
+        const char *pre = "{\"k\":\"";
+        for (const char *q = pre; *q; q++) {
+            memset(in + n, 0, w);
+            in[n + (e % 2 ? w - 1 : 0)] = (uint8_t)*q;
+            n += w;
+        }
+        size_t start = n;
+        for (size_t i = 0; i < klen; i++) {
+            memset(in + n, 0, w);
+            in[n + (e % 2 ? w - 1 : 0)] = (uint8_t)KEY[i];
+            n += w;
+        }
+        size_t end = n;
+        for (int step = 1; step <= 9; step += 4) {
+            nb_redact_t *r = mk();
+            out_t o = {0};
+            for (size_t off = 0; off < n; off += (size_t)step) {
+                size_t k = n - off < (size_t)step ? n - off : (size_t)step;
+                NB_CHECK_EQ_INT(nb_redact_feed(r, in + off, k, out_sink, &o), 0);
+            }
+            NB_CHECK_EQ_INT(nb_redact_finish(r, out_sink, &o), 0);
+            if (nb_redact_count(r) != 1)
+                fprintf(stderr, "%s step %d: not redacted\n", enc[e], step);
+            NB_CHECK_EQ_INT((int)nb_redact_count(r), 1);
+            /* no 4 consecutive key bytes survive in any character */
+            for (size_t i = 0; i + 4 <= klen; i++) {
+                size_t m = 0;
+                for (size_t j = 0; j + 4 * w <= o.len && !m; j++) {
+                    size_t hit = 1;
+                    for (size_t t = 0; t < 4 && hit; t++)
+                        hit = o.p[j + t * w] == (uint8_t)KEY[i + t];
+                    m = hit;
+                }
+                NB_CHECK(!m);
+            }
+            (void)start;
+            (void)end;
+            nb_redact_free(r);
+            free(o.p);
+        }
+    }
+}
+
 /* Leading zeros past the second are squeezed out wherever they are (the
  * same character to an HTML reader); other text is unchanged. */
 static void test_zeros_squeezed(void)
@@ -565,6 +618,7 @@ int main(void)
         return 1;
     NB_RUN(test_spellings);
     NB_RUN(test_zeros_squeezed);
+    NB_RUN(test_utf16_utf32);
     NB_RUN(test_random_spellings);
     NB_RUN(test_not_spellings);
     NB_RUN(test_streaming_holdback);

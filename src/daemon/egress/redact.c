@@ -112,12 +112,12 @@ int nb_redact_add(nb_redact_t *r, const void *needle, size_t nlen, const void *r
         memcpy(d->rep, repl, rlen);
     d->nlen = nlen;
     d->rlen = rlen;
-    d->ambiguous =
-        memchr(needle, '%', nlen) || memchr(needle, '\\', nlen) || memchr(needle, '&', nlen);
+    d->ambiguous = memchr(needle, '%', nlen) || memchr(needle, '\\', nlen) ||
+                   memchr(needle, '&', nlen) || memchr(needle, '\0', nlen);
     r->starts[d->n[0]] = 1;
     for (size_t k = 0; k < nlen; k++)
         r->inneedle[d->n[k]] = 1;
-    r->starts['%'] = r->starts['\\'] = r->starts['&'] = 1;
+    r->starts['%'] = r->starts['\\'] = r->starts['&'] = r->starts[0] = 1;
     r->used += nlen + rlen;
     if (nlen > r->maxlen)
         r->maxlen = nlen;
@@ -156,7 +156,8 @@ static int emit(nb_redact_sink sink, void *ctx, const uint8_t *p, size_t n)
  * An upstream may echo a value in another spelling than the one it was
  * sent in: percent-encoded (either hex case, any subset of the bytes),
  * JSON-escaped ("\/", "\u002F"), or as HTML character references
- * ("&#x2F;", "&#47;", "&sol;"). The matcher decodes these per byte while it
+ * ("&#x2F;", "&#47;", "&sol;"), or as UTF-16/UTF-32 text (the byte with
+ * one to three NULs beside it). The matcher decodes these per byte while it
  * compares, so one needle catches every mix of them without listing the
  * combinations. What is not a per-byte spelling (base64 of the bare value,
  * case changes, a value split across messages) stays out of reach; see
@@ -285,6 +286,20 @@ static int spell_escape(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
         return 1;
     case '&':
         return spell_entity(b, s, avail, used);
+    case '\0': {
+        /* UTF-16 or UTF-32 text (either byte order) spells an ASCII byte
+         * with one to three NULs beside it: "s\0k\0" reads as 's' then
+         * "\0k", and "\0\0\0s" as one spelling (issue 16). */
+        size_t z = 1;
+        while (z < 3 && z < avail && s[z] == 0)
+            z++;
+        if (z >= avail)
+            return -1;
+        if (s[z] != b)
+            return 0;
+        *used = z + 1;
+        return 1;
+    }
     default:
         return 0;
     }
@@ -346,7 +361,7 @@ static size_t match_here(const nb_redact_t *r, const uint8_t *buf, size_t len, s
 {
     size_t best = 0;
     uint8_t b = buf[pos];
-    int esc = b == '%' || b == '\\' || b == '&';
+    int esc = b == '%' || b == '\\' || b == '&' || b == 0;
     for (size_t i = 0; i < r->count; i++) {
         const needle_t *d = &r->nd[i];
         size_t used = 0, got = 0;
@@ -355,7 +370,7 @@ static size_t match_here(const nb_redact_t *r, const uint8_t *buf, size_t len, s
         /* Cheap reject before the full matcher: the second byte must be
          * the needle's, or start an escape. */
         if (!esc && d->nlen > 1 && pos + 1 < len && buf[pos + 1] != d->n[1] &&
-            buf[pos + 1] != '%' && buf[pos + 1] != '\\' && buf[pos + 1] != '&')
+            buf[pos + 1] != '%' && buf[pos + 1] != '\\' && buf[pos + 1] != '&' && buf[pos + 1] != 0)
             continue;
         if (match_at(d, buf + pos, len - pos, &used, &got) == 1 && used > best) {
             best = used;
@@ -374,6 +389,12 @@ static int escape_value(const uint8_t *s, size_t avail)
     if (s[0] == '%') {
         r = hexn(s + 1, avail - 1, 2, &v);
         return r < 0 ? -2 : r == 0 ? -1 : (int)v;
+    }
+    if (s[0] == 0) {
+        size_t z = 1;
+        while (z < 3 && z < avail && s[z] == 0)
+            z++;
+        return z >= avail ? -2 : s[z] ? s[z] : -1;
     }
     if (s[0] == '\\') {
         if (avail < 2)
@@ -447,12 +468,12 @@ static int intro_relevant(const nb_redact_t *r, const uint8_t *buf, size_t len, 
 /* Next position in [from, end) holding a relevant '%', '\\' or '&', or
  * `end`. nx caches the next of each (SIZE_MAX: not looked up yet). */
 static size_t next_intro(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
-                         size_t end, size_t nx[3])
+                         size_t end, size_t nx[4])
 {
-    static const uint8_t intro[3] = {'%', '\\', '&'};
+    static const uint8_t intro[4] = {'%', '\\', '&', 0};
     for (;;) {
         size_t best = end;
-        for (size_t k = 0; k < 3; k++) {
+        for (size_t k = 0; k < 4; k++) {
             if (nx[k] == SIZE_MAX || nx[k] < from) {
                 const uint8_t *q = from < end ? memchr(buf + from, intro[k], end - from) : NULL;
                 nx[k] = q ? (size_t)(q - buf) : end;
@@ -470,7 +491,7 @@ static size_t next_intro(const nb_redact_t *r, const uint8_t *buf, size_t len, s
  * equal positions. Returns the position (*mlen its length), or SIZE_MAX.
  *
  * Fast path: an occurrence is either verbatim (memmem finds it) or holds
- * an escape introducer ('%', '\\', '&'). If e is its first introducer,
+ * an escape introducer ('%', '\\', '&', NUL). If e is its first introducer,
  * everything before e is literal, so it starts at most maxlen - 1 bytes
  * before e. Only those short windows before introducers (found by memchr)
  * go through the per-byte matcher; plain text passes at memmem speed. */
@@ -491,7 +512,7 @@ static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, s
             m1 = (size_t)(m - buf);
     }
     size_t iend = limit + r->maxlen - 1 < len ? limit + r->maxlen - 1 : len;
-    size_t nx[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX}, scanned = from;
+    size_t nx[4] = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX}, scanned = from;
     for (size_t e = next_intro(r, buf, len, from, iend, nx);;
          e = next_intro(r, buf, len, e + 1, iend, nx)) {
         if (e >= iend)
@@ -529,7 +550,7 @@ static size_t first_partial(const nb_redact_t *r, const uint8_t *buf, size_t len
 {
     size_t q = len - from < r->span ? from : len - r->span + 1;
     size_t tail = len >= r->maxlen ? len - r->maxlen + 1 : 0;
-    size_t nx[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    size_t nx[4] = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
     while (q <= last && q < len) {
         size_t hi = len - 1; /* candidates run from q to hi */
         if (q < tail) {

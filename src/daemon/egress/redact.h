@@ -17,7 +17,8 @@
  * freely: the byte itself, percent-encoding (either hex case), JSON
  * escapes ("\/", "\"", "\\", "\u002F" in either case) and HTML character
  * references ("&#x2F;", "&#47;", with or without the ';', any number of
- * leading zeros, a few named ones such as "&sol;"). Leading zeros past
+ * leading zeros, a few named ones such as "&sol;") and UTF-16/UTF-32 text
+ * of either byte order (NULs beside each byte). Leading zeros past
  * the second are dropped from the output to keep every spelling bounded
  * (see nb_redact_feed). Other
  * transforms (base64 of the bare value, case changes) need their own
