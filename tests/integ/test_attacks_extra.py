@@ -105,6 +105,13 @@ class Up(R.Upstream):
                 i += 1
             return self.send(c, 302, "", extra=[("Location", "https://x.test/cb?t=" + enc),
                                                 ("Refresh", "0; url=/r?" + enc)])
+        if p == "/double-pct":
+            once = urllib.parse.quote(tok.decode(), safe="")
+            twice = urllib.parse.quote(once, safe="")
+            return self.send(c, 302, "", extra=[
+                ("Location", "https://login.test/?next=" + urllib.parse.quote(
+                    "https://x.test/cb?t=" + once, safe="")),
+                ("X-Twice", twice)])
         if p == "/cookie":
             return self.send(c, 200, "ok", extra=[("Set-Cookie", "s=%s; Path=/" % tok.decode()),
                                                   ("Set-Cookie", "t=%s" % urllib.parse.quote(
@@ -298,6 +305,10 @@ def test_A5_headers_location_cookie():
     s = out.decode("latin-1")
     loc = [l for l in s.split("\r\n") if l.lower().startswith("location:")]
     assert loc and KEY not in urllib.parse.unquote(loc[0]), loc
+    out = tls_req("/double-pct")
+    assert status_of(out) == 302, out[:300]
+    s2 = out.decode("latin-1")
+    assert KEY not in urllib.parse.unquote(urllib.parse.unquote(s2)), s2[:400]
     out = tls_req("/cookie")
     assert_clean(out, "Set-Cookie")
     assert KEY not in urllib.parse.unquote(out.decode("latin-1")), out[:400]

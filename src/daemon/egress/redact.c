@@ -262,13 +262,22 @@ static int spell_escape(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
     unsigned v;
     int r;
     switch (s[0]) {
-    case '%':
-        if ((r = hexn(s + 1, avail - 1, 2, &v)) <= 0)
-            return r;
-        if (v != b)
-            return 0;
-        *used = 3;
-        return 1;
+    case '%': {
+        /* Percent-encoded once, or more: "%252F" is "%2F" after one
+         * decode (a URL inside a URL), "%25252F" after two. */
+        size_t at = 1;
+        for (;;) {
+            if ((r = hexn(s + at, avail - at, 2, &v)) <= 0)
+                return r;
+            at += 2;
+            if (v == b) {
+                *used = at;
+                return 1;
+            }
+            if (v != '%' || at + 2 > NB_REDACT_SPELL_MAX)
+                return 0;
+        }
+    }
     case '\\':
         if (avail < 2)
             return -1;
@@ -387,8 +396,21 @@ static int escape_value(const uint8_t *s, size_t avail)
     unsigned v;
     int r;
     if (s[0] == '%') {
-        r = hexn(s + 1, avail - 1, 2, &v);
-        return r < 0 ? -2 : r == 0 ? -1 : (int)v;
+        /* Same nesting as spell_escape: "%25" followed by a hex pair is
+         * that pair's byte (a lone "%25" is '%'). */
+        size_t at = 1;
+        int last = -1;
+        for (;;) {
+            r = hexn(s + at, avail - at, 2, &v);
+            if (r < 0)
+                return last == '%' || last < 0 ? -2 : last;
+            if (r == 0)
+                return last;
+            at += 2;
+            last = (int)v;
+            if (v != '%' || at + 2 > NB_REDACT_SPELL_MAX)
+                return last;
+        }
     }
     if (s[0] == 0) {
         size_t z = 1;
