@@ -507,15 +507,17 @@ def test_A13_more_broad_rules():
                  "::ffff:7f00:0/103", "64:ff9b::/96", "2002::/16", "0:0:0:0:0:ffff:0:0/96",
                  "::/1", "0.0.0.0/0"):
         E.cli("rule", "add", "allow", spec, check=False)
-    code, body, _ = E.curl(E.px, "http://127.0.0.2:%d/x" % port)
-    got = None
-    try:
-        got, _ = lst.accept()
-    except socket.timeout:
-        pass
+    for tgt in ("127.0.0.2", "[::ffff:127.0.0.2]", "[::ffff:7f00:2]", "[0:0:0:0:0:ffff:7f00:2]",
+                "[64:ff9b::7f00:2]", "[2002:7f00:2::]", "[::ffff:0:7f00:2]"):
+        code, body, _ = E.curl(E.px, "http://%s:%d/x" % (tgt, port), timeout=5)
+        got = None
+        try:
+            got, _ = lst.accept()
+        except socket.timeout:
+            pass
+        assert got is None, "a broad rule opened 127.0.0.2 as " + tgt
+        assert code in (403, 502), (tgt, code, body)
     lst.close()
-    assert got is None, "a broad rule opened 127.0.0.2"
-    assert code in (403, 502), (code, body)
 
 
 # ---- policy changes -----------------------------------------------------------
