@@ -132,6 +132,12 @@ class Up(R.Upstream):
                       b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n")
             time.sleep(0.3)
             return False
+        if p == "/json-in-json":
+            import json as _j
+            inner = _j.dumps({"auth": tok.decode()}).replace("/", "\\/")
+            inner2 = _j.dumps({"auth": tok.decode()}).replace("/", "\\u002f")
+            return self.send(c, 200, _j.dumps({"detail": inner, "d2": inner2,
+                                               "d3": _j.dumps({"x": inner})}))
         if p == "/json-u-all":
             return self.send(c, 200, '{"k": "%s"}' % "".join("\\u%04X" % b for b in tok))
         if p == "/html-zeros":
@@ -327,6 +333,33 @@ def test_A5_codings():
                     assert KEY.encode() not in d and b"\x1f\x8b" not in d[:2], (p, d[:100])
                 except (OSError, EOFError):
                     pass
+
+
+def test_A5_json_inside_json():
+    import json as _j
+    out = tls_req("/json-in-json")
+    assert status_of(out) == 200, out[:300]
+    assert_clean(out, "json in json")
+    body = out.partition(b"\r\n\r\n")[2]
+    data, rest = b"", body  # undo the chunked framing
+    while rest:
+        line, _, rest = rest.partition(b"\r\n")
+        n = int(line.split(b";")[0], 16)
+        if n == 0:
+            break
+        data, rest = data + rest[:n], rest[n + 2:]
+
+    def walk(v):  # decode every level the way the guest would
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, str):
+            assert KEY not in v, v
+            try:
+                walk(_j.loads(v))
+            except ValueError:
+                pass
+    walk(_j.loads(data))
 
 
 def test_A5_json_u_every_byte_uppercase():
@@ -578,6 +611,7 @@ def main():
     tests = [test_A5_cleartext_echo, test_A5_chunked_split_with_extensions,
              test_A5_interim_responses, test_A5_head_and_eof_bodies,
              test_A5_headers_location_cookie, test_A5_codings, test_A5_json_u_every_byte_uppercase,
+             test_A5_json_inside_json,
              test_A5_html_numeric_references, test_A5_utf16_utf32_bodies,
              test_A5_upgrade_not_asked, test_A5_ws_variants,
              test_A26_auth_spellings, test_A26_keepalive_needs_token_each_request,

@@ -114,6 +114,9 @@ static void test_spellings(void)
     /* percent-encoded twice or three times (a URL inside a URL) */
     check_spelling("sk-live%252FAb%252B9%253DZq%25x%2526y");
     check_spelling("sk-live%25252fAb%2B9%25253dZq%x&y");
+    /* JSON inside a JSON string: the backslashes doubled */
+    check_spelling("sk-live\\\\/Ab\\\\u002B9\\\\\\u003dZq%x&y");
+    check_spelling("sk-live\\\\\\/Ab+9=Zq%x&y");
     check_spelling("sk-live&#0000000000000000047;Ab&#x00000000002B;9&#000061Zq%x&y");
     check_spelling("&#00115&#000107&#0045&#x006C&#x0069&#000118&#00101&#047&#X0041&#0098&#43"
                    "&#0057&#61&#90&#113&#37&#120&#38&#121");

@@ -278,21 +278,33 @@ static int spell_escape(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
                 return 0;
         }
     }
-    case '\\':
+    case '\\': {
         if (avail < 2)
             return -1;
         if (s[1] == b && (b == '/' || b == '"' || b == '\\')) {
             *used = 2;
             return 1;
         }
-        if (s[1] != 'u' || b >= 0x80)
+        /* JSON inside a JSON string doubles the backslashes ("\\\\/",
+         * "\\\\u002f"): a run of them spells what one would. */
+        size_t k = 1;
+        while (k < avail && s[k] == '\\' && k < NB_REDACT_SPELL_MAX - 1)
+            k++;
+        if (k >= avail)
+            return -1;
+        if (k > 1 && s[k] == b && (b == '/' || b == '"')) {
+            *used = k + 1;
+            return 1;
+        }
+        if (s[k] != 'u' || b >= 0x80 || k + 5 > NB_REDACT_SPELL_MAX)
             return 0;
-        if ((r = hexn(s + 2, avail - 2, 4, &v)) <= 0)
+        if ((r = hexn(s + k + 1, avail - k - 1, 4, &v)) <= 0)
             return r;
         if (v != b)
             return 0;
-        *used = 6;
+        *used = k + 5;
         return 1;
+    }
     case '&':
         return spell_entity(b, s, avail, used);
     case '\0': {
@@ -421,12 +433,19 @@ static int escape_value(const uint8_t *s, size_t avail)
     if (s[0] == '\\') {
         if (avail < 2)
             return -2;
-        if (s[1] == '/' || s[1] == '"' || s[1] == '\\')
+        if (s[1] == '/' || s[1] == '"')
             return s[1];
-        if (s[1] != 'u')
-            return -1;
-        r = hexn(s + 2, avail - 2, 4, &v);
-        return r < 0 ? -2 : r == 0 || v >= 0x80 ? -1 : (int)v;
+        size_t k = 1;
+        while (k < avail && s[k] == '\\' && k < NB_REDACT_SPELL_MAX - 1)
+            k++;
+        if (k >= avail)
+            return -2;
+        if (k > 1 && (s[k] == '/' || s[k] == '"'))
+            return s[k];
+        if (s[k] != 'u' || k + 5 > NB_REDACT_SPELL_MAX)
+            return k > 1 ? '\\' : -1;
+        r = hexn(s + k + 1, avail - k - 1, 4, &v);
+        return r < 0 ? -2 : r == 0 || v >= 0x80 ? (k > 1 ? '\\' : -1) : (int)v;
     }
     /* '&': the numeric value, or the named reference's byte. */
     if (avail < 2)

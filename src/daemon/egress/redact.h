@@ -16,7 +16,8 @@
  * A needle is found in every per-byte spelling an echo may give it, mixed
  * freely: the byte itself, percent-encoding (either hex case, also nested:
  * "%252F"), JSON
- * escapes ("\/", "\"", "\\", "\u002F" in either case) and HTML character
+ * escapes ("\/", "\"", "\\", "\u002F" in either case; backslashes doubled
+ * for JSON inside a JSON string) and HTML character
  * references ("&#x2F;", "&#47;", with or without the ';', any number of
  * leading zeros, a few named ones such as "&sol;") and UTF-16/UTF-32 text
  * of either byte order (NULs beside each byte). Leading zeros past
