@@ -747,6 +747,13 @@ int nb_redact_feed(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink 
         return feed_raw(r, p, len, sink, ctx); /* nothing to find: bytes unchanged */
     size_t from = 0;
     for (size_t i = 0; i < len; i++) {
+        if (r->ref_state == 0) {
+            /* Nothing in progress: only an '&' can start a reference. */
+            const uint8_t *amp = memchr(p + i, '&', len - i);
+            if (!amp)
+                break;
+            i = (size_t)(amp - p);
+        }
         uint8_t ch = p[i];
         switch (r->ref_state) {
         case 1:
