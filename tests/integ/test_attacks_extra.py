@@ -527,6 +527,33 @@ def test_A26_plain_request_inside_tunnel():
     assert not any(t.startswith("/echo?inside") for t, _ in UP.seen + UPP.seen)
 
 
+def test_framing_headers_named_in_connection():
+    E.rule("allow", "other.test:80")
+    for i, (conn, framing, body) in enumerate((
+            ("Host, Content-Length", "Content-Length: 11\r\n", b"hello=world"),
+            ("Content-Length, Host, Transfer-Encoding, keep-alive",
+             "Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n6\r\n=world\r\n0\r\n\r\n"),
+            ("host,content-length,te,upgrade", "Content-Length: 11\r\n", b"hello=world"))):
+        path = "/echo/connframe-%d" % i
+        req = ("POST http://other.test%s HTTP/1.1\r\nHost: other.test\r\nConnection: %s\r\n%s"
+               % (path, conn, framing)).encode() + E.px.auth + b"\r\n" + body
+        # a second request right behind: it must be read as one, not as body
+        req += (b"GET http://other.test/echo/connframe-after-%d HTTP/1.1\r\nHost: other.test\r\n"
+                % i) + E.px.auth + b"Connection: close\r\n\r\n"
+        out = raw_proxy(req)
+        assert status_of(out) in (200, 400), out[:200]
+        rows = [r for r in E.received() if r["target"] == path]
+        if status_of(out) == 400:
+            assert rows == [], rows
+            continue
+        assert len(rows) == 1, rows
+        hosts = [v for k, v in rows[0]["headers"] if k.lower() == "host"]
+        assert hosts == ["other.test"], rows[0]
+        assert rows[0]["body_prefix"] == "hello=world", rows[0]
+        after = [r for r in E.received() if r["target"] == "/echo/connframe-after-%d" % i]
+        assert len(after) <= 1, after
+
+
 # ---- A13 policy spellings ---------------------------------------------------
 
 def test_A13_more_broad_rules():
@@ -615,7 +642,8 @@ def main():
              test_A5_html_numeric_references, test_A5_utf16_utf32_bodies,
              test_A5_upgrade_not_asked, test_A5_ws_variants,
              test_A26_auth_spellings, test_A26_keepalive_needs_token_each_request,
-             test_A26_plain_request_inside_tunnel, test_A13_more_broad_rules,
+             test_A26_plain_request_inside_tunnel, test_framing_headers_named_in_connection,
+             test_A13_more_broad_rules,
              test_A5_reason_phrase_and_chunk_extensions, test_A5_path_prefix_binding_other_path,
              test_deny_rule_while_held_for_prompt, test_websocket_closed_when_allow_rule_removed]
     try:
