@@ -108,6 +108,84 @@ static void test_spellings(void)
     check_spelling("sk-live&#x2F;Ab&#43;9&equals;Zq&percnt;x&amp;y");            /* HTML */
     check_spelling("sk-live&#X2f;Ab&plus;9&#61;Zq%x&#38;y");
     check_spelling("\\u0073k-live%2F%41b+9=Zq%x&y"); /* escapes mixed within one echo */
+    /* HTML also decodes numeric references without ';' and with any
+     * number of leading zeros (issue 16, outside attack suite). */
+    check_spelling("sk-live&#47Ab&#x2b;9&#61Zq%x&#38y");
+    /* percent-encoded twice or three times (a URL inside a URL) */
+    check_spelling("sk-live%252FAb%252B9%253DZq%25x%2526y");
+    check_spelling("sk-live%25252fAb%2B9%25253dZq%x&y");
+    /* JSON inside a JSON string: the backslashes doubled */
+    check_spelling("sk-live\\\\/Ab\\\\u002B9\\\\\\u003dZq%x&y");
+    check_spelling("sk-live\\\\\\/Ab+9=Zq%x&y");
+    check_spelling("sk-live&#0000000000000000047;Ab&#x00000000002B;9&#000061Zq%x&y");
+    check_spelling("&#00115&#000107&#0045&#x006C&#x0069&#000118&#00101&#047&#X0041&#0098&#43"
+                   "&#0057&#61&#90&#113&#37&#120&#38&#121");
+}
+
+/* UTF-16 and UTF-32 text (both byte orders) spells each ASCII byte with
+ * NULs beside it; the guest reads it back with one decode call. */
+static void test_utf16_utf32(void)
+{
+    static const char *const enc[] = {"utf16le", "utf16be", "utf32le", "utf32be"};
+    size_t klen = strlen(KEY);
+    for (size_t e = 0; e < 4; e++) {
+        size_t w = e < 2 ? 2 : 4;
+        uint8_t in[256];
+        size_t n = 0;
+        const char *pre = "{\"k\":\"";
+        for (const char *q = pre; *q; q++) {
+            memset(in + n, 0, w);
+            in[n + (e % 2 ? w - 1 : 0)] = (uint8_t)*q;
+            n += w;
+        }
+        size_t start = n;
+        for (size_t i = 0; i < klen; i++) {
+            memset(in + n, 0, w);
+            in[n + (e % 2 ? w - 1 : 0)] = (uint8_t)KEY[i];
+            n += w;
+        }
+        size_t end = n;
+        for (int step = 1; step <= 9; step += 4) {
+            nb_redact_t *r = mk();
+            out_t o = {0};
+            for (size_t off = 0; off < n; off += (size_t)step) {
+                size_t k = n - off < (size_t)step ? n - off : (size_t)step;
+                NB_CHECK_EQ_INT(nb_redact_feed(r, in + off, k, out_sink, &o), 0);
+            }
+            NB_CHECK_EQ_INT(nb_redact_finish(r, out_sink, &o), 0);
+            if (nb_redact_count(r) != 1)
+                fprintf(stderr, "%s step %d: not redacted\n", enc[e], step);
+            NB_CHECK_EQ_INT((int)nb_redact_count(r), 1);
+            /* no 4 consecutive key bytes survive in any character */
+            for (size_t i = 0; i + 4 <= klen; i++) {
+                size_t m = 0;
+                for (size_t j = 0; j + 4 * w <= o.len && !m; j++) {
+                    size_t hit = 1;
+                    for (size_t t = 0; t < 4 && hit; t++)
+                        hit = o.p[j + t * w] == (uint8_t)KEY[i + t];
+                    m = hit;
+                }
+                NB_CHECK(!m);
+            }
+            (void)start;
+            (void)end;
+            nb_redact_free(r);
+            free(o.p);
+        }
+    }
+}
+
+/* Leading zeros past the second are squeezed out wherever they are (the
+ * same character to an HTML reader); other text is unchanged. */
+static void test_zeros_squeezed(void)
+{
+    size_t steps[] = {1, 2, 5, 1000};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        char *got =
+            redact_str("a &#00000065; &#x0000041; &#00; 000 &0000 #000 &#1000;", steps[i], NULL);
+        NB_CHECK_STR(got, "a &#0065; &#x0041; &#00; 000 &0000 #000 &#1000;");
+        free(got);
+    }
 }
 
 /* Random mixes: every byte of the value in a random spelling, inside
@@ -134,7 +212,8 @@ static void test_random_spellings(void)
                     (size_t)snprintf(sp + o, sizeof sp - o, rand() % 2 ? "\\u%04x" : "\\u%04X", ch);
                 break;
             case 3:
-                o += (size_t)snprintf(sp + o, sizeof sp - o, rand() % 2 ? "&#x%X;" : "&#%u;", ch);
+                o += (size_t)snprintf(sp + o, sizeof sp - o, rand() % 2 ? "&#x%0*X;" : "&#%0*u;",
+                                      rand() % 12 + 1, ch);
                 break;
             case 4:
                 if (ch == '/') {
@@ -544,6 +623,8 @@ int main(void)
     if (sodium_init() < 0)
         return 1;
     NB_RUN(test_spellings);
+    NB_RUN(test_zeros_squeezed);
+    NB_RUN(test_utf16_utf32);
     NB_RUN(test_random_spellings);
     NB_RUN(test_not_spellings);
     NB_RUN(test_streaming_holdback);

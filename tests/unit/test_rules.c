@@ -287,6 +287,8 @@ static void test_A13_internal(void)
     NB_CHECK_STR(kind_of("ff02::1"), "multicast");
     NB_CHECK_STR(kind_of("255.255.255.255"), "reserved");
     NB_CHECK_STR(kind_of("64:ff9b::7f00:1"), "loopback"); /* NAT64 of 127.0.0.1 */
+    NB_CHECK_STR(kind_of("::ffff:0:7f00:2"), "reserved"); /* IPv4-translated 127.0.0.2 */
+    NB_CHECK_STR(kind_of("::7f00:2"), "reserved");        /* IPv4-compatible 127.0.0.2 */
     NB_CHECK_STR(kind_of("64:ff9b::a9fe:a9fe"), "metadata");
     NB_CHECK_STR(kind_of("2002:7f00:1::1"), "loopback"); /* 6to4 of 127.0.0.1 */
     NB_CHECK_STR(kind_of("::127.0.0.1"), "reserved");

@@ -33,6 +33,11 @@ struct nb_redact {
     uint8_t *scratch; /* in the arena, 2 * maxlen bytes */
     int started;
     uint64_t replaced;
+    /* Numeric character reference in progress across feeds, for
+     * squeeze_zeros: 0 none, 1 after '&', 2 after "&#", 3 after "&#x";
+     * zeros: leading zeros seen since. */
+    int ref_state;
+    unsigned ref_zeros;
 };
 
 int nb_redact_new(nb_redact_t **out)
@@ -59,6 +64,8 @@ void nb_redact_reset(nb_redact_t *r)
     r->hold = r->scratch = NULL;
     r->started = 0;
     r->replaced = 0;
+    r->ref_state = 0;
+    r->ref_zeros = 0;
 }
 
 static int arena_reserve(nb_redact_t *r, size_t need)
@@ -105,12 +112,12 @@ int nb_redact_add(nb_redact_t *r, const void *needle, size_t nlen, const void *r
         memcpy(d->rep, repl, rlen);
     d->nlen = nlen;
     d->rlen = rlen;
-    d->ambiguous =
-        memchr(needle, '%', nlen) || memchr(needle, '\\', nlen) || memchr(needle, '&', nlen);
+    d->ambiguous = memchr(needle, '%', nlen) || memchr(needle, '\\', nlen) ||
+                   memchr(needle, '&', nlen) || memchr(needle, '\0', nlen);
     r->starts[d->n[0]] = 1;
     for (size_t k = 0; k < nlen; k++)
         r->inneedle[d->n[k]] = 1;
-    r->starts['%'] = r->starts['\\'] = r->starts['&'] = 1;
+    r->starts['%'] = r->starts['\\'] = r->starts['&'] = r->starts[0] = 1;
     r->used += nlen + rlen;
     if (nlen > r->maxlen)
         r->maxlen = nlen;
@@ -149,7 +156,8 @@ static int emit(nb_redact_sink sink, void *ctx, const uint8_t *p, size_t n)
  * An upstream may echo a value in another spelling than the one it was
  * sent in: percent-encoded (either hex case, any subset of the bytes),
  * JSON-escaped ("\/", "\u002F"), or as HTML character references
- * ("&#x2F;", "&#47;", "&sol;"). The matcher decodes these per byte while it
+ * ("&#x2F;", "&#47;", "&sol;"), or as UTF-16/UTF-32 text (the byte with
+ * one to three NULs beside it). The matcher decodes these per byte while it
  * compares, so one needle catches every mix of them without listing the
  * combinations. What is not a per-byte spelling (base64 of the bare value,
  * case changes, a value split across messages) stays out of reach; see
@@ -218,9 +226,11 @@ static int spell_entity(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
                 return 0;
             digits++;
         }
-        if (!digits || s[i] != ';' || v != b)
+        /* HTML decodes a numeric reference without its ';' too ("&#47x"
+         * is "/x"); the digits end at the first non-digit either way. */
+        if (!digits || v != b)
             return 0;
-        *used = i + 1;
+        *used = i + (s[i] == ';');
         return 1;
     }
     int partial = 0;
@@ -252,30 +262,65 @@ static int spell_escape(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
     unsigned v;
     int r;
     switch (s[0]) {
-    case '%':
-        if ((r = hexn(s + 1, avail - 1, 2, &v)) <= 0)
-            return r;
-        if (v != b)
-            return 0;
-        *used = 3;
-        return 1;
-    case '\\':
+    case '%': {
+        /* Percent-encoded once, or more: "%252F" is "%2F" after one
+         * decode (a URL inside a URL), "%25252F" after two. */
+        size_t at = 1;
+        for (;;) {
+            if ((r = hexn(s + at, avail - at, 2, &v)) <= 0)
+                return r;
+            at += 2;
+            if (v == b) {
+                *used = at;
+                return 1;
+            }
+            if (v != '%' || at + 2 > NB_REDACT_SPELL_MAX)
+                return 0;
+        }
+    }
+    case '\\': {
         if (avail < 2)
             return -1;
         if (s[1] == b && (b == '/' || b == '"' || b == '\\')) {
             *used = 2;
             return 1;
         }
-        if (s[1] != 'u' || b >= 0x80)
+        /* JSON inside a JSON string doubles the backslashes ("\\\\/",
+         * "\\\\u002f"): a run of them spells what one would. */
+        size_t k = 1;
+        while (k < avail && s[k] == '\\' && k < NB_REDACT_SPELL_MAX - 1)
+            k++;
+        if (k >= avail)
+            return -1;
+        if (k > 1 && s[k] == b && (b == '/' || b == '"')) {
+            *used = k + 1;
+            return 1;
+        }
+        if (s[k] != 'u' || b >= 0x80 || k + 5 > NB_REDACT_SPELL_MAX)
             return 0;
-        if ((r = hexn(s + 2, avail - 2, 4, &v)) <= 0)
+        if ((r = hexn(s + k + 1, avail - k - 1, 4, &v)) <= 0)
             return r;
         if (v != b)
             return 0;
-        *used = 6;
+        *used = k + 5;
         return 1;
+    }
     case '&':
         return spell_entity(b, s, avail, used);
+    case '\0': {
+        /* UTF-16 or UTF-32 text (either byte order) spells an ASCII byte
+         * with one to three NULs beside it: "s\0k\0" reads as 's' then
+         * "\0k", and "\0\0\0s" as one spelling (issue 16). */
+        size_t z = 1;
+        while (z < 3 && z < avail && s[z] == 0)
+            z++;
+        if (z >= avail)
+            return -1;
+        if (s[z] != b)
+            return 0;
+        *used = z + 1;
+        return 1;
+    }
     default:
         return 0;
     }
@@ -337,7 +382,7 @@ static size_t match_here(const nb_redact_t *r, const uint8_t *buf, size_t len, s
 {
     size_t best = 0;
     uint8_t b = buf[pos];
-    int esc = b == '%' || b == '\\' || b == '&';
+    int esc = b == '%' || b == '\\' || b == '&' || b == 0;
     for (size_t i = 0; i < r->count; i++) {
         const needle_t *d = &r->nd[i];
         size_t used = 0, got = 0;
@@ -346,7 +391,7 @@ static size_t match_here(const nb_redact_t *r, const uint8_t *buf, size_t len, s
         /* Cheap reject before the full matcher: the second byte must be
          * the needle's, or start an escape. */
         if (!esc && d->nlen > 1 && pos + 1 < len && buf[pos + 1] != d->n[1] &&
-            buf[pos + 1] != '%' && buf[pos + 1] != '\\' && buf[pos + 1] != '&')
+            buf[pos + 1] != '%' && buf[pos + 1] != '\\' && buf[pos + 1] != '&' && buf[pos + 1] != 0)
             continue;
         if (match_at(d, buf + pos, len - pos, &used, &got) == 1 && used > best) {
             best = used;
@@ -363,18 +408,44 @@ static int escape_value(const uint8_t *s, size_t avail)
     unsigned v;
     int r;
     if (s[0] == '%') {
-        r = hexn(s + 1, avail - 1, 2, &v);
-        return r < 0 ? -2 : r == 0 ? -1 : (int)v;
+        /* Same nesting as spell_escape: "%25" followed by a hex pair is
+         * that pair's byte (a lone "%25" is '%'). */
+        size_t at = 1;
+        int last = -1;
+        for (;;) {
+            r = hexn(s + at, avail - at, 2, &v);
+            if (r < 0)
+                return last == '%' || last < 0 ? -2 : last;
+            if (r == 0)
+                return last;
+            at += 2;
+            last = (int)v;
+            if (v != '%' || at + 2 > NB_REDACT_SPELL_MAX)
+                return last;
+        }
+    }
+    if (s[0] == 0) {
+        size_t z = 1;
+        while (z < 3 && z < avail && s[z] == 0)
+            z++;
+        return z >= avail ? -2 : s[z] ? s[z] : -1;
     }
     if (s[0] == '\\') {
         if (avail < 2)
             return -2;
-        if (s[1] == '/' || s[1] == '"' || s[1] == '\\')
+        if (s[1] == '/' || s[1] == '"')
             return s[1];
-        if (s[1] != 'u')
-            return -1;
-        r = hexn(s + 2, avail - 2, 4, &v);
-        return r < 0 ? -2 : r == 0 || v >= 0x80 ? -1 : (int)v;
+        size_t k = 1;
+        while (k < avail && s[k] == '\\' && k < NB_REDACT_SPELL_MAX - 1)
+            k++;
+        if (k >= avail)
+            return -2;
+        if (k > 1 && (s[k] == '/' || s[k] == '"'))
+            return s[k];
+        if (s[k] != 'u' || k + 5 > NB_REDACT_SPELL_MAX)
+            return k > 1 ? '\\' : -1;
+        r = hexn(s + k + 1, avail - k - 1, 4, &v);
+        return r < 0 ? -2 : r == 0 || v >= 0x80 ? (k > 1 ? '\\' : -1) : (int)v;
     }
     /* '&': the numeric value, or the named reference's byte. */
     if (avail < 2)
@@ -399,7 +470,7 @@ static int escape_value(const uint8_t *s, size_t avail)
                 return -1;
             digits++;
         }
-        return digits && s[i] == ';' ? (int)val : -1;
+        return digits ? (int)val : -1;
     }
     if (!((s[1] >= 'a' && s[1] <= 'z') || (s[1] >= 'A' && s[1] <= 'Z')))
         return -1; /* "& ", "&&": the common case in text */
@@ -438,12 +509,12 @@ static int intro_relevant(const nb_redact_t *r, const uint8_t *buf, size_t len, 
 /* Next position in [from, end) holding a relevant '%', '\\' or '&', or
  * `end`. nx caches the next of each (SIZE_MAX: not looked up yet). */
 static size_t next_intro(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
-                         size_t end, size_t nx[3])
+                         size_t end, size_t nx[4])
 {
-    static const uint8_t intro[3] = {'%', '\\', '&'};
+    static const uint8_t intro[4] = {'%', '\\', '&', 0};
     for (;;) {
         size_t best = end;
-        for (size_t k = 0; k < 3; k++) {
+        for (size_t k = 0; k < 4; k++) {
             if (nx[k] == SIZE_MAX || nx[k] < from) {
                 const uint8_t *q = from < end ? memchr(buf + from, intro[k], end - from) : NULL;
                 nx[k] = q ? (size_t)(q - buf) : end;
@@ -461,7 +532,7 @@ static size_t next_intro(const nb_redact_t *r, const uint8_t *buf, size_t len, s
  * equal positions. Returns the position (*mlen its length), or SIZE_MAX.
  *
  * Fast path: an occurrence is either verbatim (memmem finds it) or holds
- * an escape introducer ('%', '\\', '&'). If e is its first introducer,
+ * an escape introducer ('%', '\\', '&', NUL). If e is its first introducer,
  * everything before e is literal, so it starts at most maxlen - 1 bytes
  * before e. Only those short windows before introducers (found by memchr)
  * go through the per-byte matcher; plain text passes at memmem speed. */
@@ -482,7 +553,7 @@ static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, s
             m1 = (size_t)(m - buf);
     }
     size_t iend = limit + r->maxlen - 1 < len ? limit + r->maxlen - 1 : len;
-    size_t nx[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX}, scanned = from;
+    size_t nx[4] = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX}, scanned = from;
     for (size_t e = next_intro(r, buf, len, from, iend, nx);;
          e = next_intro(r, buf, len, e + 1, iend, nx)) {
         if (e >= iend)
@@ -520,7 +591,7 @@ static size_t first_partial(const nb_redact_t *r, const uint8_t *buf, size_t len
 {
     size_t q = len - from < r->span ? from : len - r->span + 1;
     size_t tail = len >= r->maxlen ? len - r->maxlen + 1 : 0;
-    size_t nx[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    size_t nx[4] = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
     while (q <= last && q < len) {
         size_t hi = len - 1; /* candidates run from q to hi */
         if (q < tail) {
@@ -623,7 +694,7 @@ static int start(nb_redact_t *r)
     return 0;
 }
 
-int nb_redact_feed(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink sink, void *ctx)
+static int feed_raw(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink sink, void *ctx)
 {
     int rc;
     if ((rc = start(r)) < 0)
@@ -662,8 +733,65 @@ int nb_redact_feed(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink 
     return process(r, p + off, len - off, sink, ctx);
 }
 
+/* HTML allows any number of leading zeros in a numeric character reference
+ * ("&#0000000047;" is "/"), which no bounded hold-back could cover. So
+ * zeros past the second are dropped from the stream before matching: the
+ * reference keeps its meaning and every spelling of one byte stays within
+ * NB_REDACT_SPELL_MAX ("&#x002F;", "&#00047;"). Only "&#" or "&#x"
+ * followed by three or more zeros is changed; the state carries across
+ * feeds, so a run cut by a chunk boundary is squeezed the same way. The
+ * kept runs are passed on as slices of p: no copy. */
+int nb_redact_feed(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink sink, void *ctx)
+{
+    if (r->count == 0)
+        return feed_raw(r, p, len, sink, ctx); /* nothing to find: bytes unchanged */
+    size_t from = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (r->ref_state == 0) {
+            /* Nothing in progress: only an '&' can start a reference. */
+            const uint8_t *amp = memchr(p + i, '&', len - i);
+            if (!amp)
+                break;
+            i = (size_t)(amp - p);
+        }
+        uint8_t ch = p[i];
+        switch (r->ref_state) {
+        case 1:
+            r->ref_state = ch == '#' ? 2 : 0;
+            r->ref_zeros = 0;
+            break;
+        case 2:
+        case 3:
+            if (ch == '0') {
+                if (++r->ref_zeros > 2) {
+                    int rc = i > from ? feed_raw(r, p + from, i - from, sink, ctx) : 0;
+                    if (rc != 0)
+                        return rc;
+                    from = i + 1;
+                    r->ref_zeros = 2;
+                }
+                continue;
+            }
+            if (r->ref_state == 2 && r->ref_zeros == 0 && (ch == 'x' || ch == 'X')) {
+                r->ref_state = 3;
+                continue;
+            }
+            r->ref_state = 0;
+            break;
+        default:
+            break;
+        }
+        if (ch == '&')
+            r->ref_state = 1;
+    }
+    return from < len ? feed_raw(r, p + from, len - from, sink, ctx) : 0;
+}
+
 int nb_redact_finish(nb_redact_t *r, nb_redact_sink sink, void *ctx)
 {
+    r->ref_state = 0;
+    r->ref_zeros = 0;
+
     int rc, deferred;
     if ((rc = start(r)) < 0 || r->hlen == 0)
         return rc;

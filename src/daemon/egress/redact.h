@@ -14,9 +14,15 @@
  * but one byte of it.
  *
  * A needle is found in every per-byte spelling an echo may give it, mixed
- * freely: the byte itself, percent-encoding (either hex case), JSON
- * escapes ("\/", "\"", "\\", "\u002F" in either case) and HTML character
- * references ("&#x2F;", "&#47;", a few named ones such as "&sol;"). Other
+ * freely: the byte itself, percent-encoding (either hex case, also nested:
+ * "%252F"), JSON
+ * escapes ("\/", "\"", "\\", "\u002F" in either case; backslashes doubled
+ * for JSON inside a JSON string) and HTML character
+ * references ("&#x2F;", "&#47;", with or without the ';', any number of
+ * leading zeros, a few named ones such as "&sol;") and UTF-16/UTF-32 text
+ * of either byte order (NULs beside each byte). Leading zeros past
+ * the second are dropped from the output to keep every spelling bounded
+ * (see nb_redact_feed). Other
  * transforms (base64 of the bare value, case changes) need their own
  * needle (the injector registers base64 for Basic credentials) or stay out
  * of reach: docs/security.md (A5). Compressed bodies are decoded before
@@ -69,7 +75,10 @@ int nb_redact_copy(nb_redact_t *dst, const nb_redact_t *src);
 /* Number of needles. */
 size_t nb_redact_needles(const nb_redact_t *r);
 
-/* Passes `len` bytes through, calling `sink` for the output. */
+/* Passes `len` bytes through, calling `sink` for the output. The output
+ * differs from the input only where a needle was replaced and where a
+ * numeric character reference had more than two leading zeros ("&#0000047;"
+ * leaves as "&#0047;", the same character to an HTML reader). */
 int nb_redact_feed(nb_redact_t *r, const uint8_t *p, size_t len, nb_redact_sink sink, void *ctx);
 
 /* End of stream: flushes the held-back bytes (redacted as described). */

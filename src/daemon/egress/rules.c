@@ -318,11 +318,12 @@ static const range_t v4_ranges[] = {
 static const range_t v6_ranges[] = {
     {{0}, 128, "unspecified"},
     {{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, 128, "loopback"},
-    {{0}, 96, "reserved"},                        /* IPv4-compatible, deprecated */
-    {{0, 0x64, 0xff, 0x9b, 0, 1}, 48, "private"}, /* local-use NAT64 */
-    {{0x01, 0x00}, 64, "reserved"},               /* discard-only */
-    {{0x20, 0x01, 0x0d, 0xb8}, 32, "reserved"},   /* documentation */
-    {{0x20, 0x01, 0x00, 0x00}, 32, "reserved"},   /* Teredo: hides an IPv4 */
+    {{0}, 96, "reserved"},                                  /* IPv4-compatible, deprecated */
+    {{0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}, 96, "reserved"}, /* IPv4-translated (SIIT) */
+    {{0, 0x64, 0xff, 0x9b, 0, 1}, 48, "private"},           /* local-use NAT64 */
+    {{0x01, 0x00}, 64, "reserved"},                         /* discard-only */
+    {{0x20, 0x01, 0x0d, 0xb8}, 32, "reserved"},             /* documentation */
+    {{0x20, 0x01, 0x00, 0x00}, 32, "reserved"},             /* Teredo: hides an IPv4 */
     {{0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54}, 128, "metadata"},
     {{0xfc}, 7, "private"},
     {{0xfe, 0x80}, 10, "link-local"},
