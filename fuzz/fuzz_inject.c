@@ -185,11 +185,13 @@ static void fuzz_redact(const uint8_t *d, size_t n)
         i++;
     }
     /* The reference below is verbatim only: keep the escape introducers
-     * ('%', '\\', '&') out of the stream (fuzz_reflect covers spellings). */
+     * ('%', '\\', '&', and NUL for UTF-16/32 spellings) out of the stream
+     * (fuzz_reflect covers spellings). */
     size_t inl = n - i;
     uint8_t *in = malloc(inl ? inl : 1);
     for (size_t j = 0; j < inl; j++)
-        in[j] = d[i + j] == '%' || d[i + j] == '\\' || d[i + j] == '&' ? '.' : d[i + j];
+        in[j] = d[i + j] == '%' || d[i + j] == '\\' || d[i + j] == '&' || d[i + j] == 0 ? '.'
+                                                                                        : d[i + j];
     static const char *reps[] = {"1", "22", "333"};
     nb_redact_t *r = NULL;
     nb_redact_new(&r);
