@@ -483,6 +483,13 @@ int nb_audit_anchor_read(const char *path, const uint8_t key[NB_AUDIT_KEY_BYTES]
         sscanf(buf + sizeof ANCHOR_MAGIC, "%lld %79s %79s%n", &sq, hh, mm, &used) != 3 || sq < 0 ||
         strlen(hh) != 64 || strlen(mm) != 64 || strcmp(buf + sizeof ANCHOR_MAGIC + used, "\n") != 0)
         return NB_EINVAL;
+    /* Only the exact form nb_audit_anchor_write makes: sscanf also takes
+     * other blanks (CR, tabs, runs of spaces) and signs, which would give one
+     * anchor several spellings. */
+    char canon[sizeof buf];
+    snprintf(canon, sizeof canon, "%s %lld %s %s\n", ANCHOR_MAGIC, sq, hh, mm);
+    if (strcmp(canon, buf) != 0)
+        return NB_EINVAL;
     uint8_t hb[32];
     size_t bin = 0;
     if (sodium_hex2bin(hb, sizeof hb, hh, 64, NULL, &bin, NULL) != 0 || bin != 32)
