@@ -328,29 +328,35 @@ int nb_ws_parser_feed(nb_ws_parser_t *p, const uint8_t *data, size_t len, size_t
 
 /* --- writer --- */
 
+size_t nb_ws_frame_header(uint8_t h[10], int fin, int opcode, uint64_t len)
+{
+    h[0] = (uint8_t)((fin ? 0x80 : 0) | opcode);
+    if (len < 126) {
+        h[1] = (uint8_t)len;
+        return 2;
+    }
+    if (len <= 0xffff) {
+        h[1] = 126;
+        h[2] = (uint8_t)(len >> 8);
+        h[3] = (uint8_t)len;
+        return 4;
+    }
+    h[1] = 127;
+    for (int i = 0; i < 8; i++)
+        h[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+    return 10;
+}
+
 int nb_ws_frame_append_ex(nb_buf_t *b, int fin, int opcode, const void *data, size_t len,
                           const uint8_t *mask)
 {
     uint8_t h[14];
-    size_t hl = 2, start;
+    size_t hl, start;
     int r;
 
     if (opcode < 0 || opcode > 0xf || (opcode >= 0x8 && (len > NB_WS_MAX_CONTROL || !fin)))
         return NB_EINVAL;
-    h[0] = (uint8_t)((fin ? 0x80 : 0) | opcode);
-    if (len < 126) {
-        h[1] = (uint8_t)len;
-    } else if (len <= 0xffff) {
-        h[1] = 126;
-        h[2] = (uint8_t)(len >> 8);
-        h[3] = (uint8_t)len;
-        hl = 4;
-    } else {
-        h[1] = 127;
-        for (int i = 0; i < 8; i++)
-            h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
-        hl = 10;
-    }
+    hl = nb_ws_frame_header(h, fin, opcode, len);
     if (mask) {
         h[1] |= 0x80;
         memcpy(h + hl, mask, 4);

@@ -70,6 +70,11 @@ const char *nb_ws_parser_reason(const nb_ws_parser_t *p);
 
 /* Appends one frame. `mask` (4 bytes) masks the payload (clients must);
  * NULL sends it unmasked (servers must). 0, NB_EINVAL, NB_ETOOBIG, -ENOMEM. */
+/* Writes the header of an unmasked frame (FIN, opcode, the shortest length
+ * form) into h; returns its length (2, 4 or 10). No checks: callers
+ * validate opcode and control-frame rules. */
+size_t nb_ws_frame_header(uint8_t h[10], int fin, int opcode, uint64_t len);
+
 int nb_ws_frame_append_ex(nb_buf_t *b, int fin, int opcode, const void *data, size_t len,
                           const uint8_t *mask);
 

@@ -8,6 +8,7 @@
 #include <sodium.h>
 
 #include "lib/err.h"
+#include "lib/ws.h"
 
 enum { ST_HDR, ST_DATA, ST_CTL, ST_FAILED };
 
@@ -58,21 +59,7 @@ int nb_wsscan_partial(const nb_wsscan_t *s)
 static int put_header(nb_wsscan_t *s, int fin, int op, uint64_t len)
 {
     uint8_t h[10];
-    size_t n = 2;
-    h[0] = (uint8_t)((fin ? 0x80 : 0) | op);
-    if (len < 126) {
-        h[1] = (uint8_t)len;
-    } else if (len <= 0xffff) {
-        h[1] = 126;
-        h[2] = (uint8_t)(len >> 8);
-        h[3] = (uint8_t)len;
-        n = 4;
-    } else {
-        h[1] = 127;
-        for (int i = 0; i < 8; i++)
-            h[2 + i] = (uint8_t)(len >> (56 - 8 * i));
-        n = 10;
-    }
+    size_t n = nb_ws_frame_header(h, fin, op, len);
     return s->sink(s->ctx, h, n);
 }
 
