@@ -285,7 +285,9 @@ int main(int argc, char **argv)
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
     }
-    close(d.lock_fd);
+    /* The lock fd stays open: the kernel drops the lock when this process
+     * is gone, so 'nilbox daemon stop' (which waits for the lock) reports
+     * "stopped" only then, not while exit handlers (LSan, atexit) still run. */
     return d.exit_code;
 fail:
     nb_log(NB_LOG_ERR, "%s", err);
