@@ -5,7 +5,7 @@ receives, and each test checks that it failed, that nothing secret left the
 host, and that an audit row was written.
 
 A1 A2 A3 A4 A5 A6 A7 A8 A9 A13 A15 A16 A23 A24. (A24 is also covered in
-depth by tests/unit/test_secrets.c: tampering and swapped ciphertexts.)"""
+depth by tests/unit/daemon/secrets/test_secrets.c: tampering and swapped ciphertexts.)"""
 import json
 import os
 import socket

@@ -16,7 +16,7 @@
  * cannot flood one bucket).
  *
  * These certificates pass OpenSSL's X509_V_FLAG_X509_STRICT checks (what
- * Python 3.13 turns on by default); tests/unit/test_ca.c proves it with
+ * Python 3.13 turns on by default); tests/unit/daemon/egress/test_ca.c proves it with
  * `openssl verify -x509_strict` and a Python ssl client.
  *
  * Threading: a CA object, its cache and the SSL_CTX built on it belong to
