@@ -20,26 +20,19 @@ Cases, in order:
      then the same TCG fallback.
 
 Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE,
-NB_IMAGES_SRC, PYTHONPATH with tests/integ (daemon_harness).
+NB_IMAGES_SRC (e2e_env).
 """
-import glob
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
-from daemon_harness import NILBOX, NILBOXD, Daemon
+from e2e_env import AGENT, NILBOXD, TINY, VmSuite, build_image, need
 
-AGENT = os.environ.get("NILBOX_AGENT", "")
-CACHE = os.environ.get("NB_E2E_CACHE", "")
-IMAGES = os.environ.get("NB_IMAGES_SRC", "")
-IMG = os.path.join(CACHE, "tiny-agent")
 MSR = "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000c0ab"
 
 WRAPPER = r"""#!/bin/bash
@@ -86,82 +79,29 @@ exec "$REAL" "$@"
 """
 
 
-def build_image():
-    r = subprocess.run(
-        ["bash", os.path.join(IMAGES, "tiny", "build.sh"), "--out", IMG, "--cache",
-         os.path.join(CACHE, "debs"), "--agent", AGENT],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    sys.stderr.write(r.stdout[-1500:])
-    if r.returncode != 0:
-        raise RuntimeError("tiny image build failed")
-
-
-class AccelE2E(unittest.TestCase):
+class AccelE2E(VmSuite):
     @classmethod
-    def setUpClass(cls):
-        if not (NILBOX and NILBOXD and AGENT and CACHE and IMAGES):
-            raise unittest.SkipTest("NB_TEST_NILBOX/NILBOXD, NILBOX_AGENT, NB_E2E_CACHE or "
-                                    "NB_IMAGES_SRC not set")
-        real = shutil.which("qemu-system-x86_64")
-        if not real:
-            raise unittest.SkipTest("qemu-system-x86_64 missing")
-        build_image()
-        cls.daemons = []
-        cls.tmp = tempfile.mkdtemp(prefix="nb-accel-")
-        try:
-            cls.mode = os.path.join(cls.tmp, "mode")
-            cls.calls_path = os.path.join(cls.tmp, "calls")
-            cls.qemu = os.path.join(cls.tmp, "qemu-system-x86_64")
-            with open(cls.qemu, "w") as f:
-                f.write(WRAPPER % {"real": real, "mode": cls.mode, "calls": cls.calls_path,
-                                   "msr": MSR})
-            os.chmod(cls.qemu, stat.S_IRWXU)
-            cls.set_mode("abort")
-            cls.d = cls.new_daemon({"NILBOX_QEMU": cls.qemu, "NILBOX_KVM_DEVICE": "/dev/null"})
-        except BaseException:
-            cls.tearDownClass()
-            raise
+    def setup(cls):
+        need()
+        build_image("tiny", TINY, AGENT)
+        cls.mode = os.path.join(cls.tmp, "mode")
+        cls.calls_path = os.path.join(cls.tmp, "calls")
+        cls.qemu = os.path.join(cls.tmp, "qemu-system-x86_64")
+        with open(cls.qemu, "w") as f:
+            f.write(WRAPPER % {"real": shutil.which("qemu-system-x86_64"), "mode": cls.mode,
+                               "calls": cls.calls_path, "msr": MSR})
+        os.chmod(cls.qemu, stat.S_IRWXU)
+        cls.set_mode("abort")
+        cls.d = cls.new_daemon({"NILBOX_QEMU": cls.qemu, "NILBOX_KVM_DEVICE": "/dev/null"})
 
     @classmethod
     def new_daemon(cls, env):
-        d = Daemon()
-        cls.daemons.append(d)
-        d.env["NILBOX_AGENT"] = AGENT
-        d.env["NILBOX_IMAGES_DIR"] = IMAGES
-        d.env.pop("NILBOX_ACCEL", None)
-        d.env.update(env)
-        os.makedirs(os.path.join(d.home, "images"), exist_ok=True)
-        os.symlink(IMG, os.path.join(d.home, "images", "tiny"))
-        d.start()
-        return d
-
-    @classmethod
-    def tearDownClass(cls):
-        for d in getattr(cls, "daemons", []):
-            home = d.home
-            d.cleanup()
-            for pf in glob.glob(os.path.join(home, "vms", "*", "qemu.pid")):
-                try:
-                    os.kill(int(open(pf).read().strip()), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-        shutil.rmtree(getattr(cls, "tmp", "/nonexistent"), ignore_errors=True)
+        return cls.daemon({"tiny": TINY}, dict({"NILBOX_ACCEL": None}, **env))
 
     @classmethod
     def set_mode(cls, mode):
         with open(cls.mode, "w") as f:
             f.write(mode)
-
-    def cli(self, *args, d=None, timeout=120, ok=True):
-        r = (d or self.d).cli(*args, timeout=timeout)
-        if ok and r.returncode != 0:
-            self.fail("nilbox %s -> %d\nstdout: %s\nstderr: %s\ndaemon: %s" %
-                      (" ".join(args), r.returncode, r.stdout, r.stderr,
-                       (d or self.d).stderr()[-3000:]))
-        return r
-
-    def inspect(self, name, d=None):
-        return json.loads(self.cli("--json", "vm", "inspect", name, d=d).stdout)
 
     def probe_cache(self):
         with open(os.path.join(self.d.home, "kvm-probe.json")) as f:

@@ -8,32 +8,21 @@ times. Env as for test_boot_tiny.py.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
+from e2e_env import CACHE, build_image, kill_qemu, need
+
 VMRUN = os.environ.get("NB_VMRUN", "")
-CACHE = os.environ.get("NB_E2E_CACHE", "")
-IMAGES = os.environ.get("NB_IMAGES_SRC", "")
 
 
 class BootDebian(unittest.TestCase):
     def test_build_and_boot(self):
-        if not (VMRUN and CACHE and IMAGES) or not shutil.which("mmdebstrap"):
-            self.skipTest("needs NB_VMRUN, NB_E2E_CACHE, NB_IMAGES_SRC and mmdebstrap")
+        need(env=("NB_VMRUN",), tools=("mmdebstrap",))
         img = os.path.join(CACHE, "debian")
-        t0 = time.time()
-        r = subprocess.run(["bash", os.path.join(IMAGES, "debian", "build.sh"), "--out", img,
-                            "--tiny", os.path.join(CACHE, "tiny"), "--cache",
-                            os.path.join(CACHE, "debs"), "--no-agent"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=1800)
-        build_s = time.time() - t0
-        sys.stderr.write(r.stdout[-1500:])
-        self.assertEqual(r.returncode, 0, "debian image build failed")
+        build_s = build_image("debian", img, None, timeout=1800)
         with open(os.path.join(img, "manifest.json")) as f:
             m = json.load(f)
         self.assertEqual(m["root"], "disk")
@@ -60,11 +49,7 @@ class BootDebian(unittest.TestCase):
                              "disk.qcow2 %d MiB\n" % (build_s, ready[0] / 1000.0,
                                                       m["artifacts"]["disk.qcow2"]["size"] >> 20))
         finally:
-            try:
-                with open(os.path.join(d, "qemu.pid")) as f:
-                    os.kill(int(f.read().strip()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
+            kill_qemu(d)
             shutil.rmtree(d, ignore_errors=True)
 
 

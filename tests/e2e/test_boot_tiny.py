@@ -30,45 +30,12 @@ import tempfile
 import time
 import unittest
 
+from e2e_env import CACHE, alive, build_image, kill_qemu, need, qemu_pid
+
 VMRUN = os.environ.get("NB_VMRUN", "")
 AGENT = os.environ.get("NB_AGENT", "")
 MUXC = os.environ.get("NB_MUXC", "")
-CACHE = os.environ.get("NB_E2E_CACHE", "")
-IMAGES = os.environ.get("NB_IMAGES_SRC", "")
 IMG = os.path.join(CACHE, "tiny")
-
-
-def build_image(out=IMG, agent=None):
-    r = subprocess.run(
-        ["bash", os.path.join(IMAGES, "tiny", "build.sh"), "--out", out, "--cache",
-         os.path.join(CACHE, "debs")] + (["--agent", agent] if agent else ["--no-agent"]),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
-    sys.stderr.write(r.stdout[-2000:])
-    if r.returncode != 0:
-        raise RuntimeError("tiny image build failed")
-
-
-def qemu_pid(d):
-    try:
-        with open(os.path.join(d, "qemu.pid")) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return 0
-
-
-def alive(pid):
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purposes.
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().split(")")[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def lines(out):
@@ -90,11 +57,8 @@ def first(objs, key):
 class BootTiny(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not (VMRUN and CACHE and IMAGES):
-            raise unittest.SkipTest("NB_VMRUN/NB_E2E_CACHE/NB_IMAGES_SRC not set")
-        if not shutil.which("qemu-system-x86_64"):
-            raise unittest.SkipTest("qemu-system-x86_64 missing")
-        build_image()
+        need(env=("NB_VMRUN",))
+        build_image("tiny", IMG, None)
 
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="nb-e2e-")
@@ -105,9 +69,7 @@ class BootTiny(unittest.TestCase):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        pid = qemu_pid(self.dir)
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        kill_qemu(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def vmrun(self, *args, timeout=90):
@@ -203,7 +165,7 @@ class BootTiny(unittest.TestCase):
         if not (AGENT and MUXC and os.path.exists(AGENT) and os.path.exists(MUXC)):
             self.skipTest("NB_AGENT / NB_MUXC not built")
         img = os.path.join(CACHE, "tiny-agent")
-        build_image(img, AGENT)
+        build_image("tiny", img, AGENT)
         key = os.urandom(32)
         for name in ("boot.key", "host.key"):
             fd = os.open(os.path.join(self.dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

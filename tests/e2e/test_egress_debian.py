@@ -15,77 +15,32 @@ The debian image is built (mmdebstrap) into NB_E2E_CACHE/debian-agent once.
 Env as for test_egress_vm.py."""
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integ"))
-from daemon_harness import NILBOX, NILBOXD, Daemon  # noqa: E402
-import fake_upstream  # noqa: E402
+from e2e_env import AGENT, CACHE, VmSuite, build_image, need, wait_for
+import fake_upstream
+from proxy_env import wait_store_open
 
-AGENT = os.environ.get("NILBOX_AGENT", "")
-CACHE = os.environ.get("NB_E2E_CACHE", "")
-IMAGES = os.environ.get("NB_IMAGES_SRC", "")
 IMG = os.path.join(CACHE, "debian-agent")
-TINY = os.path.join(CACHE, "tiny-agent")
 VM = "deb1"
 REAL = "sk-real-debian-51c2"
 
 
-class EgressDebian(unittest.TestCase):
+class EgressDebian(VmSuite):
     @classmethod
-    def setUpClass(cls):
-        try:
-            cls._setup()
-        except unittest.SkipTest:
-            raise
-        except BaseException:
-            # unittest skips tearDownClass when setUpClass fails: clean up here.
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def _setup(cls):
-        if not (NILBOX and NILBOXD and AGENT and CACHE and IMAGES):
-            raise unittest.SkipTest("NB_TEST_NILBOX/NILBOXD, NILBOX_AGENT, NB_E2E_CACHE or "
-                                    "NB_IMAGES_SRC not set")
-        if not shutil.which("qemu-system-x86_64") or not shutil.which("mmdebstrap"):
-            raise unittest.SkipTest("qemu-system-x86_64 or mmdebstrap missing")
-        t0 = time.time()
-        r = subprocess.run(["bash", os.path.join(IMAGES, "debian", "build.sh"), "--out", IMG,
-                            "--tiny", TINY, "--cache", os.path.join(CACHE, "debs"), "--agent",
-                            AGENT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=3000)
-        sys.stderr.write(r.stdout[-1500:] + "\n(debian image: %.0f s)\n" % (time.time() - t0))
-        if r.returncode != 0:
-            raise RuntimeError("debian image build failed")
-        cls.tmp = tempfile.mkdtemp(prefix="nb-egress-deb-")
-        cls.procs = []
+    def setup(cls):
+        need(tools=("mmdebstrap",))
+        sys.stderr.write("(debian image: %.0f s)\n" % build_image("debian", IMG, AGENT, 3000))
         cls.up_log = os.path.join(cls.tmp, "upstream.jsonl")
         names = ("api.example.test", "other.example.test", "blocked.example.test")
         ca, cert, key = fake_upstream.make_ca(cls.tmp, names=names)
-        p = subprocess.Popen([sys.executable, os.path.join(HERE, "..", "integ", "fake_upstream.py"),
-                              "--log", cls.up_log, "--cert", cert, "--key", key],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        cls.procs.append(p)
-        port = int(p.stdout.readline().split()[1])
-        cls.d = Daemon(tmp=os.path.join(cls.tmp, "d"))
-        cls.d.env.update({
+        port = cls.upstream(cls.up_log, "--cert", cert, "--key", key)
+        cls.d = cls.daemon({"debian": IMG}, {
             "NILBOX_TEST_MODE": "1", "NILBOX_TEST_UPSTREAM_CA": ca,
-            "NILBOX_TEST_RESOLVE": ",".join("%s:443:127.0.0.1:%d" % (n, port) for n in names),
-            "NILBOX_AGENT": AGENT, "NILBOX_IMAGES_DIR": IMAGES})
-        os.makedirs(os.path.join(cls.d.home, "images"), exist_ok=True)
-        os.symlink(IMG, os.path.join(cls.d.home, "images", "debian"))
-        cls.d.start("--key-file", os.path.join(cls.tmp, "master.key"))
-        deadline = time.time() + 20
-        while json.loads(cls.d.unix("GET", "/v1/keystore")[2])["state"] != "open":
-            assert time.time() < deadline, "secret store"
-            time.sleep(0.1)
+            "NILBOX_TEST_RESOLVE": ",".join("%s:443:127.0.0.1:%d" % (n, port) for n in names)},
+            ["--key-file", os.path.join(cls.tmp, "master.key")])
+        wait_store_open(cls.d, 20)
         for args in (("secret", "set", "OPENAI_API_KEY"),
                      ("secret", "bind", "OPENAI_API_KEY", "--host", "api.example.test"),
                      ("rule", "add", "allow", "api.example.test:443"),
@@ -96,28 +51,8 @@ class EgressDebian(unittest.TestCase):
                      ("vm", "start", VM)):
             r = cls.d.cli(*args, input=REAL if args[1] == "set" else None, timeout=600)
             assert r.returncode == 0, (args, r.stdout, r.stderr)
-        t0 = time.time()
-        while "OPENAI_API_KEY" not in cls.d.cli("exec", VM, "--", "cat", "/etc/environment",
-                                                timeout=60).stdout:
-            assert time.time() - t0 < 120, "provisioning"
-            time.sleep(1)
-
-    @classmethod
-    def tearDownClass(cls):
-        d = getattr(cls, "d", None)
-        if d:
-            d.cli("vm", "stop", "--force", VM, timeout=60)
-            try:
-                os.kill(int(open(os.path.join(d.home, "vms", VM, "qemu.pid")).read()),
-                        signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-            d.cleanup()
-        for p in getattr(cls, "procs", []):
-            p.kill()
-            p.wait()
-            p.stdout.close()
-        shutil.rmtree(getattr(cls, "tmp", "/nonexistent"), ignore_errors=True)
+        wait_for(lambda: "OPENAI_API_KEY" in cls.d.cli("exec", VM, "--", "cat", "/etc/environment",
+                                                       timeout=60).stdout, 120, "provisioning")
 
     def sh(self, script, timeout=180):
         return self.d.cli("exec", VM, "--", "bash", "-c", script, timeout=timeout)

@@ -29,56 +29,28 @@ One nilboxd (test mode), one VM, local fake upstreams, in order:
   10 the VM stops, and the daemon exits cleanly (no sanitizer reports).
 
 Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE,
-NB_IMAGES_SRC, PYTHONPATH with tests/integ.
+NB_IMAGES_SRC (e2e_env).
 """
 import json
 import os
 import shutil
-import signal
 import socket
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integ"))
-from daemon_harness import NILBOX, NILBOXD, Daemon  # noqa: E402
-import fake_upstream  # noqa: E402
+from e2e_env import AGENT, CACHE, IMAGES, NILBOX, TINY, VmSuite, build_image, need, wait_for
+import fake_upstream
+from proxy_env import wait_store_open
 
-AGENT = os.environ.get("NILBOX_AGENT", "")
-CACHE = os.environ.get("NB_E2E_CACHE", "")
-IMAGES = os.environ.get("NB_IMAGES_SRC", "")
-IMG = os.path.join(CACHE, "tiny-agent")
 VM = "eg1"
 REAL = "sk-real-e2e-7f3a9c1d5e"
 NAMES = ("api.example.test", "other.example.test", "raw.example.test", "ask1.example.test",
          "ask2.example.test", "ask3.example.test", "ask4.example.test", "ask5.example.test",
          "blocked.example.test")
 IN_NETNS = os.environ.get("NB_EGRESS_NETNS") == "1"
-
-
-def build_image():
-    r = subprocess.run(
-        ["bash", os.path.join(IMAGES, "tiny", "build.sh"), "--out", IMG, "--cache",
-         os.path.join(CACHE, "debs"), "--agent", AGENT],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-    sys.stderr.write(r.stdout[-1500:])
-    if r.returncode != 0:
-        raise RuntimeError("tiny image build failed")
-
-
-def wait_for(fn, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.3)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
 class DnsLog:
@@ -144,51 +116,29 @@ class Echo:
                 c.sendall(d)
 
 
-class EgressE2E(unittest.TestCase):
+class EgressE2E(VmSuite):
     @classmethod
-    def setUpClass(cls):
-        try:
-            cls._setup()
-        except unittest.SkipTest:
-            raise
-        except BaseException:
-            # unittest skips tearDownClass when setUpClass fails: clean up here.
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def _setup(cls):
-        if not (NILBOX and NILBOXD and AGENT and CACHE and IMAGES):
-            raise unittest.SkipTest("NB_TEST_NILBOX/NILBOXD, NILBOX_AGENT, NB_E2E_CACHE or "
-                                    "NB_IMAGES_SRC not set")
-        if not shutil.which("qemu-system-x86_64"):
-            raise unittest.SkipTest("qemu-system-x86_64 missing")
+    def setup(cls):
+        need()
         if not IN_NETNS:
-            build_image()  # (inside the namespace: built before entering it, no network there)
-        cls.tmp = tempfile.mkdtemp(prefix="nb-egress-e2e-")
-        cls.procs = []
+            build_image("tiny", TINY, AGENT)  # (in the namespace: built before, no network there)
         cls.dns = DnsLog() if IN_NETNS else None
         cls.echo = Echo()
         cls.up_log = os.path.join(cls.tmp, "upstream.jsonl")
         cls.up_ca, cert, key = fake_upstream.make_ca(cls.tmp, names=NAMES + ("localhost",))
-        cls.tls_port = cls.upstream(["--cert", cert, "--key", key])
-        cls.plain_port = cls.upstream(["--plain"])
+        cls.tls_port = cls.upstream(cls.up_log, "--cert", cert, "--key", key)
+        cls.plain_port = cls.upstream(cls.up_log, "--plain")
         resolve = []
         for n in NAMES:  # (at most 16 overrides: NB_PROXY_MAX_RESOLVE)
             if n != "raw.example.test":
                 resolve.append("%s:443:127.0.0.1:%d" % (n, cls.tls_port))
         resolve.append("raw.example.test:7000:127.0.0.1:%d" % cls.echo.port)
         resolve.append("raw.example.test:7001:127.0.0.1:%d" % cls.echo.port)
-        cls.d = Daemon(tmp=os.path.join(cls.tmp, "d"))
-        cls.d.env.update({
+        cls.d = cls.daemon({"tiny": TINY}, {
             "NILBOX_TEST_MODE": "1", "NILBOX_PROMPT_TIMEOUT_MS": "6000",
-            "NILBOX_TEST_UPSTREAM_CA": cls.up_ca, "NILBOX_TEST_RESOLVE": ",".join(resolve),
-            "NILBOX_AGENT": AGENT, "NILBOX_IMAGES_DIR": IMAGES})
-        os.makedirs(os.path.join(cls.d.home, "images"), exist_ok=True)
-        os.symlink(IMG, os.path.join(cls.d.home, "images", "tiny"))
-        cls.d.start("--key-file", os.path.join(cls.tmp, "master.key"))
-        wait_for(lambda: json.loads(cls.d.unix("GET", "/v1/keystore")[2])["state"] == "open",
-                 20, "the secret store")
+            "NILBOX_TEST_UPSTREAM_CA": cls.up_ca, "NILBOX_TEST_RESOLVE": ",".join(resolve)},
+            ["--key-file", os.path.join(cls.tmp, "master.key")])
+        wait_store_open(cls.d, 20)
         c = cls.ccli
         c("secret", "set", "OPENAI_API_KEY", input=REAL)
         c("secret", "bind", "OPENAI_API_KEY", "--host", "api.example.test")
@@ -204,41 +154,10 @@ class EgressE2E(unittest.TestCase):
         c("vm", "start", VM, timeout=300)
 
     @classmethod
-    def upstream(cls, args):
-        p = subprocess.Popen([sys.executable, os.path.join(HERE, "..", "integ", "fake_upstream.py"),
-                              "--log", cls.up_log] + args, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
-        cls.procs.append(p)
-        line = p.stdout.readline()
-        assert line.startswith("PORT "), line
-        return int(line.split()[1])
-
-    @classmethod
     def ccli(cls, *args, input=None, timeout=60):
         r = cls.d.cli(*args, input=input, timeout=timeout)
         assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
         return r
-
-    @classmethod
-    def tearDownClass(cls):
-        d = getattr(cls, "d", None)
-        if d:
-            try:
-                d.cli("vm", "stop", "--force", VM, timeout=60)
-            except Exception:
-                pass
-            for vm in (VM, "eg2"):
-                pidf = os.path.join(d.home, "vms", vm, "qemu.pid")
-                try:
-                    os.kill(int(open(pidf).read().strip()), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-            d.cleanup()
-        for p in getattr(cls, "procs", []):
-            p.kill()
-            p.wait()
-            p.stdout.close()
-        shutil.rmtree(getattr(cls, "tmp", "/nonexistent"), ignore_errors=True)
 
     # -- helpers -----------------------------------------------------------
     def sh(self, script, timeout=120, input=None):
@@ -484,7 +403,7 @@ class EgressE2E(unittest.TestCase):
         self.assertEqual(r.stdout.strip(), "200")
 
     def test_09_channel_attacks(self):
-        info = json.loads(self.ccli("--json", "vm", "inspect", VM).stdout)
+        info = self.inspect(VM)
         sessions = info.get("agent_sessions", 0)
         # A18: a process that connects to the channel socket learns nothing.
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -508,11 +427,11 @@ class EgressE2E(unittest.TestCase):
         # notices.
         self.ccli("vm", "create", "eg2", "--user", "root", timeout=120)
         self.ccli("vm", "start", "eg2", timeout=300)
-        other = json.loads(self.ccli("--json", "vm", "inspect", "eg2").stdout)["agent_sessions"]
+        other = self.inspect("eg2")["agent_sessions"]
         self.sh("setsid sh -c 'sleep 1; kill -9 $(pidof nilbox-agent); usleep 200000; "
                 "head -c 200000 /dev/urandom > /dev/virtio-ports/org.nilbox.mux' "
                 ">/dev/null 2>&1 < /dev/null & echo started")
-        wait_for(lambda: json.loads(self.ccli("--json", "vm", "inspect", VM).stdout)
+        wait_for(lambda: self.inspect(VM)
                  .get("agent_sessions", 0) > sessions and
                  self.d.cli("exec", VM, "--", "true", timeout=30).returncode == 0, 120,
                  "the agent's channel to come back")
@@ -520,7 +439,7 @@ class EgressE2E(unittest.TestCase):
         self.assertEqual(st, 200)
         r = self.d.cli("exec", "eg2", "--", "sh", "-c", 'echo "$OPENAI_API_KEY"', timeout=60)
         self.assertEqual(r.stdout.strip(), "OPENAI_API_KEY")
-        self.assertEqual(json.loads(self.ccli("--json", "vm", "inspect", "eg2").stdout)
+        self.assertEqual(self.inspect("eg2")
                          ["agent_sessions"], other)
         self.ccli("vm", "stop", "eg2", timeout=120)
         self.ccli("vm", "rm", "eg2", timeout=60)
@@ -557,6 +476,6 @@ if __name__ == "__main__":
     if (not IN_NETNS and AGENT and CACHE and IMAGES and
             subprocess.run(["unshare", "--net", "--mount", "true"],
                            capture_output=True).returncode == 0):
-        build_image()  # the kernel package download needs the network
+        build_image("tiny", TINY, AGENT)  # the kernel package download needs the network
         enter_netns()
     unittest.main(verbosity=2)

@@ -15,101 +15,31 @@ NB_E2E_CACHE), and VMs shared between the cases, in order:
   08 restart, stop and remove.
 
 Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE,
-NB_IMAGES_SRC, PYTHONPATH with tests/integ (daemon_harness).
+NB_IMAGES_SRC (e2e_env).
 """
 import fcntl
-import glob
 import json
 import os
 import pty
 import select
-import shutil
 import signal
 import struct
-import subprocess
-import sys
 import termios
 import time
 import unittest
 
-from daemon_harness import NILBOX, NILBOXD, Daemon
-
-AGENT = os.environ.get("NILBOX_AGENT", "")
-CACHE = os.environ.get("NB_E2E_CACHE", "")
-IMAGES = os.environ.get("NB_IMAGES_SRC", "")
-IMG = os.path.join(CACHE, "tiny-agent")
+from e2e_env import AGENT, NILBOX, TINY, VmSuite, alive, build_image, need, wait_for
 
 
-def build_image():
-    r = subprocess.run(
-        ["bash", os.path.join(IMAGES, "tiny", "build.sh"), "--out", IMG, "--cache",
-         os.path.join(CACHE, "debs"), "--agent", AGENT],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    sys.stderr.write(r.stdout[-1500:])
-    if r.returncode != 0:
-        raise RuntimeError("tiny image build failed")
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().split(")")[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def wait_for(fn, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-
-
-class VmE2E(unittest.TestCase):
+class VmE2E(VmSuite):
     @classmethod
-    def setUpClass(cls):
-        if not (NILBOX and NILBOXD and AGENT and CACHE and IMAGES):
-            raise unittest.SkipTest("NB_TEST_NILBOX/NILBOXD, NILBOX_AGENT, NB_E2E_CACHE or "
-                                    "NB_IMAGES_SRC not set")
-        if not shutil.which("qemu-system-x86_64"):
-            raise unittest.SkipTest("qemu-system-x86_64 missing")
-        build_image()
-        cls.d = Daemon()
-        cls.extra = []
-        cls.d.env["NILBOX_AGENT"] = AGENT
-        cls.d.env["NILBOX_IMAGES_DIR"] = IMAGES
-        os.makedirs(os.path.join(cls.d.home, "images"), exist_ok=True)
+    def setup(cls):
+        need()
+        build_image("tiny", TINY, AGENT)
         # The cached build is the home's tiny image ("up to date" for builds).
-        os.symlink(IMG, os.path.join(cls.d.home, "images", "tiny"))
-        cls.d.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        homes = [cls.d.home] + [x.home for x in cls.extra]
-        for x in [cls.d] + cls.extra:
-            x.cleanup()
-        for h in homes:
-            for pf in glob.glob(os.path.join(h, "vms", "*", "qemu.pid")):
-                try:
-                    os.kill(int(open(pf).read().strip()), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
+        cls.d = cls.daemon({"tiny": TINY})
 
     # -- helpers -----------------------------------------------------------
-    def cli(self, *args, d=None, timeout=120, input=None, ok=True):
-        r = (d or self.d).cli(*args, timeout=timeout, input=input)
-        if ok and r.returncode != 0:
-            self.fail("nilbox %s -> %d\nstdout: %s\nstderr: %s" %
-                      (" ".join(args), r.returncode, r.stdout, r.stderr))
-        return r
-
-    def inspect(self, name, d=None):
-        return json.loads(self.cli("--json", "vm", "inspect", name, d=d).stdout)
-
     def qemu_pid(self, name):
         with open(os.path.join(self.d.home, "vms", name, "qemu.pid")) as f:
             return int(f.read().strip())
@@ -189,23 +119,13 @@ class VmE2E(unittest.TestCase):
         self.assertTrue([i for i in ls if i["name"] == "tiny" and i["built"]], ls)
 
         # A daemon whose QEMU is missing, and one with no disk space left.
-        d2 = Daemon()
-        self.extra.append(d2)
-        d2.env["NILBOX_QEMU"] = "/nonexistent/qemu-system-x86_64"
-        os.makedirs(os.path.join(d2.home, "images"))
-        os.symlink(IMG, os.path.join(d2.home, "images", "tiny"))
-        d2.start()
+        d2 = self.daemon({"tiny": TINY}, {"NILBOX_QEMU": "/nonexistent/qemu-system-x86_64"})
         self.cli("vm", "create", "q", d=d2)
         r = self.cli("vm", "start", "q", d=d2, ok=False)
         self.assertIn("QEMU is missing", r.stderr)
         self.assertEqual(self.inspect("q", d=d2)["state"], "stopped")
         d2.cleanup()
-        d3 = Daemon()
-        self.extra.append(d3)
-        d3.env["NILBOX_VM_MIN_FREE_MB"] = str(1 << 40)
-        os.makedirs(os.path.join(d3.home, "images"))
-        os.symlink(IMG, os.path.join(d3.home, "images", "tiny"))
-        d3.start()
+        d3 = self.daemon({"tiny": TINY}, {"NILBOX_VM_MIN_FREE_MB": str(1 << 40)})
         r = self.cli("vm", "create", "full", d=d3, ok=False)
         self.assertIn("no disk space", r.stderr)
         d3.cleanup()

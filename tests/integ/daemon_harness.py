@@ -200,6 +200,17 @@ def status_of(raw):
         return 0
 
 
+def wait_for(fn, timeout=10, what="the condition", every=0.05):
+    """fn()'s first true value, asked every `every` s for `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
 def run_tests(tests):
     """Runs test functions in order, prints ok/FAIL per test, exits 1 on
     any failure."""

@@ -298,6 +298,15 @@ class Upstream:
             await writer.drain()
 
 
+def spawn(log, *args):
+    """This file run as a program logging to `log`: (the process, its port)."""
+    p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--log", log, *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = p.stdout.readline()
+    assert line.startswith("PORT "), line
+    return p, int(line.split()[1])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)

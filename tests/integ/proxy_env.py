@@ -29,8 +29,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from daemon_harness import Daemon  # noqa: E402
 import fake_upstream  # noqa: E402
 
-PY = "/usr/bin/python3"
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def with_auth(px, data):
@@ -120,16 +118,10 @@ class ProxyEnv:
         self.rule("allow", "127.0.0.1:%d" % self.plain_port)
 
     def upstream(self, tls=True, log=None):
-        args = [PY, os.path.join(HERE, "fake_upstream.py"), "--log", log or self.up_log]
-        if tls:
-            args += ["--cert", self.up_cert, "--key", self.up_key]
-        else:
-            args += ["--plain"]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        p, port = fake_upstream.spawn(log or self.up_log, *(
+            ["--cert", self.up_cert, "--key", self.up_key] if tls else ["--plain"]))
         self.ups.append(p)
-        line = p.stdout.readline()
-        assert line.startswith("PORT "), line
-        return int(line.split()[1])
+        return port
 
     def wait_open(self, timeout=15):
         wait_store_open(self.d, timeout)

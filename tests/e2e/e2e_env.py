@@ -1,0 +1,174 @@
+"""What every e2e suite needs, once: the images (built and cached under
+NB_E2E_CACHE), nilboxd in a temporary NILBOX_HOME that sees them, and a
+teardown that always kills the daemon and every QEMU it started.
+
+    class T(VmSuite):
+        @classmethod
+        def setup(cls):
+            need(tools=("mmdebstrap",))        # skips unless the e2e environment is set
+            build_image("tiny", TINY, AGENT)   # cached: reruns only check the recipe
+            cls.d = cls.daemon({"tiny": TINY})  # daemon_harness.Daemon, started
+
+QEMU runs under TCG unless KVM works (the VM manager's `auto`); suites that
+need a particular accelerator set NILBOX_ACCEL or --accel themselves.
+Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE, NB_IMAGES_SRC.
+"""
+import functools
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+INTEG = os.path.join(os.path.dirname(HERE), "integ")
+sys.path.insert(0, INTEG)
+import daemon_harness  # noqa: E402
+from daemon_harness import NILBOX, NILBOXD, Daemon  # noqa: E402,F401
+import fake_upstream  # noqa: E402
+
+AGENT = os.environ.get("NILBOX_AGENT", "")
+CACHE = os.environ.get("NB_E2E_CACHE", "")
+IMAGES = os.environ.get("NB_IMAGES_SRC", "")
+TINY = os.path.join(CACHE, "tiny-agent")  # the tiny image with the agent, shared by the suites
+DAEMON_ENV = ("NB_TEST_NILBOX", "NB_TEST_NILBOXD", "NILBOX_AGENT")
+wait_for = functools.partial(daemon_harness.wait_for, every=0.2)  # (each try runs the CLI)
+
+
+def need(env=DAEMON_ENV, tools=()):
+    """Skips the suite unless the e2e environment (and `env`), QEMU and `tools` are there."""
+    missing = [n for n in ("NB_E2E_CACHE", "NB_IMAGES_SRC") + env if not os.environ.get(n)]
+    missing += [t for t in ("qemu-system-x86_64",) + tools if not shutil.which(t)]
+    if missing:
+        raise unittest.SkipTest("missing: " + ", ".join(missing))
+
+
+def build_image(name, out, agent, timeout=900):
+    """Builds images/NAME into `out` (agent None: --no-agent); returns the seconds it took.
+    A debian image boots with the tiny one's kernel, built next to it."""
+    args = ["--out", out, "--cache", os.path.join(CACHE, "debs")]
+    if name == "debian":
+        args += ["--tiny", os.path.join(CACHE, "tiny-agent" if agent else "tiny")]
+    args += ["--agent", agent] if agent else ["--no-agent"]
+    t0 = time.time()
+    r = subprocess.run(["bash", os.path.join(IMAGES, name, "build.sh")] + args,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=timeout)
+    sys.stderr.write(r.stdout[-1500:])
+    if r.returncode != 0:
+        raise RuntimeError("%s image build failed" % name)
+    return time.time() - t0
+
+
+def qemu_pid(d):
+    """The pid in d/qemu.pid, 0 without one."""
+    try:
+        with open(os.path.join(d, "qemu.pid")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def alive(pid):
+    """Whether pid runs (a zombie is gone for our purposes)."""
+    try:
+        os.kill(pid, 0)
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_qemu(d):
+    """SIGKILLs the QEMU whose pid file is in d, if it is still a QEMU."""
+    pid = qemu_pid(d)
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            if b"qemu" in f.read():
+                os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def vm_daemon(images, env=None, args=(), tmp=None):
+    """A started nilboxd whose home holds `images` (name -> cached build) and
+    which boots VMs with the built agent; `env` adds to its environment (None: unset)."""
+    d = Daemon(tmp=tmp)
+    d.env.update({"NILBOX_AGENT": AGENT, "NILBOX_IMAGES_DIR": IMAGES}, **(env or {}))
+    d.env = {k: v for k, v in d.env.items() if v is not None}
+    os.makedirs(os.path.join(d.home, "images"), exist_ok=True)
+    for name, path in images.items():
+        os.symlink(path, os.path.join(d.home, "images", name))
+    try:
+        d.start(*args)
+    except BaseException:
+        teardown(d)
+        raise
+    return d
+
+
+def teardown(*daemons):
+    """Kills each daemon, then every QEMU of its home (the daemon first, so
+    that no restart policy boots another), then removes its folders."""
+    for d in daemons:
+        own, d.own_tmp = d.own_tmp, False
+        d.cleanup()
+        for vm in glob.glob(os.path.join(d.home, "vms", "*")):
+            kill_qemu(vm)
+        if own:
+            shutil.rmtree(d.tmp, ignore_errors=True)
+
+
+class VmSuite(unittest.TestCase):
+    """Cases in order around what setup() (a classmethod) makes: daemons,
+    helper processes, files in cls.tmp. All of it goes after the last case,
+    or at once when setup() fails (unittest then skips tearDownClass)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemons, cls.procs = [], []
+        cls.tmp = tempfile.mkdtemp(prefix="nb-e2e-")
+        try:
+            cls.setup()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        teardown(*cls.daemons)
+        for p in cls.procs:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    @classmethod
+    def daemon(cls, images, env=None, args=()):
+        """vm_daemon(), torn down with the suite."""
+        cls.daemons.append(vm_daemon(images, env, args))
+        return cls.daemons[-1]
+
+    @classmethod
+    def upstream(cls, log, *args):
+        """A fake_upstream.py server logging to `log`, stopped with the suite: its port."""
+        p, port = fake_upstream.spawn(log, *args)
+        cls.procs.append(p)
+        return port
+
+    def cli(self, *args, d=None, timeout=120, input=None, ok=True):
+        """`nilbox ARGS` with daemon d (self.d); unless it exits 0, the case fails (ok)."""
+        d = d or self.d
+        r = d.cli(*args, timeout=timeout, input=input)
+        if ok and r.returncode != 0:
+            self.fail("nilbox %s -> %d\nstdout: %s\nstderr: %s\ndaemon: %s" %
+                      (" ".join(args), r.returncode, r.stdout, r.stderr, d.stderr()[-3000:]))
+        return r
+
+    def inspect(self, name, d=None):
+        return json.loads(self.cli("--json", "vm", "inspect", name, d=d).stdout)
