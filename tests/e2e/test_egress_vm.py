@@ -42,6 +42,7 @@ import time
 import unittest
 
 from e2e_env import AGENT, CACHE, IMAGES, NILBOX, TINY, VmSuite, build_image, need, wait_for
+from daemon_harness import raw_exchange  # (tests/integ: on the path through e2e_env)
 import fake_upstream
 from proxy_env import wait_store_open
 
@@ -406,19 +407,7 @@ class EgressE2E(VmSuite):
         info = self.inspect(VM)
         sessions = info.get("agent_sessions", 0)
         # A18: a process that connects to the channel socket learns nothing.
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect(info["mux_socket"])
-        got = b""
-        try:
-            while True:
-                d = s.recv(4096)
-                if not d:
-                    break
-                got += d
-        except socket.timeout:
-            pass
-        s.close()
+        got = raw_exchange(info["mux_socket"], b"", family=socket.AF_UNIX)
         self.assertEqual(got, b"")
         self.assertEqual(self.out("echo still-here").strip(), "still-here")
         # A17: root in the guest kills the agent and writes garbage into the

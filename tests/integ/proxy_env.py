@@ -21,14 +21,30 @@ import json
 import os
 import select
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_harness import Daemon  # noqa: E402
+from daemon_harness import NILBOX, Daemon, run_tests, status_of, wait_for  # noqa: E402
 import fake_upstream  # noqa: E402
 
+
+
+ENVS = []  # every ProxyEnv made, for run_suite
+
+
+def run_suite(setup, tests):
+    """setup() (which makes the suite's ProxyEnv), then the tests in order;
+    every ProxyEnv is cleaned up however that ends."""
+    try:
+        setup()
+        run_tests(tests)
+    finally:
+        for e in ENVS:
+            e.cleanup()
 
 
 def with_auth(px, data):
@@ -81,6 +97,7 @@ class Proxy:
 class ProxyEnv:
     def __init__(self, prompt_timeout_ms=3000, names=("api.test", "other.test", "evil.test",
                                                         "plain.test", "ws.test", "sse.test")):
+        ENVS.append(self)
         self.d = Daemon()
         self.tmp = self.d.tmp
         self.d.env.update({"NILBOX_TEST_MODE": "1",
@@ -153,7 +170,6 @@ class ProxyEnv:
     def proxy(self, vm="a", extra_resolve=()):
         args = ["proxy", "--listen", "127.0.0.1:0", "--vm", vm, "--upstream-ca", self.up_ca,
                 "--resolve", ",".join(self.resolve_specs() + list(extra_resolve))]
-        from daemon_harness import NILBOX
         p = subprocess.Popen([NILBOX, *args], env=self.d.env, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ready, _, _ = select.select([p.stdout], [], [], 15)
@@ -172,6 +188,24 @@ class ProxyEnv:
         return px
 
     # -- clients ---------------------------------------------------------
+    def tunnel(self, host, port=443, sni=None, px=None):
+        """CONNECT through px (the first proxy) and TLS with the interception
+        CA (the name checked unless sni is another one): the TLS socket."""
+        px = px or self.proxies[0]
+        s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+        s.sendall(with_auth(px, b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" %
+                            (host.encode(), port, host.encode(), port)))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            b = s.recv(1)
+            if not b:
+                raise ConnectionError("closed during CONNECT")
+            head += b
+        assert status_of(head) == 200, head
+        ctx = ssl.create_default_context(cafile=self.ca_pem)
+        ctx.check_hostname = sni in (None, host)
+        return ctx.wrap_socket(s, server_hostname=sni or host)
+
     def curl(self, px, url, *args, timeout=30):
         cmd = ["curl", "-sS", "--max-time", str(timeout), "-x", px.url, "--cacert", self.ca_pem,
                "-o", "-", "-w", "\n%{http_code}", *args, url]
@@ -198,14 +232,7 @@ class ProxyEnv:
         st, _, body = self.d.unix("GET", "/v1/events?since=0")
         return [e for e in json.loads(body)["events"] if e["type"].startswith(prefix)]
 
-    def wait_for(self, fn, timeout=10):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            v = fn()
-            if v:
-                return v
-            time.sleep(0.05)
-        raise AssertionError("condition not met in %ss" % timeout)
+    wait_for = staticmethod(wait_for)
 
     def all_state_bytes(self):
         """Every file under NILBOX_HOME, the daemon's log and stderr (A23)."""

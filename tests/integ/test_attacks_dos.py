@@ -27,8 +27,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_harness import run_tests, status_of  # noqa: E402
-from proxy_env import ProxyEnv, with_auth  # noqa: E402
+from daemon_harness import status_of  # noqa: E402
+from proxy_env import ProxyEnv, run_suite, with_auth  # noqa: E402
 
 SECRET = "sk-dos-REAL-5b2f0c9e71a4d3e8"
 E = None
@@ -400,22 +400,13 @@ def test_emfile_does_not_spin_or_crash():
     low_fd_daemon_flood(26, cli_during=False)
 
 
-def main():
+if __name__ == "__main__":
     # A daemon that stops accepting blocks Unix connect(): fail with a
     # traceback well before meson's timeout instead of hanging.
     import faulthandler
     faulthandler.dump_traceback_later(170, exit=True)
-    tests = [test_fd_limit_raised, test_api_idle_floods_do_not_lock_out_the_owner,
-             test_proxy_connection_flood, test_proxy_idle_flood_without_token,
-             test_proxy_needs_token, test_proxy_unix_socket, test_tokens_stay_private, test_daemon_exits_cleanly,
-             test_small_fd_limit_budgets_hold, test_emfile_does_not_spin_or_crash]
-    try:
-        setup()
-        run_tests(tests)
-    finally:
-        if E:
-            E.cleanup()
-
-
-if __name__ == "__main__":
-    main()
+    run_suite(setup, [test_fd_limit_raised, test_api_idle_floods_do_not_lock_out_the_owner,
+                      test_proxy_connection_flood, test_proxy_idle_flood_without_token,
+                      test_proxy_needs_token, test_proxy_unix_socket, test_tokens_stay_private,
+                      test_daemon_exits_cleanly, test_small_fd_limit_budgets_hold,
+                      test_emfile_does_not_spin_or_crash])

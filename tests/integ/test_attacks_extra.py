@@ -18,8 +18,8 @@ import struct
 import time
 import urllib.parse
 
-from daemon_harness import run_tests, status_of
-from proxy_env import ProxyEnv
+from daemon_harness import status_of
+from proxy_env import ProxyEnv, run_suite
 import test_attacks_reflect as R
 
 KEY = R.KEY
@@ -254,7 +254,7 @@ def read_all(s, timeout=6):
 
 
 def tls_req(path, method="GET", extra=""):
-    s = R.tls_tunnel()
+    s = E.tunnel(HOST)
     s.sendall(("%s %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer REFLECT_KEY\r\n"
                "Accept-Encoding: gzip\r\n%sConnection: close\r\n\r\n"
                % (method, path, HOST, extra)).encode())
@@ -436,13 +436,13 @@ def test_A5_reason_phrase_and_chunk_extensions():
 def test_A5_path_prefix_binding_other_path():
     # injected under the prefix, stored, then fetched from a path outside
     # the prefix without any placeholder
-    s = R.tls_tunnel(PFX)
+    s = E.tunnel(PFX)
     s.sendall(("POST /v1/store?slot=pfx HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer REFLECT_KEY"
                "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % PFX).encode())
     read_all(s)
     assert UP.stored.get("pfx") == KEY, "positive control: the prefix binding injected"
     for path in ("/other/retrieve?slot=pfx", "/retrieve?slot=pfx", "/v2/../retrieve?slot=pfx"):
-        s = R.tls_tunnel(PFX)
+        s = E.tunnel(PFX)
         s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
                    % (path, PFX)).encode())
         out = read_all(s)
@@ -583,7 +583,7 @@ def test_A13_more_broad_rules():
 # ---- policy changes -----------------------------------------------------------
 
 def ws_open(host, mode):
-    s = R.tls_tunnel(host)
+    s = E.tunnel(host)
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall(("GET /ws?mode=%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
@@ -634,25 +634,16 @@ def test_websocket_closed_when_allow_rule_removed():
         assert b"tick 19" not in rest and took < 3, (host, took, rest[-100:])
 
 
-def main():
-    tests = [test_A5_cleartext_echo, test_A5_chunked_split_with_extensions,
-             test_A5_interim_responses, test_A5_head_and_eof_bodies,
-             test_A5_headers_location_cookie, test_A5_codings, test_A5_json_u_every_byte_uppercase,
-             test_A5_json_inside_json,
-             test_A5_html_numeric_references, test_A5_utf16_utf32_bodies,
-             test_A5_upgrade_not_asked, test_A5_ws_variants,
-             test_A26_auth_spellings, test_A26_keepalive_needs_token_each_request,
-             test_A26_plain_request_inside_tunnel, test_framing_headers_named_in_connection,
-             test_A13_more_broad_rules,
-             test_A5_reason_phrase_and_chunk_extensions, test_A5_path_prefix_binding_other_path,
-             test_deny_rule_while_held_for_prompt, test_websocket_closed_when_allow_rule_removed]
-    try:
-        setup()
-        run_tests(tests)
-    finally:
-        if E:
-            E.cleanup()
-
-
 if __name__ == "__main__":
-    main()
+    run_suite(setup, [test_A5_cleartext_echo, test_A5_chunked_split_with_extensions,
+                      test_A5_interim_responses, test_A5_head_and_eof_bodies,
+                      test_A5_headers_location_cookie, test_A5_codings,
+                      test_A5_json_u_every_byte_uppercase, test_A5_json_inside_json,
+                      test_A5_html_numeric_references, test_A5_utf16_utf32_bodies,
+                      test_A5_upgrade_not_asked, test_A5_ws_variants, test_A26_auth_spellings,
+                      test_A26_keepalive_needs_token_each_request,
+                      test_A26_plain_request_inside_tunnel,
+                      test_framing_headers_named_in_connection, test_A13_more_broad_rules,
+                      test_A5_reason_phrase_and_chunk_extensions,
+                      test_A5_path_prefix_binding_other_path, test_deny_rule_while_held_for_prompt,
+                      test_websocket_closed_when_allow_rule_removed])

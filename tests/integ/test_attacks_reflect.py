@@ -31,14 +31,13 @@ import os
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 import urllib.parse
 import zlib
 
-from daemon_harness import run_tests, status_of
-from proxy_env import ProxyEnv
+from daemon_harness import status_of
+from proxy_env import ProxyEnv, run_suite
 
 # The value holds '/', '+' and '=' so that JSON and percent-encoding
 # spell it differently from the original.
@@ -310,25 +309,10 @@ def upstream_got_key(path_prefix):
         return any(KEY in json.dumps(h) for t, h in UP.seen if t.startswith(path_prefix))
 
 
-def tls_tunnel(host=HOST):
-    s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
-    s.sendall(b"CONNECT %s:443 HTTP/1.1\r\nProxy-Authorization: %s\r\nHost: %s:443\r\n\r\n"
-              % (host.encode(), E.px.basic.encode(), host.encode()))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        b = s.recv(1)
-        if not b:
-            raise ConnectionError("closed during CONNECT")
-        head += b
-    assert status_of(head) == 200, head
-    ctx = ssl.create_default_context(cafile=E.ca_pem)
-    return ctx.wrap_socket(s, server_hostname=host)
-
-
 def ws_exchange(mode, extensions=None):
     """WebSocket handshake carrying the placeholder, then every byte the
     client gets until the connection ends: (head, frames bytes)."""
-    s = tls_tunnel()
+    s = E.tunnel(HOST)
     key = base64.b64encode(os.urandom(16)).decode()
     req = ("GET /ws?mode=%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
            "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
@@ -615,23 +599,12 @@ def test_A5_sse_still_incremental():
     assert got[-1][1] == b"REFLECT_KEY", got[-1]
 
 
-def main():
-    tests = [test_A5_ws_whole_frame, test_A5_ws_split_across_continuation,
-             test_A5_ws_ping_interleaved, test_A5_ws_percent_and_deflate_refused,
-             test_A5_ws_client_library,
-             test_A5_store_then_retrieve_same_connection,
-             test_A5_store_then_retrieve_new_connection, test_A5_store_then_retrieve_other_port,
-             test_A5_store_then_retrieve_other_vm, test_A5_compressed_curl,
-             test_A5_compressed_requests, test_A5_undecodable_encoding_refused,
-             test_A5_percent_encoded_echo, test_A5_json_and_html_escaped_echo,
-             test_A5_sse_still_incremental]
-    try:
-        setup()
-        run_tests(tests)
-    finally:
-        if E:
-            E.cleanup()
-
-
 if __name__ == "__main__":
-    main()
+    run_suite(setup, [test_A5_ws_whole_frame, test_A5_ws_split_across_continuation,
+                      test_A5_ws_ping_interleaved, test_A5_ws_percent_and_deflate_refused,
+                      test_A5_ws_client_library, test_A5_store_then_retrieve_same_connection,
+                      test_A5_store_then_retrieve_new_connection,
+                      test_A5_store_then_retrieve_other_port, test_A5_store_then_retrieve_other_vm,
+                      test_A5_compressed_curl, test_A5_compressed_requests,
+                      test_A5_undecodable_encoding_refused, test_A5_percent_encoded_echo,
+                      test_A5_json_and_html_escaped_echo, test_A5_sse_still_incremental])

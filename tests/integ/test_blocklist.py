@@ -21,8 +21,7 @@ import os
 import ssl
 import time
 
-from daemon_harness import run_tests
-from proxy_env import ProxyEnv
+from proxy_env import ProxyEnv, run_suite
 
 E = None
 PX = None
@@ -266,21 +265,9 @@ def test_loaded_again_at_restart():
     assert blocked("x.evil.test")
 
 
-def teardown():
-    if E:
-        E.cleanup()
-
-
 if __name__ == "__main__":
-    try:
-        setup()
-        run_tests([test_build_counts_and_install,
-                   test_blocked_name_gets_403_without_prompt_or_upstream,
-                   test_check_output,
-                   test_exact_allow_rule_overrides_wildcard_does_not,
-                   test_tampered_truncated_unsigned_refused,
-                   test_third_party_key_needs_pubkey,
-                   test_update_from_local_url,
-                   test_loaded_again_at_restart])
-    finally:
-        teardown()
+    run_suite(setup, [test_build_counts_and_install,
+                      test_blocked_name_gets_403_without_prompt_or_upstream, test_check_output,
+                      test_exact_allow_rule_overrides_wildcard_does_not,
+                      test_tampered_truncated_unsigned_refused, test_third_party_key_needs_pubkey,
+                      test_update_from_local_url, test_loaded_again_at_restart])

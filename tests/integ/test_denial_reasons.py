@@ -17,8 +17,7 @@ import tempfile
 
 import requests
 
-from daemon_harness import run_tests
-from proxy_env import ProxyEnv
+from proxy_env import ProxyEnv, run_suite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NODE_DIR = os.path.join(HERE, "node")
@@ -216,10 +215,6 @@ def test_long_name_phrase_bounded():
 
 
 if __name__ == "__main__":
-    setup()
-    try:
-        run_tests([test_curl_403_and_502, test_python_requests, test_node_fetch, test_npm,
-                   test_pip, test_git, test_printed_commands_allow,
-                   test_long_name_phrase_bounded])
-    finally:
-        E.cleanup()
+    run_suite(setup, [test_curl_403_and_502, test_python_requests, test_node_fetch, test_npm,
+                      test_pip, test_git, test_printed_commands_allow,
+                      test_long_name_phrase_bounded])

@@ -7,9 +7,8 @@ and A24: with the wrong key the store yields nothing and says why."""
 import json
 import os
 import secrets
-import time
 
-from daemon_harness import NILBOXD, Daemon, run_tests
+from daemon_harness import NILBOXD, Daemon, run_tests, wait_for
 import subprocess
 
 
@@ -20,13 +19,8 @@ def keystore(d):
 
 
 def wait_state(d, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        k = keystore(d)
-        if k["state"] != "starting":
-            return k
-        time.sleep(0.05)
-    raise AssertionError("still starting")
+    return wait_for(lambda: (k := keystore(d))["state"] != "starting" and k, timeout,
+                    "the store to leave 'starting'")
 
 
 def doctor_check(d, name="secrets"):

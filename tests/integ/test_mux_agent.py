@@ -8,76 +8,28 @@ Env: MUXC, NILBOX_AGENT (set by meson)."""
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
 
-MUXC = os.environ["MUXC"]
-AGENT = os.environ["NILBOX_AGENT"]
-TMP = tempfile.mkdtemp(prefix="nb-mux-")
+from mux_env import AGENT, KEY, MUXC, PROCS, TMP, Proc, check, kill_all, write_key
+
 SOCK = os.path.join(TMP, "chan.sock")
-KEY = os.path.join(TMP, "key")
 ALLOW = os.path.join(TMP, "allow")
-PROCS = []
 
 
-def write_key(path, data=None):
-    with open(path, "wb") as f:
-        f.write(data if data is not None else os.urandom(32))
-    os.chmod(path, 0o600)
-
-
-class Agent:
+class Agent(Proc):
     def __init__(self, *extra):
-        self.log = os.path.join(TMP, "agent-%d.log" % len(PROCS))
-        self.logf = open(self.log, "wb")
-        env = dict(os.environ)
-        # Under ASan, freed memory sits in a 256 MB quarantine; keep it small
-        # so that the memory bounds below measure the agent, not ASan.
-        env["NB_AGENT_ONLY"] = "leak"  # must not reach commands
-        env["ASAN_OPTIONS"] = ":".join(
-            x for x in [os.environ.get("ASAN_OPTIONS"), "quarantine_size_mb=4"] if x)
-        self.p = subprocess.Popen(
-            [AGENT, "--transport", "unix:" + SOCK, "--key-file", KEY,
-             "--ctl-allow", ALLOW + "/", *extra],
-            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env=env)
-        PROCS.append(self.p)
+        super().__init__("agent-%d" % len(PROCS), [AGENT, "--transport", "unix:" + SOCK,
+                                                   "--key-file", KEY, "--ctl-allow", ALLOW + "/",
+                                                   *extra],
+                         NB_AGENT_ONLY="leak")  # must not reach commands
         # SIGTERM is handled once the start line is logged.
-        end = time.time() + 10
-        while time.time() < end and "nilbox-agent 0.1.0" not in self.text():
-            time.sleep(0.01)
-
-    def text(self):
-        with open(self.log, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def hwm_kib(self):
-        with open("/proc/%d/status" % self.p.pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        return -1
-
-    def stop(self):
-        """SIGTERM; the agent must exit 0 (under ASan: without leaks)."""
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            rc = self.p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            rc = self.p.wait()
-        self.logf.close()
-        text = self.text()
-        assert rc == 0, "agent exit %s:\n%s" % (rc, text[-3000:])
-        assert "Sanitizer" not in text, text[-3000:]
-        return text
+        self.wait_text("nilbox-agent 0.1.0")
 
 
 def muxc(*args, input=None, timeout=60, sessions=None):
@@ -85,11 +37,6 @@ def muxc(*args, input=None, timeout=60, sessions=None):
     if sessions:
         pre += ["--sessions", str(sessions)]
     return subprocess.run(pre + list(args), input=input, capture_output=True, timeout=timeout)
-
-
-def check(cond, msg=""):
-    if not cond:
-        raise AssertionError(msg)
 
 
 # ---------------------------------------------------------------- exec
@@ -546,11 +493,7 @@ def main():
         if failed:
             print(log[-4000:])
     finally:
-        for p in PROCS:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        shutil.rmtree(TMP, ignore_errors=True)
+        kill_all()
     print("%d tests, %d failed" % (len(tests), failed))
     return 1 if failed else 0
 

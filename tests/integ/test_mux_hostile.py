@@ -14,76 +14,14 @@ and must exit cleanly (no leaks under ASan) at the end.
 Env: MUXC, MUX_HOSTILE, NILBOX_AGENT (set by meson)."""
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
-MUXC = os.environ["MUXC"]
+from mux_env import AGENT, KEY, MUXC, TMP, Proc, asan_env, check, kill_all, write_key
+
 HOSTILE = os.environ["MUX_HOSTILE"]
-AGENT = os.environ["NILBOX_AGENT"]
-TMP = tempfile.mkdtemp(prefix="nb-hostile-")
-KEY = os.path.join(TMP, "key")
-PROCS = []
-
-
-def asan_env():
-    env = dict(os.environ)
-    env["ASAN_OPTIONS"] = ":".join(
-        x for x in [os.environ.get("ASAN_OPTIONS"), "quarantine_size_mb=4"] if x)
-    return env
-
-
-def check(cond, msg=""):
-    if not cond:
-        raise AssertionError(msg)
-
-
-def hwm_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return -1
-
-
-class Proc:
-    def __init__(self, name, argv):
-        self.log = os.path.join(TMP, name + ".log")
-        self.logf = open(self.log, "wb")
-        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.logf,
-                                  stderr=self.logf, env=asan_env())
-        PROCS.append(self.p)
-
-    def text(self):
-        with open(self.log, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def wait_text(self, needle, timeout=10, count=1):
-        end = time.time() + timeout
-        while time.time() < end and self.text().count(needle) < count:
-            time.sleep(0.02)
-        return self.text().count(needle) >= count
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            rc = self.p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            rc = self.p.wait()
-        self.logf.close()
-        text = self.text()
-        check(rc == 0, "exit %s:\n%s" % (rc, text[-3000:]))
-        check("Sanitizer" not in text, text[-3000:])
-        return text
 
 
 def hostile(scenario, sock, role, listen=False, timeout_ms=4000, key=KEY):
@@ -123,8 +61,7 @@ def test_A18_host_garbage_before_handshake():
 
 def test_A18_host_wrong_key():
     bad = os.path.join(TMP, "badkey")
-    with open(bad, "wb") as f:
-        f.write(os.urandom(32))
+    write_key(bad)
     rep = hostile("wrong-key", HOST_SOCK, "guest", key=bad)
     check(not rep["auth_received"], rep)
     host_expect_goaway(rep, "AUTH", "authentication failed")
@@ -177,20 +114,20 @@ def test_A17_host_frame_for_unopened_stream():
 
 
 def test_A17_host_open_flood_100k():
-    before = hwm_kib(host.p.pid)
+    before = host.hwm_kib()
     rep = hostile("flood", HOST_SOCK, "guest", timeout_ms=8000)
     host_expect_goaway(rep, "FLOOD", "OPEN flood")
     check(rep["frames"].get("OPEN_ERR", 0) < 10000, rep)  # the burst, then cut off
-    grew = hwm_kib(host.p.pid) - before
+    grew = host.hwm_kib() - before
     check(grew < 32 * 1024, "host grew %d KiB" % grew)
 
 
 def test_A17_host_ping_flood_never_reading():
-    before = hwm_kib(host.p.pid)
+    before = host.hwm_kib()
     rep = hostile("ping-flood", HOST_SOCK, "guest", timeout_ms=6000)
     check(rep["closed"], rep)
     check(host.alive(), "host died")
-    grew = hwm_kib(host.p.pid) - before
+    grew = host.hwm_kib() - before
     check(grew < 32 * 1024, "host grew %d KiB" % grew)
     check(host.wait_text("nothing received from the peer"), host.text()[-2000:])
 
@@ -221,8 +158,7 @@ def test_A17_agent_garbage_from_host():
 
 def test_A18_agent_wrong_key_host():
     bad = os.path.join(TMP, "badkey2")
-    with open(bad, "wb") as f:
-        f.write(os.urandom(32))
+    write_key(bad)
     rep = guest_attack("wrong-key", key=bad)
     check(rep["closed"] and rep["goaway_code"] == "AUTH", rep)
     check("the peer does not know the key" in rep["goaway_msg"], rep)
@@ -250,10 +186,10 @@ def test_A17_agent_stream_id_reuse():
 
 
 def test_A17_agent_open_flood_100k():
-    before = hwm_kib(agent.p.pid)
+    before = agent.hwm_kib()
     rep = guest_attack("flood", timeout_ms=8000)
     check(rep["goaway_code"] == "FLOOD", rep)
-    grew = hwm_kib(agent.p.pid) - before
+    grew = agent.hwm_kib() - before
     check(grew < 32 * 1024, "agent grew %d KiB" % grew)
 
 
@@ -274,22 +210,22 @@ def test_A17_agent_window_overflow():
 
 
 def test_A17_agent_never_read_stream():
-    before = hwm_kib(agent.p.pid)
+    before = agent.hwm_kib()
     rep = guest_attack("never-read-stream", timeout_ms=3000)
     # One window and not a byte more, however long `cat /dev/zero` runs.
     data = rep["received"]
     check(256 * 1024 <= data < 256 * 1024 + 64 * 1024, rep)
-    grew = hwm_kib(agent.p.pid) - before
+    grew = agent.hwm_kib() - before
     check(grew < 32 * 1024, "agent grew %d KiB" % grew)
     time.sleep(0.3)
     check(not pgrep("^cat /dev/zero /dev/null$"), "cat survived")
 
 
 def test_A17_agent_never_read_transport():
-    before = hwm_kib(agent.p.pid)
+    before = agent.hwm_kib()
     guest_attack("never-read-transport", timeout_ms=4000)  # agent idle timeout: 1500 ms
     check(agent.wait_text("nothing received from the peer"), agent.text()[-2000:])
-    grew = hwm_kib(agent.p.pid) - before
+    grew = agent.hwm_kib() - before
     check(grew < 32 * 1024, "agent grew %d KiB" % grew)
 
 
@@ -302,9 +238,7 @@ def test_A17_A18_agent_still_serves_honest_host():
 
 def main():
     global host, agent
-    with open(KEY, "wb") as f:
-        f.write(os.urandom(32))
-    os.chmod(KEY, 0o600)
+    write_key()
     failed = 0
     tests = [(n, f) for n, f in globals().items() if n.startswith("test_")]
     try:
@@ -332,10 +266,6 @@ def main():
                 print("FAIL clean exit of %s" % who.log)
                 traceback.print_exc()
     finally:
-        for p in PROCS:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
         if failed:
             for name in ("host", "agent"):
                 try:
@@ -343,7 +273,7 @@ def main():
                     print(open(os.path.join(TMP, name + ".log")).read()[-4000:])
                 except OSError:
                     pass
-        shutil.rmtree(TMP, ignore_errors=True)
+        kill_all()
     print("%d tests, %d failed" % (len(tests), failed))
     return 1 if failed else 0
 

@@ -22,8 +22,8 @@ import time
 
 import requests
 
-from daemon_harness import run_tests, status_of
-from proxy_env import ProxyEnv
+from daemon_harness import status_of
+from proxy_env import ProxyEnv, run_suite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NODE_DIR = os.path.join(HERE, "node")
@@ -340,11 +340,7 @@ def test_transparent_connections_held():
 
 
 if __name__ == "__main__":
-    setup()
-    try:
-        run_tests([test_clients_survive_prompts_answered_after_20s,
-                   test_client_that_leaves_leaves_the_waiters,
-                   test_raw_tunnel_held_then_allowed_or_denied,
-                   test_transparent_connections_held])
-    finally:
-        E.cleanup()
+    run_suite(setup, [test_clients_survive_prompts_answered_after_20s,
+                      test_client_that_leaves_leaves_the_waiters,
+                      test_raw_tunnel_held_then_allowed_or_denied,
+                      test_transparent_connections_held])

@@ -9,15 +9,12 @@ covers waits for an answer given with `nilbox prompts answer`)."""
 import hashlib
 import json
 import os
-import shutil
 import socket
-import ssl
 import subprocess
 import threading
 import time
 
-from daemon_harness import run_tests
-from proxy_env import ProxyEnv, wait_store_open, with_auth
+from proxy_env import ProxyEnv, run_suite, wait_store_open, with_auth
 
 SECRET = "sk-live-REAL-7c1e9a2b44d0f3e5"
 NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
@@ -352,11 +349,11 @@ def test_hostile_clients_do_not_hurt():
     raw(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n\x16\x03\x01\x00\x05hello")
     raw(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n" + os.urandom(5000))
     # Abort in the middle of a big upload and of a big download.
-    s = tls_sock()
+    s = E.tunnel("api.test")
     s.sendall(b"POST /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length: 50000000\r\n\r\n")
     s.sendall(b"a" * 1000000)
     s.close()
-    s = tls_sock()
+    s = E.tunnel("api.test")
     s.sendall(b"GET /big?size=50000000 HTTP/1.1\r\nHost: api.test\r\n\r\n")
     s.recv(100000)
     s.close()
@@ -382,36 +379,17 @@ def test_hostile_clients_do_not_hurt():
     assert st == 200
 
 
-def tls_sock():
-    s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
-    s.sendall(with_auth(E.px, b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n"))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    ctx = ssl.create_default_context(cafile=E.ca_pem)
-    return ctx.wrap_socket(s, server_hostname="api.test")
-
-
 def test_daemon_exits_cleanly():
     E.stop_clean()
 
 
-def main():
-    tests = [test_curl_inject_and_keepalive, test_python_requests, test_python_httpx,
-             test_node_fetch_undici, test_chunked_upload_and_download,
-             test_sse_events_arrive_as_sent, test_websocket_echo, test_expect_100_continue,
-             test_100_mib_both_ways, test_plain_http_absolute_form, test_raw_tunnel_other_port,
-             test_A5_no_raw_tunnel_to_a_bound_host,
-             test_prompt_allow_once_then_again, test_listener_closes_with_the_command,
-             test_test_options_need_test_mode, test_eof_delimited_and_redirect_responses,
-             test_hostile_clients_do_not_hurt, test_daemon_exits_cleanly]
-    try:
-        setup()
-        run_tests(tests)
-    finally:
-        if E:
-            E.cleanup()
-
-
 if __name__ == "__main__":
-    main()
+    run_suite(setup, [test_curl_inject_and_keepalive, test_python_requests, test_python_httpx,
+                      test_node_fetch_undici, test_chunked_upload_and_download,
+                      test_sse_events_arrive_as_sent, test_websocket_echo,
+                      test_expect_100_continue, test_100_mib_both_ways,
+                      test_plain_http_absolute_form, test_raw_tunnel_other_port,
+                      test_A5_no_raw_tunnel_to_a_bound_host, test_prompt_allow_once_then_again,
+                      test_listener_closes_with_the_command, test_test_options_need_test_mode,
+                      test_eof_delimited_and_redirect_responses, test_hostile_clients_do_not_hurt,
+                      test_daemon_exits_cleanly])

@@ -13,7 +13,7 @@ import pty
 import select
 import time
 
-from daemon_harness import NILBOX, Daemon, run_tests
+from daemon_harness import NILBOX, Daemon, run_tests, wait_for
 
 TIMEOUT_MS = 2500
 
@@ -38,16 +38,6 @@ def ask(d, host, port=443, vm="dev"):
 def events(d, type_):
     st, _, body = d.unix("GET", "/v1/events?since=0")
     return [e for e in json.loads(body)["events"] if e["type"] == type_]
-
-
-def wait_for(fn, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("condition not met in %ss" % timeout)
 
 
 def pending(d):
