@@ -8,8 +8,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+import traceback
 
 MUXC = os.environ["MUXC"]
 AGENT = os.environ["NILBOX_AGENT"]
@@ -82,6 +84,20 @@ class Proc:
         check(rc == 0, "exit %s:\n%s" % (rc, text[-3000:]))
         check("Sanitizer" not in text, text[-3000:])
         return text
+
+
+def passed(name, fn):
+    """Runs fn() and says ok, or FAIL with the traceback: whether it passed."""
+    t0 = time.time()
+    try:
+        fn()
+        print("ok %s (%.1fs)" % (name, time.time() - t0), flush=True)
+        return True
+    except Exception:
+        print("FAIL %s" % name)
+        traceback.print_exc()
+        sys.stdout.flush()
+        return False
 
 
 def kill_all():

@@ -56,6 +56,22 @@ def with_auth(px, data):
     return data[:i + 2] + px.auth + data[i + 2:]
 
 
+def read_all(s, timeout=6):
+    """Every byte until the peer closes or goes quiet for `timeout` s; closes s."""
+    s.settimeout(timeout)
+    out = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+    except OSError:  # (timeouts, TLS and connection errors)
+        pass
+    s.close()
+    return out
+
+
 def wait_store_open(d, timeout=15, state="open"):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -13,13 +13,12 @@ import gzip
 import json
 import os
 import socket
-import ssl
 import struct
 import time
 import urllib.parse
 
 from daemon_harness import status_of
-from proxy_env import ProxyEnv, run_suite
+from proxy_env import ProxyEnv, read_all, run_suite
 import test_attacks_reflect as R
 
 KEY = R.KEY
@@ -236,21 +235,6 @@ def setup():
     res = ["%s:443:127.0.0.1:%d" % (HOST, UP.port), "%s:80:127.0.0.1:%d" % (CLEAR, UPP.port),
            "%s:443:127.0.0.1:%d" % (WS_PIPE, UP.port), "%s:443:127.0.0.1:%d" % (WS_SCAN, UP.port), "%s:443:127.0.0.1:%d" % (PFX, UP.port)]
     E.px = E.proxy(vm="a", extra_resolve=res)
-
-
-def read_all(s, timeout=6):
-    s.settimeout(timeout)
-    out = b""
-    try:
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            out += b
-    except (socket.timeout, ssl.SSLError, ConnectionError, OSError):
-        pass
-    s.close()
-    return out
 
 
 def tls_req(path, method="GET", extra=""):
@@ -600,18 +584,7 @@ def ws_open(host, mode):
 
 
 def test_deny_rule_while_held_for_prompt():
-    s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
-    s.sendall(b"CONNECT other.test:443 HTTP/1.1\r\nHost: other.test:443\r\n" + E.px.auth +
-              b"\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        b = s.recv(1)
-        if not b:
-            break
-        head += b
-    assert status_of(head) == 200, head
-    ctx = ssl.create_default_context(cafile=E.ca_pem)
-    t = ctx.wrap_socket(s, server_hostname="other.test")
+    t = E.tunnel("other.test")
     t.sendall(b"GET /echo/held-deny HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
     ps = E.wait_for(lambda: [p for p in json.loads(E.cli("--json", "prompts").stdout)["prompts"]
                              if p["host"] == "other.test"])

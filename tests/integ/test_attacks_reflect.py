@@ -37,7 +37,7 @@ import urllib.parse
 import zlib
 
 from daemon_harness import status_of
-from proxy_env import ProxyEnv, run_suite
+from proxy_env import ProxyEnv, read_all, run_suite
 
 # The value holds '/', '+' and '=' so that JSON and percent-encoding
 # spell it differently from the original.
@@ -320,18 +320,7 @@ def ws_exchange(mode, extensions=None):
     if extensions:
         req += "Sec-WebSocket-Extensions: %s\r\n" % extensions
     s.sendall(req.encode() + b"\r\n")
-    s.settimeout(10)
-    out = b""
-    try:
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            out += b
-    except (socket.timeout, ssl.SSLError, ConnectionError):
-        pass
-    s.close()
-    head, _, rest = out.partition(b"\r\n\r\n")
+    head, _, rest = read_all(s, 10).partition(b"\r\n\r\n")
     return head, rest
 
 

@@ -14,9 +14,9 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 
-from mux_env import AGENT, KEY, MUXC, PROCS, TMP, Proc, check, kill_all, write_key
+from mux_env import (AGENT, KEY, MUXC, PROCS, TMP,
+                     Proc, check, kill_all, passed, write_key)
 
 SOCK = os.path.join(TMP, "chan.sock")
 ALLOW = os.path.join(TMP, "allow")
@@ -469,26 +469,13 @@ def main():
     tests = [(n, f) for n, f in globals().items() if n.startswith("test_")]  # file order
     try:
         for name, fn in tests:
-            t0 = time.time()
-            try:
-                if name in ("test_agent_restart_host_reconnects",
-                            "test_exec_held_until_setup_done",
-                            "test_ctl_not_held_before_setup_done"):
-                    agent.stop()  # this test runs its own agents
-                    try:
-                        fn()
-                    finally:
-                        agent = Agent()
-                elif fn.__code__.co_argcount:
-                    fn(agent)
-                else:
-                    fn()
-                print("ok %s (%.1fs)" % (name, time.time() - t0))
-            except Exception:
-                failed += 1
-                print("FAIL %s" % name)
-                traceback.print_exc()
-            sys.stdout.flush()
+            if name in ("test_agent_restart_host_reconnects", "test_exec_held_until_setup_done",
+                        "test_ctl_not_held_before_setup_done"):
+                # This test runs its own agents.
+                failed += not passed(name, lambda: (agent.stop(), fn()))
+                agent = Agent()
+            else:
+                failed += not passed(name, (lambda: fn(agent)) if fn.__code__.co_argcount else fn)
         log = agent.stop()
         if failed:
             print(log[-4000:])

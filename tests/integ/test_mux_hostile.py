@@ -17,9 +17,9 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 
-from mux_env import AGENT, KEY, MUXC, TMP, Proc, asan_env, check, kill_all, write_key
+from mux_env import (AGENT, KEY, MUXC, TMP,
+                     Proc, asan_env, check, kill_all, passed, write_key)
 
 HOSTILE = os.environ["MUX_HOSTILE"]
 
@@ -249,22 +249,9 @@ def main():
                                "--handshake-timeout", "1500", "--idle-timeout", "1500"])
         check(agent.wait_text("nilbox-agent 0.1.0"), agent.text())
         for name, fn in tests:
-            t0 = time.time()
-            try:
-                fn()
-                print("ok %s (%.1fs)" % (name, time.time() - t0))
-            except Exception:
-                failed += 1
-                print("FAIL %s" % name)
-                traceback.print_exc()
-            sys.stdout.flush()
+            failed += not passed(name, fn)
         for who in (host, agent):
-            try:
-                who.stop()
-            except Exception:
-                failed += 1
-                print("FAIL clean exit of %s" % who.log)
-                traceback.print_exc()
+            failed += not passed("clean exit of " + who.log, who.stop)
     finally:
         if failed:
             for name in ("host", "agent"):
