@@ -68,10 +68,8 @@ def cli(d, *args, input=None, timeout=300):
     return r
 
 
-def cpu_s(pid):
-    """CPU seconds (user + system) used so far by pid and its live children
-    (Squid's helpers, for example)."""
-    total = 0.0
+def family(pid):
+    """pid and its live children (Squid's helpers, for example)."""
     pids = [pid]
     try:
         for t in os.listdir("/proc/%d/task" % pid):
@@ -79,14 +77,33 @@ def cpu_s(pid):
                 pids += [int(x) for x in f.read().split()]
     except OSError:
         pass
-    for p in pids:
+    return pids
+
+
+def cpu_s(pid):
+    """CPU seconds (user, system) used so far by pid and its live children."""
+    user = system = 0.0
+    for p in family(pid):
         try:
             with open("/proc/%d/stat" % p) as f:
                 v = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        user += int(v[11]) / os.sysconf("SC_CLK_TCK")
+        system += int(v[12]) / os.sysconf("SC_CLK_TCK")
+    return user, system
+
+
+def rw_calls(pid):
+    """Read- and write-like system calls made so far by pid and its children."""
+    n = 0
+    for p in family(pid):
+        try:
+            with open("/proc/%d/io" % p) as f:
+                n += sum(int(x.split()[1]) for x in f if x.startswith(("syscr", "syscw")))
+        except OSError:
+            continue
+    return n
 
 
 def free_port():

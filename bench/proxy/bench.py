@@ -108,11 +108,15 @@ class Bench:
                                self.a.sse_events, 5, peer["port"])
 
     def measure(self, peer):
-        c0 = nbbench.cpu_s(peer["pid"])
+        pid = peer["pid"]
+        (u0, s0), io0 = nbbench.cpu_s(pid), nbbench.rw_calls(pid)
         one = self.rps(peer, 1)
         many = self.rps(peer, self.a.conns)
-        cpu = (nbbench.cpu_s(peer["pid"]) - c0) * 1e6 / max(1, one["reqs"] + many["reqs"])
-        return {"one": one, "many": many, "cpu_us": cpu, "sse": self.sse(peer)}
+        (u1, s1), io1 = nbbench.cpu_s(pid), nbbench.rw_calls(pid)
+        n = max(1, one["reqs"] + many["reqs"])
+        return {"one": one, "many": many, "cpu_us": (u1 + s1 - u0 - s0) * 1e6 / n,
+                "sys_us": (s1 - s0) * 1e6 / n, "rw_calls": (io1 - io0) / n,
+                "sse": self.sse(peer)}
 
     def setup_upstream(self):
         import fake_upstream
@@ -129,10 +133,15 @@ class Bench:
         nbbench.cli(d, "rule", "add", "allow", "127.0.0.1:%d" % self.port)
         ca = os.path.join(self.tmp, "nilbox-ca.pem")
         nbbench.cli(d, "ca", "export", ca)
-        p = self.procs.spawn([nbbench.daemon_harness.NILBOX, "proxy", "--listen", "127.0.0.1:0", "--vm", "bench",
-                              "--upstream-ca", self.up_ca], env=d.env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-        port = int(p.stdout.readline().split()[2].rsplit(":", 1)[1])
+        for _ in range(3):  # the daemon answers within 15 s, or the CLI gives up
+            p = self.procs.spawn([nbbench.daemon_harness.NILBOX, "proxy", "--listen",
+                                  "127.0.0.1:0", "--vm", "bench", "--upstream-ca", self.up_ca],
+                                 env=d.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+            line = p.stdout.readline().split()
+            if len(line) > 2:
+                break
+        port = int(line[2].rsplit(":", 1)[1])
         url = p.stdout.readline()  # proxy URL: http://nilbox:TOKEN@127.0.0.1:PORT
         token = url.split("http://nilbox:", 1)[1].split("@", 1)[0]
         auth = "Basic " + base64.b64encode(("nilbox:" + token).encode()).decode()
@@ -195,7 +204,7 @@ class Bench:
 def best(runs):
     """Per figure, the best of the rounds: highest req/s, lowest times."""
     r = runs[0]
-    out = {"cpu_us": min(x["cpu_us"] for x in runs)}
+    out = {k: min(x[k] for x in runs) for k in ("cpu_us", "sys_us", "rw_calls")}
     for k in ("one", "many", "sse"):
         out[k] = {f: (max if f == "rps" else min)(x[k][f] for x in runs)
                   for f in r[k] if f in ("rps", "p50_us", "p99_us")}
@@ -205,21 +214,22 @@ def best(runs):
 def report(a, res, injected, load):
     print("bench/proxy: keep-alive HTTPS GETs to a local upstream, %.0f s per run, best of %d "
           "rounds, load average %.2f-%.2f" % (a.secs, a.rounds, min(load), max(load)))
-    print("%-9s %9s %9s %7s %7s %9s %9s %8s %8s" % (
-        "", "req/s 1c", "req/s %dc" % a.conns, "p50 us", "p99 us", "+p50 ms", "CPU us/r",
-        "SSE p50", "SSE p99"))
+    print("%-9s %9s %9s %7s %7s %8s %8s %7s %7s %8s %8s" % (
+        "", "req/s 1c", "req/s %dc" % a.conns, "p50 us", "p99 us", "+p50 ms", "CPU us", "sys us",
+        "r/w", "SSE p50", "SSE p99"))
     d = res["direct"]
     for k in ("direct", "nilbox", "squid", "mitmdump"):
         if k not in res:
             print("%-9s (not available: bench/setup.sh installs it)" % k)
             continue
         r = res[k]
-        print("%-9s %9.0f %9.0f %7d %7d %9.3f %9.1f %8d %8d" % (
+        print("%-9s %9.0f %9.0f %7d %7d %8.3f %8.1f %7.1f %7.1f %8d %8d" % (
             k, r["one"]["rps"], r["many"]["rps"], r["one"]["p50_us"], r["one"]["p99_us"],
-            (r["one"]["p50_us"] - d["one"]["p50_us"]) / 1000.0, r["cpu_us"],
-            r["sse"]["p50_us"], r["sse"]["p99_us"]))
-    print("(CPU us/r: the proxy process and its children per request; for direct, the "
-          "upstream's. SSE in us, upstream -> client.)")
+            (r["one"]["p50_us"] - d["one"]["p50_us"]) / 1000.0, r["cpu_us"], r["sys_us"],
+            r["rw_calls"], r["sse"]["p50_us"], r["sse"]["p99_us"]))
+    print("(per request: CPU (user + system) and system CPU in us, read/write system calls, "
+          "of the proxy process and its children; for direct, of the upstream. SSE: us from "
+          "the upstream to the client.)")
     n = res["nilbox"]
     print("injections during the nilbox runs: %d (every request carried the placeholder)" %
           injected)
@@ -254,11 +264,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sse-events", type=int, default=200)
     ap.add_argument("--only", help="comma-separated peers to run (e.g. nilbox, for a profile)")
-    ap.add_argument("--wrap", help='run nilboxd under this command (e.g. "valgrind '
-                    '--tool=callgrind --callgrind-out-file=/tmp/cg.out"; bench/README.md)')
+    ap.add_argument("--wrap", metavar="CMD", help="run nilboxd under CMD (a profiler, "
+                    "bench/README.md); callgrind with --instr-atstart=no collects only "
+                    "during the nilbox runs")
     a = ap.parse_args()
     b = Bench(a)
     nbbench.use_build(a.build, b.tmp, a.wrap)
+    toggle = a.wrap and "--instr-atstart=no" in a.wrap
     runs, load = {}, []
     try:
         b.setup_upstream()
@@ -274,7 +286,11 @@ def main():
         for _ in range(a.rounds):
             load.append(os.getloadavg()[0])
             for k in peers:
+                if k == "nilbox" and toggle:
+                    subprocess.run(["callgrind_control", "-i", "on", str(b.d.proc.pid)])
                 m = b.measure(b.peers[k])
+                if k == "nilbox" and toggle:
+                    subprocess.run(["callgrind_control", "-i", "off", str(b.d.proc.pid)])
                 runs.setdefault(k, []).append(m)
                 if k == "nilbox":
                     nilbox_reqs += m["one"]["reqs"] + m["many"]["reqs"]
