@@ -21,11 +21,9 @@ usage: bench.py --build BUILD_DIR [--size MiB] [--runs N] [--keep]
 the e2e tests).
 """
 import argparse
-import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,9 +31,10 @@ import tempfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tests", "integ"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import nbbench  # noqa: E402
+
+ROOT = nbbench.ROOT
 
 
 class Upstream:
@@ -99,27 +98,18 @@ def mibs(n, t):
 
 
 def nilbox_runs(a, tmp, up, image):
-    from daemon_harness import Daemon
-    d = Daemon(tmp=os.path.join(tmp, "d"))
-    d.env.update({"NILBOX_TEST_MODE": "1",
-                  "NILBOX_TEST_RESOLVE": "bench.example.test:80:127.0.0.1:%d" % up.port,
-                  "NILBOX_AGENT": a.agent, "NILBOX_IMAGES_DIR": a.images})
+    d = nbbench.start_daemon(tmp, {
+        "NILBOX_TEST_MODE": "1",
+        "NILBOX_TEST_RESOLVE": "bench.example.test:80:127.0.0.1:%d" % up.port,
+        "NILBOX_AGENT": a.agent, "NILBOX_IMAGES_DIR": a.images})
     os.makedirs(os.path.join(d.home, "images"), exist_ok=True)
     os.symlink(image, os.path.join(d.home, "images", "tiny"))
     qemu_argv = None
     try:
-        d.start("--key-file", os.path.join(tmp, "master.key"))
-        deadline = time.time() + 30
-        while json.loads(d.unix("GET", "/v1/keystore")[2])["state"] != "open":
-            if time.time() > deadline:
-                sys.exit("secret store did not open")
-            time.sleep(0.1)
         for args in (("rule", "add", "allow", "bench.example.test:80"),
                      ("rule", "add", "allow", "127.0.0.1:%d" % up.port),
                      ("vm", "create", "bench"), ("vm", "start", "bench")):
-            r = d.cli(*args, timeout=300)
-            if r.returncode != 0:
-                sys.exit("nilbox %s failed: %s %s" % (" ".join(args), r.stdout, r.stderr))
+            nbbench.cli(d, *args)
         pid = int(open(os.path.join(d.home, "vms", "bench", "qemu.pid")).read().strip())
         qemu_argv = open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")[:-1]
         qemu_argv = [x.decode() for x in qemu_argv]
@@ -136,7 +126,7 @@ def nilbox_runs(a, tmp, up, image):
         return out, qemu_argv
     finally:
         d.cli("vm", "stop", "--force", "bench", timeout=60)
-        d.cleanup()
+        nbbench.stop_daemon(d)
 
 
 def baseline_argv(nilbox_argv, up, runs, console):
@@ -178,14 +168,10 @@ def main():
     a.build = os.path.abspath(a.build)
     a.images = os.path.join(ROOT, "images")
     a.agent = os.path.join(a.build, "src", "agent", "nilbox-agent")
-    os.environ["NB_TEST_NILBOXD"] = os.path.join(a.build, "src", "daemon", "nilboxd")
-    os.environ["NB_TEST_NILBOX"] = os.path.join(a.build, "src", "cli", "nilbox")
-    import daemon_harness
-    daemon_harness.NILBOXD = os.environ["NB_TEST_NILBOXD"]
-    daemon_harness.NILBOX = os.environ["NB_TEST_NILBOX"]
     image = os.path.join(a.build, "tests", "e2e-cache", "tiny-agent")
     build_image(a.build, a.images, image, a.agent)
     tmp = tempfile.mkdtemp(prefix="nb-bench-egress-")
+    nbbench.use_build(a.build, tmp)
     up = Upstream(a.size << 20)
     try:
         nb, qargv = nilbox_runs(a, tmp, up, image)

@@ -1,59 +1,28 @@
 /* A fast local HTTPS upstream for bench/proxy: keep-alive GETs answered
  * with a tiny fixed body, and /sse streams events stamped with the
  * sending time (CLOCK_REALTIME, ns) so a client on the same host can
- * measure forwarding delay. One libuv loop, the proxy's own TLS adapter.
+ * measure forwarding delay. One thread per connection, blocking OpenSSL:
+ * nothing from the project, so it measures every proxy the same way.
  *
  *   bench_upstream CERT KEY   -> prints "PORT <n>" and serves until killed
  *
  * /sse?n=N&ms=M: N events, one every M ms, then the end of the stream. */
-#include <errno.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <uv.h>
 
-#include "daemon/egress/proxy_io.h"
-
-typedef struct {
-    nb_pxio_t io;
-    uv_timer_t sse;
-    int sse_open;
-    int sse_left;
-    int sse_ms;
-    int sse_i;
-    char buf[16384];
-    size_t len;
-} conn_t;
-
-static uv_loop_t *loop;
 static SSL_CTX *ctx;
-
-static void conn_freed(nb_pxio_t *io)
-{
-    conn_t *c = io->ud;
-    if (!c->sse_open)
-        free(c);
-}
-
-static void sse_closed(uv_handle_t *h)
-{
-    conn_t *c = h->data;
-    c->sse_open = 0;
-    if (c->io.closing && c->io.handles == 0)
-        free(c);
-}
-
-static void conn_close(conn_t *c)
-{
-    if (c->sse_open && !uv_is_closing((uv_handle_t *)&c->sse))
-        uv_close((uv_handle_t *)&c->sse, sse_closed);
-    nb_pxio_close(&c->io, conn_freed);
-}
 
 static int64_t now_ns(void)
 {
@@ -62,101 +31,69 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void on_sse_tick(uv_timer_t *t)
+static int put(SSL *ssl, const char *p, size_t n)
 {
-    conn_t *c = t->data;
-    char ev[128], chunk[160];
-    if (c->sse_left-- <= 0) {
-        uv_timer_stop(t);
-        nb_pxio_write(&c->io, "0\r\n\r\n", 5, 0);
-        return;
-    }
-    int n = snprintf(ev, sizeof ev, "id: %d\ndata: %lld\n\n", c->sse_i++, (long long)now_ns());
-    int m = snprintf(chunk, sizeof chunk, "%x\r\n%s\r\n", n, ev);
-    nb_pxio_write(&c->io, chunk, (size_t)m, 0);
+    return SSL_write(ssl, p, (int)n) == (int)n ? 0 : -1;
 }
 
-static void handle(conn_t *c, const char *head)
+/* Chunked events, one every ms milliseconds, then the last chunk. */
+static int sse(SSL *ssl, const char *head)
+{
+    static const char h[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                            "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
+    const char *q = strchr(head, '?'), *n = q ? strstr(q, "n=") : NULL;
+    const char *ms = q ? strstr(q, "ms=") : NULL;
+    int left = n ? (int)strtol(n + 2, NULL, 10) : 100;
+    long step = ms ? strtol(ms + 3, NULL, 10) : 10;
+    if (put(ssl, h, sizeof h - 1) < 0)
+        return -1;
+    for (int i = 0; i < left; i++) {
+        struct timespec ts = {step / 1000, (step % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+        char ev[128], chunk[160];
+        int e = snprintf(ev, sizeof ev, "id: %d\ndata: %lld\n\n", i, (long long)now_ns());
+        int c = snprintf(chunk, sizeof chunk, "%x\r\n%s\r\n", e, ev);
+        if (put(ssl, chunk, (size_t)c) < 0)
+            return -1;
+    }
+    return put(ssl, "0\r\n\r\n", 5);
+}
+
+static void *serve(void *arg)
 {
     static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                              "Content-Length: 2\r\n\r\nok";
-    if (strncmp(head, "GET /sse", 8) == 0) {
-        const char *q = strchr(head, '?'), *eol = strstr(head, "\r\n");
-        c->sse_left = 100;
-        c->sse_ms = 10;
-        if (q && (!eol || q < eol)) {
-            const char *n = strstr(q, "n="), *ms = strstr(q, "ms=");
-            if (n)
-                c->sse_left = (int)strtol(n + 2, NULL, 10);
-            if (ms)
-                c->sse_ms = (int)strtol(ms + 3, NULL, 10);
-        }
-        static const char h[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                                "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
-        nb_pxio_write(&c->io, h, sizeof h - 1, 0);
-        uv_timer_init(loop, &c->sse);
-        c->sse.data = c;
-        c->sse_open = 1;
-        uv_timer_start(&c->sse, on_sse_tick, (uint64_t)c->sse_ms, (uint64_t)c->sse_ms);
-        return;
-    }
-    nb_pxio_write(&c->io, ok, sizeof ok - 1, 0);
-}
-
-static void on_data(nb_pxio_t *io, const uint8_t *p, size_t len)
-{
-    conn_t *c = io->ud;
-    if (c->len + len > sizeof c->buf - 1) {
-        conn_close(c);
-        return;
-    }
-    memcpy(c->buf + c->len, p, len);
-    c->len += len;
+    int fd = (int)(intptr_t)arg, one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    SSL *ssl = SSL_new(ctx);
+    char buf[16384];
+    size_t len = 0;
+    SSL_set_fd(ssl, fd);
+    if (SSL_accept(ssl) != 1)
+        goto out;
     for (;;) {
-        c->buf[c->len] = '\0';
-        char *end = strstr(c->buf, "\r\n\r\n");
-        if (!end)
-            return;
-        size_t used = (size_t)(end - c->buf) + 4;
-        *end = '\0';
-        handle(c, c->buf);
-        memmove(c->buf, c->buf + used, c->len - used);
-        c->len -= used;
+        int r = SSL_read(ssl, buf + len, (int)(sizeof buf - 1 - len));
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+        buf[len] = '\0';
+        char *end;
+        while ((end = strstr(buf, "\r\n\r\n")) != NULL) {
+            size_t used = (size_t)(end - buf) + 4;
+            *end = '\0';
+            if (strncmp(buf, "GET /sse", 8) == 0 ? sse(ssl, buf) < 0
+                                                 : put(ssl, ok, sizeof ok - 1) < 0)
+                goto out;
+            memmove(buf, buf + used, len - used + 1);
+            len -= used;
+        }
+        if (len == sizeof buf - 1)
+            break; /* a head larger than the buffer: not from bench_client */
     }
-}
-
-static void on_eof(nb_pxio_t *io)
-{
-    conn_close(io->ud);
-}
-
-static void on_error(nb_pxio_t *io, int r)
-{
-    conn_close(io->ud);
-}
-
-static void on_handshake(nb_pxio_t *io, int r)
-{
-    if (r < 0)
-        conn_close(io->ud);
-    else
-        nb_pxio_read_start(io);
-}
-
-static const nb_pxio_cbs_t cbs = {
-    .on_data = on_data, .on_eof = on_eof, .on_error = on_error, .on_handshake = on_handshake};
-
-static void on_accept(uv_stream_t *srv, int status)
-{
-    if (status < 0)
-        return;
-    conn_t *c = calloc(1, sizeof *c);
-    if (!c || nb_pxio_init(loop, &c->io, &cbs, c) < 0) {
-        free(c);
-        return;
-    }
-    if (nb_pxio_accept(&c->io, srv) < 0 || nb_pxio_tls_server(&c->io, ctx, NULL, NULL, 0) < 0)
-        conn_close(c);
+out:
+    SSL_free(ssl);
+    close(fd);
+    return NULL;
 }
 
 int main(int argc, char **argv)
@@ -172,20 +109,24 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_upstream: cannot load %s / %s\n", argv[1], argv[2]);
         return 1;
     }
-    loop = uv_default_loop();
-    uv_tcp_t srv;
-    struct sockaddr_in a;
-    uv_ip4_addr("127.0.0.1", 0, &a);
-    uv_tcp_init(loop, &srv);
-    if (uv_tcp_bind(&srv, (struct sockaddr *)&a, 0) < 0 ||
-        uv_listen((uv_stream_t *)&srv, 512, on_accept) < 0) {
+    int srv = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    if (srv < 0 || bind(srv, (struct sockaddr *)&a, sizeof a) < 0 || listen(srv, 512) < 0 ||
+        getsockname(srv, (struct sockaddr *)&a, &alen) < 0) {
         fprintf(stderr, "bench_upstream: cannot listen\n");
         return 1;
     }
-    struct sockaddr_in b;
-    int blen = sizeof b;
-    uv_tcp_getsockname(&srv, (struct sockaddr *)&b, &blen);
-    printf("PORT %d\n", ntohs(b.sin_port));
+    printf("PORT %d\n", ntohs(a.sin_port));
     fflush(stdout);
-    return uv_run(loop, UV_RUN_DEFAULT);
+    for (;;) {
+        int fd = accept(srv, NULL, NULL);
+        pthread_t t;
+        if (fd < 0)
+            continue;
+        if (pthread_create(&t, NULL, serve, (void *)(intptr_t)fd) != 0)
+            close(fd);
+        else
+            pthread_detach(t);
+    }
 }

@@ -1,10 +1,10 @@
 #!/bin/sh
-# Egress proxy benchmark (issue 5): builds nilboxd, nilbox and the bench
-# programs in build-bench (release), then runs bench/proxy/bench.py, which
-# measures direct vs `nilbox proxy` vs mitmdump against one local HTTPS
-# upstream and prints the ratios. mitmproxy (Debian) is installed on first
-# use when running as root; pass --no-install to skip it. Arguments go to
-# bench.py (e.g. --secs 10 --conns 8).
+# Egress proxy benchmark (issues 5 and 10): builds nilboxd, nilbox and the
+# bench programs in build-bench (release), then runs bench/proxy/bench.py,
+# which measures direct vs `nilbox proxy` vs Squid (ssl-bump) vs mitmdump
+# against one local HTTPS upstream and prints the ratios. bench/setup.sh
+# installs Squid and mitmproxy (a peer that is missing is skipped).
+# Arguments go to bench.py (e.g. --secs 10 --conns 8 --rounds 5).
 set -eu
 cd "$(dirname "$0")/../.."
 B=build-bench
