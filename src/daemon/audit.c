@@ -1,5 +1,7 @@
-/* The audit log: validation, the append chain, lifecycle. Reading the log
- * (queries, verification, time filters) is in audit_read.c. */
+/* The audit log, write side: validation, the append chain, volume,
+ * lifecycle, and nb_audit_run for the read side (audit_read.c: queries,
+ * verification, time filters), which builds on it and never the reverse.
+ * Row hashes, the anchor and the schema are in audit_chain.c. */
 #include "daemon/audit.h"
 
 #include <errno.h>
@@ -17,8 +19,6 @@
 #include "lib/json.h"
 #include "lib/log.h"
 
-#define DOMAIN_TAG "nilbox.audit.v1"
-#define DOMAIN_TAG_KEYED "nilbox.audit.v2"
 #define RETRY_MS 1000
 #define TICK_MS 1000
 #define PRUNE_EVERY_ROWS 10000
@@ -57,19 +57,16 @@ typedef struct {
     json_t *kinds; /* {"leak": n, ...} of the suppressed rows */
 } bucket_t;
 
-enum { OP_FLUSH = 0, OP_QUERY = 1, OP_VERIFY = 2, OP_PRUNE_PLAN = 3, OP_PRUNE_EXEC = 4 };
+enum { OP_FLUSH = 0, OP_RUN = 1, OP_PRUNE_PLAN = 3, OP_PRUNE_EXEC = 4 };
 
 typedef struct op {
     struct op *next;
     nb_audit_t *a;
     int kind;
-    nb_audit_filter_t f;
-    nb_audit_rows_fn rows_cb;
-    nb_audit_verify_fn verify_cb;
+    nb_audit_job_fn work; /* OP_RUN */
+    nb_audit_done_fn done;
     void *ud;
     int status;
-    json_t *rows;
-    nb_audit_verify_t ver;
     nb_audit_limits_t lim;
     int64_t now_ms;
     int64_t through; /* prune: last seq to drop (0: nothing) */
@@ -125,96 +122,6 @@ struct nb_audit {
 };
 
 static void run_next(nb_audit_t *a);
-
-/* ------------------------------------------------------------------ hashing */
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
-static void hash_num(crypto_hash_sha256_state *h, uint64_t v)
-{
-    uint8_t b[8];
-    put_be64(b, v);
-    crypto_hash_sha256_update(h, b, sizeof b);
-}
-
-/* Length-prefixed, so that no shift of bytes between fields can produce
- * the same input for different rows. */
-static void hash_str(crypto_hash_sha256_state *h, const char *s, size_t len)
-{
-    hash_num(h, len);
-    crypto_hash_sha256_update(h, (const uint8_t *)s, len);
-}
-
-/* The keyed scheme: the same encoding under BLAKE2b-256 keyed with K. */
-static void mac_num(crypto_generichash_state *h, uint64_t v)
-{
-    uint8_t b[8];
-    put_be64(b, v);
-    crypto_generichash_update(h, b, sizeof b);
-}
-
-static void mac_str(crypto_generichash_state *h, const char *s, size_t len)
-{
-    mac_num(h, len);
-    crypto_generichash_update(h, (const uint8_t *)s, len);
-}
-
-int nb_audit_row_mac(const uint8_t key[NB_AUDIT_KEY_BYTES], const char *prev_hex, int64_t seq,
-                     int64_t time_ms, const char *kind, const char *vm, const char *host, int port,
-                     const char *detail, size_t detail_len, char out_hex[65])
-{
-    uint8_t prev[32], out[32];
-    size_t bin = 0;
-    out_hex[0] = '\0';
-    if (!key || !prev_hex || strlen(prev_hex) != 64 ||
-        sodium_hex2bin(prev, sizeof prev, prev_hex, 64, NULL, &bin, NULL) != 0 || bin != 32)
-        return NB_EINVAL;
-    crypto_generichash_state h;
-    crypto_generichash_init(&h, key, NB_AUDIT_KEY_BYTES, sizeof out);
-    crypto_generichash_update(&h, prev, sizeof prev);
-    crypto_generichash_update(&h, (const uint8_t *)DOMAIN_TAG_KEYED, sizeof DOMAIN_TAG_KEYED);
-    mac_num(&h, (uint64_t)seq);
-    mac_num(&h, (uint64_t)time_ms);
-    mac_str(&h, kind, strlen(kind));
-    mac_str(&h, vm ? vm : "", vm ? strlen(vm) : 0);
-    mac_str(&h, host ? host : "", host ? strlen(host) : 0);
-    mac_num(&h, (uint64_t)port);
-    mac_str(&h, detail, detail_len);
-    crypto_generichash_final(&h, out, sizeof out);
-    sodium_bin2hex(out_hex, 65, out, sizeof out);
-    sodium_memzero(&h, sizeof h);
-    return 0;
-}
-
-int nb_audit_row_hash(const char *prev_hex, int64_t seq, int64_t time_ms, const char *kind,
-                      const char *vm, const char *host, int port, const char *detail,
-                      size_t detail_len, char out_hex[65])
-{
-    uint8_t prev[32], out[32];
-    size_t bin = 0;
-    out_hex[0] = '\0';
-    if (!prev_hex || strlen(prev_hex) != 64 ||
-        sodium_hex2bin(prev, sizeof prev, prev_hex, 64, NULL, &bin, NULL) != 0 || bin != 32)
-        return NB_EINVAL;
-    crypto_hash_sha256_state h;
-    crypto_hash_sha256_init(&h);
-    crypto_hash_sha256_update(&h, prev, sizeof prev);
-    crypto_hash_sha256_update(&h, (const uint8_t *)DOMAIN_TAG, sizeof DOMAIN_TAG); /* with NUL */
-    hash_num(&h, (uint64_t)seq);
-    hash_num(&h, (uint64_t)time_ms);
-    hash_str(&h, kind, strlen(kind));
-    hash_str(&h, vm ? vm : "", vm ? strlen(vm) : 0);
-    hash_str(&h, host ? host : "", host ? strlen(host) : 0);
-    hash_num(&h, (uint64_t)port);
-    hash_str(&h, detail, detail_len);
-    crypto_hash_sha256_final(&h, out);
-    sodium_bin2hex(out_hex, 65, out, sizeof out);
-    return 0;
-}
 
 /* --------------------------------------------------------------- validation */
 
@@ -487,11 +394,8 @@ static void on_job_work(nb_store_t *st, void *ud)
         nb_log(NB_LOG_ERR, "audit: cannot update the head anchor %s", a->anchor_path);
     if (!j->op)
         return;
-    if (j->op->kind == OP_QUERY)
-        j->op->status = nb_audit_query_db(a->db, &j->op->f, &j->op->rows);
-    else if (j->op->kind == OP_VERIFY)
-        j->op->status =
-            nb_audit_verify_db_keyed(a->db, j->keyed ? a->key : NULL, a->anchor_path, &j->op->ver);
+    if (j->op->kind == OP_RUN)
+        j->op->status = j->op->work(a->db, j->keyed ? a->key : NULL, a->anchor_path, j->op->ud);
     else if (j->op->kind == OP_PRUNE_PLAN)
         j->op->status = prune_plan(a->db, j->op);
     else if (j->op->kind == OP_PRUNE_EXEC)
@@ -538,14 +442,8 @@ static void op_finish(op_t *op, int status)
         prune_planned(op);
     else if (op->kind == OP_PRUNE_EXEC && op->a)
         op->a->pruning = 0;
-    if (op->kind == OP_QUERY && op->rows_cb) {
-        json_t *rows = op->status < 0 ? NULL : op->rows;
-        if (!rows)
-            json_decref(op->rows);
-        op->rows_cb(op->ud, op->status, rows);
-    } else if (op->kind == OP_VERIFY && op->verify_cb) {
-        op->verify_cb(op->ud, op->status, &op->ver);
-    }
+    if (op->kind == OP_RUN)
+        op->done(op->ud, op->status);
     free(op);
 }
 
@@ -1287,25 +1185,14 @@ int64_t nb_audit_last_seq(const nb_audit_t *a)
     return a->next_seq - 1;
 }
 
-int nb_audit_query(nb_audit_t *a, const nb_audit_filter_t *f, nb_audit_rows_fn cb, void *ud)
+int nb_audit_run(nb_audit_t *a, nb_audit_job_fn work, nb_audit_done_fn done, void *ud)
 {
     op_t *op = calloc(1, sizeof *op);
     if (!op)
         return -ENOMEM;
-    op->kind = OP_QUERY;
-    op->f = *f;
-    op->rows_cb = cb;
-    op->ud = ud;
-    return push_op(a, op);
-}
-
-int nb_audit_verify(nb_audit_t *a, nb_audit_verify_fn cb, void *ud)
-{
-    op_t *op = calloc(1, sizeof *op);
-    if (!op)
-        return -ENOMEM;
-    op->kind = OP_VERIFY;
-    op->verify_cb = cb;
+    op->kind = OP_RUN;
+    op->work = work;
+    op->done = done;
     op->ud = ud;
     return push_op(a, op);
 }

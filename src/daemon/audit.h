@@ -261,6 +261,16 @@ int nb_audit_row_hash(const char *prev_hex, int64_t seq, int64_t time_ms, const 
 
 /* --- asynchronous reads (loop thread; callbacks on the loop thread) --- */
 
+/* Runs `work` on the thread pool, on the log's own connection, as a job of
+ * the chain (after the rows appended before it are written), then `done`
+ * on the loop with work's return, or an error when the job failed to run
+ * (UV_ECANCELED at close). `key` is the chain key once set, else NULL;
+ * `anchor_path` the anchor file. 0, or NB_ESTATE (closed) / -ENOMEM, and
+ * then nothing runs. The read side below is built on it. */
+typedef int (*nb_audit_job_fn)(sqlite3 *db, const uint8_t *key, const char *anchor_path, void *ud);
+typedef void (*nb_audit_done_fn)(void *ud, int status);
+int nb_audit_run(nb_audit_t *a, nb_audit_job_fn work, nb_audit_done_fn done, void *ud);
+
 /* `rows` is a new reference (callee decrefs) or NULL with status < 0. */
 typedef void (*nb_audit_rows_fn)(void *ud, int status, json_t *rows);
 int nb_audit_query(nb_audit_t *a, const nb_audit_filter_t *f, nb_audit_rows_fn cb, void *ud);

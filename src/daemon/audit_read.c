@@ -1,11 +1,12 @@
 /* The audit log, read side: filters, queries and hash-chain verification
- * straight on a database handle (any thread that owns one), and the time
- * syntax of the filters. Pure functions of their inputs; the loop-side
- * wrappers (nb_audit_query, nb_audit_verify) are in audit.c. */
+ * straight on a database handle (any thread that owns one), the time
+ * syntax of the filters, and the loop-side reads (nb_audit_query,
+ * nb_audit_verify) as jobs of the writer's chain (nb_audit_run). Depends on
+ * the writer's public functions (audit.c, audit_chain.c), never the
+ * reverse. */
 #include "daemon/audit.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -13,7 +14,6 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "daemon/events.h"
 #include "daemon/secrets/binding.h"
@@ -407,137 +407,67 @@ int nb_audit_parse_time(const char *s, int64_t now_ms, int64_t *out_ms)
     return 0;
 }
 
-/* ------------------------------------------------------------ the anchor */
+/* ------------------------------------------------------------ async reads */
 
-#define ANCHOR_TAG "nilbox.audit.head.v1"
-#define ANCHOR_MAGIC "nilbox-audit-head v1"
+typedef struct {
+    nb_audit_filter_t f;
+    json_t *rows;
+    nb_audit_verify_t ver;
+    nb_audit_rows_fn rows_cb;     /* a query, or */
+    nb_audit_verify_fn verify_cb; /* a verification */
+    void *ud;
+} read_t;
 
-static void anchor_mac(const uint8_t *key, int64_t seq, const uint8_t hash[32], char out_hex[65])
+static int query_work(sqlite3 *db, const uint8_t *key, const char *anchor_path, void *ud)
 {
-    uint8_t b[8], out[32];
-    uint64_t v = (uint64_t)seq;
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        b[i] = (uint8_t)v;
-    crypto_generichash_state h;
-    crypto_generichash_init(&h, key, NB_AUDIT_KEY_BYTES, sizeof out);
-    crypto_generichash_update(&h, (const uint8_t *)ANCHOR_TAG, sizeof ANCHOR_TAG);
-    crypto_generichash_update(&h, b, sizeof b);
-    crypto_generichash_update(&h, hash, 32);
-    crypto_generichash_final(&h, out, sizeof out);
-    sodium_bin2hex(out_hex, 65, out, sizeof out);
+    read_t *q = ud;
+    return nb_audit_query_db(db, &q->f, &q->rows);
 }
 
-int nb_audit_anchor_write(const char *path, const uint8_t key[NB_AUDIT_KEY_BYTES], int64_t seq,
-                          const char *hash_hex)
+static int verify_work(sqlite3 *db, const uint8_t *key, const char *anchor_path, void *ud)
 {
-    uint8_t hb[32];
-    size_t bin = 0;
-    char mac[65], tmp[4096], line[256];
-    if (!path || !key || !hash_hex || strlen(hash_hex) != 64 ||
-        sodium_hex2bin(hb, sizeof hb, hash_hex, 64, NULL, &bin, NULL) != 0 || bin != 32 ||
-        snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return NB_EINVAL;
-    anchor_mac(key, seq, hb, mac);
-    int n =
-        snprintf(line, sizeof line, "%s %lld %s %s\n", ANCHOR_MAGIC, (long long)seq, hash_hex, mac);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return -errno;
-    /* fsync before rename: after a crash the anchor is the old or the new
-     * head, never an empty file. */
-    if (write(fd, line, (size_t)n) != n || fsync(fd) < 0) {
-        int e = -errno;
-        close(fd);
-        unlink(tmp);
-        return e ? e : NB_EINTERNAL;
-    }
-    close(fd);
-    if (rename(tmp, path) < 0) {
-        int e = -errno;
-        unlink(tmp);
-        return e;
-    }
-    return 0;
+    read_t *q = ud;
+    return nb_audit_verify_db_keyed(db, key, anchor_path, &q->ver);
 }
 
-int nb_audit_anchor_read(const char *path, const uint8_t key[NB_AUDIT_KEY_BYTES], int64_t *seq,
-                         char hash_hex[65])
+static void read_done(void *ud, int status)
 {
-    char buf[512], mac[65], want[65];
-    *seq = 0;
-    hash_hex[0] = '\0';
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return errno == ENOENT ? NB_ENOTFOUND : -errno;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return NB_EINVAL;
-    buf[n] = '\0';
-    if (strlen(buf) != (size_t)n) /* a NUL would hide what follows it */
-        return NB_EINVAL;
-    long long sq = 0;
-    char hh[80], mm[80];
-    int used = 0;
-    if (strncmp(buf, ANCHOR_MAGIC " ", sizeof ANCHOR_MAGIC) != 0 ||
-        sscanf(buf + sizeof ANCHOR_MAGIC, "%lld %79s %79s%n", &sq, hh, mm, &used) != 3 || sq < 0 ||
-        strlen(hh) != 64 || strlen(mm) != 64 || strcmp(buf + sizeof ANCHOR_MAGIC + used, "\n") != 0)
-        return NB_EINVAL;
-    /* Only the exact form nb_audit_anchor_write makes: sscanf also takes
-     * other blanks (CR, tabs, runs of spaces) and signs, which would give one
-     * anchor several spellings. */
-    char canon[sizeof buf];
-    snprintf(canon, sizeof canon, "%s %lld %s %s\n", ANCHOR_MAGIC, sq, hh, mm);
-    if (strcmp(canon, buf) != 0)
-        return NB_EINVAL;
-    uint8_t hb[32];
-    size_t bin = 0;
-    if (sodium_hex2bin(hb, sizeof hb, hh, 64, NULL, &bin, NULL) != 0 || bin != 32)
-        return NB_EINVAL;
-    snprintf(mac, sizeof mac, "%s", mm);
-    anchor_mac(key, (int64_t)sq, hb, want);
-    if (sodium_memcmp(want, mac, 64) != 0)
-        return NB_ECRYPTO;
-    *seq = sq;
-    snprintf(hash_hex, 65, "%s", hh);
-    return 0;
+    read_t *q = ud;
+    json_t *rows = status < 0 ? NULL : q->rows;
+    if (!rows)
+        json_decref(q->rows);
+    if (q->rows_cb)
+        q->rows_cb(q->ud, status, rows);
+    else if (q->verify_cb)
+        q->verify_cb(q->ud, status, &q->ver);
+    free(q);
 }
 
-/* ------------------------------------------------------------ schema v2 */
-
-int nb_audit_upgrade_db(sqlite3 *db)
+static int read_run(nb_audit_t *a, read_t *q, nb_audit_job_fn work)
 {
-    sqlite3_stmt *s = NULL;
-    int have = 0;
-    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info('audit') WHERE name = 'mac'",
-                           -1, &s, NULL) != SQLITE_OK ||
-        sqlite3_step(s) != SQLITE_ROW) {
-        sqlite3_finalize(s);
-        nb_log(NB_LOG_ERR, "audit: cannot read the schema: %s", sqlite3_errmsg(db));
-        return NB_EINTERNAL;
+    int r = q ? nb_audit_run(a, work, read_done, q) : -ENOMEM;
+    if (r < 0)
+        free(q);
+    return r;
+}
+
+int nb_audit_query(nb_audit_t *a, const nb_audit_filter_t *f, nb_audit_rows_fn cb, void *ud)
+{
+    read_t *q = calloc(1, sizeof *q);
+    if (q) {
+        q->f = *f;
+        q->rows_cb = cb;
+        q->ud = ud;
     }
-    have = sqlite3_column_int(s, 0);
-    sqlite3_finalize(s);
-    if (have)
-        return 0;
-    /* Rows already there keep mac 0: they verify as unkeyed (legacy) rows,
-     * and the first keyed row commits them. DELETE stays refused except
-     * for a prefix a keyed retention checkpoint covers. */
-    char *msg = NULL;
-    if (sqlite3_exec(db,
-                     "BEGIN IMMEDIATE;"
-                     "ALTER TABLE audit ADD COLUMN mac INTEGER NOT NULL DEFAULT 0;"
-                     "DROP TRIGGER IF EXISTS audit_no_delete;"
-                     "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit"
-                     "  WHEN OLD.seq > coalesce((SELECT max(json_extract(detail, '$.through'))"
-                     "    FROM audit WHERE kind = '" NB_AUDIT_PRUNED "' AND mac = 1), 0)"
-                     "  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;"
-                     "COMMIT;",
-                     NULL, NULL, &msg) != SQLITE_OK) {
-        nb_log(NB_LOG_ERR, "audit: cannot upgrade the schema: %s", msg ? msg : "?");
-        sqlite3_free(msg);
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        return NB_EINTERNAL;
+    return read_run(a, q, query_work);
+}
+
+int nb_audit_verify(nb_audit_t *a, nb_audit_verify_fn cb, void *ud)
+{
+    read_t *q = calloc(1, sizeof *q);
+    if (q) {
+        q->verify_cb = cb;
+        q->ud = ud;
     }
-    return 0;
+    return read_run(a, q, verify_work);
 }

@@ -9,8 +9,9 @@
  *    trailers) and llhttp only ever sees the bytes the scanner accepted.
  * The two must then agree on where the message ends; if not, the message is
  * refused (NB_HTTP_ERR_MISMATCH) rather than guessed at.
- * The raw checks (head scanning and validation, the chunk scanner) live in
- * http_check.c; shared state in http_int.h. */
+ * The raw checks (head scanning and validation, the chunk scanner, the
+ * error state) live in http_check.c, which calls nothing here; shared state
+ * in http_int.h. */
 #include "lib/http.h"
 
 #include <errno.h>
@@ -53,25 +54,6 @@ void nb_http_limits_default(nb_http_limits_t *lim)
     lim->max_headers = 100;
     lim->max_body = 1024 * 1024;
     lim->max_trailer_bytes = 4 * 1024;
-}
-
-int nb_http_fail(nb_http_parser_t *p, nb_http_err_t e)
-{
-    if (p->err == NB_HTTP_ERR_NONE)
-        p->err = e;
-    p->state = ST_ERROR;
-    if (p->cb_rc < 0)
-        return p->cb_rc;
-    switch (p->err) {
-    case NB_HTTP_ERR_START_LINE_TOO_BIG:
-    case NB_HTTP_ERR_HEADERS_TOO_BIG:
-    case NB_HTTP_ERR_TOO_MANY_HEADERS:
-    case NB_HTTP_ERR_BODY_TOO_BIG:
-    case NB_HTTP_ERR_TRAILERS_TOO_BIG:
-        return NB_ETOOBIG;
-    default:
-        return NB_EPARSE;
-    }
 }
 
 /* --- llhttp callbacks --- */

@@ -1,12 +1,33 @@
 /* HTTP/1.1 parser: our raw-byte checks in front of llhttp, the head
- * scanner and validator and the chunked framing scanner. See the comment at
- * the top of http.c; shared state in http_int.h. */
+ * scanner and validator and the chunked framing scanner, and the error
+ * state they and http.c put the parser in. A leaf: http.c calls it, never
+ * the other way. See the comment at the top of http.c; shared state in
+ * http_int.h. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "lib/err.h"
 #include "lib/http.h"
 #include "lib/http_int.h"
+
+int nb_http_fail(nb_http_parser_t *p, nb_http_err_t e)
+{
+    if (p->err == NB_HTTP_ERR_NONE)
+        p->err = e;
+    p->state = ST_ERROR;
+    if (p->cb_rc < 0)
+        return p->cb_rc;
+    switch (p->err) {
+    case NB_HTTP_ERR_START_LINE_TOO_BIG:
+    case NB_HTTP_ERR_HEADERS_TOO_BIG:
+    case NB_HTTP_ERR_TOO_MANY_HEADERS:
+    case NB_HTTP_ERR_BODY_TOO_BIG:
+    case NB_HTTP_ERR_TRAILERS_TOO_BIG:
+        return NB_ETOOBIG;
+    default:
+        return NB_EPARSE;
+    }
+}
 
 /* RFC 9110 tchar. */
 static int is_tchar(uint8_t c)

@@ -1,8 +1,9 @@
 /* Internal state shared by the HTTP/1.1 parser's modules (not a public
  * interface; the API is lib/http.h):
  *   http.c        the parser: lifecycle, feeding, llhttp glue, helpers
- *   http_check.c  our raw-byte checks: head scanning and validation, and
- *                 the chunked framing scanner
+ *   http_check.c  our raw-byte checks: head scanning and validation, the
+ *                 chunked framing scanner, and the error state (a leaf:
+ *                 it calls nothing in http.c)
  * Pure code (no I/O); see the comment at the top of http.c. */
 #ifndef NB_HTTP_INT_H
 #define NB_HTTP_INT_H
@@ -79,14 +80,12 @@ struct nb_http_parser {
     size_t tname_len;
 };
 
-/* --- http.c */
+/* --- http_check.c */
 
 /* Puts p in the error state with e (the first error wins) and returns the
  * code for the caller: a callback's own negative return, NB_ETOOBIG for
  * cap errors, else NB_EPARSE. */
 int nb_http_fail(nb_http_parser_t *p, nb_http_err_t e);
-
-/* --- http_check.c */
 
 /* Scans head bytes for the terminating empty line, enforcing the caps as
  * bytes arrive. Returns 1 when the head is complete (*used bytes taken), 0

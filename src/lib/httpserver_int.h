@@ -1,11 +1,7 @@
-/* Internal structures shared by the HTTP server's modules (not a public
- * interface; the API is lib/httpserver.h):
- *   httpserver.c  listeners, connections (states below), requests, writing,
- *                 the HTTP/1.1 side, timers, shutdown
- *   httpws.c      WebSocket connections: the upgrade (nb_httpd_ws_accept),
- *                 frames in and out, the close handshake
- * Connection states and ownership rules: the comment at the top of
- * httpserver.c and docs/internals/http.md. Loop thread only. */
+/* Internal structures of the HTTP server, httpserver.c (not a public
+ * interface; the API is lib/httpserver.h): listeners, connections,
+ * requests, WebSockets. Connection states and ownership rules: the comment
+ * at the top of httpserver.c and docs/internals/http.md. Loop thread only. */
 #ifndef NB_HTTPSERVER_INT_H
 #define NB_HTTPSERVER_INT_H
 
@@ -126,26 +122,5 @@ struct nb_httpd_req {
     int is_unix;
     long uid;
 };
-
-/* --- httpserver.c */
-
-/* Frees a request (also an orphaned one). */
-void nb_httpd_req_free(nb_httpd_req_t *req);
-/* Queues b's bytes for writing on c, taking them (b is left empty). Returns
- * 0 or a negative code (the connection is then closing). */
-int nb_httpd_conn_write_buf(conn_t *c, nb_buf_t *b);
-/* Ends c once its queued writes have left: shut down our side, drain, close. */
-void nb_httpd_conn_end(conn_t *c);
-/* Starts or stops reading by the connection's state and write queue. */
-void nb_httpd_conn_update_reading(conn_t *c);
-/* The connection timer: timeouts, WebSocket pings and close waits. */
-void nb_httpd_conn_on_timer(uv_timer_t *t);
-
-/* --- httpws.c */
-
-/* Reports the end of a WebSocket to its user, once. */
-void nb_httpd_ws_finish(nb_ws_t *ws, int code);
-/* Feeds the bytes in c->in (a C_WS connection) to the frame parser. */
-void nb_httpd_ws_on_input(conn_t *c);
 
 #endif

@@ -1,10 +1,10 @@
-/* VM lifecycle: start (pool prep, key, listener, spawn, QMP, agent
- * handshake), stop (agent poweroff -> ACPI -> QMP quit -> SIGKILL), exit
- * and crash handling, the restart policy and re-attach after a daemon
- * restart. See manager.h and docs/internals/vm.md. */
+/* VM lifecycle, one state machine: start (the pool half is boot.c; here
+ * the listener, spawn, QMP and the agent's handshake), stop (agent
+ * poweroff -> ACPI -> QMP quit -> SIGKILL, each step after a timeout:
+ * DESIGN.md section 5), exit and crash handling, the restart policy and
+ * re-attach after a daemon restart. See manager.h and docs/internals/vm.md. */
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,207 +15,28 @@
 
 #include <sodium.h>
 
-#include "daemon/home.h"
 #include "daemon/vm/accel.h"
-#include "daemon/vm/image.h"
-#include "daemon/vm/vmint.h"
+#include "daemon/vm/manager_int.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
-#include "lib/mux.h"
-
-enum { T_NONE = 0, T_QMP, T_STOP, T_RESTART, T_KILLWAIT };
 
 static const nb_vmchan_cbs_t vm_chan_cbs;
 static void qmp_connect(nb_vm_t *vm);
 static void schedule_restart(nb_vm_t *vm, const char *why);
 static void on_status_tick(uv_timer_t *t);
+/* QEMU is gone (`how`: "exit status 0", "killed by signal 9"...): tears
+ * the boot down and decides the next state (stopped, crashed, restart). */
+static void vm_exited(nb_vm_t *vm, const char *how);
+static void run_step(nb_vm_t *vm, int step);
 
 static void on_handle_closed(uv_handle_t *h)
 {
     nb_vm_t *vm = h->data;
-    vm->handles--; /* the timers keep the VM alive until vm_destroy */
+    vm->handles--; /* the timers keep the VM alive until nb_vm_destroy */
 }
 
-/* ------------------------------------------------------------ start prep */
-
-static pthread_once_t tsc_once = PTHREAD_ONCE_INIT;
-static unsigned tsc_khz;
-
-static void measure_tsc(void)
-{
-    if (nb_qemu_host_tsc_khz(&tsc_khz) < 0)
-        tsc_khz = 0;
-}
-
-typedef struct {
-    vm_job_t j; /* first */
-    int wait;
-    uint8_t key[NB_MUX_KEY_LEN];
-    nb_qemu_argv_t argv;
-    char qemu[VM_PATH];
-    /* in: copied on the loop thread */
-    char home[VM_PATH], setting[8], source[16];
-    int fallback;        /* auto, and KVM just failed: TCG, and record it */
-    char kvm_error[300]; /* that failure */
-    /* out */
-    char reason[320];
-    int64_t log_off;
-} start_job_t;
-
-/* Decides KVM or TCG for this boot (pool thread: may run the KVM probe).
- * 0, or an error with a sentence in jj->msg (kvm requested, none usable). */
-static int choose_accel(start_job_t *j, nb_qemu_accel_t *out)
-{
-    vm_job_t *jj = &j->j;
-    nb_qemu_accel_t want = NB_QEMU_ACCEL_AUTO;
-    nb_accel_parse(j->setting, &want);
-    const char *from = !strcmp(j->source, "vm")             ? ""
-                       : !strcmp(j->source, "NILBOX_ACCEL") ? " (NILBOX_ACCEL)"
-                                                            : " (default)";
-    if (j->fallback) {
-        nb_kvm_record_broken(j->home, j->qemu, j->kvm_error);
-        *out = NB_QEMU_ACCEL_TCG;
-        nb_vm_fmt(j->reason, sizeof j->reason,
-                  "auto%s: KVM failed on the previous attempt (%s); TCG", from, j->kvm_error);
-        return 0;
-    }
-    if (want == NB_QEMU_ACCEL_TCG) {
-        *out = NB_QEMU_ACCEL_TCG;
-        nb_vm_fmt(j->reason, sizeof j->reason, "tcg%s: requested", from);
-        return 0;
-    }
-    nb_kvm_probe_opts_t o = {.home = j->home, .qemu = j->qemu};
-    nb_kvm_status_t st;
-    int r = nb_kvm_status(&o, &st);
-    if (r < 0)
-        return r;
-    if (want == NB_QEMU_ACCEL_KVM) {
-        if (st.state == NB_KVM_ABSENT || st.state == NB_KVM_BROKEN) {
-            nb_vm_fmt(jj->msg, sizeof jj->msg,
-                      "accel kvm%s: KVM is %s on this host (%s); use 'nilbox vm set %s --accel "
-                      "auto' (KVM when it works, else TCG) or --accel tcg",
-                      from, st.state == NB_KVM_ABSENT ? "not available" : "present but unusable",
-                      st.detail, jj->vm->spec.name);
-            return NB_EUNSUPPORTED;
-        }
-        *out = NB_QEMU_ACCEL_KVM;
-        nb_vm_fmt(j->reason, sizeof j->reason, "kvm%s: requested (%s)", from, st.detail);
-        return 0;
-    }
-    switch (st.state) {
-    case NB_KVM_OK:
-        *out = NB_QEMU_ACCEL_KVM;
-        nb_vm_fmt(j->reason, sizeof j->reason, "auto%s: KVM works here (%s%s)", from, st.detail,
-                  st.cached ? ", cached" : "");
-        break;
-    case NB_KVM_UNPROBED:
-        *out = NB_QEMU_ACCEL_KVM;
-        nb_vm_fmt(j->reason, sizeof j->reason, "auto%s: %s opens (%s)", from, nb_kvm_device(),
-                  st.detail);
-        break;
-    case NB_KVM_BROKEN:
-        *out = NB_QEMU_ACCEL_TCG;
-        nb_vm_fmt(j->reason, sizeof j->reason, "auto%s: KVM present but unusable: %s; TCG", from,
-                  st.detail);
-        break;
-    default:
-        *out = NB_QEMU_ACCEL_TCG;
-        nb_vm_fmt(j->reason, sizeof j->reason, "auto%s: no KVM (%s); TCG", from, st.detail);
-        break;
-    }
-    return 0;
-}
-
-static void start_work(vm_job_t *jj)
-{
-    start_job_t *j = (start_job_t *)jj;
-    nb_vm_t *vm = jj->vm;
-    nb_vmm_t *m = vm->m;
-    nb_image_t img;
-    char idir[VM_PATH];
-    if (vm_find_binary("NILBOX_QEMU", "qemu-system-x86_64", j->qemu, sizeof j->qemu) < 0) {
-        jj->r = NB_EUNSUPPORTED;
-        nb_vm_fmt(jj->msg, sizeof jj->msg,
-                  "QEMU is missing (%s not found); install the Debian package qemu-system-x86",
-                  j->qemu);
-        return;
-    }
-    if (nb_image_dir(m->home, vm->spec.image, idir, sizeof idir) < 0 ||
-        (jj->r = nb_image_load(idir, &img)) == NB_ENOTFOUND) {
-        jj->r = NB_ENOTFOUND;
-        nb_vm_fmt(jj->msg, sizeof jj->msg,
-                  "image '%s' is not built; build it with 'nilbox image build %s'", vm->spec.image,
-                  vm->spec.image);
-        return;
-    }
-    if (jj->r < 0) {
-        nb_vm_fmt(jj->msg, sizeof jj->msg,
-                  "image '%s' is damaged (%s); rebuild it with 'nilbox image build %s --force'",
-                  vm->spec.image, nb_strerror(jj->r), vm->spec.image);
-        return;
-    }
-    if ((jj->r = vm_check_space(m, jj->msg, sizeof jj->msg)) < 0)
-        return;
-    if (img.disk[0] && access(vm->disk, R_OK | W_OK) < 0) {
-        jj->r = NB_ESTATE;
-        nb_vm_fmt(jj->msg, sizeof jj->msg,
-                  "the VM's disk %s is missing: %s; remove and create "
-                  "the VM again",
-                  vm->disk, strerror(errno));
-        return;
-    }
-    char parent[VM_PATH];
-    nb_vm_fmt(parent, sizeof parent, "%s/vms", m->runtime);
-    mkdir(parent, 0700);
-    if (mkdir(vm->rdir, 0700) < 0 && errno != EEXIST) {
-        jj->r = -errno;
-        nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot create %s: %s", vm->rdir, strerror(errno));
-        return;
-    }
-    nb_qemu_accel_t accel;
-    if ((jj->r = choose_accel(j, &accel)) < 0)
-        return;
-    struct stat lst;
-    j->log_off = stat(vm->qemu_log, &lst) == 0 ? (int64_t)lst.st_size : 0;
-    pthread_once(&tsc_once, measure_tsc);
-    /* A fresh key per boot: QEMU reads its copy once (fw_cfg, removed when
-     * QMP answers); ours stays 0600 in the runtime folder so that a
-     * restarted daemon can authenticate the agent again. */
-    randombytes_buf(j->key, sizeof j->key);
-    unlink(vm->fwcfg_key);
-    unlink(vm->pidfile);
-    unlink(vm->qmp_sock);
-    char old[VM_PATH + 8];
-    nb_vm_fmt(old, sizeof old, "%s.1", vm->console);
-    rename(vm->console, old); /* keep the previous boot's console */
-    if ((jj->r = nb_home_write_private(vm->keyfile, j->key, sizeof j->key)) < 0 ||
-        (jj->r = nb_qemu_write_key_file(vm->fwcfg_key, j->key, sizeof j->key)) < 0) {
-        nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot write the per-boot key in %s: %s", vm->rdir,
-                  nb_strerror(jj->r));
-        return;
-    }
-    nb_qemu_spec_t spec = {
-        .qemu = j->qemu,
-        .name = vm->spec.name,
-        .accel = accel,
-        .kvm_cpu = nb_kvm_cpu_model(),
-        .cpus = vm->spec.cpus,
-        .memory_mib = vm->spec.memory_mib,
-        .kernel = img.kernel,
-        .initrd = img.initrd[0] ? img.initrd : NULL,
-        .disk = img.disk[0] ? vm->disk : NULL,
-        .disk_is_root = img.disk_is_root,
-        .mux_socket = vm->mux_sock,
-        .key_file = vm->fwcfg_key,
-        .qmp_socket = vm->qmp_sock,
-        .console_log = vm->console,
-        .pidfile = vm->pidfile,
-        .tsc_khz = tsc_khz,
-    };
-    if ((jj->r = nb_qemu_build_argv(&spec, &j->argv)) < 0)
-        nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot build the QEMU command line (see the log)");
-}
+/* ------------------------------------------------------------ start */
 
 static void start_fail(nb_vm_t *vm, int r, const char *msg, nb_vmm_cb cb, void *ud)
 {
@@ -224,13 +45,13 @@ static void start_fail(nb_vm_t *vm, int r, const char *msg, nb_vmm_cb cb, void *
     nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "start failed: %s", msg ? msg : nb_strerror(r));
     if (vm->state == NB_VM_CRASHED && vm->spec.restart == NB_VM_RESTART_ON_FAILURE) {
         /* A restart attempt of the policy failed: count it, try again. */
-        vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
+        nb_vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
         schedule_restart(vm, "restart failed");
     }
     if (cb)
         cb(ud, r, msg, NULL);
-    vm_waiters_fire(vm, W_READY, r, msg);
-    vm_waiters_fire(vm, W_STARTED, r, msg);
+    nb_vm_waiters_fire(vm, W_READY, r, msg);
+    nb_vm_waiters_fire(vm, W_STARTED, r, msg);
 }
 
 /* "; QEMU said: \"LINE\" (in PATH)" for the last error line QEMU wrote
@@ -254,9 +75,9 @@ static void vm_halted(nb_vm_t *vm, const char *status)
     if (vm->state != NB_VM_STARTING || vm->halted[0])
         return;
     nb_vm_fmt(vm->halted, sizeof vm->halted, "QEMU stopped the guest (status %s)", status);
-    vm_progress(vm, "%s; stopping QEMU", vm->halted);
+    nb_vm_progress(vm, "%s; stopping QEMU", vm->halted);
     uv_timer_stop(&vm->status_timer);
-    vm_lc_stop(vm, 1, NULL, NULL);
+    nb_vm_stop(vm, 1, NULL, NULL);
 }
 
 static void on_status_reply(nb_qmp_t *q, int r, json_t *ret, json_t *err, void *data)
@@ -310,15 +131,15 @@ static void on_boot_timeout(uv_timer_t *t)
     nb_vm_fmt(msg, sizeof msg,
               "the agent did not connect within %u s; stopping the VM%s (see 'nilbox vm logs %s')",
               VM_BOOT_TIMEOUT_MS / 1000, said, vm->spec.name);
-    vm_progress(vm, "%s", msg);
+    nb_vm_progress(vm, "%s", msg);
     vm->boot_failed = 1;
-    vm_waiters_fire(vm, W_READY, NB_ETIMEOUT, msg);
-    vm_lc_stop(vm, 1, NULL, NULL);
+    nb_vm_waiters_fire(vm, W_READY, NB_ETIMEOUT, msg);
+    nb_vm_stop(vm, 1, NULL, NULL);
 }
 
-static void start_done(vm_job_t *jj)
+static void start_done(nb_vm_job_t *jj)
 {
-    start_job_t *j = (start_job_t *)jj;
+    nb_vm_boot_t *j = (nb_vm_boot_t *)jj;
     nb_vm_t *vm = jj->vm;
     nb_vmm_t *m = vm->m;
     int r = jj->r;
@@ -372,23 +193,23 @@ static void start_done(vm_job_t *jj)
               j->argv.accel == NB_QEMU_ACCEL_KVM ? "kvm" : "tcg");
     nb_vm_fmt(vm->machine, sizeof vm->machine, "%s",
               j->argv.machine == NB_QEMU_MACHINE_MICROVM ? "microvm" : "q35");
-    vm_set_state(vm, NB_VM_STARTING);
-    vm_db_set_want(vm, 1);
-    vm_emit(vm, "vm.starting",
-            json_pack("{s:i, s:s, s:s, s:s}", "pid", vm->pid, "accel", vm->accel, "machine",
-                      vm->machine, "accel_reason", vm->accel_reason));
-    vm_progress(vm, "QEMU started (pid %d, %s, %s, %u CPU, %u MiB)", vm->pid, vm->machine,
-                vm->accel, vm->spec.cpus, vm->spec.memory_mib);
-    vm_progress(vm, "accelerator %s: %s%s", vm->accel, vm->accel_reason,
-                j->argv.accel == NB_QEMU_ACCEL_KVM ? "" : " (slower than KVM)");
+    nb_vm_set_state(vm, NB_VM_STARTING);
+    nb_vm_db_set_want(vm, 1);
+    nb_vm_emit(vm, "vm.starting",
+               json_pack("{s:i, s:s, s:s, s:s}", "pid", vm->pid, "accel", vm->accel, "machine",
+                         vm->machine, "accel_reason", vm->accel_reason));
+    nb_vm_progress(vm, "QEMU started (pid %d, %s, %s, %u CPU, %u MiB)", vm->pid, vm->machine,
+                   vm->accel, vm->spec.cpus, vm->spec.memory_mib);
+    nb_vm_progress(vm, "accelerator %s: %s%s", vm->accel, vm->accel_reason,
+                   j->argv.accel == NB_QEMU_ACCEL_KVM ? "" : " (slower than KVM)");
     vm->qmp_deadline = uv_now(m->loop) + VM_QMP_CONNECT_MS;
     qmp_connect(vm);
     uv_timer_start(&vm->boot_timer, on_boot_timeout, VM_BOOT_TIMEOUT_MS, 0);
     uv_timer_start(&vm->status_timer, on_status_tick, VM_STATUS_POLL_MS, VM_STATUS_POLL_MS);
-    vm_waiters_fire(vm, W_STARTED, 0, NULL);
+    nb_vm_waiters_fire(vm, W_STARTED, 0, NULL);
     if (jj->cb) {
         if (j->wait) {
-            vm_waiter_add(vm, W_READY, 0, jj->cb, jj->ud);
+            nb_vm_waiter_add(vm, W_READY, 0, jj->cb, jj->ud);
         } else {
             json_t *res = nb_vm_json(vm, 0);
             jj->cb(jj->ud, 0, NULL, res);
@@ -396,19 +217,11 @@ static void start_done(vm_job_t *jj)
         }
     }
 out:
-    sodium_memzero(j->key, sizeof j->key);
-    nb_qemu_argv_free(&j->argv);
+    nb_vm_boot_cleanup(jj);
     free(j);
 }
 
-static void start_cleanup(vm_job_t *jj)
-{
-    start_job_t *j = (start_job_t *)jj;
-    sodium_memzero(j->key, sizeof j->key);
-    nb_qemu_argv_free(&j->argv);
-}
-
-void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
+void nb_vm_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
 {
     char msg[256];
     if (vm->state == NB_VM_STARTING || vm->state == NB_VM_RUNNING) {
@@ -418,7 +231,7 @@ void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
                 cb(ud, 0, NULL, res);
                 json_decref(res);
             } else {
-                vm_waiter_add(vm, W_READY, 0, cb, ud);
+                nb_vm_waiter_add(vm, W_READY, 0, cb, ud);
             }
             return;
         }
@@ -445,7 +258,7 @@ void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
         return;
     }
     uv_timer_stop(&vm->timer); /* a pending policy restart: this start replaces it */
-    start_job_t *j = calloc(1, sizeof *j);
+    nb_vm_boot_t *j = calloc(1, sizeof *j);
     if (!j) {
         if (cb)
             cb(ud, -ENOMEM, NULL, NULL);
@@ -453,7 +266,7 @@ void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
     }
     j->wait = wait;
     const char *src = NULL;
-    nb_vm_fmt(j->setting, sizeof j->setting, "%s", vm_accel_setting(vm, &src));
+    nb_vm_fmt(j->setting, sizeof j->setting, "%s", nb_vm_accel_setting(vm, &src));
     nb_vm_fmt(j->source, sizeof j->source, "%s", src);
     nb_vm_fmt(j->home, sizeof j->home, "%s", vm->m->home);
     j->fallback = vm->kvm_fallback;
@@ -461,11 +274,11 @@ void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
     vm->kvm_fallback = 0;
     j->j.cb = cb;
     j->j.ud = ud;
-    j->j.work = start_work;
+    j->j.work = nb_vm_boot_work;
     j->j.done = start_done;
-    j->j.cleanup = start_cleanup;
+    j->j.cleanup = nb_vm_boot_cleanup;
     vm->busy = "starting";
-    int r = vm_queue(vm, &j->j);
+    int r = nb_vm_queue(vm, &j->j);
     if (r < 0) {
         vm->busy = NULL;
         free(j);
@@ -497,7 +310,7 @@ static void on_qmp_ready(nb_qmp_t *q, int r, void *ud)
     if (vm->reattached)
         nb_qmp_command(q, "query-kvm", NULL, 0, on_kvm_reply, vm);
     else {
-        vm_progress(vm, "QMP connected (QEMU %s)", vm->qemu_version);
+        nb_vm_progress(vm, "QMP connected (QEMU %s)", vm->qemu_version);
         if (vm->state == NB_VM_STARTING)
             query_status(vm);
     }
@@ -564,14 +377,6 @@ static void qmp_connect(nb_vm_t *vm)
         vm->qmp = NULL;
 }
 
-int vm_lc_qmp(nb_vm_t *vm, const char *cmd, json_t *args, uint64_t timeout_ms, nb_qmp_reply_cb cb,
-              void *data)
-{
-    if (!vm->qmp || !nb_qmp_is_ready(vm->qmp))
-        return NB_ESTATE;
-    return nb_qmp_command(vm->qmp, cmd, args, timeout_ms, cb, data);
-}
-
 /* ------------------------------------------------------------ channel */
 
 static void chan_up(nb_vmchan_t *c, void *ud)
@@ -583,19 +388,19 @@ static void chan_up(nb_vmchan_t *c, void *ud)
         vm->ready_ms = nb_events_now_ms();
         /* Milliseconds are enough; keep the JSON short (4.13, not 4.1310000000000002). */
         vm->boot_secs = (double)((uv_now(vm->m->loop) - vm->boot_t0) / 10) / 100.0;
-        vm_set_state(vm, NB_VM_RUNNING);
-        vm_progress(vm, "agent ready after %.1f s", vm->boot_secs);
-        vm_emit(vm, "vm.running",
-                json_pack("{s:f, s:s, s:i}", "boot_secs", vm->boot_secs, "accel", vm->accel, "pid",
-                          vm->pid));
+        nb_vm_set_state(vm, NB_VM_RUNNING);
+        nb_vm_progress(vm, "agent ready after %.1f s", vm->boot_secs);
+        nb_vm_emit(vm, "vm.running",
+                   json_pack("{s:f, s:s, s:i}", "boot_secs", vm->boot_secs, "accel", vm->accel,
+                             "pid", vm->pid));
     } else {
-        vm_emit(vm, "vm.agent", json_pack("{s:b}", "connected", 1));
+        nb_vm_emit(vm, "vm.agent", json_pack("{s:b}", "connected", 1));
     }
     /* The guest's CA and environment (egress/guestsvc.c, in the background). */
     nb_daemon_t *d = vm->m->d;
     if (d->guest.on_agent_up)
         d->guest.on_agent_up(d->guest.ud, vm->spec.name);
-    vm_waiters_fire(vm, W_READY, 0, NULL);
+    nb_vm_waiters_fire(vm, W_READY, 0, NULL);
 }
 
 static void chan_down(nb_vmchan_t *c, int err, const char *reason, void *ud)
@@ -604,7 +409,7 @@ static void chan_down(nb_vmchan_t *c, int err, const char *reason, void *ud)
     int was = vm->agent_up;
     vm->agent_up = 0;
     if (was && vm->state == NB_VM_RUNNING)
-        vm_emit(vm, "vm.agent", json_pack("{s:b, s:s}", "connected", 0, "reason", reason));
+        nb_vm_emit(vm, "vm.agent", json_pack("{s:b, s:s}", "connected", 0, "reason", reason));
     else if (!was)
         nb_log(NB_LOG_WARN, "vm %s: channel handshake failed: %s", vm->spec.name, reason);
 }
@@ -669,24 +474,24 @@ static void teardown(nb_vm_t *vm, int keep_runtime)
  * it did. */
 static int kvm_fallback(nb_vm_t *vm, const char *failure, const char *line)
 {
-    const char *setting = vm_accel_setting(vm, NULL);
+    const char *setting = nb_vm_accel_setting(vm, NULL);
     if (strcmp(setting, "auto") != 0 || strcmp(vm->accel, "kvm") != 0 || vm->reattached)
         return 0;
     nb_vm_fmt(vm->kvm_error, sizeof vm->kvm_error, "%s", line[0] ? line : failure);
     vm->kvm_fallback = 1;
-    vm_progress(vm, "KVM failed (%s%s%s); starting again under TCG", failure, line[0] ? ": " : "",
-                line);
-    vm_emit(vm, "vm.restarting",
-            json_pack("{s:s, s:s}", "reason", "KVM failed: starting again under TCG", "error",
-                      vm->kvm_error));
-    vm_set_state(vm, NB_VM_STOPPED);
-    vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+    nb_vm_progress(vm, "KVM failed (%s%s%s); starting again under TCG", failure,
+                   line[0] ? ": " : "", line);
+    nb_vm_emit(vm, "vm.restarting",
+               json_pack("{s:s, s:s}", "reason", "KVM failed: starting again under TCG", "error",
+                         vm->kvm_error));
+    nb_vm_set_state(vm, NB_VM_STOPPED);
+    nb_vm_waiters_fire(vm, W_STOPPED, 0, NULL);
     /* W_READY waiters (start --wait) stay: the TCG boot answers them. */
-    vm_lc_start(vm, 0, NULL, NULL);
+    nb_vm_start(vm, 0, NULL, NULL);
     return 1;
 }
 
-void vm_exited(nb_vm_t *vm, const char *how)
+static void vm_exited(nb_vm_t *vm, const char *how)
 {
     if (vm->exited)
         return;
@@ -733,11 +538,11 @@ void vm_exited(nb_vm_t *vm, const char *how)
     if (halted[0]) {
         vm->boot_failed = 0;
         nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "%s%s", halted, said);
-        vm_set_state(vm, NB_VM_CRASHED);
-        vm_db_set_want(vm, 0);
-        vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
-        vm_waiters_fire(vm, W_READY, NB_ESTATE, vm->last_exit);
-        vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+        nb_vm_set_state(vm, NB_VM_CRASHED);
+        nb_vm_db_set_want(vm, 0);
+        nb_vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
+        nb_vm_waiters_fire(vm, W_READY, NB_ESTATE, vm->last_exit);
+        nb_vm_waiters_fire(vm, W_STOPPED, 0, NULL);
         return;
     }
     if (vm->boot_failed) {
@@ -747,45 +552,45 @@ void vm_exited(nb_vm_t *vm, const char *how)
         nb_vm_fmt(vm->last_exit, sizeof vm->last_exit,
                   "boot timeout: the agent did not connect within %u s%s",
                   VM_BOOT_TIMEOUT_MS / 1000, said);
-        vm_set_state(vm, NB_VM_CRASHED);
-        vm_db_set_want(vm, 0);
-        vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
-        vm_waiters_fire(vm, W_READY, NB_ETIMEOUT, vm->last_exit);
-        vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+        nb_vm_set_state(vm, NB_VM_CRASHED);
+        nb_vm_db_set_want(vm, 0);
+        nb_vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
+        nb_vm_waiters_fire(vm, W_READY, NB_ETIMEOUT, vm->last_exit);
+        nb_vm_waiters_fire(vm, W_STOPPED, 0, NULL);
         return;
     }
     if (stop_req || !strcmp(reason, "guest-shutdown")) {
-        vm_set_state(vm, NB_VM_STOPPED);
+        nb_vm_set_state(vm, NB_VM_STOPPED);
         if (!restart)
-            vm_db_set_want(vm, 0);
-        vm_emit(vm, "vm.stopped",
-                json_pack("{s:s, s:s}", "reason",
-                          stop_req ? "stop request" : "the guest powered off", "last_exit",
-                          vm->last_exit));
+            nb_vm_db_set_want(vm, 0);
+        nb_vm_emit(vm, "vm.stopped",
+                   json_pack("{s:s, s:s}", "reason",
+                             stop_req ? "stop request" : "the guest powered off", "last_exit",
+                             vm->last_exit));
         if (!restart) /* a restart's waiters wait for the next boot */
-            vm_waiters_fire(vm, W_READY, NB_ESTATE, "the VM stopped before its agent was ready");
-        vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+            nb_vm_waiters_fire(vm, W_READY, NB_ESTATE, "the VM stopped before its agent was ready");
+        nb_vm_waiters_fire(vm, W_STOPPED, 0, NULL);
         if (restart)
-            vm_lc_start(vm, 0, NULL, NULL);
+            nb_vm_start(vm, 0, NULL, NULL);
         return;
     }
-    vm_set_state(vm, NB_VM_CRASHED);
+    nb_vm_set_state(vm, NB_VM_CRASHED);
     if (!strcmp(reason, "guest-reset")) {
-        vm_emit(vm, "vm.restarting", json_pack("{s:s}", "reason", "the guest rebooted"));
-        vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+        nb_vm_emit(vm, "vm.restarting", json_pack("{s:s}", "reason", "the guest rebooted"));
+        nb_vm_waiters_fire(vm, W_STOPPED, 0, NULL);
         schedule_restart(vm, "guest reboot");
         return;
     }
     char msg[900];
     nb_vm_fmt(msg, sizeof msg, "the VM crashed: %s", vm->last_exit);
     nb_log(NB_LOG_WARN, "vm %s: %s", vm->spec.name, msg);
-    vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
-    vm_waiters_fire(vm, W_READY, NB_ESTATE, msg);
-    vm_waiters_fire(vm, W_STOPPED, 0, NULL);
+    nb_vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
+    nb_vm_waiters_fire(vm, W_READY, NB_ESTATE, msg);
+    nb_vm_waiters_fire(vm, W_STOPPED, 0, NULL);
     if (vm->spec.restart == NB_VM_RESTART_ON_FAILURE)
         schedule_restart(vm, "restart policy on-failure");
     else
-        vm_db_set_want(vm, 0);
+        nb_vm_db_set_want(vm, 0);
 }
 
 static void on_restart_timer(uv_timer_t *t)
@@ -794,8 +599,8 @@ static void on_restart_timer(uv_timer_t *t)
     vm->restart_at_ms = 0;
     if (vm->state != NB_VM_CRASHED)
         return;
-    vm_progress(vm, "restarting (attempt %d)", vm->failures);
-    vm_lc_start(vm, 0, NULL, NULL);
+    nb_vm_progress(vm, "restarting (attempt %d)", vm->failures);
+    nb_vm_start(vm, 0, NULL, NULL);
 }
 
 static void schedule_restart(nb_vm_t *vm, const char *why)
@@ -803,9 +608,9 @@ static void schedule_restart(nb_vm_t *vm, const char *why)
     if (vm->failures >= VM_RESTART_MAX_TRIES) {
         nb_log(NB_LOG_WARN, "vm %s: %d failed starts in a row; giving up", vm->spec.name,
                vm->failures);
-        vm_emit(vm, "vm.restart_gave_up", json_pack("{s:i}", "failures", vm->failures));
+        nb_vm_emit(vm, "vm.restart_gave_up", json_pack("{s:i}", "failures", vm->failures));
         vm->restart_at_ms = 0;
-        vm_db_set_want(vm, 0);
+        nb_vm_db_set_want(vm, 0);
         return;
     }
     uint64_t delay = VM_RESTART_BACKOFF_MS;
@@ -815,9 +620,9 @@ static void schedule_restart(nb_vm_t *vm, const char *why)
         delay = VM_RESTART_BACKOFF_MAX_MS;
     vm->failures++;
     vm->restart_at_ms = nb_events_now_ms() + (int64_t)delay;
-    vm_emit(vm, "vm.restarting",
-            json_pack("{s:s, s:I, s:i}", "reason", why, "delay_ms", (json_int_t)delay, "attempt",
-                      vm->failures));
+    nb_vm_emit(vm, "vm.restarting",
+               json_pack("{s:s, s:I, s:i}", "reason", why, "delay_ms", (json_int_t)delay, "attempt",
+                         vm->failures));
     vm->timer.data = vm;
     uv_timer_start(&vm->timer, on_restart_timer, delay, 0);
 }
@@ -830,7 +635,7 @@ static void on_pidfd(uv_poll_t *p, int status, int events)
     vm_exited(vm, "exited");
 }
 
-void vm_lc_reattach(nb_vm_t *vm)
+void nb_vm_reattach(nb_vm_t *vm)
 {
     nb_vmm_t *m = vm->m;
     int pid = 0;
@@ -839,12 +644,12 @@ void vm_lc_reattach(nb_vm_t *vm)
         teardown(vm, 0);
         if (vm->want_running) {
             nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "QEMU was gone when nilboxd started");
-            vm_set_state(vm, NB_VM_CRASHED);
-            vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
+            nb_vm_set_state(vm, NB_VM_CRASHED);
+            nb_vm_emit(vm, "vm.crashed", json_pack("{s:s}", "last_exit", vm->last_exit));
             if (vm->spec.restart == NB_VM_RESTART_ON_FAILURE)
                 schedule_restart(vm, "restart policy on-failure");
             else
-                vm_db_set_want(vm, 0);
+                nb_vm_db_set_want(vm, 0);
         }
         return;
     }
@@ -889,15 +694,15 @@ void vm_lc_reattach(nb_vm_t *vm)
         close(vm->pidfd);
         vm->pidfd = -1;
     }
-    vm_set_state(vm, NB_VM_RUNNING);
-    vm_db_set_want(vm, 1);
+    nb_vm_set_state(vm, NB_VM_RUNNING);
+    nb_vm_db_set_want(vm, 1);
     vm->qmp_deadline = uv_now(m->loop) + VM_QMP_CONNECT_MS;
     qmp_connect(vm);
     nb_log(NB_LOG_NOTICE, "vm %s: re-attached to QEMU pid %d", vm->spec.name, pid);
-    vm_emit(vm, "vm.reattached", json_pack("{s:i}", "pid", pid));
+    nb_vm_emit(vm, "vm.reattached", json_pack("{s:i}", "pid", pid));
 }
 
-void vm_lc_poll(nb_vm_t *vm)
+void nb_vm_poll(nb_vm_t *vm)
 {
     /* Re-attached QEMU without a pidfd: poll its pid. */
     if (vm->pid && !vm->is_child && vm->pidfd < 0 && !vm->exited && kill(vm->pid, 0) < 0 &&
@@ -905,8 +710,121 @@ void vm_lc_poll(nb_vm_t *vm)
         vm_exited(vm, "exited");
 }
 
-void vm_lc_detach(nb_vm_t *vm)
+void nb_vm_detach(nb_vm_t *vm)
 {
     teardown(vm, 1);
-    vm_waiters_fire(vm, 0, NB_ECLOSED, "the daemon is stopping");
+    nb_vm_waiters_fire(vm, 0, NB_ECLOSED, "the daemon is stopping");
+}
+
+/* ------------------------------------------------------------ stop */
+
+static void on_step_timer(uv_timer_t *t)
+{
+    nb_vm_t *vm = t->data;
+    if (vm->state != NB_VM_STOPPING || vm->exited)
+        return;
+    if (vm->stop_step == STOP_KILL || vm->stop_step == STOP_WAIT) {
+        if (vm->pid && kill(vm->pid, 0) < 0 && errno == ESRCH) {
+            vm_exited(vm, "killed");
+            return;
+        }
+        nb_log(NB_LOG_ERR, "vm %s: QEMU (pid %d) survives SIGKILL; still waiting", vm->spec.name,
+               vm->pid);
+        vm->stop_step = STOP_WAIT;
+        uv_timer_start(&vm->timer, on_step_timer, 1000, 0);
+        return;
+    }
+    nb_log(NB_LOG_INFO, "vm %s: stop step %d timed out", vm->spec.name, vm->stop_step);
+    run_step(vm, vm->stop_step + 1);
+}
+
+static void on_poweroff_done(void *ud, int r, json_t *res, int exit_code)
+{
+    nb_vm_t *vm = ud;
+    if (vm->exited || vm->stop_step != STOP_AGENT)
+        return;
+    if (r < 0 || !json_is_true(json_object_get(res, "ok"))) {
+        nb_log(NB_LOG_INFO, "vm %s: agent poweroff failed (%s); trying ACPI", vm->spec.name,
+               nb_strerror(r));
+        run_step(vm, STOP_ACPI);
+    }
+}
+
+static void on_stop_reply(nb_qmp_t *q, int r, json_t *ret, json_t *err, void *data)
+{
+    if (r < 0)
+        nb_log(NB_LOG_DEBUG, "QMP stop command: %s", nb_strerror(r));
+}
+
+static void run_step(nb_vm_t *vm, int step)
+{
+    vm->stop_step = step;
+    vm->timer.data = vm;
+    switch (step) {
+    case STOP_AGENT: {
+        json_t *args = json_pack("{s:s}", "call", "poweroff");
+        int r = nb_vmchan_ctl(vm->chan, args, VM_STOP_AGENT_MS, on_poweroff_done, vm);
+        json_decref(args);
+        if (r < 0) {
+            run_step(vm, STOP_ACPI);
+            return;
+        }
+        uv_timer_start(&vm->timer, on_step_timer, VM_STOP_AGENT_MS, 0);
+        return;
+    }
+    case STOP_ACPI:
+        if (nb_vm_qmp(vm, "system_powerdown", NULL, 0, on_stop_reply, vm) < 0) {
+            run_step(vm, STOP_QUIT);
+            return;
+        }
+        uv_timer_start(&vm->timer, on_step_timer, VM_STOP_ACPI_MS, 0);
+        return;
+    case STOP_QUIT:
+        if (nb_vm_qmp(vm, "quit", NULL, 0, on_stop_reply, vm) < 0) {
+            run_step(vm, STOP_KILL);
+            return;
+        }
+        uv_timer_start(&vm->timer, on_step_timer, VM_STOP_QUIT_MS, 0);
+        return;
+    default:
+        vm->stop_step = STOP_KILL;
+        if (vm->pid > 1) {
+            nb_log(NB_LOG_WARN, "vm %s: killing QEMU (pid %d)", vm->spec.name, vm->pid);
+            kill(vm->pid, SIGKILL);
+        }
+        uv_timer_start(&vm->timer, on_step_timer, VM_STOP_KILL_MS, 0);
+        return;
+    }
+}
+
+void nb_vm_stop(nb_vm_t *vm, int force, nb_vmm_cb cb, void *ud)
+{
+    if (vm->state == NB_VM_STOPPED || (vm->state == NB_VM_CRASHED && !vm->pid)) {
+        if (vm->state == NB_VM_CRASHED) {
+            uv_timer_stop(&vm->timer);
+            vm->restart_at_ms = 0;
+            nb_vm_set_state(vm, NB_VM_STOPPED);
+            nb_vm_db_set_want(vm, 0);
+            nb_vm_emit(vm, "vm.stopped",
+                       json_pack("{s:s}", "reason", "stop request (was crashed)"));
+        }
+        if (cb) {
+            json_t *res = nb_vm_json(vm, 0);
+            cb(ud, 0, NULL, res);
+            json_decref(res);
+        }
+        return;
+    }
+    if (cb)
+        nb_vm_waiter_add(vm, W_STOPPED, 0, cb, ud);
+    if (vm->state == NB_VM_STOPPING) {
+        if (force && vm->stop_step < STOP_QUIT)
+            run_step(vm, STOP_QUIT);
+        return;
+    }
+    vm->stop_requested = 1;
+    uv_timer_stop(&vm->boot_timer);
+    nb_vm_set_state(vm, NB_VM_STOPPING);
+    nb_vm_emit(vm, "vm.stopping", json_pack("{s:b}", "force", force));
+    run_step(vm, force ? STOP_QUIT : nb_vm_session(vm) ? STOP_AGENT : STOP_ACPI);
 }

@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "daemon/vm/image.h"
-#include "daemon/vm/vmint.h"
+#include "daemon/vm/manager_int.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -22,7 +22,7 @@
 #define OUT_MAX (64 * 1024)
 
 typedef struct {
-    vm_job_t j; /* first */
+    nb_vm_job_t j; /* first */
     int op;
     char snap[NB_VM_SNAP_MAX + 1];
     uint64_t bytes, old_bytes;
@@ -42,9 +42,9 @@ static void reply(nb_vmm_cb cb, void *ud, int r, const char *msg, json_t *res)
 
 /* ------------------------------------------------------------ qemu-img */
 
-static int qimg(vm_job_t *j, char *path, size_t pathsz)
+static int qimg(nb_vm_job_t *j, char *path, size_t pathsz)
 {
-    if (vm_find_binary("NILBOX_QEMU_IMG", "qemu-img", path, pathsz) < 0) {
+    if (nb_vm_find_binary("NILBOX_QEMU_IMG", "qemu-img", path, pathsz) < 0) {
         nb_vm_fmt(j->msg, sizeof j->msg,
                   "qemu-img is missing; install the Debian package "
                   "qemu-utils");
@@ -57,7 +57,7 @@ static int qimg(vm_job_t *j, char *path, size_t pathsz)
 static int info(snap_job_t *s, const char *qi)
 {
     const char *argv[] = {qi, "info", "-U", "--output=json", s->j.vm->disk, NULL};
-    int r = vm_run_cmd(argv, s->out, sizeof s->out);
+    int r = nb_vm_run_cmd(argv, s->out, sizeof s->out);
     if (r != 0) {
         nb_vm_fmt(s->j.msg, sizeof s->j.msg, "qemu-img info failed: %.300s", s->out);
         return s->j.r = NB_EINTERNAL;
@@ -79,7 +79,7 @@ static int has_snapshot(const char *info_json, const char *name)
     return found;
 }
 
-static void snap_work(vm_job_t *j)
+static void snap_work(nb_vm_job_t *j)
 {
     snap_job_t *s = (snap_job_t *)j;
     char qi[VM_PATH];
@@ -106,11 +106,11 @@ static void snap_work(vm_job_t *j)
     }
     const char *flag = s->op == NB_VM_SNAP_SAVE ? "-c" : s->op == NB_VM_SNAP_RESTORE ? "-a" : "-d";
     const char *argv[] = {qi, "snapshot", flag, s->snap, j->vm->disk, NULL};
-    int r = vm_run_cmd(argv, s->out, sizeof s->out);
+    int r = nb_vm_run_cmd(argv, s->out, sizeof s->out);
     if (r != 0) {
         nb_vm_fmt(j->msg, sizeof j->msg, "qemu-img snapshot %s failed: %.300s", flag, s->out);
         j->r = NB_EINTERNAL;
-        if (vm_check_space(j->vm->m, j->msg, sizeof j->msg) < 0)
+        if (nb_vm_check_space(j->vm->m, j->msg, sizeof j->msg) < 0)
             j->r = -ENOSPC;
     }
 }
@@ -136,7 +136,7 @@ static json_t *list_json(const char *info_json)
     return json_pack("{s:o}", "snapshots", arr ? arr : json_array());
 }
 
-static void snap_done(vm_job_t *j)
+static void snap_done(nb_vm_job_t *j)
 {
     snap_job_t *s = (snap_job_t *)j;
     nb_vm_t *vm = j->vm;
@@ -148,7 +148,7 @@ static void snap_done(vm_job_t *j)
         reply(j->cb, j->ud, 0, NULL, res);
         json_decref(res);
     } else {
-        vm_emit(
+        nb_vm_emit(
             vm, "vm.snapshot",
             json_pack("{s:s, s:s, s:b}", "action", op_name(s->op), "snapshot", s->snap, "live", 0));
         json_t *res = json_pack("{s:s, s:s}", "snapshot", s->snap, "action", op_name(s->op));
@@ -174,7 +174,7 @@ static void live_finish(live_t *l, int r, const char *msg)
     nb_vm_t *vm = l->vm;
     vm->busy = NULL;
     if (r == 0) {
-        vm_emit(
+        nb_vm_emit(
             vm, "vm.snapshot",
             json_pack("{s:s, s:s, s:b}", "action", op_name(l->op), "snapshot", l->snap, "live", 1));
         json_t *res = json_pack("{s:s, s:s}", "snapshot", l->snap, "action", op_name(l->op));
@@ -220,7 +220,7 @@ static void live_qmp(live_t *l)
         return;
     }
     json_t *args = json_pack("{s:s, s:s}", "device", "disk0", "name", l->snap);
-    int r = vm_lc_qmp(vm,
+    int r = nb_vm_qmp(vm,
                       l->op == NB_VM_SNAP_SAVE ? "blockdev-snapshot-internal-sync"
                                                : "blockdev-snapshot-delete-internal-sync",
                       args, 60000, on_live_reply, l);
@@ -240,7 +240,7 @@ static void on_sync_done(void *ud, int r, json_t *res, int exit_code)
 
 /* ------------------------------------------------------------ entry points */
 
-void vm_snap_op(nb_vm_t *vm, nb_vm_snap_op_t op, const char *snap, nb_vmm_cb cb, void *ud)
+void nb_vm_snapshot(nb_vm_t *vm, nb_vm_snap_op_t op, const char *snap, nb_vmm_cb cb, void *ud)
 {
     char msg[256];
     if (op != NB_VM_SNAP_LIST && !nb_vm_valid_snapshot(snap)) {
@@ -302,7 +302,7 @@ void vm_snap_op(nb_vm_t *vm, nb_vm_snap_op_t op, const char *snap, nb_vmm_cb cb,
     s->j.done = snap_done;
     if (op != NB_VM_SNAP_LIST)
         vm->busy = "snapshot";
-    int r = vm_queue(vm, &s->j);
+    int r = nb_vm_queue(vm, &s->j);
     if (r < 0) {
         vm->busy = NULL;
         free(s);
@@ -310,7 +310,7 @@ void vm_snap_op(nb_vm_t *vm, nb_vm_snap_op_t op, const char *snap, nb_vmm_cb cb,
     }
 }
 
-static void resize_work(vm_job_t *j)
+static void resize_work(nb_vm_job_t *j)
 {
     snap_job_t *s = (snap_job_t *)j;
     char qi[VM_PATH];
@@ -332,12 +332,12 @@ static void resize_work(vm_job_t *j)
         return;
     if ((j->r = nb_image_disk_resize(qi, j->vm->disk, s->bytes)) < 0) {
         nb_vm_fmt(j->msg, sizeof j->msg, "qemu-img resize failed: %s", nb_strerror(j->r));
-        if (vm_check_space(j->vm->m, j->msg, sizeof j->msg) < 0)
+        if (nb_vm_check_space(j->vm->m, j->msg, sizeof j->msg) < 0)
             j->r = -ENOSPC;
     }
 }
 
-static void resize_done(vm_job_t *j)
+static void resize_done(nb_vm_job_t *j)
 {
     snap_job_t *s = (snap_job_t *)j;
     nb_vm_t *vm = j->vm;
@@ -348,18 +348,18 @@ static void resize_done(vm_job_t *j)
         return;
     }
     vm->spec.disk_bytes = s->bytes;
-    vm_db_update(vm);
+    nb_vm_db_update(vm);
     if (s->bytes != s->old_bytes)
-        vm_emit(vm, "vm.resized",
-                json_pack("{s:I, s:I}", "from_bytes", (json_int_t)s->old_bytes, "to_bytes",
-                          (json_int_t)s->bytes));
+        nb_vm_emit(vm, "vm.resized",
+                   json_pack("{s:I, s:I}", "from_bytes", (json_int_t)s->old_bytes, "to_bytes",
+                             (json_int_t)s->bytes));
     json_t *res = nb_vm_json(vm, 0);
     reply(j->cb, j->ud, 0, NULL, res);
     json_decref(res);
     free(j);
 }
 
-void vm_snap_resize(nb_vm_t *vm, uint64_t bytes, nb_vmm_cb cb, void *ud)
+void nb_vm_resize(nb_vm_t *vm, uint64_t bytes, nb_vmm_cb cb, void *ud)
 {
     char msg[256];
     if (!stopped(vm)) {
@@ -390,7 +390,7 @@ void vm_snap_resize(nb_vm_t *vm, uint64_t bytes, nb_vmm_cb cb, void *ud)
     s->j.work = resize_work;
     s->j.done = resize_done;
     vm->busy = "resize";
-    int r = vm_queue(vm, &s->j);
+    int r = nb_vm_queue(vm, &s->j);
     if (r < 0) {
         vm->busy = NULL;
         free(s);

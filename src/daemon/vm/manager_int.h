@@ -1,14 +1,20 @@
-/* Internals of the VM manager shared by manager.c (table, rows, create,
- * remove, waiters), lifecycle.c (start, stop, exit, re-attach, restart
- * policy) and snapshot.c (resize, snapshots). Not for other modules. */
-#ifndef NB_VM_VMINT_H
-#define NB_VM_VMINT_H
+/* Internals of the VM manager (manager.h), for vm/ only. Calls between its
+ * files point down, never back:
+ *   manager.c   the public nb_vmm_* API and the table (load, create, remove)
+ *   lifecycle.c the start / stop / exit / restart / re-attach state machine
+ *   snapshot.c  resize and snapshots          boot.c  a start's pool half
+ *   vm.c        one VM: JSON, events, waiters, its row, pool jobs, helpers
+ *   session.c   the guest channel (session.h)
+ * manager -> lifecycle -> boot -> vm -> session; manager, snapshot -> vm. */
+#ifndef NB_VM_MANAGER_INT_H
+#define NB_VM_MANAGER_INT_H
 
 #include <limits.h>
 #include <stdint.h>
 #include <uv.h>
 
 #include "daemon/events.h"
+#include "lib/mux.h"
 #include "daemon/vm/manager.h"
 #include "daemon/vm/qemu.h"
 #include "daemon/vm/qmp.h"
@@ -112,9 +118,6 @@ struct nb_vmm {
     uv_loop_t *loop;
     nb_vm_t *vms;
     char home[VM_PATH], runtime[VM_PATH];
-    char qemu[VM_PATH], qemu_img[VM_PATH]; /* binaries ("" until resolved) */
-    unsigned tsc_khz;
-    int tsc_done;
     nb_qemu_accel_t accel_default; /* NILBOX_ACCEL */
     uint64_t min_free_bytes;
     uv_timer_t tick; /* waiter deadlines */
@@ -122,73 +125,83 @@ struct nb_vmm {
     int pending_closes;
 };
 
-/* manager.c */
+/* vm.c */
 /* Allocates a VM (paths, timers) and links it into the table. NULL with *r
  * (and a sentence in msg) on failure. */
-nb_vm_t *vm_alloc(nb_vmm_t *m, const nb_vm_spec_t *spec, char *msg, size_t msgsz, int *r);
+nb_vm_t *nb_vm_alloc(nb_vmm_t *m, const nb_vm_spec_t *spec, char *msg, size_t msgsz, int *r);
 /* Unlinks the VM from the table, fails its waiters and frees it once its
  * timers closed. The lifecycle state must be torn down already. */
-void vm_destroy(nb_vm_t *vm);
+void nb_vm_destroy(nb_vm_t *vm);
 /* One statement on the VM's row: ?1 name, with `full` also ?2..?8 (image,
  * cpus, memory, disk, restart, want_running, created). 0, NB_EEXIST or
  * NB_EINTERNAL. */
-int vm_db_exec(nb_vmm_t *m, const char *sql, nb_vm_t *vm, int full);
-void vm_emit(nb_vm_t *vm, const char *type, json_t *fields);
-void vm_progress(nb_vm_t *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void vm_set_state(nb_vm_t *vm, nb_vm_state_t s);
-int vm_db_set_want(nb_vm_t *vm, int want);
-int vm_db_update(nb_vm_t *vm);
-void vm_waiters_fire(nb_vm_t *vm, int kind, int r, const char *msg);
-void vm_waiter_add(nb_vm_t *vm, int kind, uint64_t timeout_ms, nb_vmm_cb cb, void *ud);
-int vm_check_space(nb_vmm_t *m, char *msg, size_t msgsz);
+int nb_vm_db_exec(nb_vmm_t *m, const char *sql, nb_vm_t *vm, int full);
+void nb_vm_emit(nb_vm_t *vm, const char *type, json_t *fields);
+void nb_vm_progress(nb_vm_t *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void nb_vm_set_state(nb_vm_t *vm, nb_vm_state_t s);
+int nb_vm_db_set_want(nb_vm_t *vm, int want);
+int nb_vm_db_update(nb_vm_t *vm);
+void nb_vm_waiters_fire(nb_vm_t *vm, int kind, int r, const char *msg);
+void nb_vm_waiter_add(nb_vm_t *vm, int kind, uint64_t timeout_ms, nb_vmm_cb cb, void *ud);
+int nb_vm_check_space(nb_vmm_t *m, char *msg, size_t msgsz);
 /* The VM's accelerator setting ("auto"/"kvm"/"tcg") and where it comes from
  * ("vm", "NILBOX_ACCEL" or "default"). */
-const char *vm_accel_setting(const nb_vm_t *vm, const char **source);
-/* 1 (and a sentence in msg) when `kvm` cannot work here: no usable KVM
- * device. Quick (an open()). */
-int vm_kvm_refused(char *msg, size_t msgsz);
-int vm_find_binary(const char *env, const char *name, char *out, size_t outsz);
+const char *nb_vm_accel_setting(const nb_vm_t *vm, const char **source);
+int nb_vm_find_binary(const char *env, const char *name, char *out, size_t outsz);
+/* A QMP command on the VM's monitor; NB_ESTATE when it is not connected. */
+int nb_vm_qmp(nb_vm_t *vm, const char *cmd, json_t *args, uint64_t timeout_ms, nb_qmp_reply_cb cb,
+              void *data);
 /* Runs `work` on the thread pool and `done` on the loop; `job` is the
  * first member of the caller's struct. */
-typedef struct vm_job vm_job_t;
-struct vm_job {
+typedef struct nb_vm_job nb_vm_job_t;
+struct nb_vm_job {
     uv_work_t w;
     nb_vm_t *vm;
     nb_vmm_cb cb;
     void *ud;
     int r;
     char msg[512];
-    void (*work)(vm_job_t *j);
-    void (*done)(vm_job_t *j);    /* frees the job */
-    void (*cleanup)(vm_job_t *j); /* optional: run instead of done when the manager is gone */
+    void (*work)(nb_vm_job_t *j);
+    void (*done)(nb_vm_job_t *j);    /* frees the job */
+    void (*cleanup)(nb_vm_job_t *j); /* optional: run instead of done when the manager is gone */
 };
 /* `done` frees the job. When the manager is freed meanwhile, `done` is
  * skipped: `cb` gets NB_ECLOSED, `cleanup` runs and the job is free()d. */
-int vm_queue(nb_vm_t *vm, vm_job_t *j);
+int nb_vm_queue(nb_vm_t *vm, nb_vm_job_t *j);
 /* Runs argv (NULL-terminated) and waits; output (stdout+stderr, capped)
  * into `out`. Returns the exit status, or -errno. Pool threads only. */
-int vm_run_cmd(const char *const *argv, char *out, size_t outsz);
+int nb_vm_run_cmd(const char *const *argv, char *out, size_t outsz);
 
-/* ops.c: create / remove entry points are nb_vmm_create / nb_vmm_remove */
+/* boot.c: a start job. `work` fills key, argv, reason and log_off from the
+ * inputs (or j.r and j.msg); `cleanup` wipes the key and frees argv. */
+typedef struct {
+    nb_vm_job_t j; /* first */
+    int wait;
+    uint8_t key[NB_MUX_KEY_LEN];
+    nb_qemu_argv_t argv;
+    char qemu[VM_PATH];
+    /* in: copied on the loop thread */
+    char home[VM_PATH], setting[8], source[16];
+    int fallback;        /* auto, and KVM just failed: TCG, and record it */
+    char kvm_error[300]; /* that failure */
+    /* out */
+    char reason[320];
+    int64_t log_off;
+} nb_vm_boot_t;
+void nb_vm_boot_work(nb_vm_job_t *jj);
+void nb_vm_boot_cleanup(nb_vm_job_t *jj);
 
 /* lifecycle.c */
-void vm_lc_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud);
-/* QEMU is gone (`how`: "exit status 0", "killed by signal 9"...): tears
- * the boot down and decides the next state (stopped, crashed, restart). */
-void vm_exited(nb_vm_t *vm, const char *how);
-
-/* stop.c */
-void vm_lc_stop(nb_vm_t *vm, int force, nb_vmm_cb cb, void *ud);
-void vm_lc_reattach(nb_vm_t *vm);
+void nb_vm_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud);
+void nb_vm_stop(nb_vm_t *vm, int force, nb_vmm_cb cb, void *ud);
+void nb_vm_reattach(nb_vm_t *vm);
 /* Exit check for a re-attached QEMU that has no pidfd (manager tick). */
-void vm_lc_poll(nb_vm_t *vm);
+void nb_vm_poll(nb_vm_t *vm);
 /* Drops the runtime state without touching QEMU (daemon shutdown). */
-void vm_lc_detach(nb_vm_t *vm);
-int vm_lc_qmp(nb_vm_t *vm, const char *cmd, json_t *args, uint64_t timeout_ms, nb_qmp_reply_cb cb,
-              void *data);
+void nb_vm_detach(nb_vm_t *vm);
 
 /* snapshot.c */
-void vm_snap_resize(nb_vm_t *vm, uint64_t bytes, nb_vmm_cb cb, void *ud);
-void vm_snap_op(nb_vm_t *vm, nb_vm_snap_op_t op, const char *snap, nb_vmm_cb cb, void *ud);
+void nb_vm_resize(nb_vm_t *vm, uint64_t bytes, nb_vmm_cb cb, void *ud);
+void nb_vm_snapshot(nb_vm_t *vm, nb_vm_snap_op_t op, const char *snap, nb_vmm_cb cb, void *ud);
 
 #endif
