@@ -1,7 +1,11 @@
-/* The daemon's shared state: one nb_daemon_t per nilboxd process, owned by
- * main.c and handed to every API handler (nb_api_ctx_t.d). Modules that
- * need long-lived state (VM manager, egress engine, secret store, ...) add
- * a pointer here and create/free it in daemon.c's start/stop sequence. */
+/* The daemon's composition root: one nb_daemon_t per nilboxd process,
+ * owned by main.c. daemon.c creates every long-lived service in dependency
+ * order (store, events, audit, secrets, gate, blocklist, the egress engine
+ * on first use, VMs, guest networking, API), hands each its dependencies,
+ * and tears them down in reverse. The API router passes this struct to
+ * every route (nb_api_ctx_t.d): routes borrow the services, never create
+ * or free them. A pointer is NULL while its service is absent (not yet
+ * created, or already gone at shutdown). */
 #ifndef NB_DAEMON_H
 #define NB_DAEMON_H
 
@@ -21,6 +25,8 @@ typedef struct nb_secretsvc nb_secretsvc_t;
 typedef struct nb_gate nb_gate_t;
 typedef struct nb_vmm nb_vmm_t;
 typedef struct nb_guestsvc nb_guestsvc_t;
+typedef struct nb_blsvc nb_blsvc_t;
+typedef struct nb_proxy nb_proxy_t;
 
 typedef struct nb_daemon {
     uv_loop_t *loop;
@@ -28,16 +34,22 @@ typedef struct nb_daemon {
     int lock_fd;
     int api_port_req; /* --api-port (0 = pick a free one, -1 = no TCP listener) */
 
+    /* The services, in creation order. */
     nb_store_t *store;
     nb_events_t *events;
-    nb_api_t *api;
     nb_audit_t *audit;       /* audit.h: the hash-chained audit log */
     nb_secretsvc_t *secrets; /* secretsvc.h: secret store, master key, CA */
-    nb_gate_t *gate;         /* egress/gate.h: rules + prompts (created in secretsvc.c) */
+    nb_gate_t *gate;         /* egress/gate.h: rules + prompts */
+    nb_blsvc_t *blocklist;   /* blsvc.h: the DNS blocklist, the gate's hook */
+    nb_proxy_t *proxy;       /* egress/proxy.h: the egress engine, made by egress() */
+    uint64_t proxy_watch;    /* its nb_secretsvc_watch handle (credential snapshots) */
     nb_vmm_t *vmm;           /* vm/manager.h: the VM manager */
     nb_guestsvc_t *guestsvc; /* egress/guestsvc.h: guest-opened streams, provisioning */
-    /* api_blocklist.c: the loaded DNS blocklist and the gate's hook state */
-    struct nb_blstate *blocklist;
+    nb_api_t *api;
+    /* The egress engine, created on first use (it needs the CA, which is
+     * there once the secret store is open): d->proxy, or NULL with a
+     * sentence in `err` while the store is not open or the daemon stops. */
+    nb_proxy_t *(*egress)(struct nb_daemon *d, char *err, size_t errsz);
     /* Hooks egress/guestsvc.c installs and the VM manager calls when set
      * (so the manager does not link the egress engine): a stream the
      * agent of `vm` opened (return as nb_muxsess_opts_t.on_open does), and
@@ -63,15 +75,17 @@ typedef struct nb_daemon {
     void (*on_stopped)(struct nb_daemon *d); /* main.c: loop may end now */
 } nb_daemon_t;
 
-/* Opens the store, the event bus and the API listeners, writes the pid
+/* Creates the services in order, then the API listeners, writes the pid
  * and api.json files, installs SIGTERM/SIGINT handlers and emits
  * `daemon.started`. On failure everything opened so far is closed again
  * and `err` gets a sentence. Loop thread. */
 int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz);
 
-/* Begins an orderly shutdown (idempotent): emits `daemon.stopping`, closes
- * the API (WebSockets get 1001), removes the socket, api.json and pid
- * files, closes the store and then calls d->on_stopped. `delay_ms` lets an
+/* Begins an orderly shutdown (idempotent): emits `daemon.stopping`, frees
+ * the egress engine, the blocklist and the gate (pending prompts are denied
+ * and announced while the API is up), closes the API (WebSockets get
+ * 1001), frees the other services in reverse order, removes the pid file
+ * and then calls d->on_stopped. `delay_ms` lets an
  * HTTP answer leave before the listeners close. */
 void nb_daemon_request_stop(nb_daemon_t *d, const char *reason, uint64_t delay_ms);
 
