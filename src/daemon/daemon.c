@@ -2,12 +2,13 @@
  * dependency order and wired to each other here, and only here:
  *
  *   store -> events -> audit -> secrets -> gate -> blocklist
- *         -> [egress engine, on first use] -> VMs -> guest networking -> API
+ *         -> [egress engine, on first use] -> VMs -> image builds
+ *         -> guest networking -> API
  *
  * Teardown is the reverse, in two steps: first the egress engine, the
  * blocklist and the gate (pending prompts are denied, announced and
  * audited while the API and the audit log still work), then, once the API
- * has closed, the VMs (their channels close), guest networking, the secret
+ * has closed, image builds, the VMs (their channels close), guest networking, the secret
  * service, the audit log, events and the store. */
 #include "daemon/daemon.h"
 
@@ -25,6 +26,7 @@
 #include "daemon/egress/guestsvc.h"
 #include "daemon/egress/proxy.h"
 #include "daemon/events.h"
+#include "daemon/imgbuild.h"
 #include "daemon/secretsvc.h"
 #include "daemon/store.h"
 #include "daemon/vm/manager.h"
@@ -313,6 +315,8 @@ static void quiesce(nb_daemon_t *d)
 static void teardown(nb_daemon_t *d)
 {
     quiesce(d);
+    nb_imgbuild_free(d->images);
+    d->images = NULL;
     nb_vmm_free(d->vmm);
     d->vmm = NULL;
     nb_guestsvc_free(d->guestsvc); /* after the VMs' channels: their streams are closed */
@@ -429,6 +433,7 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
         goto fail;
     }
     if ((r = start_policy(d, err, errsz)) < 0 || (r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0 ||
+        (r = nb_imgbuild_new(d->loop, d->home.home, d->events, &d->images)) < 0 ||
         (r = nb_guestsvc_new(d, d->egress, &d->guestsvc, err, errsz)) < 0 ||
         (r = nb_api_start(d, &d->api, err, errsz)) < 0)
         goto fail;

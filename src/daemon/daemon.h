@@ -27,6 +27,7 @@ typedef struct nb_vmm nb_vmm_t;
 typedef struct nb_guestsvc nb_guestsvc_t;
 typedef struct nb_blsvc nb_blsvc_t;
 typedef struct nb_proxy nb_proxy_t;
+typedef struct nb_imgbuild nb_imgbuild_t;
 
 typedef struct nb_daemon {
     uv_loop_t *loop;
@@ -44,6 +45,7 @@ typedef struct nb_daemon {
     nb_proxy_t *proxy;       /* egress/proxy.h: the egress engine, made by egress() */
     uint64_t proxy_watch;    /* its nb_secretsvc_watch handle (credential snapshots) */
     nb_vmm_t *vmm;           /* vm/manager.h: the VM manager */
+    nb_imgbuild_t *images;   /* imgbuild.h: guest image builds */
     nb_guestsvc_t *guestsvc; /* egress/guestsvc.h: guest-opened streams, provisioning */
     nb_api_t *api;
     /* The egress engine, created on first use (it needs the CA, which is
