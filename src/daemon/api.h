@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #include "daemon/apiroute.h"
-#include "daemon/daemon.h"
+#include "daemon/services.h"
 #include "daemon/egress/rules.h"
 #include "lib/httpserver.h"
 
