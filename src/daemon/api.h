@@ -25,7 +25,8 @@
 #include <stdint.h>
 
 #include "daemon/apiroute.h"
-#include "daemon/daemon.h"
+#include "daemon/services.h"
+#include "daemon/egress/rules.h"
 #include "lib/httpserver.h"
 
 #define NB_API_MODULES(X)                                                                          \
@@ -63,20 +64,8 @@ NB_API_MODULES(NB_API_DECLARE)
  * writes api.json (0600: port, token, url, pid). Loop thread. */
 int nb_api_start(nb_daemon_t *d, nb_api_t **out, char *err, size_t errsz);
 
-/* api_proxy.c: closes the proxy engine's listeners and connections (their
- * gate waits are cancelled at once). Call before the gate goes away. */
-void nb_api_proxy_stop(nb_daemon_t *d);
-
-/* api_proxy.c: the daemon's proxy engine, created on first use (the guest
- * channel's egress streams use it too). NULL with a sentence in `err`
- * while the secret store is not open (no CA) or the daemon is stopping. */
-struct nb_proxy *nb_api_proxy_engine(nb_daemon_t *d, char *err, size_t errsz);
-
-/* api_blocklist.c: loads the installed blocklist (a refused file is
- * logged and reported, never fatal) and sets the gate's hook; frees it.
- * 0 or -ENOMEM. */
-int nb_api_blocklist_start(nb_daemon_t *d);
-void nb_api_blocklist_free(nb_daemon_t *d);
+/* api_rules.c: the API and event shape of a rule (new reference). */
+json_t *nb_api_rule_json(const nb_rule_t *r);
 
 /* Closes the listeners and all connections, removes the socket and
  * api.json, frees the API and calls `done` (may be NULL). */

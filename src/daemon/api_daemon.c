@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "daemon/api.h"
+#include "daemon/daemon.h"
 #include "daemon/doctor.h"
 #include "daemon/events.h"
 #include "daemon/secretsvc.h"

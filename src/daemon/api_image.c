@@ -1,7 +1,5 @@
 /* Routes of the guest images (docs/api.md, "Images"): list, remove and
- * build. A build runs the recipe images/<name>/build.sh as a child of the
- * daemon; every line it prints becomes a `progress` event, and the end an
- * `image.built` or `image.build_failed` event.
+ * build (the daemon's image builder runs it: imgbuild.h).
  *
  * Where things are: the recipes in $NILBOX_IMAGES_DIR, else the source
  * tree this daemon was built from (NB_IMAGES_SRC), else
@@ -21,6 +19,7 @@
 #include "daemon/api.h"
 #include "daemon/api_vmio.h"
 #include "daemon/events.h"
+#include "daemon/imgbuild.h"
 #include "daemon/vm/image.h"
 #include "daemon/vm/manager.h"
 #include "lib/err.h"
@@ -33,41 +32,6 @@
 #ifndef NB_AGENT_BUILD_PATH
 #define NB_AGENT_BUILD_PATH "/usr/lib/nilbox/nilbox-agent"
 #endif
-
-#define MAX_BUILDS 4
-#define LINE_MAX_LEN 1024
-
-typedef struct build build_t;
-typedef struct {
-    uv_pipe_t p;
-    build_t *b;
-    char line[LINE_MAX_LEN];
-    size_t len;
-    int open;
-} bpipe_t;
-
-struct build {
-    nb_daemon_t *d;
-    char name[32];
-    uv_process_t proc;
-    bpipe_t out, err;
-    int proc_open;
-    uint64_t t0;
-    char last[LINE_MAX_LEN];
-    int64_t status;
-    int exited;
-    int fin; /* the end event went out (or must not) */
-};
-
-static build_t *builds[MAX_BUILDS];
-
-static build_t *find_build(const char *name)
-{
-    for (int i = 0; i < MAX_BUILDS; i++)
-        if (builds[i] && !strcmp(builds[i]->name, name))
-            return builds[i];
-    return NULL;
-}
 
 static void images_src(char *out, size_t outsz)
 {
@@ -195,7 +159,8 @@ static void list_done(uv_work_t *w, int status)
         }
         json_decref(vms);
         json_object_set_new(e, "used_by", used);
-        json_object_set_new(e, "building", json_boolean(name && find_build(name)));
+        json_object_set_new(
+            e, "building", json_boolean(name && d->images && nb_imgbuild_running(d->images, name)));
     }
     nb_api_reply_json(j->ctx, 200, json_pack("{s:o}", "images", arr));
     free(j);
@@ -267,7 +232,7 @@ static void on_remove(nb_api_ctx_t *ctx)
         nb_api_reply_error(ctx, 404, "not-found", "no image named '%.40s'", name);
         return;
     }
-    if (find_build(name)) {
+    if (d->images && nb_imgbuild_running(d->images, name)) {
         nb_api_reply_error(ctx, 409, "wrong-state", "image '%s' is being built", name);
         return;
     }
@@ -305,112 +270,11 @@ static void on_remove(nb_api_ctx_t *ctx)
 
 /* ------------------------------------------------------------ build */
 
-static void progress(build_t *b, const char *line)
-{
-    char esc[LINE_MAX_LEN * 2];
-    nb_log_escape(esc, sizeof esc, line, strlen(line));
-    nb_log(NB_LOG_INFO, "image %s: %s", b->name, esc);
-    nb_vm_fmt(b->last, sizeof b->last, "%s", esc);
-    if (b->d->events)
-        nb_events_emit(
-            b->d->events, "progress",
-            json_pack("{s:s, s:s, s:s}", "image", b->name, "op", "build", "message", esc));
-}
-
-static void build_finished(build_t *b)
-{
-    double secs = (double)(uv_hrtime() - b->t0) / 1e9;
-    if (!b->d->events)
-        return;
-    if (b->status == 0)
-        nb_events_emit(b->d->events, "image.built",
-                       json_pack("{s:s, s:f}", "image", b->name, "secs", secs));
-    else
-        nb_events_emit(b->d->events, "image.build_failed",
-                       json_pack("{s:s, s:I, s:s, s:f}", "image", b->name, "status",
-                                 (json_int_t)b->status, "message", b->last, "secs", secs));
-}
-
-/* The end event once the script exited and its output is read; the memory
- * once every handle has closed. */
-static void build_check(build_t *b)
-{
-    if (b->exited && !b->out.open && !b->err.open && !b->fin) {
-        b->fin = 1;
-        build_finished(b);
-    }
-    if (b->proc_open || b->out.open || b->err.open)
-        return;
-    for (int i = 0; i < MAX_BUILDS; i++)
-        if (builds[i] == b)
-            builds[i] = NULL;
-    free(b);
-}
-
-static void on_pipe_closed(uv_handle_t *h)
-{
-    bpipe_t *p = h->data;
-    p->open = 0;
-    build_check(p->b);
-}
-
-static void on_proc_closed(uv_handle_t *h)
-{
-    build_t *b = h->data;
-    b->proc_open = 0;
-    build_check(b);
-}
-
-static void pipe_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf)
-{
-    bpipe_t *p = h->data;
-    buf->base = p->line + p->len;
-    buf->len = sizeof p->line - 1 - p->len;
-}
-
-static void pipe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
-{
-    bpipe_t *p = s->data;
-    if (n < 0) {
-        if (p->len) {
-            p->line[p->len] = '\0';
-            progress(p->b, p->line);
-            p->len = 0;
-        }
-        uv_close((uv_handle_t *)s, on_pipe_closed);
-        return;
-    }
-    p->len += (size_t)n;
-    char *nl;
-    while ((nl = memchr(p->line, '\n', p->len))) {
-        *nl = '\0';
-        if (nl > p->line)
-            progress(p->b, p->line);
-        size_t used = (size_t)(nl - p->line) + 1;
-        memmove(p->line, nl + 1, p->len - used);
-        p->len -= used;
-    }
-    if (p->len >= sizeof p->line - 1) { /* an overlong line: show it in pieces */
-        p->line[p->len] = '\0';
-        progress(p->b, p->line);
-        p->len = 0;
-    }
-}
-
-static void on_build_exit(uv_process_t *proc, int64_t status, int sig)
-{
-    build_t *b = proc->data;
-    b->status = sig ? 128 + sig : status;
-    b->exited = 1;
-    uv_close((uv_handle_t *)proc, on_proc_closed);
-}
-
 static void on_build(nb_api_ctx_t *ctx)
 {
     nb_daemon_t *d = ctx->d;
     const char *name = nb_api_param(ctx, "name");
-    char src[1024], script[1200], agent[PATH_MAX], out[1200], cache[1200], envh[1200];
-    int slot = -1;
+    char src[1024], script[1200], agent[PATH_MAX], out[1200], err[1400];
     images_src(src, sizeof src);
     nb_vm_fmt(script, sizeof script, "%s/%s/build.sh", src, name);
     if (!nb_image_valid_name(name) || access(script, R_OK) < 0) {
@@ -420,16 +284,8 @@ static void on_build(nb_api_ctx_t *ctx)
                            name, src);
         return;
     }
-    if (find_build(name)) {
+    if (!d->images || nb_imgbuild_running(d->images, name)) {
         nb_api_reply_error(ctx, 409, "wrong-state", "image '%s' is already being built", name);
-        return;
-    }
-    for (int i = 0; i < MAX_BUILDS; i++)
-        if (!builds[i])
-            slot = i;
-    if (slot < 0) {
-        nb_api_reply_error(ctx, 409, "wrong-state", "%d image builds are running already",
-                           MAX_BUILDS);
         return;
     }
     if (agent_path(agent, sizeof agent) < 0) {
@@ -439,83 +295,18 @@ static void on_build(nb_api_ctx_t *ctx)
                            agent);
         return;
     }
-    build_t *b = calloc(1, sizeof *b);
-    if (!b) {
-        nb_api_reply_errno(ctx, -ENOMEM, NULL);
-        return;
+    int r = nb_imgbuild_start(d->images, name, script, agent, nb_json_bool(ctx->body, "force", 0),
+                              err, sizeof err);
+    if (r == NB_ESTATE) {
+        nb_api_reply_error(ctx, 409, "wrong-state", "%d image builds are running already",
+                           NB_IMGBUILD_MAX);
+    } else if (r < 0) {
+        nb_api_reply_error(ctx, 500, "internal", "%s", r == -ENOMEM ? "out of memory" : err);
+    } else {
+        nb_vm_fmt(out, sizeof out, "%s/images/%s", d->home.home, name);
+        nb_api_reply_json(ctx, 202,
+                          json_pack("{s:s, s:b, s:s}", "image", name, "building", 1, "out", out));
     }
-    b->d = d;
-    nb_vm_fmt(b->name, sizeof b->name, "%s", name);
-    nb_vm_fmt(out, sizeof out, "%s/images/%s", d->home.home, name);
-    nb_vm_fmt(cache, sizeof cache, "%s/images/.cache", d->home.home);
-    nb_vm_fmt(envh, sizeof envh, "NILBOX_HOME=%s", d->home.home);
-    char images_dir[1200];
-    nb_vm_fmt(images_dir, sizeof images_dir, "%s/images", d->home.home);
-    mkdir(images_dir, 0700);
-    char *argv[] = {"bash", script, "--out", out, "--cache", cache, "--agent", agent, NULL, NULL};
-    if (nb_json_bool(ctx->body, "force", 0))
-        argv[8] = "--force";
-    /* The child gets the daemon's environment plus NILBOX_HOME. */
-    extern char **environ;
-    size_t ne = 0;
-    while (environ[ne])
-        ne++;
-    char **env = calloc(ne + 2, sizeof *env);
-    size_t k = 0;
-    for (size_t i = 0; env && i < ne; i++)
-        if (strncmp(environ[i], "NILBOX_HOME=", 12) != 0)
-            env[k++] = environ[i];
-    if (env)
-        env[k++] = envh;
-    uv_pipe_init(d->loop, &b->out.p, 0);
-    uv_pipe_init(d->loop, &b->err.p, 0);
-    b->out.b = b->err.b = b;
-    b->out.p.data = &b->out;
-    b->err.p.data = &b->err;
-    b->out.open = b->err.open = 1;
-    uv_stdio_container_t stdio[3] = {
-        {.flags = UV_IGNORE},
-        {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&b->out.p},
-        {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&b->err.p},
-    };
-    uv_process_options_t o = {0};
-    o.file = "bash";
-    o.args = argv;
-    o.env = env;
-    o.stdio = stdio;
-    o.stdio_count = 3;
-    o.exit_cb = on_build_exit;
-    b->proc.data = b;
-    b->t0 = uv_hrtime();
-    int r = env ? uv_spawn(d->loop, &b->proc, &o) : -ENOMEM;
-    free(env);
-    if (r < 0) {
-        b->fin = 1;
-        if (env) { /* uv_spawn initialised the handle: it must be closed */
-            b->proc_open = 1;
-            uv_close((uv_handle_t *)&b->proc, on_proc_closed);
-        }
-        uv_close((uv_handle_t *)&b->out.p, on_pipe_closed);
-        uv_close((uv_handle_t *)&b->err.p, on_pipe_closed);
-        builds[slot] = b; /* freed by the close callbacks */
-        nb_api_reply_error(ctx, 500, "internal", "cannot run %s: %s", script, uv_strerror(r));
-        return;
-    }
-    b->proc_open = 1;
-    builds[slot] = b;
-    /* A build must not keep a stopping daemon's loop alive; if the daemon
-     * goes, the script dies of SIGPIPE at its next line. */
-    uv_unref((uv_handle_t *)&b->proc);
-    uv_unref((uv_handle_t *)&b->out.p);
-    uv_unref((uv_handle_t *)&b->err.p);
-    uv_read_start((uv_stream_t *)&b->out.p, pipe_alloc, pipe_read);
-    uv_read_start((uv_stream_t *)&b->err.p, pipe_alloc, pipe_read);
-    if (d->events)
-        nb_events_emit(
-            d->events, "image.build_started",
-            json_pack("{s:s, s:s, s:s}", "image", name, "recipe", script, "agent", agent));
-    nb_api_reply_json(ctx, 202,
-                      json_pack("{s:s, s:b, s:s}", "image", name, "building", 1, "out", out));
 }
 
 const nb_api_route_t nb_api_routes_image[] = {

@@ -1,7 +1,6 @@
-/* Routes of the gate's prompts (list, answer) and the gate's hooks: every
- * prompt becomes a `prompt.created` event and its end a `prompt.resolved`
- * event, answers and timeouts go to the audit log (A16: an unanswered
- * prompt denies, and the denial is recorded).
+/* Routes of the gate's prompts (list, answer). Answers go to the audit log
+ * here (with who answered); the gate's other events and audit rows come
+ * from its hooks, which daemon.c wires.
  *
  * Names in prompts are already escaped and length-limited by the gate
  * (nb_rules_display_name): what the API shows is exactly what the user
@@ -13,91 +12,12 @@
 #include "daemon/api.h"
 #include "daemon/audit.h"
 #include "daemon/events.h"
-#include "daemon/secretsvc.h"
+#include "daemon/egress/gate.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
 
 #define LIST_MAX 256
-
-/* ------------------------------------------------------------------ hooks */
-
-static void hook_created(void *ud, const nb_gate_prompt_info_t *p)
-{
-    nb_daemon_t *d = ud;
-    json_t *pj = nb_gate_prompt_json(p);
-    if (d->events && pj)
-        nb_events_emit(d->events, "prompt.created", json_pack("{s:o}", "prompt", pj));
-    else
-        json_decref(pj);
-}
-
-static void hook_resolved(void *ud, const nb_gate_prompt_info_t *p, int allowed, int why)
-{
-    nb_daemon_t *d = ud;
-    const char *w = nb_gate_why_name(why);
-    if (d->events)
-        nb_events_emit(d->events, "prompt.resolved",
-                       json_pack("{s:I, s:s, s:s, s:i, s:b, s:s}", "prompt_id", (json_int_t)p->id,
-                                 "vm", p->vm, "host", p->host, "port", (int)p->port, "allowed",
-                                 allowed, "reason", w));
-    /* Answers are audited by the answer route (with who answered); the
-     * other ends are audited here so a denial without an answer is never
-     * silent. */
-    if (d->audit && why != NB_GATE_WHY_ALLOW_ONCE && why != NB_GATE_WHY_ALLOW_ALWAYS &&
-        why != NB_GATE_WHY_DENY_ONCE && why != NB_GATE_WHY_DENY_ALWAYS)
-        nb_audit_append(d->audit, NB_AUDIT_GATE, p->vm[0] ? p->vm : NULL, p->host, p->port,
-                        json_pack("{s:s, s:s, s:I, s:i}", "decision", allowed ? "allow" : "deny",
-                                  "reason", w, "prompt_id", (json_int_t)p->id, "waiters",
-                                  (int)p->waiters));
-}
-
-/* A connection joined or left a pending prompt: the UI and `prompts
- * --watch` show who is still waiting (0: nobody, an answer still applies). */
-static void hook_waiters(void *ud, const nb_gate_prompt_info_t *p)
-{
-    nb_daemon_t *d = ud;
-    json_t *pj = nb_gate_prompt_json(p);
-    if (d->events && pj)
-        nb_events_emit(d->events, "prompt.updated", json_pack("{s:o}", "prompt", pj));
-    else
-        json_decref(pj);
-}
-
-static json_t *rule_json(const nb_rule_t *r)
-{
-    return json_pack("{s:I, s:s, s:s, s:i, s:s*, s:b, s:s, s:I}", "id", (json_int_t)r->id, "action",
-                     r->action == NB_RULE_ALLOW ? "allow" : "deny", "target", r->pattern, "port",
-                     (int)r->port, "vm", r->vm[0] ? r->vm : NULL, "http", r->http, "note", r->note,
-                     "created_at", (json_int_t)r->created_at);
-}
-
-static void hook_rule_stored(void *ud, const nb_rule_t *r, int status)
-{
-    nb_daemon_t *d = ud;
-    json_t *rj = rule_json(r);
-    if (d->audit)
-        nb_audit_append(d->audit, NB_AUDIT_RULE_ADD, r->vm[0] ? r->vm : NULL, r->pattern, r->port,
-                        json_pack("{s:I, s:s, s:s, s:b, s:b}", "rule_id", (json_int_t)r->id,
-                                  "action", r->action == NB_RULE_ALLOW ? "allow" : "deny", "source",
-                                  "prompt", "stored", status == 0, "http", r->http));
-    if (d->events && rj)
-        nb_events_emit(
-            d->events, "rule.added",
-            json_pack("{s:o, s:s, s:b}", "rule", rj, "source", "prompt", "stored", status == 0));
-    else
-        json_decref(rj);
-}
-
-void nb_api_prompts_hooks(nb_daemon_t *d, nb_gate_hooks_t *h)
-{
-    memset(h, 0, sizeof *h);
-    h->on_prompt_created = hook_created;
-    h->on_prompt_resolved = hook_resolved;
-    h->on_prompt_waiters = hook_waiters;
-    h->on_rule_stored = hook_rule_stored;
-    h->ud = d;
-}
 
 /* ----------------------------------------------------------------- routes */
 

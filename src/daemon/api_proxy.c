@@ -18,9 +18,9 @@
  * listing. The engine's connection budgets are sized from RLIMIT_NOFILE
  * (A28), NILBOX_PROXY_MAX_CONNS overrides the per-listener one.
  *
- * The engine is created on first use, once the secret store is open (the
- * interception CA lives there). It records gate decisions, injections,
- * leaks and refusals in the audit log and as `proxy.*` events.
+ * The engine (d->proxy) belongs to the daemon (daemon.c), which creates it
+ * on first use, once the secret store is open (the interception CA lives
+ * there), and wires its records to the audit log and `proxy.*` events.
  *
  * `upstream_ca` (an extra trusted CA file) and `resolve` (name -> address
  * overrides) exist for tests only: refused unless the daemon runs with
@@ -30,169 +30,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "daemon/api.h"
-#include "daemon/audit.h"
 #include "daemon/egress/proxy.h"
 #include "daemon/egress/proxy_url.h"
-#include "daemon/events.h"
-#include "daemon/secretsvc.h"
 #include "lib/err.h"
 #include "lib/json.h"
-#include "lib/log.h"
-
-/* The engine of this daemon (one per process, loop thread). */
-static struct {
-    nb_proxy_t *px;
-    nb_daemon_t *d;
-    uint64_t watch;
-} eng;
 
 static int test_mode(void)
 {
     const char *t = getenv("NILBOX_TEST_MODE");
     return t && strcmp(t, "1") == 0;
-}
-
-/* The audit hook: every record becomes an audit row (when the log is
- * open) and, for denials, leaks and refusals, an event the UI can show. */
-static void on_record(void *ud, const char *kind, const char *vm, const char *host, int port,
-                      json_t *detail)
-{
-    nb_daemon_t *d = ud;
-    const char *decision = nb_json_str(detail, "decision");
-    int gate = strcmp(kind, "gate.decision") == 0;
-    /* Routine allows and injections are audit rows only; what a user may
-     * want to see at once (denials, leaks, refusals) is an event too. */
-    if (d->events && strcmp(kind, "inject") != 0 &&
-        (!gate || (decision && strcmp(decision, "deny") == 0))) {
-        char type[48];
-        snprintf(type, sizeof type, "proxy.%s", gate ? "denied" : kind);
-        nb_events_emit(d->events, type,
-                       json_pack("{s:s, s:s, s:i, s:O}", "vm", vm ? vm : "", "host",
-                                 host ? host : "", "port", port, "detail", detail));
-    }
-    if (d->audit)
-        nb_audit_append(d->audit, kind, vm, host, port, detail);
-    else
-        json_decref(detail);
-}
-
-static void snap_release(void *owner)
-{
-    nb_secretsvc_snap_unref(owner);
-}
-
-static int snap_unseal(void *ctx, const nb_sealed_t *e, uint8_t *buf, size_t cap, size_t *len)
-{
-    return nb_secretsvc_unseal_to(ctx, e, buf, cap, len);
-}
-
-static void install_snapshot(const nb_secretsvc_snap_t *snap)
-{
-    nb_pxcreds_t *c = NULL;
-    if (!eng.px)
-        return;
-    if (snap) {
-        nb_secretsvc_snap_t *ref = nb_secretsvc_snap_ref(snap);
-        if (nb_pxcreds_wrap(ref->sealed, ref->nsealed, ref->bindings, ref->nbindings, ref->names,
-                            snap_unseal, eng.d->secrets, snap_release, ref, &c) < 0) {
-            nb_secretsvc_snap_unref(ref);
-            nb_log(NB_LOG_WARN, "proxy: cannot take the new secrets snapshot; keeping the old");
-            return;
-        }
-    }
-    nb_proxy_set_creds(eng.px, c);
-}
-
-static void on_snap_changed(void *ud, const nb_secretsvc_snap_t *snap)
-{
-    install_snapshot(snap);
-}
-
-/* Descriptor budgets below the process limit (A28): a proxy client
- * connection costs up to 3 descriptors (client, upstream, the guest
- * channel's socketpair end); a reserve stays for the API, the audit log,
- * VMs and their channels. One listener (one VM) gets a quarter of the
- * total, so a single client or guest cannot starve the others. */
-static void size_budgets(nb_proxy_cfg_t *cfg)
-{
-    struct rlimit rl;
-    size_t lim = 1024, reserve = 256;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-        lim = (size_t)rl.rlim_cur;
-    else if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
-        lim = 1u << 20;
-    if (lim / 4 > reserve)
-        reserve = lim / 4;
-    size_t total = lim > reserve + 96 ? (lim - reserve) / 3 : 32;
-    size_t per = total / 4 < 16 ? 16 : total / 4;
-    if (per > 1024)
-        per = 1024;
-    cfg->max_conns_total = total;
-    cfg->max_conns = per;
-    const char *e = getenv("NILBOX_PROXY_MAX_CONNS");
-    char *end;
-    unsigned long long v = e ? strtoull(e, &end, 10) : 0;
-    if (e && *e && !*end && v >= 1 && v <= total)
-        cfg->max_conns = (size_t)v;
-    else if (e)
-        nb_log(NB_LOG_WARN, "NILBOX_PROXY_MAX_CONNS must be 1..%zu; using %zu", total, per);
-    nb_log(NB_LOG_INFO, "proxy budgets: %zu connections per listener, %zu in all (fd limit %zu)",
-           cfg->max_conns, total, lim);
-}
-
-static int engine(nb_daemon_t *d, char *err, size_t errsz)
-{
-    if (eng.px)
-        return 0;
-    if (d->stopping || !d->gate || !d->secrets) {
-        snprintf(err, errsz, "the daemon is stopping");
-        return NB_ESTATE;
-    }
-    nb_ca_t *ca = nb_secretsvc_ca(d->secrets);
-    if (!ca) {
-        snprintf(err, errsz,
-                 "the secret store is %s, so the interception CA is not available; unlock it "
-                 "first ('nilbox secret unlock')",
-                 nb_secretsvc_state_name(nb_secretsvc_state(d->secrets)));
-        return NB_ESTATE;
-    }
-    nb_proxy_cfg_t cfg;
-    nb_proxy_cfg_default(&cfg);
-    size_budgets(&cfg);
-    cfg.gate = d->gate;
-    cfg.ca = ca;
-    cfg.record = on_record;
-    cfg.record_ud = d;
-    int r = nb_proxy_new(d->loop, &cfg, &eng.px);
-    if (r < 0) {
-        snprintf(err, errsz, "cannot start the proxy engine: %s", nb_strerror(r));
-        return r;
-    }
-    eng.d = d;
-    install_snapshot(nb_secretsvc_snapshot(d->secrets));
-    eng.watch = nb_secretsvc_watch(d->secrets, on_snap_changed, NULL);
-    return 0;
-}
-
-nb_proxy_t *nb_api_proxy_engine(nb_daemon_t *d, char *err, size_t errsz)
-{
-    return engine(d, err, errsz) < 0 ? NULL : eng.px;
-}
-
-void nb_api_proxy_stop(nb_daemon_t *d)
-{
-    if (!eng.px)
-        return;
-    if (d->secrets && eng.watch)
-        nb_secretsvc_unwatch(d->secrets, eng.watch);
-    eng.watch = 0;
-    /* Closing cancels every gate wait at once; handles close on the loop. */
-    nb_proxy_free(eng.px, NULL, NULL);
-    eng.px = NULL;
 }
 
 /* Parses and opens a listener from a request object. On failure `status`
@@ -281,8 +130,8 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
         }
         nrv++;
     }
-    int r = engine(d, err, errsz);
-    if (r < 0) {
+    nb_proxy_t *px = d->egress(d, err, errsz);
+    if (!px) {
         *status = 409;
         return NULL;
     }
@@ -305,7 +154,7 @@ static nb_proxy_listener_t *open_listener(nb_daemon_t *d, const json_t *o, int *
                                  .nresolve = nrv,
                                  .auth_token = token};
     nb_proxy_listener_t *l = NULL;
-    r = upath ? nb_proxy_listen_unix(eng.px, &lo, upath, &l) : nb_proxy_listen(eng.px, &lo, &l);
+    int r = upath ? nb_proxy_listen_unix(px, &lo, upath, &l) : nb_proxy_listen(px, &lo, &l);
     if (r < 0) {
         sodium_memzero(made_token, made_tokensz);
         snprintf(err, errsz, "cannot listen on %.200s: %s", listen,
@@ -328,28 +177,28 @@ static json_t *listener_json(nb_proxy_listener_t *l, const char *ip)
                      addr, "port", nb_proxy_listener_port(l), "vm", nb_proxy_listener_vm(l));
 }
 
-static const char *listen_ip(const json_t *o)
+static const char *listen_ip(const json_t *o, char *ip, size_t ipsz)
 {
-    static char ip[NB_HOSTNAME_BUFSZ];
     nb_pxurl_authority_t a;
     const char *s = nb_json_str(o, "listen");
     size_t n = s ? strlen(s) : 0;
     if (s && nb_pxurl_authority((const uint8_t *)s, n, 1, &a) == 0)
-        snprintf(ip, sizeof ip, "%s", a.host);
+        snprintf(ip, ipsz, "%s", a.host);
     else if (s && n > 2 && nb_pxurl_authority((const uint8_t *)s, n - 2, 1, &a) == 0)
-        snprintf(ip, sizeof ip, "%s", a.host);
+        snprintf(ip, ipsz, "%s", a.host);
     else
-        snprintf(ip, sizeof ip, "127.0.0.1");
+        snprintf(ip, ipsz, "127.0.0.1");
     return ip;
 }
 
 static void on_list(nb_api_ctx_t *ctx)
 {
-    json_t *arr = eng.px ? nb_proxy_listeners_json(eng.px) : json_array();
+    nb_proxy_t *px = ctx->d->proxy;
+    json_t *arr = px ? nb_proxy_listeners_json(px) : json_array();
     json_t *st = NULL;
-    if (eng.px) {
+    if (px) {
         nb_proxy_stats_t s;
-        nb_proxy_stats(eng.px, &s);
+        nb_proxy_stats(px, &s);
         st = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
                        (json_int_t)s.conns_open, "accepted", (json_int_t)s.conns_accepted,
                        "requests", (json_int_t)s.requests, "tunnels", (json_int_t)s.tunnels,
@@ -365,7 +214,7 @@ static void on_list(nb_api_ctx_t *ctx)
 
 static void on_open(nb_api_ctx_t *ctx)
 {
-    char err[300], tok[65];
+    char err[300], tok[65], ip[NB_HOSTNAME_BUFSZ];
     int status;
     nb_proxy_listener_t *l =
         open_listener(ctx->d, ctx->body, &status, err, sizeof err, tok, sizeof tok);
@@ -373,7 +222,7 @@ static void on_open(nb_api_ctx_t *ctx)
         nb_api_reply_error(ctx, status, status == 409 ? "wrong-state" : "invalid", "%s", err);
         return;
     }
-    json_t *j = listener_json(l, listen_ip(ctx->body));
+    json_t *j = listener_json(l, listen_ip(ctx->body, ip, sizeof ip));
     if (tok[0])
         json_object_set_new(j, "token", json_string(tok));
     sodium_memzero(tok, sizeof tok);
@@ -385,7 +234,8 @@ static void on_close(nb_api_ctx_t *ctx)
     const char *s = nb_api_param(ctx, "id");
     char *end;
     unsigned long long id = strtoull(s, &end, 10);
-    nb_proxy_listener_t *l = eng.px && *s && !*end ? nb_proxy_listener_find(eng.px, id) : NULL;
+    nb_proxy_t *px = ctx->d->proxy;
+    nb_proxy_listener_t *l = px && *s && !*end ? nb_proxy_listener_find(px, id) : NULL;
     if (!l) {
         nb_api_reply_error(ctx, 404, "not-found", "no proxy listener %.40s", s);
         return;
@@ -426,7 +276,7 @@ static void on_ws_message(nb_ws_t *ws, int text, const uint8_t *data, size_t len
         return;
     }
     int status;
-    char tok[65];
+    char tok[65], ip[NB_HOSTNAME_BUFSZ];
     nb_proxy_listener_t *l = open_listener(s->d, o, &status, err, sizeof err, tok, sizeof tok);
     if (!l) {
         ws_say(ws, json_pack("{s:s, s:i, s:s}", "type", "error", "status", status, "message", err));
@@ -435,7 +285,7 @@ static void on_ws_message(nb_ws_t *ws, int text, const uint8_t *data, size_t len
         return;
     }
     s->lid = nb_proxy_listener_id(l);
-    json_t *j = listener_json(l, listen_ip(o));
+    json_t *j = listener_json(l, listen_ip(o, ip, sizeof ip));
     json_object_set_new(j, "type", json_string("listening"));
     if (tok[0])
         json_object_set_new(j, "token", json_string(tok));
@@ -447,8 +297,8 @@ static void on_ws_message(nb_ws_t *ws, int text, const uint8_t *data, size_t len
 static void on_ws_close(nb_ws_t *ws, int code, void *ud)
 {
     session_t *s = ud;
-    if (s->lid && eng.px) {
-        nb_proxy_listener_t *l = nb_proxy_listener_find(eng.px, s->lid);
+    if (s->lid && s->d->proxy) {
+        nb_proxy_listener_t *l = nb_proxy_listener_find(s->d->proxy, s->lid);
         if (l)
             nb_proxy_listener_close(l);
     }

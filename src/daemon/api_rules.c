@@ -8,13 +8,13 @@
 #include "daemon/api.h"
 #include "daemon/audit.h"
 #include "daemon/events.h"
-#include "daemon/secretsvc.h"
+#include "daemon/egress/gate.h"
 #include "daemon/store.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
 
-static json_t *rule_json(const nb_rule_t *r)
+json_t *nb_api_rule_json(const nb_rule_t *r)
 {
     return json_pack("{s:I, s:s, s:s, s:i, s:s*, s:b, s:s, s:I}", "id", (json_int_t)r->id, "action",
                      r->action == NB_RULE_ALLOW ? "allow" : "deny", "target", r->pattern, "port",
@@ -37,7 +37,7 @@ static void on_list(nb_api_ctx_t *ctx)
     const nb_ruleset_t *rs = nb_gate_rules(ctx->d->gate);
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < rs->n; i++)
-        json_array_append_new(arr, rule_json(&rs->v[i]));
+        json_array_append_new(arr, nb_api_rule_json(&rs->v[i]));
     nb_api_reply_json(ctx, 200, json_pack("{s:o}", "rules", arr ? arr : json_array()));
 }
 
@@ -103,8 +103,8 @@ static void add_done(void *ud, int status)
                                   ctx->is_unix ? "cli" : "ui", "http", r2->http));
     if (d->events)
         nb_events_emit(d->events, "rule.added",
-                       json_pack("{s:o, s:s}", "rule", rule_json(r2), "source", "api"));
-    json_t *ans = rule_json(r2);
+                       json_pack("{s:o, s:s}", "rule", nb_api_rule_json(r2), "source", "api"));
+    json_t *ans = nb_api_rule_json(r2);
     char warn[512];
     if (ans && nb_rule_broad_warning(r2, warn, sizeof warn))
         json_object_set_new(ans, "warnings", json_pack("[s]", warn));

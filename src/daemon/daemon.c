@@ -1,21 +1,37 @@
-/* nilboxd's start and stop sequence. Modules with long-lived state add
- * their create call to nb_daemon_start (after the store, before the API)
- * and their teardown to on_api_closed (before the store closes). */
+/* nilboxd's composition root (see daemon.h): the services are created in
+ * dependency order and wired to each other here, and only here:
+ *
+ *   store -> events -> audit -> secrets -> gate -> blocklist
+ *         -> [egress engine, on first use] -> VMs -> image builds
+ *         -> guest networking -> API
+ *
+ * Teardown is the reverse, in two steps: first the egress engine, the
+ * blocklist and the gate (pending prompts are denied, announced and
+ * audited while the API and the audit log still work), then, once the API
+ * has closed, image builds, the VMs (their channels close), guest networking, the secret
+ * service, the audit log, events and the store. */
 #include "daemon/daemon.h"
 
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "daemon/api.h"
+#include "daemon/audit.h"
+#include "daemon/blsvc.h"
 #include "daemon/egress/guestsvc.h"
+#include "daemon/egress/proxy.h"
 #include "daemon/events.h"
+#include "daemon/imgbuild.h"
 #include "daemon/secretsvc.h"
 #include "daemon/store.h"
 #include "daemon/vm/manager.h"
 #include "lib/err.h"
+#include "lib/json.h"
 #include "lib/log.h"
 
 double nb_daemon_uptime(const nb_daemon_t *d)
@@ -23,10 +39,303 @@ double nb_daemon_uptime(const nb_daemon_t *d)
     return (double)(uv_hrtime() - d->started_hrtime) / 1e9;
 }
 
+/* ------------------------------------------------- the gate's hooks */
+
+static void hook_created(void *ud, const nb_gate_prompt_info_t *p)
+{
+    nb_daemon_t *d = ud;
+    json_t *pj = nb_gate_prompt_json(p);
+    if (d->events && pj)
+        nb_events_emit(d->events, "prompt.created", json_pack("{s:o}", "prompt", pj));
+    else
+        json_decref(pj);
+}
+
+static void hook_resolved(void *ud, const nb_gate_prompt_info_t *p, int allowed, int why)
+{
+    nb_daemon_t *d = ud;
+    const char *w = nb_gate_why_name(why);
+    if (d->events)
+        nb_events_emit(d->events, "prompt.resolved",
+                       json_pack("{s:I, s:s, s:s, s:i, s:b, s:s}", "prompt_id", (json_int_t)p->id,
+                                 "vm", p->vm, "host", p->host, "port", (int)p->port, "allowed",
+                                 allowed, "reason", w));
+    /* Answers are audited by the answer route (with who answered); the
+     * other ends are audited here so a denial without an answer is never
+     * silent (A16). */
+    if (d->audit && why != NB_GATE_WHY_ALLOW_ONCE && why != NB_GATE_WHY_ALLOW_ALWAYS &&
+        why != NB_GATE_WHY_DENY_ONCE && why != NB_GATE_WHY_DENY_ALWAYS)
+        nb_audit_append(d->audit, NB_AUDIT_GATE, p->vm[0] ? p->vm : NULL, p->host, p->port,
+                        json_pack("{s:s, s:s, s:I, s:i}", "decision", allowed ? "allow" : "deny",
+                                  "reason", w, "prompt_id", (json_int_t)p->id, "waiters",
+                                  (int)p->waiters));
+}
+
+/* A connection joined or left a pending prompt: the UI and `prompts
+ * --watch` show who is still waiting (0: nobody, an answer still applies). */
+static void hook_waiters(void *ud, const nb_gate_prompt_info_t *p)
+{
+    nb_daemon_t *d = ud;
+    json_t *pj = nb_gate_prompt_json(p);
+    if (d->events && pj)
+        nb_events_emit(d->events, "prompt.updated", json_pack("{s:o}", "prompt", pj));
+    else
+        json_decref(pj);
+}
+
+static void hook_rule_stored(void *ud, const nb_rule_t *r, int status)
+{
+    nb_daemon_t *d = ud;
+    json_t *rj = nb_api_rule_json(r);
+    if (d->audit)
+        nb_audit_append(d->audit, NB_AUDIT_RULE_ADD, r->vm[0] ? r->vm : NULL, r->pattern, r->port,
+                        json_pack("{s:I, s:s, s:s, s:b, s:b}", "rule_id", (json_int_t)r->id,
+                                  "action", r->action == NB_RULE_ALLOW ? "allow" : "deny", "source",
+                                  "prompt", "stored", status == 0, "http", r->http));
+    if (d->events && rj)
+        nb_events_emit(
+            d->events, "rule.added",
+            json_pack("{s:o, s:s, s:b}", "rule", rj, "source", "prompt", "stored", status == 0));
+    else
+        json_decref(rj);
+}
+
+/* Prompt timeout: the environment (tests) over the setting over 60 s. */
+static uint64_t prompt_timeout_ms(nb_store_t *st)
+{
+    char *set = NULL;
+    const char *e = getenv("NILBOX_PROMPT_TIMEOUT_MS");
+    uint64_t ms = 0;
+    if ((!e || !e[0]) && nb_store_setting_get(st, "gate.prompt_timeout_ms", &set) == 0)
+        e = set;
+    if (e && e[0]) {
+        char *end;
+        unsigned long long v = strtoull(e, &end, 10);
+        if (!*end && v >= 100 && v <= 3600000)
+            ms = v;
+        else
+            nb_log(NB_LOG_WARN, "ignoring prompt timeout '%.20s' (100..3600000 ms)", e);
+    }
+    free(set);
+    return ms;
+}
+
+/* ------------------------------------------------- the egress engine */
+
+/* Every proxy record becomes an audit row and, for denials, leaks and
+ * refusals, an event the UI can show at once. Routine allows and
+ * injections are audit rows only. */
+static void on_proxy_record(void *ud, const char *kind, const char *vm, const char *host, int port,
+                            json_t *detail)
+{
+    nb_daemon_t *d = ud;
+    const char *decision = nb_json_str(detail, "decision");
+    int gate = strcmp(kind, "gate.decision") == 0;
+    if (d->events && strcmp(kind, "inject") != 0 &&
+        (!gate || (decision && strcmp(decision, "deny") == 0))) {
+        char type[48];
+        snprintf(type, sizeof type, "proxy.%s", gate ? "denied" : kind);
+        nb_events_emit(d->events, type,
+                       json_pack("{s:s, s:s, s:i, s:O}", "vm", vm ? vm : "", "host",
+                                 host ? host : "", "port", port, "detail", detail));
+    }
+    if (d->audit)
+        nb_audit_append(d->audit, kind, vm, host, port, detail);
+    else
+        json_decref(detail);
+}
+
+static void snap_release(void *owner)
+{
+    nb_secretsvc_snap_unref(owner);
+}
+
+/* Hands the secret service's snapshot (sealed values, bindings) to the
+ * engine, which unseals through its credentials provider. */
+static void on_secrets_changed(void *ud, const nb_secretsvc_snap_t *snap)
+{
+    nb_daemon_t *d = ud;
+    nb_pxcreds_t *c = NULL;
+    if (snap) {
+        nb_secretsvc_snap_t *ref = nb_secretsvc_snap_ref(snap);
+        if (nb_pxcreds_wrap(ref->sealed, ref->nsealed, ref->bindings, ref->nbindings, ref->names,
+                            snap_release, ref, &c) < 0) {
+            nb_secretsvc_snap_unref(ref);
+            nb_log(NB_LOG_WARN, "proxy: cannot take the new secrets snapshot; keeping the old");
+            return;
+        }
+    }
+    nb_proxy_set_creds(d->proxy, c);
+}
+
+/* Descriptor budgets below the process limit (A28): a proxy client
+ * connection costs up to 3 descriptors (client, upstream, the guest
+ * channel's socketpair end); a reserve stays for the API, the audit log,
+ * VMs and their channels. One listener (one VM) gets a quarter of the
+ * total, so a single client or guest cannot starve the others.
+ * NILBOX_PROXY_MAX_CONNS overrides the per-listener one. */
+static void size_budgets(nb_proxy_cfg_t *cfg)
+{
+    struct rlimit rl;
+    size_t lim = 1024, reserve = 256;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        lim = (size_t)rl.rlim_cur;
+    else if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        lim = 1u << 20;
+    if (lim / 4 > reserve)
+        reserve = lim / 4;
+    size_t total = lim > reserve + 96 ? (lim - reserve) / 3 : 32;
+    size_t per = total / 4 < 16 ? 16 : total / 4;
+    if (per > 1024)
+        per = 1024;
+    cfg->max_conns_total = total;
+    cfg->max_conns = per;
+    const char *e = getenv("NILBOX_PROXY_MAX_CONNS");
+    char *end;
+    unsigned long long v = e ? strtoull(e, &end, 10) : 0;
+    if (e && *e && !*end && v >= 1 && v <= total)
+        cfg->max_conns = (size_t)v;
+    else if (e)
+        nb_log(NB_LOG_WARN, "NILBOX_PROXY_MAX_CONNS must be 1..%zu; using %zu", total, per);
+    nb_log(NB_LOG_INFO, "proxy budgets: %zu connections per listener, %zu in all (fd limit %zu)",
+           cfg->max_conns, total, lim);
+}
+
+/* d->egress: the engine, created on first use (proxy listeners, guest
+ * egress streams) once the secret store is open. */
+static nb_proxy_t *egress(nb_daemon_t *d, char *err, size_t errsz)
+{
+    if (d->proxy)
+        return d->proxy;
+    if (d->stopping || !d->gate || !d->secrets) {
+        snprintf(err, errsz, "the daemon is stopping");
+        return NULL;
+    }
+    nb_proxy_cfg_t cfg;
+    nb_proxy_cfg_default(&cfg);
+    cfg.ca = nb_secretsvc_ca(d->secrets);
+    if (!cfg.ca) {
+        snprintf(err, errsz,
+                 "the secret store is %s, so the interception CA is not available; unlock it "
+                 "first ('nilbox secret unlock')",
+                 nb_secretsvc_state_name(nb_secretsvc_state(d->secrets)));
+        return NULL;
+    }
+    size_budgets(&cfg);
+    cfg.gate = d->gate;
+    cfg.record = on_proxy_record;
+    cfg.record_ud = d;
+    cfg.unseal = nb_secretsvc_unseal_to;
+    cfg.unseal_ud = d->secrets;
+    int r = nb_proxy_new(d->loop, &cfg, &d->proxy);
+    if (r < 0) {
+        snprintf(err, errsz, "cannot start the proxy engine: %s", nb_strerror(r));
+        return NULL;
+    }
+    on_secrets_changed(d, nb_secretsvc_snapshot(d->secrets));
+    d->proxy_watch = nb_secretsvc_watch(d->secrets, on_secrets_changed, d);
+    return d->proxy;
+}
+
+/* ------------------------------------------------- creation */
+
+/* Audit log, secret service, gate (with the stored rules), blocklist. */
+static int start_policy(nb_daemon_t *d, char *err, size_t errsz)
+{
+    int r;
+    if ((r = nb_audit_open(d->loop, d->store, d->events, &d->audit)) < 0) {
+        snprintf(err, errsz, "cannot open the audit log: %s", nb_strerror(r));
+        return r;
+    }
+    const char *nk = getenv("NILBOX_NO_KEYRING");
+    nb_secretsvc_cfg_t sc = {
+        .key_file = d->key_file, /* main.c: --key-file or NILBOX_KEY_FILE */
+        .passphrase_file = getenv("NILBOX_PASSPHRASE_FILE"),
+        .no_keyring = nk && !strcmp(nk, "1"),
+    };
+    /* The service also creates the rules table the gate loads below. */
+    if ((r = nb_secretsvc_new(d->loop, d->store, d->audit, d->events, &d->home, &sc, &d->secrets,
+                              err, errsz)) < 0)
+        return r;
+    nb_gate_cfg_t gc;
+    nb_gate_cfg_default(&gc);
+    gc.prompt_timeout_ms = prompt_timeout_ms(d->store);
+    gc.store = d->store;
+    gc.hooks = (nb_gate_hooks_t){.on_prompt_created = hook_created,
+                                 .on_prompt_resolved = hook_resolved,
+                                 .on_prompt_waiters = hook_waiters,
+                                 .on_rule_stored = hook_rule_stored,
+                                 .ud = d};
+    if ((r = nb_gate_new(d->loop, &gc, &d->gate)) < 0) {
+        snprintf(err, errsz, "cannot create the gate: %s", nb_strerror(r));
+        return r;
+    }
+    if ((r = nb_gate_load_rules(d->gate, nb_store_db(d->store))) < 0) {
+        snprintf(err, errsz, "cannot load the gate rules: %s", nb_strerror(r));
+        return r;
+    }
+    nb_blsvc_cfg_t bc = {.loop = d->loop,
+                         .home = d->home.home,
+                         .gate = d->gate,
+                         .audit = d->audit,
+                         .events = d->events};
+    if ((r = nb_blsvc_new(&bc, &d->blocklist)) < 0)
+        snprintf(err, errsz, "cannot create the blocklist: %s", nb_strerror(r));
+    return r;
+}
+
+/* ------------------------------------------------- teardown */
+
 static void close_handle(uv_handle_t *h)
 {
     if (h->loop && !uv_is_closing(h))
         uv_close(h, NULL);
+}
+
+/* First step of the stop: what holds gate waits goes, then the gate, so
+ * pending prompts are denied (why "shutdown") while the API and the audit
+ * log still work. Idempotent. */
+static void quiesce(nb_daemon_t *d)
+{
+    if (d->proxy) {
+        nb_secretsvc_unwatch(d->secrets, d->proxy_watch);
+        /* Closing cancels every gate wait at once; handles close on the loop. */
+        nb_proxy_free(d->proxy, NULL, NULL);
+        d->proxy = NULL;
+    }
+    nb_blsvc_free(d->blocklist);
+    d->blocklist = NULL;
+    nb_gate_t *g = d->gate;
+    d->gate = NULL; /* routes see "no gate" from now on */
+    nb_gate_free(g);
+}
+
+/* The rest, in reverse creation order; VMs keep running (the next daemon
+ * re-attaches), only our state goes. */
+static void teardown(nb_daemon_t *d)
+{
+    quiesce(d);
+    nb_imgbuild_free(d->images);
+    d->images = NULL;
+    nb_vmm_free(d->vmm);
+    d->vmm = NULL;
+    nb_guestsvc_free(d->guestsvc); /* after the VMs' channels: their streams are closed */
+    /* After a failed start the secret service's first job may still be on
+     * the pool: let it finish before its object goes away. */
+    while (d->store && nb_store_pending(d->store) > 0)
+        uv_run(d->loop, UV_RUN_ONCE);
+    nb_secretsvc_close(d->secrets);
+    d->secrets = NULL;
+    nb_audit_close(d->audit);
+    d->audit = NULL;
+    nb_events_free(d->events);
+    d->events = NULL;
+    nb_store_close(d->store);
+    d->store = NULL;
+    close_handle((uv_handle_t *)&d->sig_term);
+    close_handle((uv_handle_t *)&d->sig_int);
+    close_handle((uv_handle_t *)&d->sig_hup);
+    close_handle((uv_handle_t *)&d->stop_timer);
 }
 
 static void finish_stop(nb_daemon_t *d);
@@ -51,21 +360,8 @@ static void finish_stop(nb_daemon_t *d)
         uv_timer_start(&d->stop_timer, on_drain_timer, 10, 0);
         return;
     }
-    /* VMs keep running (the next daemon re-attaches); only our state goes. */
-    nb_vmm_free(d->vmm);
-    d->vmm = NULL;
-    nb_guestsvc_free(d->guestsvc); /* after the VMs' channels: their streams are closed */
-    nb_daemon_secrets_stop(d);     /* secretsvc.c: secret service, then the audit log */
-    nb_api_blocklist_free(d);      /* after the gate that called its hook */
-    nb_events_free(d->events);
-    d->events = NULL;
-    nb_store_close(d->store);
-    d->store = NULL;
+    teardown(d);
     unlink(d->home.pidfile);
-    close_handle((uv_handle_t *)&d->sig_term);
-    close_handle((uv_handle_t *)&d->sig_int);
-    close_handle((uv_handle_t *)&d->sig_hup);
-    close_handle((uv_handle_t *)&d->stop_timer);
     nb_log(NB_LOG_NOTICE, "nilboxd stopped after %.1f s", nb_daemon_uptime(d));
     if (d->on_stopped)
         d->on_stopped(d);
@@ -73,11 +369,7 @@ static void finish_stop(nb_daemon_t *d)
 
 static void do_stop(nb_daemon_t *d)
 {
-    /* The proxy holds gate waits: close it before the gate (api_proxy.c). */
-    nb_api_proxy_stop(d);
-    /* Pending prompts are denied (and announced, audited) while the API
-     * and the audit log are still up; see secretsvc.h. */
-    nb_daemon_secrets_quiesce(d);
+    quiesce(d);
     nb_api_close(d->api, on_api_closed, d);
 }
 
@@ -118,6 +410,7 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
     char pid[32];
     d->started_ms = nb_events_now_ms();
     d->started_hrtime = uv_hrtime();
+    d->egress = egress;
 
     if ((r = uv_timer_init(d->loop, &d->stop_timer)) < 0 ||
         (r = uv_signal_init(d->loop, &d->sig_term)) < 0 ||
@@ -139,17 +432,10 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
         snprintf(err, errsz, "cannot create the event bus: %s", nb_strerror(r));
         goto fail;
     }
-    /* --- modules: create long-lived state here (after store/events, before the API) --- */
-    if ((r = nb_daemon_secrets_start(d, err, errsz)) < 0) /* secretsvc.c */
-        goto fail;
-    if ((r = nb_api_blocklist_start(d)) < 0) /* api_blocklist.c: after the gate */
-        goto fail;
-    if ((r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0) /* vm/manager.c */
-        goto fail;
-    if ((r = nb_guestsvc_new(d, nb_api_proxy_engine, &d->guestsvc, err, errsz)) < 0)
-        goto fail; /* egress/guestsvc.c: the guests' egress and dns streams */
-
-    if ((r = nb_api_start(d, &d->api, err, errsz)) < 0)
+    if ((r = start_policy(d, err, errsz)) < 0 || (r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0 ||
+        (r = nb_imgbuild_new(d->loop, d->home.home, d->events, &d->images)) < 0 ||
+        (r = nb_guestsvc_new(d, d->egress, &d->guestsvc, err, errsz)) < 0 ||
+        (r = nb_api_start(d, &d->api, err, errsz)) < 0)
         goto fail;
     snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
     if ((r = nb_home_write_private(d->home.pidfile, pid, strlen(pid))) < 0)
@@ -162,18 +448,6 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
                              "home", d->home.home));
     return 0;
 fail:
-    nb_vmm_free(d->vmm);
-    d->vmm = NULL;
-    nb_guestsvc_free(d->guestsvc);
-    nb_daemon_secrets_stop(d);
-    nb_api_blocklist_free(d);
-    nb_events_free(d->events);
-    d->events = NULL;
-    nb_store_close(d->store);
-    d->store = NULL;
-    close_handle((uv_handle_t *)&d->sig_term);
-    close_handle((uv_handle_t *)&d->sig_int);
-    close_handle((uv_handle_t *)&d->sig_hup);
-    close_handle((uv_handle_t *)&d->stop_timer);
+    teardown(d);
     return r < 0 ? r : NB_EINTERNAL;
 }

@@ -32,7 +32,6 @@
 
 #include "daemon/audit.h"
 #include "daemon/egress/ca.h"
-#include "daemon/egress/gate.h"
 #include "daemon/home.h"
 #include "daemon/secrets/secrets.h"
 #include "daemon/store.h"
@@ -89,25 +88,6 @@ void nb_secretsvc_doctor(const nb_secretsvc_t *svc, json_t *report);
  * open. */
 nb_ca_t *nb_secretsvc_ca(nb_secretsvc_t *svc);
 
-/* Daemon wiring (daemon.c): opens the audit log, the secret service
- * (configuration from d->key_file and the environment: NILBOX_KEY_FILE,
- * NILBOX_PASSPHRASE_FILE, NILBOX_NO_KEYRING=1) and the gate (d->gate, with
- * the stored rules; prompt timeout from NILBOX_PROMPT_TIMEOUT_MS or the
- * setting gate.prompt_timeout_ms, default 60 s). */
-struct nb_daemon;
-int nb_daemon_secrets_start(struct nb_daemon *d, char *err, size_t errsz);
-/* Closes both once no store job is in flight (waits for the pool when
- * called from a failed start). Idempotent. */
-void nb_daemon_secrets_stop(struct nb_daemon *d);
-/* First step of the stop sequence (daemon.c do_stop): frees the gate, so
- * pending prompts are denied (why "shutdown"), announced and audited while
- * the API and the audit log still work. Modules holding gate waits (the
- * proxy) must be closed before this. Idempotent. */
-void nb_daemon_secrets_quiesce(struct nb_daemon *d);
-/* The gate's hooks (api_prompts.c): prompt.created / prompt.resolved /
- * rule.added events and the matching audit rows. */
-void nb_api_prompts_hooks(struct nb_daemon *d, nb_gate_hooks_t *h);
-
 /* --- snapshot for the proxy: sealed values and bindings, loop thread --- */
 
 typedef struct {
@@ -126,9 +106,10 @@ const nb_secretsvc_snap_t *nb_secretsvc_snapshot(const nb_secretsvc_t *svc);
 nb_secretsvc_snap_t *nb_secretsvc_snap_ref(const nb_secretsvc_snap_t *snap);
 void nb_secretsvc_snap_unref(nb_secretsvc_snap_t *snap);
 
-/* Unseals snapshot record `e` into locked `buf` (see nb_secrets_unseal_to). */
-int nb_secretsvc_unseal_to(const nb_secretsvc_t *svc, const nb_sealed_t *e, uint8_t *buf,
-                           size_t cap, size_t *len);
+/* Unseals snapshot record `e` into locked `buf` (see nb_secrets_unseal_to);
+ * `svc` is the nb_secretsvc_t, untyped so that this is a credentials
+ * provider for the proxy (nb_pxcreds_unseal_fn). */
+int nb_secretsvc_unseal_to(void *svc, const nb_sealed_t *e, uint8_t *buf, size_t cap, size_t *len);
 
 /* Called on the loop after every change of the snapshot (unlock, set, rm,
  * bind, unbind). Returns a handle for nb_secretsvc_unwatch. */

@@ -217,9 +217,9 @@ void nb_secretsvc_unwatch(nb_secretsvc_t *svc, uint64_t handle)
     }
 }
 
-int nb_secretsvc_unseal_to(const nb_secretsvc_t *svc, const nb_sealed_t *e, uint8_t *buf,
-                           size_t cap, size_t *len)
+int nb_secretsvc_unseal_to(void *ud, const nb_sealed_t *e, uint8_t *buf, size_t cap, size_t *len)
 {
+    const nb_secretsvc_t *svc = ud;
     if (!svc->s)
         return NB_ESTATE;
     return nb_secrets_unseal_to(svc->s, e, buf, cap, len);

@@ -7,40 +7,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "daemon/audit.h"
-#include "daemon/egress/rules.h"
-#include "daemon/vm/manager.h"
 #include "lib/buf.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
-
-/* ------------------------------------------------------------------------
- * Schema migrations, oldest first.
- *
- * TO ADD ONE: append a line {N, "<module>: <what>", "<SQL>"} with N = last
- * version + 1 (long SQL may live in a macro in your module's header).
- * NEVER edit, reorder or delete a line once it has shipped: databases in
- * the field have already run it. No BEGIN/COMMIT inside the SQL: the
- * runner wraps each step in a savepoint of one outer transaction.
- * ---------------------------------------------------------------------- */
-static const nb_store_migration_t builtin_migrations[] = {
-    {1, "core: meta, settings, events",
-     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;"
-     "INSERT INTO meta (key, value) VALUES ('install_id', lower(hex(randomblob(16)))),"
-     "  ('created_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));"
-     "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL,"
-     "  updated_at INTEGER NOT NULL) STRICT;"
-     "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL,"
-     "  type TEXT NOT NULL, vm TEXT, data TEXT NOT NULL CHECK (json_valid(data))) STRICT;"
-     "CREATE INDEX events_type_time ON events (type, time_ms);"},
-    {2, "audit: hash-chained append-only log", NB_AUDIT_MIGRATION_SQL},
-    {3, "vm: the VM table", NB_VM_MIGRATION_SQL},
-    {4, "vm: per-VM accelerator setting", NB_VM_ACCEL_MIGRATION_SQL},
-    {5, "egress: rule ids are never reused", NB_RULES_AUTOINC_MIGRATION_SQL},
-    {6, "vm: per-VM default guest user", NB_VM_USER_MIGRATION_SQL},
-    /* append new migrations above this line */
-};
 
 struct nb_store {
     sqlite3 *db;
@@ -50,12 +20,6 @@ struct nb_store {
     int64_t appends;  /* event rows since the last trim */
     unsigned pending; /* queued jobs (loop thread only) */
 };
-
-int nb_store_latest_version(void)
-{
-    size_t n = sizeof builtin_migrations / sizeof builtin_migrations[0];
-    return n ? builtin_migrations[n - 1].version : 0;
-}
 
 static int exec_quiet(sqlite3 *db, const char *sql, char *err, size_t errsz, const char *what)
 {
@@ -227,13 +191,6 @@ int nb_store_open_with(const char *path, const nb_store_migration_t *migs, size_
 out:
     nb_store_close(st);
     return r;
-}
-
-int nb_store_open(const char *path, nb_store_t **out, char *err, size_t errsz)
-{
-    return nb_store_open_with(path, builtin_migrations,
-                              sizeof builtin_migrations / sizeof builtin_migrations[0], out, err,
-                              errsz);
 }
 
 void nb_store_close(nb_store_t *st)

@@ -32,7 +32,7 @@ typedef struct {
  * returned (NB_EINTERNAL for SQL errors, NB_ESTATE when the file's schema
  * is newer than this build) and `err` gets a sentence. Blocking; call at
  * startup or from a pool thread. */
-int nb_store_open(const char *path, nb_store_t **out, char *err, size_t errsz);
+int nb_store_open(const char *path, nb_store_t **out, char *err, size_t errsz); /* schema.c */
 
 /* Same with an explicit migration list (tests inject broken ones). The
  * array is borrowed for the store's lifetime. */
@@ -50,7 +50,7 @@ sqlite3 *nb_store_db(nb_store_t *st);
 int nb_store_schema_version(nb_store_t *st);
 
 /* Highest version this build knows (length of the built-in list). */
-int nb_store_latest_version(void);
+int nb_store_latest_version(void); /* schema.c */
 
 /* Runs `sql` (no results). Returns 0 or NB_EINTERNAL, logging the error. */
 int nb_store_exec(nb_store_t *st, const char *sql);

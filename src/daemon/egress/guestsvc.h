@@ -35,7 +35,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
-#include "daemon/daemon.h"
+#include "daemon/services.h"
 #include "lib/buf.h"
 #include "lib/muxsess.h"
 

@@ -1626,6 +1626,8 @@ void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c)
 {
     if (!c && nb_pxcreds_empty(&c) < 0)
         return; /* keep the old snapshot rather than none */
+    if (px->cfg.unseal)
+        nb_pxcreds_set_unseal(c, px->cfg.unseal, px->cfg.unseal_ud);
     nb_pxcreds_unref(px->creds);
     px->creds = c;
 }

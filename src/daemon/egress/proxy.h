@@ -42,11 +42,17 @@ typedef struct nb_proxy_listener nb_proxy_listener_t;
 typedef void (*nb_proxy_record_fn)(void *ud, const char *kind, const char *vm, const char *host,
                                    int port, json_t *detail);
 
+/* The engine's dependencies and limits (daemon.c fills it). */
 typedef struct {
     nb_gate_t *gate;           /* borrowed, required */
     nb_ca_t *ca;               /* borrowed, required */
-    nb_proxy_record_fn record; /* may be NULL */
+    nb_proxy_record_fn record; /* the audit log and events; may be NULL */
     void *record_ud;
+    /* Credentials provider: unseals one record of an installed snapshot
+     * into locked memory at the moment of injection (the daemon wires the
+     * secret service). NULL: snapshots unseal themselves (nb_pxcreds_load). */
+    nb_pxcreds_unseal_fn unseal;
+    void *unseal_ud;
 
     size_t max_conns;             /* client connections per listener; default 1024 */
     size_t max_conns_total;       /* client connections of all listeners; default 4096. Each
@@ -75,9 +81,9 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out);
  * `done` (may be NULL) once all handles are closed. */
 void nb_proxy_free(nb_proxy_t *px, void (*done)(void *ud), void *ud);
 
-/* Installs a credential snapshot (takes the caller's reference). Requests
- * already past injection keep the one they used. NULL installs an empty
- * one. */
+/* Installs a credential snapshot (takes the caller's reference; values
+ * are unsealed through cfg.unseal when set). Requests already past
+ * injection keep the one they used. NULL installs an empty one. */
 void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c);
 
 /* Test-only resolution override (listener option): `host` on `port` (0:

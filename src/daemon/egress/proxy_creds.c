@@ -32,8 +32,8 @@ static int unseal_store(void *ctx, const nb_sealed_t *e, uint8_t *buf, size_t ca
 }
 
 int nb_pxcreds_wrap(const nb_sealed_t *sealed, size_t nsealed, const nb_binding_t *bindings,
-                    size_t nbindings, const char *const *names, nb_pxcreds_unseal_fn unseal,
-                    void *unseal_ctx, void (*release)(void *owner), void *owner, nb_pxcreds_t **out)
+                    size_t nbindings, const char *const *names, void (*release)(void *owner),
+                    void *owner, nb_pxcreds_t **out)
 {
     int r = nb_pxcreds_empty(out);
     if (r < 0)
@@ -44,11 +44,15 @@ int nb_pxcreds_wrap(const nb_sealed_t *sealed, size_t nsealed, const nb_binding_
     c->wbindings = bindings;
     c->nbindings = nbindings;
     c->wnames = names;
-    c->unseal = unseal;
-    c->unseal_ctx = unseal_ctx;
     c->release = release;
     c->owner = owner;
     return 0;
+}
+
+void nb_pxcreds_set_unseal(nb_pxcreds_t *c, nb_pxcreds_unseal_fn unseal, void *ctx)
+{
+    c->unseal = unseal;
+    c->unseal_ctx = ctx;
 }
 
 int nb_pxcreds_empty(nb_pxcreds_t **out)

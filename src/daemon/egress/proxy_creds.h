@@ -31,11 +31,15 @@ typedef int (*nb_pxcreds_unseal_fn)(void *ctx, const nb_sealed_t *e, uint8_t *bu
 
 /* Wraps arrays owned elsewhere (e.g. the daemon's secret service
  * snapshot): `sealed` sorted by name, `names` the nsealed names. They are
- * borrowed until the last reference goes, when `release(owner)` runs. */
+ * borrowed until the last reference goes, when `release(owner)` runs.
+ * Values are unsealed by the provider nb_pxcreds_set_unseal installs (the
+ * proxy's, nb_proxy_set_creds); until then none is found. */
 int nb_pxcreds_wrap(const nb_sealed_t *sealed, size_t nsealed, const nb_binding_t *bindings,
-                    size_t nbindings, const char *const *names, nb_pxcreds_unseal_fn unseal,
-                    void *unseal_ctx, void (*release)(void *owner), void *owner,
-                    nb_pxcreds_t **out);
+                    size_t nbindings, const char *const *names, void (*release)(void *owner),
+                    void *owner, nb_pxcreds_t **out);
+
+/* Sets the provider that unseals this snapshot's records. */
+void nb_pxcreds_set_unseal(nb_pxcreds_t *c, nb_pxcreds_unseal_fn unseal, void *ctx);
 
 nb_pxcreds_t *nb_pxcreds_ref(nb_pxcreds_t *c);
 void nb_pxcreds_unref(nb_pxcreds_t *c); /* NULL is a no-op */

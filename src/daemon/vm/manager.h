@@ -29,7 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "daemon/daemon.h"
+#include "daemon/services.h"
 #include "lib/muxsess.h"
 
 typedef struct nb_vmm nb_vmm_t;
