@@ -152,11 +152,11 @@ static int on_complete(llhttp_t *p)
     return p->upgrade ? 0 : HPE_PAUSED;
 }
 
-int nb_client_exchange(int fd, const char *method, const char *path, const json_t *body,
-                       const char *extra_headers, int timeout_ms, nb_client_resp_t *resp)
+int nb_client_exchange(int fd, const char *method, const char *path, const char *headers,
+                       const char *ctype, nb_iov_t body, int timeout_ms, nb_client_resp_t *resp)
 {
     int64_t deadline = now_ms() + timeout_ms;
-    nb_buf_t req, jb;
+    nb_buf_t req;
     llhttp_t p;
     llhttp_settings_t s;
     parse_t ps = {.resp = resp};
@@ -164,24 +164,20 @@ int nb_client_exchange(int fd, const char *method, const char *path, const json_
     int r;
     memset(resp, 0, sizeof *resp);
     nb_buf_init(&resp->body, NB_CLIENT_MAX_BODY);
-    nb_buf_init(&req, 1u << 20);
-    nb_buf_init(&jb, 1u << 20);
-    if (body && (r = nb_json_dump(body, &jb)) < 0)
-        goto out;
+    nb_buf_init(&req, NB_CLIENT_MAX_HEAD);
     r = nb_buf_printf(&req,
                       "%s %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: nilbox/" NB_VERSION
                       "\r\nAccept: application/json\r\n%s",
-                      method, path, extra_headers ? extra_headers : "");
-    if (r == 0 && body)
-        r = nb_buf_printf(&req, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
-                          jb.len);
-    else if (r == 0 && (!strcmp(method, "POST") || !strcmp(method, "PUT")))
-        r = nb_buf_append_str(&req, "Content-Length: 0\r\n");
+                      method, path, headers ? headers : "");
+    if (r == 0 && ctype)
+        r = nb_buf_printf(&req, "Content-Type: %s\r\n", ctype);
+    if (r == 0 && (body.len || !strcmp(method, "POST") || !strcmp(method, "PUT")))
+        r = nb_buf_printf(&req, "Content-Length: %zu\r\n", body.len);
     if (r == 0)
         r = nb_buf_append_str(&req, "\r\n");
-    if (r == 0 && body)
-        r = nb_buf_append(&req, jb.p, jb.len);
-    if (r < 0 || (r = write_all(fd, req.p, req.len, deadline)) < 0)
+    /* The body goes straight from the caller's (maybe locked) memory. */
+    if (r < 0 || (r = write_all(fd, req.p, req.len, deadline)) < 0 ||
+        (body.len && (r = write_all(fd, body.p, body.len, deadline)) < 0))
         goto out;
 
     llhttp_settings_init(&s);
@@ -231,20 +227,20 @@ int nb_client_exchange(int fd, const char *method, const char *path, const json_
     r = 0;
 out:
     nb_buf_free(&req);
-    nb_buf_free(&jb);
     if (r < 0)
         nb_client_resp_free(resp);
     return r;
 }
 
-int nb_client_request(const char *sock, const char *method, const char *path, const json_t *body,
-                      int timeout_ms, nb_client_resp_t *resp)
+int nb_client_request(const char *sock, const char *method, const char *path, int timeout_ms,
+                      nb_client_resp_t *resp)
 {
     memset(resp, 0, sizeof *resp);
     int fd = nb_client_connect(sock, timeout_ms);
     if (fd < 0)
         return fd;
-    int r = nb_client_exchange(fd, method, path, body, "Connection: close\r\n", timeout_ms, resp);
+    int r = nb_client_exchange(fd, method, path, "Connection: close\r\n", NULL, nb_iov(NULL, 0),
+                               timeout_ms, resp);
     close(fd);
     return r;
 }
@@ -264,13 +260,20 @@ int nb_client_unreachable(int r)
 
 /* ---------------------------------------------------------- CLI helpers */
 
-int nb_cli_call(nb_cli_t *cli, const char *method, const char *path, const json_t *body,
-                json_t **out)
+int nb_cli_send(nb_cli_t *cli, const char *method, const char *path, const char *ctype,
+                nb_iov_t body, json_t **out)
 {
     nb_client_resp_t resp;
     if (out)
         *out = NULL;
-    int r = nb_client_request(cli->home.sock, method, path, body, 60000, &resp);
+    int r, fd = nb_client_connect(cli->home.sock, 60000);
+    if (fd < 0) {
+        r = fd;
+    } else {
+        r = nb_client_exchange(fd, method, path, "Connection: close\r\n", ctype, body, 60000,
+                               &resp);
+        close(fd);
+    }
     if (r < 0) {
         if (nb_client_unreachable(r))
             return nb_cli_fail(cli, NB_CLI_UNREACHABLE, "unreachable",
@@ -296,6 +299,21 @@ int nb_cli_call(nb_cli_t *cli, const char *method, const char *path, const json_
         *out = resp.json ? json_incref(resp.json) : json_object();
     }
     nb_client_resp_free(&resp);
+    return code;
+}
+
+int nb_cli_call(nb_cli_t *cli, const char *method, const char *path, const json_t *body,
+                json_t **out)
+{
+    nb_buf_t b;
+    int code;
+    nb_buf_init(&b, 1u << 20);
+    if (body && nb_json_dump(body, &b) < 0)
+        code = nb_cli_fail(cli, NB_CLI_ERROR, "internal", "cannot encode the request");
+    else
+        code =
+            nb_cli_send(cli, method, path, body ? "application/json" : NULL, nb_buf_iov(&b), out);
+    nb_buf_free(&b);
     return code;
 }
 
@@ -345,7 +363,7 @@ int nb_cli_find_nilboxd(char *out, size_t outsz)
 static int answers(nb_cli_t *cli)
 {
     nb_client_resp_t resp;
-    int r = nb_client_request(cli->home.sock, "GET", "/v1/status", NULL, 5000, &resp);
+    int r = nb_client_request(cli->home.sock, "GET", "/v1/status", 5000, &resp);
     if (r < 0)
         return 0;
     r = resp.status == 200;

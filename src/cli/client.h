@@ -24,18 +24,19 @@ typedef struct {
  * (blocking, CLOEXEC) or -errno (-ENOENT / -ECONNREFUSED: no daemon). */
 int nb_client_connect(const char *sock, int timeout_ms);
 
-/* Sends `method path` with an optional JSON body (borrowed) and
- * `extra_headers` ("Name: value\r\n..." or NULL) on `fd`, then reads the
+/* Sends `method path` with `headers` ("Name: value\r\n..." or NULL) and
+ * `body` (borrowed, sent as is from the caller's memory, never copied;
+ * with Content-Type `ctype` when not NULL) on `fd`, then reads the
  * response (head + Content-Length/chunked body, capped) before the
  * deadline. For a 101 answer, reading stops after the head. Returns 0
  * (resp filled; free with nb_client_resp_free), NB_ETIMEOUT, NB_EPROTO,
  * NB_ETOOBIG, NB_ECLOSED or -errno. */
-int nb_client_exchange(int fd, const char *method, const char *path, const json_t *body,
-                       const char *extra_headers, int timeout_ms, nb_client_resp_t *resp);
+int nb_client_exchange(int fd, const char *method, const char *path, const char *headers,
+                       const char *ctype, nb_iov_t body, int timeout_ms, nb_client_resp_t *resp);
 
-/* connect + exchange + close. */
-int nb_client_request(const char *sock, const char *method, const char *path, const json_t *body,
-                      int timeout_ms, nb_client_resp_t *resp);
+/* connect + exchange without a body + close. */
+int nb_client_request(const char *sock, const char *method, const char *path, int timeout_ms,
+                      nb_client_resp_t *resp);
 
 void nb_client_resp_free(nb_client_resp_t *resp);
 
@@ -50,6 +51,11 @@ int nb_client_unreachable(int r);
  * code returned: 3 unreachable, 4 for 404, 5 for 401/403, 1 otherwise. */
 int nb_cli_call(nb_cli_t *cli, const char *method, const char *path, const json_t *body,
                 json_t **out);
+
+/* The same with a raw body of type `ctype` (borrowed: a secret value goes
+ * from the caller's locked memory to the socket without a copy). */
+int nb_cli_send(nb_cli_t *cli, const char *method, const char *path, const char *ctype,
+                nb_iov_t body, json_t **out);
 
 /* Makes sure nilboxd answers on the socket, starting it (next to this
  * binary, see nb_cli_find_nilboxd) when it does not; waits up to

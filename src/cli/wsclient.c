@@ -63,7 +63,8 @@ int nb_wsc_connect(const char *sock, const char *path, int timeout_ms, nb_wsc_t 
     int fd = nb_client_connect(sock, timeout_ms);
     if (fd < 0)
         return fd;
-    if ((r = nb_client_exchange(fd, "GET", path, NULL, hdrs, timeout_ms, &resp)) < 0) {
+    if ((r = nb_client_exchange(fd, "GET", path, hdrs, NULL, nb_iov(NULL, 0), timeout_ms, &resp)) <
+        0) {
         close(fd);
         return r;
     }

@@ -86,7 +86,7 @@ void nb_httpd_ws_on_input(conn_t *c)
     int r;
 
     if (ws->close_recv) {
-        c->in.len = 0;
+        nb_buf_reset(&c->in);
         return;
     }
     r = nb_ws_parser_feed(ws->parser, c->in.p, c->in.len, &used);
@@ -99,7 +99,7 @@ void nb_httpd_ws_on_input(conn_t *c)
                     nb_ws_parser_reason(ws->parser), code);
         ws->close_code = code;
         ws_send_close(ws, code, nb_ws_parser_reason(ws->parser));
-        c->in.len = 0;
+        nb_buf_reset(&c->in);
         ws->close_recv = 1; /* nothing more is read; wait for the write, then end */
     }
     if (ws->close_recv && ws->close_sent) {
