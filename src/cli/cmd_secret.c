@@ -14,7 +14,6 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "cli/client.h"
 #include "cli/cmd.h"
 #include "cli/cmdutil.h"
 #include "lib/err.h"
