@@ -14,6 +14,7 @@
 #include <stdio.h>
 
 #include "daemon/home.h"
+#include "lib/buf.h"
 
 #define NB_CLI_NOUNS(X)                                                                            \
     X(daemon)                                                                                      \
@@ -108,6 +109,26 @@ int nb_cli_fail(nb_cli_t *cli, int code, const char *err_code, const char *fmt, 
 
 /* Prints `j` as indented JSON plus newline on stdout. Borrows j. */
 void nb_cli_print_json(const json_t *j);
+
+/* Calls the daemon with a JSON body (borrowed; NULL for none). On 2xx
+ * *out (if not NULL) gets the JSON answer (caller decrefs) and NB_CLI_OK
+ * is returned. Otherwise the daemon's message (or a sentence about the
+ * transport) is printed as "nilbox: ..." and the exit code returned: 3
+ * unreachable, 4 for 404, 5 for 401/403, 1 otherwise. */
+int nb_cli_call(nb_cli_t *cli, const char *method, const char *path, const json_t *body,
+                json_t **out);
+
+/* The same with a raw body of type `ctype` (borrowed: a secret value goes
+ * from the caller's locked memory to the socket without a copy). */
+int nb_cli_send(nb_cli_t *cli, const char *method, const char *path, const char *ctype,
+                nb_iov_t body, json_t **out);
+
+/* Makes sure nilboxd answers on the socket, starting it when it does not:
+ * $NILBOXD, else next to this binary, else ../daemon/nilboxd (build tree),
+ * else $PATH; waits up to `timeout_s`. Prints "nilbox: started nilboxd
+ * (pid N)" on stderr unless `quiet`. *started is set to 1 when we started
+ * it. Returns an exit code. */
+int nb_cli_ensure_daemon(nb_cli_t *cli, int timeout_s, int quiet, int *started);
 
 /* `daemon start` on a terminal: when the secret store is locked, says so
  * and offers to unlock it (hidden passphrase; empty skips). cmd_secret.c. */

@@ -167,7 +167,7 @@ static int do_export(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         char path[128];
         nb_client_resp_t resp;
         snprintf(path, sizeof path, "/v1/audit/export?after=%lld&limit=%d", after, EXPORT_PAGE);
-        int r = nb_client_request(cli->home.sock, "GET", path, NULL, 120000, &resp);
+        int r = nb_client_request(cli->home.sock, "GET", path, 120000, &resp);
         if (r < 0) {
             code = nb_cli_fail(cli, nb_client_unreachable(r) ? NB_CLI_UNREACHABLE : NB_CLI_ERROR,
                                "transport", "cannot read the audit log: %s", nb_strerror(r));

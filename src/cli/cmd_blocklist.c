@@ -17,7 +17,6 @@
 
 #include <sodium.h>
 
-#include "cli/client.h"
 #include "cli/cmd.h"
 #include "cli/cmdutil.h"
 #include "daemon/egress/blocklist.h"

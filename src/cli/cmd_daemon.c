@@ -103,7 +103,7 @@ static int not_running(nb_cli_t *cli)
 static int do_status(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     nb_client_resp_t resp;
-    int r = nb_client_request(cli->home.sock, "GET", "/v1/status", NULL, 10000, &resp);
+    int r = nb_client_request(cli->home.sock, "GET", "/v1/status", 10000, &resp);
     if (r < 0)
         return not_running(cli);
     if (resp.status != 200 || !resp.json) {
@@ -181,7 +181,7 @@ static int do_stop(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return NB_CLI_USAGE;
     pid_t pid = 0;
     nb_client_resp_t resp;
-    int r = nb_client_request(cli->home.sock, "POST", "/v1/daemon/stop", NULL, 10000, &resp);
+    int r = nb_client_request(cli->home.sock, "POST", "/v1/daemon/stop", 10000, &resp);
     if (r == 0) {
         pid = (pid_t)(resp.json ? nb_json_int(resp.json, "pid", 0) : 0);
         int st = resp.status;

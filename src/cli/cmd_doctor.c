@@ -31,7 +31,7 @@ static int do_doctor(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     nb_client_resp_t resp;
     json_t *rep = NULL;
-    int r = nb_client_request(cli->home.sock, "GET", "/v1/doctor", NULL, 30000, &resp);
+    int r = nb_client_request(cli->home.sock, "GET", "/v1/doctor", 30000, &resp);
     if (r == 0 && resp.status == 200 && json_is_object(resp.json)) {
         rep = json_incref(resp.json);
     } else {

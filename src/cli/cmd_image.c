@@ -6,7 +6,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "cli/client.h"
 #include "cli/cmd.h"
 #include "cli/vmwait.h"
 #include "cli/wsclient.h"

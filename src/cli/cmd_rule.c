@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/client.h"
 #include "cli/cmd.h"
 #include "cli/cmdutil.h"
 #include "lib/json.h"

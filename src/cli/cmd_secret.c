@@ -2,8 +2,9 @@
  *
  * A value never comes from argv (other users can read /proc/PID/cmdline):
  * it is read from stdin when stdin is not a terminal, otherwise from a
- * prompt with echo off. It lives in locked memory and is wiped after the
- * request. */
+ * prompt with echo off. It lives in locked memory, goes from there to the
+ * daemon as the raw request body (any bytes: NUL, 0xff, newlines) and is
+ * wiped after the request. The passphrase travels the same way. */
 #include <errno.h>
 #include <signal.h>
 #include <sodium.h>
@@ -13,7 +14,6 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "cli/client.h"
 #include "cli/cmd.h"
 #include "cli/cmdutil.h"
 #include "lib/err.h"
@@ -190,34 +190,16 @@ static int read_value(nb_cli_t *cli, const char *prompt, const char *again, uint
     return NB_CLI_OK;
 }
 
-/* Wipes the string inside a JSON body built around a value, then frees it. */
-static void body_wipe_free(json_t *body, const char *key)
+/* Sends a secret (`val`, sodium_malloc'd, taken and freed: wiped) as the
+ * raw body: no copy of it is made on the way to the socket. */
+static int send_secret(nb_cli_t *cli, const char *method, const char *path, uint8_t *val,
+                       size_t len, json_t **res)
 {
-    json_t *v = json_object_get(body, key);
-    if (json_is_string(v))
-        sodium_memzero((void *)json_string_value(v), json_string_length(v));
-    json_decref(body);
-}
-
-/* A request body {key: the bytes of val as a string}. Takes val (a
- * sodium_malloc'd secret) and frees it either way; the body's copy is wiped
- * by body_wipe_free. Fails with bad_msg when the bytes are no valid
- * string (not UTF-8, or NUL bytes). */
-static int body_take(nb_cli_t *cli, const char *key, uint8_t *val, size_t len, const char *bad_msg,
-                     json_t **out)
-{
-    *out = NULL;
-    json_t *body = json_object();
-    json_t *s = json_stringn((const char *)val, len);
+    int code = nb_cli_send(cli, method, path, "application/octet-stream", nb_iov(val, len), res);
     sodium_free(val);
-    if (!body || !s) {
-        json_decref(s);
-        json_decref(body);
-        return nb_cli_fail(cli, NB_CLI_ERROR, "invalid", "%s", bad_msg);
-    }
-    json_object_set_new(body, key, s);
-    *out = body;
-    return NB_CLI_OK;
+    if (code == NB_CLI_OK && cli->json)
+        nb_cli_print_json(*res);
+    return code;
 }
 
 /* ------------------------------------------------------------------- verbs */
@@ -244,15 +226,11 @@ static int do_set(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     int code = read_value(cli, prompt, NULL, &val, &len);
     if (code != NB_CLI_OK)
         return code;
-    json_t *body;
-    if ((code = body_take(cli, "value", val, len, "the value must be UTF-8 text without NUL bytes",
-                          &body)) != NB_CLI_OK)
-        return code;
     snprintf(path, sizeof path, "/v1/secrets/%s", name);
-    int done = nb_cli_call_or_json(cli, "PUT", path, body, &res, &code);
-    body_wipe_free(body, "value");
-    if (done)
+    if ((code = send_secret(cli, "PUT", path, val, len, &res)) != NB_CLI_OK || cli->json) {
+        json_decref(res);
         return code;
+    }
     printf("%s %s (version %lld)\n", nb_json_bool(res, "created", 0) ? "created" : "updated", name,
            (long long)nb_json_int(res, "version", 0));
     json_decref(res);
@@ -459,16 +437,12 @@ static int read_offer(nb_cli_t *cli, int fresh, uint8_t **out, size_t *len)
 /* Sends the passphrase (takes `pass`, a sodium_malloc'd secret). */
 static int send_passphrase(nb_cli_t *cli, uint8_t *pass, size_t len, int fresh, int offer)
 {
-    json_t *body, *res = NULL;
-    int code;
-    if ((code = body_take(cli, "passphrase", pass, len, "the passphrase must be UTF-8 text",
-                          &body)) != NB_CLI_OK)
-        return code;
-    int done = nb_cli_call_or_json(cli, "POST", "/v1/keystore/unlock", body, &res, &code);
-    body_wipe_free(body, "passphrase");
-    if (done) {
-        if (offer)
+    json_t *res = NULL;
+    int code = send_secret(cli, "POST", "/v1/keystore/unlock", pass, len, &res);
+    if (code != NB_CLI_OK || cli->json) {
+        if (code != NB_CLI_OK && offer)
             fprintf(stderr, "nilbox: the daemon runs; try again with 'nilbox secret unlock'\n");
+        json_decref(res);
         return code;
     }
     printf("the secret store is open (%s)\n", fresh ? "new passphrase set" : "unlocked");

@@ -12,7 +12,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/client.h"
 #include "cli/cmd.h"
 #include "cli/logfilter.h"
 #include "cli/vmwait.h"

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/client.h"
 #include "lib/log.h"
 
 int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, const json_t *body,

@@ -4,7 +4,6 @@
 #include <stdio.h>
 
 #include "cli/cmd.h"
-#include "lib/json.h"
 
 int main(int argc, char **argv)
 {
@@ -15,9 +14,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "nilbox: libsodium failed to initialise\n");
         return NB_CLI_ERROR;
     }
-    /* Secret values and passphrases pass through JSON (set, unlock, the
-     * unlock offer of `daemon start`): every freed JSON string is wiped. */
-    nb_json_wipe_on_free();
     int code = nb_cli_main(&cli, argc - 1, argv + 1);
     fflush(stdout);
     return code;

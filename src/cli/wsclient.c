@@ -1,7 +1,6 @@
 #include "cli/wsclient.h"
 
 #include <errno.h>
-#include <openssl/evp.h>
 #include <poll.h>
 #include <sodium.h>
 #include <stdint.h>
@@ -14,12 +13,17 @@
 #include "cli/client.h"
 #include "lib/err.h"
 #include "lib/json.h"
+#include "lib/ws.h"
 
 #define WSC_MAX_MESSAGE (16u << 20)
 
 struct nb_wsc {
     int fd;
     nb_buf_t in; /* bytes received, not yet parsed */
+    nb_ws_parser_t *parser;
+    nb_buf_t *msg;  /* where the message being received goes (nb_wsc_recv) */
+    int opcode;     /* its opcode, once complete */
+    int close_code; /* the peer's close code, once it closed */
     int closed;
 };
 
@@ -28,22 +32,57 @@ int nb_wsc_fd(const nb_wsc_t *c)
     return c->fd;
 }
 
-static int sha1_b64(const char *s, char *out, size_t outsz)
+static int send_frame(nb_wsc_t *c, int opcode, const void *data, size_t len)
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    if (!EVP_Digest(s, strlen(s), md, &len, EVP_sha1(), NULL) || len != 20)
-        return NB_EINTERNAL;
-    sodium_bin2base64(out, outsz, md, len, sodium_base64_VARIANT_ORIGINAL);
-    return 0;
+    uint8_t mask[4];
+    nb_buf_t b;
+    nb_buf_init(&b, len + 16);
+    randombytes_buf(mask, sizeof mask);
+    int r = nb_ws_frame_append(&b, opcode, data, len, mask);
+    for (size_t off = 0; r == 0 && off < b.len;) {
+        ssize_t n = send(c->fd, b.p + off, b.len - off, MSG_NOSIGNAL);
+        if (n >= 0) {
+            off += (size_t)n;
+        } else if (errno == EAGAIN) {
+            struct pollfd p = {.fd = c->fd, .events = POLLOUT};
+            poll(&p, 1, 1000);
+        } else if (errno != EINTR) {
+            r = -errno;
+        }
+    }
+    nb_buf_free(&b);
+    return r;
+}
+
+/* Parser callbacks: a complete message stops the parse (nb_wsc_recv
+ * returns it); pings are answered; a close is echoed and stops it. */
+static int on_message(void *ud, int opcode, const uint8_t *p, size_t len)
+{
+    nb_wsc_t *c = ud;
+    int r = nb_buf_append(c->msg, p, len);
+    c->opcode = opcode;
+    return r < 0 ? r : 1;
+}
+
+static int on_control(void *ud, int opcode, const uint8_t *p, size_t len)
+{
+    nb_wsc_t *c = ud;
+    if (opcode == NB_WS_OP_PING)
+        send_frame(c, NB_WS_OP_PONG, p, len);
+    if (opcode != NB_WS_OP_CLOSE)
+        return 0;
+    c->close_code = len >= 2 ? (p[0] << 8) | p[1] : 0;
+    if (!c->closed)
+        send_frame(c, NB_WS_OP_CLOSE, p, len >= 2 ? 2 : 0);
+    c->closed = 1;
+    return 1;
 }
 
 int nb_wsc_connect(const char *sock, const char *path, int timeout_ms, nb_wsc_t **out,
                    int *http_status, char *err, size_t errsz)
 {
     unsigned char key_raw[16];
-    char key[32], expect[64], hdrs[256];
-    char concat[128];
+    char key[32], expect[NB_WS_ACCEPT_LEN + 1], hdrs[256];
     nb_client_resp_t resp;
     int r;
     *out = NULL;
@@ -53,8 +92,7 @@ int nb_wsc_connect(const char *sock, const char *path, int timeout_ms, nb_wsc_t 
         err[0] = '\0';
     randombytes_buf(key_raw, sizeof key_raw);
     sodium_bin2base64(key, sizeof key, key_raw, sizeof key_raw, sodium_base64_VARIANT_ORIGINAL);
-    snprintf(concat, sizeof concat, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
-    if ((r = sha1_b64(concat, expect, sizeof expect)) < 0)
+    if ((r = nb_ws_accept_key(key, expect)) < 0)
         return r;
     snprintf(hdrs, sizeof hdrs,
              "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -63,7 +101,8 @@ int nb_wsc_connect(const char *sock, const char *path, int timeout_ms, nb_wsc_t 
     int fd = nb_client_connect(sock, timeout_ms);
     if (fd < 0)
         return fd;
-    if ((r = nb_client_exchange(fd, "GET", path, NULL, hdrs, timeout_ms, &resp)) < 0) {
+    if ((r = nb_client_exchange(fd, "GET", path, hdrs, NULL, nb_iov(NULL, 0), timeout_ms, &resp)) <
+        0) {
         close(fd);
         return r;
     }
@@ -80,69 +119,26 @@ int nb_wsc_connect(const char *sock, const char *path, int timeout_ms, nb_wsc_t 
         close(fd);
         return NB_EPROTO;
     }
+    static const nb_ws_parser_cbs_t cbs = {.on_message = on_message, .on_control = on_control};
     nb_wsc_t *c = calloc(1, sizeof *c);
-    if (!c) {
-        nb_client_resp_free(&resp);
-        close(fd);
-        return -ENOMEM;
+    r = c ? nb_ws_parser_new(NB_WS_ROLE_CLIENT, WSC_MAX_MESSAGE, &cbs, c, &c->parser) : -ENOMEM;
+    if (c) {
+        c->fd = fd;
+        nb_buf_init(&c->in, WSC_MAX_MESSAGE + 16);
     }
-    c->fd = fd;
-    nb_buf_init(&c->in, WSC_MAX_MESSAGE + 16);
     /* Frames that arrived together with the 101 head. */
-    r = nb_buf_append(&c->in, resp.body.p, resp.body.len);
+    if (r == 0)
+        r = nb_buf_append(&c->in, resp.body.p, resp.body.len);
     nb_client_resp_free(&resp);
     if (r < 0) {
-        nb_wsc_free(c);
+        if (c)
+            nb_wsc_free(c);
+        else
+            close(fd);
         return r;
     }
     *out = c;
     return 0;
-}
-
-static int send_frame(nb_wsc_t *c, int opcode, const void *data, size_t len)
-{
-    uint8_t hdr[14], mask[4];
-    size_t h = 0;
-    hdr[h++] = (uint8_t)(0x80 | (opcode & 0x0f));
-    if (len < 126) {
-        hdr[h++] = (uint8_t)(0x80 | len);
-    } else if (len <= 0xffff) {
-        hdr[h++] = 0x80 | 126;
-        hdr[h++] = (uint8_t)(len >> 8);
-        hdr[h++] = (uint8_t)len;
-    } else {
-        hdr[h++] = 0x80 | 127;
-        for (int i = 7; i >= 0; i--)
-            hdr[h++] = (uint8_t)((uint64_t)len >> (8 * i));
-    }
-    randombytes_buf(mask, sizeof mask);
-    memcpy(hdr + h, mask, 4);
-    h += 4;
-    uint8_t *buf = malloc(h + len);
-    if (!buf)
-        return -ENOMEM;
-    memcpy(buf, hdr, h);
-    for (size_t i = 0; i < len; i++)
-        buf[h + i] = ((const uint8_t *)data)[i] ^ mask[i & 3];
-    size_t off = 0, total = h + len;
-    int r = 0;
-    while (off < total) {
-        ssize_t n = send(c->fd, buf + off, total - off, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN) {
-                struct pollfd p = {.fd = c->fd, .events = POLLOUT};
-                poll(&p, 1, 1000);
-                continue;
-            }
-            r = -errno;
-            break;
-        }
-        off += (size_t)n;
-    }
-    free(buf);
-    return r;
 }
 
 int nb_wsc_send(nb_wsc_t *c, int opcode, const void *data, size_t len)
@@ -150,109 +146,41 @@ int nb_wsc_send(nb_wsc_t *c, int opcode, const void *data, size_t len)
     return c->closed ? NB_ECLOSED : send_frame(c, opcode, data, len);
 }
 
-/* Parses one frame from c->in. 1 with the frame consumed, 0 when more
- * bytes are needed, or a negative code. */
-static int take_frame(nb_wsc_t *c, int *fin, int *op, nb_buf_t *payload)
-{
-    const uint8_t *p = c->in.p;
-    size_t have = c->in.len, h = 2;
-    if (have < 2)
-        return 0;
-    if (p[1] & 0x80 || (p[0] & 0x70))
-        return NB_EPROTO; /* masked server frame or reserved bits */
-    uint64_t len = p[1] & 0x7f;
-    if (len == 126) {
-        if (have < 4)
-            return 0;
-        len = ((uint64_t)p[2] << 8) | p[3];
-        h = 4;
-    } else if (len == 127) {
-        if (have < 10)
-            return 0;
-        len = 0;
-        for (int i = 0; i < 8; i++)
-            len = (len << 8) | p[2 + i];
-        h = 10;
-    }
-    if (len > WSC_MAX_MESSAGE)
-        return NB_ETOOBIG;
-    if (have < h + len)
-        return 0;
-    *fin = !!(p[0] & 0x80);
-    *op = p[0] & 0x0f;
-    int r = nb_buf_append(payload, p + h, (size_t)len);
-    nb_buf_consume(&c->in, h + (size_t)len);
-    return r < 0 ? r : 1;
-}
-
 int nb_wsc_recv(nb_wsc_t *c, int timeout_ms, int *opcode, nb_buf_t *msg, int *close_code)
 {
-    int msg_op = 0;
-    nb_buf_t frame;
-    nb_buf_init(&frame, WSC_MAX_MESSAGE);
     nb_buf_reset(msg);
     if (close_code)
         *close_code = 0;
+    c->msg = msg;
+    c->opcode = 0;
     for (;;) {
-        int fin = 0, op = 0;
-        nb_buf_reset(&frame);
-        int r = take_frame(c, &fin, &op, &frame);
-        if (r < 0) {
-            nb_buf_free(&frame);
-            return r;
+        size_t used = 0;
+        int was_closed = c->closed;
+        int r = nb_ws_parser_feed(c->parser, c->in.p, c->in.len, &used);
+        nb_buf_consume(&c->in, used);
+        if (r < 0)
+            return r == NB_ETOOBIG ? r : NB_EPROTO;
+        if (c->opcode) {
+            *opcode = c->opcode;
+            return 0;
         }
-        if (r == 1) {
-            if (op == 0x8) { /* close: echo it and report */
-                if (close_code && frame.len >= 2)
-                    *close_code = (frame.p[0] << 8) | frame.p[1];
-                if (!c->closed)
-                    send_frame(c, 0x8, frame.p, frame.len >= 2 ? 2 : 0);
-                c->closed = 1;
-                nb_buf_free(&frame);
-                return NB_ECLOSED;
-            }
-            if (op == 0x9) {
-                send_frame(c, 0xA, frame.p, frame.len);
-                continue;
-            }
-            if (op == 0xA)
-                continue;
-            if (op == 1 || op == 2)
-                msg_op = op;
-            else if (op != 0 || !msg_op) {
-                nb_buf_free(&frame);
-                return NB_EPROTO;
-            }
-            if ((r = nb_buf_append(msg, frame.p, frame.len)) < 0) {
-                nb_buf_free(&frame);
-                return r;
-            }
-            if (fin) {
-                *opcode = msg_op;
-                nb_buf_free(&frame);
-                return 0;
-            }
-            continue;
+        if (c->closed && (r == NB_WS_STOPPED || was_closed)) {
+            if (close_code)
+                *close_code = c->close_code;
+            return NB_ECLOSED;
         }
         struct pollfd p = {.fd = c->fd, .events = POLLIN};
         int n = poll(&p, 1, timeout_ms);
-        if (n == 0) {
-            nb_buf_free(&frame);
+        if (n == 0)
             return NB_ETIMEOUT;
-        }
-        if (n < 0) {
-            /* EINTR goes back to the caller (e.g. to notice Ctrl-C). */
-            int e = errno;
-            nb_buf_free(&frame);
-            return -e;
-        }
+        if (n < 0)
+            return -errno; /* EINTR goes back to the caller (e.g. to notice Ctrl-C) */
         uint8_t buf[16384];
         ssize_t got = recv(c->fd, buf, sizeof buf, 0);
         if (got < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
         if (got <= 0 || nb_buf_append(&c->in, buf, (size_t)got) < 0) {
             c->closed = 1;
-            nb_buf_free(&frame);
             return got <= 0 ? NB_ECLOSED : NB_ETOOBIG;
         }
     }
@@ -264,9 +192,10 @@ void nb_wsc_free(nb_wsc_t *c)
         return;
     if (!c->closed) {
         static const uint8_t normal[2] = {0x03, 0xe8}; /* 1000 */
-        send_frame(c, 0x8, normal, sizeof normal);
+        send_frame(c, NB_WS_OP_CLOSE, normal, sizeof normal);
     }
     close(c->fd);
+    nb_ws_parser_free(c->parser);
     nb_buf_free(&c->in);
     free(c);
 }

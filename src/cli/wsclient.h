@@ -1,7 +1,8 @@
-/* Minimal blocking WebSocket client (RFC 6455) over the daemon's Unix
- * socket, for `nilbox events --follow` and other streaming commands.
- * Client frames are masked; server frames must not be. Messages are
- * reassembled up to a cap; pings are answered. */
+/* Blocking WebSocket client (RFC 6455) over the daemon's Unix socket, for
+ * `nilbox events --follow` and other streaming commands. The handshake
+ * goes through cli/client.c, frames through lib/ws.c (the daemon's codec,
+ * client role): client frames are masked, server frames must not be,
+ * messages are reassembled up to a cap, pings are answered. */
 #ifndef NB_CLI_WSCLIENT_H
 #define NB_CLI_WSCLIENT_H
 

@@ -302,6 +302,8 @@ static void on_request(nb_httpd_req_t *req, void *ud)
         return;
     const char *method = nb_httpd_req_method(req), *path = nb_httpd_req_path(req);
     const nb_api_route_t *route = find_route(method, path, &known, allow, sizeof allow);
+    if (route && (route->flags & NB_API_SENSITIVE))
+        nb_httpd_req_set_sensitive(req);
     if (!authed && !(route && (route->flags & NB_API_PUBLIC))) {
         /* Before 404/405 so that routes cannot be probed without a token. */
         nb_httpd_add_header(req, "WWW-Authenticate", "Bearer realm=\"nilbox\"");

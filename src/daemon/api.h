@@ -37,6 +37,11 @@
 /* Route flags. */
 #define NB_API_PUBLIC 0x1u   /* TCP: no token needed (static UI files); Host/Origin still checked */
 #define NB_API_RAW_BODY 0x2u /* body is not JSON (uploads): no Content-Type check, no parsing */
+/* The request carries secret material (a value, a passphrase, a token):
+ * the HTTP server wipes its body and head copy once the handler returns
+ * (nb_httpd_req_set_sensitive), so the handler copies what it needs into
+ * locked memory before it returns. */
+#define NB_API_SENSITIVE 0x4u
 
 typedef struct nb_api_ctx {
     nb_httpd_req_t *req; /* valid until the reply */

@@ -325,7 +325,7 @@ static void on_session(nb_api_ctx_t *ctx)
 
 const nb_api_route_t nb_api_routes_proxy[] = {
     {"GET", "/v1/proxies", on_list, 0},
-    {"POST", "/v1/proxies", on_open, 0},
+    {"POST", "/v1/proxies", on_open, NB_API_SENSITIVE}, /* may carry a token */
     {"DELETE", "/v1/proxies/{id}", on_close, 0},
     {"GET", "/v1/proxies/session", on_session, 0},
     {0},

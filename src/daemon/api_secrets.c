@@ -1,13 +1,13 @@
 /* Routes of the secret store: status and unlock, secrets (never their
- * values), bindings. Values arrive in a JSON body, only over the Unix
- * socket or over TCP with the API token (the API layer's admission rules),
- * are copied into locked memory at once, and are wiped from the request's
- * buffers before the handler returns. No answer ever carries a value (A23). */
-#include <errno.h>
+ * values), bindings. Values and passphrases arrive as raw bodies (no JSON
+ * copy), only over the Unix socket or over TCP with the API token (the API
+ * layer's admission rules); their routes are NB_API_SENSITIVE, so the
+ * handlers copy them into locked memory and the HTTP server wipes the
+ * request's buffers when they return. No answer ever carries a value (A23). */
 #include <stdio.h>
-#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "daemon/api.h"
 #include "daemon/egress/hostname.h"
@@ -17,19 +17,30 @@
 #include "lib/json.h"
 #include "lib/log.h"
 
-/* Overwrites every copy of the request body the handler can reach: the
- * parsed JSON strings and the raw body bytes. */
-static void wipe_body(nb_api_ctx_t *ctx)
+/* The raw body of a sensitive route (a value or a passphrase, borrowed:
+ * the server wipes it when the handler returns). 0 with *out set, or -1
+ * after answering 415/400/413. */
+static int raw_body(nb_api_ctx_t *ctx, size_t max, const char *what, nb_iov_t *out)
 {
-    nb_iov_t raw = nb_httpd_req_body(ctx->req);
-    if (raw.p && raw.len)
-        sodium_memzero((void *)raw.p, raw.len);
-    const char *k;
-    json_t *v;
-    json_object_foreach (ctx->body, k, v) {
-        if (json_is_string(v))
-            sodium_memzero((void *)json_string_value(v), json_string_length(v));
+    static const char octet[] = "application/octet-stream";
+    const char *ct = nb_httpd_req_header(ctx->req, "Content-Type");
+    *out = nb_httpd_req_body(ctx->req);
+    if (!ct || strncasecmp(ct, octet, sizeof octet - 1) != 0 ||
+        !strchr("; \t", ct[sizeof octet - 1])) {
+        nb_api_reply_error(ctx, 415, "unsupported-media-type",
+                           "send the %s itself as the body, with Content-Type: %s (no JSON)", what,
+                           octet);
+        return -1;
     }
+    if (out->len == 0) {
+        nb_api_reply_error(ctx, 400, "empty", "the body (the %s) is empty", what);
+        return -1;
+    }
+    if (out->len > max) {
+        nb_api_reply_error(ctx, 413, "too-large", "a %s is at most %zu bytes", what, max);
+        return -1;
+    }
+    return 0;
 }
 
 /* 423 with what to do, when the store cannot be used now. */
@@ -93,29 +104,14 @@ static void on_unlock_done(void *ud, int status, json_t *result)
 static void on_unlock(nb_api_ctx_t *ctx)
 {
     nb_secretsvc_t *svc = ctx->d->secrets;
-    json_t *p = json_object_get(ctx->body, "passphrase");
-    size_t len = json_is_string(p) ? json_string_length(p) : 0;
-    char *pass = NULL;
-    int r;
-    if (len > 0 && len <= 1024 && (pass = sodium_malloc(len + 1))) {
-        memcpy(pass, json_string_value(p), len);
-        pass[len] = '\0';
-    }
-    wipe_body(ctx);
+    nb_iov_t pass;
     if (!svc) {
         nb_api_reply_error(ctx, 503, "unavailable", "the secret service is not running");
-        goto out;
+        return;
     }
-    if (len == 0 || len > 1024) {
-        nb_api_reply_error(ctx, 422, "invalid",
-                           "the body needs {\"passphrase\": \"...\"} (1 to 1024 bytes)");
-        goto out;
-    }
-    if (!pass) {
-        nb_api_reply_errno(ctx, -ENOMEM, NULL);
-        goto out;
-    }
-    r = nb_secretsvc_unlock(svc, pass, len, on_unlock_done, ctx);
+    if (raw_body(ctx, 1024, "passphrase", &pass) < 0)
+        return;
+    int r = nb_secretsvc_unlock(svc, (const char *)pass.p, pass.len, on_unlock_done, ctx);
     if (r == NB_ESTATE) {
         nb_api_reply_error(ctx, 409, "wrong-state",
                            "the secret store is %s, not waiting for a passphrase%s%s",
@@ -128,8 +124,6 @@ static void on_unlock(nb_api_ctx_t *ctx)
     } else if (r < 0) {
         nb_api_reply_errno(ctx, r, NULL);
     }
-out:
-    sodium_free(pass);
 }
 
 static void on_list(nb_api_ctx_t *ctx)
@@ -156,36 +150,14 @@ static int check_name(nb_api_ctx_t *ctx, const char *name)
 static void on_set(nb_api_ctx_t *ctx)
 {
     const char *name = nb_api_param(ctx, "name");
-    json_t *v = json_object_get(ctx->body, "value");
-    size_t len = json_is_string(v) ? json_string_length(v) : 0;
-    uint8_t *val = NULL;
-    int r;
-    /* Into locked memory first, then every other copy is wiped, whatever
-     * the answer is going to be. */
-    if (len > 0 && len <= NB_SECRETS_VALUE_MAX && (val = sodium_malloc(len)))
-        memcpy(val, json_string_value(v), len);
-    wipe_body(ctx);
-    if (reply_unusable(ctx) || check_name(ctx, name) < 0)
-        goto out;
-    if (len == 0) {
-        nb_api_reply_error(ctx, 422, "invalid",
-                           "the body needs {\"value\": \"...\"} with a non-empty value");
-        goto out;
-    }
-    if (len > NB_SECRETS_VALUE_MAX) {
-        nb_api_reply_error(ctx, 413, "too-large", "a secret value is at most %d bytes",
-                           NB_SECRETS_VALUE_MAX);
-        goto out;
-    }
-    if (!val) {
-        nb_api_reply_errno(ctx, -ENOMEM, NULL);
-        goto out;
-    }
-    r = nb_secretsvc_set(ctx->d->secrets, name, val, len, on_done, ctx);
+    nb_iov_t val;
+    if (reply_unusable(ctx) || check_name(ctx, name) < 0 ||
+        raw_body(ctx, NB_SECRETS_VALUE_MAX, "secret value", &val) < 0)
+        return;
+    /* Copied into locked memory now; the body is wiped on return. */
+    int r = nb_secretsvc_set(ctx->d->secrets, name, val.p, val.len, on_done, ctx);
     if (r < 0)
         nb_api_reply_errno(ctx, r, NULL);
-out:
-    sodium_free(val); /* wipes */
 }
 
 /* A missing secret or binding: name it and say where the names are. */
@@ -399,9 +371,9 @@ static void on_unbind(nb_api_ctx_t *ctx)
 
 const nb_api_route_t nb_api_routes_secrets[] = {
     {"GET", "/v1/keystore", on_status, 0},
-    {"POST", "/v1/keystore/unlock", on_unlock, 0},
+    {"POST", "/v1/keystore/unlock", on_unlock, NB_API_RAW_BODY | NB_API_SENSITIVE},
     {"GET", "/v1/secrets", on_list, 0},
-    {"PUT", "/v1/secrets/{name}", on_set, 0},
+    {"PUT", "/v1/secrets/{name}", on_set, NB_API_RAW_BODY | NB_API_SENSITIVE},
     {"DELETE", "/v1/secrets/{name}", on_rm, 0},
     {"POST", "/v1/secrets/{name}/bindings", on_bind, 0},
     {"GET", "/v1/bindings", on_bindings, 0},

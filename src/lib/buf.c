@@ -40,12 +40,14 @@ void nb_buf_init(nb_buf_t *b, size_t max)
 }
 
 /* Buffers carry protocol bytes that can hold secret values (an injected
- * request head, an upstream's echo of it, a JSON body): no byte of one
- * is left behind in freed heap memory (issue 16, docs/security.md). */
+ * request head, an upstream's echo of it, a request body): no byte of one
+ * is left behind in freed heap memory (issue 16, docs/security.md). Bytes
+ * past len never hold data (consume, reset and truncate wipe what they
+ * drop), so wiping [0, len) is enough and costs only what was used. */
 void nb_buf_free(nb_buf_t *b)
 {
     if (b->p)
-        sodium_memzero(b->p, b->cap);
+        sodium_memzero(b->p, b->len);
     free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
@@ -75,7 +77,7 @@ int nb_buf_reserve(nb_buf_t *b, size_t n)
         return -ENOMEM;
     if (b->p) {
         memcpy(np, b->p, b->len);
-        sodium_memzero(b->p, b->cap);
+        sodium_memzero(b->p, b->len);
         free(b->p);
     }
     b->p = np;
@@ -138,11 +140,17 @@ void nb_buf_consume(nb_buf_t *b, size_t n)
     b->len -= n;
 }
 
+void nb_buf_truncate(nb_buf_t *b, size_t len)
+{
+    if (len >= b->len)
+        return;
+    sodium_memzero(b->p + len, b->len - len);
+    b->len = len;
+}
+
 void nb_buf_reset(nb_buf_t *b)
 {
-    if (b->p)
-        sodium_memzero(b->p, b->len);
-    b->len = 0;
+    nb_buf_truncate(b, 0);
 }
 
 char *nb_buf_cstr(nb_buf_t *b)

@@ -26,6 +26,11 @@ static inline nb_iov_t nb_iov(const void *p, size_t len)
 int nb_iov_eq(nb_iov_t a, const char *s);
 int nb_iov_eq_nocase(nb_iov_t a, const char *s);
 
+/* Every buffer is wiped: growing copies the bytes and wipes the old block
+ * (never realloc), consume/truncate/reset wipe what they drop, free wipes
+ * the rest. Only [0, len) is ever wiped, so never lower len by hand: bytes
+ * past len must hold no data (writing into reserved room and then raising
+ * len is fine). */
 typedef struct {
     uint8_t *p; /* owned; NULL until the first append */
     size_t len; /* bytes in use */
@@ -37,7 +42,7 @@ typedef struct {
 void nb_buf_init(nb_buf_t *b, size_t max);
 
 /* Wipes and frees the storage, and resets to empty (both names do the
- * same: every buffer is wiped; growth and consume wipe what they leave). */
+ * same). */
 void nb_buf_free(nb_buf_t *b);
 void nb_buf_wipe_free(nb_buf_t *b);
 
@@ -52,6 +57,9 @@ int nb_buf_vprintf(nb_buf_t *b, const char *fmt, va_list ap) __attribute__((form
 
 /* Drops the first `n` bytes (n <= len). */
 void nb_buf_consume(nb_buf_t *b, size_t n);
+
+/* Drops the bytes from `len` on (wiped); no-op when len >= b->len. */
+void nb_buf_truncate(nb_buf_t *b, size_t len);
 
 /* Keeps storage (wiped), sets len to 0. */
 void nb_buf_reset(nb_buf_t *b);

@@ -146,6 +146,11 @@ void nb_httpd_req_set_authed(nb_httpd_req_t *req)
         c->l->nunauth--;
 }
 
+void nb_httpd_req_set_sensitive(nb_httpd_req_t *req)
+{
+    req->sensitive = 1;
+}
+
 static int header_ok(const char *name, const char *value)
 {
     if (!name[0])
@@ -484,6 +489,13 @@ static void dispatch(conn_t *c)
     c->inflight = req;
     c->req_started = 0;
     c->srv->on_request(req, c->srv->ud);
+    /* A sensitive request still with its handler keeps no secret bytes:
+     * the handler has copied them by now (c->inflight is NULL when it
+     * answered, and the request is gone, wiped by nb_httpd_req_free). */
+    if (c->inflight == req && req->sensitive) {
+        nb_buf_reset(&req->body);
+        nb_http_parser_idle(c->parser);
+    }
 }
 
 /* Feeds buffered input to the parser until a request is with the handler,

@@ -87,6 +87,12 @@ long nb_httpd_req_peer_uid(const nb_httpd_req_t *req);
  * its credentials): it leaves the unauthenticated budget and gets the
  * normal idle timeout. No effect on an orphaned request. */
 void nb_httpd_req_set_authed(nb_httpd_req_t *req);
+/* Marks the request as carrying secret material (the router does, for
+ * sensitive routes): as soon as the handler returns, its body and the
+ * parser's copy of its head are wiped, so the handler copies what it needs
+ * (into locked memory) before returning. Everything else about the request
+ * (and the wipe of every buffer on free) is unchanged. */
+void nb_httpd_req_set_sensitive(nb_httpd_req_t *req);
 
 /* Adds a response header for this request's response (copied). Headers
  * containing CR or LF are refused with NB_EINVAL. */

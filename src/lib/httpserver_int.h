@@ -118,6 +118,7 @@ struct nb_httpd_req {
     int head_method;
     int version_minor;
     int upgrade;
+    int sensitive; /* nb_httpd_req_set_sensitive */
     uint64_t conn_id;
     int is_unix;
     long uid;

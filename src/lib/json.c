@@ -84,7 +84,7 @@ int nb_json_dump(const json_t *j, nb_buf_t *b)
 {
     size_t before = b->len;
     if (json_dump_callback(j, dump_cb, b, NB_JSON_DUMP_FLAGS) < 0) {
-        b->len = before;
+        nb_buf_truncate(b, before);
         return b->max - b->len < 1024 ? NB_ETOOBIG : -ENOMEM;
     }
     return 0;

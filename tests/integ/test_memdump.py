@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Secrets in memory images (issue 16): after a real value went the whole
-way (`nilbox secret set` -> API -> sealed store -> unseal at injection ->
+way (`nilbox secret set` -> API (a raw body; a binary value too) -> sealed
+store -> unseal at injection ->
 TLS to the upstream -> the upstream echoes it -> redaction), a memory
 image of the running nilboxd holds no copy of it outside the locked,
 MADV_DONTDUMP regions that libsodium allocates (sodium_malloc); and the
@@ -8,6 +9,7 @@ daemon is not dumpable with RLIMIT_CORE 0.
 
 Reads the image as root through /proc/PID/maps + /proc/PID/mem (what a
 core dump or a same-uid debugger would copy). Skipped when not root."""
+import base64
 import os
 import re
 import secrets
@@ -16,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_harness import run_tests  # noqa: E402
+from daemon_harness import NILBOX, run_tests  # noqa: E402
 from proxy_env import ProxyEnv  # noqa: E402
 
 
@@ -85,7 +87,11 @@ def test_no_secret_copies_in_memory():
         print("   skipped: needs root to read /proc/PID/mem")
         return
     value = "sk-memdump-" + secrets.token_hex(20)
-    with ProxyEnv() as e:
+    env = ProxyEnv()
+    # meson sets MALLOC_PERTURB_, which makes glibc overwrite freed memory
+    # and would hide a buffer that was freed without being wiped.
+    env.d.env.pop("MALLOC_PERTURB_", None)
+    with env as e:
         pid = e.d.proc.pid
         # Limits: not dumpable, no core files.
         with open("/proc/%d/limits" % pid) as f:
@@ -121,18 +127,44 @@ def test_no_secret_copies_in_memory():
         assert [x for x in e.received() if plain in str(x)], "no cleartext injection"
         seen = [x for x in e.received() if value in str(x)]
         assert seen, "the upstream never saw the real value: the session did not inject"
+        # A binary value (NUL, 0xff, CR/LF) set with `nilbox secret set`
+        # travels as a raw body and is injected byte for byte (Basic
+        # placement: base64 of "user:value").
+        binval = b"\x00bin\xff\r\n" + secrets.token_bytes(20) + b"\n\x00\xff-end"
+        r = subprocess.run([NILBOX, "secret", "set", "BIN_KEY"], env=e.d.env, input=binval,
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0, r
+        e.bind("BIN_KEY", "other.test", "--basic", "u")
+        e.rule("allow", "other.test:443")
+        guest = base64.b64encode(b"u:BIN_KEY").decode()
+        code, body, r = e.curl(px, "https://other.test/echo?bin=1",
+                               "-H", "Authorization: Basic " + guest)
+        assert code == 200, r
+        sent = [v for x in e.received() if "bin=1" in x["target"]
+                for k, v in x["headers"] if k.lower() == "authorization"]
+        assert sent and sent[0].startswith("Basic "), sent
+        assert base64.b64decode(sent[0][6:]) == b"u:" + binval, sent
         # A second value set and replaced: the old one must not linger either.
         e.secret("OTHER_KEY", value[::-1])
         e.secret("OTHER_KEY", "replaced-" + secrets.token_hex(8))
+        # Last, a large binary value: nothing after it reuses its buffers,
+        # so a request buffer left unwiped would still hold it.
+        last = b"\xff\x00last" + secrets.token_bytes(3000) + b"\x00\xff"
+        r = subprocess.run([NILBOX, "secret", "set", "LAST_KEY"], env=e.d.env, input=last,
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0, r
         time.sleep(0.5)
-        needles = [value.encode(), value[::-1].encode(), value.encode("utf-16-le"),
-                   plain.encode()]
+        needles = [last, value.encode(), value[::-1].encode(), value.encode("utf-16-le"),
+                   plain.encode(), binval, base64.b64encode(b"u:" + binval)]
+        # Their second halves too: a freed heap chunk's first 16 bytes are
+        # overwritten by the allocator, which would hide a copy at its start.
+        needles += [n[len(n) // 2:] for n in needles]
         # The scanner itself works: this test process holds the value.
         mine, _ = find_copies(os.getpid(), [value.encode()])
         assert mine, "the memory scanner finds nothing even where the value is"
         outside, inside = find_copies(pid, needles)
         for addr, name, n, ctx in outside[:20]:
-            print("   copy at %s in %s: %r" % (addr, name, ctx))
+            print("   copy at %s in %s: %r" % (addr, name, ctx[:120]))
         assert not outside, "%d copies of the value outside locked memory" % len(outside)
         print("   no copy outside locked memory (%d inside locked/dontdump regions)" % inside)
         e.stop_clean()

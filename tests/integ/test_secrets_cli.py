@@ -97,6 +97,25 @@ def test_roundtrip_stdin():
         assert "secret.bind" in kinds and "secret.unbind" in kinds, kinds
 
 
+def test_binary_value():
+    """Any bytes are a value (NUL, 0xff, CR, LF inside): the CLI sends them
+    raw, the daemon stores them as they are."""
+    value = b"\x00bin\xff\r\n" + secrets.token_bytes(24) + b"\n\x00\xfe\xff-end"
+    with Daemon() as d:
+        start_with_keyfile(d)
+        r = subprocess.run([NILBOX, "--json", "secret", "set", "BIN_KEY"], env=d.env,
+                           input=value, capture_output=True, timeout=60)
+        assert r.returncode == 0 and json.loads(r.stdout)["created"], r
+        # One trailing newline is dropped (a value piped from `echo`), no more.
+        r = subprocess.run([NILBOX, "secret", "set", "NL_KEY"], env=d.env,
+                           input=b"a\nb\n\n", capture_output=True, timeout=60)
+        assert r.returncode == 0, r
+        st, _, body = d.unix("GET", "/v1/secrets")
+        assert st == 200 and value not in body
+        names = {s["name"] for s in json.loads(body)["secrets"]}
+        assert names == {"BIN_KEY", "NL_KEY"}, body
+
+
 def test_value_never_from_argv():
     with Daemon() as d:
         start_with_keyfile(d)
@@ -144,13 +163,26 @@ def test_bad_input():
         r = d.cli("secret", "unbind", "4242")
         assert r.returncode == 4 and "no binding #4242" in r.stderr, r
         assert "nilbox secret ls" in r.stderr, r
-        # Straight to the API: wrong types, missing value.
-        st, _, body = d.unix("PUT", "/v1/secrets/K", body=b'{"value": 5}',
+        # Straight to the API: the value is the raw body, never JSON.
+        octet = {"Content-Type": "application/octet-stream"}
+        st, _, body = d.unix("PUT", "/v1/secrets/K", body=b'{"value": "x"}',
                              headers={"Content-Type": "application/json"})
-        assert st == 422, body
-        st, _, body = d.unix("PUT", "/v1/secrets/bad-name", body=b'{"value": "x"}',
-                             headers={"Content-Type": "application/json"})
+        assert st == 415 and b"application/octet-stream" in body, body
+        st, _, body = d.unix("PUT", "/v1/secrets/K", body=b"x")
+        assert st == 415, body
+        st, _, body = d.unix("PUT", "/v1/secrets/K", body=b"", headers=octet)
+        assert st == 400 and b"empty" in body, body
+        st, _, body = d.unix("PUT", "/v1/secrets/K", body=b"x" * 65537, headers=octet)
+        assert st == 413 and b"65536" in body, body
+        st, _, body = d.unix("PUT", "/v1/secrets/K", body=b"x" * 65536, headers=octet)
+        assert st == 200 and json.loads(body)["name"] == "K", body
+        st, _, body = d.unix("PUT", "/v1/secrets/bad-name", body=b"x", headers=octet)
         assert st == 422 and b"placeholder name" in body, body
+        st, _, body = d.unix("POST", "/v1/keystore/unlock", body=b'{"passphrase": "x"}',
+                             headers={"Content-Type": "application/json"})
+        assert st == 415, body
+        st, _, body = d.unix("POST", "/v1/keystore/unlock", body=b"p" * 20, headers=octet)
+        assert st == 409 and b"not waiting for a passphrase" in body, body
 
 
 def test_hidden_prompt_on_a_tty():
@@ -315,6 +347,6 @@ def test_A23_value_nowhere_in_clear():
 
 
 if __name__ == "__main__":
-    run_tests([test_roundtrip_stdin, test_value_never_from_argv, test_bad_input,
+    run_tests([test_roundtrip_stdin, test_binary_value, test_value_never_from_argv, test_bad_input,
                test_locked_store_is_visible,
                test_hidden_prompt_on_a_tty, test_A23_value_nowhere_in_clear])

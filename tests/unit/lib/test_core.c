@@ -43,6 +43,34 @@ static void test_buf_cap(void)
     nb_buf_free(&b); /* free twice is a no-op */
 }
 
+/* Bytes a buffer drops hold nothing afterwards (only [0, len) is wiped on
+ * grow and free, so this invariant is what keeps those wipes complete). */
+static void test_buf_wipe(void)
+{
+    static const uint8_t zero[16];
+    nb_buf_t b;
+    nb_buf_init(&b, 1024);
+    NB_CHECK_EQ_INT(nb_buf_append(&b,
+                                  "\0se\xff"
+                                  "ret-value-xx",
+                                  16),
+                    0);
+    nb_buf_consume(&b, 4);
+    NB_CHECK_EQ_INT(b.len, 12);
+    NB_CHECK(memcmp(b.p, "ret-value-xx", 12) == 0 && memcmp(b.p + 12, zero, 4) == 0);
+    nb_buf_truncate(&b, 3);
+    NB_CHECK(b.len == 3 && memcmp(b.p + 3, zero, 9) == 0);
+    nb_buf_truncate(&b, 5); /* never grows */
+    NB_CHECK_EQ_INT(b.len, 3);
+    uint8_t *old = b.p;
+    NB_CHECK_EQ_INT(nb_buf_append(&b, zero, 16), 0);
+    NB_CHECK_EQ_INT(nb_buf_reserve(&b, 200), 0); /* grows: a new block, the bytes copied */
+    NB_CHECK(b.p != old && memcmp(b.p, "ret", 3) == 0 && b.len == 19);
+    nb_buf_reset(&b);
+    NB_CHECK(b.len == 0 && memcmp(b.p, zero, 16) == 0);
+    nb_buf_free(&b);
+}
+
 static void test_iov(void)
 {
     NB_CHECK(nb_iov_eq(NB_IOV_STR("abc"), "abc"));
@@ -98,6 +126,7 @@ int main(void)
 {
     NB_RUN(test_err);
     NB_RUN(test_buf_cap);
+    NB_RUN(test_buf_wipe);
     NB_RUN(test_iov);
     NB_RUN(test_log_escape);
     NB_RUN(test_json);
