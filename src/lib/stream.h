@@ -18,9 +18,9 @@
  *
  * Lifetime: a stream lives until nb_stream_close(); its on_close callback
  * (if set) runs later from the loop, never from inside an API call, and
- * the stream's memory is released after it. No other callback runs after
- * nb_stream_close(). Errors and EOF are reported through on_read; a stream
- * never closes itself.
+ * the stream's memory is released after it. After nb_stream_close() only
+ * pending write/shutdown callbacks still run (then on_close). Errors and
+ * EOF are reported through on_read; a stream never closes itself.
  *
  * Threading: everything belongs to the loop the stream was created on. */
 #ifndef NB_STREAM_H
@@ -38,7 +38,8 @@ typedef struct nb_stream nb_stream_t;
 /* Read callback. n > 0: `p` holds n bytes and the callee owns it (free()
  * or pass to nb_stream_write). n == UV_EOF: the peer finished sending (p
  * NULL); reading stops by itself. Other n < 0: an error (libuv / NB_E*
- * code; for an nbmux stream the peer's RST or the session's teardown);
+ * code; for an nbmux stream the peer's RST or the session's teardown,
+ * reported even while not reading or after EOF, as it ends writing too);
  * reading stops and only nb_stream_close() is left to do. */
 typedef void (*nb_stream_read_cb)(nb_stream_t *s, ssize_t n, uint8_t *p, void *ud);
 /* A write (or shutdown) finished: status 0, or an error; UV_ECANCELED when
@@ -58,6 +59,7 @@ typedef struct {
     int (*write)(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb, void *ud);
     int (*shutdown)(nb_stream_t *s, nb_stream_write_cb cb, void *ud);
     size_t (*queued)(const nb_stream_t *s);
+    int (*writable)(const nb_stream_t *s);
     void (*close)(nb_stream_t *s, int reset);
 } nb_stream_ops_t;
 
@@ -106,6 +108,10 @@ uv_stream_t *nb_stream_uv_handle(nb_stream_t *s);
 typedef void (*nb_stream_other_cb)(nb_stream_t *s, unsigned chan, nb_iov_t data, void *ud);
 int nb_stream_mux_new(uv_loop_t *loop, nb_muxsess_stream_t *st, unsigned chan,
                       nb_stream_other_cb on_other, nb_stream_t **out);
+
+/* Closes a mux-backed stream with a reset carrying `code` and `msg` (the
+ * peer sees them in RST / OPEN_ERR). Other backends: nb_stream_close(s, 1). */
+void nb_stream_mux_reset(nb_stream_t *s, uint32_t code, const char *msg);
 
 /* The nbmux stream behind a mux-backed stream; NULL once the nbmux stream
  * is gone (peer reset, session down) or for another backend. */
@@ -159,10 +165,12 @@ void nb_stream_close(nb_stream_t *s, int reset);
 typedef struct nb_splice nb_splice_t;
 
 /* The splice ended: err 0 when both directions reached EOF and were shut
- * down in order, else the first error (read or write, either side). Both
+ * down in order, else the first error (read or write, either side) and
+ * `failed` the stream it happened on (NULL when err is 0). Both
  * streams are still open and belong to the caller again (typically
- * nb_stream_close(x, err != 0)). The splice is freed after this returns. */
-typedef void (*nb_splice_done_cb)(nb_splice_t *sp, int err, void *ud);
+ * nb_stream_close(x, err != 0)); their callbacks are cleared. The splice
+ * is freed once no write it issued is outstanding. */
+typedef void (*nb_splice_done_cb)(nb_splice_t *sp, int err, nb_stream_t *failed, void *ud);
 
 typedef struct {
     size_t hiwat, lowat; /* write queue marks applied to both (0: defaults) */
