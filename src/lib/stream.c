@@ -9,6 +9,7 @@
 #include "lib/err.h"
 
 #define READ_BLOCK (64u * 1024u)
+#define GATHER_ROUNDS 64 /* loop iterations gathered bytes may wait for more */
 
 /* ---- the interface ---- */
 
@@ -19,6 +20,11 @@ void nb_stream_set_cbs(nb_stream_t *s, nb_stream_read_cb on_read, nb_stream_drai
     s->on_drain = on_drain;
     s->on_close = on_close;
     s->ud = ud;
+}
+
+void *nb_stream_ud(const nb_stream_t *s)
+{
+    return s->ud;
 }
 
 void nb_stream_set_marks(nb_stream_t *s, size_t hiwat, size_t lowat)
@@ -307,18 +313,20 @@ int nb_stream_pipe_new(uv_loop_t *loop, int fd, nb_stream_t **out)
     *out = NULL;
     uvs_t *u = calloc(1, sizeof *u);
     if (!u) {
-        close(fd);
+        if (fd >= 0)
+            close(fd);
         return -ENOMEM;
     }
     stream_init(&u->base, &uvs_ops, loop);
     int r = uv_pipe_init(loop, &u->u.pipe, 0);
     if (r < 0) {
-        close(fd);
+        if (fd >= 0)
+            close(fd);
         free(u);
         return r;
     }
     u->u.h.data = u;
-    if ((r = uv_pipe_open(&u->u.pipe, fd)) < 0) {
+    if (fd >= 0 && (r = uv_pipe_open(&u->u.pipe, fd)) < 0) {
         close(fd);
         u->base.closing = 1;
         uv_close(&u->u.h, uvs_on_closed);
@@ -349,6 +357,9 @@ typedef struct {
     int err;       /* error seen, not yet delivered */
     int delivered; /* EOF or error delivered */
     int wait_close;
+    size_t gather_max; /* nb_stream_mux_gather */
+    size_t gathered;   /* bytes held since the last idle round */
+    unsigned rounds;   /* idle rounds since the first held byte */
 } muxs_t;
 
 static void muxs_final(uv_handle_t *h)
@@ -388,6 +399,13 @@ static void muxs_deliver(muxs_t *m)
 static void muxs_on_idle(uv_idle_t *h)
 {
     muxs_t *m = h->data;
+    if (m->gather_max && m->held_len && m->gathered && ++m->rounds < GATHER_ROUNDS && !m->fin &&
+        !m->err) {
+        m->gathered = 0; /* more came this round: wait for a quiet one */
+        return;
+    }
+    m->gathered = 0;
+    m->rounds = 0;
     uv_idle_stop(h);
     muxs_deliver(m);
 }
@@ -402,7 +420,7 @@ static void muxs_on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, voi
             m->on_other(s, chan, d, s->ud);
         return;
     }
-    if (s->reading && !m->held_len) {
+    if (s->reading && !m->held_len && !m->gather_max) {
         uint8_t *p = malloc(d.len ? d.len : 1);
         if (p) {
             memcpy(p, d.p, d.len);
@@ -432,6 +450,13 @@ static void muxs_on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, voi
     }
     memcpy(m->held + m->held_len, d.p, d.len);
     m->held_len += d.len;
+    if (m->gather_max && s->reading) {
+        m->gathered += d.len;
+        if (m->held_len >= m->gather_max)
+            muxs_deliver(m);
+        else
+            uv_idle_start(&m->idle, muxs_on_idle);
+    }
 }
 
 static void muxs_on_fin(nb_muxsess_stream_t *st, void *ud)
@@ -581,6 +606,12 @@ int nb_stream_mux_new(uv_loop_t *loop, nb_muxsess_stream_t *st, unsigned chan,
     nb_muxsess_stream_set_cbs(st, &muxs_cbs, m);
     *out = &m->base;
     return 0;
+}
+
+void nb_stream_mux_gather(nb_stream_t *s, size_t max)
+{
+    if (s->ops == &muxs_ops)
+        ((muxs_t *)s)->gather_max = max;
 }
 
 void nb_stream_mux_reset(nb_stream_t *s, uint32_t code, const char *msg)

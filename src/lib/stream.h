@@ -88,7 +88,9 @@ struct nb_stream {
 int nb_stream_tcp_new(uv_loop_t *loop, nb_stream_t **out);
 
 /* A stream over `fd` (pipe, socket, pty master) as a libuv pipe. Takes
- * ownership of fd in every case (closed on error). 0 or a libuv error. */
+ * ownership of fd in every case (closed on error). fd -1: no fd yet, for
+ * uv_spawn's UV_CREATE_PIPE on nb_stream_uv_handle(s). 0 or a libuv
+ * error. */
 int nb_stream_pipe_new(uv_loop_t *loop, int fd, nb_stream_t **out);
 
 /* The libuv handle of a TCP/pipe stream (borrowed; its `data` belongs to
@@ -109,6 +111,14 @@ typedef void (*nb_stream_other_cb)(nb_stream_t *s, unsigned chan, nb_iov_t data,
 int nb_stream_mux_new(uv_loop_t *loop, nb_muxsess_stream_t *st, unsigned chan,
                       nb_stream_other_cb on_other, nb_stream_t **out);
 
+/* Gathers bytes read from a mux-backed stream while more keep arriving
+ * and delivers them as one block once a loop iteration brings nothing new,
+ * 64 iterations passed, or `max` bytes wait. The channel delivers bytes in
+ * pieces of a few KiB (virtio-serial buffers); waking a reader per piece
+ * costs context switches, which limits throughput in an emulated guest.
+ * 0: off (the default). */
+void nb_stream_mux_gather(nb_stream_t *s, size_t max);
+
 /* Closes a mux-backed stream with a reset carrying `code` and `msg` (the
  * peer sees them in RST / OPEN_ERR). Other backends: nb_stream_close(s, 1). */
 void nb_stream_mux_reset(nb_stream_t *s, uint32_t code, const char *msg);
@@ -122,6 +132,9 @@ nb_muxsess_stream_t *nb_stream_mux_stream(const nb_stream_t *s);
 /* Sets callbacks and user data; any of them may be NULL. */
 void nb_stream_set_cbs(nb_stream_t *s, nb_stream_read_cb on_read, nb_stream_drain_cb on_drain,
                        nb_stream_close_cb on_close, void *ud);
+
+/* The user data given to nb_stream_set_cbs. */
+void *nb_stream_ud(const nb_stream_t *s);
 
 /* Sets the write queue marks (0: keep). The nbmux backend keeps the
  * session's marks and ignores these. */

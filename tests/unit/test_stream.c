@@ -124,7 +124,8 @@ static int run_until(const int *flag, uint64_t ms)
     uint64_t end = uv_now(loop) + ms;
     while (!*flag && uv_now(loop) < end) {
         uv_run(loop, UV_RUN_NOWAIT);
-        int p = (D1.fd > 0 && drv_pump(&D1)) | (D2.fd > 0 && drv_pump(&D2));
+        int p1 = D1.fd > 0 && drv_pump(&D1), p2 = D2.fd > 0 && drv_pump(&D2);
+        int p = p1 || p2;
         uv_update_time(loop);
         if (!p && !*flag)
             usleep(100);
