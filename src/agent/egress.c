@@ -13,16 +13,11 @@
  * host refuses (OPEN_ERR) or resets ends the guest connection with a TCP
  * reset, so a client sees a failure rather than an empty answer.
  *
- * Back-pressure both ways: the socket is read only while the stream can
- * take more; stream bytes are consumed (credit returned) once the socket
- * took them.
- *
- * Bytes for the guest program are gathered while more keep arriving and
- * written with one write once a loop iteration brings nothing new (or 256
- * KiB are waiting): the channel delivers them in pieces of a few KiB
- * (virtio-serial buffers, one per read), and waking the program for each
- * piece costs two context switches, which is what limits throughput in an
- * emulated guest. */
+ * The socket and the stream are spliced (lib/stream.h): back-pressure both
+ * ways, half-close propagated. Bytes for the guest program are gathered
+ * while more keep arriving (nb_stream_mux_gather): waking the program for
+ * each virtio-serial piece is what limits throughput in an emulated
+ * guest. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/netfilter_ipv4.h>
@@ -35,10 +30,10 @@
 #include "agent/agent.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/stream.h"
 
 #define EGRESS_MAX_CONNS 1024   /* guest connections in flight; more are reset */
 #define GATHER_MAX (256 * 1024) /* gathered bytes written at once, whatever follows */
-#define GATHER_ROUNDS 64        /* loop iterations bytes may wait for more */
 
 typedef struct {
     nb_agent_t *a;
@@ -47,277 +42,56 @@ typedef struct {
     int open;
 } listener_t;
 
-typedef struct econn econn_t;
-
 static struct {
     listener_t proxy, transparent;
     unsigned conns;
-    uv_idle_t flush; /* writes what on_data gathered once a loop iteration adds nothing */
-    int flush_open;
-    econn_t *dirty;  /* connections with gathered bytes */
-    size_t gathered; /* bytes gathered since the last idle round */
-    unsigned rounds; /* idle rounds since the first gathered byte */
 } E;
 
-struct econn {
-    nb_agent_t *a;
-    nb_muxsess_stream_t *st; /* NULL once the stream closed */
-    uv_tcp_t tcp;
-    uv_shutdown_t shut;
-    int closing, shutting, paused, eof;
-    int fin_pending; /* the stream finished: shut down after the gathered bytes */
-    econn_t *dnext;
-    int dirty;
-    uint8_t *out; /* gathered bytes, not yet written */
-    size_t out_len, out_cap;
-};
-
 typedef struct {
-    uv_write_t req;
-    econn_t *c;
-    size_t n;
-    uint8_t *data; /* owned: the connection's gathered buffer, handed over */
-} ewrite_t;
+    nb_agent_t *a;
+    nb_stream_t *tcp, *mux; /* mux NULL until the stream is open */
+    int nclosed, nstreams;
+} econn_t;
 
-static void conn_closed(uv_handle_t *h)
+static void on_stream_closed(nb_stream_t *s, void *ud)
 {
-    econn_t *c = h->data;
-    if (c->dirty) {
-        for (econn_t **pp = &E.dirty; *pp; pp = &(*pp)->dnext) {
-            if (*pp == c) {
-                *pp = c->dnext;
-                break;
-            }
-        }
-    }
-    free(c->out);
+    econn_t *c = ud;
+    if (++c->nclosed < c->nstreams)
+        return;
     c->a->live--;
     E.conns--;
     free(c);
 }
 
-/* Ends the guest connection; `reset`: with a TCP RST (the host refused or
- * failed), else a normal close. */
-static void conn_close(econn_t *c, int reset)
+/* Ends the guest connection (with a TCP reset when `reset`: the host
+ * refused or failed) and the stream (RST `code`/`why` when code is set). */
+static void conn_close(econn_t *c, int reset, uint32_t code, const char *why)
 {
-    if (c->closing)
-        return;
-    c->closing = 1;
-    if (reset && uv_tcp_close_reset(&c->tcp, conn_closed) == 0)
-        return;
-    uv_close((uv_handle_t *)&c->tcp, conn_closed);
+    nb_stream_set_cbs(c->tcp, NULL, NULL, on_stream_closed, c);
+    if (c->mux) {
+        nb_stream_set_cbs(c->mux, NULL, NULL, on_stream_closed, c);
+        if (code)
+            nb_stream_mux_reset(c->mux, code, why);
+        else
+            nb_stream_close(c->mux, reset);
+    }
+    nb_stream_close(c->tcp, reset);
 }
 
-static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
+static void on_done(nb_splice_t *sp, int err, nb_stream_t *failed, void *ud)
 {
-    econn_t *c = h->data;
-    if (n > 0 && c->st) {
-        if (nb_muxsess_stream_write_owned(c->st, NB_MUX_CHAN_STDIO, b->base, (size_t)n, free) < 0) {
-            nb_muxsess_stream_reset(c->st, NB_MUX_E_INTERNAL, "queue overflow");
-            c->st = NULL;
-            conn_close(c, 1);
-            return;
-        }
-        if (!nb_muxsess_stream_writable(c->st)) {
-            c->paused = 1;
-            uv_read_stop(h);
-        }
-        return;
-    }
-    free(b->base);
-    if (n == 0)
-        return;
-    uv_read_stop(h);
-    c->eof = 1;
-    if (!c->st) {
-        conn_close(c, 0);
-        return;
-    }
-    if (n == UV_EOF) {
-        nb_muxsess_stream_fin(c->st);
+    econn_t *c = ud;
+    if (err == 0) {
+        conn_close(c, 0, 0, NULL);
+    } else if (failed == c->tcp) {
+        conn_close(c, 1, NB_MUX_E_CANCEL, "guest connection failed");
+    } else if (err == NB_ETOOBIG) {
+        conn_close(c, 1, NB_MUX_E_INTERNAL, "queue overflow");
     } else {
-        nb_muxsess_stream_reset(c->st, NB_MUX_E_CANCEL, "guest connection failed");
-        c->st = NULL;
-        conn_close(c, 1);
+        nb_log(NB_LOG_DEBUG, "egress stream ended: %s", nb_strerror(err));
+        conn_close(c, 1, 0, NULL);
     }
 }
-
-static void on_drain(nb_muxsess_stream_t *st, void *ud)
-{
-    econn_t *c = ud;
-    if (c->paused && !c->eof && !c->closing) {
-        c->paused = 0;
-        uv_read_start((uv_stream_t *)&c->tcp, nb_agent_alloc, on_read);
-    }
-}
-
-static void on_written(uv_write_t *req, int status)
-{
-    ewrite_t *w = (ewrite_t *)req;
-    econn_t *c = w->c;
-    if (c->st)
-        nb_muxsess_stream_consume(c->st, w->n);
-    free(w->data);
-    free(w);
-    if (status < 0 && status != UV_ECANCELED && c->st) {
-        nb_muxsess_stream_reset(c->st, NB_MUX_E_CANCEL, "guest connection closed");
-        c->st = NULL;
-        conn_close(c, 1);
-    }
-}
-
-static void on_shutdown(uv_shutdown_t *req, int status)
-{
-    econn_t *c = req->data;
-    c->shutting = 2;
-    if (!c->st)
-        conn_close(c, 0);
-}
-
-/* shutdown(SHUT_WR) after the queued writes. */
-static void start_shutdown(econn_t *c)
-{
-    c->fin_pending = 0;
-    c->shut.data = c;
-    if (!c->closing && uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_shutdown) == 0)
-        c->shutting = 1;
-}
-
-/* Writes what a connection gathered (one write), then a pending FIN. */
-static void flush_conn(econn_t *c)
-{
-    if (c->closing) {
-        c->out_len = 0;
-        return;
-    }
-    if (c->out_len) {
-        ewrite_t *w = malloc(sizeof *w);
-        if (!w) {
-            if (c->st)
-                nb_muxsess_stream_reset(c->st, NB_MUX_E_INTERNAL, "out of memory");
-            c->st = NULL;
-            conn_close(c, 1);
-            return;
-        }
-        w->c = c;
-        w->n = c->out_len;
-        w->data = c->out;
-        c->out = NULL;
-        c->out_len = c->out_cap = 0;
-        uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->n);
-        if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
-            free(w->data);
-            free(w);
-            if (c->st)
-                nb_muxsess_stream_reset(c->st, NB_MUX_E_CANCEL, "guest connection closed");
-            c->st = NULL;
-            conn_close(c, 1);
-            return;
-        }
-    }
-    if (c->fin_pending)
-        start_shutdown(c);
-}
-
-static void flush_all(void)
-{
-    while (E.dirty) {
-        econn_t *c = E.dirty;
-        E.dirty = c->dnext;
-        c->dirty = 0;
-        flush_conn(c);
-    }
-    E.gathered = 0;
-    E.rounds = 0;
-    if (E.flush_open)
-        uv_idle_stop(&E.flush);
-}
-
-/* Runs once per loop iteration while bytes wait (and keeps the loop from
- * blocking): when the last iteration brought nothing, nothing more is
- * coming right now, so write. */
-static void on_flush(uv_idle_t *h)
-{
-    if (E.gathered == 0 || ++E.rounds >= GATHER_ROUNDS) {
-        flush_all();
-        return;
-    }
-    E.gathered = 0;
-}
-
-static void mark_dirty(econn_t *c)
-{
-    if (c->dirty)
-        return;
-    c->dirty = 1;
-    c->dnext = E.dirty;
-    E.dirty = c;
-    if (!E.flush_open) {
-        uv_idle_init(c->a->loop, &E.flush);
-        E.flush_open = 1;
-    }
-    uv_idle_start(&E.flush, on_flush);
-}
-
-static void on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud)
-{
-    econn_t *c = ud;
-    if (chan != NB_MUX_CHAN_STDIO || c->shutting || c->closing || c->fin_pending) {
-        nb_muxsess_stream_consume(st, d.len);
-        return;
-    }
-    /* Bounded by the stream's receive window (credit is returned only
-     * once the socket took the bytes). */
-    if (c->out_len + d.len > c->out_cap) {
-        size_t cap = c->out_cap ? c->out_cap : 64 * 1024;
-        while (cap < c->out_len + d.len)
-            cap *= 2;
-        uint8_t *p = realloc(c->out, cap);
-        if (!p) {
-            nb_muxsess_stream_reset(st, NB_MUX_E_INTERNAL, "out of memory");
-            c->st = NULL;
-            conn_close(c, 1);
-            return;
-        }
-        c->out = p;
-        c->out_cap = cap;
-    }
-    memcpy(c->out + c->out_len, d.p, d.len);
-    c->out_len += d.len;
-    E.gathered += d.len;
-    mark_dirty(c);
-    if (c->out_len >= GATHER_MAX)
-        flush_conn(c); /* (stays on the dirty list; flushing an empty one is a no-op) */
-}
-
-static void on_fin(nb_muxsess_stream_t *st, void *ud)
-{
-    econn_t *c = ud;
-    if (c->out_len) {
-        c->fin_pending = 1; /* after the gathered bytes */
-        return;
-    }
-    start_shutdown(c);
-}
-
-static void on_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg, void *ud)
-{
-    econn_t *c = ud;
-    c->st = NULL;
-    if (err) {
-        char esc[300];
-        nb_log(NB_LOG_DEBUG, "egress stream ended: %s",
-               nb_log_escape(esc, sizeof esc, msg, strlen(msg)));
-        conn_close(c, 1);
-        return;
-    }
-    if (c->shutting == 1 || c->fin_pending)
-        return; /* on_shutdown closes once the last bytes are out */
-    conn_close(c, 0);
-}
-
-static const nb_muxsess_stream_cbs_t econn_cbs = {
-    .on_data = on_data, .on_fin = on_fin, .on_drain = on_drain, .on_close = on_close};
 
 /* The original destination of a redirected connection. 0 or -errno
  * (-ENOENT: the connection was not redirected). */
@@ -341,17 +115,21 @@ static void on_accept(uv_stream_t *srv, int status)
     econn_t *c = calloc(1, sizeof *c);
     if (!c)
         return;
+    if (nb_stream_tcp_new(a->loop, &c->tcp) < 0) {
+        free(c);
+        return;
+    }
     c->a = a;
+    c->nstreams = 1;
     a->live++;
     E.conns++;
-    uv_tcp_init(a->loop, &c->tcp);
-    c->tcp.data = c;
-    if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0) {
-        conn_close(c, 0);
+    uv_tcp_t *tcp = (uv_tcp_t *)nb_stream_uv_handle(c->tcp);
+    if (uv_accept(srv, (uv_stream_t *)tcp) < 0) {
+        conn_close(c, 0, 0, NULL);
         return;
     }
     if (!a->sess || !nb_muxsess_is_up(a->sess) || E.conns > EGRESS_MAX_CONNS) {
-        conn_close(c, 1); /* no host to ask: fail fast */
+        conn_close(c, 1, 0, NULL); /* no host to ask: fail fast */
         return;
     }
     char args[128];
@@ -359,11 +137,11 @@ static void on_accept(uv_stream_t *srv, int status)
         struct sockaddr_in dst, self;
         int self_len = sizeof self;
         char ip[INET_ADDRSTRLEN];
-        if (original_dst(&c->tcp, &dst) < 0 ||
-            uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&self, &self_len) < 0 ||
+        if (original_dst(tcp, &dst) < 0 ||
+            uv_tcp_getsockname(tcp, (struct sockaddr *)&self, &self_len) < 0 ||
             (dst.sin_addr.s_addr == self.sin_addr.s_addr && dst.sin_port == self.sin_port)) {
             /* Not redirected: someone connected to this port directly. */
-            conn_close(c, 1);
+            conn_close(c, 1, 0, NULL);
             return;
         }
         inet_ntop(AF_INET, &dst.sin_addr, ip, sizeof ip);
@@ -372,17 +150,26 @@ static void on_accept(uv_stream_t *srv, int status)
     } else {
         snprintf(args, sizeof args, "{\"mode\":\"proxy\"}");
     }
-    int r = nb_muxsess_open(a->sess, "egress", nb_iov(args, strlen(args)), &econn_cbs, c, &c->st);
+    nb_muxsess_stream_t *st;
+    int r = nb_muxsess_open(a->sess, "egress", nb_iov(args, strlen(args)), NULL, NULL, &st);
     if (r < 0) {
-        c->st = NULL;
         nb_log(NB_LOG_INFO, "cannot open an egress stream: %s", nb_strerror(r));
-        conn_close(c, 1);
+        conn_close(c, 1, 0, NULL);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
+    if (nb_stream_mux_new(a->loop, st, NB_MUX_CHAN_STDIO, NULL, &c->mux) < 0) {
+        nb_muxsess_stream_reset(st, NB_MUX_E_INTERNAL, "out of memory");
+        conn_close(c, 1, 0, NULL);
+        return;
+    }
+    c->nstreams = 2;
+    nb_stream_mux_gather(c->mux, GATHER_MAX);
+    uv_tcp_nodelay(tcp, 1);
     /* Bytes are queued until the host accepts (OPEN_OK), within the
      * stream's send budget; reading stops above it. */
-    uv_read_start((uv_stream_t *)&c->tcp, nb_agent_alloc, on_read);
+    nb_splice_opts_t o = {.on_done = on_done, .ud = c};
+    if (nb_stream_splice(c->tcp, c->mux, &o, NULL) < 0)
+        conn_close(c, 1, NB_MUX_E_INTERNAL, "out of memory");
 }
 
 static int listen_on(nb_agent_t *a, listener_t *l, const char *ip, int port, int transparent)
@@ -426,9 +213,6 @@ int nb_agent_egress_start(nb_agent_t *a, const char *proxy, int proxy_port, int 
 
 void nb_agent_egress_stop(void)
 {
-    if (E.flush_open)
-        uv_close((uv_handle_t *)&E.flush, NULL);
-    E.flush_open = 0;
     if (E.proxy.open)
         uv_close((uv_handle_t *)&E.proxy.srv, NULL);
     if (E.transparent.open)

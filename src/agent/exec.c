@@ -13,6 +13,7 @@
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
+#include "lib/stream.h"
 
 enum { P_IN, P_OUT, P_ERR, NPIPES };
 
@@ -20,7 +21,7 @@ typedef struct {
     nb_agent_t *a;
     nb_muxsess_stream_t *st; /* NULL once the stream closed */
     uv_process_t proc;
-    uv_pipe_t pipes[NPIPES];
+    nb_stream_t *pipes[NPIPES];
     int pipe_open[NPIPES]; /* handle not yet closed */
     int handles;           /* libuv handles not yet closed */
     int exited, status_sent, stdin_fin, paused;
@@ -29,13 +30,6 @@ typedef struct {
     unsigned stdin_writes; /* writes to stdin in flight */
     int pid;
 } exec_t;
-
-typedef struct {
-    uv_write_t req;
-    exec_t *x;
-    size_t n;
-    char data[];
-} in_write_t;
 
 static void maybe_free(exec_t *x)
 {
@@ -52,12 +46,20 @@ static void on_handle_closed(uv_handle_t *h)
     maybe_free(x);
 }
 
+static void on_pipe_closed(nb_stream_t *s, void *ud)
+{
+    exec_t *x = ud;
+    x->handles--;
+    maybe_free(x);
+}
+
 static void close_pipe(exec_t *x, int i)
 {
     if (!x->pipe_open[i])
         return;
     x->pipe_open[i] = 0;
-    uv_close((uv_handle_t *)&x->pipes[i], on_handle_closed);
+    nb_stream_set_cbs(x->pipes[i], NULL, NULL, on_pipe_closed, x);
+    nb_stream_close(x->pipes[i], 1);
 }
 
 /* The stream is gone (closed by the host, the session, or us): stop the
@@ -97,7 +99,7 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig)
     maybe_report(x);
 }
 
-static void on_out(uv_stream_t *h, ssize_t n, const uv_buf_t *b);
+static void on_out(nb_stream_t *s, ssize_t n, uint8_t *p, void *ud);
 
 static void pause_output(exec_t *x, int pause)
 {
@@ -108,26 +110,24 @@ static void pause_output(exec_t *x, int pause)
         if (!x->pipe_open[i])
             continue;
         if (pause)
-            uv_read_stop((uv_stream_t *)&x->pipes[i]);
+            nb_stream_read_stop(x->pipes[i]);
         else
-            uv_read_start((uv_stream_t *)&x->pipes[i], nb_agent_alloc, on_out);
+            nb_stream_read_start(x->pipes[i]);
     }
 }
 
-static void on_out(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
+static void on_out(nb_stream_t *s, ssize_t n, uint8_t *p, void *ud)
 {
-    exec_t *x = h->data;
-    int i = (uv_pipe_t *)h == &x->pipes[P_OUT] ? P_OUT : P_ERR;
-    if (n <= 0 || !x->st) {
-        free(b->base);
-        if (n < 0 || !x->st) {
-            close_pipe(x, i);
-            maybe_report(x);
-        }
+    exec_t *x = ud;
+    int i = s == x->pipes[P_OUT] ? P_OUT : P_ERR;
+    if (n < 0 || !x->st) {
+        free(p);
+        close_pipe(x, i);
+        maybe_report(x);
         return;
     }
     unsigned chan = i == P_OUT ? NB_MUX_CHAN_STDIO : NB_MUX_CHAN_STDERR;
-    int r = nb_muxsess_stream_write_owned(x->st, chan, b->base, (size_t)n, free);
+    int r = nb_muxsess_stream_write_owned(x->st, chan, p, (size_t)n, free);
     if (r < 0) {
         abort_stream(x, NB_MUX_E_INTERNAL, "output queue overflow");
         return;
@@ -141,14 +141,13 @@ static void on_drain(nb_muxsess_stream_t *st, void *ud)
     pause_output(ud, 0);
 }
 
-static void on_in_written(uv_write_t *req, int status)
+/* `ud` carries the byte count: credit goes back once stdin took them. */
+static void on_in_written(nb_stream_t *s, int status, void *ud)
 {
-    in_write_t *w = (in_write_t *)req;
-    exec_t *x = w->x;
+    exec_t *x = nb_stream_ud(s);
     x->stdin_writes--;
     if (x->st)
-        nb_muxsess_stream_consume(x->st, w->n);
-    free(w);
+        nb_muxsess_stream_consume(x->st, (size_t)(uintptr_t)ud);
     if (status < 0 || (x->stdin_fin && x->stdin_writes == 0))
         close_pipe(x, P_IN); /* EPIPE: the child closed stdin; drop the rest */
 }
@@ -185,17 +184,8 @@ static void on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud
         nb_muxsess_stream_consume(st, d.len); /* nobody to give it to */
         return;
     }
-    in_write_t *w = malloc(sizeof *w + d.len);
-    if (!w) {
-        nb_muxsess_stream_consume(st, d.len);
-        return;
-    }
-    w->x = x;
-    w->n = d.len;
-    memcpy(w->data, d.p, d.len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)d.len);
-    if (uv_write(&w->req, (uv_stream_t *)&x->pipes[P_IN], &b, 1, on_in_written) < 0) {
-        free(w);
+    if (nb_stream_write_copy(x->pipes[P_IN], d.p, d.len, on_in_written, (void *)(uintptr_t)d.len) <
+        0) {
         nb_muxsess_stream_consume(st, d.len);
         close_pipe(x, P_IN);
         return;
@@ -244,12 +234,19 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     x->a = a;
     uv_stdio_container_t stdio[NPIPES];
     for (int i = 0; i < NPIPES; i++) {
-        uv_pipe_init(a->loop, &x->pipes[i], 0);
-        x->pipes[i].data = x;
+        if ((r = nb_stream_pipe_new(a->loop, -1, &x->pipes[i])) < 0) {
+            x->exited = 1;
+            a->live++;
+            for (int k = 0; k < i; k++)
+                close_pipe(x, k);
+            maybe_free(x);
+            goto out;
+        }
+        nb_stream_set_cbs(x->pipes[i], on_out, NULL, NULL, x);
         x->pipe_open[i] = 1;
         x->handles++;
         stdio[i].flags = UV_CREATE_PIPE | (i == P_IN ? UV_READABLE_PIPE : UV_WRITABLE_PIPE);
-        stdio[i].data.stream = (uv_stream_t *)&x->pipes[i];
+        stdio[i].data.stream = nb_stream_uv_handle(x->pipes[i]);
     }
     if (!want_stdin)
         stdio[P_IN].flags = UV_IGNORE; /* libuv gives the child /dev/null */
@@ -292,8 +289,8 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
         stream_gone(x);
         goto out;
     }
-    uv_read_start((uv_stream_t *)&x->pipes[P_OUT], nb_agent_alloc, on_out);
-    uv_read_start((uv_stream_t *)&x->pipes[P_ERR], nb_agent_alloc, on_out);
+    nb_stream_read_start(x->pipes[P_OUT]);
+    nb_stream_read_start(x->pipes[P_ERR]);
     r = 0;
 out:
     nb_agent_cmd_free(&cmd);

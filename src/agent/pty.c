@@ -19,6 +19,7 @@
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
+#include "lib/stream.h"
 
 #define DRAIN_MS 200   /* output still read after the child exited */
 #define HANGUP_MS 1000 /* SIGHUP, then SIGKILL after this */
@@ -26,7 +27,7 @@
 typedef struct {
     nb_agent_t *a;
     nb_muxsess_stream_t *st;
-    uv_pipe_t master;
+    nb_stream_t *master;
     uv_signal_t sigchld;
     uv_timer_t timer; /* output drain after exit, then kill after hangup */
     int master_open, handles;
@@ -36,13 +37,6 @@ typedef struct {
     unsigned writes;
     pid_t pid;
 } pty_t;
-
-typedef struct {
-    uv_write_t req;
-    pty_t *t;
-    size_t n;
-    char data[];
-} pty_write_t;
 
 static void maybe_free(pty_t *t)
 {
@@ -59,12 +53,20 @@ static void on_handle_closed(uv_handle_t *h)
     maybe_free(t);
 }
 
+static void on_master_closed(nb_stream_t *s, void *ud)
+{
+    pty_t *t = ud;
+    t->handles--;
+    maybe_free(t);
+}
+
 static void close_master(pty_t *t)
 {
     if (!t->master_open)
         return;
     t->master_open = 0;
-    uv_close((uv_handle_t *)&t->master, on_handle_closed);
+    nb_stream_set_cbs(t->master, NULL, NULL, on_master_closed, t);
+    nb_stream_close(t->master, 1);
 }
 
 /* Called when nothing more is owed to the stream and the child is gone. */
@@ -125,24 +127,22 @@ static void on_sigchld(uv_signal_t *h, int sig)
     reap(h->data);
 }
 
-static void on_master_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b);
-
 static void pause_output(pty_t *t, int pause)
 {
     if (t->paused == pause || !t->master_open)
         return;
     t->paused = pause;
     if (pause)
-        uv_read_stop((uv_stream_t *)&t->master);
+        nb_stream_read_stop(t->master);
     else
-        uv_read_start((uv_stream_t *)&t->master, nb_agent_alloc, on_master_read);
+        nb_stream_read_start(t->master);
 }
 
-static void on_master_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
+static void on_master_read(nb_stream_t *s, ssize_t n, uint8_t *p, void *ud)
 {
-    pty_t *t = h->data;
+    pty_t *t = ud;
     if (n > 0 && t->st) {
-        if (nb_muxsess_stream_write_owned(t->st, NB_MUX_CHAN_STDIO, b->base, (size_t)n, free) < 0) {
+        if (nb_muxsess_stream_write_owned(t->st, NB_MUX_CHAN_STDIO, p, (size_t)n, free) < 0) {
             nb_muxsess_stream_reset(t->st, NB_MUX_E_INTERNAL, "output queue overflow");
             t->st = NULL;
             kill(-t->pid, SIGKILL);
@@ -153,7 +153,7 @@ static void on_master_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
             pause_output(t, 1);
         return;
     }
-    free(b->base);
+    free(p);
     if (n < 0) {
         /* EIO: every slave fd is closed, i.e. the session is over. */
         close_master(t);
@@ -168,14 +168,13 @@ static void on_drain(nb_muxsess_stream_t *st, void *ud)
     pause_output(ud, 0);
 }
 
-static void on_written(uv_write_t *req, int status)
+/* `ud` carries the byte count: credit goes back once the pty took them. */
+static void on_written(nb_stream_t *s, int status, void *ud)
 {
-    pty_write_t *w = (pty_write_t *)req;
-    pty_t *t = w->t;
+    pty_t *t = nb_stream_ud(s);
     t->writes--;
     if (t->st)
-        nb_muxsess_stream_consume(t->st, w->n);
-    free(w);
+        nb_muxsess_stream_consume(t->st, (size_t)(uintptr_t)ud);
 }
 
 static void handle_ctl(pty_t *t, nb_iov_t d)
@@ -194,7 +193,7 @@ static void handle_ctl(pty_t *t, nb_iov_t d)
             struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
             /* TIOCSWINSZ on the master makes the kernel send SIGWINCH to the
              * terminal's foreground process group. */
-            if (uv_fileno((uv_handle_t *)&t->master, &fd) == 0)
+            if (uv_fileno((uv_handle_t *)nb_stream_uv_handle(t->master), &fd) == 0)
                 ioctl(fd, TIOCSWINSZ, &ws);
         }
     }
@@ -216,17 +215,7 @@ static void on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud
         nb_muxsess_stream_consume(st, d.len);
         return;
     }
-    pty_write_t *w = malloc(sizeof *w + d.len);
-    if (!w) {
-        nb_muxsess_stream_consume(st, d.len);
-        return;
-    }
-    w->t = t;
-    w->n = d.len;
-    memcpy(w->data, d.p, d.len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)d.len);
-    if (uv_write(&w->req, (uv_stream_t *)&t->master, &b, 1, on_written) < 0) {
-        free(w);
+    if (nb_stream_write_copy(t->master, d.p, d.len, on_written, (void *)(uintptr_t)d.len) < 0) {
         nb_muxsess_stream_consume(st, d.len);
         return;
     }
@@ -351,8 +340,15 @@ int nb_agent_pty_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     a->live++;
     uv_signal_init(a->loop, &t->sigchld);
     uv_timer_init(a->loop, &t->timer);
-    uv_pipe_init(a->loop, &t->master, 0);
-    t->sigchld.data = t->timer.data = t->master.data = t;
+    t->sigchld.data = t->timer.data = t;
+    t->handles = 2;
+    if ((r = nb_stream_pipe_new(a->loop, -1, &t->master)) < 0) {
+        cmd.argv[0] = saved0;
+        t->exited = 1;
+        close_all(t);
+        goto out;
+    }
+    nb_stream_set_cbs(t->master, on_master_read, NULL, NULL, t);
     t->handles = 3;
     t->master_open = 1;
     uv_signal_start(&t->sigchld, on_sigchld, SIGCHLD);
@@ -363,7 +359,7 @@ int nb_agent_pty_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     cmd.argv[0] = saved0;
     close(slave);
     slave = -1;
-    if (pid < 0 || (r = uv_pipe_open(&t->master, master)) < 0) {
+    if (pid < 0 || (r = uv_pipe_open((uv_pipe_t *)nb_stream_uv_handle(t->master), master)) < 0) {
         r = pid < 0 ? -errno : r;
         close(master);
         t->exited = 1;
@@ -385,7 +381,7 @@ int nb_agent_pty_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
         reap(t);
         goto out;
     }
-    uv_read_start((uv_stream_t *)&t->master, nb_agent_alloc, on_master_read);
+    nb_stream_read_start(t->master);
     r = 0;
     goto out;
 bad:

@@ -1,5 +1,5 @@
 /* The `tcp` service: a connection to a port on the guest's loopback
- * (protocol.md §6). OPEN_OK only once connected. */
+ * (protocol.md §6), spliced to the stream. OPEN_OK only once connected. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,183 +8,77 @@
 #include "agent/agent.h"
 #include "lib/err.h"
 #include "lib/json.h"
+#include "lib/stream.h"
 
 typedef struct {
     nb_agent_t *a;
-    nb_muxsess_stream_t *st; /* NULL once the stream closed */
-    uv_tcp_t tcp;
+    nb_stream_t *tcp, *mux;
     uv_connect_t conn;
-    uv_shutdown_t shut;
-    int connected, closing, shutting, paused, eof;
-    unsigned writes;
+    int closing, nclosed;
 } tcp_t;
 
-typedef struct {
-    uv_write_t req;
-    tcp_t *t;
-    size_t n;
-    char data[];
-} tcp_write_t;
-
-static void on_closed(uv_handle_t *h)
+static void on_stream_closed(nb_stream_t *s, void *ud)
 {
-    tcp_t *t = h->data;
+    tcp_t *t = ud;
+    if (++t->nclosed < 2)
+        return;
     t->a->live--;
     free(t);
 }
 
-static void close_tcp(tcp_t *t)
+/* Ends both sides; the mux stream with RST `code`/`why` unless code is 0
+ * (then orderly, or already gone). */
+static void close_both(tcp_t *t, int reset, uint32_t code, const char *why)
 {
     if (t->closing)
         return;
     t->closing = 1;
-    uv_close((uv_handle_t *)&t->tcp, on_closed);
+    nb_stream_set_cbs(t->tcp, NULL, NULL, on_stream_closed, t);
+    nb_stream_set_cbs(t->mux, NULL, NULL, on_stream_closed, t);
+    if (code)
+        nb_stream_mux_reset(t->mux, code, why);
+    else
+        nb_stream_close(t->mux, reset);
+    nb_stream_close(t->tcp, 0);
 }
 
-static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
+static void on_done(nb_splice_t *sp, int err, nb_stream_t *failed, void *ud)
 {
-    tcp_t *t = h->data;
-    if (n > 0 && t->st) {
-        if (nb_muxsess_stream_write_owned(t->st, NB_MUX_CHAN_STDIO, b->base, (size_t)n, free) < 0) {
-            nb_muxsess_stream_reset(t->st, NB_MUX_E_INTERNAL, "queue overflow");
-            t->st = NULL;
-            close_tcp(t);
-            return;
-        }
-        if (!nb_muxsess_stream_writable(t->st)) {
-            t->paused = 1;
-            uv_read_stop(h);
-        }
-        return;
-    }
-    free(b->base);
-    if (n == 0)
-        return;
-    uv_read_stop(h);
-    t->eof = 1;
-    if (!t->st)
-        return;
-    if (n == UV_EOF) {
-        nb_muxsess_stream_fin(t->st);
+    tcp_t *t = ud;
+    char why[96];
+    if (err == 0) {
+        close_both(t, 0, 0, NULL);
+    } else if (failed == t->tcp) {
+        snprintf(why, sizeof why, "guest port: %s", uv_strerror(err));
+        close_both(t, 1, NB_MUX_E_FAILED, why);
     } else {
-        char why[96];
-        snprintf(why, sizeof why, "read: %s", uv_strerror((int)n));
-        nb_muxsess_stream_reset(t->st, NB_MUX_E_FAILED, why);
-        t->st = NULL;
-        close_tcp(t);
+        close_both(t, 1, err == NB_ETOOBIG ? NB_MUX_E_INTERNAL : 0, "queue overflow");
     }
 }
 
-static void on_drain(nb_muxsess_stream_t *st, void *ud)
+/* The host gave up while we were connecting. */
+static void on_pending_read(nb_stream_t *s, ssize_t n, uint8_t *p, void *ud)
 {
-    tcp_t *t = ud;
-    if (t->paused && !t->eof && !t->closing) {
-        t->paused = 0;
-        uv_read_start((uv_stream_t *)&t->tcp, nb_agent_alloc, on_read);
-    }
+    free(p);
+    if (n < 0)
+        close_both(ud, 1, 0, NULL);
 }
-
-static void on_written(uv_write_t *req, int status)
-{
-    tcp_write_t *w = (tcp_write_t *)req;
-    tcp_t *t = w->t;
-    t->writes--;
-    if (t->st)
-        nb_muxsess_stream_consume(t->st, w->n);
-    free(w);
-    if (status < 0 && t->st && status != UV_ECANCELED) {
-        nb_muxsess_stream_reset(t->st, NB_MUX_E_FAILED, "write to the guest port failed");
-        t->st = NULL;
-        close_tcp(t);
-    }
-}
-
-static void on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud)
-{
-    tcp_t *t = ud;
-    if (chan != NB_MUX_CHAN_STDIO || t->shutting || t->closing) {
-        nb_muxsess_stream_consume(st, d.len);
-        return;
-    }
-    tcp_write_t *w = malloc(sizeof *w + d.len);
-    if (!w) {
-        nb_muxsess_stream_consume(st, d.len);
-        return;
-    }
-    w->t = t;
-    w->n = d.len;
-    memcpy(w->data, d.p, d.len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)d.len);
-    if (uv_write(&w->req, (uv_stream_t *)&t->tcp, &b, 1, on_written) < 0) {
-        free(w);
-        nb_muxsess_stream_consume(st, d.len);
-        return;
-    }
-    t->writes++;
-}
-
-static void on_shutdown(uv_shutdown_t *req, int status)
-{
-    tcp_t *t = req->data;
-    t->shutting = 2;
-    if (!t->st)
-        close_tcp(t); /* the stream already closed cleanly */
-}
-
-static void on_fin(nb_muxsess_stream_t *st, void *ud)
-{
-    tcp_t *t = ud;
-    /* shutdown(SHUT_WR) after the queued writes. */
-    t->shut.data = t;
-    if (!t->closing && uv_shutdown(&t->shut, (uv_stream_t *)&t->tcp, on_shutdown) == 0)
-        t->shutting = 1;
-}
-
-static void on_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg, void *ud)
-{
-    tcp_t *t = ud;
-    t->st = NULL;
-    /* After a clean close, let a pending shutdown finish its writes. */
-    if (err == 0 && t->shutting == 1)
-        return;
-    close_tcp(t);
-}
-
-static const nb_muxsess_stream_cbs_t tcp_cbs = {
-    .on_data = on_data, .on_fin = on_fin, .on_drain = on_drain, .on_close = on_close};
-
-static void on_pending_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg,
-                             void *ud)
-{
-    tcp_t *t = ud;
-    t->st = NULL; /* the host gave up while we were connecting */
-    close_tcp(t);
-}
-
-static const nb_muxsess_stream_cbs_t pending_cbs = {.on_close = on_pending_close};
 
 static void on_connect(uv_connect_t *req, int status)
 {
     tcp_t *t = req->data;
-    if (!t->st) /* cancelled: close_tcp already ran */
+    char why[96];
+    if (t->closing) /* cancelled */
         return;
     if (status < 0) {
-        char why[96];
         snprintf(why, sizeof why, "connect: %s", uv_strerror(status));
-        nb_muxsess_stream_reject(t->st, NB_MUX_E_FAILED, why);
-        t->st = NULL;
-        close_tcp(t);
+        close_both(t, 1, NB_MUX_E_FAILED, why);
         return;
     }
-    nb_muxsess_stream_set_cbs(t->st, &tcp_cbs, t);
-    if (nb_muxsess_stream_accept(t->st) < 0) {
-        nb_muxsess_stream_reject(t->st, NB_MUX_E_INTERNAL, "accept failed");
-        t->st = NULL;
-        close_tcp(t);
-        return;
-    }
-    t->connected = 1;
-    uv_read_start((uv_stream_t *)&t->tcp, nb_agent_alloc, on_read);
+    nb_splice_opts_t o = {.on_done = on_done, .ud = t};
+    if (nb_muxsess_stream_accept(nb_stream_mux_stream(t->mux)) < 0 ||
+        nb_stream_splice(t->tcp, t->mux, &o, NULL) < 0)
+        close_both(t, 1, NB_MUX_E_INTERNAL, "accept failed");
 }
 
 int nb_agent_tcp_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
@@ -215,18 +109,26 @@ int nb_agent_tcp_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     tcp_t *t = calloc(1, sizeof *t);
     if (!t)
         return -ENOMEM;
+    if ((r = nb_stream_mux_new(a->loop, st, NB_MUX_CHAN_STDIO, NULL, &t->mux)) < 0) {
+        free(t);
+        return r;
+    }
     t->a = a;
     a->live++;
-    uv_tcp_init(a->loop, &t->tcp);
-    t->tcp.data = t;
+    if ((r = nb_stream_tcp_new(a->loop, &t->tcp)) < 0) {
+        t->closing = 1;
+        t->nclosed = 1;
+        nb_stream_set_cbs(t->mux, NULL, NULL, on_stream_closed, t);
+        nb_stream_mux_reset(t->mux, NB_MUX_E_INTERNAL, "out of memory");
+        return 0;
+    }
     t->conn.data = t;
-    t->st = st;
-    nb_muxsess_stream_set_cbs(st, &pending_cbs, t);
-    if ((r = uv_tcp_connect(&t->conn, &t->tcp, (struct sockaddr *)&ss, on_connect)) < 0) {
+    nb_stream_set_cbs(t->mux, on_pending_read, NULL, NULL, t);
+    r = uv_tcp_connect(&t->conn, (uv_tcp_t *)nb_stream_uv_handle(t->tcp), (struct sockaddr *)&ss,
+                       on_connect);
+    if (r < 0) {
         snprintf(why, sizeof why, "connect: %s", uv_strerror(r));
-        nb_muxsess_stream_reject(st, NB_MUX_E_FAILED, why);
-        t->st = NULL;
-        close_tcp(t);
+        close_both(t, 1, NB_MUX_E_FAILED, why);
     }
     return 0;
 }

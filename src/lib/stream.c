@@ -1,0 +1,776 @@
+/* Byte streams: the libuv and nbmux backends and the splice (stream.h). */
+#include "lib/stream.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lib/err.h"
+
+#define READ_BLOCK (64u * 1024u)
+#define GATHER_ROUNDS 64 /* loop iterations gathered bytes may wait for more */
+
+/* ---- the interface ---- */
+
+void nb_stream_set_cbs(nb_stream_t *s, nb_stream_read_cb on_read, nb_stream_drain_cb on_drain,
+                       nb_stream_close_cb on_close, void *ud)
+{
+    s->on_read = on_read;
+    s->on_drain = on_drain;
+    s->on_close = on_close;
+    s->ud = ud;
+}
+
+void *nb_stream_ud(const nb_stream_t *s)
+{
+    return s->ud;
+}
+
+void nb_stream_set_marks(nb_stream_t *s, size_t hiwat, size_t lowat)
+{
+    if (hiwat)
+        s->hiwat = hiwat;
+    if (lowat)
+        s->lowat = lowat;
+    if (s->lowat > s->hiwat)
+        s->lowat = s->hiwat;
+}
+
+int nb_stream_read_start(nb_stream_t *s)
+{
+    if (s->closing)
+        return NB_ESTATE;
+    if (s->reading)
+        return 0;
+    return s->ops->read_start(s);
+}
+
+void nb_stream_read_stop(nb_stream_t *s)
+{
+    if (s->reading)
+        s->ops->read_stop(s);
+}
+
+int nb_stream_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb, void *ud)
+{
+    if (s->closing || s->shut) {
+        free(p);
+        return NB_ESTATE;
+    }
+    int r = s->ops->write(s, p, n, cb, ud);
+    if (r == 0 && !s->ops->writable(s))
+        s->want_drain = 1;
+    return r;
+}
+
+int nb_stream_write_copy(nb_stream_t *s, const void *p, size_t n, nb_stream_write_cb cb, void *ud)
+{
+    uint8_t *c = malloc(n ? n : 1);
+    if (!c)
+        return -ENOMEM;
+    memcpy(c, p, n);
+    return nb_stream_write(s, c, n, cb, ud);
+}
+
+int nb_stream_writable(const nb_stream_t *s)
+{
+    return s->ops->writable(s);
+}
+
+size_t nb_stream_queued(const nb_stream_t *s)
+{
+    return s->ops->queued(s);
+}
+
+int nb_stream_shutdown(nb_stream_t *s, nb_stream_write_cb cb, void *ud)
+{
+    if (s->closing || s->shut)
+        return NB_ESTATE;
+    s->shut = 1;
+    return s->ops->shutdown(s, cb, ud);
+}
+
+void nb_stream_close(nb_stream_t *s, int reset)
+{
+    if (!s || s->closing)
+        return;
+    nb_stream_read_stop(s);
+    s->closing = 1;
+    s->ops->close(s, reset);
+}
+
+static void stream_init(nb_stream_t *s, const nb_stream_ops_t *ops, uv_loop_t *loop)
+{
+    s->ops = ops;
+    s->loop = loop;
+    s->hiwat = NB_STREAM_HIWAT;
+    s->lowat = NB_STREAM_LOWAT;
+}
+
+/* Fires on_drain if a writer waits for it (the nbmux backend has its own
+ * low-water mark and calls this with `any`). */
+static void maybe_drain(nb_stream_t *s, int any)
+{
+    if (s->want_drain && !s->closing && s->ops->writable(s) &&
+        (any || s->ops->queued(s) <= s->lowat)) {
+        s->want_drain = 0;
+        if (s->on_drain)
+            s->on_drain(s, s->ud);
+    }
+}
+
+/* ---- libuv TCP / pipe backend ---- */
+
+typedef struct {
+    nb_stream_t base;
+    union {
+        uv_handle_t h;
+        uv_stream_t s;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } u;
+    int is_tcp;
+    int shutting; /* shutdown requested, callback not yet run */
+    int close_after_shut;
+    size_t queued;
+    uv_shutdown_t shut;
+    nb_stream_write_cb shut_cb;
+    void *shut_ud;
+} uvs_t;
+
+typedef struct {
+    uv_write_t req;
+    uvs_t *u;
+    uint8_t *p;
+    size_t n;
+    nb_stream_write_cb cb;
+    void *ud;
+} uvw_t;
+
+static void uvs_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)h;
+    (void)suggested;
+    char *p = malloc(READ_BLOCK);
+    *b = uv_buf_init(p, p ? READ_BLOCK : 0);
+}
+
+static void uvs_on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
+{
+    uvs_t *u = h->data;
+    nb_stream_t *s = &u->base;
+    if (n > 0) {
+        if (s->on_read)
+            s->on_read(s, n, (uint8_t *)b->base, s->ud);
+        else
+            free(b->base);
+        return;
+    }
+    free(b->base);
+    if (n == 0)
+        return;
+    uv_read_stop(h);
+    s->reading = 0;
+    if (s->on_read)
+        s->on_read(s, n, NULL, s->ud);
+}
+
+static int uvs_read_start(nb_stream_t *s)
+{
+    uvs_t *u = (uvs_t *)s;
+    int r = uv_read_start(&u->u.s, uvs_alloc, uvs_on_read);
+    if (r == 0)
+        s->reading = 1;
+    return r;
+}
+
+static void uvs_read_stop(nb_stream_t *s)
+{
+    uvs_t *u = (uvs_t *)s;
+    uv_read_stop(&u->u.s);
+    s->reading = 0;
+}
+
+static void uvs_on_written(uv_write_t *req, int status)
+{
+    uvw_t *w = (uvw_t *)req;
+    uvs_t *u = w->u;
+    u->queued -= w->n;
+    free(w->p);
+    if (w->cb)
+        w->cb(&u->base, status, w->ud);
+    free(w);
+    maybe_drain(&u->base, 0);
+}
+
+static int uvs_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb, void *ud)
+{
+    uvs_t *u = (uvs_t *)s;
+    uvw_t *w = malloc(sizeof *w);
+    if (!w) {
+        free(p);
+        return -ENOMEM;
+    }
+    *w = (uvw_t){.u = u, .p = p, .n = n, .cb = cb, .ud = ud};
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    int r = uv_write(&w->req, &u->u.s, &b, 1, uvs_on_written);
+    if (r < 0) {
+        free(p);
+        free(w);
+        return r;
+    }
+    u->queued += n;
+    return 0;
+}
+
+static void uvs_on_closed(uv_handle_t *h)
+{
+    uvs_t *u = h->data;
+    if (u->base.on_close)
+        u->base.on_close(&u->base, u->base.ud);
+    free(u);
+}
+
+static void uvs_on_shutdown(uv_shutdown_t *req, int status)
+{
+    uvs_t *u = req->data;
+    u->shutting = 0;
+    if (u->shut_cb)
+        u->shut_cb(&u->base, status, u->shut_ud);
+    if (u->close_after_shut)
+        uv_close(&u->u.h, uvs_on_closed);
+}
+
+static int uvs_shutdown(nb_stream_t *s, nb_stream_write_cb cb, void *ud)
+{
+    uvs_t *u = (uvs_t *)s;
+    u->shut_cb = cb;
+    u->shut_ud = ud;
+    u->shut.data = u;
+    int r = uv_shutdown(&u->shut, &u->u.s, uvs_on_shutdown);
+    if (r == 0)
+        u->shutting = 1;
+    return r;
+}
+
+static size_t uvs_queued(const nb_stream_t *s)
+{
+    return ((const uvs_t *)s)->queued;
+}
+
+static int uvs_writable(const nb_stream_t *s)
+{
+    return ((const uvs_t *)s)->queued <= s->hiwat;
+}
+
+static void uvs_close(nb_stream_t *s, int reset)
+{
+    uvs_t *u = (uvs_t *)s;
+    if (reset && u->is_tcp && !u->shutting && uv_tcp_close_reset(&u->u.tcp, uvs_on_closed) == 0)
+        return;
+    /* An orderly close lets queued bytes leave: a shutdown completes only
+     * after them. */
+    if (!reset && !u->shutting && u->queued && uvs_shutdown(s, NULL, NULL) == 0)
+        s->shut = 1;
+    if (!reset && u->shutting) {
+        u->close_after_shut = 1;
+        return;
+    }
+    uv_close(&u->u.h, uvs_on_closed);
+}
+
+static const nb_stream_ops_t uvs_ops = {
+    .read_start = uvs_read_start,
+    .read_stop = uvs_read_stop,
+    .write = uvs_write,
+    .shutdown = uvs_shutdown,
+    .queued = uvs_queued,
+    .writable = uvs_writable,
+    .close = uvs_close,
+};
+
+int nb_stream_tcp_new(uv_loop_t *loop, nb_stream_t **out)
+{
+    *out = NULL;
+    uvs_t *u = calloc(1, sizeof *u);
+    if (!u)
+        return -ENOMEM;
+    stream_init(&u->base, &uvs_ops, loop);
+    int r = uv_tcp_init(loop, &u->u.tcp);
+    if (r < 0) {
+        free(u);
+        return r;
+    }
+    u->is_tcp = 1;
+    u->u.h.data = u;
+    *out = &u->base;
+    return 0;
+}
+
+int nb_stream_pipe_new(uv_loop_t *loop, int fd, nb_stream_t **out)
+{
+    *out = NULL;
+    uvs_t *u = calloc(1, sizeof *u);
+    if (!u) {
+        if (fd >= 0)
+            close(fd);
+        return -ENOMEM;
+    }
+    stream_init(&u->base, &uvs_ops, loop);
+    int r = uv_pipe_init(loop, &u->u.pipe, 0);
+    if (r < 0) {
+        if (fd >= 0)
+            close(fd);
+        free(u);
+        return r;
+    }
+    u->u.h.data = u;
+    if (fd >= 0 && (r = uv_pipe_open(&u->u.pipe, fd)) < 0) {
+        close(fd);
+        u->base.closing = 1;
+        uv_close(&u->u.h, uvs_on_closed);
+        return r;
+    }
+    *out = &u->base;
+    return 0;
+}
+
+uv_stream_t *nb_stream_uv_handle(nb_stream_t *s)
+{
+    return s->ops == &uvs_ops ? &((uvs_t *)s)->u.s : NULL;
+}
+
+/* ---- nbmux backend ---- */
+
+typedef struct {
+    nb_stream_t base;
+    uv_idle_t idle; /* delivers held bytes; its close callback ends the stream */
+    nb_muxsess_stream_t *st;
+    unsigned chan;
+    nb_stream_other_cb on_other;
+    /* Bytes that arrived while not reading: not consumed, so the peer's
+     * window bounds them. */
+    uint8_t *held;
+    size_t held_len, held_cap;
+    int fin;       /* peer FIN seen, not yet delivered */
+    int err;       /* error seen, not yet delivered */
+    int delivered; /* EOF or error delivered */
+    int wait_close;
+    size_t gather_max; /* nb_stream_mux_gather */
+    size_t gathered;   /* bytes held since the last idle round */
+    unsigned rounds;   /* idle rounds since the first held byte */
+} muxs_t;
+
+static void muxs_final(uv_handle_t *h)
+{
+    muxs_t *m = h->data;
+    if (m->base.on_close)
+        m->base.on_close(&m->base, m->base.ud);
+    free(m->held);
+    free(m);
+}
+
+/* Delivers what is held, then a pending FIN or error, while reading. */
+static void muxs_deliver(muxs_t *m)
+{
+    nb_stream_t *s = &m->base;
+    if (m->held_len && s->reading) {
+        uint8_t *p = m->held;
+        size_t n = m->held_len;
+        m->held = NULL;
+        m->held_len = m->held_cap = 0;
+        if (m->st)
+            nb_muxsess_stream_consume(m->st, n);
+        if (s->on_read)
+            s->on_read(s, (ssize_t)n, p, s->ud);
+        else
+            free(p);
+    }
+    if (!s->reading || m->held_len || m->delivered || s->closing || (!m->fin && !m->err))
+        return;
+    m->delivered = 1;
+    s->reading = 0;
+    uv_idle_stop(&m->idle);
+    if (s->on_read)
+        s->on_read(s, m->err ? m->err : UV_EOF, NULL, s->ud);
+}
+
+static void muxs_on_idle(uv_idle_t *h)
+{
+    muxs_t *m = h->data;
+    if (m->gather_max && m->held_len && m->gathered && ++m->rounds < GATHER_ROUNDS && !m->fin &&
+        !m->err) {
+        m->gathered = 0; /* more came this round: wait for a quiet one */
+        return;
+    }
+    m->gathered = 0;
+    m->rounds = 0;
+    uv_idle_stop(h);
+    muxs_deliver(m);
+}
+
+static void muxs_on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud)
+{
+    muxs_t *m = ud;
+    nb_stream_t *s = &m->base;
+    if (chan != m->chan || s->closing) {
+        nb_muxsess_stream_consume(st, d.len);
+        if (chan != m->chan && m->on_other && !s->closing)
+            m->on_other(s, chan, d, s->ud);
+        return;
+    }
+    if (s->reading && !m->held_len && !m->gather_max) {
+        uint8_t *p = malloc(d.len ? d.len : 1);
+        if (p) {
+            memcpy(p, d.p, d.len);
+            nb_muxsess_stream_consume(st, d.len);
+            if (s->on_read)
+                s->on_read(s, (ssize_t)d.len, p, s->ud);
+            else
+                free(p);
+            return;
+        }
+    }
+    if (m->held_len + d.len > m->held_cap) {
+        size_t cap = m->held_cap ? m->held_cap : READ_BLOCK;
+        while (cap < m->held_len + d.len)
+            cap *= 2;
+        uint8_t *p = realloc(m->held, cap);
+        if (!p) {
+            nb_muxsess_stream_reset(st, NB_MUX_E_INTERNAL, "out of memory");
+            m->st = NULL;
+            m->err = -ENOMEM;
+            if (s->reading)
+                uv_idle_start(&m->idle, muxs_on_idle);
+            return;
+        }
+        m->held = p;
+        m->held_cap = cap;
+    }
+    memcpy(m->held + m->held_len, d.p, d.len);
+    m->held_len += d.len;
+    if (m->gather_max && s->reading) {
+        m->gathered += d.len;
+        if (m->held_len >= m->gather_max)
+            muxs_deliver(m);
+        else
+            uv_idle_start(&m->idle, muxs_on_idle);
+    }
+}
+
+static void muxs_on_fin(nb_muxsess_stream_t *st, void *ud)
+{
+    muxs_t *m = ud;
+    m->fin = 1;
+    muxs_deliver(m);
+}
+
+static void muxs_on_drain(nb_muxsess_stream_t *st, void *ud)
+{
+    muxs_t *m = ud;
+    maybe_drain(&m->base, 1);
+}
+
+static void muxs_on_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg,
+                          void *ud)
+{
+    muxs_t *m = ud;
+    m->st = NULL;
+    if (m->wait_close) {
+        uv_close((uv_handle_t *)&m->idle, muxs_final);
+        return;
+    }
+    if (err && m->err == 0) {
+        /* A reset ends both directions: report it even after EOF or while
+         * not reading, so a writer waiting for on_drain learns too. */
+        m->err = err;
+        free(m->held);
+        m->held = NULL;
+        m->held_len = m->held_cap = 0;
+        m->delivered = 1;
+        m->base.reading = 0;
+        uv_idle_stop(&m->idle);
+        if (m->base.on_read)
+            m->base.on_read(&m->base, err, NULL, m->base.ud);
+    }
+}
+
+static const nb_muxsess_stream_cbs_t muxs_cbs = {
+    .on_data = muxs_on_data,
+    .on_fin = muxs_on_fin,
+    .on_drain = muxs_on_drain,
+    .on_close = muxs_on_close,
+};
+
+static int muxs_read_start(nb_stream_t *s)
+{
+    muxs_t *m = (muxs_t *)s;
+    if (m->delivered)
+        return NB_ESTATE;
+    s->reading = 1;
+    if (m->held_len || m->fin || m->err)
+        uv_idle_start(&m->idle, muxs_on_idle);
+    return 0;
+}
+
+static void muxs_read_stop(nb_stream_t *s)
+{
+    muxs_t *m = (muxs_t *)s;
+    s->reading = 0;
+    uv_idle_stop(&m->idle);
+}
+
+static int muxs_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb, void *ud)
+{
+    muxs_t *m = (muxs_t *)s;
+    if (!m->st) {
+        free(p);
+        return NB_ESTATE;
+    }
+    int r = nb_muxsess_stream_write_owned(m->st, m->chan, p, n, free);
+    if (r == 0 && cb)
+        cb(s, 0, ud);
+    return r;
+}
+
+static int muxs_shutdown(nb_stream_t *s, nb_stream_write_cb cb, void *ud)
+{
+    muxs_t *m = (muxs_t *)s;
+    int r = m->st ? nb_muxsess_stream_fin(m->st) : NB_ESTATE;
+    if (r == 0 && cb)
+        cb(s, 0, ud);
+    return r;
+}
+
+static size_t muxs_queued(const nb_stream_t *s)
+{
+    const muxs_t *m = (const muxs_t *)s;
+    return m->st ? nb_muxsess_stream_queued(m->st) : 0;
+}
+
+static int muxs_writable(const nb_stream_t *s)
+{
+    const muxs_t *m = (const muxs_t *)s;
+    return m->st ? nb_muxsess_stream_writable(m->st) : 1;
+}
+
+static void muxs_reset(muxs_t *m, uint32_t code, const char *msg)
+{
+    if (m->st)
+        nb_muxsess_stream_reset(m->st, code, msg);
+    m->st = NULL;
+}
+
+static void muxs_close(nb_stream_t *s, int reset)
+{
+    muxs_t *m = (muxs_t *)s;
+    uv_idle_stop(&m->idle);
+    if (m->st && m->held_len)
+        nb_muxsess_stream_consume(m->st, m->held_len);
+    m->held_len = 0;
+    if (reset)
+        muxs_reset(m, NB_MUX_E_CANCEL, "stream closed");
+    if (m->st && !s->shut && nb_muxsess_stream_fin(m->st) < 0)
+        muxs_reset(m, NB_MUX_E_CANCEL, "stream closed");
+    if (m->st) {
+        m->wait_close = 1; /* the session ends it once the peer finished too */
+        return;
+    }
+    uv_close((uv_handle_t *)&m->idle, muxs_final);
+}
+
+static const nb_stream_ops_t muxs_ops = {
+    .read_start = muxs_read_start,
+    .read_stop = muxs_read_stop,
+    .write = muxs_write,
+    .shutdown = muxs_shutdown,
+    .queued = muxs_queued,
+    .writable = muxs_writable,
+    .close = muxs_close,
+};
+
+int nb_stream_mux_new(uv_loop_t *loop, nb_muxsess_stream_t *st, unsigned chan,
+                      nb_stream_other_cb on_other, nb_stream_t **out)
+{
+    *out = NULL;
+    muxs_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    stream_init(&m->base, &muxs_ops, loop);
+    uv_idle_init(loop, &m->idle);
+    m->idle.data = m;
+    m->st = st;
+    m->chan = chan;
+    m->on_other = on_other;
+    nb_muxsess_stream_set_cbs(st, &muxs_cbs, m);
+    *out = &m->base;
+    return 0;
+}
+
+void nb_stream_mux_gather(nb_stream_t *s, size_t max)
+{
+    if (s->ops == &muxs_ops)
+        ((muxs_t *)s)->gather_max = max;
+}
+
+void nb_stream_mux_reset(nb_stream_t *s, uint32_t code, const char *msg)
+{
+    if (!s || s->closing)
+        return;
+    if (s->ops == &muxs_ops)
+        muxs_reset((muxs_t *)s, code, msg);
+    nb_stream_close(s, 1);
+}
+
+nb_muxsess_stream_t *nb_stream_mux_stream(const nb_stream_t *s)
+{
+    return s->ops == &muxs_ops ? ((const muxs_t *)s)->st : NULL;
+}
+
+/* ---- splice ---- */
+
+struct nb_splice {
+    nb_stream_t *s[2];
+    nb_splice_opts_t o;
+    int eof[2];       /* s[i] delivered EOF */
+    int shut_done[2]; /* s[i]'s write side is shut down */
+    int paused[2];    /* reading s[i] waits for the other's drain */
+    int done;
+    unsigned pending; /* write / shutdown callbacks still owed to us */
+};
+
+/* Every entry point holds the splice (pending) while it runs and ends
+ * with this, the only place that frees it. */
+static void splice_release(nb_splice_t *sp)
+{
+    if (--sp->pending == 0 && sp->done)
+        free(sp);
+}
+
+static void splice_finish(nb_splice_t *sp, int err, nb_stream_t *failed)
+{
+    if (sp->done)
+        return;
+    sp->done = 1;
+    for (int i = 0; i < 2; i++) {
+        nb_stream_read_stop(sp->s[i]);
+        nb_stream_set_cbs(sp->s[i], NULL, NULL, NULL, NULL);
+    }
+    if (sp->o.on_done)
+        sp->o.on_done(sp, err, err ? failed : NULL, sp->o.ud);
+}
+
+static int side(const nb_splice_t *sp, const nb_stream_t *s)
+{
+    return sp->s[1] == s;
+}
+
+static void splice_on_written(nb_stream_t *s, int status, void *ud)
+{
+    nb_splice_t *sp = ud;
+    if (status < 0 && status != UV_ECANCELED)
+        splice_finish(sp, status, s);
+    splice_release(sp);
+}
+
+static void splice_on_shut(nb_stream_t *s, int status, void *ud)
+{
+    nb_splice_t *sp = ud;
+    if (status < 0 && status != UV_ECANCELED) {
+        splice_finish(sp, status, s);
+    } else if (!sp->done) {
+        sp->shut_done[side(sp, s)] = 1;
+        if (sp->shut_done[0] && sp->shut_done[1] && sp->eof[0] && sp->eof[1])
+            splice_finish(sp, 0, NULL);
+    }
+    splice_release(sp);
+}
+
+static void splice_read(nb_splice_t *sp, nb_stream_t *s, ssize_t n, uint8_t *p)
+{
+    int i = side(sp, s);
+    nb_stream_t *to = sp->s[!i];
+    int r;
+    if (n > 0) {
+        sp->pending++; /* released by splice_on_written */
+        if ((r = nb_stream_write(to, p, (size_t)n, splice_on_written, sp)) < 0) {
+            sp->pending--;
+            splice_finish(sp, r, to);
+            return;
+        }
+        if (!sp->done && !nb_stream_writable(to)) {
+            sp->paused[i] = 1;
+            nb_stream_read_stop(s);
+        }
+        return;
+    }
+    if (n != UV_EOF) {
+        splice_finish(sp, (int)n, s);
+        return;
+    }
+    sp->eof[i] = 1;
+    sp->pending++; /* released by splice_on_shut */
+    if ((r = nb_stream_shutdown(to, splice_on_shut, sp)) < 0) {
+        sp->pending--;
+        splice_finish(sp, r, to);
+    }
+}
+
+static void splice_on_read(nb_stream_t *s, ssize_t n, uint8_t *p, void *ud)
+{
+    nb_splice_t *sp = ud;
+    sp->pending++;
+    splice_read(sp, s, n, p);
+    splice_release(sp);
+}
+
+static void splice_on_drain(nb_stream_t *s, void *ud)
+{
+    nb_splice_t *sp = ud;
+    int i = !side(sp, s); /* the reader feeding s */
+    if (!sp->paused[i] || sp->eof[i])
+        return;
+    sp->paused[i] = 0;
+    sp->pending++;
+    int r = nb_stream_read_start(sp->s[i]);
+    if (r < 0)
+        splice_finish(sp, r, sp->s[i]);
+    splice_release(sp);
+}
+
+int nb_stream_splice(nb_stream_t *a, nb_stream_t *b, const nb_splice_opts_t *o, nb_splice_t **out)
+{
+    if (out)
+        *out = NULL;
+    nb_splice_t *sp = calloc(1, sizeof *sp);
+    if (!sp)
+        return -ENOMEM;
+    sp->s[0] = a;
+    sp->s[1] = b;
+    sp->o = *o;
+    for (int i = 0; i < 2; i++) {
+        nb_stream_set_marks(sp->s[i], o->hiwat, o->lowat);
+        nb_stream_set_cbs(sp->s[i], splice_on_read, splice_on_drain, NULL, sp);
+    }
+    if (out)
+        *out = sp;
+    sp->pending++;
+    for (int i = 0; i < 2 && !sp->done; i++) {
+        int r = nb_stream_read_start(sp->s[i]);
+        if (r < 0)
+            splice_finish(sp, r, sp->s[i]);
+    }
+    splice_release(sp);
+    return 0;
+}
+
+void nb_splice_cancel(nb_splice_t *sp)
+{
+    if (!sp || sp->done)
+        return;
+    sp->o.on_done = NULL;
+    sp->pending++;
+    splice_finish(sp, 0, NULL);
+    splice_release(sp);
+}
