@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "cli/client.h"
-#include "daemon/version.h"
+#include "host/version.h"
 
 #define NB_CLI_TABLE(n) &nb_cli_noun_##n,
 static const nb_cli_noun_t *const nouns[] = {NB_CLI_NOUNS(NB_CLI_TABLE) NULL};

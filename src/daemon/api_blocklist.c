@@ -22,10 +22,10 @@
 #include "daemon/api.h"
 #include "daemon/audit.h"
 #include "daemon/daemon.h"
-#include "daemon/egress/blocklist.h"
+#include "lib/blocklist.h"
 #include "daemon/egress/gate.h"
 #include "daemon/events.h"
-#include "daemon/home.h"
+#include "host/home.h"
 #include "lib/err.h"
 #include "lib/log.h"
 

@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "daemon/api.h"
-#include "daemon/doctor.h"
+#include "host/doctor.h"
 #include "daemon/events.h"
 #include "daemon/secretsvc.h"
 #include "daemon/store.h"

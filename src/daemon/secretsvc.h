@@ -33,7 +33,7 @@
 #include "daemon/audit.h"
 #include "daemon/egress/ca.h"
 #include "daemon/egress/gate.h"
-#include "daemon/home.h"
+#include "host/home.h"
 #include "daemon/secrets/secrets.h"
 #include "daemon/store.h"
 

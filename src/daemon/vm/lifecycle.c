@@ -15,9 +15,9 @@
 
 #include <sodium.h>
 
-#include "daemon/home.h"
-#include "daemon/vm/accel.h"
-#include "daemon/vm/image.h"
+#include "host/home.h"
+#include "host/accel.h"
+#include "host/image.h"
 #include "daemon/vm/vmint.h"
 #include "lib/err.h"
 #include "lib/json.h"

@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "daemon/vm/image.h"
+#include "host/image.h"
 #include "daemon/vm/vmint.h"
 #include "lib/err.h"
 #include "lib/log.h"
