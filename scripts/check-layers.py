@@ -142,7 +142,7 @@ def source_findings(src):
     return found
 
 
-def object_findings(root, build, src):
+def object_findings(build, src):
     cc_path = os.path.join(build, "compile_commands.json")
     if not os.path.isfile(cc_path):
         return [(f"build: no {cc_path}", "configure the build dir with meson first")]
@@ -237,7 +237,7 @@ def main(argv):
                     allow[key] = line.strip()
     found = source_findings(src)
     if build:
-        found += object_findings(root, build, src)
+        found += object_findings(build, src)
     else:
         allow = {k: v for k, v in allow.items() if not k.startswith(("calls", "symbol"))}
     bad = 0
