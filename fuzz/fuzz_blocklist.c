@@ -1,4 +1,4 @@
-/* libFuzzer target for the blocklist parsers (src/daemon/egress/blocklist.c).
+/* libFuzzer target for the blocklist parsers (src/lib/blocklist.c).
  *
  * First byte even: the input (after it) is a blocklist file image. It goes
  * through nb_bl_parse(); when the header is accepted, the image is signed
@@ -16,8 +16,8 @@
 
 #include <sodium.h>
 
-#include "daemon/egress/blocklist.h"
-#include "daemon/egress/hostname.h"
+#include "lib/blocklist.h"
+#include "lib/hostname.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

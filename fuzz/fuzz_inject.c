@@ -18,7 +18,7 @@
 
 #include <sodium.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "daemon/egress/inject.h"
 #include "daemon/egress/redact.h"
 

@@ -1,4 +1,4 @@
-/* libFuzzer target for nb_qemu_error_line (src/daemon/vm/accel.c), which
+/* libFuzzer target for nb_qemu_error_line (src/host/accel.c), which
  * picks the line to quote from QEMU's stderr (qemu.log, the KVM probe).
  *
  * Byte 0 picks the output size (0..255). The answer must be a terminated
@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/vm/accel.h"
+#include "host/accel.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -19,7 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "daemon/egress/rules.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -1,6 +1,8 @@
 #!/bin/sh
-# Style checks (STYLE.md): clang-format conformance and banned functions.
-# Usage: scripts/check-style.sh [format|banned]   (default: both)
+# Style checks (STYLE.md): clang-format conformance, banned functions and the
+# layers of src/ (scripts/check-layers.py; object checks need a build dir).
+# Usage: scripts/check-style.sh [format|banned|layers [BUILD_DIR]]
+# (default: all; layers with build/ when it exists)
 set -u
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -24,6 +26,14 @@ if [ "$what" = all ] || [ "$what" = banned ]; then
         echo "style: banned functions (STYLE.md) in src/:"
         echo "$hits"
         rc=1
+    fi
+fi
+if [ "$what" = layers ] || { [ "$what" = all ] && [ -d build ]; }; then
+    bdir=${2:-build}
+    if [ -d "$bdir" ]; then
+        python3 scripts/check-layers.py "$bdir" || rc=1
+    else
+        python3 scripts/check-layers.py || rc=1
     fi
 fi
 exit $rc

@@ -3,7 +3,7 @@
 #   1. installs missing Debian packages (scripts/install-deps.sh),
 #   2. builds with -Werror, runs unit + integration (+ e2e) tests,
 #   3. builds again under ASan+UBSan and reruns unit + integration tests,
-#   4. runs the style checks and short fuzz smoke runs,
+#   4. runs the style checks (format, banned functions, layers) and short fuzz smoke runs,
 # and ends with one line "N passed, N failed".
 # Options: --quick (skip the sanitizer build and fuzz smoke), --no-e2e.
 set -u
@@ -165,6 +165,7 @@ echo "== style"
 STYLELOG=$(mktemp)
 ./scripts/check-style.sh format >"$STYLELOG" 2>&1; record style:format $? "$STYLELOG"
 ./scripts/check-style.sh banned >"$STYLELOG" 2>&1; record style:banned $? "$STYLELOG"
+./scripts/check-style.sh layers build >"$STYLELOG" 2>&1; record style:layers $? "$STYLELOG"
 rm -f "$STYLELOG"
 
 pass=$(grep -c '^PASS' "$RESULTS")

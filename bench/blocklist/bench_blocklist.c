@@ -23,7 +23,7 @@
 
 #include <sodium.h>
 
-#include "daemon/egress/blocklist.h"
+#include "lib/blocklist.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
 

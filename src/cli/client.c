@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon/version.h"
+#include "host/version.h"
 #include "lib/err.h"
 #include "lib/http.h"
 #include "lib/json.h"

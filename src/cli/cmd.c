@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "cli/client.h"
-#include "daemon/version.h"
+#include "host/version.h"
 #include "lib/err.h"
 #include "lib/json.h"
 

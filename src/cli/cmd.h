@@ -13,7 +13,7 @@
 #include <jansson.h>
 #include <stdio.h>
 
-#include "daemon/home.h"
+#include "host/home.h"
 #include "lib/buf.h"
 
 #define NB_CLI_NOUNS(X)                                                                            \

@@ -19,8 +19,8 @@
 
 #include "cli/cmd.h"
 #include "cli/cmdutil.h"
-#include "daemon/egress/blocklist.h"
-#include "daemon/egress/hostname.h"
+#include "lib/blocklist.h"
+#include "lib/hostname.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"

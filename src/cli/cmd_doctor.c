@@ -5,7 +5,7 @@
 
 #include "cli/client.h"
 #include "cli/cmd.h"
-#include "daemon/doctor.h"
+#include "host/doctor.h"
 #include "lib/json.h"
 #include "lib/log.h"
 

@@ -6,7 +6,7 @@
 
 #include "daemon/api.h"
 #include "daemon/blsvc.h"
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "lib/err.h"
 
 static int have_blocklist(nb_api_ctx_t *ctx)

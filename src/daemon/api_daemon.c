@@ -7,7 +7,7 @@
 
 #include "daemon/api.h"
 #include "daemon/daemon.h"
-#include "daemon/doctor.h"
+#include "host/doctor.h"
 #include "daemon/events.h"
 #include "daemon/secretsvc.h"
 #include "daemon/store.h"

@@ -20,7 +20,7 @@
 #include "daemon/api_vmio.h"
 #include "daemon/events.h"
 #include "daemon/imgbuild.h"
-#include "daemon/vm/image.h"
+#include "host/image.h"
 #include "daemon/vm/manager.h"
 #include "lib/err.h"
 #include "lib/json.h"

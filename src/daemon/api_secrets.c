@@ -10,7 +10,7 @@
 #include <strings.h>
 
 #include "daemon/api.h"
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "daemon/secrets/binding.h"
 #include "daemon/secretsvc.h"
 #include "lib/err.h"

@@ -9,8 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "daemon/egress/blocklist.h"
-#include "daemon/home.h"
+#include "lib/blocklist.h"
+#include "host/home.h"
 #include "lib/err.h"
 #include "lib/log.h"
 

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "daemon/home.h"
+#include "host/home.h"
 #include "lib/err.h"
 #include "lib/log.h"
 

@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
-#include "daemon/home.h"
+#include "host/home.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"

@@ -32,7 +32,7 @@
 
 #include "daemon/audit.h"
 #include "daemon/egress/ca.h"
-#include "daemon/home.h"
+#include "host/home.h"
 #include "daemon/secrets/secrets.h"
 #include "daemon/store.h"
 

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "daemon/doctor.h"
+#include "host/doctor.h"
 #include "daemon/egress/rules.h"
 #include "daemon/events.h"
 #include "daemon/secretsvc_int.h"

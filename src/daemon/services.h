@@ -12,8 +12,8 @@
 #include <sys/types.h>
 #include <uv.h>
 
-#include "daemon/home.h"
-#include "daemon/version.h"
+#include "host/home.h"
+#include "host/version.h"
 #include "lib/muxsess.h"
 
 typedef struct nb_store nb_store_t;

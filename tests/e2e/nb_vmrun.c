@@ -28,7 +28,7 @@
 #include <sodium.h>
 #include <uv.h>
 
-#include "daemon/vm/accel.h"
+#include "host/accel.h"
 #include "daemon/vm/qemu.h"
 #include "daemon/vm/qmp.h"
 #include "lib/err.h"

@@ -15,7 +15,7 @@
 #include <openssl/x509v3.h>
 #include <sodium.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "lib/err.h"
 #include "lib/log.h"
 

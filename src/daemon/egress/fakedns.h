@@ -30,7 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "lib/buf.h"
 
 #define NB_FAKEDNS_NET 0xc6120000u  /* 198.18.0.0 */

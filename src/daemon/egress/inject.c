@@ -7,7 +7,7 @@
 
 #include <sodium.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "lib/err.h"
 #include "lib/log.h"
 

@@ -29,7 +29,7 @@
 
 #include "daemon/egress/ca.h"
 #include "daemon/egress/gate.h"
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "daemon/egress/proxy_creds.h"
 
 typedef struct nb_proxy nb_proxy_t;

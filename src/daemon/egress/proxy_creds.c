@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "lib/err.h"
 
 struct nb_pxcreds {

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "lib/buf.h"
 
 #define NB_PXURL_AUTHORITY_MAX 300 /* longer authorities are refused */

@@ -27,7 +27,7 @@
 
 #include <sqlite3.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 
 #define NB_RULES_VM_MAX 64
 #define NB_RULES_PATTERN_MAX (NB_HOSTNAME_BUFSZ + 2)

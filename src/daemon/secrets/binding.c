@@ -4,7 +4,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "lib/err.h"
 
 static const char *placement_names[] = {NULL, "header", "basic", "query"};

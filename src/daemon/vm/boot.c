@@ -11,9 +11,9 @@
 
 #include <sodium.h>
 
-#include "daemon/home.h"
-#include "daemon/vm/accel.h"
-#include "daemon/vm/image.h"
+#include "host/home.h"
+#include "host/accel.h"
+#include "host/image.h"
 #include "daemon/vm/manager_int.h"
 #include "lib/err.h"
 

@@ -15,7 +15,7 @@
 
 #include <sodium.h>
 
-#include "daemon/vm/accel.h"
+#include "host/accel.h"
 #include "daemon/vm/manager_int.h"
 #include "lib/err.h"
 #include "lib/json.h"

@@ -14,8 +14,8 @@
 #include <unistd.h>
 
 #include "daemon/store.h"
-#include "daemon/vm/accel.h"
-#include "daemon/vm/image.h"
+#include "host/accel.h"
+#include "host/image.h"
 #include "daemon/vm/manager_int.h"
 #include "lib/err.h"
 #include "lib/log.h"

@@ -20,17 +20,13 @@
 
 #include <uv.h>
 
+#include "host/accel.h"
+
 typedef enum {
     NB_QEMU_MACHINE_AUTO = 0, /* microvm where it boots reliably, else q35 */
     NB_QEMU_MACHINE_MICROVM,
     NB_QEMU_MACHINE_Q35,
 } nb_qemu_machine_t;
-
-typedef enum {
-    NB_QEMU_ACCEL_AUTO = 0, /* kvm when /dev/kvm is usable, else tcg */
-    NB_QEMU_ACCEL_KVM,
-    NB_QEMU_ACCEL_TCG,
-} nb_qemu_accel_t;
 
 /* The name the virtio-serial port carries; the guest finds it at
  * /dev/virtio-ports/org.nilbox.mux. */
@@ -39,20 +35,10 @@ typedef enum {
  * /sys/firmware/qemu_fw_cfg/by_name/opt/nilbox/key/raw. */
 #define NB_QEMU_KEY_FWCFG "opt/nilbox/key"
 
-/* -cpu under KVM. "host" minus what nested hosts cannot set: QEMU writes
- * IA32_ARCH_CAPABILITIES (MSR 0x10a) and, with vmx, the VMX capability
- * MSRs (0x480..) into the vCPU; an L1 hypervisor's KVM often refuses them
- * and QEMU aborts ("failed to set MSR 0x10a", kvm_put_msrs assertion).
- * Guests run no VMs of their own and need neither. docs/internals/vm.md.
- * NILBOX_KVM_CPU overrides it (nb_kvm_cpu_model). Under TCG: "max". */
-#define NB_QEMU_KVM_CPU "host,-vmx,-svm,-arch-capabilities"
+/* NB_QEMU_KVM_CPU, NB_QEMU_KVM_MICROVM and NB_QEMU_SANDBOX: host/accel.h (the KVM
+ * probe boots with them too). */
 #define NB_QEMU_TCG_CPU "max"
-/* microvm under KVM: no option ROMs; no legacy PIT/PIC (kvmclock, in-kernel
- * LAPIC). The KVM probe uses the same string. */
-#define NB_QEMU_KVM_MICROVM "microvm,x-option-roms=off,rtc=on,pit=off,pic=off"
 #define NB_QEMU_TCG_MICROVM "microvm,x-option-roms=off,rtc=on"
-/* QEMU's seccomp filter: no exec, no privilege changes. */
-#define NB_QEMU_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 typedef struct {
     const char *qemu; /* binary; NULL: "qemu-system-x86_64" from PATH */

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/vm/image.h"
+#include "host/image.h"
 #include "daemon/vm/manager_int.h"
 #include "lib/err.h"
 #include "lib/json.h"

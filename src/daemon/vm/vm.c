@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "daemon/store.h"
-#include "daemon/vm/accel.h"
+#include "host/accel.h"
 #include "daemon/vm/manager_int.h"
 #include "lib/err.h"
 #include "lib/log.h"

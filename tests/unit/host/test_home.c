@@ -1,4 +1,4 @@
-/* Unit tests for src/daemon/home: path resolution, private folders, the
+/* Unit tests for src/host/home: path resolution, private folders, the
  * one-daemon lock and atomic private files. */
 #include <fcntl.h>
 #include <stdlib.h>
@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "daemon/home.h"
+#include "host/home.h"
 #include "lib/err.h"
 #include "nbtest.h"
 

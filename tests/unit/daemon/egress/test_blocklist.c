@@ -1,4 +1,4 @@
-/* Unit tests for egress/blocklist.c: build, lookup, parents, false
+/* Unit tests for lib/blocklist.c: build, lookup, parents, false
  * positives, tamper detection, input lines, keys. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,7 +8,7 @@
 
 #include <sodium.h>
 
-#include "daemon/egress/blocklist.h"
+#include "lib/blocklist.h"
 #include "lib/err.h"
 #include "nbtest.h"
 

@@ -10,7 +10,7 @@
 #include <sodium.h>
 #include <uv.h>
 
-#include "daemon/egress/blocklist.h"
+#include "lib/blocklist.h"
 #include "daemon/egress/fakedns.h"
 #include "daemon/egress/gate.h"
 #include "daemon/egress/rules.h"

@@ -7,7 +7,7 @@
 
 #include <sqlite3.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "daemon/egress/rules.h"
 #include "lib/err.h"
 #include "nbtest.h"

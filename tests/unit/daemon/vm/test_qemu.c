@@ -10,8 +10,8 @@
 
 #include <sodium.h>
 
-#include "daemon/vm/accel.h"
-#include "daemon/vm/image.h"
+#include "host/accel.h"
+#include "host/image.h"
 #include "daemon/vm/qemu.h"
 #include "lib/err.h"
 #include "nbtest.h"

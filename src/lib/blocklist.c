@@ -1,6 +1,6 @@
 /* The DNS blocklist filter, its signed file format, builder and input
  * parser. See blocklist.h and docs/internals/blocklist.md. */
-#include "daemon/egress/blocklist.h"
+#include "lib/blocklist.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,7 +13,7 @@
 
 #include <sodium.h>
 
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 #include "lib/err.h"
 
 struct nb_bl {

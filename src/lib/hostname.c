@@ -1,4 +1,4 @@
-#include "daemon/egress/hostname.h"
+#include "lib/hostname.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>

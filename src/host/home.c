@@ -1,4 +1,4 @@
-#include "daemon/home.h"
+#include "host/home.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -11,7 +11,7 @@
 
 #include <jansson.h>
 
-#include "daemon/home.h"
+#include "host/home.h"
 
 typedef enum {
     NB_DOCTOR_OK = 0,

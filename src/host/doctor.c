@@ -1,4 +1,4 @@
-#include "daemon/doctor.h"
+#include "host/doctor.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,7 +10,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "daemon/vm/accel.h"
+#include "host/accel.h"
 
 #ifdef NB_HAVE_GIO
 #include <gio/gio.h>

@@ -1,4 +1,4 @@
-#include "daemon/vm/accel.h"
+#include "host/accel.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -18,7 +18,7 @@
 
 #include <jansson.h>
 
-#include "daemon/vm/image.h"
+#include "host/image.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"

@@ -22,7 +22,24 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#include "daemon/vm/qemu.h"
+typedef enum {
+    NB_QEMU_ACCEL_AUTO = 0, /* kvm when /dev/kvm is usable, else tcg */
+    NB_QEMU_ACCEL_KVM,
+    NB_QEMU_ACCEL_TCG,
+} nb_qemu_accel_t;
+
+/* -cpu under KVM. "host" minus what nested hosts cannot set: QEMU writes
+ * IA32_ARCH_CAPABILITIES (MSR 0x10a) and, with vmx, the VMX capability
+ * MSRs (0x480..) into the vCPU; an L1 hypervisor's KVM often refuses them
+ * and QEMU aborts ("failed to set MSR 0x10a", kvm_put_msrs assertion).
+ * Guests run no VMs of their own and need neither. docs/internals/vm.md.
+ * NILBOX_KVM_CPU overrides it (nb_kvm_cpu_model). */
+#define NB_QEMU_KVM_CPU "host,-vmx,-svm,-arch-capabilities"
+/* microvm under KVM: no option ROMs; no legacy PIT/PIC (kvmclock, in-kernel
+ * LAPIC). The KVM probe uses the same string. */
+#define NB_QEMU_KVM_MICROVM "microvm,x-option-roms=off,rtc=on,pit=off,pic=off"
+/* QEMU's seccomp filter: no exec, no privilege changes. */
+#define NB_QEMU_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 /* "auto", "kvm", "tcg" -> *out. 0 or NB_EINVAL (also for NULL / ""). */
 int nb_accel_parse(const char *s, nb_qemu_accel_t *out);

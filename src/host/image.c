@@ -1,4 +1,4 @@
-#include "daemon/vm/image.h"
+#include "host/image.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -10,7 +10,7 @@
 
 #include <sodium.h>
 
-#include "daemon/egress/blocklist.h"
+#include "lib/blocklist.h"
 #include "lib/err.h"
 
 static int is_space(char c)
