@@ -12,8 +12,10 @@ machine, accelerator, CPU model, CPU count and memory:
              a separate QEMU with user-mode networking (-nic user,
              virtio-net) and no proxy; its init (/bench-egress-init) runs
              the same curl against the host through slirp (10.0.2.2).
-Both sides are timed by curl inside the guest (time_total); each figure is
-the best of --runs downloads. Prints both throughputs and the ratio
+Both sides are timed by curl inside the guest (time_total). --runs rounds
+alternate, so load from other processes hits both sides: one download per
+nilbox path, then one boot of the user-net VM with one download (the nilbox
+VM idles meanwhile). Each figure is the best of --runs downloads. Prints both throughputs and the ratio
 (goal: nilbox >= 1.0x user-mode networking).
 
 usage: bench.py --build BUILD_DIR [--size MiB] [--runs N] [--keep]
@@ -97,7 +99,10 @@ def mibs(n, t):
     return n / t / (1 << 20)
 
 
-def nilbox_runs(a, tmp, up, image):
+def nilbox_runs(a, tmp, up, image, baseline):
+    """--runs rounds of one download per path, each round followed by
+    baseline(QEMU argv of the nilbox VM): under changing load from other
+    processes, alternating keeps the comparison fair."""
     d = nbbench.start_daemon(tmp, {
         "NILBOX_TEST_MODE": "1",
         "NILBOX_TEST_RESOLVE": "bench.example.test:80:127.0.0.1:%d" % up.port,
@@ -114,15 +119,17 @@ def nilbox_runs(a, tmp, up, image):
         qemu_argv = open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")[:-1]
         qemu_argv = [x.decode() for x in qemu_argv]
         url = "http://bench.example.test/big"
-        out = {}
-        for name, extra in (("explicit", ""), ("transparent", "--noproxy '*'")):
-            script = ("i=0; while [ $i -lt %d ]; do curl -s %s -o /dev/null -w "
-                      "'NB-BENCH %%{size_download} %%{time_total}\\n' %s; i=$((i+1)); done"
-                      % (a.runs, extra, url))
-            r = d.cli("exec", "bench", "--", "sh", "-c", script, timeout=3600)
-            out[name] = parse_runs(r.stdout)
-            if not out[name]:
-                sys.exit("no nilbox result (%s): %s %s" % (name, r.stdout, r.stderr))
+        out = {"explicit": [], "transparent": []}
+        for _ in range(a.runs):
+            for name, extra in (("explicit", ""), ("transparent", "--noproxy '*'")):
+                script = ("curl -s %s -o /dev/null -w 'NB-BENCH %%{size_download} "
+                          "%%{time_total}\\n' %s" % (extra, url))
+                r = d.cli("exec", "bench", "--", "sh", "-c", script, timeout=3600)
+                got = parse_runs(r.stdout)
+                if not got:
+                    sys.exit("no nilbox result (%s): %s %s" % (name, r.stdout, r.stderr))
+                out[name] += got
+            baseline(qemu_argv)
         return out, qemu_argv
     finally:
         d.cli("vm", "stop", "--force", "bench", timeout=60)
@@ -174,17 +181,20 @@ def main():
     nbbench.use_build(a.build, tmp)
     up = Upstream(a.size << 20)
     try:
-        nb, qargv = nilbox_runs(a, tmp, up, image)
-        console = os.path.join(tmp, "baseline-console.log")
-        argv = baseline_argv(qargv, up, a.runs, console)
-        t0 = time.time()
-        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=3600)
-        base = parse_runs(open(console, errors="replace").read())
-        if not base:
-            sys.exit("no baseline result (QEMU exit %d, %.0f s): %s\n%s" %
-                     (p.returncode, time.time() - t0, p.stdout[-2000:],
-                      open(console, errors="replace").read()[-3000:]))
+        base = []
+
+        def baseline(qargv):  # one boot of the user-networking VM, one download
+            console = os.path.join(tmp, "baseline-console-%d.log" % len(base))
+            t0 = time.time()
+            p = subprocess.run(baseline_argv(qargv, up, 1, console), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, timeout=3600)
+            got = parse_runs(open(console, errors="replace").read())
+            if not got:
+                sys.exit("no baseline result (QEMU exit %d, %.0f s): %s\n%s" %
+                         (p.returncode, time.time() - t0, p.stdout[-2000:],
+                          open(console, errors="replace").read()[-3000:]))
+            base.extend(got)
+        nb, qargv = nilbox_runs(a, tmp, up, image, baseline)
         best = lambda runs: max(mibs(n, t) for n, t in runs)
         b = best(base)
         accel = qargv[qargv.index("-accel") + 1] if "-accel" in qargv else "?"

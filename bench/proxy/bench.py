@@ -207,7 +207,7 @@ def best(runs):
     out = {k: min(x[k] for x in runs) for k in ("cpu_us", "sys_us", "rw_calls")}
     for k in ("one", "many", "sse"):
         out[k] = {f: (max if f == "rps" else min)(x[k][f] for x in runs)
-                  for f in r[k] if f in ("rps", "p50_us", "p99_us")}
+                  for f in r[k] if f in ("rps", "p50_us", "p90_us", "p99_us")}
     return out
 
 
@@ -220,7 +220,7 @@ def report(a, res, injected, load):
     d = res["direct"]
     for k in ("direct", "nilbox", "squid", "mitmdump"):
         if k not in res:
-            print("%-9s (not available: bench/setup.sh installs it)" % k)
+            print("%-9s (not run%s)" % (k, "" if a.only else ": bench/setup.sh installs it"))
             continue
         r = res[k]
         print("%-9s %9.0f %9.0f %7d %7d %8.3f %8.1f %7.1f %7.1f %8d %8d" % (
@@ -230,6 +230,9 @@ def report(a, res, injected, load):
     print("(per request: CPU (user + system) and system CPU in us, read/write system calls, "
           "of the proxy process and its children; for direct, of the upstream. SSE: us from "
           "the upstream to the client.)")
+    if "nilbox" not in res:
+        print(json.dumps(res))
+        return
     n = res["nilbox"]
     print("injections during the nilbox runs: %d (every request carried the placeholder)" %
           injected)
@@ -275,10 +278,12 @@ def main():
     try:
         b.setup_upstream()
         b.setup_nilbox()
-        if not a.only:
+        want = a.only.split(",") if a.only else ["squid", "mitmdump"]
+        if "squid" in want:
             b.setup_squid()
+        if "mitmdump" in want:
             b.setup_mitm()
-        peers = [k for k in b.peers if not a.only or k in a.only.split(",") + ["direct"]]
+        peers = [k for k in b.peers if not a.only or k in want + ["direct"]]
         for k in peers:  # warm up: leaf certificates, upstream connections
             b.rps(b.peers[k], 1, secs=0.3)
         before = b.injected()
