@@ -410,24 +410,20 @@ int nb_audit_parse_time(const char *s, int64_t now_ms, int64_t *out_ms)
 /* ------------------------------------------------------------ async reads */
 
 typedef struct {
+    int verify; /* 0: a query */
     nb_audit_filter_t f;
     json_t *rows;
     nb_audit_verify_t ver;
-    nb_audit_rows_fn rows_cb;     /* a query, or */
-    nb_audit_verify_fn verify_cb; /* a verification */
+    nb_audit_rows_fn rows_cb;
+    nb_audit_verify_fn verify_cb;
     void *ud;
 } read_t;
 
-static int query_work(sqlite3 *db, const uint8_t *key, const char *anchor_path, void *ud)
+static int read_work(sqlite3 *db, const uint8_t *key, const char *anchor_path, void *ud)
 {
     read_t *q = ud;
-    return nb_audit_query_db(db, &q->f, &q->rows);
-}
-
-static int verify_work(sqlite3 *db, const uint8_t *key, const char *anchor_path, void *ud)
-{
-    read_t *q = ud;
-    return nb_audit_verify_db_keyed(db, key, anchor_path, &q->ver);
+    return q->verify ? nb_audit_verify_db_keyed(db, key, anchor_path, &q->ver)
+                     : nb_audit_query_db(db, &q->f, &q->rows);
 }
 
 static void read_done(void *ud, int status)
@@ -443,9 +439,10 @@ static void read_done(void *ud, int status)
     free(q);
 }
 
-static int read_run(nb_audit_t *a, read_t *q, nb_audit_job_fn work)
+/* Takes q (NULL: out of memory). */
+static int read_run(nb_audit_t *a, read_t *q)
 {
-    int r = q ? nb_audit_run(a, work, read_done, q) : -ENOMEM;
+    int r = q ? nb_audit_run(a, read_work, read_done, q) : -ENOMEM;
     if (r < 0)
         free(q);
     return r;
@@ -459,15 +456,16 @@ int nb_audit_query(nb_audit_t *a, const nb_audit_filter_t *f, nb_audit_rows_fn c
         q->rows_cb = cb;
         q->ud = ud;
     }
-    return read_run(a, q, query_work);
+    return read_run(a, q);
 }
 
 int nb_audit_verify(nb_audit_t *a, nb_audit_verify_fn cb, void *ud)
 {
     read_t *q = calloc(1, sizeof *q);
     if (q) {
+        q->verify = 1;
         q->verify_cb = cb;
         q->ud = ud;
     }
-    return read_run(a, q, verify_work);
+    return read_run(a, q);
 }
