@@ -30,7 +30,8 @@
 #include "lib/httpserver.h"
 
 #define NB_API_MODULES(X)                                                                          \
-    X(daemon) X(secrets) X(audit) X(ca) X(rules) X(prompts) X(proxy) X(vm) X(image) X(blocklist)
+    X(daemon)                                                                                      \
+    X(secrets) X(audit) X(ca) X(rules) X(prompts) X(proxy) X(vm) X(vmio) X(image) X(blocklist)
 
 #define NB_API_MAX_BODY (1024 * 1024) /* bigger bodies get 413 */
 
@@ -68,6 +69,10 @@ NB_API_MODULES(NB_API_DECLARE)
  * d->api_port_req < 0 TCP 127.0.0.1:d->api_port_req (0 = any), then
  * writes api.json (0600: port, token, url, pid). Loop thread. */
 int nb_api_start(nb_daemon_t *d, nb_api_t **out, char *err, size_t errsz);
+
+/* api_vm.c: answers an error from the VM manager (adds 507 no-space and
+ * 503 unavailable to nb_api_reply_errno's mapping). Frees ctx. */
+void nb_api_vm_reply_err(nb_api_ctx_t *ctx, int r, const char *msg);
 
 /* api_rules.c: the API and event shape of a rule (new reference). */
 json_t *nb_api_rule_json(const nb_rule_t *r);

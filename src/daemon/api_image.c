@@ -17,7 +17,6 @@
 #include <unistd.h>
 
 #include "daemon/api.h"
-#include "daemon/api_vmio.h"
 #include "daemon/events.h"
 #include "daemon/imgbuild.h"
 #include "host/image.h"

@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include "daemon/api.h"
-#include "daemon/api_vmio.h"
 #include "daemon/vm/manager.h"
 #include "lib/err.h"
 #include "lib/json.h"
@@ -472,7 +471,5 @@ const nb_api_route_t nb_api_routes_vm[] = {
     {"POST", "/v1/vms/{name}/snapshots", on_snap_save, 0},
     {"POST", "/v1/vms/{name}/snapshots/{snap}/restore", on_snap_restore, 0},
     {"DELETE", "/v1/vms/{name}/snapshots/{snap}", on_snap_delete, 0},
-    {"GET", "/v1/vms/{name}/exec", nb_api_vm_exec, 0},
-    {"GET", "/v1/vms/{name}/pty", nb_api_vm_pty, 0},
     {NULL, NULL, NULL, 0},
 };

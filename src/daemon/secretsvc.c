@@ -57,9 +57,6 @@ static void on_work(nb_store_t *st, void *ud)
     case J_UNBIND:
         nb_secretsvc_work_unbind(j);
         break;
-    case J_RUN:
-        j->status = j->run_work(j->svc->s, j->ud);
-        break;
     }
     if (writes) {
         int c = nb_secretsvc_tx(j->svc->db, j->status < 0 ? "ROLLBACK" : "COMMIT");
@@ -224,8 +221,6 @@ static void on_done(void *ud, int status)
         finish_open(svc, j);
     else
         finish_op(svc, j);
-    if (j->run_done)
-        j->run_done(j->ud, j->status);
     if (j->done) {
         json_t *res = j->status < 0 ? NULL : j->result;
         j->result = NULL;
@@ -251,8 +246,6 @@ static void run_next(nb_secretsvc_t *svc)
     if (r < 0) {
         svc->busy = 0;
         nb_log(NB_LOG_ERR, "secrets: cannot queue work: %s", uv_strerror(r));
-        if (j->run_done)
-            j->run_done(j->ud, NB_EINTERNAL);
         if (j->done)
             j->done(j->ud, NB_EINTERNAL, NULL);
         job_free(j);
@@ -373,19 +366,6 @@ int nb_secretsvc_unbind(nb_secretsvc_t *svc, int64_t id, nb_secretsvc_done_fn do
     if (!j)
         return -ENOMEM;
     j->id = id;
-    return push(svc, j);
-}
-
-int nb_secretsvc_run(nb_secretsvc_t *svc, nb_secretsvc_work_fn work, nb_secretsvc_after_fn done,
-                     void *ud)
-{
-    if (!usable(svc))
-        return NB_ESTATE;
-    job_t *j = job_new(svc, J_RUN, NULL, ud);
-    if (!j)
-        return -ENOMEM;
-    j->run_work = work;
-    j->run_done = done;
     return push(svc, j);
 }
 
@@ -539,8 +519,6 @@ void nb_secretsvc_close(nb_secretsvc_t *svc)
     while (svc->jobs) {
         job_t *j = svc->jobs;
         svc->jobs = j->next;
-        if (j->run_done)
-            j->run_done(j->ud, UV_ECANCELED);
         if (j->done)
             j->done(j->ud, UV_ECANCELED, NULL);
         job_free(j);

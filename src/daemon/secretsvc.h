@@ -148,17 +148,6 @@ int nb_secretsvc_bind(nb_secretsvc_t *svc, const nb_binding_t *b, nb_secretsvc_d
 /* Removes binding `id`. Result {"id", "removed": true}. */
 int nb_secretsvc_unbind(nb_secretsvc_t *svc, int64_t id, nb_secretsvc_done_fn done, void *ud);
 
-/* Runs `work` on the pool with the open store, in the service's queue
- * (after every operation queued before it), then `done` on the loop with
- * `work`'s return value (NB_ESTATE without running `work` when the store
- * is not open; UV_ECANCELED at shutdown). For modules that read the store
- * themselves, e.g. the proxy loading its credential snapshot
- * (nb_pxcreds_load) from a nb_secretsvc_watch callback. */
-typedef int (*nb_secretsvc_work_fn)(nb_secrets_t *s, void *ud);
-typedef void (*nb_secretsvc_after_fn)(void *ud, int status);
-int nb_secretsvc_run(nb_secretsvc_t *svc, nb_secretsvc_work_fn work, nb_secretsvc_after_fn done,
-                     void *ud);
-
 /* The API shape of a binding. */
 json_t *nb_secretsvc_binding_json(const nb_binding_t *b);
 

@@ -35,7 +35,7 @@ typedef struct watch {
     void *ud;
 } watch_t;
 
-enum { J_OPEN, J_UNLOCK, J_LIST, J_SET, J_RM, J_BIND, J_UNBIND, J_RUN };
+enum { J_OPEN, J_UNLOCK, J_LIST, J_SET, J_RM, J_BIND, J_UNBIND };
 
 typedef struct job {
     struct job *next;
@@ -62,9 +62,7 @@ typedef struct job {
     nb_secretsvc_snap_t *snap;
     fp_t *fps; /* J_OPEN/J_UNLOCK: all; J_SET: one */
     size_t nfps;
-    nb_binding_t old;              /* J_UNBIND: what was removed (for the audit row) */
-    nb_secretsvc_work_fn run_work; /* J_RUN */
-    nb_secretsvc_after_fn run_done;
+    nb_binding_t old; /* J_UNBIND: what was removed (for the audit row) */
 } job_t;
 
 struct nb_secretsvc {

@@ -11,9 +11,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "host/doctor.h"
-#include "daemon/egress/rules.h"
-#include "daemon/events.h"
 #include "daemon/secretsvc_int.h"
 #include "lib/err.h"
 #include "lib/json.h"

@@ -6,7 +6,7 @@
  * goes to the libuv thread pool through nb_store_queue(). Pragmas: WAL,
  * foreign_keys=ON, synchronous=NORMAL, busy_timeout 5 s.
  *
- * Migrations: the ordered array in store.c (one line per migration). On
+ * Migrations: the ordered array in schema.c (one line per migration). On
  * open, every pending migration runs inside ONE transaction (each in its
  * own savepoint): if any step fails the whole upgrade rolls back and the
  * database is exactly as it was before the open. */

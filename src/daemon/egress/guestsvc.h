@@ -41,7 +41,7 @@
 
 typedef struct nb_guestsvc nb_guestsvc_t;
 
-/* The proxy engine getter (api_proxy.c's nb_api_proxy_engine). */
+/* The proxy engine getter (the daemon's d->egress). */
 typedef struct nb_proxy *(*nb_guestsvc_engine_fn)(nb_daemon_t *d, char *err, size_t errsz);
 
 /* Creates the service for daemon `d` (needs d->events, d->gate,
