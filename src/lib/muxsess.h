@@ -142,7 +142,8 @@ void nb_muxsess_stream_set_cbs(nb_muxsess_stream_t *st, const nb_muxsess_stream_
 int nb_muxsess_stream_accept(nb_muxsess_stream_t *st);
 void nb_muxsess_stream_reject(nb_muxsess_stream_t *st, uint32_t code, const char *msg);
 
-/* Queues bytes on `chan` (copied). CTL writes are one message each
+/* Queues bytes on `chan` (copied); on a pending peer stream they wait for
+ * the accept (and are dropped by a reject). CTL writes are one message each
  * (1..NB_MUX_CTL_MAX bytes). 0; NB_ETOOBIG (would pass stream_send_max;
  * nothing queued, or a CTL message too long); NB_ESTATE (after FIN or
  * close); NB_EINVAL (channel). */
@@ -162,7 +163,8 @@ int nb_muxsess_stream_writable(const nb_muxsess_stream_t *st);
 /* Bytes queued and not yet framed. */
 size_t nb_muxsess_stream_queued(const nb_muxsess_stream_t *st);
 
-/* Half-close: FIN goes out after the queued bytes. NB_ESTATE if closed. */
+/* Half-close: FIN goes out after the queued bytes (on a pending stream,
+ * after the accept). NB_ESTATE if closed. */
 int nb_muxsess_stream_fin(nb_muxsess_stream_t *st);
 
 /* Aborts the stream (RST with code and message, or OPEN_ERR while

@@ -302,7 +302,8 @@ static int queue_chunk(nb_muxsess_stream_t *st, struct chunk *c)
 
 static int write_check(const nb_muxsess_stream_t *st, unsigned chan, size_t n)
 {
-    if (st->state == ST_DEAD || st->state == ST_PENDING || st->fin_queued || !st->s->conn)
+    /* A pending stream queues too: nothing is sent before the accept. */
+    if (st->state == ST_DEAD || st->fin_queued || !st->s->conn)
         return NB_ESTATE;
     if (chan > NB_MUX_CHAN_CTL)
         return NB_EINVAL;
@@ -393,7 +394,7 @@ size_t nb_muxsess_stream_queued(const nb_muxsess_stream_t *st)
 
 int nb_muxsess_stream_fin(nb_muxsess_stream_t *st)
 {
-    if (st->state == ST_DEAD || st->state == ST_PENDING)
+    if (st->state == ST_DEAD)
         return NB_ESTATE;
     if (st->fin_queued)
         return 0;

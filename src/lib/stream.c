@@ -2,14 +2,19 @@
 #include "lib/stream.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <sodium.h>
 
 #include "lib/err.h"
 
 #define READ_BLOCK (64u * 1024u)
 #define GATHER_ROUNDS 64 /* loop iterations gathered bytes may wait for more */
+
+static void block_free(const nb_stream_t *s, void *p, size_t n);
 
 /* ---- the interface ---- */
 
@@ -55,7 +60,7 @@ void nb_stream_read_stop(nb_stream_t *s)
 int nb_stream_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb, void *ud)
 {
     if (s->closing || s->shut) {
-        free(p);
+        block_free(s, p, n);
         return NB_ESTATE;
     }
     int r = s->ops->write(s, p, n, cb, ud);
@@ -100,6 +105,27 @@ void nb_stream_close(nb_stream_t *s, int reset)
     s->ops->close(s, reset);
 }
 
+/* Frees a block the stream owns, wiped first if the stream says so. */
+static void block_free(const nb_stream_t *s, void *p, size_t n)
+{
+    if (p && s->wipe)
+        sodium_memzero(p, n);
+    free(p);
+}
+
+/* free_fn for blocks an nbmux session releases (it knows no length). */
+static void wiped_free(void *p)
+{
+    if (p)
+        sodium_memzero(p, malloc_usable_size(p));
+    free(p);
+}
+
+void nb_stream_set_wipe(nb_stream_t *s, int on)
+{
+    s->wipe = on;
+}
+
 static void stream_init(nb_stream_t *s, const nb_stream_ops_t *ops, uv_loop_t *loop)
 {
     s->ops = ops;
@@ -132,7 +158,6 @@ typedef struct {
     } u;
     int is_tcp;
     int shutting; /* shutdown requested, callback not yet run */
-    int close_after_shut;
     size_t queued;
     uv_shutdown_t shut;
     nb_stream_write_cb shut_cb;
@@ -143,7 +168,7 @@ typedef struct {
     uv_write_t req;
     uvs_t *u;
     uint8_t *p;
-    size_t n;
+    size_t off, n; /* p + off: the n bytes left after a partial try-write */
     nb_stream_write_cb cb;
     void *ud;
 } uvw_t;
@@ -197,7 +222,7 @@ static void uvs_on_written(uv_write_t *req, int status)
     uvw_t *w = (uvw_t *)req;
     uvs_t *u = w->u;
     u->queued -= w->n;
-    free(w->p);
+    block_free(&u->base, w->p, w->n + w->off);
     if (w->cb)
         w->cb(&u->base, status, w->ud);
     free(w);
@@ -207,20 +232,37 @@ static void uvs_on_written(uv_write_t *req, int status)
 static int uvs_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb, void *ud)
 {
     uvs_t *u = (uvs_t *)s;
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    size_t off = 0;
+    if (u->queued == 0) {
+        /* Most writes fit in the socket buffer: no write request. */
+        int t = uv_try_write(&u->u.s, &b, 1);
+        if (t < 0 && t != UV_EAGAIN) {
+            block_free(s, p, n);
+            return t;
+        }
+        off = t > 0 ? (size_t)t : 0;
+        if (off == n) {
+            block_free(s, p, n);
+            if (cb)
+                cb(s, 0, ud);
+            return 0;
+        }
+    }
     uvw_t *w = malloc(sizeof *w);
     if (!w) {
-        free(p);
+        block_free(s, p, n);
         return -ENOMEM;
     }
-    *w = (uvw_t){.u = u, .p = p, .n = n, .cb = cb, .ud = ud};
-    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    *w = (uvw_t){.u = u, .p = p, .off = off, .n = n - off, .cb = cb, .ud = ud};
+    b = uv_buf_init((char *)p + off, (unsigned)(n - off));
     int r = uv_write(&w->req, &u->u.s, &b, 1, uvs_on_written);
     if (r < 0) {
-        free(p);
+        block_free(s, p, n);
         free(w);
         return r;
     }
-    u->queued += n;
+    u->queued += n - off;
     return 0;
 }
 
@@ -238,8 +280,6 @@ static void uvs_on_shutdown(uv_shutdown_t *req, int status)
     u->shutting = 0;
     if (u->shut_cb)
         u->shut_cb(&u->base, status, u->shut_ud);
-    if (u->close_after_shut)
-        uv_close(&u->u.h, uvs_on_closed);
 }
 
 static int uvs_shutdown(nb_stream_t *s, nb_stream_write_cb cb, void *ud)
@@ -269,14 +309,6 @@ static void uvs_close(nb_stream_t *s, int reset)
     uvs_t *u = (uvs_t *)s;
     if (reset && u->is_tcp && !u->shutting && uv_tcp_close_reset(&u->u.tcp, uvs_on_closed) == 0)
         return;
-    /* An orderly close lets queued bytes leave: a shutdown completes only
-     * after them. */
-    if (!reset && !u->shutting && u->queued && uvs_shutdown(s, NULL, NULL) == 0)
-        s->shut = 1;
-    if (!reset && u->shutting) {
-        u->close_after_shut = 1;
-        return;
-    }
     uv_close(&u->u.h, uvs_on_closed);
 }
 
@@ -525,10 +557,10 @@ static int muxs_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb c
 {
     muxs_t *m = (muxs_t *)s;
     if (!m->st) {
-        free(p);
+        block_free(s, p, n);
         return NB_ESTATE;
     }
-    int r = nb_muxsess_stream_write_owned(m->st, m->chan, p, n, free);
+    int r = nb_muxsess_stream_write_owned(m->st, m->chan, p, n, s->wipe ? wiped_free : free);
     if (r == 0 && cb)
         cb(s, 0, ud);
     return r;

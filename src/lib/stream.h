@@ -73,7 +73,7 @@ struct nb_stream {
     nb_stream_close_cb on_close;
     void *ud;
     size_t hiwat, lowat; /* write queue marks */
-    int reading, want_drain, shut, closing;
+    int reading, want_drain, shut, closing, wipe;
 };
 
 /* Default write queue marks. */
@@ -136,6 +136,11 @@ void nb_stream_set_cbs(nb_stream_t *s, nb_stream_read_cb on_read, nb_stream_drai
 /* The user data given to nb_stream_set_cbs. */
 void *nb_stream_ud(const nb_stream_t *s);
 
+/* on: every block this stream frees after writing it (or failing to) is
+ * wiped first (bytes that may carry a secret). Read blocks belong to the
+ * reader, who wipes them. */
+void nb_stream_set_wipe(nb_stream_t *s, int on);
+
 /* Sets the write queue marks (0: keep). The nbmux backend keeps the
  * session's marks and ignores these. */
 void nb_stream_set_marks(nb_stream_t *s, size_t hiwat, size_t lowat);
@@ -167,10 +172,13 @@ size_t nb_stream_queued(const nb_stream_t *s);
  * closed. */
 int nb_stream_shutdown(nb_stream_t *s, nb_stream_write_cb cb, void *ud);
 
-/* Ends the stream. reset 0: orderly (queued bytes still leave; TCP FIN,
- * nbmux FIN); reset 1: abort (TCP RST, nbmux RST or OPEN_ERR, queued bytes
- * dropped). Pending write callbacks run with UV_ECANCELED (or their real
- * status) before on_close. NULL or a second call is a no-op. */
+/* Ends the stream. reset 0: TCP/pipe: closed at once (uv_close: writes
+ * still queued are cancelled; shut down first and wait to flush them);
+ * nbmux: FIN after the queued bytes, what still arrives is dropped, and
+ * the stream ends with the peer's FIN. reset 1: abort (TCP RST, nbmux RST
+ * or OPEN_ERR, queued bytes dropped). Pending write callbacks run with
+ * UV_ECANCELED (or their real status) before on_close. NULL or a second
+ * call is a no-op. */
 void nb_stream_close(nb_stream_t *s, int reset);
 
 /* ---- splice ---- */

@@ -67,19 +67,14 @@ static void on_tconn(uv_stream_t *s, int status)
     tsrv_t *t = s->data;
     if (status < 0)
         return;
-    uv_tcp_t *cl = malloc(sizeof *cl);
-    if (!cl || uv_tcp_init(loop, cl) < 0) {
-        free(cl);
+    nb_stream_t *st;
+    if (nb_stream_tcp_new(loop, &st) < 0)
         return;
+    nb_proxy_dest_t dest = {.host = t->host, .port = t->port};
+    if (uv_accept(s, nb_stream_uv_handle(st)) < 0 || nb_proxy_adopt_stream(t->ch, st, &dest) < 0) {
+        fprintf(stderr, "proxy_harness: adopt failed\n");
+        nb_stream_close(st, 0);
     }
-    uv_os_fd_t fd;
-    if (uv_accept(s, (uv_stream_t *)cl) == 0 && uv_fileno((uv_handle_t *)cl, &fd) == 0) {
-        int d = dup(fd);
-        nb_proxy_dest_t dest = {.host = t->host, .port = t->port};
-        if (d >= 0 && nb_proxy_adopt(t->ch, d, &dest) < 0)
-            fprintf(stderr, "proxy_harness: adopt failed\n");
-    }
-    uv_close((uv_handle_t *)cl, (uv_close_cb)free);
 }
 
 static void out_json(const char *tag, json_t *j)

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -23,6 +22,7 @@
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
+#include "lib/stream.h"
 
 /* Where things live in the guest (images/tiny, images/debian and the
  * agent's ctl allowlist agree on these). */
@@ -39,7 +39,6 @@
 #define PROV_ANSWER_MAX 4096
 #define ARGS_MAX 1024        /* egress/dns OPEN arguments are tiny */
 #define DNS_AUDIT_PER_MIN 30 /* dns.blocked rows per VM and minute; then only counted */
-#define BRIDGE_READ_BUF 65536
 
 typedef struct gvm gvm_t;
 typedef struct prov prov_t;
@@ -54,7 +53,7 @@ struct nb_guestsvc {
     char *test_ca;
     nb_proxy_resolve_t resolve[NB_PROXY_MAX_RESOLVE];
     size_t nresolve;
-    unsigned live; /* bridges, queries and provisioning jobs not yet freed */
+    unsigned live; /* queries and provisioning jobs not yet freed */
     int freed;     /* nb_guestsvc_free ran: free once live is 0 */
     nb_guestsvc_stats_t st;
 };
@@ -130,162 +129,6 @@ static void vm_drop(nb_guestsvc_t *g, gvm_t *v)
 
 /* ------------------------------------------------------------ egress */
 
-typedef struct {
-    nb_guestsvc_t *g;
-    nb_muxsess_stream_t *st; /* NULL once the stream closed */
-    uv_pipe_t pipe;          /* our end of the socketpair; the proxy has the other */
-    uv_shutdown_t shut;
-    int closing, shutting, paused, eof;
-} bridge_t;
-
-typedef struct {
-    uv_write_t req;
-    bridge_t *b;
-    size_t n;
-    char data[];
-} bwrite_t;
-
-static void bridge_closed(uv_handle_t *h)
-{
-    bridge_t *b = h->data;
-    nb_guestsvc_t *g = b->g;
-    free(b);
-    g_unref(g);
-}
-
-static void bridge_close(bridge_t *b)
-{
-    if (b->closing)
-        return;
-    b->closing = 1;
-    uv_close((uv_handle_t *)&b->pipe, bridge_closed);
-}
-
-static void bridge_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    buf->base = malloc(BRIDGE_READ_BUF);
-    buf->len = buf->base ? BRIDGE_READ_BUF : 0;
-}
-
-static void bridge_read(uv_stream_t *h, ssize_t n, const uv_buf_t *buf)
-{
-    bridge_t *b = h->data;
-    if (n > 0 && b->st) {
-        /* The proxy's bytes go to the guest; the buffer is the stream's now. */
-        if (nb_muxsess_stream_write_owned(b->st, NB_MUX_CHAN_STDIO, buf->base, (size_t)n, free) <
-            0) {
-            nb_muxsess_stream_reset(b->st, NB_MUX_E_INTERNAL, "queue overflow");
-            b->st = NULL;
-            bridge_close(b);
-            return;
-        }
-        if (!nb_muxsess_stream_writable(b->st)) {
-            b->paused = 1;
-            uv_read_stop(h);
-        }
-        return;
-    }
-    free(buf->base);
-    if (n == 0)
-        return;
-    uv_read_stop(h);
-    b->eof = 1;
-    if (!b->st) {
-        bridge_close(b);
-        return;
-    }
-    if (n == UV_EOF) {
-        nb_muxsess_stream_fin(b->st);
-    } else {
-        nb_muxsess_stream_reset(b->st, NB_MUX_E_FAILED, "proxy connection failed");
-        b->st = NULL;
-        bridge_close(b);
-    }
-}
-
-static void bridge_drain(nb_muxsess_stream_t *st, void *ud)
-{
-    bridge_t *b = ud;
-    if (b->paused && !b->eof && !b->closing) {
-        b->paused = 0;
-        uv_read_start((uv_stream_t *)&b->pipe, bridge_alloc, bridge_read);
-    }
-}
-
-static void bridge_written(uv_write_t *req, int status)
-{
-    bwrite_t *w = (bwrite_t *)req;
-    bridge_t *b = w->b;
-    /* Credit goes back to the guest only as the proxy takes the bytes. */
-    if (b->st)
-        nb_muxsess_stream_consume(b->st, w->n);
-    free(w);
-    if (status < 0 && status != UV_ECANCELED && b->st) {
-        nb_muxsess_stream_reset(b->st, NB_MUX_E_FAILED, "proxy connection closed");
-        b->st = NULL;
-        bridge_close(b);
-    }
-}
-
-static void bridge_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud)
-{
-    bridge_t *b = ud;
-    if (chan != NB_MUX_CHAN_STDIO || b->shutting || b->closing) {
-        nb_muxsess_stream_consume(st, d.len);
-        return;
-    }
-    bwrite_t *w = malloc(sizeof *w + d.len);
-    if (!w) {
-        nb_muxsess_stream_reset(st, NB_MUX_E_INTERNAL, "out of memory");
-        b->st = NULL;
-        bridge_close(b);
-        return;
-    }
-    w->b = b;
-    w->n = d.len;
-    memcpy(w->data, d.p, d.len);
-    uv_buf_t buf = uv_buf_init(w->data, (unsigned)d.len);
-    if (uv_write(&w->req, (uv_stream_t *)&b->pipe, &buf, 1, bridge_written) < 0) {
-        free(w);
-        nb_muxsess_stream_reset(st, NB_MUX_E_FAILED, "proxy connection closed");
-        b->st = NULL;
-        bridge_close(b);
-    }
-}
-
-static void bridge_shut_done(uv_shutdown_t *req, int status)
-{
-    bridge_t *b = req->data;
-    b->shutting = 2;
-    if (!b->st)
-        bridge_close(b); /* the stream already finished cleanly */
-}
-
-static void bridge_fin(nb_muxsess_stream_t *st, void *ud)
-{
-    bridge_t *b = ud;
-    /* The guest finished sending: half-close toward the proxy, after the
-     * queued writes. */
-    b->shut.data = b;
-    if (!b->closing && uv_shutdown(&b->shut, (uv_stream_t *)&b->pipe, bridge_shut_done) == 0)
-        b->shutting = 1;
-}
-
-static void bridge_stream_closed(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg,
-                                 void *ud)
-{
-    bridge_t *b = ud;
-    b->st = NULL;
-    if (err == 0 && b->shutting == 1)
-        return; /* bridge_shut_done closes */
-    bridge_close(b);
-}
-
-static const nb_muxsess_stream_cbs_t bridge_cbs = {.on_data = bridge_data,
-                                                   .on_fin = bridge_fin,
-                                                   .on_drain = bridge_drain,
-                                                   .on_close = bridge_stream_closed};
-
 static nb_proxy_listener_t *vm_listener(nb_guestsvc_t *g, gvm_t *v, nb_proxy_t *px, char *err,
                                         size_t errsz)
 {
@@ -308,13 +151,18 @@ static nb_proxy_listener_t *vm_listener(nb_guestsvc_t *g, gvm_t *v, nb_proxy_t *
     return l;
 }
 
-static void reject(nb_guestsvc_t *g, nb_muxsess_stream_t *st, uint32_t code, const char *vm,
-                   const char *msg)
+static void refused(nb_guestsvc_t *g, const char *vm, const char *msg)
 {
     char esc[300];
     nb_log(NB_LOG_INFO, "vm %s: egress refused: %s", vm,
            nb_log_escape(esc, sizeof esc, msg, strlen(msg)));
     g->st.egress_refused++;
+}
+
+static void reject(nb_guestsvc_t *g, nb_muxsess_stream_t *st, uint32_t code, const char *vm,
+                   const char *msg)
+{
+    refused(g, vm, msg);
     nb_muxsess_stream_reject(st, code, msg);
 }
 
@@ -409,52 +257,29 @@ static int egress_open(nb_guestsvc_t *g, const char *vm, nb_muxsess_stream_t *st
         reject(g, st, NB_MUX_E_INTERNAL, vm, err);
         return 0;
     }
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
-        reject(g, st, NB_MUX_E_BUSY, vm, "out of file descriptors");
-        return 0;
-    }
-    bridge_t *b = calloc(1, sizeof *b);
-    if (!b || uv_pipe_init(g->loop, &b->pipe, 0) < 0) {
-        free(b);
-        close(sv[0]);
-        close(sv[1]);
+    /* The proxy engine adopts the stream itself; the guest gets OPEN_OK
+     * only once it did (anything the proxy writes first waits for it). */
+    nb_stream_t *s;
+    if (nb_stream_mux_new(g->loop, st, NB_MUX_CHAN_STDIO, NULL, &s) < 0) {
         reject(g, st, NB_MUX_E_INTERNAL, vm, "out of memory");
         return 0;
     }
-    b->g = g;
-    b->pipe.data = b;
-    g->live++;
-    if (uv_pipe_open(&b->pipe, sv[0]) < 0) {
-        close(sv[0]);
-        close(sv[1]);
-        bridge_close(b);
-        reject(g, st, NB_MUX_E_INTERNAL, vm, "cannot open the bridge");
-        return 0;
-    }
-    int r = nb_proxy_adopt(l, sv[1], destp); /* takes sv[1] in every case */
+    int r = nb_proxy_adopt_stream(l, s, destp);
     if (r < 0) {
-        bridge_close(b);
         /* -EBUSY: this VM's connection budget is used up (A28; recorded) */
-        reject(g, st,
-               r == NB_EINVAL ? NB_MUX_E_BAD_ARGS
-               : r == -EBUSY  ? NB_MUX_E_BUSY
-                              : NB_MUX_E_INTERNAL,
-               vm,
-               r == NB_EINVAL ? "unusable destination"
-               : r == -EBUSY  ? "too many open connections from this VM"
-                              : "the proxy refused the connection");
+        const char *why = r == NB_EINVAL ? "unusable destination"
+                          : r == -EBUSY  ? "too many open connections from this VM"
+                                         : "the proxy refused the connection";
+        refused(g, vm, why);
+        nb_stream_mux_reset(s,
+                            r == NB_EINVAL ? NB_MUX_E_BAD_ARGS
+                            : r == -EBUSY  ? NB_MUX_E_BUSY
+                                           : NB_MUX_E_INTERNAL,
+                            why);
         return 0;
     }
-    b->st = st;
-    nb_muxsess_stream_set_cbs(st, &bridge_cbs, b);
-    if (nb_muxsess_stream_accept(st) < 0) {
-        b->st = NULL;
-        nb_muxsess_stream_reject(st, NB_MUX_E_INTERNAL, "accept failed");
-        bridge_close(b);
-        return 0;
-    }
-    uv_read_start((uv_stream_t *)&b->pipe, bridge_alloc, bridge_read);
+    if (nb_muxsess_stream_accept(st) < 0)
+        return 0; /* the session is going down: the stream's close ends the connection */
     g->st.egress_streams++;
     return 0;
 }

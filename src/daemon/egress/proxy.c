@@ -1190,7 +1190,7 @@ static int peer_is_owner(cconn_t *c)
     struct ucred cr;
     socklen_t len = sizeof cr;
     uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)&c->io.tcp, &fd) < 0 ||
+    if (uv_fileno((uv_handle_t *)nb_stream_uv_handle(c->io.s), &fd) < 0 ||
         getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
         return 0;
     return cr.uid == geteuid();
@@ -1247,50 +1247,38 @@ static void on_accept(uv_stream_t *srv, int status)
     conn_start(c);
 }
 
-int nb_proxy_adopt(nb_proxy_listener_t *l, int fd, const nb_proxy_dest_t *dest)
+int nb_proxy_adopt_stream(nb_proxy_listener_t *l, nb_stream_t *st, const nb_proxy_dest_t *dest)
 {
     nb_pxurl_authority_t auth;
-    int r;
-    if (l->closing || l->px->closing) {
-        close(fd);
+    if (l->closing || l->px->closing)
         return NB_ESTATE;
-    }
     if (dest) {
         char a[NB_HOSTNAME_BUFSZ + 16];
         int n = snprintf(a, sizeof a, strchr(dest->host, ':') ? "[%s]:%u" : "%s:%u", dest->host,
                          dest->port);
         if (n < 0 || (size_t)n >= sizeof a || dest->port == 0 ||
-            nb_pxurl_authority((const uint8_t *)a, (size_t)n, 0, &auth) < 0) {
-            close(fd);
+            nb_pxurl_authority((const uint8_t *)a, (size_t)n, 0, &auth) < 0)
             return NB_EINVAL;
-        }
     }
     if (over_budget(l, 1)) {
         /* Never adopt beyond the budget: the caller answers the guest. */
         l->px->st.conns_refused++;
         burst_row(l->px, l, &l->full_burst, 0, "too-many-connections", "A28",
                   "connection budget used up; refusing new streams");
-        close(fd);
         return -EBUSY;
     }
     cconn_t *c = conn_new(l);
-    if (!c) {
-        close(fd);
+    if (!c)
         return -ENOMEM;
-    }
-    if ((r = nb_pxio_open(&c->io, fd)) < 0) {
-        close(fd);
-        px_conn_close(c);
-        return r;
-    }
     if (dest) {
         c->transparent = 1;
         c->auth = auth;
         if (nb_dest_set(&c->dest, l->vm, auth.host, strlen(auth.host), auth.port) < 0) {
-            px_conn_close(c);
+            px_conn_close(c); /* before adopting: the caller keeps st */
             return NB_EINVAL;
         }
     }
+    nb_pxio_adopt(&c->io, st);
     conn_start(c);
     return 0;
 }

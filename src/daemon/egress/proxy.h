@@ -31,6 +31,7 @@
 #include "daemon/egress/gate.h"
 #include "lib/hostname.h"
 #include "daemon/egress/proxy_creds.h"
+#include "lib/stream.h"
 
 typedef struct nb_proxy nb_proxy_t;
 typedef struct nb_proxy_listener nb_proxy_listener_t;
@@ -138,7 +139,7 @@ const char *nb_proxy_listener_path(const nb_proxy_listener_t *l);
 
 /* Opens a channel listener: the same engine and options as
  * nb_proxy_listen() (`o->ip` and `o->port` are ignored), but it accepts
- * nothing itself; connections are handed to it with nb_proxy_adopt().
+ * nothing itself; connections are handed to it with nb_proxy_adopt_stream().
  * The guest channel uses one per VM for its `egress` streams. */
 int nb_proxy_attach(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_listener_t **out);
 
@@ -154,16 +155,17 @@ typedef struct {
  * adopting a stream so that it can answer OPEN_ERR. */
 int nb_proxy_listener_has_room(const nb_proxy_listener_t *l);
 
-/* Hands a connected stream socket to listener `l` as a new client
- * connection (`fd`: e.g. one end of a socketpair; ownership passes in
- * every case). `dest` NULL: the client speaks the explicit proxy protocol.
- * NB_EBUSY when the connection budget is used up (the fd is closed and
- * the refusal recorded).
+/* Hands a connected byte stream (e.g. a guest's nbmux egress stream) to
+ * listener `l` as a new client connection; on 0 the connection owns it
+ * and has taken over its callbacks, on error the caller still owns it
+ * (and answers the guest). `dest` NULL: the client speaks the explicit
+ * proxy protocol. -EBUSY when the connection budget is used up (the
+ * refusal is recorded).
  * Otherwise it is transparent: judged and handled as if it had sent
  * `CONNECT host:port` (no CONNECT exchange on the wire: its first bytes
  * are already TLS, HTTP or, on other ports, tunnel data). 0, NB_EINVAL (a
  * bad destination), NB_ESTATE (closing), or a libuv code. */
-int nb_proxy_adopt(nb_proxy_listener_t *l, int fd, const nb_proxy_dest_t *dest);
+int nb_proxy_adopt_stream(nb_proxy_listener_t *l, nb_stream_t *s, const nb_proxy_dest_t *dest);
 
 /* Stops accepting, closes its connections; the listener is freed when
  * they are gone. */

@@ -18,23 +18,11 @@
 
 #define SYSTEM_CA_FILE "/etc/ssl/certs/ca-certificates.crt"
 
-typedef struct {
-    uv_write_t req;
-    nb_pxio_t *io;
-    size_t len;
-    int sensitive;
-    uint8_t data[];
-} wreq_t;
-
 static void tls_pump(nb_pxio_t *io);
 
-/* Read buffers shared by every stream of the (single) loop thread, so an
- * idle connection costs no 64 KiB buffer: libuv never nests read
- * callbacks, and TCP bytes are consumed (handed over, or copied into the
- * TLS BIO) before the callback returns. TLS plaintext gets its own shared
- * buffer; should a delivery ever nest, the inner one uses the stream's
- * private buffer instead. */
-static uint8_t g_rbuf[NB_PXIO_READ_BUF];
+/* TLS plaintext buffer shared by every stream of the (single) loop
+ * thread, so an idle connection costs no 64 KiB buffer; should a delivery
+ * ever nest, the inner one uses the stream's private buffer instead. */
 static uint8_t g_pbuf[NB_PXIO_READ_BUF];
 static int g_pbuf_busy;
 
@@ -44,7 +32,7 @@ static void report_error(nb_pxio_t *io, int r)
         return;
     io->failed = 1;
     if (io->tcp_reading) {
-        uv_read_stop((uv_stream_t *)&io->tcp);
+        nb_stream_read_stop(io->s);
         io->tcp_reading = 0;
     }
     if (io->cbs->on_error)
@@ -60,127 +48,77 @@ static void report_eof(nb_pxio_t *io)
         io->cbs->on_eof(io);
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+/* Bytes from the stream below; `p` is ours: wiped (plaintext, or records
+ * that may hold it) and freed here. */
+static void on_read(nb_stream_t *st, ssize_t n, uint8_t *p, void *ud)
 {
-    b->base = (char *)g_rbuf;
-    b->len = sizeof g_rbuf;
-}
-
-static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
-{
-    nb_pxio_t *io = s->data;
-    if (io->closing || io->failed)
-        return;
-    if (n > 0) {
+    nb_pxio_t *io = ud;
+    if (n > 0 && !io->closing && !io->failed) {
         io->bytes_in += (uint64_t)n;
         if (!io->ssl) {
-            io->cbs->on_data(io, (const uint8_t *)b->base, (size_t)n);
-            /* Plaintext (an upstream's echo of an injected value, a request
-             * head): nothing of it stays behind in the shared buffer. */
-            sodium_memzero(b->base, (size_t)n);
-            return;
-        }
-        if (BIO_write(io->rbio, b->base, (int)n) != (int)n) {
+            io->cbs->on_data(io, p, (size_t)n);
+        } else if (BIO_write(io->rbio, p, (int)n) != (int)n) {
             report_error(io, -ENOMEM);
-            return;
-        }
-        tls_pump(io);
-        /* Keep TLS records inside OpenSSL, not in the kernel, only while
-         * the owner wants data or the handshake needs it. */
-        if (!io->closing && io->hs_done && !io->want_read && io->tcp_reading) {
-            uv_read_stop(s);
-            io->tcp_reading = 0;
-        }
-        return;
-    }
-    if (n == 0)
-        return;
-    if (n == UV_EOF) {
-        io->eof_seen = 1;
-        uv_read_stop(s);
-        io->tcp_reading = 0;
-        if (io->ssl)
+        } else {
             tls_pump(io);
-        else
-            report_eof(io);
+            /* Keep TLS records inside OpenSSL, not in the kernel, only
+             * while the owner wants data or the handshake needs it. */
+            if (!io->closing && io->hs_done && !io->want_read && io->tcp_reading) {
+                nb_stream_read_stop(st);
+                io->tcp_reading = 0;
+            }
+        }
+    }
+    if (p) {
+        sodium_memzero(p, (size_t)n);
+        free(p);
+    }
+    if (n >= 0 || io->closing || io->failed)
+        return;
+    io->tcp_reading = 0; /* the stream stopped by itself */
+    if (n != UV_EOF) {
+        report_error(io, (int)n);
         return;
     }
-    report_error(io, (int)n);
+    io->eof_seen = 1;
+    if (io->ssl)
+        tls_pump(io);
+    else
+        report_eof(io);
 }
 
-static void on_written(uv_write_t *req, int status)
+static void on_written(nb_stream_t *st, int status, void *ud)
 {
-    wreq_t *w = (wreq_t *)req;
-    nb_pxio_t *io = w->io;
-    io->queued -= w->len;
-    io->bytes_out += w->len;
-    if (w->sensitive)
-        sodium_memzero(w->data, w->len);
-    free(w);
-    if (status < 0) {
-        if (status != UV_ECANCELED)
-            report_error(io, status);
-        return;
-    }
-    if (io->above_high && io->queued <= NB_PXIO_LOW_WATER && !io->closing) {
-        io->above_high = 0;
-        if (io->cbs->on_drain)
-            io->cbs->on_drain(io);
-    }
+    if (status < 0 && status != UV_ECANCELED)
+        report_error(ud, status);
 }
 
-/* Queues raw bytes on the socket: what the kernel takes at once is not
- * copied. */
+static void on_drain(nb_stream_t *st, void *ud)
+{
+    nb_pxio_t *io = ud;
+    if (!io->closing && io->cbs->on_drain)
+        io->cbs->on_drain(io);
+}
+
+/* Queues raw bytes (copied) on the stream below, which wipes them once
+ * written: plaintext on a raw socket can echo a value the caller did not
+ * know of. */
 static int raw_write(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, size_t total, int sensitive)
 {
-    if (io->closing || io->failed || io->shut)
+    if (io->closing || io->failed || io->shut || !io->s)
         return NB_ECLOSED;
     if (total == 0)
         return 0;
-    size_t skip = 0;
-    if (io->queued == 0) {
-        int r = uv_try_write((uv_stream_t *)&io->tcp, bufs, n);
-        if (r > 0)
-            skip = (size_t)r;
-        else if (r < 0 && r != UV_EAGAIN)
-            return r;
-        if (skip == total) {
-            io->bytes_out += total;
-            return 0;
-        }
-    }
-    wreq_t *w = malloc(sizeof *w + total - skip);
-    if (!w)
+    uint8_t *p = malloc(total);
+    if (!p)
         return -ENOMEM;
-    w->io = io;
-    w->len = total - skip;
-    /* Plaintext on a raw socket: wiped when done whatever the caller said
-     * (a relayed response can echo a value the caller did not know of). */
-    w->sensitive = 1;
-    size_t o = 0, pos = 0;
+    size_t o = 0;
     for (unsigned i = 0; i < n; i++) {
-        size_t bl = bufs[i].len;
-        if (pos + bl <= skip) {
-            pos += bl;
-            continue;
-        }
-        size_t from = skip > pos ? skip - pos : 0;
-        memcpy(w->data + o, bufs[i].base + from, bl - from);
-        o += bl - from;
-        pos += bl;
+        memcpy(p + o, bufs[i].base, bufs[i].len);
+        o += bufs[i].len;
     }
-    io->bytes_out += skip;
-    uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
-    int r = uv_write(&w->req, (uv_stream_t *)&io->tcp, &b, 1, on_written);
-    if (r < 0) {
-        sodium_memzero(w->data, w->len);
-        free(w);
-        return r;
-    }
-    io->queued += w->len;
-    if (io->queued > NB_PXIO_HIGH_WATER)
-        io->above_high = 1;
-    return 0;
+    io->bytes_out += total;
+    return nb_stream_write(io->s, p, total, on_written, io);
 }
 
 /* Moves what OpenSSL wrote into the network BIO onto the socket. */
@@ -193,47 +131,18 @@ static int flush_wbio(nb_pxio_t *io)
         (void)BIO_reset(io->wbio);
         return NB_ECLOSED;
     }
-    wreq_t *w = malloc(sizeof *w + pending);
-    if (!w)
+    if (!io->s)
+        return NB_ECLOSED;
+    uint8_t *p = malloc(pending);
+    if (!p)
         return -ENOMEM;
-    int n = BIO_read(io->wbio, w->data, (int)pending);
+    int n = BIO_read(io->wbio, p, (int)pending);
     if (n <= 0) {
-        free(w);
+        free(p);
         return NB_EINTERNAL;
     }
-    w->io = io;
-    w->len = (size_t)n;
-    w->sensitive = 0;
-    size_t skip = 0;
-    if (io->queued == 0) {
-        /* Most flushes fit in the socket buffer: no write request needed. */
-        uv_buf_t tb = uv_buf_init((char *)w->data, (unsigned)n);
-        int t = uv_try_write((uv_stream_t *)&io->tcp, &tb, 1);
-        if (t == n) {
-            io->bytes_out += (uint64_t)n;
-            free(w);
-            return 0;
-        }
-        if (t > 0)
-            skip = (size_t)t;
-        else if (t < 0 && t != UV_EAGAIN) {
-            free(w);
-            return t;
-        }
-    }
-    io->bytes_out += skip;
-    w->len = (size_t)n - skip;
-    n = (int)w->len;
-    uv_buf_t b = uv_buf_init((char *)w->data + skip, (unsigned)n);
-    int r = uv_write(&w->req, (uv_stream_t *)&io->tcp, &b, 1, on_written);
-    if (r < 0) {
-        free(w);
-        return r;
-    }
-    io->queued += (size_t)n;
-    if (io->queued > NB_PXIO_HIGH_WATER)
-        io->above_high = 1;
-    return 0;
+    io->bytes_out += (uint64_t)n;
+    return nb_stream_write(io->s, p, (size_t)n, on_written, io);
 }
 
 static void note_tls_error(nb_pxio_t *io, const char *what)
@@ -278,7 +187,7 @@ static void tls_pump(nb_pxio_t *io)
                 note_tls_error(io, "handshake failed");
             io->failed = 1;
             if (io->tcp_reading) {
-                uv_read_stop((uv_stream_t *)&io->tcp);
+                nb_stream_read_stop(io->s);
                 io->tcp_reading = 0;
             }
             if (io->cbs->on_handshake)
@@ -335,38 +244,50 @@ static void on_kick(uv_timer_t *t)
         report_eof(io);
 }
 
+static void on_stream_closed(nb_stream_t *st, void *ud);
+
 int nb_pxio_init(uv_loop_t *loop, nb_pxio_t *io, const nb_pxio_cbs_t *cbs, void *ud)
 {
     memset(io, 0, sizeof *io);
     io->cbs = cbs;
     io->ud = ud;
-    int r = uv_tcp_init(loop, &io->tcp);
+    io->loop = loop;
+    int r = uv_timer_init(loop, &io->kick);
     if (r < 0)
         return r;
-    io->tcp.data = io;
-    io->handles++;
-    if ((r = uv_timer_init(loop, &io->kick)) < 0) {
-        /* The TCP handle must still be closed: mark it so the owner closes. */
-        io->kick.data = NULL;
-        return r;
-    }
     io->kick.data = io;
     io->handles++;
     return 0;
 }
 
-int nb_pxio_accept(nb_pxio_t *io, uv_stream_t *server)
+void nb_pxio_adopt(nb_pxio_t *io, nb_stream_t *st)
 {
-    int r = uv_accept(server, (uv_stream_t *)&io->tcp);
-    if (r == 0)
-        uv_tcp_nodelay(&io->tcp, 1);
-    return r;
+    io->s = st;
+    io->handles++;
+    nb_stream_set_cbs(st, on_read, on_drain, on_stream_closed, io);
+    nb_stream_set_marks(st, NB_PXIO_HIGH_WATER, NB_PXIO_LOW_WATER);
+    nb_stream_set_wipe(st, 1);
 }
 
-int nb_pxio_open(nb_pxio_t *io, int fd)
+/* A TCP stream below io. */
+static int tcp_new(nb_pxio_t *io, uv_tcp_t **out)
 {
-    /* No Nagle option here: the fd may be a Unix socket. */
-    return uv_tcp_open(&io->tcp, fd);
+    nb_stream_t *st;
+    int r = nb_stream_tcp_new(io->loop, &st);
+    if (r < 0)
+        return r;
+    nb_pxio_adopt(io, st);
+    *out = (uv_tcp_t *)nb_stream_uv_handle(st);
+    return 0;
+}
+
+int nb_pxio_accept(nb_pxio_t *io, uv_stream_t *server)
+{
+    uv_tcp_t *t;
+    int r = tcp_new(io, &t);
+    if (r == 0 && (r = uv_accept(server, (uv_stream_t *)t)) == 0)
+        uv_tcp_nodelay(t, 1);
+    return r;
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -375,15 +296,19 @@ static void on_connected(uv_connect_t *req, int status)
     if (io->closing)
         return;
     if (status == 0)
-        uv_tcp_nodelay(&io->tcp, 1);
+        uv_tcp_nodelay((uv_tcp_t *)req->handle, 1);
     if (io->cbs->on_connect)
         io->cbs->on_connect(io, status);
 }
 
 int nb_pxio_connect(nb_pxio_t *io, const struct sockaddr *addr)
 {
+    uv_tcp_t *t;
+    int r = tcp_new(io, &t);
+    if (r < 0)
+        return r;
     io->conn_req.data = io;
-    return uv_tcp_connect(&io->conn_req, &io->tcp, addr, on_connected);
+    return uv_tcp_connect(&io->conn_req, t, addr, on_connected);
 }
 
 int nb_pxio_read_start(nb_pxio_t *io)
@@ -392,7 +317,7 @@ int nb_pxio_read_start(nb_pxio_t *io)
         return NB_ECLOSED;
     io->want_read = 1;
     if (!io->eof_seen && !io->tcp_reading) {
-        int r = uv_read_start((uv_stream_t *)&io->tcp, on_alloc, on_read);
+        int r = io->s ? nb_stream_read_start(io->s) : NB_ESTATE;
         if (r < 0)
             return r;
         io->tcp_reading = 1;
@@ -408,7 +333,7 @@ void nb_pxio_read_stop(nb_pxio_t *io)
 {
     io->want_read = 0;
     if (io->tcp_reading && (!io->ssl || io->hs_done)) {
-        uv_read_stop((uv_stream_t *)&io->tcp);
+        nb_stream_read_stop(io->s);
         io->tcp_reading = 0;
     }
 }
@@ -447,7 +372,7 @@ int nb_pxio_tls_server(nb_pxio_t *io, SSL_CTX *ctx, const char *expected, const 
     if (prelen && BIO_write(io->rbio, pre, (int)prelen) != (int)prelen)
         return -ENOMEM;
     if (!io->tcp_reading && !io->eof_seen) {
-        if ((r = uv_read_start((uv_stream_t *)&io->tcp, on_alloc, on_read)) < 0)
+        if ((r = io->s ? nb_stream_read_start(io->s) : NB_ESTATE) < 0)
             return r;
         io->tcp_reading = 1;
     }
@@ -475,7 +400,7 @@ int nb_pxio_tls_client(nb_pxio_t *io, SSL_CTX *ctx, const char *host, int is_ip)
     }
     SSL_set_verify(io->ssl, SSL_VERIFY_PEER, NULL);
     if (!io->tcp_reading) {
-        if ((r = uv_read_start((uv_stream_t *)&io->tcp, on_alloc, on_read)) < 0)
+        if ((r = io->s ? nb_stream_read_start(io->s) : NB_ESTATE) < 0)
             return r;
         io->tcp_reading = 1;
     }
@@ -590,9 +515,9 @@ int nb_pxio_write(nb_pxio_t *io, const void *p, size_t len, int sensitive)
     return nb_pxio_writev(io, &b, 1, sensitive);
 }
 
-static void on_shutdown(uv_shutdown_t *req, int status)
+static void on_shutdown(nb_stream_t *st, int status, void *ud)
 {
-    nb_pxio_t *io = req->data;
+    nb_pxio_t *io = ud;
     io->shut_done = 1;
     if (!io->closing && io->cbs->on_shutdown)
         io->cbs->on_shutdown(io);
@@ -608,17 +533,15 @@ void nb_pxio_shutdown(nb_pxio_t *io)
         SSL_shutdown(io->ssl);
         flush_wbio(io);
     }
-    io->shut_req.data = io;
-    if (uv_shutdown(&io->shut_req, (uv_stream_t *)&io->tcp, on_shutdown) < 0) {
+    if (!io->s || nb_stream_shutdown(io->s, on_shutdown, io) < 0) {
         io->shut_done = 1;
         return;
     }
     io->shut = 1;
 }
 
-static void on_handle_closed(uv_handle_t *h)
+static void handle_closed(nb_pxio_t *io)
 {
-    nb_pxio_t *io = h->data;
     if (--io->handles > 0)
         return;
     if (io->ssl)
@@ -638,6 +561,16 @@ static void on_handle_closed(uv_handle_t *h)
         io->on_closed(io);
 }
 
+static void on_handle_closed(uv_handle_t *h)
+{
+    handle_closed(h->data);
+}
+
+static void on_stream_closed(nb_stream_t *st, void *ud)
+{
+    handle_closed(ud);
+}
+
 void nb_pxio_close(nb_pxio_t *io, void (*on_closed)(nb_pxio_t *io))
 {
     if (io->closing)
@@ -649,11 +582,8 @@ void nb_pxio_close(nb_pxio_t *io, void (*on_closed)(nb_pxio_t *io))
             on_closed(io);
         return;
     }
-    if (io->kick.data == NULL) /* timer init failed: only the TCP handle is open */
-        io->kick.data = io;
-    else
-        uv_close((uv_handle_t *)&io->kick, on_handle_closed);
-    uv_close((uv_handle_t *)&io->tcp, on_handle_closed);
+    uv_close((uv_handle_t *)&io->kick, on_handle_closed);
+    nb_stream_close(io->s, 0);
 }
 
 int nb_pxio_client_ctx(const char *extra_ca_file, SSL_CTX **out)

@@ -1,8 +1,8 @@
-/* One byte stream of the proxy: a libuv TCP handle, optionally with TLS on
- * top through OpenSSL memory BIOs (server side with the minted leaf, or
- * client side toward an upstream, verified). Both ends of every proxied
- * connection are an nb_pxio_t, so the engine moves plaintext and never
- * cares which side is encrypted.
+/* One byte stream of the proxy: an nb_stream (a TCP connection, or an
+ * adopted guest channel stream), optionally with TLS on top through OpenSSL memory BIOs (server
+ * side with the minted leaf, or client side toward an upstream, verified). Both ends of every
+ * proxied connection are an nb_pxio_t, so the engine moves plaintext and never cares which side is
+ * encrypted.
  *
  * Contract:
  *  - on_data hands over plaintext; the callee takes all of it (processes
@@ -29,6 +29,8 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
+#include "lib/stream.h"
+
 #define NB_PXIO_HIGH_WATER (256 * 1024)
 #define NB_PXIO_LOW_WATER (64 * 1024)
 #define NB_PXIO_READ_BUF (64 * 1024)
@@ -46,7 +48,8 @@ typedef struct {
 } nb_pxio_cbs_t;
 
 struct nb_pxio {
-    uv_tcp_t tcp;
+    nb_stream_t *s; /* below us: NULL until accept, connect or adopt */
+    uv_loop_t *loop;
     uv_connect_t conn_req;
     uv_timer_t kick; /* delivers TLS bytes buffered while reads were stopped */
     const nb_pxio_cbs_t *cbs;
@@ -59,17 +62,14 @@ struct nb_pxio {
     int hs_done;
     char tls_error[160]; /* why the handshake failed (verify error, alert) */
 
-    size_t queued;   /* bytes handed to uv_write not yet written */
-    int above_high;  /* queued crossed the high-water mark */
     int want_read;   /* the owner wants data */
-    int tcp_reading; /* uv_read_start is active */
+    int tcp_reading; /* reading the stream below */
     int eof_seen;    /* TCP FIN received */
     int eof_reported;
     int failed;
     int closing;
-    int shut;      /* uv_shutdown sent */
-    int shut_done; /* ... and completed */
-    uv_shutdown_t shut_req;
+    int shut;         /* shutdown requested */
+    int shut_done;    /* ... and completed */
     unsigned handles; /* open libuv handles */
     void (*on_closed)(nb_pxio_t *io);
     int corked;         /* writes are gathered until nb_pxio_uncork() */
@@ -80,17 +80,17 @@ struct nb_pxio {
     uint64_t bytes_in, bytes_out;
 };
 
-/* Initialises `io` on `loop` (TCP handle plus the kick timer). 0 or a
- * libuv code; on failure nothing needs closing. */
+/* Initialises `io` on `loop` (the kick timer; the stream below comes with
+ * accept, connect or adopt). 0 or a libuv code; on failure nothing needs
+ * closing. */
 int nb_pxio_init(uv_loop_t *loop, nb_pxio_t *io, const nb_pxio_cbs_t *cbs, void *ud);
 
 /* Accepts a pending connection of `server` into `io`. */
 int nb_pxio_accept(nb_pxio_t *io, uv_stream_t *server);
 
-/* Adopts an already connected stream socket `fd` (e.g. one end of a
- * socketpair bridging a guest channel stream). Ownership of fd passes to
- * `io` on success; on failure the caller still owns it. */
-int nb_pxio_open(nb_pxio_t *io, int fd);
+/* Puts `io` on an already connected stream (e.g. a guest channel stream),
+ * taking ownership of it: it is closed with io. */
+void nb_pxio_adopt(nb_pxio_t *io, nb_stream_t *s);
 
 /* Connects to `addr`; on_connect(io, r) follows. */
 int nb_pxio_connect(nb_pxio_t *io, const struct sockaddr *addr);
@@ -135,7 +135,7 @@ void nb_pxio_close(nb_pxio_t *io, void (*on_closed)(nb_pxio_t *io));
 
 static inline size_t nb_pxio_queued(const nb_pxio_t *io)
 {
-    return io->queued;
+    return io->s ? nb_stream_queued(io->s) : 0;
 }
 
 /* Client contexts for upstream connections: TLS >= 1.2, peer verification
