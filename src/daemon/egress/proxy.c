@@ -144,8 +144,7 @@ void px_conn_close(cconn_t *c)
     if (c->up) {
         upconn_t *u = c->up;
         c->up = NULL;
-        u->owner = NULL;
-        px_up_close(u);
+        nb_px_up_close(u);
     }
     if (c->timer_open && !uv_is_closing((uv_handle_t *)&c->timer))
         uv_close((uv_handle_t *)&c->timer, on_timer_closed);
@@ -170,8 +169,7 @@ void px_conn_linger(cconn_t *c)
     if (c->up) {
         upconn_t *u = c->up;
         c->up = NULL;
-        u->owner = NULL;
-        px_up_close(u);
+        nb_px_up_close(u);
     }
     nb_gate_cancel(c->wait);
     c->wait = NULL;
@@ -427,8 +425,7 @@ static void parse_failed(cconn_t *c)
     if (c->up) {
         upconn_t *u = c->up;
         c->up = NULL;
-        u->owner = NULL;
-        px_up_close(u);
+        nb_px_up_close(u);
     }
     px_reply(c, nb_http_err_status(e), "bad-request", tok, c->tunnel ? c->auth.host : "",
              nb_http_err_message(e), "fix the client: the proxy refuses ambiguous HTTP", 1);
@@ -625,6 +622,8 @@ static const nb_pxio_cbs_t client_cbs = {
 /* ---- CONNECT ---- */
 
 static void connect_allowed(cconn_t *c);
+static void tunnel_ready(upconn_t *u, int r);
+static const px_up_cbs_t tunnel_up_cbs = {.ready = tunnel_ready};
 
 static void tunnel_established(cconn_t *c)
 {
@@ -736,7 +735,8 @@ static void held_verdict(cconn_t *c, const nb_gate_verdict_t *v)
             return;
         c->state = CS_CONNECTING;
         px_conn_update_read(c);
-        if (px_up_acquire(c, c->auth.host, c->auth.is_ip, c->auth.port, 0, 1) < 0)
+        if (nb_px_up_acquire(&c->l->pool, c->auth.host, c->auth.is_ip, c->auth.port, 0, 1,
+                             &tunnel_up_cbs, c, &c->up) < 0)
             px_conn_close(c);
         return;
     }
@@ -971,16 +971,19 @@ static void connect_allowed(cconn_t *c)
         return;
     /* Raw tunnel: connect first, so a failure can still be a 502. */
     c->state = CS_CONNECTING;
-    int r = px_up_acquire(c, c->auth.host, c->auth.is_ip, c->auth.port, 0, 1);
+    int r = nb_px_up_acquire(&c->l->pool, c->auth.host, c->auth.is_ip, c->auth.port, 0, 1,
+                             &tunnel_up_cbs, c, &c->up);
     if (r < 0)
         px_reply(c, 502, "bad-gateway", "internal-error", c->auth.host,
                  "cannot start the upstream connection", "retry later", 1);
 }
 
-/* proxy_upstream.c calls this for raw tunnels (state CS_CONNECTING). */
-void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r)
+/* A raw tunnel's upstream connection is ready (or failed). */
+static void tunnel_ready(upconn_t *u, int r)
 {
+    cconn_t *c = u->ud;
     if (r < 0) {
+        c->up = NULL;
         json_t *d = json_pack("{s:s, s:s}", "reason", u->fail_token, "message", u->fail_msg);
         if (d && strcmp(u->fail_token, "internal-address") == 0)
             json_object_set_new(d, "threat", json_string("A13"));
@@ -990,17 +993,16 @@ void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r)
         c->reply_port = u->fail_port;
         if (c->early) {
             /* Already answered 200: the raw stream has no place for a 502. */
-            px_up_close(u);
+            nb_px_up_close(u);
             px_conn_close(c);
             return;
         }
         px_reply(c, u->fail_status, "bad-gateway", u->fail_token, c->auth.host, u->fail_msg,
                  "check the destination; internal addresses need an explicit IP rule", 1);
-        px_up_close(u);
+        nb_px_up_close(u);
         return;
     }
     c->up = u;
-    u->owner = c;
     if (!c->early)
         tunnel_established(c);
     if (c->state == CS_CLOSING)
@@ -1312,7 +1314,7 @@ static void engine_maybe_free(nb_proxy_t *px)
 
 static void listener_maybe_free(nb_proxy_listener_t *l)
 {
-    if (!l->closing || !l->srv_closed || l->conns || l->nups)
+    if (!l->closing || !l->srv_closed || l->conns || l->pool.nups)
         return;
     nb_proxy_t *px = l->px;
     if (l->prev)
@@ -1321,15 +1323,15 @@ static void listener_maybe_free(nb_proxy_listener_t *l)
         px->listeners = l->next;
     if (l->next)
         l->next->prev = l->prev;
-    SSL_CTX_free(l->client_ctx);
+    SSL_CTX_free(l->pool.client_ctx);
     sodium_memzero(l->token, sizeof l->token);
     free(l);
     engine_maybe_free(px);
 }
 
-void px_listener_check(nb_proxy_listener_t *l)
+static void listener_on_empty(void *ud)
 {
-    listener_maybe_free(l);
+    listener_maybe_free(ud);
 }
 
 static void on_srv_closed(uv_handle_t *h)
@@ -1358,7 +1360,7 @@ void nb_proxy_listener_close(nb_proxy_listener_t *l)
         n = c->next;
         px_conn_close(c);
     }
-    px_up_pool_drain(l);
+    nb_px_up_pool_drain(&l->pool);
     if (l->channel)
         listener_maybe_free(l); /* nothing else may be left to wait for */
 }
@@ -1403,8 +1405,15 @@ static int listener_new(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const c
     }
     if (o->nresolve)
         memcpy(l->resolve, o->resolve, o->nresolve * sizeof *o->resolve);
-    l->nresolve = o->nresolve;
-    if ((r = nb_pxio_client_ctx(o->upstream_ca_file, &l->client_ctx)) < 0) {
+    l->pool = (px_pool_t){.loop = px->loop,
+                          .cfg = &px->cfg,
+                          .st = &px->st,
+                          .vm = l->vm,
+                          .resolve = l->resolve,
+                          .nresolve = o->nresolve,
+                          .on_empty = listener_on_empty,
+                          .owner = l};
+    if ((r = nb_pxio_client_ctx(o->upstream_ca_file, &l->pool.client_ctx)) < 0) {
         free(l);
         return r;
     }
@@ -1448,7 +1457,7 @@ int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_li
     else
         r = uv_ip4_addr(ip, o->port, (struct sockaddr_in *)&ss);
     if (r < 0 || (r = uv_tcp_init(px->loop, &l->srv)) < 0) {
-        SSL_CTX_free(l->client_ctx);
+        SSL_CTX_free(l->pool.client_ctx);
         free(l);
         return r < 0 ? r : NB_EINVAL;
     }
@@ -1490,7 +1499,7 @@ int nb_proxy_listen_unix(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const 
     snprintf(l->path, sizeof l->path, "%s", path);
     l->is_unix = 1;
     if ((r = uv_pipe_init(px->loop, &l->psrv, 0)) < 0) {
-        SSL_CTX_free(l->client_ctx);
+        SSL_CTX_free(l->pool.client_ctx);
         free(l);
         return r;
     }

@@ -99,7 +99,7 @@ static void up_drop(cconn_t *c, int reusable)
     if (!u)
         return;
     c->up = NULL;
-    px_up_release(u, reusable);
+    nb_px_up_release(u, reusable);
 }
 
 /* ---- request head ---- */
@@ -442,10 +442,13 @@ int px_http_on_complete(cconn_t *c)
 
 /* ---- gate (plain proxy requests) ---- */
 
+static const px_up_cbs_t up_cbs;
+
 static void acquire(cconn_t *c)
 {
     exch_t *x = &c->x;
-    int r = px_up_acquire(c, x->auth.host, x->auth.is_ip, x->auth.port, x->tls, x->retried);
+    int r = nb_px_up_acquire(&c->l->pool, x->auth.host, x->auth.is_ip, x->auth.port, x->tls,
+                             x->retried, &up_cbs, c, &c->up);
     if (r < 0)
         px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host,
                  "cannot start the upstream connection", "retry later", 1);
@@ -564,12 +567,12 @@ void px_http_after_feed(cconn_t *c)
 
 /* ---- upstream ready ---- */
 
-static const nb_http_cbs_t resp_cbs;
-
-void px_http_upstream_ready(cconn_t *c, upconn_t *u, int r)
+static void up_ready(upconn_t *u, int r)
 {
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
     if (r < 0) {
+        c->up = NULL;
         json_t *d = json_pack("{s:s, s:s}", "reason", u->fail_token, "message", u->fail_msg);
         if (d && strcmp(u->fail_token, "internal-address") == 0)
             json_object_set_new(d, "threat", json_string("A13"));
@@ -582,27 +585,20 @@ void px_http_upstream_ready(cconn_t *c, upconn_t *u, int r)
                      ? "internal addresses need an explicit IP rule ('nilbox rule add')"
                      : "check that the destination is up and has a valid certificate",
                  1);
-        px_up_close(u);
+        nb_px_up_close(u);
         return;
     }
     c->up = u;
-    u->owner = c;
-    if (!u->rp) {
-        nb_http_limits_t lim;
-        nb_http_limits_default(&lim);
-        lim.max_body = 0;
-        if (nb_http_parser_new(NB_HTTP_RESPONSE, &lim, &resp_cbs, u, &u->rp) < 0) {
-            up_drop(c, 0);
-            px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host,
-                     "the proxy is out of memory", "retry later", 1);
-            return;
-        }
+    if (nb_px_up_expect(u, x->method) < 0) {
+        up_drop(c, 0);
+        px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host, "the proxy is out of memory",
+                 "retry later", 1);
+        return;
     }
-    nb_http_parser_expect_response_to(u->rp, x->method);
     if (send_head(c, u) < 0)
         return;
     x->head_sent = 1;
-    px_up_arm_response(u);
+    nb_px_up_arm_response(u);
     if (x->pending.len) {
         if (write_body(c, x->pending.p, x->pending.len) < 0) {
             px_conn_close(c);
@@ -663,14 +659,11 @@ static const char *coding_name(const nb_http_head_t *h)
     return "of an unknown coding";
 }
 
-static int resp_on_head(void *ud, const nb_http_head_t *h)
+static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
 {
-    upconn_t *u = ud;
-    cconn_t *c = u->owner;
-    if (!c)
-        return NB_ECLOSED;
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
-    px_up_disarm(u);
+    nb_px_up_disarm(u);
     if (h->status < 200 && h->status != 101) {
         x->interim = 1;
         if (h->status == 100 && x->head.version_minor >= 1 && x->head.expect_continue)
@@ -787,12 +780,9 @@ static void decode_failed(cconn_t *c, int r)
               json_pack("{s:s, s:s}", "reason", why, "threat", "A5"));
 }
 
-static int resp_on_body(void *ud, const uint8_t *p, size_t len)
+static int resp_on_body(upconn_t *u, const uint8_t *p, size_t len)
 {
-    upconn_t *u = ud;
-    cconn_t *c = u->owner;
-    if (!c)
-        return NB_ECLOSED;
+    cconn_t *c = u->ud;
     if (c->x.interim)
         return 0;
     if (c->x.dec) {
@@ -806,12 +796,9 @@ static int resp_on_body(void *ud, const uint8_t *p, size_t len)
     return body_sink(c, p, len);
 }
 
-static int resp_on_complete(void *ud)
+static int resp_on_complete(upconn_t *u)
 {
-    upconn_t *u = ud;
-    cconn_t *c = u->owner;
-    if (!c)
-        return NB_ECLOSED;
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
     if (x->interim)
         return 0;
@@ -843,8 +830,6 @@ static int resp_on_complete(void *ud)
     x->resp_done = 1;
     return r;
 }
-
-static const nb_http_cbs_t resp_cbs = {resp_on_head, resp_on_body, resp_on_complete};
 
 /* The response is complete: hand the upstream back and either read the
  * client's next request or end the connection. */
@@ -881,7 +866,7 @@ static void check_done(cconn_t *c)
 static void switch_to_pipe(cconn_t *c, const uint8_t *up_left, size_t up_len)
 {
     upconn_t *u = c->up;
-    px_up_disarm(u);
+    nb_px_up_disarm(u);
     if (c->x.resp_redact && px_pipe_scan_ws(c) < 0) {
         px_conn_close(c);
         return;
@@ -915,9 +900,9 @@ static void up_failed(cconn_t *c, upconn_t *u, const char *token, const char *ms
              1);
 }
 
-void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len)
+static void up_data(upconn_t *u, const uint8_t *p, size_t len)
 {
-    cconn_t *c = u->owner;
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
     px_conn_touch(c);
     if (!x->head_sent) {
@@ -978,9 +963,9 @@ void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len)
         nb_pxio_read_stop(&u->io);
 }
 
-void px_http_up_eof(upconn_t *u)
+static void up_eof(upconn_t *u)
 {
-    cconn_t *c = u->owner;
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
     if (!u->io.failed && x->head_sent) {
         int r = nb_http_parser_finish(u->rp);
@@ -1011,13 +996,9 @@ void px_http_up_eof(upconn_t *u)
     up_failed(c, u, "upstream-closed", "the upstream closed the connection before answering");
 }
 
-void px_http_up_timeout(upconn_t *u)
+static void up_timeout(upconn_t *u)
 {
-    cconn_t *c = u->owner;
-    if (!c) {
-        px_up_close(u);
-        return;
-    }
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
     if (x->resp_head_sent) {
         px_conn_close(c);
@@ -1036,8 +1017,18 @@ void px_http_client_drain(cconn_t *c)
         nb_pxio_read_start(&u->io);
 }
 
-void px_http_up_drain(upconn_t *u)
+static void up_drain(upconn_t *u)
 {
-    if (u->owner)
-        px_conn_update_read(u->owner);
+    px_conn_update_read(u->ud);
 }
+
+static const px_up_cbs_t up_cbs = {
+    .ready = up_ready,
+    .head = resp_on_head,
+    .body = resp_on_body,
+    .end = resp_on_complete,
+    .data = up_data,
+    .eof = up_eof,
+    .drain = up_drain,
+    .timeout = up_timeout,
+};

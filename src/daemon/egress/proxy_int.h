@@ -15,6 +15,7 @@
 #include "daemon/egress/inject.h"
 #include "daemon/egress/proxy.h"
 #include "daemon/egress/proxy_io.h"
+#include "daemon/egress/proxy_upstream.h"
 #include "daemon/egress/proxy_url.h"
 #include "daemon/egress/decode.h"
 #include "daemon/egress/redact.h"
@@ -29,7 +30,6 @@
 #define PX_LEAK_ROWS_MAX 32 /* leak rows per connection before they are only counted */
 
 typedef struct cconn cconn_t;
-typedef struct upconn upconn_t;
 
 /* Refusals of one kind on one listener: the first of a burst is an audit
  * row at once, later ones within PX_BURST_MS are only counted and the
@@ -74,16 +74,12 @@ struct nb_proxy_listener {
     char path[108];
     size_t token_len;
     px_burst_t auth_burst, full_burst; /* rate-limited refusal rows */
-    SSL_CTX *client_ctx;
     nb_proxy_resolve_t resolve[NB_PROXY_MAX_RESOLVE];
-    size_t nresolve;
     cconn_t *conns;
     size_t nconns;
     size_t nrefusing; /* connections being refused (proxy.c refuse_full) */
     size_t nunauth;   /* connections with no authenticated request yet */
-    upconn_t *pool;   /* idle upstream connections */
-    size_t npool;
-    unsigned nups; /* upstream connections alive (owned, pooled or closing) */
+    px_pool_t pool;   /* upstream connections */
     int closing;
     int srv_closed;
 };
@@ -229,39 +225,6 @@ struct cconn {
     int summarized;
 };
 
-enum { UP_RESOLVING = 1, UP_CONNECTING, UP_HANDSHAKE, UP_READY, UP_POOLED, UP_CLOSING };
-
-#define UP_MAX_ADDRS 8
-
-struct upconn {
-    nb_proxy_listener_t *l;
-    cconn_t *owner;        /* NULL while pooled or closing */
-    upconn_t *next, *prev; /* pool list */
-    nb_pxio_t io;
-    uv_timer_t timer;
-    uv_getaddrinfo_t gai;
-    int gai_pending;
-    unsigned handles;
-    int state;
-    char host[NB_HOSTNAME_BUFSZ];
-    int is_ip;
-    uint16_t port;
-    int tls;
-    char vm[NB_RULES_VM_MAX];
-    struct sockaddr_storage addrs[UP_MAX_ADDRS];
-    size_t naddrs, next_addr;
-    char addr_text[64]; /* the address connected to, for logs */
-    nb_http_parser_t *rp;
-    nb_buf_t in;
-    int reused;
-    int fail_status;        /* 502 / 504 */
-    const char *fail_token; /* X-Nilbox-Reason */
-    char fail_msg[224];
-    char fail_addr[64]; /* internal-address: the address that was refused */
-    uint16_t fail_port; /* ... and the port it was refused on */
-    int tmode;          /* what the timer measures (proxy_upstream.c) */
-};
-
 /* proxy.c */
 /* nb_gate_check() for a connection's destination: on listeners with
  * ip_no_prompt an IP literal that no rule decides is denied at once. */
@@ -269,13 +232,11 @@ int px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_
 void px_record(cconn_t *c, const char *kind, const char *host, int port, json_t *detail);
 void px_conn_close(cconn_t *c);
 void px_conn_touch(cconn_t *c);
-void px_listener_check(nb_proxy_listener_t *l); /* frees a closed listener once empty */
 void px_conn_feed(cconn_t *c);
 int px_conn_start_http(cconn_t *c);
 void px_conn_linger(cconn_t *c);
 void px_conn_update_read(cconn_t *c);
 void px_conn_connect(cconn_t *c);
-void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r);
 void px_conn_summarize(cconn_t *c); /* the audit summary rows of a closing connection */
 /* Re-judges a tunnel's destination before one of its requests goes
  * upstream: 2 when the policy did not change or still allows it (go on,
@@ -291,37 +252,18 @@ int px_http_on_head(cconn_t *c, const nb_http_head_t *h);
 int px_http_on_body(cconn_t *c, const uint8_t *p, size_t len);
 int px_http_on_complete(cconn_t *c);
 void px_http_after_feed(cconn_t *c);
-void px_http_upstream_ready(cconn_t *c, upconn_t *u, int r);
-void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len);
-void px_http_up_eof(upconn_t *u);
 void px_http_client_drain(cconn_t *c);
-void px_http_up_drain(upconn_t *u);
 void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v);
 /* The tunnel's held request goes on (or gets its 403 in deny mode) now
  * that the CONNECT's verdict is in (proxy.c records the verdict). */
 void px_http_release(cconn_t *c);
-void px_http_up_timeout(upconn_t *u);
 void px_exch_reset(cconn_t *c);
-
-/* proxy_upstream.c */
-/* Finds a pooled connection (unless `fresh`) or starts a new one; the
- * outcome arrives in px_http_upstream_ready / px_conn_tunnel_ready. */
-int px_up_acquire(cconn_t *c, const char *host, int is_ip, uint16_t port, int tls, int fresh);
-void px_up_release(upconn_t *u, int reusable);
-void px_up_close(upconn_t *u);
-void px_up_pool_drain(nb_proxy_listener_t *l);
-void px_up_arm_response(upconn_t *u); /* the request is out: time the response head */
-void px_up_disarm(upconn_t *u);
-extern const nb_pxio_cbs_t px_up_cbs;
 
 /* proxy_pipe.c */
 void px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen);
 void px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len);
 void px_pipe_client_eof(cconn_t *c);
-void px_pipe_up_data(upconn_t *u, const uint8_t *p, size_t len);
-void px_pipe_up_eof(upconn_t *u);
 void px_pipe_client_drain(cconn_t *c);
-void px_pipe_up_drain(upconn_t *u);
 void px_pipe_shutdown_done(cconn_t *c);
 /* Scans the upstream's WebSocket frames from now on (hosts with bindings). */
 int px_pipe_scan_ws(cconn_t *c);

@@ -38,9 +38,12 @@ static void maybe_done(cconn_t *c)
     px_conn_close(c);
 }
 
+static const px_up_cbs_t up_cbs;
+
 void px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen)
 {
     c->state = CS_PIPE;
+    nb_px_up_attach(c->up, &up_cbs, c);
     if (cprelen && nb_pxio_write(&c->up->io, cpre, cprelen, 0) < 0) {
         px_conn_close(c);
         return;
@@ -128,9 +131,9 @@ static int up_to_client(cconn_t *c, const uint8_t *p, size_t len)
     return r;
 }
 
-void px_pipe_up_data(upconn_t *u, const uint8_t *p, size_t len)
+static void up_data(upconn_t *u, const uint8_t *p, size_t len)
 {
-    cconn_t *c = u->owner;
+    cconn_t *c = u->ud;
     px_conn_touch(c);
     if (up_to_client(c, p, len) < 0) {
         px_conn_close(c);
@@ -153,9 +156,9 @@ void px_pipe_client_eof(cconn_t *c)
     maybe_done(c);
 }
 
-void px_pipe_up_eof(upconn_t *u)
+static void up_eof(upconn_t *u)
 {
-    cconn_t *c = u->owner;
+    cconn_t *c = u->ud;
     c->pipe_u_eof = 1;
     if (u->io.failed || (c->ws && nb_wsscan_partial(c->ws))) {
         /* Cut mid-frame: held-back bytes may be part of a value, and the
@@ -173,12 +176,20 @@ void px_pipe_client_drain(cconn_t *c)
     up_update_read(c);
 }
 
-void px_pipe_up_drain(upconn_t *u)
+static void up_drain(upconn_t *u)
 {
-    px_conn_update_read(u->owner);
+    px_conn_update_read(u->ud);
 }
 
 void px_pipe_shutdown_done(cconn_t *c)
 {
     maybe_done(c);
 }
+
+static void up_shutdown(upconn_t *u)
+{
+    maybe_done(u->ud);
+}
+
+static const px_up_cbs_t up_cbs = {
+    .data = up_data, .eof = up_eof, .drain = up_drain, .shutdown = up_shutdown};
