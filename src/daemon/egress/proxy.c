@@ -722,8 +722,8 @@ static void held_verdict(cconn_t *c, const nb_gate_verdict_t *v)
             px_conn_close(c); /* a raw tunnel has no way to carry a reason */
             return;
         }
-        c->rule_http = v->http;
-        c->inspect = v->http;
+        c->rule_http = v->http != 0;
+        c->inspect = v->http != 0;
         if (c->inspect) {
             c->state = CS_SNIFF;
             c->head_started = uv_now(c->px->loop);
@@ -759,7 +759,7 @@ static void connect_verdict(cconn_t *c, const nb_gate_verdict_t *v)
     }
     int http_port = c->auth.port == 80 || c->auth.port == 443;
     if (v->allowed) {
-        c->rule_http = v->http;
+        c->rule_http = v->http != 0;
         connect_allowed(c);
         return;
     }
@@ -1393,7 +1393,7 @@ static int listener_new(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const c
     snprintf(l->vm, sizeof l->vm, "%s", o->vm);
     snprintf(l->ip, sizeof l->ip, "%s", ip);
     l->test_mode = o->upstream_ca_file || o->nresolve;
-    l->ip_no_prompt = o->ip_no_prompt;
+    l->ip_no_prompt = o->ip_no_prompt != 0;
     if (o->auth_token) {
         size_t tl = strlen(o->auth_token);
         if (tl < 16 || tl >= sizeof l->token) {

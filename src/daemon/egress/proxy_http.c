@@ -190,7 +190,7 @@ int px_http_on_head(cconn_t *c, const nb_http_head_t *h)
             return reject(c, 400, "unsupported-upgrade", "only WebSocket upgrades pass");
         x->upgrade = 1;
     }
-    x->req_chunked = h->chunked;
+    x->req_chunked = h->chunked != 0;
     x->req_has_body = h->chunked || h->content_length > 0;
     x->head_ok = 1;
     return 0;
@@ -375,7 +375,7 @@ static int send_head(cconn_t *c, upconn_t *u)
         return -1;
     }
     x->resp_redact = nb_redact_needles(c->red) > 0;
-    x->resp_scanned = identity;
+    x->resp_scanned = identity != 0;
     r = nb_pxio_write(&u->io, c->inj.p, c->inj.len, !x->tls);
     nb_inject_out_wipe(&c->inj);
     if (r < 0) {
@@ -749,7 +749,7 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
     if (r < 0)
         return r;
     x->client_keepalive = ka;
-    x->resp_keepalive = h->keep_alive;
+    x->resp_keepalive = h->keep_alive != 0;
     x->resp_head_sent = 1;
     if (x->resp_redact) {
         /* Response headers can echo a secret too (A5). Values never hold

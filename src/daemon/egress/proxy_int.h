@@ -47,7 +47,7 @@ struct nb_proxy {
     nb_pxcreds_t *creds;
     nb_proxy_listener_t *listeners;
     uint64_t next_listener_id;
-    int closing;
+    unsigned closing : 1;
     void (*done)(void *ud);
     void *done_ud;
     nb_proxy_stats_t st;
@@ -65,11 +65,11 @@ struct nb_proxy_listener {
     char vm[NB_RULES_VM_MAX];
     char ip[64];
     int port;
-    int test_mode;
-    int channel;      /* nb_proxy_attach(): no TCP server, connections are adopted */
-    int ip_no_prompt; /* IP destinations without a rule are denied, not prompted (A12) */
-    char token[129];  /* client authentication (proxy.h auth_token); "" for none */
-    int is_unix;      /* nb_proxy_listen_unix(): psrv, path; peers checked by uid */
+    unsigned test_mode : 1;
+    unsigned channel : 1;      /* nb_proxy_attach(): no TCP server, connections are adopted */
+    unsigned ip_no_prompt : 1; /* IP destinations without a rule are denied, not prompted (A12) */
+    char token[129];           /* client authentication (proxy.h auth_token); "" for none */
+    unsigned is_unix : 1;      /* nb_proxy_listen_unix(): psrv, path; peers checked by uid */
     uv_pipe_t psrv;
     char path[108];
     size_t token_len;
@@ -80,8 +80,8 @@ struct nb_proxy_listener {
     size_t nrefusing; /* connections being refused (proxy.c refuse_full) */
     size_t nunauth;   /* connections with no authenticated request yet */
     px_pool_t pool;   /* upstream connections */
-    int closing;
-    int srv_closed;
+    unsigned closing : 1;
+    unsigned srv_closed : 1;
 };
 
 enum {
@@ -97,44 +97,45 @@ enum {
 
 /* One request/response exchange on an inspected connection. */
 typedef struct {
-    int active;
-    int is_connect;      /* a CONNECT request (handled by proxy.c once read) */
-    int started;         /* gate / upstream work began */
-    int retried;         /* re-sent once on a fresh upstream after a stale pooled one */
-    int head_ok;         /* request head accepted */
-    int req_done;        /* request message fully received */
-    int req_sent;        /* request (head + body) fully written upstream */
-    int upgrade;         /* WebSocket upgrade requested */
-    int absolute;        /* absolute-form request (plain proxy) */
-    nb_http_head_t head; /* borrowed slices stay valid until the next message is fed */
+    unsigned active : 1;
+    unsigned is_connect : 1; /* a CONNECT request (handled by proxy.c once read) */
+    unsigned started : 1;    /* gate / upstream work began */
+    unsigned retried : 1;    /* re-sent once on a fresh upstream after a stale pooled one */
+    unsigned head_ok : 1;    /* request head accepted */
+    unsigned req_done : 1;   /* request message fully received */
+    unsigned req_sent : 1;   /* request (head + body) fully written upstream */
+    unsigned upgrade : 1;    /* WebSocket upgrade requested */
+    unsigned absolute : 1;   /* absolute-form request (plain proxy) */
+    nb_http_head_t head;     /* borrowed slices stay valid until the next message is fed */
     char method[16];
     nb_iov_t origin;           /* path + query to send upstream */
     nb_pxurl_authority_t auth; /* destination of this request */
     nb_dest_t dest;
-    int tls; /* upstream is TLS */
-    int gate_waiting;
-    int head_sent;   /* upstream head written */
-    int req_chunked; /* body re-framed as chunked upstream */
-    int req_has_body;
-    nb_buf_t pending;   /* body bytes received before the upstream was ready */
-    int resp_head_sent; /* final response head written to the client */
-    int resp_done;
-    int resp_out_chunked;
-    int resp_out_close; /* body delimited by closing the client connection */
-    int resp_redact;
-    int resp_scanned;       /* the host has bindings: every response is scanned (A5) */
-    nb_decode_t *dec;       /* decoding a compressed body for the redactor (A5) */
-    const char *fail_token; /* set by resp_on_head to refuse the response */
+    unsigned tls : 1; /* upstream is TLS */
+    unsigned gate_waiting : 1;
+    unsigned head_sent : 1;   /* upstream head written */
+    unsigned req_chunked : 1; /* body re-framed as chunked upstream */
+    unsigned req_has_body : 1;
+    nb_buf_t pending;            /* body bytes received before the upstream was ready */
+    unsigned resp_head_sent : 1; /* final response head written to the client */
+    unsigned resp_done : 1;
+    unsigned resp_out_chunked : 1;
+    unsigned resp_out_close : 1; /* body delimited by closing the client connection */
+    unsigned resp_redact : 1;
+    unsigned resp_scanned : 1; /* the host has bindings: every response is scanned (A5) */
+    nb_decode_t *dec;          /* decoding a compressed body for the redactor (A5) */
+    const char *fail_token;    /* set by resp_on_head to refuse the response */
     char fail_msg[160];
     int resp_status;
-    int resp_keepalive; /* upstream may be reused */
-    int client_keepalive;
-    int interim;       /* a 1xx response was being forwarded */
-    int reject_status; /* set in on_head when the request is refused */
+    unsigned resp_keepalive : 1; /* upstream may be reused */
+    unsigned client_keepalive : 1;
+    unsigned interim : 1; /* a 1xx response was being forwarded */
+    int reject_status;    /* set in on_head when the request is refused */
     const char *reject_token;
     char reject_msg[256];
-    int git_client; /* User-Agent git/...: our replies are text/plain (shown as "remote:") */
-    int npm_client; /* User-Agent npm/...: it prints body.error after the reason phrase */
+    unsigned
+        git_client : 1; /* User-Agent git/...: our replies are text/plain (shown as "remote:") */
+    unsigned npm_client : 1; /* User-Agent npm/...: it prints body.error after the reason phrase */
     int ninjected;
     uint64_t t0;
 } exch_t;
@@ -146,21 +147,22 @@ struct cconn {
     uint64_t id;
     nb_pxio_t io;
     uv_timer_t timer;
-    int timer_open;
-    int io_closed, timer_closed;
-    int state;
+    unsigned timer_open : 1;
+    unsigned io_closed : 1, timer_closed : 1;
+    uint8_t state;         /* CS_* */
     uint64_t last_active;  /* uv_now */
     uint64_t head_started; /* uv_now when a request head began, 0 when none pending */
 
     /* CONNECT tunnel destination (tunnel == 1) */
-    int tunnel;
-    int transparent; /* adopted with a destination: a tunnel without the CONNECT exchange */
+    unsigned tunnel : 1;
+    unsigned
+        transparent : 1; /* adopted with a destination: a tunnel without the CONNECT exchange */
     nb_pxurl_authority_t auth;
     nb_dest_t dest;
-    int inspect;  /* parse HTTP inside */
-    int tls;      /* client side is TLS (intercepted) */
-    int deny;     /* deny mode: every request gets 403 */
-    int deny_why; /* nb_gate_why_t */
+    unsigned inspect : 1; /* parse HTTP inside */
+    unsigned tls : 1;     /* client side is TLS (intercepted) */
+    unsigned deny : 1;    /* deny mode: every request gets 403 */
+    int deny_why;         /* nb_gate_why_t */
     char deny_reason[64];
     char reply_addr[64]; /* the internal address of a 502 internal-address (px_reply) */
     uint16_t reply_port; /* ... and its port */
@@ -170,9 +172,9 @@ struct cconn {
      * decision: its TLS handshake, first request (inspected ports) or
      * first bytes (raw ports) wait for the verdict; nothing goes upstream
      * and no name is resolved before it. Cleared by the verdict. */
-    int held;
-    int early; /* the CONNECT was answered before its verdict (stays set) */
-    int rule_http;
+    unsigned held : 1;
+    unsigned early : 1; /* the CONNECT was answered before its verdict (stays set) */
+    unsigned rule_http : 1;
     /* Policy follow-up: the gate generation the destination was last
      * judged at, and why it was admitted (an allow-once answer holds for
      * this connection only as long as no rule decides otherwise). */
@@ -181,28 +183,28 @@ struct cconn {
 
     nb_http_parser_t *rp;
     nb_buf_t in; /* received, not yet fed */
-    int parse_paused;
-    int feeding;
-    int close_after;
-    int client_eof;
-    int auth_failed; /* 1: no, 2: wrong Proxy-Authorization (proxy.c answers 407) */
-    int refusing;    /* refused (503, then close) or made room for: out of the budgets */
-    int unauth;      /* counted in l->nunauth: no request passed auth yet */
+    unsigned parse_paused : 1;
+    unsigned feeding : 2; /* px_conn_feed, or an upstream read being parsed */
+    unsigned close_after : 1;
+    unsigned client_eof : 1;
+    unsigned auth_failed : 2; /* 1: no, 2: wrong Proxy-Authorization (proxy.c answers 407) */
+    unsigned refusing : 1;    /* refused (503, then close) or made room for: out of the budgets */
+    unsigned unauth : 1;      /* counted in l->nunauth: no request passed auth yet */
     uint64_t created;
 
     exch_t x;
     upconn_t *up;
     nb_inject_out_t inj;
-    int inj_ready;
+    unsigned inj_ready : 1;
     nb_redact_t *red;
     nb_buf_t scratch;       /* response head building */
     nb_http_header_t *hdrs; /* PX_MAX_HEADERS + extras, for the injector */
     nb_pxcreds_t *creds;    /* snapshot used by the current request */
-    int sink_raw;           /* redactor output is the response head (no chunk framing) */
+    unsigned sink_raw : 1;  /* redactor output is the response head (no chunk framing) */
     char clbuf[24];         /* Content-Length value for the upstream head */
 
     /* pipe mode */
-    int pipe_c_eof, pipe_u_eof;
+    unsigned pipe_c_eof : 1, pipe_u_eof : 1;
     nb_wsscan_t *ws;      /* WebSocket on a scanned host: server frames redacted (A5) */
     nb_redact_t *red_ctl; /* the WebSocket control frames' redactor */
     uint64_t ws_reported; /* replacements already audited */
@@ -222,7 +224,7 @@ struct cconn {
     size_t ntally;
     unsigned leak_rows;
     uint64_t leaks_unrecorded;
-    int summarized;
+    unsigned summarized : 1;
 };
 
 /* proxy.c */
