@@ -1,11 +1,5 @@
-/* Internal structures shared by the proxy's modules:
- *   proxy.c          engine, listeners, client connections, CONNECT, gate
- *   proxy_http.c     one inspected HTTP exchange (inject, forward, redact)
- *   proxy_upstream.c upstream connections: resolve, A13 filter, connect,
- *                    TLS verify, keep-alive pool
- *   proxy_pipe.c     raw byte pipes (tunnels, WebSocket after 101)
- *   proxy_reply.c    denials and errors (403/502/504 JSON bodies)
- * Not a public interface. */
+/* Internal structures shared by the proxy's files (proxy.c lists them and
+ * their layers). Not a public interface. */
 #ifndef NB_PROXY_INT_H
 #define NB_PROXY_INT_H
 
@@ -24,6 +18,8 @@
 #include "lib/http.h"
 
 #define PX_MAX_HEADERS 128
+#define IN_PAUSED_MAX (64 * 1024) /* pipelined client bytes held while an exchange runs */
+#define IN_CAP (1024 * 1024)      /* hard cap on held client bytes */
 #define PX_INJECT_CAP (128 * 1024)
 #define PX_RESP_HEAD_MAX (64 * 1024)
 #define PX_TALLY_MAX 8      /* bindings tallied per connection */
@@ -38,7 +34,7 @@ typedef struct cconn cconn_t;
 typedef struct {
     uint64_t last_row; /* uv_now of the last row, 0: none yet */
     uint64_t suppressed;
-} px_burst_t;
+} nb_px_burst_t;
 
 struct nb_proxy {
     uv_loop_t *loop;
@@ -51,10 +47,11 @@ struct nb_proxy {
     void (*done)(void *ud);
     void *done_ud;
     nb_proxy_stats_t st;
-    uint64_t gate_watch; /* nb_gate_watch handle: rule changes walk the connections */
-    size_t nconns;       /* client connections of every listener */
-    size_t nrefusing;    /* of which being refused (503 lingering) */
-    int reserve_fd;      /* a spare descriptor given up on EMFILE (proxy.c accept_short) */
+    uint64_t gate_watch;        /* nb_gate_watch handle: rule changes walk the connections */
+    size_t nconns;              /* client connections of every listener */
+    size_t nrefusing;           /* of which being refused (503 lingering) */
+    int reserve_fd;             /* a spare descriptor given up on EMFILE (proxy.c accept_short) */
+    void (*tunnel)(cconn_t *c); /* nb_px_tunnel_connect: proxy_http.c hands CONNECTs up */
 };
 
 struct nb_proxy_listener {
@@ -73,13 +70,13 @@ struct nb_proxy_listener {
     uv_pipe_t psrv;
     char path[108];
     size_t token_len;
-    px_burst_t auth_burst, full_burst; /* rate-limited refusal rows */
+    nb_px_burst_t auth_burst, full_burst; /* rate-limited refusal rows */
     nb_proxy_resolve_t resolve[NB_PROXY_MAX_RESOLVE];
     cconn_t *conns;
     size_t nconns;
-    size_t nrefusing; /* connections being refused (proxy.c refuse_full) */
-    size_t nunauth;   /* connections with no authenticated request yet */
-    px_pool_t pool;   /* upstream connections */
+    size_t nrefusing;  /* connections being refused (proxy.c refuse_full) */
+    size_t nunauth;    /* connections with no authenticated request yet */
+    nb_px_pool_t pool; /* upstream connections */
     unsigned closing : 1;
     unsigned srv_closed : 1;
 };
@@ -164,9 +161,9 @@ struct cconn {
     unsigned deny : 1;    /* deny mode: every request gets 403 */
     int deny_why;         /* nb_gate_why_t */
     char deny_reason[64];
-    char reply_addr[64]; /* the internal address of a 502 internal-address (px_reply) */
+    char reply_addr[64]; /* the internal address of a 502 internal-address (nb_px_reply) */
     uint16_t reply_port; /* ... and its port */
-    int64_t reply_rule;  /* the deny rule of the last verdict (px_reply names it), or 0 */
+    int64_t reply_rule;  /* the deny rule of the last verdict (nb_px_reply names it), or 0 */
     nb_gate_wait_t *wait;
     /* The CONNECT (or transparent connection) was answered before its gate
      * decision: its TLS handshake, first request (inspected ports) or
@@ -184,7 +181,7 @@ struct cconn {
     nb_http_parser_t *rp;
     nb_buf_t in; /* received, not yet fed */
     unsigned parse_paused : 1;
-    unsigned feeding : 2; /* px_conn_feed, or an upstream read being parsed */
+    unsigned feeding : 2; /* nb_px_conn_feed, or an upstream read being parsed */
     unsigned close_after : 1;
     unsigned client_eof : 1;
     unsigned auth_failed : 2; /* 1: no, 2: wrong Proxy-Authorization (proxy.c answers 407) */
@@ -227,60 +224,73 @@ struct cconn {
     unsigned summarized : 1;
 };
 
-/* proxy.c */
+/* Each file calls only the layers below it (proxy.c lists them). */
+
+/* proxy_conn.c */
+void nb_px_record(cconn_t *c, const char *kind, const char *host, int port, json_t *detail);
+/* A gate.decision row; a deny verdict's rule is what nb_px_reply names. */
+void nb_px_record_gate(cconn_t *c, const nb_dest_t *d, const char *host, int port,
+                       const nb_gate_verdict_t *v, const char *how);
+/* Refusal rows rate-limited per listener (nb_px_burst_t); the counts not yet
+ * in a row when the listener closes. */
+void nb_px_burst_row(nb_proxy_t *px, nb_proxy_listener_t *l, nb_px_burst_t *b, uint64_t conn,
+                     const char *reason, const char *threat, const char *msg);
+void nb_px_burst_flush(nb_proxy_listener_t *l, nb_px_burst_t *b, const char *reason,
+                       const char *threat);
 /* nb_gate_check() for a connection's destination: on listeners with
  * ip_no_prompt an IP literal that no rule decides is denied at once. */
-int px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done);
-void px_record(cconn_t *c, const char *kind, const char *host, int port, json_t *detail);
-void px_conn_close(cconn_t *c);
-void px_conn_touch(cconn_t *c);
-void px_conn_feed(cconn_t *c);
-int px_conn_start_http(cconn_t *c);
-void px_conn_linger(cconn_t *c);
-void px_conn_update_read(cconn_t *c);
-void px_conn_connect(cconn_t *c);
-void px_conn_summarize(cconn_t *c); /* the audit summary rows of a closing connection */
-/* Re-judges a tunnel's destination before one of its requests goes
- * upstream: 2 when the policy did not change or still allows it (go on,
- * nothing to record), 1 with *v filled (record and apply it), 0 when it
- * waits on a prompt (px_http_gate_verdict runs later). */
-int px_tunnel_rejudge(cconn_t *c, nb_gate_verdict_t *v);
-/* A tunnel in deny mode whose destination a rule now allows leaves deny
- * mode (1); otherwise 0. */
-int px_tunnel_undeny(cconn_t *c);
-
-/* proxy_http.c */
-int px_http_on_head(cconn_t *c, const nb_http_head_t *h);
-int px_http_on_body(cconn_t *c, const uint8_t *p, size_t len);
-int px_http_on_complete(cconn_t *c);
-void px_http_after_feed(cconn_t *c);
-void px_http_client_drain(cconn_t *c);
-void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v);
-/* The tunnel's held request goes on (or gets its 403 in deny mode) now
- * that the CONNECT's verdict is in (proxy.c records the verdict). */
-void px_http_release(cconn_t *c);
-void px_exch_reset(cconn_t *c);
-
-/* proxy_pipe.c */
-void px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen);
-void px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len);
-void px_pipe_client_eof(cconn_t *c);
-void px_pipe_client_drain(cconn_t *c);
-void px_pipe_shutdown_done(cconn_t *c);
-/* Scans the upstream's WebSocket frames from now on (hosts with bindings). */
-int px_pipe_scan_ws(cconn_t *c);
-/* The upstream bytes that came with the 101 head. */
-int px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len);
-/* Frees what px_pipe_scan_ws and the HTTP exchange allocated. */
-void px_pipe_free(cconn_t *c);
+int nb_px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done);
+void nb_px_conn_close(cconn_t *c);
+/* Ends the connection once our last reply is written (reads and drops
+ * what the client still sends for a moment). */
+void nb_px_conn_linger(cconn_t *c);
+void nb_px_conn_touch(cconn_t *c);
+void nb_px_conn_update_read(cconn_t *c);
+void nb_px_conn_summarize(cconn_t *c); /* the audit summary rows of a closing connection */
+/* Free a closed listener once empty, the engine once it has none. */
+void nb_px_listener_maybe_free(nb_proxy_listener_t *l);
+void nb_px_engine_maybe_free(nb_proxy_t *px);
 
 /* proxy_reply.c */
 /* Writes a complete JSON error response on the client connection:
  * {"error", "host", "reason", "hint"} plus X-Nilbox-Reason: `why` (a
  * stable token). `close` adds Connection: close and ends the connection
  * once the reply is written. */
-void px_reply(cconn_t *c, int status, const char *error, const char *why, const char *host,
-              const char *reason, const char *hint, int close);
-const char *px_why_hint(int why);
+void nb_px_reply(cconn_t *c, int status, const char *error, const char *why, const char *host,
+                 const char *reason, const char *hint, int close);
+const char *nb_px_why_hint(int why);
+
+/* proxy_pipe.c */
+/* Bytes both ways between the client and c->up (which it takes over), the
+ * client's `cpre` first. */
+void nb_px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen);
+void nb_px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len);
+void nb_px_pipe_client_eof(cconn_t *c);
+void nb_px_pipe_client_drain(cconn_t *c);
+void nb_px_pipe_shutdown_done(cconn_t *c);
+/* Scans the upstream's WebSocket frames from now on (hosts with bindings). */
+int nb_px_pipe_scan_ws(cconn_t *c);
+/* The upstream bytes that came with the 101 head. */
+int nb_px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len);
+
+/* proxy_http.c */
+/* A fresh request parser for the connection (plain proxy or tunnel). */
+int nb_px_conn_start_http(cconn_t *c);
+/* Feeds held client bytes to the request parser until a message ends
+ * (the parser then pauses until the exchange is over). A complete
+ * CONNECT goes to px->tunnel. */
+void nb_px_conn_feed(cconn_t *c);
+void nb_px_http_client_drain(cconn_t *c);
+/* The tunnel's held request goes on (or gets its 403 in deny mode) now
+ * that the CONNECT's verdict is in (proxy_tunnel.c records the verdict). */
+void nb_px_http_release(cconn_t *c);
+void nb_px_exch_reset(cconn_t *c);
+
+/* proxy_tunnel.c */
+/* A CONNECT request was read completely (any bytes after it are in
+ * c->in), or a transparent connection starts. */
+void nb_px_tunnel_connect(cconn_t *c);
+/* The tunnel's first bytes are in c->in: TLS to terminate or plain HTTP. */
+void nb_px_tunnel_sniff(cconn_t *c);
 
 #endif

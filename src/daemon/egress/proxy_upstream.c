@@ -22,7 +22,7 @@ static void up_maybe_free(upconn_t *u)
 {
     if (u->handles || u->gai_pending)
         return;
-    px_pool_t *pool = u->pool;
+    nb_px_pool_t *pool = u->pool;
     nb_http_parser_free(u->rp);
     free(u);
     pool->nups--;
@@ -46,7 +46,7 @@ static void on_timer_closed(uv_handle_t *h)
 
 static void pool_unlink(upconn_t *u)
 {
-    px_pool_t *pool = u->pool;
+    nb_px_pool_t *pool = u->pool;
     if (u->prev)
         u->prev->next = u->next;
     else if (pool->idle == u)
@@ -75,7 +75,7 @@ void nb_px_up_close(upconn_t *u)
 
 static void dispatch_ready(upconn_t *u, int r)
 {
-    const px_up_cbs_t *cbs = u->cbs;
+    const nb_px_up_cbs_t *cbs = u->cbs;
     if (!cbs) {
         nb_px_up_close(u);
         return;
@@ -389,7 +389,7 @@ static void on_gai(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 static void start_resolve(upconn_t *u)
 {
-    px_pool_t *pool = u->pool;
+    nb_px_pool_t *pool = u->pool;
     const char *why = NULL;
     char whyaddr[64] = "";
     struct sockaddr_storage ss;
@@ -427,8 +427,8 @@ static void start_resolve(upconn_t *u)
     u->gai_pending = 1;
 }
 
-int nb_px_up_acquire(px_pool_t *pool, const char *host, int is_ip, uint16_t port, int tls,
-                     int fresh, const px_up_cbs_t *cbs, void *ud, upconn_t **out)
+int nb_px_up_acquire(nb_px_pool_t *pool, const char *host, int is_ip, uint16_t port, int tls,
+                     int fresh, const nb_px_up_cbs_t *cbs, void *ud, upconn_t **out)
 {
     for (upconn_t *u = fresh ? NULL : pool->idle; u; u = u->next) {
         if (u->port == port && u->tls == tls && strcmp(u->host, host) == 0) {
@@ -473,7 +473,7 @@ int nb_px_up_acquire(px_pool_t *pool, const char *host, int is_ip, uint16_t port
     return 0;
 }
 
-void nb_px_up_attach(upconn_t *u, const px_up_cbs_t *cbs, void *ud)
+void nb_px_up_attach(upconn_t *u, const nb_px_up_cbs_t *cbs, void *ud)
 {
     u->cbs = cbs;
     u->ud = ud;
@@ -515,7 +515,7 @@ static int rp_on_end(void *ud)
 
 static const nb_http_cbs_t rp_cbs = {rp_on_head, rp_on_body, rp_on_end};
 
-static size_t pool_count(px_pool_t *pool, const upconn_t *k)
+static size_t pool_count(nb_px_pool_t *pool, const upconn_t *k)
 {
     size_t n = 0;
     for (upconn_t *u = pool->idle; u; u = u->next)
@@ -526,7 +526,7 @@ static size_t pool_count(px_pool_t *pool, const upconn_t *k)
 
 void nb_px_up_release(upconn_t *u, int reusable)
 {
-    px_pool_t *pool = u->pool;
+    nb_px_pool_t *pool = u->pool;
     u->cbs = NULL;
     if (!reusable || pool->closing || u->state != UP_READY || u->io.failed || u->io.eof_seen ||
         pool_count(pool, u) >= pool->cfg->pool_max_per_key) {
@@ -545,7 +545,7 @@ void nb_px_up_release(upconn_t *u, int reusable)
     nb_pxio_read_start(&u->io); /* notice when the upstream closes it */
 }
 
-void nb_px_up_pool_drain(px_pool_t *pool)
+void nb_px_up_pool_drain(nb_px_pool_t *pool)
 {
     pool->closing = 1;
     while (pool->idle)

@@ -36,7 +36,7 @@ typedef struct {
     void (*drain)(upconn_t *u);
     void (*shutdown)(upconn_t *u); /* nb_pxio_shutdown() completed; may be NULL */
     void (*timeout)(upconn_t *u);  /* no response head in time (nb_px_up_arm_response) */
-} px_up_cbs_t;
+} nb_px_up_cbs_t;
 
 /* The upstream connections of one listener: what they need from it, the
  * idle pool, and how many are alive. */
@@ -54,17 +54,17 @@ typedef struct {
     unsigned nups;                 /* connections alive (owned, pooled or closing) */
     void (*on_empty)(void *owner); /* the last one was freed */
     void *owner;
-} px_pool_t;
+} nb_px_pool_t;
 
 enum { UP_RESOLVING = 1, UP_CONNECTING, UP_HANDSHAKE, UP_READY, UP_POOLED, UP_CLOSING };
 
 #define UP_MAX_ADDRS 8
 
 struct upconn {
-    px_pool_t *pool;
-    const px_up_cbs_t *cbs; /* NULL while pooled or closing */
-    void *ud;               /* the owner's */
-    upconn_t *next, *prev;  /* pool list */
+    nb_px_pool_t *pool;
+    const nb_px_up_cbs_t *cbs; /* NULL while pooled or closing */
+    void *ud;                  /* the owner's */
+    upconn_t *next, *prev;     /* pool list */
     nb_pxio_t io;
     uv_timer_t timer;
     uv_getaddrinfo_t gai;
@@ -90,14 +90,14 @@ struct upconn {
  * may run before this returns (a pooled connection, an address refused at
  * once), and on failure the owner's slot is cleared by its own callback.
  * 0 or -ENOMEM (nothing started). */
-int nb_px_up_acquire(px_pool_t *pool, const char *host, int is_ip, uint16_t port, int tls,
-                     int fresh, const px_up_cbs_t *cbs, void *ud, upconn_t **out);
+int nb_px_up_acquire(nb_px_pool_t *pool, const char *host, int is_ip, uint16_t port, int tls,
+                     int fresh, const nb_px_up_cbs_t *cbs, void *ud, upconn_t **out);
 /* Installs other callbacks (NULL detaches). */
-void nb_px_up_attach(upconn_t *u, const px_up_cbs_t *cbs, void *ud);
+void nb_px_up_attach(upconn_t *u, const nb_px_up_cbs_t *cbs, void *ud);
 /* The owner is done with it: pooled when `reusable` and clean, else closed. */
 void nb_px_up_release(upconn_t *u, int reusable);
 void nb_px_up_close(upconn_t *u);
-void nb_px_up_pool_drain(px_pool_t *pool);
+void nb_px_up_pool_drain(nb_px_pool_t *pool);
 /* A request for `method` is about to be written: parse its response. 0 or
  * -ENOMEM. */
 int nb_px_up_expect(upconn_t *u, const char *method);
