@@ -36,6 +36,7 @@
 #include "daemon/api.h"
 #include "daemon/audit.h"
 #include "daemon/egress/proxy.h"
+#include "daemon/egress/proxy_creds.h"
 #include "daemon/egress/proxy_url.h"
 #include "daemon/events.h"
 #include "daemon/secretsvc.h"

@@ -5,9 +5,11 @@
 
 #include <stdint.h>
 
+#include "daemon/egress/ca.h"
 #include "daemon/egress/gate.h"
 #include "daemon/egress/inject.h"
 #include "daemon/egress/proxy.h"
+#include "daemon/egress/proxy_creds.h"
 #include "daemon/egress/proxy_io.h"
 #include "daemon/egress/proxy_upstream.h"
 #include "daemon/egress/proxy_url.h"
