@@ -281,7 +281,7 @@ static void on_policy_changed(void *ud)
             nb_log_conn(NB_LOG_NOTICE, c->id, "%s:%d is no longer allowed (%s): closing the %s",
                         host, port, nb_gate_why_name(v.why),
                         c->tunnel && !c->inspect ? "raw tunnel" : "WebSocket");
-            nb_px_record_gate(c, d, host, port, &v, "policy-change");
+            nb_px_record_gate(c, host, port, &v, "policy-change");
             px->st.denied++;
             nb_px_conn_close(c);
         }

@@ -107,6 +107,15 @@ void nb_px_conn_summarize(cconn_t *c)
             json_pack("{s:I, s:b}", "more", (json_int_t)c->leaks_unrecorded, "summary", 1));
 }
 
+void nb_px_conn_drop_up(cconn_t *c, int reusable)
+{
+    upconn_t *u = c->up;
+    if (!u)
+        return;
+    c->up = NULL;
+    nb_px_up_release(u, reusable);
+}
+
 void nb_px_conn_close(cconn_t *c)
 {
     if (c->state == CS_CLOSING && c->io.closing)
@@ -115,11 +124,7 @@ void nb_px_conn_close(cconn_t *c)
     c->state = CS_CLOSING;
     nb_gate_cancel(c->wait);
     c->wait = NULL;
-    if (c->up) {
-        upconn_t *u = c->up;
-        c->up = NULL;
-        nb_px_up_close(u);
-    }
+    nb_px_conn_drop_up(c, 0);
     if (c->timer_open && !uv_is_closing((uv_handle_t *)&c->timer))
         uv_close((uv_handle_t *)&c->timer, on_timer_closed);
     nb_pxio_close(&c->io, on_io_closed);
@@ -133,11 +138,7 @@ void nb_px_conn_linger(cconn_t *c)
 {
     if (c->state == CS_CLOSING)
         return;
-    if (c->up) {
-        upconn_t *u = c->up;
-        c->up = NULL;
-        nb_px_up_close(u);
-    }
+    nb_px_conn_drop_up(c, 0);
     nb_gate_cancel(c->wait);
     c->wait = NULL;
     c->state = CS_CLOSING;
@@ -223,8 +224,8 @@ void nb_px_burst_flush(nb_proxy_listener_t *l, nb_px_burst_t *b, const char *rea
         json_decref(d);
 }
 
-void nb_px_record_gate(cconn_t *c, const nb_dest_t *d, const char *host, int port,
-                       const nb_gate_verdict_t *v, const char *how)
+void nb_px_record_gate(cconn_t *c, const char *host, int port, const nb_gate_verdict_t *v,
+                       const char *how)
 {
     json_t *det = json_pack("{s:s, s:s, s:s}", "decision", v->allowed ? "allow" : "deny", "reason",
                             nb_gate_why_name(v->why), "via", how);
@@ -234,7 +235,6 @@ void nb_px_record_gate(cconn_t *c, const nb_dest_t *d, const char *host, int por
         json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
     nb_px_record(c, "gate.decision", host, port, det);
     c->reply_rule = v->allowed ? 0 : v->rule_id;
-    (void)d;
 }
 
 int nb_px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done)
@@ -275,4 +275,15 @@ void nb_px_listener_maybe_free(nb_proxy_listener_t *l)
     sodium_memzero(l->token, sizeof l->token);
     free(l);
     nb_px_engine_maybe_free(px);
+}
+
+void nb_px_up_failed(cconn_t *c, const upconn_t *u, const char *host, int port)
+{
+    json_t *d = json_pack("{s:s, s:s}", "reason", u->fail_token, "message", u->fail_msg);
+    if (d && strcmp(u->fail_token, "internal-address") == 0)
+        json_object_set_new(d, "threat", json_string("A13"));
+    nb_px_record(c, "refusal", host, port, d);
+    c->px->st.upstream_errors++;
+    snprintf(c->reply_addr, sizeof c->reply_addr, "%s", u->fail_addr);
+    c->reply_port = u->fail_port;
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "daemon/egress/proxy_auth.h"
 #include "daemon/egress/proxy_int.h"
@@ -54,22 +55,10 @@ static int is_hop(nb_iov_t name, const nb_http_head_t *h)
             size_t e = s;
             while (e < v.len && v.p[e] != ',' && v.p[e] != ' ' && v.p[e] != '\t')
                 e++;
-            if (e > s && name.len == e - s) {
-                int same = 1;
-                for (size_t k = 0; k < name.len; k++) {
-                    uint8_t a = name.p[k], b = v.p[s + k];
-                    if (a >= 'A' && a <= 'Z')
-                        a = (uint8_t)(a + 32);
-                    if (b >= 'A' && b <= 'Z')
-                        b = (uint8_t)(b + 32);
-                    if (a != b) {
-                        same = 0;
-                        break;
-                    }
-                }
-                if (same)
-                    return 1;
-            }
+            /* (a header name holds no NUL: strncasecmp sees all of it) */
+            if (e > s && name.len == e - s &&
+                strncasecmp((const char *)name.p, (const char *)v.p + s, name.len) == 0)
+                return 1;
             s = e;
         }
     }
@@ -100,15 +89,6 @@ void nb_px_exch_reset(cconn_t *c)
     nb_decode_free(c->x.dec);
     memset(&c->x, 0, sizeof c->x);
     c->x.pending = pending;
-}
-
-static void up_drop(cconn_t *c, int reusable)
-{
-    upconn_t *u = c->up;
-    if (!u)
-        return;
-    c->up = NULL;
-    nb_px_up_release(u, reusable);
 }
 
 /* ---- request head ---- */
@@ -349,7 +329,7 @@ static int send_head(cconn_t *c, upconn_t *u)
     record_inject_report(c);
     if (r < 0) {
         nb_inject_out_wipe(&c->inj);
-        up_drop(c, 1); /* nothing was sent on it */
+        nb_px_conn_drop_up(c, 1); /* nothing was sent on it */
         if (r == NB_EDENIED) {
             nb_px_record(c, "refusal", x->auth.host, x->auth.port,
                          json_pack("{s:s, s:s}", "reason", "host-mismatch", "threat", "A1"));
@@ -377,7 +357,7 @@ static int send_head(cconn_t *c, upconn_t *u)
     }
     if (px->cfg.block_leaks && c->inj.nleaks) {
         nb_inject_out_wipe(&c->inj);
-        up_drop(c, 1);
+        nb_px_conn_drop_up(c, 1);
         nb_px_reply(c, 403, "refused", "secret-leak", x->auth.host,
                     "the request carries a secret placeholder where that secret may not go",
                     "bind the secret to this host and placement, or remove the placeholder", 1);
@@ -388,7 +368,7 @@ static int send_head(cconn_t *c, upconn_t *u)
     r = nb_pxio_write(&u->io, c->inj.p, c->inj.len, !x->tls);
     nb_inject_out_wipe(&c->inj);
     if (r < 0) {
-        up_drop(c, 0);
+        nb_px_conn_drop_up(c, 0);
         nb_px_reply(c, 502, "bad-gateway", "upstream-error", x->auth.host,
                     "cannot write to the upstream", "retry", 1);
         return -1;
@@ -396,7 +376,7 @@ static int send_head(cconn_t *c, upconn_t *u)
     px->st.requests++;
     return 0;
 oom:
-    up_drop(c, 1);
+    nb_px_conn_drop_up(c, 1);
     nb_px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host, "the proxy is out of memory",
                 "retry later", 1);
     return -1;
@@ -468,14 +448,7 @@ static void acquire(cconn_t *c)
 static void gate_verdict(cconn_t *c, const nb_gate_verdict_t *v)
 {
     exch_t *x = &c->x;
-    json_t *det = json_pack("{s:s, s:s, s:s}", "decision", v->allowed ? "allow" : "deny", "reason",
-                            nb_gate_why_name(v->why), "via", "http");
-    if (det && v->rule_id)
-        json_object_set_new(det, "rule", json_integer((json_int_t)v->rule_id));
-    if (det && v->prompt_id)
-        json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
-    nb_px_record(c, "gate.decision", x->auth.host, x->auth.port, det);
-    c->reply_rule = v->allowed ? 0 : v->rule_id;
+    nb_px_record_gate(c, x->auth.host, x->auth.port, v, "http");
     c->pol_why = v->why; /* a WebSocket after this request follows rule changes */
     if (!v->allowed) {
         c->px->st.denied++;
@@ -556,7 +529,7 @@ static void after_feed(cconn_t *c)
                                    x->reject_msg, "threat", refusal_threat(x->reject_token)));
             c->px->st.refused++;
         }
-        up_drop(c, 0);
+        nb_px_conn_drop_up(c, 0);
         nb_px_reply(c, x->reject_status, x->reject_status == 403 ? "denied" : "bad-request",
                     x->reject_token, host, x->reject_msg,
                     c->deny ? nb_px_why_hint(c->deny_why) : "fix the request", 1);
@@ -584,13 +557,7 @@ static void up_ready(upconn_t *u, int r)
     exch_t *x = &c->x;
     if (r < 0) {
         c->up = NULL;
-        json_t *d = json_pack("{s:s, s:s}", "reason", u->fail_token, "message", u->fail_msg);
-        if (d && strcmp(u->fail_token, "internal-address") == 0)
-            json_object_set_new(d, "threat", json_string("A13"));
-        nb_px_record(c, "refusal", x->auth.host, x->auth.port, d);
-        c->px->st.upstream_errors++;
-        snprintf(c->reply_addr, sizeof c->reply_addr, "%s", u->fail_addr);
-        c->reply_port = u->fail_port;
+        nb_px_up_failed(c, u, x->auth.host, x->auth.port);
         nb_px_reply(c, u->fail_status, "bad-gateway", u->fail_token, x->auth.host, u->fail_msg,
                     strcmp(u->fail_token, "internal-address") == 0
                         ? "internal addresses need an explicit IP rule ('nilbox rule add')"
@@ -601,7 +568,7 @@ static void up_ready(upconn_t *u, int r)
     }
     c->up = u;
     if (nb_px_up_expect(u, x->method) < 0) {
-        up_drop(c, 0);
+        nb_px_conn_drop_up(c, 0);
         nb_px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host,
                     "the proxy is out of memory", "retry later", 1);
         return;
@@ -625,21 +592,13 @@ static void up_ready(upconn_t *u, int r)
 
 /* ---- response ---- */
 
-static int client_write(cconn_t *c, const void *p, size_t len)
-{
-    int r = nb_pxio_write(&c->io, p, len, 0);
-    if (r < 0)
-        return r;
-    return 0;
-}
-
 static int body_sink(void *ud, const uint8_t *p, size_t len)
 {
     cconn_t *c = ud;
     if (len == 0)
         return 0;
     if (c->sink_raw || !c->x.resp_out_chunked)
-        return client_write(c, p, len);
+        return nb_pxio_write(&c->io, p, len, 0);
     char hdr[24];
     int n = snprintf(hdr, sizeof hdr, "%zx\r\n", len);
     uv_buf_t b[3] = {uv_buf_init(hdr, (unsigned)n), uv_buf_init((char *)p, (unsigned)len),
@@ -678,7 +637,7 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
     if (h->status < 200 && h->status != 101) {
         x->interim = 1;
         if (h->status == 100 && x->head.version_minor >= 1 && x->head.expect_continue)
-            return client_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            return nb_pxio_write(&c->io, "HTTP/1.1 100 Continue\r\n\r\n", 25, 0);
         return 0; /* other 1xx (102, 103) are dropped */
     }
     x->interim = 0;
@@ -770,7 +729,7 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
         c->sink_raw = 0;
         return r;
     }
-    return client_write(c, b->p, b->len);
+    return nb_pxio_write(&c->io, b->p, b->len, 0);
 }
 
 static int redact_sink(void *ud, const uint8_t *p, size_t len)
@@ -837,7 +796,7 @@ static int resp_on_complete(upconn_t *u)
         }
     }
     if (r == 0 && x->resp_out_chunked)
-        r = client_write(c, "0\r\n\r\n", 5);
+        r = nb_pxio_write(&c->io, "0\r\n\r\n", 5, 0);
     x->resp_done = 1;
     return r;
 }
@@ -849,7 +808,7 @@ static void exchange_done(cconn_t *c)
     exch_t *x = &c->x;
     upconn_t *u = c->up;
     int reusable = u && x->req_sent && x->resp_keepalive && !x->upgrade;
-    up_drop(c, reusable);
+    nb_px_conn_drop_up(c, reusable);
     nb_pxcreds_unref(c->creds);
     c->creds = NULL;
     nb_log_conn(NB_LOG_DEBUG, c->id, "%s %s -> %d (%" PRIu64 " ms)", x->method, x->auth.host,
@@ -899,7 +858,7 @@ static void up_failed(cconn_t *c, upconn_t *u, const char *token, const char *ms
         nb_px_conn_close(c); /* the client sees a truncated response */
         return;
     }
-    up_drop(c, 0);
+    nb_px_conn_drop_up(c, 0);
     c->px->st.upstream_errors++;
     json_t *d = json_pack("{s:s, s:s}", "reason", token, "message", msg);
     if (d && x->fail_token)
@@ -1000,7 +959,7 @@ static void up_eof(upconn_t *u)
         x->retried = 1;
         x->head_sent = 0;
         x->req_sent = 0;
-        up_drop(c, 0);
+        nb_px_conn_drop_up(c, 0);
         acquire(c);
         return;
     }
@@ -1015,7 +974,7 @@ static void up_timeout(upconn_t *u)
         nb_px_conn_close(c);
         return;
     }
-    up_drop(c, 0);
+    nb_px_conn_drop_up(c, 0);
     c->px->st.upstream_errors++;
     nb_px_reply(c, 504, "gateway-timeout", "upstream-timeout", x->auth.host,
                 "the upstream did not answer in time", "retry later", 1);
@@ -1149,11 +1108,7 @@ static void parse_failed(cconn_t *c)
         nb_px_conn_close(c);
         return;
     }
-    if (c->up) {
-        upconn_t *u = c->up;
-        c->up = NULL;
-        nb_px_up_close(u);
-    }
+    nb_px_conn_drop_up(c, 0);
     nb_px_reply(c, nb_http_err_status(e), "bad-request", tok, c->tunnel ? c->auth.host : "",
                 nb_http_err_message(e), "fix the client: the proxy refuses ambiguous HTTP", 1);
 }
@@ -1245,7 +1200,7 @@ static int tunnel_undeny(cconn_t *c)
     c->pol_gen = gen;
     if (!nb_gate_rules_verdict(g, &c->dest, &v) || !v.allowed)
         return 0;
-    nb_px_record_gate(c, &c->dest, c->auth.host, c->auth.port, &v, "policy-change");
+    nb_px_record_gate(c, c->auth.host, c->auth.port, &v, "policy-change");
     c->deny = 0;
     c->pol_why = v.why;
     return 1;

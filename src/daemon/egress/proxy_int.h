@@ -231,8 +231,8 @@ struct cconn {
 /* proxy_conn.c */
 void nb_px_record(cconn_t *c, const char *kind, const char *host, int port, json_t *detail);
 /* A gate.decision row; a deny verdict's rule is what nb_px_reply names. */
-void nb_px_record_gate(cconn_t *c, const nb_dest_t *d, const char *host, int port,
-                       const nb_gate_verdict_t *v, const char *how);
+void nb_px_record_gate(cconn_t *c, const char *host, int port, const nb_gate_verdict_t *v,
+                       const char *how);
 /* Refusal rows rate-limited per listener (nb_px_burst_t); the counts not yet
  * in a row when the listener closes. */
 void nb_px_burst_row(nb_proxy_t *px, nb_proxy_listener_t *l, nb_px_burst_t *b, uint64_t conn,
@@ -242,6 +242,11 @@ void nb_px_burst_flush(nb_proxy_listener_t *l, nb_px_burst_t *b, const char *rea
 /* nb_gate_check() for a connection's destination: on listeners with
  * ip_no_prompt an IP literal that no rule decides is denied at once. */
 int nb_px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done);
+/* Records the failure of c's upstream connection `u` (a refusal row) and
+ * keeps the refused address for the reply. */
+void nb_px_up_failed(cconn_t *c, const upconn_t *u, const char *host, int port);
+/* Gives c's upstream connection back (to the pool when `reusable`). */
+void nb_px_conn_drop_up(cconn_t *c, int reusable);
 void nb_px_conn_close(cconn_t *c);
 /* Ends the connection once our last reply is written (reads and drops
  * what the client still sends for a moment). */

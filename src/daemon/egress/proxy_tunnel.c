@@ -130,7 +130,7 @@ static void held_verdict(cconn_t *c, const nb_gate_verdict_t *v)
 
 static void connect_verdict(cconn_t *c, const nb_gate_verdict_t *v)
 {
-    nb_px_record_gate(c, &c->dest, c->auth.host, c->auth.port, v, "connect");
+    nb_px_record_gate(c, c->auth.host, c->auth.port, v, "connect");
     c->pol_gen = nb_gate_generation(c->px->cfg.gate);
     c->pol_why = v->why;
     if (c->held) {
@@ -244,13 +244,7 @@ static void tunnel_ready(upconn_t *u, int r)
     cconn_t *c = u->ud;
     if (r < 0) {
         c->up = NULL;
-        json_t *d = json_pack("{s:s, s:s}", "reason", u->fail_token, "message", u->fail_msg);
-        if (d && strcmp(u->fail_token, "internal-address") == 0)
-            json_object_set_new(d, "threat", json_string("A13"));
-        nb_px_record(c, "refusal", c->auth.host, c->auth.port, d);
-        c->px->st.upstream_errors++;
-        snprintf(c->reply_addr, sizeof c->reply_addr, "%s", u->fail_addr);
-        c->reply_port = u->fail_port;
+        nb_px_up_failed(c, u, c->auth.host, c->auth.port);
         if (c->early) {
             /* Already answered 200: the raw stream has no place for a 502. */
             nb_px_up_close(u);

@@ -300,6 +300,22 @@ static void try_next(upconn_t *u)
     }
 }
 
+static void ip_to_sockaddr(const nb_ipaddr_t *ip, uint16_t port, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    if (ip->family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)ss;
+        in->sin_family = AF_INET;
+        memcpy(&in->sin_addr, ip->a, 4);
+        in->sin_port = htons(port);
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+        in6->sin6_family = AF_INET6;
+        memcpy(&in6->sin6_addr, ip->a, 16);
+        in6->sin6_port = htons(port);
+    }
+}
+
 /* Keeps the candidate addresses an upstream connection may use: public
  * ones, and internal ones only where an explicit IP rule allows them. */
 static void add_addr(upconn_t *u, const struct sockaddr *sa, uint16_t port, const char **why,
@@ -319,33 +335,7 @@ static void add_addr(upconn_t *u, const struct sockaddr *sa, uint16_t port, cons
         u->fail_port = port;
         return;
     }
-    struct sockaddr_storage *ss = &u->addrs[u->naddrs++];
-    memset(ss, 0, sizeof *ss);
-    if (ip.family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)ss;
-        in->sin_family = AF_INET;
-        memcpy(&in->sin_addr, ip.a, 4);
-        in->sin_port = htons(port);
-    } else {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-        in6->sin6_family = AF_INET6;
-        memcpy(&in6->sin6_addr, ip.a, 16);
-        in6->sin6_port = htons(port);
-    }
-}
-
-static void ip_to_sockaddr(const nb_ipaddr_t *ip, struct sockaddr_storage *ss)
-{
-    memset(ss, 0, sizeof *ss);
-    if (ip->family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)ss;
-        in->sin_family = AF_INET;
-        memcpy(&in->sin_addr, ip->a, 4);
-    } else {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-        in6->sin6_family = AF_INET6;
-        memcpy(&in6->sin6_addr, ip->a, 16);
-    }
+    ip_to_sockaddr(&ip, port, &u->addrs[u->naddrs++]);
 }
 
 static void addrs_done(upconn_t *u, const char *why, const char *whyaddr)
@@ -399,7 +389,7 @@ static void start_resolve(upconn_t *u)
         const nb_proxy_resolve_t *o = &pool->resolve[i];
         if (strcmp(o->host, u->host) != 0 || (o->port && o->port != u->port))
             continue;
-        ip_to_sockaddr(&o->addr, &ss);
+        ip_to_sockaddr(&o->addr, 0, &ss);
         add_addr(u, (struct sockaddr *)&ss, o->to_port ? o->to_port : u->port, &why, whyaddr,
                  sizeof whyaddr);
         addrs_done(u, why, whyaddr);
@@ -408,7 +398,7 @@ static void start_resolve(upconn_t *u)
     if (u->is_ip) {
         nb_ipaddr_t ip;
         nb_ip_parse(u->host, strlen(u->host), &ip);
-        ip_to_sockaddr(&ip, &ss);
+        ip_to_sockaddr(&ip, 0, &ss);
         add_addr(u, (struct sockaddr *)&ss, u->port, &why, whyaddr, sizeof whyaddr);
         addrs_done(u, why, whyaddr);
         return;
