@@ -82,6 +82,27 @@ static int raw_refused(cconn_t *c)
     return 1;
 }
 
+static void deny(cconn_t *c, const nb_gate_verdict_t *v)
+{
+    c->px->st.denied++;
+    c->deny = 1;
+    c->deny_why = v->why;
+    snprintf(c->deny_reason, sizeof c->deny_reason, "%s", nb_gate_why_name(v->why));
+    nb_log_conn(NB_LOG_INFO, c->id, "CONNECT %s:%u denied (%s)", c->auth.host, c->auth.port,
+                c->deny_reason);
+}
+
+/* The tunnel carries HTTP: TLS to terminate or plain, by its first byte
+ * (the TLS handshake is timed like a request head). */
+static void start_inspect(cconn_t *c)
+{
+    c->inspect = 1;
+    c->state = CS_SNIFF;
+    c->head_started = uv_now(c->px->loop);
+    nb_px_conn_update_read(c);
+    nb_px_tunnel_sniff(c);
+}
+
 /* The verdict of a CONNECT answered before it (connect_hold). Nothing
  * has gone upstream yet: an HTTP port's held request goes on or gets its
  * 403 inside the tunnel; a raw port's held bytes go to a new upstream
@@ -89,14 +110,8 @@ static int raw_refused(cconn_t *c)
 static void held_verdict(cconn_t *c, const nb_gate_verdict_t *v)
 {
     c->held = 0;
-    if (!v->allowed) {
-        c->px->st.denied++;
-        c->deny = 1;
-        c->deny_why = v->why;
-        snprintf(c->deny_reason, sizeof c->deny_reason, "%s", nb_gate_why_name(v->why));
-        nb_log_conn(NB_LOG_INFO, c->id, "CONNECT %s:%u denied (%s)", c->auth.host, c->auth.port,
-                    c->deny_reason);
-    }
+    if (!v->allowed)
+        deny(c, v);
     if (c->state == CS_GATE) {
         if (!v->allowed) {
             nb_px_conn_close(c); /* a raw tunnel has no way to carry a reason */
@@ -105,10 +120,7 @@ static void held_verdict(cconn_t *c, const nb_gate_verdict_t *v)
         c->rule_http = v->http != 0;
         c->inspect = v->http != 0;
         if (c->inspect) {
-            c->state = CS_SNIFF;
-            c->head_started = uv_now(c->px->loop);
-            nb_px_conn_update_read(c);
-            nb_px_tunnel_sniff(c);
+            start_inspect(c);
             return;
         }
         if (raw_refused(c))
@@ -143,21 +155,12 @@ static void connect_verdict(cconn_t *c, const nb_gate_verdict_t *v)
         connect_allowed(c);
         return;
     }
-    c->px->st.denied++;
-    c->deny = 1;
-    c->deny_why = v->why;
-    snprintf(c->deny_reason, sizeof c->deny_reason, "%s", nb_gate_why_name(v->why));
-    nb_log_conn(NB_LOG_INFO, c->id, "CONNECT %s:%u denied (%s)", c->auth.host, c->auth.port,
-                c->deny_reason);
+    deny(c, v);
     if (http_port) {
         /* Tell the agent why, in a form it reads: finish the tunnel (and
          * TLS, with a minted leaf) and answer its request with a 403. */
         tunnel_established(c);
-        c->state = CS_SNIFF;
-        c->head_started = uv_now(c->px->loop); /* the TLS handshake is timed like a head */
-        c->inspect = 1;
-        nb_px_conn_update_read(c);
-        nb_px_tunnel_sniff(c);
+        start_inspect(c);
         return;
     }
     nb_px_reply(c, 403, "denied", c->deny_reason, c->auth.host, "the destination is not allowed",
@@ -185,15 +188,10 @@ static void connect_hold(cconn_t *c)
     tunnel_established(c);
     if (c->state == CS_CLOSING)
         return;
-    if (c->auth.port == 80 || c->auth.port == 443) {
-        c->inspect = 1;
-        c->state = CS_SNIFF;
-        c->head_started = uv_now(c->px->loop); /* the TLS handshake is timed like a head */
+    if (c->auth.port == 80 || c->auth.port == 443)
+        start_inspect(c);
+    else
         nb_px_conn_update_read(c);
-        nb_px_tunnel_sniff(c);
-        return;
-    }
-    nb_px_conn_update_read(c);
 }
 
 /* A CONNECT request was read completely (any bytes after it are in c->in). */
@@ -219,12 +217,8 @@ static void connect_allowed(cconn_t *c)
     c->inspect = c->auth.port == 80 || c->auth.port == 443 || c->rule_http;
     if (c->inspect) {
         tunnel_established(c);
-        if (c->state == CS_CLOSING)
-            return;
-        c->state = CS_SNIFF;
-        c->head_started = uv_now(c->px->loop); /* the TLS handshake is timed like a head */
-        nb_px_conn_update_read(c);
-        nb_px_tunnel_sniff(c);
+        if (c->state != CS_CLOSING)
+            start_inspect(c);
         return;
     }
     if (raw_refused(c))

@@ -119,20 +119,13 @@ void nb_px_up_disarm(upconn_t *u)
 static void on_up_timer(uv_timer_t *t)
 {
     upconn_t *u = t->data;
-    switch (u->tmode) {
-    case T_CONNECT:
+    if (u->tmode == T_CONNECT)
         up_fail(u, 504, "upstream-timeout", "no connection to %s:%u within %" PRIu64 " ms", u->host,
                 u->port, u->pool->cfg->connect_timeout_ms);
-        return;
-    case T_RESPONSE:
-        if (u->cbs && u->cbs->timeout) {
-            u->cbs->timeout(u);
-            return;
-        }
-        /* fall through */
-    default:
+    else if (u->tmode == T_RESPONSE && u->cbs && u->cbs->timeout)
+        u->cbs->timeout(u);
+    else
         nb_px_up_close(u);
-    }
 }
 
 static void ready(upconn_t *u)
