@@ -616,6 +616,15 @@ static int loopback_only(const char *ip)
     return k && strcmp(k, "loopback") == 0;
 }
 
+static void listener_link(nb_proxy_t *px, nb_proxy_listener_t *l)
+{
+    l->id = px->next_listener_id++;
+    l->next = px->listeners;
+    if (px->listeners)
+        px->listeners->prev = l;
+    px->listeners = l;
+}
+
 /* The parts of a listener shared by TCP and channel listeners. */
 static int listener_new(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const char *ip,
                         nb_proxy_listener_t **out)
@@ -672,11 +681,7 @@ int nb_proxy_attach(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_li
         return r;
     l->channel = 1;
     l->srv_closed = 1;
-    l->id = px->next_listener_id++;
-    l->next = px->listeners;
-    if (px->listeners)
-        px->listeners->prev = l;
-    px->listeners = l;
+    listener_link(px, l);
     nb_log(NB_LOG_INFO, "proxy channel listener %" PRIu64 " for vm '%s'%s", l->id, l->vm,
            l->test_mode ? " (test mode: extra CA / resolve overrides)" : "");
     *out = l;
@@ -704,11 +709,7 @@ int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_li
         return r < 0 ? r : NB_EINVAL;
     }
     l->srv.data = l;
-    l->id = px->next_listener_id++;
-    l->next = px->listeners;
-    if (px->listeners)
-        px->listeners->prev = l;
-    px->listeners = l;
+    listener_link(px, l);
     if ((r = uv_tcp_bind(&l->srv, (struct sockaddr *)&ss, 0)) < 0 ||
         (r = uv_listen((uv_stream_t *)&l->srv, 256, on_accept)) < 0) {
         nb_proxy_listener_close(l);
@@ -746,11 +747,7 @@ int nb_proxy_listen_unix(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const 
         return r;
     }
     l->psrv.data = l;
-    l->id = px->next_listener_id++;
-    l->next = px->listeners;
-    if (px->listeners)
-        px->listeners->prev = l;
-    px->listeners = l;
+    listener_link(px, l);
     /* Replace a stale socket, never another kind of file; create it 0600
      * (umask) so that nobody else can connect in between. */
     if (lstat(path, &st) == 0) {

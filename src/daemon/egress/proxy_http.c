@@ -65,10 +65,8 @@ static int is_hop(nb_iov_t name, const nb_http_head_t *h)
     return 0;
 }
 
-static int reject(cconn_t *c, int status, const char *token, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int reject(cconn_t *c, int status, const char *token, const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static int reject(cconn_t *c, int status, const char *token,
+                                                        const char *fmt, ...)
 {
     exch_t *x = &c->x;
     if (x->reject_status)
@@ -364,7 +362,6 @@ static int send_head(cconn_t *c, upconn_t *u)
         return -1;
     }
     x->resp_redact = nb_redact_needles(c->red) > 0;
-    x->resp_scanned = identity != 0;
     r = nb_pxio_write(&u->io, c->inj.p, c->inj.len, !x->tls);
     nb_inject_out_wipe(&c->inj);
     if (r < 0) {

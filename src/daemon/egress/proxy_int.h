@@ -121,9 +121,8 @@ typedef struct {
     unsigned resp_out_chunked : 1;
     unsigned resp_out_close : 1; /* body delimited by closing the client connection */
     unsigned resp_redact : 1;
-    unsigned resp_scanned : 1; /* the host has bindings: every response is scanned (A5) */
-    nb_decode_t *dec;          /* decoding a compressed body for the redactor (A5) */
-    const char *fail_token;    /* set by resp_on_head to refuse the response */
+    nb_decode_t *dec;       /* decoding a compressed body for the redactor (A5) */
+    const char *fail_token; /* set by resp_on_head to refuse the response */
     char fail_msg[160];
     int resp_status;
     unsigned resp_keepalive : 1; /* upstream may be reused */

@@ -54,7 +54,6 @@ static void pool_unlink(upconn_t *u)
     if (u->next)
         u->next->prev = u->prev;
     u->next = u->prev = NULL;
-    pool->nidle--;
 }
 
 void nb_px_up_close(upconn_t *u)
@@ -523,7 +522,6 @@ void nb_px_up_release(upconn_t *u, int reusable)
     if (pool->idle)
         pool->idle->prev = u;
     pool->idle = u;
-    pool->nidle++;
     arm(u, T_POOL, pool->cfg->pool_idle_ms);
     nb_pxio_read_start(&u->io); /* notice when the upstream closes it */
 }

@@ -48,9 +48,8 @@ typedef struct {
     const char *vm;
     const nb_proxy_resolve_t *resolve; /* test-mode overrides */
     size_t nresolve;
-    int closing;    /* pool nothing more */
-    upconn_t *idle; /* idle connections */
-    size_t nidle;
+    int closing;                   /* pool nothing more */
+    upconn_t *idle;                /* idle connections */
     unsigned nups;                 /* connections alive (owned, pooled or closing) */
     void (*on_empty)(void *owner); /* the last one was freed */
     void *owner;
