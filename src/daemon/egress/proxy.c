@@ -321,7 +321,6 @@ static cconn_t *conn_new(nb_proxy_listener_t *l)
     px->st.conns_open++;
     uv_timer_init(px->loop, &c->timer);
     c->timer.data = c;
-    c->timer_open = 1;
     return c;
 }
 

@@ -32,11 +32,6 @@ void nb_px_record(cconn_t *c, const char *kind, const char *host, int port, json
         json_decref(detail);
 }
 
-void nb_px_conn_touch(cconn_t *c)
-{
-    c->last_active = uv_now(c->px->loop);
-}
-
 static void conn_maybe_free(cconn_t *c)
 {
     if (!c->io_closed || !c->timer_closed)
@@ -125,7 +120,7 @@ void nb_px_conn_close(cconn_t *c)
     nb_gate_cancel(c->wait);
     c->wait = NULL;
     nb_px_conn_drop_up(c, 0);
-    if (c->timer_open && !uv_is_closing((uv_handle_t *)&c->timer))
+    if (!uv_is_closing((uv_handle_t *)&c->timer))
         uv_close((uv_handle_t *)&c->timer, on_timer_closed);
     nb_pxio_close(&c->io, on_io_closed);
 }
@@ -277,7 +272,7 @@ void nb_px_listener_maybe_free(nb_proxy_listener_t *l)
     nb_px_engine_maybe_free(px);
 }
 
-void nb_px_up_failed(cconn_t *c, const upconn_t *u, const char *host, int port)
+void nb_px_record_up_failure(cconn_t *c, const upconn_t *u, const char *host, int port)
 {
     json_t *d = json_pack("{s:s, s:s}", "reason", u->fail_token, "message", u->fail_msg);
     if (d && strcmp(u->fail_token, "internal-address") == 0)

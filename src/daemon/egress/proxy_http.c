@@ -554,7 +554,7 @@ static void up_ready(upconn_t *u, int r)
     exch_t *x = &c->x;
     if (r < 0) {
         c->up = NULL;
-        nb_px_up_failed(c, u, x->auth.host, x->auth.port);
+        nb_px_record_up_failure(c, u, x->auth.host, x->auth.port);
         nb_px_reply(c, u->fail_status, "bad-gateway", u->fail_token, x->auth.host, u->fail_msg,
                     strcmp(u->fail_token, "internal-address") == 0
                         ? "internal addresses need an explicit IP rule ('nilbox rule add')"

@@ -145,7 +145,6 @@ struct cconn {
     uint64_t id;
     nb_pxio_t io;
     uv_timer_t timer;
-    unsigned timer_open : 1;
     unsigned io_closed : 1, timer_closed : 1;
     uint8_t state;         /* CS_* */
     uint64_t last_active;  /* uv_now */
@@ -243,14 +242,13 @@ void nb_px_burst_flush(nb_proxy_listener_t *l, nb_px_burst_t *b, const char *rea
 int nb_px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done);
 /* Records the failure of c's upstream connection `u` (a refusal row) and
  * keeps the refused address for the reply. */
-void nb_px_up_failed(cconn_t *c, const upconn_t *u, const char *host, int port);
+void nb_px_record_up_failure(cconn_t *c, const upconn_t *u, const char *host, int port);
 /* Gives c's upstream connection back (to the pool when `reusable`). */
 void nb_px_conn_drop_up(cconn_t *c, int reusable);
 void nb_px_conn_close(cconn_t *c);
 /* Ends the connection once our last reply is written (reads and drops
  * what the client still sends for a moment). */
 void nb_px_conn_linger(cconn_t *c);
-void nb_px_conn_touch(cconn_t *c);
 void nb_px_conn_update_read(cconn_t *c);
 void nb_px_conn_summarize(cconn_t *c); /* the audit summary rows of a closing connection */
 /* Free a closed listener once empty, the engine once it has none. */
@@ -298,5 +296,10 @@ void nb_px_exch_reset(cconn_t *c);
 void nb_px_tunnel_connect(cconn_t *c);
 /* The tunnel's first bytes are in c->in: TLS to terminate or plain HTTP. */
 void nb_px_tunnel_sniff(cconn_t *c);
+
+static inline void nb_px_conn_touch(cconn_t *c)
+{
+    c->last_active = uv_now(c->px->loop);
+}
 
 #endif

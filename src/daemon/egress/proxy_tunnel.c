@@ -238,7 +238,7 @@ static void tunnel_ready(upconn_t *u, int r)
     cconn_t *c = u->ud;
     if (r < 0) {
         c->up = NULL;
-        nb_px_up_failed(c, u, c->auth.host, c->auth.port);
+        nb_px_record_up_failure(c, u, c->auth.host, c->auth.port);
         if (c->early) {
             /* Already answered 200: the raw stream has no place for a 502. */
             nb_px_up_close(u);
