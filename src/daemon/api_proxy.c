@@ -34,6 +34,7 @@
 
 #include "daemon/api.h"
 #include "daemon/egress/proxy.h"
+#include "daemon/egress/proxy_creds.h"
 #include "daemon/egress/proxy_url.h"
 #include "lib/err.h"
 #include "lib/json.h"

@@ -1,6 +1,15 @@
-/* The proxy engine: listeners, client connections, CONNECT and the gate.
- * The HTTP exchange itself is in proxy_http.c, upstream connections in
- * proxy_upstream.c. See docs/internals/proxy.md for the state machine. */
+/* The proxy engine: the public interface, listeners, accepting and
+ * adopting client connections, their timers and I/O callbacks (which hand
+ * the bytes to the layer of the connection's state), and the gate watcher.
+ * Layers, each calling only those below it (proxy_int.h):
+ *   proxy.c          engine (this file)
+ *   proxy_tunnel.c   CONNECT: gate verdicts, held tunnels, raw tunnels
+ *   proxy_http.c     client-side HTTP: request parsing, auth, one exchange
+ *   proxy_pipe.c     byte pipes (raw tunnels, WebSocket after 101)
+ *   proxy_reply.c    denials and errors
+ *   proxy_conn.c     connection lifecycle, records, gate helpers
+ *   proxy_upstream.c the HTTP/1.1 client toward upstreams
+ * See docs/internals/proxy.md for the state machine. */
 #include "daemon/egress/proxy.h"
 
 #include <arpa/inet.h>
@@ -20,15 +29,10 @@
 #include "lib/err.h"
 #include "lib/log.h"
 
-#define IN_PAUSED_MAX (64 * 1024) /* pipelined bytes held while an exchange runs */
-#define IN_CAP (1024 * 1024)      /* hard cap on held client bytes */
-#define LINGER_MS 2000            /* read-and-discard after our last reply */
-#define PX_UNAUTH_MS 5000         /* a connection's first request must pass auth within */
-#define PX_UNAUTH_GRACE_MS 1000   /* ... and it is not made room for before this */
+#define PX_UNAUTH_MS 5000       /* a connection's first request must pass auth within */
+#define PX_UNAUTH_GRACE_MS 1000 /* ... and it is not made room for before this */
 
 static const nb_pxio_cbs_t client_cbs;
-static void listener_maybe_free(nb_proxy_listener_t *l);
-static void engine_maybe_free(nb_proxy_t *px);
 
 void nb_proxy_cfg_default(nb_proxy_cfg_t *cfg)
 {
@@ -43,114 +47,7 @@ void nb_proxy_cfg_default(nb_proxy_cfg_t *cfg)
     cfg->pool_max_per_key = 8;
 }
 
-/* ---- records (audit + events through one hook) ---- */
-
-void px_record(cconn_t *c, const char *kind, const char *host, int port, json_t *detail)
-{
-    nb_proxy_t *px = c->px;
-    if (!detail)
-        detail = json_object();
-    if (detail) {
-        json_object_set_new(detail, "conn", json_integer((json_int_t)c->id));
-        json_object_set_new(detail, "listener", json_integer((json_int_t)c->l->id));
-    }
-    if (px->cfg.record)
-        px->cfg.record(px->cfg.record_ud, kind, c->l->vm, host, port, detail);
-    else
-        json_decref(detail);
-}
-
 /* ---- client connections ---- */
-
-void px_conn_touch(cconn_t *c)
-{
-    c->last_active = uv_now(c->px->loop);
-}
-
-static void conn_maybe_free(cconn_t *c)
-{
-    if (!c->io_closed || !c->timer_closed)
-        return;
-    nb_proxy_listener_t *l = c->l;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        l->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    l->nconns--;
-    l->px->nconns--;
-    if (c->refusing) {
-        l->nrefusing--;
-        l->px->nrefusing--;
-    }
-    if (c->unauth)
-        l->nunauth--;
-    l->px->st.conns_open--;
-    nb_http_parser_free(c->rp);
-    nb_buf_free(&c->in);
-    nb_buf_free(&c->x.pending);
-    nb_buf_free(&c->scratch);
-    nb_inject_out_free(&c->inj);
-    nb_redact_free(c->red);
-    px_pipe_free(c); /* WebSocket scanner, body decoder */
-    nb_pxcreds_unref(c->creds);
-    free(c->hdrs);
-    free(c);
-    listener_maybe_free(l);
-}
-
-static void on_io_closed(nb_pxio_t *io)
-{
-    cconn_t *c = io->ud;
-    c->io_closed = 1;
-    conn_maybe_free(c);
-}
-
-static void on_timer_closed(uv_handle_t *h)
-{
-    cconn_t *c = h->data;
-    c->timer_closed = 1;
-    conn_maybe_free(c);
-}
-
-void px_conn_summarize(cconn_t *c)
-{
-    if (c->summarized)
-        return;
-    c->summarized = 1;
-    for (size_t k = 0; k < c->ntally; k++) {
-        if (c->tally[k].count < 2)
-            continue;
-        const char *pl = nb_binding_placement_name(c->tally[k].placement);
-        px_record(c, "inject", c->tally[k].host, c->tally[k].port,
-                  json_pack("{s:[s], s:I, s:s, s:I, s:b}", "secrets", c->tally[k].secret, "binding",
-                            (json_int_t)c->tally[k].binding_id, "placement", pl ? pl : "?", "count",
-                            (json_int_t)c->tally[k].count, "summary", 1));
-    }
-    if (c->leaks_unrecorded)
-        px_record(c, "leak", c->tunnel ? c->auth.host : NULL, c->tunnel ? c->auth.port : 0,
-                  json_pack("{s:I, s:b}", "more", (json_int_t)c->leaks_unrecorded, "summary", 1));
-}
-
-void px_conn_close(cconn_t *c)
-{
-    if (c->state == CS_CLOSING && c->io.closing)
-        return;
-    px_conn_summarize(c);
-    c->state = CS_CLOSING;
-    nb_gate_cancel(c->wait);
-    c->wait = NULL;
-    if (c->up) {
-        upconn_t *u = c->up;
-        c->up = NULL;
-        u->owner = NULL;
-        px_up_close(u);
-    }
-    if (c->timer_open && !uv_is_closing((uv_handle_t *)&c->timer))
-        uv_close((uv_handle_t *)&c->timer, on_timer_closed);
-    nb_pxio_close(&c->io, on_io_closed);
-}
 
 static void on_conn_timer(uv_timer_t *t);
 
@@ -159,69 +56,43 @@ static void arm_timer(cconn_t *c, uint64_t ms)
     uv_timer_start(&c->timer, on_conn_timer, ms, 0);
 }
 
-/* Ends the connection gracefully once everything queued is written: our
- * sending side is shut down, then incoming bytes are read and dropped for
- * a moment so that a client still sending does not get a reset that
- * destroys the reply in flight. */
-void px_conn_linger(cconn_t *c)
-{
-    if (c->state == CS_CLOSING)
-        return;
-    if (c->up) {
-        upconn_t *u = c->up;
-        c->up = NULL;
-        u->owner = NULL;
-        px_up_close(u);
-    }
-    nb_gate_cancel(c->wait);
-    c->wait = NULL;
-    c->state = CS_CLOSING;
-    nb_pxio_shutdown(&c->io);
-    if (c->io.failed || c->io.eof_reported || c->client_eof) {
-        px_conn_close(c);
-        return;
-    }
-    nb_pxio_read_start(&c->io);
-    arm_timer(c, LINGER_MS);
-}
-
 static void on_conn_timer(uv_timer_t *t)
 {
     cconn_t *c = t->data;
     nb_proxy_t *px = c->px;
     uint64_t now = uv_now(px->loop);
     if (c->state == CS_CLOSING) {
-        px_conn_close(c); /* the lingering time is over */
+        nb_px_conn_close(c); /* the lingering time is over */
         return;
     }
     if (c->unauth && now - c->created >= PX_UNAUTH_MS) {
         /* No credentials in time (A28): any local user can open these. */
         nb_log_conn(NB_LOG_DEBUG, c->id, "no authenticated request within %d ms: closing",
                     PX_UNAUTH_MS);
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     if ((c->state == CS_SNIFF || c->state == CS_HANDSHAKE) && c->head_started &&
         now - c->head_started >= px->cfg.head_timeout_ms) {
         nb_log_conn(NB_LOG_INFO, c->id, "no TLS handshake within %" PRIu64 " ms: closing",
                     px->cfg.head_timeout_ms);
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     if (c->head_started && now - c->head_started >= px->cfg.head_timeout_ms && !c->x.head_ok &&
         !c->x.reject_status) {
         nb_log_conn(NB_LOG_INFO, c->id, "request head not complete after %" PRIu64 " ms",
                     px->cfg.head_timeout_ms);
-        px_reply(c, 408, "timeout", "head-timeout", c->tunnel ? c->auth.host : "",
-                 "the request head did not arrive in time", "send the whole request head at once",
-                 1);
+        nb_px_reply(c, 408, "timeout", "head-timeout", c->tunnel ? c->auth.host : "",
+                    "the request head did not arrive in time",
+                    "send the whole request head at once", 1);
         return;
     }
     if (c->state != CS_GATE && !c->x.gate_waiting &&
         now - c->last_active >= px->cfg.idle_timeout_ms) {
         nb_log_conn(NB_LOG_DEBUG, c->id, "idle for %" PRIu64 " ms: closing",
                     px->cfg.idle_timeout_ms);
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     uint64_t next = px->cfg.idle_timeout_ms - (now - c->last_active);
@@ -237,280 +108,25 @@ static void on_conn_timer(uv_timer_t *t)
     arm_timer(c, next + 1);
 }
 
-/* Reads from the client only while nothing downstream is full. */
-void px_conn_update_read(cconn_t *c)
-{
-    int want = 0;
-    switch (c->state) {
-    case CS_START:
-    case CS_HTTP:
-        want = !(c->parse_paused && c->in.len >= IN_PAUSED_MAX) &&
-               c->x.pending.len < NB_PXIO_HIGH_WATER &&
-               !(c->up && c->x.head_sent && nb_pxio_queued(&c->up->io) > NB_PXIO_HIGH_WATER);
-        break;
-    case CS_SNIFF:
-    case CS_CLOSING:
-        want = 1;
-        break;
-    case CS_GATE:
-        /* A raw tunnel answered before its verdict: keep its first bytes
-         * (and notice a client that leaves) without sending anything. */
-        want = c->held && c->in.len < IN_PAUSED_MAX;
-        break;
-    case CS_PIPE:
-        want = !c->pipe_c_eof && c->up && nb_pxio_queued(&c->up->io) <= NB_PXIO_HIGH_WATER;
-        break;
-    default:
-        want = 0;
-    }
-    if (want && !c->io.want_read)
-        nb_pxio_read_start(&c->io);
-    else if (!want && c->io.want_read)
-        nb_pxio_read_stop(&c->io);
-}
-
-/* ---- client authentication (A26) ----
- * A TCP listener is reachable by every local user; what tells the owner's
- * clients apart is the listener's token in Proxy-Authorization. */
-
-/* 0: the request may go on; 1: no credentials; 2: wrong or ambiguous. */
-static int auth_check(const cconn_t *c, const nb_http_head_t *h)
-{
-    const nb_http_header_t *found = NULL;
-    for (size_t i = 0; i < h->nheaders; i++) {
-        if (!nb_iov_eq_nocase(h->headers[i].name, "proxy-authorization"))
-            continue;
-        if (found)
-            return 2; /* two credentials: which one would count? neither */
-        found = &h->headers[i];
-    }
-    if (!found)
-        return 1;
-    return nb_proxy_auth_check((const uint8_t *)c->l->token, c->l->token_len, found->value.p,
-                               found->value.len)
-               ? 0
-               : 2;
-}
-
-static void burst_row(nb_proxy_t *px, nb_proxy_listener_t *l, px_burst_t *b, uint64_t conn,
-                      const char *reason, const char *threat, const char *msg)
-{
-    uint64_t now = uv_now(px->loop);
-    if (b->last_row && now - b->last_row < PX_BURST_MS) {
-        b->suppressed++;
-        return;
-    }
-    json_t *d = json_pack("{s:s, s:s, s:s, s:I, s:I}", "reason", reason, "threat", threat, "stage",
-                          "accept", "listener", (json_int_t)l->id, "earlier_unrecorded",
-                          (json_int_t)b->suppressed);
-    if (d && conn)
-        json_object_set_new(d, "conn", json_integer((json_int_t)conn));
-    nb_log(NB_LOG_NOTICE,
-           "proxy listener %" PRIu64 " (vm '%s'): %s (%" PRIu64 " more since the last report)",
-           l->id, l->vm, msg, b->suppressed);
-    b->suppressed = 0;
-    b->last_row = now;
-    if (px->cfg.record)
-        px->cfg.record(px->cfg.record_ud, "refusal", l->vm, NULL, 0, d);
-    else
-        json_decref(d);
-}
-
-/* The counts of refusals not yet in a row, when the listener closes. */
-static void burst_flush(nb_proxy_listener_t *l, px_burst_t *b, const char *reason,
-                        const char *threat)
-{
-    nb_proxy_t *px = l->px;
-    if (!b->suppressed)
-        return;
-    json_t *d = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b}", "reason", reason, "threat", threat,
-                          "stage", "accept", "listener", (json_int_t)l->id, "earlier_unrecorded",
-                          (json_int_t)b->suppressed, "summary", 1);
-    b->suppressed = 0;
-    if (px->cfg.record)
-        px->cfg.record(px->cfg.record_ud, "refusal", l->vm, NULL, 0, d);
-    else
-        json_decref(d);
-}
-
-/* 407: no gate, no upstream, nothing of the request is looked at. */
-static void auth_refuse(cconn_t *c)
-{
-    static const char body[] =
-        "{\"error\":\"proxy-auth-required\",\"host\":\"\",\"reason\":\"this proxy needs the "
-        "token that 'nilbox proxy' printed\",\"hint\":\"use the proxy URL "
-        "http://nilbox:TOKEN@HOST:PORT (Proxy-Authorization: Basic)\"}\n";
-    const char *why = c->auth_failed == 1 ? "proxy-auth-required" : "proxy-auth-wrong";
-    char head[320];
-    burst_row(c->px, c->l, &c->l->auth_burst, c->id, why, "A26",
-              c->auth_failed == 1 ? "client without proxy credentials refused (407)"
-                                  : "client with wrong proxy credentials refused (407)");
-    c->px->st.refused++;
-    int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 407 Proxy Authentication Required\r\n"
-                     "Proxy-Authenticate: Basic realm=\"nilbox\"\r\n"
-                     "Content-Type: application/json\r\n"
-                     "Content-Length: %zu\r\n"
-                     "X-Nilbox-Reason: %s\r\n"
-                     "Cache-Control: no-store\r\n"
-                     "Connection: close\r\n\r\n",
-                     sizeof body - 1, why);
-    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)n),
-                        uv_buf_init((char *)body, (unsigned)(sizeof body - 1))};
-    c->x.resp_head_sent = 1;
-    c->x.resp_done = 1;
-    nb_pxio_writev(&c->io, bufs, 2, 0);
-    px_conn_linger(c);
-}
-
-static int rp_on_head(void *ud, const nb_http_head_t *h)
-{
-    cconn_t *c = ud;
-    /* Before anything else looks at the request: requests inside an
-     * authenticated CONNECT are covered by it; the guest channel has no
-     * token (its one client is the VM). */
-    if (!c->tunnel && c->l->token_len && (c->auth_failed = auth_check(c, h)) != 0)
-        return NB_EAUTH; /* the parser stops; parse_failed() answers 407 */
-    if (c->unauth) {
-        c->unauth = 0; /* leaves the unauthenticated budget */
-        c->l->nunauth--;
-    }
-    return px_http_on_head(ud, h);
-}
-
-static int rp_on_body(void *ud, const uint8_t *p, size_t len)
-{
-    return px_http_on_body(ud, p, len);
-}
-
-static int rp_on_complete(void *ud)
-{
-    return px_http_on_complete(ud);
-}
-
-static const nb_http_cbs_t req_cbs = {rp_on_head, rp_on_body, rp_on_complete};
-
-/* A fresh request parser for the HTTP stream inside a tunnel or on the
- * plain proxy connection. Bodies stream: no body cap. */
-int px_conn_start_http(cconn_t *c)
-{
-    nb_http_limits_t lim;
-    nb_http_limits_default(&lim);
-    lim.max_body = 0;
-    nb_http_parser_free(c->rp);
-    c->rp = NULL;
-    int r = nb_http_parser_new(NB_HTTP_REQUEST, &lim, &req_cbs, c, &c->rp);
-    if (r < 0)
-        return r;
-    c->parse_paused = 0;
-    return 0;
-}
-
-static void parse_failed(cconn_t *c)
-{
-    if (c->auth_failed) {
-        auth_refuse(c);
-        return;
-    }
-    nb_http_err_t e = nb_http_parser_error(c->rp);
-    if (c->x.reject_status)
-        return; /* on_head refused it already; px_http_after_feed replies */
-    const char *tok = nb_http_err_token(e);
-    nb_log_conn(NB_LOG_INFO, c->id, "refusing a malformed request: %s", tok);
-    json_t *d = json_pack("{s:s, s:s, s:s}", "reason", tok, "threat", "A15", "stage", "request");
-    px_record(c, "refusal", c->tunnel ? c->auth.host : NULL, c->tunnel ? c->auth.port : 0, d);
-    c->px->st.refused++;
-    if (c->x.resp_head_sent || c->x.head_sent) {
-        px_conn_close(c);
-        return;
-    }
-    if (c->up) {
-        upconn_t *u = c->up;
-        c->up = NULL;
-        u->owner = NULL;
-        px_up_close(u);
-    }
-    px_reply(c, nb_http_err_status(e), "bad-request", tok, c->tunnel ? c->auth.host : "",
-             nb_http_err_message(e), "fix the client: the proxy refuses ambiguous HTTP", 1);
-}
-
-/* Feeds held client bytes to the request parser until a message ends (the
- * parser then pauses until the exchange is over). */
-void px_conn_feed(cconn_t *c)
-{
-    if (c->feeding)
-        return;
-    c->feeding = 1;
-    while (!c->parse_paused && c->in.len > 0 && (c->state == CS_START || c->state == CS_HTTP)) {
-        size_t used = 0;
-        if (!c->head_started && !c->x.head_ok)
-            c->head_started = uv_now(c->px->loop);
-        int r = nb_http_parser_feed(c->rp, c->in.p, c->in.len, &used);
-        nb_buf_consume(&c->in, used);
-        if (r == NB_HTTP_MORE)
-            continue;
-        if (r == NB_HTTP_DONE || r == NB_HTTP_UPGRADED) {
-            c->x.req_done = 1;
-            c->parse_paused = 1;
-            continue;
-        }
-        c->feeding = 0;
-        parse_failed(c);
-        return;
-    }
-    c->feeding = 0;
-    if (c->state == CS_START || c->state == CS_HTTP)
-        px_http_after_feed(c);
-    if (c->state != CS_CLOSING)
-        px_conn_update_read(c);
-}
-
-static void sniff(cconn_t *c)
-{
-    if (c->in.len == 0)
-        return;
-    if (c->in.p[0] == 0x16) {
-        /* TLS ClientHello: terminate TLS with a leaf for the approved
-         * name; the CA's SNI callback refuses any other name (A8). */
-        c->state = CS_HANDSHAKE;
-        c->tls = 1;
-        int r = nb_pxio_tls_server(&c->io, c->px->server_ctx, c->auth.host, c->in.p, c->in.len);
-        nb_buf_reset(&c->in);
-        if (r < 0) {
-            nb_log_conn(NB_LOG_WARN, c->id, "cannot start TLS: %s", nb_strerror(r));
-            px_conn_close(c);
-        }
-        return;
-    }
-    /* Plain HTTP inside the tunnel (CONNECT to port 80). */
-    c->state = CS_HTTP;
-    c->tls = 0;
-    if (px_conn_start_http(c) < 0) {
-        px_conn_close(c);
-        return;
-    }
-    px_conn_feed(c);
-}
-
 static void client_on_data(nb_pxio_t *io, const uint8_t *p, size_t len)
 {
     cconn_t *c = io->ud;
-    px_conn_touch(c);
+    nb_px_conn_touch(c);
     switch (c->state) {
     case CS_CLOSING:
         return; /* lingering: drop */
     case CS_PIPE:
-        px_pipe_client_data(c, p, len);
+        nb_px_pipe_client_data(c, p, len);
         return;
     default:
         break;
     }
     if (nb_buf_append(&c->in, p, len) < 0) {
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     if (c->state == CS_SNIFF) {
-        sniff(c);
+        nb_px_tunnel_sniff(c);
         return;
     }
     if (c->state == CS_START || c->state == CS_HTTP) {
@@ -518,12 +134,12 @@ static void client_on_data(nb_pxio_t *io, const uint8_t *p, size_t len)
         upconn_t *u = c->up;
         if (u)
             nb_pxio_cork(&u->io);
-        px_conn_feed(c);
+        nb_px_conn_feed(c);
         /* (u is still allocated: upstreams are freed from close callbacks) */
         if (u && nb_pxio_uncork(&u->io) < 0 && c->up == u)
-            px_conn_close(c);
+            nb_px_conn_close(c);
     } else {
-        px_conn_update_read(c);
+        nb_px_conn_update_read(c);
     }
 }
 
@@ -533,29 +149,29 @@ static void client_on_eof(nb_pxio_t *io)
     c->client_eof = 1;
     switch (c->state) {
     case CS_PIPE:
-        px_pipe_client_eof(c);
+        nb_px_pipe_client_eof(c);
         return;
     case CS_START:
     case CS_HTTP:
         if (c->wait) {
             /* Its request waits on a prompt: the client is gone, and so
              * is its place among the prompt's waiters. */
-            px_conn_close(c);
+            nb_px_conn_close(c);
             return;
         }
         if (!c->x.active && c->in.len == 0) {
-            px_conn_close(c);
+            nb_px_conn_close(c);
             return;
         }
         if (c->x.active && !c->x.req_done) {
             /* The request was cut short: nothing sensible can follow. */
-            px_conn_close(c);
+            nb_px_conn_close(c);
             return;
         }
         c->close_after = 1; /* answer what was asked, then close */
         return;
     default:
-        px_conn_close(c);
+        nb_px_conn_close(c);
     }
 }
 
@@ -563,7 +179,7 @@ static void client_on_error(nb_pxio_t *io, int r)
 {
     cconn_t *c = io->ud;
     nb_log_conn(NB_LOG_DEBUG, c->id, "client connection error: %s", nb_strerror(r));
-    px_conn_close(c);
+    nb_px_conn_close(c);
 }
 
 static void client_on_handshake(nb_pxio_t *io, int r)
@@ -580,37 +196,37 @@ static void client_on_handshake(nb_pxio_t *io, int r)
             json_t *d = json_pack("{s:s, s:s, s:s}", "reason",
                                   st == NB_CA_SNI_MISMATCH ? "sni-mismatch" : "sni-invalid",
                                   "threat", "A8", "sni", esc);
-            px_record(c, "refusal", c->auth.host, c->auth.port, d);
+            nb_px_record(c, "refusal", c->auth.host, c->auth.port, d);
             c->px->st.refused++;
         } else {
             nb_log_conn(NB_LOG_INFO, c->id, "client TLS handshake failed: %s", io->tls_error);
         }
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     c->state = CS_HTTP;
     c->head_started = 0;
-    if (px_conn_start_http(c) < 0) {
-        px_conn_close(c);
+    if (nb_px_conn_start_http(c) < 0) {
+        nb_px_conn_close(c);
         return;
     }
-    px_conn_update_read(c);
+    nb_px_conn_update_read(c);
 }
 
 static void client_on_drain(nb_pxio_t *io)
 {
     cconn_t *c = io->ud;
     if (c->state == CS_PIPE)
-        px_pipe_client_drain(c);
+        nb_px_pipe_client_drain(c);
     else if (c->state == CS_HTTP || c->state == CS_START)
-        px_http_client_drain(c);
+        nb_px_http_client_drain(c);
 }
 
 static void client_on_shutdown(nb_pxio_t *io)
 {
     cconn_t *c = io->ud;
     if (c->state == CS_PIPE)
-        px_pipe_shutdown_done(c);
+        nb_px_pipe_shutdown_done(c);
 }
 
 static const nb_pxio_cbs_t client_cbs = {
@@ -622,246 +238,7 @@ static const nb_pxio_cbs_t client_cbs = {
     .on_drain = client_on_drain,
 };
 
-/* ---- CONNECT ---- */
-
-static void connect_allowed(cconn_t *c);
-
-static void tunnel_established(cconn_t *c)
-{
-    static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-    if (c->transparent)
-        return; /* the client never sent a CONNECT: nothing to answer */
-    if (nb_pxio_write(&c->io, ok, sizeof ok - 1, 0) < 0) {
-        px_conn_close(c);
-        return;
-    }
-}
-
-static void record_gate(cconn_t *c, const nb_dest_t *d, const char *host, int port,
-                        const nb_gate_verdict_t *v, const char *how)
-{
-    json_t *det = json_pack("{s:s, s:s, s:s}", "decision", v->allowed ? "allow" : "deny", "reason",
-                            nb_gate_why_name(v->why), "via", how);
-    if (det && v->rule_id)
-        json_object_set_new(det, "rule", json_integer((json_int_t)v->rule_id));
-    if (det && v->prompt_id)
-        json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
-    px_record(c, "gate.decision", host, port, det);
-    c->reply_rule = v->allowed ? 0 : v->rule_id;
-    (void)d;
-}
-
-const char *px_why_hint(int why)
-{
-    switch (why) {
-    case NB_GATE_WHY_DENY_RULE:
-    case NB_GATE_WHY_DENY_ALWAYS:
-        return "a deny rule covers this destination; the user can remove it with 'nilbox rule rm'";
-    case NB_GATE_WHY_BLOCKLIST:
-        return "the destination is on the blocklist";
-    case NB_GATE_WHY_TIMEOUT:
-        return "nobody answered the prompt in time; ask the user to run 'nilbox prompts' and retry";
-    case NB_GATE_WHY_DENY_ONCE:
-        return "the user denied this connection; retrying asks again";
-    case NB_GATE_WHY_OVERLOAD:
-        return "too many destinations are waiting for an answer; retry later";
-    case NB_GATE_WHY_NO_PROMPT:
-        return "no rule allows this destination; ask the user to add one with 'nilbox rule add'";
-    default:
-        return "ask the user to allow this destination ('nilbox prompts' or 'nilbox rule add')";
-    }
-}
-
-/* A5: a value injected into a request to a bound host may be stored there
- * and served back later on any connection to that host. Inspected
- * connections are scanned; a raw tunnel cannot be (it may be TLS end to end
- * with the upstream), so none is opened to a host that any binding names.
- * The user can have such a port inspected instead (`--http` on its rule).
- * 1 when refused (the connection is answered or closed). */
-static int raw_refused(cconn_t *c)
-{
-    if (!nb_pxcreds_host_bound_any(c->px->creds, c->auth.host))
-        return 0;
-    char msg[400], hint[400];
-    snprintf(msg, sizeof msg,
-             "secrets are bound to %s, and a connection nilbox cannot inspect could carry one "
-             "back",
-             c->auth.host);
-    snprintf(hint, sizeof hint,
-             "to let nilbox inspect it: nilbox rule add allow %s --port %u --http", c->auth.host,
-             (unsigned)c->auth.port);
-    json_t *d = json_pack("{s:s, s:s, s:s}", "reason", "raw-tunnel-bound-host", "threat", "A5",
-                          "message", msg);
-    px_record(c, "refusal", c->auth.host, c->auth.port, d);
-    nb_log_conn(NB_LOG_INFO, c->id, "raw tunnel to bound host %s:%u refused", c->auth.host,
-                (unsigned)c->auth.port);
-    c->px->st.denied++;
-    if (c->early || c->transparent)
-        px_conn_close(c); /* a raw stream has no place for a reason */
-    else
-        px_reply(c, 403, "refused", "raw-tunnel-bound-host", c->auth.host, msg, hint, 1);
-    return 1;
-}
-
-/* The verdict of a CONNECT answered before it (connect_hold). Nothing
- * has gone upstream yet: an HTTP port's held request goes on or gets its
- * 403 inside the tunnel; a raw port's held bytes go to a new upstream
- * connection, or the tunnel is closed. */
-static void held_verdict(cconn_t *c, const nb_gate_verdict_t *v)
-{
-    c->held = 0;
-    if (!v->allowed) {
-        c->px->st.denied++;
-        c->deny = 1;
-        c->deny_why = v->why;
-        snprintf(c->deny_reason, sizeof c->deny_reason, "%s", nb_gate_why_name(v->why));
-        nb_log_conn(NB_LOG_INFO, c->id, "CONNECT %s:%u denied (%s)", c->auth.host, c->auth.port,
-                    c->deny_reason);
-    }
-    if (c->state == CS_GATE) {
-        if (!v->allowed) {
-            px_conn_close(c); /* a raw tunnel has no way to carry a reason */
-            return;
-        }
-        c->rule_http = v->http;
-        c->inspect = v->http;
-        if (c->inspect) {
-            c->state = CS_SNIFF;
-            c->head_started = uv_now(c->px->loop);
-            px_conn_update_read(c);
-            sniff(c);
-            return;
-        }
-        if (raw_refused(c))
-            return;
-        c->state = CS_CONNECTING;
-        px_conn_update_read(c);
-        if (px_up_acquire(c, c->auth.host, c->auth.is_ip, c->auth.port, 0, 1) < 0)
-            px_conn_close(c);
-        return;
-    }
-    if (c->x.gate_waiting) {
-        c->x.gate_waiting = 0;
-        px_http_release(c);
-        if (c->state != CS_CLOSING)
-            px_conn_update_read(c);
-    }
-}
-
-static void connect_verdict(cconn_t *c, const nb_gate_verdict_t *v)
-{
-    record_gate(c, &c->dest, c->auth.host, c->auth.port, v, "connect");
-    c->pol_gen = nb_gate_generation(c->px->cfg.gate);
-    c->pol_why = v->why;
-    if (c->held) {
-        held_verdict(c, v);
-        return;
-    }
-    int http_port = c->auth.port == 80 || c->auth.port == 443;
-    if (v->allowed) {
-        c->rule_http = v->http;
-        connect_allowed(c);
-        return;
-    }
-    c->px->st.denied++;
-    c->deny = 1;
-    c->deny_why = v->why;
-    snprintf(c->deny_reason, sizeof c->deny_reason, "%s", nb_gate_why_name(v->why));
-    nb_log_conn(NB_LOG_INFO, c->id, "CONNECT %s:%u denied (%s)", c->auth.host, c->auth.port,
-                c->deny_reason);
-    if (http_port) {
-        /* Tell the agent why, in a form it reads: finish the tunnel (and
-         * TLS, with a minted leaf) and answer its request with a 403. */
-        tunnel_established(c);
-        c->state = CS_SNIFF;
-        c->head_started = uv_now(c->px->loop); /* the TLS handshake is timed like a head */
-        c->inspect = 1;
-        px_conn_update_read(c);
-        sniff(c);
-        return;
-    }
-    px_reply(c, 403, "denied", c->deny_reason, c->auth.host, "the destination is not allowed",
-             px_why_hint(v->why), 1);
-}
-
-int px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done)
-{
-    /* Without a callback the gate decides at once: no rule, no prompt. */
-    if (c->l->ip_no_prompt && d->is_ip)
-        done = NULL;
-    return nb_gate_check(c->px->cfg.gate, d, v, done, c, &c->wait);
-}
-
-static void on_connect_gate(void *ud, const nb_gate_verdict_t *v)
-{
-    cconn_t *c = ud;
-    c->wait = NULL;
-    connect_verdict(c, v);
-}
-
 /* ---- policy changes reach open connections ---- */
-
-/* The tunnel's verdict came from a prompt while one of its requests
- * waited (the rule that admitted it was gone). */
-static void on_tunnel_regate(void *ud, const nb_gate_verdict_t *v)
-{
-    cconn_t *c = ud;
-    c->wait = NULL;
-    c->x.gate_waiting = 0;
-    c->pol_gen = nb_gate_generation(c->px->cfg.gate);
-    c->pol_why = v->why;
-    px_http_gate_verdict(c, v);
-    if (c->state != CS_CLOSING)
-        px_conn_update_read(c);
-}
-
-int px_tunnel_rejudge(cconn_t *c, nb_gate_verdict_t *v)
-{
-    nb_gate_t *g = c->px->cfg.gate;
-    uint64_t gen = nb_gate_generation(g);
-    if (c->pol_gen == gen)
-        return 2;
-    if (nb_gate_rules_verdict(g, &c->dest, v)) {
-        c->pol_gen = gen;
-        if (v->allowed) {
-            /* An allow-once admission outlives the rule that covers it now. */
-            if (c->pol_why != NB_GATE_WHY_ALLOW_ONCE)
-                c->pol_why = v->why;
-            return 2;
-        }
-        nb_log_conn(NB_LOG_INFO, c->id, "%s:%u is no longer allowed (%s): request refused",
-                    c->auth.host, c->auth.port, nb_gate_why_name(v->why));
-        return 1;
-    }
-    /* No rule decides. An allow-once answer holds for this connection;
-     * an admission by a rule that is gone does not: ask again. */
-    if (c->pol_why == NB_GATE_WHY_ALLOW_ONCE) {
-        c->pol_gen = gen;
-        return 2;
-    }
-    int r = px_gate_check(c, &c->dest, v, on_tunnel_regate);
-    if (r == 1) {
-        c->pol_gen = gen;
-        c->pol_why = v->why;
-    }
-    return r;
-}
-
-int px_tunnel_undeny(cconn_t *c)
-{
-    nb_gate_t *g = c->px->cfg.gate;
-    uint64_t gen = nb_gate_generation(g);
-    nb_gate_verdict_t v;
-    if (c->pol_gen == gen)
-        return 0;
-    c->pol_gen = gen;
-    if (!nb_gate_rules_verdict(g, &c->dest, &v) || !v.allowed)
-        return 0;
-    record_gate(c, &c->dest, c->auth.host, c->auth.port, &v, "policy-change");
-    c->deny = 0;
-    c->pol_why = v.why;
-    return 1;
-}
 
 /* Where an open connection's bytes go, for re-judging; NULL when it has
  * no destination (yet). */
@@ -879,7 +256,7 @@ static const nb_dest_t *conn_dest(const cconn_t *c)
  * is closed at once: a deny rule now covers it, or the allow rule that
  * admitted it is gone (an allow-once admission stands until a rule
  * decides). Inspected connections are re-judged per request
- * (px_tunnel_rejudge), lazily. */
+ * (proxy_http.c tunnel_rejudge), lazily. */
 static void on_policy_changed(void *ud)
 {
     nb_proxy_t *px = ud;
@@ -904,112 +281,11 @@ static void on_policy_changed(void *ud)
             nb_log_conn(NB_LOG_NOTICE, c->id, "%s:%d is no longer allowed (%s): closing the %s",
                         host, port, nb_gate_why_name(v.why),
                         c->tunnel && !c->inspect ? "raw tunnel" : "WebSocket");
-            record_gate(c, d, host, port, &v, "policy-change");
+            nb_px_record_gate(c, host, port, &v, "policy-change");
             px->st.denied++;
-            px_conn_close(c);
+            nb_px_conn_close(c);
         }
     }
-}
-
-/* The gate prompts for the CONNECT's destination: answer the CONNECT now
- * and hold what follows until the verdict, so that a client with a short
- * connect timeout (undici: 10 s) waits under its response timeout
- * instead of giving up while the user decides. An HTTP port gets its TLS
- * handshake at once, with a leaf minted for the CONNECT name (no upstream
- * contact, no resolution), and its first request waits (start() in
- * proxy_http.c); a raw port's first bytes are read and kept in c->in. */
-static void connect_hold(cconn_t *c)
-{
-    c->held = 1;
-    c->early = 1;
-    tunnel_established(c);
-    if (c->state == CS_CLOSING)
-        return;
-    if (c->auth.port == 80 || c->auth.port == 443) {
-        c->inspect = 1;
-        c->state = CS_SNIFF;
-        c->head_started = uv_now(c->px->loop); /* the TLS handshake is timed like a head */
-        px_conn_update_read(c);
-        sniff(c);
-        return;
-    }
-    px_conn_update_read(c);
-}
-
-/* A CONNECT request was read completely (any bytes after it are in c->in). */
-void px_conn_connect(cconn_t *c)
-{
-    nb_proxy_t *px = c->px;
-    c->tunnel = 1;
-    px_exch_reset(c); /* the CONNECT exchange is over; the tunnel's requests start fresh */
-    c->head_started = 0;
-    px->st.tunnels++;
-    c->state = CS_GATE;
-    px_conn_update_read(c);
-    nb_gate_verdict_t v;
-    int r = px_gate_check(c, &c->dest, &v, on_connect_gate);
-    if (r == 1)
-        connect_verdict(c, &v);
-    else
-        connect_hold(c);
-}
-
-static void connect_allowed(cconn_t *c)
-{
-    c->inspect = c->auth.port == 80 || c->auth.port == 443 || c->rule_http;
-    if (c->inspect) {
-        tunnel_established(c);
-        if (c->state == CS_CLOSING)
-            return;
-        c->state = CS_SNIFF;
-        c->head_started = uv_now(c->px->loop); /* the TLS handshake is timed like a head */
-        px_conn_update_read(c);
-        sniff(c);
-        return;
-    }
-    if (raw_refused(c))
-        return;
-    /* Raw tunnel: connect first, so a failure can still be a 502. */
-    c->state = CS_CONNECTING;
-    int r = px_up_acquire(c, c->auth.host, c->auth.is_ip, c->auth.port, 0, 1);
-    if (r < 0)
-        px_reply(c, 502, "bad-gateway", "internal-error", c->auth.host,
-                 "cannot start the upstream connection", "retry later", 1);
-}
-
-/* proxy_upstream.c calls this for raw tunnels (state CS_CONNECTING). */
-void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r)
-{
-    if (r < 0) {
-        json_t *d = json_pack("{s:s, s:s}", "reason", u->fail_token, "message", u->fail_msg);
-        if (d && strcmp(u->fail_token, "internal-address") == 0)
-            json_object_set_new(d, "threat", json_string("A13"));
-        px_record(c, "refusal", c->auth.host, c->auth.port, d);
-        c->px->st.upstream_errors++;
-        snprintf(c->reply_addr, sizeof c->reply_addr, "%s", u->fail_addr);
-        c->reply_port = u->fail_port;
-        if (c->early) {
-            /* Already answered 200: the raw stream has no place for a 502. */
-            px_up_close(u);
-            px_conn_close(c);
-            return;
-        }
-        px_reply(c, u->fail_status, "bad-gateway", u->fail_token, c->auth.host, u->fail_msg,
-                 "check the destination; internal addresses need an explicit IP rule", 1);
-        px_up_close(u);
-        return;
-    }
-    c->up = u;
-    u->owner = c;
-    if (!c->early)
-        tunnel_established(c);
-    if (c->state == CS_CLOSING)
-        return;
-    c->state = CS_PIPE;
-    nb_buf_t held = c->in;
-    nb_buf_init(&c->in, IN_CAP);
-    px_pipe_start(c, held.p, held.len);
-    nb_buf_free(&held);
 }
 
 /* ---- listeners ---- */
@@ -1045,7 +321,6 @@ static cconn_t *conn_new(nb_proxy_listener_t *l)
     px->st.conns_open++;
     uv_timer_init(px->loop, &c->timer);
     c->timer.data = c;
-    c->timer_open = 1;
     return c;
 }
 
@@ -1073,21 +348,21 @@ static void refuse_full(cconn_t *c)
     nb_proxy_listener_t *l = c->l;
     nb_proxy_t *px = l->px;
     px->st.conns_refused++;
-    burst_row(px, l, &l->full_burst, c->id, "too-many-connections", "A28",
-              "connection budget used up; refusing new connections (503)");
+    nb_px_burst_row(px, l, &l->full_burst, c->id, "too-many-connections", "A28",
+                    "connection budget used up; refusing new connections (503)");
     /* Refusals linger (until the client has read the 503 and closed, at
      * most LINGER_MS) on a descriptor budget of their own, a quarter of
      * the engine's: beyond it a refused client is just closed. */
     if (c->transparent || px->nrefusing >= px->cfg.max_conns_total / 4 + 16) {
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     c->refusing = 1;
     l->nrefusing++;
     px->nrefusing++;
-    px_reply(c, 503, "overloaded", "too-many-connections", "",
-             "this proxy listener has too many open connections",
-             "close idle connections or retry later", 1);
+    nb_px_reply(c, 503, "overloaded", "too-many-connections", "",
+                "this proxy listener has too many open connections",
+                "close idle connections or retry later", 1);
 }
 
 /* Until its first request passes auth a connection is in the listener's
@@ -1114,7 +389,7 @@ static void admit_unauth(cconn_t *c)
             old->refusing = 1;
             l->nrefusing++;
             l->px->nrefusing++;
-            px_conn_close(old);
+            nb_px_conn_close(old);
         }
     }
     c->unauth = 1;
@@ -1134,21 +409,21 @@ static void conn_start(cconn_t *c)
     }
     px->st.conns_accepted++;
     c->state = CS_START;
-    if (px_conn_start_http(c) < 0) {
-        px_conn_close(c);
+    if (nb_px_conn_start_http(c) < 0) {
+        nb_px_conn_close(c);
         return;
     }
-    px_conn_touch(c);
+    nb_px_conn_touch(c);
     if (c->transparent) {
         arm_timer(c, px->cfg.idle_timeout_ms);
-        px_conn_connect(c);
+        nb_px_tunnel_connect(c);
         return;
     }
     uint64_t first = px->cfg.head_timeout_ms < px->cfg.idle_timeout_ms ? px->cfg.head_timeout_ms
                                                                        : px->cfg.idle_timeout_ms;
     arm_timer(c, c->unauth && PX_UNAUTH_MS < first ? PX_UNAUTH_MS + 1 : first);
     c->head_started = uv_now(px->loop);
-    px_conn_update_read(c);
+    nb_px_conn_update_read(c);
 }
 
 static void free_handle(uv_handle_t *h)
@@ -1165,8 +440,8 @@ static void accept_short(nb_proxy_listener_t *l)
 {
     nb_proxy_t *px = l->px;
     cconn_t *v = NULL, *any = NULL;
-    burst_row(px, l, &l->full_burst, 0, "out-of-descriptors", "A28",
-              "out of file descriptors accepting connections");
+    nb_px_burst_row(px, l, &l->full_burst, 0, "out-of-descriptors", "A28",
+                    "out of file descriptors accepting connections");
     if (px->reserve_fd >= 0) {
         close(px->reserve_fd);
         px->reserve_fd = -1;
@@ -1180,7 +455,7 @@ static void accept_short(nb_proxy_listener_t *l)
             v = x;
     }
     if (v || any)
-        px_conn_close(v ? v : any);
+        nb_px_conn_close(v ? v : any);
 }
 
 /* Unix listeners: the peer must run as the daemon's user (SO_PEERCRED;
@@ -1234,14 +509,14 @@ static void on_accept(uv_stream_t *srv, int status)
         return;
     }
     if (nb_pxio_accept(&c->io, srv) < 0) {
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     if (l->is_unix && !peer_is_owner(c)) {
-        burst_row(px, l, &l->auth_burst, c->id, "peer-uid", "A26",
-                  "a client of another user refused on the Unix socket");
+        nb_px_burst_row(px, l, &l->auth_burst, c->id, "peer-uid", "A26",
+                        "a client of another user refused on the Unix socket");
         px->st.refused++;
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     conn_start(c);
@@ -1263,8 +538,8 @@ int nb_proxy_adopt_stream(nb_proxy_listener_t *l, nb_stream_t *st, const nb_prox
     if (over_budget(l, 1)) {
         /* Never adopt beyond the budget: the caller answers the guest. */
         l->px->st.conns_refused++;
-        burst_row(l->px, l, &l->full_burst, 0, "too-many-connections", "A28",
-                  "connection budget used up; refusing new streams");
+        nb_px_burst_row(l->px, l, &l->full_burst, 0, "too-many-connections", "A28",
+                        "connection budget used up; refusing new streams");
         return -EBUSY;
     }
     cconn_t *c = conn_new(l);
@@ -1274,7 +549,7 @@ int nb_proxy_adopt_stream(nb_proxy_listener_t *l, nb_stream_t *st, const nb_prox
         c->transparent = 1;
         c->auth = auth;
         if (nb_dest_set(&c->dest, l->vm, auth.host, strlen(auth.host), auth.port) < 0) {
-            px_conn_close(c); /* before adopting: the caller keeps st */
+            nb_px_conn_close(c); /* before adopting: the caller keeps st */
             return NB_EINVAL;
         }
     }
@@ -1283,48 +558,16 @@ int nb_proxy_adopt_stream(nb_proxy_listener_t *l, nb_stream_t *st, const nb_prox
     return 0;
 }
 
-static void engine_maybe_free(nb_proxy_t *px)
+static void listener_on_empty(void *ud)
 {
-    if (!px->closing || px->listeners)
-        return;
-    SSL_CTX_free(px->server_ctx);
-    nb_pxcreds_unref(px->creds);
-    if (px->reserve_fd >= 0)
-        close(px->reserve_fd);
-    void (*done)(void *) = px->done;
-    void *ud = px->done_ud;
-    free(px);
-    if (done)
-        done(ud);
-}
-
-static void listener_maybe_free(nb_proxy_listener_t *l)
-{
-    if (!l->closing || !l->srv_closed || l->conns || l->nups)
-        return;
-    nb_proxy_t *px = l->px;
-    if (l->prev)
-        l->prev->next = l->next;
-    else
-        px->listeners = l->next;
-    if (l->next)
-        l->next->prev = l->prev;
-    SSL_CTX_free(l->client_ctx);
-    sodium_memzero(l->token, sizeof l->token);
-    free(l);
-    engine_maybe_free(px);
-}
-
-void px_listener_check(nb_proxy_listener_t *l)
-{
-    listener_maybe_free(l);
+    nb_px_listener_maybe_free(ud);
 }
 
 static void on_srv_closed(uv_handle_t *h)
 {
     nb_proxy_listener_t *l = h->data;
     l->srv_closed = 1;
-    listener_maybe_free(l);
+    nb_px_listener_maybe_free(l);
 }
 
 void nb_proxy_listener_close(nb_proxy_listener_t *l)
@@ -1334,8 +577,8 @@ void nb_proxy_listener_close(nb_proxy_listener_t *l)
     l->closing = 1;
     nb_log(NB_LOG_INFO, "proxy listener %" PRIu64 " on %s:%d (vm '%s') closing", l->id, l->ip,
            l->port, l->vm);
-    burst_flush(l, &l->auth_burst, "proxy-auth", "A26");
-    burst_flush(l, &l->full_burst, "too-many-connections", "A28");
+    nb_px_burst_flush(l, &l->auth_burst, "proxy-auth", "A26");
+    nb_px_burst_flush(l, &l->full_burst, "too-many-connections", "A28");
     if (l->is_unix) {
         uv_close((uv_handle_t *)&l->psrv, on_srv_closed);
         unlink(l->path);
@@ -1344,11 +587,11 @@ void nb_proxy_listener_close(nb_proxy_listener_t *l)
     }
     for (cconn_t *c = l->conns, *n; c; c = n) {
         n = c->next;
-        px_conn_close(c);
+        nb_px_conn_close(c);
     }
-    px_up_pool_drain(l);
+    nb_px_up_pool_drain(&l->pool);
     if (l->channel)
-        listener_maybe_free(l); /* nothing else may be left to wait for */
+        nb_px_listener_maybe_free(l); /* nothing else may be left to wait for */
 }
 
 static int loopback_only(const char *ip)
@@ -1358,6 +601,15 @@ static int loopback_only(const char *ip)
         return 0;
     const char *k = nb_ip_internal_kind(&a);
     return k && strcmp(k, "loopback") == 0;
+}
+
+static void listener_link(nb_proxy_t *px, nb_proxy_listener_t *l)
+{
+    l->id = px->next_listener_id++;
+    l->next = px->listeners;
+    if (px->listeners)
+        px->listeners->prev = l;
+    px->listeners = l;
 }
 
 /* The parts of a listener shared by TCP and channel listeners. */
@@ -1379,7 +631,7 @@ static int listener_new(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const c
     snprintf(l->vm, sizeof l->vm, "%s", o->vm);
     snprintf(l->ip, sizeof l->ip, "%s", ip);
     l->test_mode = o->upstream_ca_file || o->nresolve;
-    l->ip_no_prompt = o->ip_no_prompt;
+    l->ip_no_prompt = o->ip_no_prompt != 0;
     if (o->auth_token) {
         size_t tl = strlen(o->auth_token);
         if (tl < 16 || tl >= sizeof l->token) {
@@ -1391,8 +643,15 @@ static int listener_new(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const c
     }
     if (o->nresolve)
         memcpy(l->resolve, o->resolve, o->nresolve * sizeof *o->resolve);
-    l->nresolve = o->nresolve;
-    if ((r = nb_pxio_client_ctx(o->upstream_ca_file, &l->client_ctx)) < 0) {
+    l->pool = (nb_px_pool_t){.loop = px->loop,
+                             .cfg = &px->cfg,
+                             .st = &px->st,
+                             .vm = l->vm,
+                             .resolve = l->resolve,
+                             .nresolve = o->nresolve,
+                             .on_empty = listener_on_empty,
+                             .owner = l};
+    if ((r = nb_pxio_client_ctx(o->upstream_ca_file, &l->pool.client_ctx)) < 0) {
         free(l);
         return r;
     }
@@ -1409,11 +668,7 @@ int nb_proxy_attach(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_li
         return r;
     l->channel = 1;
     l->srv_closed = 1;
-    l->id = px->next_listener_id++;
-    l->next = px->listeners;
-    if (px->listeners)
-        px->listeners->prev = l;
-    px->listeners = l;
+    listener_link(px, l);
     nb_log(NB_LOG_INFO, "proxy channel listener %" PRIu64 " for vm '%s'%s", l->id, l->vm,
            l->test_mode ? " (test mode: extra CA / resolve overrides)" : "");
     *out = l;
@@ -1436,16 +691,12 @@ int nb_proxy_listen(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, nb_proxy_li
     else
         r = uv_ip4_addr(ip, o->port, (struct sockaddr_in *)&ss);
     if (r < 0 || (r = uv_tcp_init(px->loop, &l->srv)) < 0) {
-        SSL_CTX_free(l->client_ctx);
+        SSL_CTX_free(l->pool.client_ctx);
         free(l);
         return r < 0 ? r : NB_EINVAL;
     }
     l->srv.data = l;
-    l->id = px->next_listener_id++;
-    l->next = px->listeners;
-    if (px->listeners)
-        px->listeners->prev = l;
-    px->listeners = l;
+    listener_link(px, l);
     if ((r = uv_tcp_bind(&l->srv, (struct sockaddr *)&ss, 0)) < 0 ||
         (r = uv_listen((uv_stream_t *)&l->srv, 256, on_accept)) < 0) {
         nb_proxy_listener_close(l);
@@ -1478,16 +729,12 @@ int nb_proxy_listen_unix(nb_proxy_t *px, const nb_proxy_listen_opts_t *o, const 
     snprintf(l->path, sizeof l->path, "%s", path);
     l->is_unix = 1;
     if ((r = uv_pipe_init(px->loop, &l->psrv, 0)) < 0) {
-        SSL_CTX_free(l->client_ctx);
+        SSL_CTX_free(l->pool.client_ctx);
         free(l);
         return r;
     }
     l->psrv.data = l;
-    l->id = px->next_listener_id++;
-    l->next = px->listeners;
-    if (px->listeners)
-        px->listeners->prev = l;
-    px->listeners = l;
+    listener_link(px, l);
     /* Replace a stale socket, never another kind of file; create it 0600
      * (umask) so that nobody else can connect in between. */
     if (lstat(path, &st) == 0) {
@@ -1591,6 +838,7 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
     DEF(pool_max_per_key)
 #undef DEF
     px->next_listener_id = 1;
+    px->tunnel = nb_px_tunnel_connect;
     px->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int r = nb_ca_server_ctx(cfg->ca, &px->server_ctx);
     if (r < 0 || (r = nb_pxcreds_empty(&px->creds)) < 0) {
@@ -1634,7 +882,7 @@ void nb_proxy_free(nb_proxy_t *px, void (*done)(void *ud), void *ud)
         nb_gate_unwatch(px->cfg.gate, px->gate_watch);
     px->gate_watch = 0;
     if (!px->listeners) {
-        engine_maybe_free(px);
+        nb_px_engine_maybe_free(px);
         return;
     }
     for (nb_proxy_listener_t *l = px->listeners, *n; l; l = n) {

@@ -27,11 +27,14 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "daemon/egress/ca.h"
-#include "daemon/egress/gate.h"
-#include "lib/hostname.h"
 #include "daemon/egress/proxy_creds.h"
+#include "lib/hostname.h"
 #include "lib/stream.h"
+
+/* The engine's other dependencies by name only (proxy_int.h and the
+ * caller include what they use). */
+typedef struct nb_ca nb_ca_t;
+typedef struct nb_gate nb_gate_t;
 
 typedef struct nb_proxy nb_proxy_t;
 typedef struct nb_proxy_listener nb_proxy_listener_t;

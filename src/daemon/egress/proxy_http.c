@@ -8,12 +8,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "daemon/egress/proxy_auth.h"
 #include "daemon/egress/proxy_int.h"
 #include "lib/err.h"
 #include "lib/log.h"
 
 static void check_done(cconn_t *c);
+/* Re-judges a tunnel's destination before one of its requests goes
+ * upstream: 2 when the policy did not change or still allows it (go on,
+ * nothing to record), 1 with *v filled (record and apply it), 0 when it
+ * waits on a prompt (gate_verdict runs later). */
+static int tunnel_rejudge(cconn_t *c, nb_gate_verdict_t *v);
+/* A tunnel in deny mode whose destination a rule now allows leaves deny
+ * mode (1); otherwise 0. */
+static int tunnel_undeny(cconn_t *c);
 
 /* ---- helpers ---- */
 
@@ -45,32 +55,18 @@ static int is_hop(nb_iov_t name, const nb_http_head_t *h)
             size_t e = s;
             while (e < v.len && v.p[e] != ',' && v.p[e] != ' ' && v.p[e] != '\t')
                 e++;
-            if (e > s && name.len == e - s) {
-                int same = 1;
-                for (size_t k = 0; k < name.len; k++) {
-                    uint8_t a = name.p[k], b = v.p[s + k];
-                    if (a >= 'A' && a <= 'Z')
-                        a = (uint8_t)(a + 32);
-                    if (b >= 'A' && b <= 'Z')
-                        b = (uint8_t)(b + 32);
-                    if (a != b) {
-                        same = 0;
-                        break;
-                    }
-                }
-                if (same)
-                    return 1;
-            }
+            /* (a header name holds no NUL: strncasecmp sees all of it) */
+            if (e > s && name.len == e - s &&
+                strncasecmp((const char *)name.p, (const char *)v.p + s, name.len) == 0)
+                return 1;
             s = e;
         }
     }
     return 0;
 }
 
-static int reject(cconn_t *c, int status, const char *token, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int reject(cconn_t *c, int status, const char *token, const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static int reject(cconn_t *c, int status, const char *token,
+                                                        const char *fmt, ...)
 {
     exch_t *x = &c->x;
     if (x->reject_status)
@@ -84,7 +80,7 @@ static int reject(cconn_t *c, int status, const char *token, const char *fmt, ..
     return 0;
 }
 
-void px_exch_reset(cconn_t *c)
+void nb_px_exch_reset(cconn_t *c)
 {
     nb_buf_t pending = c->x.pending;
     nb_buf_reset(&pending);
@@ -93,18 +89,9 @@ void px_exch_reset(cconn_t *c)
     c->x.pending = pending;
 }
 
-static void up_drop(cconn_t *c, int reusable)
-{
-    upconn_t *u = c->up;
-    if (!u)
-        return;
-    c->up = NULL;
-    px_up_release(u, reusable);
-}
-
 /* ---- request head ---- */
 
-int px_http_on_head(cconn_t *c, const nb_http_head_t *h)
+static int req_on_head(cconn_t *c, const nb_http_head_t *h)
 {
     exch_t *x = &c->x;
     char esc[128];
@@ -154,7 +141,7 @@ int px_http_on_head(cconn_t *c, const nb_http_head_t *h)
         if (nb_dest_set(&x->dest, c->l->vm, x->auth.host, strlen(x->auth.host), x->auth.port) < 0)
             return reject(c, 400, "invalid-target", "unusable destination");
     } else {
-        if (c->deny && !px_tunnel_undeny(c))
+        if (c->deny && !tunnel_undeny(c))
             return reject(c, 403, c->deny_reason, "the destination is not allowed");
         if (is_connect)
             return reject(c, 405, "connect-in-tunnel", "CONNECT inside a tunnel is refused");
@@ -190,7 +177,7 @@ int px_http_on_head(cconn_t *c, const nb_http_head_t *h)
             return reject(c, 400, "unsupported-upgrade", "only WebSocket upgrades pass");
         x->upgrade = 1;
     }
-    x->req_chunked = h->chunked;
+    x->req_chunked = h->chunked != 0;
     x->req_has_body = h->chunked || h->content_length > 0;
     x->head_ok = 1;
     return 0;
@@ -214,10 +201,10 @@ static void record_inject_report(cconn_t *c)
         nb_log_conn(NB_LOG_NOTICE, c->id, "placeholder %s in %s toward %s (%s): %s", lk->secret,
                     lk->where, x->auth.host, nb_inject_leak_threat(lk->kind),
                     px->cfg.block_leaks ? "request refused" : "sent as the dummy");
-        px_record(c, "leak", x->auth.host, x->auth.port,
-                  json_pack("{s:[s], s:s, s:s, s:s}", "secrets", lk->secret, "threat",
-                            nb_inject_leak_threat(lk->kind), "where", lk->where, "action",
-                            px->cfg.block_leaks ? "blocked" : "dummy-forwarded"));
+        nb_px_record(c, "leak", x->auth.host, x->auth.port,
+                     json_pack("{s:[s], s:s, s:s, s:s}", "secrets", lk->secret, "threat",
+                               nb_inject_leak_threat(lk->kind), "where", lk->where, "action",
+                               px->cfg.block_leaks ? "blocked" : "dummy-forwarded"));
     }
     if (o->nleaks > nl)
         c->leaks_unrecorded += o->nleaks - nl;
@@ -243,10 +230,10 @@ static void record_inject_report(cconn_t *c)
             c->ntally++;
         }
         const char *pl = nb_binding_placement_name(d->placement);
-        px_record(c, "inject", x->auth.host, x->auth.port,
-                  json_pack("{s:[s], s:I, s:s, s:s}", "secrets", d->secret, "binding",
-                            (json_int_t)d->binding_id, "placement", pl ? pl : "?", "method",
-                            x->method));
+        nb_px_record(c, "inject", x->auth.host, x->auth.port,
+                     json_pack("{s:[s], s:I, s:s, s:s}", "secrets", d->secret, "binding",
+                               (json_int_t)d->binding_id, "placement", pl ? pl : "?", "method",
+                               x->method));
     }
     px->st.injected += o->ninjected;
     x->ninjected = (int)o->ninjected;
@@ -340,56 +327,55 @@ static int send_head(cconn_t *c, upconn_t *u)
     record_inject_report(c);
     if (r < 0) {
         nb_inject_out_wipe(&c->inj);
-        up_drop(c, 1); /* nothing was sent on it */
+        nb_px_conn_drop_up(c, 1); /* nothing was sent on it */
         if (r == NB_EDENIED) {
-            px_record(c, "refusal", x->auth.host, x->auth.port,
-                      json_pack("{s:s, s:s}", "reason", "host-mismatch", "threat", "A1"));
-            px_reply(c, 403, "refused", "host-mismatch", x->auth.host,
-                     "the request names another host than the approved destination",
-                     "send requests only to the host of the tunnel", 1);
+            nb_px_record(c, "refusal", x->auth.host, x->auth.port,
+                         json_pack("{s:s, s:s}", "reason", "host-mismatch", "threat", "A1"));
+            nb_px_reply(c, 403, "refused", "host-mismatch", x->auth.host,
+                        "the request names another host than the approved destination",
+                        "send requests only to the host of the tunnel", 1);
         } else if (r == NB_ETOOBIG) {
-            px_reply(c, 431, "refused", "headers-too-large", x->auth.host,
-                     "the request head is too large after injection", "send smaller headers", 1);
+            nb_px_reply(c, 431, "refused", "headers-too-large", x->auth.host,
+                        "the request head is too large after injection", "send smaller headers", 1);
         } else if (r == NB_EUNSUPPORTED) {
             nb_log_conn(NB_LOG_WARN, c->id,
                         "too many secrets bound for this VM to scan responses from %s (A5)",
                         x->auth.host);
-            px_reply(c, 502, "bad-gateway", "too-many-secrets", x->auth.host,
-                     "more secrets are bound for this VM than the response scanner can watch",
-                     "unbind secrets this VM does not need ('nilbox secret unbind')", 1);
+            nb_px_reply(c, 502, "bad-gateway", "too-many-secrets", x->auth.host,
+                        "more secrets are bound for this VM than the response scanner can watch",
+                        "unbind secrets this VM does not need ('nilbox secret unbind')", 1);
         } else {
             nb_log_conn(NB_LOG_WARN, c->id, "injection toward %s failed: %s", x->auth.host,
                         nb_strerror(r));
-            px_reply(c, 502, "bad-gateway", "secret-unusable", x->auth.host,
-                     "a bound secret cannot be used (unreadable, or not a valid header value)",
-                     "check the secret with 'nilbox secret ls' and set it again", 1);
+            nb_px_reply(c, 502, "bad-gateway", "secret-unusable", x->auth.host,
+                        "a bound secret cannot be used (unreadable, or not a valid header value)",
+                        "check the secret with 'nilbox secret ls' and set it again", 1);
         }
         return -1;
     }
     if (px->cfg.block_leaks && c->inj.nleaks) {
         nb_inject_out_wipe(&c->inj);
-        up_drop(c, 1);
-        px_reply(c, 403, "refused", "secret-leak", x->auth.host,
-                 "the request carries a secret placeholder where that secret may not go",
-                 "bind the secret to this host and placement, or remove the placeholder", 1);
+        nb_px_conn_drop_up(c, 1);
+        nb_px_reply(c, 403, "refused", "secret-leak", x->auth.host,
+                    "the request carries a secret placeholder where that secret may not go",
+                    "bind the secret to this host and placement, or remove the placeholder", 1);
         return -1;
     }
     x->resp_redact = nb_redact_needles(c->red) > 0;
-    x->resp_scanned = identity;
     r = nb_pxio_write(&u->io, c->inj.p, c->inj.len, !x->tls);
     nb_inject_out_wipe(&c->inj);
     if (r < 0) {
-        up_drop(c, 0);
-        px_reply(c, 502, "bad-gateway", "upstream-error", x->auth.host,
-                 "cannot write to the upstream", "retry", 1);
+        nb_px_conn_drop_up(c, 0);
+        nb_px_reply(c, 502, "bad-gateway", "upstream-error", x->auth.host,
+                    "cannot write to the upstream", "retry", 1);
         return -1;
     }
     px->st.requests++;
     return 0;
 oom:
-    up_drop(c, 1);
-    px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host, "the proxy is out of memory",
-             "retry later", 1);
+    nb_px_conn_drop_up(c, 1);
+    nb_px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host, "the proxy is out of memory",
+                "retry later", 1);
     return -1;
 }
 
@@ -419,8 +405,9 @@ static void finish_request(cconn_t *c)
     x->req_sent = 1;
 }
 
-int px_http_on_body(cconn_t *c, const uint8_t *p, size_t len)
+static int req_on_body(void *ud, const uint8_t *p, size_t len)
 {
+    cconn_t *c = ud;
     exch_t *x = &c->x;
     if (x->reject_status || !x->head_ok || c->state == CS_CLOSING)
         return 0;
@@ -432,8 +419,9 @@ int px_http_on_body(cconn_t *c, const uint8_t *p, size_t len)
     return nb_buf_append(&x->pending, p, len);
 }
 
-int px_http_on_complete(cconn_t *c)
+static int req_on_complete(void *ud)
 {
+    cconn_t *c = ud;
     exch_t *x = &c->x;
     if (x->head_sent && c->up && !x->reject_status)
         finish_request(c);
@@ -442,42 +430,38 @@ int px_http_on_complete(cconn_t *c)
 
 /* ---- gate (plain proxy requests) ---- */
 
+static const nb_px_up_cbs_t up_cbs;
+
 static void acquire(cconn_t *c)
 {
     exch_t *x = &c->x;
-    int r = px_up_acquire(c, x->auth.host, x->auth.is_ip, x->auth.port, x->tls, x->retried);
+    int r = nb_px_up_acquire(&c->l->pool, x->auth.host, x->auth.is_ip, x->auth.port, x->tls,
+                             x->retried, &up_cbs, c, &c->up);
     if (r < 0)
-        px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host,
-                 "cannot start the upstream connection", "retry later", 1);
+        nb_px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host,
+                    "cannot start the upstream connection", "retry later", 1);
 }
 
-void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v)
+static void gate_verdict(cconn_t *c, const nb_gate_verdict_t *v)
 {
     exch_t *x = &c->x;
-    json_t *det = json_pack("{s:s, s:s, s:s}", "decision", v->allowed ? "allow" : "deny", "reason",
-                            nb_gate_why_name(v->why), "via", "http");
-    if (det && v->rule_id)
-        json_object_set_new(det, "rule", json_integer((json_int_t)v->rule_id));
-    if (det && v->prompt_id)
-        json_object_set_new(det, "prompt", json_integer((json_int_t)v->prompt_id));
-    px_record(c, "gate.decision", x->auth.host, x->auth.port, det);
-    c->reply_rule = v->allowed ? 0 : v->rule_id;
+    nb_px_record_gate(c, x->auth.host, x->auth.port, v, "http");
     c->pol_why = v->why; /* a WebSocket after this request follows rule changes */
     if (!v->allowed) {
         c->px->st.denied++;
-        px_reply(c, 403, "denied", nb_gate_why_name(v->why), x->auth.host,
-                 "the destination is not allowed", px_why_hint(v->why), 1);
+        nb_px_reply(c, 403, "denied", nb_gate_why_name(v->why), x->auth.host,
+                    "the destination is not allowed", nb_px_why_hint(v->why), 1);
         return;
     }
     acquire(c);
 }
 
-void px_http_release(cconn_t *c)
+void nb_px_http_release(cconn_t *c)
 {
     exch_t *x = &c->x;
     if (c->deny) {
-        px_reply(c, 403, "denied", c->deny_reason, x->auth.host, "the destination is not allowed",
-                 px_why_hint(c->deny_why), 1);
+        nb_px_reply(c, 403, "denied", c->deny_reason, x->auth.host,
+                    "the destination is not allowed", nb_px_why_hint(c->deny_why), 1);
         return;
     }
     acquire(c);
@@ -488,9 +472,9 @@ static void on_req_gate(void *ud, const nb_gate_verdict_t *v)
     cconn_t *c = ud;
     c->wait = NULL;
     c->x.gate_waiting = 0;
-    px_http_gate_verdict(c, v);
+    gate_verdict(c, v);
     if (c->state != CS_CLOSING)
-        px_conn_update_read(c);
+        nb_px_conn_update_read(c);
 }
 
 static void start(cconn_t *c)
@@ -501,25 +485,25 @@ static void start(cconn_t *c)
     if (c->tunnel) {
         if (c->held) {
             /* The CONNECT was answered before its verdict: its first
-             * request waits for it (px_http_release). */
+             * request waits for it (nb_px_http_release). */
             x->gate_waiting = 1;
             return;
         }
         /* Rules apply to every request, not only to the CONNECT. */
-        if ((r = px_tunnel_rejudge(c, &v)) == 2)
+        if ((r = tunnel_rejudge(c, &v)) == 2)
             acquire(c);
         else if (r == 0)
             x->gate_waiting = 1;
         else
-            px_http_gate_verdict(c, &v);
+            gate_verdict(c, &v);
         return;
     }
-    r = px_gate_check(c, &x->dest, &v, on_req_gate);
+    r = nb_px_gate_check(c, &x->dest, &v, on_req_gate);
     if (r == 0) {
         x->gate_waiting = 1;
         return;
     }
-    px_http_gate_verdict(c, &v);
+    gate_verdict(c, &v);
 }
 
 static const char *refusal_threat(const char *token)
@@ -529,7 +513,7 @@ static const char *refusal_threat(const char *token)
     return "A15";
 }
 
-void px_http_after_feed(cconn_t *c)
+static void after_feed(cconn_t *c)
 {
     exch_t *x = &c->x;
     if (c->state == CS_CLOSING)
@@ -537,20 +521,20 @@ void px_http_after_feed(cconn_t *c)
     if (x->reject_status && !x->resp_head_sent) {
         const char *host = x->auth.host[0] ? x->auth.host : (c->tunnel ? c->auth.host : "");
         if (x->reject_status != 403 || strcmp(x->reject_token, "host-mismatch") == 0) {
-            px_record(c, "refusal", host, x->auth.port,
-                      json_pack("{s:s, s:s, s:s}", "reason", x->reject_token, "message",
-                                x->reject_msg, "threat", refusal_threat(x->reject_token)));
+            nb_px_record(c, "refusal", host, x->auth.port,
+                         json_pack("{s:s, s:s, s:s}", "reason", x->reject_token, "message",
+                                   x->reject_msg, "threat", refusal_threat(x->reject_token)));
             c->px->st.refused++;
         }
-        up_drop(c, 0);
-        px_reply(c, x->reject_status, x->reject_status == 403 ? "denied" : "bad-request",
-                 x->reject_token, host, x->reject_msg,
-                 c->deny ? px_why_hint(c->deny_why) : "fix the request", 1);
+        nb_px_conn_drop_up(c, 0);
+        nb_px_reply(c, x->reject_status, x->reject_status == 403 ? "denied" : "bad-request",
+                    x->reject_token, host, x->reject_msg,
+                    c->deny ? nb_px_why_hint(c->deny_why) : "fix the request", 1);
         return;
     }
     if (x->is_connect && x->req_done) {
         x->is_connect = 0;
-        px_conn_connect(c);
+        c->px->tunnel(c); /* proxy_tunnel.c, a layer above */
         return;
     }
     if (x->head_ok && !x->started) {
@@ -564,48 +548,35 @@ void px_http_after_feed(cconn_t *c)
 
 /* ---- upstream ready ---- */
 
-static const nb_http_cbs_t resp_cbs;
-
-void px_http_upstream_ready(cconn_t *c, upconn_t *u, int r)
+static void up_ready(upconn_t *u, int r)
 {
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
     if (r < 0) {
-        json_t *d = json_pack("{s:s, s:s}", "reason", u->fail_token, "message", u->fail_msg);
-        if (d && strcmp(u->fail_token, "internal-address") == 0)
-            json_object_set_new(d, "threat", json_string("A13"));
-        px_record(c, "refusal", x->auth.host, x->auth.port, d);
-        c->px->st.upstream_errors++;
-        snprintf(c->reply_addr, sizeof c->reply_addr, "%s", u->fail_addr);
-        c->reply_port = u->fail_port;
-        px_reply(c, u->fail_status, "bad-gateway", u->fail_token, x->auth.host, u->fail_msg,
-                 strcmp(u->fail_token, "internal-address") == 0
-                     ? "internal addresses need an explicit IP rule ('nilbox rule add')"
-                     : "check that the destination is up and has a valid certificate",
-                 1);
-        px_up_close(u);
+        c->up = NULL;
+        nb_px_record_up_failure(c, u, x->auth.host, x->auth.port);
+        nb_px_reply(c, u->fail_status, "bad-gateway", u->fail_token, x->auth.host, u->fail_msg,
+                    strcmp(u->fail_token, "internal-address") == 0
+                        ? "internal addresses need an explicit IP rule ('nilbox rule add')"
+                        : "check that the destination is up and has a valid certificate",
+                    1);
+        nb_px_up_close(u);
         return;
     }
     c->up = u;
-    u->owner = c;
-    if (!u->rp) {
-        nb_http_limits_t lim;
-        nb_http_limits_default(&lim);
-        lim.max_body = 0;
-        if (nb_http_parser_new(NB_HTTP_RESPONSE, &lim, &resp_cbs, u, &u->rp) < 0) {
-            up_drop(c, 0);
-            px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host,
-                     "the proxy is out of memory", "retry later", 1);
-            return;
-        }
+    if (nb_px_up_expect(u, x->method) < 0) {
+        nb_px_conn_drop_up(c, 0);
+        nb_px_reply(c, 503, "unavailable", "out-of-memory", x->auth.host,
+                    "the proxy is out of memory", "retry later", 1);
+        return;
     }
-    nb_http_parser_expect_response_to(u->rp, x->method);
     if (send_head(c, u) < 0)
         return;
     x->head_sent = 1;
-    px_up_arm_response(u);
+    nb_px_up_arm_response(u);
     if (x->pending.len) {
         if (write_body(c, x->pending.p, x->pending.len) < 0) {
-            px_conn_close(c);
+            nb_px_conn_close(c);
             return;
         }
         nb_buf_reset(&x->pending);
@@ -613,18 +584,10 @@ void px_http_upstream_ready(cconn_t *c, upconn_t *u, int r)
     if (x->req_done)
         finish_request(c);
     nb_pxio_read_start(&u->io);
-    px_conn_update_read(c);
+    nb_px_conn_update_read(c);
 }
 
 /* ---- response ---- */
-
-static int client_write(cconn_t *c, const void *p, size_t len)
-{
-    int r = nb_pxio_write(&c->io, p, len, 0);
-    if (r < 0)
-        return r;
-    return 0;
-}
 
 static int body_sink(void *ud, const uint8_t *p, size_t len)
 {
@@ -632,7 +595,7 @@ static int body_sink(void *ud, const uint8_t *p, size_t len)
     if (len == 0)
         return 0;
     if (c->sink_raw || !c->x.resp_out_chunked)
-        return client_write(c, p, len);
+        return nb_pxio_write(&c->io, p, len, 0);
     char hdr[24];
     int n = snprintf(hdr, sizeof hdr, "%zx\r\n", len);
     uv_buf_t b[3] = {uv_buf_init(hdr, (unsigned)n), uv_buf_init((char *)p, (unsigned)len),
@@ -663,18 +626,15 @@ static const char *coding_name(const nb_http_head_t *h)
     return "of an unknown coding";
 }
 
-static int resp_on_head(void *ud, const nb_http_head_t *h)
+static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
 {
-    upconn_t *u = ud;
-    cconn_t *c = u->owner;
-    if (!c)
-        return NB_ECLOSED;
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
-    px_up_disarm(u);
+    nb_px_up_disarm(u);
     if (h->status < 200 && h->status != 101) {
         x->interim = 1;
         if (h->status == 100 && x->head.version_minor >= 1 && x->head.expect_continue)
-            return client_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            return nb_pxio_write(&c->io, "HTTP/1.1 100 Continue\r\n\r\n", 25, 0);
         return 0; /* other 1xx (102, 103) are dropped */
     }
     x->interim = 0;
@@ -756,7 +716,7 @@ static int resp_on_head(void *ud, const nb_http_head_t *h)
     if (r < 0)
         return r;
     x->client_keepalive = ka;
-    x->resp_keepalive = h->keep_alive;
+    x->resp_keepalive = h->keep_alive != 0;
     x->resp_head_sent = 1;
     if (x->resp_redact) {
         /* Response headers can echo a secret too (A5). Values never hold
@@ -766,7 +726,7 @@ static int resp_on_head(void *ud, const nb_http_head_t *h)
         c->sink_raw = 0;
         return r;
     }
-    return client_write(c, b->p, b->len);
+    return nb_pxio_write(&c->io, b->p, b->len, 0);
 }
 
 static int redact_sink(void *ud, const uint8_t *p, size_t len)
@@ -783,16 +743,13 @@ static void decode_failed(cconn_t *c, int r)
     const char *why = r == NB_ETOOBIG ? "decompression-bomb" : "corrupt-encoding";
     nb_log_conn(NB_LOG_NOTICE, c->id, "%s: compressed body from %s, response cut", why,
                 x->auth.host);
-    px_record(c, "refusal", x->auth.host, x->auth.port,
-              json_pack("{s:s, s:s}", "reason", why, "threat", "A5"));
+    nb_px_record(c, "refusal", x->auth.host, x->auth.port,
+                 json_pack("{s:s, s:s}", "reason", why, "threat", "A5"));
 }
 
-static int resp_on_body(void *ud, const uint8_t *p, size_t len)
+static int resp_on_body(upconn_t *u, const uint8_t *p, size_t len)
 {
-    upconn_t *u = ud;
-    cconn_t *c = u->owner;
-    if (!c)
-        return NB_ECLOSED;
+    cconn_t *c = u->ud;
     if (c->x.interim)
         return 0;
     if (c->x.dec) {
@@ -806,12 +763,9 @@ static int resp_on_body(void *ud, const uint8_t *p, size_t len)
     return body_sink(c, p, len);
 }
 
-static int resp_on_complete(void *ud)
+static int resp_on_complete(upconn_t *u)
 {
-    upconn_t *u = ud;
-    cconn_t *c = u->owner;
-    if (!c)
-        return NB_ECLOSED;
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
     if (x->interim)
         return 0;
@@ -833,18 +787,16 @@ static int resp_on_complete(void *ud)
                         "%s echoed an injected secret: %" PRIu64
                         " occurrence(s) replaced by the placeholder",
                         x->auth.host, n);
-            px_record(c, "leak", x->auth.host, x->auth.port,
-                      json_pack("{s:s, s:s, s:I}", "threat", "A5", "action", "redacted", "replaced",
-                                (json_int_t)n));
+            nb_px_record(c, "leak", x->auth.host, x->auth.port,
+                         json_pack("{s:s, s:s, s:I}", "threat", "A5", "action", "redacted",
+                                   "replaced", (json_int_t)n));
         }
     }
     if (r == 0 && x->resp_out_chunked)
-        r = client_write(c, "0\r\n\r\n", 5);
+        r = nb_pxio_write(&c->io, "0\r\n\r\n", 5, 0);
     x->resp_done = 1;
     return r;
 }
-
-static const nb_http_cbs_t resp_cbs = {resp_on_head, resp_on_body, resp_on_complete};
 
 /* The response is complete: hand the upstream back and either read the
  * client's next request or end the connection. */
@@ -853,21 +805,21 @@ static void exchange_done(cconn_t *c)
     exch_t *x = &c->x;
     upconn_t *u = c->up;
     int reusable = u && x->req_sent && x->resp_keepalive && !x->upgrade;
-    up_drop(c, reusable);
+    nb_px_conn_drop_up(c, reusable);
     nb_pxcreds_unref(c->creds);
     c->creds = NULL;
     nb_log_conn(NB_LOG_DEBUG, c->id, "%s %s -> %d (%" PRIu64 " ms)", x->method, x->auth.host,
                 x->resp_status, uv_now(c->px->loop) - x->t0);
     if (!x->client_keepalive || c->close_after || x->resp_out_close || !x->req_done || x->upgrade) {
-        px_conn_linger(c);
+        nb_px_conn_linger(c);
         return;
     }
-    px_exch_reset(c);
+    nb_px_exch_reset(c);
     c->parse_paused = 0;
     if (c->in.len)
-        px_conn_feed(c);
+        nb_px_conn_feed(c);
     else
-        px_conn_update_read(c);
+        nb_px_conn_update_read(c);
 }
 
 static void check_done(cconn_t *c)
@@ -881,18 +833,18 @@ static void check_done(cconn_t *c)
 static void switch_to_pipe(cconn_t *c, const uint8_t *up_left, size_t up_len)
 {
     upconn_t *u = c->up;
-    px_up_disarm(u);
-    if (c->x.resp_redact && px_pipe_scan_ws(c) < 0) {
-        px_conn_close(c);
+    nb_px_up_disarm(u);
+    if (c->x.resp_redact && nb_px_pipe_scan_ws(c) < 0) {
+        nb_px_conn_close(c);
         return;
     }
-    if (up_len && px_pipe_up_first(c, up_left, up_len) < 0) {
-        px_conn_close(c);
+    if (up_len && nb_px_pipe_up_first(c, up_left, up_len) < 0) {
+        nb_px_conn_close(c);
         return;
     }
     nb_buf_t held = c->in;
     nb_buf_init(&c->in, held.max);
-    px_pipe_start(c, held.p, held.len);
+    nb_px_pipe_start(c, held.p, held.len);
     nb_buf_free(&held);
 }
 
@@ -900,26 +852,26 @@ static void up_failed(cconn_t *c, upconn_t *u, const char *token, const char *ms
 {
     exch_t *x = &c->x;
     if (x->resp_head_sent) {
-        px_conn_close(c); /* the client sees a truncated response */
+        nb_px_conn_close(c); /* the client sees a truncated response */
         return;
     }
-    up_drop(c, 0);
+    nb_px_conn_drop_up(c, 0);
     c->px->st.upstream_errors++;
     json_t *d = json_pack("{s:s, s:s}", "reason", token, "message", msg);
     if (d && x->fail_token)
         json_object_set_new(d, "threat", json_string("A5"));
-    px_record(c, "refusal", x->auth.host, x->auth.port, d);
-    px_reply(c, 502, "bad-gateway", token, x->auth.host, msg,
-             x->fail_token ? "the upstream must answer uncompressed, gzip, deflate or br"
-                           : "retry; the upstream misbehaved",
-             1);
+    nb_px_record(c, "refusal", x->auth.host, x->auth.port, d);
+    nb_px_reply(c, 502, "bad-gateway", token, x->auth.host, msg,
+                x->fail_token ? "the upstream must answer uncompressed, gzip, deflate or br"
+                              : "retry; the upstream misbehaved",
+                1);
 }
 
-void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len)
+static void up_data(upconn_t *u, const uint8_t *p, size_t len)
 {
-    cconn_t *c = u->owner;
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
-    px_conn_touch(c);
+    nb_px_conn_touch(c);
     if (!x->head_sent) {
         up_failed(c, u, "upstream-protocol", "the upstream spoke before being asked");
         return;
@@ -961,7 +913,7 @@ void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len)
     }
     c->feeding--;
     if (nb_pxio_uncork(&c->io) < 0) {
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     if (upgraded) {
@@ -978,9 +930,9 @@ void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len)
         nb_pxio_read_stop(&u->io);
 }
 
-void px_http_up_eof(upconn_t *u)
+static void up_eof(upconn_t *u)
 {
-    cconn_t *c = u->owner;
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
     if (!u->io.failed && x->head_sent) {
         int r = nb_http_parser_finish(u->rp);
@@ -1004,40 +956,249 @@ void px_http_up_eof(upconn_t *u)
         x->retried = 1;
         x->head_sent = 0;
         x->req_sent = 0;
-        up_drop(c, 0);
+        nb_px_conn_drop_up(c, 0);
         acquire(c);
         return;
     }
     up_failed(c, u, "upstream-closed", "the upstream closed the connection before answering");
 }
 
-void px_http_up_timeout(upconn_t *u)
+static void up_timeout(upconn_t *u)
 {
-    cconn_t *c = u->owner;
-    if (!c) {
-        px_up_close(u);
-        return;
-    }
+    cconn_t *c = u->ud;
     exch_t *x = &c->x;
     if (x->resp_head_sent) {
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
-    up_drop(c, 0);
+    nb_px_conn_drop_up(c, 0);
     c->px->st.upstream_errors++;
-    px_reply(c, 504, "gateway-timeout", "upstream-timeout", x->auth.host,
-             "the upstream did not answer in time", "retry later", 1);
+    nb_px_reply(c, 504, "gateway-timeout", "upstream-timeout", x->auth.host,
+                "the upstream did not answer in time", "retry later", 1);
 }
 
-void px_http_client_drain(cconn_t *c)
+void nb_px_http_client_drain(cconn_t *c)
 {
     upconn_t *u = c->up;
     if (u && c->x.head_sent && !c->x.resp_done && !u->io.want_read)
         nb_pxio_read_start(&u->io);
 }
 
-void px_http_up_drain(upconn_t *u)
+static void up_drain(upconn_t *u)
 {
-    if (u->owner)
-        px_conn_update_read(u->owner);
+    nb_px_conn_update_read(u->ud);
+}
+
+static const nb_px_up_cbs_t up_cbs = {
+    .ready = up_ready,
+    .head = resp_on_head,
+    .body = resp_on_body,
+    .end = resp_on_complete,
+    .data = up_data,
+    .eof = up_eof,
+    .drain = up_drain,
+    .timeout = up_timeout,
+};
+
+/* ---- client requests ---- */
+
+/* Client authentication (A26): a TCP listener is reachable by every
+ * local user; what tells the owner's clients apart is the listener's token
+ * in Proxy-Authorization. 0: the request may go on; 1: no credentials; 2:
+ * wrong or ambiguous. */
+static int auth_check(const cconn_t *c, const nb_http_head_t *h)
+{
+    const nb_http_header_t *found = NULL;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        if (!nb_iov_eq_nocase(h->headers[i].name, "proxy-authorization"))
+            continue;
+        if (found)
+            return 2; /* two credentials: which one would count? neither */
+        found = &h->headers[i];
+    }
+    if (!found)
+        return 1;
+    return nb_proxy_auth_check((const uint8_t *)c->l->token, c->l->token_len, found->value.p,
+                               found->value.len)
+               ? 0
+               : 2;
+}
+
+/* 407: no gate, no upstream, nothing of the request is looked at. */
+static void auth_refuse(cconn_t *c)
+{
+    static const char body[] =
+        "{\"error\":\"proxy-auth-required\",\"host\":\"\",\"reason\":\"this proxy needs the "
+        "token that 'nilbox proxy' printed\",\"hint\":\"use the proxy URL "
+        "http://nilbox:TOKEN@HOST:PORT (Proxy-Authorization: Basic)\"}\n";
+    const char *why = c->auth_failed == 1 ? "proxy-auth-required" : "proxy-auth-wrong";
+    char head[320];
+    nb_px_burst_row(c->px, c->l, &c->l->auth_burst, c->id, why, "A26",
+                    c->auth_failed == 1 ? "client without proxy credentials refused (407)"
+                                        : "client with wrong proxy credentials refused (407)");
+    c->px->st.refused++;
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 407 Proxy Authentication Required\r\n"
+                     "Proxy-Authenticate: Basic realm=\"nilbox\"\r\n"
+                     "Content-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n"
+                     "X-Nilbox-Reason: %s\r\n"
+                     "Cache-Control: no-store\r\n"
+                     "Connection: close\r\n\r\n",
+                     sizeof body - 1, why);
+    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)n),
+                        uv_buf_init((char *)body, (unsigned)(sizeof body - 1))};
+    c->x.resp_head_sent = 1;
+    c->x.resp_done = 1;
+    nb_pxio_writev(&c->io, bufs, 2, 0);
+    nb_px_conn_linger(c);
+}
+
+static int rp_on_head(void *ud, const nb_http_head_t *h)
+{
+    cconn_t *c = ud;
+    /* Before anything else looks at the request: requests inside an
+     * authenticated CONNECT are covered by it; the guest channel has no
+     * token (its one client is the VM). */
+    if (!c->tunnel && c->l->token_len && (c->auth_failed = auth_check(c, h)) != 0)
+        return NB_EAUTH; /* the parser stops; parse_failed() answers 407 */
+    if (c->unauth) {
+        c->unauth = 0; /* leaves the unauthenticated budget */
+        c->l->nunauth--;
+    }
+    return req_on_head(c, h);
+}
+
+static const nb_http_cbs_t req_cbs = {rp_on_head, req_on_body, req_on_complete};
+
+/* A fresh request parser for the HTTP stream inside a tunnel or on the
+ * plain proxy connection. Bodies stream: no body cap. */
+int nb_px_conn_start_http(cconn_t *c)
+{
+    nb_http_limits_t lim;
+    nb_http_limits_default(&lim);
+    lim.max_body = 0;
+    nb_http_parser_free(c->rp);
+    c->rp = NULL;
+    int r = nb_http_parser_new(NB_HTTP_REQUEST, &lim, &req_cbs, c, &c->rp);
+    if (r < 0)
+        return r;
+    c->parse_paused = 0;
+    return 0;
+}
+
+static void parse_failed(cconn_t *c)
+{
+    if (c->auth_failed) {
+        auth_refuse(c);
+        return;
+    }
+    nb_http_err_t e = nb_http_parser_error(c->rp);
+    if (c->x.reject_status)
+        return; /* on_head refused it already; after_feed replies */
+    const char *tok = nb_http_err_token(e);
+    nb_log_conn(NB_LOG_INFO, c->id, "refusing a malformed request: %s", tok);
+    json_t *d = json_pack("{s:s, s:s, s:s}", "reason", tok, "threat", "A15", "stage", "request");
+    nb_px_record(c, "refusal", c->tunnel ? c->auth.host : NULL, c->tunnel ? c->auth.port : 0, d);
+    c->px->st.refused++;
+    if (c->x.resp_head_sent || c->x.head_sent) {
+        nb_px_conn_close(c);
+        return;
+    }
+    nb_px_conn_drop_up(c, 0);
+    nb_px_reply(c, nb_http_err_status(e), "bad-request", tok, c->tunnel ? c->auth.host : "",
+                nb_http_err_message(e), "fix the client: the proxy refuses ambiguous HTTP", 1);
+}
+
+/* Feeds held client bytes to the request parser until a message ends (the
+ * parser then pauses until the exchange is over). */
+void nb_px_conn_feed(cconn_t *c)
+{
+    if (c->feeding)
+        return;
+    c->feeding = 1;
+    while (!c->parse_paused && c->in.len > 0 && (c->state == CS_START || c->state == CS_HTTP)) {
+        size_t used = 0;
+        if (!c->head_started && !c->x.head_ok)
+            c->head_started = uv_now(c->px->loop);
+        int r = nb_http_parser_feed(c->rp, c->in.p, c->in.len, &used);
+        nb_buf_consume(&c->in, used);
+        if (r == NB_HTTP_MORE)
+            continue;
+        if (r == NB_HTTP_DONE || r == NB_HTTP_UPGRADED) {
+            c->x.req_done = 1;
+            c->parse_paused = 1;
+            continue;
+        }
+        c->feeding = 0;
+        parse_failed(c);
+        return;
+    }
+    c->feeding = 0;
+    if (c->state == CS_START || c->state == CS_HTTP)
+        after_feed(c);
+    if (c->state != CS_CLOSING)
+        nb_px_conn_update_read(c);
+}
+
+/* The tunnel's verdict came from a prompt while one of its requests
+ * waited (the rule that admitted it was gone). */
+static void on_tunnel_regate(void *ud, const nb_gate_verdict_t *v)
+{
+    cconn_t *c = ud;
+    c->wait = NULL;
+    c->x.gate_waiting = 0;
+    c->pol_gen = nb_gate_generation(c->px->cfg.gate);
+    c->pol_why = v->why;
+    gate_verdict(c, v);
+    if (c->state != CS_CLOSING)
+        nb_px_conn_update_read(c);
+}
+
+static int tunnel_rejudge(cconn_t *c, nb_gate_verdict_t *v)
+{
+    nb_gate_t *g = c->px->cfg.gate;
+    uint64_t gen = nb_gate_generation(g);
+    if (c->pol_gen == gen)
+        return 2;
+    if (nb_gate_rules_verdict(g, &c->dest, v)) {
+        c->pol_gen = gen;
+        if (v->allowed) {
+            /* An allow-once admission outlives the rule that covers it now. */
+            if (c->pol_why != NB_GATE_WHY_ALLOW_ONCE)
+                c->pol_why = v->why;
+            return 2;
+        }
+        nb_log_conn(NB_LOG_INFO, c->id, "%s:%u is no longer allowed (%s): request refused",
+                    c->auth.host, c->auth.port, nb_gate_why_name(v->why));
+        return 1;
+    }
+    /* No rule decides. An allow-once answer holds for this connection;
+     * an admission by a rule that is gone does not: ask again. */
+    if (c->pol_why == NB_GATE_WHY_ALLOW_ONCE) {
+        c->pol_gen = gen;
+        return 2;
+    }
+    int r = nb_px_gate_check(c, &c->dest, v, on_tunnel_regate);
+    if (r == 1) {
+        c->pol_gen = gen;
+        c->pol_why = v->why;
+    }
+    return r;
+}
+
+static int tunnel_undeny(cconn_t *c)
+{
+    nb_gate_t *g = c->px->cfg.gate;
+    uint64_t gen = nb_gate_generation(g);
+    nb_gate_verdict_t v;
+    if (c->pol_gen == gen)
+        return 0;
+    c->pol_gen = gen;
+    if (!nb_gate_rules_verdict(g, &c->dest, &v) || !v.allowed)
+        return 0;
+    nb_px_record_gate(c, c->auth.host, c->auth.port, &v, "policy-change");
+    c->deny = 0;
+    c->pol_why = v.why;
+    return 1;
 }

@@ -1,20 +1,17 @@
-/* Internal structures shared by the proxy's modules:
- *   proxy.c          engine, listeners, client connections, CONNECT, gate
- *   proxy_http.c     one inspected HTTP exchange (inject, forward, redact)
- *   proxy_upstream.c upstream connections: resolve, A13 filter, connect,
- *                    TLS verify, keep-alive pool
- *   proxy_pipe.c     raw byte pipes (tunnels, WebSocket after 101)
- *   proxy_reply.c    denials and errors (403/502/504 JSON bodies)
- * Not a public interface. */
+/* Internal structures shared by the proxy's files (proxy.c lists them and
+ * their layers). Not a public interface. */
 #ifndef NB_PROXY_INT_H
 #define NB_PROXY_INT_H
 
 #include <stdint.h>
 
+#include "daemon/egress/ca.h"
 #include "daemon/egress/gate.h"
 #include "daemon/egress/inject.h"
 #include "daemon/egress/proxy.h"
+#include "daemon/egress/proxy_creds.h"
 #include "daemon/egress/proxy_io.h"
+#include "daemon/egress/proxy_upstream.h"
 #include "daemon/egress/proxy_url.h"
 #include "daemon/egress/decode.h"
 #include "daemon/egress/redact.h"
@@ -23,13 +20,14 @@
 #include "lib/http.h"
 
 #define PX_MAX_HEADERS 128
+#define IN_PAUSED_MAX (64 * 1024) /* pipelined client bytes held while an exchange runs */
+#define IN_CAP (1024 * 1024)      /* hard cap on held client bytes */
 #define PX_INJECT_CAP (128 * 1024)
 #define PX_RESP_HEAD_MAX (64 * 1024)
 #define PX_TALLY_MAX 8      /* bindings tallied per connection */
 #define PX_LEAK_ROWS_MAX 32 /* leak rows per connection before they are only counted */
 
 typedef struct cconn cconn_t;
-typedef struct upconn upconn_t;
 
 /* Refusals of one kind on one listener: the first of a burst is an audit
  * row at once, later ones within PX_BURST_MS are only counted and the
@@ -38,7 +36,7 @@ typedef struct upconn upconn_t;
 typedef struct {
     uint64_t last_row; /* uv_now of the last row, 0: none yet */
     uint64_t suppressed;
-} px_burst_t;
+} nb_px_burst_t;
 
 struct nb_proxy {
     uv_loop_t *loop;
@@ -47,14 +45,15 @@ struct nb_proxy {
     nb_pxcreds_t *creds;
     nb_proxy_listener_t *listeners;
     uint64_t next_listener_id;
-    int closing;
+    unsigned closing : 1;
     void (*done)(void *ud);
     void *done_ud;
     nb_proxy_stats_t st;
-    uint64_t gate_watch; /* nb_gate_watch handle: rule changes walk the connections */
-    size_t nconns;       /* client connections of every listener */
-    size_t nrefusing;    /* of which being refused (503 lingering) */
-    int reserve_fd;      /* a spare descriptor given up on EMFILE (proxy.c accept_short) */
+    uint64_t gate_watch;        /* nb_gate_watch handle: rule changes walk the connections */
+    size_t nconns;              /* client connections of every listener */
+    size_t nrefusing;           /* of which being refused (503 lingering) */
+    int reserve_fd;             /* a spare descriptor given up on EMFILE (proxy.c accept_short) */
+    void (*tunnel)(cconn_t *c); /* nb_px_tunnel_connect: proxy_http.c hands CONNECTs up */
 };
 
 struct nb_proxy_listener {
@@ -65,27 +64,23 @@ struct nb_proxy_listener {
     char vm[NB_RULES_VM_MAX];
     char ip[64];
     int port;
-    int test_mode;
-    int channel;      /* nb_proxy_attach(): no TCP server, connections are adopted */
-    int ip_no_prompt; /* IP destinations without a rule are denied, not prompted (A12) */
-    char token[129];  /* client authentication (proxy.h auth_token); "" for none */
-    int is_unix;      /* nb_proxy_listen_unix(): psrv, path; peers checked by uid */
+    unsigned test_mode : 1;
+    unsigned channel : 1;      /* nb_proxy_attach(): no TCP server, connections are adopted */
+    unsigned ip_no_prompt : 1; /* IP destinations without a rule are denied, not prompted (A12) */
+    char token[129];           /* client authentication (proxy.h auth_token); "" for none */
+    unsigned is_unix : 1;      /* nb_proxy_listen_unix(): psrv, path; peers checked by uid */
     uv_pipe_t psrv;
     char path[108];
     size_t token_len;
-    px_burst_t auth_burst, full_burst; /* rate-limited refusal rows */
-    SSL_CTX *client_ctx;
+    nb_px_burst_t auth_burst, full_burst; /* rate-limited refusal rows */
     nb_proxy_resolve_t resolve[NB_PROXY_MAX_RESOLVE];
-    size_t nresolve;
     cconn_t *conns;
     size_t nconns;
-    size_t nrefusing; /* connections being refused (proxy.c refuse_full) */
-    size_t nunauth;   /* connections with no authenticated request yet */
-    upconn_t *pool;   /* idle upstream connections */
-    size_t npool;
-    unsigned nups; /* upstream connections alive (owned, pooled or closing) */
-    int closing;
-    int srv_closed;
+    size_t nrefusing;  /* connections being refused (proxy.c refuse_full) */
+    size_t nunauth;    /* connections with no authenticated request yet */
+    nb_px_pool_t pool; /* upstream connections */
+    unsigned closing : 1;
+    unsigned srv_closed : 1;
 };
 
 enum {
@@ -101,44 +96,44 @@ enum {
 
 /* One request/response exchange on an inspected connection. */
 typedef struct {
-    int active;
-    int is_connect;      /* a CONNECT request (handled by proxy.c once read) */
-    int started;         /* gate / upstream work began */
-    int retried;         /* re-sent once on a fresh upstream after a stale pooled one */
-    int head_ok;         /* request head accepted */
-    int req_done;        /* request message fully received */
-    int req_sent;        /* request (head + body) fully written upstream */
-    int upgrade;         /* WebSocket upgrade requested */
-    int absolute;        /* absolute-form request (plain proxy) */
-    nb_http_head_t head; /* borrowed slices stay valid until the next message is fed */
+    unsigned active : 1;
+    unsigned is_connect : 1; /* a CONNECT request (handled by proxy.c once read) */
+    unsigned started : 1;    /* gate / upstream work began */
+    unsigned retried : 1;    /* re-sent once on a fresh upstream after a stale pooled one */
+    unsigned head_ok : 1;    /* request head accepted */
+    unsigned req_done : 1;   /* request message fully received */
+    unsigned req_sent : 1;   /* request (head + body) fully written upstream */
+    unsigned upgrade : 1;    /* WebSocket upgrade requested */
+    unsigned absolute : 1;   /* absolute-form request (plain proxy) */
+    nb_http_head_t head;     /* borrowed slices stay valid until the next message is fed */
     char method[16];
     nb_iov_t origin;           /* path + query to send upstream */
     nb_pxurl_authority_t auth; /* destination of this request */
     nb_dest_t dest;
-    int tls; /* upstream is TLS */
-    int gate_waiting;
-    int head_sent;   /* upstream head written */
-    int req_chunked; /* body re-framed as chunked upstream */
-    int req_has_body;
-    nb_buf_t pending;   /* body bytes received before the upstream was ready */
-    int resp_head_sent; /* final response head written to the client */
-    int resp_done;
-    int resp_out_chunked;
-    int resp_out_close; /* body delimited by closing the client connection */
-    int resp_redact;
-    int resp_scanned;       /* the host has bindings: every response is scanned (A5) */
+    unsigned tls : 1; /* upstream is TLS */
+    unsigned gate_waiting : 1;
+    unsigned head_sent : 1;   /* upstream head written */
+    unsigned req_chunked : 1; /* body re-framed as chunked upstream */
+    unsigned req_has_body : 1;
+    nb_buf_t pending;            /* body bytes received before the upstream was ready */
+    unsigned resp_head_sent : 1; /* final response head written to the client */
+    unsigned resp_done : 1;
+    unsigned resp_out_chunked : 1;
+    unsigned resp_out_close : 1; /* body delimited by closing the client connection */
+    unsigned resp_redact : 1;
     nb_decode_t *dec;       /* decoding a compressed body for the redactor (A5) */
     const char *fail_token; /* set by resp_on_head to refuse the response */
     char fail_msg[160];
     int resp_status;
-    int resp_keepalive; /* upstream may be reused */
-    int client_keepalive;
-    int interim;       /* a 1xx response was being forwarded */
-    int reject_status; /* set in on_head when the request is refused */
+    unsigned resp_keepalive : 1; /* upstream may be reused */
+    unsigned client_keepalive : 1;
+    unsigned interim : 1; /* a 1xx response was being forwarded */
+    int reject_status;    /* set in on_head when the request is refused */
     const char *reject_token;
     char reject_msg[256];
-    int git_client; /* User-Agent git/...: our replies are text/plain (shown as "remote:") */
-    int npm_client; /* User-Agent npm/...: it prints body.error after the reason phrase */
+    unsigned
+        git_client : 1; /* User-Agent git/...: our replies are text/plain (shown as "remote:") */
+    unsigned npm_client : 1; /* User-Agent npm/...: it prints body.error after the reason phrase */
     int ninjected;
     uint64_t t0;
 } exch_t;
@@ -150,33 +145,33 @@ struct cconn {
     uint64_t id;
     nb_pxio_t io;
     uv_timer_t timer;
-    int timer_open;
-    int io_closed, timer_closed;
-    int state;
+    unsigned io_closed : 1, timer_closed : 1;
+    uint8_t state;         /* CS_* */
     uint64_t last_active;  /* uv_now */
     uint64_t head_started; /* uv_now when a request head began, 0 when none pending */
 
     /* CONNECT tunnel destination (tunnel == 1) */
-    int tunnel;
-    int transparent; /* adopted with a destination: a tunnel without the CONNECT exchange */
+    unsigned tunnel : 1;
+    unsigned
+        transparent : 1; /* adopted with a destination: a tunnel without the CONNECT exchange */
     nb_pxurl_authority_t auth;
     nb_dest_t dest;
-    int inspect;  /* parse HTTP inside */
-    int tls;      /* client side is TLS (intercepted) */
-    int deny;     /* deny mode: every request gets 403 */
-    int deny_why; /* nb_gate_why_t */
+    unsigned inspect : 1; /* parse HTTP inside */
+    unsigned tls : 1;     /* client side is TLS (intercepted) */
+    unsigned deny : 1;    /* deny mode: every request gets 403 */
+    int deny_why;         /* nb_gate_why_t */
     char deny_reason[64];
-    char reply_addr[64]; /* the internal address of a 502 internal-address (px_reply) */
+    char reply_addr[64]; /* the internal address of a 502 internal-address (nb_px_reply) */
     uint16_t reply_port; /* ... and its port */
-    int64_t reply_rule;  /* the deny rule of the last verdict (px_reply names it), or 0 */
+    int64_t reply_rule;  /* the deny rule of the last verdict (nb_px_reply names it), or 0 */
     nb_gate_wait_t *wait;
     /* The CONNECT (or transparent connection) was answered before its gate
      * decision: its TLS handshake, first request (inspected ports) or
      * first bytes (raw ports) wait for the verdict; nothing goes upstream
      * and no name is resolved before it. Cleared by the verdict. */
-    int held;
-    int early; /* the CONNECT was answered before its verdict (stays set) */
-    int rule_http;
+    unsigned held : 1;
+    unsigned early : 1; /* the CONNECT was answered before its verdict (stays set) */
+    unsigned rule_http : 1;
     /* Policy follow-up: the gate generation the destination was last
      * judged at, and why it was admitted (an allow-once answer holds for
      * this connection only as long as no rule decides otherwise). */
@@ -185,28 +180,28 @@ struct cconn {
 
     nb_http_parser_t *rp;
     nb_buf_t in; /* received, not yet fed */
-    int parse_paused;
-    int feeding;
-    int close_after;
-    int client_eof;
-    int auth_failed; /* 1: no, 2: wrong Proxy-Authorization (proxy.c answers 407) */
-    int refusing;    /* refused (503, then close) or made room for: out of the budgets */
-    int unauth;      /* counted in l->nunauth: no request passed auth yet */
+    unsigned parse_paused : 1;
+    unsigned feeding : 2; /* nb_px_conn_feed, or an upstream read being parsed */
+    unsigned close_after : 1;
+    unsigned client_eof : 1;
+    unsigned auth_failed : 2; /* 1: no, 2: wrong Proxy-Authorization (proxy.c answers 407) */
+    unsigned refusing : 1;    /* refused (503, then close) or made room for: out of the budgets */
+    unsigned unauth : 1;      /* counted in l->nunauth: no request passed auth yet */
     uint64_t created;
 
     exch_t x;
     upconn_t *up;
     nb_inject_out_t inj;
-    int inj_ready;
+    unsigned inj_ready : 1;
     nb_redact_t *red;
     nb_buf_t scratch;       /* response head building */
     nb_http_header_t *hdrs; /* PX_MAX_HEADERS + extras, for the injector */
     nb_pxcreds_t *creds;    /* snapshot used by the current request */
-    int sink_raw;           /* redactor output is the response head (no chunk framing) */
+    unsigned sink_raw : 1;  /* redactor output is the response head (no chunk framing) */
     char clbuf[24];         /* Content-Length value for the upstream head */
 
     /* pipe mode */
-    int pipe_c_eof, pipe_u_eof;
+    unsigned pipe_c_eof : 1, pipe_u_eof : 1;
     nb_wsscan_t *ws;      /* WebSocket on a scanned host: server frames redacted (A5) */
     nb_redact_t *red_ctl; /* the WebSocket control frames' redactor */
     uint64_t ws_reported; /* replacements already audited */
@@ -226,117 +221,85 @@ struct cconn {
     size_t ntally;
     unsigned leak_rows;
     uint64_t leaks_unrecorded;
-    int summarized;
+    unsigned summarized : 1;
 };
 
-enum { UP_RESOLVING = 1, UP_CONNECTING, UP_HANDSHAKE, UP_READY, UP_POOLED, UP_CLOSING };
+/* Each file calls only the layers below it (proxy.c lists them). */
 
-#define UP_MAX_ADDRS 8
-
-struct upconn {
-    nb_proxy_listener_t *l;
-    cconn_t *owner;        /* NULL while pooled or closing */
-    upconn_t *next, *prev; /* pool list */
-    nb_pxio_t io;
-    uv_timer_t timer;
-    uv_getaddrinfo_t gai;
-    int gai_pending;
-    unsigned handles;
-    int state;
-    char host[NB_HOSTNAME_BUFSZ];
-    int is_ip;
-    uint16_t port;
-    int tls;
-    char vm[NB_RULES_VM_MAX];
-    struct sockaddr_storage addrs[UP_MAX_ADDRS];
-    size_t naddrs, next_addr;
-    char addr_text[64]; /* the address connected to, for logs */
-    nb_http_parser_t *rp;
-    nb_buf_t in;
-    int reused;
-    int fail_status;        /* 502 / 504 */
-    const char *fail_token; /* X-Nilbox-Reason */
-    char fail_msg[224];
-    char fail_addr[64]; /* internal-address: the address that was refused */
-    uint16_t fail_port; /* ... and the port it was refused on */
-    int tmode;          /* what the timer measures (proxy_upstream.c) */
-};
-
-/* proxy.c */
+/* proxy_conn.c */
+void nb_px_record(cconn_t *c, const char *kind, const char *host, int port, json_t *detail);
+/* A gate.decision row; a deny verdict's rule is what nb_px_reply names. */
+void nb_px_record_gate(cconn_t *c, const char *host, int port, const nb_gate_verdict_t *v,
+                       const char *how);
+/* Refusal rows rate-limited per listener (nb_px_burst_t); the counts not yet
+ * in a row when the listener closes. */
+void nb_px_burst_row(nb_proxy_t *px, nb_proxy_listener_t *l, nb_px_burst_t *b, uint64_t conn,
+                     const char *reason, const char *threat, const char *msg);
+void nb_px_burst_flush(nb_proxy_listener_t *l, nb_px_burst_t *b, const char *reason,
+                       const char *threat);
 /* nb_gate_check() for a connection's destination: on listeners with
  * ip_no_prompt an IP literal that no rule decides is denied at once. */
-int px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done);
-void px_record(cconn_t *c, const char *kind, const char *host, int port, json_t *detail);
-void px_conn_close(cconn_t *c);
-void px_conn_touch(cconn_t *c);
-void px_listener_check(nb_proxy_listener_t *l); /* frees a closed listener once empty */
-void px_conn_feed(cconn_t *c);
-int px_conn_start_http(cconn_t *c);
-void px_conn_linger(cconn_t *c);
-void px_conn_update_read(cconn_t *c);
-void px_conn_connect(cconn_t *c);
-void px_conn_tunnel_ready(cconn_t *c, upconn_t *u, int r);
-void px_conn_summarize(cconn_t *c); /* the audit summary rows of a closing connection */
-/* Re-judges a tunnel's destination before one of its requests goes
- * upstream: 2 when the policy did not change or still allows it (go on,
- * nothing to record), 1 with *v filled (record and apply it), 0 when it
- * waits on a prompt (px_http_gate_verdict runs later). */
-int px_tunnel_rejudge(cconn_t *c, nb_gate_verdict_t *v);
-/* A tunnel in deny mode whose destination a rule now allows leaves deny
- * mode (1); otherwise 0. */
-int px_tunnel_undeny(cconn_t *c);
-
-/* proxy_http.c */
-int px_http_on_head(cconn_t *c, const nb_http_head_t *h);
-int px_http_on_body(cconn_t *c, const uint8_t *p, size_t len);
-int px_http_on_complete(cconn_t *c);
-void px_http_after_feed(cconn_t *c);
-void px_http_upstream_ready(cconn_t *c, upconn_t *u, int r);
-void px_http_up_data(upconn_t *u, const uint8_t *p, size_t len);
-void px_http_up_eof(upconn_t *u);
-void px_http_client_drain(cconn_t *c);
-void px_http_up_drain(upconn_t *u);
-void px_http_gate_verdict(cconn_t *c, const nb_gate_verdict_t *v);
-/* The tunnel's held request goes on (or gets its 403 in deny mode) now
- * that the CONNECT's verdict is in (proxy.c records the verdict). */
-void px_http_release(cconn_t *c);
-void px_http_up_timeout(upconn_t *u);
-void px_exch_reset(cconn_t *c);
-
-/* proxy_upstream.c */
-/* Finds a pooled connection (unless `fresh`) or starts a new one; the
- * outcome arrives in px_http_upstream_ready / px_conn_tunnel_ready. */
-int px_up_acquire(cconn_t *c, const char *host, int is_ip, uint16_t port, int tls, int fresh);
-void px_up_release(upconn_t *u, int reusable);
-void px_up_close(upconn_t *u);
-void px_up_pool_drain(nb_proxy_listener_t *l);
-void px_up_arm_response(upconn_t *u); /* the request is out: time the response head */
-void px_up_disarm(upconn_t *u);
-extern const nb_pxio_cbs_t px_up_cbs;
-
-/* proxy_pipe.c */
-void px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen);
-void px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len);
-void px_pipe_client_eof(cconn_t *c);
-void px_pipe_up_data(upconn_t *u, const uint8_t *p, size_t len);
-void px_pipe_up_eof(upconn_t *u);
-void px_pipe_client_drain(cconn_t *c);
-void px_pipe_up_drain(upconn_t *u);
-void px_pipe_shutdown_done(cconn_t *c);
-/* Scans the upstream's WebSocket frames from now on (hosts with bindings). */
-int px_pipe_scan_ws(cconn_t *c);
-/* The upstream bytes that came with the 101 head. */
-int px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len);
-/* Frees what px_pipe_scan_ws and the HTTP exchange allocated. */
-void px_pipe_free(cconn_t *c);
+int nb_px_gate_check(cconn_t *c, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done);
+/* Records the failure of c's upstream connection `u` (a refusal row) and
+ * keeps the refused address for the reply. */
+void nb_px_record_up_failure(cconn_t *c, const upconn_t *u, const char *host, int port);
+/* Gives c's upstream connection back (to the pool when `reusable`). */
+void nb_px_conn_drop_up(cconn_t *c, int reusable);
+void nb_px_conn_close(cconn_t *c);
+/* Ends the connection once our last reply is written (reads and drops
+ * what the client still sends for a moment). */
+void nb_px_conn_linger(cconn_t *c);
+void nb_px_conn_update_read(cconn_t *c);
+void nb_px_conn_summarize(cconn_t *c); /* the audit summary rows of a closing connection */
+/* Free a closed listener once empty, the engine once it has none. */
+void nb_px_listener_maybe_free(nb_proxy_listener_t *l);
+void nb_px_engine_maybe_free(nb_proxy_t *px);
 
 /* proxy_reply.c */
 /* Writes a complete JSON error response on the client connection:
  * {"error", "host", "reason", "hint"} plus X-Nilbox-Reason: `why` (a
  * stable token). `close` adds Connection: close and ends the connection
  * once the reply is written. */
-void px_reply(cconn_t *c, int status, const char *error, const char *why, const char *host,
-              const char *reason, const char *hint, int close);
-const char *px_why_hint(int why);
+void nb_px_reply(cconn_t *c, int status, const char *error, const char *why, const char *host,
+                 const char *reason, const char *hint, int close);
+const char *nb_px_why_hint(int why);
+
+/* proxy_pipe.c */
+/* Bytes both ways between the client and c->up (which it takes over), the
+ * client's `cpre` first. */
+void nb_px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen);
+void nb_px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len);
+void nb_px_pipe_client_eof(cconn_t *c);
+void nb_px_pipe_client_drain(cconn_t *c);
+void nb_px_pipe_shutdown_done(cconn_t *c);
+/* Scans the upstream's WebSocket frames from now on (hosts with bindings). */
+int nb_px_pipe_scan_ws(cconn_t *c);
+/* The upstream bytes that came with the 101 head. */
+int nb_px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len);
+
+/* proxy_http.c */
+/* A fresh request parser for the connection (plain proxy or tunnel). */
+int nb_px_conn_start_http(cconn_t *c);
+/* Feeds held client bytes to the request parser until a message ends
+ * (the parser then pauses until the exchange is over). A complete
+ * CONNECT goes to px->tunnel. */
+void nb_px_conn_feed(cconn_t *c);
+void nb_px_http_client_drain(cconn_t *c);
+/* The tunnel's held request goes on (or gets its 403 in deny mode) now
+ * that the CONNECT's verdict is in (proxy_tunnel.c records the verdict). */
+void nb_px_http_release(cconn_t *c);
+void nb_px_exch_reset(cconn_t *c);
+
+/* proxy_tunnel.c */
+/* A CONNECT request was read completely (any bytes after it are in
+ * c->in), or a transparent connection starts. */
+void nb_px_tunnel_connect(cconn_t *c);
+/* The tunnel's first bytes are in c->in: TLS to terminate or plain HTTP. */
+void nb_px_tunnel_sniff(cconn_t *c);
+
+static inline void nb_px_conn_touch(cconn_t *c)
+{
+    c->last_active = uv_now(c->px->loop);
+}
 
 #endif

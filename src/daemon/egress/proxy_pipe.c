@@ -35,34 +35,37 @@ static void maybe_done(cconn_t *c)
         return;
     if ((c->io.shut && !c->io.shut_done) || (u && u->io.shut && !u->io.shut_done))
         return; /* on_shutdown brings us back */
-    px_conn_close(c);
+    nb_px_conn_close(c);
 }
 
-void px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen)
+static const nb_px_up_cbs_t up_cbs;
+
+void nb_px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen)
 {
     c->state = CS_PIPE;
+    nb_px_up_attach(c->up, &up_cbs, c);
     if (cprelen && nb_pxio_write(&c->up->io, cpre, cprelen, 0) < 0) {
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     if (c->client_eof) {
         c->pipe_c_eof = 1;
         nb_pxio_shutdown(&c->up->io);
     }
-    px_conn_update_read(c);
+    nb_px_conn_update_read(c);
     up_update_read(c);
 }
 
-void px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len)
+void nb_px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len)
 {
     if (!c->up || nb_pxio_write(&c->up->io, p, len, 0) < 0) {
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
-    px_conn_update_read(c);
+    nb_px_conn_update_read(c);
 }
 
-int px_pipe_scan_ws(cconn_t *c)
+int nb_px_pipe_scan_ws(cconn_t *c)
 {
     int r;
     if (!c->red_ctl && (r = nb_redact_new(&c->red_ctl)) < 0)
@@ -73,16 +76,6 @@ int px_pipe_scan_ws(cconn_t *c)
     c->ws = NULL;
     c->ws_reported = nb_redact_count(c->red);
     return nb_wsscan_new(c->red, c->red_ctl, &c->ws);
-}
-
-void px_pipe_free(cconn_t *c)
-{
-    nb_wsscan_free(c->ws);
-    c->ws = NULL;
-    nb_redact_free(c->red_ctl);
-    c->red_ctl = NULL;
-    nb_decode_free(c->x.dec);
-    c->x.dec = NULL;
 }
 
 static int ws_sink(void *ud, const uint8_t *p, size_t len)
@@ -108,9 +101,9 @@ static void ws_audit(cconn_t *c)
                 "%s echoed a secret in a WebSocket frame: %" PRIu64
                 " occurrence(s) replaced by the placeholder",
                 c->x.auth.host, d);
-    px_record(c, "leak", c->x.auth.host, c->x.auth.port,
-              json_pack("{s:s, s:s, s:I, s:s}", "threat", "A5", "action", "redacted", "replaced",
-                        (json_int_t)d, "where", "websocket"));
+    nb_px_record(c, "leak", c->x.auth.host, c->x.auth.port,
+                 json_pack("{s:s, s:s, s:I, s:s}", "threat", "A5", "action", "redacted", "replaced",
+                           (json_int_t)d, "where", "websocket"));
 }
 
 /* Bytes from the upstream to the client, scanned when they must be. */
@@ -128,39 +121,39 @@ static int up_to_client(cconn_t *c, const uint8_t *p, size_t len)
     return r;
 }
 
-void px_pipe_up_data(upconn_t *u, const uint8_t *p, size_t len)
+static void up_data(upconn_t *u, const uint8_t *p, size_t len)
 {
-    cconn_t *c = u->owner;
-    px_conn_touch(c);
+    cconn_t *c = u->ud;
+    nb_px_conn_touch(c);
     if (up_to_client(c, p, len) < 0) {
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     up_update_read(c);
 }
 
-int px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len)
+int nb_px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len)
 {
     return up_to_client(c, p, len);
 }
 
-void px_pipe_client_eof(cconn_t *c)
+void nb_px_pipe_client_eof(cconn_t *c)
 {
     c->pipe_c_eof = 1;
     if (c->up)
         nb_pxio_shutdown(&c->up->io);
-    px_conn_update_read(c);
+    nb_px_conn_update_read(c);
     maybe_done(c);
 }
 
-void px_pipe_up_eof(upconn_t *u)
+static void up_eof(upconn_t *u)
 {
-    cconn_t *c = u->owner;
+    cconn_t *c = u->ud;
     c->pipe_u_eof = 1;
     if (u->io.failed || (c->ws && nb_wsscan_partial(c->ws))) {
         /* Cut mid-frame: held-back bytes may be part of a value, and the
          * client cannot use half a frame anyway. */
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     nb_pxio_shutdown(&c->io);
@@ -168,17 +161,25 @@ void px_pipe_up_eof(upconn_t *u)
     maybe_done(c);
 }
 
-void px_pipe_client_drain(cconn_t *c)
+void nb_px_pipe_client_drain(cconn_t *c)
 {
     up_update_read(c);
 }
 
-void px_pipe_up_drain(upconn_t *u)
+static void up_drain(upconn_t *u)
 {
-    px_conn_update_read(u->owner);
+    nb_px_conn_update_read(u->ud);
 }
 
-void px_pipe_shutdown_done(cconn_t *c)
+void nb_px_pipe_shutdown_done(cconn_t *c)
 {
     maybe_done(c);
 }
+
+static void up_shutdown(upconn_t *u)
+{
+    maybe_done(u->ud);
+}
+
+static const nb_px_up_cbs_t up_cbs = {
+    .data = up_data, .eof = up_eof, .drain = up_drain, .shutdown = up_shutdown};

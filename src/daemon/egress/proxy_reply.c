@@ -108,14 +108,14 @@ static void phrase(char *out, size_t outsz, const char *s)
     out[n] = '\0';
 }
 
-void px_reply(cconn_t *c, int status, const char *error, const char *why, const char *host,
-              const char *reason, const char *hint, int close)
+void nb_px_reply(cconn_t *c, int status, const char *error, const char *why, const char *host,
+                 const char *reason, const char *hint, int close)
 {
     if (c->state == CS_CLOSING)
         return;
     if (c->x.resp_head_sent) {
         /* Too late for a reply: the client already has a response head. */
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     host = host ? host : "";
@@ -163,7 +163,7 @@ void px_reply(cconn_t *c, int status, const char *error, const char *why, const 
         json_decref(j);
     }
     if (!body) {
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     size_t blen = strlen(body);
@@ -185,7 +185,7 @@ void px_reply(cconn_t *c, int status, const char *error, const char *why, const 
                      close ? "close" : "keep-alive");
     if (n < 0 || (size_t)n >= sizeof head) {
         free(body);
-        px_conn_close(c);
+        nb_px_conn_close(c);
         return;
     }
     uv_buf_t bufs[3] = {uv_buf_init(head, (unsigned)n), uv_buf_init(body, (unsigned)blen),
@@ -195,5 +195,26 @@ void px_reply(cconn_t *c, int status, const char *error, const char *why, const 
     c->x.resp_head_sent = 1;
     c->x.resp_done = 1;
     if (r < 0 || close)
-        px_conn_linger(c);
+        nb_px_conn_linger(c);
+}
+
+const char *nb_px_why_hint(int why)
+{
+    switch (why) {
+    case NB_GATE_WHY_DENY_RULE:
+    case NB_GATE_WHY_DENY_ALWAYS:
+        return "a deny rule covers this destination; the user can remove it with 'nilbox rule rm'";
+    case NB_GATE_WHY_BLOCKLIST:
+        return "the destination is on the blocklist";
+    case NB_GATE_WHY_TIMEOUT:
+        return "nobody answered the prompt in time; ask the user to run 'nilbox prompts' and retry";
+    case NB_GATE_WHY_DENY_ONCE:
+        return "the user denied this connection; retrying asks again";
+    case NB_GATE_WHY_OVERLOAD:
+        return "too many destinations are waiting for an answer; retry later";
+    case NB_GATE_WHY_NO_PROMPT:
+        return "no rule allows this destination; ask the user to add one with 'nilbox rule add'";
+    default:
+        return "ask the user to allow this destination ('nilbox prompts' or 'nilbox rule add')";
+    }
 }

@@ -1,6 +1,4 @@
-/* Upstream connections: resolution on the host, the internal-address
- * filter (A13), connect with fallback over the resolved addresses, TLS with
- * certificate and name verification, and the keep-alive pool. */
+/* The proxy's HTTP/1.1 client toward upstreams (proxy_upstream.h). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -9,7 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/egress/proxy_int.h"
+#include "daemon/egress/proxy_upstream.h"
+#include "daemon/egress/gate.h"
 #include "lib/err.h"
 #include "lib/log.h"
 
@@ -23,12 +22,12 @@ static void up_maybe_free(upconn_t *u)
 {
     if (u->handles || u->gai_pending)
         return;
-    nb_proxy_listener_t *l = u->l;
+    nb_px_pool_t *pool = u->pool;
     nb_http_parser_free(u->rp);
-    nb_buf_free(&u->in);
     free(u);
-    l->nups--;
-    px_listener_check(l); /* it may be waiting for its last upstream to go */
+    pool->nups--;
+    if (pool->on_empty && !pool->nups)
+        pool->on_empty(pool->owner); /* a closing listener waits for its last upstream */
 }
 
 static void on_io_closed(nb_pxio_t *io)
@@ -47,25 +46,24 @@ static void on_timer_closed(uv_handle_t *h)
 
 static void pool_unlink(upconn_t *u)
 {
-    nb_proxy_listener_t *l = u->l;
+    nb_px_pool_t *pool = u->pool;
     if (u->prev)
         u->prev->next = u->next;
-    else if (l->pool == u)
-        l->pool = u->next;
+    else if (pool->idle == u)
+        pool->idle = u->next;
     if (u->next)
         u->next->prev = u->prev;
     u->next = u->prev = NULL;
-    l->npool--;
 }
 
-void px_up_close(upconn_t *u)
+void nb_px_up_close(upconn_t *u)
 {
     if (u->state == UP_CLOSING)
         return;
     if (u->state == UP_POOLED)
         pool_unlink(u);
     u->state = UP_CLOSING;
-    u->owner = NULL;
+    u->cbs = NULL;
     if (u->gai_pending)
         uv_cancel((uv_req_t *)&u->gai);
     uv_timer_stop(&u->timer);
@@ -76,20 +74,15 @@ void px_up_close(upconn_t *u)
 
 static void dispatch_ready(upconn_t *u, int r)
 {
-    cconn_t *c = u->owner;
-    if (!c) {
-        px_up_close(u);
+    const nb_px_up_cbs_t *cbs = u->cbs;
+    if (!cbs) {
+        nb_px_up_close(u);
         return;
     }
     uv_timer_stop(&u->timer);
-    if (r < 0) {
-        u->owner = NULL;
-        c->up = NULL;
-    }
-    if (c->state == CS_CONNECTING)
-        px_conn_tunnel_ready(c, u, r);
-    else
-        px_http_upstream_ready(c, u, r);
+    if (r < 0)
+        u->cbs = NULL;
+    cbs->ready(u, r);
 }
 
 static void up_fail(upconn_t *u, int status, const char *token, const char *fmt, ...)
@@ -112,12 +105,12 @@ static void arm(upconn_t *u, int mode, uint64_t ms)
     uv_timer_start(&u->timer, on_up_timer, ms, 0);
 }
 
-void px_up_arm_response(upconn_t *u)
+void nb_px_up_arm_response(upconn_t *u)
 {
-    arm(u, T_RESPONSE, u->l->px->cfg.response_timeout_ms);
+    arm(u, T_RESPONSE, u->pool->cfg->response_timeout_ms);
 }
 
-void px_up_disarm(upconn_t *u)
+void nb_px_up_disarm(upconn_t *u)
 {
     uv_timer_stop(&u->timer);
 }
@@ -125,17 +118,13 @@ void px_up_disarm(upconn_t *u)
 static void on_up_timer(uv_timer_t *t)
 {
     upconn_t *u = t->data;
-    switch (u->tmode) {
-    case T_CONNECT:
+    if (u->tmode == T_CONNECT)
         up_fail(u, 504, "upstream-timeout", "no connection to %s:%u within %" PRIu64 " ms", u->host,
-                u->port, u->l->px->cfg.connect_timeout_ms);
-        return;
-    case T_RESPONSE:
-        px_http_up_timeout(u);
-        return;
-    default:
-        px_up_close(u);
-    }
+                u->port, u->pool->cfg->connect_timeout_ms);
+    else if (u->tmode == T_RESPONSE && u->cbs && u->cbs->timeout)
+        u->cbs->timeout(u);
+    else
+        nb_px_up_close(u);
 }
 
 static void ready(upconn_t *u)
@@ -160,7 +149,7 @@ static void up_on_connect(nb_pxio_t *io, int r)
         return;
     }
     u->state = UP_HANDSHAKE;
-    r = nb_pxio_tls_client(&u->io, u->l->client_ctx, u->host, u->is_ip);
+    r = nb_pxio_tls_client(&u->io, u->pool->client_ctx, u->host, u->is_ip);
     if (r < 0)
         up_fail(u, 502, "upstream-tls", "cannot start TLS toward %s: %s", u->host, nb_strerror(r));
 }
@@ -181,32 +170,26 @@ static void up_on_handshake(nb_pxio_t *io, int r)
 static void up_on_data(nb_pxio_t *io, const uint8_t *p, size_t len)
 {
     upconn_t *u = io->ud;
-    if (u->state == UP_POOLED || !u->owner) {
+    if (u->state == UP_POOLED || !u->cbs) {
         /* An idle upstream has nothing to say: close it. */
-        px_up_close(u);
+        nb_px_up_close(u);
         return;
     }
-    if (u->owner->state == CS_PIPE)
-        px_pipe_up_data(u, p, len);
-    else
-        px_http_up_data(u, p, len);
+    u->cbs->data(u, p, len);
 }
 
 static void up_on_eof(nb_pxio_t *io)
 {
     upconn_t *u = io->ud;
-    if (u->state != UP_READY || !u->owner) {
+    if (u->state != UP_READY || !u->cbs) {
         if (u->state == UP_HANDSHAKE) {
             up_fail(u, 502, "upstream-tls", "%s closed the connection during TLS", u->host);
             return;
         }
-        px_up_close(u);
+        nb_px_up_close(u);
         return;
     }
-    if (u->owner->state == CS_PIPE)
-        px_pipe_up_eof(u);
-    else
-        px_http_up_eof(u);
+    u->cbs->eof(u);
 }
 
 static void up_on_error(nb_pxio_t *io, int r)
@@ -226,22 +209,18 @@ static void up_on_error(nb_pxio_t *io, int r)
 static void up_on_drain(nb_pxio_t *io)
 {
     upconn_t *u = io->ud;
-    if (!u->owner || u->state != UP_READY)
-        return;
-    if (u->owner->state == CS_PIPE)
-        px_pipe_up_drain(u);
-    else
-        px_http_up_drain(u);
+    if (u->cbs && u->state == UP_READY)
+        u->cbs->drain(u);
 }
 
 static void up_on_shutdown(nb_pxio_t *io)
 {
     upconn_t *u = io->ud;
-    if (u->owner && u->owner->state == CS_PIPE)
-        px_pipe_shutdown_done(u->owner);
+    if (u->cbs && u->cbs->shutdown)
+        u->cbs->shutdown(u);
 }
 
-const nb_pxio_cbs_t px_up_cbs = {
+static const nb_pxio_cbs_t io_cbs = {
     .on_shutdown = up_on_shutdown,
     .on_data = up_on_data,
     .on_eof = up_on_eof,
@@ -271,7 +250,7 @@ static void on_reconnect_closed(nb_pxio_t *io)
         up_maybe_free(u);
         return;
     }
-    if (nb_pxio_init(u->l->px->loop, &u->io, &px_up_cbs, u) < 0) {
+    if (nb_pxio_init(u->pool->loop, &u->io, &io_cbs, u) < 0) {
         u->io.closing = 1; /* nothing open */
         up_fail(u, 502, "upstream-error", "out of resources");
         return;
@@ -313,6 +292,22 @@ static void try_next(upconn_t *u)
     }
 }
 
+static void ip_to_sockaddr(const nb_ipaddr_t *ip, uint16_t port, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    if (ip->family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)ss;
+        in->sin_family = AF_INET;
+        memcpy(&in->sin_addr, ip->a, 4);
+        in->sin_port = htons(port);
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+        in6->sin6_family = AF_INET6;
+        memcpy(&in6->sin6_addr, ip->a, 16);
+        in6->sin6_port = htons(port);
+    }
+}
+
 /* Keeps the candidate addresses an upstream connection may use: public
  * ones, and internal ones only where an explicit IP rule allows them. */
 static void add_addr(upconn_t *u, const struct sockaddr *sa, uint16_t port, const char **why,
@@ -326,39 +321,13 @@ static void add_addr(upconn_t *u, const struct sockaddr *sa, uint16_t port, cons
     if (!ip.family)
         return;
     const char *kind = nb_ip_internal_kind(&ip);
-    if (kind && !nb_gate_addr_allowed(u->l->px->cfg.gate, u->vm, &ip, port)) {
+    if (kind && !nb_gate_addr_allowed(u->pool->cfg->gate, u->pool->vm, &ip, port)) {
         *why = kind;
         snprintf(whyaddr, whyaddrsz, "%s", text);
         u->fail_port = port;
         return;
     }
-    struct sockaddr_storage *ss = &u->addrs[u->naddrs++];
-    memset(ss, 0, sizeof *ss);
-    if (ip.family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)ss;
-        in->sin_family = AF_INET;
-        memcpy(&in->sin_addr, ip.a, 4);
-        in->sin_port = htons(port);
-    } else {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-        in6->sin6_family = AF_INET6;
-        memcpy(&in6->sin6_addr, ip.a, 16);
-        in6->sin6_port = htons(port);
-    }
-}
-
-static void ip_to_sockaddr(const nb_ipaddr_t *ip, struct sockaddr_storage *ss)
-{
-    memset(ss, 0, sizeof *ss);
-    if (ip->family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)ss;
-        in->sin_family = AF_INET;
-        memcpy(&in->sin_addr, ip->a, 4);
-    } else {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-        in6->sin6_family = AF_INET6;
-        memcpy(&in6->sin6_addr, ip->a, 16);
-    }
+    ip_to_sockaddr(&ip, port, &u->addrs[u->naddrs++]);
 }
 
 static void addrs_done(upconn_t *u, const char *why, const char *whyaddr)
@@ -402,17 +371,17 @@ static void on_gai(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 static void start_resolve(upconn_t *u)
 {
-    nb_proxy_listener_t *l = u->l;
+    nb_px_pool_t *pool = u->pool;
     const char *why = NULL;
     char whyaddr[64] = "";
     struct sockaddr_storage ss;
     if (!u->is_ip)
-        l->px->st.resolves++;
-    for (size_t i = 0; i < l->nresolve; i++) {
-        const nb_proxy_resolve_t *o = &l->resolve[i];
+        pool->st->resolves++;
+    for (size_t i = 0; i < pool->nresolve; i++) {
+        const nb_proxy_resolve_t *o = &pool->resolve[i];
         if (strcmp(o->host, u->host) != 0 || (o->port && o->port != u->port))
             continue;
-        ip_to_sockaddr(&o->addr, &ss);
+        ip_to_sockaddr(&o->addr, 0, &ss);
         add_addr(u, (struct sockaddr *)&ss, o->to_port ? o->to_port : u->port, &why, whyaddr,
                  sizeof whyaddr);
         addrs_done(u, why, whyaddr);
@@ -421,7 +390,7 @@ static void start_resolve(upconn_t *u)
     if (u->is_ip) {
         nb_ipaddr_t ip;
         nb_ip_parse(u->host, strlen(u->host), &ip);
-        ip_to_sockaddr(&ip, &ss);
+        ip_to_sockaddr(&ip, 0, &ss);
         add_addr(u, (struct sockaddr *)&ss, u->port, &why, whyaddr, sizeof whyaddr);
         addrs_done(u, why, whyaddr);
         return;
@@ -432,7 +401,7 @@ static void start_resolve(upconn_t *u)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_ADDRCONFIG;
     u->gai.data = u;
-    int r = uv_getaddrinfo(l->px->loop, &u->gai, on_gai, u->host, NULL, &hints);
+    int r = uv_getaddrinfo(pool->loop, &u->gai, on_gai, u->host, NULL, &hints);
     if (r < 0) {
         up_fail(u, 502, "resolve-failed", "cannot resolve %s: %s", u->host, uv_strerror(r));
         return;
@@ -440,20 +409,20 @@ static void start_resolve(upconn_t *u)
     u->gai_pending = 1;
 }
 
-int px_up_acquire(cconn_t *c, const char *host, int is_ip, uint16_t port, int tls, int fresh)
+int nb_px_up_acquire(nb_px_pool_t *pool, const char *host, int is_ip, uint16_t port, int tls,
+                     int fresh, const nb_px_up_cbs_t *cbs, void *ud, upconn_t **out)
 {
-    nb_proxy_listener_t *l = c->l;
-    for (upconn_t *u = fresh ? NULL : l->pool; u; u = u->next) {
+    for (upconn_t *u = fresh ? NULL : pool->idle; u; u = u->next) {
         if (u->port == port && u->tls == tls && strcmp(u->host, host) == 0) {
             pool_unlink(u);
             uv_timer_stop(&u->timer);
             /* Reading stays on (no epoll churn): a byte before our request
-             * is refused in px_http_up_data. */
+             * is refused by the owner's `data`. */
             u->state = UP_READY;
-            u->owner = c;
-            c->up = u;
+            nb_px_up_attach(u, cbs, ud);
+            *out = u;
             u->reused = 1;
-            l->px->st.pool_reused++;
+            pool->st->pool_reused++;
             dispatch_ready(u, 0);
             return 0;
         }
@@ -461,65 +430,105 @@ int px_up_acquire(cconn_t *c, const char *host, int is_ip, uint16_t port, int tl
     upconn_t *u = calloc(1, sizeof *u);
     if (!u)
         return -ENOMEM;
-    u->l = l;
-    u->owner = c;
+    u->pool = pool;
+    nb_px_up_attach(u, cbs, ud);
     snprintf(u->host, sizeof u->host, "%s", host);
-    snprintf(u->vm, sizeof u->vm, "%s", l->vm);
-    u->is_ip = is_ip;
+    u->is_ip = is_ip != 0;
     u->port = port;
-    u->tls = tls;
-    nb_buf_init(&u->in, 1024 * 1024);
-    int r = nb_pxio_init(l->px->loop, &u->io, &px_up_cbs, u);
+    u->tls = tls != 0;
+    int r = nb_pxio_init(pool->loop, &u->io, &io_cbs, u);
     if (r < 0) {
         free(u);
         return r;
     }
-    l->nups++;
+    pool->nups++;
     u->handles = 1; /* the pxio (all its handles report through one callback) */
-    uv_timer_init(l->px->loop, &u->timer);
+    uv_timer_init(pool->loop, &u->timer);
     u->timer.data = u;
     u->handles++;
     u->state = UP_RESOLVING;
-    /* The connection owns its pending upstream from now on: closing the
-     * client closes (or cancels) it, so no callback reaches a freed one. */
-    c->up = u;
-    arm(u, T_CONNECT, l->px->cfg.connect_timeout_ms);
+    /* The owner holds its pending upstream from now on: closing it closes
+     * (or cancels) this, so no callback reaches a freed owner. */
+    *out = u;
+    arm(u, T_CONNECT, pool->cfg->connect_timeout_ms);
     start_resolve(u);
     return 0;
 }
 
-static size_t pool_count(nb_proxy_listener_t *l, const upconn_t *k)
+void nb_px_up_attach(upconn_t *u, const nb_px_up_cbs_t *cbs, void *ud)
+{
+    u->cbs = cbs;
+    u->ud = ud;
+}
+
+static const nb_http_cbs_t rp_cbs;
+
+int nb_px_up_expect(upconn_t *u, const char *method)
+{
+    if (!u->rp) {
+        nb_http_limits_t lim;
+        nb_http_limits_default(&lim);
+        lim.max_body = 0;
+        int r = nb_http_parser_new(NB_HTTP_RESPONSE, &lim, &rp_cbs, u, &u->rp);
+        if (r < 0)
+            return r;
+    }
+    nb_http_parser_expect_response_to(u->rp, method);
+    return 0;
+}
+
+static int rp_on_head(void *ud, const nb_http_head_t *h)
+{
+    upconn_t *u = ud;
+    return u->cbs ? u->cbs->head(u, h) : NB_ECLOSED;
+}
+
+static int rp_on_body(void *ud, const uint8_t *p, size_t len)
+{
+    upconn_t *u = ud;
+    return u->cbs ? u->cbs->body(u, p, len) : NB_ECLOSED;
+}
+
+static int rp_on_end(void *ud)
+{
+    upconn_t *u = ud;
+    return u->cbs ? u->cbs->end(u) : NB_ECLOSED;
+}
+
+static const nb_http_cbs_t rp_cbs = {rp_on_head, rp_on_body, rp_on_end};
+
+static size_t pool_count(nb_px_pool_t *pool, const upconn_t *k)
 {
     size_t n = 0;
-    for (upconn_t *u = l->pool; u; u = u->next)
+    for (upconn_t *u = pool->idle; u; u = u->next)
         if (u->port == k->port && u->tls == k->tls && strcmp(u->host, k->host) == 0)
             n++;
     return n;
 }
 
-void px_up_release(upconn_t *u, int reusable)
+void nb_px_up_release(upconn_t *u, int reusable)
 {
-    nb_proxy_listener_t *l = u->l;
-    u->owner = NULL;
-    if (!reusable || l->closing || u->state != UP_READY || u->io.failed || u->io.eof_seen ||
-        u->in.len || pool_count(l, u) >= l->px->cfg.pool_max_per_key) {
-        px_up_close(u);
+    nb_px_pool_t *pool = u->pool;
+    u->cbs = NULL;
+    if (!reusable || pool->closing || u->state != UP_READY || u->io.failed || u->io.eof_seen ||
+        pool_count(pool, u) >= pool->cfg->pool_max_per_key) {
+        nb_px_up_close(u);
         return;
     }
     u->state = UP_POOLED;
     nb_http_parser_idle(u->rp); /* no echo of a value kept while pooled */
-    u->next = l->pool;
+    u->next = pool->idle;
     u->prev = NULL;
-    if (l->pool)
-        l->pool->prev = u;
-    l->pool = u;
-    l->npool++;
-    arm(u, T_POOL, l->px->cfg.pool_idle_ms);
+    if (pool->idle)
+        pool->idle->prev = u;
+    pool->idle = u;
+    arm(u, T_POOL, pool->cfg->pool_idle_ms);
     nb_pxio_read_start(&u->io); /* notice when the upstream closes it */
 }
 
-void px_up_pool_drain(nb_proxy_listener_t *l)
+void nb_px_up_pool_drain(nb_px_pool_t *pool)
 {
-    while (l->pool)
-        px_up_close(l->pool);
+    pool->closing = 1;
+    while (pool->idle)
+        nb_px_up_close(pool->idle);
 }
