@@ -178,7 +178,8 @@ def raw_exchange(addr, data, timeout=5, family=socket.AF_INET):
     s.connect(addr)
     out = b""
     try:
-        s.sendall(data)
+        if data:  # sending nothing to a peer that already closed is EPIPE, not an answer
+            s.sendall(data)
         while True:
             b = s.recv(65536)
             if not b:
@@ -186,7 +187,7 @@ def raw_exchange(addr, data, timeout=5, family=socket.AF_INET):
             out += b
     except socket.timeout:
         pass
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):
         pass
     finally:
         s.close()
