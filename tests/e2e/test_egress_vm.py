@@ -230,8 +230,12 @@ class EgressE2E(VmSuite):
         self.ccli("secret", "set", "ANTHROPIC_API_KEY", input="sk-ant-real-0042")
         self.ccli("secret", "set", "GITHUB_TOKEN", input="ghp-real-0043")
         self.ccli("secret", "bind", "GITHUB_TOKEN", "--host", "api.github.com", "--vm", "other")
-        wait_for(lambda: "ANTHROPIC_API_KEY" in self.out("cat /etc/profile.d/nilbox-env.sh"), 60,
-                 "the new placeholder in the guest")
+        # GITHUB_TOKEN is provisioned for a moment between `set` and `bind --vm`:
+        # wait for the state after both, not for the first push.
+        def settled():
+            f = self.out("cat /etc/profile.d/nilbox-env.sh /etc/nilbox/env /etc/environment")
+            return "ANTHROPIC_API_KEY" in f and "GITHUB_TOKEN" not in f
+        wait_for(settled, 60, "the new placeholder in the guest, the scoped one gone")
         self.assertEqual(self.out('echo "$ANTHROPIC_API_KEY/$GITHUB_TOKEN"').strip(),
                          "ANTHROPIC_API_KEY/")
         self.assertNotIn("GITHUB_TOKEN", self.out("cat /etc/nilbox/env /etc/environment"))
