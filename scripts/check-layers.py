@@ -30,7 +30,7 @@ import re
 import subprocess
 import sys
 
-LAYERS = ["lib", "host", "daemon/secrets", "daemon/egress", "daemon/vm", "daemon"]
+LAYERS = ["lib", "host", "daemon/base", "daemon/secrets", "daemon/egress", "daemon/vm", "daemon"]
 # Programs on top: what each may include besides itself.
 APPS = {"cli": ("lib", "host"), "agent": ("lib",)}
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

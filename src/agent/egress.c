@@ -2,7 +2,7 @@
  *
  * Two TCP listeners on the guest's loopback; every accepted connection
  * becomes one `egress` stream to the host, which judges and forwards it
- * (docs/protocol.md section 6, src/daemon/egress/guestsvc.c):
+ * (docs/protocol.md section 6, src/daemon/guestsvc.c):
  *  - the explicit proxy (127.0.0.1:8088, what HTTP_PROXY/HTTPS_PROXY name):
  *    {"mode": "proxy"}, the bytes are the proxy protocol itself;
  *  - the transparent port (127.0.0.1:8089), where the image's nftables

@@ -5,7 +5,7 @@
 
 #include "daemon/api.h"
 #include "daemon/audit.h"
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "lib/buf.h"
 #include "lib/err.h"
 #include "lib/json.h"

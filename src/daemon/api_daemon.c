@@ -8,9 +8,9 @@
 #include "daemon/api.h"
 #include "daemon/daemon.h"
 #include "host/doctor.h"
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "daemon/secretsvc.h"
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 #include "lib/err.h"
 #include "lib/json.h"
 

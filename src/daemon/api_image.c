@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "daemon/api.h"
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "daemon/imgbuild.h"
 #include "host/image.h"
 #include "daemon/vm/manager.h"

@@ -11,7 +11,7 @@
 
 #include "daemon/api.h"
 #include "daemon/audit.h"
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "daemon/egress/gate.h"
 #include "lib/err.h"
 #include "lib/json.h"

@@ -7,9 +7,9 @@
 
 #include "daemon/api.h"
 #include "daemon/audit.h"
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "daemon/egress/gate.h"
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"

@@ -228,7 +228,7 @@ static int open_stream(bridge_t *b, json_t *args)
         fail(b, "not-running", "the VM's agent is not connected (is the VM running?)");
         return NB_ESTATE;
     }
-    /* The guest's placeholders and proxy settings (egress/guestsvc.c) go
+    /* The guest's placeholders and proxy settings (guestsvc.c) go
      * under the caller's own variables. */
     json_t *genv = b->d->guest.env ? b->d->guest.env(b->d->guest.ud, b->vm) : NULL;
     if (genv) {

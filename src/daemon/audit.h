@@ -48,7 +48,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 
 /* (events.h is not included: store.c includes this header for the
  * migration and must not depend on the HTTP library.) */

@@ -15,7 +15,7 @@
 #include <strings.h>
 #include <time.h>
 
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "daemon/secrets/binding.h"
 #include "lib/buf.h"
 #include "lib/err.h"

@@ -16,7 +16,7 @@
 
 #include "daemon/audit.h"
 #include "daemon/egress/gate.h"
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 
 typedef struct nb_blsvc nb_blsvc_t;
 

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <uv.h>
 
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 
 #define NB_IMGBUILD_MAX 4
 

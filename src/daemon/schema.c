@@ -5,7 +5,7 @@
 
 #include "daemon/audit.h"
 #include "daemon/egress/rules.h"
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 #include "daemon/vm/manager.h"
 
 /* ------------------------------------------------------------------------

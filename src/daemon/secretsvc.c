@@ -12,7 +12,7 @@
 
 #include "host/doctor.h"
 #include "daemon/egress/rules.h"
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "daemon/secretsvc_int.h"
 #include "lib/err.h"
 #include "lib/json.h"

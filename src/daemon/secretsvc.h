@@ -34,7 +34,7 @@
 #include "daemon/egress/ca.h"
 #include "host/home.h"
 #include "daemon/secrets/secrets.h"
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 
 typedef struct nb_secretsvc nb_secretsvc_t;
 

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "daemon/secretsvc_int.h"
 #include "lib/err.h"
 #include "lib/json.h"

@@ -45,13 +45,13 @@ typedef struct nb_daemon {
     uint64_t proxy_watch;    /* its nb_secretsvc_watch handle (credential snapshots) */
     nb_vmm_t *vmm;           /* vm/manager.h: the VM manager */
     nb_imgbuild_t *images;   /* imgbuild.h: guest image builds */
-    nb_guestsvc_t *guestsvc; /* egress/guestsvc.h: guest-opened streams, provisioning */
+    nb_guestsvc_t *guestsvc; /* guestsvc.h: guest-opened streams, provisioning */
     nb_api_t *api;
     /* The egress engine, created on first use (it needs the CA, which is
      * there once the secret store is open): d->proxy, or NULL with a
      * sentence in `err` while the store is not open or the daemon stops. */
     nb_proxy_t *(*egress)(struct nb_daemon *d, char *err, size_t errsz);
-    /* Hooks egress/guestsvc.c installs and the VM manager calls when set
+    /* Hooks guestsvc.c installs and the VM manager calls when set
      * (so the manager does not link the egress engine): a stream the
      * agent of `vm` opened (return as nb_muxsess_opts_t.on_open does), and
      * the agent of `vm` came up. */

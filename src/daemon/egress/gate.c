@@ -10,7 +10,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 #include "lib/err.h"
 #include "lib/log.h"
 

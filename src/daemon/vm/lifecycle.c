@@ -396,7 +396,7 @@ static void chan_up(nb_vmchan_t *c, void *ud)
     } else {
         nb_vm_emit(vm, "vm.agent", json_pack("{s:b}", "connected", 1));
     }
-    /* The guest's CA and environment (egress/guestsvc.c, in the background). */
+    /* The guest's CA and environment (guestsvc.c, in the background). */
     nb_daemon_t *d = vm->m->d;
     if (d->guest.on_agent_up)
         d->guest.on_agent_up(d->guest.ud, vm->spec.name);
@@ -414,7 +414,7 @@ static void chan_down(nb_vmchan_t *c, int err, const char *reason, void *ud)
         nb_log(NB_LOG_WARN, "vm %s: channel handshake failed: %s", vm->spec.name, reason);
 }
 
-/* Streams the guest opens (egress, dns) go to egress/guestsvc.c. */
+/* Streams the guest opens (egress, dns) go to guestsvc.c. */
 static int chan_open(nb_vmchan_t *c, nb_muxsess_stream_t *st, const char *service, nb_iov_t args,
                      void *ud)
 {

@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 #include "host/accel.h"
 #include "host/image.h"
 #include "daemon/vm/manager_int.h"

@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "lib/mux.h"
 #include "daemon/vm/manager.h"
 #include "daemon/vm/qemu.h"

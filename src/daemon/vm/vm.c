@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 #include "host/accel.h"
 #include "daemon/vm/manager_int.h"
 #include "lib/err.h"

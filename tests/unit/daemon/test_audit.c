@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "daemon/audit.h"
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "lib/json.h"
 #include "lib/err.h"
 #include "nbtest.h"

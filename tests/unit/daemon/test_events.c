@@ -1,12 +1,12 @@
-/* Unit tests for src/daemon/events: stamping, the replay ring, in-process
+/* Unit tests for src/daemon/base/events: stamping, the replay ring, in-process
  * subscribers and persistence (WebSocket fan-out is covered by the API
  * integration tests). */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "daemon/events.h"
-#include "daemon/store.h"
+#include "daemon/base/events.h"
+#include "daemon/base/store.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "nbtest.h"

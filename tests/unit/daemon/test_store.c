@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 #include "lib/err.h"
 #include "nbtest.h"
 

@@ -11,7 +11,7 @@
 
 #include "daemon/egress/gate.h"
 #include "daemon/egress/rules.h"
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 #include "lib/err.h"
 #include "nbtest.h"
 

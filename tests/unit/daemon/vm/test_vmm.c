@@ -9,7 +9,7 @@
 
 #include <sqlite3.h>
 
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 #include "daemon/vm/manager.h"
 #include "lib/err.h"
 #include "nbtest.h"

@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 #include "lib/httpserver.h"
 
 #define NB_EVENTS_RING 256        /* events kept in memory for replay */

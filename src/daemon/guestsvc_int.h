@@ -7,7 +7,7 @@
 #ifndef NB_GUESTSVC_INT_H
 #define NB_GUESTSVC_INT_H
 
-#include "daemon/egress/guestsvc.h"
+#include "daemon/guestsvc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -21,7 +21,7 @@
 #include "daemon/egress/fakedns.h"
 #include "daemon/egress/gate.h"
 #include "daemon/egress/proxy.h"
-#include "daemon/events.h"
+#include "daemon/base/events.h"
 #include "daemon/secretsvc.h"
 #include "daemon/vm/manager.h"
 #include "lib/err.h"

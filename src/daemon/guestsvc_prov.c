@@ -1,6 +1,6 @@
 /* Guest provisioning: placeholders, the CA and the environment, written
  * into the guest through its agent's ctl stream. */
-#include "daemon/egress/guestsvc_int.h"
+#include "daemon/guestsvc_int.h"
 
 /* ------------------------------------------------------------ environment */
 

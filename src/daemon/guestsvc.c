@@ -1,7 +1,7 @@
 /* Guest services: per-VM state, watchers and lifecycle; guest networking
  * is in guestsvc_net.c, provisioning in guestsvc_prov.c. See guestsvc.h and
  * docs/internals/guestsvc.md. */
-#include "daemon/egress/guestsvc_int.h"
+#include "daemon/guestsvc_int.h"
 
 /* ------------------------------------------------------------ per VM */
 

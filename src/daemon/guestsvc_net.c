@@ -1,6 +1,6 @@
 /* Guest networking: the egress streams (handed to the proxy engine) and
  * the DNS streams (fake IPs). */
-#include "daemon/egress/guestsvc_int.h"
+#include "daemon/guestsvc_int.h"
 
 /* ------------------------------------------------------------ egress */
 

@@ -1,4 +1,4 @@
-#include "daemon/store.h"
+#include "daemon/base/store.h"
 
 #include <errno.h>
 #include <stdio.h>
