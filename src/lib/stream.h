@@ -157,8 +157,12 @@ void nb_stream_read_stop(nb_stream_t *s);
  * shutdown or close; NB_ETOOBIG past a hard queue cap; a libuv error. */
 int nb_stream_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb, void *ud);
 
-/* Same, copying `n` bytes from borrowed `p`. */
+/* Same, copying `n` bytes from borrowed `p`; the slices of `bufs` in
+ * order. A TCP/pipe stream with nothing queued writes what the socket
+ * takes straight from them and copies only the rest. */
 int nb_stream_write_copy(nb_stream_t *s, const void *p, size_t n, nb_stream_write_cb cb, void *ud);
+int nb_stream_writev_copy(nb_stream_t *s, const uv_buf_t *bufs, unsigned n, nb_stream_write_cb cb,
+                          void *ud);
 
 /* 1 while the write queue is at or below the high-water mark. */
 int nb_stream_writable(const nb_stream_t *s);

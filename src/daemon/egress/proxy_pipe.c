@@ -44,7 +44,7 @@ void nb_px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen)
 {
     c->state = CS_PIPE;
     nb_px_up_attach(c->up, &up_cbs, c);
-    if (cprelen && nb_pxio_write(&c->up->io, cpre, cprelen, 0) < 0) {
+    if (cprelen && nb_pxio_write(&c->up->io, cpre, cprelen) < 0) {
         nb_px_conn_close(c);
         return;
     }
@@ -58,7 +58,7 @@ void nb_px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen)
 
 void nb_px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len)
 {
-    if (!c->up || nb_pxio_write(&c->up->io, p, len, 0) < 0) {
+    if (!c->up || nb_pxio_write(&c->up->io, p, len) < 0) {
         nb_px_conn_close(c);
         return;
     }
@@ -81,7 +81,7 @@ int nb_px_pipe_scan_ws(cconn_t *c)
 static int ws_sink(void *ud, const uint8_t *p, size_t len)
 {
     cconn_t *c = ud;
-    return nb_pxio_write(&c->io, p, len, 0);
+    return nb_pxio_write(&c->io, p, len);
 }
 
 /* Audits replacements made in WebSocket frames since the last row. */
@@ -110,7 +110,7 @@ static void ws_audit(cconn_t *c)
 static int up_to_client(cconn_t *c, const uint8_t *p, size_t len)
 {
     if (!c->ws)
-        return nb_pxio_write(&c->io, p, len, 0);
+        return nb_pxio_write(&c->io, p, len);
     int r = nb_wsscan_feed(c->ws, p, len, ws_sink, c);
     ws_audit(c);
     if (r == NB_EPROTO)
