@@ -826,13 +826,3 @@ int nb_stream_splice(nb_stream_t *a, nb_stream_t *b, const nb_splice_opts_t *o, 
     splice_release(sp);
     return 0;
 }
-
-void nb_splice_cancel(nb_splice_t *sp)
-{
-    if (!sp || sp->done)
-        return;
-    sp->o.on_done = NULL;
-    sp->pending++;
-    splice_finish(sp, 0, NULL);
-    splice_release(sp);
-}

@@ -209,8 +209,4 @@ typedef struct {
  * on_done; starts reading both. 0 or -ENOMEM (nothing changed). */
 int nb_stream_splice(nb_stream_t *a, nb_stream_t *b, const nb_splice_opts_t *o, nb_splice_t **out);
 
-/* Stops pumping without calling on_done; the streams' callbacks are
- * cleared and both stay open. NULL is a no-op. */
-void nb_splice_cancel(nb_splice_t *sp);
-
 #endif

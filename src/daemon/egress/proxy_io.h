@@ -75,7 +75,7 @@ struct nb_pxio {
     void (*on_closed)(nb_pxio_t *io);
     int corked;    /* writes are gathered until nb_pxio_uncork() */
     uint8_t *cork; /* gathered plaintext */
-    size_t cork_len, cork_cap;
+    size_t cork_len;
     uint8_t *rbuf; /* private plaintext buffer, only if a TLS delivery ever nests */
     uint64_t bytes_in, bytes_out;
 };
