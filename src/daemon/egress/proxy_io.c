@@ -26,15 +26,28 @@ static void tls_pump(nb_pxio_t *io);
 static uint8_t g_pbuf[NB_PXIO_READ_BUF];
 static int g_pbuf_busy;
 
+/* Reads the stream below unless it already does. */
+static int read_below(nb_pxio_t *io)
+{
+    int r = io->tcp_reading ? 0 : io->s ? nb_stream_read_start(io->s) : NB_ESTATE;
+    if (r == 0)
+        io->tcp_reading = 1;
+    return r;
+}
+
+static void stop_below(nb_pxio_t *io)
+{
+    if (io->tcp_reading)
+        nb_stream_read_stop(io->s);
+    io->tcp_reading = 0;
+}
+
 static void report_error(nb_pxio_t *io, int r)
 {
     if (io->failed || io->closing)
         return;
     io->failed = 1;
-    if (io->tcp_reading) {
-        nb_stream_read_stop(io->s);
-        io->tcp_reading = 0;
-    }
+    stop_below(io);
     if (io->cbs->on_error)
         io->cbs->on_error(io, r);
 }
@@ -63,10 +76,8 @@ static void on_read(nb_stream_t *st, ssize_t n, uint8_t *p, void *ud)
             tls_pump(io);
             /* Keep TLS records inside OpenSSL, not in the kernel, only
              * while the owner wants data or the handshake needs it. */
-            if (!io->closing && io->hs_done && !io->want_read && io->tcp_reading) {
-                nb_stream_read_stop(st);
-                io->tcp_reading = 0;
-            }
+            if (!io->closing && io->hs_done && !io->want_read)
+                stop_below(io);
         }
     }
     if (p) {
@@ -158,10 +169,7 @@ static void tls_pump(nb_pxio_t *io)
             else
                 note_tls_error(io, "handshake failed");
             io->failed = 1;
-            if (io->tcp_reading) {
-                nb_stream_read_stop(io->s);
-                io->tcp_reading = 0;
-            }
+            stop_below(io);
             if (io->cbs->on_handshake)
                 io->cbs->on_handshake(io, NB_ECRYPTO);
             return;
@@ -288,12 +296,9 @@ int nb_pxio_read_start(nb_pxio_t *io)
     if (io->closing || io->failed)
         return NB_ECLOSED;
     io->want_read = 1;
-    if (!io->eof_seen && !io->tcp_reading) {
-        int r = io->s ? nb_stream_read_start(io->s) : NB_ESTATE;
-        if (r < 0)
-            return r;
-        io->tcp_reading = 1;
-    }
+    int r = io->eof_seen ? 0 : read_below(io);
+    if (r < 0)
+        return r;
     if ((io->ssl && io->hs_done &&
          (BIO_ctrl_pending(io->rbio) > 0 || SSL_pending(io->ssl) > 0 || io->eof_seen)) ||
         (!io->ssl && io->eof_seen && !io->eof_reported))
@@ -304,10 +309,8 @@ int nb_pxio_read_start(nb_pxio_t *io)
 void nb_pxio_read_stop(nb_pxio_t *io)
 {
     io->want_read = 0;
-    if (io->tcp_reading && (!io->ssl || io->hs_done)) {
-        nb_stream_read_stop(io->s);
-        io->tcp_reading = 0;
-    }
+    if (!io->ssl || io->hs_done)
+        stop_below(io);
 }
 
 static int tls_setup(nb_pxio_t *io, SSL_CTX *ctx)
@@ -343,11 +346,8 @@ int nb_pxio_tls_server(nb_pxio_t *io, SSL_CTX *ctx, const char *expected, const 
         return r;
     if (prelen && BIO_write(io->rbio, pre, (int)prelen) != (int)prelen)
         return -ENOMEM;
-    if (!io->tcp_reading && !io->eof_seen) {
-        if ((r = io->s ? nb_stream_read_start(io->s) : NB_ESTATE) < 0)
-            return r;
-        io->tcp_reading = 1;
-    }
+    if (!io->eof_seen && (r = read_below(io)) < 0)
+        return r;
     if (prelen)
         uv_timer_start(&io->kick, on_kick, 0, 0);
     return 0;
@@ -371,11 +371,8 @@ int nb_pxio_tls_client(nb_pxio_t *io, SSL_CTX *ctx, const char *host, int is_ip)
             return NB_EINVAL;
     }
     SSL_set_verify(io->ssl, SSL_VERIFY_PEER, NULL);
-    if (!io->tcp_reading) {
-        if ((r = io->s ? nb_stream_read_start(io->s) : NB_ESTATE) < 0)
-            return r;
-        io->tcp_reading = 1;
-    }
+    if ((r = read_below(io)) < 0)
+        return r;
     tls_pump(io); /* sends the ClientHello */
     return 0;
 }
