@@ -381,11 +381,6 @@ oom:
 
 /* ---- request body ---- */
 
-static int write_body(cconn_t *c, const uint8_t *p, size_t len)
-{
-    return nb_pxio_write_body(&c->up->io, p, len, c->x.req_chunked);
-}
-
 static void finish_request(cconn_t *c)
 {
     exch_t *x = &c->x;
@@ -403,7 +398,7 @@ static int req_on_body(void *ud, const uint8_t *p, size_t len)
     if (x->reject_status || !x->head_ok || c->state == CS_CLOSING)
         return 0;
     if (x->head_sent && c->up) {
-        if (write_body(c, p, len) < 0)
+        if (nb_pxio_write_body(&c->up->io, p, len, c->x.req_chunked) < 0)
             return NB_ECLOSED;
         return 0;
     }
@@ -566,7 +561,7 @@ static void up_ready(upconn_t *u, int r)
     x->head_sent = 1;
     nb_px_up_arm_response(u);
     if (x->pending.len) {
-        if (write_body(c, x->pending.p, x->pending.len) < 0) {
+        if (nb_pxio_write_body(&c->up->io, x->pending.p, x->pending.len, x->req_chunked) < 0) {
             nb_px_conn_close(c);
             return;
         }
