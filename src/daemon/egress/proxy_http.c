@@ -816,7 +816,7 @@ static void switch_to_pipe(cconn_t *c, const uint8_t *up_left, size_t up_len)
         nb_px_conn_close(c);
         return;
     }
-    if (up_len && nb_px_pipe_up_first(c, up_left, up_len) < 0) {
+    if (up_len && nb_px_pipe_up_to_client(c, up_left, up_len) < 0) {
         nb_px_conn_close(c);
         return;
     }

@@ -106,8 +106,7 @@ static void ws_audit(cconn_t *c)
                            (json_int_t)d, "where", "websocket"));
 }
 
-/* Bytes from the upstream to the client, scanned when they must be. */
-static int up_to_client(cconn_t *c, const uint8_t *p, size_t len)
+int nb_px_pipe_up_to_client(cconn_t *c, const uint8_t *p, size_t len)
 {
     if (!c->ws)
         return nb_pxio_write(&c->io, p, len);
@@ -125,16 +124,11 @@ static void up_data(upconn_t *u, const uint8_t *p, size_t len)
 {
     cconn_t *c = u->ud;
     nb_px_conn_touch(c);
-    if (up_to_client(c, p, len) < 0) {
+    if (nb_px_pipe_up_to_client(c, p, len) < 0) {
         nb_px_conn_close(c);
         return;
     }
     up_update_read(c);
-}
-
-int nb_px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len)
-{
-    return up_to_client(c, p, len);
 }
 
 void nb_px_pipe_client_eof(cconn_t *c)
