@@ -317,14 +317,12 @@ int nb_stream_tcp_new(uv_loop_t *loop, nb_stream_t **out)
 {
     *out = NULL;
     uvs_t *u = calloc(1, sizeof *u);
-    if (!u)
-        return -ENOMEM;
-    stream_init(&u->base, &uvs_ops, loop);
-    int r = uv_tcp_init(loop, &u->u.tcp);
+    int r = u ? uv_tcp_init(loop, &u->u.tcp) : -ENOMEM;
     if (r < 0) {
         free(u);
         return r;
     }
+    stream_init(&u->base, &uvs_ops, loop);
     u->is_tcp = 1;
     u->u.h.data = u;
     *out = &u->base;
@@ -335,19 +333,14 @@ int nb_stream_pipe_new(uv_loop_t *loop, int fd, nb_stream_t **out)
 {
     *out = NULL;
     uvs_t *u = calloc(1, sizeof *u);
-    if (!u) {
-        if (fd >= 0)
-            close(fd);
-        return -ENOMEM;
-    }
-    stream_init(&u->base, &uvs_ops, loop);
-    int r = uv_pipe_init(loop, &u->u.pipe, 0);
+    int r = u ? uv_pipe_init(loop, &u->u.pipe, 0) : -ENOMEM;
     if (r < 0) {
         if (fd >= 0)
             close(fd);
         free(u);
         return r;
     }
+    stream_init(&u->base, &uvs_ops, loop);
     u->u.h.data = u;
     if (fd >= 0 && (r = uv_pipe_open(&u->u.pipe, fd)) < 0) {
         close(fd);
