@@ -69,15 +69,6 @@ int nb_stream_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb,
     return r;
 }
 
-int nb_stream_write_copy(nb_stream_t *s, const void *p, size_t n, nb_stream_write_cb cb, void *ud)
-{
-    uint8_t *c = malloc(n ? n : 1);
-    if (!c)
-        return -ENOMEM;
-    memcpy(c, p, n);
-    return nb_stream_write(s, c, n, cb, ud);
-}
-
 int nb_stream_writable(const nb_stream_t *s)
 {
     return s->ops->writable(s);
@@ -326,14 +317,12 @@ int nb_stream_tcp_new(uv_loop_t *loop, nb_stream_t **out)
 {
     *out = NULL;
     uvs_t *u = calloc(1, sizeof *u);
-    if (!u)
-        return -ENOMEM;
-    stream_init(&u->base, &uvs_ops, loop);
-    int r = uv_tcp_init(loop, &u->u.tcp);
+    int r = u ? uv_tcp_init(loop, &u->u.tcp) : -ENOMEM;
     if (r < 0) {
         free(u);
         return r;
     }
+    stream_init(&u->base, &uvs_ops, loop);
     u->is_tcp = 1;
     u->u.h.data = u;
     *out = &u->base;
@@ -344,19 +333,14 @@ int nb_stream_pipe_new(uv_loop_t *loop, int fd, nb_stream_t **out)
 {
     *out = NULL;
     uvs_t *u = calloc(1, sizeof *u);
-    if (!u) {
-        if (fd >= 0)
-            close(fd);
-        return -ENOMEM;
-    }
-    stream_init(&u->base, &uvs_ops, loop);
-    int r = uv_pipe_init(loop, &u->u.pipe, 0);
+    int r = u ? uv_pipe_init(loop, &u->u.pipe, 0) : -ENOMEM;
     if (r < 0) {
         if (fd >= 0)
             close(fd);
         free(u);
         return r;
     }
+    stream_init(&u->base, &uvs_ops, loop);
     u->u.h.data = u;
     if (fd >= 0 && (r = uv_pipe_open(&u->u.pipe, fd)) < 0) {
         close(fd);
@@ -366,6 +350,45 @@ int nb_stream_pipe_new(uv_loop_t *loop, int fd, nb_stream_t **out)
     }
     *out = &u->base;
     return 0;
+}
+
+int nb_stream_writev_copy(nb_stream_t *s, const uv_buf_t *bufs, unsigned n, nb_stream_write_cb cb,
+                          void *ud)
+{
+    if (s->closing || s->shut)
+        return NB_ESTATE;
+    size_t total = 0, skip = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    if (s->ops == &uvs_ops && ((uvs_t *)s)->queued == 0) {
+        /* Most writes fit in the socket buffer: no copy. */
+        int t = uv_try_write(&((uvs_t *)s)->u.s, bufs, n);
+        if (t < 0 && t != UV_EAGAIN)
+            return t;
+        skip = t > 0 ? (size_t)t : 0;
+        if (skip == total) {
+            if (cb)
+                cb(s, 0, ud);
+            return 0;
+        }
+    }
+    uint8_t *c = malloc(total > skip ? total - skip : 1);
+    if (!c)
+        return -ENOMEM;
+    size_t o = 0;
+    for (unsigned i = 0; i < n; i++) {
+        size_t from = skip < bufs[i].len ? skip : bufs[i].len;
+        skip -= from;
+        memcpy(c + o, bufs[i].base + from, bufs[i].len - from);
+        o += bufs[i].len - from;
+    }
+    return nb_stream_write(s, c, o, cb, ud);
+}
+
+int nb_stream_write_copy(nb_stream_t *s, const void *p, size_t n, nb_stream_write_cb cb, void *ud)
+{
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    return nb_stream_writev_copy(s, &b, 1, cb, ud);
 }
 
 uv_stream_t *nb_stream_uv_handle(nb_stream_t *s)
@@ -795,14 +818,4 @@ int nb_stream_splice(nb_stream_t *a, nb_stream_t *b, const nb_splice_opts_t *o, 
     }
     splice_release(sp);
     return 0;
-}
-
-void nb_splice_cancel(nb_splice_t *sp)
-{
-    if (!sp || sp->done)
-        return;
-    sp->o.on_done = NULL;
-    sp->pending++;
-    splice_finish(sp, 0, NULL);
-    splice_release(sp);
 }

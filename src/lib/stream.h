@@ -157,8 +157,12 @@ void nb_stream_read_stop(nb_stream_t *s);
  * shutdown or close; NB_ETOOBIG past a hard queue cap; a libuv error. */
 int nb_stream_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb, void *ud);
 
-/* Same, copying `n` bytes from borrowed `p`. */
+/* Same, copying `n` bytes from borrowed `p`; the slices of `bufs` in
+ * order. A TCP/pipe stream with nothing queued writes what the socket
+ * takes straight from them and copies only the rest. */
 int nb_stream_write_copy(nb_stream_t *s, const void *p, size_t n, nb_stream_write_cb cb, void *ud);
+int nb_stream_writev_copy(nb_stream_t *s, const uv_buf_t *bufs, unsigned n, nb_stream_write_cb cb,
+                          void *ud);
 
 /* 1 while the write queue is at or below the high-water mark. */
 int nb_stream_writable(const nb_stream_t *s);
@@ -204,9 +208,5 @@ typedef struct {
  * (and the other way round). Takes over both streams' callbacks until
  * on_done; starts reading both. 0 or -ENOMEM (nothing changed). */
 int nb_stream_splice(nb_stream_t *a, nb_stream_t *b, const nb_splice_opts_t *o, nb_splice_t **out);
-
-/* Stops pumping without calling on_done; the streams' callbacks are
- * cleared and both stay open. NULL is a no-op. */
-void nb_splice_cancel(nb_splice_t *sp);
 
 #endif

@@ -335,11 +335,6 @@ static int over_budget(const nb_proxy_listener_t *l, size_t extra)
            px->nconns - px->nrefusing + extra > px->cfg.max_conns_total;
 }
 
-int nb_proxy_listener_has_room(const nb_proxy_listener_t *l)
-{
-    return !l->closing && !l->px->closing && !over_budget(l, 1);
-}
-
 /* Over budget (A28): the connection is counted already. One audit row per
  * burst; a client gets a 503 it can show, unless refusals themselves pile
  * up (each lingers a moment), then it is closed at once. */

@@ -153,11 +153,6 @@ typedef struct {
     uint16_t port;
 } nb_proxy_dest_t;
 
-/* 1 when listener `l` can take another client connection now (its
- * budget and the engine's are not used up). The guest channel asks before
- * adopting a stream so that it can answer OPEN_ERR. */
-int nb_proxy_listener_has_room(const nb_proxy_listener_t *l);
-
 /* Hands a connected byte stream (e.g. a guest's nbmux egress stream) to
  * listener `l` as a new client connection; on 0 the connection owns it
  * and has taken over its callbacks, on error the caller still owns it

@@ -132,19 +132,6 @@ const char *const *nb_pxcreds_names(const nb_pxcreds_t *c, size_t *n)
     return c->wnames;
 }
 
-int nb_pxcreds_host_has_bindings(const nb_pxcreds_t *c, const char *host, const char *vm)
-{
-    for (size_t i = 0; i < c->nbindings; i++) {
-        const nb_binding_t *b = &c->wbindings[i];
-        if (b->vm[0] && strcmp(b->vm, vm ? vm : "") != 0)
-            continue;
-        int wild = b->host[0] == '*' && b->host[1] == '.';
-        if (wild ? nb_host_pattern_match(b->host, host) : strcmp(b->host, host) == 0)
-            return 1;
-    }
-    return 0;
-}
-
 int nb_pxcreds_host_bound_any(const nb_pxcreds_t *c, const char *host)
 {
     for (size_t i = 0; i < c->nbindings; i++) {

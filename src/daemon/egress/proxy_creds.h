@@ -48,12 +48,6 @@ void nb_pxcreds_unref(nb_pxcreds_t *c); /* NULL is a no-op */
 const nb_binding_t *nb_pxcreds_bindings(const nb_pxcreds_t *c, size_t *n);
 const char *const *nb_pxcreds_names(const nb_pxcreds_t *c, size_t *n);
 
-/* 1 when some binding might inject into a request for `host` from `vm`
- * (host pattern and VM scope match; path and cleartext are not checked):
- * the proxy then asks the upstream for an uncompressed response so the
- * redactor can see echoed values. */
-int nb_pxcreds_host_has_bindings(const nb_pxcreds_t *c, const char *host, const char *vm);
-
 /* 1 when some binding, for any VM, names `host` (pattern or exact): a
  * value may have been sent there, so everything that comes back from it
  * on an inspected connection is scanned (A5), for every VM. */

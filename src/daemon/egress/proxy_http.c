@@ -362,7 +362,7 @@ static int send_head(cconn_t *c, upconn_t *u)
         return -1;
     }
     x->resp_redact = nb_redact_needles(c->red) > 0;
-    r = nb_pxio_write(&u->io, c->inj.p, c->inj.len, !x->tls);
+    r = nb_pxio_write(&u->io, c->inj.p, c->inj.len);
     nb_inject_out_wipe(&c->inj);
     if (r < 0) {
         nb_px_conn_drop_up(c, 0);
@@ -381,26 +381,12 @@ oom:
 
 /* ---- request body ---- */
 
-static int write_body(cconn_t *c, const uint8_t *p, size_t len)
-{
-    upconn_t *u = c->up;
-    if (len == 0)
-        return 0;
-    if (!c->x.req_chunked)
-        return nb_pxio_write(&u->io, p, len, 0);
-    char hdr[24];
-    int n = snprintf(hdr, sizeof hdr, "%zx\r\n", len);
-    uv_buf_t b[3] = {uv_buf_init(hdr, (unsigned)n), uv_buf_init((char *)p, (unsigned)len),
-                     uv_buf_init("\r\n", 2)};
-    return nb_pxio_writev(&u->io, b, 3, 0);
-}
-
 static void finish_request(cconn_t *c)
 {
     exch_t *x = &c->x;
     if (x->req_sent)
         return;
-    if (x->req_chunked && nb_pxio_write(&c->up->io, "0\r\n\r\n", 5, 0) < 0)
+    if (x->req_chunked && nb_pxio_write(&c->up->io, "0\r\n\r\n", 5) < 0)
         return;
     x->req_sent = 1;
 }
@@ -412,7 +398,7 @@ static int req_on_body(void *ud, const uint8_t *p, size_t len)
     if (x->reject_status || !x->head_ok || c->state == CS_CLOSING)
         return 0;
     if (x->head_sent && c->up) {
-        if (write_body(c, p, len) < 0)
+        if (nb_pxio_write_body(&c->up->io, p, len, c->x.req_chunked) < 0)
             return NB_ECLOSED;
         return 0;
     }
@@ -575,7 +561,7 @@ static void up_ready(upconn_t *u, int r)
     x->head_sent = 1;
     nb_px_up_arm_response(u);
     if (x->pending.len) {
-        if (write_body(c, x->pending.p, x->pending.len) < 0) {
+        if (nb_pxio_write_body(&c->up->io, x->pending.p, x->pending.len, x->req_chunked) < 0) {
             nb_px_conn_close(c);
             return;
         }
@@ -592,15 +578,7 @@ static void up_ready(upconn_t *u, int r)
 static int body_sink(void *ud, const uint8_t *p, size_t len)
 {
     cconn_t *c = ud;
-    if (len == 0)
-        return 0;
-    if (c->sink_raw || !c->x.resp_out_chunked)
-        return nb_pxio_write(&c->io, p, len, 0);
-    char hdr[24];
-    int n = snprintf(hdr, sizeof hdr, "%zx\r\n", len);
-    uv_buf_t b[3] = {uv_buf_init(hdr, (unsigned)n), uv_buf_init((char *)p, (unsigned)len),
-                     uv_buf_init("\r\n", 2)};
-    return nb_pxio_writev(&c->io, b, 3, 0);
+    return nb_pxio_write_body(&c->io, p, len, !c->sink_raw && c->x.resp_out_chunked);
 }
 
 /* The response's Content-Encoding for an error message. The upstream
@@ -634,7 +612,7 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
     if (h->status < 200 && h->status != 101) {
         x->interim = 1;
         if (h->status == 100 && x->head.version_minor >= 1 && x->head.expect_continue)
-            return nb_pxio_write(&c->io, "HTTP/1.1 100 Continue\r\n\r\n", 25, 0);
+            return nb_pxio_write(&c->io, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         return 0; /* other 1xx (102, 103) are dropped */
     }
     x->interim = 0;
@@ -726,7 +704,7 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
         c->sink_raw = 0;
         return r;
     }
-    return nb_pxio_write(&c->io, b->p, b->len, 0);
+    return nb_pxio_write(&c->io, b->p, b->len);
 }
 
 static int redact_sink(void *ud, const uint8_t *p, size_t len)
@@ -793,7 +771,7 @@ static int resp_on_complete(upconn_t *u)
         }
     }
     if (r == 0 && x->resp_out_chunked)
-        r = nb_pxio_write(&c->io, "0\r\n\r\n", 5, 0);
+        r = nb_pxio_write(&c->io, "0\r\n\r\n", 5);
     x->resp_done = 1;
     return r;
 }
@@ -838,7 +816,7 @@ static void switch_to_pipe(cconn_t *c, const uint8_t *up_left, size_t up_len)
         nb_px_conn_close(c);
         return;
     }
-    if (up_len && nb_px_pipe_up_first(c, up_left, up_len) < 0) {
+    if (up_len && nb_px_pipe_up_to_client(c, up_left, up_len) < 0) {
         nb_px_conn_close(c);
         return;
     }
@@ -1050,7 +1028,7 @@ static void auth_refuse(cconn_t *c)
                         uv_buf_init((char *)body, (unsigned)(sizeof body - 1))};
     c->x.resp_head_sent = 1;
     c->x.resp_done = 1;
-    nb_pxio_writev(&c->io, bufs, 2, 0);
+    nb_pxio_writev(&c->io, bufs, 2);
     nb_px_conn_linger(c);
 }
 

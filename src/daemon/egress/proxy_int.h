@@ -274,8 +274,9 @@ void nb_px_pipe_client_drain(cconn_t *c);
 void nb_px_pipe_shutdown_done(cconn_t *c);
 /* Scans the upstream's WebSocket frames from now on (hosts with bindings). */
 int nb_px_pipe_scan_ws(cconn_t *c);
-/* The upstream bytes that came with the 101 head. */
-int nb_px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len);
+/* Upstream bytes to the client, scanned when they must be (also those
+ * that came with the 101 head). */
+int nb_px_pipe_up_to_client(cconn_t *c, const uint8_t *p, size_t len);
 
 /* proxy_http.c */
 /* A fresh request parser for the connection (plain proxy or tunnel). */

@@ -26,15 +26,28 @@ static void tls_pump(nb_pxio_t *io);
 static uint8_t g_pbuf[NB_PXIO_READ_BUF];
 static int g_pbuf_busy;
 
+/* Reads the stream below unless it already does. */
+static int read_below(nb_pxio_t *io)
+{
+    int r = io->tcp_reading ? 0 : io->s ? nb_stream_read_start(io->s) : NB_ESTATE;
+    if (r == 0)
+        io->tcp_reading = 1;
+    return r;
+}
+
+static void stop_below(nb_pxio_t *io)
+{
+    if (io->tcp_reading)
+        nb_stream_read_stop(io->s);
+    io->tcp_reading = 0;
+}
+
 static void report_error(nb_pxio_t *io, int r)
 {
     if (io->failed || io->closing)
         return;
     io->failed = 1;
-    if (io->tcp_reading) {
-        nb_stream_read_stop(io->s);
-        io->tcp_reading = 0;
-    }
+    stop_below(io);
     if (io->cbs->on_error)
         io->cbs->on_error(io, r);
 }
@@ -63,10 +76,8 @@ static void on_read(nb_stream_t *st, ssize_t n, uint8_t *p, void *ud)
             tls_pump(io);
             /* Keep TLS records inside OpenSSL, not in the kernel, only
              * while the owner wants data or the handshake needs it. */
-            if (!io->closing && io->hs_done && !io->want_read && io->tcp_reading) {
-                nb_stream_read_stop(st);
-                io->tcp_reading = 0;
-            }
+            if (!io->closing && io->hs_done && !io->want_read)
+                stop_below(io);
         }
     }
     if (p) {
@@ -100,49 +111,21 @@ static void on_drain(nb_stream_t *st, void *ud)
         io->cbs->on_drain(io);
 }
 
-/* Queues raw bytes (copied) on the stream below, which wipes them once
- * written: plaintext on a raw socket can echo a value the caller did not
- * know of. */
-static int raw_write(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, size_t total, int sensitive)
-{
-    if (io->closing || io->failed || io->shut || !io->s)
-        return NB_ECLOSED;
-    if (total == 0)
-        return 0;
-    uint8_t *p = malloc(total);
-    if (!p)
-        return -ENOMEM;
-    size_t o = 0;
-    for (unsigned i = 0; i < n; i++) {
-        memcpy(p + o, bufs[i].base, bufs[i].len);
-        o += bufs[i].len;
-    }
-    io->bytes_out += total;
-    return nb_stream_write(io->s, p, total, on_written, io);
-}
-
-/* Moves what OpenSSL wrote into the network BIO onto the socket. */
+/* Moves what OpenSSL wrote into the network BIO onto the stream. */
 static int flush_wbio(nb_pxio_t *io)
 {
-    size_t pending = BIO_ctrl_pending(io->wbio);
-    if (pending == 0)
+    char *p;
+    long n = BIO_get_mem_data(io->wbio, &p);
+    if (n <= 0)
         return 0;
-    if (io->closing || io->failed || io->shut) {
-        (void)BIO_reset(io->wbio);
-        return NB_ECLOSED;
+    int r = NB_ECLOSED;
+    if (!io->closing && !io->failed && !io->shut && io->s) {
+        uv_buf_t b = uv_buf_init(p, (unsigned)n);
+        io->bytes_out += (uint64_t)n;
+        r = nb_stream_writev_copy(io->s, &b, 1, on_written, io);
     }
-    if (!io->s)
-        return NB_ECLOSED;
-    uint8_t *p = malloc(pending);
-    if (!p)
-        return -ENOMEM;
-    int n = BIO_read(io->wbio, p, (int)pending);
-    if (n <= 0) {
-        free(p);
-        return NB_EINTERNAL;
-    }
-    io->bytes_out += (uint64_t)n;
-    return nb_stream_write(io->s, p, (size_t)n, on_written, io);
+    (void)BIO_reset(io->wbio);
+    return r;
 }
 
 static void note_tls_error(nb_pxio_t *io, const char *what)
@@ -186,10 +169,7 @@ static void tls_pump(nb_pxio_t *io)
             else
                 note_tls_error(io, "handshake failed");
             io->failed = 1;
-            if (io->tcp_reading) {
-                nb_stream_read_stop(io->s);
-                io->tcp_reading = 0;
-            }
+            stop_below(io);
             if (io->cbs->on_handshake)
                 io->cbs->on_handshake(io, NB_ECRYPTO);
             return;
@@ -316,12 +296,9 @@ int nb_pxio_read_start(nb_pxio_t *io)
     if (io->closing || io->failed)
         return NB_ECLOSED;
     io->want_read = 1;
-    if (!io->eof_seen && !io->tcp_reading) {
-        int r = io->s ? nb_stream_read_start(io->s) : NB_ESTATE;
-        if (r < 0)
-            return r;
-        io->tcp_reading = 1;
-    }
+    int r = io->eof_seen ? 0 : read_below(io);
+    if (r < 0)
+        return r;
     if ((io->ssl && io->hs_done &&
          (BIO_ctrl_pending(io->rbio) > 0 || SSL_pending(io->ssl) > 0 || io->eof_seen)) ||
         (!io->ssl && io->eof_seen && !io->eof_reported))
@@ -332,10 +309,8 @@ int nb_pxio_read_start(nb_pxio_t *io)
 void nb_pxio_read_stop(nb_pxio_t *io)
 {
     io->want_read = 0;
-    if (io->tcp_reading && (!io->ssl || io->hs_done)) {
-        nb_stream_read_stop(io->s);
-        io->tcp_reading = 0;
-    }
+    if (!io->ssl || io->hs_done)
+        stop_below(io);
 }
 
 static int tls_setup(nb_pxio_t *io, SSL_CTX *ctx)
@@ -371,11 +346,8 @@ int nb_pxio_tls_server(nb_pxio_t *io, SSL_CTX *ctx, const char *expected, const 
         return r;
     if (prelen && BIO_write(io->rbio, pre, (int)prelen) != (int)prelen)
         return -ENOMEM;
-    if (!io->tcp_reading && !io->eof_seen) {
-        if ((r = io->s ? nb_stream_read_start(io->s) : NB_ESTATE) < 0)
-            return r;
-        io->tcp_reading = 1;
-    }
+    if (!io->eof_seen && (r = read_below(io)) < 0)
+        return r;
     if (prelen)
         uv_timer_start(&io->kick, on_kick, 0, 0);
     return 0;
@@ -399,16 +371,13 @@ int nb_pxio_tls_client(nb_pxio_t *io, SSL_CTX *ctx, const char *host, int is_ip)
             return NB_EINVAL;
     }
     SSL_set_verify(io->ssl, SSL_VERIFY_PEER, NULL);
-    if (!io->tcp_reading) {
-        if ((r = io->s ? nb_stream_read_start(io->s) : NB_ESTATE) < 0)
-            return r;
-        io->tcp_reading = 1;
-    }
+    if ((r = read_below(io)) < 0)
+        return r;
     tls_pump(io); /* sends the ClientHello */
     return 0;
 }
 
-static int writev_now(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensitive);
+static int writev_now(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n);
 
 void nb_pxio_cork(nb_pxio_t *io)
 {
@@ -421,17 +390,16 @@ int nb_pxio_uncork(nb_pxio_t *io)
     if (!io->cork_len)
         return 0;
     uv_buf_t b = uv_buf_init((char *)io->cork, (unsigned)io->cork_len);
-    int r = writev_now(io, &b, 1, io->cork_sensitive);
-    sodium_memzero(io->cork, io->cork_len); /* plaintext either way (see raw_write) */
+    int r = writev_now(io, &b, 1);
+    sodium_memzero(io->cork, io->cork_len); /* plaintext may echo a secret */
     io->cork_len = 0;
-    io->cork_sensitive = 0;
     return r;
 }
 
-int nb_pxio_writev(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensitive)
+int nb_pxio_writev(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n)
 {
     if (!io->corked)
-        return writev_now(io, bufs, n, sensitive);
+        return writev_now(io, bufs, n);
     if (io->closing || io->failed || io->shut)
         return NB_ECLOSED;
     size_t total = 0;
@@ -443,27 +411,29 @@ int nb_pxio_writev(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensitiv
         if (r < 0)
             return r;
         if (total > NB_PXIO_READ_BUF)
-            return writev_now(io, bufs, n, sensitive);
+            return writev_now(io, bufs, n);
     }
     if (!io->cork && !(io->cork = malloc(NB_PXIO_READ_BUF)))
-        return writev_now(io, bufs, n, sensitive);
+        return writev_now(io, bufs, n);
     for (unsigned i = 0; i < n; i++) {
         memcpy(io->cork + io->cork_len, bufs[i].base, bufs[i].len);
         io->cork_len += bufs[i].len;
     }
-    io->cork_sensitive |= sensitive;
     return 0;
 }
 
-static int writev_now(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensitive)
+static int writev_now(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n)
 {
     size_t total = 0;
     for (unsigned i = 0; i < n; i++)
         total += bufs[i].len;
-    if (!io->ssl)
-        return raw_write(io, bufs, n, total, sensitive);
-    if (io->closing || io->failed || io->shut)
+    if (io->closing || io->failed || io->shut || !io->s)
         return NB_ECLOSED;
+    if (!io->ssl) {
+        /* The stream wipes what it copies: plaintext can echo a value. */
+        io->bytes_out += total;
+        return total ? nb_stream_writev_copy(io->s, bufs, n, on_written, io) : 0;
+    }
     if (!io->hs_done)
         return NB_ESTATE;
     /* One SSL_write per call keeps small pieces (chunk framing) in the
@@ -496,8 +466,7 @@ static int writev_now(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensi
         }
         off += (size_t)w;
     }
-    /* The gathered plaintext is wiped whatever `sensitive` says (see
-     * raw_write). */
+    /* The gathered plaintext is wiped (it may echo a secret). */
     if (tmp != stackbuf) {
         sodium_memzero(tmp, total);
         free(tmp);
@@ -509,10 +478,23 @@ static int writev_now(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensi
     return r;
 }
 
-int nb_pxio_write(nb_pxio_t *io, const void *p, size_t len, int sensitive)
+int nb_pxio_write(nb_pxio_t *io, const void *p, size_t len)
 {
     uv_buf_t b = uv_buf_init((char *)p, (unsigned)len);
-    return nb_pxio_writev(io, &b, 1, sensitive);
+    return nb_pxio_writev(io, &b, 1);
+}
+
+int nb_pxio_write_body(nb_pxio_t *io, const uint8_t *p, size_t len, int chunked)
+{
+    if (len == 0)
+        return 0;
+    if (!chunked)
+        return nb_pxio_write(io, p, len);
+    char hdr[24];
+    int n = snprintf(hdr, sizeof hdr, "%zx\r\n", len);
+    uv_buf_t b[3] = {uv_buf_init(hdr, (unsigned)n), uv_buf_init((char *)p, (unsigned)len),
+                     uv_buf_init("\r\n", 2)};
+    return nb_pxio_writev(io, b, 3);
 }
 
 static void on_shutdown(nb_stream_t *st, int status, void *ud)

@@ -10,13 +10,14 @@
  *    further deliveries; TLS records already received wait inside OpenSSL
  *    and are delivered after nb_pxio_read_start() (from the next loop
  *    turn, never re-entrantly).
- *  - nb_pxio_write() copies the bytes (encrypting them first with TLS), so
- *    callers may reuse their buffers at once. nb_pxio_queued() says how
+ *  - nb_pxio_write() takes the bytes at once (encrypted first with TLS;
+ *    what the socket does not take is copied), so callers may reuse their
+ *    buffers. nb_pxio_queued() says how
  *    many bytes the kernel has not taken yet; on_drain fires when it falls
  *    to NB_PXIO_LOW_WATER after having been above NB_PXIO_HIGH_WATER
  *    (back-pressure: stop reading the other side above the high mark).
- *  - Writes flagged sensitive (a head carrying an injected secret over
- *    cleartext) are wiped before their buffer is freed.
+ *  - Plaintext copies (queued raw writes, the cork, TLS staging) are wiped
+ *    before they are freed: relayed bytes can echo an injected secret.
  *  - Errors and EOF are reported once; the owner then closes. After
  *    nb_pxio_close() no callback runs except `on_closed`.
  * Loop thread only. */
@@ -72,10 +73,9 @@ struct nb_pxio {
     int shut_done;    /* ... and completed */
     unsigned handles; /* open libuv handles */
     void (*on_closed)(nb_pxio_t *io);
-    int corked;         /* writes are gathered until nb_pxio_uncork() */
-    int cork_sensitive; /* ... and one of them was sensitive */
-    uint8_t *cork;      /* gathered plaintext */
-    size_t cork_len, cork_cap;
+    int corked;    /* writes are gathered until nb_pxio_uncork() */
+    uint8_t *cork; /* gathered plaintext */
+    size_t cork_len;
     uint8_t *rbuf; /* private plaintext buffer, only if a TLS delivery ever nests */
     uint64_t bytes_in, bytes_out;
 };
@@ -111,11 +111,15 @@ int nb_pxio_tls_server(nb_pxio_t *io, SSL_CTX *ctx, const char *expected, const 
  * name `host` (DNS name or IP), else the handshake fails. */
 int nb_pxio_tls_client(nb_pxio_t *io, SSL_CTX *ctx, const char *host, int is_ip);
 
-/* Writes `len` bytes (copied). `sensitive`: wipe the copy once written. */
-int nb_pxio_write(nb_pxio_t *io, const void *p, size_t len, int sensitive);
+/* Writes `len` bytes. */
+int nb_pxio_write(nb_pxio_t *io, const void *p, size_t len);
 
 /* Two or three slices in one write (e.g. chunk header + data + CRLF). */
-int nb_pxio_writev(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n, int sensitive);
+int nb_pxio_writev(nb_pxio_t *io, const uv_buf_t *bufs, unsigned n);
+
+/* A body piece: as is, or as one HTTP/1.1 chunk when `chunked`. Nothing
+ * for len 0 (the terminating chunk is the caller's). */
+int nb_pxio_write_body(nb_pxio_t *io, const uint8_t *p, size_t len, int chunked);
 
 /* Gathers the following writes and sends them as one when uncorked: one
  * TLS record and one system call for a response head, a body chunk and

@@ -44,7 +44,7 @@ void nb_px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen)
 {
     c->state = CS_PIPE;
     nb_px_up_attach(c->up, &up_cbs, c);
-    if (cprelen && nb_pxio_write(&c->up->io, cpre, cprelen, 0) < 0) {
+    if (cprelen && nb_pxio_write(&c->up->io, cpre, cprelen) < 0) {
         nb_px_conn_close(c);
         return;
     }
@@ -58,7 +58,7 @@ void nb_px_pipe_start(cconn_t *c, const uint8_t *cpre, size_t cprelen)
 
 void nb_px_pipe_client_data(cconn_t *c, const uint8_t *p, size_t len)
 {
-    if (!c->up || nb_pxio_write(&c->up->io, p, len, 0) < 0) {
+    if (!c->up || nb_pxio_write(&c->up->io, p, len) < 0) {
         nb_px_conn_close(c);
         return;
     }
@@ -81,7 +81,7 @@ int nb_px_pipe_scan_ws(cconn_t *c)
 static int ws_sink(void *ud, const uint8_t *p, size_t len)
 {
     cconn_t *c = ud;
-    return nb_pxio_write(&c->io, p, len, 0);
+    return nb_pxio_write(&c->io, p, len);
 }
 
 /* Audits replacements made in WebSocket frames since the last row. */
@@ -106,11 +106,10 @@ static void ws_audit(cconn_t *c)
                            (json_int_t)d, "where", "websocket"));
 }
 
-/* Bytes from the upstream to the client, scanned when they must be. */
-static int up_to_client(cconn_t *c, const uint8_t *p, size_t len)
+int nb_px_pipe_up_to_client(cconn_t *c, const uint8_t *p, size_t len)
 {
     if (!c->ws)
-        return nb_pxio_write(&c->io, p, len, 0);
+        return nb_pxio_write(&c->io, p, len);
     int r = nb_wsscan_feed(c->ws, p, len, ws_sink, c);
     ws_audit(c);
     if (r == NB_EPROTO)
@@ -125,16 +124,11 @@ static void up_data(upconn_t *u, const uint8_t *p, size_t len)
 {
     cconn_t *c = u->ud;
     nb_px_conn_touch(c);
-    if (up_to_client(c, p, len) < 0) {
+    if (nb_px_pipe_up_to_client(c, p, len) < 0) {
         nb_px_conn_close(c);
         return;
     }
     up_update_read(c);
-}
-
-int nb_px_pipe_up_first(cconn_t *c, const uint8_t *p, size_t len)
-{
-    return up_to_client(c, p, len);
 }
 
 void nb_px_pipe_client_eof(cconn_t *c)

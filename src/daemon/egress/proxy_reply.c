@@ -190,7 +190,7 @@ void nb_px_reply(cconn_t *c, int status, const char *error, const char *why, con
     }
     uv_buf_t bufs[3] = {uv_buf_init(head, (unsigned)n), uv_buf_init(body, (unsigned)blen),
                         uv_buf_init("\n", 1)};
-    int r = nb_pxio_writev(&c->io, bufs, 3, 0);
+    int r = nb_pxio_writev(&c->io, bufs, 3);
     free(body);
     c->x.resp_head_sent = 1;
     c->x.resp_done = 1;

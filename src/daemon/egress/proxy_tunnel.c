@@ -45,10 +45,8 @@ static void tunnel_established(cconn_t *c)
     static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
     if (c->transparent)
         return; /* the client never sent a CONNECT: nothing to answer */
-    if (nb_pxio_write(&c->io, ok, sizeof ok - 1, 0) < 0) {
+    if (nb_pxio_write(&c->io, ok, sizeof ok - 1) < 0)
         nb_px_conn_close(c);
-        return;
-    }
 }
 
 /* A5: a value injected into a request to a bound host may be stored there
