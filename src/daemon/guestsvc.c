@@ -210,8 +210,3 @@ void nb_guestsvc_free(nb_guestsvc_t *g)
     g->live++;
     nb_gsv_unref(g); /* frees now unless bridges or jobs are still closing */
 }
-
-void nb_guestsvc_stats(const nb_guestsvc_t *g, nb_guestsvc_stats_t *st)
-{
-    *st = g->st;
-}

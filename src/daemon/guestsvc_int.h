@@ -60,7 +60,6 @@ struct nb_guestsvc {
     size_t nresolve;
     unsigned live; /* queries and provisioning jobs not yet freed */
     int freed;     /* nb_guestsvc_free ran: free once live is 0 */
-    nb_guestsvc_stats_t st;
 };
 
 /* Per-VM state: the fake-IP pool, the proxy channel listener, the

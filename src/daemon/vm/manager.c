@@ -34,11 +34,6 @@ nb_vm_t *nb_vmm_find(nb_vmm_t *m, const char *name)
     return NULL;
 }
 
-const char *nb_vmm_default_accel(const nb_vmm_t *m)
-{
-    return nb_accel_name(m->accel_default);
-}
-
 json_t *nb_vmm_list(nb_vmm_t *m)
 {
     json_t *arr = json_array();
@@ -153,12 +148,6 @@ void nb_vmm_snapshot(nb_vmm_t *m, const char *name, nb_vm_snap_op_t op, const ch
     nb_vm_t *vm = find_or_fail(m, name, cb, ud);
     if (vm)
         nb_vm_snapshot(vm, op, snap, cb, ud);
-}
-
-void nb_vmm_set_restart(nb_vmm_t *m, const char *name, nb_vm_restart_t policy, nb_vmm_cb cb,
-                        void *ud)
-{
-    nb_vmm_set(m, name, &policy, NULL, cb, ud);
 }
 
 /* ------------------------------------------------------------ settings */

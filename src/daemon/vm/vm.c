@@ -126,16 +126,6 @@ int nb_vm_parse_size(const char *s, uint64_t *out)
 
 /* ------------------------------------------------------------ accessors */
 
-nb_vm_state_t nb_vm_state(const nb_vm_t *vm)
-{
-    return vm->state;
-}
-
-const char *nb_vm_name(const nb_vm_t *vm)
-{
-    return vm->spec.name;
-}
-
 nb_muxsess_t *nb_vm_session(const nb_vm_t *vm)
 {
     return vm->agent_up ? nb_vmchan_session(vm->chan) : NULL;
