@@ -78,8 +78,7 @@ struct gvm {
     unsigned audit_rows;
 };
 
-/* guestsvc.c: the VM's state, NULL if none / created on first use. */
-gvm_t *nb_gsv_vm_find(nb_guestsvc_t *g, const char *name);
+/* guestsvc.c: the VM's state, created on first use. */
 gvm_t *nb_gsv_vm_get(nb_guestsvc_t *g, const char *name);
 /* guestsvc.c: drops a reference taken with g->live++. */
 void nb_gsv_unref(nb_guestsvc_t *g);
