@@ -129,7 +129,6 @@ void nb_vmm_restart(nb_vmm_t *m, const char *name, int wait, nb_vmm_cb cb, void 
         return;
     }
     vm->restart_after_stop = 1;
-    vm->restart_wait = wait;
     nb_vm_waiter_add(vm, wait ? W_READY : W_STARTED, 0, cb, ud);
     if (vm->state != NB_VM_STOPPING)
         nb_vm_stop(vm, 0, NULL, NULL);

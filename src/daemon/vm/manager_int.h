@@ -99,7 +99,6 @@ struct nb_vm {
     int stop_requested;
     int boot_failed;        /* our own stop after the boot deadline */
     int restart_after_stop; /* restart = stop + start */
-    int restart_wait;
     int stop_step;
     uv_timer_t timer;      /* QMP retries, stop steps, restart backoff */
     uv_timer_t boot_timer; /* boot deadline */
