@@ -414,11 +414,7 @@ void nb_vmm_create(nb_vmm_t *m, const nb_vm_spec_t *spec, nb_vmm_cb cb, void *ud
     }
     vm->created_ms = nb_events_now_ms();
     vm->busy = "creating";
-    j->cb = cb;
-    j->ud = ud;
-    j->work = create_work;
-    j->done = create_done;
-    if ((r = nb_vm_queue(vm, j)) < 0) {
+    if ((r = nb_vm_queue(vm, j, create_work, create_done, cb, ud)) < 0) {
         nb_vm_destroy(vm);
         free(j);
         cb(ud, r, NULL, NULL);
@@ -457,11 +453,7 @@ static void remove_now(nb_vm_t *vm, nb_vmm_cb cb, void *ud)
     }
     vm->removed = 1; /* gone from lookups; memory goes after the files */
     vm->busy = "removing";
-    j->cb = cb;
-    j->ud = ud;
-    j->work = remove_work;
-    j->done = remove_done;
-    if ((r = nb_vm_queue(vm, j)) < 0) {
+    if ((r = nb_vm_queue(vm, j, remove_work, remove_done, cb, ud)) < 0) {
         j->r = r;
         remove_done(j);
     }
