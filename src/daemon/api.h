@@ -76,6 +76,8 @@ void nb_api_vm_reply_err(nb_api_ctx_t *ctx, int r, const char *msg);
 
 /* api_rules.c: the API and event shape of a rule (new reference). */
 json_t *nb_api_rule_json(const nb_rule_t *r);
+/* api_rules.c: 1 when the gate runs, else answers 503 and returns 0. */
+int nb_api_have_gate(nb_api_ctx_t *ctx);
 
 /* Closes the listeners and all connections, removes the socket and
  * api.json, frees the API and calls `done` (may be NULL). */

@@ -10,14 +10,18 @@
 #include "daemon/secretsvc.h"
 #include "lib/err.h"
 
-/* The CA, or an answer saying why there is none yet. */
-static nb_ca_t *ca_or_reply(nb_api_ctx_t *ctx)
+/* The CA and its certificate as PEM (*pem freed by the caller), or an
+ * answer saying why there is none. */
+static nb_ca_t *ca_or_reply(nb_api_ctx_t *ctx, char **pem, size_t *len)
 {
     nb_secretsvc_t *svc = ctx->d->secrets;
     nb_ca_t *ca = nb_secretsvc_ca(svc);
-    if (ca)
+    int r;
+    if (ca && (r = nb_ca_cert_pem(ca, pem, len)) < 0)
+        nb_api_reply_errno(ctx, r, NULL);
+    else if (ca)
         return ca;
-    if (!svc)
+    else if (!svc)
         nb_api_reply_error(ctx, 503, "unavailable", "the secret service is not running");
     else if (nb_secretsvc_state(svc) == NB_SECRETSVC_STARTING)
         nb_api_reply_error(ctx, 503, "unavailable",
@@ -42,18 +46,13 @@ static void asn1_time(const ASN1_TIME *t, char *out, size_t outsz)
 
 static void on_ca(nb_api_ctx_t *ctx)
 {
-    nb_ca_t *ca = ca_or_reply(ctx);
     char *pem = NULL, subject[256] = "", nb[32], na[32], fp[3 * EVP_MAX_MD_SIZE + 1] = "";
     size_t len = 0;
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
+    nb_ca_t *ca = ca_or_reply(ctx, &pem, &len);
     if (!ca)
         return;
-    int r = nb_ca_cert_pem(ca, &pem, &len);
-    if (r < 0) {
-        nb_api_reply_errno(ctx, r, NULL);
-        return;
-    }
     X509 *c = nb_ca_cert(ca);
     X509_NAME_oneline(X509_get_subject_name(c), subject, sizeof subject);
     asn1_time(X509_get0_notBefore(c), nb, sizeof nb);
@@ -70,16 +69,10 @@ static void on_ca(nb_api_ctx_t *ctx)
 
 static void on_ca_pem(nb_api_ctx_t *ctx)
 {
-    nb_ca_t *ca = ca_or_reply(ctx);
     char *pem = NULL;
     size_t len = 0;
-    if (!ca)
+    if (!ca_or_reply(ctx, &pem, &len))
         return;
-    int r = nb_ca_cert_pem(ca, &pem, &len);
-    if (r < 0) {
-        nb_api_reply_errno(ctx, r, NULL);
-        return;
-    }
     nb_httpd_respond(nb_api_take_req(ctx), 200, "application/x-pem-file", pem, len);
     free(pem);
 }

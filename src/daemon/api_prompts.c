@@ -21,18 +21,10 @@
 
 /* ----------------------------------------------------------------- routes */
 
-static int have_gate(nb_api_ctx_t *ctx)
-{
-    if (ctx->d->gate)
-        return 1;
-    nb_api_reply_error(ctx, 503, "unavailable", "the gate is not running (the daemon is stopping)");
-    return 0;
-}
-
 static void on_list(nb_api_ctx_t *ctx)
 {
     nb_gate_prompt_info_t *v = NULL;
-    if (!have_gate(ctx))
+    if (!nb_api_have_gate(ctx))
         return;
     if (!(v = calloc(LIST_MAX, sizeof *v))) {
         nb_api_reply_errno(ctx, -ENOMEM, NULL);
@@ -62,18 +54,24 @@ static int parse_id(nb_api_ctx_t *ctx, uint64_t *id)
     return 0;
 }
 
+static int get_prompt(nb_api_ctx_t *ctx, uint64_t id, nb_gate_prompt_info_t *p)
+{
+    if (nb_gate_prompt_get(ctx->d->gate, id, p) >= 0)
+        return 0;
+    nb_api_reply_error(ctx, 404, "not-found",
+                       "no pending prompt %llu (answered, timed out, or never existed)",
+                       (unsigned long long)id);
+    return -1;
+}
+
 static void on_get(nb_api_ctx_t *ctx)
 {
     nb_gate_prompt_info_t p;
     uint64_t id;
-    if (!have_gate(ctx) || parse_id(ctx, &id) < 0)
+    if (!nb_api_have_gate(ctx) || parse_id(ctx, &id) < 0)
         return;
-    if (nb_gate_prompt_get(ctx->d->gate, id, &p) < 0) {
-        nb_api_reply_error(ctx, 404, "not-found",
-                           "no pending prompt %llu (answered, timed out, or never existed)",
-                           (unsigned long long)id);
+    if (get_prompt(ctx, id, &p) < 0)
         return;
-    }
     nb_api_reply_json(ctx, 200, nb_gate_prompt_json(&p));
 }
 
@@ -82,7 +80,7 @@ static void on_answer(nb_api_ctx_t *ctx)
     nb_gate_prompt_info_t p;
     uint64_t id;
     const char *ans = nb_json_str(ctx->body, "answer");
-    if (!have_gate(ctx) || parse_id(ctx, &id) < 0)
+    if (!nb_api_have_gate(ctx) || parse_id(ctx, &id) < 0)
         return;
     int a = ans ? nb_gate_answer_parse(ans) : 0;
     if (!a) {
@@ -91,12 +89,8 @@ static void on_answer(nb_api_ctx_t *ctx)
                            "\"deny-once\" | \"deny-always\"}");
         return;
     }
-    if (nb_gate_prompt_get(ctx->d->gate, id, &p) < 0) {
-        nb_api_reply_error(ctx, 404, "not-found",
-                           "no pending prompt %llu (answered, timed out, or never existed)",
-                           (unsigned long long)id);
+    if (get_prompt(ctx, id, &p) < 0)
         return;
-    }
     /* Audited before the answer takes effect: the row precedes anything
      * the waiting connections do with it. */
     if (ctx->d->audit)
@@ -151,7 +145,7 @@ static void on_test_prompt(nb_api_ctx_t *ctx)
                            nb_httpd_req_method(ctx->req), nb_httpd_req_path(ctx->req));
         return;
     }
-    if (!have_gate(ctx))
+    if (!nb_api_have_gate(ctx))
         return;
     const char *vm = nb_json_str(ctx->body, "vm"), *host = nb_json_str(ctx->body, "host");
     json_int_t port = nb_json_int(ctx->body, "port", 443);

@@ -22,7 +22,7 @@ json_t *nb_api_rule_json(const nb_rule_t *r)
                      "created_at", (json_int_t)r->created_at);
 }
 
-static int have_gate(nb_api_ctx_t *ctx)
+int nb_api_have_gate(nb_api_ctx_t *ctx)
 {
     if (ctx->d->gate)
         return 1;
@@ -32,7 +32,7 @@ static int have_gate(nb_api_ctx_t *ctx)
 
 static void on_list(nb_api_ctx_t *ctx)
 {
-    if (!have_gate(ctx))
+    if (!nb_api_have_gate(ctx))
         return;
     const nb_ruleset_t *rs = nb_gate_rules(ctx->d->gate);
     json_t *arr = json_array();
@@ -119,7 +119,7 @@ static void on_add(nb_api_ctx_t *ctx)
     const char *target = nb_json_str(ctx->body, "target");
     const char *vm = nb_json_str(ctx->body, "vm"), *note = nb_json_str(ctx->body, "note");
     json_t *port = json_object_get(ctx->body, "port"), *http = json_object_get(ctx->body, "http");
-    if (!have_gate(ctx))
+    if (!nb_api_have_gate(ctx))
         return;
     memset(&r, 0, sizeof r);
     if (!action || (strcmp(action, "allow") != 0 && strcmp(action, "deny") != 0)) {
@@ -249,7 +249,7 @@ static void on_rm(nb_api_ctx_t *ctx)
     const char *s = nb_api_param(ctx, "id");
     char *end;
     long long id = strtoll(s, &end, 10);
-    if (!have_gate(ctx))
+    if (!nb_api_have_gate(ctx))
         return;
     if (!s[0] || *end || id < 1) {
         nb_api_reply_error(ctx, 422, "invalid", "a rule id is a number >= 1, not '%.40s'", s);

@@ -214,12 +214,6 @@ static void st_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char
 static const nb_muxsess_stream_cbs_t st_cbs = {
     .on_data = st_data, .on_fin = st_fin, .on_drain = st_drain, .on_close = st_close};
 
-/* Account names as useradd takes them; the agent checks again. */
-static int valid_user(const char *u)
-{
-    return nb_vm_valid_user(u);
-}
-
 static int open_stream(bridge_t *b, json_t *args)
 {
     nb_vm_t *vm = b->d->vmm ? nb_vmm_find(b->d->vmm, b->vm) : NULL;
@@ -300,7 +294,7 @@ static void on_control(bridge_t *b, json_t *m)
         json_t *env = json_object_get(m, "env");
         const char *cwd = nb_json_str(m, "cwd");
         const char *user = nb_json_str(m, "user");
-        if (user && !valid_user(user)) {
+        if (user && !nb_vm_valid_user(user)) {
             fail(b, "invalid", "user must be an account name (a-z, 0-9, _ and -)");
             json_decref(args);
             return;
@@ -453,7 +447,7 @@ static void upgrade(nb_api_ctx_t *ctx, int kind)
     if (nb_api_query(ctx, "term", v, sizeof v) == 1)
         nb_vm_fmt(b->term, sizeof b->term, "%s", v);
     if (nb_api_query(ctx, "user", v, sizeof v) == 1) {
-        if (!valid_user(v)) {
+        if (!nb_vm_valid_user(v)) {
             free(b);
             nb_api_reply_error(ctx, 422, "invalid",
                                "user must be an account name (a-z, 0-9, _ and -)");

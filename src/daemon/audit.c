@@ -99,7 +99,7 @@ struct nb_audit {
     op_t *ops, **ops_tail;
     int busy;
     int closed;
-    uint64_t appended, written;
+    uint64_t written;
     nb_audit_guard_fn guard;
     void *guard_ud;
     uv_timer_t retry;
@@ -648,7 +648,6 @@ static int64_t queue_row(nb_audit_t *a, const char *kind, const char *vm, const 
     memcpy(a->head, w->hash, sizeof a->head);
     a->npending++;
     a->next_seq++;
-    a->appended++;
     a->rows_since_prune++;
     r = w->seq;
     if (a->have_key && !a->pruning && a->rows_since_prune >= PRUNE_EVERY_ROWS)
@@ -925,11 +924,6 @@ int nb_audit_set_key(nb_audit_t *a, const uint8_t key[NB_AUDIT_KEY_BYTES])
     return 0;
 }
 
-void nb_audit_get_limits(const nb_audit_t *a, nb_audit_limits_t *out)
-{
-    *out = a->lim;
-}
-
 void nb_audit_set_limits(nb_audit_t *a, const nb_audit_limits_t *l)
 {
     a->lim = *l;
@@ -1168,11 +1162,6 @@ void nb_audit_close(nb_audit_t *a)
     uv_timer_stop(&a->tick);
     uv_close((uv_handle_t *)&a->retry, on_timer_closed);
     uv_close((uv_handle_t *)&a->tick, on_timer_closed);
-}
-
-uint64_t nb_audit_appended(const nb_audit_t *a)
-{
-    return a->appended;
 }
 
 uint64_t nb_audit_written(const nb_audit_t *a)

@@ -158,9 +158,8 @@ int64_t nb_audit_append(nb_audit_t *a, const char *kind, const char *vm, const c
  * different key later is refused (NB_ESTATE). Loop thread. */
 int nb_audit_set_key(nb_audit_t *a, const uint8_t key[NB_AUDIT_KEY_BYTES]);
 
-/* Current limits, and setting them (tests; the daemon takes them from the
- * environment at open). */
-void nb_audit_get_limits(const nb_audit_t *a, nb_audit_limits_t *out);
+/* Sets the limits (tests; the daemon takes them from the environment at
+ * open). */
 void nb_audit_set_limits(nb_audit_t *a, const nb_audit_limits_t *l);
 
 /* Merges and cap summaries still open are appended now (normally on a
@@ -175,8 +174,7 @@ void nb_audit_prune_now(nb_audit_t *a);
 uint64_t nb_audit_merged(const nb_audit_t *a);
 uint64_t nb_audit_suppressed(const nb_audit_t *a);
 
-/* Rows appended so far in this process, and written to disk. */
-uint64_t nb_audit_appended(const nb_audit_t *a);
+/* Rows written to disk so far in this process. */
 uint64_t nb_audit_written(const nb_audit_t *a);
 int64_t nb_audit_last_seq(const nb_audit_t *a);
 

@@ -41,14 +41,18 @@ double nb_daemon_uptime(const nb_daemon_t *d)
 
 /* ------------------------------------------------- the gate's hooks */
 
-static void hook_created(void *ud, const nb_gate_prompt_info_t *p)
+static void emit_prompt(nb_daemon_t *d, const char *type, const nb_gate_prompt_info_t *p)
 {
-    nb_daemon_t *d = ud;
     json_t *pj = nb_gate_prompt_json(p);
     if (d->events && pj)
-        nb_events_emit(d->events, "prompt.created", json_pack("{s:o}", "prompt", pj));
+        nb_events_emit(d->events, type, json_pack("{s:o}", "prompt", pj));
     else
         json_decref(pj);
+}
+
+static void hook_created(void *ud, const nb_gate_prompt_info_t *p)
+{
+    emit_prompt(ud, "prompt.created", p);
 }
 
 static void hook_resolved(void *ud, const nb_gate_prompt_info_t *p, int allowed, int why)
@@ -75,12 +79,7 @@ static void hook_resolved(void *ud, const nb_gate_prompt_info_t *p, int allowed,
  * --watch` show who is still waiting (0: nobody, an answer still applies). */
 static void hook_waiters(void *ud, const nb_gate_prompt_info_t *p)
 {
-    nb_daemon_t *d = ud;
-    json_t *pj = nb_gate_prompt_json(p);
-    if (d->events && pj)
-        nb_events_emit(d->events, "prompt.updated", json_pack("{s:o}", "prompt", pj));
-    else
-        json_decref(pj);
+    emit_prompt(ud, "prompt.updated", p);
 }
 
 static void hook_rule_stored(void *ud, const nb_rule_t *r, int status)

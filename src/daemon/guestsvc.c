@@ -5,7 +5,7 @@
 
 /* ------------------------------------------------------------ per VM */
 
-gvm_t *nb_gsv_vm_find(nb_guestsvc_t *g, const char *name)
+static gvm_t *vm_find(nb_guestsvc_t *g, const char *name)
 {
     for (gvm_t *v = g->vms; v; v = v->next)
         if (strcmp(v->name, name) == 0)
@@ -15,7 +15,7 @@ gvm_t *nb_gsv_vm_find(nb_guestsvc_t *g, const char *name)
 
 gvm_t *nb_gsv_vm_get(nb_guestsvc_t *g, const char *name)
 {
-    gvm_t *v = nb_gsv_vm_find(g, name);
+    gvm_t *v = vm_find(g, name);
     if (v)
         return v;
     if (strlen(name) >= sizeof v->name || !nb_rules_vm_valid(name))
@@ -75,7 +75,7 @@ static void on_event(const json_t *ev, void *ud)
     if (strcmp(type, "vm.stopped") == 0 || strcmp(type, "vm.crashed") == 0 ||
         strcmp(type, "vm.removed") == 0) {
         /* A new boot starts with an empty guest resolver cache. */
-        gvm_t *v = nb_gsv_vm_find(g, vm);
+        gvm_t *v = vm_find(g, vm);
         if (v)
             vm_drop(g, v);
     }
@@ -209,9 +209,4 @@ void nb_guestsvc_free(nb_guestsvc_t *g)
         vm_drop(g, g->vms);
     g->live++;
     nb_gsv_unref(g); /* frees now unless bridges or jobs are still closing */
-}
-
-void nb_guestsvc_stats(const nb_guestsvc_t *g, nb_guestsvc_stats_t *st)
-{
-    *st = g->st;
 }

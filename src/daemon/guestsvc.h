@@ -74,10 +74,4 @@ void nb_guestsvc_provision(nb_guestsvc_t *g, const char *vm);
  * for tests and `nilbox vm inspect`. */
 json_t *nb_guestsvc_env_json(nb_guestsvc_t *g, const char *vm);
 
-typedef struct {
-    uint64_t egress_streams, egress_refused, dns_queries, dns_blocked, dns_nxdomain, provisions,
-        provision_errors;
-} nb_guestsvc_stats_t;
-void nb_guestsvc_stats(const nb_guestsvc_t *g, nb_guestsvc_stats_t *st);
-
 #endif

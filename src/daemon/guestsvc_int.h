@@ -60,7 +60,6 @@ struct nb_guestsvc {
     size_t nresolve;
     unsigned live; /* queries and provisioning jobs not yet freed */
     int freed;     /* nb_guestsvc_free ran: free once live is 0 */
-    nb_guestsvc_stats_t st;
 };
 
 /* Per-VM state: the fake-IP pool, the proxy channel listener, the
@@ -79,8 +78,7 @@ struct gvm {
     unsigned audit_rows;
 };
 
-/* guestsvc.c: the VM's state, NULL if none / created on first use. */
-gvm_t *nb_gsv_vm_find(nb_guestsvc_t *g, const char *name);
+/* guestsvc.c: the VM's state, created on first use. */
 gvm_t *nb_gsv_vm_get(nb_guestsvc_t *g, const char *name);
 /* guestsvc.c: drops a reference taken with g->live++. */
 void nb_gsv_unref(nb_guestsvc_t *g);

@@ -31,7 +31,6 @@ static void refused(nb_guestsvc_t *g, const char *vm, const char *msg)
     char esc[300];
     nb_log(NB_LOG_INFO, "vm %s: egress refused: %s", vm,
            nb_log_escape(esc, sizeof esc, msg, strlen(msg)));
-    g->st.egress_refused++;
 }
 
 static void reject(nb_guestsvc_t *g, nb_muxsess_stream_t *st, uint32_t code, const char *vm,
@@ -60,7 +59,6 @@ static void unavailable(nb_guestsvc_t *g, nb_muxsess_stream_t *st, const char *v
                      "Content-Length: %zu\r\nX-Nilbox-Reason: egress-unavailable\r\n"
                      "Connection: close\r\n\r\n%s",
                      strlen(body), body);
-    g->st.egress_refused++;
     char esc[300];
     nb_log(NB_LOG_INFO, "vm %s: egress unavailable: %s", vm,
            nb_log_escape(esc, sizeof esc, why, strlen(why)));
@@ -155,7 +153,6 @@ static int egress_open(nb_guestsvc_t *g, const char *vm, nb_muxsess_stream_t *st
     }
     if (nb_muxsess_stream_accept(st) < 0)
         return 0; /* the session is going down: the stream's close ends the connection */
-    g->st.egress_streams++;
     return 0;
 }
 
@@ -226,13 +223,8 @@ static void dns_fin(nb_muxsess_stream_t *st, void *ud)
         dnspol_t pol = {g, q->vm, 0};
         n = nb_fakedns_answer(v->dns, nb_buf_iov(&q->q), (uint64_t)uv_now(g->loop), dns_policy,
                               &pol, out, sizeof out, &res);
-        g->st.dns_queries++;
-        if (res.rcode == NB_DNS_NXDOMAIN)
-            g->st.dns_nxdomain++;
-        if (res.blocked) {
-            g->st.dns_blocked++;
+        if (res.blocked)
             dns_audit_blocked(g, v, res.qname, nb_gate_why_name(pol.why));
-        }
         char esc[300];
         nb_log(NB_LOG_DEBUG, "vm %s: dns %s type %u -> rcode %d", q->vm,
                nb_log_escape(esc, sizeof esc, res.qname, strlen(res.qname)), res.qtype, res.rcode);

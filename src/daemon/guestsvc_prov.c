@@ -153,14 +153,11 @@ static void prov_finish(prov_t *p, const char *why)
         nb_muxsess_stream_reset(p->st, NB_MUX_E_CANCEL, "cancelled");
         p->st = NULL;
     }
-    if (why || p->errors) {
-        g->st.provision_errors++;
+    if (why || p->errors)
         nb_log(NB_LOG_WARN, "vm %s: provisioning %s", p->vm,
                why ? why : "finished with errors (see above)");
-    } else {
-        g->st.provisions++;
+    else
         nb_log(NB_LOG_INFO, "vm %s: guest environment and CA provisioned", p->vm);
-    }
     uv_timer_stop(&p->timer);
     uv_close((uv_handle_t *)&p->timer, prov_freed);
     if (v) {

@@ -296,7 +296,8 @@ int nb_ca_cert_pem(const nb_ca_t *ca, char **pem, size_t *len)
     return 0;
 }
 
-int nb_ca_save(const nb_ca_t *ca, nb_secrets_t *s)
+/* Seals the CA's key and certificate into the store. */
+static int ca_save(const nb_ca_t *ca, nb_secrets_t *s)
 {
     uint8_t *kder = NULL, *cder = NULL;
     int r = NB_ECRYPTO;
@@ -357,7 +358,7 @@ int nb_ca_load_or_create(nb_secrets_t *s, const nb_ca_opts_t *opts, nb_ca_t **ou
     nb_ca_t *ca;
     if ((r = nb_ca_create(opts, &ca)) < 0)
         return r;
-    if ((r = nb_ca_save(ca, s)) < 0) {
+    if ((r = ca_save(ca, s)) < 0) {
         nb_ca_free(ca);
         return r;
     }

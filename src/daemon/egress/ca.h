@@ -56,9 +56,6 @@ int nb_ca_create(const nb_ca_opts_t *opts, nb_ca_t **out);
  * replaced, since guests trust the old one. */
 int nb_ca_load_or_create(nb_secrets_t *s, const nb_ca_opts_t *opts, nb_ca_t **out);
 
-/* Seals the CA's key and certificate into the store. */
-int nb_ca_save(const nb_ca_t *ca, nb_secrets_t *s);
-
 void nb_ca_free(nb_ca_t *ca);
 
 /* The CA certificate (borrowed) and its PEM text (malloc'd, NUL-terminated,

@@ -60,22 +60,6 @@ nb_decode_kind_t nb_decode_kind(const char *v, size_t len)
     return NB_DECODE_UNSUPPORTED;
 }
 
-const char *nb_decode_name(nb_decode_kind_t k)
-{
-    switch (k) {
-    case NB_DECODE_IDENTITY:
-        return "identity";
-    case NB_DECODE_GZIP:
-        return "gzip";
-    case NB_DECODE_DEFLATE:
-        return "deflate";
-    case NB_DECODE_BR:
-        return "br";
-    default:
-        return "unsupported";
-    }
-}
-
 static int z_start(nb_decode_t *d, int window_bits)
 {
     if (d->z_open)
@@ -252,14 +236,4 @@ int nb_decode_finish(nb_decode_t *d)
     if (d->in == 0)
         return 0; /* an empty body (e.g. a 200 with nothing): nothing to decode */
     return d->ended ? 0 : NB_EPROTO;
-}
-
-uint64_t nb_decode_in(const nb_decode_t *d)
-{
-    return d->in;
-}
-
-uint64_t nb_decode_out(const nb_decode_t *d)
-{
-    return d->out;
 }

@@ -41,9 +41,6 @@ typedef int (*nb_decode_sink)(void *ctx, const uint8_t *p, size_t len);
  * UNSUPPORTED (the proxy refuses those with a 502). */
 nb_decode_kind_t nb_decode_kind(const char *v, size_t len);
 
-/* Name for messages: "gzip", "deflate", "br", "identity". */
-const char *nb_decode_name(nb_decode_kind_t k);
-
 /* 0, NB_EUNSUPPORTED (a kind this build cannot decode) or -ENOMEM. */
 int nb_decode_new(nb_decode_kind_t kind, nb_decode_t **out);
 void nb_decode_free(nb_decode_t *d); /* NULL is a no-op */
@@ -54,9 +51,5 @@ int nb_decode_feed(nb_decode_t *d, const uint8_t *p, size_t len, nb_decode_sink 
 
 /* End of input: NB_EPROTO when the compressed stream was cut short. */
 int nb_decode_finish(nb_decode_t *d);
-
-/* Bytes in and out so far. */
-uint64_t nb_decode_in(const nb_decode_t *d);
-uint64_t nb_decode_out(const nb_decode_t *d);
 
 #endif

@@ -31,13 +31,39 @@ static void put32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
+/* One parsed query. `qname` is the question's name as dotted text (ASCII
+ * lower-cased, no trailing dot, "" for the root); `name_ok` is 1 when it is
+ * a valid host name (nb_hostname_normalize) and then `qname` is that
+ * normalised form. `wire_q` points into the message: the question as sent
+ * (name, type, class), echoed in the reply. */
+typedef struct {
+    uint16_t id;
+    uint16_t flags;
+    uint16_t qtype, qclass;
+    char qname[NB_HOSTNAME_BUFSZ];
+    int name_ok;
+    nb_iov_t wire_q;
+    int edns;
+} dns_query_t;
+
 #define F_QR 0x8000u
 #define F_AA 0x0400u
 #define F_RD 0x0100u
 #define F_RA 0x0080u
 #define WIRE_NAME_MAX 255
 
-int nb_dns_parse_query(nb_iov_t msg, nb_dns_query_t *q)
+/* Parses a query message (untrusted, `msg.len` bytes). Returns:
+ *   0                a well-formed standard query with one question;
+ *   NB_DNS_FORMERR / NB_DNS_NOTIMP (> 0)
+ *                    the header is readable (q->id, q->flags set) but the
+ *                    rest is malformed / not a standard query: answer with
+ *                    that rcode and no question;
+ *   NB_EPARSE (< 0)  no answer is possible (shorter than a header, or a
+ *                    response rather than a query): drop it.
+ * Rejects compression pointers in the question, labels over 63 bytes,
+ * names over 255 wire bytes, counts other than 1 question / 0 answers / 0
+ * authority / at most one OPT record, and trailing bytes. */
+static int dns_parse_query(nb_iov_t msg, dns_query_t *q)
 {
     memset(q, 0, sizeof *q);
     const uint8_t *m = msg.p;
@@ -144,8 +170,14 @@ static int encode_name(const char *name, uint8_t *out, size_t cap)
     return (int)o;
 }
 
-int nb_dns_build_reply(const nb_dns_query_t *q, int with_question, int rcode, const uint8_t *ip4,
-                       const char *ptr, uint32_t ttl, uint8_t *out, size_t cap)
+/* Builds a reply to `q` into `out` (cap bytes; NB_DNS_REPLY_MAX is always
+ * enough): header (same id, QR, AA, RA, RD echoed, `rcode`), the question
+ * when q->wire_q.len > 0, then at most one answer: `ip4` (network order,
+ * 4 bytes) as an A record, or `ptr` (a valid dotted name) as a PTR record,
+ * with `ttl`. `with_question` 0 omits the question (FORMERR/NOTIMP).
+ * Returns the length or NB_ETOOBIG. */
+static int dns_build_reply(const dns_query_t *q, int with_question, int rcode, const uint8_t *ip4,
+                           const char *ptr, uint32_t ttl, uint8_t *out, size_t cap)
 {
     if (cap < NB_DNS_HDR_LEN)
         return NB_ETOOBIG;
@@ -519,12 +551,12 @@ size_t nb_fakedns_answer(nb_fakedns_t *f, nb_iov_t query, uint64_t now_ms,
         res = &dummy;
     memset(res, 0, sizeof *res);
     res->rcode = -1;
-    nb_dns_query_t q;
-    int r = nb_dns_parse_query(query, &q);
+    dns_query_t q;
+    int r = dns_parse_query(query, &q);
     if (r < 0)
         return 0;
     if (r > 0) {
-        int n = nb_dns_build_reply(&q, 0, r, NULL, NULL, 0, out, cap);
+        int n = dns_build_reply(&q, 0, r, NULL, NULL, 0, out, cap);
         if (n < 0)
             return 0;
         res->rcode = r;
@@ -567,7 +599,7 @@ size_t nb_fakedns_answer(nb_fakedns_t *f, nb_iov_t query, uint64_t now_ms,
     }
     /* Every other type of a valid name: NOERROR without records (AAAA
      * included: the guest only ever connects over IPv4). */
-    int n = nb_dns_build_reply(&q, 1, rcode, ip4, ptr, f->cfg.ttl_s, out, cap);
+    int n = dns_build_reply(&q, 1, rcode, ip4, ptr, f->cfg.ttl_s, out, cap);
     if (n < 0)
         return 0;
     res->rcode = rcode;

@@ -57,45 +57,6 @@ enum {
     NB_DNS_REFUSED = 5,
 };
 
-/* ---- DNS messages (pure) ---- */
-
-/* One parsed query. `qname` is the question's name as dotted text (ASCII
- * lower-cased, no trailing dot, "" for the root); `name_ok` is 1 when it is
- * a valid host name (nb_hostname_normalize) and then `qname` is that
- * normalised form. `wire_q` points into the message: the question as sent
- * (name, type, class), echoed in the reply. */
-typedef struct {
-    uint16_t id;
-    uint16_t flags;
-    uint16_t qtype, qclass;
-    char qname[NB_HOSTNAME_BUFSZ];
-    int name_ok;
-    nb_iov_t wire_q;
-    int edns;
-} nb_dns_query_t;
-
-/* Parses a query message (untrusted, `msg.len` bytes). Returns:
- *   0                a well-formed standard query with one question;
- *   NB_DNS_FORMERR / NB_DNS_NOTIMP (> 0)
- *                    the header is readable (q->id, q->flags set) but the
- *                    rest is malformed / not a standard query: answer with
- *                    that rcode and no question;
- *   NB_EPARSE (< 0)  no answer is possible (shorter than a header, or a
- *                    response rather than a query): drop it.
- * Rejects compression pointers in the question, labels over 63 bytes,
- * names over 255 wire bytes, counts other than 1 question / 0 answers / 0
- * authority / at most one OPT record, and trailing bytes. */
-int nb_dns_parse_query(nb_iov_t msg, nb_dns_query_t *q);
-
-/* Builds a reply to `q` into `out` (cap bytes; NB_DNS_REPLY_MAX is always
- * enough): header (same id, QR, AA, RA, RD echoed, `rcode`), the question
- * when q->wire_q.len > 0, then at most one answer: `ip4` (network order,
- * 4 bytes) as an A record, or `ptr` (a valid dotted name) as a PTR record,
- * with `ttl`. `with_question` 0 omits the question (FORMERR/NOTIMP).
- * Returns the length or NB_ETOOBIG. */
-int nb_dns_build_reply(const nb_dns_query_t *q, int with_question, int rcode, const uint8_t *ip4,
-                       const char *ptr, uint32_t ttl, uint8_t *out, size_t cap);
-
 /* ---- the per-VM pool ---- */
 
 typedef struct nb_fakedns nb_fakedns_t;

@@ -604,18 +604,17 @@ int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
                    size_t nknown, nb_inject_get_fn get, void *ctx, nb_redact_t *redact,
                    nb_inject_out_t *out)
 {
-    ictx_t cs, *c = &cs;
-    memset(c, 0, sizeof(*c));
-    c->req = req;
-    c->dest = dest;
-    c->b = bindings;
-    c->nb = nbindings;
-    c->known = known;
-    c->nknown = nknown;
-    c->get = get;
-    c->ctx = ctx;
-    c->redact = redact;
-    c->out = out;
+    ictx_t cs = {.req = req,
+                 .dest = dest,
+                 .b = bindings,
+                 .nb = nbindings,
+                 .known = known,
+                 .nknown = nknown,
+                 .get = get,
+                 .ctx = ctx,
+                 .redact = redact,
+                 .out = out};
+    ictx_t *c = &cs;
     nb_inject_out_wipe(out);
     out->ninjected = out->nleaks = 0;
     char ver[16];
@@ -677,15 +676,14 @@ static int watch_all(ictx_t *c)
 int nb_inject_watch(const nb_inject_dest_t *dest, const nb_binding_t *bindings, size_t nbindings,
                     nb_inject_get_fn get, void *ctx, nb_redact_t *redact, nb_inject_out_t *out)
 {
-    ictx_t cs, *c = &cs;
-    memset(c, 0, sizeof(*c));
-    c->dest = dest;
-    c->b = bindings;
-    c->nb = nbindings;
-    c->get = get;
-    c->ctx = ctx;
-    c->redact = redact;
-    c->out = out;
+    ictx_t cs = {.dest = dest,
+                 .b = bindings,
+                 .nb = nbindings,
+                 .get = get,
+                 .ctx = ctx,
+                 .redact = redact,
+                 .out = out};
+    ictx_t *c = &cs;
     int r = watch_all(c);
     sodium_memzero(out->work, out->work_used);
     out->work_used = 0;

@@ -101,16 +101,11 @@ const char *nb_binding_host_refusal(const char *host)
     return NULL;
 }
 
-static int header_forbidden(const char *h)
-{
-    return nb_binding_header_refusal(h) != NULL;
-}
-
 static int header_fields_valid(const nb_binding_t *b)
 {
     const char *ph = strstr(b->tmpl, "{secret}");
     size_t tl = strlen(b->tmpl);
-    return token_valid(b->header) && !header_forbidden(b->header) && ph &&
+    return token_valid(b->header) && !nb_binding_header_refusal(b->header) && ph &&
            !strstr(ph + 1, "{secret}") && visible_or_space(b->tmpl) && b->tmpl[0] != ' ' &&
            b->tmpl[tl - 1] != ' ';
 }

@@ -68,8 +68,11 @@ void nb_secret_value_free(nb_secret_value_t *v)
     v->len = 0;
 }
 
-static int internal_name_valid(const char *name)
+/* kind "user": nb_secrets_name_valid; "internal": "nilbox.*". */
+static int name_valid(const char *kind, const char *name)
 {
+    if (!strcmp(kind, "user"))
+        return nb_secrets_name_valid(name);
     size_t n = strlen(name);
     return n > 7 && n <= NB_SECRETS_NAME_MAX && memcmp(name, "nilbox.", 7) == 0;
 }
@@ -330,7 +333,7 @@ static size_t make_ad(uint8_t *ad, char kind, int64_t id, int64_t version, const
 static int put_value(nb_secrets_t *s, const char *kind, const char *name, const void *value,
                      size_t len)
 {
-    if (len == 0 || len > NB_SECRETS_VALUE_MAX)
+    if (!name_valid(kind, name) || len == 0 || len > NB_SECRETS_VALUE_MAX)
         return NB_EINVAL;
     sqlite3_stmt *st = NULL;
     uint8_t *ct = NULL;
@@ -432,6 +435,8 @@ static int get_value(nb_secrets_t *s, const char *kind, const char *name, nb_sec
 {
     out->p = NULL;
     out->len = 0;
+    if (!name_valid(kind, name))
+        return NB_ENOTFOUND;
     sqlite3_stmt *st;
     int r =
         prep(s->db, "SELECT id, version, nonce, ct FROM secrets WHERE kind = ? AND name = ?", &st);
@@ -560,35 +565,21 @@ int nb_secrets_unseal(const nb_secrets_t *s, const nb_sealed_t *e, nb_secret_val
 
 int nb_secrets_set(nb_secrets_t *s, const char *name, const void *value, size_t len)
 {
-    if (!nb_secrets_name_valid(name))
-        return NB_EINVAL;
     return put_value(s, "user", name, value, len);
 }
 
 int nb_secrets_get(nb_secrets_t *s, const char *name, nb_secret_value_t *out)
 {
-    if (!nb_secrets_name_valid(name)) {
-        out->p = NULL;
-        out->len = 0;
-        return NB_ENOTFOUND;
-    }
     return get_value(s, "user", name, out);
 }
 
 int nb_secrets_put_internal(nb_secrets_t *s, const char *name, const void *value, size_t len)
 {
-    if (!internal_name_valid(name))
-        return NB_EINVAL;
     return put_value(s, "internal", name, value, len);
 }
 
 int nb_secrets_get_internal(nb_secrets_t *s, const char *name, nb_secret_value_t *out)
 {
-    if (!internal_name_valid(name)) {
-        out->p = NULL;
-        out->len = 0;
-        return NB_ENOTFOUND;
-    }
     return get_value(s, "internal", name, out);
 }
 

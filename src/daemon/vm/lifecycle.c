@@ -272,19 +272,8 @@ void nb_vm_start(nb_vm_t *vm, int wait, nb_vmm_cb cb, void *ud)
     j->fallback = vm->kvm_fallback;
     nb_vm_fmt(j->kvm_error, sizeof j->kvm_error, "%s", vm->kvm_error);
     vm->kvm_fallback = 0;
-    j->j.cb = cb;
-    j->j.ud = ud;
-    j->j.work = nb_vm_boot_work;
-    j->j.done = start_done;
     j->j.cleanup = nb_vm_boot_cleanup;
-    vm->busy = "starting";
-    int r = nb_vm_queue(vm, &j->j);
-    if (r < 0) {
-        vm->busy = NULL;
-        free(j);
-        if (cb)
-            cb(ud, r, NULL, NULL);
-    }
+    nb_vm_queue_busy(vm, &j->j, "starting", nb_vm_boot_work, start_done, cb, ud);
 }
 
 /* ------------------------------------------------------------ QMP */

@@ -34,11 +34,6 @@ nb_vm_t *nb_vmm_find(nb_vmm_t *m, const char *name)
     return NULL;
 }
 
-const char *nb_vmm_default_accel(const nb_vmm_t *m)
-{
-    return nb_accel_name(m->accel_default);
-}
-
 json_t *nb_vmm_list(nb_vmm_t *m)
 {
     json_t *arr = json_array();
@@ -134,7 +129,6 @@ void nb_vmm_restart(nb_vmm_t *m, const char *name, int wait, nb_vmm_cb cb, void 
         return;
     }
     vm->restart_after_stop = 1;
-    vm->restart_wait = wait;
     nb_vm_waiter_add(vm, wait ? W_READY : W_STARTED, 0, cb, ud);
     if (vm->state != NB_VM_STOPPING)
         nb_vm_stop(vm, 0, NULL, NULL);
@@ -153,12 +147,6 @@ void nb_vmm_snapshot(nb_vmm_t *m, const char *name, nb_vm_snap_op_t op, const ch
     nb_vm_t *vm = find_or_fail(m, name, cb, ud);
     if (vm)
         nb_vm_snapshot(vm, op, snap, cb, ud);
-}
-
-void nb_vmm_set_restart(nb_vmm_t *m, const char *name, nb_vm_restart_t policy, nb_vmm_cb cb,
-                        void *ud)
-{
-    nb_vmm_set(m, name, &policy, NULL, cb, ud);
 }
 
 /* ------------------------------------------------------------ settings */
@@ -426,11 +414,7 @@ void nb_vmm_create(nb_vmm_t *m, const nb_vm_spec_t *spec, nb_vmm_cb cb, void *ud
     }
     vm->created_ms = nb_events_now_ms();
     vm->busy = "creating";
-    j->cb = cb;
-    j->ud = ud;
-    j->work = create_work;
-    j->done = create_done;
-    if ((r = nb_vm_queue(vm, j)) < 0) {
+    if ((r = nb_vm_queue(vm, j, create_work, create_done, cb, ud)) < 0) {
         nb_vm_destroy(vm);
         free(j);
         cb(ud, r, NULL, NULL);
@@ -469,11 +453,7 @@ static void remove_now(nb_vm_t *vm, nb_vmm_cb cb, void *ud)
     }
     vm->removed = 1; /* gone from lookups; memory goes after the files */
     vm->busy = "removing";
-    j->cb = cb;
-    j->ud = ud;
-    j->work = remove_work;
-    j->done = remove_done;
-    if ((r = nb_vm_queue(vm, j)) < 0) {
+    if ((r = nb_vm_queue(vm, j, remove_work, remove_done, cb, ud)) < 0) {
         j->r = r;
         remove_done(j);
     }

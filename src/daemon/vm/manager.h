@@ -120,8 +120,6 @@ nb_vm_t *nb_vmm_find(nb_vmm_t *m, const char *name);
 json_t *nb_vmm_list(nb_vmm_t *m);
 /* The VM as JSON (new reference); `detail` adds paths and runtime data. */
 json_t *nb_vm_json(const nb_vm_t *vm, int detail);
-nb_vm_state_t nb_vm_state(const nb_vm_t *vm);
-const char *nb_vm_name(const nb_vm_t *vm);
 /* The channel session when the agent is connected, else NULL. */
 nb_muxsess_t *nb_vm_session(const nb_vm_t *vm);
 /* Path of the serial console log. */
@@ -151,10 +149,6 @@ void nb_vmm_remove(nb_vmm_t *m, const char *name, int force, nb_vmm_cb cb, void 
 /* Grows the overlay of a stopped VM to `bytes`; smaller is refused. */
 void nb_vmm_resize(nb_vmm_t *m, const char *name, uint64_t bytes, nb_vmm_cb cb, void *ud);
 
-/* Changes the restart policy (any state). */
-void nb_vmm_set_restart(nb_vmm_t *m, const char *name, nb_vm_restart_t policy, nb_vmm_cb cb,
-                        void *ud);
-
 /* Changes settings (any state; accel applies from the next boot):
  * `restart` NULL or a policy, `accel` NULL or "auto"/"kvm"/"tcg". "kvm" on
  * a host without a usable KVM device is refused (NB_EUNSUPPORTED). */
@@ -168,9 +162,6 @@ int nb_vm_valid_user(const char *user);
 void nb_vmm_set_user(nb_vmm_t *m, const char *name, const char *user, nb_vmm_cb cb, void *ud);
 /* The VM's default guest user ("" = the agent's own account, root). */
 const char *nb_vm_user(const nb_vm_t *vm);
-
-/* The daemon-wide accelerator default (NILBOX_ACCEL, else "auto"). */
-const char *nb_vmm_default_accel(const nb_vmm_t *m);
 
 /* Path of QEMU's own stderr log (qemu.log). */
 const char *nb_vm_qemu_log_path(const nb_vm_t *vm);

@@ -99,7 +99,6 @@ struct nb_vm {
     int stop_requested;
     int boot_failed;        /* our own stop after the boot deadline */
     int restart_after_stop; /* restart = stop + start */
-    int restart_wait;
     int stop_step;
     uv_timer_t timer;      /* QMP retries, stop steps, restart backoff */
     uv_timer_t boot_timer; /* boot deadline */
@@ -165,9 +164,16 @@ struct nb_vm_job {
     void (*done)(nb_vm_job_t *j);    /* frees the job */
     void (*cleanup)(nb_vm_job_t *j); /* optional: run instead of done when the manager is gone */
 };
-/* `done` frees the job. When the manager is freed meanwhile, `done` is
- * skipped: `cb` gets NB_ECLOSED, `cleanup` runs and the job is free()d. */
-int nb_vm_queue(nb_vm_t *vm, nb_vm_job_t *j);
+/* Sets the job's work, done, cb and ud and queues it. `done` frees the
+ * job. When the manager is freed meanwhile, `done` is skipped: `cb` gets
+ * NB_ECLOSED, `cleanup` runs and the job is free()d. */
+int nb_vm_queue(nb_vm_t *vm, nb_vm_job_t *j, void (*work)(nb_vm_job_t *),
+                void (*done)(nb_vm_job_t *), nb_vmm_cb cb, void *ud);
+/* nb_vm_queue with vm->busy set to `busy` (if not NULL) while it runs; when
+ * it cannot be queued, busy is cleared, the job freed and `cb` (if any)
+ * gets the error. */
+void nb_vm_queue_busy(nb_vm_t *vm, nb_vm_job_t *j, const char *busy, void (*work)(nb_vm_job_t *),
+                      void (*done)(nb_vm_job_t *), nb_vmm_cb cb, void *ud);
 /* Runs argv (NULL-terminated) and waits; output (stdout+stderr, capped)
  * into `out`. Returns the exit status, or -errno. Pool threads only. */
 int nb_vm_run_cmd(const char *const *argv, char *out, size_t outsz);

@@ -296,18 +296,8 @@ void nb_vm_snapshot(nb_vm_t *vm, nb_vm_snap_op_t op, const char *snap, nb_vmm_cb
     }
     s->op = op;
     nb_vm_fmt(s->snap, sizeof s->snap, "%s", snap ? snap : "");
-    s->j.cb = cb;
-    s->j.ud = ud;
-    s->j.work = snap_work;
-    s->j.done = snap_done;
-    if (op != NB_VM_SNAP_LIST)
-        vm->busy = "snapshot";
-    int r = nb_vm_queue(vm, &s->j);
-    if (r < 0) {
-        vm->busy = NULL;
-        free(s);
-        reply(cb, ud, r, NULL, NULL);
-    }
+    nb_vm_queue_busy(vm, &s->j, op != NB_VM_SNAP_LIST ? "snapshot" : NULL, snap_work, snap_done, cb,
+                     ud);
 }
 
 static void resize_work(nb_vm_job_t *j)
@@ -385,15 +375,5 @@ void nb_vm_resize(nb_vm_t *vm, uint64_t bytes, nb_vmm_cb cb, void *ud)
         return;
     }
     s->bytes = bytes;
-    s->j.cb = cb;
-    s->j.ud = ud;
-    s->j.work = resize_work;
-    s->j.done = resize_done;
-    vm->busy = "resize";
-    int r = nb_vm_queue(vm, &s->j);
-    if (r < 0) {
-        vm->busy = NULL;
-        free(s);
-        reply(cb, ud, r, NULL, NULL);
-    }
+    nb_vm_queue_busy(vm, &s->j, "resize", resize_work, resize_done, cb, ud);
 }

@@ -126,16 +126,6 @@ int nb_vm_parse_size(const char *s, uint64_t *out)
 
 /* ------------------------------------------------------------ accessors */
 
-nb_vm_state_t nb_vm_state(const nb_vm_t *vm)
-{
-    return vm->state;
-}
-
-const char *nb_vm_name(const nb_vm_t *vm)
-{
-    return vm->spec.name;
-}
-
 nb_muxsess_t *nb_vm_session(const nb_vm_t *vm)
 {
     return vm->agent_up ? nb_vmchan_session(vm->chan) : NULL;
@@ -482,13 +472,32 @@ static void job_done(uv_work_t *w, int status)
     j->done(j);
 }
 
-int nb_vm_queue(nb_vm_t *vm, nb_vm_job_t *j)
+int nb_vm_queue(nb_vm_t *vm, nb_vm_job_t *j, void (*work)(nb_vm_job_t *),
+                void (*done)(nb_vm_job_t *), nb_vmm_cb cb, void *ud)
 {
     j->vm = vm;
+    j->work = work;
+    j->done = done;
+    j->cb = cb;
+    j->ud = ud;
     int r = uv_queue_work(vm->m->loop, &j->w, job_work, job_done);
     if (r == 0)
         vm->jobs++;
     return r;
+}
+
+void nb_vm_queue_busy(nb_vm_t *vm, nb_vm_job_t *j, const char *busy, void (*work)(nb_vm_job_t *),
+                      void (*done)(nb_vm_job_t *), nb_vmm_cb cb, void *ud)
+{
+    if (busy)
+        vm->busy = busy;
+    int r = nb_vm_queue(vm, j, work, done, cb, ud);
+    if (r < 0) {
+        vm->busy = NULL;
+        free(j);
+        if (cb)
+            cb(ud, r, NULL, NULL);
+    }
 }
 
 int nb_vm_run_cmd(const char *const *argv, char *out, size_t outsz)
