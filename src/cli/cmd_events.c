@@ -128,13 +128,10 @@ static int do_show(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return NB_CLI_USAGE;
     }
     snprintf(path, sizeof path, "/v1/events/%lld", id);
-    int code = nb_cli_call(cli, "GET", path, NULL, &e);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", path, NULL, &e, &code))
         return code;
-    if (cli->json)
-        nb_cli_print_json(e);
-    else
-        print_event(e);
+    print_event(e);
     json_decref(e);
     return NB_CLI_OK;
 }

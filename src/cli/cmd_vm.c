@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/cmd.h"
+#include "cli/cmdutil.h"
 #include "cli/logfilter.h"
 #include "cli/vmwait.h"
 #include "cli/wsclient.h"
@@ -278,18 +278,12 @@ static int do_create(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     return NB_CLI_OK;
 }
 
+/* `vm start` and `vm restart`: POST /v1/vms/NAME/<verb>. */
 static int do_start(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
-    char path[128];
-    if (vm_path(path, sizeof path, a->pos[0], "/start") < 0)
-        return NB_CLI_USAGE;
-    return start_and_wait(cli, a->pos[0], path, nb_cli_flag(v, a, "no-wait"));
-}
-
-static int do_restart(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
-{
-    char path[128];
-    if (vm_path(path, sizeof path, a->pos[0], "/restart") < 0)
+    char path[128], suffix[16];
+    snprintf(suffix, sizeof suffix, "/%s", v->name);
+    if (vm_path(path, sizeof path, a->pos[0], suffix) < 0)
         return NB_CLI_USAGE;
     return start_and_wait(cli, a->pos[0], path, nb_cli_flag(v, a, "no-wait"));
 }
@@ -347,11 +341,9 @@ static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (vm_path(path, sizeof path, a->pos[0], nb_cli_flag(v, a, "force") ? "?force=1" : "") < 0)
         return NB_CLI_USAGE;
     json_t *res = NULL;
-    int code = nb_cli_call(cli, "DELETE", path, NULL, &res);
-    if (code == NB_CLI_OK && !cli->json)
+    int code;
+    if (!nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code))
         printf("removed VM %s\n", a->pos[0]);
-    else if (code == NB_CLI_OK)
-        nb_cli_print_json(res);
     json_decref(res);
     return code;
 }
@@ -400,14 +392,9 @@ static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     json_t *res = NULL, *vm;
     size_t i;
-    int code = nb_cli_call(cli, "GET", "/v1/vms", NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", "/v1/vms", NULL, &res, &code))
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-        json_decref(res);
-        return NB_CLI_OK;
-    }
     json_t *vms = json_object_get(res, "vms");
     if (json_array_size(vms) == 0)
         printf("no VMs; create one with 'nilbox vm create NAME'\n");
@@ -621,7 +608,7 @@ static const nb_cli_verb_t verbs[] = {
      "Shut a VM down: the agent powers the guest off; if it does not, ACPI powerdown, then QMP\n"
      "quit, then SIGKILL, each after a timeout.",
      1, 1, stop_opts, do_stop, NB_CLI_NEEDS_DAEMON},
-    {"restart", "stop and start a VM", "NAME", NULL, 1, 1, start_opts, do_restart,
+    {"restart", "stop and start a VM", "NAME", NULL, 1, 1, start_opts, do_start,
      NB_CLI_NEEDS_DAEMON},
     {"rm", "remove a VM and its disk", "NAME",
      "Remove a VM, its disk and snapshots. A running VM is refused unless --force.", 1, 1, rm_opts,
