@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/cmdutil.h"
@@ -21,13 +20,6 @@
 #include "lib/log.h"
 
 #define START_TIMEOUT_S 300
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ------------------------------------------------------------ event helpers */
 
@@ -53,11 +45,11 @@ int nb_cli_events_wait(nb_wsc_t *ws, int timeout_s, nb_cli_event_fn fn, void *ud
     struct sigaction sa = {.sa_handler = on_sigint}, old;
     sigaction(SIGINT, &sa, &old); /* no SA_RESTART: poll returns EINTR */
     nb_buf_init(&msg, 16u << 20);
-    double end = now_s() + timeout_s;
+    double end = nb_cli_now_s() + timeout_s;
     int ret = 0;
     interrupted = 0;
     while (!ret) {
-        int left = (int)((end - now_s()) * 1000);
+        int left = (int)((end - nb_cli_now_s()) * 1000);
         if (interrupted) {
             ret = -EINTR;
             break;
@@ -111,7 +103,7 @@ static int boot_event(const json_t *e, void *ud)
     if (!strcmp(type, "progress")) {
         const char *m = nb_json_str(e, "message");
         if (m && !w->quiet)
-            nb_cli_progress(now_s() - w->t0, m);
+            nb_cli_progress(nb_cli_now_s() - w->t0, m);
         return 0;
     }
     if (!strcmp(type, "vm.starting"))
@@ -133,7 +125,7 @@ static int boot_event(const json_t *e, void *ud)
  * ready. */
 static int start_and_wait(nb_cli_t *cli, const char *name, const char *path, int nowait)
 {
-    boot_wait_t w = {.vm = name, .t0 = now_s(), .quiet = cli->json};
+    boot_wait_t w = {.vm = name, .t0 = nb_cli_now_s(), .quiet = cli->json};
     w.restart = strstr(path, "/restart") != NULL;
     nb_wsc_t *ws = nowait ? NULL : nb_cli_events_open(cli);
     json_t *res = NULL;
@@ -177,7 +169,7 @@ static int start_and_wait(nb_cli_t *cli, const char *name, const char *path, int
         } else {
             json_t *b = json_object_get(w.running, "boot_secs");
             printf("VM %s is running (agent ready after %.1f s)\n", name,
-                   json_is_number(b) ? json_number_value(b) : now_s() - w.t0);
+                   json_is_number(b) ? json_number_value(b) : nb_cli_now_s() - w.t0);
             printf("open a shell: nilbox shell %s    run a command: nilbox exec %s -- CMD\n", name,
                    name);
         }

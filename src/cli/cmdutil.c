@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/log.h"
 
@@ -29,4 +30,11 @@ void nb_cli_print_field(const char *key, const json_t *v, char *esc, size_t escs
         return;
     printf(" %s=%s", key, nb_log_escape(esc, escsz, s, strlen(s)));
     free(s);
+}
+
+double nb_cli_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }

@@ -23,4 +23,7 @@ int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, con
  * bytes; longer values are cut there). Prints nothing when out of memory. */
 void nb_cli_print_field(const char *key, const json_t *v, char *esc, size_t escsz);
 
+/* Seconds on the monotonic clock (progress and timings). */
+double nb_cli_now_s(void);
+
 #endif
