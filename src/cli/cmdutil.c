@@ -38,3 +38,19 @@ double nb_cli_now_s(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
+
+volatile sig_atomic_t nb_cli_stop;
+
+static void on_stop(int sig)
+{
+    nb_cli_stop = 1;
+}
+
+void nb_cli_catch_stop(int hup)
+{
+    struct sigaction sa = {.sa_handler = on_stop};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (hup)
+        sigaction(SIGHUP, &sa, NULL);
+}

@@ -4,6 +4,7 @@
 #ifndef NB_CLI_CMDUTIL_H
 #define NB_CLI_CMDUTIL_H
 
+#include <signal.h>
 #include <stddef.h>
 
 #include <jansson.h>
@@ -25,5 +26,11 @@ void nb_cli_print_field(const char *key, const json_t *v, char *esc, size_t escs
 
 /* Seconds on the monotonic clock (progress and timings). */
 double nb_cli_now_s(void);
+
+/* Set once SIGINT or SIGTERM (or SIGHUP after nb_cli_catch_stop(1)) came. */
+extern volatile sig_atomic_t nb_cli_stop;
+/* Installs the handler that sets nb_cli_stop, without SA_RESTART so that a
+ * blocked poll() returns EINTR. */
+void nb_cli_catch_stop(int hup);
 
 #endif
