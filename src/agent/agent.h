@@ -63,9 +63,6 @@ typedef struct {
 /* Looks an account up by `name`, or by `uid` when name is NULL.
  * 0, -ENOENT (no such account), NB_ETOOBIG or another -errno. */
 int nb_agent_user_lookup(const char *name, uid_t uid, nb_agent_user_t *u);
-/* The same on other files (tests). */
-int nb_agent_user_lookup_in(const char *passwd_path, const char *group_path, const char *name,
-                            uid_t uid, nb_agent_user_t *u);
 /* 1 when `name` is a plausible account name (the useradd rules). */
 int nb_agent_user_valid_name(const char *name);
 
@@ -99,9 +96,6 @@ void nb_agent_cmd_free(nb_agent_cmd_t *cmd);
 
 /* Parses args as a JSON object. NB_EINVAL (reason in why) otherwise. */
 int nb_agent_args_object(nb_iov_t args, json_t **out, char *why, size_t whysz);
-
-/* Writes a one-message JSON object on the CTL channel of st. */
-int nb_agent_send_ctl(nb_muxsess_stream_t *st, json_t *msg);
 
 /* Sends {"exit": code} or {"signal": n} on CTL and FIN. */
 int nb_agent_send_exit(nb_muxsess_stream_t *st, int64_t exit_status, int term_signal);

@@ -260,7 +260,7 @@ int nb_agent_cmd_resolve(nb_agent_cmd_t *cmd)
     return r;
 }
 
-int nb_agent_send_ctl(nb_muxsess_stream_t *st, json_t *msg)
+static int send_ctl(nb_muxsess_stream_t *st, json_t *msg)
 {
     nb_buf_t b;
     nb_buf_init(&b, NB_MUX_CTL_MAX);
@@ -277,7 +277,7 @@ int nb_agent_send_exit(nb_muxsess_stream_t *st, int64_t exit_status, int term_si
                             : json_pack("{s:I}", "exit", (json_int_t)exit_status);
     if (!m)
         return -ENOMEM;
-    int r = nb_agent_send_ctl(st, m);
+    int r = send_ctl(st, m);
     json_decref(m);
     if (r == 0)
         r = nb_muxsess_stream_fin(st);

@@ -112,11 +112,11 @@ int nb_agent_user_valid_name(const char *name)
 
 /* Supplementary groups of `u` from /etc/group (best effort: a missing or
  * unreadable file leaves only the primary group). */
-static void load_groups(const char *group_path, nb_agent_user_t *u)
+static void load_groups(nb_agent_user_t *u)
 {
     char *db = NULL;
     u->ngroups = 0;
-    if (read_db(group_path, &db) < 0)
+    if (read_db("/etc/group", &db) < 0)
         return;
     char *save = NULL;
     for (char *line = strtok_r(db, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -134,12 +134,11 @@ static void load_groups(const char *group_path, nb_agent_user_t *u)
     free(db);
 }
 
-int nb_agent_user_lookup_in(const char *passwd_path, const char *group_path, const char *name,
-                            uid_t uid, nb_agent_user_t *u)
+int nb_agent_user_lookup(const char *name, uid_t uid, nb_agent_user_t *u)
 {
     memset(u, 0, sizeof *u);
     char *db = NULL;
-    int r = read_db(passwd_path, &db);
+    int r = read_db("/etc/passwd", &db);
     if (r < 0)
         return r;
     r = -ENOENT;
@@ -159,15 +158,10 @@ int nb_agent_user_lookup_in(const char *passwd_path, const char *group_path, con
         }
         u->uid = (uid_t)pu;
         u->gid = (gid_t)pg;
-        load_groups(group_path, u);
+        load_groups(u);
         r = 0;
         break;
     }
     free(db);
     return r;
-}
-
-int nb_agent_user_lookup(const char *name, uid_t uid, nb_agent_user_t *u)
-{
-    return nb_agent_user_lookup_in("/etc/passwd", "/etc/group", name, uid, u);
 }

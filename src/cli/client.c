@@ -17,7 +17,7 @@
 #include "lib/http.h"
 #include "lib/json.h"
 
-static int64_t now_ms(void)
+int64_t nb_client_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -27,7 +27,7 @@ static int64_t now_ms(void)
 static int wait_fd(int fd, short events, int64_t deadline)
 {
     for (;;) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - nb_client_now_ms();
         if (left <= 0)
             return NB_ETIMEOUT;
         struct pollfd p = {.fd = fd, .events = events};
@@ -55,7 +55,7 @@ int nb_client_connect(const char *sock, int timeout_ms)
             close(fd);
             return -e;
         }
-        int r = wait_fd(fd, POLLOUT, now_ms() + timeout_ms);
+        int r = wait_fd(fd, POLLOUT, nb_client_now_ms() + timeout_ms);
         socklen_t len = sizeof e;
         if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) < 0 || e) {
             close(fd);
@@ -109,7 +109,7 @@ int nb_client_exchange(int fd, const char *method, const char *path, const char 
                        const char *ctype, nb_iov_t body, int timeout_ms, nb_client_resp_t *resp)
 {
     static const nb_http_cbs_t cbs = {.on_head = on_head, .on_body = on_body};
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = nb_client_now_ms() + timeout_ms;
     nb_http_parser_t *p = NULL;
     nb_http_limits_t lim;
     nb_buf_t req;

@@ -44,4 +44,7 @@ void nb_client_resp_free(nb_client_resp_t *resp);
 /* 1 when `r` means "nobody listens on the socket". */
 int nb_client_unreachable(int r);
 
+/* Milliseconds on the monotonic clock (deadlines). */
+int64_t nb_client_now_ms(void);
+
 #endif

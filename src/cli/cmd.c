@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/client.h"
@@ -54,13 +53,6 @@ void nb_cli_print_json(const json_t *j)
 }
 
 /* ------------------------------------------------------ talking to nilboxd */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int nb_cli_send(nb_cli_t *cli, const char *method, const char *path, const char *ctype,
                 nb_iov_t body, json_t **out)
@@ -203,11 +195,11 @@ int nb_cli_ensure_daemon(nb_cli_t *cli, int timeout_s, int quiet, int *started)
         _exit(127);
     }
     close(pfd[1]);
-    int64_t deadline = now_ms() + (int64_t)timeout_s * 1000;
+    int64_t deadline = nb_client_now_ms() + (int64_t)timeout_s * 1000;
     size_t len = 0;
     int status = -1, exited = 0;
     fcntl(pfd[0], F_SETFL, O_NONBLOCK);
-    while (now_ms() < deadline) {
+    while (nb_client_now_ms() < deadline) {
         ssize_t n = read(pfd[0], errbuf + len, sizeof errbuf - 1 - len);
         if (n > 0)
             len += (size_t)n;
@@ -235,7 +227,7 @@ int nb_cli_ensure_daemon(nb_cli_t *cli, int timeout_s, int quiet, int *started)
                            len ? m : "it exited with an error");
     }
     while (!answers(cli)) {
-        if (now_ms() >= deadline)
+        if (nb_client_now_ms() >= deadline)
             return nb_cli_fail(cli, NB_CLI_UNREACHABLE, "start_timeout",
                                "nilboxd started but does not answer on %s; see %s", cli->home.sock,
                                cli->home.logfile);

@@ -48,13 +48,6 @@ static int on_name(void *ud, const char *name, size_t len)
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* Reads one input list into the builder; per-kind counts into `o`. */
 static int read_input(nb_cli_t *cli, const char *path, add_ctx_t *c, json_t *o)
 {
@@ -164,13 +157,13 @@ static int do_build(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return NB_CLI_ERROR;
     }
     json_t *o = json_pack("{s:[]}", "inputs");
-    double t0 = now_s();
+    double t0 = nb_cli_now_s();
     int rc = NB_CLI_OK;
     for (int i = 0; i < a->npos && rc == NB_CLI_OK; i++)
         rc = read_input(cli, a->pos[i], &c, o);
     uint8_t *img = NULL;
     size_t len = 0;
-    double t1 = now_s();
+    double t1 = nb_cli_now_s();
     if (rc == NB_CLI_OK) {
         int r = nb_bl_builder_finish(c.b, sk, (uint64_t)time(NULL), &img, &len, err, sizeof err);
         if (r < 0) {
@@ -180,7 +173,7 @@ static int do_build(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     }
     sodium_memzero(sk, sizeof sk);
     nb_bl_builder_free(c.b);
-    double t2 = now_s();
+    double t2 = nb_cli_now_s();
     if (rc == NB_CLI_OK) {
         int r = write_file(out, img, len);
         if (r < 0) {

@@ -1,6 +1,5 @@
 /* nilbox events [--since ID] [--follow] */
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,13 +43,6 @@ static void emit(nb_cli_t *cli, const json_t *e)
     fflush(stdout);
 }
 
-static volatile sig_atomic_t interrupted;
-
-static void on_sigint(int sig)
-{
-    interrupted = 1;
-}
-
 static int follow(nb_cli_t *cli, long since)
 {
     char path[64], err[512];
@@ -66,11 +58,9 @@ static int follow(nb_cli_t *cli, long since)
         return nb_cli_fail(cli, nb_client_unreachable(r) ? NB_CLI_UNREACHABLE : NB_CLI_ERROR,
                            "stream_failed", "cannot open the event stream: %s",
                            err[0] ? err : nb_strerror(r));
-    struct sigaction sa = {.sa_handler = on_sigint};
-    sigaction(SIGINT, &sa, NULL); /* no SA_RESTART: poll returns EINTR */
-    sigaction(SIGTERM, &sa, NULL);
+    nb_cli_catch_stop(0);
     nb_buf_init(&msg, 16u << 20);
-    while (!interrupted) {
+    while (!nb_cli_stop) {
         int op = 0;
         r = nb_wsc_recv(ws, -1, &op, &msg, &close_code);
         if (r == -EINTR)
@@ -86,7 +76,7 @@ static int follow(nb_cli_t *cli, long since)
         }
         json_decref(e);
     }
-    if (!interrupted) {
+    if (!nb_cli_stop) {
         fprintf(stderr, "nilbox: the daemon closed the event stream%s\n",
                 close_code == 1001 ? " (it is stopping)" : "");
         code = NB_CLI_UNREACHABLE;
@@ -128,13 +118,10 @@ static int do_show(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return NB_CLI_USAGE;
     }
     snprintf(path, sizeof path, "/v1/events/%lld", id);
-    int code = nb_cli_call(cli, "GET", path, NULL, &e);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", path, NULL, &e, &code))
         return code;
-    if (cli->json)
-        nb_cli_print_json(e);
-    else
-        print_event(e);
+    print_event(e);
     json_decref(e);
     return NB_CLI_OK;
 }

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "cli/cmd.h"
+#include "cli/cmdutil.h"
 #include "cli/vmwait.h"
 #include "cli/wsclient.h"
 #include "lib/err.h"
@@ -31,14 +31,9 @@ static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     json_t *res = NULL, *img;
     size_t i;
-    int code = nb_cli_call(cli, "GET", "/v1/images", NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", "/v1/images", NULL, &res, &code))
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-        json_decref(res);
-        return NB_CLI_OK;
-    }
     printf("%-12s %-10s %-10s %9s  %s\n", "NAME", "STATUS", "ROOT", "SIZE", "USED BY");
     json_array_foreach (json_object_get(res, "images"), i, img) {
         char size[32] = "-", users[256] = "";
@@ -154,13 +149,9 @@ static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (!image_name_ok(a->pos[0]))
         return bad_image(a->pos[0]);
     snprintf(path, sizeof path, "/v1/images/%s", a->pos[0]);
-    int code = nb_cli_call(cli, "DELETE", path, NULL, &res);
-    if (code == NB_CLI_OK) {
-        if (cli->json)
-            nb_cli_print_json(res);
-        else
-            printf("removed image %s\n", a->pos[0]);
-    }
+    int code;
+    if (!nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code))
+        printf("removed image %s\n", a->pos[0]);
     json_decref(res);
     return code;
 }

@@ -6,7 +6,6 @@
  * here, so no byte sequence can draw a fake question (A20). */
 #include <errno.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,13 +159,6 @@ static void ask(nb_cli_t *cli, watch_t *w)
     fflush(stdout);
 }
 
-static volatile sig_atomic_t interrupted;
-
-static void on_sigint(int sig)
-{
-    interrupted = 1;
-}
-
 /* Handles one event of the stream. */
 static void on_event(nb_cli_t *cli, watch_t *w, const json_t *e)
 {
@@ -299,16 +291,14 @@ static int watch(nb_cli_t *cli)
     json_array_foreach (json_object_get(list, "prompts"), i, p)
         add(&w, p);
     json_decref(list);
-    struct sigaction sa = {.sa_handler = on_sigint};
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    nb_cli_catch_stop(0);
     nb_buf_init(&msg, 16u << 20);
     key_mode_begin();
     if (!cli->json)
         printf("watching for prompts (%sCtrl-C to stop)\n",
                tio_saved ? "answer with one key; " : "");
     fflush(stdout);
-    while (!interrupted) {
+    while (!nb_cli_stop) {
         int op = 0, cc = 0;
         /* Everything already received first, then wait for more. */
         while ((r = nb_wsc_recv(ws, 0, &op, &msg, &cc)) == 0) {

@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
-#include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,18 +20,11 @@
 #include <unistd.h>
 
 #include "cli/client.h"
-#include "cli/cmd.h"
+#include "cli/cmdutil.h"
 #include "cli/wsclient.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
-
-static volatile sig_atomic_t interrupted;
-
-static void on_sig(int sig)
-{
-    interrupted = 1;
-}
 
 /* Watch standard input for its end only when it is a terminal or a pipe:
  * `nilbox proxy ... &` in a script gets /dev/null and must keep running. */
@@ -166,12 +158,9 @@ static int do_proxy(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     }
     fflush(stdout);
 
-    struct sigaction sa = {.sa_handler = on_sig};
-    sigaction(SIGINT, &sa, NULL); /* no SA_RESTART: poll returns EINTR */
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
+    nb_cli_catch_stop(1);
     int watch_in = stdin_watchable();
-    while (!interrupted) {
+    while (!nb_cli_stop) {
         struct pollfd pf[2] = {{.fd = nb_wsc_fd(ws), .events = POLLIN},
                                {.fd = STDIN_FILENO, .events = POLLIN}};
         int n = poll(pf, watch_in ? 2 : 1, -1);

@@ -9,10 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "cli/cmd.h"
+#include "cli/cmdutil.h"
 #include "cli/logfilter.h"
 #include "cli/vmwait.h"
 #include "cli/wsclient.h"
@@ -21,13 +20,6 @@
 #include "lib/log.h"
 
 #define START_TIMEOUT_S 300
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ------------------------------------------------------------ event helpers */
 
@@ -53,11 +45,11 @@ int nb_cli_events_wait(nb_wsc_t *ws, int timeout_s, nb_cli_event_fn fn, void *ud
     struct sigaction sa = {.sa_handler = on_sigint}, old;
     sigaction(SIGINT, &sa, &old); /* no SA_RESTART: poll returns EINTR */
     nb_buf_init(&msg, 16u << 20);
-    double end = now_s() + timeout_s;
+    double end = nb_cli_now_s() + timeout_s;
     int ret = 0;
     interrupted = 0;
     while (!ret) {
-        int left = (int)((end - now_s()) * 1000);
+        int left = (int)((end - nb_cli_now_s()) * 1000);
         if (interrupted) {
             ret = -EINTR;
             break;
@@ -111,7 +103,7 @@ static int boot_event(const json_t *e, void *ud)
     if (!strcmp(type, "progress")) {
         const char *m = nb_json_str(e, "message");
         if (m && !w->quiet)
-            nb_cli_progress(now_s() - w->t0, m);
+            nb_cli_progress(nb_cli_now_s() - w->t0, m);
         return 0;
     }
     if (!strcmp(type, "vm.starting"))
@@ -133,7 +125,7 @@ static int boot_event(const json_t *e, void *ud)
  * ready. */
 static int start_and_wait(nb_cli_t *cli, const char *name, const char *path, int nowait)
 {
-    boot_wait_t w = {.vm = name, .t0 = now_s(), .quiet = cli->json};
+    boot_wait_t w = {.vm = name, .t0 = nb_cli_now_s(), .quiet = cli->json};
     w.restart = strstr(path, "/restart") != NULL;
     nb_wsc_t *ws = nowait ? NULL : nb_cli_events_open(cli);
     json_t *res = NULL;
@@ -177,7 +169,7 @@ static int start_and_wait(nb_cli_t *cli, const char *name, const char *path, int
         } else {
             json_t *b = json_object_get(w.running, "boot_secs");
             printf("VM %s is running (agent ready after %.1f s)\n", name,
-                   json_is_number(b) ? json_number_value(b) : now_s() - w.t0);
+                   json_is_number(b) ? json_number_value(b) : nb_cli_now_s() - w.t0);
             printf("open a shell: nilbox shell %s    run a command: nilbox exec %s -- CMD\n", name,
                    name);
         }
@@ -278,18 +270,12 @@ static int do_create(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     return NB_CLI_OK;
 }
 
+/* `vm start` and `vm restart`: POST /v1/vms/NAME/<verb>. */
 static int do_start(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
-    char path[128];
-    if (vm_path(path, sizeof path, a->pos[0], "/start") < 0)
-        return NB_CLI_USAGE;
-    return start_and_wait(cli, a->pos[0], path, nb_cli_flag(v, a, "no-wait"));
-}
-
-static int do_restart(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
-{
-    char path[128];
-    if (vm_path(path, sizeof path, a->pos[0], "/restart") < 0)
+    char path[128], suffix[16];
+    snprintf(suffix, sizeof suffix, "/%s", v->name);
+    if (vm_path(path, sizeof path, a->pos[0], suffix) < 0)
         return NB_CLI_USAGE;
     return start_and_wait(cli, a->pos[0], path, nb_cli_flag(v, a, "no-wait"));
 }
@@ -347,11 +333,9 @@ static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (vm_path(path, sizeof path, a->pos[0], nb_cli_flag(v, a, "force") ? "?force=1" : "") < 0)
         return NB_CLI_USAGE;
     json_t *res = NULL;
-    int code = nb_cli_call(cli, "DELETE", path, NULL, &res);
-    if (code == NB_CLI_OK && !cli->json)
+    int code;
+    if (!nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code))
         printf("removed VM %s\n", a->pos[0]);
-    else if (code == NB_CLI_OK)
-        nb_cli_print_json(res);
     json_decref(res);
     return code;
 }
@@ -400,14 +384,9 @@ static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     json_t *res = NULL, *vm;
     size_t i;
-    int code = nb_cli_call(cli, "GET", "/v1/vms", NULL, &res);
-    if (code != NB_CLI_OK)
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", "/v1/vms", NULL, &res, &code))
         return code;
-    if (cli->json) {
-        nb_cli_print_json(res);
-        json_decref(res);
-        return NB_CLI_OK;
-    }
     json_t *vms = json_object_get(res, "vms");
     if (json_array_size(vms) == 0)
         printf("no VMs; create one with 'nilbox vm create NAME'\n");
@@ -621,7 +600,7 @@ static const nb_cli_verb_t verbs[] = {
      "Shut a VM down: the agent powers the guest off; if it does not, ACPI powerdown, then QMP\n"
      "quit, then SIGKILL, each after a timeout.",
      1, 1, stop_opts, do_stop, NB_CLI_NEEDS_DAEMON},
-    {"restart", "stop and start a VM", "NAME", NULL, 1, 1, start_opts, do_restart,
+    {"restart", "stop and start a VM", "NAME", NULL, 1, 1, start_opts, do_start,
      NB_CLI_NEEDS_DAEMON},
     {"rm", "remove a VM and its disk", "NAME",
      "Remove a VM, its disk and snapshots. A running VM is refused unless --force.", 1, 1, rm_opts,

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/log.h"
 
@@ -29,4 +30,27 @@ void nb_cli_print_field(const char *key, const json_t *v, char *esc, size_t escs
         return;
     printf(" %s=%s", key, nb_log_escape(esc, escsz, s, strlen(s)));
     free(s);
+}
+
+double nb_cli_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+volatile sig_atomic_t nb_cli_stop;
+
+static void on_stop(int sig)
+{
+    nb_cli_stop = 1;
+}
+
+void nb_cli_catch_stop(int hup)
+{
+    struct sigaction sa = {.sa_handler = on_stop};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (hup)
+        sigaction(SIGHUP, &sa, NULL);
 }

@@ -4,6 +4,7 @@
 #ifndef NB_CLI_CMDUTIL_H
 #define NB_CLI_CMDUTIL_H
 
+#include <signal.h>
 #include <stddef.h>
 
 #include <jansson.h>
@@ -22,5 +23,14 @@ int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, con
  * else as compact JSON, both escaped with nb_log_escape into esc (escsz
  * bytes; longer values are cut there). Prints nothing when out of memory. */
 void nb_cli_print_field(const char *key, const json_t *v, char *esc, size_t escsz);
+
+/* Seconds on the monotonic clock (progress and timings). */
+double nb_cli_now_s(void);
+
+/* Set once SIGINT or SIGTERM (or SIGHUP after nb_cli_catch_stop(1)) came. */
+extern volatile sig_atomic_t nb_cli_stop;
+/* Installs the handler that sets nb_cli_stop, without SA_RESTART so that a
+ * blocked poll() returns EINTR. */
+void nb_cli_catch_stop(int hup);
 
 #endif

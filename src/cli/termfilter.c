@@ -661,7 +661,7 @@ void nb_termfilter_stats(const nb_termfilter_t *f, nb_termfilter_stats_t *acc)
     acc->total += f->st.total;
 }
 
-const char *nb_termfilter_kind_name(nb_termfilter_kind_t k)
+static const char *kind_name(nb_termfilter_kind_t k)
 {
     static const char *const names[NB_TERMFILTER_KINDS] = {
         [NB_TERMFILTER_CLIPBOARD] = "clipboard write",
@@ -691,7 +691,7 @@ size_t nb_termfilter_notice(const nb_termfilter_stats_t *st, char *buf, size_t c
     for (int k = 0; k < NB_TERMFILTER_KINDS; k++) {
         if (!st->blocked[k])
             continue;
-        w = snprintf(buf + n, cap - n, "%s%s", sep, nb_termfilter_kind_name(k));
+        w = snprintf(buf + n, cap - n, "%s%s", sep, kind_name(k));
         n = w < 0 ? n : n + (size_t)w < cap ? n + (size_t)w : cap - 1;
         sep = ", ";
     }

@@ -80,7 +80,4 @@ void nb_termfilter_stats(const nb_termfilter_t *f, nb_termfilter_stats_t *acc);
  * NUL-terminated when cap > 0). Returns its length, 0 when nothing was blocked. */
 size_t nb_termfilter_notice(const nb_termfilter_stats_t *st, char *buf, size_t cap);
 
-/* Short human label of a kind ("clipboard write"). */
-const char *nb_termfilter_kind_name(nb_termfilter_kind_t k);
-
 #endif

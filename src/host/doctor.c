@@ -305,7 +305,7 @@ static const struct {
     {"disk", check_disk}, {"home", check_home}, {"runtime", check_runtime},
 };
 
-const char *nb_doctor_status_name(nb_doctor_status_t s)
+static const char *status_name(nb_doctor_status_t s)
 {
     return s == NB_DOCTOR_OK ? "ok" : s == NB_DOCTOR_WARN ? "warn" : "fail";
 }
@@ -314,8 +314,8 @@ void nb_doctor_add(json_t *report, const char *name, const nb_doctor_result_t *r
 {
     json_t *arr = json_object_get(report, "checks");
     json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s}", "name", name, "status",
-                                         nb_doctor_status_name(res->status), "message",
-                                         res->message, "hint", res->hint));
+                                         status_name(res->status), "message", res->message, "hint",
+                                         res->hint));
     if (res->status == NB_DOCTOR_FAIL)
         json_object_set_new(report, "ok", json_false());
 }

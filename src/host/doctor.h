@@ -36,7 +36,4 @@ json_t *nb_doctor_run(const nb_home_t *h);
  * the CLI for its own "daemon" check). Updates "ok". */
 void nb_doctor_add(json_t *report, const char *name, const nb_doctor_result_t *res);
 
-/* "ok" / "warn" / "fail". */
-const char *nb_doctor_status_name(nb_doctor_status_t s);
-
 #endif

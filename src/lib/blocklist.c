@@ -506,11 +506,6 @@ int nb_bl_builder_add(nb_bl_builder_t *b, const char *name, size_t len)
     return 1;
 }
 
-size_t nb_bl_builder_added(const nb_bl_builder_t *b)
-{
-    return b->n;
-}
-
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;

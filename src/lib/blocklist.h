@@ -106,8 +106,6 @@ void nb_bl_builder_set_key(nb_bl_builder_t *b, const uint8_t key[16]);
  * single label), NB_ETOOBIG past NB_BL_MAX_NAMES, -ENOMEM. Duplicates are
  * removed at finish. */
 int nb_bl_builder_add(nb_bl_builder_t *b, const char *name, size_t len);
-/* Names added so far (with duplicates). */
-size_t nb_bl_builder_added(const nb_bl_builder_t *b);
 
 /* Builds and signs the file with ed25519 secret key `sk` (64 bytes,
  * libsodium layout), stamped `created`. *out is a heap block the caller

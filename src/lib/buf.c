@@ -102,29 +102,22 @@ int nb_buf_append_str(nb_buf_t *b, const char *s)
     return nb_buf_append(b, s, strlen(s));
 }
 
-int nb_buf_vprintf(nb_buf_t *b, const char *fmt, va_list ap)
+int nb_buf_printf(nb_buf_t *b, const char *fmt, ...)
 {
-    va_list ap2;
-    va_copy(ap2, ap);
-    int n = vsnprintf(NULL, 0, fmt, ap2);
-    va_end(ap2);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
     if (n < 0)
         return NB_EINVAL;
     int r = nb_buf_reserve(b, (size_t)n);
     if (r < 0)
         return r;
+    va_start(ap, fmt);
     vsnprintf((char *)b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
     b->len += (size_t)n;
     return 0;
-}
-
-int nb_buf_printf(nb_buf_t *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int r = nb_buf_vprintf(b, fmt, ap);
-    va_end(ap);
-    return r;
 }
 
 void nb_buf_consume(nb_buf_t *b, size_t n)

@@ -53,7 +53,6 @@ int nb_buf_reserve(nb_buf_t *b, size_t n);
 int nb_buf_append(nb_buf_t *b, const void *p, size_t n);
 int nb_buf_append_str(nb_buf_t *b, const char *s);
 int nb_buf_printf(nb_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int nb_buf_vprintf(nb_buf_t *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /* Drops the first `n` bytes (n <= len). */
 void nb_buf_consume(nb_buf_t *b, size_t n);

@@ -131,11 +131,6 @@ uint64_t nb_httpd_req_conn_id(const nb_httpd_req_t *req)
     return req->conn_id;
 }
 
-long nb_httpd_req_peer_uid(const nb_httpd_req_t *req)
-{
-    return req->uid;
-}
-
 void nb_httpd_req_set_authed(nb_httpd_req_t *req)
 {
     conn_t *c = req->conn;
@@ -409,7 +404,6 @@ static int on_head(void *ud, const nb_http_head_t *h)
     req->conn = c;
     req->conn_id = c->id;
     req->is_unix = c->is_unix;
-    req->uid = c->uid;
     req->keep_alive = h->keep_alive;
     req->version_minor = h->version_minor;
     req->upgrade = h->upgrade;

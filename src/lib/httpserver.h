@@ -81,8 +81,6 @@ nb_iov_t nb_httpd_req_body(const nb_httpd_req_t *req);
 /* 1 when the request came over a Unix socket, 0 over TCP. */
 int nb_httpd_req_is_unix(const nb_httpd_req_t *req);
 uint64_t nb_httpd_req_conn_id(const nb_httpd_req_t *req);
-/* The peer's uid on a Unix socket (SO_PEERCRED), or -1 (TCP, unknown). */
-long nb_httpd_req_peer_uid(const nb_httpd_req_t *req);
 /* Marks the request's connection as authenticated (the handler checked
  * its credentials): it leaves the unauthenticated budget and gets the
  * normal idle timeout. No effect on an orphaned request. */

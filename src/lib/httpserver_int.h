@@ -121,7 +121,6 @@ struct nb_httpd_req {
     int sensitive; /* nb_httpd_req_set_sensitive */
     uint64_t conn_id;
     int is_unix;
-    long uid;
 };
 
 #endif

@@ -24,11 +24,6 @@ static int level_from_env(void)
     return NB_LOG_INFO;
 }
 
-void nb_log_set_level(int level)
-{
-    g_level = level;
-}
-
 int nb_log_level(void)
 {
     if (g_level < 0)
