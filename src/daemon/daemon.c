@@ -168,8 +168,8 @@ static void on_secrets_changed(void *ud, const nb_secretsvc_snap_t *snap)
 }
 
 /* Descriptor budgets below the process limit (A28): a proxy client
- * connection costs up to 3 descriptors (client, upstream, the guest
- * channel's socketpair end); a reserve stays for the API, the audit log,
+ * connection costs up to 3 descriptors (a guest stream adopted from the
+ * channel has no socket of its own, so fewer); a reserve stays for the API, the audit log,
  * VMs and their channels. One listener (one VM) gets a quarter of the
  * total, so a single client or guest cannot starve the others.
  * NILBOX_PROXY_MAX_CONNS overrides the per-listener one. */

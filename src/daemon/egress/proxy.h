@@ -60,9 +60,9 @@ typedef struct {
 
     size_t max_conns;             /* client connections per listener; default 1024 */
     size_t max_conns_total;       /* client connections of all listeners; default 4096. Each
-                                     costs up to 3 descriptors (client, upstream, and for the
-                                     guest channel the daemon's end of the stream's
-                                     socketpair): the daemon sizes both below RLIMIT_NOFILE.
+                                     costs up to 3 descriptors (a guest stream adopted from
+                                     the channel has no socket of its own, so fewer):
+                                     the daemon sizes both below RLIMIT_NOFILE.
                                      Over either cap a client gets 503 (X-Nilbox-Reason:
                                      too-many-connections), a guest stream OPEN_ERR, and the
                                      burst one audit row. */
