@@ -27,54 +27,12 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "daemon/egress/proxy_creds.h"
+#include "daemon/egress/proxy_cfg.h"
 #include "lib/hostname.h"
 #include "lib/stream.h"
 
-/* The engine's other dependencies by name only (proxy_int.h and the
- * caller include what they use). */
-typedef struct nb_ca nb_ca_t;
-typedef struct nb_gate nb_gate_t;
-
 typedef struct nb_proxy nb_proxy_t;
 typedef struct nb_proxy_listener nb_proxy_listener_t;
-
-/* Receives one audit-worthy record: `kind` is an audit kind ("gate.decision",
- * "inject", "leak", "refusal"; see daemon/audit.h), `vm`/`host` may be
- * NULL, `detail` a JSON object (ownership passes to the hook). Details
- * carry names and reasons only, never a secret value (A23). */
-typedef void (*nb_proxy_record_fn)(void *ud, const char *kind, const char *vm, const char *host,
-                                   int port, json_t *detail);
-
-/* The engine's dependencies and limits (daemon.c fills it). */
-typedef struct {
-    nb_gate_t *gate;           /* borrowed, required */
-    nb_ca_t *ca;               /* borrowed, required */
-    nb_proxy_record_fn record; /* the audit log and events; may be NULL */
-    void *record_ud;
-    /* Credentials provider: unseals one record of an installed snapshot
-     * into locked memory at the moment of injection (the daemon wires the
-     * secret service). NULL: snapshots unseal themselves (nb_pxcreds_load). */
-    nb_pxcreds_unseal_fn unseal;
-    void *unseal_ud;
-
-    size_t max_conns;             /* client connections per listener; default 1024 */
-    size_t max_conns_total;       /* client connections of all listeners; default 4096. Each
-                                     costs up to 3 descriptors (a guest stream adopted from
-                                     the channel has no socket of its own, so fewer):
-                                     the daemon sizes both below RLIMIT_NOFILE.
-                                     Over either cap a client gets 503 (X-Nilbox-Reason:
-                                     too-many-connections), a guest stream OPEN_ERR, and the
-                                     burst one audit row. */
-    uint64_t idle_timeout_ms;     /* no byte either way; default 300 s */
-    uint64_t head_timeout_ms;     /* a request head must complete within; default 30 s */
-    uint64_t connect_timeout_ms;  /* resolve + TCP + TLS to upstream; default 15 s */
-    uint64_t response_timeout_ms; /* request sent -> response head; default 300 s */
-    uint64_t pool_idle_ms;        /* idle upstream connections kept; default 30 s */
-    size_t pool_max_per_key;      /* default 8 */
-    int block_leaks; /* 1: a request carrying a placeholder where it must not go (A3, A4,
-                        A7, A9) is refused with 403 instead of sent with the dummy */
-} nb_proxy_cfg_t;
 
 void nb_proxy_cfg_default(nb_proxy_cfg_t *cfg);
 
@@ -89,17 +47,6 @@ void nb_proxy_free(nb_proxy_t *px, void (*done)(void *ud), void *ud);
  * are unsealed through cfg.unseal when set). Requests already past
  * injection keep the one they used. NULL installs an empty one. */
 void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c);
-
-/* Test-only resolution override (listener option): `host` on `port` (0:
- * any) connects to `addr`:`to_port` (0: the same port). */
-typedef struct {
-    char host[NB_HOSTNAME_BUFSZ];
-    uint16_t port;
-    nb_ipaddr_t addr;
-    uint16_t to_port;
-} nb_proxy_resolve_t;
-
-#define NB_PROXY_MAX_RESOLVE 16
 
 /* Parses "HOST:ADDR" or "HOST:PORT:ADDR:PORT" (ADDR an IPv4 literal or a
  * bracketed IPv6 one). 0 or NB_EINVAL. */
@@ -177,12 +124,6 @@ nb_proxy_listener_t *nb_proxy_listener_find(nb_proxy_t *px, uint64_t id);
 /* Listeners as JSON [{id, listen, vm, connections, test_mode}] (new ref). */
 json_t *nb_proxy_listeners_json(const nb_proxy_t *px);
 
-typedef struct {
-    uint64_t conns_accepted, conns_refused, requests, tunnels, injected, leaks, denied, refused,
-        upstream_errors, pool_reused;
-    uint64_t resolves; /* upstream names looked up (test overrides included) */
-    size_t conns_open;
-} nb_proxy_stats_t;
 void nb_proxy_stats(const nb_proxy_t *px, nb_proxy_stats_t *st);
 
 #endif

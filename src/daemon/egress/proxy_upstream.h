@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#include "daemon/egress/proxy.h"
+#include "daemon/egress/proxy_cfg.h"
 #include "daemon/egress/proxy_io.h"
 #include "lib/buf.h"
 #include "lib/http.h"
