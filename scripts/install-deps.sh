@@ -32,9 +32,11 @@ if [ -n "$missing" ]; then
 fi
 
 # npm packages the tests use, exactly as locked: installed here, at setup, so that the test suite
-# itself never reaches a network. `npm ci` runs again only when the lockfile changed.
+# itself never reaches a network. `npm ci` runs again only when the lockfile changed. Every
+# folder with a package-lock.json (tests, bench, the web UI) is one such set.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-for dir in tests/integ/node; do
+for dir in $(cd "$ROOT" && find tests bench ui -name package-lock.json -not -path '*/node_modules/*' \
+    2>/dev/null | xargs -r -n1 dirname | sort); do
     lock="$ROOT/$dir/package-lock.json"
     stamp="$ROOT/$dir/node_modules/.package-lock.json"
     [ -f "$lock" ] || continue
