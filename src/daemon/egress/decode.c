@@ -237,3 +237,15 @@ int nb_decode_finish(nb_decode_t *d)
         return 0; /* an empty body (e.g. a 200 with nothing): nothing to decode */
     return d->ended ? 0 : NB_EPROTO;
 }
+
+/* Bytes fed and produced so far: the fuzzer checks the expansion cap with
+ * them (fuzz_reflect). */
+uint64_t nb_decode_in(const nb_decode_t *d)
+{
+    return d->in;
+}
+
+uint64_t nb_decode_out(const nb_decode_t *d)
+{
+    return d->out;
+}

@@ -52,4 +52,8 @@ int nb_decode_feed(nb_decode_t *d, const uint8_t *p, size_t len, nb_decode_sink 
 /* End of input: NB_EPROTO when the compressed stream was cut short. */
 int nb_decode_finish(nb_decode_t *d);
 
+/* Compressed bytes fed and decoded bytes produced so far. */
+uint64_t nb_decode_in(const nb_decode_t *d);
+uint64_t nb_decode_out(const nb_decode_t *d);
+
 #endif

@@ -169,7 +169,7 @@ int nb_dest_set(nb_dest_t *d, const char *vm, const char *host, size_t len, uint
 }
 
 /* 1 when rule `r` applies to `d` (scope, port and pattern). */
-static int rule_match(const nb_rule_t *r, const nb_dest_t *d)
+int nb_rule_match(const nb_rule_t *r, const nb_dest_t *d)
 {
     if (r->vm[0] && strcmp(r->vm, d->vm) != 0)
         return 0;
@@ -243,7 +243,7 @@ static const nb_rule_t *best_match(const nb_ruleset_t *rs, const nb_dest_t *d, i
     long bs = -1;
     for (size_t i = 0; i < rs->n; i++) {
         const nb_rule_t *r = &rs->v[i];
-        if (r->action != action || !rule_match(r, d))
+        if (r->action != action || !nb_rule_match(r, d))
             continue;
         long s = specificity(r);
         if (s > bs) {
@@ -410,7 +410,7 @@ int nb_rules_addr_allowed(const nb_ruleset_t *rs, const char *vm, const nb_ipadd
         return 0;
     for (size_t i = 0; i < rs->n; i++) {
         const nb_rule_t *r = &rs->v[i];
-        if (r->action != NB_RULE_ALLOW || r->kind != NB_RULE_CIDR || !rule_match(r, &d))
+        if (r->action != NB_RULE_ALLOW || r->kind != NB_RULE_CIDR || !nb_rule_match(r, &d))
             continue;
         /* A13: an internal address needs a rule that names its range
          * narrowly (127.0.0.0/8 or inside it, 169.254.169.254/32 for the

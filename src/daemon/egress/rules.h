@@ -102,6 +102,10 @@ typedef struct {
  * name nor an IP literal, or vm is invalid. */
 int nb_dest_set(nb_dest_t *d, const char *vm, const char *host, size_t len, uint16_t port);
 
+/* 1 when rule `r` applies to `d` (scope, port and pattern). The gate uses
+ * it through nb_rules_eval; fuzz_rules checks nb_rules_eval against it. */
+int nb_rule_match(const nb_rule_t *r, const nb_dest_t *d);
+
 typedef struct {
     nb_rule_t *v;
     size_t n, cap;
