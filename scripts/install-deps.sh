@@ -39,7 +39,6 @@ for dir in $(cd "$ROOT" && find tests bench ui -name package-lock.json -not -pat
     2>/dev/null | xargs -r -n1 dirname | sort); do
     lock="$ROOT/$dir/package-lock.json"
     stamp="$ROOT/$dir/node_modules/.package-lock.json"
-    [ -f "$lock" ] || continue
     if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ]; then
         echo "nilbox: installing npm packages for $dir (from its lockfile)" >&2
         (cd "$ROOT/$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
