@@ -78,9 +78,8 @@ static int text_field(const json_t *e, const char *key, size_t max, int required
 static int debian_pkg_ok(const char *s)
 {
     size_t n = strlen(s);
-    return n >= 2 && n <= 100 &&
-           strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789.+-") == n && s[0] != '-' &&
-           s[0] != '.' && s[0] != '+';
+    return n >= 2 && n <= 100 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789.+-") == n &&
+           s[0] != '-' && s[0] != '.' && s[0] != '+';
 }
 
 /* npm: "name", "@scope/name", each optionally "@version" (no URLs, paths,
@@ -107,8 +106,8 @@ static int npm_pkg_ok(const char *s)
     if (ver) {
         size_t vl = strlen(ver + 1);
         if (vl == 0 || vl > 64 ||
-            strspn(ver + 1, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-+^~") !=
-                vl)
+            strspn(ver + 1,
+                   "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-+^~") != vl)
             return 0;
     }
     return 1;
@@ -120,8 +119,7 @@ static int string_list(const json_t *e, const char *key, int (*ok)(const char *)
     size_t i;
     if (!v)
         return !required;
-    if (!json_is_array(v) || json_array_size(v) > LIST_MAX ||
-        (required && json_array_size(v) == 0))
+    if (!json_is_array(v) || json_array_size(v) > LIST_MAX || (required && json_array_size(v) == 0))
         return 0;
     json_array_foreach (v, i, x)
         if (!json_is_string(x) || !ok(json_string_value(x)))
@@ -159,8 +157,8 @@ static int public_name(const char *s, size_t len, char *out, size_t outsz)
     static const char *const internal[] = {"localhost", "nilbox.internal", "internal", "local"};
     for (size_t i = 0; i < sizeof internal / sizeof internal[0]; i++) {
         size_t l = strlen(out), k = strlen(internal[i]);
-        if (!strcmp(out, internal[i]) || (l > k && out[l - k - 1] == '.' &&
-                                          !strcmp(out + l - k, internal[i])))
+        if (!strcmp(out, internal[i]) ||
+            (l > k && out[l - k - 1] == '.' && !strcmp(out + l - k, internal[i])))
             return 0;
     }
     return 1;
@@ -189,7 +187,8 @@ static int secret_name_ok(const char *s)
 static int under_vendor(const char *host, const char *vendor)
 {
     size_t h = strlen(host), v = strlen(vendor);
-    return !strcmp(host, vendor) || (h > v && host[h - v - 1] == '.' && !strcmp(host + h - v, vendor));
+    return !strcmp(host, vendor) ||
+           (h > v && host[h - v - 1] == '.' && !strcmp(host + h - v, vendor));
 }
 
 static const char *check_secrets(const json_t *e, const char *vendor)
@@ -224,8 +223,8 @@ static const char *check_entry(const json_t *e)
 {
     static const char *const kinds[] = {"agent", "mcp", "tool"};
     static const char *const images[] = {"tiny", "debian"};
-    static const char *const known[] = {"id",     "name",  "kind",   "summary", "homepage",
-                                        "vendor", "image", "apt",    "npm",     "script",
+    static const char *const known[] = {"id",     "name",   "kind",  "summary", "homepage",
+                                        "vendor", "image",  "apt",   "npm",     "script",
                                         "check",  "remove", "rules", "secrets", "mcp"};
     const char *k;
     json_t *v;
@@ -285,8 +284,7 @@ static const char *check_entry(const json_t *e)
         return why;
     if ((v = json_object_get(e, "mcp"))) {
         const char *name = nb_json_str(v, "name");
-        if (!json_is_object(v) || !nb_appcat_valid_id(name) ||
-            !argv_ok(json_object_get(v, "argv")))
+        if (!json_is_object(v) || !nb_appcat_valid_id(name) || !argv_ok(json_object_get(v, "argv")))
             return "'mcp' must be {name (a-z, 0-9, -), argv (the server's command)}";
     }
     return NULL;
@@ -319,8 +317,9 @@ int nb_appcat_parse(const uint8_t *doc, size_t n, nb_appcat_t *cat, char *err, s
     apps = json_object_get(root, "apps");
     if (nb_json_int(root, "format", 0) != 1 || !version || !printable(version, 63) ||
         !json_is_array(apps)) {
-        nb_err_say(err, errsz, "the catalogue is not format 1 ({\"format\": 1, \"version\", "
-                               "\"apps\": [...]}); a newer nilbox may read it");
+        nb_err_say(err, errsz,
+                   "the catalogue is not format 1 ({\"format\": 1, \"version\", "
+                   "\"apps\": [...]}); a newer nilbox may read it");
         json_decref(root);
         return NB_EPARSE;
     }
@@ -340,9 +339,8 @@ int nb_appcat_parse(const uint8_t *doc, size_t n, nb_appcat_t *cat, char *err, s
         if (why) {
             char idbuf[NB_APPCAT_ID_MAX];
             snprintf(idbuf, sizeof idbuf, "%s", nb_appcat_valid_id(id) ? id : "?");
-            json_array_append_new(cat->refused,
-                                  json_pack("{s:s, s:I, s:s}", "id", idbuf, "index",
-                                            (json_int_t)i, "reason", why));
+            json_array_append_new(cat->refused, json_pack("{s:s, s:I, s:s}", "id", idbuf, "index",
+                                                          (json_int_t)i, "reason", why));
             continue;
         }
         json_array_append(cat->apps, e);
@@ -417,8 +415,7 @@ size_t nb_appcat_trusted_keys(const char *home, uint8_t (*keys)[32], size_t max)
     char path[4096];
     if (max == 0)
         return 0;
-    if (sodium_hex2bin(keys[0], 32, NB_APPCAT_BUILTIN_KEY, 64, NULL, &got, NULL) == 0 &&
-        got == 32)
+    if (sodium_hex2bin(keys[0], 32, NB_APPCAT_BUILTIN_KEY, 64, NULL, &got, NULL) == 0 && got == 32)
         n = 1;
     uint8_t *text = NULL;
     size_t len = 0;

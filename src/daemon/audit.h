@@ -94,6 +94,7 @@ typedef struct nb_events nb_events_t;
 #define NB_AUDIT_RULE_ADD "rule.add"
 #define NB_AUDIT_RULE_RM "rule.rm"
 #define NB_AUDIT_PROMPT_ANSWER "prompt.answer"
+#define NB_AUDIT_STORE "store"                 /* an app store install or removal */
 #define NB_AUDIT_PRUNED "audit.pruned"         /* retention checkpoint: {"through": seq, ...} */
 #define NB_AUDIT_SUPPRESSED "audit.suppressed" /* rows over the per-VM cap, counted */
 #define NB_AUDIT_TAMPER "audit.tamper"         /* the head anchor did not match at unlock */

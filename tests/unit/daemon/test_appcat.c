@@ -82,8 +82,8 @@ static void test_signatures(void)
     char *d = doc_with("");
     uint8_t sig[64], other_pk[32], other_sk[64];
     crypto_sign_detached(sig, NULL, (const uint8_t *)d, strlen(d), sk);
-    NB_CHECK_EQ_INT(nb_appcat_load((const uint8_t *)d, strlen(d), sig, 64,
-                                   (const uint8_t(*)[32])pk, 1, &cat, err, sizeof err),
+    NB_CHECK_EQ_INT(nb_appcat_load((const uint8_t *)d, strlen(d), sig, 64, (const uint8_t(*)[32])pk,
+                                   1, &cat, err, sizeof err),
                     0);
     NB_CHECK_EQ_INT(json_array_size(cat.apps), 2);
     nb_appcat_clear(&cat);
@@ -96,22 +96,22 @@ static void test_signatures(void)
                     0);
     /* One byte changed in the document: refused. */
     d[40] ^= 1;
-    NB_CHECK_EQ_INT(nb_appcat_load((const uint8_t *)d, strlen(d), sig, 64,
-                                   (const uint8_t(*)[32])pk, 1, &cat, err, sizeof err),
+    NB_CHECK_EQ_INT(nb_appcat_load((const uint8_t *)d, strlen(d), sig, 64, (const uint8_t(*)[32])pk,
+                                   1, &cat, err, sizeof err),
                     NB_ECRYPTO);
     NB_CHECK(cat.apps == NULL);
     d[40] ^= 1;
     /* Another key: refused. No signature, a short one, garbage hex: refused. */
     crypto_sign_keypair(other_pk, other_sk);
-    NB_CHECK_EQ_INT(nb_appcat_verify((const uint8_t *)d, strlen(d), sig, 64,
-                                     (const uint8_t(*)[32])other_pk, 1),
-                    NB_ECRYPTO);
-    NB_CHECK_EQ_INT(nb_appcat_verify((const uint8_t *)d, strlen(d), sig, 0,
-                                     (const uint8_t(*)[32])pk, 1),
-                    NB_ECRYPTO);
-    NB_CHECK_EQ_INT(nb_appcat_verify((const uint8_t *)d, strlen(d), sig, 63,
-                                     (const uint8_t(*)[32])pk, 1),
-                    NB_ECRYPTO);
+    NB_CHECK_EQ_INT(
+        nb_appcat_verify((const uint8_t *)d, strlen(d), sig, 64, (const uint8_t(*)[32])other_pk, 1),
+        NB_ECRYPTO);
+    NB_CHECK_EQ_INT(
+        nb_appcat_verify((const uint8_t *)d, strlen(d), sig, 0, (const uint8_t(*)[32])pk, 1),
+        NB_ECRYPTO);
+    NB_CHECK_EQ_INT(
+        nb_appcat_verify((const uint8_t *)d, strlen(d), sig, 63, (const uint8_t(*)[32])pk, 1),
+        NB_ECRYPTO);
     memset(hex, 'z', 128);
     NB_CHECK_EQ_INT(nb_appcat_verify((const uint8_t *)d, strlen(d), (uint8_t *)hex, 128,
                                      (const uint8_t(*)[32])pk, 1),
@@ -124,7 +124,8 @@ static void test_signatures(void)
 static void test_entry_rules(void)
 {
     /* A22: a secret may only be bound to hosts of the entry's vendor. */
-    NB_CHECK(refused("\"secrets\": [{\"name\": \"OPENAI_API_KEY\", \"hosts\": [\"evil.example.net\"]}]"));
+    NB_CHECK(refused(
+        "\"secrets\": [{\"name\": \"OPENAI_API_KEY\", \"hosts\": [\"evil.example.net\"]}]"));
     NB_CHECK(refused("\"secrets\": [{\"name\": \"K\", \"hosts\": [\"notexample.com\"]}]"));
     NB_CHECK(refused("\"secrets\": [{\"name\": \"K\", \"hosts\": [\"example.com.evil.net\"]}]"));
     NB_CHECK(refused("\"secrets\": [{\"name\": \"K\", \"hosts\": [\"*.example.com\"]}]"));
