@@ -1,0 +1,672 @@
+/* Token usage extractors (usagex.h): JSON scanner, AWS event-stream
+ * framing, and the per-response meter. */
+#include "daemon/egress/usagex.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "lib/err.h"
+
+/* ================================================= JSON scanner */
+
+enum {
+    J_VALUE = 0, /* a value must come */
+    J_ARR_FIRST, /* after '[': a value or ']' */
+    J_KEY_FIRST, /* after '{': a key or '}' */
+    J_KEY_NEXT,  /* after ',' in an object: a key */
+    J_KEY,       /* inside a key string */
+    J_COLON,
+    J_AFTER, /* after a value: ',' or the container's end */
+    J_STR,   /* inside a string value */
+    J_NUM,
+    J_LIT,
+    J_END, /* the root value is complete: only blanks may follow */
+};
+
+void nb_ujson_init(nb_ujson_t *j, nb_ujson_cb cb, void *ctx)
+{
+    memset(j, 0, sizeof *j);
+    j->cb = cb;
+    j->ctx = ctx;
+}
+
+static int is_ws(uint8_t c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static void path_cut(nb_ujson_t *j, size_t n)
+{
+    j->plen = n;
+    j->path[n] = '\0';
+}
+
+/* Appends a path segment (after a '.' unless at the root); 0, or -1 when
+ * it does not fit (the level is then marked and its scalars unreported). */
+static int path_add(nb_ujson_t *j, const char *s, size_t n)
+{
+    size_t need = (j->plen ? 1 : 0) + n;
+    if (j->plen + need > NB_UJSON_PATH)
+        return -1;
+    if (j->plen)
+        j->path[j->plen++] = '.';
+    memcpy(j->path + j->plen, s, n);
+    path_cut(j, j->plen + n);
+    return 0;
+}
+
+static int push(nb_ujson_t *j, uint8_t kind)
+{
+    if (j->depth >= NB_UJSON_DEPTH)
+        return NB_ETOOBIG;
+    j->stack[j->depth] = kind;
+    j->seg[j->depth] = (uint16_t)j->plen;
+    j->path_over &= ~(1u << j->depth);
+    if (kind == 2 && path_add(j, "[]", 2) < 0)
+        j->path_over |= 1u << j->depth;
+    j->depth++;
+    return 0;
+}
+
+static void pop(nb_ujson_t *j)
+{
+    j->depth--;
+    j->path_over &= ~(1u << j->depth);
+    path_cut(j, j->seg[j->depth]);
+}
+
+/* A value ended: what may follow. */
+static void value_done(nb_ujson_t *j)
+{
+    j->state = j->depth ? J_AFTER : J_END;
+}
+
+static int emit(nb_ujson_t *j, nb_ujson_kind_t kind)
+{
+    j->val[j->vlen] = '\0';
+    if (j->path_over || !j->cb)
+        return 0;
+    return j->cb(j->ctx, j->path, j->plen, kind, j->val, j->vlen, j->cut);
+}
+
+static void val_put(nb_ujson_t *j, char c)
+{
+    if (j->vlen < NB_UJSON_SCALAR)
+        j->val[j->vlen++] = c;
+    else
+        j->cut = 1;
+}
+
+static int lit_ok(const nb_ujson_t *j)
+{
+    return (j->vlen == 4 && (memcmp(j->val, "true", 4) == 0 || memcmp(j->val, "null", 4) == 0)) ||
+           (j->vlen == 5 && memcmp(j->val, "false", 5) == 0);
+}
+
+/* The start of a value (state J_VALUE or J_ARR_FIRST after ws). */
+static int begin_value(nb_ujson_t *j, uint8_t c)
+{
+    j->vlen = 0;
+    j->cut = 0;
+    if (c == '{') {
+        j->state = J_KEY_FIRST;
+        return push(j, 1);
+    }
+    if (c == '[') {
+        j->state = J_ARR_FIRST;
+        return push(j, 2);
+    }
+    if (c == '"') {
+        j->state = J_STR;
+        j->esc = 0;
+        return 0;
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        j->state = J_NUM;
+        val_put(j, (char)c);
+        return 0;
+    }
+    if (c == 't' || c == 'f' || c == 'n') {
+        j->state = J_LIT;
+        val_put(j, (char)c);
+        return 0;
+    }
+    return NB_EPROTO;
+}
+
+/* A string byte; 1 when the closing quote came. Escapes: \uXXXX becomes
+ * '?', other escapes their letter (keys and values we read are ASCII). */
+static int str_byte(nb_ujson_t *j, uint8_t c, int *bad)
+{
+    if (j->uhex) {
+        int hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+        if (!hex)
+            *bad = 1;
+        if (--j->uhex == 0)
+            val_put(j, '?');
+        return 0;
+    }
+    if (j->esc) {
+        j->esc = 0;
+        if (c == 'u')
+            j->uhex = 4;
+        else if (strchr("\"\\/bfnrt", c) && c)
+            val_put(j, (char)(c == 'n' ? '\n' : c == 't' ? '\t' : c));
+        else
+            *bad = 1;
+        return 0;
+    }
+    if (c == '\\') {
+        j->esc = 1;
+        return 0;
+    }
+    if (c == '"')
+        return 1;
+    if (c < 0x20)
+        *bad = 1;
+    val_put(j, (char)c);
+    return 0;
+}
+
+int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
+{
+    if (j->err)
+        return j->err;
+    int r = 0;
+    for (size_t i = 0; i < len && r == 0; i++) {
+        uint8_t c = p[i];
+        int bad = 0;
+    again:
+        switch (j->state) {
+        case J_VALUE:
+            if (!is_ws(c))
+                r = begin_value(j, c);
+            break;
+        case J_ARR_FIRST:
+            if (is_ws(c))
+                break;
+            if (c == ']') {
+                pop(j);
+                value_done(j);
+                break;
+            }
+            r = begin_value(j, c);
+            break;
+        case J_KEY_FIRST:
+        case J_KEY_NEXT:
+            if (is_ws(c))
+                break;
+            if (c == '}' && j->state == J_KEY_FIRST) {
+                pop(j);
+                value_done(j);
+                break;
+            }
+            if (c != '"') {
+                r = NB_EPROTO;
+                break;
+            }
+            j->state = J_KEY;
+            j->vlen = 0;
+            j->cut = 0;
+            j->esc = 0;
+            break;
+        case J_KEY:
+            if (str_byte(j, c, &bad)) {
+                int lvl = j->depth - 1;
+                path_cut(j, j->seg[lvl]);
+                j->path_over &= ~(1u << lvl);
+                if (j->cut || path_add(j, j->val, j->vlen) < 0)
+                    j->path_over |= 1u << lvl;
+                j->state = J_COLON;
+            }
+            if (bad)
+                r = NB_EPROTO;
+            break;
+        case J_COLON:
+            if (c == ':')
+                j->state = J_VALUE;
+            else if (!is_ws(c))
+                r = NB_EPROTO;
+            break;
+        case J_AFTER:
+            if (is_ws(c))
+                break;
+            if (c == ',') {
+                j->state = j->stack[j->depth - 1] == 1 ? J_KEY_NEXT : J_VALUE;
+            } else if ((c == '}' && j->stack[j->depth - 1] == 1) ||
+                       (c == ']' && j->stack[j->depth - 1] == 2)) {
+                pop(j);
+                value_done(j);
+            } else {
+                r = NB_EPROTO;
+            }
+            break;
+        case J_STR:
+            if (str_byte(j, c, &bad)) {
+                r = emit(j, NB_UJSON_STRING);
+                value_done(j);
+            }
+            if (bad)
+                r = NB_EPROTO;
+            break;
+        case J_NUM:
+            if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' ||
+                c == '-') {
+                val_put(j, (char)c);
+                break;
+            }
+            if ((r = emit(j, NB_UJSON_NUMBER)) != 0)
+                break;
+            value_done(j);
+            goto again;
+        case J_LIT:
+            if (c >= 'a' && c <= 'z') {
+                val_put(j, (char)c);
+                if (j->vlen > 5)
+                    r = NB_EPROTO;
+                break;
+            }
+            if (!lit_ok(j)) {
+                r = NB_EPROTO;
+                break;
+            }
+            if ((r = emit(j, NB_UJSON_LITERAL)) != 0)
+                break;
+            value_done(j);
+            goto again;
+        case J_END:
+            if (!is_ws(c))
+                r = NB_EPROTO;
+            break;
+        }
+    }
+    if (r)
+        j->err = r;
+    return r;
+}
+
+int nb_ujson_finish(nb_ujson_t *j)
+{
+    if (j->err)
+        return j->err;
+    if (j->depth == 0 && j->state == J_NUM) {
+        int r = emit(j, NB_UJSON_NUMBER);
+        j->state = J_END;
+        if (r)
+            return j->err = r;
+    }
+    if (j->depth == 0 && j->state == J_LIT && lit_ok(j)) {
+        int r = emit(j, NB_UJSON_LITERAL);
+        j->state = J_END;
+        if (r)
+            return j->err = r;
+    }
+    return j->state == J_END ? 0 : NB_EPROTO;
+}
+
+/* ================================================= AWS event-stream */
+
+void nb_evstream_init(nb_evstream_t *e, nb_evstream_cb cb, void *ctx)
+{
+    memset(e, 0, sizeof *e);
+    e->cb = cb;
+    e->ctx = ctx;
+    nb_buf_init(&e->frame, NB_EVSTREAM_MAX_FRAME);
+}
+
+void nb_evstream_free(nb_evstream_t *e)
+{
+    nb_buf_free(&e->frame);
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The headers of a complete frame: the two we use. Every value type of
+ * the format is skipped by its size; a header running past the block is
+ * an error. */
+static int ev_headers(const uint8_t *h, size_t n, nb_iov_t *mtype, nb_iov_t *type)
+{
+    static const int fixed[10] = {0, 0, 1, 2, 4, 8, -1, -1, 8, 16};
+    size_t i = 0;
+    while (i < n) {
+        size_t nl = h[i++];
+        if (nl == 0 || i + nl + 1 > n)
+            return NB_EPROTO;
+        nb_iov_t name = nb_iov(h + i, nl);
+        i += nl;
+        uint8_t t = h[i++];
+        if (t > 9)
+            return NB_EPROTO;
+        size_t vl;
+        if (fixed[t] >= 0) {
+            vl = (size_t)fixed[t];
+        } else {
+            if (i + 2 > n)
+                return NB_EPROTO;
+            vl = (size_t)h[i] << 8 | h[i + 1];
+            i += 2;
+        }
+        if (i + vl > n)
+            return NB_EPROTO;
+        if (t == 7 && (nb_iov_eq(name, ":event-type") || nb_iov_eq(name, ":exception-type")))
+            *type = nb_iov(h + i, vl);
+        if (t == 7 && nb_iov_eq(name, ":message-type"))
+            *mtype = nb_iov(h + i, vl);
+        i += vl;
+    }
+    return 0;
+}
+
+static int ev_frame(nb_evstream_t *e, const uint8_t *f, size_t total)
+{
+    uint32_t hl = be32(f + 4);
+    if (crc32(0, f, 8) != be32(f + 8))
+        return NB_EPROTO;
+    if (crc32(0, f, (uInt)(total - 4)) != be32(f + total - 4))
+        return NB_EPROTO;
+    nb_iov_t mtype = {0}, type = {0};
+    int r = ev_headers(f + 12, hl, &mtype, &type);
+    if (r < 0)
+        return r;
+    e->frames++;
+    return e->cb ? e->cb(e->ctx, mtype, type, nb_iov(f + 12 + hl, total - 16 - hl)) : 0;
+}
+
+/* Checks a prelude: 0 and the frame's size, or NB_EPROTO / NB_ETOOBIG. */
+static int ev_prelude(const uint8_t *f, size_t *total)
+{
+    uint32_t t = be32(f), hl = be32(f + 4);
+    if (t < 16 || hl > t - 16)
+        return NB_EPROTO;
+    if (t > NB_EVSTREAM_MAX_FRAME)
+        return NB_ETOOBIG;
+    *total = t;
+    return 0;
+}
+
+int nb_evstream_feed(nb_evstream_t *e, const uint8_t *p, size_t len)
+{
+    if (e->err)
+        return e->err;
+    int r = 0;
+    while (len && r == 0) {
+        /* Whole frames straight from the input when nothing is held. */
+        size_t total;
+        if (e->frame.len == 0 && len >= 12) {
+            if ((r = ev_prelude(p, &total)) < 0)
+                break;
+            if (len >= total) {
+                r = ev_frame(e, p, total);
+                p += total;
+                len -= total;
+                continue;
+            }
+        }
+        size_t need = 12;
+        if (e->frame.len >= 12) {
+            if ((r = ev_prelude(e->frame.p, &total)) < 0)
+                break;
+            need = total;
+        }
+        size_t take = need - e->frame.len < len ? need - e->frame.len : len;
+        if ((r = nb_buf_append(&e->frame, p, take)) < 0)
+            break;
+        p += take;
+        len -= take;
+        if (e->frame.len == need && need > 12) {
+            r = ev_frame(e, e->frame.p, e->frame.len);
+            nb_buf_reset(&e->frame);
+        }
+    }
+    if (r)
+        e->err = r;
+    return r;
+}
+
+int nb_evstream_finish(const nb_evstream_t *e)
+{
+    return e->err ? e->err : e->frame.len ? NB_EPROTO : 0;
+}
+
+/* ================================================= the meter */
+
+enum { MODE_JSON = 0, MODE_SSE, MODE_EVENTSTREAM };
+
+struct nb_umeter {
+    const nb_llm_api_t *api;
+    int mode;
+    nb_decode_t *dec;
+    int undecodable;
+    nb_ujson_t js; /* the JSON body, or the current SSE event / frame payload */
+    nb_sse_t sse;
+    nb_evstream_t ev;
+    nb_usage_seen_t seen;
+    int finished;
+};
+
+int64_t nb_usage_parse_count(const char *s, size_t len)
+{
+    if (len == 0 || len > 13)
+        return -1;
+    int64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v <= NB_USAGE_MAX_TOKENS ? v : -1;
+}
+
+static int on_scalar(void *ctx, const char *path, size_t pathlen, nb_ujson_kind_t kind,
+                     const char *v, size_t vlen, int cut)
+{
+    nb_umeter_t *m = ctx;
+    for (int f = 0; f < NB_UF_N; f++) {
+        for (int k = 0; k < NB_LLM_PATHS && m->api->usage[f][k][0]; k++) {
+            const char *want = m->api->usage[f][k];
+            if (strlen(want) != pathlen || memcmp(want, path, pathlen) != 0)
+                continue;
+            if (f == NB_UF_MODEL) {
+                if (kind == NB_UJSON_STRING && vlen && !cut && vlen < sizeof m->seen.model) {
+                    memcpy(m->seen.model, v, vlen);
+                    m->seen.model[vlen] = '\0';
+                }
+                return 0;
+            }
+            if (kind == NB_UJSON_LITERAL && vlen == 4 && memcmp(v, "null", 4) == 0)
+                return 0; /* OpenAI streams say "usage": null until the last chunk */
+            int64_t n = kind == NB_UJSON_NUMBER && !cut ? nb_usage_parse_count(v, vlen) : -1;
+            if (n < 0)
+                m->seen.malformed++;
+            else
+                m->seen.v[f] = n;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* One complete JSON document (an SSE event's data, a frame's payload). */
+static void scan_doc(nb_umeter_t *m, const uint8_t *p, size_t len)
+{
+    nb_ujson_init(&m->js, on_scalar, m);
+    nb_ujson_feed(&m->js, p, len);
+    nb_ujson_finish(&m->js); /* a bad event costs its own fields only */
+}
+
+static int on_sse(void *ctx, const nb_sse_event_t *ev)
+{
+    nb_umeter_t *m = ctx;
+    m->seen.events++;
+    if (ev->data.len && ev->data.p[0] != '[') /* "[DONE]" */
+        scan_doc(m, ev->data.p, ev->data.len);
+    return 0;
+}
+
+/* {"bytes": "<base64 of the model's JSON chunk>"} (InvokeModelWithResponseStream). */
+static void scan_bytes_payload(nb_umeter_t *m, nb_iov_t payload)
+{
+    json_t *j = json_loadb((const char *)payload.p, payload.len, 0, NULL);
+    const char *b64 = json_string_value(json_object_get(j, "bytes"));
+    size_t n = b64 ? strlen(b64) : 0;
+    if (n && n % 4 == 0 && n <= NB_EVSTREAM_MAX_FRAME) {
+        uint8_t *out = malloc(n / 4 * 3 + 1);
+        int dl = out ? EVP_DecodeBlock(out, (const uint8_t *)b64, (int)n) : -1;
+        if (dl >= 0) {
+            dl -= (b64[n - 1] == '=') + (b64[n - 2] == '=');
+            scan_doc(m, out, (size_t)dl);
+        }
+        free(out);
+    }
+    json_decref(j);
+}
+
+static int on_frame(void *ctx, nb_iov_t mtype, nb_iov_t type, nb_iov_t payload)
+{
+    nb_umeter_t *m = ctx;
+    (void)type;
+    m->seen.events++;
+    if (mtype.len && !nb_iov_eq(mtype, "event"))
+        return 0; /* exceptions carry no usage */
+    if (m->api->stream == NB_LLM_STREAM_EVENTSTREAM_BYTES)
+        scan_bytes_payload(m, payload);
+    else
+        scan_doc(m, payload.p, payload.len);
+    return 0;
+}
+
+static int ctype_is(nb_iov_t ct, const char *want)
+{
+    size_t n = strlen(want), i = 0;
+    while (i < ct.len && (ct.p[i] == ' ' || ct.p[i] == '\t'))
+        i++;
+    if (ct.len - i < n)
+        return 0;
+    for (size_t k = 0; k < n; k++) {
+        uint8_t c = ct.p[i + k];
+        if ((c >= 'A' && c <= 'Z' ? c + 32 : c) != (uint8_t)want[k])
+            return 0;
+    }
+    return ct.len - i == n || ct.p[i + n] == ';' || ct.p[i + n] == ' ';
+}
+
+int nb_umeter_new(const nb_llm_api_t *api, nb_iov_t ctype, nb_iov_t cenc, nb_umeter_t **out)
+{
+    *out = NULL;
+    nb_umeter_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    m->api = api;
+    for (int f = 0; f < NB_UF_N; f++)
+        m->seen.v[f] = -1;
+    if (ctype_is(ctype, "text/event-stream"))
+        m->mode = MODE_SSE;
+    else if (ctype_is(ctype, "application/vnd.amazon.eventstream"))
+        m->mode = MODE_EVENTSTREAM;
+    nb_ujson_init(&m->js, on_scalar, m);
+    nb_sse_init(&m->sse, 0, 0, on_sse, m);
+    nb_evstream_init(&m->ev, on_frame, m);
+    int r = 0;
+    nb_decode_kind_t k = nb_decode_kind((const char *)cenc.p, cenc.len);
+    if (k != NB_DECODE_IDENTITY && (r = nb_decode_new(k, &m->dec)) < 0) {
+        if (r == -ENOMEM) {
+            nb_umeter_free(m);
+            return r;
+        }
+        m->undecodable = 1;
+        m->seen.failed = 1;
+        r = NB_EUNSUPPORTED;
+    }
+    *out = m;
+    return r;
+}
+
+void nb_umeter_free(nb_umeter_t *m)
+{
+    if (!m)
+        return;
+    nb_decode_free(m->dec);
+    nb_sse_free(&m->sse);
+    nb_evstream_free(&m->ev);
+    free(m);
+}
+
+static int on_plain(void *ctx, const uint8_t *p, size_t len)
+{
+    nb_umeter_t *m = ctx;
+    m->seen.bytes += len;
+    int r = 0;
+    if (m->seen.failed)
+        return 0;
+    if (m->mode == MODE_SSE)
+        r = nb_sse_feed(&m->sse, p, len);
+    else if (m->mode == MODE_EVENTSTREAM)
+        r = nb_evstream_feed(&m->ev, p, len);
+    else
+        r = nb_ujson_feed(&m->js, p, len);
+    if (r)
+        m->seen.failed = 1;
+    return 0;
+}
+
+void nb_umeter_feed(nb_umeter_t *m, const uint8_t *p, size_t len)
+{
+    if (m->finished)
+        return;
+    if (m->undecodable) {
+        m->seen.bytes += len; /* an estimate from compressed bytes is all we have */
+        return;
+    }
+    if (!m->dec) {
+        on_plain(m, p, len);
+        return;
+    }
+    if (nb_decode_feed(m->dec, p, len, on_plain, m) < 0) {
+        m->seen.failed = 1;
+        nb_decode_free(m->dec);
+        m->dec = NULL;
+        m->undecodable = 1;
+    }
+}
+
+void nb_umeter_finish(nb_umeter_t *m)
+{
+    if (m->finished)
+        return;
+    m->finished = 1;
+    if (m->dec && nb_decode_finish(m->dec) < 0)
+        m->seen.failed = 1;
+    if (m->seen.failed)
+        return;
+    if (m->mode == MODE_SSE) {
+        nb_sse_finish(&m->sse); /* an unfinished last event is dropped, as clients do */
+    } else if (m->mode == MODE_EVENTSTREAM) {
+        if (nb_evstream_finish(&m->ev) < 0)
+            m->seen.failed = 1;
+    } else {
+        m->seen.events = 1;
+        if (nb_ujson_finish(&m->js) < 0)
+            m->seen.failed = 1;
+    }
+}
+
+const nb_usage_seen_t *nb_umeter_seen(const nb_umeter_t *m)
+{
+    return &m->seen;
+}
+
+void nb_umeter_header(nb_umeter_t *m, nb_usage_field_t f, nb_iov_t value)
+{
+    int64_t n = nb_usage_parse_count((const char *)value.p, value.len);
+    if (n < 0)
+        m->seen.malformed++;
+    else
+        m->seen.v[f] = n;
+}
