@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "daemon/egress/sigv4.h"
+#include "lib/err.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
