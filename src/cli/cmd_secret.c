@@ -1,4 +1,4 @@
-/* nilbox secret set|ls|rm|bind|unbind|unlock|status
+/* nilbox secret set|ls|rm|bind|bind-aws|unbind|unlock|status
  *
  * A value never comes from argv (other users can read /proc/PID/cmdline):
  * it is read from stdin when stdin is not a terminal, otherwise from a
@@ -251,6 +251,11 @@ static void print_binding(const json_t *b, const char *indent)
         snprintf(where, sizeof where, "basic user '%s'", nb_json_str(b, "user"));
     else if (pl && !strcmp(pl, "query"))
         snprintf(where, sizeof where, "query parameter '%s'", nb_json_str(b, "param"));
+    else if (pl && !strcmp(pl, "sigv4")) {
+        const char *rg = nb_json_str(b, "region"), *sv = nb_json_str(b, "service");
+        snprintf(where, sizeof where, "AWS SigV4 re-signing (region %s, service %s)",
+                 rg ? rg : "any", sv ? sv : "any");
+    }
     char line[1200];
     snprintf(line, sizeof line, "#%lld %s%s %s%s%s%s", (long long)nb_json_int(b, "id", 0),
              host ? host : "?", pp && pp[0] ? pp : "", where, vm ? " vm " : "", vm ? vm : "",
@@ -333,6 +338,46 @@ static int do_bind(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         json_object_set_new(body, "basic", json_string(basic));
     if (query)
         json_object_set_new(body, "query", json_string(query));
+    snprintf(path, sizeof path, "/v1/secrets/%s/bindings", name);
+    int code;
+    int done = nb_cli_call_or_json(cli, "POST", path, body, &res, &code);
+    json_decref(body);
+    if (done)
+        return code;
+    printf("bound %s: ", name);
+    print_binding(res, "");
+    json_decref(res);
+    return NB_CLI_OK;
+}
+
+/* nilbox secret bind-aws NAME --host H [--region R] [--service S]: NAME
+ * holds "ACCESS_KEY_ID\nSECRET_ACCESS_KEY[\nSESSION_TOKEN]" (or a
+ * credentials-file profile); the proxy re-signs, nothing is substituted. */
+static int do_bind_aws(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
+{
+    const char *name = a->pos[0];
+    const char *host = nb_cli_opt(v, a, "host"), *pp = nb_cli_opt(v, a, "path-prefix");
+    const char *vm = nb_cli_opt(v, a, "vm"), *region = nb_cli_opt(v, a, "region");
+    const char *service = nb_cli_opt(v, a, "service");
+    char path[256];
+    json_t *res = NULL;
+    if (!name_ok(name))
+        return bad_name(name);
+    if (!host) {
+        fprintf(stderr, "nilbox: 'nilbox secret bind-aws' needs --host H (e.g. "
+                        "'*.amazonaws.com'); see 'nilbox secret bind-aws --help'\n");
+        return NB_CLI_USAGE;
+    }
+    json_t *body = json_pack("{s:s, s:b, s:b}", "host", host, "sigv4", 1, "allow_cleartext",
+                             nb_cli_flag(v, a, "allow-cleartext"));
+    if (pp)
+        json_object_set_new(body, "path_prefix", json_string(pp));
+    if (vm)
+        json_object_set_new(body, "vm", json_string(vm));
+    if (region)
+        json_object_set_new(body, "region", json_string(region));
+    if (service)
+        json_object_set_new(body, "service", json_string(service));
     snprintf(path, sizeof path, "/v1/secrets/%s/bindings", name);
     int code;
     int done = nb_cli_call_or_json(cli, "POST", path, body, &res, &code);
@@ -535,6 +580,17 @@ static const nb_cli_opt_t bind_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
+static const nb_cli_opt_t bind_aws_opts[] = {
+    {"host", 'H', "HOST",
+     "where requests are re-signed: a name or *.suffix, e.g. '*.amazonaws.com'"},
+    {"region", 0, "R", "only requests whose credential scope names region R (default: any)"},
+    {"service", 0, "S", "only requests for service S, e.g. s3 or bedrock (default: any)"},
+    {"path-prefix", 0, "P", "only for request paths under P"},
+    {"vm", 0, "VM", "only for this VM (default: every VM)"},
+    {"allow-cleartext", 0, NULL, "also over plain HTTP (default: only inside TLS)"},
+    {NULL, 0, NULL, NULL},
+};
+
 static const nb_cli_verb_t verbs[] = {
     {"set", "store a secret (value from stdin or a hidden prompt, never argv)", "NAME",
      "Store or replace the secret NAME. The value is read from stdin when stdin is not a\n"
@@ -554,6 +610,16 @@ static const nb_cli_verb_t verbs[] = {
      "in that place; the proxy replaces it only there, only for that host, only inside TLS\n"
      "unless --allow-cleartext.",
      1, 1, bind_opts, do_bind, NB_CLI_NEEDS_DAEMON},
+    {"bind-aws", "re-sign AWS SigV4 requests to a host with the real credentials", "NAME",
+     "The secret NAME holds AWS credentials: 'ACCESS_KEY_ID', 'SECRET_ACCESS_KEY' and\n"
+     "optionally 'SESSION_TOKEN' on separate lines (or one profile of a credentials file).\n"
+     "The VM has AWS_ACCESS_KEY_ID=AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY=\n"
+     "AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN=AWS_SESSION_TOKEN and signs with them;\n"
+     "toward --host the proxy checks that signature and signs the request again with the\n"
+     "real key (headers, presigned URLs, aws-chunked uploads). Anything else passes as sent.\n\n"
+     "  printf '%s\\n%s\\n' \"$AKID\" \"$SECRET\" | nilbox secret set AWS\n"
+     "  nilbox secret bind-aws AWS --host '*.amazonaws.com' --region eu-west-1",
+     1, 1, bind_aws_opts, do_bind_aws, NB_CLI_NEEDS_DAEMON},
     {"unbind", "remove a binding by id (see 'nilbox secret ls')", "ID", NULL, 1, 1, NULL, do_unbind,
      NB_CLI_NEEDS_DAEMON},
     {"unlock", "give the passphrase that protects the secret store", NULL,

@@ -245,9 +245,25 @@ static void on_bind(nb_api_ctx_t *ctx)
     if ((r = str_field(ctx, "query", param, sizeof param, &bad)) < 0)
         return;
     nplace += r;
+    /* AWS SigV4: {"sigv4": true, "region": "...", "service": "..."}. */
+    json_t *v4 = json_object_get(ctx->body, "sigv4");
+    char region[32] = "", service[NB_BINDING_HEADER_MAX] = "";
+    if (v4 && !json_is_boolean(v4)) {
+        nb_api_reply_error(ctx, 422, "invalid", "'sigv4' must be true or false");
+        return;
+    }
+    nplace += json_is_true(v4);
+    if (str_field(ctx, "region", region, sizeof region, &bad) < 0 ||
+        str_field(ctx, "service", service, sizeof service, &bad) < 0)
+        return;
+    if ((region[0] || service[0]) && !json_is_true(v4)) {
+        nb_api_reply_error(ctx, 422, "invalid", "'region' and 'service' need \"sigv4\": true");
+        return;
+    }
     if (nplace > 1) {
-        nb_api_reply_error(ctx, 422, "invalid",
-                           "give one placement: 'header', 'basic' or 'query' (not several)");
+        nb_api_reply_error(
+            ctx, 422, "invalid",
+            "give one placement: 'header', 'basic', 'query' or 'sigv4' (not several)");
         return;
     }
     memset(&b, 0, sizeof b);
@@ -279,6 +295,10 @@ static void on_bind(nb_api_ctx_t *ctx)
                                "refused)");
             return;
         }
+    } else if (json_is_true(v4)) {
+        b.placement = NB_PLACE_SIGV4;
+        memcpy(b.user, region, sizeof region);
+        memcpy(b.param, service, sizeof service);
     } else if (user[0]) {
         b.placement = NB_PLACE_BASIC;
         memcpy(b.user, user, sizeof b.user);
@@ -317,8 +337,8 @@ static void on_bind(nb_api_ctx_t *ctx)
         nb_api_reply_error(ctx, 422, "invalid",
                            "the binding is not valid: host must be a DNS name, an IP or "
                            "*.suffix; path_prefix starts with '/' without '..', '%%', '?', '#' "
-                           "or '//'; basic user has no ':'; query param is a plain name; vm is "
-                           "a VM name");
+                           "or '//'; basic user has no ':'; query param is a plain name; sigv4 "
+                           "region and service are lower-case names; vm is a VM name");
         return;
     }
     r = nb_secretsvc_bind(ctx->d->secrets, &b, on_bind_done, ctx);

@@ -2,6 +2,8 @@
  * into the guest through its agent's ctl stream. */
 #include "daemon/guestsvc_int.h"
 
+#include "daemon/egress/sigv4.h"
+
 /* ------------------------------------------------------------ environment */
 
 /* Names that must never be overwritten by a placeholder. */
@@ -89,6 +91,17 @@ json_t *nb_guestsvc_env_json(nb_guestsvc_t *g, const char *vm)
         const char *n = s->names[i];
         if (env_name_ok(n) && secret_visible(s, n, vm))
             json_object_set_new(env, n, json_string(n));
+    }
+    /* AWS SDKs read fixed names: with a SigV4 binding for this VM they sign
+     * with these placeholders, which the proxy knows (egress/sigv4.h). */
+    for (size_t i = 0; s && i < s->nbindings; i++) {
+        const nb_binding_t *b = &s->bindings[i];
+        if (b->placement != NB_PLACE_SIGV4 || (b->vm[0] && strcmp(b->vm, vm) != 0))
+            continue;
+        json_object_set_new(env, NB_SIGV4_PH_AKID, json_string(NB_SIGV4_PH_AKID));
+        json_object_set_new(env, NB_SIGV4_PH_SECRET, json_string(NB_SIGV4_PH_SECRET));
+        json_object_set_new(env, NB_SIGV4_PH_TOKEN, json_string(NB_SIGV4_PH_TOKEN));
+        break;
     }
     return env;
 }

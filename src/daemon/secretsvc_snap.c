@@ -241,6 +241,9 @@ json_t *nb_secretsvc_binding_json(const nb_binding_t *b)
         json_object_set_new(j, "user", json_string(b->user));
     } else if (b->placement == NB_PLACE_QUERY) {
         json_object_set_new(j, "param", json_string(b->param));
+    } else if (b->placement == NB_PLACE_SIGV4) {
+        json_object_set_new(j, "region", b->user[0] ? json_string(b->user) : json_null());
+        json_object_set_new(j, "service", b->param[0] ? json_string(b->param) : json_null());
     }
     return j;
 }

@@ -1,5 +1,7 @@
 #include "daemon/egress/inject.h"
 
+#include "daemon/egress/sigv4.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -642,6 +644,26 @@ out:
     return r;
 }
 
+/* AWS credentials: each part is watched for with its placeholder as the
+ * replacement. The secret key is never sent (it only signs), the key id
+ * and session token are; an upstream echoing any of them gives the guest
+ * the placeholder (A5). */
+static int watch_sigv4(ictx_t *c, val_t v)
+{
+    nb_sigv4_creds_t cr;
+    if (nb_sigv4_creds_parse(nb_iov(W(c, v.off), v.len), &cr) < 0)
+        return 0; /* not usable: never signed with, nothing to watch for */
+    int r = nb_redact_add(c->redact, cr.secret.p, cr.secret.len, NB_SIGV4_PH_SECRET,
+                          strlen(NB_SIGV4_PH_SECRET));
+    if (r >= 0)
+        r = nb_redact_add(c->redact, cr.akid.p, cr.akid.len, NB_SIGV4_PH_AKID,
+                          strlen(NB_SIGV4_PH_AKID));
+    if (r >= 0 && cr.token.len)
+        r = nb_redact_add(c->redact, cr.token.p, cr.token.len, NB_SIGV4_PH_TOKEN,
+                          strlen(NB_SIGV4_PH_TOKEN));
+    return r;
+}
+
 /* Registers every secret bound for the VM (see nb_inject_watch). Values
  * already fetched for injection are reused. */
 static int watch_all(ictx_t *c)
@@ -663,6 +685,10 @@ static int watch_all(ictx_t *c)
         }
         if (r < 0)
             break;
+        if (b->placement == NB_PLACE_SIGV4) {
+            r = watch_sigv4(c, v);
+            continue;
+        }
         r = nb_redact_add(c->redact, W(c, v.off), v.len, b->secret, strlen(b->secret));
         if (r >= 0 && b->placement == NB_PLACE_BASIC && (r = encode_basic(c, b, v, &eoff)) >= 0)
             r = redact_basic(c, b, (const char *)W(c, eoff));

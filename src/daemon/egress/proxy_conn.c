@@ -57,6 +57,7 @@ static void conn_maybe_free(cconn_t *c)
     nb_buf_free(&c->x.pending);
     nb_buf_free(&c->scratch);
     nb_inject_out_free(&c->inj);
+    nb_pxsv4_free(c->sv);
     nb_redact_free(c->red);
     nb_wsscan_free(c->ws);
     nb_redact_free(c->red_ctl);

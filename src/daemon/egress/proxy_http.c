@@ -85,11 +85,45 @@ void nb_px_exch_reset(cconn_t *c)
     nb_buf_t pending = c->x.pending;
     nb_buf_reset(&pending);
     nb_decode_free(c->x.dec);
+    nb_pxsv4_reset(c->sv); /* values and keys of the last request */
     memset(&c->x, 0, sizeof c->x);
     c->x.pending = pending;
 }
 
 /* ---- request head ---- */
+
+/* AWS SigV4 (proxy_sigv4.h): a request signed with the placeholder toward
+ * a host with a SigV4 binding. Without a payload hash header its body is
+ * held (at most NB_PXSV4_BODY_MAX) until complete: the signature covers
+ * the body's hash, so the head cannot go before the body was read. */
+static int sigv4_classify(cconn_t *c, const nb_http_head_t *h)
+{
+    exch_t *x = &c->x;
+    if (c->sv)
+        nb_pxsv4_reset(c->sv);
+    if (!nb_pxcreds_host_bound_any(c->px->creds, x->auth.host))
+        return 0;
+    if (!c->sv && nb_pxsv4_new(&c->sv) < 0)
+        return reject(c, 503, "out-of-memory", "the proxy is out of memory");
+    size_t nb;
+    const nb_binding_t *bind = nb_pxcreds_bindings(c->px->creds, &nb);
+    nb_inject_dest_t d = {.host = x->auth.host, .vm = c->l->vm, .tls = x->tls};
+    _Static_assert(sizeof(nb_sigv4_header_t) == sizeof(nb_http_header_t), "same slices");
+    int cls =
+        nb_pxsv4_classify(c->sv, &d, bind, nb, (const nb_sigv4_header_t *)h->headers, h->nheaders,
+                          x->origin.len ? x->origin : NB_IOV_STR("/"), x->req_has_body);
+    if (cls == 2 && h->content_length > NB_PXSV4_BODY_MAX)
+        return reject(c, 413, "body-too-large",
+                      "a SigV4 request without x-amz-content-sha256 is re-signed over its body, "
+                      "held up to %d MiB",
+                      NB_PXSV4_BODY_MAX >> 20);
+    return 0;
+}
+
+static int sigv4_holding(const cconn_t *c)
+{
+    return c->sv && nb_pxsv4_classify_result(c->sv) == 2;
+}
 
 static int req_on_head(cconn_t *c, const nb_http_head_t *h)
 {
@@ -180,7 +214,7 @@ static int req_on_head(cconn_t *c, const nb_http_head_t *h)
     x->req_chunked = h->chunked != 0;
     x->req_has_body = h->chunked || h->content_length > 0;
     x->head_ok = 1;
-    return 0;
+    return sigv4_classify(c, h);
 }
 
 /* ---- upstream head (injection happens here) ---- */
@@ -237,6 +271,46 @@ static void record_inject_report(cconn_t *c)
     }
     px->st.injected += o->ninjected;
     x->ninjected = (int)o->ninjected;
+}
+
+/* Signs a SigV4 request again with the real credentials (hv and the
+ * target are changed in place). 0, or < 0 after having answered. */
+static int sigv4_resign(cconn_t *c, nb_inject_header_t *hv, nb_inject_req_t *ireq)
+{
+    exch_t *x = &c->x;
+    if (!c->sv || !nb_pxsv4_classify_result(c->sv))
+        return 0;
+    const nb_http_head_t *h = &x->head;
+    size_t nb, nh = ireq->nheaders;
+    const nb_binding_t *bind = nb_pxcreds_bindings(c->creds, &nb);
+    nb_inject_dest_t d = {.host = x->auth.host, .vm = c->l->vm, .tls = x->tls};
+    nb_iov_t target = ireq->target;
+    int r = nb_pxsv4_resign(c->sv, &d, bind, nb, nb_pxcreds_get, c->creds, h->method,
+                            (const nb_sigv4_header_t *)h->headers, h->nheaders, ireq->target,
+                            (nb_sigv4_header_t *)hv, &nh, PX_MAX_HEADERS + 8, &target);
+    if (r < 0) {
+        nb_px_conn_drop_up(c, 1);
+        nb_log_conn(NB_LOG_WARN, c->id, "SigV4 re-signing toward %s failed: %s", x->auth.host,
+                    nb_strerror(r));
+        nb_px_reply(c, 502, "bad-gateway", "secret-unusable", x->auth.host,
+                    "the AWS credentials bound here cannot be used (they need an access key id "
+                    "and a secret key, one per line)",
+                    "set them again with 'nilbox secret set'", 1);
+        return -1;
+    }
+    if (r == 0) {
+        nb_log_conn(NB_LOG_NOTICE, c->id, "SigV4 request toward %s sent as signed: %s",
+                    x->auth.host, nb_pxsv4_why(c->sv));
+        return 0;
+    }
+    ireq->nheaders = nh;
+    ireq->target = target;
+    nb_px_record(c, "inject", x->auth.host, x->auth.port,
+                 json_pack("{s:[s], s:I, s:s, s:s}", "secrets", nb_pxsv4_secret(c->sv), "binding",
+                           (json_int_t)nb_pxsv4_binding(c->sv), "placement", "sigv4", "method",
+                           x->method));
+    c->px->st.injected++;
+    return 0;
 }
 
 /* Builds and writes the upstream head. Returns 0, or < 0 after having
@@ -322,6 +396,8 @@ static int send_head(cconn_t *c, upconn_t *u)
             goto oom;
         ireq.target = nb_buf_iov(&c->scratch);
     }
+    if ((r = sigv4_resign(c, hv, &ireq)) < 0)
+        return r;
     r = nb_inject_head(&ireq, &idest, bind, nb, names, nn, nb_pxcreds_get, c->creds, c->red,
                        &c->inj);
     record_inject_report(c);
@@ -391,6 +467,13 @@ static void finish_request(cconn_t *c)
     x->req_sent = 1;
 }
 
+/* Re-signed aws-chunked bytes toward the upstream. */
+static int sigv4_sink(void *ud, const uint8_t *p, size_t len)
+{
+    cconn_t *c = ud;
+    return nb_pxio_write_body(&c->up->io, p, len, c->x.req_chunked) < 0 ? NB_ECLOSED : 0;
+}
+
 static int req_on_body(void *ud, const uint8_t *p, size_t len)
 {
     cconn_t *c = ud;
@@ -398,8 +481,18 @@ static int req_on_body(void *ud, const uint8_t *p, size_t len)
     if (x->reject_status || !x->head_ok || c->state == CS_CLOSING)
         return 0;
     if (x->head_sent && c->up) {
+        if (nb_pxsv4_streaming(c->sv))
+            return nb_pxsv4_feed(c->sv, p, len, sigv4_sink, c) < 0 ? NB_ECLOSED : 0;
         if (nb_pxio_write_body(&c->up->io, p, len, c->x.req_chunked) < 0)
             return NB_ECLOSED;
+        return 0;
+    }
+    if (sigv4_holding(c)) {
+        if (nb_pxsv4_hold(c->sv, p, len) < 0)
+            return reject(c, 413, "body-too-large",
+                          "a SigV4 request without x-amz-content-sha256 is re-signed over its "
+                          "body, held up to %d MiB",
+                          NB_PXSV4_BODY_MAX >> 20);
         return 0;
     }
     return nb_buf_append(&x->pending, p, len);
@@ -523,7 +616,7 @@ static void after_feed(cconn_t *c)
         c->px->tunnel(c); /* proxy_tunnel.c, a layer above */
         return;
     }
-    if (x->head_ok && !x->started) {
+    if (x->head_ok && !x->started && (!sigv4_holding(c) || x->req_done)) {
         x->started = 1;
         start(c);
         if (c->state == CS_CLOSING)
@@ -560,8 +653,18 @@ static void up_ready(upconn_t *u, int r)
         return;
     x->head_sent = 1;
     nb_px_up_arm_response(u);
+    if (sigv4_holding(c) && nb_pxsv4_held(c->sv).len) {
+        nb_iov_t held = nb_pxsv4_held(c->sv);
+        if (nb_pxio_write_body(&c->up->io, held.p, held.len, x->req_chunked) < 0) {
+            nb_px_conn_close(c);
+            return;
+        }
+    }
     if (x->pending.len) {
-        if (nb_pxio_write_body(&c->up->io, x->pending.p, x->pending.len, x->req_chunked) < 0) {
+        int wr = nb_pxsv4_streaming(c->sv)
+                     ? nb_pxsv4_feed(c->sv, x->pending.p, x->pending.len, sigv4_sink, c)
+                     : nb_pxio_write_body(&c->up->io, x->pending.p, x->pending.len, x->req_chunked);
+        if (wr < 0) {
             nb_px_conn_close(c);
             return;
         }

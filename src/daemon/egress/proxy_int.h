@@ -12,6 +12,7 @@
 #include "daemon/egress/proxy_creds.h"
 #include "daemon/egress/proxy_io.h"
 #include "daemon/egress/proxy_upstream.h"
+#include "daemon/egress/proxy_sigv4.h"
 #include "daemon/egress/proxy_url.h"
 #include "daemon/egress/decode.h"
 #include "daemon/egress/redact.h"
@@ -193,6 +194,7 @@ struct cconn {
     upconn_t *up;
     nb_inject_out_t inj;
     unsigned inj_ready : 1;
+    struct nb_pxsv4 *sv; /* AWS SigV4 re-signing of the current request (proxy_sigv4.h) */
     nb_redact_t *red;
     nb_buf_t scratch;       /* response head building */
     nb_http_header_t *hdrs; /* PX_MAX_HEADERS + extras, for the injector */

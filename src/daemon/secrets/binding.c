@@ -7,17 +7,17 @@
 #include "lib/hostname.h"
 #include "lib/err.h"
 
-static const char *placement_names[] = {NULL, "header", "basic", "query"};
+static const char *placement_names[] = {NULL, "header", "basic", "query", "sigv4"};
 
 const char *nb_binding_placement_name(int placement)
 {
-    return placement >= NB_PLACE_HEADER && placement <= NB_PLACE_QUERY ? placement_names[placement]
+    return placement >= NB_PLACE_HEADER && placement <= NB_PLACE_SIGV4 ? placement_names[placement]
                                                                        : NULL;
 }
 
 int nb_binding_placement_parse(const char *name)
 {
-    for (int i = NB_PLACE_HEADER; i <= NB_PLACE_QUERY; i++)
+    for (int i = NB_PLACE_HEADER; i <= NB_PLACE_SIGV4; i++)
         if (strcmp(name, placement_names[i]) == 0)
             return i;
     return 0;
@@ -211,6 +211,17 @@ int nb_binding_normalize(nb_binding_t *b)
         if (!b->param[0])
             return NB_EINVAL;
         b->header[0] = b->tmpl[0] = b->user[0] = '\0';
+        return 0;
+    case NB_PLACE_SIGV4:
+        /* Region and service restrict the credential scope a request may
+         * name ("" = any); AWS spells both in lower case, digits, '-'. */
+        for (const char *f = b->user; f; f = f == b->user ? b->param : NULL)
+            for (const char *c = f; *c; c++)
+                if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-'))
+                    return NB_EINVAL;
+        if (strlen(b->user) >= 32)
+            return NB_EINVAL;
+        b->header[0] = b->tmpl[0] = '\0';
         return 0;
     default:
         return NB_EINVAL;

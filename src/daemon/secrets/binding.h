@@ -19,6 +19,8 @@ typedef enum {
     NB_PLACE_HEADER = 1, /* header `header` with value template `tmpl` */
     NB_PLACE_BASIC = 2,  /* Authorization: Basic base64(user ":" secret) */
     NB_PLACE_QUERY = 3,  /* query parameter `param` */
+    NB_PLACE_SIGV4 = 4,  /* AWS SigV4 re-signing (egress/sigv4.h); `user` holds the
+                            region and `param` the service it is limited to ("" any) */
 } nb_placement_t;
 
 #define NB_BINDING_HEADER_MAX 64
@@ -37,8 +39,8 @@ typedef struct {
     int placement;                         /* nb_placement_t */
     char header[NB_BINDING_HEADER_MAX];    /* HEADER: the header name */
     char tmpl[NB_BINDING_TMPL_MAX];        /* HEADER: e.g. "Bearer {secret}" */
-    char user[NB_BINDING_USER_MAX];        /* BASIC: the user name */
-    char param[NB_BINDING_HEADER_MAX];     /* QUERY: the parameter name */
+    char user[NB_BINDING_USER_MAX];        /* BASIC: the user name; SIGV4: region or "" */
+    char param[NB_BINDING_HEADER_MAX];     /* QUERY: the parameter name; SIGV4: service or "" */
     char vm[NB_BINDING_VM_MAX];            /* "" = every VM */
     int allow_cleartext;                   /* also over plain HTTP (A7) */
 } nb_binding_t;
@@ -66,7 +68,7 @@ const char *nb_binding_header_refusal(const char *h);
  * "*.co.uk"; nb_host_pattern_public). nb_binding_normalize refuses it. */
 const char *nb_binding_host_refusal(const char *host);
 
-/* "header", "basic", "query" (static), or NULL for anything else. */
+/* "header", "basic", "query", "sigv4" (static), or NULL for anything else. */
 const char *nb_binding_placement_name(int placement);
 
 /* The nb_placement_t for a name above, or 0. */

@@ -685,6 +685,13 @@ static void binding_mac(const nb_secrets_t *s, const nb_binding_t *b, uint8_t ma
     crypto_generichash_final(&h, mac, 32);
 }
 
+/* A SigV4 binding is stored as a 'header' row (the table's CHECK predates
+ * it and SQLite cannot change a CHECK in place) marked by this header and
+ * template; its MAC covers the SigV4 meaning, so a build that does not
+ * know the kind ignores the row instead of using it as a header binding. */
+#define SIGV4_ROW_HEADER "authorization"
+#define SIGV4_ROW_TMPL "AWS4-HMAC-SHA256 {secret} (nilbox sigv4 binding)"
+
 int nb_secrets_bind(nb_secrets_t *s, const nb_binding_t *in, int64_t *id)
 {
     if (id)
@@ -706,9 +713,11 @@ int nb_secrets_bind(nb_secrets_t *s, const nb_binding_t *in, int64_t *id)
     sqlite3_bind_text(st, 1, b.secret, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, b.host, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, b.path_prefix, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, nb_binding_placement_name(b.placement), -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, b.header, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, b.tmpl, -1, SQLITE_STATIC);
+    int v4 = b.placement == NB_PLACE_SIGV4;
+    sqlite3_bind_text(st, 4, v4 ? "header" : nb_binding_placement_name(b.placement), -1,
+                      SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, v4 ? SIGV4_ROW_HEADER : b.header, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, v4 ? SIGV4_ROW_TMPL : b.tmpl, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 7, b.user, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 8, b.param, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 9, b.vm, -1, SQLITE_STATIC);
@@ -790,6 +799,11 @@ int nb_secrets_bindings(nb_secrets_t *s, nb_binding_t **out, size_t *n)
                   col_copy(st, 8, b->param, sizeof(b->param)) ||
                   col_copy(st, 9, b->vm, sizeof(b->vm)) || !b->placement || !mac ||
                   sqlite3_column_bytes(st, 11) != 32;
+        if (!bad && b->placement == NB_PLACE_HEADER && strcmp(b->header, SIGV4_ROW_HEADER) == 0 &&
+            strcmp(b->tmpl, SIGV4_ROW_TMPL) == 0) {
+            b->placement = NB_PLACE_SIGV4;
+            b->header[0] = b->tmpl[0] = '\0';
+        }
         if (!bad) {
             binding_mac(s, b, want);
             bad = crypto_verify_32(mac, want) != 0;
