@@ -9,6 +9,7 @@ libbrotli-dev libsecret-1-dev curl ca-certificates openssl python3 python3-reque
 python3-websocket publicsuffix nodejs openssh-client qemu-system-x86 qemu-utils busybox-static nftables
 cpio xz-utils zstd kmod e2fsprogs file mmdebstrap dbus-daemon gnome-keyring"
 PKGS="$PKGS python3-boto3 awscli"
+PKGS="$PKGS liblua5.4-dev"
 
 missing=""
 for p in $PKGS; do

@@ -23,6 +23,7 @@
 #include "daemon/api.h"
 #include "daemon/audit.h"
 #include "daemon/blsvc.h"
+#include "daemon/oauthsvc.h"
 #include "daemon/guestsvc.h"
 #include "daemon/egress/proxy.h"
 #include "daemon/base/events.h"
@@ -201,6 +202,15 @@ static void size_budgets(nb_proxy_cfg_t *cfg)
            cfg->max_conns, total, lim);
 }
 
+/* The OAuth bindings changed: the engine serves token exchanges from the
+ * new set. */
+static void on_oauth_changed(void *ud)
+{
+    nb_daemon_t *d = ud;
+    if (d->proxy && d->oauth)
+        nb_proxy_set_oauth(d->proxy, nb_oauthsvc_set(d->oauth));
+}
+
 /* d->egress: the engine, created on first use (proxy listeners, guest
  * egress streams) once the secret store is open. */
 static nb_proxy_t *egress(nb_daemon_t *d, char *err, size_t errsz)
@@ -227,6 +237,8 @@ static nb_proxy_t *egress(nb_daemon_t *d, char *err, size_t errsz)
     cfg.record_ud = d;
     cfg.unseal = nb_secretsvc_unseal_to;
     cfg.unseal_ud = d->secrets;
+    cfg.oauth_store = d->oauth ? nb_oauthsvc_store : NULL;
+    cfg.oauth_ud = d->oauth;
     int r = nb_proxy_new(d->loop, &cfg, &d->proxy);
     if (r < 0) {
         snprintf(err, errsz, "cannot start the proxy engine: %s", nb_strerror(r));
@@ -234,6 +246,8 @@ static nb_proxy_t *egress(nb_daemon_t *d, char *err, size_t errsz)
     }
     on_secrets_changed(d, nb_secretsvc_snapshot(d->secrets));
     d->proxy_watch = nb_secretsvc_watch(d->secrets, on_secrets_changed, d);
+    if (d->oauth)
+        nb_proxy_set_oauth(d->proxy, nb_oauthsvc_set(d->oauth));
     return d->proxy;
 }
 
@@ -279,8 +293,19 @@ static int start_policy(nb_daemon_t *d, char *err, size_t errsz)
                          .gate = d->gate,
                          .audit = d->audit,
                          .events = d->events};
-    if ((r = nb_blsvc_new(&bc, &d->blocklist)) < 0)
+    if ((r = nb_blsvc_new(&bc, &d->blocklist)) < 0) {
         snprintf(err, errsz, "cannot create the blocklist: %s", nb_strerror(r));
+        return r;
+    }
+    /* OAuth bindings (oauthsvc.h): seal tokens through the secret service. */
+    nb_oauthsvc_cfg_t oc = {.loop = d->loop,
+                            .store = d->store,
+                            .secrets = d->secrets,
+                            .home = d->home.home,
+                            .changed = on_oauth_changed,
+                            .ud = d};
+    if ((r = nb_oauthsvc_new(&oc, &d->oauth)) < 0)
+        snprintf(err, errsz, "cannot create the OAuth service: %s", nb_strerror(r));
     return r;
 }
 
@@ -328,6 +353,9 @@ static void teardown(nb_daemon_t *d)
         uv_run(d->loop, UV_RUN_ONCE);
     nb_secretsvc_close(d->secrets);
     d->secrets = NULL;
+    /* After the secret service: its cancelled jobs still call back into it. */
+    nb_oauthsvc_free(d->oauth);
+    d->oauth = NULL;
     nb_audit_close(d->audit);
     d->audit = NULL;
     nb_events_free(d->events);

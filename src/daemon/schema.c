@@ -5,6 +5,7 @@
 
 #include "daemon/appstore.h"
 #include "daemon/audit.h"
+#include "daemon/oauthsvc.h"
 #include "daemon/egress/rules.h"
 #include "daemon/base/store.h"
 #include "daemon/vm/manager.h"
@@ -34,6 +35,7 @@ static const nb_store_migration_t builtin_migrations[] = {
     {5, "egress: rule ids are never reused", NB_RULES_AUTOINC_MIGRATION_SQL},
     {6, "vm: per-VM default guest user", NB_VM_USER_MIGRATION_SQL},
     {7, "store: apps installed in VMs", NB_APPSTORE_MIGRATION_SQL},
+    {8, "oauth: OAuth bindings and their scripts", NB_OAUTH_MIGRATION_SQL},
     /* append new migrations above this line */
 };
 

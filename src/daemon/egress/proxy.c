@@ -834,6 +834,7 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
 #undef DEF
     px->next_listener_id = 1;
     px->tunnel = nb_px_tunnel_connect;
+    px->http_check_done = nb_px_http_check_done;
     px->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int r = nb_ca_server_ctx(cfg->ca, &px->server_ctx);
     if (r < 0 || (r = nb_pxcreds_empty(&px->creds)) < 0) {
@@ -863,6 +864,12 @@ void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c)
     px->creds = c;
 }
 
+void nb_proxy_set_oauth(nb_proxy_t *px, nb_oauth_set_t *s)
+{
+    nb_oauth_set_unref(px->oauth);
+    px->oauth = s;
+}
+
 void nb_proxy_free(nb_proxy_t *px, void (*done)(void *ud), void *ud)
 {
     if (!px) {
@@ -871,6 +878,7 @@ void nb_proxy_free(nb_proxy_t *px, void (*done)(void *ud), void *ud)
         return;
     }
     px->closing = 1;
+    nb_px_oauth_engine_free(px); /* stores in flight find no engine when they end */
     px->done = done;
     px->done_ud = ud;
     if (px->gate_watch)

@@ -48,6 +48,10 @@ void nb_proxy_free(nb_proxy_t *px, void (*done)(void *ud), void *ud);
  * injection keep the one they used. NULL installs an empty one. */
 void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c);
 
+/* Installs the OAuth bindings (takes the caller's reference; NULL: none).
+ * Exchanges in flight keep the set they started with. */
+void nb_proxy_set_oauth(nb_proxy_t *px, nb_oauth_set_t *s);
+
 /* Parses "HOST:ADDR" or "HOST:PORT:ADDR:PORT" (ADDR an IPv4 literal or a
  * bracketed IPv6 one). 0 or NB_EINVAL. */
 int nb_proxy_resolve_parse(const char *spec, nb_proxy_resolve_t *out);

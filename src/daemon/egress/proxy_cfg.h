@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "daemon/egress/oauth.h"
 #include "daemon/egress/proxy_creds.h"
 #include "lib/hostname.h"
 
@@ -49,6 +50,14 @@ typedef struct {
     uint64_t response_timeout_ms; /* request sent -> response head; default 300 s */
     uint64_t pool_idle_ms;        /* idle upstream connections kept; default 30 s */
     size_t pool_max_per_key;      /* default 8 */
+    /* Scripted OAuth (oauth.h): seals the tokens a token exchange of
+     * binding `p` produced (`t` is borrowed for the call) and calls
+     * `done(op, status)` on the loop once they are in the credential
+     * snapshot; the guest's response waits for it. Always calls `done`
+     * when it returns 0. NULL: token responses are answered with 502. */
+    int (*oauth_store)(void *ud, const nb_oauth_provider_t *p, const nb_oauth_tokens_t *t,
+                       void (*done)(void *op, int status), void *op);
+    void *oauth_ud;
     int block_leaks; /* 1: a request carrying a placeholder where it must not go (A3, A4,
                         A7, A9) is refused with 403 instead of sent with the dummy */
 } nb_proxy_cfg_t;

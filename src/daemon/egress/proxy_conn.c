@@ -63,6 +63,7 @@ static void conn_maybe_free(cconn_t *c)
     nb_redact_free(c->red_ctl);
     nb_decode_free(c->x.dec);
     nb_pxcreds_unref(c->creds);
+    nb_px_oauth_reset(c);
     free(c->hdrs);
     free(c);
     nb_px_listener_maybe_free(l);

@@ -86,6 +86,7 @@ void nb_px_exch_reset(cconn_t *c)
     nb_buf_reset(&pending);
     nb_decode_free(c->x.dec);
     nb_pxsv4_reset(c->sv); /* values and keys of the last request */
+    nb_px_oauth_reset(c);
     memset(&c->x, 0, sizeof c->x);
     c->x.pending = pending;
 }
@@ -213,6 +214,7 @@ static int req_on_head(cconn_t *c, const nb_http_head_t *h)
     }
     x->req_chunked = h->chunked != 0;
     x->req_has_body = h->chunked || h->content_length > 0;
+    nb_px_oauth_match(c); /* a token exchange of an OAuth binding? */
     x->head_ok = 1;
     return sigv4_classify(c, h);
 }
@@ -325,7 +327,12 @@ static int send_head(cconn_t *c, upconn_t *u)
     c->creds = nb_pxcreds_ref(px->creds);
     /* A5: a host some binding names (for any VM) may hold a value; its
      * responses are scanned, whatever this request carries. */
-    int identity = nb_pxcreds_host_bound_any(c->creds, x->auth.host);
+    int identity = nb_pxcreds_host_bound_any(c->creds, x->auth.host) || x->oauth;
+    if (x->oauth) {
+        if (nb_px_oauth_request(c) < 0)
+            return -1;
+        x->req_chunked = 0; /* the rewritten body has a length */
+    }
     if (!c->hdrs && !(c->hdrs = calloc(PX_MAX_HEADERS + 8, sizeof *c->hdrs)))
         goto oom;
     nb_inject_header_t *hv = (nb_inject_header_t *)c->hdrs;
@@ -349,8 +356,10 @@ static int send_head(cconn_t *c, upconn_t *u)
     if (x->req_chunked) {
         hv[n].name = NB_IOV_STR("Transfer-Encoding");
         hv[n++].value = NB_IOV_STR("chunked");
-    } else if (h->content_length >= 0) {
-        int cl = snprintf(c->clbuf, sizeof c->clbuf, "%lld", (long long)h->content_length);
+    } else if (h->content_length >= 0 || x->oauth) {
+        long long len =
+            x->oauth ? (long long)nb_px_oauth_body(c).len : (long long)h->content_length;
+        int cl = snprintf(c->clbuf, sizeof c->clbuf, "%lld", len);
         hv[n].name = NB_IOV_STR("Content-Length");
         hv[n++].value = nb_iov(c->clbuf, (size_t)cl);
     }
@@ -440,6 +449,11 @@ static int send_head(cconn_t *c, upconn_t *u)
     x->resp_redact = nb_redact_needles(c->red) > 0;
     r = nb_pxio_write(&u->io, c->inj.p, c->inj.len);
     nb_inject_out_wipe(&c->inj);
+    if (r == 0 && x->oauth) {
+        nb_iov_t ob = nb_px_oauth_body(c);
+        r = ob.len ? nb_pxio_write(&u->io, ob.p, ob.len) : 0;
+        nb_px_oauth_body_wipe(c);
+    }
     if (r < 0) {
         nb_px_conn_drop_up(c, 0);
         nb_px_reply(c, 502, "bad-gateway", "upstream-error", x->auth.host,
@@ -495,6 +509,8 @@ static int req_on_body(void *ud, const uint8_t *p, size_t len)
                           NB_PXSV4_BODY_MAX >> 20);
         return 0;
     }
+    if (x->oauth && len > NB_OAUTH_BODY_MAX - x->pending.len)
+        return NB_ETOOBIG; /* a token request is held whole, and is small */
     return nb_buf_append(&x->pending, p, len);
 }
 
@@ -514,6 +530,10 @@ static const nb_px_up_cbs_t up_cbs;
 static void acquire(cconn_t *c)
 {
     exch_t *x = &c->x;
+    if (x->oauth && !x->req_done) {
+        x->oauth_wait = 1; /* the body is rewritten whole (after_feed resumes) */
+        return;
+    }
     int r = nb_px_up_acquire(&c->l->pool, x->auth.host, x->auth.is_ip, x->auth.port, x->tls,
                              x->retried, &up_cbs, c, &c->up);
     if (r < 0)
@@ -619,6 +639,12 @@ static void after_feed(cconn_t *c)
     if (x->head_ok && !x->started && (!sigv4_holding(c) || x->req_done)) {
         x->started = 1;
         start(c);
+        if (c->state == CS_CLOSING)
+            return;
+    }
+    if (x->oauth_wait && x->req_done) {
+        x->oauth_wait = 0;
+        acquire(c);
         if (c->state == CS_CLOSING)
             return;
     }
@@ -780,7 +806,7 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
         if (r == 0)
             r = nb_buf_append(b, "\r\n", 2);
     } else if (r == 0 && !bodyless) {
-        if (!x->resp_redact && h->content_length >= 0) {
+        if (!x->resp_redact && !x->oauth && h->content_length >= 0) {
             r = nb_buf_printf(b, "Content-Length: %lld\r\n", (long long)h->content_length);
         } else if (x->head.version_minor >= 1) {
             x->resp_out_chunked = 1;
@@ -798,6 +824,8 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
         return r;
     x->client_keepalive = ka;
     x->resp_keepalive = h->keep_alive != 0;
+    if (x->oauth) /* held until the body is rewritten (proxy_oauth.c) */
+        return nb_px_oauth_resp_head(c, h, b->p, b->len);
     x->resp_head_sent = 1;
     if (x->resp_redact) {
         /* Response headers can echo a secret too (A5). Values never hold
@@ -833,6 +861,8 @@ static int resp_on_body(upconn_t *u, const uint8_t *p, size_t len)
     cconn_t *c = u->ud;
     if (c->x.interim)
         return 0;
+    if (c->x.oauth)
+        return nb_px_oauth_resp_body(c, p, len);
     if (c->x.dec) {
         int r = nb_decode_feed(c->x.dec, p, len, redact_sink, c);
         if (r == NB_ETOOBIG || r == NB_EPROTO)
@@ -851,6 +881,11 @@ static int resp_on_complete(upconn_t *u)
     if (x->interim)
         return 0;
     int r = 0;
+    if (x->oauth) {
+        if ((r = nb_px_oauth_resp_complete(c)) == 0)
+            x->resp_done = 1; /* sent now, or once the tokens are sealed */
+        return r;
+    }
     if (x->dec) {
         r = nb_decode_finish(x->dec);
         nb_decode_free(x->dec);
@@ -907,8 +942,13 @@ static void check_done(cconn_t *c)
 {
     if (c->state == CS_CLOSING || c->feeding)
         return;
-    if (c->x.active && c->x.resp_done && c->x.head_sent)
+    if (c->x.active && c->x.resp_done && c->x.head_sent && !c->x.oauth_storing)
         exchange_done(c);
+}
+
+void nb_px_http_check_done(cconn_t *c)
+{
+    check_done(c);
 }
 
 static void switch_to_pipe(cconn_t *c, const uint8_t *up_left, size_t up_len)
@@ -939,12 +979,13 @@ static void up_failed(cconn_t *c, upconn_t *u, const char *token, const char *ms
     nb_px_conn_drop_up(c, 0);
     c->px->st.upstream_errors++;
     json_t *d = json_pack("{s:s, s:s}", "reason", token, "message", msg);
-    if (d && x->fail_token)
+    if (d && x->fail_token && !x->oauth)
         json_object_set_new(d, "threat", json_string("A5"));
     nb_px_record(c, "refusal", x->auth.host, x->auth.port, d);
     nb_px_reply(c, 502, "bad-gateway", token, x->auth.host, msg,
-                x->fail_token ? "the upstream must answer uncompressed, gzip, deflate or br"
-                              : "retry; the upstream misbehaved",
+                x->oauth        ? "check the OAuth binding's script ('nilbox oauth test NAME')"
+                : x->fail_token ? "the upstream must answer uncompressed, gzip, deflate or br"
+                                : "retry; the upstream misbehaved",
                 1);
 }
 

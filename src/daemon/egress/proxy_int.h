@@ -4,6 +4,7 @@
 #define NB_PROXY_INT_H
 
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "daemon/egress/ca.h"
 #include "daemon/egress/gate.h"
@@ -55,6 +56,9 @@ struct nb_proxy {
     size_t nrefusing;           /* of which being refused (503 lingering) */
     int reserve_fd;             /* a spare descriptor given up on EMFILE (proxy.c accept_short) */
     void (*tunnel)(cconn_t *c); /* nb_px_tunnel_connect: proxy_http.c hands CONNECTs up */
+    nb_oauth_set_t *oauth;      /* OAuth bindings (proxy_oauth.c) */
+    struct nb_px_oauth_op *oauth_ops; /* token stores in flight (orphaned when the engine goes) */
+    void (*http_check_done)(cconn_t *c); /* nb_px_http_check_done: proxy_oauth.c calls it */
 };
 
 struct nb_proxy_listener {
@@ -137,6 +141,9 @@ typedef struct {
     unsigned npm_client : 1; /* User-Agent npm/...: it prints body.error after the reason phrase */
     int ninjected;
     uint64_t t0;
+    unsigned oauth : 1;         /* a token exchange of an OAuth binding (c->oa) */
+    unsigned oauth_wait : 1;    /* its upstream waits for the whole request body */
+    unsigned oauth_storing : 1; /* its tokens are being sealed; the response waits */
 } exch_t;
 
 struct cconn {
@@ -224,6 +231,7 @@ struct cconn {
     unsigned leak_rows;
     uint64_t leaks_unrecorded;
     unsigned summarized : 1;
+    struct nb_px_oauth *oa; /* the current token exchange (proxy_oauth.c), or NULL */
 };
 
 /* Each file calls only the layers below it (proxy.c lists them). */
@@ -292,6 +300,56 @@ void nb_px_http_client_drain(cconn_t *c);
  * that the CONNECT's verdict is in (proxy_tunnel.c records the verdict). */
 void nb_px_http_release(cconn_t *c);
 void nb_px_exch_reset(cconn_t *c);
+
+/* The state of one token exchange (proxy_oauth.c). */
+struct nb_px_oauth {
+    nb_oauth_set_t *set;
+    int idx;
+    nb_buf_t body; /* rewritten request body */
+    nb_buf_t head; /* response head, held */
+    nb_buf_t resp; /* response body, held */
+    nb_buf_t out;  /* scrubbed response body */
+    nb_buf_t outh; /* scrubbed response head */
+    int status;
+    char ctype[128];
+};
+
+/* Ends a token exchange's state (end of exchange or connection). Inline
+ * so that proxy_conn.c does not call up into proxy_oauth.c. */
+static inline void nb_px_oauth_reset(cconn_t *c)
+{
+    struct nb_px_oauth *oa = c->oa;
+    if (!oa)
+        return;
+    nb_oauth_set_unref(oa->set);
+    nb_buf_free(&oa->body);
+    nb_buf_free(&oa->head);
+    nb_buf_free(&oa->resp);
+    nb_buf_free(&oa->out);
+    nb_buf_free(&oa->outh);
+    free(oa);
+    c->oa = NULL;
+}
+
+/* proxy_oauth.c: token exchanges of OAuth bindings (docs/internals/oauth.md) */
+/* Marks the exchange as a token exchange when its destination is one. */
+void nb_px_oauth_match(cconn_t *c);
+/* Rewrites the buffered request body (placeholders -> the binding's
+ * values) into the exchange's locked output. 0, or -1 after a reply. */
+int nb_px_oauth_request(cconn_t *c);
+/* The rewritten body, length (0 before nb_px_oauth_request). */
+nb_iov_t nb_px_oauth_body(cconn_t *c);
+void nb_px_oauth_body_wipe(cconn_t *c);
+/* The response head (its bytes are kept: sent once the body is rewritten). */
+int nb_px_oauth_resp_head(cconn_t *c, const nb_http_head_t *h, const uint8_t *head, size_t len);
+int nb_px_oauth_resp_body(cconn_t *c, const uint8_t *p, size_t len);
+/* Parses the response with the script, seals the tokens; the client's
+ * response leaves from the store's completion (or at once without tokens).
+ * Negative with x->fail_token set on failure. */
+int nb_px_oauth_resp_complete(cconn_t *c);
+void nb_px_oauth_engine_free(nb_proxy_t *px);
+/* proxy_http.c: the exchange may end now (after a deferred response). */
+void nb_px_http_check_done(cconn_t *c);
 
 /* proxy_tunnel.c */
 /* A CONNECT request was read completely (any bytes after it are in
