@@ -70,16 +70,20 @@ static void on_splice_done(nb_splice_t *sp, int err, nb_stream_t *failed, void *
     conn_close(c, err != 0);
 }
 
-/* A refusal row (A26/A28), at most one per mapping and second. */
+/* A refusal row (A26/A28); the audit log merges repeats and caps them per
+ * VM (audit.h). */
 static void refuse_peer(pmap_t *m, const char *why)
 {
-    uint64_t now = uv_now(m->ps->loop);
-    if (m->ps->d->audit && now - m->last_refusal_ms >= 1000) {
-        m->last_refusal_ms = now;
+    const char *threat = strcmp(why, "too-many-connections") == 0 ? "A28" : "A26";
+    if (m->ps->d->audit)
         nb_audit_append(m->ps->d->audit, "refusal", m->vm, m->bind, m->host_port,
-                        json_pack("{s:s, s:s}", "threat", "A26", "reason", why));
+                        json_pack("{s:s, s:s}", "threat", threat, "reason", why));
+    /* The log line at most once a second: any local user can connect. */
+    uint64_t now = uv_now(m->ps->loop);
+    if (!m->last_refusal_ms || now - m->last_refusal_ms >= 1000) {
+        m->last_refusal_ms = now;
+        nb_log(NB_LOG_INFO, "port %s:%u: connection refused: %s", m->bind, m->host_port, why);
     }
-    nb_log(NB_LOG_INFO, "port %s:%u: %s", m->bind, m->host_port, why);
 }
 
 /* A26: a loopback mapping serves only the daemon's own user. */

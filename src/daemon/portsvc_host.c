@@ -17,12 +17,13 @@ static void audit(nb_portsvc_t *ps, const char *vm, uint16_t port, int allowed, 
 {
     if (!ps->d->audit)
         return;
-    if (!allowed) {
-        /* Refusals: at most one row per second (a guest can loop). */
+    if (allowed) {
+        /* Refusals are traffic rows the audit log merges and caps per VM;
+         * grants are not: at most one row per second. */
         uint64_t now = uv_now(ps->loop);
-        if (now - ps->last_refusal_ms < 1000)
+        if (ps->last_grant_ms && now - ps->last_grant_ms < 1000)
             return;
-        ps->last_refusal_ms = now;
+        ps->last_grant_ms = now;
     }
     nb_audit_append(ps->d->audit, allowed ? "host.connect" : "refusal", vm, NB_HOST_SERVICE_NAME,
                     port,
@@ -170,7 +171,11 @@ void nb_portsvc_host_open(nb_portsvc_t *ps, const char *vm, nb_muxsess_stream_t 
         nb_muxsess_stream_reject(st, NB_MUX_E_REFUSED, msg);
         return;
     }
-    if (!d->gate || ps->freed || ps->nhconns >= NB_PORTS_MAX_GRANTS) {
+    unsigned mine = 0;
+    for (hconn_t *h = ps->hconns; h; h = h->next)
+        mine += strcmp(h->vm, vm) == 0;
+    if (!d->gate || ps->freed || ps->nhconns >= NB_PORTS_MAX_GRANTS ||
+        mine >= NB_PORTS_MAX_GRANTS_VM) {
         nb_muxsess_stream_reject(st, NB_MUX_E_BUSY, "no host-service connection possible now");
         return;
     }

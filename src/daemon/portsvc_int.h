@@ -8,8 +8,9 @@
 #include "daemon/portsvc.h"
 #include "lib/stream.h"
 
-#define NB_PORTS_MAX_CONNS 256  /* open connections per mapping (A28) */
-#define NB_PORTS_MAX_GRANTS 256 /* open host-service connections per daemon (A28) */
+#define NB_PORTS_MAX_CONNS 256     /* open connections per mapping (A28) */
+#define NB_PORTS_MAX_GRANTS 1024   /* open host-service connections per daemon (A28) */
+#define NB_PORTS_MAX_GRANTS_VM 128 /* ... and per VM, so one VM cannot starve another */
 
 typedef struct pmap pmap_t;
 
@@ -58,7 +59,7 @@ struct nb_portsvc {
     uint64_t evsub;
     unsigned live; /* maps and host connections not yet freed */
     int freed;
-    uint64_t last_refusal_ms;
+    uint64_t last_grant_ms;
 };
 
 void nb_ports_map_maybe_free(pmap_t *m);
