@@ -25,6 +25,7 @@
 #include "daemon/blsvc.h"
 #include "daemon/oauthsvc.h"
 #include "daemon/guestsvc.h"
+#include "daemon/portsvc.h"
 #include "daemon/egress/proxy.h"
 #include "daemon/base/events.h"
 #include "daemon/imgbuild.h"
@@ -344,6 +345,9 @@ static void teardown(nb_daemon_t *d)
     d->appstore = NULL;
     nb_imgbuild_free(d->images);
     d->images = NULL;
+    /* Port mappings: their streams go before the VMs' channels. */
+    nb_portsvc_free(d->ports);
+    d->ports = NULL;
     nb_vmm_free(d->vmm);
     d->vmm = NULL;
     nb_guestsvc_free(d->guestsvc); /* after the VMs' channels: their streams are closed */
@@ -466,6 +470,7 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
         (r = nb_imgbuild_new(d->loop, d->home.home, d->events, &d->images)) < 0 ||
         (r = nb_guestsvc_new(d, d->egress, &d->guestsvc, err, errsz)) < 0 ||
         (r = nb_appstore_new(d, &d->appstore)) < 0 ||
+        (r = nb_portsvc_new(d, &d->ports, err, errsz)) < 0 ||
         (r = nb_api_start(d, &d->api, err, errsz)) < 0)
         goto fail;
     snprintf(pid, sizeof pid, "%ld\n", (long)getpid());

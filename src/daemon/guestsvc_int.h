@@ -32,7 +32,7 @@
 /* Where things live in the guest (images/tiny, images/debian and the
  * agent's ctl allowlist agree on these). */
 #define GUEST_PROXY_URL "http://127.0.0.1:8088"
-#define GUEST_NO_PROXY "localhost,127.0.0.1,::1"
+#define GUEST_NO_PROXY "localhost,127.0.0.1,::1,host.nilbox.internal"
 #define GUEST_CA_FILE "/etc/nilbox/ca.pem"
 #define GUEST_CA_LOCAL "/usr/local/share/ca-certificates/nilbox/nilbox-ca.crt"
 #define GUEST_BUNDLE "/etc/ssl/certs/ca-certificates.crt"

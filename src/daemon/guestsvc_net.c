@@ -1,6 +1,7 @@
 /* Guest networking: the egress streams (handed to the proxy engine) and
  * the DNS streams (fake IPs). */
 #include "daemon/guestsvc_int.h"
+#include "daemon/portsvc.h"
 
 /* ------------------------------------------------------------ egress */
 
@@ -104,6 +105,12 @@ static int egress_open(nb_guestsvc_t *g, const char *vm, nb_muxsess_stream_t *st
          * destination, judged as such (A12). */
         if (!nb_fakedns_lookup(v->dns, ip4, (uint64_t)uv_now(g->loop), host, sizeof host))
             snprintf(host, sizeof host, "%s", ip);
+        else if (strcmp(host, NB_HOST_SERVICE_NAME) == 0 && g->d->ports) {
+            /* A host-service grant, not the egress engine (A14). */
+            json_decref(a);
+            nb_portsvc_host_open(g->d->ports, vm, st, (uint16_t)port);
+            return 0;
+        }
         dest.host = host;
         dest.port = (uint16_t)port;
         destp = &dest;

@@ -8,6 +8,7 @@
 #include "daemon/oauthsvc.h"
 #include "daemon/egress/rules.h"
 #include "daemon/base/store.h"
+#include "daemon/portsvc.h"
 #include "daemon/vm/manager.h"
 
 /* ------------------------------------------------------------------------
@@ -36,6 +37,7 @@ static const nb_store_migration_t builtin_migrations[] = {
     {6, "vm: per-VM default guest user", NB_VM_USER_MIGRATION_SQL},
     {7, "store: apps installed in VMs", NB_APPSTORE_MIGRATION_SQL},
     {8, "oauth: OAuth bindings and their scripts", NB_OAUTH_MIGRATION_SQL},
+    {9, "ports: port mappings", NB_PORTS_MIGRATION_SQL},
     /* append new migrations above this line */
 };
 

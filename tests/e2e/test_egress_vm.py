@@ -211,8 +211,8 @@ class EgressE2E(VmSuite):
         env = dict(l.split("=", 1) for l in self.out("env").splitlines() if "=" in l)
         for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             self.assertEqual(env.get(k), "http://127.0.0.1:8088", k)
-        self.assertEqual(env.get("NO_PROXY"), "localhost,127.0.0.1,::1")
-        self.assertEqual(env.get("no_proxy"), "localhost,127.0.0.1,::1")
+        self.assertEqual(env.get("NO_PROXY"), "localhost,127.0.0.1,::1,host.nilbox.internal")
+        self.assertEqual(env.get("no_proxy"), "localhost,127.0.0.1,::1,host.nilbox.internal")
         for k in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
                   "AWS_CA_BUNDLE"):
             self.assertEqual(env.get(k), "/etc/ssl/certs/ca-certificates.crt", k)

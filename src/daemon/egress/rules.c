@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -109,6 +110,11 @@ int nb_rule_parse(const char *spec, nb_rule_t *r)
         }
     }
 
+    /* "host[:PORT]": the host-service name (rules.h). */
+    if (hlen == 4 && !pfx && strncasecmp(host, "host", 4) == 0) {
+        host = NB_HOST_SERVICE_NAME;
+        hlen = strlen(NB_HOST_SERVICE_NAME);
+    }
     unsigned pv = 0;
     if (port) {
         if (portlen == 1 && port[0] == '*')

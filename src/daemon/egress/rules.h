@@ -33,6 +33,11 @@
 #define NB_RULES_PATTERN_MAX (NB_HOSTNAME_BUFSZ + 2)
 #define NB_RULES_NOTE_MAX 256
 
+/* The name a guest uses for the host's loopback services (THREATS.md A14,
+ * daemon/portsvc.h). In a rule, the bare name "host" stands for it:
+ * "allow host:5432" is "allow host.nilbox.internal:5432". */
+#define NB_HOST_SERVICE_NAME "host.nilbox.internal"
+
 typedef enum { NB_RULE_ALLOW = 1, NB_RULE_DENY = 2 } nb_rule_action_t;
 typedef enum { NB_RULE_NAME = 1, NB_RULE_SUFFIX = 2, NB_RULE_CIDR = 3 } nb_rule_kind_t;
 

@@ -104,6 +104,15 @@ static void test_parse(void)
     NB_CHECK_EQ_INT(nb_rule_parse("API.example.com:443", &r), 0);
     NB_CHECK(r.kind == NB_RULE_NAME && r.port == 443);
     NB_CHECK_STR(r.pattern, "api.example.com");
+    /* "host" is the host-service name (A14, daemon/portsvc.h). */
+    NB_CHECK_EQ_INT(nb_rule_parse("host:5432", &r), 0);
+    NB_CHECK(r.kind == NB_RULE_NAME && r.port == 5432);
+    NB_CHECK_STR(r.pattern, "host.nilbox.internal");
+    NB_CHECK_EQ_INT(nb_rule_parse("HOST", &r), 0);
+    NB_CHECK(r.kind == NB_RULE_NAME && r.port == 0);
+    NB_CHECK_STR(r.pattern, "host.nilbox.internal");
+    NB_CHECK_EQ_INT(nb_rule_parse("hosts:80", &r), 0);
+    NB_CHECK_STR(r.pattern, "hosts");
     NB_CHECK_EQ_INT(nb_rule_parse("*.example.com:*", &r), 0);
     NB_CHECK(r.kind == NB_RULE_SUFFIX && r.port == 0);
     NB_CHECK_EQ_INT(nb_rule_parse("10.1.2.3/8", &r), 0);
