@@ -28,6 +28,7 @@
 #include "daemon/base/events.h"
 #include "daemon/imgbuild.h"
 #include "daemon/secretsvc.h"
+#include "daemon/sshgw.h"
 #include "daemon/base/store.h"
 #include "daemon/vm/manager.h"
 #include "lib/err.h"
@@ -316,6 +317,8 @@ static void teardown(nb_daemon_t *d)
     quiesce(d);
     nb_imgbuild_free(d->images);
     d->images = NULL;
+    nb_sshgw_free(d->sshgw); /* before the VMs: its relays hold their streams */
+    d->sshgw = NULL;
     nb_vmm_free(d->vmm);
     d->vmm = NULL;
     nb_guestsvc_free(d->guestsvc); /* after the VMs' channels: their streams are closed */
@@ -434,6 +437,7 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
     if ((r = start_policy(d, err, errsz)) < 0 || (r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0 ||
         (r = nb_imgbuild_new(d->loop, d->home.home, d->events, &d->images)) < 0 ||
         (r = nb_guestsvc_new(d, d->egress, &d->guestsvc, err, errsz)) < 0 ||
+        (r = nb_sshgw_new(d, &d->sshgw, err, errsz)) < 0 ||
         (r = nb_api_start(d, &d->api, err, errsz)) < 0)
         goto fail;
     snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
