@@ -10,6 +10,7 @@ python3-websocket publicsuffix nodejs openssh-client qemu-system-x86 qemu-utils 
 cpio xz-utils zstd kmod e2fsprogs file mmdebstrap dbus-daemon gnome-keyring"
 PKGS="$PKGS python3-boto3 awscli"
 PKGS="$PKGS liblua5.4-dev"
+PKGS="$PKGS libssh-dev"
 
 missing=""
 for p in $PKGS; do

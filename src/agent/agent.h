@@ -104,4 +104,8 @@ int nb_agent_send_exit(nb_muxsess_stream_t *st, int64_t exit_status, int term_si
  * nb_muxsess_stream_write_owned) and the matching free. */
 void nb_agent_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
 
+/* `nilbox-agent sftp-server` (sftp.c): an SFTP v3 server on `in`/`out`
+ * until EOF; the exit code. */
+int nb_agent_sftp_main(int in, int out);
+
 #endif

@@ -320,6 +320,9 @@ int main(int argc, char **argv)
     uv_loop_t loop;
     int r;
 
+    /* The SSH gateway's `sftp` subsystem runs this through `exec`. */
+    if (argc == 2 && !strcmp(argv[1], "sftp-server"))
+        return nb_agent_sftp_main(0, 1);
     signal(SIGPIPE, SIG_IGN);
     nb_log_set_tag("nilbox-agent");
     nb_muxsess_opts_default(&o, NB_MUX_ROLE_GUEST);

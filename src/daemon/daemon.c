@@ -31,6 +31,7 @@
 #include "daemon/imgbuild.h"
 #include "daemon/appstore.h"
 #include "daemon/secretsvc.h"
+#include "daemon/sshgw.h"
 #include "daemon/base/store.h"
 #include "daemon/vm/manager.h"
 #include "lib/err.h"
@@ -348,6 +349,8 @@ static void teardown(nb_daemon_t *d)
     /* Port mappings: their streams go before the VMs' channels. */
     nb_portsvc_free(d->ports);
     d->ports = NULL;
+    nb_sshgw_free(d->sshgw); /* before the VMs: its relays hold their streams */
+    d->sshgw = NULL;
     nb_vmm_free(d->vmm);
     d->vmm = NULL;
     nb_guestsvc_free(d->guestsvc); /* after the VMs' channels: their streams are closed */
@@ -471,6 +474,7 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
         (r = nb_guestsvc_new(d, d->egress, &d->guestsvc, err, errsz)) < 0 ||
         (r = nb_appstore_new(d, &d->appstore)) < 0 ||
         (r = nb_portsvc_new(d, &d->ports, err, errsz)) < 0 ||
+        (r = nb_sshgw_new(d, &d->sshgw, err, errsz)) < 0 ||
         (r = nb_api_start(d, &d->api, err, errsz)) < 0)
         goto fail;
     snprintf(pid, sizeof pid, "%ld\n", (long)getpid());

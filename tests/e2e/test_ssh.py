@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""End to end: the SSH gateway (docs/internals/ssh.md) with stock OpenSSH
+clients against a real tiny VM (TCG unless KVM works).
+
+  01 ssh-config / ssh status; a wrong key is refused, a garbage client and
+     a half-open client do not hurt the daemon;
+  02 commands: output, stdin, exit codes (`false`, `exit 7`), stderr apart;
+  03 an interactive shell through a pty: type `echo hi`, resize (stty size);
+  04 sftp and scp (SFTP mode) of a 20 MiB file both ways, checked by sha256;
+  05 -L forwarding to a server in the guest;
+  06 the daemon is still fine (status answers, a new login works).
+
+Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE,
+NB_IMAGES_SRC (e2e_env).
+"""
+import hashlib
+import json
+import os
+import pty
+import select
+import socket
+import subprocess
+import time
+import unittest
+
+from e2e_env import AGENT, TINY, VmSuite, build_image, need, wait_for
+
+VM = "sshvm"
+
+
+class SshE2E(VmSuite):
+    @classmethod
+    def setup(cls):
+        need(tools=("ssh", "ssh-keygen", "sftp", "scp"))
+        build_image("tiny", TINY, AGENT)
+        cls.d = cls.daemon({"tiny": TINY})
+        cls.key = os.path.join(cls.tmp, "id_ed25519")
+        cls.bad = os.path.join(cls.tmp, "bad_ed25519")
+        for k in (cls.key, cls.bad):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k], check=True)
+        os.makedirs(os.path.join(cls.d.home, "ssh"), exist_ok=True)
+        r = cls.d.cli("ssh", "keys", "add", cls.key + ".pub")
+        assert r.returncode == 0, r.stderr
+        st = json.loads(cls.d.cli("--json", "ssh", "status").stdout)
+        cls.port = st["port"]
+        cls.known = os.path.join(cls.tmp, "known_hosts")
+        with open(cls.known, "w") as f:
+            f.write("[127.0.0.1]:%d %s\n" % (cls.port, st["host_key"]))
+        r = cls.d.cli("vm", "create", VM, "--start", timeout=300)
+        assert r.returncode == 0, r.stderr
+
+    # -- helpers -----------------------------------------------------------
+    def opts(self, key=None):
+        return ["-F", "/dev/null", "-i", key or self.key, "-o", "IdentitiesOnly=yes",
+                "-o", "UserKnownHostsFile=" + self.known, "-o", "StrictHostKeyChecking=yes",
+                "-o", "BatchMode=yes", "-o", "ConnectTimeout=30"]
+
+    def ssh(self, *cmd, key=None, input=None, timeout=180, extra=()):
+        return subprocess.run(["ssh"] + self.opts(key) + list(extra) +
+                              ["-p", str(self.port), VM + "@127.0.0.1", "--"] + list(cmd),
+                              input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=timeout)
+
+    def status(self):
+        return json.loads(self.cli("--json", "ssh", "status").stdout)
+
+    # -- 01 ------------------------------------------------------------------
+    def test_01_config_keys_garbage(self):
+        out = self.cli("ssh-config").stdout
+        self.assertIn("Port %d" % self.port, out)
+        self.assertIn("HostName 127.0.0.1", out)
+        st = self.status()
+        self.assertTrue(st["enabled"])
+        self.assertTrue(st["fingerprint"].startswith("SHA256:"))
+        with open(os.path.join(self.d.home, "ssh", "host_ed25519_key")) as f:
+            self.assertIn("PRIVATE KEY", f.read())
+        self.assertEqual(os.stat(os.path.join(self.d.home, "ssh",
+                                              "host_ed25519_key")).st_mode & 0o777, 0o600)
+        # A key that is not listed: refused, no password prompt (BatchMode).
+        r = self.ssh("true", key=self.bad)
+        self.assertEqual(r.returncode, 255)
+        self.assertIn(b"Permission denied (publickey)", r.stderr)
+        # Garbage instead of an SSH version line, then a client that hangs
+        # mid-handshake, then one that closes at once.
+        for payload in (b"GET / HTTP/1.1\r\n\r\n" + os.urandom(4096),
+                        b"SSH-2.0-x\r\n" + os.urandom(70000), b""):
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            try:
+                s.sendall(payload)
+                s.settimeout(10)
+                try:
+                    while s.recv(4096):
+                        pass
+                except (socket.timeout, ConnectionResetError):
+                    pass
+            finally:
+                s.close()
+        hang = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.addCleanup(hang.close)
+        self.assertTrue(self.status()["enabled"])
+        # Not a VM: a clear message on stderr, exit 255.
+        r = subprocess.run(["ssh"] + self.opts() + ["-p", str(self.port), "novm@127.0.0.1", "true"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(r.returncode, 255)
+        self.assertIn(b"no VM named 'novm'", r.stderr)
+
+    # -- 02 ------------------------------------------------------------------
+    def test_02_commands_exit_codes(self):
+        wait_for(lambda: self.inspect(VM)["agent"], 180, "the agent")
+        r = self.ssh("echo", "hello", "from", "ssh")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, b"hello from ssh\n")
+        self.assertEqual(self.ssh("false").returncode, 1)
+        self.assertEqual(self.ssh("exit 7").returncode, 7)
+        r = self.ssh("echo out; echo err >&2; exit 3")
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (3, b"out\n", b"err\n"))
+        r = self.ssh("tr a-z A-Z", input=b"piped input\n")
+        self.assertEqual(r.stdout, b"PIPED INPUT\n")
+        self.assertEqual(self.ssh("id -un").stdout.strip(), b"agent")
+
+    # -- 03 ------------------------------------------------------------------
+    def test_03_interactive_pty(self):
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execvp("ssh", ["ssh"] + self.opts() + ["-tt", "-p", str(self.port),
+                                                       VM + "@127.0.0.1"])
+        buf = b""
+
+        def read_until(needle, t=90):
+            nonlocal buf
+            end = time.time() + t
+            while needle not in buf and time.time() < end:
+                r, _, _ = select.select([fd], [], [], 1)
+                if r:
+                    try:
+                        buf += os.read(fd, 4096)
+                    except OSError:
+                        break
+            return needle in buf
+        try:
+            os.write(fd, b"echo h''i\r")
+            self.assertTrue(read_until(b"\nhi"), buf[-500:])
+            import fcntl
+            import struct
+            import termios
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+            os.kill(pid, 28)  # SIGWINCH: ssh sends window-change
+            time.sleep(1)
+            os.write(fd, b"stty size\r")
+            self.assertTrue(read_until(b"33 101"), buf[-500:])
+            os.write(fd, b"exit 5\r")
+            read_until(b"\x00never", 15)
+        finally:
+            _, status = os.waitpid(pid, 0)
+            os.close(fd)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 5)
+
+    # -- 04 ------------------------------------------------------------------
+    def test_04_sftp_scp_large(self):
+        src = os.path.join(self.tmp, "big.bin")
+        data = os.urandom(20 << 20)
+        with open(src, "wb") as f:
+            f.write(data)
+        want = hashlib.sha256(data).hexdigest()
+        base = ["-P", str(self.port)] + self.opts()
+        r = subprocess.run(["scp"] + base + [src, VM + "@127.0.0.1:/tmp/up.bin"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.ssh("sha256sum /tmp/up.bin")
+        self.assertEqual(r.stdout.split()[0].decode(), want)
+        back = os.path.join(self.tmp, "back.bin")
+        r = subprocess.run(["scp"] + base + [VM + "@127.0.0.1:/tmp/up.bin", back],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(back, "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), want)
+        # sftp in batch mode: mkdir, put, ls, rename, get, rm.
+        back2 = os.path.join(self.tmp, "back2.bin")
+        batch = os.path.join(self.tmp, "batch")
+        with open(batch, "w") as f:
+            f.write("mkdir /tmp/d\ncd /tmp/d\nput %s x.bin\nls -l\nrename x.bin y.bin\n"
+                    "get y.bin %s\nrm y.bin\nrmdir /tmp/d\n" % (src, back2))
+        r = subprocess.run(["sftp", "-b", batch] + base + [VM + "@127.0.0.1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"x.bin", r.stdout)
+        with open(back2, "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), want)
+        self.assertEqual(self.ssh("test -e /tmp/d").returncode, 1)
+        # A missing file is an error, not a hang.
+        r = subprocess.run(["scp"] + base + [VM + "@127.0.0.1:/nonexistent", back],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        self.assertNotEqual(r.returncode, 0)
+
+    # -- 05 ------------------------------------------------------------------
+    def test_05_local_forward(self):
+        # A one-shot server in the guest on 127.0.0.1:7000.
+        srv = subprocess.Popen(["ssh"] + self.opts() + ["-p", str(self.port), VM + "@127.0.0.1",
+                               "echo guest-says-hello | nc -l -p 7000 127.0.0.1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(srv)
+        time.sleep(3)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            lport = s.getsockname()[1]
+        fwd = subprocess.Popen(["ssh"] + self.opts() + ["-N", "-L", "%d:localhost:7000" % lport,
+                               "-p", str(self.port), VM + "@127.0.0.1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(fwd)
+        got = b""
+        end = time.time() + 60
+        while b"guest-says-hello" not in got and time.time() < end:
+            try:
+                with socket.create_connection(("127.0.0.1", lport), timeout=10) as c:
+                    c.settimeout(20)
+                    while True:
+                        b = c.recv(4096)
+                        if not b:
+                            break
+                        got += b
+            except OSError:
+                time.sleep(0.5)
+        self.assertIn(b"guest-says-hello", got)
+        # A destination other than the guest's loopback is refused.
+        r = self.ssh("true", extra=["-o", "ExitOnForwardFailure=yes", "-W", "10.0.0.1:80"])
+        self.assertNotEqual(r.returncode, 0)
+
+    # -- 06 ------------------------------------------------------------------
+    def test_06_still_fine(self):
+        self.assertTrue(self.status()["enabled"])
+        self.assertEqual(self.ssh("echo", "ok").stdout, b"ok\n")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
