@@ -27,6 +27,7 @@
 #include "daemon/egress/proxy.h"
 #include "daemon/base/events.h"
 #include "daemon/imgbuild.h"
+#include "daemon/mcp.h"
 #include "daemon/secretsvc.h"
 #include "daemon/base/store.h"
 #include "daemon/vm/manager.h"
@@ -314,6 +315,8 @@ static void quiesce(nb_daemon_t *d)
 static void teardown(nb_daemon_t *d)
 {
     quiesce(d);
+    nb_mcp_free(d->mcp); /* before the VMs: its sessions hold exec streams */
+    d->mcp = NULL;
     nb_imgbuild_free(d->images);
     d->images = NULL;
     nb_vmm_free(d->vmm);
@@ -434,6 +437,7 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
     if ((r = start_policy(d, err, errsz)) < 0 || (r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0 ||
         (r = nb_imgbuild_new(d->loop, d->home.home, d->events, &d->images)) < 0 ||
         (r = nb_guestsvc_new(d, d->egress, &d->guestsvc, err, errsz)) < 0 ||
+        (r = nb_mcp_new(d, &d->mcp, err, errsz)) < 0 ||
         (r = nb_api_start(d, &d->api, err, errsz)) < 0)
         goto fail;
     snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
