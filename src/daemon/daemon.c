@@ -30,6 +30,7 @@
 #include "daemon/base/events.h"
 #include "daemon/imgbuild.h"
 #include "daemon/appstore.h"
+#include "daemon/mcp.h"
 #include "daemon/secretsvc.h"
 #include "daemon/sshgw.h"
 #include "daemon/base/store.h"
@@ -344,6 +345,8 @@ static void teardown(nb_daemon_t *d)
     quiesce(d);
     nb_appstore_free(d->appstore);
     d->appstore = NULL;
+    nb_mcp_free(d->mcp); /* before the VMs: its sessions hold exec streams */
+    d->mcp = NULL;
     nb_imgbuild_free(d->images);
     d->images = NULL;
     /* Port mappings: their streams go before the VMs' channels. */
@@ -475,6 +478,7 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
         (r = nb_appstore_new(d, &d->appstore)) < 0 ||
         (r = nb_portsvc_new(d, &d->ports, err, errsz)) < 0 ||
         (r = nb_sshgw_new(d, &d->sshgw, err, errsz)) < 0 ||
+        (r = nb_mcp_new(d, &d->mcp, err, errsz)) < 0 ||
         (r = nb_api_start(d, &d->api, err, errsz)) < 0)
         goto fail;
     snprintf(pid, sizeof pid, "%ld\n", (long)getpid());

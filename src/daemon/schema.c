@@ -9,6 +9,7 @@
 #include "daemon/egress/rules.h"
 #include "daemon/base/store.h"
 #include "daemon/portsvc.h"
+#include "daemon/mcp.h"
 #include "daemon/vm/manager.h"
 
 /* ------------------------------------------------------------------------
@@ -38,6 +39,7 @@ static const nb_store_migration_t builtin_migrations[] = {
     {7, "store: apps installed in VMs", NB_APPSTORE_MIGRATION_SQL},
     {8, "oauth: OAuth bindings and their scripts", NB_OAUTH_MIGRATION_SQL},
     {9, "ports: port mappings", NB_PORTS_MIGRATION_SQL},
+    {10, "mcp: bridged MCP servers and tool policies", NB_MCP_MIGRATION_SQL},
     /* append new migrations above this line */
 };
 

@@ -647,6 +647,12 @@ static void nb_httpd_conn_on_timer(uv_timer_t *t)
         uv_timer_start(&c->timer, nb_httpd_conn_on_timer, next < 10 ? 10 : next, 0);
         return;
     }
+    if (c->state == C_WS && c->ws->raw) {
+        /* A raw stream (SSE) is idle by nature; its owner sends keep-alives
+         * and a peer that goes away ends it with EOF. */
+        uv_timer_start(&c->timer, nb_httpd_conn_on_timer, cfg->idle_timeout_ms, 0);
+        return;
+    }
     if (c->state == C_WS) {
         nb_ws_t *ws = c->ws;
         if (c->in.len && !ws->close_recv) {
@@ -1285,8 +1291,8 @@ static void nb_httpd_ws_on_input(conn_t *c)
     size_t used = 0;
     int r;
 
-    if (ws->close_recv) {
-        c->in.len = 0;
+    if (ws->close_recv || ws->raw) {
+        c->in.len = 0; /* a raw stream's peer has nothing more to say */
         return;
     }
     r = nb_ws_parser_feed(ws->parser, c->in.p, c->in.len, &used);
@@ -1414,6 +1420,13 @@ int nb_ws_send(nb_ws_t *ws, int text, const void *data, size_t len)
         return NB_ECLOSED;
     if (c->wq + len > NB_WS_SEND_CAP)
         return NB_ETOOBIG;
+    if (ws->raw) {
+        uint8_t *m = malloc(len ? len : 1);
+        if (!m)
+            return -ENOMEM;
+        memcpy(m, data, len);
+        return conn_write(c, m, len);
+    }
     if (text && !nb_utf8_valid(data, len))
         return NB_EINVAL;
     return ws_send_frame(ws, text ? NB_WS_OP_TEXT : NB_WS_OP_BINARY, data, len);
@@ -1425,9 +1438,81 @@ void nb_ws_close(nb_ws_t *ws, int code, const char *reason)
 
     if (ws->close_sent || ws->closed_cb_done || c->state != C_WS)
         return;
+    if (ws->raw) {
+        /* The end of the body is the end of the connection. */
+        ws->close_sent = 1;
+        ws->close_code = 1000;
+        nb_httpd_conn_end(c);
+        return;
+    }
     if (!nb_ws_close_code_sendable(code))
         code = 1000;
     ws->close_code = code;
     ws_send_close(ws, code, reason);
     uv_timer_start(&c->timer, nb_httpd_conn_on_timer, NB_WS_CLOSE_WAIT_MS, 0);
+}
+
+/* ------------------------------------------------------------ raw streams
+ * A response whose body is written piece by piece until the server ends
+ * it (Server-Sent Events): the head goes out with Connection: close and no
+ * length, the connection becomes a C_WS one in raw mode (nb_ws_send writes
+ * bytes as they are, nb_ws_close ends the body and the connection). */
+
+int nb_httpd_stream_accept(nb_httpd_req_t *req, int status, const char *content_type,
+                           const nb_ws_cbs_t *cbs, void *ud, nb_ws_t **out)
+{
+    conn_t *c = req->conn;
+    nb_buf_t b;
+    nb_ws_t *ws;
+    char date[64];
+    int r;
+
+    *out = NULL;
+    if (!c) {
+        nb_httpd_req_free(req);
+        return NB_ECLOSED;
+    }
+    if (c->inflight != req)
+        return NB_ESTATE;
+    if (!(ws = calloc(1, sizeof(*ws)))) {
+        nb_httpd_respond_error(req, 500, "internal", "out of memory");
+        return -ENOMEM;
+    }
+    ws->c = c;
+    ws->raw = 1;
+    if (cbs)
+        ws->cbs = *cbs;
+    ws->ud = ud;
+    fmt_date(date, sizeof(date));
+    nb_buf_init(&b, NB_HTTPD_MAX_RESP_HEADERS);
+    r = nb_buf_printf(&b, "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\n", status,
+                      nb_http_status_text(status), date, content_type);
+    if (r == 0)
+        r = nb_buf_append(&b, c->srv->defhdrs.p, c->srv->defhdrs.len);
+    if (r == 0)
+        r = nb_buf_append(&b, req->resp_hdrs.p, req->resp_hdrs.len);
+    if (r == 0)
+        r = nb_buf_append_str(&b, "Cache-Control: no-store\r\nConnection: close\r\n\r\n");
+    if (r < 0) {
+        nb_buf_free(&b);
+        free(ws);
+        nb_httpd_respond_error(req, 500, "internal", "out of memory");
+        return r;
+    }
+    c->inflight = NULL;
+    nb_httpd_req_free(req);
+    c->state = C_WS;
+    c->ws = ws;
+    c->req_started = 0;
+    ws->closed_cb_done = 1;
+    r = nb_httpd_conn_write_buf(c, &b);
+    nb_buf_free(&b);
+    if (r < 0)
+        return r;
+    ws->closed_cb_done = 0;
+    *out = ws;
+    c->last_activity = c->last_rx = uv_now(c->srv->loop);
+    uv_timer_start(&c->timer, nb_httpd_conn_on_timer, c->srv->cfg.idle_timeout_ms, 0);
+    nb_httpd_conn_update_reading(c);
+    return 0;
 }

@@ -132,6 +132,15 @@ int nb_httpd_ws_accept(nb_httpd_req_t *req, const nb_ws_cbs_t *cbs, void *ud, nb
  * NB_ECLOSED once closing; NB_EINVAL for text that is not UTF-8. */
 int nb_ws_send(nb_ws_t *ws, int text, const void *data, size_t len);
 
+/* Answers `req` with `status` and a body written piece by piece until the
+ * server ends it (Server-Sent Events): no length, Connection: close.
+ * Returns a handle driven like a WebSocket's: nb_ws_send writes bytes as
+ * they are (`text` ignored), nb_ws_close ends the body once queued bytes
+ * are out, on_close runs exactly once when the connection is gone (peer
+ * EOF included). Anything the peer sends is dropped. `req` is released
+ * either way; on failure *out is NULL and on_close never runs. */
+int nb_httpd_stream_accept(nb_httpd_req_t *req, int status, const char *content_type,
+                           const nb_ws_cbs_t *cbs, void *ud, nb_ws_t **out);
 /* Starts the close handshake (an invalid `code` becomes 1000; `reason` may
  * be NULL); on_close follows once the peer answers or after 3 s. */
 void nb_ws_close(nb_ws_t *ws, int code, const char *reason);

@@ -70,6 +70,7 @@ struct nb_ws {
     int close_code; /* reported to on_close */
     uint64_t close_at;
     uint64_t last_ping;
+    int raw; /* nb_httpd_stream_accept: unframed bytes out, input dropped, no pings */
 };
 
 struct conn {

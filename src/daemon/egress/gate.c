@@ -31,6 +31,7 @@ struct prompt {
     nb_gate_wait_t *waiters; /* doubly linked, head insert */
     uv_timer_t timer;        /* the deadline; the prompt is freed in its close callback */
     int resolved;            /* out of the pending list, waking its waiters */
+    int custom;              /* nb_gate_ask: no destination, never judged by rules */
 };
 
 typedef struct watch {
@@ -195,7 +196,7 @@ static void dest_text(const nb_dest_t *d, char *out, size_t outsz)
 static prompt_t *find_prompt(const nb_gate_t *g, const nb_dest_t *d)
 {
     for (prompt_t *p = g->head; p; p = p->next)
-        if (dest_eq(&p->dest, d))
+        if (!p->custom && dest_eq(&p->dest, d))
             return p;
     return NULL;
 }
@@ -386,6 +387,67 @@ int nb_gate_check(nb_gate_t *g, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gat
     return 0;
 }
 
+static void add_waiter(nb_gate_t *g, prompt_t *p, nb_gate_wait_t *w, int created)
+{
+    w->p = p;
+    w->next = p->waiters;
+    if (p->waiters)
+        p->waiters->prev = w;
+    p->waiters = w;
+    p->info.waiters++;
+    if (created && g->cfg.hooks.on_prompt_created)
+        g->cfg.hooks.on_prompt_created(g->cfg.hooks.ud, &p->info);
+    else if (!created && g->cfg.hooks.on_prompt_waiters)
+        g->cfg.hooks.on_prompt_waiters(g->cfg.hooks.ud, &p->info);
+}
+
+int nb_gate_ask(nb_gate_t *g, const char *vm, const char *kind, const char *subject,
+                nb_gate_verdict_t *v, nb_gate_done_fn done, void *ud, nb_gate_wait_t **wait)
+{
+    *wait = NULL;
+    g->st.checks++;
+    if (g->closing)
+        return decide_now(g, v, 0, NB_GATE_WHY_SHUTDOWN);
+    if (g->cfg.no_prompt || !done)
+        return decide_now(g, v, 0, NB_GATE_WHY_NO_PROMPT);
+    char host[NB_GATE_DISPLAY_MAX];
+    nb_rules_display_name(subject, strlen(subject), host, sizeof host);
+    prompt_t *p;
+    for (p = g->head; p; p = p->next)
+        if (p->custom && !strcmp(p->info.vm, vm) && !strcmp(p->info.kind, kind) &&
+            !strcmp(p->info.host, host))
+            break;
+    nb_gate_wait_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return decide_now(g, v, 0, NB_GATE_WHY_ERROR);
+    int created = 0;
+    if (!p) {
+        nb_dest_t d;
+        memset(&d, 0, sizeof d);
+        snprintf(d.vm, sizeof d.vm, "%s", vm);
+        if (g->pending >= g->cfg.max_prompts ||
+            pending_for_vm(g, d.vm) >= g->cfg.max_prompts_per_vm) {
+            free(w);
+            return decide_now(g, v, 0, NB_GATE_WHY_OVERLOAD);
+        }
+        if (!(p = new_prompt(g, &d))) {
+            free(w);
+            return decide_now(g, v, 0, NB_GATE_WHY_ERROR);
+        }
+        p->custom = 1;
+        snprintf(p->info.kind, sizeof p->info.kind, "%s", kind);
+        snprintf(p->info.host, sizeof p->info.host, "%s", host);
+        created = 1;
+        nb_log(NB_LOG_INFO, "prompt %" PRIu64 ": vm '%s' asks for %s %s", p->info.id, p->info.vm,
+               kind, host);
+    }
+    w->done = done;
+    w->ud = ud;
+    *wait = w;
+    add_waiter(g, p, w, created);
+    return 0;
+}
+
 void nb_gate_cancel(nb_gate_wait_t *w)
 {
     if (!w)
@@ -408,6 +470,8 @@ static void rejudge(nb_gate_t *g)
         prompt_t *p;
         nb_gate_result_t res;
         for (p = g->head; p; p = p->next) {
+            if (p->custom)
+                continue;
             nb_rules_eval(&g->rules, &p->dest, g->cfg.blocklist, g->cfg.blocklist_ctx, &res);
             if (res.decision != NB_GATE_PROMPT)
                 break;
@@ -582,7 +646,7 @@ int nb_gate_answer(nb_gate_t *g, uint64_t id, int answer)
     v.why = whys[answer];
     nb_log(NB_LOG_INFO, "prompt %" PRIu64 " (%s port %u, vm '%s') answered %s", id, p->info.host,
            p->info.port, p->info.vm, nb_gate_answer_name(answer));
-    if (always && rule_for(p, v.allowed ? NB_RULE_ALLOW : NB_RULE_DENY, &rule) == 0) {
+    if (always && !p->custom && rule_for(p, v.allowed ? NB_RULE_ALLOW : NB_RULE_DENY, &rule) == 0) {
         /* The rule goes in first, so a waiter's callback that connects again
          * (or a second prompt for the same destination) sees it. */
         add_always_rule(g, &rule);
@@ -667,11 +731,11 @@ json_t *nb_gate_prompt_json(const nb_gate_prompt_info_t *p)
     char created[80], deadline[80];
     format_ms(p->created_ms, created, sizeof created);
     format_ms(p->deadline_ms, deadline, sizeof deadline);
-    return json_pack("{s:I, s:s, s:s, s:b, s:i, s:s, s:s, s:I, s:i}", "id", (json_int_t)p->id, "vm",
-                     p->vm, "host", p->host, "is_ip", p->is_ip, "port", (int)p->port, "created",
-                     created, "deadline", deadline, "timeout_s",
+    return json_pack("{s:I, s:s, s:s, s:b, s:i, s:s, s:s, s:I, s:i, s:s}", "id", (json_int_t)p->id,
+                     "vm", p->vm, "host", p->host, "is_ip", p->is_ip, "port", (int)p->port,
+                     "created", created, "deadline", deadline, "timeout_s",
                      (json_int_t)((p->deadline_ms - p->created_ms + 999) / 1000), "waiters",
-                     (int)p->waiters);
+                     (int)p->waiters, "kind", p->kind[0] ? p->kind : "egress");
 }
 
 /* ---- teardown ---- */

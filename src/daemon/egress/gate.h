@@ -90,6 +90,7 @@ typedef struct {
     int64_t created_ms;  /* wall clock, ms since the epoch */
     int64_t deadline_ms; /* wall clock; the prompt denies at this time */
     unsigned waiters;    /* connections waiting on it */
+    char kind[8];        /* "" for a destination; "mcp" for nb_gate_ask (a tool call) */
 } nb_gate_prompt_info_t;
 
 /* Hooks for the API layer (events, audit); all optional. Borrowed data is
@@ -207,6 +208,18 @@ typedef void (*nb_gate_done_fn)(void *ud, const nb_gate_verdict_t *v);
  * Never fails otherwise. */
 int nb_gate_check(nb_gate_t *g, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done,
                   void *ud, nb_gate_wait_t **wait);
+
+/* Asks the user about something that is not a destination (an MCP tool
+ * call): a prompt of `kind` (< 8 bytes, e.g. "mcp") for `vm` whose display
+ * "host" is `subject` (escaped and cut like a name), port 0. No rule is
+ * consulted, and none is added: an *-always answer resolves with why
+ * NB_GATE_WHY_ALLOW_ALWAYS / DENY_ALWAYS and the caller persists what it
+ * means. Asks for the same vm, kind and subject share one prompt; the
+ * caps, deadline, cancel and shutdown behave as for nb_gate_check. Returns
+ * 1 with *v when denied at once (overload, shutdown, error), else 0: done
+ * runs later, once. */
+int nb_gate_ask(nb_gate_t *g, const char *vm, const char *kind, const char *subject,
+                nb_gate_verdict_t *v, nb_gate_done_fn done, void *ud, nb_gate_wait_t **wait);
 
 /* Withdraws a waiting connection (it closed): its callback will not run
  * and `w` is freed. The prompt itself stays pending until it is answered

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""bench/mcp: tool-call round trip through the MCP bridge against the same
+MCP server run directly on the host over stdio (goal: added p50 <= 2 ms).
+
+The server is tests/e2e/mcp_testsrv (static); the client the real
+@modelcontextprotocol/sdk (tests/integ/mcp_node/client.mjs, scenario
+bench:N: N sequential `echo` calls after 5 warm-up calls). Three ways:
+  direct   the client spawns the server on the host (stdio)
+  stdio    the client runs `nilbox mcp stdio VM demo`: CLI -> daemon
+           WebSocket -> nbmux exec stream -> the server in a tiny VM
+  http     the client speaks Streamable HTTP to the server's loopback endpoint
+Rounds alternate between the ways; each figure is the median over rounds
+of each round's p50 / p90.
+
+usage: bench/mcp/run.sh [BUILD] [--calls N] [--rounds R]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NODE = os.path.join(ROOT, "tests", "integ", "mcp_node")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("build", nargs="?", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    build = os.path.abspath(a.build)
+    os.environ.update({
+        "NB_TEST_NILBOX": os.path.join(build, "src", "cli", "nilbox"),
+        "NB_TEST_NILBOXD": os.path.join(build, "src", "daemon", "nilboxd"),
+        "NILBOX_AGENT": os.path.join(build, "src", "agent", "nilbox-agent"),
+        "NB_E2E_CACHE": os.environ.get("NB_E2E_CACHE", os.path.join(build, "tests", "e2e-cache")),
+        "NB_IMAGES_SRC": os.path.join(ROOT, "images"),
+    })
+    srv = os.path.join(build, "tests", "mcp_testsrv")
+    if not os.access(srv, os.X_OK):
+        sys.exit("%s is missing: ninja -C %s tests/mcp_testsrv" % (srv, build))
+    if not os.path.isdir(os.path.join(NODE, "node_modules")):
+        sys.exit("run `npm ci` in tests/integ/mcp_node first")
+    sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+    import e2e_env
+    e2e_env.build_image("tiny", e2e_env.TINY, e2e_env.AGENT)
+    d = e2e_env.vm_daemon({"tiny": e2e_env.TINY})
+    try:
+        def cli(*args, **kw):
+            r = subprocess.run([e2e_env.NILBOX, *args], env=d.env, capture_output=True, **kw)
+            if r.returncode:
+                sys.exit("nilbox %s: %s" % (" ".join(args), r.stderr))
+            return r.stdout
+        cli("vm", "create", "bench", "--start", timeout=300)
+        with open(srv, "rb") as f:
+            cli("exec", "bench", "--", "sh", "-c", "cat > /tmp/mcpsrv && chmod 755 /tmp/mcpsrv",
+                input=f.read(), timeout=120)
+        cli("mcp", "add", "bench", "demo", "--", "/tmp/mcpsrv")
+        info = json.loads(d.unix("GET", "/v1/mcp/bench/demo?token=1")[2])
+        ways = {
+            "direct": ["stdio", srv],
+            "stdio": ["stdio", e2e_env.NILBOX, "mcp", "stdio", "bench", "demo"],
+            "http": ["http", "http://127.0.0.1:%d/mcp" % info["port"], info["token"]],
+        }
+        res = {w: [] for w in ways}
+        for _ in range(a.rounds):
+            for w, args in ways.items():
+                p = subprocess.run(["node", os.path.join(NODE, "client.mjs"), args[0],
+                                    "bench:%d" % a.calls, *args[1:]],
+                                   env=d.env, capture_output=True, text=True, timeout=600)
+                out = json.loads(p.stdout.strip().splitlines()[-1])
+                if "ms" not in out:
+                    sys.exit("%s: %s %s" % (w, out, p.stderr))
+                ms = sorted(out["ms"])
+                res[w].append((ms[len(ms) // 2], ms[int(len(ms) * 0.9)]))
+        accel = json.loads(cli("--json", "vm", "inspect", "bench")).get("accel_used", "?")
+        base = statistics.median(r[0] for r in res["direct"])
+        print("MCP tool call (echo) round trip, %d calls x %d rounds, VM accel %s" %
+              (a.calls, a.rounds, accel))
+        print("%-8s %10s %10s %12s" % ("way", "p50 ms", "p90 ms", "added p50"))
+        for w in ways:
+            p50 = statistics.median(r[0] for r in res[w])
+            p90 = statistics.median(r[1] for r in res[w])
+            print("%-8s %10.3f %10.3f %12s" % (w, p50, p90,
+                                                "-" if w == "direct" else "%+.3f ms" % (p50 - base)))
+    finally:
+        e2e_env.teardown(d)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+/* Internal structures of the MCP bridge (mcp.c registry, mcp_sess.c
+ * sessions, mcp_http.c loopback endpoints). Loop thread only. */
+#ifndef NB_MCP_INT_H
+#define NB_MCP_INT_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/mcp.h"
+#include "lib/httpserver.h"
+
+typedef struct mcp_server mcp_server_t;
+typedef struct mcp_hsess mcp_hsess_t;
+
+enum { MCP_ALLOW = 1, MCP_DENY = 2, MCP_ASK = 3 };
+
+struct mcp_server {
+    mcp_server_t *next;
+    nb_mcp_t *m;
+    char vm[NB_MCP_NAME_MAX + 1];
+    char name[NB_MCP_NAME_MAX + 1];
+    int is_http;
+    json_t *argv;        /* stdio: array of strings */
+    char url[256];       /* http: as registered */
+    uint16_t guest_port; /* http: parsed from url */
+    char guest_path[200];
+    int port;       /* the loopback endpoint's port */
+    char token[65]; /* its bearer token (hex) */
+    int64_t created_ms;
+    json_t *policy; /* {"tool": "allow"|"deny"|"ask", "*": default} */
+    nb_httpd_t *httpd;
+    mcp_hsess_t *hsess; /* HTTP sessions (mcp_http.c) */
+    unsigned nhsess;
+    int refs; /* sessions holding it */
+    int removed;
+};
+
+struct nb_mcp {
+    nb_daemon_t *d;
+    uv_loop_t *loop;
+    mcp_server_t *servers;
+    nb_mcp_sess_t *sessions; /* every live session */
+    unsigned nsess;
+    size_t frame_max;
+    char dir[NB_HOME_PATH_MAX + 8]; /* $NILBOX_HOME/mcp: stderr logs */
+    int closing;
+    /* mcp.c: persists a tool's action (an *-always answer); no completion. */
+    void (*remember)(mcp_server_t *s, const char *tool, const char *action);
+};
+
+/* mcp_sess.c (the bottom of the three files: mcp.c calls mcp_http.c and
+ * mcp_sess.c, mcp_http.c calls mcp_sess.c, never the other way). */
+mcp_server_t *nb_mcp_find(nb_mcp_t *m, const char *vm, const char *name);
+/* Drops a session's reference; frees a removed server at the last one. */
+void nb_mcp_server_unref(mcp_server_t *s);
+void nb_mcp_server_free(mcp_server_t *s);
+/* "allow" / "deny" / "ask" -> MCP_*; 0 for anything else. */
+int nb_mcp_action_parse(const char *a);
+/* The policy of `tool` (MCP_ALLOW ...); the default "*" when none, else allow. */
+int nb_mcp_policy_of(const mcp_server_t *s, const char *tool);
+
+/* mcp_sess.c: ends every session of `srv` (removed) or all (srv NULL). */
+void nb_mcp_sess_end_all(nb_mcp_t *m, mcp_server_t *srv, const char *why);
+
+/* mcp_http.c: the server's loopback endpoint. */
+int nb_mcp_http_start(mcp_server_t *s, char *err, size_t errsz);
+void nb_mcp_http_stop(mcp_server_t *s);
+
+#endif

@@ -1,0 +1,157 @@
+/* A tiny MCP stdio server for the bridge's e2e tests and bench/mcp:
+ * statically linked (jansson), shipped into the tiny image's VM, so the
+ * suite needs no Node.js in the guest. One JSON-RPC message per line.
+ *
+ * Tools: echo {text}; add {a, b}; slow {steps} (a progress notification per
+ * step, 100 ms apart, stops without answering when cancelled); crash (exits
+ * at once, no answer); garbage (a malformed line, then a good answer); big
+ * {bytes} (an answer that size); secret, asked (for policy tests: they
+ * answer like echo). Every line received is noted on stderr (the log). */
+#include <jansson.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void send_msg(json_t *m)
+{
+    char *t = json_dumps(m, JSON_COMPACT);
+    fputs(t, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+    free(t);
+    json_decref(m);
+}
+
+static json_t *text_result(const char *text)
+{
+    return json_pack("{s:[{s:s, s:s}]}", "content", "type", "text", "text", text);
+}
+
+static void answer(json_t *id, json_t *result)
+{
+    send_msg(json_pack("{s:s, s:O, s:o}", "jsonrpc", "2.0", "id", id, "result", result));
+}
+
+static json_t *tool(const char *name, const char *desc)
+{
+    return json_pack("{s:s, s:s, s:{s:s, s:{}}}", "name", name, "description", desc, "inputSchema",
+                     "type", "object", "properties");
+}
+
+static char *line;
+static size_t cap;
+
+/* Waits up to ms for a line; 1 when one was read into `line`. */
+static int read_line(int ms)
+{
+    struct pollfd p = {.fd = 0, .events = POLLIN};
+    if (ms >= 0 && poll(&p, 1, ms) <= 0)
+        return 0;
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0)
+        exit(0);
+    return 1;
+}
+
+static void slow(json_t *id, json_t *params)
+{
+    json_int_t steps =
+        json_integer_value(json_object_get(json_object_get(params, "arguments"), "steps"));
+    json_t *token = json_object_get(json_object_get(params, "_meta"), "progressToken");
+    for (json_int_t i = 1; i <= steps; i++) {
+        if (token)
+            send_msg(json_pack("{s:s, s:s, s:{s:O, s:I, s:I}}", "jsonrpc", "2.0", "method",
+                               "notifications/progress", "params", "progressToken", token,
+                               "progress", i, "total", steps));
+        /* Between steps, a cancellation of this request ends it. */
+        if (read_line(100)) {
+            json_t *m = json_loads(line, 0, NULL);
+            const char *meth = json_string_value(json_object_get(m, "method"));
+            fprintf(stderr, "testsrv: during slow: %s\n", meth ? meth : "?");
+            if (meth && !strcmp(meth, "notifications/cancelled") &&
+                json_equal(json_object_get(json_object_get(m, "params"), "requestId"), id)) {
+                fprintf(stderr, "testsrv: slow cancelled at step %lld\n", (long long)i);
+                json_decref(m);
+                return;
+            }
+            json_decref(m);
+        }
+    }
+    answer(id, text_result("slow done"));
+}
+
+static void call(json_t *id, json_t *params)
+{
+    const char *name = json_string_value(json_object_get(params, "name"));
+    json_t *args = json_object_get(params, "arguments");
+    char buf[256];
+    if (!name)
+        name = "";
+    if (!strcmp(name, "echo") || !strcmp(name, "secret") || !strcmp(name, "asked")) {
+        const char *t = json_string_value(json_object_get(args, "text"));
+        answer(id, text_result(t ? t : ""));
+    } else if (!strcmp(name, "add")) {
+        snprintf(buf, sizeof buf, "%lld",
+                 (long long)(json_integer_value(json_object_get(args, "a")) +
+                             json_integer_value(json_object_get(args, "b"))));
+        answer(id, text_result(buf));
+    } else if (!strcmp(name, "slow")) {
+        slow(id, params);
+    } else if (!strcmp(name, "crash")) {
+        fprintf(stderr, "testsrv: crashing on purpose\n");
+        exit(3);
+    } else if (!strcmp(name, "garbage")) {
+        fputs("{\"jsonrpc\": \"2.0\", this is not json\n", stdout);
+        fflush(stdout);
+        answer(id, text_result("after garbage"));
+    } else if (!strcmp(name, "big")) {
+        json_int_t n = json_integer_value(json_object_get(args, "bytes"));
+        char *b = malloc((size_t)n + 1);
+        memset(b, 'x', (size_t)n);
+        b[n] = 0;
+        answer(id, text_result(b));
+        free(b);
+    } else {
+        send_msg(json_pack("{s:s, s:O, s:{s:i, s:s}}", "jsonrpc", "2.0", "id", id, "error", "code",
+                           -32602, "message", "unknown tool"));
+    }
+}
+
+int main(void)
+{
+    fprintf(stderr, "testsrv: started, pid %d\n", (int)getpid());
+    for (;;) {
+        read_line(-1);
+        json_t *m = json_loads(line, 0, NULL);
+        const char *meth = json_string_value(json_object_get(m, "method"));
+        json_t *id = json_object_get(m, "id");
+        fprintf(stderr, "testsrv: got %s\n", meth ? meth : "(response)");
+        if (!meth || !id) {
+            json_decref(m);
+            continue;
+        }
+        json_t *params = json_object_get(m, "params");
+        if (!strcmp(meth, "initialize")) {
+            json_t *pv = json_object_get(params, "protocolVersion");
+            answer(id, json_pack("{s:O, s:{s:{}}, s:{s:s, s:s}}", "protocolVersion",
+                                 pv ? pv : json_string("2025-06-18"), "capabilities", "tools",
+                                 "serverInfo", "name", "nilbox-testsrv", "version", "1.0"));
+        } else if (!strcmp(meth, "tools/list")) {
+            answer(id, json_pack("{s:[o,o,o,o,o,o,o,o]}", "tools", tool("echo", "echo text"),
+                                 tool("add", "add a and b"), tool("slow", "progress steps"),
+                                 tool("crash", "exit at once"), tool("garbage", "bad line first"),
+                                 tool("big", "a large answer"), tool("secret", "for deny tests"),
+                                 tool("asked", "for ask tests")));
+        } else if (!strcmp(meth, "tools/call")) {
+            call(id, params);
+        } else if (!strcmp(meth, "ping")) {
+            answer(id, json_object());
+        } else {
+            send_msg(json_pack("{s:s, s:O, s:{s:i, s:s}}", "jsonrpc", "2.0", "id", id, "error",
+                               "code", -32601, "message", "method not found"));
+        }
+        json_decref(m);
+    }
+}

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""End to end: the MCP bridge (docs/internals/mcp.md) with a real MCP client
+(@modelcontextprotocol/sdk, tests/integ/mcp_node) and a real MCP stdio server
+(tests/e2e/mcp_testsrv.c, static) running in a tiny TCG VM.
+
+  01 registry: add (stdio and --url), ls, bad input, config snippets, persisted
+  02 stdio transport (`nilbox mcp stdio`): initialize, tools/list filtered by
+     the policy, calls, progress, cancellation, a denied tool, audit rows
+  03 Streamable HTTP endpoint: the same client over HTTP with the token
+  04 wrong token, foreign Origin, foreign Host (DNS rebinding), bad session
+  05 server restart: a crashed server answers the next call (initialize replay)
+  06 ask: the call waits for a prompt, answered through `nilbox prompts`
+  07 malformed and oversized frames, both directions, raw over stdio; the
+     daemon stays up
+  08 logs, rm (its sessions end, its endpoint closes)
+
+Env: e2e_env's, plus NB_MCP_TESTSRV (the server binary) and NB_MCP_NODE.
+"""
+import http.client
+import json
+import os
+import subprocess
+import threading
+import time
+import unittest
+
+from e2e_env import AGENT, NILBOX, TINY, VmSuite, build_image, need, wait_for
+
+TESTSRV = os.environ.get("NB_MCP_TESTSRV", "")
+NODE_DIR = os.environ.get("NB_MCP_NODE", "")
+FRAME_MAX = 65536
+
+
+def node_ok():
+    return NODE_DIR and os.path.isdir(os.path.join(NODE_DIR, "node_modules", "@modelcontextprotocol"))
+
+
+class McpE2E(VmSuite):
+    @classmethod
+    def setup(cls):
+        need(env=("NB_TEST_NILBOX", "NB_TEST_NILBOXD", "NILBOX_AGENT", "NB_MCP_TESTSRV"),
+             tools=("node",))
+        if not node_ok():
+            raise unittest.SkipTest("npm ci in tests/integ/mcp_node first")
+        build_image("tiny", TINY, AGENT)
+        cls.d = cls.daemon({"tiny": TINY}, env={"NILBOX_MCP_MAX_FRAME": str(FRAME_MAX)})
+        r = cls.d.cli("vm", "create", "m1", "--start", timeout=300)
+        assert r.returncode == 0, r.stderr
+        with open(TESTSRV, "rb") as f:
+            binary = f.read()
+        p = subprocess.run([NILBOX, "exec", "m1", "--", "sh", "-c",
+                            "cat > /tmp/mcpsrv && chmod 755 /tmp/mcpsrv"],
+                           env=cls.d.env, input=binary, capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+
+    # -- helpers -------------------------------------------------------------
+    def node(self, *args, timeout=180):
+        env = dict(self.d.env)
+        p = subprocess.run(["node", os.path.join(NODE_DIR, "client.mjs"), *args], env=env,
+                           capture_output=True, text=True, timeout=timeout)
+        try:
+            out = json.loads(p.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            self.fail("client: %r %r\ndaemon: %s" % (p.stdout, p.stderr, self.d.stderr()[-3000:]))
+        self.assertNotIn("fatal", out, out.get("fatal"))
+        return out
+
+    def info(self, vm, name, token=False):
+        return json.loads(self.cli("--json", "mcp", "config", "--client", "vscode", vm, name).stdout) \
+            if token else self.get(vm, name)
+
+    def get(self, vm, name):
+        st, _, body = self.d.unix("GET", "/v1/mcp/%s/%s?token=1" % (vm, name))
+        self.assertEqual(st, 200, body)
+        return json.loads(body)
+
+    def audit_rows(self):
+        rows = json.loads(self.cli("--json", "audit", "--kind", "mcp.tool", "--limit", "500").stdout)
+        rows = rows.get("rows", rows.get("entries", rows)) if isinstance(rows, dict) else rows
+        return sorted([x for x in rows if x.get("kind") == "mcp.tool"], key=lambda x: x["seq"])
+
+    def http(self, port, method, body=None, headers=None, host=None):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        h = {"Host": host or "127.0.0.1:%d" % port}
+        h.update(headers or {})
+        c.request(method, "/mcp", body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+
+    # -- 01 ------------------------------------------------------------------
+    def test_01_registry(self):
+        r = self.cli("mcp", "add", "m1", "demo", "--", "/tmp/mcpsrv")
+        self.assertIn("added MCP server m1/demo (stdio)", r.stdout)
+        self.cli("mcp", "add", "m1", "web", "--url", "http://127.0.0.1:8931/mcp")
+        for bad, msg in ((("m1", "demo", "--", "x"), "already has"),
+                         (("m1", "Bad!", "--", "x"), "names are"),
+                         (("m1", "x1"), "command"),
+                         (("m1", "x2", "--url", "http://example.com/mcp"), "guest's loopback")):
+            r = self.cli("mcp", "add", *bad, ok=False)
+            self.assertNotEqual(r.returncode, 0, bad)
+            self.assertIn(msg, r.stderr, bad)
+        ls = json.loads(self.cli("--json", "mcp", "ls").stdout)["servers"]
+        self.assertEqual(sorted(s["name"] for s in ls), ["demo", "web"])
+        self.assertTrue(all("token" not in s for s in ls), "listings never carry the token")
+        self.assertIn("m1", self.cli("mcp", "ls").stdout)
+        self.assertIn("mcp stdio", self.cli("mcp", "--help").stdout + self.cli("mcp", "stdio", "--help").stdout)
+        cfg = json.loads(self.cli("mcp", "config", "m1", "demo").stdout)["mcpServers"]["m1-demo"]
+        self.assertEqual(cfg["args"], ["mcp", "stdio", "m1", "demo"])
+        self.assertEqual(cfg["env"]["NILBOX_HOME"], self.d.home)
+        tok = self.get("m1", "demo")["token"]
+        for client, top in (("claude-code", "mcpServers"), ("cursor", "mcpServers"), ("vscode", "servers")):
+            c = json.loads(self.cli("mcp", "config", "--client", client).stdout)[top]["m1-demo"]
+            self.assertEqual(c["headers"]["Authorization"], "Bearer " + tok)
+        r = self.cli("mcp", "config", "--client", "emacs", ok=False)
+        self.assertEqual(r.returncode, 2)
+        # Policy: deny `secret`, which tools/list then hides.
+        self.cli("mcp", "policy", "m1", "demo", "secret", "deny")
+        self.assertEqual(json.loads(self.cli("--json", "mcp", "policy", "m1", "demo").stdout),
+                         {"secret": "deny"})
+        r = self.cli("mcp", "policy", "m1", "demo", "x", "maybe", ok=False)
+        self.assertIn("allow, deny, ask or clear", r.stderr)
+
+    # -- 02 ------------------------------------------------------------------
+    def test_02_stdio(self):
+        out = self.node("stdio", "basic", NILBOX, "mcp", "stdio", "m1", "demo")
+        self.assertEqual(out["server"], "nilbox-testsrv")
+        self.assertNotIn("secret", out["tools"])
+        self.assertIn("echo", out["tools"])
+        self.assertEqual(out["echo"], "héllo")
+        self.assertEqual(out["add"], "42")
+        self.assertEqual(out["slow"], "slow done")
+        self.assertEqual(out["progress"], [1, 2, 3])
+        self.assertFalse(out["cancelled"]["ok"], out["cancelled"])
+        self.assertFalse(out["denied"]["ok"])
+        self.assertEqual(out["denied"]["code"], -32002, out["denied"])
+        self.assertIn("denied by the policy", out["denied"]["message"])
+        self.assertEqual(out["after"], "still here")
+        # The server saw the cancellation (its stderr is the log).
+        wait_for(lambda: "slow cancelled" in self.cli("mcp", "logs", "m1", "demo").stdout, 20,
+                 "the cancellation in the server's log")
+        rows = self.audit_rows()
+        tools = [(r["detail"]["tool"], r["detail"]["decision"]) for r in rows]
+        self.assertIn(("echo", "allow"), tools)
+        self.assertIn(("secret", "deny"), tools)
+        text = json.dumps(rows)
+        self.assertNotIn("héllo", text, "arguments never reach the audit log")
+        self.assertNotIn("may I", text)
+
+    # -- 03 ------------------------------------------------------------------
+    def test_03_http(self):
+        info = self.get("m1", "demo")
+        out = self.node("http", "basic", "http://127.0.0.1:%d/mcp" % info["port"], info["token"])
+        self.assertEqual(out["echo"], "héllo")
+        self.assertEqual(out["progress"], [1, 2, 3])
+        self.assertNotIn("secret", out["tools"])
+        self.assertEqual(out["denied"]["code"], -32002, out["denied"])
+        self.assertFalse(out["cancelled"]["ok"])
+        self.assertEqual(out["after"], "still here")
+
+    # -- 04 ------------------------------------------------------------------
+    def test_04_endpoint_admission(self):
+        info = self.get("m1", "demo")
+        port, tok = info["port"], info["token"]
+        init = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"}}})
+        hdr = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        st, h, _ = self.http(port, "POST", init, hdr)
+        self.assertEqual(st, 401)
+        self.assertIn("Bearer", h.get("www-authenticate", ""))
+        st, _, _ = self.http(port, "POST", init, dict(hdr, Authorization="Bearer " + "0" * 64))
+        self.assertEqual(st, 401)
+        good = dict(hdr, Authorization="Bearer " + tok)
+        st, _, body = self.http(port, "POST", init, dict(good, Origin="http://evil.example"))
+        self.assertEqual(st, 403, body)
+        st, _, body = self.http(port, "POST", init, good, host="evil.example:%d" % port)
+        self.assertEqual(st, 403, body)
+        # Another server's token does not open this one.
+        other = self.get("m1", "web")["token"]
+        st, _, _ = self.http(port, "POST", init, dict(hdr, Authorization="Bearer " + other))
+        self.assertEqual(st, 401)
+        # Right token, loopback Origin: an SSE answer with the session id.
+        st, h, body = self.http(port, "POST", init,
+                                dict(good, Origin="http://127.0.0.1:%d" % port))
+        self.assertEqual(st, 200, body)
+        self.assertEqual(h["content-type"], "text/event-stream")
+        self.assertRegex(h["mcp-session-id"], r"^[0-9a-f]{32}$")
+        self.assertIn(b'"nilbox-testsrv"', body)
+        sid = h["mcp-session-id"]
+        # JSON mode (no event stream accepted), a bad session, a malformed body.
+        js = dict(good, Accept="application/json")
+        js["Mcp-Session-Id"] = sid
+        st, h, body = self.http(port, "POST", json.dumps(
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+             "params": {"name": "echo", "arguments": {"text": "j"}}}), js)
+        self.assertEqual(st, 200, body)
+        self.assertEqual(json.loads(body)["result"]["content"][0]["text"], "j")
+        st, _, body = self.http(port, "POST", '{"jsonrpc":"2.0","id":3,"method":"ping"}',
+                                dict(js, **{"Mcp-Session-Id": "f" * 32}))
+        self.assertEqual(st, 404)
+        st, _, body = self.http(port, "POST", "{nope", js)
+        self.assertEqual(st, 400)
+        self.assertEqual(json.loads(body)["error"]["code"], -32700)
+        st, _, body = self.http(port, "POST", json.dumps(
+            {"jsonrpc": "2.0", "id": 4, "method": "x", "params": {"p": "y" * FRAME_MAX}}), js)
+        self.assertEqual(st, 413)
+        self.assertEqual(json.loads(body)["error"]["code"], -32001)
+        st, _, _ = self.http(port, "DELETE", None, js)
+        self.assertEqual(st, 200)
+
+    # -- 05 ------------------------------------------------------------------
+    def test_05_restart(self):
+        out = self.node("stdio", "restart", NILBOX, "mcp", "stdio", "m1", "demo")
+        self.assertEqual(out["before"], "one")
+        self.assertFalse(out["crash"]["ok"])
+        self.assertIn("exited", out["crash"]["message"])
+        self.assertEqual(out["after"], "two")
+        self.assertEqual(out["tools"], 7)
+        log = self.cli("mcp", "logs", "m1", "demo").stdout
+        self.assertIn("crashing on purpose", log)
+        self.assertIn("initialized again", log)
+
+    # -- 06 ------------------------------------------------------------------
+    def test_06_ask(self):
+        self.cli("mcp", "policy", "m1", "demo", "asked", "ask")
+        res = {}
+        t = threading.Thread(target=lambda: res.update(
+            self.node("stdio", "ask", NILBOX, "mcp", "stdio", "m1", "demo")))
+        t.start()
+        try:
+            def prompt():
+                ps = json.loads(self.cli("--json", "prompts").stdout)["prompts"]
+                return [p for p in ps if p.get("kind") == "mcp"]
+            ps = wait_for(prompt, 90, "the MCP prompt")
+            self.assertEqual(ps[0]["host"], "demo/asked")
+            self.assertEqual(ps[0]["vm"], "m1")
+            self.cli("prompts", "answer", str(ps[0]["id"]), "allow-always")
+        finally:
+            t.join(120)
+        self.assertTrue(res["asked"]["ok"], res)
+        self.assertEqual(res["asked"]["value"]["content"][0]["text"], "may I")
+        # allow-always became the tool's policy.
+        self.assertEqual(json.loads(self.cli("--json", "mcp", "policy", "m1", "demo").stdout)["asked"],
+                         "allow")
+        rows = [r["detail"] for r in self.audit_rows() if r["detail"]["tool"] == "asked"]
+        self.assertEqual(rows[-1]["reason"], "allow-always")
+
+    # -- 07 ------------------------------------------------------------------
+    def test_07_malformed(self):
+        msgs = [
+            '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
+            '"capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}',
+            '{"jsonrpc":"2.0","method":"notifications/initialized"}',
+            "this is not json",
+            '[{"jsonrpc":"2.0","id":2,"method":"ping"}]',
+            '{"jsonrpc":"2.0","id":3,"method":"ping","result":1}',
+            '{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"x","name":"y"}}',
+            json.dumps({"jsonrpc": "2.0", "id": 5, "method": "ping", "params": {"p": "z" * FRAME_MAX}}),
+            '{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"garbage"}}',
+            '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"big","arguments":{"bytes":%d}}}'
+            % (FRAME_MAX * 2),
+            '{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"ok"}}}',
+        ]
+        p = subprocess.Popen([NILBOX, "mcp", "stdio", "m1", "demo"], env=self.d.env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        got = []
+        try:
+            for m in msgs:
+                p.stdin.write(m + "\n")
+                p.stdin.flush()
+            p.stdin.write("x" * (FRAME_MAX * 3) + "\n")  # over the CLI's own cap
+            p.stdin.flush()
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                line = p.stdout.readline()
+                if not line:
+                    break
+                got.append(json.loads(line))
+                if any(g.get("id") == 8 for g in got) and \
+                        sum(1 for g in got if g.get("id") is None) >= 6:
+                    break
+        finally:
+            p.stdin.close()
+            p.wait(30)
+            p.stdout.close()
+        by_id = {g.get("id"): g for g in got if g.get("id") is not None}
+        nulls = [g["error"]["code"] for g in got if g.get("id") is None]
+        self.assertEqual(by_id[1]["result"]["serverInfo"]["name"], "nilbox-testsrv")
+        self.assertIn(-32700, nulls)                      # not JSON; duplicate keys
+        self.assertIn(-32600, nulls)                      # a batch
+        self.assertEqual(by_id[3]["error"]["code"], -32600)
+        self.assertIn(-32001, nulls)                      # over the cap (both sides)
+        self.assertIn(-32603, nulls)                      # the server's garbage line, its big answer
+        self.assertEqual(by_id[6]["result"]["content"][0]["text"], "after garbage")
+        self.assertEqual(by_id[8]["result"]["content"][0]["text"], "ok")
+        log = self.cli("mcp", "logs", "m1", "demo").stdout
+        self.assertIn("malformed message from the server", log)
+        self.assertIsNone(self.d.proc.poll(), "the daemon stays up")
+
+    # -- 08 ------------------------------------------------------------------
+    def test_08_rm(self):
+        port = self.get("m1", "demo")["port"]
+        self.cli("mcp", "rm", "m1", "demo")
+        r = self.cli("mcp", "logs", "m1", "demo", ok=False)
+        self.assertEqual(r.returncode, 4)
+        with self.assertRaises(OSError):
+            self.http(port, "GET")
+        self.cli("mcp", "rm", "m1", "web")
+        self.assertIn("no MCP servers", self.cli("mcp", "ls").stdout)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,83 @@
+// A real MCP client (@modelcontextprotocol/sdk) driving the nilbox MCP
+// bridge for tests/e2e/test_mcp.py and bench/mcp. Prints one JSON object.
+//
+//   node client.mjs stdio SCENARIO CMD ARGS...        (stdio transport)
+//   node client.mjs http SCENARIO URL TOKEN            (Streamable HTTP)
+//
+// Scenarios: basic, restart, ask, bench:N (N echo calls, latencies in ms).
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+
+const [kind, scenario, ...rest] = process.argv.slice(2);
+
+function transport() {
+  if (kind === "stdio")
+    return new StdioClientTransport({ command: rest[0], args: rest.slice(1), env: process.env, stderr: "inherit" });
+  return new StreamableHTTPClientTransport(new URL(rest[0]), {
+    requestInit: { headers: { Authorization: `Bearer ${rest[1]}` } },
+  });
+}
+
+async function attempt(fn) {
+  try {
+    return { ok: true, value: await fn() };
+  } catch (e) {
+    return { ok: false, code: e.code ?? null, message: String(e.message ?? e), name: e.name };
+  }
+}
+
+const text = (r) => r?.content?.[0]?.text;
+
+async function main() {
+  const client = new Client({ name: "nilbox-test", version: "1.0" });
+  const errors = [];
+  client.onerror = (e) => errors.push(String(e.message ?? e));
+  await client.connect(transport());
+  const out = { server: client.getServerVersion()?.name };
+  if (scenario === "basic") {
+    out.tools = (await client.listTools()).tools.map((t) => t.name).sort();
+    out.echo = text(await client.callTool({ name: "echo", arguments: { text: "héllo" } }));
+    out.add = text(await client.callTool({ name: "add", arguments: { a: 2, b: 40 } }));
+    const progress = [];
+    out.slow = text(
+      await client.callTool({ name: "slow", arguments: { steps: 3 } }, undefined, {
+        onprogress: (p) => progress.push(p.progress),
+      }),
+    );
+    out.progress = progress;
+    const ac = new AbortController();
+    setTimeout(() => ac.abort("enough"), 400);
+    out.cancelled = await attempt(() =>
+      client.callTool({ name: "slow", arguments: { steps: 100 } }, undefined, { signal: ac.signal }),
+    );
+    out.denied = await attempt(() => client.callTool({ name: "secret", arguments: { text: "x" } }));
+    out.after = text(await client.callTool({ name: "echo", arguments: { text: "still here" } }));
+  } else if (scenario === "restart") {
+    out.before = text(await client.callTool({ name: "echo", arguments: { text: "one" } }));
+    out.crash = await attempt(() => client.callTool({ name: "crash", arguments: {} }));
+    out.after = text(await client.callTool({ name: "echo", arguments: { text: "two" } }));
+    out.tools = (await client.listTools()).tools.length;
+  } else if (scenario === "ask") {
+    out.asked = await attempt(() =>
+      client.callTool({ name: "asked", arguments: { text: "may I" } }, undefined, { timeout: 120000 }),
+    );
+  } else if (scenario.startsWith("bench:")) {
+    const n = Number(scenario.slice(6));
+    const ms = [];
+    for (let i = 0; i < n + 5; i++) {
+      const t0 = process.hrtime.bigint();
+      await client.callTool({ name: "echo", arguments: { text: "ping" } });
+      if (i >= 5) ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+    out.ms = ms;
+  }
+  out.errors = errors;
+  await client.close();
+  process.stdout.write(JSON.stringify(out) + "\n");
+}
+
+main().catch((e) => {
+  process.stdout.write(JSON.stringify({ fatal: String(e.stack ?? e) }) + "\n");
+  process.exit(1);
+});
