@@ -21,7 +21,10 @@
     X(doctor)                                                                                      \
     X(events)                                                                                      \
     X(secret)                                                                                      \
-    X(rule) X(prompts) X(audit) X(ca) X(proxy) X(vm) X(shell) X(exec) X(image) X(blocklist) X(store) X(oauth) X(port) X(ssh) X(ssh_config) X(mcp)
+    X(rule)                                                                                        \
+    X(prompts)                                                                                     \
+    X(audit) X(ca) X(proxy) X(vm) X(shell) X(exec) X(image) X(blocklist) X(store) X(oauth) X(port) \
+        X(ssh) X(ssh_config) X(mcp)
 
 /* Exit codes (README.md, docs/cli.md). */
 enum {
