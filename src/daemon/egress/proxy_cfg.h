@@ -15,6 +15,7 @@
  * caller include what they use). */
 typedef struct nb_ca nb_ca_t;
 typedef struct nb_gate nb_gate_t;
+typedef struct nb_usage nb_usage_t;
 
 /* Receives one audit-worthy record: `kind` is an audit kind ("gate.decision",
  * "inject", "leak", "refusal"; see daemon/audit.h), `vm`/`host` may be
@@ -49,8 +50,9 @@ typedef struct {
     uint64_t response_timeout_ms; /* request sent -> response head; default 300 s */
     uint64_t pool_idle_ms;        /* idle upstream connections kept; default 30 s */
     size_t pool_max_per_key;      /* default 8 */
-    int block_leaks; /* 1: a request carrying a placeholder where it must not go (A3, A4,
-                        A7, A9) is refused with 403 instead of sent with the dummy */
+    nb_usage_t *usage; /* LLM token accounting and limits (usage.h); borrowed, NULL: off */
+    int block_leaks;   /* 1: a request carrying a placeholder where it must not go (A3, A4,
+                          A7, A9) is refused with 403 instead of sent with the dummy */
 } nb_proxy_cfg_t;
 
 /* Test-only resolution override (listener option): `host` on `port` (0:
