@@ -33,9 +33,8 @@
     X(daemon)                                                                                      \
     X(secrets)                                                                                     \
     X(audit)                                                                                       \
-    X(ca)                                                                                          \
-    X(rules) X(prompts) X(proxy) X(vm) X(vmio) X(image) X(blocklist) X(store) X(oauth) X(ports)    \
-        X(ssh) X(mcp)
+    X(ca) X(rules) X(prompts) X(proxy) X(vm) X(vmio) X(image) X(blocklist) X(store) X(oauth)       \
+        X(ports) X(ssh) X(mcp) X(usage)
 
 #define NB_API_MAX_BODY (1024 * 1024) /* bigger bodies get 413 */
 

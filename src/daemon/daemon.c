@@ -27,6 +27,7 @@
 #include "daemon/guestsvc.h"
 #include "daemon/portsvc.h"
 #include "daemon/egress/proxy.h"
+#include "daemon/egress/usage.h"
 #include "daemon/base/events.h"
 #include "daemon/imgbuild.h"
 #include "daemon/appstore.h"
@@ -242,6 +243,7 @@ static nb_proxy_t *egress(nb_daemon_t *d, char *err, size_t errsz)
     cfg.unseal_ud = d->secrets;
     cfg.oauth_store = d->oauth ? nb_oauthsvc_store : NULL;
     cfg.oauth_ud = d->oauth;
+    cfg.usage = d->usage;
     int r = nb_proxy_new(d->loop, &cfg, &d->proxy);
     if (r < 0) {
         snprintf(err, errsz, "cannot start the proxy engine: %s", nb_strerror(r));
@@ -255,6 +257,54 @@ static nb_proxy_t *egress(nb_daemon_t *d, char *err, size_t errsz)
 }
 
 /* ------------------------------------------------- creation */
+
+static void on_usage_event(void *ud, const char *type, json_t *data)
+{
+    nb_daemon_t *d = ud;
+    if (d->events)
+        nb_events_emit(d->events, type, data);
+    else
+        json_decref(data);
+}
+
+/* The usage ledger: the built-in LLM catalogue, or llm-catalogue.json in
+ * the home when present (a broken one fails the start: limits must not
+ * silently stop applying). */
+static int start_usage(nb_daemon_t *d, char *err, size_t errsz)
+{
+    char path[4096], cerr[256];
+    snprintf(path, sizeof path, "%s/llm-catalogue.json", d->home.home);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = fopen(path, "re");
+    if (f) {
+        if (fseek(f, 0, SEEK_END) == 0 && (len = (size_t)ftell(f)) < 4 * 1024 * 1024 &&
+            fseek(f, 0, SEEK_SET) == 0 && (text = malloc(len + 1)) &&
+            fread(text, 1, len, f) != len) {
+            free(text);
+            text = NULL;
+        }
+        fclose(f);
+        if (!text) {
+            snprintf(err, errsz, "cannot read %s", path);
+            return NB_EINVAL;
+        }
+    }
+    nb_usage_cfg_t uc = {.store = d->store, .emit = on_usage_event, .emit_ud = d};
+    int r = nb_llmcat_load(text ? text : nb_llmcat_builtin, text ? len : nb_llmcat_builtin_len,
+                           &uc.cat, cerr, sizeof cerr);
+    int own = text != NULL;
+    free(text);
+    if (r < 0) {
+        snprintf(err, errsz, "%s: %s", own ? path : "built-in LLM catalogue", cerr);
+        return r;
+    }
+    if ((r = nb_usage_new(&uc, &d->usage)) < 0) {
+        nb_llmcat_free(uc.cat);
+        snprintf(err, errsz, "cannot load usage limits: %s", nb_strerror(r));
+    }
+    return r;
+}
 
 /* Audit log, secret service, gate (with the stored rules), blocklist. */
 static int start_policy(nb_daemon_t *d, char *err, size_t errsz)
@@ -366,6 +416,8 @@ static void teardown(nb_daemon_t *d)
     /* After the secret service: its cancelled jobs still call back into it. */
     nb_oauthsvc_free(d->oauth);
     d->oauth = NULL;
+    nb_usage_free(d->usage); /* after the engine: its connections settle into it */
+    d->usage = NULL;
     nb_audit_close(d->audit);
     d->audit = NULL;
     nb_events_free(d->events);
@@ -472,7 +524,8 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
         snprintf(err, errsz, "cannot create the event bus: %s", nb_strerror(r));
         goto fail;
     }
-    if ((r = start_policy(d, err, errsz)) < 0 || (r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0 ||
+    if ((r = start_policy(d, err, errsz)) < 0 || (r = start_usage(d, err, errsz)) < 0 ||
+        (r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0 ||
         (r = nb_imgbuild_new(d->loop, d->home.home, d->events, &d->images)) < 0 ||
         (r = nb_guestsvc_new(d, d->egress, &d->guestsvc, err, errsz)) < 0 ||
         (r = nb_appstore_new(d, &d->appstore)) < 0 ||

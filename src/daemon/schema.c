@@ -7,6 +7,7 @@
 #include "daemon/audit.h"
 #include "daemon/oauthsvc.h"
 #include "daemon/egress/rules.h"
+#include "daemon/egress/usage.h"
 #include "daemon/base/store.h"
 #include "daemon/portsvc.h"
 #include "daemon/mcp.h"
@@ -40,6 +41,7 @@ static const nb_store_migration_t builtin_migrations[] = {
     {8, "oauth: OAuth bindings and their scripts", NB_OAUTH_MIGRATION_SQL},
     {9, "ports: port mappings", NB_PORTS_MIGRATION_SQL},
     {10, "mcp: bridged MCP servers and tool policies", NB_MCP_MIGRATION_SQL},
+    {11, "usage: LLM token records and limits", NB_USAGE_MIGRATION_SQL},
     /* append new migrations above this line */
 };
 

@@ -32,6 +32,7 @@ typedef struct nb_oauthsvc nb_oauthsvc_t;
 typedef struct nb_portsvc nb_portsvc_t;
 typedef struct nb_sshgw nb_sshgw_t;
 typedef struct nb_mcp nb_mcp_t;
+typedef struct nb_usage nb_usage_t;
 
 typedef struct nb_daemon {
     uv_loop_t *loop;
@@ -56,6 +57,7 @@ typedef struct nb_daemon {
     nb_portsvc_t *ports;     /* portsvc.h: port mappings, host-service grants */
     nb_sshgw_t *sshgw;       /* sshgw.h: the SSH gateway (NULL when off) */
     nb_mcp_t *mcp;           /* mcp.h: the MCP bridge (servers in VMs, host endpoints) */
+    nb_usage_t *usage;       /* egress/usage.h: LLM token records and limits (the engine's meter) */
     nb_api_t *api;
     /* The egress engine, created on first use (it needs the CA, which is
      * there once the secret store is open): d->proxy, or NULL with a

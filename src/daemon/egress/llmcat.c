@@ -355,6 +355,11 @@ const nb_llm_model_t *nb_llmcat_model(const nb_llm_provider_t *p, const char *mo
     return best;
 }
 
+const nb_llm_model_t *nb_llmcat_model_at(const nb_llm_provider_t *p, size_t i)
+{
+    return p && i < p->nmodels ? &p->models[i] : NULL;
+}
+
 double nb_llmcat_cost(const nb_llm_model_t *m, int64_t in, int64_t out, int64_t cached,
                       int64_t cache_write)
 {

@@ -89,6 +89,9 @@ int nb_llmcat_match(const nb_llmcat_t *cat, const char *host, const char *method
 /* The price entry of `model` at the provider (longest prefix), or NULL. */
 const nb_llm_model_t *nb_llmcat_model(const nb_llm_provider_t *p, const char *model);
 
+/* The provider's i-th model entry, or NULL past the end. */
+const nb_llm_model_t *nb_llmcat_model_at(const nb_llm_provider_t *p, size_t i);
+
 /* Cost in USD of a count at the model's prices (0 when unknown). */
 double nb_llmcat_cost(const nb_llm_model_t *m, int64_t in, int64_t out, int64_t cached,
                       int64_t cache_write);

@@ -835,6 +835,7 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
     px->next_listener_id = 1;
     px->tunnel = nb_px_tunnel_connect;
     px->http_check_done = nb_px_http_check_done;
+    px->usage_drop = nb_px_usage_drop;
     px->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int r = nb_ca_server_ctx(cfg->ca, &px->server_ctx);
     if (r < 0 || (r = nb_pxcreds_empty(&px->creds)) < 0) {

@@ -16,6 +16,7 @@
  * caller include what they use). */
 typedef struct nb_ca nb_ca_t;
 typedef struct nb_gate nb_gate_t;
+typedef struct nb_usage nb_usage_t;
 
 /* Receives one audit-worthy record: `kind` is an audit kind ("gate.decision",
  * "inject", "leak", "refusal"; see daemon/audit.h), `vm`/`host` may be
@@ -58,6 +59,7 @@ typedef struct {
     int (*oauth_store)(void *ud, const nb_oauth_provider_t *p, const nb_oauth_tokens_t *t,
                        void (*done)(void *op, int status), void *op);
     void *oauth_ud;
+    nb_usage_t *usage; /* LLM token accounting and limits (usage.h); borrowed, NULL: off */
     int block_leaks; /* 1: a request carrying a placeholder where it must not go (A3, A4,
                         A7, A9) is refused with 403 instead of sent with the dummy */
 } nb_proxy_cfg_t;

@@ -61,6 +61,8 @@ static void conn_maybe_free(cconn_t *c)
     nb_redact_free(c->red);
     nb_wsscan_free(c->ws);
     nb_redact_free(c->red_ctl);
+    if (c->x.us)
+        c->px->usage_drop(c);
     nb_decode_free(c->x.dec);
     nb_pxcreds_unref(c->creds);
     nb_px_oauth_reset(c);

@@ -82,6 +82,7 @@ __attribute__((format(printf, 4, 5))) static int reject(cconn_t *c, int status, 
 
 void nb_px_exch_reset(cconn_t *c)
 {
+    nb_px_usage_drop(c);
     nb_buf_t pending = c->x.pending;
     nb_buf_reset(&pending);
     nb_decode_free(c->x.dec);
@@ -216,6 +217,7 @@ static int req_on_head(cconn_t *c, const nb_http_head_t *h)
     x->req_has_body = h->chunked || h->content_length > 0;
     nb_px_oauth_match(c); /* a token exchange of an OAuth binding? */
     x->head_ok = 1;
+    nb_px_usage_head(c);
     return sigv4_classify(c, h);
 }
 
@@ -323,6 +325,8 @@ static int send_head(cconn_t *c, upconn_t *u)
     nb_proxy_t *px = c->px;
     const nb_http_head_t *h = &x->head;
     int r;
+    if (nb_px_usage_prepare(c) < 0)
+        goto oom;
     nb_pxcreds_unref(c->creds);
     c->creds = nb_pxcreds_ref(px->creds);
     /* A5: a host some binding names (for any VM) may hold a value; its
@@ -344,6 +348,8 @@ static int send_head(cconn_t *c, upconn_t *u)
         if (is_hop(name, h))
             continue;
         if (identity && nb_iov_eq_nocase(name, "accept-encoding"))
+            continue;
+        if (nb_px_usage_skip_header(c, name))
             continue;
         /* No WebSocket extension on a scanned host: permessage-deflate
          * would hide echoed values from the frame scanner (A5). */
@@ -368,6 +374,7 @@ static int send_head(cconn_t *c, upconn_t *u)
         hv[n].name = NB_IOV_STR("Accept-Encoding");
         hv[n++].value = NB_IOV_STR("identity");
     }
+    nb_px_usage_upstream_headers(c, hv, &n, identity);
     if (x->upgrade) {
         const nb_http_header_t *uh = nb_http_head_find(h, "upgrade");
         hv[n].name = NB_IOV_STR("Connection");
@@ -446,6 +453,8 @@ static int send_head(cconn_t *c, upconn_t *u)
                     "bind the secret to this host and placement, or remove the placeholder", 1);
         return -1;
     }
+    if (nb_px_usage_reserve(c) < 0)
+        return -1; /* refused by a limit (a 429 went out) */
     x->resp_redact = nb_redact_needles(c->red) > 0;
     r = nb_pxio_write(&u->io, c->inj.p, c->inj.len);
     nb_inject_out_wipe(&c->inj);
@@ -636,7 +645,7 @@ static void after_feed(cconn_t *c)
         c->px->tunnel(c); /* proxy_tunnel.c, a layer above */
         return;
     }
-    if (x->head_ok && !x->started && (!sigv4_holding(c) || x->req_done)) {
+    if (x->head_ok && !x->started && (!sigv4_holding(c) || x->req_done) && !nb_px_usage_hold(c)) {
         x->started = 1;
         start(c);
         if (c->state == CS_CLOSING)
@@ -748,6 +757,11 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
     x->resp_status = h->status;
     if (h->status == 101 && !x->upgrade)
         return NB_EPROTO;
+    if (x->us) {
+        int ur = nb_px_usage_resp_head(c, h);
+        if (ur < 0)
+            return ur;
+    }
     int bodyless =
         strcmp(x->method, "HEAD") == 0 || h->status == 204 || h->status == 304 || h->status == 101;
     int ka = x->head.keep_alive && !c->close_after && !c->client_eof && !x->upgrade;
@@ -806,7 +820,7 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
         if (r == 0)
             r = nb_buf_append(b, "\r\n", 2);
     } else if (r == 0 && !bodyless) {
-        if (!x->resp_redact && !x->oauth && h->content_length >= 0) {
+        if (!x->resp_redact && !x->oauth && !nb_px_usage_rewrites(c) && h->content_length >= 0) {
             r = nb_buf_printf(b, "Content-Length: %lld\r\n", (long long)h->content_length);
         } else if (x->head.version_minor >= 1) {
             x->resp_out_chunked = 1;
@@ -818,6 +832,8 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
     }
     if (r == 0 && h->status != 101)
         r = nb_buf_append_str(b, ka ? "Connection: keep-alive\r\n" : "Connection: close\r\n");
+    if (r == 0)
+        r = nb_px_usage_warn_header(c, b);
     if (r == 0)
         r = nb_buf_append(b, "\r\n", 2);
     if (r < 0)
@@ -856,13 +872,9 @@ static void decode_failed(cconn_t *c, int r)
                  json_pack("{s:s, s:s}", "reason", why, "threat", "A5"));
 }
 
-static int resp_on_body(upconn_t *u, const uint8_t *p, size_t len)
+/* Response body bytes on their way to the client (after the meter). */
+static int forward_body(cconn_t *c, const uint8_t *p, size_t len)
 {
-    cconn_t *c = u->ud;
-    if (c->x.interim)
-        return 0;
-    if (c->x.oauth)
-        return nb_px_oauth_resp_body(c, p, len);
     if (c->x.dec) {
         int r = nb_decode_feed(c->x.dec, p, len, redact_sink, c);
         if (r == NB_ETOOBIG || r == NB_EPROTO)
@@ -872,6 +884,18 @@ static int resp_on_body(upconn_t *u, const uint8_t *p, size_t len)
     if (c->x.resp_redact)
         return nb_redact_feed(c->red, p, len, body_sink, c);
     return body_sink(c, p, len);
+}
+
+static int resp_on_body(upconn_t *u, const uint8_t *p, size_t len)
+{
+    cconn_t *c = u->ud;
+    if (c->x.interim)
+        return 0;
+    if (c->x.oauth)
+        return nb_px_oauth_resp_body(c, p, len);
+    if (c->x.us)
+        return nb_px_usage_body(c, p, len, forward_body);
+    return forward_body(c, p, len);
 }
 
 static int resp_on_complete(upconn_t *u)
@@ -886,6 +910,8 @@ static int resp_on_complete(upconn_t *u)
             x->resp_done = 1; /* sent now, or once the tokens are sealed */
         return r;
     }
+    if ((r = nb_px_usage_end(c, forward_body)) != 0)
+        return r;
     if (x->dec) {
         r = nb_decode_finish(x->dec);
         nb_decode_free(x->dec);

@@ -59,6 +59,7 @@ struct nb_proxy {
     nb_oauth_set_t *oauth;      /* OAuth bindings (proxy_oauth.c) */
     struct nb_px_oauth_op *oauth_ops; /* token stores in flight (orphaned when the engine goes) */
     void (*http_check_done)(cconn_t *c); /* nb_px_http_check_done: proxy_oauth.c calls it */
+    void (*usage_drop)(cconn_t *c);      /* nb_px_usage_drop: a closing connection settles */
 };
 
 struct nb_proxy_listener {
@@ -144,6 +145,7 @@ typedef struct {
     unsigned oauth : 1;         /* a token exchange of an OAuth binding (c->oa) */
     unsigned oauth_wait : 1;    /* its upstream waits for the whole request body */
     unsigned oauth_storing : 1; /* its tokens are being sealed; the response waits */
+    struct px_usage *us;        /* token accounting of an LLM request (proxy_usage.c), or NULL */
 } exch_t;
 
 struct cconn {
@@ -350,6 +352,22 @@ int nb_px_oauth_resp_complete(cconn_t *c);
 void nb_px_oauth_engine_free(nb_proxy_t *px);
 /* proxy_http.c: the exchange may end now (after a deferred response). */
 void nb_px_http_check_done(cconn_t *c);
+/* proxy_usage.c: token accounting and limits on LLM requests (usage.h).
+ * proxy_http.c calls these at each step of an exchange. */
+typedef int (*nb_px_usage_fwd_fn)(cconn_t *c, const uint8_t *p, size_t len);
+void nb_px_usage_head(cconn_t *c);      /* request head accepted: an LLM endpoint? */
+int nb_px_usage_hold(const cconn_t *c); /* 1: wait for the whole body before starting */
+int nb_px_usage_prepare(cconn_t *c);    /* send_head, before the head is built */
+int nb_px_usage_skip_header(const cconn_t *c, nb_iov_t name);
+void nb_px_usage_upstream_headers(const cconn_t *c, nb_inject_header_t *hv, size_t *n,
+                                  int identity);
+int nb_px_usage_reserve(cconn_t *c); /* after injection: -1 when refused (replied) */
+int nb_px_usage_resp_head(cconn_t *c, const nb_http_head_t *h);
+int nb_px_usage_rewrites(const cconn_t *c); /* the body is filtered: no Content-Length */
+int nb_px_usage_warn_header(const cconn_t *c, nb_buf_t *b);
+int nb_px_usage_body(cconn_t *c, const uint8_t *p, size_t len, nb_px_usage_fwd_fn fwd);
+int nb_px_usage_end(cconn_t *c, nb_px_usage_fwd_fn fwd);
+void nb_px_usage_drop(cconn_t *c); /* settles what is left and frees */
 
 /* proxy_tunnel.c */
 /* A CONNECT request was read completely (any bytes after it are in
