@@ -11,6 +11,7 @@
 
 #include "daemon/api.h"
 #include "lib/hostname.h"
+#include "daemon/egress/sigv4.h"
 #include "daemon/secrets/binding.h"
 #include "daemon/secretsvc.h"
 #include "lib/err.h"
@@ -296,6 +297,17 @@ static void on_bind(nb_api_ctx_t *ctx)
             return;
         }
     } else if (json_is_true(v4)) {
+        /* The guest's AWS variables are fixed placeholder names; a secret
+         * of one of those names would also be its own placeholder in every
+         * signed request and trip the leak check (A4). */
+        if (!strcmp(name, NB_SIGV4_PH_AKID) || !strcmp(name, NB_SIGV4_PH_SECRET) ||
+            !strcmp(name, NB_SIGV4_PH_TOKEN)) {
+            nb_api_reply_error(ctx, 422, "invalid",
+                               "'%s' is one of the guest's AWS placeholder names: give the AWS "
+                               "credentials another name (e.g. AWS_PROD)",
+                               name);
+            return;
+        }
         b.placement = NB_PLACE_SIGV4;
         memcpy(b.user, region, sizeof region);
         memcpy(b.param, service, sizeof service);

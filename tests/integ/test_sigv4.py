@@ -319,9 +319,26 @@ def test_no_real_value_reaches_the_client_or_the_state():
             assert v.encode() not in data, (v, path)
 
 
-def test_guest_env_placeholders():
+def test_binding_api_and_ls():
     st, _, body = E.d.unix("GET", "/v1/secrets")
     assert st == 200 and REAL_AKID not in body.decode()
+    r = E.cli("secret", "ls")
+    assert "AWS SigV4 re-signing (region any, service any)" in r.stdout, r.stdout
+    assert REAL_AKID not in r.stdout
+    # region/service without sigv4; bad names; the placeholder names themselves.
+    for path, body in (("/v1/secrets/AWS_PROD/bindings", {"host": "x.amazonaws.com",
+                                                          "region": "us-east-1"}),
+                       ("/v1/secrets/AWS_PROD/bindings", {"host": "x.amazonaws.com",
+                                                          "sigv4": True, "region": "US EAST"}),
+                       ("/v1/secrets/AWS_PROD/bindings", {"host": "x.amazonaws.com",
+                                                          "sigv4": True, "query": "k"})):
+        st, _, out = E.d.unix("POST", path, json.dumps(body).encode(),
+                              {"Content-Type": "application/json"})
+        assert st == 422, (body, st, out)
+    E.secret(PH_AKID, "AKIAX\nsecret\n")
+    r = E.cli("secret", "bind-aws", PH_AKID, "--host", "*.amazonaws.com", check=False)
+    assert r.returncode != 0 and "placeholder names" in r.stderr, (r.stdout, r.stderr)
+    E.cli("secret", "rm", PH_AKID)
 
 
 if __name__ == "__main__":
@@ -331,4 +348,4 @@ if __name__ == "__main__":
                       test_chunked_upload_20mib, test_chunked_bad_chunk_not_resigned,
                       test_wrong_signed_passes_unchanged,
                       test_no_real_value_reaches_the_client_or_the_state,
-                      test_guest_env_placeholders])
+                      test_binding_api_and_ls])

@@ -278,7 +278,8 @@ static void record_inject_report(cconn_t *c)
 }
 
 /* Signs a SigV4 request again with the real credentials (hv and the
- * target are changed in place). 0, or < 0 after having answered. */
+ * target are changed in place). 1 re-signed, 0 left as sent, or < 0 after
+ * having answered. */
 static int sigv4_resign(cconn_t *c, nb_inject_header_t *hv, nb_inject_req_t *ireq)
 {
     exch_t *x = &c->x;
@@ -309,12 +310,7 @@ static int sigv4_resign(cconn_t *c, nb_inject_header_t *hv, nb_inject_req_t *ire
     }
     ireq->nheaders = nh;
     ireq->target = target;
-    nb_px_record(c, "inject", x->auth.host, x->auth.port,
-                 json_pack("{s:[s], s:I, s:s, s:s}", "secrets", nb_pxsv4_secret(c->sv), "binding",
-                           (json_int_t)nb_pxsv4_binding(c->sv), "placement", "sigv4", "method",
-                           x->method));
-    c->px->st.injected++;
-    return 0;
+    return 1;
 }
 
 /* Builds and writes the upstream head. Returns 0, or < 0 after having
@@ -412,10 +408,18 @@ static int send_head(cconn_t *c, upconn_t *u)
             goto oom;
         ireq.target = nb_buf_iov(&c->scratch);
     }
-    if ((r = sigv4_resign(c, hv, &ireq)) < 0)
-        return r;
+    int resigned = sigv4_resign(c, hv, &ireq);
+    if (resigned < 0)
+        return resigned;
     r = nb_inject_head(&ireq, &idest, bind, nb, names, nn, nb_pxcreds_get, c->creds, c->red,
                        &c->inj);
+    if (r == 0 && resigned && c->inj.ninjected < NB_INJECT_MAX_REPORT) {
+        /* Audited like an injection (first per destination at once, repeats summed). */
+        nb_inject_done_t *d = &c->inj.injected[c->inj.ninjected++];
+        snprintf(d->secret, sizeof d->secret, "%s", nb_pxsv4_secret(c->sv));
+        d->binding_id = nb_pxsv4_binding(c->sv);
+        d->placement = NB_PLACE_SIGV4;
+    }
     record_inject_report(c);
     if (r < 0) {
         nb_inject_out_wipe(&c->inj);
