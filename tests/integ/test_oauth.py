@@ -313,6 +313,14 @@ def test_bad_scripts_502_daemon_survives():
     assert not j["ok"] and "memory limit" in j["error"], j
     r = e.cli("oauth", "test", "FAKE")
     assert "access token (19 bytes)" in r.stdout, r.stdout
+    # audited: the failures name binding and script, the exchanges count swaps
+    rows = e.audit("refusal")
+    bad = [x for x in rows if (x.get("detail") or {}).get("reason") == "oauth-script-error"]
+    assert {x["detail"]["script"] for x in bad} >= {"badloop", "badalloc", "baderror"}, rows
+    rows = e.audit("inject")
+    ok = [x for x in rows if (x.get("detail") or {}).get("oauth") == "FAKE"]
+    assert ok and ok[0]["detail"]["placement"] == "token-request", rows
+    assert ok[0]["detail"]["swapped"] == 1, ok
 
 
 def test_cross_binding_isolation():

@@ -1011,6 +1011,10 @@ static void up_failed(cconn_t *c, upconn_t *u, const char *token, const char *ms
     json_t *d = json_pack("{s:s, s:s}", "reason", token, "message", msg);
     if (d && x->fail_token && !x->oauth)
         json_object_set_new(d, "threat", json_string("A5"));
+    if (d && x->oauth && c->oa) { /* which binding and script failed */
+        json_object_set_new(d, "oauth", json_string(c->oa->set->v[c->oa->idx].name));
+        json_object_set_new(d, "script", json_string(c->oa->set->v[c->oa->idx].script));
+    }
     nb_px_record(c, "refusal", x->auth.host, x->auth.port, d);
     nb_px_reply(c, 502, "bad-gateway", token, x->auth.host, msg,
                 x->oauth        ? "check the OAuth binding's script ('nilbox oauth test NAME')"

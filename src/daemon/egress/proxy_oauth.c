@@ -297,12 +297,8 @@ int nb_px_oauth_resp_complete(cconn_t *c)
     lim.quiet = 1;
     int r = nb_oauth_parse(p->src, p->srclen, p->script, &lim, oa->status, nb_buf_iov(&oa->resp),
                            nb_iov(oa->ctype, strlen(oa->ctype)), &t, err, sizeof err);
-    if (r < 0) {
-        nb_px_record(c, "refusal", x->auth.host, x->auth.port,
-                     json_pack("{s:s, s:s, s:s}", "reason", "oauth-script-error", "oauth", p->name,
-                               "script", p->script));
+    if (r < 0) /* up_failed() answers 502 and writes the refusal row */
         return fail(c, "oauth-script-error", err);
-    }
     int have = r == 0;
     r = scrub(c, have ? &t : NULL);
     /* Whatever the rewrite missed (a token escaped in a way we do not
