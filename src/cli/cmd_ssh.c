@@ -76,12 +76,20 @@ static int do_config(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         json_object_set_new(st, "known_hosts", json_string(kh));
         nb_cli_print_json(st);
     } else {
+        /* One User line per VM (OpenSSH does not expand tokens in User). */
+        json_t *vms = NULL, *vm;
+        size_t i;
+        if (nb_cli_call(cli, "GET", "/v1/vms", NULL, &vms) == NB_CLI_OK)
+            json_array_foreach (json_object_get(vms, "vms"), i, vm)
+                if (nb_json_str(vm, "name"))
+                    printf("Host nilbox-%s\n    User %s\n", nb_json_str(vm, "name"),
+                           nb_json_str(vm, "name"));
+        json_decref(vms);
         printf(
             "# nilbox SSH gateway: 'ssh nilbox-VM' opens a shell in VM (scp, sftp, rsync, -L too)\n"
             "Host nilbox-*\n"
             "    HostName 127.0.0.1\n"
             "    Port %lld\n"
-            "    User %%n\n"
             "    UserKnownHostsFile %s\n"
             "    StrictHostKeyChecking yes\n"
             "    PasswordAuthentication no\n"

@@ -8,7 +8,9 @@ clients against a real tiny VM (TCG unless KVM works).
   03 an interactive shell through a pty: type `echo hi`, resize (stty size);
   04 sftp and scp (SFTP mode) of a 20 MiB file both ways, checked by sha256;
   05 -L forwarding to a server in the guest;
-  06 the daemon is still fine (status answers, a new login works).
+  06 40 idle connections come and go, then a login works; the generated
+     ~/.ssh/config block (`ssh nilbox-VM`);
+  07 stopping the VM ends an open session (A27); a stopped VM is refused.
 
 Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE,
 NB_IMAGES_SRC (e2e_env).
@@ -227,8 +229,43 @@ class SshE2E(VmSuite):
 
     # -- 06 ------------------------------------------------------------------
     def test_06_still_fine(self):
+        # A28: many idle connections at once (beyond the 32 session threads) and
+        # gone again: the daemon serves logins afterwards.
+        socks = []
+        for _ in range(40):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", self.port), timeout=10))
+            except OSError:
+                pass
         self.assertTrue(self.status()["enabled"])
+        for s in socks:
+            s.close()
+        wait_for(lambda: self.status()["sessions"] <= 1, 60, "idle sessions to end")
         self.assertEqual(self.ssh("echo", "ok").stdout, b"ok\n")
+        # The generated ~/.ssh/config block: `ssh nilbox-VM`, host key pinned.
+        cfg = os.path.join(self.tmp, "ssh_config")
+        with open(cfg, "w") as f:
+            f.write(self.cli("ssh-config").stdout)
+            f.write("    IdentityFile %s\n    IdentitiesOnly yes\n    BatchMode yes\n" % self.key)
+        r = subprocess.run(["ssh", "-F", cfg, "nilbox-" + VM, "hostname"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=120)
+        self.assertEqual((r.returncode, r.stdout), (0, (VM + "\n").encode()), r.stderr)
+
+    # -- 07 ------------------------------------------------------------------
+    def test_07_vm_stop_ends_sessions(self):
+        # A27: stopping the VM ends the sessions already open, with a reason.
+        p = subprocess.Popen(["ssh"] + self.opts() + ["-p", str(self.port), VM + "@127.0.0.1",
+                                                      "sleep 600"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(p)
+        time.sleep(3)
+        self.cli("vm", "stop", VM, "--force", timeout=180)
+        _, err = p.communicate(timeout=120)
+        self.assertEqual(p.returncode, 255, err)
+        self.assertIn(b"nilbox:", err)
+        r = self.ssh("true")
+        self.assertEqual(r.returncode, 255)
+        self.assertIn(b"not ready", r.stderr)
 
 
 if __name__ == "__main__":
