@@ -6,6 +6,8 @@ The server is tests/e2e/mcp_testsrv (static); the client the real
 @modelcontextprotocol/sdk (tests/integ/mcp_node/client.mjs, scenario
 bench:N: N sequential `echo` calls after 5 warm-up calls). Three ways:
   direct   the client spawns the server on the host (stdio)
+  exec     the client runs `nilbox exec VM -- server`: the same VM path
+           without the bridge (what the VM itself costs, under TCG most of it)
   stdio    the client runs `nilbox mcp stdio VM demo`: CLI -> daemon
            WebSocket -> nbmux exec stream -> the server in a tiny VM
   http     the client speaks Streamable HTTP to the server's loopback endpoint
@@ -62,6 +64,7 @@ def main():
         info = json.loads(d.unix("GET", "/v1/mcp/bench/demo?token=1")[2])
         ways = {
             "direct": ["stdio", srv],
+            "exec": ["stdio", e2e_env.NILBOX, "exec", "bench", "--", "/tmp/mcpsrv"],
             "stdio": ["stdio", e2e_env.NILBOX, "mcp", "stdio", "bench", "demo"],
             "http": ["http", "http://127.0.0.1:%d/mcp" % info["port"], info["token"]],
         }
@@ -78,14 +81,16 @@ def main():
                 res[w].append((ms[len(ms) // 2], ms[int(len(ms) * 0.9)]))
         accel = json.loads(cli("--json", "vm", "inspect", "bench")).get("accel_used", "?")
         base = statistics.median(r[0] for r in res["direct"])
+        vm = statistics.median(r[0] for r in res["exec"])
         print("MCP tool call (echo) round trip, %d calls x %d rounds, VM accel %s" %
               (a.calls, a.rounds, accel))
-        print("%-8s %10s %10s %12s" % ("way", "p50 ms", "p90 ms", "added p50"))
+        print("%-8s %10s %10s %12s %14s" % ("way", "p50 ms", "p90 ms", "added p50", "over exec p50"))
         for w in ways:
             p50 = statistics.median(r[0] for r in res[w])
             p90 = statistics.median(r[1] for r in res[w])
-            print("%-8s %10.3f %10.3f %12s" % (w, p50, p90,
-                                                "-" if w == "direct" else "%+.3f ms" % (p50 - base)))
+            print("%-8s %10.3f %10.3f %12s %14s" % (
+                w, p50, p90, "-" if w == "direct" else "%+.3f ms" % (p50 - base),
+                "%+.3f ms" % (p50 - vm) if w in ("stdio", "http") else "-"))
     finally:
         e2e_env.teardown(d)
 

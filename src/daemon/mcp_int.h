@@ -8,6 +8,7 @@
 
 #include "daemon/mcp.h"
 #include "lib/httpserver.h"
+#include "lib/muxsess.h"
 
 typedef struct mcp_server mcp_server_t;
 typedef struct mcp_hsess mcp_hsess_t;
@@ -61,6 +62,27 @@ int nb_mcp_policy_of(const mcp_server_t *s, const char *tool);
 
 /* mcp_sess.c: ends every session of `srv` (removed) or all (srv NULL). */
 void nb_mcp_sess_end_all(nb_mcp_t *m, mcp_server_t *srv, const char *why);
+
+/* mcp_uphttp.c: one POST to an HTTP server in the guest (below mcp_sess.c). */
+#define NB_MCP_SID_MAX 128
+typedef struct nb_mcp_uphttp nb_mcp_uphttp_t;
+typedef struct {
+    /* A message from the server (as a stdio line; oversize: over the cap). */
+    void (*on_line)(void *ud, nb_iov_t frame, int oversize);
+    /* The request `id` got no answer (HTTP error, connection trouble). */
+    void (*on_fail)(void *ud, const json_t *id, const char *why);
+    /* The exchange is over: forget `x` (it frees itself). */
+    void (*on_done)(void *ud, nb_mcp_uphttp_t *x);
+    void *ud;
+} nb_mcp_up_cbs_t;
+/* Sends `msg` to http://127.0.0.1:port/path in the guest over `ms`; `sid`
+ * (NB_MCP_SID_MAX bytes, the session's) is sent when set and updated from
+ * the answer. 0 or a negative code (nothing was sent, no callback runs). */
+int nb_mcp_uphttp_post(nb_muxsess_t *ms, uint16_t port, const char *path, char *sid,
+                       const json_t *msg, size_t frame_max, const nb_mcp_up_cbs_t *cbs,
+                       nb_mcp_uphttp_t **out);
+/* Abandons an exchange still running (no callback follows). NULL ok. */
+void nb_mcp_uphttp_cancel(nb_mcp_uphttp_t *x);
 
 /* mcp_http.c: the server's loopback endpoint. */
 int nb_mcp_http_start(mcp_server_t *s, char *err, size_t errsz);

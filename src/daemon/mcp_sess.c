@@ -1,6 +1,6 @@
 /* MCP bridge sessions (see mcp.h): one host client, one server process in
- * the VM (stdio servers; HTTP servers in the guest are registered, but a
- * session cannot reach them yet and answers so).
+ * the VM (stdio servers), or the HTTP server listening in the guest (each
+ * message one POST through a `tcp` stream: mcp_uphttp.c).
  *
  * States: IDLE (no process) -> WAIT (waiting for the VM's agent) -> RUN
  * (exec stream open) -> IDLE again when the process exits. A client message
@@ -70,6 +70,9 @@ struct nb_mcp_sess {
     ask_t *asks;
     char replay_key[64];
     int log_fd;
+    char up_sid[NB_MCP_SID_MAX]; /* HTTP servers: their Mcp-Session-Id */
+    nb_mcp_uphttp_t **ups;       /* HTTP servers: exchanges in flight */
+    size_t nups;
 };
 
 static void deliver(nb_mcp_sess_t *s, const json_t *msg)
@@ -420,6 +423,12 @@ static void on_ready(void *ud, int r, const char *msg, json_t *res)
                          : "its agent is not connected");
         goto fail;
     }
+    if (s->srv->is_http) {
+        /* Nothing to start: the server listens in the guest already. */
+        s->state = S_RUN;
+        flush_queue(s);
+        return;
+    }
     json_t *args = json_pack("{s:O, s:b}", "argv", s->srv->argv, "stdin", 1);
     json_t *genv = d->guest.env ? d->guest.env(d->guest.ud, s->srv->vm) : NULL;
     if (genv)
@@ -467,13 +476,69 @@ static void start(nb_mcp_sess_t *s)
     nb_vmm_when_ready(s->m->d->vmm, s->srv->vm, NB_MCP_START_WAIT_MS, on_ready, s);
 }
 
+static void up_fail(void *ud, const json_t *id, const char *why)
+{
+    nb_mcp_sess_t *s = ud;
+    char key[160];
+    nb_jsonrpc_id_key(id, key, sizeof key);
+    pend_t *p = pend_take(s, key);
+    if (!p)
+        return;
+    if (p->type == P_CALL)
+        audit_call(s, p->tool, p->decision, p->reason, p->t0, p->req_bytes, 0, 1);
+    free(p);
+    log_note(s, "%s", why);
+    reply_error(s, id, NB_JSONRPC_UNAVAILABLE, why);
+}
+
+static void up_done(void *ud, nb_mcp_uphttp_t *x)
+{
+    nb_mcp_sess_t *s = ud;
+    for (size_t i = 0; i < s->nups; i++)
+        if (s->ups[i] == x) {
+            s->ups[i] = s->ups[--s->nups];
+            return;
+        }
+}
+
+/* An HTTP server's message: one POST of its own. */
+static void post(nb_mcp_sess_t *s, json_t *msg)
+{
+    nb_daemon_t *d = s->m->d;
+    nb_vm_t *vm = d->vmm ? nb_vmm_find(d->vmm, s->srv->vm) : NULL;
+    nb_muxsess_t *ms = vm ? nb_vm_session(vm) : NULL;
+    nb_mcp_up_cbs_t cbs = {on_line, up_fail, up_done, s};
+    nb_mcp_uphttp_t *x = NULL;
+    int r = NB_ESTATE;
+    if (ms && s->nups < NB_MCP_PENDING_MAX) {
+        nb_mcp_uphttp_t **v = realloc(s->ups, (s->nups + 1) * sizeof *v);
+        if (v)
+            s->ups = v;
+        r = v ? nb_mcp_uphttp_post(ms, s->srv->guest_port, s->srv->guest_path, s->up_sid, msg,
+                                   s->m->frame_max, &cbs, &x)
+              : -ENOMEM;
+    }
+    if (r == 0) {
+        s->ups[s->nups++] = x;
+        return;
+    }
+    json_t *id = json_object_get(msg, "id");
+    if (id && json_object_get(msg, "method"))
+        up_fail(s, id,
+                ms ? "cannot send to the MCP server in the VM" : "the VM's agent is not connected");
+}
+
 /* Sends a client message to the server now, or holds it. */
 static void forward(nb_mcp_sess_t *s, json_t *msg)
 {
     if (s->state == S_RUN && json_array_size(s->queue) == 0) {
-        write_line(s, msg);
+        if (s->srv->is_http)
+            post(s, msg);
+        else
+            write_line(s, msg);
         return;
     }
+
     if (json_array_size(s->queue) >= NB_MCP_QUEUE_MAX) {
         if (json_object_get(msg, "id") && json_object_get(msg, "method"))
             reply_error(s, json_object_get(msg, "id"), NB_JSONRPC_UNAVAILABLE,
@@ -598,12 +663,6 @@ static void tools_call(nb_mcp_sess_t *s, nb_jsonrpc_msg_t *msg)
 
 void nb_mcp_sess_submit(nb_mcp_sess_t *s, nb_jsonrpc_msg_t *msg)
 {
-    if (s->srv->is_http) {
-        if (msg->kind == NB_JSONRPC_REQUEST)
-            reply_error(s, msg->id, NB_JSONRPC_UNAVAILABLE,
-                        "HTTP MCP servers in the VM are registered but not bridged yet");
-        goto out;
-    }
     if (msg->kind == NB_JSONRPC_REQUEST) {
         char key[160];
         nb_jsonrpc_id_key(msg->id, key, sizeof key);
@@ -723,6 +782,9 @@ static void sess_free(nb_mcp_sess_t *s)
             audit_call(s, p->tool, p->decision, p->reason, p->t0, p->req_bytes, 0, 1);
         free(p);
     }
+    for (size_t i = 0; i < s->nups; i++)
+        nb_mcp_uphttp_cancel(s->ups[i]);
+    free(s->ups);
     json_decref(s->init_req);
     json_decref(s->queue);
     if (s->log_fd >= 0)

@@ -7,19 +7,28 @@
  * at once, no answer); garbage (a malformed line, then a good answer); big
  * {bytes} (an answer that size); secret, asked (for policy tests: they
  * answer like echo). Every line received is noted on stderr (the log). */
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+static FILE *out; /* stdout, or (--http) the connection being answered */
+static int http_mode;
+
 static void send_msg(json_t *m)
 {
     char *t = json_dumps(m, JSON_COMPACT);
-    fputs(t, stdout);
-    fputc('\n', stdout);
-    fflush(stdout);
+    if (http_mode)
+        fprintf(out, "event: message\ndata: %s\n\n", t);
+    else
+        fprintf(out, "%s\n", t);
+    fflush(out);
     free(t);
     json_decref(m);
 }
@@ -66,7 +75,9 @@ static void slow(json_t *id, json_t *params)
                                "notifications/progress", "params", "progressToken", token,
                                "progress", i, "total", steps));
         /* Between steps, a cancellation of this request ends it. */
-        if (read_line(100)) {
+        if (http_mode) {
+            usleep(100000);
+        } else if (read_line(100)) {
             json_t *m = json_loads(line, 0, NULL);
             const char *meth = json_string_value(json_object_get(m, "method"));
             fprintf(stderr, "testsrv: during slow: %s\n", meth ? meth : "?");
@@ -103,8 +114,10 @@ static void call(json_t *id, json_t *params)
         fprintf(stderr, "testsrv: crashing on purpose\n");
         exit(3);
     } else if (!strcmp(name, "garbage")) {
-        fputs("{\"jsonrpc\": \"2.0\", this is not json\n", stdout);
-        fflush(stdout);
+        fputs(http_mode ? "event: message\ndata: {\"jsonrpc\": \"2.0\", not json\n\n"
+                        : "{\"jsonrpc\": \"2.0\", this is not json\n",
+              out);
+        fflush(out);
         answer(id, text_result("after garbage"));
     } else if (!strcmp(name, "big")) {
         json_int_t n = json_integer_value(json_object_get(args, "bytes"));
@@ -119,19 +132,91 @@ static void call(json_t *id, json_t *params)
     }
 }
 
-int main(void)
+static void handle(json_t *m);
+
+/* --http PORT: Streamable HTTP on 127.0.0.1:PORT, one POST per connection,
+ * answers as event streams (202 for notifications). */
+static int serve_http(int port)
+{
+    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 || listen(ls, 16) < 0) {
+        perror("testsrv: bind");
+        return 1;
+    }
+    http_mode = 1;
+    fprintf(stderr, "testsrv: http on port %d\n", port);
+    for (;;) {
+        int c = accept(ls, NULL, NULL);
+        if (c < 0)
+            continue;
+        static char buf[1 << 20];
+        size_t len = 0;
+        char *end = NULL;
+        while (!end && len < sizeof buf - 1) {
+            ssize_t n = read(c, buf + len, sizeof buf - 1 - len);
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+            buf[len] = 0;
+            end = strstr(buf, "\r\n\r\n");
+        }
+        if (!end) {
+            close(c);
+            continue;
+        }
+        size_t cl = 0;
+        for (char *h = buf; h && h < end; h = strstr(h, "\r\n") ? strstr(h, "\r\n") + 2 : NULL)
+            if (!strncasecmp(h, "Content-Length:", 15))
+                cl = strtoul(h + 15, NULL, 10);
+        size_t head = (size_t)(end + 4 - buf);
+        while (len < head + cl && len < sizeof buf - 1) {
+            ssize_t n = read(c, buf + len, sizeof buf - 1 - len);
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+        }
+        json_t *m = json_loadb(buf + head, cl, 0, NULL);
+        const char *meth = json_string_value(json_object_get(m, "method"));
+        out = fdopen(c, "w");
+        if (!m || !json_object_get(m, "id") || !meth) {
+            fputs("HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", out);
+        } else {
+            fprintf(out,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n%sConnection: "
+                    "close\r\n\r\n",
+                    !strcmp(meth, "initialize") ? "Mcp-Session-Id: testsid-1\r\n" : "");
+            handle(m);
+        }
+        fclose(out);
+        json_decref(m);
+    }
+}
+
+int main(int argc, char **argv)
 {
     fprintf(stderr, "testsrv: started, pid %d\n", (int)getpid());
+    out = stdout;
+    if (argc == 3 && !strcmp(argv[1], "--http"))
+        return serve_http(atoi(argv[2]));
     for (;;) {
         read_line(-1);
         json_t *m = json_loads(line, 0, NULL);
+        handle(m);
+        json_decref(m);
+    }
+}
+
+static void handle(json_t *m)
+{
+    {
         const char *meth = json_string_value(json_object_get(m, "method"));
         json_t *id = json_object_get(m, "id");
         fprintf(stderr, "testsrv: got %s\n", meth ? meth : "(response)");
-        if (!meth || !id) {
-            json_decref(m);
-            continue;
-        }
+        if (!meth || !id)
+            return;
         json_t *params = json_object_get(m, "params");
         if (!strcmp(meth, "initialize")) {
             json_t *pv = json_object_get(params, "protocolVersion");
@@ -152,6 +237,5 @@ int main(void)
             send_msg(json_pack("{s:s, s:O, s:{s:i, s:s}}", "jsonrpc", "2.0", "id", id, "error",
                                "code", -32601, "message", "method not found"));
         }
-        json_decref(m);
     }
 }

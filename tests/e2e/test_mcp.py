@@ -7,6 +7,7 @@
   02 stdio transport (`nilbox mcp stdio`): initialize, tools/list filtered by
      the policy, calls, progress, cancellation, a denied tool, audit rows
   03 Streamable HTTP endpoint: the same client over HTTP with the token
+  04b an HTTP MCP server in the guest (`--url`), reached through `tcp` streams
   04 wrong token, foreign Origin, foreign Host (DNS rebinding), bad session
   05 server restart: a crashed server answers the next call (initialize replay)
   06 ask: the call waits for a prompt, answered through `nilbox prompts`
@@ -209,6 +210,24 @@ class McpE2E(VmSuite):
         self.assertEqual(json.loads(body)["error"]["code"], -32001)
         st, _, _ = self.http(port, "DELETE", None, js)
         self.assertEqual(st, 200)
+
+    # -- 04b -----------------------------------------------------------------
+    def test_04b_guest_http_server(self):
+        # The same server, as an HTTP MCP server listening in the guest (`--url`).
+        r = subprocess.run([NILBOX, "exec", "m1", "--", "sh", "-c",
+                            "/tmp/mcpsrv --http 8931 </dev/null >/dev/null 2>/tmp/http.log &"],
+                           env=self.d.env, capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.cli("mcp", "policy", "m1", "web", "secret", "deny")
+        out = self.node("stdio", "basic", NILBOX, "mcp", "stdio", "m1", "web")
+        self.assertEqual(out["server"], "nilbox-testsrv")
+        self.assertNotIn("secret", out["tools"])
+        self.assertEqual(out["echo"], "héllo")
+        self.assertEqual(out["progress"], [1, 2, 3])
+        self.assertEqual(out["denied"]["code"], -32002, out["denied"])
+        self.assertEqual(out["after"], "still here")
+        rows = [r["detail"] for r in self.audit_rows() if r["detail"]["server"] == "web"]
+        self.assertIn(("echo", "allow"), [(r["tool"], r["decision"]) for r in rows])
 
     # -- 05 ------------------------------------------------------------------
     def test_05_restart(self):
