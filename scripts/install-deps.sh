@@ -11,6 +11,7 @@ cpio xz-utils zstd kmod e2fsprogs file mmdebstrap dbus-daemon gnome-keyring"
 PKGS="$PKGS python3-boto3 awscli"
 PKGS="$PKGS liblua5.4-dev"
 PKGS="$PKGS libssh-dev"
+PKGS="$PKGS chromium"
 
 missing=""
 for p in $PKGS; do

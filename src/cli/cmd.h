@@ -22,10 +22,8 @@
     X(events)                                                                                      \
     X(secret)                                                                                      \
     X(rule)                                                                                        \
-    X(prompts)                                                                                     \
-    X(audit)                                                                                       \
-    X(ca) X(proxy) X(vm) X(shell) X(exec) X(image) X(blocklist) X(store) X(oauth) X(port) X(ssh)   \
-        X(ssh_config) X(mcp) X(limit) X(usage)
+    X(prompts) X(audit) X(ca) X(proxy) X(vm) X(shell) X(exec) X(image) X(blocklist) X(store)       \
+        X(oauth) X(port) X(ssh) X(ssh_config) X(mcp) X(limit) X(usage) X(ui)
 
 /* Exit codes (README.md, docs/cli.md). */
 enum {

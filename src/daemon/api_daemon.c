@@ -1,5 +1,5 @@
-/* Routes of the daemon itself: status, event stream, stop, doctor, and the
- * placeholder page at / until the web UI is served. */
+/* Routes of the daemon itself: status, event stream, stop, doctor (the web
+ * UI's files: api_ui.c). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,21 +168,8 @@ static void on_doctor(nb_api_ctx_t *ctx)
     }
 }
 
-static void on_index(nb_api_ctx_t *ctx)
-{
-    static const char page[] =
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>nilbox</title></head>"
-        "<body><h1>nilbox</h1><p>nilboxd " NB_VERSION " is running. The web UI is not built "
-        "into this daemon yet; use the <code>nilbox</code> CLI.</p></body></html>\n";
-    nb_httpd_respond(nb_api_take_req(ctx), 200, "text/html; charset=utf-8", page, sizeof page - 1);
-}
-
 const nb_api_route_t nb_api_routes_daemon[] = {
-    {"GET", "/v1/status", on_status, 0},
-    {"GET", "/v1/events", on_events, 0},
-    {"GET", "/v1/events/{id}", on_event, 0},
-    {"POST", "/v1/daemon/stop", on_stop, 0},
-    {"GET", "/v1/doctor", on_doctor, 0},
-    {"GET", "/", on_index, NB_API_PUBLIC},
-    {0},
+    {"GET", "/v1/status", on_status, 0},     {"GET", "/v1/events", on_events, 0},
+    {"GET", "/v1/events/{id}", on_event, 0}, {"POST", "/v1/daemon/stop", on_stop, 0},
+    {"GET", "/v1/doctor", on_doctor, 0},     {0},
 };

@@ -399,6 +399,11 @@ static void on_ready(void *ud, int r, const char *msg, json_t *res)
         return;
     }
     nb_buf_init(&b->pending, PENDING_MAX);
+    /* The web UI offers ["nilbox.v1", "nilbox.token.<t>"] (browsers cannot
+     * set headers on a WebSocket) and needs one picked: never the token. */
+    const char *proto = nb_httpd_req_header(ctx->req, "Sec-WebSocket-Protocol");
+    if (proto && strstr(proto, "nilbox.v1"))
+        nb_httpd_add_header(ctx->req, "Sec-WebSocket-Protocol", "nilbox.v1");
     if (nb_httpd_ws_accept(nb_api_take_req(ctx), &ws_cbs, b, &b->ws) < 0) {
         nb_buf_free(&b->pending);
         free(b);

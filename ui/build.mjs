@@ -1,0 +1,39 @@
+// Bundles the web UI with esbuild into OUTDIR (default ui/dist):
+// index.html, app.js, app.css. No source maps, no inline script (the
+// daemon's CSP allows only 'self'). Run at build time by scripts/ui-embed.py;
+// nothing is fetched here (node_modules comes from `npm ci` at setup).
+import * as esbuild from 'esbuild';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const out = process.argv[2] || join(here, 'dist');
+mkdirSync(out, { recursive: true });
+await esbuild.build({
+  entryPoints: { app: join(here, 'src/main.tsx') },
+  bundle: true,
+  minify: true,
+  format: 'esm',
+  target: ['chrome110', 'firefox115', 'safari16'],
+  outdir: out,
+  define: { 'process.env.NODE_ENV': '"production"' },
+  legalComments: 'none',
+  logLevel: 'warning',
+  jsx: 'automatic',
+});
+writeFileSync(join(out, 'index.html'), `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>nilbox</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="/ui/app.css">
+<script type="module" src="/ui/app.js"></script>
+</head>
+<body>
+<div id="root"><main><h1>nilbox</h1><p>Loading…</p></main></div>
+</body>
+</html>
+`);
