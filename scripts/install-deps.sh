@@ -8,6 +8,7 @@ libuv1-dev libssl-dev node-llhttp libjansson-dev libsqlite3-dev sqlite3 libsodiu
 libbrotli-dev libsecret-1-dev curl ca-certificates openssl python3 python3-requests python3-httpx
 python3-websocket publicsuffix nodejs openssh-client qemu-system-x86 qemu-utils busybox-static nftables
 cpio xz-utils zstd kmod e2fsprogs file mmdebstrap dbus-daemon gnome-keyring"
+PKGS="$PKGS libfuse3-dev fuse3"
 
 missing=""
 for p in $PKGS; do

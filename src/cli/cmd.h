@@ -21,7 +21,7 @@
     X(doctor)                                                                                      \
     X(events)                                                                                      \
     X(secret)                                                                                      \
-    X(rule) X(prompts) X(audit) X(ca) X(proxy) X(vm) X(shell) X(exec) X(image) X(blocklist)
+    X(rule) X(prompts) X(audit) X(ca) X(proxy) X(vm) X(shell) X(exec) X(image) X(blocklist) X(share)
 
 /* Exit codes (README.md, docs/cli.md). */
 enum {

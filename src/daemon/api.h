@@ -31,7 +31,8 @@
 
 #define NB_API_MODULES(X)                                                                          \
     X(daemon)                                                                                      \
-    X(secrets) X(audit) X(ca) X(rules) X(prompts) X(proxy) X(vm) X(vmio) X(image) X(blocklist)
+    X(secrets)                                                                                     \
+    X(audit) X(ca) X(rules) X(prompts) X(proxy) X(vm) X(vmio) X(image) X(blocklist) X(share)
 
 #define NB_API_MAX_BODY (1024 * 1024) /* bigger bodies get 413 */
 

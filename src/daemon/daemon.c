@@ -24,6 +24,7 @@
 #include "daemon/audit.h"
 #include "daemon/blsvc.h"
 #include "daemon/guestsvc.h"
+#include "daemon/sharesvc.h"
 #include "daemon/egress/proxy.h"
 #include "daemon/base/events.h"
 #include "daemon/imgbuild.h"
@@ -314,6 +315,9 @@ static void quiesce(nb_daemon_t *d)
 static void teardown(nb_daemon_t *d)
 {
     quiesce(d);
+    /* Folder mapping: resets its streams while the VMs' sessions exist. */
+    nb_sharesvc_free(d->shares);
+    d->shares = NULL;
     nb_imgbuild_free(d->images);
     d->images = NULL;
     nb_vmm_free(d->vmm);
@@ -434,6 +438,7 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
     if ((r = start_policy(d, err, errsz)) < 0 || (r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0 ||
         (r = nb_imgbuild_new(d->loop, d->home.home, d->events, &d->images)) < 0 ||
         (r = nb_guestsvc_new(d, d->egress, &d->guestsvc, err, errsz)) < 0 ||
+        (r = nb_sharesvc_new(d, &d->shares, err, errsz)) < 0 ||
         (r = nb_api_start(d, &d->api, err, errsz)) < 0)
         goto fail;
     snprintf(pid, sizeof pid, "%ld\n", (long)getpid());

@@ -6,6 +6,7 @@
 #include "daemon/audit.h"
 #include "daemon/egress/rules.h"
 #include "daemon/base/store.h"
+#include "daemon/sharesvc.h"
 #include "daemon/vm/manager.h"
 
 /* ------------------------------------------------------------------------
@@ -32,6 +33,7 @@ static const nb_store_migration_t builtin_migrations[] = {
     {4, "vm: per-VM accelerator setting", NB_VM_ACCEL_MIGRATION_SQL},
     {5, "egress: rule ids are never reused", NB_RULES_AUTOINC_MIGRATION_SQL},
     {6, "vm: per-VM default guest user", NB_VM_USER_MIGRATION_SQL},
+    {7, "share: folder mappings", NB_SHARE_MIGRATION_SQL},
     /* append new migrations above this line */
 };
 

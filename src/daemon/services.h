@@ -27,6 +27,7 @@ typedef struct nb_guestsvc nb_guestsvc_t;
 typedef struct nb_blsvc nb_blsvc_t;
 typedef struct nb_proxy nb_proxy_t;
 typedef struct nb_imgbuild nb_imgbuild_t;
+typedef struct nb_sharesvc nb_sharesvc_t;
 
 typedef struct nb_daemon {
     uv_loop_t *loop;
@@ -46,6 +47,7 @@ typedef struct nb_daemon {
     nb_vmm_t *vmm;           /* vm/manager.h: the VM manager */
     nb_imgbuild_t *images;   /* imgbuild.h: guest image builds */
     nb_guestsvc_t *guestsvc; /* guestsvc.h: guest-opened streams, provisioning */
+    nb_sharesvc_t *shares;   /* sharesvc.h: folder mapping (nilbox share) */
     nb_api_t *api;
     /* The egress engine, created on first use (it needs the CA, which is
      * there once the secret store is open): d->proxy, or NULL with a
