@@ -12,6 +12,7 @@ PKGS="$PKGS python3-boto3 awscli"
 PKGS="$PKGS liblua5.4-dev"
 PKGS="$PKGS libssh-dev"
 PKGS="$PKGS chromium"
+PKGS="$PKGS libfuse3-dev fuse3"
 
 missing=""
 for p in $PKGS; do

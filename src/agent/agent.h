@@ -34,6 +34,8 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
 int nb_agent_pty_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
 int nb_agent_tcp_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
 int nb_agent_ctl_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
+/* fs.c: a folder mapping (FUSE mount at args.path, requests to the host). */
+int nb_agent_fs_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args);
 
 /* Guest -> host services (egress.c, dns.c): listeners in the guest whose
  * connections / queries become `egress` / `dns` streams. Port 0 leaves a

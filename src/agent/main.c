@@ -262,6 +262,8 @@ static int on_open(nb_muxsess_t *s, nb_muxsess_stream_t *st, const char *service
         return nb_agent_tcp_open(a, st, args);
     if (!strcmp(service, "ctl"))
         return nb_agent_ctl_open(a, st, args);
+    if (!strcmp(service, "fs"))
+        return nb_agent_fs_open(a, st, args);
     return NB_ENOTFOUND;
 }
 

@@ -32,8 +32,9 @@
 #define NB_API_MODULES(X)                                                                          \
     X(daemon)                                                                                      \
     X(secrets)                                                                                     \
-    X(audit) X(ca) X(rules) X(prompts) X(proxy) X(vm) X(vmio) X(image) X(blocklist) X(store)       \
-        X(oauth) X(ports) X(ssh) X(mcp) X(usage) X(ui)
+    X(audit)                                                                                       \
+    X(ca) X(rules) X(prompts) X(proxy) X(vm) X(vmio) X(image) X(blocklist) X(store) X(oauth)       \
+        X(ports) X(ssh) X(mcp) X(usage) X(ui) X(share)
 
 #define NB_API_MAX_BODY (1024 * 1024) /* bigger bodies get 413 */
 

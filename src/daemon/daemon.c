@@ -26,6 +26,7 @@
 #include "daemon/oauthsvc.h"
 #include "daemon/guestsvc.h"
 #include "daemon/portsvc.h"
+#include "daemon/sharesvc.h"
 #include "daemon/egress/proxy.h"
 #include "daemon/egress/usage.h"
 #include "daemon/base/events.h"
@@ -397,6 +398,9 @@ static void teardown(nb_daemon_t *d)
     d->appstore = NULL;
     nb_mcp_free(d->mcp); /* before the VMs: its sessions hold exec streams */
     d->mcp = NULL;
+    /* Folder mapping: resets its streams while the VMs' sessions exist. */
+    nb_sharesvc_free(d->shares);
+    d->shares = NULL;
     nb_imgbuild_free(d->images);
     d->images = NULL;
     /* Port mappings: their streams go before the VMs' channels. */
@@ -532,6 +536,7 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
         (r = nb_portsvc_new(d, &d->ports, err, errsz)) < 0 ||
         (r = nb_sshgw_new(d, &d->sshgw, err, errsz)) < 0 ||
         (r = nb_mcp_new(d, &d->mcp, err, errsz)) < 0 ||
+        (r = nb_sharesvc_new(d, &d->shares, err, errsz)) < 0 ||
         (r = nb_api_start(d, &d->api, err, errsz)) < 0)
         goto fail;
     snprintf(pid, sizeof pid, "%ld\n", (long)getpid());

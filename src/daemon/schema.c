@@ -11,6 +11,7 @@
 #include "daemon/base/store.h"
 #include "daemon/portsvc.h"
 #include "daemon/mcp.h"
+#include "daemon/sharesvc.h"
 #include "daemon/vm/manager.h"
 
 /* ------------------------------------------------------------------------
@@ -42,6 +43,7 @@ static const nb_store_migration_t builtin_migrations[] = {
     {9, "ports: port mappings", NB_PORTS_MIGRATION_SQL},
     {10, "mcp: bridged MCP servers and tool policies", NB_MCP_MIGRATION_SQL},
     {11, "usage: LLM token records and limits", NB_USAGE_MIGRATION_SQL},
+    {12, "share: folder mappings", NB_SHARE_MIGRATION_SQL},
     /* append new migrations above this line */
 };
 

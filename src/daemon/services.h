@@ -33,6 +33,7 @@ typedef struct nb_portsvc nb_portsvc_t;
 typedef struct nb_sshgw nb_sshgw_t;
 typedef struct nb_mcp nb_mcp_t;
 typedef struct nb_usage nb_usage_t;
+typedef struct nb_sharesvc nb_sharesvc_t;
 
 typedef struct nb_daemon {
     uv_loop_t *loop;
@@ -58,6 +59,7 @@ typedef struct nb_daemon {
     nb_sshgw_t *sshgw;       /* sshgw.h: the SSH gateway (NULL when off) */
     nb_mcp_t *mcp;           /* mcp.h: the MCP bridge (servers in VMs, host endpoints) */
     nb_usage_t *usage;       /* egress/usage.h: LLM token records and limits (the engine's meter) */
+    nb_sharesvc_t *shares;   /* sharesvc.h: folder mapping (nilbox share) */
     nb_api_t *api;
     /* The egress engine, created on first use (it needs the CA, which is
      * there once the secret store is open): d->proxy, or NULL with a

@@ -1,0 +1,892 @@
+/* One folder mapping's file server: see fshare.h (the A19 rules) and
+ * docs/internals/share.md. */
+
+#include "daemon/fshare.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "lib/err.h"
+#include "lib/fsproto.h"
+
+#define RESOLVE_SAFE (RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)
+
+typedef struct node {
+    uint64_t id;
+    dev_t dev;
+    ino_t ino;
+    int fd;           /* O_PATH */
+    uint64_t nlookup; /* the guest's references (FORGET drops them) */
+    unsigned busy;    /* requests using fd right now */
+    struct node *next_id, *next_ino;
+} node_t;
+
+typedef struct {
+    int fd; /* -1: free slot */
+    int dir;
+    unsigned busy;
+    int closing;
+    pthread_mutex_t dirlock; /* readdir: lseek + getdents as one step */
+} handle_t;
+
+struct nb_fsrv {
+    pthread_mutex_t mu;
+    int ro;
+    uid_t uid;
+    gid_t gid;
+    node_t *root;
+    node_t **by_id, **by_ino;
+    size_t nbuckets, nnodes;
+    uint64_t next_id;
+    handle_t **h; /* slots (pointers: a readdir may hold one while the array grows) */
+    size_t nh, hcap, hused;
+};
+
+static long sys_openat2(int dfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve)
+{
+    struct open_how how = {.flags = flags, .mode = mode, .resolve = resolve};
+    return syscall(SYS_openat2, dfd, path, &how, sizeof how);
+}
+
+/* ------------------------------------------------------------ nodes */
+
+static size_t hid(const nb_fsrv_t *s, uint64_t id)
+{
+    return (size_t)(id * 0x9e3779b97f4a7c15ull >> 17) & (s->nbuckets - 1);
+}
+
+static size_t hino(const nb_fsrv_t *s, dev_t dev, ino_t ino)
+{
+    uint64_t k = (uint64_t)ino * 0x9e3779b97f4a7c15ull ^ (uint64_t)dev * 0xc2b2ae3d27d4eb4full;
+    return (size_t)(k >> 17) & (s->nbuckets - 1);
+}
+
+static int grow(nb_fsrv_t *s)
+{
+    size_t nb = s->nbuckets ? s->nbuckets * 2 : 1024;
+    node_t **a = calloc(nb, sizeof *a), **b = calloc(nb, sizeof *b);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return -ENOMEM;
+    }
+    node_t **oa = s->by_id;
+    size_t on = s->nbuckets;
+    free(s->by_ino);
+    s->by_id = a;
+    s->by_ino = b;
+    s->nbuckets = nb;
+    for (size_t i = 0; i < on; i++) {
+        for (node_t *n = oa[i], *nx; n; n = nx) {
+            nx = n->next_id;
+            size_t k = hid(s, n->id);
+            n->next_id = a[k];
+            a[k] = n;
+            k = hino(s, n->dev, n->ino);
+            n->next_ino = b[k];
+            b[k] = n;
+        }
+    }
+    free(oa);
+    return 0;
+}
+
+static node_t *find_id(nb_fsrv_t *s, uint64_t id)
+{
+    for (node_t *n = s->by_id[hid(s, id)]; n; n = n->next_id)
+        if (n->id == id)
+            return n;
+    return NULL;
+}
+
+static void unlink_node(nb_fsrv_t *s, node_t *n)
+{
+    node_t **pp;
+    for (pp = &s->by_id[hid(s, n->id)]; *pp && *pp != n; pp = &(*pp)->next_id)
+        ;
+    if (*pp)
+        *pp = n->next_id;
+    for (pp = &s->by_ino[hino(s, n->dev, n->ino)]; *pp && *pp != n; pp = &(*pp)->next_ino)
+        ;
+    if (*pp)
+        *pp = n->next_ino;
+    s->nnodes--;
+}
+
+/* Takes a reference for one request: the node stays open until put. */
+static node_t *node_get(nb_fsrv_t *s, uint64_t id)
+{
+    pthread_mutex_lock(&s->mu);
+    node_t *n = find_id(s, id);
+    if (n)
+        n->busy++;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+static void node_put(nb_fsrv_t *s, node_t *n)
+{
+    pthread_mutex_lock(&s->mu);
+    int dead = --n->busy == 0 && n->nlookup == 0 && n != s->root;
+    pthread_mutex_unlock(&s->mu);
+    if (dead) {
+        close(n->fd);
+        free(n);
+    }
+}
+
+/* Adds a lookup reference for the inode open as `fd` (O_PATH, taken
+ * over): an existing node for the same inode is reused (fd closed). */
+static int node_add(nb_fsrv_t *s, int fd, const struct stat *st, uint64_t *id)
+{
+    pthread_mutex_lock(&s->mu);
+    node_t *n;
+    for (n = s->by_ino[hino(s, st->st_dev, st->st_ino)]; n; n = n->next_ino)
+        if (n->dev == st->st_dev && n->ino == st->st_ino && (n->nlookup > 0 || n == s->root))
+            break;
+    if (n) {
+        n->nlookup++;
+        *id = n->id;
+        pthread_mutex_unlock(&s->mu);
+        close(fd);
+        return 0;
+    }
+    if (s->nnodes >= NB_FSRV_MAX_NODES || (s->nnodes >= s->nbuckets && grow(s) < 0) ||
+        !(n = calloc(1, sizeof *n))) {
+        pthread_mutex_unlock(&s->mu);
+        close(fd);
+        return -ENFILE;
+    }
+    n->id = s->next_id++;
+    n->dev = st->st_dev;
+    n->ino = st->st_ino;
+    n->fd = fd;
+    n->nlookup = 1;
+    size_t k = hid(s, n->id);
+    n->next_id = s->by_id[k];
+    s->by_id[k] = n;
+    k = hino(s, n->dev, n->ino);
+    n->next_ino = s->by_ino[k];
+    s->by_ino[k] = n;
+    s->nnodes++;
+    *id = n->id;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+static void node_forget(nb_fsrv_t *s, uint64_t id, uint64_t count)
+{
+    pthread_mutex_lock(&s->mu);
+    node_t *n = find_id(s, id);
+    int dead = 0;
+    if (n && n != s->root && n->nlookup > 0) {
+        n->nlookup = count >= n->nlookup ? 0 : n->nlookup - count;
+        if (n->nlookup == 0) {
+            unlink_node(s, n);
+            dead = n->busy == 0;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (dead) {
+        close(n->fd);
+        free(n);
+    }
+}
+
+/* ------------------------------------------------------------ handles */
+
+static int handle_add(nb_fsrv_t *s, int fd, int dir, uint64_t *fh)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t i;
+    for (i = 0; i < s->nh && s->h[i]->fd >= 0; i++)
+        ;
+    if (i == s->nh) {
+        if (s->nh >= NB_FSRV_MAX_HANDLES) {
+            pthread_mutex_unlock(&s->mu);
+            close(fd);
+            return -ENFILE;
+        }
+        if (s->nh == s->hcap) {
+            size_t nc = s->hcap ? s->hcap * 2 : 64;
+            handle_t **nh = realloc(s->h, nc * sizeof *nh);
+            if (!nh) {
+                pthread_mutex_unlock(&s->mu);
+                close(fd);
+                return -ENOMEM;
+            }
+            s->h = nh;
+            s->hcap = nc;
+        }
+        if (!(s->h[s->nh] = calloc(1, sizeof **s->h))) {
+            pthread_mutex_unlock(&s->mu);
+            close(fd);
+            return -ENOMEM;
+        }
+        pthread_mutex_init(&s->h[s->nh]->dirlock, NULL);
+        s->nh++;
+    }
+    handle_t *h = s->h[i];
+    h->fd = fd;
+    h->dir = dir;
+    h->busy = 0;
+    h->closing = 0;
+    s->hused++;
+    *fh = i + 1;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+static void handle_close_locked(nb_fsrv_t *s, handle_t *h)
+{
+    close(h->fd);
+    h->fd = -1;
+    s->hused--;
+}
+
+/* The handle's descriptor for one request (-EBADF: none of that kind). */
+static int handle_get(nb_fsrv_t *s, uint64_t fh, int dir, size_t *idx)
+{
+    int fd = -EBADF;
+    pthread_mutex_lock(&s->mu);
+    if (fh >= 1 && fh <= s->nh) {
+        handle_t *h = s->h[fh - 1];
+        if (h->fd >= 0 && !h->closing && h->dir == dir) {
+            h->busy++;
+            fd = h->fd;
+            *idx = (size_t)(fh - 1);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return fd;
+}
+
+static void handle_put(nb_fsrv_t *s, size_t idx)
+{
+    pthread_mutex_lock(&s->mu);
+    handle_t *h = s->h[idx];
+    if (--h->busy == 0 && h->closing)
+        handle_close_locked(s, h);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int handle_release(nb_fsrv_t *s, uint64_t fh, int dir)
+{
+    int r = -EBADF;
+    pthread_mutex_lock(&s->mu);
+    if (fh >= 1 && fh <= s->nh) {
+        handle_t *h = s->h[fh - 1];
+        if (h->fd >= 0 && !h->closing && h->dir == dir) {
+            h->closing = 1;
+            if (h->busy == 0)
+                handle_close_locked(s, h);
+            r = 0;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+/* ------------------------------------------------------------ helpers */
+
+static uint32_t map_id(uint32_t v, uint32_t own)
+{
+    return v == own ? 0 : NB_FSRV_NOBODY;
+}
+
+static void to_attr(const nb_fsrv_t *s, const struct stat *st, nb_fsp_attr_t *a)
+{
+    memset(a, 0, sizeof *a);
+    a->ino = st->st_ino;
+    a->size = st->st_size < 0 ? 0 : (uint64_t)st->st_size;
+    a->blocks = st->st_blocks < 0 ? 0 : (uint64_t)st->st_blocks;
+    a->atime = st->st_atim.tv_sec;
+    a->atime_ns = (uint32_t)st->st_atim.tv_nsec;
+    a->mtime = st->st_mtim.tv_sec;
+    a->mtime_ns = (uint32_t)st->st_mtim.tv_nsec;
+    a->ctime = st->st_ctim.tv_sec;
+    a->ctime_ns = (uint32_t)st->st_ctim.tv_nsec;
+    a->mode = st->st_mode & 0177777u;
+    a->nlink = (uint32_t)st->st_nlink;
+    a->uid = map_id(st->st_uid, s->uid);
+    a->gid = map_id(st->st_gid, s->gid);
+    a->blksize = (uint32_t)st->st_blksize;
+}
+
+static int fstat_fd(int fd, struct stat *st)
+{
+    return fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+}
+
+/* name as a C string (already validated: no NUL, 1..255 bytes). */
+static void cname(nb_iov_t n, char out[NB_FSP_NAME_MAX + 1])
+{
+    memcpy(out, n.p, n.len);
+    out[n.len] = '\0';
+}
+
+/* One component below the parent, never following a symlink: O_PATH of
+ * the entry itself (a symlink stays a symlink). */
+static int open_child(int pfd, const char *name)
+{
+    long fd = sys_openat2(pfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0, RESOLVE_SAFE);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+/* Re-opens the inode behind an O_PATH descriptor with real access flags.
+ * /proc/self/fd/N names exactly that inode (our own descriptor), so it
+ * cannot reach anything else; callers check the file type first. */
+static int reopen(int fd, int flags)
+{
+    char p[40];
+    snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+    int r = open(p, flags | O_CLOEXEC | O_NOCTTY);
+    return r < 0 ? -errno : r;
+}
+
+/* A19: only plain files with one link may be opened for data. */
+static int file_ok(const struct stat *st)
+{
+    if (S_ISDIR(st->st_mode))
+        return -EISDIR;
+    if (S_ISLNK(st->st_mode))
+        return -ELOOP;
+    if (!S_ISREG(st->st_mode))
+        return -EACCES;
+    if (st->st_nlink > 1)
+        return -EPERM;
+    return 0;
+}
+
+static int wire_flags(uint32_t f)
+{
+    int o = (f & NB_FSP_O_ACCMODE) == NB_FSP_O_WRONLY ? O_WRONLY
+            : (f & NB_FSP_O_ACCMODE) == NB_FSP_O_RDWR ? O_RDWR
+                                                      : O_RDONLY;
+    if (f & NB_FSP_O_TRUNC)
+        o |= O_TRUNC;
+    if (f & NB_FSP_O_APPEND)
+        o |= O_APPEND;
+    return o;
+}
+
+static int is_write_open(uint32_t f)
+{
+    return (f & NB_FSP_O_ACCMODE) != NB_FSP_O_RDONLY || (f & (NB_FSP_O_TRUNC | NB_FSP_O_APPEND));
+}
+
+/* ------------------------------------------------------------ ops */
+
+/* Looks up `name` below `pfd` and adds a reference: entry reply. */
+static int do_lookup(nb_fsrv_t *s, int pfd, const char *name, uint64_t *id, struct stat *st)
+{
+    int fd = open_child(pfd, name);
+    if (fd < 0)
+        return fd;
+    int r = fstat_fd(fd, st);
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    return node_add(s, fd, st, id);
+}
+
+static int put_entry(nb_fsrv_t *s, nb_buf_t *out, uint64_t id, const struct stat *st)
+{
+    nb_fsp_attr_t a;
+    to_attr(s, st, &a);
+    int r = nb_fsp_put_u64(out, id);
+    r = r < 0 ? r : nb_fsp_put_u64(out, 0);
+    return r < 0 ? r : nb_fsp_put_attr(out, &a);
+}
+
+static int op_setattr(nb_fsrv_t *s, int fd, const nb_fsp_req_t *q, struct stat *st)
+{
+    int r = fstat_fd(fd, st);
+    if (r < 0)
+        return r;
+    uint32_t v = q->flags;
+    if (v & (NB_FSP_SET_UID | NB_FSP_SET_GID)) {
+        /* Only "no change" works: the guest cannot give files away. */
+        if (((v & NB_FSP_SET_UID) && map_id(st->st_uid, s->uid) != q->uid) ||
+            ((v & NB_FSP_SET_GID) && map_id(st->st_gid, s->gid) != q->gid))
+            return -EPERM;
+    }
+    if (v & NB_FSP_SET_SIZE) {
+        if ((r = file_ok(st)) < 0)
+            return r == -EISDIR ? -EISDIR : r;
+        size_t idx;
+        int hfd = q->fh != NB_FSP_NOFH ? handle_get(s, q->fh, 0, &idx) : -EBADF;
+        if (hfd >= 0) {
+            r = ftruncate(hfd, (off_t)q->off) < 0 ? -errno : 0;
+            handle_put(s, idx);
+        } else {
+            int wfd = reopen(fd, O_WRONLY);
+            if (wfd < 0)
+                return wfd;
+            r = ftruncate(wfd, (off_t)q->off) < 0 ? -errno : 0;
+            close(wfd);
+        }
+        if (r < 0)
+            return r;
+    }
+    if (v & NB_FSP_SET_MODE) {
+        if (S_ISLNK(st->st_mode))
+            return -EOPNOTSUPP;
+        char p[40];
+        snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+        if (chmod(p, q->mode & 07777u) < 0)
+            return -errno;
+    }
+    if (v & (NB_FSP_SET_ATIME | NB_FSP_SET_MTIME | NB_FSP_SET_ATIME_NOW | NB_FSP_SET_MTIME_NOW)) {
+        struct timespec ts[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
+        if (v & NB_FSP_SET_ATIME_NOW)
+            ts[0].tv_nsec = UTIME_NOW;
+        else if (v & NB_FSP_SET_ATIME)
+            ts[0] = (struct timespec){q->atime, q->atime_ns};
+        if (v & NB_FSP_SET_MTIME_NOW)
+            ts[1].tv_nsec = UTIME_NOW;
+        else if (v & NB_FSP_SET_MTIME)
+            ts[1] = (struct timespec){q->mtime, q->mtime_ns};
+        if (utimensat(fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+            return -errno;
+    }
+    return fstat_fd(fd, st);
+}
+
+/* CREATE: a new file (or, without EXCL, an existing plain one) below pfd.
+ * Never through a symlink, never truncating a multi-link file. */
+static int op_create(nb_fsrv_t *s, int pfd, const char *name, const nb_fsp_req_t *q, int *ofd,
+                     uint64_t *id, struct stat *st)
+{
+    int fl = wire_flags(q->flags) & ~O_TRUNC;
+    long fd = sys_openat2(pfd, name, (uint64_t)(fl | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC),
+                          q->mode & 07777u & ~(unsigned)(S_ISUID | S_ISGID), RESOLVE_SAFE);
+    int r;
+    if (fd < 0 && errno == EEXIST && !(q->flags & NB_FSP_O_EXCL)) {
+        int pf = open_child(pfd, name);
+        if (pf < 0)
+            return pf;
+        if ((r = fstat_fd(pf, st)) < 0 || (r = file_ok(st)) < 0) {
+            close(pf);
+            return r;
+        }
+        fd = reopen(pf, wire_flags(q->flags));
+        close(pf);
+        if (fd < 0)
+            return (int)fd;
+    } else if (fd < 0) {
+        return -errno;
+    }
+    int pathfd = reopen((int)fd, O_PATH);
+    if (pathfd < 0 || (r = fstat_fd(pathfd, st)) < 0 || (r = node_add(s, pathfd, st, id)) < 0) {
+        r = pathfd < 0 ? pathfd : r;
+        if (pathfd >= 0 && r != -ENFILE)
+            close(pathfd);
+        close((int)fd);
+        return r;
+    }
+    *ofd = (int)fd;
+    return 0;
+}
+
+static int op_readdir(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
+{
+    size_t idx;
+    int fd = handle_get(s, q->fh, 1, &idx);
+    if (fd < 0)
+        return fd;
+    pthread_mutex_lock(&s->mu);
+    handle_t *h = s->h[idx];
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&h->dirlock);
+    size_t countpos = out->len;
+    int r = nb_fsp_put_u32(out, 0);
+    uint32_t count = 0;
+    size_t used = 0;
+    char buf[32768];
+    off_t pos = (off_t)q->off;
+    int full = 0;
+    while (r == 0 && !full) {
+        if (lseek(fd, pos, SEEK_SET) < 0) {
+            r = -errno;
+            break;
+        }
+        long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+        if (n < 0) {
+            r = -errno;
+            break;
+        }
+        if (n == 0)
+            break;
+        for (long i = 0; i < n;) {
+            struct dirent64 *d = (struct dirent64 *)(buf + i);
+            size_t nl = strlen(d->d_name);
+            size_t len = nb_fsp_dirent_len(nl);
+            if (used + len > q->size) {
+                full = 1;
+                break;
+            }
+            if ((r = nb_fsp_put_dirent(out, d->d_ino, (uint64_t)d->d_off, d->d_type,
+                                       nb_iov(d->d_name, nl))) < 0)
+                break;
+            used += len;
+            count++;
+            pos = d->d_off;
+            i += d->d_reclen;
+        }
+    }
+    pthread_mutex_unlock(&h->dirlock);
+    handle_put(s, idx);
+    if (r < 0)
+        return r;
+    for (unsigned i = 0; i < 4; i++)
+        out->p[countpos + i] = (uint8_t)(count >> (8 * i));
+    return 0;
+}
+
+static int op_io(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
+{
+    size_t idx;
+    int fd = handle_get(s, q->fh, 0, &idx);
+    if (fd < 0)
+        return fd;
+    int r = 0;
+    if (q->op == NB_FSP_READ) {
+        if ((r = nb_buf_reserve(out, q->size)) == 0) {
+            size_t got = 0;
+            while (got < q->size) {
+                ssize_t k =
+                    pread(fd, out->p + out->len + got, q->size - got, (off_t)(q->off + got));
+                if (k < 0 && errno == EINTR)
+                    continue;
+                if (k < 0) {
+                    r = got ? 0 : -errno;
+                    break;
+                }
+                if (k == 0)
+                    break;
+                got += (size_t)k;
+            }
+            if (r == 0)
+                out->len += got;
+        }
+    } else if (q->op == NB_FSP_WRITE) {
+        size_t done = 0;
+        while (done < q->data.len) {
+            ssize_t k = pwrite(fd, q->data.p + done, q->data.len - done, (off_t)(q->off + done));
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k <= 0) {
+                r = done ? 0 : (k < 0 ? -errno : -EIO);
+                break;
+            }
+            done += (size_t)k;
+        }
+        if (r == 0)
+            r = nb_fsp_put_u32(out, (uint32_t)done);
+    } else { /* FSYNC */
+        r = (q->flags ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
+    }
+    handle_put(s, idx);
+    return r;
+}
+
+static int is_write_op(const nb_fsp_req_t *q)
+{
+    switch (q->op) {
+    case NB_FSP_SETATTR:
+    case NB_FSP_SYMLINK:
+    case NB_FSP_MKDIR:
+    case NB_FSP_UNLINK:
+    case NB_FSP_RMDIR:
+    case NB_FSP_RENAME:
+    case NB_FSP_CREATE:
+    case NB_FSP_WRITE:
+        return 1;
+    case NB_FSP_OPEN:
+        return is_write_open(q->flags);
+    default:
+        return 0;
+    }
+}
+
+/* Runs q; appends the result (after the reply header) to out. */
+static int dispatch(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
+{
+    char name[NB_FSP_NAME_MAX + 1], name2[NB_FSP_NAME_MAX + 1];
+    struct stat st;
+    nb_fsp_attr_t a;
+    uint64_t id;
+    int r = 0;
+    if (s->ro && is_write_op(q))
+        return -EROFS;
+    switch (q->op) {
+    case NB_FSP_READ:
+    case NB_FSP_WRITE:
+    case NB_FSP_FSYNC:
+        return op_io(s, q, out);
+    case NB_FSP_READDIR:
+        return op_readdir(s, q, out);
+    case NB_FSP_RELEASE:
+    case NB_FSP_RELEASEDIR:
+        return handle_release(s, q->fh, q->op == NB_FSP_RELEASEDIR);
+    default:
+        break;
+    }
+    node_t *n = node_get(s, q->node), *n2 = NULL;
+    if (!n)
+        return -ESTALE;
+    if (q->op == NB_FSP_RENAME && !(n2 = node_get(s, q->node2))) {
+        node_put(s, n);
+        return -ESTALE;
+    }
+    if (q->name.len)
+        cname(q->name, name);
+    if (q->name2.len)
+        cname(q->name2, name2);
+    switch (q->op) {
+    case NB_FSP_LOOKUP:
+        if ((r = do_lookup(s, n->fd, name, &id, &st)) == 0)
+            r = put_entry(s, out, id, &st);
+        break;
+    case NB_FSP_GETATTR:
+        if ((r = fstat_fd(n->fd, &st)) == 0) {
+            to_attr(s, &st, &a);
+            r = nb_fsp_put_attr(out, &a);
+        }
+        break;
+    case NB_FSP_SETATTR:
+        if ((r = op_setattr(s, n->fd, q, &st)) == 0) {
+            to_attr(s, &st, &a);
+            r = nb_fsp_put_attr(out, &a);
+        }
+        break;
+    case NB_FSP_READLINK: {
+        char t[NB_FSP_TARGET_MAX + 1];
+        ssize_t k = readlinkat(n->fd, "", t, sizeof t);
+        if (k < 0)
+            r = -errno;
+        else if (k == 0 || (size_t)k > NB_FSP_TARGET_MAX)
+            r = -ENAMETOOLONG;
+        else if ((r = nb_fsp_put_u16(out, (uint16_t)k)) == 0)
+            r = nb_buf_append(out, t, (size_t)k);
+        break;
+    }
+    case NB_FSP_SYMLINK: {
+        char t[NB_FSP_TARGET_MAX + 1];
+        memcpy(t, q->target.p, q->target.len);
+        t[q->target.len] = '\0';
+        /* The target is only text to the host: nothing here follows it. */
+        if (symlinkat(t, n->fd, name) < 0)
+            r = -errno;
+        else if ((r = do_lookup(s, n->fd, name, &id, &st)) == 0)
+            r = put_entry(s, out, id, &st);
+        break;
+    }
+    case NB_FSP_MKDIR:
+        if (mkdirat(n->fd, name, q->mode & 01777u) < 0)
+            r = -errno;
+        else if ((r = do_lookup(s, n->fd, name, &id, &st)) == 0)
+            r = put_entry(s, out, id, &st);
+        break;
+    case NB_FSP_UNLINK:
+    case NB_FSP_RMDIR:
+        r = unlinkat(n->fd, name, q->op == NB_FSP_RMDIR ? AT_REMOVEDIR : 0) < 0 ? -errno : 0;
+        break;
+    case NB_FSP_RENAME: {
+        unsigned fl = (q->flags & NB_FSP_RENAME_NOREPLACE ? RENAME_NOREPLACE : 0) |
+                      (q->flags & NB_FSP_RENAME_EXCHANGE ? RENAME_EXCHANGE : 0);
+        r = renameat2(n->fd, name, n2->fd, name2, fl) < 0 ? -errno : 0;
+        break;
+    }
+    case NB_FSP_OPEN:
+    case NB_FSP_OPENDIR: {
+        int dir = q->op == NB_FSP_OPENDIR, fd;
+        if ((r = fstat_fd(n->fd, &st)) < 0)
+            break;
+        if (dir && !S_ISDIR(st.st_mode)) {
+            r = -ENOTDIR;
+            break;
+        }
+        if (!dir && (r = file_ok(&st)) < 0)
+            break;
+        fd = dir ? openat(n->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                 : reopen(n->fd, wire_flags(q->flags));
+        if (dir && fd < 0)
+            fd = -errno;
+        if (fd < 0) {
+            r = fd;
+            break;
+        }
+        if ((r = handle_add(s, fd, dir, &id)) == 0)
+            r = nb_fsp_put_u64(out, id);
+        break;
+    }
+    case NB_FSP_CREATE: {
+        int fd;
+        uint64_t fh;
+        if ((r = op_create(s, n->fd, name, q, &fd, &id, &st)) < 0)
+            break;
+        if ((r = handle_add(s, fd, 0, &fh)) < 0) {
+            node_forget(s, id, 1);
+            break;
+        }
+        if ((r = put_entry(s, out, id, &st)) == 0)
+            r = nb_fsp_put_u64(out, fh);
+        break;
+    }
+    case NB_FSP_STATFS: {
+        struct statfs sf;
+        if (fstatfs(n->fd, &sf) < 0) {
+            r = -errno;
+            break;
+        }
+        uint64_t v[] = {sf.f_blocks, sf.f_bfree, sf.f_bavail, sf.f_files, sf.f_ffree};
+        for (size_t i = 0; r == 0 && i < 5; i++)
+            r = nb_fsp_put_u64(out, v[i]);
+        r = r < 0 ? r : nb_fsp_put_u32(out, (uint32_t)sf.f_bsize);
+        r = r < 0 ? r : nb_fsp_put_u32(out, (uint32_t)(sf.f_frsize ? sf.f_frsize : sf.f_bsize));
+        r = r < 0 ? r : nb_fsp_put_u32(out, (uint32_t)sf.f_namelen);
+        break;
+    }
+    default:
+        r = -ENOSYS;
+        break;
+    }
+    if (n2)
+        node_put(s, n2);
+    node_put(s, n);
+    return r;
+}
+
+int nb_fsrv_handle(nb_fsrv_t *s, const uint8_t *p, size_t n, nb_buf_t *out, const char **why)
+{
+    nb_fsp_req_t q;
+    int r = nb_fsp_req_parse(p, n, &q, why);
+    if (r < 0)
+        return r;
+    if (q.op == NB_FSP_FORGET) {
+        node_forget(s, q.node, q.off);
+        return 1;
+    }
+    size_t start = out->len;
+    if ((r = nb_fsp_reply_begin(out, q.id, 0)) < 0)
+        return r;
+    r = dispatch(s, &q, out);
+    if (r < 0) {
+        /* An error reply: header only. */
+        uint32_t e = r > -4096 ? (uint32_t)-r : EIO;
+        nb_buf_truncate(out, start);
+        if ((r = nb_fsp_reply_begin(out, q.id, e)) < 0)
+            return r;
+    }
+    /* Frame the reply in place (its length prefix starts at `start`). */
+    uint32_t len = (uint32_t)(out->len - start - 4);
+    for (unsigned i = 0; i < 4; i++)
+        out->p[start + i] = (uint8_t)(len >> (8 * i));
+    return 0;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+int nb_fsrv_new(const char *root, int ro, nb_fsrv_t **out, char *err, size_t errsz)
+{
+    *out = NULL;
+    if (!root || root[0] != '/') {
+        snprintf(err, errsz, "the host folder must be an absolute path");
+        return NB_EINVAL;
+    }
+    int fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errsz, "cannot open the host folder %.300s: %s", root, strerror(e));
+        return -e;
+    }
+    if (access("/proc/self/fd", X_OK) != 0) {
+        close(fd);
+        snprintf(err, errsz, "folder mapping needs /proc mounted");
+        return NB_EUNSUPPORTED;
+    }
+    /* One descriptor per node the guest holds: use the hard limit. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    nb_fsrv_t *s = calloc(1, sizeof *s);
+    node_t *rn = calloc(1, sizeof *rn);
+    struct stat st;
+    if (!s || !rn || grow(s) < 0 || fstat_fd(fd, &st) < 0) {
+        if (s) {
+            free(s->by_id);
+            free(s->by_ino);
+        }
+        free(s);
+        free(rn);
+        close(fd);
+        snprintf(err, errsz, "out of memory");
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    s->ro = ro;
+    s->uid = geteuid();
+    s->gid = getegid();
+    s->next_id = NB_FSP_ROOT + 1;
+    rn->id = NB_FSP_ROOT;
+    rn->dev = st.st_dev;
+    rn->ino = st.st_ino;
+    rn->fd = fd;
+    rn->nlookup = 1;
+    s->root = rn;
+    rn->next_id = s->by_id[hid(s, rn->id)];
+    s->by_id[hid(s, rn->id)] = rn;
+    rn->next_ino = s->by_ino[hino(s, rn->dev, rn->ino)];
+    s->by_ino[hino(s, rn->dev, rn->ino)] = rn;
+    s->nnodes = 1;
+    *out = s;
+    return 0;
+}
+
+void nb_fsrv_counts(nb_fsrv_t *s, size_t *nodes, size_t *handles)
+{
+    pthread_mutex_lock(&s->mu);
+    *nodes = s->nnodes;
+    *handles = s->hused;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void nb_fsrv_free(nb_fsrv_t *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        for (node_t *n = s->by_id[i], *nx; n; n = nx) {
+            nx = n->next_id;
+            close(n->fd);
+            free(n);
+        }
+    }
+    for (size_t i = 0; i < s->nh; i++) {
+        if (s->h[i]->fd >= 0)
+            close(s->h[i]->fd);
+        pthread_mutex_destroy(&s->h[i]->dirlock);
+        free(s->h[i]);
+    }
+    free(s->h);
+    free(s->by_id);
+    free(s->by_ino);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
