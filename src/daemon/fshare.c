@@ -735,7 +735,7 @@ static int dispatch(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
         break;
     }
     case NB_FSP_CREATE: {
-        int fd;
+        int fd = -1; /* set by op_create on success; -O2 cannot see that */
         uint64_t fh;
         if ((r = op_create(s, n->fd, name, q, &fd, &id, &st)) < 0)
             break;

@@ -6,7 +6,9 @@
  *   share_posix check DIR     the suite, in DIR (an empty folder on the share)
  *   share_posix count DIR     prints the number of entries (without . and ..)
  *   share_posix bigfile PATH  writes "far" at 5 GiB + 3 and reads it back */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -469,8 +469,10 @@ static void *swapper(void *arg)
     snprintf(d, sizeof d, "%s/d", root);
     snprintf(t, sizeof t, "%s/d.real", root);
     while (racing) {
-        rename(d, t);        /* the directory goes away ... */
-        symlink(outside, d); /* ... a symlink out takes its name */
+        rename(d, t);                  /* the directory goes away ... */
+        if (symlink(outside, d) < 0) { /* ... a symlink out takes its name */
+            /* d is still there (the rename failed): unlink cannot remove a directory */
+        }
         unlink(d);
         rename(t, d);
     }
