@@ -22,8 +22,25 @@
     X(events)                                                                                      \
     X(secret)                                                                                      \
     X(rule)                                                                                        \
-    X(prompts) X(audit) X(ca) X(proxy) X(vm) X(shell) X(exec) X(image) X(blocklist) X(store)       \
-        X(oauth) X(port) X(ssh) X(ssh_config) X(mcp) X(limit) X(usage) X(ui) X(share)
+    X(prompts)                                                                                     \
+    X(audit)                                                                                       \
+    X(ca)                                                                                          \
+    X(proxy)                                                                                       \
+    X(vm)                                                                                          \
+    X(shell)                                                                                       \
+    X(exec)                                                                                        \
+    X(image)                                                                                       \
+    X(blocklist)                                                                                   \
+    X(store)                                                                                       \
+    X(oauth)                                                                                       \
+    X(port)                                                                                        \
+    X(ssh)                                                                                         \
+    X(ssh_config)                                                                                  \
+    X(mcp)                                                                                         \
+    X(limit)                                                                                       \
+    X(usage)                                                                                       \
+    X(ui)                                                                                          \
+    X(share)
 
 /* Exit codes (README.md, docs/cli.md). */
 enum {

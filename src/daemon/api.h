@@ -33,8 +33,22 @@
     X(daemon)                                                                                      \
     X(secrets)                                                                                     \
     X(audit)                                                                                       \
-    X(ca) X(rules) X(prompts) X(proxy) X(vm) X(vmio) X(image) X(blocklist) X(store) X(oauth)       \
-        X(ports) X(ssh) X(mcp) X(usage) X(ui) X(share)
+    X(ca)                                                                                          \
+    X(rules)                                                                                       \
+    X(prompts)                                                                                     \
+    X(proxy)                                                                                       \
+    X(vm)                                                                                          \
+    X(vmio)                                                                                        \
+    X(image)                                                                                       \
+    X(blocklist)                                                                                   \
+    X(store)                                                                                       \
+    X(oauth)                                                                                       \
+    X(ports)                                                                                       \
+    X(ssh)                                                                                         \
+    X(mcp)                                                                                         \
+    X(usage)                                                                                       \
+    X(ui)                                                                                          \
+    X(share)
 
 #define NB_API_MAX_BODY (1024 * 1024) /* bigger bodies get 413 */
 

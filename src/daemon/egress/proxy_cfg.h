@@ -60,8 +60,8 @@ typedef struct {
                        void (*done)(void *op, int status), void *op);
     void *oauth_ud;
     nb_usage_t *usage; /* LLM token accounting and limits (usage.h); borrowed, NULL: off */
-    int block_leaks; /* 1: a request carrying a placeholder where it must not go (A3, A4,
-                        A7, A9) is refused with 403 instead of sent with the dummy */
+    int block_leaks;   /* 1: a request carrying a placeholder where it must not go (A3, A4,
+                          A7, A9) is refused with 403 instead of sent with the dummy */
 } nb_proxy_cfg_t;
 
 /* Test-only resolution override (listener option): `host` on `port` (0:
