@@ -47,7 +47,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!cat) {
         char err[256];
-        if (nb_llmcat_load(nb_llmcat_builtin, nb_llmcat_builtin_len, &cat, err, sizeof err) < 0)
+        if (nb_llmcat_load((const char *)nb_llmcat_builtin, nb_llmcat_builtin_len, &cat, err,
+                           sizeof err) < 0)
             abort();
     }
     if (size < 2)

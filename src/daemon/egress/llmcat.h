@@ -74,7 +74,7 @@ int nb_llmcat_load(const char *json, size_t len, nb_llmcat_t **out, char *err, s
 void nb_llmcat_free(nb_llmcat_t *cat); /* NULL is a no-op */
 
 /* The built-in catalogue text (generated from data/llm-catalogue.json). */
-extern const char nb_llmcat_builtin[];
+extern const unsigned char nb_llmcat_builtin[];
 extern const size_t nb_llmcat_builtin_len;
 
 /* The catalogue's "version" and "prices_as_of" strings. */

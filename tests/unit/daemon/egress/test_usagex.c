@@ -421,7 +421,8 @@ static void test_ujson_paths(void)
 int main(void)
 {
     char err[256];
-    if (nb_llmcat_load(nb_llmcat_builtin, nb_llmcat_builtin_len, &cat, err, sizeof err) < 0) {
+    if (nb_llmcat_load((const char *)nb_llmcat_builtin, nb_llmcat_builtin_len, &cat, err,
+                       sizeof err) < 0) {
         fprintf(stderr, "built-in catalogue: %s\n", err);
         return 1;
     }
