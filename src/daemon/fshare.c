@@ -207,6 +207,11 @@ static void node_set_path_locked(nb_fsrv_t *s, node_t *n, node_t *p, const char 
 {
     if (!p || n == s->root || (n->parent == p && n->name && strcmp(n->name, name) == 0))
         return;
+    /* Never a cycle (a bind mount inside the folder can show a directory
+     * below itself): re-opening would recurse for ever. */
+    for (node_t *a = p; a; a = a->parent)
+        if (a == n)
+            return;
     char *nm = strdup(name);
     if (!nm)
         return; /* keep the old path: at worst a later re-open says ESTALE */

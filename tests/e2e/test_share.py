@@ -13,7 +13,9 @@ One daemon, one VM, host folders in the suite's temporary folder, in order:
      share lead nowhere; `..` stays in the guest;
   06 read-only share: reads work, every write is refused, the host folder is
      unchanged;
-  07 a directory of 100 000 entries listed in the guest;
+  07 a directory of 100 000 entries listed in the guest, then `ls -l` of it
+     twice (every entry looked up: more nodes than the daemon may hold
+     descriptors, and the guest forgets them in big batches);
   08 persistence: the VM restarts and the shares are mounted again; `share
      rm` unmounts.
 
