@@ -5,7 +5,8 @@
  *   0  request parser: an accepted request re-encodes to the same bytes
  *      and carries only valid names;
  *   1  reply parser for op byte 1, `asked` from bytes 2..3: an accepted
- *      READDIR reply iterates to exactly its count of entries;
+ *      READDIR(PLUS) reply iterates to exactly its count of entries (and
+ *      READDIRPLUS entries fit the guest's buffer of `asked` bytes);
  *   2  the server on a read-only copy of a small tree (files, a
  *      directory, a symlink out): every answer it gives parses with the
  *      agent's reply parser, and nothing outside the tree changes. */
@@ -77,13 +78,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         nb_fsp_reply_t r;
         if (nb_fsp_reply_parse(op, asked, p + 3, n - 3, &r, NULL) < 0)
             return 0;
-        if (op == NB_FSP_READDIR && !r.err) {
-            size_t pos = 0;
+        if ((op == NB_FSP_READDIR || op == NB_FSP_READDIRPLUS) && !r.err) {
+            size_t pos = 0, fuse = 0;
             uint32_t k = 0;
             nb_fsp_dirent_t e;
-            while (nb_fsp_dirent_next(r.data, &pos, &e))
+            while (op == NB_FSP_READDIR ? nb_fsp_dirent_next(r.data, &pos, &e)
+                                        : nb_fsp_direntplus_next(r.data, &pos, &e)) {
+                fuse += nb_fsp_direntplus_fuse_len(e.name.len);
                 k++;
+            }
             if (k != r.count || pos != r.data.len)
+                abort();
+            if (op == NB_FSP_READDIRPLUS && fuse > asked) /* the agent must fit them all */
                 abort();
         }
     } else {

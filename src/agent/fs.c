@@ -27,6 +27,9 @@
 #include "lib/log.h"
 
 #define FS_TIMEOUT 1.0 /* attribute and entry cache (s): host-side changes show within it */
+/* Requests on the host at once: the daemon treats more than 512 waiting as
+ * a flood and ends the share, so stop reading /dev/fuse well before. */
+#define FS_INFLIGHT_MAX 256
 
 typedef struct pending {
     struct pending *next;
@@ -47,6 +50,7 @@ typedef struct {
     char path[256];
     nb_buf_t in; /* reply bytes not yet a whole frame */
     pending_t *pend;
+    unsigned npend;
     uint32_t next_id;
 } fsm_t;
 
@@ -60,6 +64,7 @@ static void fail_all(fsm_t *m, int err)
         fuse_reply_err(p->req, err);
         free(p);
     }
+    m->npend = 0;
 }
 
 /* Sends q for `req`; on failure answers the kernel at once. */
@@ -97,8 +102,9 @@ static void send_req(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q, const struct fus
         p->fi = *fi;
     p->next = m->pend;
     m->pend = p;
+    m->npend++;
     /* Back-pressure: stop taking kernel requests while the host lags. */
-    if (!nb_muxsess_stream_writable(m->st) && m->polling) {
+    if ((m->npend >= FS_INFLIGHT_MAX || !nb_muxsess_stream_writable(m->st)) && m->polling) {
         uv_poll_stop(&m->poll);
         m->polling = 0;
     }
@@ -144,6 +150,15 @@ static void fs_init(void *ud, struct fuse_conn_info *conn)
         conn->max_write = NB_FSP_IO_MAX;
     conn->max_readahead = conn->max_readahead > NB_FSP_IO_MAX ? NB_FSP_IO_MAX : conn->max_readahead;
     conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE; /* the host sees writes at once */
+    /* READDIRPLUS in the kernel's adaptive mode: a listing's first batch
+     * brings every entry's attributes, and later batches do too while the
+     * program stats what it reads (busybox `ls -l`), so that costs a round
+     * trip per ~25 entries instead of one lookup per entry; a plain
+     * listing (`find`, a readdir loop) goes on without the lookups. */
+    if (conn->capable & FUSE_CAP_READDIRPLUS)
+        conn->want |= FUSE_CAP_READDIRPLUS;
+    if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO)
+        conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
 }
 
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -394,6 +409,21 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     send_req(M(req), req, &q, NULL);
 }
 
+static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                           struct fuse_file_info *fi)
+{
+    if (size == 0) {
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    nb_fsp_req_t q = {.op = NB_FSP_READDIRPLUS,
+                      .node = ino,
+                      .fh = fi->fh,
+                      .off = (uint64_t)off,
+                      .size = (uint32_t)(size > NB_FSP_IO_MAX ? NB_FSP_IO_MAX : size)};
+    send_req(M(req), req, &q, NULL);
+}
+
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     (void)ino;
@@ -427,6 +457,7 @@ static const struct fuse_lowlevel_ops ops = {
     .fsync = fs_fsync,
     .opendir = fs_opendir,
     .readdir = fs_readdir,
+    .readdirplus = fs_readdirplus,
     .releasedir = fs_releasedir,
     .statfs = fs_statfs,
     .create = fs_create,
@@ -488,6 +519,44 @@ static void reply_readdir(fuse_req_t req, const nb_fsp_reply_t *r, uint32_t aske
     free(buf);
 }
 
+/* The host sized the reply for this buffer (fsproto.h), so every entry
+ * fits; one that did not would still be the kernel's reference: forget it. */
+static void reply_readdirplus(fsm_t *m, fuse_req_t req, const nb_fsp_reply_t *r, uint32_t asked)
+{
+    char *buf = malloc(asked);
+    size_t used = 0, pos = 0;
+    int full = 0;
+    nb_fsp_dirent_t d;
+    char name[NB_FSP_NAME_MAX + 1];
+    while (nb_fsp_direntplus_next(r->data, &pos, &d)) {
+        struct fuse_entry_param e = {.ino = d.node,
+                                     .generation = d.gen,
+                                     .attr_timeout = FS_TIMEOUT,
+                                     .entry_timeout = FS_TIMEOUT};
+        if (d.node)
+            to_stat(&d.attr, &e.attr);
+        else
+            e.attr = (struct stat){.st_ino = d.ino, .st_mode = (mode_t)d.type << 12};
+        memcpy(name, d.name.p, d.name.len);
+        name[d.name.len] = '\0';
+        size_t need = buf && !full ? fuse_add_direntry_plus(req, buf + used, asked - used, name, &e,
+                                                            (off_t)d.off)
+                                   : SIZE_MAX;
+        if (need > asked - used) {
+            full = 1; /* the rest comes with the next call, from this offset */
+            if (d.node)
+                fs_forget_one(m, d.node, 1);
+            continue;
+        }
+        used += need;
+    }
+    if (buf)
+        fuse_reply_buf(req, buf, used);
+    else
+        fuse_reply_err(req, ENOMEM);
+    free(buf);
+}
+
 static void on_reply(fsm_t *m, const uint8_t *body, size_t n)
 {
     uint32_t id;
@@ -503,6 +572,7 @@ static void on_reply(fsm_t *m, const uint8_t *body, size_t n)
     }
     p = *pp;
     *pp = p->next;
+    m->npend--;
     nb_fsp_reply_t r;
     if (nb_fsp_reply_parse(p->op, p->asked, body, n, &r, &why) < 0) {
         nb_log(NB_LOG_WARN, "fs %s: bad %s reply from the host: %s", m->path, nb_fsp_op_name(p->op),
@@ -549,6 +619,9 @@ static void on_reply(fsm_t *m, const uint8_t *body, size_t n)
         break;
     case NB_FSP_READDIR:
         reply_readdir(p->req, &r, p->asked);
+        break;
+    case NB_FSP_READDIRPLUS:
+        reply_readdirplus(m, p->req, &r, p->asked);
         break;
     case NB_FSP_STATFS:
         memset(&sv, 0, sizeof sv);
@@ -632,7 +705,8 @@ static void on_fuse(uv_poll_t *h, int status, int events)
 
 static void resume(fsm_t *m)
 {
-    if (!m->closing && !m->polling && m->se && m->st && nb_muxsess_stream_writable(m->st)) {
+    if (!m->closing && !m->polling && m->se && m->st && m->npend < FS_INFLIGHT_MAX &&
+        nb_muxsess_stream_writable(m->st)) {
         if (uv_poll_start(&m->poll, UV_READABLE, on_fuse) == 0)
             m->polling = 1;
     }
@@ -665,6 +739,7 @@ static void on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t data, void 
         }
     }
     nb_buf_consume(&m->in, pos);
+    resume(m); /* answers free room for more requests */
 }
 
 static void on_drain(nb_muxsess_stream_t *st, void *ud)

@@ -22,14 +22,25 @@
 
 #define RESOLVE_SAFE (RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)
 
+/* A node's O_PATH descriptor is a cache: the guest may hold far more nodes
+ * (an `ls -l` of 100 000 files) than the daemon may open descriptors
+ * (RLIMIT_NOFILE, often 20 000 or less). Past a budget the least recently
+ * used descriptors are closed; a node without one is re-opened from its
+ * parent's descriptor and its name, one component (RESOLVE_SAFE, as a
+ * lookup), and must still be the same inode (else ESTALE). A node keeps
+ * its parent alive (kids) for that. */
 typedef struct node {
     uint64_t id;
     dev_t dev;
     ino_t ino;
-    int fd;           /* O_PATH */
-    uint64_t nlookup; /* the guest's references (FORGET drops them) */
-    unsigned busy;    /* requests using fd right now */
+    int fd;              /* O_PATH, or -1: closed (re-opened on use) */
+    uint64_t nlookup;    /* the guest's references (FORGET drops them) */
+    unsigned busy;       /* requests using fd right now */
+    unsigned kids;       /* nodes whose parent this is */
+    struct node *parent; /* NULL for the root */
+    char *name;          /* the name below parent it was last seen under */
     struct node *next_id, *next_ino;
+    struct node *lru_prev, *lru_next; /* nodes with an open fd, most recent first */
 } node_t;
 
 typedef struct {
@@ -48,6 +59,8 @@ struct nb_fsrv {
     node_t *root;
     node_t **by_id, **by_ino;
     size_t nbuckets, nnodes;
+    node_t *lru_head, *lru_tail;
+    size_t nfds, fd_budget; /* node descriptors open, and how many may be */
     uint64_t next_id;
     handle_t **h; /* slots (pointers: a readdir may hold one while the array grows) */
     size_t nh, hcap, hused;
@@ -124,47 +137,193 @@ static void unlink_node(nb_fsrv_t *s, node_t *n)
     s->nnodes--;
 }
 
-/* Takes a reference for one request: the node stays open until put. */
-static node_t *node_get(nb_fsrv_t *s, uint64_t id)
+static void lru_add(nb_fsrv_t *s, node_t *n)
+{
+    n->lru_prev = NULL;
+    n->lru_next = s->lru_head;
+    if (s->lru_head)
+        s->lru_head->lru_prev = n;
+    else
+        s->lru_tail = n;
+    s->lru_head = n;
+    s->nfds++;
+}
+
+static void lru_del(nb_fsrv_t *s, node_t *n)
+{
+    if (n->lru_prev)
+        n->lru_prev->lru_next = n->lru_next;
+    else
+        s->lru_head = n->lru_next;
+    if (n->lru_next)
+        n->lru_next->lru_prev = n->lru_prev;
+    else
+        s->lru_tail = n->lru_prev;
+    n->lru_prev = n->lru_next = NULL;
+    s->nfds--;
+}
+
+/* Closes least recently used node descriptors: down to the budget, and
+ * `extra` more (after EMFILE). Never the root's or one in use. */
+static void evict_locked(nb_fsrv_t *s, size_t extra)
+{
+    size_t want = s->nfds > s->fd_budget ? s->nfds - s->fd_budget : 0;
+    want += extra;
+    node_t *n = s->lru_tail;
+    for (unsigned skipped = 0; n && want && skipped < 256;) {
+        node_t *prev = n->lru_prev;
+        if (n->busy || n == s->root) {
+            skipped++;
+        } else {
+            lru_del(s, n);
+            close(n->fd);
+            n->fd = -1;
+            want--;
+        }
+        n = prev;
+    }
+}
+
+/* Frees n, then its parents, while nothing holds them. */
+static void node_release_locked(nb_fsrv_t *s, node_t *n)
+{
+    while (n && n != s->root && n->nlookup == 0 && n->busy == 0 && n->kids == 0) {
+        node_t *p = n->parent;
+        unlink_node(s, n);
+        if (n->fd >= 0) {
+            lru_del(s, n);
+            close(n->fd);
+        }
+        free(n->name);
+        free(n);
+        if (p)
+            p->kids--;
+        n = p;
+    }
+}
+
+/* Records where n was last seen (lookup, rename), for re-opening it. */
+static void node_set_path_locked(nb_fsrv_t *s, node_t *n, node_t *p, const char *name)
+{
+    if (!p || n == s->root || (n->parent == p && n->name && strcmp(n->name, name) == 0))
+        return;
+    /* Never a cycle (a bind mount inside the folder can show a directory
+     * below itself): re-opening would recurse for ever. */
+    for (node_t *a = p; a; a = a->parent)
+        if (a == n)
+            return;
+    char *nm = strdup(name);
+    if (!nm)
+        return; /* keep the old path: at worst a later re-open says ESTALE */
+    node_t *old = n->parent;
+    free(n->name);
+    n->name = nm;
+    n->parent = p;
+    p->kids++;
+    if (old) {
+        old->kids--;
+        node_release_locked(s, old);
+    }
+}
+
+static int open_child(int pfd, const char *name);
+static int fstat_fd(int fd, struct stat *st);
+
+/* Gives n a descriptor again (its parents first). n must be held. */
+static int node_open_locked(nb_fsrv_t *s, node_t *n)
+{
+    if (n->fd >= 0)
+        return 0;
+    node_t *p = n->parent;
+    if (!p || !n->name)
+        return -ESTALE;
+    p->busy++;
+    int r = node_open_locked(s, p);
+    if (r == 0) {
+        int fd = open_child(p->fd, n->name);
+        if (fd == -EMFILE || fd == -ENFILE) {
+            evict_locked(s, 16);
+            fd = open_child(p->fd, n->name);
+        }
+        struct stat st;
+        if (fd >= 0 && (fstat_fd(fd, &st) < 0 || st.st_dev != n->dev || st.st_ino != n->ino)) {
+            close(fd);
+            fd = -ESTALE; /* moved or replaced on the host since */
+        }
+        if (fd >= 0) {
+            n->fd = fd;
+            lru_add(s, n);
+        } else {
+            r = fd == -ENOENT || fd == -ENOTDIR ? -ESTALE : fd;
+        }
+    }
+    p->busy--;
+    return r;
+}
+
+/* Takes a reference for one request: the node's descriptor stays open
+ * until put. 0, or -ESTALE (unknown or gone) or another errno. */
+static int node_get(nb_fsrv_t *s, uint64_t id, node_t **out)
 {
     pthread_mutex_lock(&s->mu);
     node_t *n = find_id(s, id);
-    if (n)
+    int r = -ESTALE;
+    if (n) {
         n->busy++;
+        if ((r = node_open_locked(s, n)) < 0) {
+            n->busy--;
+            node_release_locked(s, n);
+        } else {
+            if (n != s->lru_head) { /* most recently used */
+                lru_del(s, n);
+                lru_add(s, n);
+            }
+            evict_locked(s, 0);
+        }
+    }
     pthread_mutex_unlock(&s->mu);
-    return n;
+    *out = r == 0 ? n : NULL;
+    return r;
 }
 
 static void node_put(nb_fsrv_t *s, node_t *n)
 {
     pthread_mutex_lock(&s->mu);
-    int dead = --n->busy == 0 && n->nlookup == 0 && n != s->root;
+    n->busy--;
+    node_release_locked(s, n);
     pthread_mutex_unlock(&s->mu);
-    if (dead) {
-        close(n->fd);
-        free(n);
-    }
 }
 
 /* Adds a lookup reference for the inode open as `fd` (O_PATH, taken
- * over): an existing node for the same inode is reused (fd closed). */
-static int node_add(nb_fsrv_t *s, int fd, const struct stat *st, uint64_t *id)
+ * over), found as `name` below `p`: an existing node for the same inode
+ * is reused. */
+static int node_add(nb_fsrv_t *s, int fd, const struct stat *st, node_t *p, const char *name,
+                    uint64_t *id)
 {
     pthread_mutex_lock(&s->mu);
     node_t *n;
     for (n = s->by_ino[hino(s, st->st_dev, st->st_ino)]; n; n = n->next_ino)
-        if (n->dev == st->st_dev && n->ino == st->st_ino && (n->nlookup > 0 || n == s->root))
+        if (n->dev == st->st_dev && n->ino == st->st_ino)
             break;
     if (n) {
         n->nlookup++;
         *id = n->id;
+        if (n->fd < 0) {
+            n->fd = fd;
+            lru_add(s, n);
+        } else {
+            close(fd);
+        }
+        node_set_path_locked(s, n, p, name);
+        evict_locked(s, 0);
         pthread_mutex_unlock(&s->mu);
-        close(fd);
         return 0;
     }
+    char *nm = NULL;
     if (s->nnodes >= NB_FSRV_MAX_NODES || (s->nnodes >= s->nbuckets && grow(s) < 0) ||
-        !(n = calloc(1, sizeof *n))) {
+        !(nm = strdup(name)) || !(n = calloc(1, sizeof *n))) {
         pthread_mutex_unlock(&s->mu);
+        free(nm);
         close(fd);
         return -ENFILE;
     }
@@ -173,6 +332,9 @@ static int node_add(nb_fsrv_t *s, int fd, const struct stat *st, uint64_t *id)
     n->ino = st->st_ino;
     n->fd = fd;
     n->nlookup = 1;
+    n->parent = p;
+    n->name = nm;
+    p->kids++;
     size_t k = hid(s, n->id);
     n->next_id = s->by_id[k];
     s->by_id[k] = n;
@@ -180,6 +342,8 @@ static int node_add(nb_fsrv_t *s, int fd, const struct stat *st, uint64_t *id)
     n->next_ino = s->by_ino[k];
     s->by_ino[k] = n;
     s->nnodes++;
+    lru_add(s, n);
+    evict_locked(s, 0);
     *id = n->id;
     pthread_mutex_unlock(&s->mu);
     return 0;
@@ -189,19 +353,35 @@ static void node_forget(nb_fsrv_t *s, uint64_t id, uint64_t count)
 {
     pthread_mutex_lock(&s->mu);
     node_t *n = find_id(s, id);
-    int dead = 0;
     if (n && n != s->root && n->nlookup > 0) {
         n->nlookup = count >= n->nlookup ? 0 : n->nlookup - count;
-        if (n->nlookup == 0) {
-            unlink_node(s, n);
-            dead = n->busy == 0;
-        }
+        node_release_locked(s, n);
     }
     pthread_mutex_unlock(&s->mu);
-    if (dead) {
-        close(n->fd);
-        free(n);
-    }
+}
+
+/* The inode named `name` below p moved to `name2` below p2 (a rename the
+ * guest made): its node, if any, is re-opened from there from now on. */
+static void node_moved(nb_fsrv_t *s, const struct stat *st, node_t *p2, const char *name2)
+{
+    pthread_mutex_lock(&s->mu);
+    for (node_t *n = s->by_ino[hino(s, st->st_dev, st->st_ino)]; n; n = n->next_ino)
+        if (n->dev == st->st_dev && n->ino == st->st_ino)
+            node_set_path_locked(s, n, p2, name2);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Descriptors are short: close some node ones and say whether to retry. */
+static int relieve(nb_fsrv_t *s, int err)
+{
+    if (err != -EMFILE && err != -ENFILE)
+        return 0;
+    pthread_mutex_lock(&s->mu);
+    size_t before = s->nfds;
+    evict_locked(s, 16);
+    int freed = s->nfds < before;
+    pthread_mutex_unlock(&s->mu);
+    return freed;
 }
 
 /* ------------------------------------------------------------ handles */
@@ -388,10 +568,12 @@ static int is_write_open(uint32_t f)
 
 /* ------------------------------------------------------------ ops */
 
-/* Looks up `name` below `pfd` and adds a reference: entry reply. */
-static int do_lookup(nb_fsrv_t *s, int pfd, const char *name, uint64_t *id, struct stat *st)
+/* Looks up `name` below node p and adds a reference: entry reply. */
+static int do_lookup(nb_fsrv_t *s, node_t *p, const char *name, uint64_t *id, struct stat *st)
 {
-    int fd = open_child(pfd, name);
+    int fd = open_child(p->fd, name);
+    if (fd < 0 && relieve(s, fd))
+        fd = open_child(p->fd, name);
     if (fd < 0)
         return fd;
     int r = fstat_fd(fd, st);
@@ -399,7 +581,7 @@ static int do_lookup(nb_fsrv_t *s, int pfd, const char *name, uint64_t *id, stru
         close(fd);
         return r;
     }
-    return node_add(s, fd, st, id);
+    return node_add(s, fd, st, p, name, id);
 }
 
 static int put_entry(nb_fsrv_t *s, nb_buf_t *out, uint64_t id, const struct stat *st)
@@ -446,7 +628,9 @@ static int op_setattr(nb_fsrv_t *s, int fd, const nb_fsp_req_t *q, struct stat *
             return -EOPNOTSUPP;
         char p[40];
         snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
-        if (chmod(p, q->mode & 07777u) < 0)
+        /* No setuid/setgid files for the host: a guest must not plant a
+         * program that runs as the host user for other host users. */
+        if (chmod(p, q->mode & 07777u & ~(unsigned)(S_ISUID | S_ISGID)) < 0)
             return -errno;
     }
     if (v & (NB_FSP_SET_ATIME | NB_FSP_SET_MTIME | NB_FSP_SET_ATIME_NOW | NB_FSP_SET_MTIME_NOW)) {
@@ -467,9 +651,10 @@ static int op_setattr(nb_fsrv_t *s, int fd, const nb_fsp_req_t *q, struct stat *
 
 /* CREATE: a new file (or, without EXCL, an existing plain one) below pfd.
  * Never through a symlink, never truncating a multi-link file. */
-static int op_create(nb_fsrv_t *s, int pfd, const char *name, const nb_fsp_req_t *q, int *ofd,
+static int op_create(nb_fsrv_t *s, node_t *p, const char *name, const nb_fsp_req_t *q, int *ofd,
                      uint64_t *id, struct stat *st)
 {
+    int pfd = p->fd;
     int fl = wire_flags(q->flags) & ~O_TRUNC;
     long fd = sys_openat2(pfd, name, (uint64_t)(fl | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC),
                           q->mode & 07777u & ~(unsigned)(S_ISUID | S_ISGID), RESOLVE_SAFE);
@@ -490,7 +675,8 @@ static int op_create(nb_fsrv_t *s, int pfd, const char *name, const nb_fsp_req_t
         return -errno;
     }
     int pathfd = reopen((int)fd, O_PATH);
-    if (pathfd < 0 || (r = fstat_fd(pathfd, st)) < 0 || (r = node_add(s, pathfd, st, id)) < 0) {
+    if (pathfd < 0 || (r = fstat_fd(pathfd, st)) < 0 ||
+        (r = node_add(s, pathfd, st, p, name, id)) < 0) {
         r = pathfd < 0 ? pathfd : r;
         if (pathfd >= 0 && r != -ENFILE)
             close(pathfd);
@@ -501,12 +687,25 @@ static int op_create(nb_fsrv_t *s, int pfd, const char *name, const nb_fsp_req_t
     return 0;
 }
 
+/* READDIR, and READDIRPLUS: each entry also looked up (a reference the
+ * guest kernel takes over), so `ls -l` needs no lookup round trip per
+ * file. The reply is sized for the guest's buffer (see fsproto.h). */
 static int op_readdir(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
 {
     size_t idx;
+    int plus = q->op == NB_FSP_READDIRPLUS;
+    node_t *dn = NULL;
+    if (plus) {
+        int e = node_get(s, q->node, &dn);
+        if (e < 0)
+            return e;
+    }
     int fd = handle_get(s, q->fh, 1, &idx);
-    if (fd < 0)
+    if (fd < 0) {
+        if (dn)
+            node_put(s, dn);
         return fd;
+    }
     pthread_mutex_lock(&s->mu);
     handle_t *h = s->h[idx];
     pthread_mutex_unlock(&s->mu);
@@ -520,12 +719,12 @@ static int op_readdir(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
     int full = 0;
     while (r == 0 && !full) {
         if (lseek(fd, pos, SEEK_SET) < 0) {
-            r = -errno;
+            r = count ? 0 : -errno; /* entries already looked up are kept */
             break;
         }
         long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
         if (n < 0) {
-            r = -errno;
+            r = count ? 0 : -errno;
             break;
         }
         if (n == 0)
@@ -533,14 +732,40 @@ static int op_readdir(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
         for (long i = 0; i < n;) {
             struct dirent64 *d = (struct dirent64 *)(buf + i);
             size_t nl = strlen(d->d_name);
-            size_t len = nb_fsp_dirent_len(nl);
+            size_t len = plus ? nb_fsp_direntplus_fuse_len(nl) : nb_fsp_dirent_len(nl);
             if (used + len > q->size) {
                 full = 1;
                 break;
             }
-            if ((r = nb_fsp_put_dirent(out, d->d_ino, (uint64_t)d->d_off, d->d_type,
-                                       nb_iov(d->d_name, nl))) < 0)
+            size_t at = out->len;
+            if (plus) {
+                int dots = d->d_name[0] == '.' &&
+                           (d->d_name[1] == '\0' || (d->d_name[1] == '.' && d->d_name[2] == '\0'));
+                struct stat st;
+                nb_fsp_attr_t a = {0};
+                uint64_t id = 0;
+                /* A failed lookup (gone meanwhile, a name the protocol
+                 * refuses) leaves a plain entry: the guest looks it up. */
+                if (!dots && nl <= NB_FSP_NAME_MAX && do_lookup(s, dn, d->d_name, &id, &st) == 0)
+                    to_attr(s, &st, &a);
+                else
+                    id = 0;
+                r = nb_fsp_put_direntplus(out, d->d_ino, (uint64_t)d->d_off, d->d_type,
+                                          nb_iov(d->d_name, nl), id, 0, &a);
+                if (r < 0 && id)
+                    node_forget(s, id, 1);
+            } else {
+                r = nb_fsp_put_dirent(out, d->d_ino, (uint64_t)d->d_off, d->d_type,
+                                      nb_iov(d->d_name, nl));
+            }
+            if (r < 0) {
+                /* Keep what is there (its lookups are the guest's now). */
+                nb_buf_truncate(out, at);
+                if (count)
+                    r = 0;
+                full = 1;
                 break;
+            }
             used += len;
             count++;
             pos = d->d_off;
@@ -549,6 +774,8 @@ static int op_readdir(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
     }
     pthread_mutex_unlock(&h->dirlock);
     handle_put(s, idx);
+    if (dn)
+        node_put(s, dn);
     if (r < 0)
         return r;
     for (unsigned i = 0; i < 4; i++)
@@ -638,6 +865,7 @@ static int dispatch(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
     case NB_FSP_FSYNC:
         return op_io(s, q, out);
     case NB_FSP_READDIR:
+    case NB_FSP_READDIRPLUS:
         return op_readdir(s, q, out);
     case NB_FSP_RELEASE:
     case NB_FSP_RELEASEDIR:
@@ -645,12 +873,12 @@ static int dispatch(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
     default:
         break;
     }
-    node_t *n = node_get(s, q->node), *n2 = NULL;
-    if (!n)
-        return -ESTALE;
-    if (q->op == NB_FSP_RENAME && !(n2 = node_get(s, q->node2))) {
+    node_t *n = NULL, *n2 = NULL;
+    if ((r = node_get(s, q->node, &n)) < 0)
+        return r;
+    if (q->op == NB_FSP_RENAME && (r = node_get(s, q->node2, &n2)) < 0) {
         node_put(s, n);
-        return -ESTALE;
+        return r;
     }
     if (q->name.len)
         cname(q->name, name);
@@ -658,7 +886,7 @@ static int dispatch(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
         cname(q->name2, name2);
     switch (q->op) {
     case NB_FSP_LOOKUP:
-        if ((r = do_lookup(s, n->fd, name, &id, &st)) == 0)
+        if ((r = do_lookup(s, n, name, &id, &st)) == 0)
             r = put_entry(s, out, id, &st);
         break;
     case NB_FSP_GETATTR:
@@ -691,14 +919,14 @@ static int dispatch(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
         /* The target is only text to the host: nothing here follows it. */
         if (symlinkat(t, n->fd, name) < 0)
             r = -errno;
-        else if ((r = do_lookup(s, n->fd, name, &id, &st)) == 0)
+        else if ((r = do_lookup(s, n, name, &id, &st)) == 0)
             r = put_entry(s, out, id, &st);
         break;
     }
     case NB_FSP_MKDIR:
         if (mkdirat(n->fd, name, q->mode & 01777u) < 0)
             r = -errno;
-        else if ((r = do_lookup(s, n->fd, name, &id, &st)) == 0)
+        else if ((r = do_lookup(s, n, name, &id, &st)) == 0)
             r = put_entry(s, out, id, &st);
         break;
     case NB_FSP_UNLINK:
@@ -708,7 +936,15 @@ static int dispatch(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
     case NB_FSP_RENAME: {
         unsigned fl = (q->flags & NB_FSP_RENAME_NOREPLACE ? RENAME_NOREPLACE : 0) |
                       (q->flags & NB_FSP_RENAME_EXCHANGE ? RENAME_EXCHANGE : 0);
+        /* Which inodes move, so their nodes re-open from the new names. */
+        struct stat sa, sb;
+        int ha = fstatat(n->fd, name, &sa, AT_SYMLINK_NOFOLLOW) == 0;
+        int hb = (fl & RENAME_EXCHANGE) && fstatat(n2->fd, name2, &sb, AT_SYMLINK_NOFOLLOW) == 0;
         r = renameat2(n->fd, name, n2->fd, name2, fl) < 0 ? -errno : 0;
+        if (r == 0 && ha)
+            node_moved(s, &sa, n2, name2);
+        if (r == 0 && hb)
+            node_moved(s, &sb, n, name);
         break;
     }
     case NB_FSP_OPEN:
@@ -722,10 +958,14 @@ static int dispatch(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
         }
         if (!dir && (r = file_ok(&st)) < 0)
             break;
-        fd = dir ? openat(n->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-                 : reopen(n->fd, wire_flags(q->flags));
-        if (dir && fd < 0)
-            fd = -errno;
+        for (int tries = 0; tries < 2; tries++) {
+            fd = dir ? openat(n->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                     : reopen(n->fd, wire_flags(q->flags));
+            if (dir && fd < 0)
+                fd = -errno;
+            if (fd >= 0 || !relieve(s, fd))
+                break;
+        }
         if (fd < 0) {
             r = fd;
             break;
@@ -737,7 +977,7 @@ static int dispatch(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
     case NB_FSP_CREATE: {
         int fd = -1; /* set by op_create on success; -O2 cannot see that */
         uint64_t fh;
-        if ((r = op_create(s, n->fd, name, q, &fd, &id, &st)) < 0)
+        if ((r = op_create(s, n, name, q, &fd, &id, &st)) < 0)
             break;
         if ((r = handle_add(s, fd, 0, &fh)) < 0) {
             node_forget(s, id, 1);
@@ -821,9 +1061,19 @@ int nb_fsrv_new(const char *root, int ro, nb_fsrv_t **out, char *err, size_t err
     }
     /* One descriptor per node the guest holds: use the hard limit. */
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
+    size_t budget = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        if (rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+            getrlimit(RLIMIT_NOFILE, &rl);
+        }
+        /* Half for node descriptors (of all mounts: each re-reads the
+         * limit, and EMFILE makes room too); the rest for the daemon's
+         * sockets and the open files and directories. */
+        budget = rl.rlim_cur == RLIM_INFINITY ? 1u << 20 : (size_t)rl.rlim_cur / 2;
+        if (budget < 64)
+            budget = 64;
     }
     nb_fsrv_t *s = calloc(1, sizeof *s);
     node_t *rn = calloc(1, sizeof *rn);
@@ -855,8 +1105,18 @@ int nb_fsrv_new(const char *root, int ro, nb_fsrv_t **out, char *err, size_t err
     rn->next_ino = s->by_ino[hino(s, rn->dev, rn->ino)];
     s->by_ino[hino(s, rn->dev, rn->ino)] = rn;
     s->nnodes = 1;
+    s->fd_budget = budget;
+    lru_add(s, rn);
     *out = s;
     return 0;
+}
+
+void nb_fsrv_set_fd_budget(nb_fsrv_t *s, size_t n)
+{
+    pthread_mutex_lock(&s->mu);
+    s->fd_budget = n < 2 ? 2 : n;
+    evict_locked(s, 0);
+    pthread_mutex_unlock(&s->mu);
 }
 
 void nb_fsrv_counts(nb_fsrv_t *s, size_t *nodes, size_t *handles)
@@ -874,7 +1134,9 @@ void nb_fsrv_free(nb_fsrv_t *s)
     for (size_t i = 0; i < s->nbuckets; i++) {
         for (node_t *n = s->by_id[i], *nx; n; n = nx) {
             nx = n->next_id;
-            close(n->fd);
+            if (n->fd >= 0)
+                close(n->fd);
+            free(n->name);
             free(n);
         }
     }

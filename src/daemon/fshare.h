@@ -44,6 +44,11 @@ void nb_fsrv_free(nb_fsrv_t *s);
  * errors are replies (err = errno), never failures. */
 int nb_fsrv_handle(nb_fsrv_t *s, const uint8_t *p, size_t n, nb_buf_t *out, const char **why);
 
+/* How many node descriptors may stay open (default: half the descriptor
+ * limit); past it the least recently used are closed and re-opened on
+ * use. For tests. */
+void nb_fsrv_set_fd_budget(nb_fsrv_t *s, size_t n);
+
 /* Nodes and handles currently held (for tests and `share ls`). */
 void nb_fsrv_counts(nb_fsrv_t *s, size_t *nodes, size_t *handles);
 

@@ -133,23 +133,28 @@ static void mnt_reset(mnt_t *m, const char *why)
     }
 }
 
+static void mnt_malformed(mnt_t *m, const char *why)
+{
+    char vm[80];
+    nb_log(NB_LOG_WARN, "share %s: malformed request from the guest (%s); unmounting",
+           m->sh ? nb_log_escape(vm, sizeof vm, m->sh->vm, strlen(m->sh->vm)) : "?",
+           why ? why : "?");
+    mnt_reset(m, "malformed fs request");
+    if (m->sh) {
+        m->sh->state = "error";
+        snprintf(m->sh->error, sizeof m->sh->error, "the guest sent a malformed request");
+        m->sh->mnt = NULL;
+        m->sh = NULL;
+        m->refs--; /* the share's reference */
+    }
+}
+
 static void job_finish(job_t *j)
 {
     mnt_t *m = j->m;
     m->inflight--;
     if (j->rc == NB_EPROTO) {
-        char vm[80];
-        nb_log(NB_LOG_WARN, "share %s: malformed request from the guest (%s); unmounting",
-               m->sh ? nb_log_escape(vm, sizeof vm, m->sh->vm, strlen(m->sh->vm)) : "?",
-               j->why ? j->why : "?");
-        mnt_reset(m, "malformed fs request");
-        if (m->sh) {
-            m->sh->state = "error";
-            snprintf(m->sh->error, sizeof m->sh->error, "the guest sent a malformed request");
-            m->sh->mnt = NULL;
-            m->sh = NULL;
-            m->refs--; /* the share's reference */
-        }
+        mnt_malformed(m, j->why);
     } else if (j->rc == 0 && m->st) {
         int r = nb_muxsess_stream_write_owned(m->st, NB_MUX_CHAN_STDIO, j->out.p, j->out.len, free);
         j->out.p = NULL; /* the stream owns (or freed) it */
@@ -293,6 +298,28 @@ static void st_on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t data, vo
         }
         if (m->in.len - pos - 4 < n)
             break;
+        const uint8_t *fb = m->in.p + pos + 4;
+        if (fb[4] == NB_FSP_FORGET) {
+            /* No reply, no host I/O but a close(): done here, in order of
+             * arrival. The guest kernel sends thousands at once when it
+             * shrinks its inode cache (an `ls -l` of a big directory);
+             * queued, they would wait behind requests and count as a
+             * flood. A forget only drops lookups already answered, so
+             * running it before queued requests changes nothing. */
+            nb_buf_t none;
+            const char *why = NULL;
+            nb_buf_init(&none, 0);
+            if (nb_fsrv_handle(m->srv, fb, n, &none, &why) < 0) {
+                nb_buf_free(&none);
+                m->refs++; /* mnt_malformed drops the share's without freeing */
+                mnt_malformed(m, why);
+                mnt_unref(m);
+                return;
+            }
+            nb_buf_free(&none);
+            pos += 4 + n;
+            continue;
+        }
         job_t *j = calloc(1, sizeof *j);
         uint8_t *body = malloc(n);
         if (!j || !body) {
@@ -464,7 +491,10 @@ static void on_event(const json_t *ev, void *ud)
     const char *type = nb_json_str(ev, "type"), *vm = nb_json_str(ev, "vm");
     if (!type || !vm)
         return;
-    if (strcmp(type, "vm.agent") == 0 && nb_json_bool(ev, "connected", 0)) {
+    /* The agent is up: "vm.running" at boot (the first handshake of a
+     * start), "vm.agent" when it reconnects to a running VM. */
+    if (strcmp(type, "vm.running") == 0 ||
+        (strcmp(type, "vm.agent") == 0 && nb_json_bool(ev, "connected", 0))) {
         for (share_t *sh = s->shares; sh; sh = sh->next)
             if (strcmp(sh->vm, vm) == 0)
                 mount_start(s, sh);

@@ -33,6 +33,7 @@ static const struct {
     [NB_FSP_READDIR] = {"readdir", F_(FH) | F_(OFF) | F_(SIZE)},
     [NB_FSP_RELEASEDIR] = {"releasedir", F_(FH)},
     [NB_FSP_STATFS] = {"statfs", F_(NODE)},
+    [NB_FSP_READDIRPLUS] = {"readdirplus", F_(NODE) | F_(FH) | F_(OFF) | F_(SIZE)},
 };
 
 unsigned nb_fsp_fields(unsigned op)
@@ -199,7 +200,7 @@ int nb_fsp_req_parse(const uint8_t *p, size_t n, nb_fsp_req_t *q, const char **w
         return NB_EPROTO;
     }
     if ((f & F_(OFF)) && q->op != NB_FSP_FORGET && q->op != NB_FSP_READDIR &&
-        q->off > (uint64_t)INT64_MAX) {
+        q->op != NB_FSP_READDIRPLUS && q->off > (uint64_t)INT64_MAX) {
         *why = "bad offset";
         return NB_EPROTO;
     }
@@ -354,6 +355,21 @@ int nb_fsp_put_dirent(nb_buf_t *out, uint64_t ino, uint64_t off, uint8_t type, n
     return r < 0 ? r : put_str(out, name);
 }
 
+size_t nb_fsp_direntplus_fuse_len(size_t namelen)
+{
+    return (152 + namelen + 7) & ~(size_t)7;
+}
+
+int nb_fsp_put_direntplus(nb_buf_t *out, uint64_t ino, uint64_t off, uint8_t type, nb_iov_t name,
+                          uint64_t node, uint64_t gen, const nb_fsp_attr_t *attr)
+{
+    static const nb_fsp_attr_t none;
+    int r = nb_fsp_put_dirent(out, ino, off, type, name);
+    r = r < 0 ? r : put_le(out, node, 8);
+    r = r < 0 ? r : put_le(out, node ? gen : 0, 8);
+    return r < 0 ? r : nb_fsp_put_attr(out, node ? attr : &none);
+}
+
 /* ------------------------------------------------------------ replies */
 
 int nb_fsp_reply_id(const uint8_t *p, size_t n, uint32_t *id)
@@ -397,6 +413,24 @@ int nb_fsp_dirent_next(nb_iov_t data, size_t *pos, nb_fsp_dirent_t *e)
     e->off = rd64(&r);
     e->type = rd8(&r);
     e->name = rdbytes(&r, rd16(&r));
+    if (r.bad)
+        return 0;
+    *pos = r.pos;
+    return 1;
+}
+
+int nb_fsp_direntplus_next(nb_iov_t data, size_t *pos, nb_fsp_dirent_t *e)
+{
+    rd_t r = {data.p, data.len, *pos, 0};
+    if (r.pos >= r.n)
+        return 0;
+    e->ino = rd64(&r);
+    e->off = rd64(&r);
+    e->type = rd8(&r);
+    e->name = rdbytes(&r, rd16(&r));
+    e->node = rd64(&r);
+    e->gen = rd64(&r);
+    rd_attr(&r, &e->attr);
     if (r.bad)
         return 0;
     *pos = r.pos;
@@ -469,9 +503,11 @@ int nb_fsp_reply_parse(unsigned op, uint32_t asked, const uint8_t *p, size_t n, 
     case NB_FSP_WRITE:
         q->written = rd32(&r);
         break;
-    case NB_FSP_READDIR: {
+    case NB_FSP_READDIR:
+    case NB_FSP_READDIRPLUS: {
+        int plus = op == NB_FSP_READDIRPLUS;
         q->count = rd32(&r);
-        size_t start = r.pos;
+        size_t start = r.pos, fuse = 0;
         for (uint32_t i = 0; i < q->count && !r.bad; i++) {
             (void)rd64(&r);
             (void)rd64(&r);
@@ -482,9 +518,25 @@ int nb_fsp_reply_parse(unsigned op, uint32_t asked, const uint8_t *p, size_t n, 
                 *why = "bad directory entry";
                 return NB_EPROTO;
             }
+            if (plus) {
+                nb_fsp_attr_t a;
+                uint64_t node = rd64(&r), gen = rd64(&r);
+                rd_attr(&r, &a);
+                /* An entry with a node is a lookup: the same checks; "."
+                 * and ".." never carry one (the kernel would not count it). */
+                if (!r.bad && node && (dots || !attr_ok(&a))) {
+                    *why = "bad directory entry";
+                    return NB_EPROTO;
+                }
+                if (!r.bad && !node && (gen || a.mode || a.ino)) {
+                    *why = "bad directory entry";
+                    return NB_EPROTO;
+                }
+                fuse += nb_fsp_direntplus_fuse_len(nm.len);
+            }
         }
         q->data = nb_iov(p + start, r.pos - start);
-        if (!r.bad && r.pos - start > asked) {
+        if (!r.bad && (plus ? fuse : r.pos - start) > asked) {
             *why = "readdir reply longer than asked";
             return NB_EPROTO;
         }

@@ -46,6 +46,7 @@ enum {
     NB_FSP_READDIR,
     NB_FSP_RELEASEDIR,
     NB_FSP_STATFS,
+    NB_FSP_READDIRPLUS, /* READDIR + a lookup of each entry (node 0: none) */
     NB_FSP_OP_END
 };
 
@@ -145,8 +146,8 @@ typedef struct {
     nb_fsp_attr_t attr; /* those and GETATTR/SETATTR */
     uint64_t fh;        /* OPEN/OPENDIR/CREATE */
     uint32_t written;   /* WRITE */
-    uint32_t count;     /* READDIR: entries in `data` (already checked) */
-    nb_iov_t data;      /* READ bytes, READLINK target, READDIR entries (borrowed) */
+    uint32_t count;     /* READDIR(PLUS): entries in `data` (already checked) */
+    nb_iov_t data;      /* READ bytes, READLINK target, READDIR(PLUS) entries (borrowed) */
     nb_fsp_statfs_t st; /* STATFS */
 } nb_fsp_reply_t;
 
@@ -164,11 +165,23 @@ typedef struct {
     uint64_t ino, off;
     uint8_t type; /* DT_* */
     nb_iov_t name;
+    /* READDIRPLUS only: the entry (a lookup reference when node != 0). */
+    uint64_t node, gen;
+    nb_fsp_attr_t attr;
 } nb_fsp_dirent_t;
 
 /* Next entry at *pos in data (already validated by nb_fsp_reply_parse).
  * 1 with *e filled, 0 at the end. */
 int nb_fsp_dirent_next(nb_iov_t data, size_t *pos, nb_fsp_dirent_t *e);
+/* The same for READDIRPLUS entries. */
+int nb_fsp_direntplus_next(nb_iov_t data, size_t *pos, nb_fsp_dirent_t *e);
+
+/* READDIRPLUS replies are sized for the guest kernel's buffer, which
+ * holds fewer entries than the wire: every entry carries a lookup
+ * reference, so the agent must be able to pass all of them on. The sum of
+ * this over a reply's entries is at most the `size` asked. (FUSE's
+ * struct fuse_direntplus: 152 bytes + the name, 8-byte aligned.) */
+size_t nb_fsp_direntplus_fuse_len(size_t namelen);
 
 /* Reply building (daemon side). Start with the header, add the result. */
 int nb_fsp_reply_begin(nb_buf_t *out, uint32_t id, uint32_t err);
@@ -180,6 +193,10 @@ int nb_fsp_put_attr(nb_buf_t *out, const nb_fsp_attr_t *a);
 /* Encoded size of one READDIR entry with a name of `namelen` bytes. */
 size_t nb_fsp_dirent_len(size_t namelen);
 int nb_fsp_put_dirent(nb_buf_t *out, uint64_t ino, uint64_t off, uint8_t type, nb_iov_t name);
+/* A READDIRPLUS entry: the dirent, then node, gen and attr (node 0: no
+ * entry, attr all zero). */
+int nb_fsp_put_direntplus(nb_buf_t *out, uint64_t ino, uint64_t off, uint8_t type, nb_iov_t name,
+                          uint64_t node, uint64_t gen, const nb_fsp_attr_t *attr);
 /* Writes the body length into the first 4 bytes (after everything was
  * added). NB_ETOOBIG over NB_FSP_FRAME_MAX. */
 int nb_fsp_frame_end(nb_buf_t *out);

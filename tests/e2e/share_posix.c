@@ -141,6 +141,8 @@ static int check(const char *dir)
     CHECK("mknod_refused", mknod("dev", S_IFCHR | 0600, makedev(1, 3)) < 0);
     CHECK("mkfifo_refused", mkfifo("fifo", 0600) < 0);
     /* chmod, utimes, owner */
+    CHECK("chmod_drops_setid",
+          chmod("a", 06755) == 0 && stat("a", &st) == 0 && (st.st_mode & 07777) == 0755);
     CHECK("chmod", chmod("a", 0600) == 0 && stat("a", &st) == 0 && (st.st_mode & 0777) == 0600);
     struct timeval tv[2] = {{1000000000, 0}, {1000000000, 0}};
     CHECK("utimes", utimes("a", tv) == 0 && stat("a", &st) == 0 && st.st_mtime == 1000000000);

@@ -3,6 +3,7 @@
  * every A19 escape a hostile guest could try with well-formed or
  * malformed requests. */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -205,6 +206,16 @@ static void test_ops(void)
     NB_CHECK(rep.attr.size == 4 && (rep.attr.mode & 07777) == 0600 && rep.attr.mtime == 1000000000);
     file_content(root, "a.txt", buf, sizeof buf);
     NB_CHECK_STR(buf, "hell");
+    /* setuid/setgid never reach the host */
+    NB_CHECK_EQ_INT(op1(s,
+                        (nb_fsp_req_t){.op = NB_FSP_SETATTR,
+                                       .node = a,
+                                       .fh = NB_FSP_NOFH,
+                                       .flags = NB_FSP_SET_MODE,
+                                       .mode = 06755},
+                        &rep),
+                    0);
+    NB_CHECK_EQ_INT((int)(rep.attr.mode & 07777), 0755);
     /* chown to someone else: refused */
     NB_CHECK_EQ_INT(op1(s,
                         (nb_fsp_req_t){.op = NB_FSP_SETATTR,
@@ -289,6 +300,18 @@ static void test_ops(void)
     nb_fsrv_free(s);
 }
 
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    if (!d)
+        return -1;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
 static void test_readdir_big(void)
 {
     setup_dirs("big");
@@ -332,7 +355,156 @@ static void test_readdir_big(void)
     NB_CHECK_EQ_INT((int)files, N);
     NB_CHECK_EQ_INT((int)dots, 2);
     NB_CHECK_EQ_INT(op1(s, (nb_fsp_req_t){.op = NB_FSP_RELEASEDIR, .fh = fh}, &rep), 0);
+    /* `ls -l`: a lookup of every entry, all held, with fewer descriptors
+     * than nodes (the daemon's limit is often 20 000 or less). */
+    nb_fsrv_set_fd_budget(s, 1000);
+    int fds0 = count_fds(), bad = 0;
+    /* READDIRPLUS: the same listing with a node for every file. */
+    NB_CHECK_EQ_INT(op1(s, (nb_fsp_req_t){.op = NB_FSP_OPENDIR, .node = NB_FSP_ROOT}, &rep), 0);
+    fh = rep.fh;
+    off = 0;
+    files = dots = calls = 0;
+    for (;;) {
+        nb_buf_t keep;
+        nb_fsp_req_t q = {
+            .op = NB_FSP_READDIRPLUS, .node = NB_FSP_ROOT, .fh = fh, .off = off, .size = 4096};
+        NB_CHECK_EQ_INT(call(s, &q, &rep, &keep), 0);
+        calls++;
+        if (rep.count == 0 || calls > N) {
+            nb_buf_free(&keep);
+            break;
+        }
+        size_t pos = 0;
+        nb_fsp_dirent_t e;
+        while (nb_fsp_direntplus_next(rep.data, &pos, &e)) {
+            if (e.name.len >= 5 && memcmp(e.name.p, "file-", 5) == 0) {
+                files++;
+                if (!e.node || !S_ISREG(e.attr.mode))
+                    bad++;
+                else
+                    op1(s, (nb_fsp_req_t){.op = NB_FSP_FORGET, .node = e.node, .off = 1}, &rep);
+            } else {
+                dots++;
+                if (e.node)
+                    bad++;
+            }
+            off = e.off;
+        }
+        nb_buf_free(&keep);
+    }
+    NB_CHECK_EQ_INT((int)files, N);
+    NB_CHECK_EQ_INT((int)dots, 2);
+    NB_CHECK_EQ_INT(bad, 0);
+    NB_CHECK(calls > N / 40); /* sized for the guest's 4 KiB buffer */
+    NB_CHECK_EQ_INT(op1(s, (nb_fsp_req_t){.op = NB_FSP_RELEASEDIR, .fh = fh}, &rep), 0);
+    size_t nn, nh;
+    nb_fsrv_counts(s, &nn, &nh);
+    NB_CHECK_EQ_INT((int)nn, 1);
+    NB_CHECK(count_fds() <= fds0);
+    static uint64_t ids[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(p, sizeof p, "file-%06d", i);
+        if (lookup(s, NB_FSP_ROOT, p, &rep) != 0)
+            bad++;
+        ids[i] = rep.node;
+    }
+    NB_CHECK_EQ_INT(bad, 0);
+    NB_CHECK(count_fds() <= fds0 + 1000);
+    size_t nodes, handles;
+    nb_fsrv_counts(s, &nodes, &handles);
+    NB_CHECK_EQ_INT((int)nodes, N + 1);
+    for (int i = 0; i < N; i += 997)
+        if (op1(s, (nb_fsp_req_t){.op = NB_FSP_GETATTR, .node = ids[i]}, &rep) != 0)
+            bad++;
+    NB_CHECK_EQ_INT(bad, 0);
+    for (int i = 0; i < N; i++) /* the guest forgets them: all closed */
+        op1(s, (nb_fsp_req_t){.op = NB_FSP_FORGET, .node = ids[i], .off = 1}, &rep);
+    nb_fsrv_counts(s, &nodes, &handles);
+    NB_CHECK_EQ_INT((int)nodes, 1);
+    NB_CHECK(count_fds() <= fds0);
     nb_fsrv_free(s);
+}
+
+/* Node descriptors past the budget are closed and re-opened on use from
+ * the parent and the name: the same inode or ESTALE, never another one. */
+static void test_fd_budget(void)
+{
+    setup_dirs("budget");
+    char p[600];
+    snprintf(p, sizeof p, "%s/d1", root);
+    NB_CHECK_EQ_INT(mkdir(p, 0755), 0);
+    snprintf(p, sizeof p, "%s/d1/d2", root);
+    NB_CHECK_EQ_INT(mkdir(p, 0755), 0);
+    char d2[600];
+    snprintf(d2, sizeof d2, "%s/d1/d2", root);
+    for (int i = 0; i < 40; i++) {
+        char n[32], c[32];
+        snprintf(n, sizeof n, "f%d", i);
+        snprintf(c, sizeof c, "content %d", i);
+        put_file(d2, n, c);
+    }
+    nb_fsrv_t *s;
+    char err[200], buf[256];
+    NB_CHECK_EQ_INT(nb_fsrv_new(root, 0, &s, err, sizeof err), 0);
+    nb_fsrv_set_fd_budget(s, 4);
+    int fds0 = count_fds();
+    nb_fsp_reply_t rep;
+    NB_CHECK_EQ_INT(lookup(s, NB_FSP_ROOT, "d1", &rep), 0);
+    uint64_t n1 = rep.node;
+    NB_CHECK_EQ_INT(lookup(s, n1, "d2", &rep), 0);
+    uint64_t n2 = rep.node, f[40];
+    for (int i = 0; i < 40; i++) {
+        char n[32];
+        snprintf(n, sizeof n, "f%d", i);
+        NB_CHECK_EQ_INT(lookup(s, n2, n, &rep), 0);
+        f[i] = rep.node;
+    }
+    NB_CHECK(count_fds() <= fds0 + 4);
+    /* Every node still works: the parents are re-opened first. */
+    for (int i = 0; i < 40; i++) {
+        uint64_t fh;
+        char want[32];
+        snprintf(want, sizeof want, "content %d", i);
+        NB_CHECK_EQ_INT(open_node(s, f[i], NB_FSP_O_RDONLY, &fh), 0);
+        NB_CHECK_EQ_INT(rd(s, fh, 0, buf), 0);
+        NB_CHECK_STR(buf, want);
+        release(s, fh);
+    }
+    /* A rename by the guest: the node follows it. */
+    NB_CHECK_EQ_INT(op1(s,
+                        (nb_fsp_req_t){.op = NB_FSP_RENAME,
+                                       .node = n2,
+                                       .name = nb_iov("f1", 2),
+                                       .node2 = n1,
+                                       .name2 = nb_iov("moved", 5)},
+                        &rep),
+                    0);
+    for (int i = 10; i < 40; i++) /* push f1's descriptor out */
+        NB_CHECK_EQ_INT(op1(s, (nb_fsp_req_t){.op = NB_FSP_GETATTR, .node = f[i]}, &rep), 0);
+    uint64_t fh;
+    NB_CHECK_EQ_INT(open_node(s, f[1], NB_FSP_O_RDONLY, &fh), 0);
+    NB_CHECK_EQ_INT(rd(s, fh, 0, buf), 0);
+    NB_CHECK_STR(buf, "content 1");
+    release(s, fh);
+    /* Changes on the host behind closed descriptors: another file under
+     * the old name is not the node's inode. */
+    char from[700], to[700];
+    snprintf(from, sizeof from, "%s/f2", d2);
+    snprintf(to, sizeof to, "%s/f2.old", d2);
+    NB_CHECK_EQ_INT(rename(from, to), 0);
+    put_file(d2, "f2", "impostor");
+    snprintf(from, sizeof from, "%s/f3", d2);
+    NB_CHECK_EQ_INT(unlink(from), 0);
+    for (int i = 10; i < 40; i++)
+        NB_CHECK_EQ_INT(op1(s, (nb_fsp_req_t){.op = NB_FSP_GETATTR, .node = f[i]}, &rep), 0);
+    NB_CHECK_EQ_INT(open_node(s, f[2], NB_FSP_O_RDONLY, &fh), ESTALE);
+    NB_CHECK_EQ_INT(op1(s, (nb_fsp_req_t){.op = NB_FSP_GETATTR, .node = f[3]}, &rep), ESTALE);
+    /* A fresh lookup finds the new file. */
+    NB_CHECK_EQ_INT(lookup(s, n2, "f2", &rep), 0);
+    NB_CHECK(rep.node != f[2]);
+    NB_CHECK(count_fds() <= fds0 + 4);
+    nb_fsrv_free(s);
+    NB_CHECK(count_fds() < fds0);
 }
 
 /* A19: names, symlinks, /proc tricks, hard links, devices, renames out. */
@@ -654,6 +826,7 @@ int main(void)
     NB_RUN(test_swap_race);
     NB_RUN(test_readonly);
     NB_RUN(test_readdir_big);
+    NB_RUN(test_fd_budget);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0)
