@@ -61,6 +61,8 @@ json_t *nb_mcp_get(nb_mcp_t *m, const char *vm, const char *name, int secret)
         json_object_set_new(j, "url", json_string(s->url));
     else
         json_object_set(j, "command", s->argv);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/sse", s->port);
+    json_object_set_new(j, "sse_endpoint", json_string(url)); /* older HTTP+SSE clients */
     json_object_set_new(j, "listening", json_boolean(s->httpd != NULL));
     json_object_set_new(j, "frame_max", json_integer((json_int_t)m->frame_max));
     if (secret)

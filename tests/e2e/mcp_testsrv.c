@@ -6,7 +6,9 @@
  * step, 100 ms apart, stops without answering when cancelled); crash (exits
  * at once, no answer); garbage (a malformed line, then a good answer); big
  * {bytes} (an answer that size); secret, asked (for policy tests: they
- * answer like echo). Every line received is noted on stderr (the log). */
+ * answer like echo); later (answers, then, outside any request, sends
+ * notifications/tools/list_changed and a ping request of its own: the
+ * client's answer is noted in the log). Every line received is noted on stderr (the log). */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -110,6 +112,13 @@ static void call(json_t *id, json_t *params)
         answer(id, text_result(buf));
     } else if (!strcmp(name, "slow")) {
         slow(id, params);
+    } else if (!strcmp(name, "later")) {
+        answer(id, text_result("later"));
+        usleep(300000); /* the answer has arrived; what follows belongs to no request */
+        send_msg(json_pack("{s:s, s:s}", "jsonrpc", "2.0", "method",
+                           "notifications/tools/list_changed"));
+        send_msg(
+            json_pack("{s:s, s:s, s:s}", "jsonrpc", "2.0", "id", "srv-ping-1", "method", "ping"));
     } else if (!strcmp(name, "crash")) {
         fprintf(stderr, "testsrv: crashing on purpose\n");
         exit(3);
@@ -214,7 +223,11 @@ static void handle(json_t *m)
     {
         const char *meth = json_string_value(json_object_get(m, "method"));
         json_t *id = json_object_get(m, "id");
-        fprintf(stderr, "testsrv: got %s\n", meth ? meth : "(response)");
+        if (meth)
+            fprintf(stderr, "testsrv: got %s\n", meth);
+        else if (json_is_string(id))
+            fprintf(stderr, "testsrv: got response %s%s\n", json_string_value(id),
+                    json_object_get(m, "result") ? " (result)" : "");
         if (!meth || !id)
             return;
         json_t *params = json_object_get(m, "params");
@@ -224,11 +237,12 @@ static void handle(json_t *m)
                                  pv ? pv : json_string("2025-06-18"), "capabilities", "tools",
                                  "serverInfo", "name", "nilbox-testsrv", "version", "1.0"));
         } else if (!strcmp(meth, "tools/list")) {
-            answer(id, json_pack("{s:[o,o,o,o,o,o,o,o]}", "tools", tool("echo", "echo text"),
+            answer(id, json_pack("{s:[o,o,o,o,o,o,o,o,o]}", "tools", tool("echo", "echo text"),
                                  tool("add", "add a and b"), tool("slow", "progress steps"),
                                  tool("crash", "exit at once"), tool("garbage", "bad line first"),
                                  tool("big", "a large answer"), tool("secret", "for deny tests"),
-                                 tool("asked", "for ask tests")));
+                                 tool("asked", "for ask tests"),
+                                 tool("later", "server messages outside a request")));
         } else if (!strcmp(meth, "tools/call")) {
             call(id, params);
         } else if (!strcmp(meth, "ping")) {
