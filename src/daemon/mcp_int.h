@@ -80,10 +80,14 @@ typedef struct {
 } nb_mcp_up_cbs_t;
 /* Sends `msg` to http://127.0.0.1:port/path in the guest over `ms`; `sid`
  * (NB_MCP_SID_MAX bytes, the session's) is sent when set and updated from
- * the answer. 0 or a negative code (nothing was sent, no callback runs). */
+ * the answer. `msg` NULL: a GET, the session's stream of server messages
+ * outside any request. 0 or a negative code (nothing was sent, no callback
+ * runs). */
 int nb_mcp_uphttp_post(nb_muxsess_t *ms, uint16_t port, const char *path, char *sid,
                        const json_t *msg, size_t frame_max, const nb_mcp_up_cbs_t *cbs,
                        nb_mcp_uphttp_t **out);
+/* The HTTP status of the answer (0 before it came); valid in on_done. */
+int nb_mcp_uphttp_status(const nb_mcp_uphttp_t *x);
 /* Abandons an exchange still running (no callback follows). NULL ok. */
 void nb_mcp_uphttp_cancel(nb_mcp_uphttp_t *x);
 

@@ -12,7 +12,8 @@
   03b the older HTTP+SSE transport on the same endpoint (SSEClientTransport),
      its admission, raw: malformed/oversized POSTs, a deny on the stream,
      the stream closing ends the session
-  04b an HTTP MCP server in the guest (`--url`), reached through `tcp` streams
+  04b an HTTP MCP server in the guest (`--url`), reached through `tcp` streams;
+     its GET stream (messages outside a request) held by the bridge
   04 wrong token, foreign Origin, foreign Host (DNS rebinding), bad session
   05 server restart: a crashed server answers the next call (initialize replay)
   06 ask: the call waits for a prompt, answered through `nilbox prompts`
@@ -376,6 +377,16 @@ class McpE2E(VmSuite):
         self.assertEqual(out["after"], "still here")
         rows = [r["detail"] for r in self.audit_rows() if r["detail"]["server"] == "web"]
         self.assertIn(("echo", "allow"), [(r["tool"], r["decision"]) for r in rows])
+        # The bridge holds the guest server's GET stream: what it sends outside
+        # a request reaches the client, whose answer is POSTed back.
+        self.check_notify(self.node("stdio", "notify", NILBOX, "mcp", "stdio", "m1", "web"))
+
+        def guest_log():
+            return subprocess.run([NILBOX, "exec", "m1", "--", "cat", "/tmp/http.log"],
+                                  env=self.d.env, capture_output=True, text=True, timeout=60).stdout
+        wait_for(lambda: "got response srv-ping-1 (result)" in guest_log(), 20,
+                 "the client's answer to the guest server's ping")
+        self.assertIn("GET stream opened", guest_log())
 
     # -- 05 ------------------------------------------------------------------
     def test_05_restart(self):
