@@ -236,7 +236,7 @@ void nb_mcp_add(nb_mcp_t *m, const char *vm, const char *name, const json_t *arg
     snprintf(j->kind, sizeof j->kind, "%s", s->is_http ? "http" : "stdio");
     snprintf(j->url, sizeof j->url, "%s", s->url);
     memcpy(j->token, s->token, sizeof j->token);
-    j->argv = json_dumps(s->argv ? s->argv : json_array(), JSON_COMPACT);
+    j->argv = s->argv ? json_dumps(s->argv, JSON_COMPACT) : strdup("[]");
     j->port = s->port;
     j->created_ms = s->created_ms;
     j->cb = cb;

@@ -20,6 +20,7 @@
   07 malformed and oversized frames, both directions, raw over stdio; the
      daemon stays up
   08 logs, rm (its sessions end, its endpoint closes)
+  09 the daemon stops cleanly with an SSE session open (sanitizer builds)
 
 Env: e2e_env's, plus NB_MCP_TESTSRV (the server binary) and NB_MCP_NODE.
 """
@@ -487,6 +488,23 @@ class McpE2E(VmSuite):
             self.http(port, "GET")
         self.cli("mcp", "rm", "m1", "web")
         self.assertIn("no MCP servers", self.cli("mcp", "ls").stdout)
+
+    # -- 09 ------------------------------------------------------------------
+    def test_09_clean_stop(self):
+        # A server with an SSE client and a Streamable HTTP session still open
+        # when the daemon stops: teardown frees them (sanitizer builds check).
+        self.cli("mcp", "add", "m1", "last", "--", "/tmp/mcpsrv")
+        info = self.get("m1", "last")
+        c, r = self.sse_open(info["port"], {"Authorization": "Bearer " + info["token"]})
+        self.assertEqual(self.sse_event(r)["event"], "endpoint")
+        self.cli("vm", "stop", "m1", timeout=120)
+        rc = self.d.terminate(timeout=30)
+        r.close()
+        c.close()
+        err = self.d.stderr()
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            self.assertNotIn(bad, err, err[err.find(bad) - 2000:err.find(bad) + 4000])
+        self.assertEqual(rc, 0, err[-3000:])
 
 
 if __name__ == "__main__":
