@@ -412,7 +412,8 @@ static const nb_cli_verb_t verbs[] = {
      "Register a stdio MCP server (the command after '--' runs in the VM through the agent,\n"
      "started when a client connects and again when it dies; its stderr goes to the log) or,\n"
      "with --url, an HTTP MCP server listening in the guest. Each server gets a loopback\n"
-     "endpoint on the host (MCP Streamable HTTP with a bearer token) and can be used through\n"
+     "endpoint on the host (MCP Streamable HTTP at /mcp, the older HTTP+SSE at /sse, with a\n"
+     "bearer token) and can be used through\n"
      "'nilbox mcp stdio VM NAME'.",
      2, 2, add_opts, do_add, NB_CLI_NEEDS_DAEMON | NB_CLI_DASHDASH},
     {"ls", "list the registered MCP servers", "[VM]", NULL, 0, 1, NULL, do_ls, NB_CLI_NEEDS_DAEMON},

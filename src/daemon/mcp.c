@@ -61,6 +61,8 @@ json_t *nb_mcp_get(nb_mcp_t *m, const char *vm, const char *name, int secret)
         json_object_set_new(j, "url", json_string(s->url));
     else
         json_object_set(j, "command", s->argv);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/sse", s->port);
+    json_object_set_new(j, "sse_endpoint", json_string(url)); /* older HTTP+SSE clients */
     json_object_set_new(j, "listening", json_boolean(s->httpd != NULL));
     json_object_set_new(j, "frame_max", json_integer((json_int_t)m->frame_max));
     if (secret)
@@ -234,7 +236,7 @@ void nb_mcp_add(nb_mcp_t *m, const char *vm, const char *name, const json_t *arg
     snprintf(j->kind, sizeof j->kind, "%s", s->is_http ? "http" : "stdio");
     snprintf(j->url, sizeof j->url, "%s", s->url);
     memcpy(j->token, s->token, sizeof j->token);
-    j->argv = json_dumps(s->argv ? s->argv : json_array(), JSON_COMPACT);
+    j->argv = s->argv ? json_dumps(s->argv, JSON_COMPACT) : strdup("[]");
     j->port = s->port;
     j->created_ms = s->created_ms;
     j->cb = cb;

@@ -14,7 +14,8 @@
  * accepts no event stream) that carries what the server sends while it
  * works (progress) and ends with its response; notifications and responses
  * get 202. GET /mcp opens the session's stream for server-initiated
- * messages that no POST stream is waiting for; DELETE ends the session. */
+ * messages that no POST stream is waiting for; DELETE ends the session.
+ * GET /sse and POST /message are the older HTTP+SSE transport (mcp_sse.c). */
 #include <errno.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -237,19 +238,6 @@ static int accepts(const char *accept, const char *type)
     return accept && strstr(accept, type) != NULL;
 }
 
-static void respond_rpc_error(nb_httpd_req_t *req, int status, const json_t *id, int code,
-                              const char *msg)
-{
-    json_t *e = nb_jsonrpc_error(id, code, msg);
-    char *t = e ? json_dumps(e, JSON_COMPACT) : NULL;
-    if (t)
-        nb_httpd_respond(req, status, "application/json", t, strlen(t));
-    else
-        nb_httpd_respond_error(req, 500, "internal", "out of memory");
-    free(t);
-    json_decref(e);
-}
-
 static void on_post(mcp_server_t *srv, nb_httpd_req_t *req)
 {
     nb_jsonrpc_msg_t msg;
@@ -258,7 +246,7 @@ static void on_post(mcp_server_t *srv, nb_httpd_req_t *req)
     int r = nb_jsonrpc_parse(nb_httpd_req_body(req), nb_mcp_frame_max(srv->m), &msg, &err_id, why,
                              sizeof why);
     if (r < 0) {
-        respond_rpc_error(req, r == NB_JSONRPC_TOO_BIG ? 413 : 400, err_id, r, why);
+        nb_mcp_respond_rpc_error(req, r == NB_JSONRPC_TOO_BIG ? 413 : 400, err_id, r, why);
         json_decref(err_id);
         return;
     }
@@ -266,14 +254,14 @@ static void on_post(mcp_server_t *srv, nb_httpd_req_t *req)
     mcp_hsess_t *h = NULL;
     if (msg.kind == NB_JSONRPC_REQUEST && !strcmp(msg.method, "initialize") && !sid) {
         if (!(h = hsess_new(srv))) {
-            respond_rpc_error(req, 503, msg.id, NB_JSONRPC_UNAVAILABLE,
-                              "cannot open an MCP session now");
+            nb_mcp_respond_rpc_error(req, 503, msg.id, NB_JSONRPC_UNAVAILABLE,
+                                     "cannot open an MCP session now");
             nb_jsonrpc_msg_clear(&msg);
             return;
         }
     } else if (!(h = hsess_find(srv, sid))) {
-        respond_rpc_error(req, sid ? 404 : 400, msg.id, NB_JSONRPC_INVALID_REQUEST,
-                          sid ? "unknown or expired session" : "Mcp-Session-Id is missing");
+        nb_mcp_respond_rpc_error(req, sid ? 404 : 400, msg.id, NB_JSONRPC_INVALID_REQUEST,
+                                 sid ? "unknown or expired session" : "Mcp-Session-Id is missing");
         nb_jsonrpc_msg_clear(&msg);
         return;
     }
@@ -286,7 +274,7 @@ static void on_post(mcp_server_t *srv, nb_httpd_req_t *req)
     }
     hstream_t *st = calloc(1, sizeof *st);
     if (!st) {
-        respond_rpc_error(req, 500, msg.id, NB_JSONRPC_INTERNAL, "out of memory");
+        nb_mcp_respond_rpc_error(req, 500, msg.id, NB_JSONRPC_INTERNAL, "out of memory");
         nb_jsonrpc_msg_clear(&msg);
         return;
     }
@@ -364,8 +352,18 @@ static void on_request(nb_httpd_req_t *req, void *ud)
         return;
     }
     nb_httpd_req_set_authed(req);
-    if (strcmp(nb_httpd_req_path(req), "/mcp") != 0) {
-        nb_httpd_respond_error(req, 404, "not-found", "the MCP endpoint is /mcp");
+    const char *path = nb_httpd_req_path(req);
+    if (!strcmp(path, "/sse") && !strcmp(method, "GET")) {
+        nb_mcp_sse_get(srv, req); /* the older HTTP+SSE transport */
+        return;
+    }
+    if (!strcmp(path, "/message") && !strcmp(method, "POST")) {
+        nb_mcp_sse_post(srv, req);
+        return;
+    }
+    if (strcmp(path, "/mcp") != 0) {
+        nb_httpd_respond_error(req, 404, "not-found",
+                               "the MCP endpoint is /mcp (HTTP+SSE: GET /sse)");
         return;
     }
     if (!strcmp(method, "POST")) {
@@ -412,6 +410,7 @@ void nb_mcp_http_stop(mcp_server_t *s)
 {
     while (s->hsess)
         hsess_free(s->hsess, 1);
+    nb_mcp_sse_stop(s);
     if (s->httpd)
         nb_httpd_close(s->httpd, NULL, NULL);
     s->httpd = NULL;

@@ -12,6 +12,7 @@
 
 typedef struct mcp_server mcp_server_t;
 typedef struct mcp_hsess mcp_hsess_t;
+typedef struct mcp_ssess mcp_ssess_t;
 
 enum { MCP_ALLOW = 1, MCP_DENY = 2, MCP_ASK = 3 };
 
@@ -32,6 +33,8 @@ struct mcp_server {
     nb_httpd_t *httpd;
     mcp_hsess_t *hsess; /* HTTP sessions (mcp_http.c) */
     unsigned nhsess;
+    mcp_ssess_t *ssess; /* HTTP+SSE sessions (mcp_sse.c) */
+    unsigned nssess;
     int refs; /* sessions holding it */
     int removed;
 };
@@ -77,12 +80,26 @@ typedef struct {
 } nb_mcp_up_cbs_t;
 /* Sends `msg` to http://127.0.0.1:port/path in the guest over `ms`; `sid`
  * (NB_MCP_SID_MAX bytes, the session's) is sent when set and updated from
- * the answer. 0 or a negative code (nothing was sent, no callback runs). */
+ * the answer. `msg` NULL: a GET, the session's stream of server messages
+ * outside any request. 0 or a negative code (nothing was sent, no callback
+ * runs). */
 int nb_mcp_uphttp_post(nb_muxsess_t *ms, uint16_t port, const char *path, char *sid,
                        const json_t *msg, size_t frame_max, const nb_mcp_up_cbs_t *cbs,
                        nb_mcp_uphttp_t **out);
+/* The HTTP status of the answer (0 before it came); valid in on_done. */
+int nb_mcp_uphttp_status(const nb_mcp_uphttp_t *x);
 /* Abandons an exchange still running (no callback follows). NULL ok. */
 void nb_mcp_uphttp_cancel(nb_mcp_uphttp_t *x);
+
+/* mcp_sse.c: the endpoint's older HTTP+SSE transport (GET /sse, POST
+ * /message?sessionId=), called by mcp_http.c after admission. */
+void nb_mcp_sse_get(mcp_server_t *srv, nb_httpd_req_t *req);
+void nb_mcp_sse_post(mcp_server_t *srv, nb_httpd_req_t *req);
+/* Ends every SSE session of the endpoint. */
+void nb_mcp_sse_stop(mcp_server_t *srv);
+/* A JSON-RPC error as an HTTP answer. */
+void nb_mcp_respond_rpc_error(nb_httpd_req_t *req, int status, const json_t *id, int code,
+                              const char *msg);
 
 /* mcp_http.c: the server's loopback endpoint. */
 int nb_mcp_http_start(mcp_server_t *s, char *err, size_t errsz);

@@ -73,6 +73,8 @@ struct nb_mcp_sess {
     char up_sid[NB_MCP_SID_MAX]; /* HTTP servers: their Mcp-Session-Id */
     nb_mcp_uphttp_t **ups;       /* HTTP servers: exchanges in flight */
     size_t nups;
+    nb_mcp_uphttp_t *up_get; /* HTTP servers: the GET stream, one of ups */
+    int up_get_off;          /* the server offers none (405 or an error) */
 };
 
 static void deliver(nb_mcp_sess_t *s, const json_t *msg)
@@ -494,6 +496,17 @@ static void up_fail(void *ud, const json_t *id, const char *why)
 static void up_done(void *ud, nb_mcp_uphttp_t *x)
 {
     nb_mcp_sess_t *s = ud;
+    if (x == s->up_get) {
+        /* 405 (or any error): the server has no GET stream; don't ask again.
+         * A stream it ended is asked for again with the next client message. */
+        int st = nb_mcp_uphttp_status(x);
+        s->up_get = NULL;
+        if (st != 200) {
+            s->up_get_off = 1;
+            if (st != 405)
+                log_note(s, "no GET stream from the server (HTTP status %d)", st);
+        }
+    }
     for (size_t i = 0; i < s->nups; i++)
         if (s->ups[i] == x) {
             s->ups[i] = s->ups[--s->nups];
@@ -501,7 +514,7 @@ static void up_done(void *ud, nb_mcp_uphttp_t *x)
         }
 }
 
-/* An HTTP server's message: one POST of its own. */
+/* An HTTP server's message: one POST of its own (msg NULL: the GET stream). */
 static void post(nb_mcp_sess_t *s, json_t *msg)
 {
     nb_daemon_t *d = s->m->d;
@@ -520,6 +533,14 @@ static void post(nb_mcp_sess_t *s, json_t *msg)
     }
     if (r == 0) {
         s->ups[s->nups++] = x;
+        if (!msg)
+            s->up_get = x;
+        else if (s->initialized && !s->up_get && !s->up_get_off)
+            post(s, NULL); /* after initialization: the server may talk on its own */
+        return;
+    }
+    if (!msg) {
+        s->up_get_off = 1;
         return;
     }
     json_t *id = json_object_get(msg, "id");

@@ -4,7 +4,9 @@
  * as an event stream (egress/sse.c) whose events are messages. Every
  * message goes to the session's line handler, exactly like a stdio line,
  * so the same caps, checks and policy apply. The server's Mcp-Session-Id
- * is kept by the session and sent with every later POST. */
+ * is kept by the session and sent with every later POST. Without a message
+ * the exchange is the session's GET stream: what the server sends outside
+ * any request (list_changed, its own requests), as long as it keeps it open. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,7 +160,7 @@ int nb_mcp_uphttp_post(nb_muxsess_t *ms, uint16_t port, const char *path, char *
 {
     *out = NULL;
     nb_mcp_uphttp_t *x = calloc(1, sizeof *x);
-    char *body = json_dumps(msg, JSON_COMPACT);
+    char *body = msg ? json_dumps(msg, JSON_COMPACT) : strdup("");
     nb_buf_t req;
     nb_buf_init(&req, frame_max + 4096);
     int r = -ENOMEM;
@@ -170,6 +172,8 @@ int nb_mcp_uphttp_post(nb_muxsess_t *ms, uint16_t port, const char *path, char *
     json_t *id = json_object_get(msg, "id");
     if (id && json_object_get(msg, "method"))
         x->id = json_incref(id);
+    if (!msg)
+        body[0] = 0; /* the GET stream */
     nb_buf_init(&x->body, frame_max);
     nb_sse_init(&x->sse, frame_max + 64, frame_max, on_event, x);
     nb_http_limits_t lim;
@@ -177,12 +181,18 @@ int nb_mcp_uphttp_post(nb_muxsess_t *ms, uint16_t port, const char *path, char *
     lim.max_body = 0; /* event streams are long; each event is capped by the SSE parser */
     if ((r = nb_http_parser_new(NB_HTTP_RESPONSE, &lim, &http_cbs, x, &x->parser)) < 0)
         goto fail;
-    nb_http_parser_expect_response_to(x->parser, "POST");
-    r = nb_buf_printf(&req,
-                      "POST %s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nContent-Type: application/json\r\n"
-                      "Accept: application/json, text/event-stream\r\nContent-Length: %zu\r\n"
-                      "Connection: close\r\n",
-                      path, port, strlen(body));
+    nb_http_parser_expect_response_to(x->parser, msg ? "POST" : "GET");
+    if (msg)
+        r = nb_buf_printf(&req,
+                          "POST %s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nContent-Type: "
+                          "application/json\r\nAccept: application/json, text/event-stream\r\n"
+                          "Content-Length: %zu\r\nConnection: close\r\n",
+                          path, port, strlen(body));
+    else
+        r = nb_buf_printf(&req,
+                          "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nAccept: text/event-stream\r\n"
+                          "Connection: close\r\n",
+                          path, port);
     if (r == 0 && sid[0])
         r = nb_buf_printf(&req, "Mcp-Session-Id: %s\r\n", sid);
     if (r == 0)
@@ -207,6 +217,11 @@ fail:
     if (x)
         up_free(x);
     return r;
+}
+
+int nb_mcp_uphttp_status(const nb_mcp_uphttp_t *x)
+{
+    return x->status;
 }
 
 void nb_mcp_uphttp_cancel(nb_mcp_uphttp_t *x)

@@ -6,11 +6,14 @@
  * step, 100 ms apart, stops without answering when cancelled); crash (exits
  * at once, no answer); garbage (a malformed line, then a good answer); big
  * {bytes} (an answer that size); secret, asked (for policy tests: they
- * answer like echo). Every line received is noted on stderr (the log). */
+ * answer like echo); later (answers, then, outside any request, sends
+ * notifications/tools/list_changed and a ping request of its own: the
+ * client's answer is noted in the log). Every line received is noted on stderr (the log). */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <stdio.h>
@@ -20,6 +23,8 @@
 
 static FILE *out; /* stdout, or (--http) the connection being answered */
 static int http_mode;
+static FILE *get_stream; /* --http: the client's GET stream, if open */
+static int later_due;    /* --http: `later` sends once its POST is answered */
 
 static void send_msg(json_t *m)
 {
@@ -31,6 +36,14 @@ static void send_msg(json_t *m)
     fflush(out);
     free(t);
     json_decref(m);
+}
+
+/* What `later` sends after its answer, outside any request. */
+static void later_msgs(void)
+{
+    send_msg(
+        json_pack("{s:s, s:s}", "jsonrpc", "2.0", "method", "notifications/tools/list_changed"));
+    send_msg(json_pack("{s:s, s:s, s:s}", "jsonrpc", "2.0", "id", "srv-ping-1", "method", "ping"));
 }
 
 static json_t *text_result(const char *text)
@@ -110,6 +123,14 @@ static void call(json_t *id, json_t *params)
         answer(id, text_result(buf));
     } else if (!strcmp(name, "slow")) {
         slow(id, params);
+    } else if (!strcmp(name, "later")) {
+        answer(id, text_result("later"));
+        if (http_mode) {
+            later_due = 1; /* on the GET stream, once this POST is over */
+        } else {
+            usleep(300000); /* the answer has arrived; what follows belongs to no request */
+            later_msgs();
+        }
     } else if (!strcmp(name, "crash")) {
         fprintf(stderr, "testsrv: crashing on purpose\n");
         exit(3);
@@ -135,7 +156,8 @@ static void call(json_t *id, json_t *params)
 static void handle(json_t *m);
 
 /* --http PORT: Streamable HTTP on 127.0.0.1:PORT, one POST per connection,
- * answers as event streams (202 for notifications). */
+ * answers as event streams (202 for notifications and responses); a GET
+ * is held open as the stream for messages outside a request. */
 static int serve_http(int port)
 {
     int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
@@ -178,11 +200,24 @@ static int serve_http(int port)
                 break;
             len += (size_t)n;
         }
+        out = fdopen(c, "w");
+        if (!strncmp(buf, "GET ", 4)) {
+            fprintf(stderr, "testsrv: GET stream opened\n");
+            fputs("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: "
+                  "close\r\n\r\n",
+                  out);
+            fflush(out);
+            if (get_stream)
+                fclose(get_stream);
+            get_stream = out;
+            continue;
+        }
         json_t *m = json_loadb(buf + head, cl, 0, NULL);
         const char *meth = json_string_value(json_object_get(m, "method"));
-        out = fdopen(c, "w");
         if (!m || !json_object_get(m, "id") || !meth) {
             fputs("HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", out);
+            if (m)
+                handle(m); /* notes it in the log */
         } else {
             fprintf(out,
                     "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n%sConnection: "
@@ -192,6 +227,16 @@ static int serve_http(int port)
         }
         fclose(out);
         json_decref(m);
+        if (later_due) {
+            later_due = 0;
+            usleep(300000);
+            if (get_stream) {
+                out = get_stream;
+                later_msgs();
+            } else {
+                fprintf(stderr, "testsrv: no GET stream for later\n");
+            }
+        }
     }
 }
 
@@ -199,6 +244,7 @@ int main(int argc, char **argv)
 {
     fprintf(stderr, "testsrv: started, pid %d\n", (int)getpid());
     out = stdout;
+    signal(SIGPIPE, SIG_IGN); /* a GET stream the client left */
     if (argc == 3 && !strcmp(argv[1], "--http"))
         return serve_http(atoi(argv[2]));
     for (;;) {
@@ -214,7 +260,11 @@ static void handle(json_t *m)
     {
         const char *meth = json_string_value(json_object_get(m, "method"));
         json_t *id = json_object_get(m, "id");
-        fprintf(stderr, "testsrv: got %s\n", meth ? meth : "(response)");
+        if (meth)
+            fprintf(stderr, "testsrv: got %s\n", meth);
+        else if (json_is_string(id))
+            fprintf(stderr, "testsrv: got response %s%s\n", json_string_value(id),
+                    json_object_get(m, "result") ? " (result)" : "");
         if (!meth || !id)
             return;
         json_t *params = json_object_get(m, "params");
@@ -224,11 +274,12 @@ static void handle(json_t *m)
                                  pv ? pv : json_string("2025-06-18"), "capabilities", "tools",
                                  "serverInfo", "name", "nilbox-testsrv", "version", "1.0"));
         } else if (!strcmp(meth, "tools/list")) {
-            answer(id, json_pack("{s:[o,o,o,o,o,o,o,o]}", "tools", tool("echo", "echo text"),
+            answer(id, json_pack("{s:[o,o,o,o,o,o,o,o,o]}", "tools", tool("echo", "echo text"),
                                  tool("add", "add a and b"), tool("slow", "progress steps"),
                                  tool("crash", "exit at once"), tool("garbage", "bad line first"),
                                  tool("big", "a large answer"), tool("secret", "for deny tests"),
-                                 tool("asked", "for ask tests")));
+                                 tool("asked", "for ask tests"),
+                                 tool("later", "server messages outside a request")));
         } else if (!strcmp(meth, "tools/call")) {
             call(id, params);
         } else if (!strcmp(meth, "ping")) {

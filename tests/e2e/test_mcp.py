@@ -6,14 +6,21 @@
   01 registry: add (stdio and --url), ls, bad input, config snippets, persisted
   02 stdio transport (`nilbox mcp stdio`): initialize, tools/list filtered by
      the policy, calls, progress, cancellation, a denied tool, audit rows
-  03 Streamable HTTP endpoint: the same client over HTTP with the token
-  04b an HTTP MCP server in the guest (`--url`), reached through `tcp` streams
+  03 Streamable HTTP endpoint: the same client over HTTP with the token;
+     server messages outside a request (GET stream), cancellation seen by
+     the server
+  03b the older HTTP+SSE transport on the same endpoint (SSEClientTransport),
+     its admission, raw: malformed/oversized POSTs, a deny on the stream,
+     the stream closing ends the session
+  04b an HTTP MCP server in the guest (`--url`), reached through `tcp` streams;
+     its GET stream (messages outside a request) held by the bridge
   04 wrong token, foreign Origin, foreign Host (DNS rebinding), bad session
   05 server restart: a crashed server answers the next call (initialize replay)
   06 ask: the call waits for a prompt, answered through `nilbox prompts`
   07 malformed and oversized frames, both directions, raw over stdio; the
      daemon stays up
   08 logs, rm (its sessions end, its endpoint closes)
+  09 the daemon stops cleanly with an SSE session open (sanitizer builds)
 
 Env: e2e_env's, plus NB_MCP_TESTSRV (the server binary) and NB_MCP_NODE.
 """
@@ -66,9 +73,25 @@ class McpE2E(VmSuite):
         self.assertNotIn("fatal", out, out.get("fatal"))
         return out
 
+    def node_raw(self, *args, timeout=180):
+        p = subprocess.run(["node", os.path.join(NODE_DIR, "client.mjs"), *args], env=dict(self.d.env),
+                           capture_output=True, text=True, timeout=timeout)
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
     def info(self, vm, name, token=False):
         return json.loads(self.cli("--json", "mcp", "config", "--client", "vscode", vm, name).stdout) \
             if token else self.get(vm, name)
+
+    def log_count(self, text, name="demo"):
+        return self.cli("mcp", "logs", "m1", name).stdout.count(text)
+
+    def check_notify(self, out):
+        # notifications/tools/list_changed and the server's own ping, sent
+        # after the answer: they travel outside any request.
+        self.assertEqual(out["later"], "later")
+        self.assertGreaterEqual(out["changed"], 1, out)
+        self.assertEqual(out["after"], "after")
+        self.assertEqual(out["errors"], [])
 
     def get(self, vm, name):
         st, _, body = self.d.unix("GET", "/v1/mcp/%s/%s?token=1" % (vm, name))
@@ -148,10 +171,15 @@ class McpE2E(VmSuite):
         text = json.dumps(rows)
         self.assertNotIn("héllo", text, "arguments never reach the audit log")
         self.assertNotIn("may I", text)
+        pongs = self.log_count("got response srv-ping-1 (result)")
+        self.check_notify(self.node("stdio", "notify", NILBOX, "mcp", "stdio", "m1", "demo"))
+        wait_for(lambda: self.log_count("got response srv-ping-1 (result)") > pongs, 20,
+                 "the client's answer to the server's ping")
 
     # -- 03 ------------------------------------------------------------------
     def test_03_http(self):
         info = self.get("m1", "demo")
+        cancels = self.log_count("slow cancelled")
         out = self.node("http", "basic", "http://127.0.0.1:%d/mcp" % info["port"], info["token"])
         self.assertEqual(out["echo"], "héllo")
         self.assertEqual(out["progress"], [1, 2, 3])
@@ -159,6 +187,128 @@ class McpE2E(VmSuite):
         self.assertEqual(out["denied"]["code"], -32002, out["denied"])
         self.assertFalse(out["cancelled"]["ok"])
         self.assertEqual(out["after"], "still here")
+        wait_for(lambda: self.log_count("slow cancelled") > cancels, 20,
+                 "the HTTP client's cancellation in the server's log")
+        pongs = self.log_count("got response srv-ping-1 (result)")
+        self.check_notify(self.node("http", "notify", "http://127.0.0.1:%d/mcp" % info["port"],
+                                    info["token"]))
+        wait_for(lambda: self.log_count("got response srv-ping-1 (result)") > pongs, 20,
+                 "the client's answer to the server's ping (POSTed back)")
+
+    # -- 03b -----------------------------------------------------------------
+    def test_03b_sse(self):
+        info = self.get("m1", "demo")
+        url = "http://127.0.0.1:%d/sse" % info["port"]
+        cancels = self.log_count("slow cancelled")
+        out = self.node("sse", "basic", url, info["token"])
+        self.assertEqual(out["server"], "nilbox-testsrv")
+        self.assertNotIn("secret", out["tools"])
+        self.assertEqual(out["echo"], "héllo")
+        self.assertEqual(out["add"], "42")
+        self.assertEqual(out["progress"], [1, 2, 3])
+        self.assertFalse(out["cancelled"]["ok"])
+        self.assertEqual(out["denied"]["code"], -32002, out["denied"])
+        self.assertEqual(out["after"], "still here")
+        wait_for(lambda: self.log_count("slow cancelled") > cancels, 20,
+                 "the SSE client's cancellation in the server's log")
+        pongs = self.log_count("got response srv-ping-1 (result)")
+        self.check_notify(self.node("sse", "notify", url, info["token"]))
+        wait_for(lambda: self.log_count("got response srv-ping-1 (result)") > pongs, 20,
+                 "the SSE client's answer to the server's ping")
+        # A wrong token does not connect.
+        bad = self.node_raw("sse", "basic", url, "0" * 64)
+        self.assertIn("fatal", bad)
+        self.assertIn("401", bad["fatal"])
+
+    def sse_open(self, port, headers=None, host=None):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        h = {"Host": host or "127.0.0.1:%d" % port, "Accept": "text/event-stream"}
+        h.update(headers or {})
+        c.request("GET", "/sse", headers=h)
+        return c, c.getresponse()
+
+    @staticmethod
+    def sse_event(r):
+        ev = {}
+        while True:
+            line = r.readline()
+            if not line:
+                return None
+            line = line.decode().rstrip("\n")
+            if not line:
+                return ev
+            k, _, v = line.partition(": ")
+            ev[k] = v
+
+    def test_03c_sse_raw(self):
+        info = self.get("m1", "demo")
+        port, tok = info["port"], info["token"]
+        auth = {"Authorization": "Bearer " + tok}
+        for hdr, host, want in (({}, None, 401),
+                                ({"Authorization": "Bearer " + "0" * 64}, None, 401),
+                                (dict(auth, Origin="http://evil.example"), None, 403),
+                                (auth, "evil.example:%d" % port, 403),
+                                (dict(auth, Accept="application/json"), None, 406)):
+            c, r = self.sse_open(port, hdr, host)
+            self.assertEqual(r.status, want, (hdr, host))
+            c.close()
+        c, r = self.sse_open(port, dict(auth, Origin="http://localhost:%d" % port))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("Content-Type"), "text/event-stream")
+        ev = self.sse_event(r)
+        self.assertEqual(ev["event"], "endpoint")
+        self.assertRegex(ev["data"], r"^/message\?sessionId=[0-9a-f]{32}$")
+        path = ev["data"]
+
+        def post(body, headers=auth, p=path, host=None):
+            pc = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            pc.request("POST", p, body=body, headers=dict(
+                headers, **{"Content-Type": "application/json",
+                            "Host": host or "127.0.0.1:%d" % port}))
+            pr = pc.getresponse()
+            data = pr.read()
+            pc.close()
+            return pr.status, data
+
+        init = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2024-11-05", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"}}})
+        # The POST side has the same admission.
+        self.assertEqual(post(init, {})[0], 401)
+        self.assertEqual(post(init, dict(auth, Origin="http://evil.example"))[0], 403)
+        self.assertEqual(post(init, auth, host="rebind.example:%d" % port)[0], 403)
+        self.assertEqual(post(init, auth, p="/message?sessionId=" + "f" * 32)[0], 404)
+        self.assertEqual(post(init, auth, p="/message")[0], 404)
+        st, _ = post(init)
+        self.assertEqual(st, 202)
+        ev = self.sse_event(r)
+        self.assertEqual(ev["event"], "message")
+        self.assertEqual(json.loads(ev["data"])["result"]["serverInfo"]["name"], "nilbox-testsrv")
+        self.assertEqual(post('{"jsonrpc":"2.0","method":"notifications/initialized"}')[0], 202)
+        st, body = post("{nope")
+        self.assertEqual(st, 400)
+        self.assertEqual(json.loads(body)["error"]["code"], -32700)
+        st, body = post(json.dumps({"jsonrpc": "2.0", "id": 9, "method": "x",
+                                    "params": {"p": "y" * FRAME_MAX}}))
+        self.assertEqual(st, 413)
+        self.assertEqual(json.loads(body)["error"]["code"], -32001)
+        # The policy holds here too: a denied tool's error comes on the stream.
+        st, _ = post(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                                 "params": {"name": "secret", "arguments": {"text": "x"}}}))
+        self.assertEqual(st, 202)
+        m = json.loads(self.sse_event(r)["data"])
+        self.assertEqual((m["id"], m["error"]["code"]), (2, -32002))
+        st, _ = post(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
+        m = json.loads(self.sse_event(r)["data"])
+        names = [t["name"] for t in m["result"]["tools"]]
+        self.assertIn("echo", names)
+        self.assertNotIn("secret", names)
+        # Closing the stream ends the session: its POST URL is gone.
+        r.close()
+        c.close()
+        wait_for(lambda: post('{"jsonrpc":"2.0","id":4,"method":"ping"}')[0] == 404, 20,
+                 "the session to end with its stream")
+        self.assertIsNone(self.d.proc.poll(), "the daemon stays up")
 
     # -- 04 ------------------------------------------------------------------
     def test_04_endpoint_admission(self):
@@ -228,6 +378,16 @@ class McpE2E(VmSuite):
         self.assertEqual(out["after"], "still here")
         rows = [r["detail"] for r in self.audit_rows() if r["detail"]["server"] == "web"]
         self.assertIn(("echo", "allow"), [(r["tool"], r["decision"]) for r in rows])
+        # The bridge holds the guest server's GET stream: what it sends outside
+        # a request reaches the client, whose answer is POSTed back.
+        self.check_notify(self.node("stdio", "notify", NILBOX, "mcp", "stdio", "m1", "web"))
+
+        def guest_log():
+            return subprocess.run([NILBOX, "exec", "m1", "--", "cat", "/tmp/http.log"],
+                                  env=self.d.env, capture_output=True, text=True, timeout=60).stdout
+        wait_for(lambda: "got response srv-ping-1 (result)" in guest_log(), 20,
+                 "the client's answer to the guest server's ping")
+        self.assertIn("GET stream opened", guest_log())
 
     # -- 05 ------------------------------------------------------------------
     def test_05_restart(self):
@@ -236,7 +396,7 @@ class McpE2E(VmSuite):
         self.assertFalse(out["crash"]["ok"])
         self.assertIn("exited", out["crash"]["message"])
         self.assertEqual(out["after"], "two")
-        self.assertEqual(out["tools"], 7)
+        self.assertEqual(out["tools"], 8)
         log = self.cli("mcp", "logs", "m1", "demo").stdout
         self.assertIn("crashing on purpose", log)
         self.assertIn("initialized again", log)
@@ -328,6 +488,23 @@ class McpE2E(VmSuite):
             self.http(port, "GET")
         self.cli("mcp", "rm", "m1", "web")
         self.assertIn("no MCP servers", self.cli("mcp", "ls").stdout)
+
+    # -- 09 ------------------------------------------------------------------
+    def test_09_clean_stop(self):
+        # A server with an SSE client and a Streamable HTTP session still open
+        # when the daemon stops: teardown frees them (sanitizer builds check).
+        self.cli("mcp", "add", "m1", "last", "--", "/tmp/mcpsrv")
+        info = self.get("m1", "last")
+        c, r = self.sse_open(info["port"], {"Authorization": "Bearer " + info["token"]})
+        self.assertEqual(self.sse_event(r)["event"], "endpoint")
+        self.cli("vm", "stop", "m1", timeout=120)
+        rc = self.d.terminate(timeout=30)
+        r.close()
+        c.close()
+        err = self.d.stderr()
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            self.assertNotIn(bad, err, err[err.find(bad) - 2000:err.find(bad) + 4000])
+        self.assertEqual(rc, 0, err[-3000:])
 
 
 if __name__ == "__main__":

@@ -3,17 +3,26 @@
 //
 //   node client.mjs stdio SCENARIO CMD ARGS...        (stdio transport)
 //   node client.mjs http SCENARIO URL TOKEN            (Streamable HTTP)
+//   node client.mjs sse SCENARIO URL TOKEN             (the older HTTP+SSE)
 //
-// Scenarios: basic, restart, ask, bench:N (N echo calls, latencies in ms).
+// Scenarios: basic, restart, ask, notify (server messages outside any
+// request: list_changed, a ping from the server), bench:N (N echo calls,
+// latencies in ms).
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
+import { ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const [kind, scenario, ...rest] = process.argv.slice(2);
 
 function transport() {
   if (kind === "stdio")
     return new StdioClientTransport({ command: rest[0], args: rest.slice(1), env: process.env, stderr: "inherit" });
+  if (kind === "sse")
+    return new SSEClientTransport(new URL(rest[0]), {
+      requestInit: { headers: { Authorization: `Bearer ${rest[1]}` } },
+    });
   return new StreamableHTTPClientTransport(new URL(rest[0]), {
     requestInit: { headers: { Authorization: `Bearer ${rest[1]}` } },
   });
@@ -62,6 +71,15 @@ async function main() {
     out.asked = await attempt(() =>
       client.callTool({ name: "asked", arguments: { text: "may I" } }, undefined, { timeout: 120000 }),
     );
+  } else if (scenario === "notify") {
+    let changed = 0;
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => changed++);
+    out.later = text(await client.callTool({ name: "later", arguments: {} }));
+    for (let i = 0; i < 200 && !changed; i++) await new Promise((r) => setTimeout(r, 100));
+    out.changed = changed;
+    // The server's ping came in next to the notification; give our answer time to leave.
+    await new Promise((r) => setTimeout(r, 500));
+    out.after = text(await client.callTool({ name: "echo", arguments: { text: "after" } }));
   } else if (scenario.startsWith("bench:")) {
     const n = Number(scenario.slice(6));
     const ms = [];
