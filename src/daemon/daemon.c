@@ -291,7 +291,7 @@ static int start_usage(nb_daemon_t *d, char *err, size_t errsz)
             return NB_EINVAL;
         }
     }
-    nb_usage_cfg_t uc = {.store = d->store, .emit = on_usage_event, .emit_ud = d};
+    nb_usage_cfg_t uc = {.store = d->store, .emit = on_usage_event, .emit_ud = d, .loop = d->loop};
     int r = nb_llmcat_load(text ? text : (const char *)nb_llmcat_builtin,
                            text ? len : nb_llmcat_builtin_len, &uc.cat, cerr, sizeof cerr);
     int own = text != NULL;

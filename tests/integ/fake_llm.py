@@ -9,6 +9,11 @@ server, other routes):
   POST /v1/messages          Anthropic messages: JSON, or SSE (message_start
                              with input and cache counts, content deltas,
                              message_delta with the output count, message_stop)
+  POST /v1beta/models/M:generateContent, :streamGenerateContent?alt=sse
+                             Gemini: usageMetadata (cumulative in each chunk)
+  POST /model/M/converse, /model/M/converse-stream
+                             Bedrock Converse: JSON, or AWS event-stream
+                             frames with the usage in the "metadata" event
 
 The counts are made up from the request (input from the body size, output
 from max_tokens up to 12) and logged, one JSON line per response, to the
@@ -21,8 +26,11 @@ import argparse
 import asyncio
 import json
 import os
+import struct
 import sys
 import time
+import urllib.parse
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fake_upstream  # noqa: E402
@@ -151,8 +159,95 @@ class Llm(fake_upstream.Upstream):
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             return True
+        if path.startswith("/v1beta/models/") and ":" in path:
+            return await self.gemini(writer, path, req, state, delay, keep)
+        if path.startswith("/model/") and path.endswith(("/converse", "/converse-stream")):
+            return await self.bedrock(writer, path, req, state, delay, keep)
         await self.send(writer, 404, b'{"error":{"message":"no such route"}}', keep=keep)
         return True
+
+    async def gemini(self, writer, path, req, state, delay, keep):
+        """generateContent (JSON) and streamGenerateContent?alt=sse (SSE, the
+        usageMetadata cumulative in every chunk, complete in the last)."""
+        model, _, verb = path[len("/v1beta/models/"):].partition(":")
+        n_in = 7 + state["len"] // 13
+        n_out = min(int((req.get("generationConfig") or {}).get("maxOutputTokens") or 12), 12)
+        cached = 2 if n_in > 20 else 0
+        rid = "gem_%d" % self.seq
+        version = model + "-001"
+        stream = verb == "streamGenerateContent"
+        self.bill({"api": "gemini", "stream": stream, "input": n_in, "output": n_out,
+                   "cached": cached, "model": version, "request_id": rid})
+
+        def part(text, out, last):
+            c = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+            if last:
+                c["finishReason"] = "STOP"
+            um = {"promptTokenCount": n_in, "candidatesTokenCount": out,
+                  "totalTokenCount": n_in + out,
+                  "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n_in}]}
+            if cached:
+                um["cachedContentTokenCount"] = cached
+            return {"candidates": [c], "usageMetadata": um, "modelVersion": version,
+                    "responseId": rid}
+        if not stream:
+            await self.send(writer, 200, json.dumps(part("tok " * n_out, n_out, True)).encode(),
+                            keep=keep)
+            return True
+        await self.chunked(writer, 200, "text/event-stream")
+        for i in range(n_out):
+            await self.piece(writer, b"data: " + json.dumps(part("tok ", i + 1, i == n_out - 1))
+                             .encode() + b"\r\n\r\n", delay)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def bedrock(self, writer, path, req, state, delay, keep):
+        """Converse (JSON) and ConverseStream (AWS event-stream frames, the
+        usage in the last one, "metadata")."""
+        model = urllib.parse.unquote(path.split("/")[2])
+        n_in = 7 + state["len"] // 13
+        n_out = min(int((req.get("inferenceConfig") or {}).get("maxTokens") or 12), 12)
+        cr, cw = 3, 1
+        rid = "bdr-%d" % self.seq
+        stream = path.endswith("/converse-stream")
+        self.bill({"api": "bedrock", "stream": stream, "input": n_in, "output": n_out,
+                   "cached": cr, "cache_write": cw, "model": model, "request_id": rid})
+        usage = {"inputTokens": n_in, "outputTokens": n_out, "totalTokens": n_in + n_out,
+                 "cacheReadInputTokens": cr, "cacheWriteInputTokens": cw}
+        if not stream:
+            body = {"output": {"message": {"role": "assistant",
+                                           "content": [{"text": "tok " * n_out}]}},
+                    "stopReason": "end_turn", "usage": usage, "metrics": {"latencyMs": 5}}
+            await self.send(writer, 200, json.dumps(body).encode(),
+                            extra=[("x-amzn-RequestId", rid)], keep=keep)
+            return True
+        await self.chunked(writer, 200, "application/vnd.amazon.eventstream",
+                           [("x-amzn-RequestId", rid)])
+        await self.piece(writer, es_frame("messageStart", {"role": "assistant"}), delay)
+        for _ in range(n_out):
+            await self.piece(writer, es_frame("contentBlockDelta", {
+                "contentBlockIndex": 0, "delta": {"text": "tok "}}), delay)
+        await self.piece(writer, es_frame("contentBlockStop", {"contentBlockIndex": 0}), delay)
+        await self.piece(writer, es_frame("messageStop", {"stopReason": "end_turn"}), delay)
+        await self.piece(writer, es_frame("metadata", {"usage": usage,
+                                                       "metrics": {"latencyMs": 5}}), 0)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+
+def es_frame(event, payload):
+    """One AWS event-stream message: prelude (total and headers length, CRC32),
+    string headers, the JSON payload, CRC32 of it all."""
+    hdrs = b""
+    for k, v in ((":event-type", event), (":content-type", "application/json"),
+                 (":message-type", "event")):
+        hdrs += bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v)) + v.encode()
+    data = json.dumps(payload).encode()
+    prelude = struct.pack(">II", 12 + len(hdrs) + len(data) + 4, len(hdrs))
+    msg = prelude + struct.pack(">I", zlib.crc32(prelude)) + hdrs + data
+    return msg + struct.pack(">I", zlib.crc32(msg))
 
 
 def spawn(log, served, cert, key):

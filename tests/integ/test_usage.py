@@ -22,7 +22,9 @@ from proxy_env import ProxyEnv, run_suite  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NODE_DIR = os.path.join(HERE, "usage_node")
-LLM_HOSTS = ("api.openai.com", "api.anthropic.com")
+LLM_HOSTS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
+             "bedrock-runtime.us-east-1.amazonaws.com")
+REAL_AKID = "AKIAUSAGETESTREAL001"
 E = {}
 
 
@@ -75,6 +77,11 @@ def setup():
     e.secret("ANTHROPIC_API_KEY", "sk-ant-test-0123456789")
     e.bind("OPENAI_API_KEY", "api.openai.com")
     e.bind("ANTHROPIC_API_KEY", "api.anthropic.com", "--header", "x-api-key: {secret}")
+    e.secret("GEMINI_API_KEY", "gm-test-gemini-0123456789")
+    e.bind("GEMINI_API_KEY", "generativelanguage.googleapis.com", "--header",
+           "x-goog-api-key: {secret}")
+    e.secret("AWS_BEDROCK", "%s\nusageTestRealSecret/0123456789abcdefghij\n" % REAL_AKID)
+    e.cli("secret", "bind-aws", "AWS_BEDROCK", "--host", "*.amazonaws.com")
     for h in LLM_HOSTS:
         e.rule("allow", h + ":443")
     E["px"] = e.llm_proxy("a")
@@ -154,6 +161,57 @@ def test_anthropic_exact():
             served["output"], rec
 
 
+def up_headers(e):
+    """The headers of the last request the fake upstream got."""
+    with open(e.up_log) as f:
+        return {k.lower(): v for k, v in json.loads(f.read().splitlines()[-1])["headers"]}
+
+
+def test_gemini_exact():
+    """@google/genai, generateContent and streamGenerateContent (SSE with
+    cumulative usageMetadata): nilbox counts what the fake billed."""
+    e = E["e"]
+    for scen in ("gemini-json", "gemini-stream"):
+        n0 = len(e.records())
+        out = sdk(E["px"], scen)[0]
+        assert out["ok"], (scen, out)
+        served = e.served_rows()[-1]
+        assert served["api"] == "gemini" and served["stream"] == (scen == "gemini-stream")
+        assert out["usage"]["promptTokenCount"] == served["input"], (out, served)
+        assert out["usage"]["candidatesTokenCount"] == served["output"], (out, served)
+        assert out["text"] == "tok " * served["output"], out
+        assert up_headers(e)["x-goog-api-key"] == "gm-test-gemini-0123456789"
+        rec = settle(e, n0 + 1)[0]
+        assert rec["provider"] == "gemini" and rec["secret"] == "GEMINI_API_KEY", rec
+        assert rec["model"] == served["model"] == out["model"], (rec, served)
+        for k in ("input", "output", "cached"):
+            assert rec[k] == served[k], (k, rec, served)
+        assert rec["estimated"] is False, rec
+
+
+def test_bedrock_exact():
+    """@aws-sdk/client-bedrock-runtime, Converse (JSON) and ConverseStream (AWS
+    event-stream frames), signed with the placeholders and re-signed by nilbox
+    (bind-aws; the sigv4 tests verify those signatures): counts exact."""
+    e = E["e"]
+    for scen in ("bedrock-json", "bedrock-stream"):
+        n0 = len(e.records())
+        out = sdk(E["px"], scen)[0]
+        assert out["ok"], (scen, out)
+        served = e.served_rows()[-1]
+        assert served["api"] == "bedrock" and served["stream"] == (scen == "bedrock-stream")
+        assert out["usage"]["inputTokens"] == served["input"], (out, served)
+        assert out["usage"]["outputTokens"] == served["output"], (out, served)
+        assert out["text"] == "tok " * served["output"], out
+        assert "Credential=%s/" % REAL_AKID in up_headers(e)["authorization"]
+        rec = settle(e, n0 + 1)[0]
+        assert rec["provider"] == "bedrock" and rec["secret"] == "AWS_BEDROCK", rec
+        assert rec["model"] == served["model"], (rec, served)
+        for k in ("input", "output", "cached", "cache_write"):
+            assert rec[k] == served[k], (k, rec, served)
+        assert rec["estimated"] is False, rec
+
+
 def test_summary_and_no_text_stored():
     e = E["e"]
     j = json.loads(e.cli("--json", "usage", "--by", "provider").stdout)
@@ -169,7 +227,7 @@ def test_summary_and_no_text_stored():
     # Neither prompts, completions nor key values are anywhere in the state.
     for path, data in e.all_state_bytes():
         for needle in (b"Say hello to the usage meter", b"tok tok", b"sk-test-openai",
-                       b"Hello from a VM"):
+                       b"Hello from a VM", b"gm-test-gemini", b"usageTestRealSecret"):
             assert needle not in data, (path, needle)
 
 
@@ -263,6 +321,7 @@ def test_stop_clean():
 
 run_suite(setup, [test_openai_json_exact, test_openai_stream_usage_added_and_stripped,
                   test_openai_stream_client_asked, test_anthropic_exact,
+                  test_gemini_exact, test_bedrock_exact,
                   test_summary_and_no_text_stored, test_concurrent_streams_never_overshoot,
                   test_rate_limit_retry_after, test_limit_cli_errors, test_warning_header,
                   test_stop_clean])

@@ -294,6 +294,33 @@ int nb_llmcat_glob(const char *pat, const uint8_t *s, size_t len, char sep, char
     return i == len;
 }
 
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* SDKs percent-encode the model in the path (the AWS SDK sends Bedrock's
+ * "...-v1:0" as "...-v1%3A0"); the record and the price lookup want the id.
+ * Only printable ASCII is decoded: anything else stays as sent. */
+static void pct_decode(char *s)
+{
+    char *o = s;
+    for (const char *i = s; *i; i++) {
+        int hi = i[0] == '%' ? hexval(i[1]) : -1, lo = hi >= 0 ? hexval(i[2]) : -1;
+        int c = hi * 16 + lo;
+        if (hi >= 0 && lo >= 0 && c > 0x20 && c < 0x7f) {
+            *o++ = (char)c;
+            i += 2;
+        } else {
+            *o++ = *i;
+        }
+    }
+    *o = '\0';
+}
+
 int nb_llmcat_match(const nb_llmcat_t *cat, const char *host, const char *method, nb_iov_t target,
                     nb_llm_match_t *m)
 {
@@ -320,8 +347,10 @@ int nb_llmcat_match(const nb_llmcat_t *cat, const char *host, const char *method
             m->api = p->ep[e].api;
             m->include_usage = p->include_usage >= 0 ? p->include_usage : m->api->include_usage;
             m->default_max_out = p->default_max_out;
-            if (m->api->model_from_path)
+            if (m->api->model_from_path) {
                 memcpy(m->path_model, star, sizeof star);
+                pct_decode(m->path_model);
+            }
             return 1;
         }
     }

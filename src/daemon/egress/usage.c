@@ -24,11 +24,92 @@ typedef struct lim {
     struct lim *next;
 } lim_t;
 
+#define RECORD_FLUSH_MS 50
+#define RECORD_BATCH 512 /* flush at once past this many */
+
+/* A settled record waiting for the next batch. */
+typedef struct rec {
+    int64_t t, in, out, cached, cw, tokens;
+    double cost;
+    int estimated, status;
+    char vm[NB_USAGE_WHO_MAX], provider[32], model[NB_LLM_MODEL_MAX], host[256];
+    char secrets[NB_USAGE_SECRETS * NB_USAGE_WHO_MAX + 8], rid[64];
+    struct rec *next;
+} rec_t;
+
 struct nb_usage {
     nb_usage_cfg_t cfg;
     lim_t *lims;
     uint64_t seq; /* request ids we make up when the provider gives none */
+    rec_t *q, **qtail;
+    size_t nq;
+    uv_timer_t *timer; /* allocated: it outlives the ledger until its close callback */
+    sqlite3_stmt *ins; /* the INSERT, prepared once */
 };
+
+/* Writes the queued records in one transaction (or inside the caller's,
+ * when one is open on the shared connection). */
+static void flush(nb_usage_t *u)
+{
+    sqlite3 *db = u->cfg.store ? nb_store_db(u->cfg.store) : NULL;
+    if (!u->q)
+        return;
+    if (db && !u->ins &&
+        sqlite3_prepare_v3(db,
+                           "INSERT INTO usage_records (time_ms, vm, provider, model, host, "
+                           "secret, input, output, cached, cache_write, tokens, cost_usd, "
+                           "estimated, status, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
+                           "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &u->ins, NULL) != SQLITE_OK) {
+        nb_log(NB_LOG_WARN, "usage: cannot record: %s", sqlite3_errmsg(db));
+        u->ins = NULL;
+    }
+    int txn = db && u->ins && sqlite3_get_autocommit(db) &&
+              sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+    while (u->q) {
+        rec_t *x = u->q;
+        u->q = x->next;
+        sqlite3_stmt *st = u->ins;
+        if (st) {
+            sqlite3_bind_int64(st, 1, x->t);
+            sqlite3_bind_text(st, 2, x->vm, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 3, x->provider, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 4, x->model, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 5, x->host, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 6, x->secrets, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 7, x->in);
+            sqlite3_bind_int64(st, 8, x->out);
+            sqlite3_bind_int64(st, 9, x->cached);
+            sqlite3_bind_int64(st, 10, x->cw);
+            sqlite3_bind_int64(st, 11, x->tokens);
+            sqlite3_bind_double(st, 12, x->cost);
+            sqlite3_bind_int(st, 13, x->estimated);
+            sqlite3_bind_int(st, 14, x->status);
+            sqlite3_bind_text(st, 15, x->rid, -1, SQLITE_STATIC);
+            if (sqlite3_step(st) != SQLITE_DONE)
+                nb_log(NB_LOG_WARN, "usage: cannot record: %s", sqlite3_errmsg(db));
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+        }
+        free(x);
+    }
+    u->qtail = &u->q;
+    u->nq = 0;
+    if (txn && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        nb_log(NB_LOG_WARN, "usage: cannot record: %s", sqlite3_errmsg(db));
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
+}
+
+static void on_flush(uv_timer_t *t)
+{
+    flush(t->data);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
 
 typedef struct {
     int64_t id;
@@ -201,6 +282,7 @@ static const char *amount_col(const lim_t *l)
 
 static void load_used(nb_usage_t *u, lim_t *l)
 {
+    flush(u);
     sqlite3 *db = u->cfg.store ? nb_store_db(u->cfg.store) : NULL;
     int64_t t = now_ms(u);
     roll(l, t);
@@ -236,6 +318,15 @@ int nb_usage_new(const nb_usage_cfg_t *cfg, nb_usage_t **out)
     if (!u)
         return -ENOMEM;
     u->cfg = *cfg;
+    u->qtail = &u->q;
+    if (cfg->loop) {
+        if (!(u->timer = calloc(1, sizeof *u->timer))) {
+            free(u);
+            return -ENOMEM;
+        }
+        uv_timer_init(cfg->loop, u->timer);
+        u->timer->data = u;
+    }
     sqlite3 *db = cfg->store ? nb_store_db(cfg->store) : NULL;
     sqlite3_stmt *st = NULL;
     if (db && sqlite3_prepare_v2(db,
@@ -274,6 +365,12 @@ void nb_usage_free(nb_usage_t *u)
 {
     if (!u)
         return;
+    flush(u);
+    sqlite3_finalize(u->ins);
+    if (u->timer) {
+        uv_timer_stop(u->timer);
+        uv_close((uv_handle_t *)u->timer, on_timer_closed);
+    }
     while (u->lims) {
         lim_t *l = u->lims;
         u->lims = l->next;
@@ -407,6 +504,7 @@ static json_t *row_json(sqlite3_stmt *st, int first)
 
 json_t *nb_usage_summary(nb_usage_t *u, const char *vm, const char *by, int64_t since_ms)
 {
+    flush(u);
     static const char *const keys[][2] = {{"provider", "provider"},
                                           {"model", "model"},
                                           {"vm", "vm"},
@@ -458,6 +556,7 @@ json_t *nb_usage_summary(nb_usage_t *u, const char *vm, const char *by, int64_t 
 
 json_t *nb_usage_records(nb_usage_t *u, const char *vm, int n)
 {
+    flush(u);
     sqlite3 *db = u->cfg.store ? nb_store_db(u->cfg.store) : NULL;
     sqlite3_stmt *st = NULL;
     if (!db || sqlite3_prepare_v2(db,
@@ -675,33 +774,33 @@ void nb_usage_settle(nb_usage_t *u, nb_usage_req_t *r, const nb_usage_result_t *
         snprintf(rid, sizeof rid, "%s", res->request_id);
     else
         snprintf(rid, sizeof rid, "nb-%lld-%llu", (long long)t, (unsigned long long)++u->seq);
-    sqlite3 *db = u->cfg.store ? nb_store_db(u->cfg.store) : NULL;
-    sqlite3_stmt *st = NULL;
-    if (db && sqlite3_prepare_v2(db,
-                                 "INSERT INTO usage_records (time_ms, vm, provider, model, host, "
-                                 "secret, input, output, cached, cache_write, tokens, cost_usd, "
-                                 "estimated, status, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
-                                 "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                                 -1, &st, NULL) == SQLITE_OK) {
-        sqlite3_bind_int64(st, 1, t);
-        sqlite3_bind_text(st, 2, r->vm, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, r->provider, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 4, model, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 5, res->host ? res->host : "", -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 6, secrets, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 7, in);
-        sqlite3_bind_int64(st, 8, outt);
-        sqlite3_bind_int64(st, 9, cached);
-        sqlite3_bind_int64(st, 10, cw);
-        sqlite3_bind_int64(st, 11, tokens);
-        sqlite3_bind_double(st, 12, cost);
-        sqlite3_bind_int(st, 13, estimated);
-        sqlite3_bind_int(st, 14, res->status);
-        sqlite3_bind_text(st, 15, rid, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            nb_log(NB_LOG_WARN, "usage: cannot record: %s", sqlite3_errmsg(db));
+    rec_t *x = calloc(1, sizeof *x);
+    if (x) {
+        *x = (rec_t){.t = t,
+                     .in = in,
+                     .out = outt,
+                     .cached = cached,
+                     .cw = cw,
+                     .tokens = tokens,
+                     .cost = cost,
+                     .estimated = estimated,
+                     .status = res->status};
+        snprintf(x->vm, sizeof x->vm, "%s", r->vm);
+        snprintf(x->provider, sizeof x->provider, "%s", r->provider);
+        snprintf(x->model, sizeof x->model, "%s", model);
+        snprintf(x->host, sizeof x->host, "%s", res->host ? res->host : "");
+        snprintf(x->secrets, sizeof x->secrets, "%s", secrets);
+        snprintf(x->rid, sizeof x->rid, "%s", rid);
+        *u->qtail = x;
+        u->qtail = &x->next;
+        u->nq++;
+    } else {
+        nb_log(NB_LOG_WARN, "usage: cannot record: out of memory");
     }
-    sqlite3_finalize(st);
+    if (!u->timer || u->nq >= RECORD_BATCH)
+        flush(u);
+    else if (!uv_is_active((uv_handle_t *)u->timer))
+        uv_timer_start(u->timer, on_flush, RECORD_FLUSH_MS, 0);
     if (u->cfg.emit)
         u->cfg.emit(u->cfg.emit_ud, "usage.record",
                     json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:b, s:s}", "vm", r->vm,

@@ -70,6 +70,10 @@ typedef struct {
     void (*emit)(void *ud, const char *type, json_t *data);
     void *emit_ud;
     int64_t (*now_ms)(void); /* wall clock (tests); NULL: the real one */
+    /* Records are written in batches, one transaction per RECORD_FLUSH_MS
+     * tick (one autocommit INSERT each cost more CPU than the whole proxy
+     * exchange: bench/usage); NULL: each at once. Readers here flush first. */
+    uv_loop_t *loop;
 } nb_usage_cfg_t;
 
 /* Loads the limits and what each has used in its window. 0 or a negative

@@ -84,6 +84,14 @@ static void test_catalogue(void)
                              &m));
     NB_CHECK_STR(m.path_model, "anthropic.claude-3-haiku-20240307-v1:0");
     NB_CHECK_STR(m.api->name, "bedrock-converse");
+    /* As the AWS SDK sends it: percent-encoded; only printable ASCII is decoded. */
+    NB_CHECK(nb_llmcat_match(cat, "bedrock-runtime.us-east-1.amazonaws.com", "POST",
+                             NB_IOV_STR("/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"),
+                             &m));
+    NB_CHECK_STR(m.path_model, "anthropic.claude-3-haiku-20240307-v1:0");
+    NB_CHECK(nb_llmcat_match(cat, "bedrock-runtime.us-east-1.amazonaws.com", "POST",
+                             NB_IOV_STR("/model/a%0Ab%3%zz%/converse"), &m));
+    NB_CHECK_STR(m.path_model, "a%0Ab%3%zz%");
     NB_CHECK(!nb_llmcat_match(cat, "bedrock-runtime.amazonaws.com", "POST",
                               NB_IOV_STR("/model/x/converse"), &m));
     NB_CHECK(
