@@ -5,6 +5,7 @@
 // NB_UI_ARTIFACTS. No network: chromium and the packages are local.
 import { spawn } from 'node:child_process';
 import http from 'node:http';
+import net from 'node:net';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
@@ -18,6 +19,7 @@ const NILBOX = process.env.NB_TEST_NILBOX;
 const ART = process.env.NB_UI_ARTIFACTS || '/tmp/nb-ui-artifacts';
 const VM = process.env.NB_UI_VM || 'ui1';
 const ASK_HOST = process.env.NB_UI_ASK_HOST || 'ask.example.test';
+const SHARE_DIR = process.env.NB_UI_SHARE_DIR;
 mkdirSync(ART, { recursive: true });
 
 let step = '';
@@ -106,6 +108,27 @@ async function typeCmd(page, cmd) {
   await page.keyboard.type(cmd);
   await page.keyboard.press('Enter');
 }
+
+function freePort() {
+  return new Promise((resolve) => {
+    const srv = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function httpGet(port, path) {
+  return new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path }, (res) => {
+      let body = '';
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    }).on('error', reject);
+  });
+}
+
+const nav = (name) => page.getByRole('navigation').getByRole('button', { name, exact: true }).click();
 
 const steps = [];
 const add = (name, fn) => steps.push([name, fn]);
@@ -316,14 +339,181 @@ add('audit: rows for what was done', async () => {
   await shot(page, '08-audit');
 });
 
+add('usage: a guest request recorded, per provider/model/day, limits set and removed', async () => {
+  // A guest request to a (fake) OpenAI endpoint through the proxy: metered.
+  const body = JSON.stringify({ model: 'gpt-4o-mini', max_tokens: 8,
+                                messages: [{ role: 'user', content: 'hello from the ui test' }] });
+  const r = await cli(['exec', VM, '--', 'curl', '-sS', '-m', '60', '-H', 'content-type: application/json',
+                       '-d', body, 'https://api.openai.com/v1/chat/completions'], 120000);
+  assert(r.code === 0, `guest LLM request failed (${r.code}): ${r.err}`);
+  await nav('Usage');
+  const prov = page.locator('table.usage tr[data-key="openai"]');
+  await prov.first().waitFor({ timeout: 20000 });
+  await page.locator('table.usage').filter({ hasText: 'Per model' }).locator('tr')
+    .filter({ hasText: 'gpt-4o-mini' }).first().waitFor();
+  assert(await page.getByRole('img', { name: /per day/ }).count() === 1, 'no day chart');
+  assert(await page.locator('svg.chart rect.bar').count() === 30, 'the chart has not 30 days');
+  // A bad limit: the API's message is shown.
+  const form = page.getByRole('form', { name: 'set a limit' });
+  await form.getByLabel('Scope').selectOption('vm');
+  await form.getByLabel('Amount').fill('5');
+  await form.getByRole('button', { name: 'Set limit' }).click();
+  await page.getByRole('alert').filter({ hasText: '422' }).filter({ hasText: 'needs who' }).waitFor();
+  await page.getByRole('button', { name: 'dismiss the error' }).click();
+  await form.getByLabel('Who').fill(VM);
+  await form.getByLabel('Window').selectOption('day');
+  await form.getByLabel('Unit').selectOption('tokens');
+  await form.getByLabel('Amount').fill('1000000');
+  await form.getByRole('button', { name: 'Set limit' }).click();
+  const row = page.locator('table.limits tr[data-limit]').filter({ hasText: `vm ${VM}` });
+  await row.waitFor();
+  // How close: what the request used, against the limit.
+  const used = await row.locator('meter').evaluate((m) => m.value);
+  assert(used > 0 && used < 100, `limit meter shows ${used}`);
+  await axe(page, 'usage');
+  await shot(page, '10-usage');
+  await row.getByRole('button', { name: /remove limit/ }).click();
+  await row.waitFor({ state: 'detached' });
+});
+
+add('mappings: a port mapped and reached, a folder shared and read, the SSH block', async () => {
+  const g = await cli(['exec', VM, '--', 'sh', '-c',
+                       'mkdir -p /tmp/www && echo hello-from-guest > /tmp/www/index.html && busybox httpd -p 127.0.0.1:8080 -h /tmp/www']);
+  assert(g.code === 0, `guest httpd: ${g.err}`);
+  await nav('Mappings');
+  const hp = await freePort();
+  const pf = page.getByRole('form', { name: 'map a port' });
+  await pf.getByLabel('Host port').fill(String(hp));
+  await pf.getByLabel('Guest port').fill('8080');
+  await pf.getByRole('button', { name: 'Map port' }).click();
+  const prow = page.locator(`table.ports tr[data-port="${hp}"]`);
+  await prow.filter({ hasText: 'listening' }).waitFor();
+  const res = await httpGet(hp, '/index.html');
+  assert(res.status === 200 && res.body.includes('hello-from-guest'), `mapped port: ${res.status} ${res.body}`);
+  // The same port again: the API's refusal, shown.
+  await pf.getByLabel('Host port').fill(String(hp));
+  await pf.getByLabel('Guest port').fill('8080');
+  await pf.getByRole('button', { name: 'Map port' }).click();
+  await page.getByRole('alert').filter({ hasText: '409' }).waitFor();
+  await page.getByRole('button', { name: 'dismiss the error' }).click();
+  // A folder.
+  const sf = page.getByRole('form', { name: 'share a folder' });
+  await sf.getByLabel('Host folder').fill(SHARE_DIR);
+  await sf.getByLabel('Guest folder').fill('/mnt/uishare');
+  await sf.getByLabel('Read-only').check();
+  await sf.getByRole('button', { name: 'Share folder' }).click();
+  const srow = page.locator('table.shares tr[data-share="/mnt/uishare"]');
+  await srow.filter({ hasText: 'mounted' }).waitFor({ timeout: 60000 });
+  const c = await cli(['exec', VM, '--', 'cat', '/mnt/uishare/hello.txt']);
+  assert(c.code === 0 && c.out.includes('shared from the host'), `guest read of the share: ${c.code} ${c.err}`);
+  // SSH: the config block names this VM and the gateway's port.
+  const ssh = await page.getByTestId('ssh-config').textContent();
+  assert(ssh.includes(`Host nilbox-${VM}`) && /Port \d+/.test(ssh) && ssh.includes('StrictHostKeyChecking yes'),
+         `ssh config: ${ssh}`);
+  await axe(page, 'mappings');
+  await shot(page, '11-mappings');
+  await prow.getByRole('button', { name: /remove port/ }).click();
+  await prow.waitFor({ state: 'detached' });
+  await srow.getByRole('button', { name: /remove share/ }).click();
+  await srow.waitFor({ state: 'detached', timeout: 60000 });
+  const gone = await httpGet(hp, '/').then(() => 'reached', () => 'refused');
+  assert(gone === 'refused', 'the removed port still answers');
+});
+
+add('mcp: add a server, set a tool policy, the client snippet, remove', async () => {
+  await nav('MCP');
+  const f = page.getByRole('form', { name: 'add an MCP server' });
+  await f.getByLabel('Name').fill('uitools');
+  await f.getByLabel('Command', { exact: true }).fill('cat');
+  await f.getByRole('button', { name: 'Add server' }).click();
+  const row = page.locator(`table.mcp tr[data-mcp="${VM}/uitools"]`);
+  await row.waitFor();
+  // A bad name: the API's message.
+  await f.getByLabel('Name').fill('bad name!');
+  await f.getByLabel('Command', { exact: true }).fill('cat');
+  await f.getByRole('button', { name: 'Add server' }).click();
+  await page.getByRole('alert').filter({ hasText: '422' }).waitFor();
+  await page.getByRole('button', { name: 'dismiss the error' }).click();
+  await row.getByRole('button', { name: `manage ${VM}/uitools` }).click();
+  const panel = page.getByRole('region', { name: `MCP server ${VM}/uitools` });
+  const pol = panel.getByRole('form', { name: 'set a tool policy' });
+  await pol.getByLabel('Tool').fill('delete_everything');
+  await pol.getByLabel('Policy').selectOption('deny');
+  await pol.getByRole('button', { name: 'Set policy' }).click();
+  await panel.locator('tr[data-tool="delete_everything"]').waitFor();
+  await panel.getByLabel('policy of delete_everything', { exact: true }).selectOption('ask');
+  await row.filter({ hasText: 'delete_everything: ask' }).waitFor();
+  const cf = panel.getByRole('form', { name: 'client configuration' });
+  await cf.getByLabel('Client').selectOption('claude-code');
+  await cf.getByRole('button', { name: 'Show snippet' }).click();
+  const snip = JSON.parse(await panel.getByTestId('mcp-snippet').textContent());
+  const e = snip.mcpServers[`${VM}-uitools`];
+  assert(e && /^http:\/\/127\.0\.0\.1:\d+\/mcp$/.test(e.url) && /^Bearer \S{16,}/.test(e.headers.Authorization),
+         `snippet: ${JSON.stringify(snip)}`);
+  // The endpoint answers with that token (and refuses without).
+  const port = Number(new URL(e.url).port);
+  const noTok = await httpGet(port, '/mcp').catch(() => ({ status: 0 }));
+  assert(noTok.status === 401, `endpoint without the token: ${noTok.status}`);
+  await axe(page, 'mcp');
+  await shot(page, '12-mcp');
+  await row.getByRole('button', { name: /remove MCP server/ }).click();
+  await row.waitFor({ state: 'detached' });
+});
+
+add('store: rules shown and accepted first, install with progress, remove', async () => {
+  await nav('Store');
+  await page.locator('table.store tr[data-app="hello"]').waitFor();
+  // An app for another image: refused with what to do.
+  await page.getByRole('button', { name: 'install big' }).click();
+  await page.getByRole('region', { name: /Install big/ }).getByRole('alert').filter({ hasText: 'debian' }).waitFor();
+  await page.getByRole('button', { name: 'Cancel' }).click();
+  await page.getByRole('button', { name: 'install hello' }).click();
+  const plan = page.getByRole('region', { name: `Install hello into ${VM}?` });
+  await plan.getByTestId('plan-rules').filter({ hasText: 'pkgs.example.com:443 (new rule)' }).waitFor();
+  await plan.getByText('HELLO_KEY').waitFor();
+  await axe(page, 'store-plan');
+  await shot(page, '13-store-plan');
+  // Nothing was added before the user accepted.
+  let rules = JSON.parse((await cli(['--json', 'rule', 'ls'])).out).rules;
+  assert(!rules.some((x) => x.target.includes('pkgs.example.com')), 'a rule was added before accepting');
+  await plan.getByRole('button', { name: 'Accept the rules and install' }).click();
+  const st = page.getByTestId('store-status');
+  await st.filter({ hasText: `hello is installed in ${VM}` }).waitFor({ timeout: 600000 });
+  await page.getByLabel('install output').filter({ hasText: 'step two' }).waitFor();
+  rules = JSON.parse((await cli(['--json', 'rule', 'ls'])).out).rules;
+  assert(rules.some((x) => x.target.includes('pkgs.example.com') && x.vm === VM), 'the accepted rule is missing');
+  const g = await cli(['exec', VM, '--', 'cat', '/data/store-hello']);
+  assert(g.out.includes('installed'), `the recipe did not run: ${g.out} ${g.err}`);
+  await shot(page, '14-store-installed');
+  await page.getByRole('button', { name: 'remove hello' }).click();
+  await st.filter({ hasText: 'removed hello' }).waitFor({ timeout: 120000 });
+  await page.getByRole('button', { name: 'install hello' }).waitFor();
+});
+
+add('settings: doctor findings and the accelerator', async () => {
+  await nav('Settings');
+  await page.getByRole('button', { name: 'Run the checks' }).click();
+  await page.locator('table.doctor tr[data-check="qemu"]').waitFor({ timeout: 120000 });
+  await page.locator('table.doctor tr[data-check="kvm"]').waitFor();
+  const sel = page.getByLabel(`accelerator of ${VM}`);
+  await sel.selectOption('tcg');
+  await page.waitForFunction((vm) =>
+    document.querySelector(`table.accel tr[data-vm="${vm}"] td:nth-child(3)`)?.textContent === 'vm', VM);
+  const v = JSON.parse((await cli(['vm', 'inspect', VM])).out);
+  assert(v.accel_setting === 'tcg', `accel_setting: ${JSON.stringify(v).slice(0, 300)}`);
+  await axe(page, 'settings');
+  await shot(page, '15-settings');
+  await sel.selectOption('auto');
+});
+
 add('keyboard: every screen reachable by Tab', async () => {
   await page.getByRole('navigation').getByRole('button', { name: 'VMs' }).focus();
   const seen = new Set();
-  for (let i = 0; i < 8; i++) {
+  for (let i = 0; i < 14; i++) {
     await page.keyboard.press('Tab');
     seen.add(await page.evaluate(() => document.activeElement?.textContent?.trim()));
   }
-  for (const s of ['Terminal', 'Destinations', 'Secrets', 'Audit'])
+  for (const s of ['Terminal', 'Destinations', 'Secrets', 'Usage', 'Mappings', 'MCP', 'Store', 'Audit', 'Settings'])
     assert([...seen].some((x) => x && x.startsWith(s)), `${s} not reached by Tab: ${[...seen]}`);
 });
 

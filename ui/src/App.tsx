@@ -1,15 +1,23 @@
 // The shell of the UI: navigation, the event stream (live VM states,
 // progress, prompts) and the terminal tabs, which stay alive while another
 // screen is shown.
-import { useCallback, useEffect, useRef, useState } from 'react';
-import { api, NbEvent, Prompt, subscribe, token, Vm } from './api';
+import { lazy, Suspense, useCallback, useEffect, useRef, useState } from 'react';
+import { api, dispatch, NbEvent, Prompt, subscribe, token, Vm } from './api';
 import { AuditScreen, DestinationsScreen, ErrorBox, PromptModal, SecretsScreen, VmsScreen } from './screens';
-import { TerminalTab } from './Terminal';
+// xterm.js is about half the code: loaded when the first terminal opens.
+const TerminalTab = lazy(() => import('./Terminal').then((m) => ({ default: m.TerminalTab })));
+import { UsageScreen } from './usage';
+import { MappingsScreen } from './mappings';
+import { McpScreen } from './mcp';
+import { StoreScreen } from './store';
+import { SettingsScreen } from './settings';
 
-type Screen = 'vms' | 'terminal' | 'destinations' | 'secrets' | 'audit';
+type Screen = 'vms' | 'terminal' | 'destinations' | 'secrets' | 'usage' | 'mappings' | 'mcp' |
+  'store' | 'audit' | 'settings';
 const SCREENS: [Screen, string][] = [
   ['vms', 'VMs'], ['terminal', 'Terminal'], ['destinations', 'Destinations'],
-  ['secrets', 'Secrets'], ['audit', 'Audit'],
+  ['secrets', 'Secrets'], ['usage', 'Usage'], ['mappings', 'Mappings'], ['mcp', 'MCP'],
+  ['store', 'Store'], ['audit', 'Audit'], ['settings', 'Settings'],
 ];
 
 let tabSeq = 0;
@@ -40,6 +48,7 @@ export function App() {
     loadPrompts();
     return subscribe((e: NbEvent) => {
       const t = e.type;
+      dispatch(e);
       if (t.startsWith('vm.')) {
         // Bursts of events (a boot) give one reload.
         clearTimeout(reloadTimer.current);
@@ -47,6 +56,8 @@ export function App() {
         if (e.vm && (t === 'vm.running' || t === 'vm.stopped' || t === 'vm.crashed' || t === 'vm.removed'))
           setProgress((p) => { const n = { ...p }; delete n[e.vm]; return n; });
       } else if (t === 'progress') {
+        // Store installs report per app on their own screen.
+        if (e.vm && e.app) return;
         if (e.vm) setProgress((p) => ({ ...p, [e.vm]: String(e.message ?? '') }));
         else setBanner(`${e.op ?? 'progress'}: ${String(e.message ?? '')}`);
       } else if (t.startsWith('image.')) {
@@ -125,14 +136,21 @@ export function App() {
             </label>
           </div>
           {tabs.length === 0 && <p>No terminal open: pick a running VM.</p>}
-          {tabs.map((t) => (
-            <TerminalTab key={t.id} vm={t.vm} active={screen === 'terminal' && t.id === activeTab}
-                         onExit={() => {}} />
-          ))}
+          <Suspense fallback={<p role="status">Loading the terminal…</p>}>
+            {tabs.map((t) => (
+              <TerminalTab key={t.id} vm={t.vm} active={screen === 'terminal' && t.id === activeTab}
+                           onExit={() => {}} />
+            ))}
+          </Suspense>
         </section>
         {screen === 'destinations' && <DestinationsScreen prompts={prompts} tick={tick} />}
         {screen === 'secrets' && <SecretsScreen tick={tick} />}
+        {screen === 'usage' && <UsageScreen vms={vms ?? []} />}
+        {screen === 'mappings' && <MappingsScreen vms={vms ?? []} />}
+        {screen === 'mcp' && <McpScreen vms={vms ?? []} />}
+        {screen === 'store' && <StoreScreen vms={vms ?? []} />}
         {screen === 'audit' && <AuditScreen tick={tick} />}
+        {screen === 'settings' && <SettingsScreen vms={vms ?? []} reload={loadVms} />}
       </main>
       {prompts.length > 0 && <PromptModal prompt={prompts[0]} onDone={loadPrompts} />}
     </>

@@ -85,6 +85,20 @@ export function openSocket(path: string): WebSocket {
 
 export type NbEvent = { id?: number; type: string; time?: string; [k: string]: any };
 
+// Screens that need events beyond what App keeps (store progress, usage
+// records) listen here; App forwards every event of its one stream.
+const listeners = new Set<(e: NbEvent) => void>();
+export function onEvent(f: (e: NbEvent) => void): () => void {
+  listeners.add(f);
+  return () => { listeners.delete(f); };
+}
+export function dispatch(e: NbEvent) {
+  for (const f of listeners) f(e);
+}
+
+// Path segment: names from the API go into URLs encoded.
+export const seg = encodeURIComponent;
+
 // The event stream with reconnects: `since` resumes where it left off.
 export function subscribe(onEvent: (e: NbEvent) => void,
                           onState: (up: boolean) => void): () => void {
@@ -125,11 +139,11 @@ export function subscribe(onEvent: (e: NbEvent) => void,
 export type Vm = {
   name: string; image: string; state: string; cpus: number; memory_mib: number;
   disk_bytes: number; agent: boolean; busy?: string; accel?: string; boot_secs?: number;
-  last_exit?: string;
+  last_exit?: string; accel_setting?: string; accel_setting_from?: string; accel_reason?: string;
 };
 export type Prompt = {
   id: number; vm: string; host: string; is_ip: boolean; port: number; deadline: string;
-  timeout_s: number; waiters: number;
+  timeout_s: number; waiters: number; kind?: string;
 };
 export type Rule = {
   id: number; action: string; target: string; port: number; vm: string | null; http: boolean;

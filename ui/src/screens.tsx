@@ -17,7 +17,7 @@ export function ErrorBox({ err, onClose }: { err: unknown; onClose?: () => void 
   );
 }
 
-function useAction(): [unknown, (f: () => Promise<unknown>) => Promise<void>, () => void] {
+export function useAction(): [unknown, (f: () => Promise<unknown>) => Promise<void>, () => void] {
   const [err, setErr] = useState<unknown>(null);
   const run = useCallback(async (f: () => Promise<unknown>) => {
     setErr(null);
@@ -190,12 +190,19 @@ export function PromptModal({ prompt, onDone }: { prompt: Prompt; onDone: () => 
     <div className="modal-bg">
       <div className="modal" role="dialog" aria-modal="true" aria-labelledby="prompt-h"
            aria-describedby="prompt-d">
-        <h2 id="prompt-h">Allow a new destination?</h2>
-        <p id="prompt-d">
-          VM <strong>{prompt.vm}</strong> wants to connect to{' '}
-          <code className="host" data-testid="prompt-host">{prompt.host}</code> port {prompt.port}
-          {prompt.is_ip && ' (an IP address)'}.
-        </p>
+        <h2 id="prompt-h">{prompt.kind === 'mcp' ? 'Allow an MCP tool call?' : 'Allow a new destination?'}</h2>
+        {prompt.kind === 'mcp' ? (
+          <p id="prompt-d">
+            VM <strong>{prompt.vm}</strong> wants to call the MCP tool (server/tool){' '}
+            <code className="host" data-testid="prompt-host">{prompt.host}</code>.
+          </p>
+        ) : (
+          <p id="prompt-d">
+            VM <strong>{prompt.vm}</strong> wants to connect to{' '}
+            <code className="host" data-testid="prompt-host">{prompt.host}</code> port {prompt.port}
+            {prompt.is_ip && ' (an IP address)'}.
+          </p>
+        )}
         <p className="hint">Denied automatically in about {secs} s. {prompt.waiters} connection(s) wait.</p>
         <ErrorBox err={err} />
         <div className="buttons">
@@ -237,7 +244,7 @@ export function DestinationsScreen({ prompts, tick }: { prompts: Prompt[]; tick:
       )}
       <h3>Rules</h3>
       <table className="rules">
-        <thead><tr><th>#</th><th>Action</th><th>Target</th><th>Port</th><th>VM</th><th>Note</th><th></th></tr></thead>
+        <thead><tr><th>#</th><th>Action</th><th>Target</th><th>Port</th><th>VM</th><th>Note</th><th><span className="sr">Actions</span></th></tr></thead>
         <tbody>
           {rules.map((r) => (
             <tr key={r.id}>
@@ -305,7 +312,7 @@ export function SecretsScreen({ tick }: { tick: number }) {
       <ErrorBox err={err} onClose={clear} />
       <p className="hint">Guests see a placeholder; the real value is injected by the proxy only toward the bound hosts.</p>
       <table className="secrets">
-        <thead><tr><th>Name</th><th>Version</th><th>Bound to</th><th></th></tr></thead>
+        <thead><tr><th>Name</th><th>Version</th><th>Bound to</th><th><span className="sr">Actions</span></th></tr></thead>
         <tbody>
           {secrets.map((s) => (
             <tr key={s.name} data-secret={s.name}>
