@@ -1,5 +1,5 @@
 /* libFuzzer target for the `vm logs` console filter (src/cli/logfilter.c,
- * on top of src/cli/termfilter.c).
+ * on top of src/lib/termfilter.c).
  *
  * Byte 0: bit 0 sets `colour`, the rest picks a split step. The rest is
  * filtered whole and in pieces; the outputs must be identical, hold no

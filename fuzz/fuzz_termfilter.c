@@ -1,4 +1,4 @@
-/* libFuzzer target for the guest output filter (src/cli/termfilter.c).
+/* libFuzzer target for the guest output filter (src/lib/termfilter.c).
  *
  * Byte 0 picks a split step (0: random-ish cuts driven by byte 1). The rest
  * is filtered whole and in pieces; outputs and counts must be identical, and
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/termfilter.h"
+#include "lib/termfilter.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

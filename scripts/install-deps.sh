@@ -13,6 +13,7 @@ PKGS="$PKGS liblua5.4-dev"
 PKGS="$PKGS libssh-dev"
 PKGS="$PKGS chromium"
 PKGS="$PKGS libfuse3-dev fuse3"
+PKGS="$PKGS rsync"
 
 missing=""
 for p in $PKGS; do

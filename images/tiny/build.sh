@@ -82,6 +82,10 @@ NFT=$(command -v nft || true)
 CURL=$(command -v curl || true)
 [ -n "$CURL" ] || nb_die "curl not found: install curl"
 E2TOOLS="/sbin/mke2fs /sbin/resize2fs /sbin/e2fsck"
+# rsync (Debian's, ~0.6 MiB + popt/acl/lz4/xxhash; the rest is curl's) so that
+# `rsync -e ssh` through the SSH gateway works: rsync needs itself on both ends.
+RSYNC=$(command -v rsync || true)
+[ -n "$RSYNC" ] || nb_die "rsync not found: install rsync"
 
 NB_STEPS=7
 nb_step "resolving inputs"
@@ -93,6 +97,7 @@ RECIPE=$({
     echo "busybox-static $(nb_pkg_version busybox-static) nftables $(nb_pkg_version nftables)"
     echo "e2fsprogs $(nb_pkg_version e2fsprogs) libc6 $(nb_pkg_version libc6)"
     echo "curl $(nb_pkg_version curl) libcurl4 $(nb_pkg_version libcurl4)"
+    echo "rsync $(nb_pkg_version rsync)"
     echo "agent $AGENT_ID"
     (cd "$IMAGES" && nb_tree_hash lib tiny)
 } | sha256sum | cut -d' ' -f1)
@@ -180,6 +185,7 @@ copy_bin() {
 }
 copy_bin "$NFT" usr/sbin/nft
 copy_bin "$CURL" usr/bin/curl
+copy_bin "$RSYNC" usr/bin/rsync
 # The system CA bundle is the interception CA the host provisions (every
 # TLS connection on 443 is intercepted; there is no other way out).
 install -d -m 0755 "$ROOT/etc/ssl" "$ROOT/etc/ssl/certs"

@@ -15,7 +15,7 @@
 
 #include "cli/client.h"
 #include "cli/cmd.h"
-#include "cli/termfilter.h"
+#include "lib/termfilter.h"
 #include "cli/vmio.h"
 #include "cli/wsclient.h"
 #include "lib/err.h"

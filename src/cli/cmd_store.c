@@ -121,6 +121,44 @@ static void print_secrets(const json_t *secrets)
     }
 }
 
+/* The entry's MCP servers as a list, whether it wrote one object or a
+ * list (new reference). */
+static json_t *mcp_list(const json_t *e)
+{
+    json_t *v = json_object_get(e, "mcp");
+    if (json_is_array(v))
+        return json_incref(v);
+    return json_is_object(v) ? json_pack("[O]", v) : json_array();
+}
+
+/* One line per MCP server the app registers with the bridge. */
+static void print_mcp(const json_t *servers, const char *vm, const char *policy)
+{
+    json_t *x;
+    size_t i;
+    json_array_foreach (servers, i, x) {
+        char name[80], cmd[700] = "", esc[300];
+        size_t n = 0, k;
+        json_t *w;
+        const char *nm = nb_json_str(x, "name");
+        nb_log_escape(name, sizeof name, nm ? nm : "?", nm ? strlen(nm) : 1);
+        json_array_foreach (json_object_get(x, "argv"), k, w) {
+            const char *s = json_string_value(w);
+            if (!s)
+                continue;
+            nb_log_escape(esc, sizeof esc, s, strlen(s));
+            n += (size_t)snprintf(cmd + n, n < sizeof cmd ? sizeof cmd - n : 0, "%s%s",
+                                  k ? " " : "", esc);
+            if (n >= sizeof cmd)
+                break;
+        }
+        printf("%-10s %s%s%s: %s (MCP server registered with the bridge on install, removed by "
+               "'store rm'; tool policy: every tool %s)\n",
+               "mcp", vm ? vm : "", vm ? "/" : "", name, cmd,
+               policy && !strcmp(policy, "ask") ? "asks before its first use" : policy);
+    }
+}
+
 static int do_show(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     char path[160];
@@ -145,8 +183,9 @@ static int do_show(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     put_list("check", json_object_get(e, "check"), " ");
     put_list("rules", json_object_get(e, "rules"), ", ");
     print_secrets(json_object_get(e, "secrets"));
-    if (json_object_get(e, "mcp"))
-        put("mcp", nb_json_str(json_object_get(e, "mcp"), "name"));
+    json_t *servers = mcp_list(e);
+    print_mcp(servers, NULL, "ask");
+    json_decref(servers);
     json_decref(e);
     return NB_CLI_OK;
 }
@@ -155,6 +194,7 @@ typedef struct {
     const char *vm, *app;
     double t0;
     char msg[800];
+    json_t *done; /* the store.installed event's data (new reference) */
 } install_wait_t;
 
 static int install_event(const json_t *e, void *ud)
@@ -170,8 +210,10 @@ static int install_event(const json_t *e, void *ud)
             nb_cli_progress(nb_cli_now_s() - w->t0, m);
         return 0;
     }
-    if (!strcmp(type, "store.installed"))
+    if (!strcmp(type, "store.installed")) {
+        w->done = json_incref((json_t *)e);
         return 1;
+    }
     if (!strcmp(type, "store.install_failed")) {
         const char *m = nb_json_str(e, "message");
         snprintf(w->msg, sizeof w->msg, "%s", m ? m : "");
@@ -252,6 +294,7 @@ static int do_install(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     }
     if (!cli->json)
         print_secrets(json_object_get(plan, "secrets"));
+    json_t *servers = json_incref(json_object_get(plan, "mcp"));
     json_decref(plan);
 
     install_wait_t w = {.vm = vm, .app = app, .t0 = nb_cli_now_s()};
@@ -261,9 +304,11 @@ static int do_install(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     code = nb_cli_call(cli, "POST", path, NULL, &res);
     if (code != NB_CLI_OK) {
         nb_wsc_free(ws);
+        json_decref(servers);
         return code;
     }
     if (!ws) {
+        json_decref(servers);
         if (cli->json)
             nb_cli_print_json(res);
         else
@@ -276,15 +321,29 @@ static int do_install(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     int r = nb_cli_events_wait(ws, INSTALL_TIMEOUT_S, install_event, &w);
     nb_wsc_free(ws);
     if (r == 1) {
+        /* The event's own list (older daemons: the plan's). */
+        json_t *names = json_object_get(w.done, "mcp");
+        const char *policy = nb_json_str(w.done, "mcp_policy");
         if (cli->json) {
-            json_t *o = json_pack("{s:s, s:s, s:b}", "vm", vm, "app", app, "installed", 1);
+            json_t *o =
+                json_pack("{s:s, s:s, s:b, s:O, s:s}", "vm", vm, "app", app, "installed", 1, "mcp",
+                          names ? names : json_array(), "mcp_policy", policy ? policy : "ask");
             nb_cli_print_json(o);
             json_decref(o);
         } else {
             printf("%s is installed in %s (%.0f s)\n", app, vm, nb_cli_now_s() - w.t0);
+            print_mcp(servers, vm, policy ? policy : "ask");
+            if (json_array_size(servers))
+                printf("use it from a host MCP client: nilbox mcp config; allow a tool for good: "
+                       "nilbox mcp policy %s NAME TOOL allow\n",
+                       vm);
         }
+        json_decref(w.done);
+        json_decref(servers);
         return NB_CLI_OK;
     }
+    json_decref(w.done);
+    json_decref(servers);
     if (r == 2)
         return nb_cli_fail(cli, NB_CLI_ERROR, "install-failed", "installing %s in %s failed: %s",
                            app, vm, w.msg);
@@ -306,9 +365,14 @@ static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (!name_ok(app))
         return bad_name("app", app);
     snprintf(path, sizeof path, "/v1/vms/%s/apps/%s", vm, app);
-    if (!nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code))
+    if (!nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code)) {
+        json_t *x;
+        size_t i;
+        json_array_foreach (json_object_get(res, "mcp_removed"), i, x)
+            printf("unregistered MCP server %s/%s\n", vm, json_string_value(x));
         printf("removed %s from %s (the rules added for it stay: 'nilbox rule ls --vm %s')\n", app,
                vm, vm);
+    }
     json_decref(res);
     return code;
 }
@@ -334,11 +398,13 @@ static const nb_cli_verb_t verbs[] = {
      "packages, a script), then its check command. The destinations it must reach are shown\n"
      "and added as allow rules for VM only once you accept them. A snapshot of the VM's disk is\n"
      "taken first; if a step fails, the VM is stopped, the disk rolled back, and the VM started\n"
-     "again. Installing an app that is there already does nothing.",
+     "again. The MCP servers the app declares are registered with the MCP bridge (nilbox mcp\n"
+     "ls) with every tool set to 'ask': a tool's first call prompts (nilbox prompts). Installing\n"
+     "an app that is there already does nothing (but registers missing MCP servers).",
      2, 2, install_opts, do_install, NB_CLI_NEEDS_DAEMON},
     {"rm", "remove an app from a VM", "VM APP",
-     "Remove APP's npm packages and run its remove script; Debian packages stay (other apps\n"
-     "may use them), and so do the rules added for it.",
+     "Unregister APP's MCP servers, remove its npm packages and run its remove script; Debian\n"
+     "packages stay (other apps may use them), and so do the rules added for it.",
      2, 2, NULL, do_rm, NB_CLI_NEEDS_DAEMON},
     {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL, 0},
 };

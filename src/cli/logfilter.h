@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cli/termfilter.h"
+#include "lib/termfilter.h"
 
 /* Receives filtered output; `p` is valid only during the call. */
 typedef void (*nb_logfilter_out_fn)(void *ud, const uint8_t *p, size_t n);

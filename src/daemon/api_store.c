@@ -107,12 +107,13 @@ static void on_plan(nb_api_ctx_t *ctx)
     json_t *vj = nb_vm_json(nb_vmm_find(ctx->d->vmm, vm), 0);
     const char *image = nb_json_str(vj, "image"), *want = nb_json_str(e, "image");
     nb_api_reply_json(ctx, 200,
-                      json_pack("{s:s, s:s, s:O?, s:o, s:O?, s:b, s:s, s:s}", "vm", vm, "app",
-                                nb_json_str(e, "id"), "rules", json_object_get(e, "rules"),
+                      json_pack("{s:s, s:s, s:O?, s:o, s:O?, s:b, s:s, s:s, s:o, s:s}", "vm", vm,
+                                "app", nb_json_str(e, "id"), "rules", json_object_get(e, "rules"),
                                 "missing_rules", nb_appstore_missing_rules(ctx->d->appstore, e, vm),
                                 "secrets", json_object_get(e, "secrets"), "image_ok",
                                 image && !strcmp(image, want), "image", want, "vm_image",
-                                image ? image : ""));
+                                image ? image : "", "mcp", nb_appcat_mcp(e), "mcp_policy",
+                                NB_APPSTORE_MCP_POLICY));
     json_decref(vj);
     nb_appcat_clear(&cat);
 }
@@ -136,6 +137,8 @@ static void on_install(nb_api_ctx_t *ctx)
         nb_api_reply_json(ctx, 409, body);
     } else if (r == NB_EINVAL) {
         nb_api_reply_error(ctx, 422, "wrong-image", "%s", msg);
+    } else if (r == NB_EEXIST) {
+        nb_api_reply_error(ctx, 409, "mcp-name-taken", "%s", msg);
     } else if (r < 0) {
         nb_api_reply_error(ctx, 409, "wrong-state", "%s", msg);
     } else {
@@ -146,13 +149,15 @@ static void on_install(nb_api_ctx_t *ctx)
     nb_appcat_clear(&cat);
 }
 
-static void removed(void *ud, int r, const char *msg)
+static void removed(void *ud, int r, const char *msg, const json_t *res)
 {
     nb_api_ctx_t *ctx = ud;
     if (r < 0)
         nb_api_reply_error(ctx, 500, "remove-failed", "%s", msg);
     else
-        nb_api_reply_json(ctx, 200, json_pack("{s:b}", "removed", 1));
+        nb_api_reply_json(ctx, 200,
+                          json_pack("{s:b, s:O}", "removed", 1, "mcp_removed",
+                                    json_object_get(res, "mcp_removed")));
 }
 
 static void on_remove(nb_api_ctx_t *ctx)

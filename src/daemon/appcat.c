@@ -219,6 +219,52 @@ static const char *check_secrets(const json_t *e, const char *vendor)
     return NULL;
 }
 
+/* One MCP server an entry registers with the bridge (mcp.h): a name the
+ * bridge takes (at most 32 characters) and a command of non-empty words. */
+static int mcp_server_ok(const json_t *v)
+{
+    const char *k, *name = nb_json_str(v, "name");
+    json_t *x;
+    size_t i;
+    if (!json_is_object(v) || !nb_appcat_valid_id(name) || strlen(name) > 32 ||
+        !argv_ok(json_object_get(v, "argv")))
+        return 0;
+    json_object_foreach ((json_t *)v, k, x)
+        if (strcmp(k, "name") && strcmp(k, "argv"))
+            return 0;
+    json_array_foreach (json_object_get(v, "argv"), i, x)
+        if (!json_string_value(x)[0])
+            return 0;
+    return 1;
+}
+
+/* "mcp": one server object, or a list of 1..8 with distinct names. */
+static int mcp_ok(const json_t *v)
+{
+    json_t *x, *y;
+    size_t i, k;
+    if (json_is_object(v))
+        return mcp_server_ok(v);
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > NB_APPCAT_MCP_MAX)
+        return 0;
+    json_array_foreach (v, i, x) {
+        if (!mcp_server_ok(x))
+            return 0;
+        for (k = 0; k < i && (y = json_array_get(v, k)); k++)
+            if (!strcmp(nb_json_str(x, "name"), nb_json_str(y, "name")))
+                return 0;
+    }
+    return 1;
+}
+
+json_t *nb_appcat_mcp(const json_t *entry)
+{
+    json_t *v = json_object_get(entry, "mcp");
+    if (json_is_array(v))
+        return json_incref(v);
+    return v ? json_pack("[O]", v) : json_array();
+}
+
 static const char *check_entry(const json_t *e)
 {
     static const char *const kinds[] = {"agent", "mcp", "tool"};
@@ -282,11 +328,9 @@ static const char *check_entry(const json_t *e)
     const char *why = check_secrets(e, vendor_n);
     if (why)
         return why;
-    if ((v = json_object_get(e, "mcp"))) {
-        const char *name = nb_json_str(v, "name");
-        if (!json_is_object(v) || !nb_appcat_valid_id(name) || !argv_ok(json_object_get(v, "argv")))
-            return "'mcp' must be {name (a-z, 0-9, -), argv (the server's command)}";
-    }
+    if ((v = json_object_get(e, "mcp")) && !mcp_ok(v))
+        return "'mcp' must be {name (1-32 of a-z, 0-9, -), argv (the server's command, non-empty "
+               "words)} or a list of at most 8 of those with different names";
     return NULL;
 }
 

@@ -27,6 +27,7 @@
 #define NB_APPCAT_MAX_APPS 512
 #define NB_APPCAT_MAX_KEYS 16
 #define NB_APPCAT_ID_MAX 64
+#define NB_APPCAT_MCP_MAX 8 /* MCP servers one entry registers */
 
 typedef struct {
     json_t *apps;    /* array of validated entries (objects), in file order */
@@ -63,6 +64,11 @@ size_t nb_appcat_trusted_keys(const char *home, uint8_t (*keys)[32], size_t max)
 
 /* The validated entry with `id`, or NULL (borrowed). */
 const json_t *nb_appcat_find(const nb_appcat_t *cat, const char *id);
+
+/* The MCP servers a validated entry registers, as a list of {name, argv}
+ * whether the entry wrote one object or a list (new reference; empty when
+ * it registers none). */
+json_t *nb_appcat_mcp(const json_t *entry);
 
 /* 1 when `id` is a valid app id: 1..63 of [a-z0-9-], starting with a
  * letter or digit. */

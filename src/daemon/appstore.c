@@ -1,8 +1,18 @@
 /* The app store service (appstore.h). An install is a small state
  * machine on the loop:
  *
- *   CHECK (already there? done) -> SNAPSHOT -> APT -> NPM -> SCRIPT -> VERIFY -> done
+ *   CHECK (already there? -> MCP) -> SNAPSHOT -> APT -> NPM -> SCRIPT -> VERIFY -> MCP -> done
  *                                       any step fails -> ROLLBACK -> failed
+ *
+ * MCP registers the MCP servers the entry declares with the bridge
+ * (mcp.h, its C API, on the loop), each with the tool policy "*": "ask":
+ * a store install is one click on code the user has not read, so no tool
+ * of it runs with the user's authority before the user said yes to that
+ * tool once (a prompt; "allow always" keeps the answer per tool). A name
+ * taken by a server with another command is refused before anything
+ * changes; one that is already this entry's server is left as it is
+ * (idempotent installs keep the user's policy). On `store rm` the
+ * entry's servers go first (their sessions end before the files go).
  *
  * ROLLBACK stops the VM, restores the snapshot taken before the first
  * change and starts the VM again, so a half-done install leaves nothing
@@ -19,6 +29,7 @@
 #include "daemon/base/events.h"
 #include "daemon/base/store.h"
 #include "daemon/egress/gate.h"
+#include "daemon/mcp.h"
 #include "daemon/vm/manager.h"
 #include "daemon/vmexec.h"
 #include "lib/err.h"
@@ -27,7 +38,7 @@
 
 #define SNAP_NAME "store-rollback"
 
-typedef enum { S_CHECK, S_SNAPSHOT, S_APT, S_NPM, S_SCRIPT, S_VERIFY, S_DONE } step_t;
+typedef enum { S_CHECK, S_SNAPSHOT, S_APT, S_NPM, S_SCRIPT, S_VERIFY, S_MCP, S_DONE } step_t;
 
 typedef struct job job_t;
 struct job {
@@ -39,9 +50,16 @@ struct job {
     json_t *entry;
     int removing; /* a removal, not an install */
     step_t step;
-    nb_vmexec_t *x;   /* the running command */
-    int vmm_pending;  /* a VM manager call has not answered yet */
-    int snapshot;     /* SNAP_NAME exists and is ours */
+    nb_vmexec_t *x;  /* the running command */
+    int vmm_pending; /* a VM manager call has not answered yet */
+    int snapshot;    /* SNAP_NAME exists and is ours */
+    int mcp_pending; /* an nb_mcp_add has not answered yet */
+    int mcp_sync;    /* nb_mcp_add is on the stack */
+    int mcp_rc;      /* its answer when it came at once */
+    char mcp_msg[200];
+    size_t mcp_i;     /* the next server of nb_appcat_mcp(entry) */
+    json_t *mcp;      /* nb_appcat_mcp(entry) */
+    json_t *mcp_done; /* names registered (install) or unregistered (rm) by this job */
     char reason[700]; /* why it failed, for the event and the user */
     nb_appstore_done_fn done;
     void *ud;
@@ -75,6 +93,8 @@ static void job_unlink(job_t *j)
 static void job_free(job_t *j)
 {
     json_decref(j->entry);
+    json_decref(j->mcp);
+    json_decref(j->mcp_done);
     free(j);
 }
 
@@ -88,8 +108,9 @@ void nb_appstore_free(nb_appstore_t *s)
         nb_vmexec_cancel(j->x);
         j->x = NULL;
         j->s = NULL;
-        /* A job still waiting on the VM manager is freed by that callback. */
-        if (!j->vmm_pending)
+        /* A job still waiting on the VM manager or the MCP bridge is freed
+         * by that callback. */
+        if (!j->vmm_pending && !j->mcp_pending)
             job_free(j);
     }
     free(s);
@@ -177,7 +198,7 @@ static void last_line(const char *tail, char *out, size_t outsz)
 static const char *step_name(step_t st)
 {
     static const char *const names[] = {"check",  "snapshot", "apt", "npm",
-                                        "script", "verify",   "done"};
+                                        "script", "verify",   "mcp", "done"};
     return names[st];
 }
 
@@ -193,7 +214,7 @@ static void on_exec_done(void *ud, int err, int status, const char *msg, const c
     last_line(tail, last, sizeof last);
     if (j->step == S_CHECK) {
         if (!err && status == 0) {
-            j->step = S_DONE; /* already installed */
+            j->step = S_VERIFY; /* already installed: only its MCP servers, if missing */
             progress(j, "%s is installed already", j->app);
         }
         next_step(j);
@@ -291,6 +312,112 @@ static void on_old_deleted(void *ud, int r, const char *msg, json_t *res)
     nb_vmm_snapshot(j->s->d->vmm, j->vm, NB_VM_SNAP_SAVE, SNAP_NAME, on_snap_saved, j);
 }
 
+/* ---------------------------------------------------------------- mcp */
+
+static void mcp_quiet(void *ud, int r, const char *msg, json_t *res)
+{
+    if (r < 0)
+        nb_log(NB_LOG_WARN, "store: MCP bridge: %s", msg ? msg : nb_strerror(r));
+}
+
+/* The bridge's server `name` in `vm` and whether it runs `argv` (what the
+ * entry declares): 0 none, 1 this command, -1 another one. */
+static int mcp_have(nb_daemon_t *d, const char *vm, const char *name, const json_t *argv)
+{
+    json_t *have = d->mcp ? nb_mcp_get(d->mcp, vm, name, 0) : NULL;
+    int r = !have ? 0 : json_equal(json_object_get(have, "command"), (json_t *)argv) ? 1 : -1;
+    json_decref(have);
+    return r;
+}
+
+static void mcp_next(job_t *j);
+
+/* The answer to registering server mcp_i. */
+static void mcp_added(job_t *j, int r, const char *msg)
+{
+    const char *name = nb_json_str(json_array_get(j->mcp, j->mcp_i), "name");
+    if (r < 0) {
+        fail(j, "cannot register MCP server %s: %s", name, msg && msg[0] ? msg : nb_strerror(r));
+        return;
+    }
+    progress(j,
+             "registered MCP server %s/%s; every tool asks before its first use (nilbox prompts; "
+             "'nilbox mcp policy %s %s TOOL allow'); connect a client: nilbox mcp config",
+             j->vm, name, j->vm, name);
+    j->mcp_i++;
+    mcp_next(j);
+}
+
+static void on_mcp_added(void *ud, int r, const char *msg, json_t *res)
+{
+    job_t *j = ud;
+    j->mcp_pending = 0;
+    if (j->mcp_sync) { /* mcp_next takes it from here (fail() may free j) */
+        j->mcp_rc = r;
+        snprintf(j->mcp_msg, sizeof j->mcp_msg, "%s", msg ? msg : "");
+        return;
+    }
+    if (!j->s) {
+        job_free(j);
+        return;
+    }
+    mcp_added(j, r, msg);
+}
+
+/* Registers the entry's servers one at a time, then goes on. */
+static void mcp_next(job_t *j)
+{
+    nb_daemon_t *d = j->s->d;
+    while (j->mcp_i < json_array_size(j->mcp)) {
+        json_t *srv = json_array_get(j->mcp, j->mcp_i), *argv = json_object_get(srv, "argv");
+        const char *name = nb_json_str(srv, "name");
+        int have = mcp_have(d, j->vm, name, argv);
+        if (have == 1) {
+            progress(j, "MCP server %s/%s is registered already", j->vm, name);
+            j->mcp_i++;
+            continue;
+        }
+        if (!d->mcp) {
+            fail(j, "the MCP bridge is not running: cannot register MCP server %s", name);
+            return;
+        }
+        if (have < 0) {
+            fail(j,
+                 "VM %s already has an MCP server named %s with another command (remove it: "
+                 "nilbox mcp rm %s %s)",
+                 j->vm, name, j->vm, name);
+            return;
+        }
+        progress(j, "registering MCP server %s/%s", j->vm, name);
+        j->mcp_pending = 1;
+        j->mcp_sync = 1;
+        nb_mcp_add(d->mcp, j->vm, name, argv, NULL, on_mcp_added, j);
+        j->mcp_sync = 0;
+        if (!j->mcp_pending) { /* answered at once: an error */
+            mcp_added(j, j->mcp_rc < 0 ? j->mcp_rc : NB_EINTERNAL, j->mcp_msg);
+            return;
+        }
+        /* In memory now; the policy is set in the same loop turn, so no
+         * client can reach a tool before it (the store rows follow). */
+        json_array_append_new(j->mcp_done, json_string(name));
+        nb_mcp_policy_set(d->mcp, j->vm, name, "*", NB_APPSTORE_MCP_POLICY, mcp_quiet, NULL);
+        return; /* on_mcp_added goes on */
+    }
+    j->step = S_DONE;
+    cleanup(j);
+}
+
+/* A failed install unregisters what it registered. */
+static void mcp_undo(job_t *j)
+{
+    json_t *n;
+    size_t i;
+    json_array_foreach (j->mcp_done, i, n)
+        if (j->s->d->mcp)
+            nb_mcp_rm(j->s->d->mcp, j->vm, json_string_value(n), mcp_quiet, NULL);
+    json_array_clear(j->mcp_done);
+}
+
 static void next_step(job_t *j)
 {
     int r = 0;
@@ -341,6 +468,14 @@ static void next_step(job_t *j)
             r = run(j, json_deep_copy(json_object_get(e, "check")), NULL, NULL);
             break;
         case S_VERIFY:
+            if (j->removing) { /* a removal's one command ran: done */
+                j->step = S_DONE;
+                continue;
+            }
+            j->step = S_MCP;
+            mcp_next(j);
+            return;
+        case S_MCP:
         case S_DONE:
             j->step = S_DONE;
             cleanup(j);
@@ -403,6 +538,8 @@ static void fail(job_t *j, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(j->reason, sizeof j->reason / 2, fmt, ap);
     va_end(ap);
+    if (!j->removing)
+        mcp_undo(j);
     if (!j->snapshot || j->removing) {
         cleanup(j);
         return;
@@ -436,6 +573,15 @@ static void record(job_t *j)
     sqlite3_finalize(st);
 }
 
+static json_t *mcp_names(const json_t *servers)
+{
+    json_t *a = json_array(), *x;
+    size_t i;
+    json_array_foreach (servers, i, x)
+        json_array_append(a, json_object_get(x, "name"));
+    return a;
+}
+
 static void finished(job_t *j, int r)
 {
     nb_daemon_t *d = j->s->d;
@@ -445,12 +591,13 @@ static void finished(job_t *j, int r)
     audit(j, act, r == 0 ? "ok" : "failed");
     if (d->events) {
         if (j->removing)
-            nb_events_emit(
-                d->events, r == 0 ? "store.removed" : "store.remove_failed",
-                json_pack("{s:s, s:s, s:s}", "vm", j->vm, "app", j->app, "message", j->reason));
+            nb_events_emit(d->events, r == 0 ? "store.removed" : "store.remove_failed",
+                           json_pack("{s:s, s:s, s:s, s:O}", "vm", j->vm, "app", j->app, "message",
+                                     j->reason, "mcp_removed", j->mcp_done));
         else if (r == 0)
             nb_events_emit(d->events, "store.installed",
-                           json_pack("{s:s, s:s}", "vm", j->vm, "app", j->app));
+                           json_pack("{s:s, s:s, s:o, s:s}", "vm", j->vm, "app", j->app, "mcp",
+                                     mcp_names(j->mcp), "mcp_policy", NB_APPSTORE_MCP_POLICY));
         else
             nb_events_emit(
                 d->events, "store.install_failed",
@@ -459,8 +606,11 @@ static void finished(job_t *j, int r)
     nb_log(r == 0 ? NB_LOG_NOTICE : NB_LOG_WARN, "store: %s %s in VM %s: %s", act, j->app, j->vm,
            r == 0 ? "done" : j->reason);
     job_unlink(j);
-    if (j->done)
-        j->done(j->ud, r, r == 0 ? "" : j->reason);
+    if (j->done) {
+        json_t *res = json_pack("{s:O}", "mcp_removed", j->mcp_done);
+        j->done(j->ud, r, r == 0 ? "" : j->reason, res);
+        json_decref(res);
+    }
     job_free(j);
 }
 
@@ -502,6 +652,8 @@ static job_t *job_new(nb_appstore_t *s, const char *vm, const json_t *entry, cha
     snprintf(j->vm, sizeof j->vm, "%s", vm);
     snprintf(j->app, sizeof j->app, "%s", nb_json_str(entry, "id"));
     j->entry = json_deep_copy(entry);
+    j->mcp = nb_appcat_mcp(j->entry);
+    j->mcp_done = json_array();
     j->next = s->jobs;
     s->jobs = j;
     return j;
@@ -534,6 +686,31 @@ int nb_appstore_install(nb_appstore_t *s, const char *vm, const json_t *entry, c
                  nmissing, nb_json_str(entry, "id"));
         return NB_EDENIED;
     }
+    /* The MCP servers it registers: refused now rather than after the
+     * recipe ran (and rolled back) when a name is taken. */
+    json_t *servers = nb_appcat_mcp(entry), *srv;
+    size_t i;
+    int clash = 0;
+    if (json_array_size(servers) && !nb_mcp_valid_name(vm)) {
+        snprintf(msg, msgsz,
+                 "%s registers MCP servers, and the MCP bridge takes VM names of at most 32 of "
+                 "a-z, 0-9, _ and -: use another VM",
+                 nb_json_str(entry, "id"));
+        clash = NB_EINVAL;
+    }
+    json_array_foreach (servers, i, srv)
+        if (!clash &&
+            mcp_have(s->d, vm, nb_json_str(srv, "name"), json_object_get(srv, "argv")) < 0) {
+            snprintf(msg, msgsz,
+                     "VM %s already has an MCP server named %s with another command; %s would "
+                     "register its own under that name (remove yours first: nilbox mcp rm %s %s)",
+                     vm, nb_json_str(srv, "name"), nb_json_str(entry, "id"), vm,
+                     nb_json_str(srv, "name"));
+            clash = NB_EEXIST;
+        }
+    json_decref(servers);
+    if (clash)
+        return clash;
     job_t *j = job_new(s, vm, entry, msg, msgsz);
     if (!j)
         return NB_ESTATE;
@@ -561,6 +738,22 @@ int nb_appstore_remove(nb_appstore_t *s, const char *vm, const json_t *entry,
     j->done = done;
     j->ud = ud;
     j->step = S_VERIFY; /* the command below is the whole job */
+    /* Its MCP servers first: their sessions end before the files go. A
+     * server by that name with another command is the user's: kept. */
+    json_t *srv;
+    size_t k;
+    json_array_foreach (j->mcp, k, srv) {
+        const char *name = nb_json_str(srv, "name");
+        int have = mcp_have(s->d, vm, name, json_object_get(srv, "argv"));
+        if (have > 0) {
+            nb_mcp_rm(s->d->mcp, vm, name, mcp_quiet, NULL);
+            json_array_append_new(j->mcp_done, json_string(name));
+            progress(j, "unregistered MCP server %s/%s", vm, name);
+        } else if (have < 0) {
+            progress(j, "MCP server %s/%s runs another command: not %s's, left alone", vm, name,
+                     j->app);
+        }
+    }
     /* npm packages go; Debian packages stay (other apps may share them). */
     json_t *npm = json_object_get(entry, "npm"), *names = json_array(), *p;
     size_t i;

@@ -5,7 +5,15 @@
  * takes more (nb_muxsess_stream_writable, resumed by on_drain); bytes from
  * the guest are consumed (credit returned to the agent) only once the
  * socketpair's write queue is below its high-water mark, so a slow SSH
- * client stalls its own stream within one window and nothing else. */
+ * client stalls its own stream within one window and nothing else.
+ *
+ * Terminal escapes (THREATS.md A20): what a pty channel's guest writes
+ * goes to the user's terminal, so it passes through the same filter as
+ * `nilbox shell` (lib/termfilter.h: no OSC 52 clipboard writes, no title
+ * reports, no tmux passthrough...); the count of dropped sequences is said
+ * on the channel's stderr at the end. exec and tcp channels stay
+ * byte-exact: they carry scp/rsync/sftp protocols and pipes, not a
+ * terminal (docs/internals/ssh.md). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +27,7 @@
 #include "lib/log.h"
 #include "lib/mux.h"
 #include "lib/stream.h"
+#include "lib/termfilter.h"
 
 #define READY_WAIT_MS 120000u
 #define IN_MAX (4u * NB_SSHF_MAX)
@@ -34,7 +43,10 @@ typedef struct {
     size_t owed; /* guest bytes written to the pipe but not yet consumed */
     int waiting; /* nb_vmm_when_ready pending */
     int opened, fin_sent, pipe_gone, ended;
-    int in_process; /* process_in is on the stack (when_ready may call back at once) */
+    int in_process;      /* process_in is on the stack (when_ready may call back at once) */
+    nb_termfilter_t *tf; /* pty channels: [0] stdout, [1] stderr (A20); NULL otherwise */
+    unsigned tf_chan;    /* the frame type the filter's output goes out as */
+    int tf_err;          /* a frame could not be written */
 } relay_t;
 
 static void relay_maybe_free(relay_t *r)
@@ -43,6 +55,7 @@ static void relay_maybe_free(relay_t *r)
         return;
     nb_buf_free(&r->in);
     json_decref(r->open);
+    free(r->tf);
     nb_sshgw_t *g = r->g;
     free(r);
     g->relays--;
@@ -109,10 +122,57 @@ static void relay_fail(relay_t *r, const char *msg)
 
 /* ------------------------------------------------------------ guest -> thread */
 
+/* The filter's output: frames of at most NB_SSHF_MAX bytes. */
+static void on_filtered(void *ud, const uint8_t *p, size_t n)
+{
+    relay_t *r = ud;
+    for (size_t off = 0; off < n && !r->tf_err;) {
+        size_t k = n - off > NB_SSHF_MAX ? NB_SSHF_MAX : n - off;
+        if (send_frame(r, r->tf_chan, p + off, k) < 0)
+            r->tf_err = 1;
+        off += k;
+    }
+}
+
+/* End of a pty channel: flush what the filters hold, then say on stderr
+ * how many sequences were dropped (the terminal is still raw: CRLF). */
+static void filter_finish(relay_t *r)
+{
+    nb_termfilter_stats_t st = {0};
+    char line[256];
+    if (!r->tf)
+        return;
+    for (unsigned i = 0; i < 2; i++) {
+        r->tf_chan = i;
+        nb_termfilter_finish(&r->tf[i], on_filtered, r);
+        nb_termfilter_stats(&r->tf[i], &st);
+    }
+    size_t n = nb_termfilter_notice(&st, line, sizeof line - 1);
+    if (n && line[n - 1] == '\n') {
+        line[n - 1] = '\r';
+        line[n++] = '\n';
+        line[n] = '\0';
+    }
+    if (n)
+        send_frame(r, NB_SSHF_STDERR, line, n);
+    free(r->tf);
+    r->tf = NULL;
+}
+
 static void st_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud)
 {
     relay_t *r = ud;
     size_t off = 0;
+    if (r->tf && chan <= NB_SSHF_STDERR) {
+        r->tf_chan = chan;
+        r->tf_err = 0;
+        nb_termfilter_feed(&r->tf[chan], d.p, d.len, on_filtered, r);
+        off = d.len;
+        if (r->tf_err) {
+            nb_muxsess_stream_consume(st, d.len);
+            return;
+        }
+    }
     while (off < d.len) {
         size_t n = d.len - off > NB_SSHF_MAX ? NB_SSHF_MAX : d.len - off;
         if (send_frame(r, chan, d.p + off, n) < 0) {
@@ -130,6 +190,7 @@ static void st_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud
 static void st_fin(nb_muxsess_stream_t *st, void *ud)
 {
     relay_t *r = ud;
+    filter_finish(r);
     send_frame(r, NB_SSHF_FIN, NULL, 0);
     if (!r->fin_sent) {
         r->fin_sent = 1;
@@ -208,6 +269,15 @@ static void on_ready(void *ud, int rc, const char *msg, json_t *res)
             json_object_set_new(args, "env", genv);
         if (nb_vm_user(vm)[0])
             json_object_set_new(args, "user", json_string(nb_vm_user(vm)));
+    }
+    if (!strcmp(r->service, "pty")) {
+        r->tf = malloc(2 * sizeof *r->tf);
+        if (!r->tf) {
+            relay_fail(r, "out of memory");
+            return;
+        }
+        nb_termfilter_init(&r->tf[0]);
+        nb_termfilter_init(&r->tf[1]);
     }
     char *js = json_dumps(args, JSON_COMPACT);
     int e =

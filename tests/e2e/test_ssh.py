@@ -6,7 +6,13 @@ clients against a real tiny VM (TCG unless KVM works).
      a half-open client do not hurt the daemon;
   02 commands: output, stdin, exit codes (`false`, `exit 7`), stderr apart;
   03 an interactive shell through a pty: type `echo hi`, resize (stty size);
+  03b A20: a guest printing OSC 52 (clipboard write) and a title report
+     request on a pty channel: dropped, the rest of the line arrives, a
+     notice on stderr; the same bytes over a non-pty exec stay byte-exact;
   04 sftp and scp (SFTP mode) of a 20 MiB file both ways, checked by sha256;
+  04b rsync over ssh (the tiny image ships Debian's rsync): a tree up,
+     checked by sha256 in the guest, a changed file sent again (delta),
+     --delete, and the tree back down;
   05 -L forwarding to a server in the guest;
   06 40 idle connections come and go, then a login works; the generated
      ~/.ssh/config block (`ssh nilbox-VM`);
@@ -18,6 +24,7 @@ NB_IMAGES_SRC (e2e_env).
 import hashlib
 import json
 import os
+import shlex
 import pty
 import select
 import socket
@@ -157,6 +164,50 @@ class SshE2E(VmSuite):
             os.close(fd)
         self.assertEqual(os.waitstatus_to_exitcode(status), 5)
 
+    # -- 03b -----------------------------------------------------------------
+    def test_03b_pty_escape_filter(self):
+        # OSC 52 would set the host clipboard; CSI 21 t would make the
+        # terminal type the window title back into the session (A20).
+        guest = r"printf 'A\033]52;c;aGFja2Vk\007B\033[21tC\033]0;ok-title\007D\n'"
+        r = self.ssh(guest, extra=["-tt"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"AB", r.stdout)
+        self.assertIn(b"D", r.stdout)
+        self.assertNotIn(b"]52;", r.stdout)
+        self.assertNotIn(b"aGFja2Vk", r.stdout)
+        self.assertNotIn(b"\x1b[21t", r.stdout)
+        # A window title is harmless and kept, as in `nilbox shell`.
+        self.assertIn(b"\x1b]0;ok-title", r.stdout)
+        self.assertIn(b"blocked 2 terminal escape sequences", r.stderr)
+        self.assertIn(b"clipboard", r.stderr)
+        # An interactive login shell: same filter.
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execvp("ssh", ["ssh"] + self.opts() + ["-tt", "-p", str(self.port),
+                                                       VM + "@127.0.0.1"])
+        buf = b""
+        try:
+            os.write(fd, b"printf 'X\\033]52;c;aGFja2Vk\\007Y-%s\\n' done\r")
+            end = time.time() + 90
+            while b"XY-done" not in buf and time.time() < end:
+                rd, _, _ = select.select([fd], [], [], 1)
+                if rd:
+                    try:
+                        buf += os.read(fd, 4096)
+                    except OSError:
+                        break
+            self.assertIn(b"XY-done", buf)
+            os.write(fd, b"exit\r")
+        finally:
+            os.waitpid(pid, 0)
+            os.close(fd)
+        self.assertNotIn(b"\x1b]52;c;aGFja2Vk", buf)
+        # Without a pty the channel is a byte pipe (scp, rsync, `ssh vm cat f
+        # > f`): nothing is changed.
+        r = self.ssh(guest)
+        self.assertEqual(r.stdout, b"A\x1b]52;c;aGFja2Vk\x07B\x1b[21tC\x1b]0;ok-title\x07D\n")
+        self.assertNotIn(b"blocked", r.stderr)
+
     # -- 04 ------------------------------------------------------------------
     def test_04_sftp_scp_large(self):
         src = os.path.join(self.tmp, "big.bin")
@@ -193,6 +244,61 @@ class SshE2E(VmSuite):
         r = subprocess.run(["scp"] + base + [VM + "@127.0.0.1:/nonexistent", back],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
         self.assertNotEqual(r.returncode, 0)
+
+    # -- 04b -----------------------------------------------------------------
+    def test_04b_rsync(self):
+        need(tools=("rsync",))
+        self.assertEqual(self.ssh("command -v rsync").returncode, 0, "rsync in the tiny image")
+        tree = os.path.join(self.tmp, "tree")
+        os.makedirs(os.path.join(tree, "sub"), exist_ok=True)
+        files = {"a.txt": b"alpha\n", "sub/b.bin": os.urandom(3 << 20), "sub/c.txt": b"gamma\n" * 999}
+        for name, data in files.items():
+            with open(os.path.join(tree, name), "wb") as f:
+                f.write(data)
+        rsh = shlex.join(["ssh"] + self.opts() + ["-p", str(self.port)])
+        dest = VM + "@127.0.0.1:/tmp/rs/"
+
+        def rsync(*args):
+            r = subprocess.run(["rsync", "-a", "--stats", "-e", rsh] + list(args),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return r.stdout.decode()
+
+        def guest_sums():
+            r = self.ssh("cd /tmp/rs && find . -type f | sort | xargs sha256sum")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return {l.split()[1][2:]: l.split()[0] for l in r.stdout.decode().splitlines()}
+
+        def want():
+            out = {}
+            for root, _, names in os.walk(tree):
+                for n in names:
+                    p = os.path.join(root, n)
+                    with open(p, "rb") as f:
+                        out[os.path.relpath(p, tree)] = hashlib.sha256(f.read()).hexdigest()
+            return out
+
+        rsync(tree + "/", dest)
+        self.assertEqual(guest_sums(), want())
+        # A small change in the big file goes as a delta, not the whole file.
+        with open(os.path.join(tree, "sub/b.bin"), "r+b") as f:
+            f.seek(1 << 20)
+            f.write(b"changed!")
+        os.remove(os.path.join(tree, "a.txt"))
+        stats = rsync("--delete", "--no-whole-file", tree + "/", dest)
+        self.assertEqual(guest_sums(), want())
+        literal = int(stats.split("Literal data: ")[1].split()[0].replace(",", ""))
+        self.assertLess(literal, 1 << 20, stats)
+        # And back down.
+        back = os.path.join(self.tmp, "tree-back")
+        rsync(dest, back + "/")
+        got = {}
+        for root, _, names in os.walk(back):
+            for n in names:
+                p = os.path.join(root, n)
+                with open(p, "rb") as f:
+                    got[os.path.relpath(p, back)] = hashlib.sha256(f.read()).hexdigest()
+        self.assertEqual(got, want())
 
     # -- 05 ------------------------------------------------------------------
     def test_05_local_forward(self):

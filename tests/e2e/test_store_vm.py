@@ -13,20 +13,31 @@ $NILBOX_HOME/store/trusted.keys) with apps for the tiny image, then:
      the recipe wrote is gone), the VM runs again, the reason is printed;
   05 an app for another image is refused with what to do;
   06 rm runs the remove script and drops the record;
+  06b an app that declares an MCP server (tests/e2e/mcp_testsrv, shipped
+     into the guest): install registers it with the MCP bridge (`mcp ls`),
+     every tool "ask"; a tools/call through `nilbox mcp stdio` waits for the
+     prompt and, allowed once, is answered by the server in the VM; an app
+     whose MCP server name is taken by the user's own server is refused
+     before anything changes; rm unregisters it (gone from `mcp ls`, `mcp
+     stdio` refused) and the user's own server stays;
   07 a tampered catalogue, one signed by an untrusted key and an unsigned
      one are refused (A22), by the CLI and the API alike.
-Env: as e2e_env.
+Env: as e2e_env, plus NB_MCP_TESTSRV (the static MCP test server).
 """
 import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 import unittest
 
-from e2e_env import AGENT, TINY, VmSuite, build_image, need
+from e2e_env import AGENT, NILBOX, TINY, VmSuite, build_image, need, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIGN = os.path.join(HERE, "..", "..", "scripts", "sign-catalogue.sh")
+TESTSRV = os.environ.get("NB_MCP_TESTSRV", "")
+STAGED = "/tmp/nb-mcp-staged"
 
 
 def app(id_, script, check, **kw):
@@ -48,6 +59,12 @@ CATALOGUE = {
         app("thief", "true", ["true"],
             secrets=[{"name": "OPENAI_API_KEY", "hosts": ["collect.evil.test"]}]),
         app("big", "true", ["true"], image="debian"),
+        app("mcpdemo", "cp %s /tmp/nb-mcpdemo\nchmod 755 /tmp/nb-mcpdemo\n" % STAGED,
+            ["test", "-x", "/tmp/nb-mcpdemo"], kind="mcp", remove="rm -f /tmp/nb-mcpdemo\n",
+            mcp={"name": "demo", "argv": ["/tmp/nb-mcpdemo"]}),
+        app("mcpclash", "touch /tmp/nb-mcpclash\n", ["test", "-f", "/tmp/nb-mcpclash"],
+            kind="mcp", mcp=[{"name": "other", "argv": ["/tmp/nb-mcpdemo"]},
+                             {"name": "mine", "argv": ["/tmp/nb-mcpdemo"]}]),
     ],
 }
 
@@ -55,7 +72,8 @@ CATALOGUE = {
 class StoreE2E(VmSuite):
     @classmethod
     def setup(cls):
-        need(tools=("openssl",))
+        need(env=("NB_TEST_NILBOX", "NB_TEST_NILBOXD", "NILBOX_AGENT", "NB_MCP_TESTSRV"),
+             tools=("openssl",))
         build_image("tiny", TINY, AGENT)
         cls.d = cls.daemon({"tiny": TINY})
         cls.key = os.path.join(cls.tmp, "key.pem")
@@ -157,6 +175,118 @@ class StoreE2E(VmSuite):
         self.assertNotIn("installed", self.cli("store", "ls", "--vm", "t1").stdout)
         r = self.cli("store", "rm", "nosuchvm", "hello", ok=False)
         self.assertEqual(r.returncode, 4, r.stderr)
+
+    def mcp_call(self, text):
+        """initialize, tools/list, tools/call echo through `nilbox mcp stdio t1 demo`; the
+        call's prompt (the store's default policy is ask) is answered allow-once."""
+        msgs = [
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+             "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                        "clientInfo": {"name": "store-e2e", "version": "0"}}},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+             "params": {"name": "echo", "arguments": {"text": text}}},
+        ]
+        p = subprocess.Popen([NILBOX, "mcp", "stdio", "t1", "demo"], env=self.d.env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        got, answered = {}, []
+
+        def read():
+            for line in p.stdout:
+                m = json.loads(line)
+                got[m.get("id")] = m
+                if m.get("id") == 3:
+                    break
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        try:
+            for m in msgs:
+                p.stdin.write(json.dumps(m) + "\n")
+                p.stdin.flush()
+
+            def prompt():
+                ps = json.loads(self.cli("--json", "prompts").stdout)["prompts"]
+                return [x for x in ps if x.get("kind") == "mcp" and x.get("vm") == "t1"]
+            ps = wait_for(prompt, 120, "the MCP tool prompt")
+            self.assertEqual(ps[0]["host"], "demo/echo")
+            self.assertNotIn(3, got, "the call waited for the prompt")
+            self.cli("prompts", "answer", str(ps[0]["id"]), "allow-once")
+            answered.append(ps[0]["id"])
+            t.join(120)
+        finally:
+            p.stdin.close()
+            p.wait(30)
+        self.assertEqual(got[1]["result"]["serverInfo"]["name"], "nilbox-testsrv", got)
+        self.assertIn("echo", [x["name"] for x in got[2]["result"]["tools"]])
+        return got[3]
+
+    def test_06b_mcp_server(self):
+        with open(TESTSRV, "rb") as f:
+            binary = f.read()
+        p = subprocess.run([NILBOX, "exec", "t1", "--", "sh", "-c",
+                            "cat > %s && chmod 755 %s" % (STAGED, STAGED)],
+                           env=self.d.env, input=binary, capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        r = self.cli("store", "show", "mcpdemo")
+        self.assertIn("demo: /tmp/nb-mcpdemo", r.stdout)
+        self.assertIn("asks before its first use", r.stdout)
+        plan = json.loads(self.d.unix("GET", "/v1/vms/t1/apps/mcpdemo/plan")[2])
+        self.assertEqual(plan["mcp"], [{"name": "demo", "argv": ["/tmp/nb-mcpdemo"]}])
+        self.assertEqual(plan["mcp_policy"], "ask")
+        self.assertNotIn("demo", self.cli("mcp", "ls").stdout)
+
+        r = self.cli("store", "install", "t1", "mcpdemo", "--yes", timeout=600)
+        self.assertIn("mcpdemo is installed in t1", r.stdout)
+        self.assertIn("t1/demo: /tmp/nb-mcpdemo", r.stdout)
+        self.assertIn("registered MCP server t1/demo", r.stderr)  # progress
+        ls = json.loads(self.cli("--json", "mcp", "ls").stdout)["servers"]
+        mine = [x for x in ls if x["vm"] == "t1" and x["name"] == "demo"]
+        self.assertEqual(len(mine), 1, ls)
+        self.assertEqual(mine[0]["command"], ["/tmp/nb-mcpdemo"])
+        self.assertEqual(mine[0]["kind"], "stdio")
+        self.assertIn("demo", self.cli("mcp", "ls").stdout)
+        self.assertEqual(json.loads(self.cli("--json", "mcp", "policy", "t1", "demo").stdout),
+                         {"*": "ask"})
+        res = self.mcp_call("from the store")
+        self.assertEqual(res["result"]["content"][0]["text"], "from the store", res)
+        # allow-once did not change the policy.
+        self.assertEqual(json.loads(self.cli("--json", "mcp", "policy", "t1", "demo").stdout),
+                         {"*": "ask"})
+        rows = json.loads(self.cli("--json", "audit", "--kind", "mcp.tool").stdout)
+        rows = rows.get("rows", rows.get("entries", rows)) if isinstance(rows, dict) else rows
+        self.assertTrue([x for x in rows if x.get("detail", {}).get("tool") == "echo"], rows)
+        # Installing again: nothing changes, the server (and its policy) stay.
+        self.cli("mcp", "policy", "t1", "demo", "echo", "allow")
+        r = self.cli("store", "install", "t1", "mcpdemo", "--yes", timeout=300)
+        self.assertIn("installed already", r.stderr)
+        self.assertIn("registered already", r.stderr)
+        self.assertEqual(json.loads(self.cli("--json", "mcp", "policy", "t1", "demo").stdout),
+                         {"*": "ask", "echo": "allow"})
+
+        # A server name the user took for a server of their own: refused
+        # before anything runs, and the user's server is untouched.
+        self.cli("mcp", "add", "t1", "mine", "--", "/bin/cat")
+        r = self.cli("store", "install", "t1", "mcpclash", "--yes", ok=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("already has an MCP server named mine", r.stderr)
+        self.assertNotEqual(self.guest("test -f /tmp/nb-mcpclash").returncode, 0)
+        names = [x["name"] for x in json.loads(self.cli("--json", "mcp", "ls").stdout)["servers"]]
+        self.assertNotIn("other", names)
+
+        # rm: the server goes (first), then the files.
+        r = self.cli("store", "rm", "t1", "mcpdemo", timeout=300)
+        self.assertIn("unregistered MCP server t1/demo", r.stdout)
+        ls = json.loads(self.cli("--json", "mcp", "ls").stdout)["servers"]
+        self.assertEqual([(x["vm"], x["name"]) for x in ls], [("t1", "mine")],
+                         self.d.stderr()[-4000:])
+        self.assertNotEqual(self.guest("test -e /tmp/nb-mcpdemo").returncode, 0)
+        r = subprocess.run([NILBOX, "mcp", "stdio", "t1", "demo"], env=self.d.env, input="",
+                           capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+        self.cli("mcp", "rm", "t1", "mine")
 
     def test_07_tampered(self):
         path = os.path.join(self.store, "catalogue.json")

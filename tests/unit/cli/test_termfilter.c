@@ -1,9 +1,9 @@
-/* Unit tests for src/cli/termfilter.c (THREATS.md A20). */
+/* Unit tests for src/lib/termfilter.c (THREATS.md A20). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/termfilter.h"
+#include "lib/termfilter.h"
 #include "nbtest.h"
 
 typedef struct {

@@ -160,6 +160,13 @@ static void test_entry_rules(void)
     NB_CHECK(refused("\"name\": \"two\\nlines\""));
     NB_CHECK(refused("\"homepage\": \"http://example.com\""));
     NB_CHECK(refused("\"mcp\": {\"name\": \"fs\"}"));
+    NB_CHECK(refused("\"mcp\": {\"name\": \"fs\", \"argv\": [\"srv\", \"\"]}"));
+    NB_CHECK(refused("\"mcp\": {\"name\": \"fs\", \"argv\": [\"srv\"], \"policy\": \"allow\"}"));
+    NB_CHECK(
+        refused("\"mcp\": {\"name\": \"a23456789012345678901234567890123\", \"argv\": [\"s\"]}"));
+    NB_CHECK(refused("\"mcp\": []"));
+    NB_CHECK(refused("\"mcp\": [{\"name\": \"a\", \"argv\": [\"s\"]}, "
+                     "{\"name\": \"a\", \"argv\": [\"t\"]}]"));
     /* And what is fine is kept. */
     nb_appcat_t cat;
     char *d = doc_with("\"npm\": [\"@scope/name@1.2.3\", \"plain\"], \"apt\": [\"nodejs\", "
@@ -169,6 +176,19 @@ static void test_entry_rules(void)
     NB_CHECK_EQ_INT(load(d, &cat), 0);
     NB_CHECK(nb_appcat_find(&cat, "x") != NULL);
     NB_CHECK_EQ_INT(json_array_size(cat.refused), 0);
+    json_t *m = nb_appcat_mcp(nb_appcat_find(&cat, "x"));
+    NB_CHECK_EQ_INT(json_array_size(m), 1);
+    NB_CHECK_STR(json_string_value(json_object_get(json_array_get(m, 0), "name")), "fs");
+    json_decref(m);
+    nb_appcat_clear(&cat);
+    free(d);
+    /* A list of servers is the same thing, several times. */
+    d = doc_with("\"mcp\": [{\"name\": \"a\", \"argv\": [\"s\"]}, "
+                 "{\"name\": \"b\", \"argv\": [\"t\", \"-x\"]}]");
+    NB_CHECK_EQ_INT(load(d, &cat), 0);
+    m = nb_appcat_mcp(nb_appcat_find(&cat, "x"));
+    NB_CHECK_EQ_INT(json_array_size(m), 2);
+    json_decref(m);
     nb_appcat_clear(&cat);
     free(d);
 }

@@ -10,8 +10,8 @@
  * (file transfer, iTerm2, notifications), DCS/APC/PM/SOS strings (tmux
  * passthrough), reports that would type guest-chosen text into the session,
  * and 8-bit C1 introducers are dropped whole and counted. */
-#ifndef NB_CLI_TERMFILTER_H
-#define NB_CLI_TERMFILTER_H
+#ifndef NB_LIB_TERMFILTER_H
+#define NB_LIB_TERMFILTER_H
 
 #include <stddef.h>
 #include <stdint.h>

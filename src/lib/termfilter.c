@@ -6,7 +6,7 @@
  * machine in the style of the VT500 parser consumes the units. Nothing that
  * opens a sequence is written before the whole sequence has been seen and
  * approved, so the terminal never ends up inside a sequence we did not vet. */
-#include "cli/termfilter.h"
+#include "lib/termfilter.h"
 
 #include <stdio.h>
 #include <string.h>
