@@ -7,7 +7,7 @@ Checks, each finding on one line ("<finding> -- <what to do>"):
   layer     a file includes a header of a higher layer. Layers, lowest
             first: lib < host < daemon/secrets < daemon/egress < daemon/vm
             < daemon (daemon.c, api_*.c, ...). cli/ may include lib/ and
-            host/ only, agent/ lib/ only.
+            host/ only (so may desktop/), agent/ lib/ only.
   cycle     modules (foo.c + foo.h + foo_int.h of one directory) that
             include each other in a circle.
   internal  an internal header (*_int.h, or <dir>int.h such as vm/vmint.h)
@@ -32,7 +32,7 @@ import sys
 
 LAYERS = ["lib", "host", "daemon/base", "daemon/secrets", "daemon/egress", "daemon/vm", "daemon"]
 # Programs on top: what each may include besides itself.
-APPS = {"cli": ("lib", "host"), "agent": ("lib",)}
+APPS = {"cli": ("lib", "host"), "agent": ("lib",), "desktop": ("lib", "host")}
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 

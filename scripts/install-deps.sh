@@ -14,6 +14,7 @@ PKGS="$PKGS libssh-dev"
 PKGS="$PKGS chromium"
 PKGS="$PKGS libfuse3-dev fuse3"
 PKGS="$PKGS rsync"
+PKGS="$PKGS libgtk-3-dev libwebkit2gtk-4.1-dev libnotify-dev xvfb xauth imagemagick python3-gi python3-dbus"
 
 missing=""
 for p in $PKGS; do

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli/client.h"
+#include "host/daemonctl.h"
 #include "host/version.h"
 #include "lib/err.h"
 #include "lib/json.h"
@@ -111,134 +112,21 @@ int nb_cli_call(nb_cli_t *cli, const char *method, const char *path, const json_
     return code;
 }
 
-static int exe_dir(char *out, size_t outsz)
-{
-    ssize_t n = readlink("/proc/self/exe", out, outsz - 1);
-    if (n <= 0)
-        return 0;
-    out[n] = '\0';
-    char *slash = strrchr(out, '/');
-    if (!slash)
-        return 0;
-    *slash = '\0';
-    return 1;
-}
-
-static int find_nilboxd(char *out, size_t outsz)
-{
-    char dir[PATH_MAX];
-    const char *env = getenv("NILBOXD");
-    if (env && env[0]) {
-        snprintf(out, outsz, "%s", env);
-        return access(out, X_OK) == 0;
-    }
-    if (exe_dir(dir, sizeof dir)) {
-        if (snprintf(out, outsz, "%s/nilboxd", dir) < (int)outsz && access(out, X_OK) == 0)
-            return 1;
-        /* Build tree: build/src/cli/nilbox next to build/src/daemon/nilboxd. */
-        if (snprintf(out, outsz, "%s/../daemon/nilboxd", dir) < (int)outsz &&
-            access(out, X_OK) == 0)
-            return 1;
-    }
-    const char *path = getenv("PATH");
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
-    for (char *p = buf, *next; p; p = next) {
-        next = strchr(p, ':');
-        if (next)
-            *next++ = '\0';
-        if (*p && snprintf(out, outsz, "%s/nilboxd", p) < (int)outsz && access(out, X_OK) == 0)
-            return 1;
-    }
-    out[0] = '\0';
-    return 0;
-}
-
-static int answers(nb_cli_t *cli)
-{
-    nb_client_resp_t resp;
-    int r = nb_client_request(cli->home.sock, "GET", "/v1/status", 5000, &resp);
-    if (r < 0)
-        return 0;
-    r = resp.status == 200;
-    nb_client_resp_free(&resp);
-    return r;
-}
-
 int nb_cli_ensure_daemon(nb_cli_t *cli, int timeout_s, int quiet, int *started)
 {
-    char exe[PATH_MAX], errbuf[2048];
-    int pfd[2];
+    char msg[2048];
+    const char *code = "internal";
+    int we_started = 0;
+    pid_t pid = 0;
     if (started)
         *started = 0;
-    if (answers(cli))
-        return NB_CLI_OK;
-    if (!find_nilboxd(exe, sizeof exe))
-        return nb_cli_fail(cli, NB_CLI_UNREACHABLE, "no_daemon_binary",
-                           "cannot find the nilboxd executable (looked next to nilbox and in "
-                           "PATH; set NILBOXD=/path/to/nilboxd)");
-    if (pipe2(pfd, O_CLOEXEC) < 0)
-        return nb_cli_fail(cli, NB_CLI_ERROR, "internal", "pipe: %s", strerror(errno));
-    pid_t pid = fork();
-    if (pid < 0)
-        return nb_cli_fail(cli, NB_CLI_ERROR, "internal", "fork: %s", strerror(errno));
-    if (pid == 0) {
-        /* nilboxd daemonizes itself and exits once it is ready (or failed);
-         * its stderr carries the reason, which we relay. */
-        int null = open("/dev/null", O_RDWR);
-        dup2(null, STDIN_FILENO);
-        dup2(null, STDOUT_FILENO);
-        dup2(pfd[1], STDERR_FILENO);
-        char *argv[] = {exe, "--home", cli->home.home, NULL};
-        execv(exe, argv);
-        dprintf(STDERR_FILENO, "nilboxd: cannot run %s: %s\n", exe, strerror(errno));
-        _exit(127);
-    }
-    close(pfd[1]);
-    int64_t deadline = nb_client_now_ms() + (int64_t)timeout_s * 1000;
-    size_t len = 0;
-    int status = -1, exited = 0;
-    fcntl(pfd[0], F_SETFL, O_NONBLOCK);
-    while (nb_client_now_ms() < deadline) {
-        ssize_t n = read(pfd[0], errbuf + len, sizeof errbuf - 1 - len);
-        if (n > 0)
-            len += (size_t)n;
-        if (!exited && waitpid(pid, &status, WNOHANG) == pid)
-            exited = 1;
-        if (exited && n <= 0)
-            break;
-        struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-        poll(&p, 1, 50);
-    }
-    close(pfd[0]);
-    errbuf[len] = '\0';
-    while (len && errbuf[len - 1] == '\n')
-        errbuf[--len] = '\0';
-    if (!exited) {
-        kill(pid, SIGTERM);
-        waitpid(pid, NULL, 0);
-        return nb_cli_fail(cli, NB_CLI_UNREACHABLE, "start_timeout",
-                           "nilboxd did not become ready within %d s; see %s", timeout_s,
-                           cli->home.logfile);
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        const char *m = strncmp(errbuf, "nilboxd: ", 9) == 0 ? errbuf + 9 : errbuf;
-        return nb_cli_fail(cli, NB_CLI_UNREACHABLE, "start_failed", "could not start nilboxd: %s",
-                           len ? m : "it exited with an error");
-    }
-    while (!answers(cli)) {
-        if (nb_client_now_ms() >= deadline)
-            return nb_cli_fail(cli, NB_CLI_UNREACHABLE, "start_timeout",
-                               "nilboxd started but does not answer on %s; see %s", cli->home.sock,
-                               cli->home.logfile);
-        usleep(50 * 1000);
-    }
-    pid_t dpid = 0;
-    nb_home_lock_holder(&cli->home, &dpid);
-    if (!quiet)
-        fprintf(stderr, "nilbox: started nilboxd (pid %ld)\n", (long)dpid);
+    if (nb_daemonctl_ensure(&cli->home, timeout_s, &we_started, &pid, &code, msg, sizeof msg) < 0)
+        return nb_cli_fail(cli, strcmp(code, "internal") ? NB_CLI_UNREACHABLE : NB_CLI_ERROR, code,
+                           "%s", msg);
+    if (we_started && !quiet)
+        fprintf(stderr, "nilbox: started nilboxd (pid %ld)\n", (long)pid);
     if (started)
-        *started = 1;
+        *started = we_started;
     return NB_CLI_OK;
 }
 

@@ -1,4 +1,4 @@
-#include "cli/client.h"
+#include "host/client.h"
 
 #include <errno.h>
 #include <limits.h>
