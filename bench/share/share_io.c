@@ -8,7 +8,9 @@
  *   share_io create DIR N      create DIR/s/f0..f<N-1> with 100 bytes each
  *   share_io stat DIR N        lstat DIR/s/f0..f<N-1>
  *   share_io clean DIR N       unlink them and DIR/s (not timed) */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
