@@ -50,8 +50,7 @@ static void test_declare(void)
     /* refused declarations, each with the script's name in the sentence */
     const char *bad[] = {
         "return { token_url = 'http://auth.test/token' }",
-        "return { token_url = 'https://auth.test/t', secrets = { client_secret = 'OTHER_SECRET' } "
-        "}",
+        "return { token_url = 'https://auth.test/t', secrets = { client_secret = 'OTHER' } }",
         "return { token_url = 'https://auth.test/t', request = 'xml' }",
         "return { token_url = 'https://auth.test/t', parse = 3 }",
         "return 42",
