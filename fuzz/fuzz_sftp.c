@@ -15,6 +15,8 @@ static void inside(const uint8_t *p, size_t n, nb_sftp_str_t s)
         abort();
 }
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     size_t off = 0;
