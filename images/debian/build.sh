@@ -13,6 +13,9 @@
 # usage: images/debian/build.sh [--out DIR] [--agent PATH | --no-agent] [--tiny DIR]
 #                               [--cache DIR] [--size SIZE] [--force]
 set -euo pipefail
+# The image's file modes must not depend on the caller's umask: nilboxd runs
+# with 077, which made /bin and every binary 0700 (root only) in the guest.
+umask 022
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 IMAGES=$(dirname "$HERE")

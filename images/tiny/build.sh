@@ -19,6 +19,9 @@
 #                             [--kernel-deb FILE] [--compress gzip|zstd|none]
 #                             [--disk-size SIZE] [--force]
 set -euo pipefail
+# The image's file modes must not depend on the caller's umask: nilboxd runs
+# with 077, which made /bin and every binary 0700 (root only) in the guest.
+umask 022
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 IMAGES=$(dirname "$HERE")
