@@ -12,7 +12,9 @@ NB_E2E_CACHE), and VMs shared between the cases, in order:
      the channel reconnects and exec works;
   06 kill QEMU: crash detected, on-failure restarts it;
   07 snapshots (live save, restore when stopped) and resize;
-  08 restart, stop and remove.
+  08 restart, stop and remove;
+  09 the main job's path: an image nilboxd builds itself, and a VM that runs
+     commands as the images' unprivileged default user.
 
 Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE,
 NB_IMAGES_SRC (e2e_env).
@@ -28,7 +30,8 @@ import termios
 import time
 import unittest
 
-from e2e_env import AGENT, NILBOX, TINY, VmSuite, alive, build_image, need, wait_for
+from e2e_env import (AGENT, CACHE, NILBOX, TINY, VmSuite, alive, build_image, need,
+                     wait_for)
 
 
 class VmE2E(VmSuite):
@@ -373,6 +376,25 @@ class VmE2E(VmSuite):
         self.assertIn("nilbox-init", logs)
         self.cli("vm", "rm", "t1")
         self.assertEqual(json.loads(self.cli("--json", "vm", "ls").stdout)["vms"], [])
+
+    # -- 09 ------------------------------------------------------------------
+    def test_09_daemon_built_image(self):
+        # The cached image of the cases above is built by this test process; this one is built
+        # by nilboxd (umask 077), as `scripts/run.sh` does. Such a build once left the guest's
+        # /bin and binaries root-only, and the default user could run nothing.
+        d = self.daemon({})
+        # The packages the cached build downloaded: nothing is fetched again.
+        os.symlink(os.path.join(CACHE, "debs"), os.path.join(d.home, "images", ".cache"))
+        r = self.cli("image", "build", "tiny", d=d, timeout=900)
+        self.assertNotIn("up to date", r.stdout + r.stderr)
+        ls = json.loads(self.cli("--json", "image", "ls", d=d).stdout)["images"]
+        self.assertTrue([i for i in ls if i["name"] == "tiny" and i["built"]], ls)
+        self.cli("vm", "create", "own", "--start", d=d, timeout=300)
+        self.assertEqual(self.inspect("own", d=d)["user"], "agent")
+        r = d.cli("exec", "own", "--", "sh", "-c", "id -un; uname -s; ls / >/dev/null && echo ok",
+                  timeout=60)
+        self.assertEqual((r.returncode, r.stdout), (0, "agent\nLinux\nok\n"), r.stderr)
+        self.cli("vm", "stop", "own", d=d, timeout=90)
 
 
 if __name__ == "__main__":
