@@ -284,6 +284,10 @@ class SshE2E(VmSuite):
         with open(os.path.join(tree, "sub/b.bin"), "r+b") as f:
             f.seek(1 << 20)
             f.write(b"changed!")
+        # Same size: rsync's quick check would skip the file if this change landed in the same
+        # second as the first copy's mtime. Move the mtime on so the delta path always runs.
+        st = os.stat(os.path.join(tree, "sub/b.bin"))
+        os.utime(os.path.join(tree, "sub/b.bin"), (st.st_atime + 10, st.st_mtime + 10))
         os.remove(os.path.join(tree, "a.txt"))
         stats = rsync("--delete", "--no-whole-file", tree + "/", dest)
         self.assertEqual(guest_sums(), want())
