@@ -111,12 +111,9 @@ static int do_show(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     char path[128];
     json_t *e = NULL;
-    char *end;
-    long long id = strtoll(a->pos[0], &end, 10);
-    if (!a->pos[0][0] || *end || id < 1) {
-        fprintf(stderr, "nilbox: an event id is a number >= 1, not '%s'; see --help\n", a->pos[0]);
+    long long id;
+    if (nb_cli_parse_id(a->pos[0], "event", "events", &id) < 0)
         return NB_CLI_USAGE;
-    }
     snprintf(path, sizeof path, "/v1/events/%lld", id);
     int code;
     if (nb_cli_call_or_json(cli, "GET", path, NULL, &e, &code))

@@ -98,22 +98,10 @@ static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     (void)v;
-    char path[64], *end;
-    json_t *res = NULL;
-    long long id = strtoll(a->pos[0], &end, 10);
-    if (!a->pos[0][0] || *end || id < 1) {
-        fprintf(stderr,
-                "nilbox: a limit id is a number >= 1 (see 'nilbox limit ls'), not '%.40s'\n",
-                a->pos[0]);
+    long long id;
+    if (nb_cli_parse_id(a->pos[0], "limit", "limit ls", &id) < 0)
         return NB_CLI_USAGE;
-    }
-    snprintf(path, sizeof path, "/v1/limits/%lld", id);
-    int code;
-    if (nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code))
-        return code;
-    printf("removed limit %lld\n", id);
-    json_decref(res);
-    return NB_CLI_OK;
+    return nb_cli_delete_id(cli, "limits", "limit", id);
 }
 
 static const nb_cli_opt_t set_opts[] = {

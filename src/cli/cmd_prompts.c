@@ -73,17 +73,12 @@ static void print_prompt_line(const json_t *p)
 
 static int do_answer(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
-    char path[64], *end;
+    char path[64];
     json_t *res = NULL;
-    long long id = strtoll(a->pos[0], &end, 10);
+    long long id;
     const char *ans = parse_answer(a->pos[1]);
-    if (!a->pos[0][0] || *end || id < 1) {
-        fprintf(stderr,
-                "nilbox: a prompt id is a number >= 1 (see 'nilbox prompts'), not "
-                "'%.40s'\n",
-                a->pos[0]);
+    if (nb_cli_parse_id(a->pos[0], "prompt", "prompts", &id) < 0)
         return NB_CLI_USAGE;
-    }
     if (!ans) {
         fprintf(stderr,
                 "nilbox: answer with allow-once, allow-always, deny-once or deny-always, "

@@ -1,6 +1,7 @@
 /* Helpers shared by the CLI's nouns; see cmdutil.h. */
 #include "cli/cmdutil.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,32 @@ int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, con
     json_decref(*res);
     *res = NULL;
     return 1;
+}
+
+int nb_cli_parse_id(const char *arg, const char *what, const char *see, long long *id)
+{
+    char *end, esc[64];
+    errno = 0;
+    *id = strtoll(arg, &end, 10);
+    if (arg[0] >= '0' && arg[0] <= '9' && !*end && !errno && *id >= 1)
+        return 0;
+    fprintf(stderr, "nilbox: %s %s id is a number >= 1 (see 'nilbox %s'), not '%s'\n",
+            strchr("aeiou", what[0]) ? "an" : "a", what, see,
+            nb_log_escape(esc, sizeof esc, arg, strlen(arg)));
+    return -1;
+}
+
+int nb_cli_delete_id(nb_cli_t *cli, const char *coll, const char *what, long long id)
+{
+    char path[96];
+    json_t *res = NULL;
+    int code;
+    snprintf(path, sizeof path, "/v1/%s/%lld", coll, id);
+    if (nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code))
+        return code;
+    printf("removed %s %lld\n", what, id);
+    json_decref(res);
+    return NB_CLI_OK;
 }
 
 void nb_cli_print_field(const char *key, const json_t *v, char *esc, size_t escsz)

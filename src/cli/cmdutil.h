@@ -19,6 +19,15 @@
 int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, const json_t *body,
                         json_t **res, int *code);
 
+/* Parses a positional id argument: a decimal number >= 1. On anything else
+ * prints "nilbox: a(n) WHAT id is a number >= 1 (see 'nilbox SEE'), not '...'"
+ * (the argument cut and escaped) and returns -1. */
+int nb_cli_parse_id(const char *arg, const char *what, const char *see, long long *id);
+
+/* DELETE /v1/COLL/ID, then (without --json) "removed WHAT ID". Returns the
+ * verb's exit code. */
+int nb_cli_delete_id(nb_cli_t *cli, const char *coll, const char *what, long long id);
+
 /* Prints " key=value" for one JSON field: strings as they are, anything
  * else as compact JSON, both escaped with nb_log_escape into esc (escsz
  * bytes; longer values are cut there). Prints nothing when out of memory. */

@@ -228,6 +228,34 @@ def test_daemon_error_printed():
         assert r.returncode == 0 and json.loads(r.stdout)["events"] == []
 
 
+def test_bad_ids_are_usage_errors():
+    """Every verb that takes an id refuses the same way: exit 2, the noun, where to look, and
+    the argument escaped and cut (it is the user's, but may be pasted from anywhere)."""
+    with Daemon() as d:
+        d.start()
+        cases = [
+            (["rule", "rm"], "rule", "rule ls"), (["limit", "rm"], "limit", "limit ls"),
+            (["share", "rm"], "share", "share ls"), (["secret", "unbind"], "binding", "secret ls"),
+            (["events", "show"], "event", "events"),
+        ]
+        for verb, what, see in cases:
+            for bad in ["x", "0", "-3", "+4", " 5", "1a", "", "99999999999999999999999",
+                        "\x1b[31m" + "9" * 200]:
+                r = d.cli(*verb, "--", bad) if bad.startswith("-") else d.cli(*verb, bad)
+                assert r.returncode == 2, (verb, bad, r)
+                assert f"id is a number >= 1 (see 'nilbox {see}')" in r.stderr, (verb, bad, r.stderr)
+                assert (" an " if what[0] in "aeiou" else " a ") + what + " id" in r.stderr, r.stderr
+                assert "\x1b" not in r.stderr and len(r.stderr) < 200, r.stderr
+        r = d.cli("prompts", "answer", "0", "allow-once")
+        assert r.returncode == 2 and "prompt id is a number" in r.stderr, r
+        r = d.cli("rule", "add", "allow", "example.com")
+        assert r.returncode == 0, r
+        r = d.cli("rule", "rm", "1")
+        assert r.returncode == 0 and r.stdout.strip() == "removed rule 1", r
+        r = d.cli("rule", "rm", "1")
+        assert r.returncode == 4, r
+
+
 def test_vm_input_errors_say_what_to_do():
     """Bad VM input names the thing and what to do (issue 17), without a VM
     image: sizes, image names, guest users; reals print rounded."""
