@@ -21,6 +21,8 @@ port 8000, in order:
      host (loopback names and addresses, [::1], decimal/hex IPs, 0, QEMU's
      10.0.2.2, fake IPs, the metadata address, a name resolved to 127.0.0.1,
      the explicit proxy) never reach it;
+  07b the Playwright recipe's transport: a host Chromium's DevTools port,
+     granted, driven from the guest over the fake address (a tab opened);
   08 clean stop: no sanitizer reports.
 
 Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE,
@@ -30,11 +32,14 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 from e2e_env import AGENT, TINY, VmSuite, build_image, need, wait_for
 from proxy_env import wait_store_open
@@ -351,6 +356,53 @@ class PortsE2E(VmSuite):
         # Positive control after all that: the grant still works.
         rc, body = self.guest_get(url)
         self.assertEqual(body.strip(), "%s-%d" % (SECRET, P))
+
+    def test_07b_devtools_recipe(self):
+        """The recipe in docs/internals/ports.md, run: a host Chromium with DevTools on a loopback
+        port, granted to the VM, driven from the guest through the name's fake address."""
+        if not shutil.which("chromium"):
+            self.skipTest("Debian's chromium is not installed")
+        port = free_port()
+        prof = tempfile.mkdtemp(dir=self.tmp)
+        ch = subprocess.Popen(["chromium", "--headless=new", "--no-sandbox", "--no-first-run",
+                               "--remote-debugging-port=%d" % port, "--user-data-dir=" + prof,
+                               "about:blank"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        def host_get(path):  # Host: 127.0.0.1:PORT, which DevTools accepts
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
+                    return r.read().decode()
+            except OSError:
+                return ""
+
+        try:
+            wait_for(lambda: "webSocketDebuggerUrl" in host_get("/json/version"), 60,
+                     "chromium's DevTools on the host")
+            name = "http://host.nilbox.internal:%d" % port
+            # No grant yet: the prompt times out (NILBOX_PROMPT_TIMEOUT_MS), nothing reached.
+            rc, body = self.guest_get(name + "/json/version", m=20)
+            self.assertNotIn("webSocketDebuggerUrl", body)
+            self.ccli("rule", "add", "allow", "host:%d" % port, "--vm", VM)
+            # Chromium refuses a Host that is a name (DNS-rebinding protection) ...
+            rc, body = self.guest_get(name + "/json/version")
+            self.assertIn("not an IP address or localhost", body)
+            # ... so the recipe uses the name's fake address: an IP literal, the same grant.
+            ip = self.sh("curl -s -o /dev/null -w '%%{remote_ip}' %s/json/version" % name).stdout
+            self.assertTrue(ip.startswith("198.18."), ip)
+            base = "http://%s:%d" % (ip.strip(), port)
+            rc, body = self.guest_get(base + "/json/version", "--noproxy '*'")
+            self.assertIn("webSocketDebuggerUrl", body)
+            # Control, not just a read: the guest opens a tab the host's browser then has.
+            rc, body = self.guest_get(base + "/json/new?about:blank", "--noproxy '*' -X PUT")
+            tab = json.loads(body)["id"]
+            self.assertIn(tab, host_get("/json/list"))
+            # The grant is this port's only: the next port up stays closed.
+            rc, body = self.guest_get("http://%s:%d/json/version" % (ip.strip(), port + 1),
+                                      "--noproxy '*'")
+            self.assertNotIn("webSocketDebuggerUrl", body)
+        finally:
+            ch.kill()
+            ch.wait()
 
     def test_08_clean_stop(self):
         self.ccli("vm", "stop", VM, timeout=120)
