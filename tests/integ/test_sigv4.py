@@ -499,6 +499,19 @@ def test_binding_api_and_ls():
     E.cli("secret", "rm", PH_AKID)
 
 
+def test_stops_clean_no_secret_in_logs():
+    """Last: the proxy's own output and the daemon's log hold no real value
+    (A5), and the daemon exits 0 without sanitizer reports (ASan builds)."""
+    out = []
+    for px in E.proxies:
+        px.stop()
+        out.append(px.proc.stdout.read() + px.proc.stderr.read())
+    E.stop_clean()
+    logs = "".join(out) + E.d.stderr()
+    for v in (REAL_SECRET, REAL_TOKEN):
+        assert v not in logs, v
+
+
 if __name__ == "__main__":
     run_suite(setup, [test_boto3_put_get_unsigned_payload, test_boto3_signed_payload,
                       test_presigned_get, test_awscli_put_get_presign, test_curl_aws_sigv4,
@@ -509,4 +522,4 @@ if __name__ == "__main__":
                       test_sdk_js_wrong_signature_refused,
                       test_wrong_signed_passes_unchanged,
                       test_no_real_value_reaches_the_client_or_the_state,
-                      test_binding_api_and_ls])
+                      test_binding_api_and_ls, test_stops_clean_no_secret_in_logs])
