@@ -9,11 +9,22 @@
  * deterministic and stays under its cap; a parsed Authorization names a
  * sorted, lower-case SignedHeaders list that the builder accepts; the
  * re-signer with the same key and seed on both sides is the identity (what
- * it emits is always a prefix of what it was fed). */
+ * it emits is always a prefix of what it was fed), for the three body kinds
+ * (plain, signed with a trailer, unsigned with a trailer); a refused body
+ * always says why.
+ *
+ * The signed-trailer kind is also fed a body the harness signs itself (the
+ * fuzzer cannot forge an HMAC chain): the first body byte is the size of
+ * one data chunk, the rest is taken as the trailer block, followed, unless
+ * it has one, by a valid x-amz-trailer-signature over it (its CRLFs as
+ * LFs: the canonical form of well-formed lines), so the trailer parser and
+ * the signature check are reached past the chunk chain. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/sha.h>
 
 #include "daemon/egress/sigv4.h"
 #include "lib/err.h"
@@ -40,6 +51,80 @@ static int sink_cmp(void *ctx, const uint8_t *p, size_t len)
         abort();
     c->out += len;
     return 0;
+}
+
+static const char seed[] = "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9";
+#define DECLARED "x-amz-checksum-crc32, x-amz-checksum-sha256"
+
+/* Feeds `body` to a re-signer of `kind` (same key both sides) in uneven
+ * slices; aborts when the output is not a prefix of the input, when a
+ * refusal says nothing, or when a complete body did not come out whole. */
+static void run_stream(const uint8_t key[32], int kind, nb_iov_t body)
+{
+    nb_sigv4_stream_t st;
+    if (nb_sigv4_stream_init(&st, key, key, NB_IOV_STR("20130524T000000Z"), NB_IOV_STR("20130524"),
+                             NB_IOV_STR("us-east-1"), NB_IOV_STR("s3"), NB_IOV_STR(seed),
+                             seed) != 0 ||
+        (kind != NB_SIGV4_CHUNKS_SIGNED &&
+         nb_sigv4_stream_trailers(&st, kind, NB_IOV_STR(DECLARED)) != 0))
+        abort();
+    cmp_t c = {body.p, body.len, 0};
+    size_t off = 0;
+    int r = 0;
+    while (off < body.len) {
+        size_t n = (body.len - off) < 7 ? body.len - off : 7 + (body.p[off] % 200);
+        if (n > body.len - off)
+            n = body.len - off;
+        if ((r = nb_sigv4_stream_feed(&st, body.p + off, n, sink_cmp, &c)) < 0)
+            break;
+        off += n;
+    }
+    if (r < 0 && !nb_sigv4_stream_why(&st))
+        abort(); /* the sink never fails here: every refusal has its reason */
+    if (r == 0 && nb_sigv4_stream_done(&st) && !st.passthru && c.out != body.len)
+        abort();
+    nb_sigv4_stream_free(&st);
+}
+
+/* The signed-trailer body the harness signs (see the top comment). */
+static void signed_trailer_body(const uint8_t key[32], nb_iov_t in, nb_buf_t *out)
+{
+    nb_iov_t dt = NB_IOV_STR("20130524T000000Z"), d = NB_IOV_STR("20130524"),
+             rg = NB_IOV_STR("us-east-1"), sv = NB_IOV_STR("s3");
+    size_t k = in.len ? in.p[0] : 0;
+    if (in.len)
+        in = nb_iov(in.p + 1, in.len - 1);
+    if (k > in.len)
+        k = in.len;
+    char prev[NB_SIGV4_HEX + 1], sig[NB_SIGV4_HEX + 1];
+    uint8_t h[32];
+    memcpy(prev, seed, sizeof prev);
+    if (k) {
+        SHA256(in.p, k, h);
+        nb_sigv4_chunk_sign(key, dt, d, rg, sv, nb_iov(prev, NB_SIGV4_HEX), h, sig);
+        nb_buf_printf(out, "%zx;chunk-signature=%s\r\n", k, sig);
+        nb_buf_append(out, in.p, k);
+        nb_buf_append(out, "\r\n", 2);
+        memcpy(prev, sig, sizeof prev);
+    }
+    SHA256((const uint8_t *)"", 0, h);
+    nb_sigv4_chunk_sign(key, dt, d, rg, sv, nb_iov(prev, NB_SIGV4_HEX), h, sig);
+    nb_buf_printf(out, "0;chunk-signature=%s\r\n", sig);
+    memcpy(prev, sig, sizeof prev);
+    nb_iov_t t = nb_iov(in.p + k, in.len - k);
+    nb_buf_append(out, t.p, t.len);
+    if (memmem(t.p, t.len, "x-amz-trailer-signature", 23))
+        return;
+    uint8_t canon[4096];
+    size_t cl = 0;
+    for (size_t i = 0; i < t.len && cl < sizeof canon; i++) {
+        if (t.p[i] == '\r' && i + 1 < t.len && t.p[i + 1] == '\n')
+            continue;
+        canon[cl++] = t.p[i];
+    }
+    SHA256(canon, cl, h);
+    nb_sigv4_trailer_sign(key, dt, d, rg, sv, nb_iov(prev, NB_SIGV4_HEX), h, sig);
+    nb_buf_printf(out, "x-amz-trailer-signature:%s\r\n\r\n", sig);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -95,23 +180,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t key[32];
     nb_sigv4_key((const uint8_t *)"k", 1, NB_IOV_STR("20130524"), NB_IOV_STR("us-east-1"),
                  NB_IOV_STR("s3"), key);
-    static const char seed[] = "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9";
-    nb_sigv4_stream_t st;
-    if (nb_sigv4_stream_init(&st, key, key, NB_IOV_STR("20130524T000000Z"), NB_IOV_STR("20130524"),
-                             NB_IOV_STR("us-east-1"), NB_IOV_STR("s3"), NB_IOV_STR(seed),
-                             seed) == 0) {
-        cmp_t c = {body.p, body.len, 0};
-        size_t off = 0;
-        while (off < body.len) {
-            size_t n = (body.len - off) < 7 ? body.len - off : 7 + (body.p[off] % 200);
-            if (n > body.len - off)
-                n = body.len - off;
-            if (nb_sigv4_stream_feed(&st, body.p + off, n, sink_cmp, &c) < 0)
-                break;
-            off += n;
-        }
-    }
-    nb_sigv4_stream_free(&st);
+    run_stream(key, NB_SIGV4_CHUNKS_SIGNED, body);
+    run_stream(key, NB_SIGV4_CHUNKS_SIGNED_TRAILER, body);
+    run_stream(key, NB_SIGV4_CHUNKS_UNSIGNED_TRAILER, body);
+    nb_buf_t sb;
+    nb_buf_init(&sb, 1 << 16);
+    signed_trailer_body(key, body, &sb);
+    run_stream(key, NB_SIGV4_CHUNKS_SIGNED_TRAILER, nb_buf_iov(&sb));
+    nb_buf_free(&sb);
     nb_buf_free(&a);
     nb_buf_free(&b);
     return 0;

@@ -4,9 +4,11 @@ Signature Version 4 with the REAL credentials, for the SigV4 re-signing
 tests. The verifier below is written from the specification, independently
 of src/daemon/egress/sigv4.c.
 
-  PUT  /BUCKET/KEY        store (x-amz-content-sha256 hex, UNSIGNED-PAYLOAD or
-                          STREAMING-AWS4-HMAC-SHA256-PAYLOAD with every chunk
-                          signature checked); answers {"len", "sha256"}
+  PUT  /BUCKET/KEY        store (x-amz-content-sha256 hex, UNSIGNED-PAYLOAD,
+                          STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER] with every
+                          chunk signature and the trailer signature checked, or
+                          STREAMING-UNSIGNED-PAYLOAD-TRAILER; a trailing
+                          x-amz-checksum-* must match the data); answers {"len", "sha256"}
   GET  /BUCKET/KEY        the object (header signing or a presigned URL)
   POST /model/M/invoke    (service bedrock) the signature covers sha256(body);
                           answers {"len", "sha256", "echo": request headers}
@@ -19,6 +21,7 @@ Usage: fake_aws.py --cert C --key K --log FILE --akid A --secret S [--token T]
 prints "PORT <n>".
 """
 import argparse
+import base64
 import hashlib
 import hmac
 import json
@@ -26,10 +29,33 @@ import ssl
 import sys
 import threading
 import urllib.parse
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 EMPTY = hashlib.sha256(b"").hexdigest()
 STREAMING = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+STREAMING_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+
+
+def _crc32c(data):
+    crc = 0xffffffff
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82f63b78 & -(crc & 1))
+    return crc ^ 0xffffffff
+
+
+def checksum(name, data):
+    """The base64 value of trailing header `name` (x-amz-checksum-ALGO) for
+    data, or None for an algorithm this fake does not know."""
+    alg = name[len("x-amz-checksum-"):] if name.startswith("x-amz-checksum-") else ""
+    raw = ((zlib.crc32(data) & 0xffffffff).to_bytes(4, "big") if alg == "crc32" else
+           _crc32c(data).to_bytes(4, "big") if alg == "crc32c" else
+           hashlib.sha1(data).digest() if alg == "sha1" else
+           hashlib.sha256(data).digest() if alg == "sha256" else None)
+    return base64.b64encode(raw).decode() if raw is not None else None
 
 
 def _h(k, m):
@@ -96,6 +122,89 @@ def chunk_sig(key, amzdate, scope, prev, data):
     sts = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", amzdate, scope, prev, EMPTY,
                      hashlib.sha256(data).hexdigest()])
     return hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
+
+
+def trailer_sig(key, amzdate, scope, prev, trailers):
+    """trailers: [(name, value)] in the order sent, the signature left out."""
+    canon = "".join("%s:%s\n" % (n, v) for n, v in trailers)
+    sts = "\n".join(["AWS4-HMAC-SHA256-TRAILER", amzdate, scope, prev,
+                     hashlib.sha256(canon.encode()).hexdigest()])
+    return hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
+
+
+def decode_chunked(body, payload, key, amzdate, scope, seed, declared):
+    """An aws-chunked body (payload: one of the three STREAMING kinds):
+    (ok, why, data, nchunks), every signature checked with `key` when the
+    kind signs, trailing checksums against the data."""
+    signed = payload != UNSIGNED_TRAILER
+    with_trailer = payload != STREAMING
+    out, prev, pos, n = bytearray(), seed, 0, 0
+    while True:
+        eol = body.find(b"\r\n", pos)
+        if eol < 0:
+            return False, "bad chunk framing (no chunk line)", body, n
+        line = body[pos:eol]
+        if signed:
+            size_s, _, ext = line.partition(b";")
+            if not ext.startswith(b"chunk-signature="):
+                return False, "bad chunk line %r" % line[:80], body, n
+            sig = ext[len(b"chunk-signature="):].decode()
+        else:
+            size_s, sig = line, None
+        try:
+            size = int(size_s, 16)
+        except ValueError:
+            return False, "bad chunk size %r" % size_s[:80], body, n
+        data = body[eol + 2:eol + 2 + size]
+        if len(data) != size:
+            return False, "bad chunk framing (short chunk)", body, n
+        if signed:
+            if not hmac.compare_digest(chunk_sig(key, amzdate, scope, prev, data), sig):
+                return False, "chunk signature does not match at %d" % len(out), body, n
+            prev = sig
+        n += 1
+        if size == 0:
+            pos = eol + 2
+            break
+        if body[eol + 2 + size:eol + 4 + size] != b"\r\n":
+            return False, "bad chunk framing", body, n
+        pos = eol + 4 + size
+        out += data
+    trailers, tsig = [], None
+    while True:
+        eol = body.find(b"\r\n", pos)
+        if eol < 0:
+            return False, "bad trailer framing", body, n
+        line = body[pos:eol].decode("latin-1")
+        pos = eol + 2
+        if line == "":
+            break
+        name, colon, value = line.partition(":")
+        if not colon or not with_trailer:
+            return False, "bad trailer line %r" % line[:80], body, n
+        if name == "x-amz-trailer-signature":
+            tsig = value.strip()
+        elif tsig is not None:
+            return False, "trailer after the trailer signature", body, n
+        else:
+            trailers.append((name, value.strip()))
+    if pos != len(body):
+        return False, "bytes after the aws-chunked body", body, n
+    if signed and with_trailer:
+        if tsig is None:
+            return False, "no trailer signature", body, n
+        if not hmac.compare_digest(trailer_sig(key, amzdate, scope, prev, trailers), tsig):
+            return False, "trailer signature does not match", body, n
+    names = [t.strip().lower() for t in declared.split(",") if t.strip()]
+    got = dict(trailers)
+    for name in names:
+        if name not in got:
+            return False, "declared trailer %s missing" % name, body, n
+        want = checksum(name, bytes(out))
+        if want is None or want != got[name]:
+            return False, "trailing checksum %s does not match" % name, body, n
+    return True, "ok (%d chunks%s)" % (n, ", trailer " + ",".join(names) if names else ""), \
+        bytes(out), n
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -173,25 +282,14 @@ class Handler(BaseHTTPRequestHandler):
             return False, str(e), body
         if not hmac.compare_digest(want, got or ""):
             return False, "signature does not match", body
-        if payload == STREAMING:
-            out, prev, pos = bytearray(), got, 0
-            while True:
-                eol = body.index(b"\r\n", pos)
-                size_s, _, ext = body[pos:eol].partition(b";")
-                size = int(size_s, 16)
-                sig = ext.split(b"=", 1)[1].decode()
-                data = body[eol + 2:eol + 2 + size]
-                if body[eol + 2 + size:eol + 4 + size] != b"\r\n":
-                    return False, "bad chunk framing", body
-                if not hmac.compare_digest(chunk_sig(key, amzdate, scope, prev, data), sig):
-                    return False, "chunk signature does not match at %d" % len(out), body
-                prev, pos = sig, eol + 4 + size
-                out += data
-                if size == 0:
-                    break
+        if payload in (STREAMING, STREAMING_TRAILER, UNSIGNED_TRAILER):
+            ok, why, out, _ = decode_chunked(body, payload, key, amzdate, scope, got,
+                                             self.headers.get("x-amz-trailer", ""))
+            if not ok:
+                return False, why, body
             if len(out) != int(self.headers.get("x-amz-decoded-content-length", "-1")):
                 return False, "decoded length", body
-            return True, "ok (%d chunks)" % (body.count(b";chunk-signature=")), bytes(out)
+            return True, why, out
         if len(payload) == 64 and payload != hashlib.sha256(body).hexdigest():
             return False, "payload hash does not match", body
         return True, "ok", body

@@ -236,42 +236,80 @@ def test_bedrock_over_cap_413():
 
 # ---- aws-chunked, written by hand: no Python SDK sends it ----
 
-def chunked_put(host, path, data, secret=PH_SECRET, chunk=65536, corrupt_at=None):
+def aws_chunked(data, mode, key, amzdate, scope, seed, chunk=65536, corrupt_at=None,
+                trailers=None, corrupt_trailer=False):
+    """The aws-chunked body of data (mode: one of fake_aws's three STREAMING
+    kinds), signed with key from seed when the kind signs. trailers: the
+    trailing headers (default: x-amz-checksum-crc32 of data)."""
+    signed = mode != fake_aws.UNSIGNED_TRAILER
+    out, prev = bytearray(), seed
+    pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)] + [b""]
+    for i, piece in enumerate(pieces):
+        if signed:
+            sig = fake_aws.chunk_sig(key, amzdate, scope, prev, piece)
+            prev = sig
+            out += b"%x;chunk-signature=%s\r\n" % (len(piece), (
+                "0" * 64 if corrupt_at == i else sig).encode())
+        else:
+            out += b"%x\r\n" % len(piece)
+        if piece:
+            out += piece + b"\r\n"
+    if mode == fake_aws.STREAMING:
+        return bytes(out + b"\r\n")
+    if trailers is None:
+        trailers = [("x-amz-checksum-crc32", fake_aws.checksum("x-amz-checksum-crc32", data))]
+    for n, v in trailers:
+        out += b"%s:%s\r\n" % (n.encode(), v.encode())
+    if signed:
+        tsig = fake_aws.trailer_sig(key, amzdate, scope, prev, trailers)
+        out += b"x-amz-trailer-signature:%s\r\n" % ("1" * 64 if corrupt_trailer else tsig).encode()
+    return bytes(out + b"\r\n")
+
+
+def chunked_put(host, path, data, secret=PH_SECRET, chunk=65536, corrupt_at=None,
+                mode=fake_aws.STREAMING, trailers=None, corrupt_trailer=False, edit=None):
+    """PUT of data as aws-chunked through the proxy, signed with `secret`
+    (the placeholder unless told): (status, body). edit(body) -> body
+    breaks the framing on purpose."""
     amzdate = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     scope = "%s/us-east-1/s3/aws4_request" % amzdate[:8]
-    nchunks = (len(data) + chunk - 1) // chunk
-    enc_len = sum(len("%x" % min(chunk, len(data) - i * chunk)) + 17 + 64 + 2 +
-                  min(chunk, len(data) - i * chunk) + 2 for i in range(nchunks))
-    enc_len += 1 + 17 + 64 + 4
+    # The length first (signatures have a fixed size): Content-Length is signed.
+    body = aws_chunked(data, mode, b"k" * 32, amzdate, scope, "0" * 64, chunk, trailers=trailers)
+    enc_len = len(edit(body) if edit else body)
     headers = [("Host", host), ("x-amz-date", amzdate),
-               ("x-amz-content-sha256", fake_aws.STREAMING), ("Content-Encoding", "aws-chunked"),
+               ("x-amz-content-sha256", mode), ("Content-Encoding", "aws-chunked"),
                ("x-amz-decoded-content-length", str(len(data))),
                ("Content-Length", str(enc_len)), ("x-amz-security-token", PH_TOKEN)]
     signed = "content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;" \
              "x-amz-decoded-content-length;x-amz-security-token"
-    seed, key = fake_aws.signature(secret, "PUT", path, headers, signed, fake_aws.STREAMING,
+    if mode != fake_aws.STREAMING:
+        headers.append(("x-amz-trailer", "x-amz-checksum-crc32"))
+        signed += ";x-amz-trailer"
+    seed, key = fake_aws.signature(secret, "PUT", path, headers, signed, mode,
                                    amzdate, scope, False)
+    body = aws_chunked(data, mode, key, amzdate, scope, seed, chunk, corrupt_at, trailers,
+                       corrupt_trailer)
+    if edit:
+        body = edit(body)
+    assert len(body) == enc_len
     auth = "AWS4-HMAC-SHA256 Credential=%s/%s, SignedHeaders=%s, Signature=%s" % (
         PH_AKID, scope, signed, seed)
     s = E.tunnel(host, px=PX)
     head = "PUT %s HTTP/1.1\r\n" % path + "".join("%s: %s\r\n" % h for h in headers) + \
         "Authorization: %s\r\n\r\n" % auth
     s.sendall(head.encode())
-    prev = seed
-    for i in range(nchunks + 1):
-        piece = data[i * chunk:(i + 1) * chunk]
-        sig = fake_aws.chunk_sig(key, amzdate, scope, prev, piece)
-        prev = sig
-        if corrupt_at == i:
-            sig = "0" * 64
-        s.sendall(b"%x;chunk-signature=%s\r\n" % (len(piece), sig.encode()) + piece + b"\r\n")
+    try:
+        for i in range(0, len(body), 65536):
+            s.sendall(body[i:i + 65536])
+    except OSError:
+        pass  # refused early: the answer is read below
     s.settimeout(60)
     resp = http.client.HTTPResponse(s)
     resp.begin()
-    body = resp.read()
-    saw(body, json.dumps(resp.getheaders()))
+    out = resp.read()
+    saw(out, json.dumps(resp.getheaders()))
     s.close()
-    return resp.status, body
+    return resp.status, out
 
 
 def test_chunked_upload_20mib():
@@ -289,6 +327,126 @@ def test_chunked_bad_chunk_not_resigned():
     st, body = chunked_put(S3, "/bkt/bad", os.urandom(300000), corrupt_at=2)
     assert st == 403, (st, body[:200])
     assert "chunk signature does not match" in last_row()["why"], last_row()["why"]
+
+
+def test_signed_trailer_upload():
+    """STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER: each chunk and the
+    trailer signature re-signed; the fake checks the chains and the CRC."""
+    data = os.urandom(3 * 1024 * 1024 + 12345)
+    st, body = chunked_put(S3, "/bkt/signed-trailer", data, mode=fake_aws.STREAMING_TRAILER)
+    assert st == 200, (st, body[:300], last_row()["why"])
+    row = last_row()
+    assert row["verified"], row["why"]
+    assert row["why"] == "ok (50 chunks, trailer x-amz-checksum-crc32)", row["why"]
+    assert row["len"] == len(data) and row["sha256"] == hashlib.sha256(data).hexdigest()
+    h = dict((k.lower(), v) for k, v in row["headers"])
+    assert h["authorization"].startswith("AWS4-HMAC-SHA256 Credential=%s/" % REAL_AKID)
+
+
+def test_unsigned_trailer_upload_by_hand():
+    """STREAMING-UNSIGNED-PAYLOAD-TRAILER: the header re-signed, the body
+    as sent (framing checked), the checksum checked by the fake."""
+    data = os.urandom(500000)
+    st, body = chunked_put(S3, "/bkt/unsigned-trailer", data, mode=fake_aws.UNSIGNED_TRAILER,
+                           chunk=8192)
+    assert st == 200, (st, body[:300], last_row()["why"])
+    row = last_row()
+    assert row["verified"] and row["sha256"] == hashlib.sha256(data).hexdigest(), row["why"]
+
+
+def refused_upstream(target, n_before):
+    """Nothing for target was stored: no verified row since n_before."""
+    return not [r for r in fake_rows()[n_before:] if r["target"] == target and r["verified"]]
+
+
+def test_trailer_refusals():
+    """A chunk or trailer signature that is not the placeholder's, a bad
+    chunk line, an undeclared trailer: refused by the proxy with a clear
+    answer, and the upload never completes upstream. A trailer whose CRC
+    is wrong (signed right) is the upstream's to refuse."""
+    data = os.urandom(300000)
+    S, U = fake_aws.STREAMING_TRAILER, fake_aws.UNSIGNED_TRAILER
+    cases = [
+        ("/bkt/r1", dict(mode=S, corrupt_at=2), 403, b"a chunk signature does not verify"),
+        ("/bkt/r2", dict(mode=S, corrupt_trailer=True), 403, b"the trailer signature does not"),
+        ("/bkt/r3", dict(mode=U, edit=lambda b: b.replace(b"10000\r\n", b"1000g\r\n", 1)),
+         400, b"a chunk line is not a hexadecimal size"),
+        ("/bkt/r4", dict(mode=U, trailers=[("x-amz-checksum-sha256", "AAAA")]), 400,
+         b"does not declare"),
+        ("/bkt/r5", dict(mode=S, trailers=[("x-amz-checksum-crc32", "AAAAAA==")]), 403,
+         b"trailing checksum x-amz-checksum-crc32 does not match"),
+    ]
+    for target, kw, want, text in cases:
+        n = len(fake_rows())
+        st, body = chunked_put(S3, target, data, **kw)
+        assert st == want and text in body, (target, st, body[:400])
+        assert refused_upstream(target, n), (target, fake_rows()[n:])
+    # The proxy's refusals are audited.
+    rows = [r for r in E.audit("refusal")
+            if (r.get("detail") or {}).get("reason") in ("sigv4-chunk-signature", "bad-aws-chunked")]
+    assert len(rows) >= 3, E.audit("refusal")
+
+
+# ---- the real AWS SDK for JavaScript (@aws-sdk/client-s3, tests/integ/s3_node) ----
+
+S3_NODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "s3_node")
+
+
+def s3_node(*args):
+    r = subprocess.run(["node", os.path.join(S3_NODE, "s3.mjs"), PX.url, E.ca_pem,
+                        "https://" + S3, *args], capture_output=True, text=True, timeout=240,
+                       cwd=S3_NODE)
+    saw(r.stdout, r.stderr)
+    assert r.returncode == 0 and r.stdout.strip(), (r.stdout, r.stderr[-2000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def have_s3_node():
+    if os.path.isdir(os.path.join(S3_NODE, "node_modules", "@aws-sdk", "client-s3")):
+        return True
+    print("skip: %s/node_modules is missing (scripts/install-deps.sh runs npm ci there)" % S3_NODE)
+    return False
+
+
+def test_sdk_js_put_stream_20mib_and_get():
+    """The SDK's default checksum on a streamed body: aws-chunked with an
+    x-amz-checksum-crc32 trailer, STREAMING-UNSIGNED-PAYLOAD-TRAILER."""
+    if not have_s3_node():
+        return
+    src = os.path.join(E.tmp, "js-20m")
+    with open(src, "wb") as f:
+        f.write(os.urandom(20 * 1024 * 1024))
+    want = hashlib.sha256(open(src, "rb").read()).hexdigest()
+    r = s3_node("put-stream", "js-big", src)
+    assert r["ok"] and r["status"] == 200, (r, last_row()["why"])
+    row = last_row()
+    h = dict((k.lower(), v) for k, v in row["headers"])
+    assert h["x-amz-content-sha256"] == fake_aws.UNSIGNED_TRAILER, h
+    assert h["x-amz-trailer"] == "x-amz-checksum-crc32", h
+    assert h["authorization"].startswith("AWS4-HMAC-SHA256 Credential=%s/" % REAL_AKID)
+    assert h["x-amz-security-token"] == REAL_TOKEN
+    assert row["verified"] and "trailer x-amz-checksum-crc32" in row["why"], row["why"]
+    assert row["len"] == 20 * 1024 * 1024 and row["sha256"] == want
+    r = s3_node("get", "js-big")
+    assert r["ok"] and r["len"] == 20 * 1024 * 1024 and r["sha256"] == want, r
+
+
+def test_sdk_js_wrong_signature_refused():
+    """Signed with a secret that is not the placeholder: sent as signed
+    (the real key never touches it) and the upstream refuses it."""
+    if not have_s3_node():
+        return
+    src = os.path.join(E.tmp, "js-small")
+    with open(src, "wb") as f:
+        f.write(os.urandom(200000))
+    r = s3_node("put-stream-badsig", "js-bad", src)
+    assert not r["ok"] and r["status"] == 403, r
+    row = last_row()
+    # The placeholder key id is still there: the proxy did not re-sign it.
+    assert not row["verified"] and row["why"] == "unknown key id " + PH_AKID, row["why"]
+    h = dict((k.lower(), v) for k, v in row["headers"])
+    assert h["authorization"].startswith("AWS4-HMAC-SHA256 Credential=%s/" % PH_AKID)
+    assert h["x-amz-content-sha256"] == fake_aws.UNSIGNED_TRAILER
 
 
 def test_wrong_signed_passes_unchanged():
@@ -341,11 +499,27 @@ def test_binding_api_and_ls():
     E.cli("secret", "rm", PH_AKID)
 
 
+def test_stops_clean_no_secret_in_logs():
+    """Last: the proxy's own output and the daemon's log hold no real value
+    (A5), and the daemon exits 0 without sanitizer reports (ASan builds)."""
+    out = []
+    for px in E.proxies:
+        px.stop()
+        out.append(px.proc.stdout.read() + px.proc.stderr.read())
+    E.stop_clean()
+    logs = "".join(out) + E.d.stderr()
+    for v in (REAL_SECRET, REAL_TOKEN):
+        assert v not in logs, v
+
+
 if __name__ == "__main__":
     run_suite(setup, [test_boto3_put_get_unsigned_payload, test_boto3_signed_payload,
                       test_presigned_get, test_awscli_put_get_presign, test_curl_aws_sigv4,
                       test_bedrock_body_hash, test_bedrock_over_cap_413,
                       test_chunked_upload_20mib, test_chunked_bad_chunk_not_resigned,
+                      test_signed_trailer_upload, test_unsigned_trailer_upload_by_hand,
+                      test_trailer_refusals, test_sdk_js_put_stream_20mib_and_get,
+                      test_sdk_js_wrong_signature_refused,
                       test_wrong_signed_passes_unchanged,
                       test_no_real_value_reaches_the_client_or_the_state,
-                      test_binding_api_and_ls])
+                      test_binding_api_and_ls, test_stops_clean_no_secret_in_logs])

@@ -501,6 +501,42 @@ static int sigv4_sink(void *ud, const uint8_t *p, size_t len)
     return nb_pxio_write_body(&c->up->io, p, len, c->x.req_chunked) < 0 ? NB_ECLOSED : 0;
 }
 
+/* An aws-chunked body the re-signer refuses (bad framing or trailer, a
+ * signature that is not the placeholder's): the upstream request is
+ * aborted, never completed (after_feed drops it), and the client told why. */
+static void sigv4_refuse(cconn_t *c, int r, const char *why)
+{
+    exch_t *x = &c->x;
+    nb_log_conn(NB_LOG_NOTICE, c->id, "aws-chunked upload toward %s refused: %s", x->auth.host,
+                why);
+    if (r == NB_EAUTH) {
+        /* after_feed leaves 403s to the gate's own records: this one is ours. */
+        nb_px_record(c, "refusal", x->auth.host, x->auth.port,
+                     json_pack("{s:s, s:s, s:s}", "reason", "sigv4-chunk-signature", "message", why,
+                               "threat", "A15"));
+        c->px->st.refused++;
+        reject(c, 403, "sigv4-chunk-signature", "the aws-chunked upload was refused: %s", why);
+    } else if (r == NB_ETOOBIG) {
+        reject(c, 413, "aws-chunk-too-large", "the aws-chunked upload was refused: %s", why);
+    } else {
+        reject(c, 400, "bad-aws-chunked", "the aws-chunked upload was refused: %s", why);
+    }
+}
+
+/* Body bytes through the aws-chunked re-signer. 0, 1 refused (the reject
+ * is set), or NB_ECLOSED (the upstream write failed). */
+static int sigv4_feed(cconn_t *c, const uint8_t *p, size_t len)
+{
+    int r = nb_pxsv4_feed(c->sv, p, len, sigv4_sink, c);
+    if (r >= 0)
+        return 0;
+    const char *why = nb_pxsv4_feed_why(c->sv);
+    if (!why)
+        return NB_ECLOSED;
+    sigv4_refuse(c, r, why);
+    return 1;
+}
+
 static int req_on_body(void *ud, const uint8_t *p, size_t len)
 {
     cconn_t *c = ud;
@@ -509,7 +545,7 @@ static int req_on_body(void *ud, const uint8_t *p, size_t len)
         return 0;
     if (x->head_sent && c->up) {
         if (nb_pxsv4_streaming(c->sv))
-            return nb_pxsv4_feed(c->sv, p, len, sigv4_sink, c) < 0 ? NB_ECLOSED : 0;
+            return sigv4_feed(c, p, len) < 0 ? NB_ECLOSED : 0;
         if (nb_pxio_write_body(&c->up->io, p, len, c->x.req_chunked) < 0)
             return NB_ECLOSED;
         return 0;
@@ -531,8 +567,13 @@ static int req_on_complete(void *ud)
 {
     cconn_t *c = ud;
     exch_t *x = &c->x;
-    if (x->head_sent && c->up && !x->reject_status)
+    if (x->head_sent && c->up && !x->reject_status) {
+        if (!nb_pxsv4_done(c->sv)) {
+            sigv4_refuse(c, NB_EPARSE, "the body ended before its final chunk or trailer");
+            return 0;
+        }
         finish_request(c);
+    }
     return 0;
 }
 
@@ -701,13 +742,22 @@ static void up_ready(upconn_t *u, int r)
     }
     if (x->pending.len) {
         int wr = nb_pxsv4_streaming(c->sv)
-                     ? nb_pxsv4_feed(c->sv, x->pending.p, x->pending.len, sigv4_sink, c)
+                     ? sigv4_feed(c, x->pending.p, x->pending.len)
                      : nb_pxio_write_body(&c->up->io, x->pending.p, x->pending.len, x->req_chunked);
         if (wr < 0) {
             nb_px_conn_close(c);
             return;
         }
         nb_buf_reset(&x->pending);
+        if (wr > 0) {
+            after_feed(c); /* refused: answers, and drops the upstream request */
+            return;
+        }
+    }
+    if (x->req_done && !nb_pxsv4_done(c->sv)) {
+        sigv4_refuse(c, NB_EPARSE, "the body ended before its final chunk or trailer");
+        after_feed(c);
+        return;
     }
     if (x->req_done)
         finish_request(c);

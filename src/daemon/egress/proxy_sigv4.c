@@ -438,6 +438,22 @@ int nb_pxsv4_resign(nb_pxsv4_t *s, const nb_inject_dest_t *dest, const nb_bindin
         s->why = "the signature does not verify with the placeholder credentials";
         return 0;
     }
+    /* An aws-chunked body is read (and its signatures redone) as it passes. */
+    int kind = a.presigned                                      ? -1
+               : nb_iov_eq(payload, NB_SIGV4_STREAMING)         ? NB_SIGV4_CHUNKS_SIGNED
+               : nb_iov_eq(payload, NB_SIGV4_STREAMING_TRAILER) ? NB_SIGV4_CHUNKS_SIGNED_TRAILER
+               : nb_iov_eq(payload, NB_SIGV4_UNSIGNED_TRAILER)  ? NB_SIGV4_CHUNKS_UNSIGNED_TRAILER
+                                                                : -1;
+    nb_iov_t declared = NB_IOV_STR("");
+    if (kind > NB_SIGV4_CHUNKS_SIGNED) {
+        const nb_sigv4_header_t *tr = find(orig, norig, "x-amz-trailer");
+        if (count(orig, norig, "x-amz-trailer") > 1 ||
+            (tr && tr->value.len >= sizeof s->st.declared)) {
+            s->why = "x-amz-trailer is sent twice or is longer than 255 bytes";
+            return 0;
+        }
+        declared = tr ? tr->value : declared;
+    }
     /* Ours: the real credentials, in locked memory. */
     size_t vl = 0;
     int r = get(ctx, bind, s->val, sizeof s->val, &vl);
@@ -500,12 +516,15 @@ int nb_pxsv4_resign(nb_pxsv4_t *s, const nb_inject_dest_t *dest, const nb_bindin
         if (nb_iov_eq_nocase(hv[i].name, "authorization"))
             hv[i].value = nb_iov(s->auth, (size_t)al);
     *nhv = n;
-    if (nb_iov_eq(payload, NB_SIGV4_STREAMING)) {
+    if (kind >= 0) {
         if ((r = nb_sigv4_stream_init(&s->st, s->kph, s->kreal, amzdate, a.date, a.region,
                                       a.service, a.signature, sig)) < 0)
             return r;
         s->st_live = 1;
         s->streaming = 1;
+        if (kind != NB_SIGV4_CHUNKS_SIGNED &&
+            (r = nb_sigv4_stream_trailers(&s->st, kind, declared)) < 0)
+            return r;
     }
     return 1;
 }
@@ -523,6 +542,16 @@ int nb_pxsv4_streaming(const nb_pxsv4_t *s)
 int nb_pxsv4_feed(nb_pxsv4_t *s, const uint8_t *p, size_t len, nb_sigv4_sink sink, void *ctx)
 {
     return nb_sigv4_stream_feed(&s->st, p, len, sink, ctx);
+}
+
+int nb_pxsv4_done(const nb_pxsv4_t *s)
+{
+    return !s || !s->streaming || nb_sigv4_stream_done(&s->st);
+}
+
+const char *nb_pxsv4_feed_why(const nb_pxsv4_t *s)
+{
+    return s && s->st_live ? nb_sigv4_stream_why(&s->st) : NULL;
 }
 
 const char *nb_pxsv4_why(const nb_pxsv4_t *s)

@@ -61,7 +61,14 @@ int nb_pxsv4_resign(nb_pxsv4_t *s, const nb_inject_dest_t *dest, const nb_bindin
 /* After a successful resign: 1 when the body is aws-chunked and must go
  * through nb_pxsv4_feed. */
 int nb_pxsv4_streaming(const nb_pxsv4_t *s);
+/* 0, or nb_sigv4_stream_feed's error: with nb_pxsv4_feed_why set the body
+ * is bad (NB_EPARSE, NB_ETOOBIG) or not signed with the placeholder
+ * (NB_EAUTH) and the request must be refused; without, the sink failed. */
 int nb_pxsv4_feed(nb_pxsv4_t *s, const uint8_t *p, size_t len, nb_sigv4_sink sink, void *ctx);
+const char *nb_pxsv4_feed_why(const nb_pxsv4_t *s);
+/* 0 when an aws-chunked body being re-signed has not ended (final chunk,
+ * trailer): its request must not be completed upstream. */
+int nb_pxsv4_done(const nb_pxsv4_t *s);
 
 /* Why the last classify/resign left the request alone (static), the
  * binding used and its secret's name (audit), chunks re-signed. */

@@ -556,6 +556,20 @@ void nb_sigv4_chunk_sign(const uint8_t key[32], nb_iov_t amzdate, nb_iov_t date,
     to_hex(mac, 32, sig);
 }
 
+void nb_sigv4_trailer_sign(const uint8_t key[32], nb_iov_t amzdate, nb_iov_t date, nb_iov_t region,
+                           nb_iov_t service, nb_iov_t prev, const uint8_t thash[32],
+                           char sig[NB_SIGV4_HEX + 1])
+{
+    char sts[640], sc[256], hx[NB_SIGV4_HEX + 1];
+    scope(sc, sizeof sc, date, region, service);
+    to_hex(thash, 32, hx);
+    int n = snprintf(sts, sizeof sts, NB_SIGV4_ALGO "-TRAILER\n%.*s\n%s\n%.*s\n%s",
+                     (int)amzdate.len, amzdate.p, sc, (int)prev.len, prev.p, hx);
+    uint8_t mac[32];
+    hmac(key, 32, sts, n < 0 ? 0 : (size_t)n < sizeof sts ? (size_t)n : sizeof sts - 1, mac);
+    to_hex(mac, 32, sig);
+}
+
 /* ---- credentials ---- */
 
 static int cred_char(uint8_t c)
@@ -624,8 +638,11 @@ int nb_sigv4_creds_parse(nb_iov_t v, nb_sigv4_creds_t *c)
 /* A chunk's header line carries the signature of the data that follows, so
  * the line can only go out once that data was hashed: one chunk is held,
  * never more. AWS clients send chunks of 8-128 KiB; a larger chunk ends
- * re-signing (passes as sent, the upstream refuses it). */
-enum { ST_LINE = 0, ST_DATA, ST_CR, ST_LF, ST_DONE };
+ * re-signing (plain kind: passes as sent, the upstream refuses it; trailer
+ * kinds: refused). Unsigned chunks are not held: each line is checked,
+ * then the data streams through. The trailing headers are held whole
+ * (NB_SIGV4_TRAILER_MAX) and go out only once they all parsed. */
+enum { ST_LINE = 0, ST_DATA, ST_CR, ST_LF, ST_TRAILER, ST_DONE };
 
 static int copy_str(char *dst, size_t cap, nb_iov_t s)
 {
@@ -654,26 +671,49 @@ int nb_sigv4_stream_init(nb_sigv4_stream_t *s, const uint8_t *key_ph, const uint
     return 0;
 }
 
+int nb_sigv4_stream_trailers(nb_sigv4_stream_t *s, int kind, nb_iov_t declared)
+{
+    if ((kind != NB_SIGV4_CHUNKS_SIGNED_TRAILER && kind != NB_SIGV4_CHUNKS_UNSIGNED_TRAILER) ||
+        copy_str(s->declared, sizeof s->declared, declared) < 0)
+        return NB_EINVAL;
+    for (char *c = s->declared; *c; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c = (char)(*c - 'A' + 'a');
+    s->kind = kind;
+    return 0;
+}
+
 static nb_iov_t cs(const char *s)
 {
     return nb_iov(s, strlen(s));
 }
 
-/* A complete chunk header line "HEX;chunk-signature=SIG" (no CRLF):
- * its size, or -1. */
-static int64_t chunk_size(nb_iov_t l)
+static int fail(nb_sigv4_stream_t *s, int err, const char *why)
+{
+    s->why = why;
+    return err;
+}
+
+/* A complete chunk header line (no CRLF): "HEX;chunk-signature=SIG" when
+ * signed, "HEX" when not. Its size, or -1. */
+static int64_t chunk_size(nb_iov_t l, int is_signed)
 {
     static const char ext[] = ";chunk-signature=";
     const uint8_t *semi = memchr(l.p, ';', l.len);
-    if (!semi || semi == l.p || (size_t)(semi - l.p) > 8)
+    if (!is_signed && semi)
+        return -1; /* unsigned chunks carry no extension */
+    const uint8_t *end = is_signed ? semi : l.p + l.len;
+    if (!end || end == l.p || (size_t)(end - l.p) > 8)
         return -1;
     int64_t size = 0;
-    for (const uint8_t *p = l.p; p < semi; p++) {
+    for (const uint8_t *p = l.p; p < end; p++) {
         int h = hexval(*p);
         if (h < 0)
             return -1;
         size = size * 16 + h;
     }
+    if (!is_signed)
+        return size;
     size_t el = sizeof ext - 1;
     nb_iov_t rest = nb_iov(semi, l.len - (size_t)(semi - l.p));
     if (rest.len != el + NB_SIGV4_HEX || memcmp(rest.p, ext, el) != 0 ||
@@ -682,28 +722,29 @@ static int64_t chunk_size(nb_iov_t l)
     return size;
 }
 
-/* The held chunk (line CRLF data CRLF) is complete: check the guest's
- * signature in the line, put ours in its place. */
-static void resign_held(nb_sigv4_stream_t *s)
+/* The held chunk (line CRLF data, then `tail` bytes: its CRLF, or none for
+ * a final chunk followed by trailers) is complete: check the guest's
+ * signature in the line, put ours in its place. 0, or -1 when it does not
+ * verify. */
+static int resign_held(nb_sigv4_stream_t *s, size_t tail)
 {
     uint8_t *b = s->hold.p;
     size_t ll = s->line_len; /* without CRLF */
     uint8_t h[32];
-    SHA256(b + ll + 2, s->hold.len - ll - 4, h);
+    SHA256(b + ll + 2, s->hold.len - ll - 2 - tail, h);
     nb_iov_t got = nb_iov(b + ll - NB_SIGV4_HEX, NB_SIGV4_HEX);
     char want[NB_SIGV4_HEX + 1], ours[NB_SIGV4_HEX + 1];
     nb_sigv4_chunk_sign(s->key_ph, cs(s->amzdate), cs(s->date), cs(s->region), cs(s->service),
                         cs(s->prev_ph), h, want);
-    if (!nb_sigv4_sig_eq(got, want)) {
-        s->passthru = 1; /* not signed with the placeholder: sent as is */
-        return;
-    }
+    if (!nb_sigv4_sig_eq(got, want))
+        return -1;
     nb_sigv4_chunk_sign(s->key_real, cs(s->amzdate), cs(s->date), cs(s->region), cs(s->service),
                         cs(s->prev_real), h, ours);
     memcpy(s->prev_ph, want, sizeof want);
     memcpy(s->prev_real, ours, sizeof ours);
     memcpy(b + ll - NB_SIGV4_HEX, ours, NB_SIGV4_HEX);
     s->chunks++;
+    return 0;
 }
 
 static int flush(nb_sigv4_stream_t *s, nb_sigv4_sink sink, void *ctx)
@@ -713,10 +754,151 @@ static int flush(nb_sigv4_stream_t *s, nb_sigv4_sink sink, void *ctx)
     return r;
 }
 
+static int tr_name_char(uint8_t c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+}
+
+/* 1 when `name` is one of the comma-separated names of `list`. */
+static int listed(const char *list, nb_iov_t name)
+{
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        const char *t = e;
+        while (t > p && (t[-1] == ' ' || t[-1] == '\t'))
+            t--;
+        if ((size_t)(t - p) == name.len && name.len && memcmp(p, name.p, name.len) == 0)
+            return 1;
+        p = e;
+    }
+    return 0;
+}
+
+/* The held trailer ("name:value" CRLF lines, then an empty line) is
+ * complete. Checks every line; for the signed kind the last line must be
+ * x-amz-trailer-signature, verified over the canonical form of the others
+ * ("name:value\n" each, value trimmed) and replaced by ours. */
+static int finish_trailer(nb_sigv4_stream_t *s)
+{
+    uint8_t *b = s->hold.p;
+    size_t end = s->hold.len - 2; /* the empty line */
+    /* The canonical form is never longer than the lines it comes from. */
+    uint8_t canon[NB_SIGV4_TRAILER_MAX] = {0};
+    size_t cl = 0;
+    nb_iov_t names[16];
+    size_t nn = 0, sigoff = 0;
+    int have_sig = 0;
+    for (size_t i = 0; i < end;) {
+        const uint8_t *eol = memchr(b + i, '\r', end - i);
+        if (!eol || (size_t)(eol - b) + 1 >= s->hold.len || eol[1] != '\n')
+            return fail(s, NB_EPARSE, "a trailing header line does not end with CRLF");
+        nb_iov_t line = nb_iov(b + i, (size_t)(eol - (b + i)));
+        i = (size_t)(eol - b) + 2;
+        const uint8_t *colon = memchr(line.p, ':', line.len);
+        if (!colon || colon == line.p)
+            return fail(s, NB_EPARSE, "a trailing header is not 'name:value'");
+        nb_iov_t name = nb_iov(line.p, (size_t)(colon - line.p));
+        nb_iov_t value = trim(nb_iov(colon + 1, line.len - name.len - 1));
+        if (!all(name, tr_name_char))
+            return fail(s, NB_EPARSE,
+                        "a trailing header name is not lower-case letters, digits, '-'");
+        if (value.len == 0 || !all(value, cred_char))
+            return fail(s, NB_EPARSE, "a trailing header value is empty or not printable ASCII");
+        if (have_sig)
+            return fail(s, NB_EPARSE, "x-amz-trailer-signature is not the last trailing header");
+        if (nb_iov_eq(name, "x-amz-trailer-signature")) {
+            if (s->kind != NB_SIGV4_CHUNKS_SIGNED_TRAILER)
+                return fail(s, NB_EPARSE, "a trailer signature in an unsigned-payload upload");
+            if (!nb_sigv4_is_hex64(value))
+                return fail(s, NB_EPARSE, "x-amz-trailer-signature is not 64 hex digits");
+            have_sig = 1;
+            sigoff = (size_t)(value.p - b);
+            continue;
+        }
+        if (!listed(s->declared, name))
+            return fail(s, NB_EPARSE, "a trailing header that x-amz-trailer does not declare");
+        for (size_t k = 0; k < nn; k++)
+            if (names[k].len == name.len && memcmp(names[k].p, name.p, name.len) == 0)
+                return fail(s, NB_EPARSE, "a trailing header sent twice");
+        if (nn == sizeof names / sizeof names[0])
+            return fail(s, NB_EPARSE, "too many trailing headers");
+        names[nn++] = name;
+        memcpy(canon + cl, name.p, name.len);
+        cl += name.len;
+        canon[cl++] = ':';
+        memcpy(canon + cl, value.p, value.len);
+        cl += value.len;
+        canon[cl++] = '\n';
+    }
+    uint8_t th[32];
+    SHA256(canon, cl, th);
+    if (s->kind != NB_SIGV4_CHUNKS_SIGNED_TRAILER)
+        return 0;
+    if (!have_sig)
+        return fail(s, NB_EPARSE, "the trailer has no x-amz-trailer-signature");
+    char want[NB_SIGV4_HEX + 1], ours[NB_SIGV4_HEX + 1];
+    nb_sigv4_trailer_sign(s->key_ph, cs(s->amzdate), cs(s->date), cs(s->region), cs(s->service),
+                          cs(s->prev_ph), th, want);
+    if (!nb_sigv4_sig_eq(nb_iov(b + sigoff, NB_SIGV4_HEX), want))
+        return fail(s, NB_EAUTH,
+                    "the trailer signature does not verify with the placeholder credentials");
+    nb_sigv4_trailer_sign(s->key_real, cs(s->amzdate), cs(s->date), cs(s->region), cs(s->service),
+                          cs(s->prev_real), th, ours);
+    memcpy(b + sigoff, ours, NB_SIGV4_HEX);
+    OPENSSL_cleanse(want, sizeof want);
+    return 0;
+}
+
+/* A complete chunk line is in hold. Next state, or a negative error. */
+static int on_line(nb_sigv4_stream_t *s, nb_sigv4_sink sink, void *ctx)
+{
+    int is_signed = s->kind != NB_SIGV4_CHUNKS_UNSIGNED_TRAILER;
+    int64_t size = chunk_size(nb_iov(s->hold.p, s->line_len), is_signed);
+    if (size < 0)
+        return fail(s, NB_EPARSE,
+                    is_signed ? "a chunk line is not 'HEX;chunk-signature=SIG'"
+                              : "a chunk line is not a hexadecimal size");
+    s->left = (uint64_t)size;
+    s->last = size == 0;
+    int trailer = s->kind != NB_SIGV4_CHUNKS_SIGNED;
+    if (is_signed && size > NB_SIGV4_CHUNK_MAX) {
+        if (trailer)
+            return fail(s, NB_ETOOBIG, "a signed chunk is larger than 1 MiB");
+        s->passthru = 1;
+        int r = flush(s, sink, ctx);
+        return r < 0 ? r : ST_LINE;
+    }
+    if (!is_signed) {
+        int r = flush(s, sink, ctx); /* nothing to sign: the line goes now */
+        if (r < 0)
+            return r;
+        if (size == 0) {
+            s->chunks++;
+            return ST_TRAILER;
+        }
+    }
+    if (size == 0 && trailer) {
+        /* The final chunk is followed by the trailer, not by CRLF. */
+        if (resign_held(s, 0) < 0)
+            return fail(s, NB_EAUTH,
+                        "a chunk signature does not verify with the placeholder credentials");
+        int r = flush(s, sink, ctx);
+        return r < 0 ? r : ST_TRAILER;
+    }
+    return size ? ST_DATA : ST_CR;
+}
+
 int nb_sigv4_stream_feed(nb_sigv4_stream_t *s, const uint8_t *p, size_t len, nb_sigv4_sink sink,
                          void *ctx)
 {
     int r;
+    int held = s->kind != NB_SIGV4_CHUNKS_UNSIGNED_TRAILER; /* data held to sign it */
+    s->why = NULL;
     while (len) {
         if (s->passthru)
             return sink(ctx, p, len);
@@ -729,27 +911,22 @@ int nb_sigv4_stream_feed(nb_sigv4_stream_t *s, const uint8_t *p, size_t len, nb_
             size_t n = s->hold.len;
             if (n >= 2 && s->hold.p[n - 2] == '\r' && s->hold.p[n - 1] == '\n') {
                 s->line_len = n - 2;
-                int64_t size = chunk_size(nb_iov(s->hold.p, s->line_len));
-                if (size < 0)
-                    return NB_EINVAL;
-                if (size > NB_SIGV4_CHUNK_MAX) {
-                    s->passthru = 1;
-                    if ((r = flush(s, sink, ctx)) < 0)
-                        return r;
-                    continue;
-                }
-                s->left = (uint64_t)size;
-                s->last = size == 0;
-                s->state = size ? ST_DATA : ST_CR;
+                if ((r = on_line(s, sink, ctx)) < 0)
+                    return r;
+                s->state = r;
             } else if (n > 128) {
-                return NB_EINVAL;
+                return fail(s, NB_EPARSE, "a chunk line is longer than 128 bytes");
             }
             break;
         }
         case ST_DATA: {
             size_t take = len < s->left ? len : (size_t)s->left;
-            if (nb_buf_append(&s->hold, p, take) < 0)
+            if (!held) {
+                if ((r = sink(ctx, p, take)) < 0)
+                    return r;
+            } else if (nb_buf_append(&s->hold, p, take) < 0) {
                 return -ENOMEM;
+            }
             p += take;
             len -= take;
             s->left -= take;
@@ -760,7 +937,7 @@ int nb_sigv4_stream_feed(nb_sigv4_stream_t *s, const uint8_t *p, size_t len, nb_
         case ST_CR:
         case ST_LF:
             if (*p != (s->state == ST_CR ? '\r' : '\n'))
-                return NB_EINVAL;
+                return fail(s, NB_EPARSE, "a chunk's data is not followed by CRLF");
             if (nb_buf_append(&s->hold, p, 1) < 0)
                 return -ENOMEM;
             p++;
@@ -769,13 +946,42 @@ int nb_sigv4_stream_feed(nb_sigv4_stream_t *s, const uint8_t *p, size_t len, nb_
                 s->state = ST_LF;
                 break;
             }
-            resign_held(s);
+            if (held && resign_held(s, 2) < 0) {
+                if (s->kind != NB_SIGV4_CHUNKS_SIGNED)
+                    return fail(s, NB_EAUTH,
+                                "a chunk signature does not verify with the "
+                                "placeholder credentials");
+                s->passthru = 1; /* not signed with the placeholder: sent as is */
+            }
+            if (!held)
+                s->chunks++;
             if ((r = flush(s, sink, ctx)) < 0)
                 return r;
             s->state = s->last ? ST_DONE : ST_LINE;
             break;
+        case ST_TRAILER: {
+            /* Up to the empty line: "\r\n" alone (no trailing headers) or
+             * "...\r\n\r\n". */
+            if (nb_buf_append(&s->hold, p, 1) < 0)
+                return -ENOMEM;
+            p++;
+            len--;
+            size_t n = s->hold.len;
+            const uint8_t *h = s->hold.p;
+            if (n > NB_SIGV4_TRAILER_MAX)
+                return fail(s, NB_ETOOBIG, "the trailing headers are larger than 4 KiB");
+            if (n >= 2 && h[n - 2] == '\r' && h[n - 1] == '\n' &&
+                (n == 2 || (n >= 4 && h[n - 4] == '\r' && h[n - 3] == '\n'))) {
+                if ((r = finish_trailer(s)) < 0)
+                    return r;
+                if ((r = flush(s, sink, ctx)) < 0)
+                    return r;
+                s->state = ST_DONE;
+            }
+            break;
+        }
         default:
-            return NB_EINVAL; /* bytes after the final chunk */
+            return fail(s, NB_EPARSE, "bytes after the final chunk");
         }
     }
     return 0;
@@ -784,6 +990,11 @@ int nb_sigv4_stream_feed(nb_sigv4_stream_t *s, const uint8_t *p, size_t len, nb_
 int nb_sigv4_stream_done(const nb_sigv4_stream_t *s)
 {
     return s->state == ST_DONE || s->passthru;
+}
+
+const char *nb_sigv4_stream_why(const nb_sigv4_stream_t *s)
+{
+    return s->why;
 }
 
 void nb_sigv4_stream_free(nb_sigv4_stream_t *s)

@@ -17,6 +17,10 @@
 #define NB_SIGV4_ALGO "AWS4-HMAC-SHA256"
 #define NB_SIGV4_HEX 64 /* a signature or a SHA-256, in lower-case hex */
 #define NB_SIGV4_STREAMING "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+/* aws-chunked with trailing headers (a checksum, x-amz-trailer names it):
+ * chunks signed and a signed trailer, or chunks and trailer unsigned. */
+#define NB_SIGV4_STREAMING_TRAILER "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+#define NB_SIGV4_UNSIGNED_TRAILER "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 #define NB_SIGV4_UNSIGNED "UNSIGNED-PAYLOAD"
 /* What the guest holds instead of the real values (its environment). */
 #define NB_SIGV4_PH_AKID "AWS_ACCESS_KEY_ID"
@@ -89,6 +93,13 @@ void nb_sigv4_chunk_sign(const uint8_t key[32], nb_iov_t amzdate, nb_iov_t date,
                          nb_iov_t service, nb_iov_t prev, const uint8_t chash[32],
                          char sig[NB_SIGV4_HEX + 1]);
 
+/* The x-amz-trailer-signature of trailing headers whose canonical form
+ * ("name:value\n" per header, in the order sent) hashes to `thash`,
+ * chained to the final (0-size) chunk's signature `prev`. */
+void nb_sigv4_trailer_sign(const uint8_t key[32], nb_iov_t amzdate, nb_iov_t date, nb_iov_t region,
+                           nb_iov_t service, nb_iov_t prev, const uint8_t thash[32],
+                           char sig[NB_SIGV4_HEX + 1]);
+
 /* Lower-case hex SHA-256 of p (65 bytes with NUL). */
 void nb_sigv4_sha256_hex(const void *p, size_t len, char hex[NB_SIGV4_HEX + 1]);
 
@@ -119,9 +130,19 @@ int nb_sigv4_creds_parse(nb_iov_t v, nb_sigv4_creds_t *c);
  * does not verify ends re-signing: it and everything after pass as sent
  * (the upstream rejects them; the real key was never used for them). */
 #define NB_SIGV4_CHUNK_MAX (1024 * 1024) /* largest chunk re-signed (one is held) */
+#define NB_SIGV4_TRAILER_MAX 4096        /* trailing headers, held whole */
+/* Body kinds (nb_sigv4_stream_kind). */
+enum {
+    NB_SIGV4_CHUNKS_SIGNED = 0,      /* STREAMING-AWS4-HMAC-SHA256-PAYLOAD */
+    NB_SIGV4_CHUNKS_SIGNED_TRAILER,  /* STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER */
+    NB_SIGV4_CHUNKS_UNSIGNED_TRAILER /* STREAMING-UNSIGNED-PAYLOAD-TRAILER */
+};
 typedef struct {
     int state;
-    nb_buf_t hold; /* the current chunk: line, data, CRLF */
+    int kind;           /* NB_SIGV4_CHUNKS_* */
+    const char *why;    /* static: why feeding failed (NULL: the sink's error) */
+    char declared[256]; /* x-amz-trailer, lower-case: the trailers allowed */
+    nb_buf_t hold;      /* the current chunk: line, data, CRLF */
     size_t line_len;
     uint64_t left; /* data bytes left in the current chunk */
     int last;      /* the 0-size chunk was seen */
@@ -141,14 +162,32 @@ int nb_sigv4_stream_init(nb_sigv4_stream_t *s, const uint8_t *key_ph, const uint
                          nb_iov_t amzdate, nb_iov_t date, nb_iov_t region, nb_iov_t service,
                          nb_iov_t seed_ph, const char *seed_real);
 
+/* Makes `s` (just initialised) read a body with trailing headers: kind
+ * NB_SIGV4_CHUNKS_SIGNED_TRAILER (each chunk and the trailer re-signed) or
+ * NB_SIGV4_CHUNKS_UNSIGNED_TRAILER (nothing to sign: the bytes pass as
+ * sent, only their framing is checked). `declared` is the x-amz-trailer
+ * value: every trailing header but the signature must be named there.
+ * Unlike the plain kind, a signature that does not verify is an error
+ * here, never passed on. 0 or NB_EINVAL. */
+int nb_sigv4_stream_trailers(nb_sigv4_stream_t *s, int kind, nb_iov_t declared);
+
 /* Feeds body bytes; re-signed output goes to `sink`. 0, the sink's error,
- * or NB_EINVAL for a body that is not aws-chunked (bytes already given to
- * the sink stay given; the caller must close the upstream request). */
+ * NB_EPARSE for a body that is not aws-chunked as declared (bad chunk line,
+ * framing, trailer), NB_EAUTH for a chunk or trailer signature that does
+ * not verify with the placeholder key (trailer kinds), NB_ETOOBIG for a
+ * chunk past NB_SIGV4_CHUNK_MAX or a trailer past NB_SIGV4_TRAILER_MAX
+ * (trailer kinds): nb_sigv4_stream_why says what, and the offending bytes
+ * were not given to the sink (those before stay given; the caller must
+ * abort the upstream request). */
 int nb_sigv4_stream_feed(nb_sigv4_stream_t *s, const uint8_t *p, size_t len, nb_sigv4_sink sink,
                          void *ctx);
 
-/* 1 when the final chunk was seen and nothing is pending. */
+/* 1 when the final chunk (and trailer) was seen and nothing is pending. */
 int nb_sigv4_stream_done(const nb_sigv4_stream_t *s);
+
+/* Why the last feed failed (static text), or NULL when it did not or the
+ * sink's own error ended it. */
+const char *nb_sigv4_stream_why(const nb_sigv4_stream_t *s);
 
 void nb_sigv4_stream_free(nb_sigv4_stream_t *s); /* wipes; safe on zeroed */
 

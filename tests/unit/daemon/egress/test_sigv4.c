@@ -394,11 +394,306 @@ static void test_chunk_vectors(void)
     /* Not aws-chunked: refused. */
     NB_CHECK_EQ_INT(nb_sigv4_stream_init(&s, kph, kreal, dt, d, rg, sv, S(seed_ph), SEED), 0);
     NB_CHECK_EQ_INT(nb_sigv4_stream_feed(&s, (const uint8_t *)"zz;x\r\n", 6, sink_buf, &out),
-                    NB_EINVAL);
+                    NB_EPARSE);
+    NB_CHECK(nb_sigv4_stream_why(&s) != NULL);
     nb_sigv4_stream_free(&s);
     nb_buf_free(&in);
     nb_buf_free(&out);
     nb_buf_free(&want);
+}
+
+/* ---- aws-chunked with trailing headers ----
+ * Vectors computed from the algorithm of AWS's trailing-headers page by
+ * sigv4_trailer_vectors.py (hashlib/hmac only; its chunk chain reproduces
+ * the published CH1..CH3 above from SEED): the S3 reference's 65 KiB
+ * chunked upload with an x-amz-checksum-crc32 trailer. TR_* are signed
+ * with S3_SECRET (seed: the header signature), PH_* with the placeholder
+ * secret from a seed of 64 '1'. */
+#define TR_CRC "sK4Y7A=="
+#define TR_SEED "94e67895c23fb1026c94ec7b3a8bdb550aef32685e26c7a4488a4f5122365453"
+#define TR_CH1 "12bbda0b4666b72acc66d733ae50064db988a84e93c816a785638e8ff21dd1f8"
+#define TR_CH2 "311e8b7841da7dfc12add8c17179e3ba0398a7d2be8b1299ed4ae566eb9e5dc6"
+#define TR_CH3 "87d7b8a6cdf33eb5e83182a730415409b34d4a0f25b28f1b6e4ae24d508c77ff"
+#define TR_SIG "a7d313c7d7aa82760c2bca1d9dd0b37f539be68a84adea8dae9b7dd68598da29"
+#define PH_CH1 "2dcdae4e62f9fd6ab12232f4bb28bf9bedaa2f9fa31c32268d47ae19b5d529b4"
+#define PH_CH2 "ad3dbda201ca96463c41d8a3ecf20f171091b4d0f872ea8c5f720ededc036b4a"
+#define PH_CH3 "6857db8bcf8f1a6506fd1202712f0b1c97c57b39364a6df7caae0160d4b038c7"
+#define PH_SIG "3abe6bb2dbe5f15719a3dbf1144d7f7d93591dcf0bfc51e86468a84d7f2cb274"
+#define ONES "1111111111111111111111111111111111111111111111111111111111111111"
+#define TR_DECL "x-amz-checksum-crc32"
+
+/* The body: signed chunks when s1 is set, else unsigned ones; then the
+ * trailer lines as given (CRLF each) and the empty line. */
+static void trailer_body(nb_buf_t *b, const char *s1, const char *s2, const char *s3,
+                         const char *trailer)
+{
+    static uint8_t data[65536];
+    memset(data, 'a', sizeof data);
+    if (s1)
+        nb_buf_printf(b, "10000;chunk-signature=%s\r\n", s1);
+    else
+        nb_buf_printf(b, "10000\r\n");
+    nb_buf_append(b, data, 65536);
+    if (s1)
+        nb_buf_printf(b, "\r\n400;chunk-signature=%s\r\n", s2);
+    else
+        nb_buf_printf(b, "\r\n400\r\n");
+    nb_buf_append(b, data, 1024);
+    if (s1)
+        nb_buf_printf(b, "\r\n0;chunk-signature=%s\r\n%s\r\n", s3, trailer);
+    else
+        nb_buf_printf(b, "\r\n0\r\n%s\r\n", trailer);
+}
+
+typedef struct {
+    uint8_t kph[32], kreal[32];
+} trkeys_t;
+
+static void tr_keys(trkeys_t *k)
+{
+    nb_sigv4_key((const uint8_t *)"AWS_SECRET_ACCESS_KEY", 21, S("20130524"), S("us-east-1"),
+                 S("s3"), k->kph);
+    nb_sigv4_key((const uint8_t *)S3_SECRET, strlen(S3_SECRET), S("20130524"), S("us-east-1"),
+                 S("s3"), k->kreal);
+}
+
+static int tr_init(nb_sigv4_stream_t *s, const trkeys_t *k, int kind, const char *declared)
+{
+    int r = nb_sigv4_stream_init(s, k->kph, k->kreal, S("20130524T000000Z"), S("20130524"),
+                                 S("us-east-1"), S("s3"), S(ONES), TR_SEED);
+    return r < 0 ? r : nb_sigv4_stream_trailers(s, kind, S(declared));
+}
+
+/* Feeds `in` in slices of `step`; the first error. */
+static int tr_feed(nb_sigv4_stream_t *s, const nb_buf_t *in, size_t step, nb_buf_t *out)
+{
+    for (size_t off = 0; off < in->len;) {
+        size_t n = in->len - off < step ? in->len - off : step;
+        int r = nb_sigv4_stream_feed(s, in->p + off, n, sink_buf, out);
+        if (r < 0)
+            return r;
+        off += n;
+    }
+    return 0;
+}
+
+static void test_trailer_vectors(void)
+{
+    /* The seed: the header signature over the trailer payload line. */
+    vec_t v = {"s3 chunked upload with trailer seed",
+               S3_SECRET,
+               "PUT",
+               "/examplebucket/chunkObject.txt",
+               {{"Host", "s3.amazonaws.com"},
+                {"x-amz-date", "20130524T000000Z"},
+                {"x-amz-storage-class", "REDUCED_REDUNDANCY"},
+                {"x-amz-content-sha256", NB_SIGV4_STREAMING_TRAILER},
+                {"Content-Encoding", "aws-chunked"},
+                {"x-amz-decoded-content-length", "66560"},
+                {"x-amz-trailer", TR_DECL}},
+               "content-encoding;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;"
+               "x-amz-storage-class;x-amz-trailer",
+               NB_SIGV4_STREAMING_TRAILER,
+               "20130524T000000Z",
+               "us-east-1",
+               "s3",
+               0,
+               TR_SEED};
+    char sig[65];
+    sign_vec(&v, sig);
+    NB_CHECK_STR(sig, TR_SEED);
+    /* The trailer signature alone. */
+    trkeys_t k;
+    tr_keys(&k);
+    uint8_t th[32];
+    static const char canon[] = TR_DECL ":" TR_CRC "\n";
+    SHA256((const uint8_t *)canon, sizeof canon - 1, th);
+    nb_sigv4_trailer_sign(k.kreal, S("20130524T000000Z"), S("20130524"), S("us-east-1"), S("s3"),
+                          S(TR_CH3), th, sig);
+    NB_CHECK_STR(sig, TR_SIG);
+
+    /* The placeholder's chain in, the real key's out: byte for byte the
+     * body the real key would have signed, whatever the slicing. */
+    nb_buf_t in, out, want;
+    nb_buf_init(&in, 1 << 20);
+    nb_buf_init(&out, 1 << 20);
+    nb_buf_init(&want, 1 << 20);
+    trailer_body(&in, PH_CH1, PH_CH2, PH_CH3,
+                 TR_DECL ":" TR_CRC "\r\nx-amz-trailer-signature:" PH_SIG "\r\n");
+    trailer_body(&want, TR_CH1, TR_CH2, TR_CH3,
+                 TR_DECL ":" TR_CRC "\r\nx-amz-trailer-signature:" TR_SIG "\r\n");
+    static const size_t steps[] = {1, 7, 777, 1 << 20};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        nb_sigv4_stream_t s;
+        nb_buf_reset(&out);
+        NB_CHECK_EQ_INT(tr_init(&s, &k, NB_SIGV4_CHUNKS_SIGNED_TRAILER, "X-Amz-Checksum-CRC32"), 0);
+        NB_CHECK_EQ_INT(tr_feed(&s, &in, steps[i], &out), 0);
+        NB_CHECK(nb_sigv4_stream_done(&s));
+        NB_CHECK_EQ_INT(s.chunks, 3);
+        NB_CHECK(out.len == want.len && memcmp(out.p, want.p, want.len) == 0);
+        nb_sigv4_stream_free(&s);
+    }
+    nb_buf_free(&in);
+    nb_buf_free(&out);
+    nb_buf_free(&want);
+}
+
+/* A signed-trailer body that must be refused with `err`; nothing from the
+ * offending part on reaches the sink. */
+static void tr_refused(const char *what, const char *s1, const char *s2, const char *s3,
+                       const char *trailer, int err, size_t out_max)
+{
+    trkeys_t k;
+    tr_keys(&k);
+    nb_buf_t in, out;
+    nb_buf_init(&in, 1 << 20);
+    nb_buf_init(&out, 1 << 20);
+    trailer_body(&in, s1, s2, s3, trailer);
+    nb_sigv4_stream_t s;
+    NB_CHECK_EQ_INT(tr_init(&s, &k,
+                            s1 ? NB_SIGV4_CHUNKS_SIGNED_TRAILER : NB_SIGV4_CHUNKS_UNSIGNED_TRAILER,
+                            TR_DECL),
+                    0);
+    int r = tr_feed(&s, &in, 777, &out);
+    if (r != err || !nb_sigv4_stream_why(&s) || out.len > out_max)
+        fprintf(stderr, "%s: r=%d why=%s out=%zu\n", what, r,
+                nb_sigv4_stream_why(&s) ? nb_sigv4_stream_why(&s) : "-", out.len);
+    NB_CHECK_EQ_INT(r, err);
+    NB_CHECK(nb_sigv4_stream_why(&s) != NULL);
+    NB_CHECK(out.len <= out_max);
+    NB_CHECK(!nb_sigv4_stream_done(&s));
+    /* Never a real-key signature for what did not verify. */
+    NB_CHECK(memmem(out.p, out.len, TR_SIG, 64) == NULL);
+    nb_sigv4_stream_free(&s);
+    nb_buf_free(&in);
+    nb_buf_free(&out);
+}
+
+static void test_trailer_refusals(void)
+{
+    /* Bytes out after the first chunk, the second, the final chunk's line. */
+    const size_t c1 = 5 + 17 + 64 + 2 + 65536 + 2;
+    const size_t c12 = c1 + 3 + 17 + 64 + 2 + 1024 + 2;
+    const size_t c123 = c12 + 1 + 17 + 64 + 2;
+    const char *good = TR_DECL ":" TR_CRC "\r\nx-amz-trailer-signature:" PH_SIG "\r\n";
+    /* Signatures: a chunk, the final chunk, the trailer (value or canonical form). */
+    tr_refused("chunk 2", PH_CH1, PH_CH1, PH_CH3, good, NB_EAUTH, c1);
+    tr_refused("final chunk", PH_CH1, PH_CH2, PH_CH2, good, NB_EAUTH, c12);
+    tr_refused("trailer sig", PH_CH1, PH_CH2, PH_CH3,
+               TR_DECL ":" TR_CRC "\r\nx-amz-trailer-signature:" TR_SIG "\r\n", NB_EAUTH, c123);
+    tr_refused("trailer value", PH_CH1, PH_CH2, PH_CH3,
+               TR_DECL ":AAAAAA==\r\nx-amz-trailer-signature:" PH_SIG "\r\n", NB_EAUTH, c123);
+    /* Trailer shape. */
+    tr_refused("no trailer sig", PH_CH1, PH_CH2, PH_CH3, TR_DECL ":" TR_CRC "\r\n", NB_EPARSE,
+               c123);
+    tr_refused("no trailer", PH_CH1, PH_CH2, PH_CH3, "", NB_EPARSE, c123);
+    tr_refused("undeclared", PH_CH1, PH_CH2, PH_CH3,
+               "x-amz-checksum-sha256:" TR_CRC "\r\nx-amz-trailer-signature:" PH_SIG "\r\n",
+               NB_EPARSE, c123);
+    tr_refused("twice", PH_CH1, PH_CH2, PH_CH3,
+               TR_DECL ":" TR_CRC "\r\n" TR_DECL ":" TR_CRC "\r\nx-amz-trailer-signature:" PH_SIG
+                       "\r\n",
+               NB_EPARSE, c123);
+    tr_refused("sig not last", PH_CH1, PH_CH2, PH_CH3,
+               "x-amz-trailer-signature:" PH_SIG "\r\n" TR_DECL ":" TR_CRC "\r\n", NB_EPARSE, c123);
+    tr_refused("no colon", PH_CH1, PH_CH2, PH_CH3, TR_DECL "=" TR_CRC "\r\n", NB_EPARSE, c123);
+    tr_refused("upper case", PH_CH1, PH_CH2, PH_CH3, "X-Amz-Checksum-Crc32:" TR_CRC "\r\n",
+               NB_EPARSE, c123);
+    tr_refused("bare LF", PH_CH1, PH_CH2, PH_CH3, TR_DECL ":" TR_CRC "\nx:y\r\n", NB_EPARSE, c123);
+    tr_refused("short sig", PH_CH1, PH_CH2, PH_CH3,
+               TR_DECL ":" TR_CRC "\r\nx-amz-trailer-signature:abc\r\n", NB_EPARSE, c123);
+    /* Unsigned: bad trailers are refused before any trailer byte goes. */
+    const size_t u123 = 7 + 65536 + 2 + 5 + 1024 + 2 + 3;
+    tr_refused("unsigned with a trailer sig", NULL, NULL, NULL,
+               TR_DECL ":" TR_CRC "\r\nx-amz-trailer-signature:" PH_SIG "\r\n", NB_EPARSE, u123);
+    tr_refused("unsigned undeclared", NULL, NULL, NULL, "x-other:1\r\n", NB_EPARSE, u123);
+
+    /* A trailer past its cap; a signed chunk past 1 MiB; framing. */
+    char big[NB_SIGV4_TRAILER_MAX + 64];
+    memset(big, 'a', sizeof big);
+    memcpy(big, TR_DECL ":", sizeof TR_DECL);
+    big[sizeof big - 1] = '\0';
+    tr_refused("big trailer", NULL, NULL, NULL, big, NB_ETOOBIG, u123);
+    trkeys_t k;
+    tr_keys(&k);
+    nb_sigv4_stream_t s;
+    nb_buf_t out;
+    nb_buf_init(&out, 1 << 20);
+    static const struct {
+        int kind;
+        const char *body;
+        int err;
+        size_t out_max;
+    } bad[] = {
+        {NB_SIGV4_CHUNKS_SIGNED_TRAILER, "100001;chunk-signature=" ONES "\r\n", NB_ETOOBIG, 0},
+        {NB_SIGV4_CHUNKS_UNSIGNED_TRAILER, "1g\r\n", NB_EPARSE, 0},
+        {NB_SIGV4_CHUNKS_UNSIGNED_TRAILER, "\r\n", NB_EPARSE, 0},
+        {NB_SIGV4_CHUNKS_UNSIGNED_TRAILER, "123456789\r\n", NB_EPARSE, 0},
+        {NB_SIGV4_CHUNKS_UNSIGNED_TRAILER, "5;chunk-signature=" ONES "\r\n", NB_EPARSE, 0},
+        {NB_SIGV4_CHUNKS_UNSIGNED_TRAILER, "5\r\nabcdeXY", NB_EPARSE, 8},
+        {NB_SIGV4_CHUNKS_UNSIGNED_TRAILER, "0\r\n\r\nmore", NB_EPARSE, 5},
+        {NB_SIGV4_CHUNKS_SIGNED_TRAILER, "5\r\n", NB_EPARSE, 0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        nb_buf_reset(&out);
+        NB_CHECK_EQ_INT(tr_init(&s, &k, bad[i].kind, TR_DECL), 0);
+        NB_CHECK_EQ_INT(nb_sigv4_stream_feed(&s, (const uint8_t *)bad[i].body, strlen(bad[i].body),
+                                             sink_buf, &out),
+                        bad[i].err);
+        NB_CHECK(out.len <= bad[i].out_max);
+        nb_sigv4_stream_free(&s);
+    }
+    /* Bad kinds and declarations. */
+    memset(big, 'a', sizeof big);
+    big[300] = '\0';
+    NB_CHECK_EQ_INT(tr_init(&s, &k, NB_SIGV4_CHUNKS_SIGNED, TR_DECL), NB_EINVAL);
+    nb_sigv4_stream_free(&s);
+    NB_CHECK_EQ_INT(tr_init(&s, &k, NB_SIGV4_CHUNKS_UNSIGNED_TRAILER, big), NB_EINVAL);
+    nb_sigv4_stream_free(&s);
+    nb_buf_free(&out);
+}
+
+static void test_unsigned_trailer(void)
+{
+    /* Nothing to sign: the body comes out exactly as it went in, whatever
+     * the slicing, its framing checked. */
+    trkeys_t k;
+    tr_keys(&k);
+    nb_buf_t in, out;
+    nb_buf_init(&in, 1 << 20);
+    nb_buf_init(&out, 1 << 20);
+    static const char *trailers[] = {TR_DECL ":" TR_CRC "\r\n", TR_DECL ": " TR_CRC " \r\n", ""};
+    for (size_t t = 0; t < 3; t++) {
+        nb_buf_reset(&in);
+        trailer_body(&in, NULL, NULL, NULL, trailers[t]);
+        for (size_t step = 1; step < 2000; step = step * 3 + 1) {
+            nb_sigv4_stream_t s;
+            nb_buf_reset(&out);
+            NB_CHECK_EQ_INT(tr_init(&s, &k, NB_SIGV4_CHUNKS_UNSIGNED_TRAILER,
+                                    "x-amz-checksum-sha256, " TR_DECL),
+                            0);
+            NB_CHECK_EQ_INT(tr_feed(&s, &in, step, &out), 0);
+            NB_CHECK(nb_sigv4_stream_done(&s));
+            NB_CHECK_EQ_INT(s.chunks, 3);
+            NB_CHECK(out.len == in.len && memcmp(out.p, in.p, in.len) == 0);
+            nb_sigv4_stream_free(&s);
+        }
+    }
+    /* Not done until the empty line that ends the trailer. */
+    nb_sigv4_stream_t s;
+    NB_CHECK_EQ_INT(tr_init(&s, &k, NB_SIGV4_CHUNKS_UNSIGNED_TRAILER, TR_DECL), 0);
+    nb_buf_reset(&out);
+    static const char part[] = "3\r\nabc\r\n0\r\n" TR_DECL ":" TR_CRC "\r\n";
+    NB_CHECK_EQ_INT(
+        nb_sigv4_stream_feed(&s, (const uint8_t *)part, sizeof part - 1, sink_buf, &out), 0);
+    NB_CHECK(!nb_sigv4_stream_done(&s));
+    NB_CHECK_EQ_INT(out.len, 11); /* the trailer is held until it is whole */
+    NB_CHECK_EQ_INT(nb_sigv4_stream_feed(&s, (const uint8_t *)"\r\n", 2, sink_buf, &out), 0);
+    NB_CHECK(nb_sigv4_stream_done(&s));
+    NB_CHECK_EQ_INT(out.len, sizeof part + 1);
+    nb_sigv4_stream_free(&s);
+    nb_buf_free(&in);
+    nb_buf_free(&out);
 }
 
 int main(void)
@@ -408,5 +703,8 @@ int main(void)
     NB_RUN(test_parse);
     NB_RUN(test_creds);
     NB_RUN(test_chunk_vectors);
+    NB_RUN(test_trailer_vectors);
+    NB_RUN(test_trailer_refusals);
+    NB_RUN(test_unsigned_trailer);
     NB_TEST_MAIN_END();
 }
