@@ -529,7 +529,9 @@ int nb_daemon_start(nb_daemon_t *d, char *err, size_t errsz)
         goto fail;
     }
     if ((r = start_policy(d, err, errsz)) < 0 || (r = start_usage(d, err, errsz)) < 0 ||
-        (r = nb_vmm_new(d, &d->vmm, err, errsz)) < 0 ||
+        (r = nb_vmm_new(
+             &(nb_vmm_cfg_t){d->loop, d->home.home, d->home.runtime, d->store, d->events}, &d->vmm,
+             err, errsz)) < 0 ||
         (r = nb_imgbuild_new(d->loop, d->home.home, d->events, &d->images)) < 0 ||
         (r = nb_guestsvc_new(d, d->egress, &d->guestsvc, err, errsz)) < 0 ||
         (r = nb_appstore_new(d, &d->appstore)) < 0 ||

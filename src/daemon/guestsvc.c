@@ -169,8 +169,8 @@ int nb_guestsvc_new(nb_daemon_t *d, nb_guestsvc_engine_fn engine, nb_guestsvc_t 
         g->watch = nb_secretsvc_watch(d->secrets, on_secrets_changed, g);
     if (d->events && (r = nb_events_subscribe(d->events, on_event, g, &g->evsub)) < 0)
         g->evsub = 0;
-    d->guest.on_open = hook_open;
-    d->guest.on_agent_up = hook_up;
+    if (d->vmm)
+        nb_vmm_set_guest(d->vmm, &(nb_vmm_guest_t){hook_open, hook_up, g});
     d->guest.env = hook_env;
     d->guest.ud = g;
     d->guestsvc = g;
@@ -193,8 +193,8 @@ void nb_guestsvc_free(nb_guestsvc_t *g)
         return;
     nb_daemon_t *d = g->d;
     if (d->guest.ud == g) {
-        d->guest.on_open = NULL;
-        d->guest.on_agent_up = NULL;
+        if (d->vmm)
+            nb_vmm_set_guest(d->vmm, NULL);
         d->guest.env = NULL;
         d->guest.ud = NULL;
     }

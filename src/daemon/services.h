@@ -65,14 +65,9 @@ typedef struct nb_daemon {
      * there once the secret store is open): d->proxy, or NULL with a
      * sentence in `err` while the store is not open or the daemon stops. */
     nb_proxy_t *(*egress)(struct nb_daemon *d, char *err, size_t errsz);
-    /* Hooks guestsvc.c installs and the VM manager calls when set
-     * (so the manager does not link the egress engine): a stream the
-     * agent of `vm` opened (return as nb_muxsess_opts_t.on_open does), and
-     * the agent of `vm` came up. */
+    /* A hook guestsvc.c installs (the VM manager gets its own two hooks,
+     * nb_vmm_set_guest): */
     struct {
-        int (*on_open)(void *ud, const char *vm, nb_muxsess_stream_t *st, const char *service,
-                       nb_iov_t args);
-        void (*on_agent_up)(void *ud, const char *vm);
         /* The environment every exec/pty in `vm` gets under the caller's
          * own (placeholders, proxy and CA variables): a new JSON object. */
         struct json_t *(*env)(void *ud, const char *vm);

@@ -386,9 +386,9 @@ static void chan_up(nb_vmchan_t *c, void *ud)
         nb_vm_emit(vm, "vm.agent", json_pack("{s:b}", "connected", 1));
     }
     /* The guest's CA and environment (guestsvc.c, in the background). */
-    nb_daemon_t *d = vm->m->d;
-    if (d->guest.on_agent_up)
-        d->guest.on_agent_up(d->guest.ud, vm->spec.name);
+    const nb_vmm_guest_t *g = &vm->m->guest;
+    if (g->on_agent_up)
+        g->on_agent_up(g->ud, vm->spec.name);
     nb_vm_waiters_fire(vm, W_READY, 0, NULL);
 }
 
@@ -408,10 +408,10 @@ static int chan_open(nb_vmchan_t *c, nb_muxsess_stream_t *st, const char *servic
                      void *ud)
 {
     nb_vm_t *vm = ud;
-    nb_daemon_t *d = vm->m->d;
-    if (!d->guest.on_open)
+    const nb_vmm_guest_t *g = &vm->m->guest;
+    if (!g->on_open)
         return NB_EUNSUPPORTED;
-    return d->guest.on_open(d->guest.ud, vm->spec.name, st, service, args);
+    return g->on_open(g->ud, vm->spec.name, st, service, args);
 }
 
 static const nb_vmchan_cbs_t vm_chan_cbs = {chan_up, chan_down, NULL, chan_open};

@@ -518,7 +518,7 @@ void nb_vmm_remove(nb_vmm_t *m, const char *name, int force, nb_vmm_cb cb, void 
 
 static int load_rows(nb_vmm_t *m, char *err, size_t errsz)
 {
-    sqlite3 *db = m->d->store ? nb_store_db(m->d->store) : NULL;
+    sqlite3 *db = m->store ? nb_store_db(m->store) : NULL;
     sqlite3_stmt *st = NULL;
     if (!db)
         return 0;
@@ -567,7 +567,15 @@ static int load_rows(nb_vmm_t *m, char *err, size_t errsz)
     return 0;
 }
 
-int nb_vmm_new(nb_daemon_t *d, nb_vmm_t **out, char *err, size_t errsz)
+void nb_vmm_set_guest(nb_vmm_t *m, const nb_vmm_guest_t *g)
+{
+    if (g)
+        m->guest = *g;
+    else
+        memset(&m->guest, 0, sizeof m->guest);
+}
+
+int nb_vmm_new(const nb_vmm_cfg_t *cfg, nb_vmm_t **out, char *err, size_t errsz)
 {
     *out = NULL;
     nb_vmm_t *m = calloc(1, sizeof *m);
@@ -575,10 +583,11 @@ int nb_vmm_new(nb_daemon_t *d, nb_vmm_t **out, char *err, size_t errsz)
         nb_vm_fmt(err, errsz, "out of memory");
         return -ENOMEM;
     }
-    m->d = d;
-    m->loop = d->loop;
-    nb_vm_fmt(m->home, sizeof m->home, "%s", d->home.home);
-    nb_vm_fmt(m->runtime, sizeof m->runtime, "%s", d->home.runtime);
+    m->loop = cfg->loop;
+    m->store = cfg->store;
+    m->events = cfg->events;
+    nb_vm_fmt(m->home, sizeof m->home, "%s", cfg->home);
+    nb_vm_fmt(m->runtime, sizeof m->runtime, "%s", cfg->runtime);
     const char *mf = getenv("NILBOX_VM_MIN_FREE_MB");
     m->min_free_bytes = (mf && mf[0] ? strtoull(mf, NULL, 10) : 256) << 20;
     if (nb_accel_env_default(&m->accel_default) < 0) {

@@ -29,7 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "daemon/services.h"
+#include <uv.h>
+
 #include "lib/muxsess.h"
 
 typedef struct nb_vmm nb_vmm_t;
@@ -98,12 +99,39 @@ const char *nb_vm_state_name(nb_vm_state_t s);
  * binary) into *out. 0 or NB_EINVAL. */
 int nb_vm_parse_size(const char *s, uint64_t *out);
 
+typedef struct nb_store nb_store_t;
+typedef struct nb_events nb_events_t;
+
+/* What the manager uses, filled by the composition root (daemon.c). The
+ * store and the event bus outlive the manager. */
+typedef struct {
+    uv_loop_t *loop;
+    const char *home;    /* the nilbox home (images, VM disks) */
+    const char *runtime; /* the runtime folder (pidfiles, QMP sockets) */
+    nb_store_t *store;
+    nb_events_t *events;
+} nb_vmm_cfg_t;
+
+/* Hooks of the guest services (guestsvc.c, a layer up): a stream the agent
+ * of `vm` opened (return as nb_muxsess_opts_t.on_open does), and the agent
+ * of `vm` came up. */
+typedef struct {
+    int (*on_open)(void *ud, const char *vm, nb_muxsess_stream_t *st, const char *service,
+                   nb_iov_t args);
+    void (*on_agent_up)(void *ud, const char *vm);
+    void *ud;
+} nb_vmm_guest_t;
+
 /* Loads the VM rows, creates the per-VM runtime state and re-attaches to
  * QEMU processes that survived a previous daemon (pidfile + QMP socket +
  * the remembered key); VMs that should run but whose QEMU is gone are
  * marked crashed and their restart policy applies. Loop thread, at
  * startup (runs a few quick sqlite statements directly). */
-int nb_vmm_new(nb_daemon_t *d, nb_vmm_t **out, char *err, size_t errsz);
+int nb_vmm_new(const nb_vmm_cfg_t *cfg, nb_vmm_t **out, char *err, size_t errsz);
+
+/* Installs (or with NULL removes) the guest services' hooks; without them
+ * guest-opened streams are refused. Copied. */
+void nb_vmm_set_guest(nb_vmm_t *m, const nb_vmm_guest_t *g);
 
 /* Detaches from every VM without stopping it (QEMU keeps running; the next
  * daemon re-attaches), fails pending waiters with NB_ECLOSED and frees the

@@ -113,8 +113,10 @@ struct nb_vm {
 };
 
 struct nb_vmm {
-    nb_daemon_t *d;
     uv_loop_t *loop;
+    nb_store_t *store;
+    nb_events_t *events;
+    nb_vmm_guest_t guest;
     nb_vm_t *vms;
     char home[VM_PATH], runtime[VM_PATH];
     nb_qemu_accel_t accel_default; /* NILBOX_ACCEL */

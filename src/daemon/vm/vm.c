@@ -219,7 +219,7 @@ json_t *nb_vm_json(const nb_vm_t *vm, int detail)
 
 void nb_vm_emit(nb_vm_t *vm, const char *type, json_t *fields)
 {
-    nb_events_t *ev = vm->m->d->events;
+    nb_events_t *ev = vm->m->events;
     if (!fields)
         fields = json_object();
     if (!fields)
@@ -240,7 +240,7 @@ void nb_vm_progress(nb_vm_t *vm, const char *fmt, ...)
     va_end(ap);
     nb_log(NB_LOG_INFO, "vm %s: %s", vm->spec.name, msg);
     /* Not "vm.*": progress lines are for the user, not the audit log. */
-    nb_events_t *ev = vm->m->d->events;
+    nb_events_t *ev = vm->m->events;
     if (ev && !vm->m->freeing)
         nb_events_emit(
             ev, "progress",
@@ -302,7 +302,7 @@ void nb_vm_waiters_fire(nb_vm_t *vm, int kind, int r, const char *msg)
 
 static sqlite3 *db_of(nb_vmm_t *m)
 {
-    return m->d->store ? nb_store_db(m->d->store) : NULL;
+    return m->store ? nb_store_db(m->store) : NULL;
 }
 
 int nb_vm_db_exec(nb_vmm_t *m, const char *sql, nb_vm_t *vm, int full)
