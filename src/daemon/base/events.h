@@ -23,12 +23,20 @@
 typedef struct nb_events nb_events_t;
 
 /* Creates the bus. `store` may be NULL (no persistence); it is borrowed
- * and must outlive the bus. */
+ * and must outlive the bus. With a `loop`, rows are written to the events
+ * table in batches (one transaction per 50 ms or 512 events); without one
+ * (tests), each at once. */
 int nb_events_new(uv_loop_t *loop, nb_store_t *store, nb_events_t **out);
 
-/* Frees the bus. WebSocket clients still attached are closed (1001) and
- * detached; close the HTTP server first for an orderly goodbye. NULL is a
- * no-op. */
+/* Writes the events still queued for the table now. Whoever reads the
+ * events table from this process calls it first; free does too. A crash
+ * loses at most the last 50 ms of rows (the ring and the WebSocket clients
+ * had them at once). NULL is a no-op. */
+void nb_events_flush(nb_events_t *ev);
+
+/* Frees the bus, writing queued rows first. WebSocket clients still
+ * attached are closed (1001) and detached; close the HTTP server first for
+ * an orderly goodbye. NULL is a no-op. */
 void nb_events_free(nb_events_t *ev);
 
 /* Publishes an event. Takes ownership of `fields` (a JSON object, or NULL);
