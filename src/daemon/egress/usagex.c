@@ -172,6 +172,18 @@ static int str_byte(nb_ujson_t *j, uint8_t c, int *bad)
     return 0;
 }
 
+/* Inside a string, bytes str_byte would just keep: what most of a stream's
+ * bytes are (text deltas), taken as a run instead of one by one. */
+static size_t plain_run(const nb_ujson_t *j, const uint8_t *p, size_t len)
+{
+    size_t n = 0;
+    if ((j->state != J_STR && j->state != J_KEY) || j->esc || j->uhex)
+        return 0;
+    while (n < len && p[n] != '"' && p[n] != '\\' && p[n] >= 0x20)
+        n++;
+    return n;
+}
+
 int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
 {
     if (j->err)
@@ -180,6 +192,16 @@ int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
     for (size_t i = 0; i < len && r == 0; i++) {
         uint8_t c = p[i];
         int bad = 0;
+        size_t run = plain_run(j, p + i, len - i);
+        if (run) {
+            size_t room = NB_UJSON_SCALAR - j->vlen;
+            memcpy(j->val + j->vlen, p + i, run < room ? run : room);
+            j->vlen += run < room ? run : room;
+            if (run > room)
+                j->cut = 1;
+            i += run - 1;
+            continue;
+        }
     again:
         switch (j->state) {
         case J_VALUE:
@@ -480,7 +502,7 @@ static int on_scalar(void *ctx, const char *path, size_t pathlen, nb_ujson_kind_
     for (int f = 0; f < NB_UF_N; f++) {
         for (int k = 0; k < NB_LLM_PATHS && m->api->usage[f][k][0]; k++) {
             const char *want = m->api->usage[f][k];
-            if (strlen(want) != pathlen || memcmp(want, path, pathlen) != 0)
+            if (want[0] != path[0] || strlen(want) != pathlen || memcmp(want, path, pathlen) != 0)
                 continue;
             if (f == NB_UF_MODEL) {
                 if (kind == NB_UJSON_STRING && vlen && !cut && vlen < sizeof m->seen.model) {
@@ -552,26 +574,18 @@ static void needles_init(nb_umeter_t *m)
     }
 }
 
-/* The end of the last needle in p[0, len), or 0 when none is there.
- * Searched backwards: the first hit bounds the search for the others. */
+/* The end of the last needle in p[0, len), or 0 when none is there. Only
+ * an occurrence ending past the best so far is looked for. */
 static size_t needles_last_end(const nb_umeter_t *m, const uint8_t *p, size_t len)
 {
     size_t end = 0;
     for (size_t i = 0; i < m->nneedles; i++) {
         const needle_t *nd = &m->needles[i];
-        const uint8_t last = (uint8_t)nd->p[nd->len - 1];
-        /* Only an occurrence ending past `end` matters: its last byte at lo or later. */
-        size_t lo = end > nd->len - 1 ? end : nd->len - 1, hi = len;
-        while (hi > lo) {
-            const uint8_t *q = memrchr(p + lo, last, hi - lo);
-            if (!q)
-                break;
-            size_t e = (size_t)(q - p) + 1;
-            if (memcmp(p + e - nd->len, nd->p, nd->len) == 0) {
-                end = e;
-                break;
-            }
-            hi = e - 1;
+        size_t from = end >= nd->len ? end - nd->len + 1 : 0;
+        const uint8_t *q;
+        while (from < len && (q = memmem(p + from, len - from, nd->p, nd->len)) != NULL) {
+            end = (size_t)(q - p) + nd->len;
+            from = (size_t)(q - p) + 1;
         }
     }
     return end;
