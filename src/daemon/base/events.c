@@ -223,7 +223,19 @@ static void send_to(ws_client_t *c, const nb_buf_t *msg)
     }
 }
 
+static int64_t emit(nb_events_t *ev, const char *type, json_t *fields, int store);
+
 int64_t nb_events_emit(nb_events_t *ev, const char *type, json_t *fields)
+{
+    return emit(ev, type, fields, 1);
+}
+
+int64_t nb_events_emit_live(nb_events_t *ev, const char *type, json_t *fields)
+{
+    return emit(ev, type, fields, 0);
+}
+
+static int64_t emit(nb_events_t *ev, const char *type, json_t *fields, int store)
 {
     nb_buf_t msg;
     char tbuf[40];
@@ -234,7 +246,7 @@ int64_t nb_events_emit(nb_events_t *ev, const char *type, json_t *fields)
         return NB_EINVAL;
     }
     /* Persist the module's own fields (the row has its own id/type/time). */
-    if (ev->store)
+    if (ev->store && store)
         persist(ev, ms, type, e);
     int64_t id = ++ev->last_id;
     nb_events_format_time(ms, tbuf, sizeof tbuf);

@@ -44,6 +44,13 @@ void nb_events_free(nb_events_t *ev);
  * Returns the event id (> 0) or a negative code. */
 int64_t nb_events_emit(nb_events_t *ev, const char *type, json_t *fields);
 
+/* The same without a row in the events table: for events at request rate
+ * whose content another table keeps (usage.record: its usage_records row).
+ * They would cost a write each and push everything else out of the table,
+ * which keeps only the newest NB_EVENTS_KEEP_ROWS. The ring, subscribers
+ * and WebSocket clients get them as any other. */
+int64_t nb_events_emit_live(nb_events_t *ev, const char *type, json_t *fields);
+
 /* In-process subscriber; `event` is borrowed for the call. Subscribers may
  * emit further events but must not unsubscribe others from the callback. */
 typedef void (*nb_events_fn)(const json_t *event, void *ud);

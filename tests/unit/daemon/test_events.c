@@ -74,6 +74,11 @@ static void test_persisted(void)
     NB_CHECK_EQ_INT(nb_events_new(NULL, st, &ev), 0);
     nb_events_emit(ev, "vm.started", json_pack("{s:s}", "vm", "dev"));
     nb_events_emit(ev, "daemon.started", NULL);
+    /* A live event is published but keeps no row. */
+    NB_CHECK_EQ_INT(nb_events_emit_live(ev, "usage.record", json_pack("{s:s}", "vm", "dev")), 3);
+    json_t *recent = nb_events_recent(ev, 2);
+    NB_CHECK_STR(nb_json_str(json_array_get(recent, 0), "type"), "usage.record");
+    json_decref(recent);
     NB_CHECK_EQ_INT(nb_store_count(st, "events"), 2);
     sqlite3_stmt *s = NULL;
     sqlite3_prepare_v2(nb_store_db(st), "SELECT type, vm FROM events ORDER BY id", -1, &s, NULL);
