@@ -2,8 +2,10 @@
  * the JSON scanner, SSE and AWS event-stream framing through the meter.
  *
  * Byte 0 picks the API (from the built-in catalogue) and the framing,
- * byte 1 a split step. The rest is metered whole and in pieces: the
- * results must be identical, and counts stay within the documented cap. */
+ * byte 1 a split step. The rest is metered whole and in pieces, and whole
+ * without the shortcut that skips what cannot hold usage
+ * (nb_umeter_exhaustive): the results must be identical, and counts stay
+ * within the documented cap. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,11 +30,13 @@ static const char *const ctypes[] = {"application/json", "text/event-stream",
                                      "application/vnd.amazon.eventstream"};
 
 static void run(const nb_llm_api_t *api, const char *ct, const uint8_t *p, size_t n, size_t step,
-                nb_usage_seen_t *out)
+                int exhaustive, nb_usage_seen_t *out)
 {
     nb_umeter_t *m;
     if (nb_umeter_new(api, nb_iov(ct, strlen(ct)), nb_iov("", 0), &m) < 0)
         abort();
+    if (exhaustive)
+        nb_umeter_exhaustive(m);
     for (size_t off = 0; off < n; off += step)
         nb_umeter_feed(m, p + off, n - off < step ? n - off : step);
     nb_umeter_finish(m);
@@ -60,11 +64,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *path = hosts[h][1];
     if (!nb_llmcat_match(cat, hosts[h][0], "POST", nb_iov(path, strlen(path)), &mt))
         abort();
-    nb_usage_seen_t a, b;
-    run(mt.api, ct, data + 2, size - 2, size, &a);
-    run(mt.api, ct, data + 2, size - 2, step, &b);
+    nb_usage_seen_t a, b, c;
+    run(mt.api, ct, data + 2, size - 2, size, 0, &a);
+    run(mt.api, ct, data + 2, size - 2, step, 0, &b);
+    run(mt.api, ct, data + 2, size - 2, size, 1, &c);
     if (memcmp(a.v, b.v, sizeof a.v) != 0 || strcmp(a.model, b.model) != 0 ||
         a.failed != b.failed || a.malformed != b.malformed || a.bytes != b.bytes)
+        abort();
+    if (memcmp(a.v, c.v, sizeof a.v) != 0 || strcmp(a.model, c.model) != 0 ||
+        a.failed != c.failed || a.malformed != c.malformed || a.bytes != c.bytes ||
+        a.events != c.events)
         abort();
     return 0;
 }

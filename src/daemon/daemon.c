@@ -262,10 +262,12 @@ static nb_proxy_t *egress(nb_daemon_t *d, char *err, size_t errsz)
 static void on_usage_event(void *ud, const char *type, json_t *data)
 {
     nb_daemon_t *d = ud;
-    if (d->events)
-        nb_events_emit(d->events, type, data);
-    else
+    if (!d->events)
         json_decref(data);
+    else if (strcmp(type, "usage.record") == 0)
+        nb_events_emit_live(d->events, type, data); /* the usage_records row keeps it */
+    else
+        nb_events_emit(d->events, type, data);
 }
 
 /* The usage ledger: the built-in LLM catalogue, or llm-catalogue.json in

@@ -17,6 +17,24 @@ typedef struct ws_client {
     int closing;
 } ws_client_t;
 
+/* Events table rows are written in batches: one transaction per
+ * FLUSH_MS tick or BATCH rows (an autocommit INSERT per event, a WAL
+ * commit each, cost more CPU than a whole proxied LLM request when every
+ * settle emits "usage.record": bench/usage). */
+#define FLUSH_MS 50
+#define BATCH 512
+
+/* A row waiting for the next batch: `type` NUL, `vm` NUL (when has_vm),
+ * then the data's JSON (len bytes). */
+typedef struct row {
+    struct row *next;
+    int64_t ms;
+    size_t len;
+    size_t type_len;
+    int has_vm;
+    char text[];
+} row_t;
+
 typedef struct sub {
     struct sub *next;
     uint64_t handle;
@@ -33,6 +51,9 @@ struct nb_events {
     size_t n_clients;
     sub_t *subs;
     uint64_t next_handle;
+    row_t *q, **qtail;
+    size_t nq;
+    uv_timer_t *timer; /* allocated: it outlives the bus until its close callback */
 };
 
 int64_t nb_events_now_ms(void)
@@ -60,8 +81,91 @@ int nb_events_new(uv_loop_t *loop, nb_store_t *store, nb_events_t **out)
         return -ENOMEM;
     ev->loop = loop;
     ev->store = store;
+    ev->qtail = &ev->q;
+    if (loop && store) {
+        if (!(ev->timer = calloc(1, sizeof *ev->timer))) {
+            free(ev);
+            return -ENOMEM;
+        }
+        uv_timer_init(loop, ev->timer);
+        ev->timer->data = ev;
+    }
     *out = ev;
     return 0;
+}
+
+/* Writes the queued rows in one transaction (or inside the caller's, when
+ * one is open on the shared connection, as usage.c does). */
+void nb_events_flush(nb_events_t *ev)
+{
+    if (!ev || !ev->q)
+        return;
+    sqlite3 *db = nb_store_db(ev->store);
+    int txn = sqlite3_get_autocommit(db) &&
+              sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+    while (ev->q) {
+        row_t *w = ev->q;
+        ev->q = w->next;
+        const char *vm = w->has_vm ? w->text + w->type_len + 1 : NULL;
+        const char *data = w->text + w->type_len + 1 + (vm ? strlen(vm) + 1 : 0);
+        nb_store_event_append_text(ev->store, w->ms, w->text, vm, data, w->len,
+                                   NB_EVENTS_KEEP_ROWS);
+        free(w);
+    }
+    ev->qtail = &ev->q;
+    ev->nq = 0;
+    if (txn && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        nb_log(NB_LOG_ERR, "events: cannot write: %s", sqlite3_errmsg(db));
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
+    if (ev->timer)
+        uv_timer_stop(ev->timer);
+}
+
+static void on_flush(uv_timer_t *t)
+{
+    nb_events_flush(t->data);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Queues the event's row (its module's fields, serialized now: the ring's
+ * object gets id/type/time added). Without a loop (tests) it is written
+ * at once. */
+static void persist(nb_events_t *ev, int64_t ms, const char *type, const json_t *e)
+{
+    json_t *vmj = json_object_get(e, "vm");
+    const char *vm = json_is_string(vmj) ? json_string_value(vmj) : NULL;
+    nb_buf_t b;
+    nb_buf_init(&b, 1 << 20);
+    if (nb_json_dump(e, &b) < 0) {
+        nb_log(NB_LOG_ERR, "event %s too large to keep", type);
+        nb_buf_free(&b);
+        return;
+    }
+    size_t tl = strlen(type), vl = vm ? strlen(vm) + 1 : 0;
+    row_t *w = malloc(sizeof *w + tl + 1 + vl + b.len);
+    if (!w) {
+        nb_log(NB_LOG_ERR, "event %s not kept: out of memory", type);
+        nb_buf_free(&b);
+        return;
+    }
+    *w = (row_t){.ms = ms, .len = b.len, .type_len = tl, .has_vm = vm != NULL};
+    memcpy(w->text, type, tl + 1);
+    if (vm)
+        memcpy(w->text + tl + 1, vm, vl);
+    memcpy(w->text + tl + 1 + vl, b.p, b.len);
+    nb_buf_free(&b);
+    *ev->qtail = w;
+    ev->qtail = &w->next;
+    ev->nq++;
+    if (!ev->timer || ev->nq >= BATCH)
+        nb_events_flush(ev);
+    else if (!uv_is_active((uv_handle_t *)ev->timer))
+        uv_timer_start(ev->timer, on_flush, FLUSH_MS, 0);
 }
 
 static void unlink_client(nb_events_t *ev, ws_client_t *c)
@@ -79,6 +183,11 @@ void nb_events_free(nb_events_t *ev)
 {
     if (!ev)
         return;
+    nb_events_flush(ev);
+    if (ev->timer) {
+        uv_timer_stop(ev->timer);
+        uv_close((uv_handle_t *)ev->timer, on_timer_closed);
+    }
     /* Clients outlive the bus until their on_close; detach them first. */
     ws_client_t *c = ev->clients;
     ev->clients = NULL;
@@ -114,7 +223,19 @@ static void send_to(ws_client_t *c, const nb_buf_t *msg)
     }
 }
 
+static int64_t emit(nb_events_t *ev, const char *type, json_t *fields, int store);
+
 int64_t nb_events_emit(nb_events_t *ev, const char *type, json_t *fields)
+{
+    return emit(ev, type, fields, 1);
+}
+
+int64_t nb_events_emit_live(nb_events_t *ev, const char *type, json_t *fields)
+{
+    return emit(ev, type, fields, 0);
+}
+
+static int64_t emit(nb_events_t *ev, const char *type, json_t *fields, int store)
 {
     nb_buf_t msg;
     char tbuf[40];
@@ -125,12 +246,8 @@ int64_t nb_events_emit(nb_events_t *ev, const char *type, json_t *fields)
         return NB_EINVAL;
     }
     /* Persist the module's own fields (the row has its own id/type/time). */
-    if (ev->store) {
-        json_t *vm = json_object_get(e, "vm");
-        nb_store_event_append(ev->store, ms, type,
-                              json_is_string(vm) ? json_string_value(vm) : NULL, e,
-                              NB_EVENTS_KEEP_ROWS);
-    }
+    if (ev->store && store)
+        persist(ev, ms, type, e);
     int64_t id = ++ev->last_id;
     nb_events_format_time(ms, tbuf, sizeof tbuf);
     json_object_set_new(e, "id", json_integer(id));
@@ -141,14 +258,16 @@ int64_t nb_events_emit(nb_events_t *ev, const char *type, json_t *fields)
     json_decref(*slot);
     *slot = e; /* the ring owns the reference */
 
-    nb_buf_init(&msg, 1 << 20);
-    if (nb_json_dump(e, &msg) == 0) {
-        for (ws_client_t *c = ev->clients, *next; c; c = next) {
-            next = c->next;
-            send_to(c, &msg);
+    if (ev->clients) {
+        nb_buf_init(&msg, 1 << 20);
+        if (nb_json_dump(e, &msg) == 0) {
+            for (ws_client_t *c = ev->clients, *next; c; c = next) {
+                next = c->next;
+                send_to(c, &msg);
+            }
         }
+        nb_buf_free(&msg);
     }
-    nb_buf_free(&msg);
     for (sub_t *s = ev->subs; s; s = s->next)
         s->fn(e, s->ud);
     nb_log(NB_LOG_DEBUG, "event %lld %s", (long long)id, type);

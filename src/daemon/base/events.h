@@ -23,18 +23,33 @@
 typedef struct nb_events nb_events_t;
 
 /* Creates the bus. `store` may be NULL (no persistence); it is borrowed
- * and must outlive the bus. */
+ * and must outlive the bus. With a `loop`, rows are written to the events
+ * table in batches (one transaction per 50 ms or 512 events); without one
+ * (tests), each at once. */
 int nb_events_new(uv_loop_t *loop, nb_store_t *store, nb_events_t **out);
 
-/* Frees the bus. WebSocket clients still attached are closed (1001) and
- * detached; close the HTTP server first for an orderly goodbye. NULL is a
- * no-op. */
+/* Writes the events still queued for the table now. Whoever reads the
+ * events table from this process calls it first; free does too. A crash
+ * loses at most the last 50 ms of rows (the ring and the WebSocket clients
+ * had them at once). NULL is a no-op. */
+void nb_events_flush(nb_events_t *ev);
+
+/* Frees the bus, writing queued rows first. WebSocket clients still
+ * attached are closed (1001) and detached; close the HTTP server first for
+ * an orderly goodbye. NULL is a no-op. */
 void nb_events_free(nb_events_t *ev);
 
 /* Publishes an event. Takes ownership of `fields` (a JSON object, or NULL);
  * "id", "type" and "time" are added (overwriting keys of those names).
  * Returns the event id (> 0) or a negative code. */
 int64_t nb_events_emit(nb_events_t *ev, const char *type, json_t *fields);
+
+/* The same without a row in the events table: for events at request rate
+ * whose content another table keeps (usage.record: its usage_records row).
+ * They would cost a write each and push everything else out of the table,
+ * which keeps only the newest NB_EVENTS_KEEP_ROWS. The ring, subscribers
+ * and WebSocket clients get them as any other. */
+int64_t nb_events_emit_live(nb_events_t *ev, const char *type, json_t *fields);
 
 /* In-process subscriber; `event` is borrowed for the call. Subscribers may
  * emit further events but must not unsubscribe others from the callback. */

@@ -17,8 +17,9 @@ struct nb_store {
     const nb_store_migration_t *migs;
     size_t n_migs;
     int version;
-    int64_t appends;  /* event rows since the last trim */
-    unsigned pending; /* queued jobs (loop thread only) */
+    int64_t appends;      /* event rows since the last trim */
+    sqlite3_stmt *ev_ins; /* the events INSERT, prepared on first use */
+    unsigned pending;     /* queued jobs (loop thread only) */
 };
 
 static int exec_quiet(sqlite3 *db, const char *sql, char *err, size_t errsz, const char *what)
@@ -198,6 +199,7 @@ void nb_store_close(nb_store_t *st)
     if (!st)
         return;
     if (st->db) {
+        sqlite3_finalize(st->ev_ins);
         /* Fold the WAL back so the folder holds one self-contained file. */
         sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
         sqlite3_close_v2(st->db);
@@ -273,20 +275,37 @@ int64_t nb_store_event_append(nb_store_t *st, int64_t time_ms, const char *type,
                               const json_t *data, int64_t keep)
 {
     nb_buf_t b;
-    sqlite3_stmt *s = NULL;
-    int64_t r = NB_EINTERNAL;
+    int64_t r;
     nb_buf_init(&b, 1 << 20);
-    if (data ? nb_json_dump(data, &b) < 0 : nb_buf_append_str(&b, "{}") < 0) {
+    if (data ? nb_json_dump(data, &b) < 0 : nb_buf_append_str(&b, "{}") < 0)
         r = NB_ETOOBIG;
-        goto out;
+    else
+        r = nb_store_event_append_text(st, time_ms, type, vm, (const char *)b.p, b.len, keep);
+    nb_buf_free(&b);
+    return r;
+}
+
+int64_t nb_store_event_append_text(nb_store_t *st, int64_t time_ms, const char *type,
+                                   const char *vm, const char *data, size_t len, int64_t keep)
+{
+    sqlite3_stmt *s = st->ev_ins;
+    int64_t r = NB_EINTERNAL;
+    if (len > INT32_MAX)
+        return NB_ETOOBIG;
+    /* Prepared once: preparing cost as much as the INSERT itself. */
+    if (!s &&
+        sqlite3_prepare_v3(st->db, "INSERT INTO events (time_ms, type, vm, data) VALUES (?,?,?,?)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &st->ev_ins, NULL) != SQLITE_OK) {
+        nb_log(NB_LOG_ERR, "event insert failed: %s", sqlite3_errmsg(st->db));
+        st->ev_ins = NULL;
+        return NB_EINTERNAL;
     }
-    if (sqlite3_prepare_v2(st->db, "INSERT INTO events (time_ms, type, vm, data) VALUES (?,?,?,?)",
-                           -1, &s, NULL) != SQLITE_OK ||
-        sqlite3_bind_int64(s, 1, time_ms) != SQLITE_OK ||
+    s = st->ev_ins;
+    if (sqlite3_bind_int64(s, 1, time_ms) != SQLITE_OK ||
         sqlite3_bind_text(s, 2, type, -1, SQLITE_STATIC) != SQLITE_OK ||
         (vm ? sqlite3_bind_text(s, 3, vm, -1, SQLITE_STATIC) : sqlite3_bind_null(s, 3)) !=
             SQLITE_OK ||
-        sqlite3_bind_text(s, 4, (const char *)b.p, (int)b.len, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_text(s, 4, data, (int)len, SQLITE_STATIC) != SQLITE_OK ||
         sqlite3_step(s) != SQLITE_DONE) {
         nb_log(NB_LOG_ERR, "event insert failed: %s", sqlite3_errmsg(st->db));
         goto out;
@@ -304,8 +323,8 @@ int64_t nb_store_event_append(nb_store_t *st, int64_t time_ms, const char *type,
         sqlite3_finalize(d);
     }
 out:
-    sqlite3_finalize(s);
-    nb_buf_free(&b);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
     return r;
 }
 

@@ -66,6 +66,12 @@ int nb_store_setting_set(nb_store_t *st, const char *key, const char *value);
 int64_t nb_store_event_append(nb_store_t *st, int64_t time_ms, const char *type, const char *vm,
                               const json_t *data, int64_t keep);
 
+/* The same with `data` already serialized (`len` bytes of a JSON object,
+ * not NUL-terminated). The INSERT is prepared once per store; the caller
+ * batches rows inside one transaction (the event bus, events.c). */
+int64_t nb_store_event_append_text(nb_store_t *st, int64_t time_ms, const char *type,
+                                   const char *vm, const char *data, size_t len, int64_t keep);
+
 /* Number of rows in `table` (a fixed identifier from our own code, never
  * user input), or a negative code. */
 int64_t nb_store_count(nb_store_t *st, const char *table);

@@ -119,10 +119,14 @@ int nb_sse_feed(nb_sse_t *p, const uint8_t *data, size_t len)
             i++; /* second half of a CRLF split across feeds */
     }
     while (i < len) {
-        /* Find the next CR or LF. */
-        size_t j = i;
-        while (j < len && data[j] != '\n' && data[j] != '\r')
-            j++;
+        /* Find the next CR or LF (memchr: the meter runs every byte of an
+         * LLM stream through here). The CR search stops at the LF, so each
+         * byte is looked at once. */
+        const uint8_t *nl = memchr(data + i, '\n', len - i);
+        size_t j = nl ? (size_t)(nl - data) : len;
+        const uint8_t *cr = memchr(data + i, '\r', j - i);
+        if (cr)
+            j = (size_t)(cr - data);
         if (j == len) {
             r = nb_buf_append(&p->line, data + i, len - i);
             goto out;

@@ -172,6 +172,18 @@ static int str_byte(nb_ujson_t *j, uint8_t c, int *bad)
     return 0;
 }
 
+/* Inside a string, bytes str_byte would just keep: what most of a stream's
+ * bytes are (text deltas), taken as a run instead of one by one. */
+static size_t plain_run(const nb_ujson_t *j, const uint8_t *p, size_t len)
+{
+    size_t n = 0;
+    if ((j->state != J_STR && j->state != J_KEY) || j->esc || j->uhex)
+        return 0;
+    while (n < len && p[n] != '"' && p[n] != '\\' && p[n] >= 0x20)
+        n++;
+    return n;
+}
+
 int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
 {
     if (j->err)
@@ -180,6 +192,16 @@ int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
     for (size_t i = 0; i < len && r == 0; i++) {
         uint8_t c = p[i];
         int bad = 0;
+        size_t run = plain_run(j, p + i, len - i);
+        if (run) {
+            size_t room = NB_UJSON_SCALAR - j->vlen;
+            memcpy(j->val + j->vlen, p + i, run < room ? run : room);
+            j->vlen += run < room ? run : room;
+            if (run > room)
+                j->cut = 1;
+            i += run - 1;
+            continue;
+        }
     again:
         switch (j->state) {
         case J_VALUE:
@@ -439,9 +461,18 @@ int nb_evstream_finish(const nb_evstream_t *e)
 
 enum { MODE_JSON = 0, MODE_SSE, MODE_EVENTSTREAM };
 
+/* A needle: part of a wanted path's last segment that a key naming that
+ * segment must hold byte for byte in the raw JSON (see needles_init). */
+typedef struct {
+    const char *p;
+    size_t len;
+} needle_t;
+
 struct nb_umeter {
     const nb_llm_api_t *api;
     int mode;
+    needle_t needles[NB_UF_N * NB_LLM_PATHS];
+    size_t nneedles; /* 0: every event is scanned whole */
     nb_decode_t *dec;
     int undecodable;
     nb_ujson_t js; /* the JSON body, or the current SSE event / frame payload */
@@ -471,7 +502,7 @@ static int on_scalar(void *ctx, const char *path, size_t pathlen, nb_ujson_kind_
     for (int f = 0; f < NB_UF_N; f++) {
         for (int k = 0; k < NB_LLM_PATHS && m->api->usage[f][k][0]; k++) {
             const char *want = m->api->usage[f][k];
-            if (strlen(want) != pathlen || memcmp(want, path, pathlen) != 0)
+            if (want[0] != path[0] || strlen(want) != pathlen || memcmp(want, path, pathlen) != 0)
                 continue;
             if (f == NB_UF_MODEL) {
                 if (kind == NB_UJSON_STRING && vlen && !cut && vlen < sizeof m->seen.model) {
@@ -493,12 +524,104 @@ static int on_scalar(void *ctx, const char *path, size_t pathlen, nb_ujson_kind_
     return 0;
 }
 
-/* One complete JSON document (an SSE event's data, a frame's payload). */
+/* Can this byte of a wanted key come from something other than itself in
+ * the raw JSON? Escapes: str_byte reports "\b" "\f" "\r" "\/" "\"" "\\" as
+ * the letter, "\uXXXX" as '?', "\n" "\t" as controls. */
+static int needle_byte_ok(char c)
+{
+    return !strchr("\"\\/bfr?", c) && (unsigned char)c >= 0x20;
+}
+
+/* The shortcut of scan_doc (nb_umeter_exhaustive turns it off): a scalar
+ * is reported at a wanted path only after a key whose text ends with the
+ * path's last segment, and such a key's raw text holds the longest run of
+ * that segment made of bytes no escape can stand for, byte for byte (the
+ * scanner reads "\r" as 'r', so "prompt_tokens" leaves "ompt_tokens").
+ * One needle per wanted path; none (no shortcut) when a path has no such
+ * run or ends in an array element. */
+static void needles_init(nb_umeter_t *m)
+{
+    m->nneedles = 0;
+    for (int f = 0; f < NB_UF_N; f++) {
+        for (int k = 0; k < NB_LLM_PATHS && m->api->usage[f][k][0]; k++) {
+            const char *path = m->api->usage[f][k];
+            const char *leaf = strrchr(path, '.');
+            leaf = leaf ? leaf + 1 : path;
+            if (strcmp(leaf, "[]") == 0) {
+                m->nneedles = 0;
+                return;
+            }
+            needle_t best = {NULL, 0};
+            for (const char *q = leaf; *q;) {
+                size_t n = 0;
+                while (q[n] && needle_byte_ok(q[n]))
+                    n++;
+                if (n > best.len)
+                    best = (needle_t){q, n};
+                q += n ? n : 1;
+            }
+            if (best.len == 0) {
+                m->nneedles = 0;
+                return;
+            }
+            size_t i = 0;
+            while (i < m->nneedles && !(m->needles[i].len == best.len &&
+                                        memcmp(m->needles[i].p, best.p, best.len) == 0))
+                i++;
+            if (i == m->nneedles)
+                m->needles[m->nneedles++] = best;
+        }
+    }
+}
+
+/* The end of the last needle in p[0, len), or 0 when none is there. Only
+ * an occurrence ending past the best so far is looked for. */
+static size_t needles_last_end(const nb_umeter_t *m, const uint8_t *p, size_t len)
+{
+    size_t end = 0;
+    for (size_t i = 0; i < m->nneedles; i++) {
+        const needle_t *nd = &m->needles[i];
+        size_t from = end >= nd->len ? end - nd->len + 1 : 0;
+        const uint8_t *q;
+        while (from < len && (q = memmem(p + from, len - from, nd->p, nd->len)) != NULL) {
+            end = (size_t)(q - p) + nd->len;
+            from = (size_t)(q - p) + 1;
+        }
+    }
+    return end;
+}
+
+/* Nothing is pending: no key and no scalar begun. */
+static int ujson_settled(const nb_ujson_t *j)
+{
+    return j->state == J_AFTER || j->state == J_END || j->state == J_KEY_FIRST ||
+           j->state == J_ARR_FIRST || j->state == J_KEY_NEXT;
+}
+
+/* One complete JSON document (an SSE event's data, a frame's payload); a
+ * bad one costs its own fields only. With needles, only its head is
+ * scanned: up to the end of the last needle, then until the key or value
+ * that needle is in is over. Any scalar after that point sits under a key
+ * wholly past the last needle, which cannot name a wanted segment; so
+ * exactly what the whole scan reports is reported. A stream's events cost
+ * a search for the most part (OpenAI's name "model" early, then the text
+ * delta, and carry "usage": null until the last). */
 static void scan_doc(nb_umeter_t *m, const uint8_t *p, size_t len)
 {
     nb_ujson_init(&m->js, on_scalar, m);
-    nb_ujson_feed(&m->js, p, len);
-    nb_ujson_finish(&m->js); /* a bad event costs its own fields only */
+    if (!m->nneedles) {
+        nb_ujson_feed(&m->js, p, len);
+        nb_ujson_finish(&m->js);
+        return;
+    }
+    size_t end = needles_last_end(m, p, len);
+    if (end == 0 || nb_ujson_feed(&m->js, p, end) != 0)
+        return;
+    for (; end < len && !ujson_settled(&m->js); end++)
+        if (nb_ujson_feed(&m->js, p + end, 1) != 0)
+            return;
+    if (end == len)
+        nb_ujson_finish(&m->js); /* (it reports a root scalar only, at path "") */
 }
 
 static int on_sse(void *ctx, const nb_sse_event_t *ev)
@@ -573,6 +696,8 @@ int nb_umeter_new(const nb_llm_api_t *api, nb_iov_t ctype, nb_iov_t cenc, nb_ume
     nb_ujson_init(&m->js, on_scalar, m);
     nb_sse_init(&m->sse, 0, 0, on_sse, m);
     nb_evstream_init(&m->ev, on_frame, m);
+    if (m->mode != MODE_JSON)
+        needles_init(m);
     int r = 0;
     nb_decode_kind_t k = nb_decode_kind((const char *)cenc.p, cenc.len);
     if (k != NB_DECODE_IDENTITY && (r = nb_decode_new(k, &m->dec)) < 0) {
@@ -655,6 +780,11 @@ void nb_umeter_finish(nb_umeter_t *m)
         if (nb_ujson_finish(&m->js) < 0)
             m->seen.failed = 1;
     }
+}
+
+void nb_umeter_exhaustive(nb_umeter_t *m)
+{
+    m->nneedles = 0;
 }
 
 const nb_usage_seen_t *nb_umeter_seen(const nb_umeter_t *m)

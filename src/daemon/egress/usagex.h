@@ -112,6 +112,10 @@ void nb_umeter_feed(nb_umeter_t *m, const uint8_t *p, size_t len);
 /* The body ended (or was cut). */
 void nb_umeter_finish(nb_umeter_t *m);
 const nb_usage_seen_t *nb_umeter_seen(const nb_umeter_t *m);
+/* Scans every SSE event and frame whole, without the shortcut that skips
+ * the parts no usage field can be in: the reference the shortcut must
+ * equal (unit tests, fuzz_usage). Call before the first feed. */
+void nb_umeter_exhaustive(nb_umeter_t *m);
 /* A usage header (Bedrock InvokeModel) from the response head. */
 void nb_umeter_header(nb_umeter_t *m, nb_usage_field_t f, nb_iov_t value);
 

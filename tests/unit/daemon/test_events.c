@@ -74,6 +74,11 @@ static void test_persisted(void)
     NB_CHECK_EQ_INT(nb_events_new(NULL, st, &ev), 0);
     nb_events_emit(ev, "vm.started", json_pack("{s:s}", "vm", "dev"));
     nb_events_emit(ev, "daemon.started", NULL);
+    /* A live event is published but keeps no row. */
+    NB_CHECK_EQ_INT(nb_events_emit_live(ev, "usage.record", json_pack("{s:s}", "vm", "dev")), 3);
+    json_t *recent = nb_events_recent(ev, 2);
+    NB_CHECK_STR(nb_json_str(json_array_get(recent, 0), "type"), "usage.record");
+    json_decref(recent);
     NB_CHECK_EQ_INT(nb_store_count(st, "events"), 2);
     sqlite3_stmt *s = NULL;
     sqlite3_prepare_v2(nb_store_db(st), "SELECT type, vm FROM events ORDER BY id", -1, &s, NULL);
@@ -89,9 +94,61 @@ static void test_persisted(void)
     rmdir(dir);
 }
 
+/* With a loop, rows are written in batches: none until the flush (the
+ * point of batching: one transaction, not one WAL commit per event), all of
+ * them, in order and with their fields, after it; the timer writes the next
+ * batch by itself, and free writes what is left and closes the timer. */
+static void test_persisted_batched(void)
+{
+    char dir[] = "/tmp/nb-test-events-XXXXXX", path[128], err[256];
+    nb_store_t *st = NULL;
+    nb_events_t *ev = NULL;
+    uv_loop_t loop;
+    if (!mkdtemp(dir))
+        return;
+    snprintf(path, sizeof path, "%s/state.db", dir);
+    NB_CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    NB_CHECK_EQ_INT(nb_store_open(path, &st, err, sizeof err), 0);
+    NB_CHECK_EQ_INT(nb_events_new(&loop, st, &ev), 0);
+    for (int i = 0; i < 100; i++)
+        nb_events_emit(ev, "test.tick",
+                       json_pack("{s:s, s:i}", "vm", i % 2 ? "dev" : "ci", "i", i));
+    NB_CHECK_EQ_INT(nb_store_count(st, "events"), 0);
+    nb_events_flush(ev);
+    NB_CHECK_EQ_INT(nb_store_count(st, "events"), 100);
+    sqlite3_stmt *s = NULL;
+    sqlite3_prepare_v2(nb_store_db(st), "SELECT type, vm, data FROM events ORDER BY id DESC", -1,
+                       &s, NULL);
+    NB_CHECK(sqlite3_step(s) == SQLITE_ROW);
+    NB_CHECK_STR((const char *)sqlite3_column_text(s, 0), "test.tick");
+    NB_CHECK_STR((const char *)sqlite3_column_text(s, 1), "dev");
+    json_t *d = json_loads((const char *)sqlite3_column_text(s, 2), 0, NULL);
+    NB_CHECK_EQ_INT(nb_json_int(d, "i", -1), 99);
+    NB_CHECK(!json_object_get(d, "id") && !json_object_get(d, "type"));
+    json_decref(d);
+    sqlite3_finalize(s);
+
+    /* The timer: no flush call, the loop runs until the batch is written. */
+    nb_events_emit(ev, "vm.started", json_pack("{s:s}", "vm", "dev"));
+    NB_CHECK_EQ_INT(nb_store_count(st, "events"), 100);
+    for (int i = 0; i < 100 && nb_store_count(st, "events") == 100; i++)
+        uv_run(&loop, UV_RUN_ONCE);
+    NB_CHECK_EQ_INT(nb_store_count(st, "events"), 101);
+
+    nb_events_emit(ev, "daemon.stopping", NULL);
+    nb_events_free(ev);
+    NB_CHECK_EQ_INT(nb_store_count(st, "events"), 102);
+    uv_run(&loop, UV_RUN_DEFAULT); /* the timer's close callback */
+    NB_CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    nb_store_close(st);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     NB_RUN(test_emit_and_ring);
     NB_RUN(test_persisted);
+    NB_RUN(test_persisted_batched);
     NB_TEST_MAIN_END();
 }

@@ -22,20 +22,24 @@ static const nb_llm_api_t *api_for(const char *host, const char *path)
     return m.api;
 }
 
-/* Runs the meter over `body` in every two-piece split plus byte by byte;
- * every run must give the same result, which goes to *out. */
+/* Runs the meter over `body` in every two-piece split plus byte by byte,
+ * and once more whole without the shortcut (nb_umeter_exhaustive); every
+ * run must give the same result, which goes to *out. */
 static void meter_all(const nb_llm_api_t *api, const char *ctype, const char *cenc,
                       const uint8_t *body, size_t len, nb_usage_seen_t *out)
 {
     nb_usage_seen_t first;
     memset(&first, 0, sizeof first);
-    for (size_t split = 0; split <= len + 1; split++) {
+    for (size_t split = 0; split <= len + 2; split++) {
         nb_umeter_t *m;
         int r = nb_umeter_new(api, nb_iov(ctype, strlen(ctype)), nb_iov(cenc, strlen(cenc)), &m);
         NB_CHECK(r == 0 && m);
         if (!m)
             return;
-        if (split <= len) {
+        if (split == len + 2) {
+            nb_umeter_exhaustive(m);
+            nb_umeter_feed(m, body, len);
+        } else if (split <= len) {
             nb_umeter_feed(m, body, split);
             nb_umeter_feed(m, body + split, len - split);
         } else {
@@ -384,6 +388,38 @@ static void test_malformed(void)
     NB_CHECK_EQ_INT(nb_usage_parse_count("", 0), -1);
 }
 
+/* The shortcut that stops scanning an SSE event past its last needle
+ * (usagex.c scan_doc) reports what the whole scan reports (meter_all
+ * compares), in the cases it must not get wrong: keys spelled with escapes
+ * ("\r" reads as 'r', so "p\rompt_tokens" is prompt_tokens), a needle in
+ * text after the model, the model named twice (last wins), a value that
+ * ends the event, an event that breaks after its usage, and nested keys of
+ * the same name in objects and arrays. */
+static void test_shortcut(void)
+{
+    static const char body[] =
+        "data: {\"model\":\"a\",\"usage\":{\"p\\rompt_tokens\":7}}\n\n"
+        "data: {\"model\":\"b\",\"choices\":[{\"delta\":{\"content\":\"prompt_tokens "
+        "model\"}}]}\n\n"
+        "data: {\"model\":\"c\",\"x\":{\"model\":\"nested\"},\"model\":\"d\",\"y\":[1,2]}\n\n"
+        "data: {\"usage\":{\"completion_tokens\":3}}\n\n"
+        "data: {\"usage\":{\"completion_tokens\":9}} garbage\n\n"
+        "data: "
+        "{\"usage\":{\"prompt_tokens_details\":{\"cached_tokens\":2,\"x\":[{\"cached_tokens\":"
+        "5}]},\"completion_tokens\":{\"n\":1}}}\n\n"
+        "data: {\"usage\":{\"prompt_tokens\":\"\\u0038\"}}\n\n"
+        "data: \"model\"\n\n"
+        "data: [DONE]\n\n";
+    nb_usage_seen_t s;
+    meter_all(api_for("api.openai.com", "/v1/chat/completions"), "text/event-stream", "", S(body),
+              &s);
+    NB_CHECK_EQ_INT(s.v[NB_UF_INPUT], 7);
+    NB_CHECK_EQ_INT(s.v[NB_UF_OUTPUT], 9);
+    NB_CHECK_EQ_INT(s.v[NB_UF_CACHED], 2);
+    NB_CHECK_EQ_INT(s.malformed, 1);
+    NB_CHECK_STR(s.model, "d");
+}
+
 static int count_cb(void *ctx, const char *path, size_t pathlen, nb_ujson_kind_t kind,
                     const char *v, size_t vlen, int cut)
 {
@@ -443,6 +479,7 @@ int main(void)
     NB_RUN(test_bedrock);
     NB_RUN(test_gzip);
     NB_RUN(test_malformed);
+    NB_RUN(test_shortcut);
     NB_RUN(test_ujson_paths);
     nb_llmcat_free(cat);
     NB_TEST_MAIN_END();
