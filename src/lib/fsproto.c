@@ -265,7 +265,9 @@ int nb_fsp_frame_end(nb_buf_t *out)
     return 0;
 }
 
-int nb_fsp_req_encode(const nb_fsp_req_t *q, nb_buf_t *out)
+/* head: a DATA field's bytes are left out (the frame's length and the
+ * field's own length still count them); the caller sends them next. */
+static int req_encode(const nb_fsp_req_t *q, int head, nb_buf_t *out)
 {
     unsigned f = nb_fsp_fields(q->op);
     if (!f)
@@ -306,18 +308,42 @@ int nb_fsp_req_encode(const nb_fsp_req_t *q, nb_buf_t *out)
     if (r == 0 && (f & F_(TARGET)))
         r = q->target.len > 0xffff ? NB_EINVAL : put_str(&b, q->target);
     if (r == 0 && (f & F_(DATA))) {
-        r = put_le(&b, q->data.len, 4);
-        r = r < 0 ? r : nb_buf_append(&b, q->data.p, q->data.len);
+        r = put_le(&b, head ? 0 : q->data.len, 4);
+        r = r < 0 || head ? r : nb_buf_append(&b, q->data.p, q->data.len);
     }
     r = r < 0 ? r : nb_fsp_frame_end(&b);
-    /* Check what we send with the peer's own parser: a bug here is ours. */
+    /* Check what we send with the peer's own parser: a bug here is ours.
+     * A head is checked as a request without data, then given the real
+     * data length (which the parser would bound the same way). */
     nb_fsp_req_t chk;
     if (r == 0 && nb_fsp_req_parse(b.p + 4, b.len - 4, &chk, NULL) < 0)
         r = NB_EINVAL;
+    if (r == 0 && head) {
+        if (!(f & F_(DATA)) || q->data.len > NB_FSP_IO_MAX ||
+            b.len - 4 + q->data.len > NB_FSP_FRAME_MAX) {
+            r = NB_EINVAL;
+        } else {
+            uint32_t n = (uint32_t)(b.len - 4 + q->data.len);
+            for (unsigned i = 0; i < 4; i++) {
+                b.p[i] = (uint8_t)(n >> (8 * i));
+                b.p[b.len - 4 + i] = (uint8_t)(q->data.len >> (8 * i));
+            }
+        }
+    }
     if (r == 0)
         r = nb_buf_append(out, b.p, b.len);
     nb_buf_free(&b);
     return r == NB_ETOOBIG ? NB_EINVAL : r;
+}
+
+int nb_fsp_req_encode(const nb_fsp_req_t *q, nb_buf_t *out)
+{
+    return req_encode(q, 0, out);
+}
+
+int nb_fsp_req_encode_head(const nb_fsp_req_t *q, nb_buf_t *out)
+{
+    return req_encode(q, 1, out);
 }
 
 int nb_fsp_reply_begin(nb_buf_t *out, uint32_t id, uint32_t err)
