@@ -3,7 +3,7 @@
  *
  * Byte 0 picks the mode:
  *   0  request parser: an accepted request re-encodes to the same bytes
- *      and carries only valid names;
+ *      (a WRITE also as head + data) and carries only valid names;
  *   1  reply parser for op byte 1, `asked` from bytes 2..3: an accepted
  *      READDIR(PLUS) reply iterates to exactly its count of entries (and
  *      READDIRPLUS entries fit the guest's buffer of `asked` bytes);
@@ -70,6 +70,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (nb_fsp_req_encode(&q, &b) < 0 || b.len != n + 4 || memcmp(b.p + 4, p, n) != 0)
             abort();
         nb_buf_free(&b);
+        /* A request with data, as the agent sends it: head, then the data. */
+        if (f & NB_FSP_F_DATA) {
+            nb_buf_init(&b, NB_FSP_FRAME_MAX + 8);
+            if (nb_fsp_req_encode_head(&q, &b) < 0 || b.len + q.data.len != n + 4 ||
+                memcmp(b.p + 4, p, b.len - 4) != 0)
+                abort();
+            nb_buf_free(&b);
+        }
     } else if (mode == 1) {
         if (n < 3)
             return 0;

@@ -20,7 +20,7 @@ bytes; lstat of each after dropping the caches. Rounds alternate the two
 paths (--runs); each figure is the best run. Goal: nilbox >= 1.0x 9p.
 
 usage: bench.py --build BUILD_DIR [--size MiB] [--files N] [--runs N]
-                [--msize BYTES] [--cache none|loose|mmap]
+                [--msize BYTES] [--cache none|loose|mmap] [--cpu MODEL]
 """
 import argparse
 import os
@@ -39,6 +39,14 @@ WRAPPER = """#!/bin/sh
 # of %(dir)s (probes such as -version pass through).
 case " $* " in
 *" -kernel "*)
+    cpu='%(cpu)s' prev=
+    for a do  # --cpu: the guest CPU model instead of nilbox's
+        shift
+        o=$a
+        [ "$prev" = -cpu ] && [ -n "$cpu" ] && a=$cpu
+        set -- "$@" "$a"
+        prev=$o
+    done
     dev=virtio-9p-pci
     case " $* " in *microvm*) dev=virtio-9p-device ;; esac
     exec %(qemu)s "$@" -fsdev local,id=nbbench,path=%(dir)s,security_model=none \\
@@ -102,6 +110,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--msize", type=int, default=262144, help="9p msize (nilbox: 256 KiB)")
     ap.add_argument("--cache", default="none", help="9p cache mode (none, loose, mmap)")
+    ap.add_argument("--cpu", default="", help="QEMU -cpu for the VM instead of nilbox's "
+                    "(e.g. max,erms=on to compare)")
     a = ap.parse_args()
     a.build = os.path.abspath(a.build)
     images = os.path.join(ROOT, "images")
@@ -121,7 +131,7 @@ def main():
     nbbench.use_build(a.build, tmp)
     wrapper = os.path.join(tmp, "qemu-9p")
     with open(wrapper, "w") as f:
-        f.write(WRAPPER % {"qemu": qemu, "dir": host})
+        f.write(WRAPPER % {"qemu": qemu, "dir": host, "cpu": a.cpu})
     os.chmod(wrapper, 0o755)
     d = nbbench.start_daemon(tmp, {"NILBOX_QEMU": wrapper, "NILBOX_AGENT": agent,
                                    "NILBOX_IMAGES_DIR": images})
@@ -161,6 +171,7 @@ def main():
                         res[name][k].append(v)
         argv = open("/proc/%d/cmdline" % qpid, "rb").read().split(b"\0")
         accel = argv[argv.index(b"-accel") + 1].decode() if b"-accel" in argv else "?"
+        cpuarg = argv[argv.index(b"-cpu") + 1].decode() if b"-cpu" in argv else "?"
     finally:
         d.cli("vm", "stop", "--force", "bench", timeout=60)
         nbbench.stop_daemon(d)
@@ -168,6 +179,7 @@ def main():
 
     print("bench/share: guest file I/O on a shared host folder, same VM, same run; "
           "accelerator %s, %d runs, %d MiB, %d files" % (accel, a.runs, a.size, a.files))
+    print("  QEMU -cpu %s" % cpuarg)
     for m in mounts:
         print("  mount: " + m)
     units = {"write": "MiB/s", "read": "MiB/s", "create": "files/s", "stat": "files/s"}

@@ -67,8 +67,22 @@ static void fail_all(fsm_t *m, int err)
     m->npend = 0;
 }
 
-/* Sends q for `req`; on failure answers the kernel at once. */
-static void send_req(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q, const struct fuse_file_info *fi)
+/* Where a WRITE's data starts in libfuse's receive buffer (after the
+ * kernel's headers): the same for every WRITE; 0 while unknown. */
+static size_t wdata_off;
+
+static void free_wbuf(void *p)
+{
+    free((char *)p - wdata_off);
+}
+
+/* Sends q for `req`; on failure answers the kernel at once. With `own`,
+ * q is a WRITE whose data is the tail of m->fbuf: the frame's head is
+ * encoded alone and the data handed to the stream as it is (the buffer
+ * becomes the stream's; libfuse allocates a new one for the next
+ * request), which spares the guest CPU two copies and a wipe per byte. */
+static void send_req_data(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q,
+                          const struct fuse_file_info *fi, int own)
 {
     if (m->closing || !m->st) {
         fuse_reply_err(req, EIO);
@@ -84,11 +98,24 @@ static void send_req(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q, const struct fus
     if (++m->next_id == 0)
         m->next_id = 1;
     q->id = m->next_id;
-    int r = nb_fsp_req_encode(q, &b);
+    int r = own ? nb_fsp_req_encode_head(q, &b) : nb_fsp_req_encode(q, &b);
     if (r == 0)
         r = nb_muxsess_stream_write_owned(m->st, NB_MUX_CHAN_STDIO, b.p, b.len, free);
     else
         nb_buf_free(&b);
+    if (r == 0 && own) {
+        m->fbuf.mem = NULL; /* the stream's now, freed (free_wbuf) once written */
+        r = nb_muxsess_stream_write_owned(m->st, NB_MUX_CHAN_STDIO, (void *)q->data.p, q->data.len,
+                                          free_wbuf);
+        if (r < 0) {
+            /* A head without its data: the stream is beyond repair;
+             * on_fuse ends the mount once libfuse is off the stack. */
+            free(p);
+            fuse_reply_err(req, EIO);
+            m->closing = 1;
+            return;
+        }
+    }
     if (r < 0) {
         free(p);
         fuse_reply_err(req, r == NB_EINVAL ? EINVAL : EIO);
@@ -108,6 +135,11 @@ static void send_req(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q, const struct fus
         uv_poll_stop(&m->poll);
         m->polling = 0;
     }
+}
+
+static void send_req(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q, const struct fuse_file_info *fi)
+{
+    send_req_data(m, req, q, fi, 0);
 }
 
 static fsm_t *M(fuse_req_t req)
@@ -363,15 +395,24 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
                      struct fuse_file_info *fi)
 {
     (void)ino;
+    fsm_t *m = M(req);
     if (off < 0) {
         fuse_reply_err(req, EINVAL);
         return;
     }
-    nb_fsp_req_t q = {.op = NB_FSP_WRITE,
-                      .fh = fi->fh,
-                      .off = (uint64_t)off,
-                      .data = nb_iov(buf, size > NB_FSP_IO_MAX ? NB_FSP_IO_MAX : size)};
-    send_req(M(req), req, &q, NULL);
+    size_t n = size > NB_FSP_IO_MAX ? NB_FSP_IO_MAX : size;
+    nb_fsp_req_t q = {
+        .op = NB_FSP_WRITE, .fh = fi->fh, .off = (uint64_t)off, .data = nb_iov(buf, n)};
+    /* The data is in our receive buffer (libfuse copies nothing for a
+     * plain WRITE): hand that buffer over when it is where it always is. */
+    const char *base = m->fbuf.mem;
+    size_t at = base && !(m->fbuf.flags & FUSE_BUF_IS_FD) && buf > base && n <= m->fbuf.size &&
+                        (size_t)(buf - base) <= m->fbuf.size - n
+                    ? (size_t)(buf - base)
+                    : 0;
+    if (at && !wdata_off)
+        wdata_off = at;
+    send_req_data(m, req, &q, NULL, n > 0 && at && at == wdata_off);
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -701,6 +742,8 @@ static void on_fuse(uv_poll_t *h, int status, int events)
         }
         fuse_session_process_buf(m->se, &m->fbuf);
     }
+    if (m->closing)
+        fs_end(m, "cannot queue a write");
 }
 
 static void resume(fsm_t *m)
@@ -738,7 +781,11 @@ static void on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t data, void 
             return;
         }
     }
-    nb_buf_consume(&m->in, pos);
+    /* Only when a frame was taken: consume moves what is left to the front,
+     * and a big reply comes in virtio-serial buffers of a few KiB, so moving
+     * the partial frame after each piece would copy it over and over. */
+    if (pos)
+        nb_buf_consume(&m->in, pos);
     resume(m); /* answers free room for more requests */
 }
 

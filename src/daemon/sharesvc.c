@@ -342,7 +342,8 @@ static void st_on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t data, vo
         m->nwait++;
         pos += 4 + n;
     }
-    nb_buf_consume(&m->in, pos);
+    if (pos) /* else nothing to drop, and consume would move the partial frame */
+        nb_buf_consume(&m->in, pos);
     pump(m);
 }
 

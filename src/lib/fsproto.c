@@ -265,7 +265,11 @@ int nb_fsp_frame_end(nb_buf_t *out)
     return 0;
 }
 
-int nb_fsp_req_encode(const nb_fsp_req_t *q, nb_buf_t *out)
+/* The frame is built without a DATA field's bytes (the frame's length and
+ * the field's own length count them), checked, then appended to `out`
+ * followed by the data unless `head` (the caller sends the data next):
+ * the data is copied once at most. */
+static int req_encode(const nb_fsp_req_t *q, int head, nb_buf_t *out)
 {
     unsigned f = nb_fsp_fields(q->op);
     if (!f)
@@ -306,18 +310,45 @@ int nb_fsp_req_encode(const nb_fsp_req_t *q, nb_buf_t *out)
     if (r == 0 && (f & F_(TARGET)))
         r = q->target.len > 0xffff ? NB_EINVAL : put_str(&b, q->target);
     if (r == 0 && (f & F_(DATA))) {
-        r = put_le(&b, q->data.len, 4);
-        r = r < 0 ? r : nb_buf_append(&b, q->data.p, q->data.len);
+        r = put_le(&b, 0, 4);
     }
     r = r < 0 ? r : nb_fsp_frame_end(&b);
-    /* Check what we send with the peer's own parser: a bug here is ours. */
+    /* Check what we send with the peer's own parser: a bug here is ours.
+     * The frame is checked without its data, then given the real data
+     * length (which the parser bounds the same way). */
     nb_fsp_req_t chk;
     if (r == 0 && nb_fsp_req_parse(b.p + 4, b.len - 4, &chk, NULL) < 0)
         r = NB_EINVAL;
+    size_t dlen = f & F_(DATA) ? q->data.len : 0;
+    if (r == 0 &&
+        ((head && !(f & F_(DATA))) || dlen > NB_FSP_IO_MAX || b.len - 4 + dlen > NB_FSP_FRAME_MAX))
+        r = NB_EINVAL;
+    if (r == 0 && (f & F_(DATA))) {
+        uint32_t n = (uint32_t)(b.len - 4 + dlen);
+        for (unsigned i = 0; i < 4; i++) {
+            b.p[i] = (uint8_t)(n >> (8 * i));
+            b.p[b.len - 4 + i] = (uint8_t)(dlen >> (8 * i));
+        }
+    }
     if (r == 0)
-        r = nb_buf_append(out, b.p, b.len);
+        r = nb_buf_reserve(out, b.len + (head ? 0 : dlen));
+    if (r == 0) {
+        nb_buf_append(out, b.p, b.len);
+        if (!head && dlen)
+            nb_buf_append(out, q->data.p, dlen);
+    }
     nb_buf_free(&b);
     return r == NB_ETOOBIG ? NB_EINVAL : r;
+}
+
+int nb_fsp_req_encode(const nb_fsp_req_t *q, nb_buf_t *out)
+{
+    return req_encode(q, 0, out);
+}
+
+int nb_fsp_req_encode_head(const nb_fsp_req_t *q, nb_buf_t *out)
+{
+    return req_encode(q, 1, out);
 }
 
 int nb_fsp_reply_begin(nb_buf_t *out, uint32_t id, uint32_t err)

@@ -18,7 +18,7 @@
 #include "lib/buf.h"
 
 #define NB_FSP_FRAME_MAX (NB_FSP_IO_MAX + 4096u) /* largest body either way */
-#define NB_FSP_IO_MAX (256u * 1024u)             /* read/write/readdir bytes per request */
+#define NB_FSP_IO_MAX (1024u * 1024u)            /* read/write/readdir bytes per request */
 #define NB_FSP_NAME_MAX 255u                     /* one path component */
 #define NB_FSP_TARGET_MAX 4095u                  /* a symlink's target */
 #define NB_FSP_NOFH UINT64_MAX                   /* SETATTR without an open file */
@@ -130,6 +130,11 @@ int nb_fsp_req_parse(const uint8_t *p, size_t n, nb_fsp_req_t *r, const char **w
 /* Appends a framed request (length prefix included) to `out`; the fields
  * of r->op are taken from r. 0, NB_EINVAL (invalid request) or -ENOMEM. */
 int nb_fsp_req_encode(const nb_fsp_req_t *r, nb_buf_t *out);
+/* The same for an op with data (WRITE) but without the data's bytes: the
+ * length prefix and the data field's length count r->data.len, and the
+ * caller sends those bytes right after (the agent hands the kernel's
+ * buffer to the stream instead of copying it into a frame). */
+int nb_fsp_req_encode_head(const nb_fsp_req_t *r, nb_buf_t *out);
 
 /* ---- replies ---- */
 

@@ -9,6 +9,7 @@ One daemon, one VM, host folders in the suite's temporary folder, in order:
      directories, unlinked open files, symlinks, hard links and devices
      refused, chmod/utimes, owner mapping, fsync, statfs, mmap, 5 GiB offsets;
   04 host-side changes (new file, rewritten file) seen by the guest;
+  04b large files both ways, three readers and three writers at once, hashed;
   05 A19 from the guest: symlinks and hard links to host files outside the
      share lead nowhere; `..` stays in the guest;
   06 read-only share: reads work, every write is refused, the host folder is
@@ -22,6 +23,7 @@ One daemon, one VM, host folders in the suite's temporary folder, in order:
 Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE, NB_IMAGES_SRC,
 NB_SHARE_POSIX (the static share_posix binary).
 """
+import hashlib
 import json
 import os
 import shutil
@@ -141,6 +143,33 @@ class ShareE2E(VmSuite):
         os.unlink(p)
         wait_for(lambda: self.sh("test -e /mnt/host/fromhost.txt", ok=False).returncode != 0, 30,
                  "the host's unlink in the guest")
+
+    # -- 04b -------------------------------------------------------------------
+    def test_04b_bulk_concurrent(self):
+        """Large files both ways with several readers and writers at once
+        (full-size requests, several in flight, the write buffers handed to
+        the stream): every byte arrives, and a write is on the host once the
+        guest's fsync returned."""
+        data = os.urandom(13 * 1024 * 1024 + 12345)  # not a multiple of any request size
+        with open(os.path.join(self.host, "bulk.bin"), "wb") as f:
+            f.write(data)
+        want = hashlib.sha256(data).hexdigest()
+        r = self.sh("head -c 11000000 /dev/urandom > /tmp/src && sha256sum /tmp/src && "
+                    "cd /mnt/host && "
+                    "for i in 1 2 3; do sha256sum bulk.bin > /tmp/r$i & done; "
+                    "dd if=/tmp/src of=w1 bs=3M conv=fsync 2>/dev/null & "
+                    "dd if=/tmp/src of=w2 bs=4096 conv=fsync 2>/dev/null & "
+                    "dd if=/tmp/src of=w3 bs=1000000 conv=fsync 2>/dev/null & "
+                    "wait; cat /tmp/r1 /tmp/r2 /tmp/r3; rm /tmp/src /tmp/r1 /tmp/r2 /tmp/r3",
+                    timeout=900)
+        lines = r.stdout.split()
+        src = lines[0]
+        self.assertEqual(lines[2::2], [want] * 3, r.stdout)
+        for i in (1, 2, 3):
+            with open(os.path.join(self.host, "w%d" % i), "rb") as f:
+                self.assertEqual(hashlib.sha256(f.read()).hexdigest(), src, "w%d" % i)
+            os.unlink(os.path.join(self.host, "w%d" % i))
+        os.unlink(os.path.join(self.host, "bulk.bin"))
 
     # -- 05 --------------------------------------------------------------------
     def test_05_escapes(self):
