@@ -15,9 +15,8 @@ int nb_iov_eq(nb_iov_t a, const char *s)
     return a.len == n && (n == 0 || memcmp(a.p, s, n) == 0);
 }
 
-int nb_iov_eq_nocase(nb_iov_t a, const char *s)
+int nb_iov_eq_nocase_n(nb_iov_t a, const char *s, size_t n)
 {
-    size_t n = strlen(s);
     if (a.len != n)
         return 0;
     for (size_t i = 0; i < n; i++) {
