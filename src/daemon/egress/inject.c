@@ -619,13 +619,12 @@ int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
     ictx_t *c = &cs;
     nb_inject_out_wipe(out);
     out->ninjected = out->nleaks = 0;
-    char ver[16];
     int r;
     if ((r = parse_target(c)) < 0)
         goto out;
-    snprintf(ver, sizeof(ver), " HTTP/1.%d\r\n", req->version_minor ? 1 : 0);
+    const char *ver = req->version_minor ? " HTTP/1.1\r\n" : " HTTP/1.0\r\n";
     if ((r = put(c, req->method.p, req->method.len)) < 0 || (r = put(c, " ", 1)) < 0 ||
-        (r = do_target(c)) < 0 || (r = put(c, ver, strlen(ver))) < 0)
+        (r = do_target(c)) < 0 || (r = put(c, ver, 11)) < 0)
         goto out;
     scan(c, req->target, "target", nb_iov(NULL, 0), 1);
     for (size_t i = 0; i < req->nheaders; i++)

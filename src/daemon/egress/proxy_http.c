@@ -758,6 +758,37 @@ static const char *coding_name(const nb_http_head_t *h)
     return "of an unknown coding";
 }
 
+/* Head building appends known pieces: no printf (it formatted twice per
+ * call, sizing then writing) and one reservation per header line. */
+static int append_dec(nb_buf_t *b, uint64_t v)
+{
+    char d[20];
+    size_t n = 0;
+    do
+        d[sizeof d - ++n] = (char)('0' + v % 10);
+    while ((v /= 10) && n < sizeof d);
+    return nb_buf_append(b, d + sizeof d - n, n);
+}
+
+static int append_field(nb_buf_t *b, nb_iov_t name, nb_iov_t value)
+{
+    int r = nb_buf_reserve(b, name.len + value.len + 4);
+    if (r < 0)
+        return r;
+    uint8_t *o = b->p + b->len;
+    memcpy(o, name.p, name.len);
+    o += name.len;
+    *o++ = ':';
+    *o++ = ' ';
+    if (value.len)
+        memcpy(o, value.p, value.len);
+    o += value.len;
+    *o++ = '\r';
+    *o++ = '\n';
+    b->len += name.len + value.len + 4;
+    return 0;
+}
+
 static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
 {
     cconn_t *c = u->ud;
@@ -807,7 +838,11 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
     }
     nb_buf_t *b = &c->scratch;
     nb_buf_reset(b);
-    int r = nb_buf_printf(b, "HTTP/1.1 %d ", h->status);
+    int r = nb_buf_append(b, "HTTP/1.1 ", 9);
+    if (r == 0)
+        r = append_dec(b, (uint64_t)h->status); /* 3 digits: checked by the parser */
+    if (r == 0)
+        r = nb_buf_append(b, " ", 1);
     if (r == 0 && h->reason.len)
         r = nb_buf_append(b, h->reason.p, h->reason.len);
     else if (r == 0)
@@ -824,9 +859,7 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
             continue; /* forwarded decoded */
         if (h->status == 101 && x->resp_redact && kind == NB_HDR_SEC_WEBSOCKET_EXTENSIONS)
             continue; /* never offered (A5): the scanner refuses compressed frames */
-        if ((r = nb_buf_append(b, name.p, name.len)) == 0 && (r = nb_buf_append(b, ": ", 2)) == 0 &&
-            (r = nb_buf_append(b, value.p, value.len)) == 0)
-            r = nb_buf_append(b, "\r\n", 2);
+        r = append_field(b, name, value);
     }
     if (r == 0 && h->status == 101) {
         const nb_http_header_t *uh = nb_http_head_find_kind(h, NB_HDR_UPGRADE);
@@ -837,7 +870,11 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
             r = nb_buf_append(b, "\r\n", 2);
     } else if (r == 0 && !bodyless) {
         if (!x->resp_redact && !x->oauth && !nb_px_usage_rewrites(c) && h->content_length >= 0) {
-            r = nb_buf_printf(b, "Content-Length: %lld\r\n", (long long)h->content_length);
+            r = nb_buf_append_str(b, "Content-Length: ");
+            if (r == 0)
+                r = append_dec(b, (uint64_t)h->content_length); /* >= 0 here */
+            if (r == 0)
+                r = nb_buf_append(b, "\r\n", 2);
         } else if (x->head.version_minor >= 1) {
             x->resp_out_chunked = 1;
             r = nb_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
