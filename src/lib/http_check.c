@@ -160,6 +160,26 @@ int nb_http_scan_head(nb_http_parser_t *p, const uint8_t *d, size_t len, size_t 
     vlen = p->head.len;
     for (; i < len; i++) {
         uint8_t c = d[i], prev = p->prev;
+        if (prev != '\r' && c != '\r' && c != '\n') {
+            /* A run of other bytes up to the next CR or LF: none of them
+             * can break a CR/LF rule, and the caps grow with each byte,
+             * so checking them after the run's last byte finds exactly
+             * what checking each byte would (and nothing is kept on
+             * failure either way). */
+            size_t j = i + 1;
+            while (j < len && d[j] != '\r' && d[j] != '\n')
+                j++;
+            vlen += j - i;
+            if (!p->start_line_end) {
+                if (vlen > p->lim.max_start_line + 1)
+                    return nb_http_fail(p, NB_HTTP_ERR_START_LINE_TOO_BIG);
+            } else if (vlen - p->start_line_end > p->lim.max_header_bytes + 1) {
+                return nb_http_fail(p, NB_HTTP_ERR_HEADERS_TOO_BIG);
+            }
+            p->prev = d[j - 1];
+            i = j - 1;
+            continue;
+        }
         if (prev == '\r' && c != '\n')
             return nb_http_fail(p, NB_HTTP_ERR_BARE_CR);
         if (c == '\n' && prev != '\r')
