@@ -54,6 +54,13 @@ static int on_head(void *ud, const nb_http_head_t *h)
                 abort();
         if (memchr(x->name.p, ' ', x->name.len) || memchr(x->name.p, ':', x->name.len))
             abort();
+        /* The kind the proxy acts on is the name's, case aside. */
+        if (h->kinds[i] != nb_http_hdr_kind(x->name) || !(h->kinds_seen & (1u << h->kinds[i])))
+            abort();
+        if (h->kinds[i] == NB_HDR_CONTENT_LENGTH && h->content_length < 0)
+            abort();
+        if (h->kinds[i] == NB_HDR_TRANSFER_ENCODING && !h->chunked)
+            abort();
     }
     if (h->type == NB_HTTP_REQUEST) {
         if (h->version_minor == 1 && !nb_http_head_find(h, "host"))

@@ -15,18 +15,20 @@ int nb_iov_eq(nb_iov_t a, const char *s)
     return a.len == n && (n == 0 || memcmp(a.p, s, n) == 0);
 }
 
-int nb_iov_eq_nocase(nb_iov_t a, const char *s)
+int nb_iov_eq_nocase_n(nb_iov_t a, const char *s, size_t n)
 {
-    size_t n = strlen(s);
     if (a.len != n)
         return 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char x = a.p[i], y = (unsigned char)s[i];
-        if (x >= 'A' && x <= 'Z')
-            x = (unsigned char)(x + 32);
-        if (y >= 'A' && y <= 'Z')
-            y = (unsigned char)(y + 32);
-        if (x != y)
+        if (x == y)
+            continue;
+        /* Different bytes match only as the two cases of one letter:
+         * they differ in bit 0x20 alone and that bit set gives a-z. */
+        if ((x ^ y) != 0x20)
+            return 0;
+        x |= 0x20;
+        if (x < 'a' || x > 'z')
             return 0;
     }
     return 1;

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A borrowed view of wire data; never assumed NUL-terminated. */
 typedef struct {
@@ -24,7 +25,16 @@ static inline nb_iov_t nb_iov(const void *p, size_t len)
 
 /* Case-sensitive / ASCII case-insensitive comparison with a C string. */
 int nb_iov_eq(nb_iov_t a, const char *s);
-int nb_iov_eq_nocase(nb_iov_t a, const char *s);
+/* a equals the n bytes at s, ASCII case-insensitive. */
+int nb_iov_eq_nocase_n(nb_iov_t a, const char *s, size_t n);
+/* Inline so that the length of a literal is a constant and a name of
+ * another length costs one compare (header names are matched this way
+ * several times a request). */
+static inline int nb_iov_eq_nocase(nb_iov_t a, const char *s)
+{
+    size_t n = strlen(s);
+    return a.len == n && nb_iov_eq_nocase_n(a, s, n);
+}
 
 /* Every buffer is wiped: growing copies the bytes and wipes the old block
  * (never realloc), consume/truncate/reset wipe what they drop, free wipes

@@ -187,7 +187,9 @@ int nb_http_parser_new(nb_http_type_t type, const nb_http_limits_t *lim, const n
     if (cbs)
         p->cbs = *cbs;
     p->ud = ud;
-    if (!(p->hdrs = calloc(p->lim.max_headers, sizeof(*p->hdrs)))) {
+    if (!(p->hdrs = calloc(p->lim.max_headers, sizeof(*p->hdrs))) ||
+        !(p->kinds = calloc(p->lim.max_headers, 1))) {
+        free(p->hdrs);
         free(p);
         return -ENOMEM;
     }
@@ -211,6 +213,7 @@ void nb_http_parser_free(nb_http_parser_t *p)
         return;
     nb_buf_free(&p->head);
     free(p->hdrs);
+    free(p->kinds);
     free(p);
 }
 
@@ -376,8 +379,23 @@ int nb_http_parser_finish(nb_http_parser_t *p)
 
 /* --- helpers --- */
 
+const nb_http_header_t *nb_http_head_find_kind(const nb_http_head_t *h, nb_http_hdr_kind_t k)
+{
+    if (k == NB_HDR_OTHER || !h->kinds || !(h->kinds_seen & (1u << k)))
+        return NULL;
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (h->kinds[i] == k)
+            return &h->headers[i];
+    return NULL;
+}
+
 const nb_http_header_t *nb_http_head_find(const nb_http_head_t *h, const char *name)
 {
+    nb_iov_t n = nb_iov(name, strlen(name));
+    nb_http_hdr_kind_t k = h->kinds ? nb_http_hdr_kind(n) : NB_HDR_OTHER;
+
+    if (k != NB_HDR_OTHER)
+        return nb_http_head_find_kind(h, k);
     for (size_t i = 0; i < h->nheaders; i++)
         if (nb_iov_eq_nocase(h->headers[i].name, name))
             return &h->headers[i];

@@ -104,6 +104,36 @@ typedef struct {
     nb_iov_t value; /* leading/trailing whitespace removed */
 } nb_http_header_t;
 
+/* Header names the parser and the proxy act on. The parser classifies
+ * each name once (nb_http_head_t.kinds), so its users compare a small
+ * value instead of the name, case-insensitively, once per rule. */
+typedef enum {
+    NB_HDR_OTHER = 0,
+    NB_HDR_HOST,
+    NB_HDR_CONTENT_LENGTH,
+    NB_HDR_TRANSFER_ENCODING,
+    NB_HDR_EXPECT,
+    NB_HDR_CONNECTION,
+    NB_HDR_KEEP_ALIVE,
+    NB_HDR_PROXY_CONNECTION,
+    NB_HDR_PROXY_AUTHORIZATION,
+    NB_HDR_PROXY_AUTHENTICATE,
+    NB_HDR_TE,
+    NB_HDR_TRAILER,
+    NB_HDR_UPGRADE,
+    NB_HDR_AUTHORIZATION,
+    NB_HDR_ACCEPT_ENCODING,
+    NB_HDR_CONTENT_ENCODING,
+    NB_HDR_CONTENT_TYPE,
+    NB_HDR_USER_AGENT,
+    NB_HDR_SEC_WEBSOCKET_EXTENSIONS,
+    NB_HDR_KIND_COUNT_
+} nb_http_hdr_kind_t;
+
+/* The kind of header name `name` (ASCII case-insensitive); NB_HDR_OTHER
+ * for every name not listed above. */
+nb_http_hdr_kind_t nb_http_hdr_kind(nb_iov_t name);
+
 /* A validated message head. All slices borrow from the parser and stay
  * valid until the next nb_http_parser_feed() after this message completed
  * (or until the parser is freed). */
@@ -115,6 +145,8 @@ typedef struct {
     nb_iov_t reason;   /* responses */
     int version_minor; /* HTTP/1.<minor>, 0 or 1 */
     const nb_http_header_t *headers;
+    const uint8_t *kinds; /* nb_http_hdr_kind_t of headers[i] */
+    uint32_t kinds_seen;  /* bit (1u << kind) set for each kind present */
     size_t nheaders;
     int64_t content_length; /* -1 when absent */
     int chunked;            /* Transfer-Encoding: chunked */
@@ -185,6 +217,8 @@ nb_http_err_t nb_http_parser_error(const nb_http_parser_t *p);
 
 /* First header named `name` (ASCII case-insensitive), or NULL. */
 const nb_http_header_t *nb_http_head_find(const nb_http_head_t *h, const char *name);
+/* First header of kind `k` (not NB_HDR_OTHER), or NULL. */
+const nb_http_header_t *nb_http_head_find_kind(const nb_http_head_t *h, nb_http_hdr_kind_t k);
 
 /* 1 when the comma-separated list `v` contains token `tok`
  * (case-insensitive), e.g. Connection: keep-alive, Upgrade. */

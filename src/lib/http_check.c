@@ -29,12 +29,13 @@ int nb_http_fail(nb_http_parser_t *p, nb_http_err_t e)
     }
 }
 
-/* RFC 9110 tchar. */
+/* RFC 9110 tchar: ALPHA, DIGIT and !#$%&'*+-.^_`|~, one bit per ASCII
+ * byte (a bitmap, not strchr: this runs for every byte of every header
+ * name). */
 static int is_tchar(uint8_t c)
 {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return 1;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    static const uint32_t bits[4] = {0x0, 0x3ff6cfa, 0xc7fffffe, 0x57ffffff};
+    return c < 128 && (bits[c >> 5] >> (c & 31)) & 1;
 }
 
 /* field-vchar / SP / HTAB / obs-text; everything else (CTLs, DEL) is refused. */
@@ -56,6 +57,73 @@ static int hex_val(uint8_t c)
 }
 
 /* --- head --- */
+
+nb_http_hdr_kind_t nb_http_hdr_kind(nb_iov_t name)
+{
+    /* By length, then one case-insensitive compare (where names share a
+     * length, their first letters tell them apart). */
+    nb_http_hdr_kind_t k;
+    const char *s;
+    uint8_t c0 = name.len ? (uint8_t)(name.p[0] | 0x20) : 0;
+    switch (name.len) {
+    case 2:
+        k = NB_HDR_TE, s = "te";
+        break;
+    case 4:
+        k = NB_HDR_HOST, s = "host";
+        break;
+    case 6:
+        k = NB_HDR_EXPECT, s = "expect";
+        break;
+    case 7:
+        if (c0 == 't')
+            k = NB_HDR_TRAILER, s = "trailer";
+        else
+            k = NB_HDR_UPGRADE, s = "upgrade";
+        break;
+    case 10:
+        if (c0 == 'c')
+            k = NB_HDR_CONNECTION, s = "connection";
+        else if (c0 == 'k')
+            k = NB_HDR_KEEP_ALIVE, s = "keep-alive";
+        else
+            k = NB_HDR_USER_AGENT, s = "user-agent";
+        break;
+    case 12:
+        k = NB_HDR_CONTENT_TYPE, s = "content-type";
+        break;
+    case 13:
+        k = NB_HDR_AUTHORIZATION, s = "authorization";
+        break;
+    case 14:
+        k = NB_HDR_CONTENT_LENGTH, s = "content-length";
+        break;
+    case 15:
+        k = NB_HDR_ACCEPT_ENCODING, s = "accept-encoding";
+        break;
+    case 16:
+        if (c0 == 'p')
+            k = NB_HDR_PROXY_CONNECTION, s = "proxy-connection";
+        else
+            k = NB_HDR_CONTENT_ENCODING, s = "content-encoding";
+        break;
+    case 17:
+        k = NB_HDR_TRANSFER_ENCODING, s = "transfer-encoding";
+        break;
+    case 18:
+        k = NB_HDR_PROXY_AUTHENTICATE, s = "proxy-authenticate";
+        break;
+    case 19:
+        k = NB_HDR_PROXY_AUTHORIZATION, s = "proxy-authorization";
+        break;
+    case 24:
+        k = NB_HDR_SEC_WEBSOCKET_EXTENSIONS, s = "sec-websocket-extensions";
+        break;
+    default:
+        return NB_HDR_OTHER;
+    }
+    return nb_iov_eq_nocase(name, s) ? k : NB_HDR_OTHER;
+}
 
 /* Scans head bytes for the terminating empty line, refusing bare CR/LF and
  * enforcing the start-line and header-block caps as bytes arrive (a peer
@@ -92,6 +160,26 @@ int nb_http_scan_head(nb_http_parser_t *p, const uint8_t *d, size_t len, size_t 
     vlen = p->head.len;
     for (; i < len; i++) {
         uint8_t c = d[i], prev = p->prev;
+        if (prev != '\r' && c != '\r' && c != '\n') {
+            /* A run of other bytes up to the next CR or LF: none of them
+             * can break a CR/LF rule, and the caps grow with each byte,
+             * so checking them after the run's last byte finds exactly
+             * what checking each byte would (and nothing is kept on
+             * failure either way). */
+            size_t j = i + 1;
+            while (j < len && d[j] != '\r' && d[j] != '\n')
+                j++;
+            vlen += j - i;
+            if (!p->start_line_end) {
+                if (vlen > p->lim.max_start_line + 1)
+                    return nb_http_fail(p, NB_HTTP_ERR_START_LINE_TOO_BIG);
+            } else if (vlen - p->start_line_end > p->lim.max_header_bytes + 1) {
+                return nb_http_fail(p, NB_HTTP_ERR_HEADERS_TOO_BIG);
+            }
+            p->prev = d[j - 1];
+            i = j - 1;
+            continue;
+        }
         if (prev == '\r' && c != '\n')
             return nb_http_fail(p, NB_HTTP_ERR_BARE_CR);
         if (c == '\n' && prev != '\r')
@@ -231,6 +319,7 @@ static int header_line(nb_http_parser_t *p, const uint8_t *s, size_t n, int *hos
     nb_http_head_t *h = &p->h;
     size_t i = 0, vs, ve;
     nb_iov_t name, value;
+    nb_http_hdr_kind_t kind;
 
     if (s[0] == ' ' || s[0] == '\t')
         return nb_http_fail(p, NB_HTTP_ERR_OBS_FOLD);
@@ -263,16 +352,21 @@ static int header_line(nb_http_parser_t *p, const uint8_t *s, size_t n, int *hos
     value = nb_iov(s + vs, ve - vs);
     if (h->nheaders >= p->lim.max_headers)
         return nb_http_fail(p, NB_HTTP_ERR_TOO_MANY_HEADERS);
+    kind = nb_http_hdr_kind(name);
     p->hdrs[h->nheaders].name = name;
     p->hdrs[h->nheaders].value = value;
+    p->kinds[h->nheaders] = (uint8_t)kind;
+    h->kinds_seen |= 1u << kind;
     h->nheaders++;
 
-    if (nb_iov_eq_nocase(name, "host")) {
+    switch (kind) {
+    case NB_HDR_HOST:
         if (++*hosts > 1)
             return nb_http_fail(p, NB_HTTP_ERR_DUP_HOST);
         if (!valid_host(value))
             return nb_http_fail(p, NB_HTTP_ERR_HOST);
-    } else if (nb_iov_eq_nocase(name, "content-length")) {
+        break;
+    case NB_HDR_CONTENT_LENGTH: {
         int64_t cl;
         if (parse_cl(value, &cl) < 0) {
             /* "5, 5" style lists are refused even when the values agree. */
@@ -282,7 +376,9 @@ static int header_line(nb_http_parser_t *p, const uint8_t *s, size_t n, int *hos
             return nb_http_fail(p, cl == h->content_length ? NB_HTTP_ERR_CL_DUP
                                                            : NB_HTTP_ERR_CL_CONFLICT);
         h->content_length = cl;
-    } else if (nb_iov_eq_nocase(name, "transfer-encoding")) {
+        break;
+    }
+    case NB_HDR_TRANSFER_ENCODING:
         if (++*tes > 1)
             return nb_http_fail(p, NB_HTTP_ERR_TE_DUP);
         /* Only the bare "chunked" coding: anything else (gzip, chunked;
@@ -291,10 +387,16 @@ static int header_line(nb_http_parser_t *p, const uint8_t *s, size_t n, int *hos
         if (!nb_iov_eq_nocase(value, "chunked"))
             return nb_http_fail(p, NB_HTTP_ERR_TE);
         h->chunked = 1;
-    } else if (p->type == NB_HTTP_REQUEST && nb_iov_eq_nocase(name, "expect")) {
+        break;
+    case NB_HDR_EXPECT:
+        if (p->type != NB_HTTP_REQUEST)
+            break;
         h->has_expect = 1;
         if (nb_iov_eq_nocase(value, "100-continue"))
             h->expect_continue = 1;
+        break;
+    default:
+        break;
     }
     return 0;
 }
@@ -306,9 +408,12 @@ int nb_http_validate_head(nb_http_parser_t *p)
     size_t pos, end = p->head.len - 2; /* drop the final CRLF */
     int hosts = 0, tes = 0, r;
 
+    _Static_assert(NB_HDR_KIND_COUNT_ <= 32, "kinds_seen holds one bit per kind");
     h->type = p->type;
     h->content_length = -1;
     h->headers = p->hdrs;
+    h->kinds = p->kinds;
+    h->kinds_seen = 0;
     if ((r = validate_start_line(p, b, p->start_line_end - 2)) < 0)
         return r;
     for (pos = p->start_line_end; pos < end;) {

@@ -66,6 +66,7 @@ struct nb_http_parser {
 
     nb_http_head_t h;
     nb_http_header_t *hdrs; /* max_headers entries */
+    uint8_t *kinds;         /* max_headers entries: nb_http_hdr_kind(hdrs[i].name) */
     uint64_t body_bytes;
 
     /* responses: what the request was */

@@ -146,11 +146,17 @@ static int iov_eq_str(nb_iov_t a, const char *s)
     return a.len == n && memcmp(a.p, s, n) == 0;
 }
 
+static uint8_t lower(uint8_t c)
+{
+    return c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
+}
+
 static int has_ci(nb_iov_t s, const char *needle)
 {
     size_t n = strlen(needle);
+    uint8_t c0 = lower((uint8_t)needle[0]); /* a cheap look before the compare */
     for (size_t i = 0; i + n <= s.len; i++)
-        if (nb_iov_eq_nocase(nb_iov(s.p + i, n), needle))
+        if (lower(s.p[i]) == c0 && nb_iov_eq_nocase(nb_iov(s.p + i, n), needle))
             return 1;
     return 0;
 }
@@ -619,13 +625,12 @@ int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
     ictx_t *c = &cs;
     nb_inject_out_wipe(out);
     out->ninjected = out->nleaks = 0;
-    char ver[16];
     int r;
     if ((r = parse_target(c)) < 0)
         goto out;
-    snprintf(ver, sizeof(ver), " HTTP/1.%d\r\n", req->version_minor ? 1 : 0);
+    const char *ver = req->version_minor ? " HTTP/1.1\r\n" : " HTTP/1.0\r\n";
     if ((r = put(c, req->method.p, req->method.len)) < 0 || (r = put(c, " ", 1)) < 0 ||
-        (r = do_target(c)) < 0 || (r = put(c, ver, strlen(ver))) < 0)
+        (r = do_target(c)) < 0 || (r = put(c, ver, 11)) < 0)
         goto out;
     scan(c, req->target, "target", nb_iov(NULL, 0), 1);
     for (size_t i = 0; i < req->nheaders; i++)

@@ -27,27 +27,38 @@ static int tunnel_undeny(cconn_t *c);
 
 /* ---- helpers ---- */
 
-static const char *const hop_headers[] = {
-    "connection", "keep-alive", "proxy-connection",  "proxy-authorization", "proxy-authenticate",
-    "te",         "trailer",    "transfer-encoding", "content-length",      "upgrade",
-    NULL,
-};
-
-/* 1 when header `name` must not be forwarded: hop-by-hop (RFC 9110 7.6.1)
- * or named in one of the message's Connection headers. */
-static int is_hop(nb_iov_t name, const nb_http_head_t *h)
+/* 1 when header i of h must not be forwarded: hop-by-hop (RFC 9110
+ * 7.6.1) or named in one of the message's Connection headers. Uses the
+ * kinds the parser gave each name: this runs for every header of every
+ * request and response. */
+static int is_hop(const nb_http_head_t *h, size_t i)
 {
-    /* The proxy owns Host: a client naming it in Connection must not make
-     * the upstream request lose the name that was checked (A1). */
-    if (nb_iov_eq_nocase(name, "host"))
+    switch ((nb_http_hdr_kind_t)h->kinds[i]) {
+    case NB_HDR_HOST:
+        /* The proxy owns Host: a client naming it in Connection must not
+         * make the upstream request lose the name that was checked (A1). */
         return 0;
-    for (size_t i = 0; hop_headers[i]; i++)
-        if (nb_iov_eq_nocase(name, hop_headers[i]))
-            return 1;
-    for (size_t i = 0; i < h->nheaders; i++) {
-        if (!nb_iov_eq_nocase(h->headers[i].name, "connection"))
+    case NB_HDR_CONNECTION:
+    case NB_HDR_KEEP_ALIVE:
+    case NB_HDR_PROXY_CONNECTION:
+    case NB_HDR_PROXY_AUTHORIZATION:
+    case NB_HDR_PROXY_AUTHENTICATE:
+    case NB_HDR_TE:
+    case NB_HDR_TRAILER:
+    case NB_HDR_TRANSFER_ENCODING:
+    case NB_HDR_CONTENT_LENGTH:
+    case NB_HDR_UPGRADE:
+        return 1;
+    default:
+        break;
+    }
+    if (!(h->kinds_seen & (1u << NB_HDR_CONNECTION)))
+        return 0;
+    nb_iov_t name = h->headers[i].name;
+    for (size_t j = 0; j < h->nheaders; j++) {
+        if (h->kinds[j] != NB_HDR_CONNECTION)
             continue;
-        nb_iov_t v = h->headers[i].value;
+        nb_iov_t v = h->headers[j].value;
         size_t s = 0;
         while (s < v.len) {
             while (s < v.len && (v.p[s] == ',' || v.p[s] == ' ' || v.p[s] == '\t'))
@@ -341,15 +352,16 @@ static int send_head(cconn_t *c, upconn_t *u)
     size_t n = 0;
     for (size_t i = 0; i < h->nheaders && n < PX_MAX_HEADERS; i++) {
         nb_iov_t name = h->headers[i].name;
-        if (is_hop(name, h))
+        nb_http_hdr_kind_t kind = h->kinds[i];
+        if (is_hop(h, i))
             continue;
-        if (identity && nb_iov_eq_nocase(name, "accept-encoding"))
+        if (identity && kind == NB_HDR_ACCEPT_ENCODING)
             continue;
-        if (nb_px_usage_skip_header(c, name))
+        if (nb_px_usage_skip_header(c, kind))
             continue;
         /* No WebSocket extension on a scanned host: permessage-deflate
          * would hide echoed values from the frame scanner (A5). */
-        if (identity && nb_iov_eq_nocase(name, "sec-websocket-extensions"))
+        if (identity && kind == NB_HDR_SEC_WEBSOCKET_EXTENSIONS)
             continue;
         hv[n].name = name;
         hv[n].value = h->headers[i].value;
@@ -372,7 +384,7 @@ static int send_head(cconn_t *c, upconn_t *u)
     }
     nb_px_usage_upstream_headers(c, hv, &n, identity);
     if (x->upgrade) {
-        const nb_http_header_t *uh = nb_http_head_find(h, "upgrade");
+        const nb_http_header_t *uh = nb_http_head_find_kind(h, NB_HDR_UPGRADE);
         hv[n].name = NB_IOV_STR("Connection");
         hv[n++].value = NB_IOV_STR("Upgrade");
         hv[n].name = NB_IOV_STR("Upgrade");
@@ -784,7 +796,7 @@ static const char *coding_name(const nb_http_head_t *h)
     size_t n = 0;
     const nb_http_header_t *ce = NULL;
     for (size_t i = 0; i < h->nheaders; i++)
-        if (nb_iov_eq_nocase(h->headers[i].name, "content-encoding")) {
+        if (h->kinds[i] == NB_HDR_CONTENT_ENCODING) {
             ce = &h->headers[i];
             n++;
         }
@@ -794,6 +806,37 @@ static const char *coding_name(const nb_http_head_t *h)
         if (nb_iov_eq_nocase(ce->value, known[i]))
             return known[i];
     return "of an unknown coding";
+}
+
+/* Head building appends known pieces: no printf (it formatted twice per
+ * call, sizing then writing) and one reservation per header line. */
+static int append_dec(nb_buf_t *b, uint64_t v)
+{
+    char d[20];
+    size_t n = 0;
+    do
+        d[sizeof d - ++n] = (char)('0' + v % 10);
+    while ((v /= 10) && n < sizeof d);
+    return nb_buf_append(b, d + sizeof d - n, n);
+}
+
+static int append_field(nb_buf_t *b, nb_iov_t name, nb_iov_t value)
+{
+    int r = nb_buf_reserve(b, name.len + value.len + 4);
+    if (r < 0)
+        return r;
+    uint8_t *o = b->p + b->len;
+    memcpy(o, name.p, name.len);
+    o += name.len;
+    *o++ = ':';
+    *o++ = ' ';
+    if (value.len)
+        memcpy(o, value.p, value.len);
+    o += value.len;
+    *o++ = '\r';
+    *o++ = '\n';
+    b->len += name.len + value.len + 4;
+    return 0;
 }
 
 static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
@@ -824,7 +867,7 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
         /* The upstream may ignore "Accept-Encoding: identity": decode
          * what we can for the redactor, refuse what we cannot (A5). */
         for (size_t i = 0; i < h->nheaders; i++) {
-            if (!nb_iov_eq_nocase(h->headers[i].name, "content-encoding"))
+            if (h->kinds[i] != NB_HDR_CONTENT_ENCODING)
                 continue;
             nb_decode_kind_t k =
                 nb_decode_kind((const char *)h->headers[i].value.p, h->headers[i].value.len);
@@ -845,7 +888,11 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
     }
     nb_buf_t *b = &c->scratch;
     nb_buf_reset(b);
-    int r = nb_buf_printf(b, "HTTP/1.1 %d ", h->status);
+    int r = nb_buf_append(b, "HTTP/1.1 ", 9);
+    if (r == 0)
+        r = append_dec(b, (uint64_t)h->status); /* 3 digits: checked by the parser */
+    if (r == 0)
+        r = nb_buf_append(b, " ", 1);
     if (r == 0 && h->reason.len)
         r = nb_buf_append(b, h->reason.p, h->reason.len);
     else if (r == 0)
@@ -854,20 +901,18 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
         r = nb_buf_append(b, "\r\n", 2);
     for (size_t i = 0; r == 0 && i < h->nheaders; i++) {
         nb_iov_t name = h->headers[i].name, value = h->headers[i].value;
-        int keep_cl = bodyless && h->status != 101 && nb_iov_eq_nocase(name, "content-length");
-        if (!keep_cl && is_hop(name, h))
+        nb_http_hdr_kind_t kind = h->kinds[i];
+        int keep_cl = bodyless && h->status != 101 && kind == NB_HDR_CONTENT_LENGTH;
+        if (!keep_cl && is_hop(h, i))
             continue;
-        if (x->dec && nb_iov_eq_nocase(name, "content-encoding"))
+        if (x->dec && kind == NB_HDR_CONTENT_ENCODING)
             continue; /* forwarded decoded */
-        if (h->status == 101 && x->resp_redact &&
-            nb_iov_eq_nocase(name, "sec-websocket-extensions"))
+        if (h->status == 101 && x->resp_redact && kind == NB_HDR_SEC_WEBSOCKET_EXTENSIONS)
             continue; /* never offered (A5): the scanner refuses compressed frames */
-        if ((r = nb_buf_append(b, name.p, name.len)) == 0 && (r = nb_buf_append(b, ": ", 2)) == 0 &&
-            (r = nb_buf_append(b, value.p, value.len)) == 0)
-            r = nb_buf_append(b, "\r\n", 2);
+        r = append_field(b, name, value);
     }
     if (r == 0 && h->status == 101) {
-        const nb_http_header_t *uh = nb_http_head_find(h, "upgrade");
+        const nb_http_header_t *uh = nb_http_head_find_kind(h, NB_HDR_UPGRADE);
         r = nb_buf_append_str(b, "Connection: Upgrade\r\nUpgrade: ");
         if (r == 0 && uh)
             r = nb_buf_append(b, uh->value.p, uh->value.len);
@@ -875,7 +920,11 @@ static int resp_on_head(upconn_t *u, const nb_http_head_t *h)
             r = nb_buf_append(b, "\r\n", 2);
     } else if (r == 0 && !bodyless) {
         if (!x->resp_redact && !x->oauth && !nb_px_usage_rewrites(c) && h->content_length >= 0) {
-            r = nb_buf_printf(b, "Content-Length: %lld\r\n", (long long)h->content_length);
+            r = nb_buf_append_str(b, "Content-Length: ");
+            if (r == 0)
+                r = append_dec(b, (uint64_t)h->content_length); /* >= 0 here */
+            if (r == 0)
+                r = nb_buf_append(b, "\r\n", 2);
         } else if (x->head.version_minor >= 1) {
             x->resp_out_chunked = 1;
             r = nb_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
@@ -1216,7 +1265,7 @@ static int auth_check(const cconn_t *c, const nb_http_head_t *h)
 {
     const nb_http_header_t *found = NULL;
     for (size_t i = 0; i < h->nheaders; i++) {
-        if (!nb_iov_eq_nocase(h->headers[i].name, "proxy-authorization"))
+        if (h->kinds[i] != NB_HDR_PROXY_AUTHORIZATION)
             continue;
         if (found)
             return 2; /* two credentials: which one would count? neither */

@@ -358,7 +358,7 @@ typedef int (*nb_px_usage_fwd_fn)(cconn_t *c, const uint8_t *p, size_t len);
 void nb_px_usage_head(cconn_t *c);      /* request head accepted: an LLM endpoint? */
 int nb_px_usage_hold(const cconn_t *c); /* 1: wait for the whole body before starting */
 int nb_px_usage_prepare(cconn_t *c);    /* send_head, before the head is built */
-int nb_px_usage_skip_header(const cconn_t *c, nb_iov_t name);
+int nb_px_usage_skip_header(const cconn_t *c, nb_http_hdr_kind_t kind);
 void nb_px_usage_upstream_headers(const cconn_t *c, nb_inject_header_t *hv, size_t *n,
                                   int identity);
 int nb_px_usage_reserve(cconn_t *c); /* after injection: -1 when refused (replied) */

@@ -252,9 +252,9 @@ void nb_px_usage_upstream_headers(const cconn_t *c, nb_inject_header_t *hv, size
     }
 }
 
-int nb_px_usage_skip_header(const cconn_t *c, nb_iov_t name)
+int nb_px_usage_skip_header(const cconn_t *c, nb_http_hdr_kind_t kind)
 {
-    return c->x.us && nb_iov_eq_nocase(name, "accept-encoding");
+    return c->x.us && kind == NB_HDR_ACCEPT_ENCODING;
 }
 
 static nb_iov_t header(const nb_http_head_t *h, const char *name)

@@ -77,6 +77,19 @@ static void test_iov(void)
     NB_CHECK(!nb_iov_eq(NB_IOV_STR("abc"), "abcd"));
     NB_CHECK(nb_iov_eq_nocase(NB_IOV_STR("Content-LENGTH"), "content-length"));
     NB_CHECK(!nb_iov_eq_nocase(NB_IOV_STR("Host"), "hosts"));
+    /* Every byte pair: equal exactly when equal after folding A-Z, so
+     * bytes one bit 0x20 apart that are not letters ('[' and '{', '@'
+     * and '`', CR and '-') never match. */
+    for (unsigned x = 1; x < 256; x++) {
+        for (unsigned y = 1; y < 256; y++) {
+            unsigned lx = x >= 'A' && x <= 'Z' ? x + 32 : x, ly = y >= 'A' && y <= 'Z' ? y + 32 : y;
+            char a[3] = {'k', (char)x, 0}, b[3] = {'K', (char)y, 0};
+            if (nb_iov_eq_nocase(nb_iov(a, 2), b) != (lx == ly)) {
+                NB_CHECK(!"nb_iov_eq_nocase disagrees with folding");
+                return;
+            }
+        }
+    }
 }
 
 static void test_log_escape(void)

@@ -25,6 +25,13 @@ static int rec_head(void *ud, const nb_http_head_t *h)
                       (const char *)h->reason.p, h->version_minor);
     nb_buf_printf(&r->t, " n=%zu cl=%lld ch=%d ka=%d up=%d", h->nheaders,
                   (long long)h->content_length, h->chunked, h->keep_alive, h->upgrade);
+    /* Every head carries each name's kind, and kinds_seen exactly those. */
+    uint32_t seen = 0;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        NB_CHECK_EQ_INT(h->kinds[i], nb_http_hdr_kind(h->headers[i].name));
+        seen |= 1u << h->kinds[i];
+    }
+    NB_CHECK_EQ_INT(h->kinds_seen, seen);
     for (size_t i = 0; i < h->nheaders; i++)
         nb_buf_printf(&r->t, " [%.*s=%.*s]", (int)h->headers[i].name.len,
                       (const char *)h->headers[i].name.p, (int)h->headers[i].value.len,
@@ -524,6 +531,96 @@ static void test_api(void)
     NB_CHECK_STR(nb_http_status_text(431), "Request Header Fields Too Large");
 }
 
+/* Header-name kinds: every listed name in any case, nothing else, not
+ * even a name of the same length one letter off. */
+static void test_kinds(void)
+{
+    static const struct {
+        const char *name;
+        nb_http_hdr_kind_t kind;
+    } names[] = {
+        {"host", NB_HDR_HOST},
+        {"content-length", NB_HDR_CONTENT_LENGTH},
+        {"transfer-encoding", NB_HDR_TRANSFER_ENCODING},
+        {"expect", NB_HDR_EXPECT},
+        {"connection", NB_HDR_CONNECTION},
+        {"keep-alive", NB_HDR_KEEP_ALIVE},
+        {"proxy-connection", NB_HDR_PROXY_CONNECTION},
+        {"proxy-authorization", NB_HDR_PROXY_AUTHORIZATION},
+        {"proxy-authenticate", NB_HDR_PROXY_AUTHENTICATE},
+        {"te", NB_HDR_TE},
+        {"trailer", NB_HDR_TRAILER},
+        {"upgrade", NB_HDR_UPGRADE},
+        {"authorization", NB_HDR_AUTHORIZATION},
+        {"accept-encoding", NB_HDR_ACCEPT_ENCODING},
+        {"content-encoding", NB_HDR_CONTENT_ENCODING},
+        {"content-type", NB_HDR_CONTENT_TYPE},
+        {"user-agent", NB_HDR_USER_AGENT},
+        {"sec-websocket-extensions", NB_HDR_SEC_WEBSOCKET_EXTENSIONS},
+    };
+    NB_CHECK_EQ_INT(sizeof(names) / sizeof(names[0]), NB_HDR_KIND_COUNT_ - 1);
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        char buf[32];
+        size_t n = strlen(names[i].name);
+        memcpy(buf, names[i].name, n);
+        NB_CHECK_EQ_INT(nb_http_hdr_kind(nb_iov(buf, n)), names[i].kind);
+        for (size_t k = 0; k < n; k++)
+            if (buf[k] >= 'a' && buf[k] <= 'z')
+                buf[k] = (char)(buf[k] - 32);
+        NB_CHECK_EQ_INT(nb_http_hdr_kind(nb_iov(buf, n)), names[i].kind);
+        /* one byte changed (first, middle, last): another name */
+        for (size_t k = 0; k < n; k += n / 2 ? n / 2 : 1) {
+            memcpy(buf, names[i].name, n);
+            buf[k] = buf[k] == 'x' ? 'y' : 'x';
+            NB_CHECK_EQ_INT(nb_http_hdr_kind(nb_iov(buf, n)), NB_HDR_OTHER);
+        }
+        memcpy(buf, names[i].name, n);
+        buf[n - 1] = '\0'; /* no NUL tricks: compared by length */
+        NB_CHECK_EQ_INT(nb_http_hdr_kind(nb_iov(buf, n)), NB_HDR_OTHER);
+        NB_CHECK_EQ_INT(nb_http_hdr_kind(nb_iov(names[i].name, n - 1)), NB_HDR_OTHER);
+    }
+    NB_CHECK_EQ_INT(nb_http_hdr_kind(nb_iov("", 0)), NB_HDR_OTHER);
+    NB_CHECK_EQ_INT(nb_http_hdr_kind(NB_IOV_STR("x-forwarded")), NB_HDR_OTHER);
+    NB_CHECK_EQ_INT(nb_http_hdr_kind(NB_IOV_STR("Hos\xf4")), NB_HDR_OTHER);
+    /* same length as a listed name, first letter of another */
+    NB_CHECK_EQ_INT(nb_http_hdr_kind(NB_IOV_STR("konnection")), NB_HDR_OTHER);
+    NB_CHECK_EQ_INT(nb_http_hdr_kind(NB_IOV_STR("pontent-encoding")), NB_HDR_OTHER);
+    NB_CHECK_EQ_INT(nb_http_hdr_kind(NB_IOV_STR("tpgrade")), NB_HDR_OTHER);
+
+    /* nb_http_head_find by a listed name and by another: same answers */
+    EXPECT_REQ("GET / HTTP/1.1\r\nHOST: x\r\nX-One: 1\r\nupgrade: a\r\nUpgrade: b\r\n\r\n",
+               "H:GET / 1.1 n=4 cl=-1 ch=0 ka=1 up=0 [HOST=x] [X-One=1] [upgrade=a] [Upgrade=b];"
+               "B:;D;");
+}
+
+static int find_head(void *ud, const nb_http_head_t *h)
+{
+    int *ok = ud;
+    const nb_http_header_t *up = nb_http_head_find(h, "Upgrade");
+    *ok = up && up == nb_http_head_find_kind(h, NB_HDR_UPGRADE) && up->value.len == 1 &&
+          up->value.p[0] == 'a' && nb_http_head_find(h, "x-one") == &h->headers[1] &&
+          !nb_http_head_find(h, "x-two") && !nb_http_head_find(h, "content-length") &&
+          !nb_http_head_find_kind(h, NB_HDR_CONTENT_LENGTH) &&
+          !nb_http_head_find_kind(h, NB_HDR_OTHER) &&
+          h->kinds_seen == ((1u << NB_HDR_HOST) | (1u << NB_HDR_OTHER) | (1u << NB_HDR_UPGRADE));
+    return 0;
+}
+
+static void test_find(void)
+{
+    static const char in[] =
+        "GET / HTTP/1.1\r\nHOST: x\r\nX-One: 1\r\nupgrade: a\r\nUpgrade: b\r\n\r\n";
+    nb_http_cbs_t cbs = {.on_head = find_head};
+    nb_http_parser_t *p;
+    int ok = -1;
+    size_t used;
+    NB_CHECK_EQ_INT(nb_http_parser_new(NB_HTTP_REQUEST, NULL, &cbs, &ok, &p), 0);
+    NB_CHECK_EQ_INT(nb_http_parser_feed(p, (const uint8_t *)in, sizeof(in) - 1, &used),
+                    NB_HTTP_DONE);
+    NB_CHECK_EQ_INT(ok, 1);
+    nb_http_parser_free(p);
+}
+
 int main(void)
 {
     NB_RUN(test_good_requests);
@@ -532,5 +629,7 @@ int main(void)
     NB_RUN(test_caps);
     NB_RUN(test_responses);
     NB_RUN(test_api);
+    NB_RUN(test_kinds);
+    NB_RUN(test_find);
     NB_TEST_MAIN_END();
 }
