@@ -26,6 +26,7 @@ folder with the server's package.json and package-lock.json)."""
 import http.client
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -206,6 +207,7 @@ class McpDebian(VmSuite):
                              env=dict(self.d.env, **CLIENT_ENV), stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
         try:
+            self.assertTrue(select.select([p.stdout], [], [], WAIT)[0], "the client never paused")
             self.assertEqual(json.loads(p.stdout.readline()), {"paused": True})
             pids = sorted(set(self.server_pids()) - before)
             self.assertEqual(len(pids), 1, pids)
@@ -214,6 +216,10 @@ class McpDebian(VmSuite):
                      "the bridge noting the server's death")
             p.stdin.write("go\n")
             p.stdin.flush()
+            # Bounded: a client stuck after the restart must fail the case, not hang it.
+            ready = select.select([p.stdout], [], [], WAIT)[0]
+            self.assertTrue(ready, "no answer from the client %d s after the restart; log: %s" %
+                            (WAIT, self.log()[-2000:]))
             out = json.loads(p.stdout.readline())
             p.wait(WAIT)
         finally:
