@@ -110,6 +110,22 @@ static void stream_end(hstream_t *st, const json_t *final)
     free(st);
 }
 
+/* The client cancelled a request: the server will not answer it (the
+ * session drops an answer that comes anyway), so its stream ends here
+ * rather than stay open, with its connection, until the session ends. */
+static void stream_cancelled(mcp_hsess_t *h, const json_t *id)
+{
+    char key[160] = "";
+    nb_jsonrpc_id_key(id, key, sizeof key);
+    for (hstream_t *st = h->streams; st && key[0]; st = st->next)
+        if (!strcmp(st->key, key)) {
+            json_t *e = nb_jsonrpc_error(id, NB_JSONRPC_CANCELLED, "cancelled by the client");
+            stream_end(st, e); /* SSE: closes (no answer); JSON mode: this error */
+            json_decref(e);
+            return;
+        }
+}
+
 /* ------------------------------------------------------------ sessions */
 
 static void on_sess_msg(void *ud, const json_t *msg)
@@ -269,6 +285,8 @@ static void on_post(mcp_server_t *srv, nb_httpd_req_t *req)
     nb_httpd_add_header(req, "Mcp-Session-Id", h->id);
     if (msg.kind != NB_JSONRPC_REQUEST) {
         nb_httpd_respond(req, 202, NULL, "", 0);
+        if (msg.kind == NB_JSONRPC_NOTIFICATION && !strcmp(msg.method, "notifications/cancelled"))
+            stream_cancelled(h, json_object_get(json_object_get(msg.msg, "params"), "requestId"));
         nb_mcp_sess_submit(h->s, &msg);
         return;
     }

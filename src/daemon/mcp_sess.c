@@ -310,6 +310,14 @@ static void on_server_msg(nb_mcp_sess_t *s, nb_jsonrpc_msg_t *msg, size_t bytes)
         return;
     }
     pend_t *p = key[0] ? pend_take(s, key) : NULL;
+    if (key[0] && !p) {
+        /* Every client request is pending until answered, so this answers
+         * none in flight: most likely one the client cancelled, which a
+         * server may still answer in a race (MCP: the client SHOULD ignore
+         * it; an SDK client reports an error). It stops here. */
+        log_note(s, "an answer to a request not in flight (cancelled?) dropped");
+        return;
+    }
     if (p && p->type == P_LIST)
         filter_tools(s, msg->msg);
     if (p && p->type == P_CALL) {
@@ -734,6 +742,13 @@ void nb_mcp_sess_submit(nb_mcp_sess_t *s, nb_jsonrpc_msg_t *msg)
                     free(a);
                     goto out;
                 }
+            /* One the server has: it goes on to the server, which SHOULD
+             * not answer it (MCP), so its audit row closes now and its slot
+             * is free; an answer that comes anyway is dropped. */
+            pend_t *p = key[0] ? pend_take(s, key) : NULL;
+            if (p && p->type == P_CALL)
+                audit_call(s, p->tool, p->decision, "cancelled", p->t0, p->req_bytes, 0, -1);
+            free(p);
         }
     }
     forward(s, msg->msg);

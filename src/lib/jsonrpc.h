@@ -24,6 +24,7 @@
 #define NB_JSONRPC_TOO_BIG (-32001)     /* frame over the size cap */
 #define NB_JSONRPC_DENIED (-32002)      /* a tool call refused by policy (deny, ask denied) */
 #define NB_JSONRPC_UNAVAILABLE (-32003) /* the server in the VM is gone / restarting */
+#define NB_JSONRPC_CANCELLED (-32800)   /* the client cancelled it (LSP's RequestCancelled) */
 
 #define NB_JSONRPC_FRAME_MAX (1u << 20) /* default cap on one message (1 MiB) */
 #define NB_JSONRPC_METHOD_MAX 128       /* longer method names are refused */

@@ -18,10 +18,12 @@ Env: NB_TEST_NILBOX, NB_TEST_NILBOXD, NILBOX_AGENT, NB_E2E_CACHE, NB_IMAGES_SRC.
 """
 import functools
 import glob
+import ipaddress
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -125,6 +127,45 @@ def teardown(*daemons):
             kill_qemu(vm)
         if own:
             shutil.rmtree(d.tmp, ignore_errors=True)
+
+
+def allow_host(d, host, port, vm):
+    """`rule add allow HOST:PORT`; and when HOST resolves to a non-global
+    address on this machine (some CI sandboxes map the package hosts to a
+    documentation address of their own proxy), also an explicit rule for that
+    address, as the gate's refusal says to do (internal addresses are refused
+    otherwise: DNS rebinding). Returns the rules' arguments."""
+    rules = [(host + ":%d" % port,)]
+    try:
+        addrs = {a[4][0] for a in socket.getaddrinfo(host, port, socket.AF_INET)}
+    except OSError:
+        addrs = set()
+    rules += [(a, "--port", str(port), "--vm", vm) for a in sorted(addrs)
+              if not ipaddress.ip_address(a).is_global]
+    for r in rules:
+        p = d.cli("rule", "add", "allow", *r)
+        if p.returncode != 0:
+            raise RuntimeError("rule add allow %s: %s" % (" ".join(r), p.stderr))
+    if len(rules) > 1:
+        sys.stderr.write("(%s resolves to %s here: allowed by address too)\n" %
+                         (host, ", ".join(r[0] for r in rules[1:])))
+    return rules
+
+
+def npm_project_to_guest(d, vm, src, name):
+    """Copies src/package.json and src/package-lock.json into ~/NAME of the
+    VM's default user (for `npm ci` there, which reaches the registry only
+    through the gate: the caller adds the rule); returns that folder."""
+    home = d.cli("exec", vm, "--", "sh", "-c", "echo $HOME", timeout=120).stdout.strip()
+    if not home.startswith("/"):
+        raise RuntimeError("no home folder in %s: %r" % (vm, home))
+    for f in ("package.json", "package-lock.json"):
+        with open(os.path.join(src, f)) as fh:
+            r = d.cli("exec", vm, "--", "sh", "-c", 'mkdir -p "$1" && cat > "$1/$2"', "sh",
+                      home + "/" + name, f, input=fh.read(), timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("cannot copy %s into %s: %s" % (f, vm, r.stderr))
+    return home + "/" + name
 
 
 class VmSuite(unittest.TestCase):

@@ -168,6 +168,11 @@ class McpE2E(VmSuite):
         tools = [(r["detail"]["tool"], r["detail"]["decision"]) for r in rows]
         self.assertIn(("echo", "allow"), tools)
         self.assertIn(("secret", "deny"), tools)
+        # The cancelled call's row closes with the cancellation, not when
+        # the session ends (the server never answers it).
+        slow = {r["detail"]["reason"]: r["detail"].get("error") for r in rows
+                if r["detail"]["tool"] == "slow"}
+        self.assertEqual(slow, {"cancelled": None, "policy": False})
         text = json.dumps(rows)
         self.assertNotIn("héllo", text, "arguments never reach the audit log")
         self.assertNotIn("may I", text)
@@ -180,6 +185,7 @@ class McpE2E(VmSuite):
     def test_03_http(self):
         info = self.get("m1", "demo")
         cancels = self.log_count("slow cancelled")
+        since = self.audit_rows()[-1]["seq"]
         out = self.node("http", "basic", "http://127.0.0.1:%d/mcp" % info["port"], info["token"])
         self.assertEqual(out["echo"], "héllo")
         self.assertEqual(out["progress"], [1, 2, 3])
@@ -189,6 +195,9 @@ class McpE2E(VmSuite):
         self.assertEqual(out["after"], "still here")
         wait_for(lambda: self.log_count("slow cancelled") > cancels, 20,
                  "the HTTP client's cancellation in the server's log")
+        slow = [r["detail"]["reason"] for r in self.audit_rows()
+                if r["seq"] > since and r["detail"]["tool"] == "slow"]
+        self.assertEqual(sorted(slow), ["cancelled", "policy"])
         pongs = self.log_count("got response srv-ping-1 (result)")
         self.check_notify(self.node("http", "notify", "http://127.0.0.1:%d/mcp" % info["port"],
                                     info["token"]))
