@@ -410,6 +410,57 @@ class McpE2E(VmSuite):
         self.assertIn("crashing on purpose", log)
         self.assertIn("initialized again", log)
 
+    def kill_between_calls(self, *args):
+        """The server dies while no call is in flight (killed from outside, between two calls of
+        one session): the next call starts it again, replays initialize, and the session goes
+        on (found with the real server-everything in e2e_mcp_debian)."""
+        def pids():
+            # The tiny image's busybox has no pgrep: read /proc.
+            r = subprocess.run([NILBOX, "exec", "m1", "--", "sh", "-c",
+                                "for f in /proc/[0-9]*/cmdline; do "
+                                "[ \"$(tr -d '\\000' 2>/dev/null < $f)\" = /tmp/mcpsrv ] && "
+                                "{ f=${f%/cmdline}; echo ${f#/proc/}; }; done; true"],
+                               env=self.d.env,
+                               capture_output=True, text=True, timeout=60)
+            return set(int(x) for x in r.stdout.split())
+        before = pids()
+        starts = self.cli("mcp", "logs", "m1", "demo").stdout.count("server started")
+        p = subprocess.Popen(["node", os.path.join(NODE_DIR, "client.mjs"), *args],
+                             env=self.d.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+        try:
+            self.assertEqual(json.loads(p.stdout.readline()), {"paused": True})
+            mine = sorted(pids() - before)
+            self.assertEqual(len(mine), 1, mine)
+            subprocess.run([NILBOX, "exec", "m1", "--", "kill", "-KILL", str(mine[0])],
+                           env=self.d.env, timeout=60)
+            wait_for(lambda: "server killed by signal 9" in
+                     self.cli("mcp", "logs", "m1", "demo").stdout, 60, "the bridge seeing it")
+            p.stdin.write("go\n")
+            p.stdin.close()  # a Node process with an open stdin pipe does not exit
+            out = {}
+            t = threading.Thread(target=lambda: out.update(json.loads(p.stdout.readline() or "{}")))
+            t.start()
+            t.join(120)
+            self.assertFalse(t.is_alive(), "the client hangs after the restart")
+            self.assertEqual(p.wait(60), 0)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdin.close()
+            p.stdout.close()
+        self.assertNotIn("fatal", out, out.get("fatal"))
+        self.assertEqual((out["before"], out["after"], out["tools"]), ("one", "two", 8))
+        self.assertEqual(out["errors"], [])
+        log = self.cli("mcp", "logs", "m1", "demo").stdout
+        self.assertGreaterEqual(log.count("server started"), starts + 2, log[-2000:])
+        # The session ended with its client: its (restarted) server goes with it.
+        wait_for(lambda: not (pids() - before), 60, "the session's server to end with it")
+
+    def test_05b_kill_between_calls_stdio(self):
+        self.kill_between_calls("stdio", "pause", NILBOX, "mcp", "stdio", "m1", "demo")
+
     # -- 06 ------------------------------------------------------------------
     def test_06_ask(self):
         self.cli("mcp", "policy", "m1", "demo", "asked", "ask")
