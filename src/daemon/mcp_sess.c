@@ -28,7 +28,9 @@
 #include "lib/json.h"
 #include "lib/mux.h"
 
-enum { S_IDLE, S_WAIT, S_RUN, S_REPLAY };
+/* S_EXITED: the agent said the server process is gone, its stream not yet
+ * closed; what the client sends meanwhile waits for the restart. */
+enum { S_IDLE, S_WAIT, S_RUN, S_REPLAY, S_EXITED };
 enum { P_OTHER, P_LIST, P_CALL };
 
 typedef struct pend {
@@ -238,11 +240,31 @@ static pend_t *pend_take(nb_mcp_sess_t *s, const char *key)
 }
 
 /* The process is gone: every request it had gets an error now. */
-static void fail_pending(nb_mcp_sess_t *s, const char *why)
+static int queued(const json_t *queue, const char *key)
 {
-    while (s->pend) {
-        pend_t *p = s->pend;
-        s->pend = p->next;
+    size_t i;
+    json_t *v;
+    json_array_foreach (queue, i, v) {
+        char k[160];
+        nb_jsonrpc_id_key(json_object_get(v, "id"), k, sizeof k);
+        if (k[0] && !strcmp(k, key))
+            return 1;
+    }
+    return 0;
+}
+
+/* Answers every pending request with an error, except those still in
+ * `keep` (a queue of messages not yet sent to any server). */
+static void fail_pending(nb_mcp_sess_t *s, const char *why, const json_t *keep)
+{
+    pend_t **pp = &s->pend;
+    while (*pp) {
+        pend_t *p = *pp;
+        if (keep && queued(keep, p->key)) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
         s->npend--;
         if (p->type == P_CALL)
             audit_call(s, p->tool, p->decision, p->reason, p->t0, p->req_bytes, 0, 1);
@@ -287,6 +309,7 @@ static void filter_tools(nb_mcp_sess_t *s, json_t *msg)
 }
 
 static void flush_queue(nb_mcp_sess_t *s);
+static void start(nb_mcp_sess_t *s);
 
 static void on_server_msg(nb_mcp_sess_t *s, nb_jsonrpc_msg_t *msg, size_t bytes)
 {
@@ -371,6 +394,10 @@ static void st_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud
     } else if (chan == NB_MUX_CHAN_CTL) {
         json_t *m = NULL;
         if (nb_json_parse(d, &m, NULL, 0) == 0) {
+            /* The process is gone; the stream closes once its output is out.
+             * Client messages from now on are for the next server. */
+            if (s->state == S_RUN && (json_object_get(m, "exit") || json_object_get(m, "signal")))
+                s->state = S_EXITED;
             if (json_is_integer(json_object_get(m, "exit")))
                 log_note(s, "server exited with status %" JSON_INTEGER_FORMAT,
                          json_integer_value(json_object_get(m, "exit")));
@@ -399,14 +426,22 @@ static void st_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char
     s->st = NULL;
     if (err)
         log_note(s, "server stream ended: %s (%s)", msg, nb_mux_code_name(code));
-    int replaying = s->state == S_REPLAY;
+    int replaying = s->state == S_REPLAY, exited = s->state == S_EXITED;
     s->state = S_IDLE;
     nb_jsonrpc_lines_free(&s->lines);
-    fail_pending(s, replaying
-                        ? "the MCP server in the VM exited while restarting"
-                        : "the MCP server in the VM exited; the next message starts it again");
-    /* What waited for it was answered above (every request is pending);
-     * the rest (notifications) goes with it, rather than a restart loop. */
+    /* Messages queued after the exit notice never reached this server: they
+     * start the next one. Everything else pending was sent to this one and
+     * is answered here (every request is pending). */
+    fail_pending(s,
+                 replaying ? "the MCP server in the VM exited while restarting"
+                           : "the MCP server in the VM exited; the next message starts it again",
+                 exited ? s->queue : NULL);
+    if (exited && json_array_size(s->queue) > 0) {
+        start(s);
+        return;
+    }
+    /* While restarting: the rest (notifications) goes with it, rather than
+     * a restart loop. */
     json_array_clear(s->queue);
 }
 
@@ -474,7 +509,7 @@ fail:
     s->state = S_IDLE;
     log_note(s, "%s", why);
     json_array_clear(s->queue);
-    fail_pending(s, why);
+    fail_pending(s, why, NULL);
 }
 
 static void start(nb_mcp_sess_t *s)

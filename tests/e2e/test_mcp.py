@@ -410,7 +410,7 @@ class McpE2E(VmSuite):
         self.assertIn("crashing on purpose", log)
         self.assertIn("initialized again", log)
 
-    def kill_between_calls(self, *args):
+    def kill_between_calls(self, *args, name="demo", ends_with_client=True):
         """The server dies while no call is in flight (killed from outside, between two calls of
         one session): the next call starts it again, replays initialize, and the session goes
         on (found with the real server-everything in e2e_mcp_debian)."""
@@ -424,7 +424,7 @@ class McpE2E(VmSuite):
                                capture_output=True, text=True, timeout=60)
             return set(int(x) for x in r.stdout.split())
         before = pids()
-        starts = self.cli("mcp", "logs", "m1", "demo").stdout.count("server started")
+        starts = self.cli("mcp", "logs", "m1", name).stdout.count("server started")
         p = subprocess.Popen(["node", os.path.join(NODE_DIR, "client.mjs"), *args],
                              env=self.d.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
@@ -435,7 +435,7 @@ class McpE2E(VmSuite):
             subprocess.run([NILBOX, "exec", "m1", "--", "kill", "-KILL", str(mine[0])],
                            env=self.d.env, timeout=60)
             wait_for(lambda: "server killed by signal 9" in
-                     self.cli("mcp", "logs", "m1", "demo").stdout, 60, "the bridge seeing it")
+                     self.cli("mcp", "logs", "m1", name).stdout, 60, "the bridge seeing it")
             p.stdin.write("go\n")
             p.stdin.close()  # a Node process with an open stdin pipe does not exit
             out = {}
@@ -451,15 +451,30 @@ class McpE2E(VmSuite):
             p.stdin.close()
             p.stdout.close()
         self.assertNotIn("fatal", out, out.get("fatal"))
-        self.assertEqual((out["before"], out["after"], out["tools"]), ("one", "two", 8))
+        self.assertEqual((out["before"], out["after"]), ("one", "two"))
+        self.assertGreaterEqual(out["tools"], 8)
         self.assertEqual(out["errors"], [])
-        log = self.cli("mcp", "logs", "m1", "demo").stdout
+        log = self.cli("mcp", "logs", "m1", name).stdout
         self.assertGreaterEqual(log.count("server started"), starts + 2, log[-2000:])
-        # The session ended with its client: its (restarted) server goes with it.
-        wait_for(lambda: not (pids() - before), 60, "the session's server to end with it")
+        # The session ended with its client: its (restarted) server goes with it. (An HTTP
+        # session outlives an SDK client, whose close() sends no DELETE.)
+        if ends_with_client:
+            wait_for(lambda: not (pids() - before), 60, "the session's server to end with it")
 
     def test_05b_kill_between_calls_stdio(self):
         self.kill_between_calls("stdio", "pause", NILBOX, "mcp", "stdio", "m1", "demo")
+
+    def test_05c_kill_between_calls_http(self):
+        # A server whose output outlives it (a child holds its stdout, as Node's servers can):
+        # the agent's exit notice comes long before the stream closes, and the next call in
+        # between must wait for the restart, not be failed along with the old server.
+        self.cli("mcp", "add", "m1", "linger", "--", "sh", "-c", "sleep 15 & exec /tmp/mcpsrv")
+        try:
+            info = self.get("m1", "linger")
+            self.kill_between_calls("http", "pause", "http://127.0.0.1:%d/mcp" % info["port"],
+                                    info["token"], name="linger", ends_with_client=False)
+        finally:
+            self.cli("mcp", "rm", "m1", "linger")
 
     # -- 06 ------------------------------------------------------------------
     def test_06_ask(self):
