@@ -228,7 +228,7 @@ class McpDebian(VmSuite):
                 p.wait()
             p.stdin.close()
             p.stdout.close()
-        self.assertNotIn("fatal", out, out.get("fatal"))
+        self.assertNotIn("fatal", out, "%s\nbridge log: %s" % (out.get("fatal"), self.log()[-3000:]))
         self.assertEqual(out["before"], "Echo: one")
         self.assertEqual(out["after"], "Echo: two")
         self.assertGreaterEqual(out["tools"], len(TOOLS) - 1)
