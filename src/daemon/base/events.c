@@ -101,8 +101,7 @@ void nb_events_flush(nb_events_t *ev)
     if (!ev || !ev->q)
         return;
     sqlite3 *db = nb_store_db(ev->store);
-    int txn = sqlite3_get_autocommit(db) &&
-              sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+    int txn = nb_store_batch_begin(db);
     while (ev->q) {
         row_t *w = ev->q;
         ev->q = w->next;
@@ -114,10 +113,7 @@ void nb_events_flush(nb_events_t *ev)
     }
     ev->qtail = &ev->q;
     ev->nq = 0;
-    if (txn && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-        nb_log(NB_LOG_ERR, "events: cannot write: %s", sqlite3_errmsg(db));
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    }
+    nb_store_batch_end(db, txn, NB_LOG_ERR, "events: cannot write");
     if (ev->timer)
         uv_timer_stop(ev->timer);
 }

@@ -217,6 +217,20 @@ int nb_store_schema_version(nb_store_t *st)
     return st->version;
 }
 
+int nb_store_batch_begin(sqlite3 *db)
+{
+    return sqlite3_get_autocommit(db) &&
+           sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+}
+
+void nb_store_batch_end(sqlite3 *db, int began, int level, const char *what)
+{
+    if (began && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        nb_log(level, "%s: %s", what, sqlite3_errmsg(db));
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
+}
+
 int nb_store_exec(nb_store_t *st, const char *sql)
 {
     char err[512];

@@ -52,6 +52,14 @@ int nb_store_schema_version(nb_store_t *st);
 /* Highest version this build knows (length of the built-in list). */
 int nb_store_latest_version(void); /* schema.c */
 
+/* Write batches (events, usage records): one transaction for many rows.
+ * begin: BEGIN IMMEDIATE unless a transaction is already open on `db` (a
+ * caller's, which the rows then join); 1 when it began one. end: commits
+ * what begin began (began != 0); on failure rolls back and logs
+ * "WHAT: error" at `level`. */
+int nb_store_batch_begin(sqlite3 *db);
+void nb_store_batch_end(sqlite3 *db, int began, int level, const char *what);
+
 /* Runs `sql` (no results). Returns 0 or NB_EINTERNAL, logging the error. */
 int nb_store_exec(nb_store_t *st, const char *sql);
 

@@ -64,8 +64,7 @@ static void flush(nb_usage_t *u)
         nb_log(NB_LOG_WARN, "usage: cannot record: %s", sqlite3_errmsg(db));
         u->ins = NULL;
     }
-    int txn = db && u->ins && sqlite3_get_autocommit(db) &&
-              sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+    int txn = db && u->ins && nb_store_batch_begin(db);
     while (u->q) {
         rec_t *x = u->q;
         u->q = x->next;
@@ -95,10 +94,7 @@ static void flush(nb_usage_t *u)
     }
     u->qtail = &u->q;
     u->nq = 0;
-    if (txn && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-        nb_log(NB_LOG_WARN, "usage: cannot record: %s", sqlite3_errmsg(db));
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    }
+    nb_store_batch_end(db, txn, NB_LOG_WARN, "usage: cannot record");
 }
 
 static void on_flush(uv_timer_t *t)
