@@ -1,8 +1,11 @@
 // Bundles the web UI with esbuild into OUTDIR (default ui/dist):
-// index.html, app.js, app.css and chunk-*.js: the terminal (xterm.js, about
-// half the code) is split off and loaded when the first terminal opens, so
-// the VMs screen paints sooner (bench/ui); chunks app.js imports are
-// preloaded from index.html. No source maps, no inline script (the daemon's
+// index.html, boot.js, app.js, app.css and chunk-*.js. boot.js (a few
+// hundred bytes) runs first and starts the VMs screen's API requests while
+// app.js (React and the screens) is still being fetched and compiled. The
+// terminal (xterm.js, about half the code) and the screens other than VMs
+// are split off and loaded when first shown, so the VMs screen paints
+// sooner (bench/ui); the chunks boot.js and app.js import are preloaded
+// from index.html. No source maps, no inline script (the daemon's
 // CSP allows only 'self'). Run at build time by scripts/ui-embed.py;
 // nothing is fetched here (node_modules comes from `npm ci` at setup).
 import * as esbuild from 'esbuild';
@@ -14,7 +17,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const out = process.argv[2] || join(here, 'dist');
 mkdirSync(out, { recursive: true });
 const res = await esbuild.build({
-  entryPoints: { app: join(here, 'src/main.tsx') },
+  entryPoints: { boot: join(here, 'src/boot.ts'), app: join(here, 'src/main.tsx') },
   bundle: true,
   splitting: true,
   chunkNames: 'chunk-[hash]',
@@ -28,9 +31,11 @@ const res = await esbuild.build({
   logLevel: 'warning',
   jsx: 'automatic',
 });
-const entry = Object.entries(res.metafile.outputs).find(([, o]) => o.entryPoint)[1];
-const preload = entry.imports.filter((i) => i.kind === 'import-statement')
-  .map((i) => `<link rel="modulepreload" href="/ui/${basename(i.path)}">\n`).join('');
+const entries = Object.values(res.metafile.outputs).filter((o) => o.entryPoint);
+const entry = (name) => entries.find((o) => o.entryPoint.endsWith(name));
+const preload = [...new Set([entry('src/boot.ts'), entry('src/main.tsx')]
+  .flatMap((o) => o.imports.filter((i) => i.kind === 'import-statement').map((i) => basename(i.path))))]
+  .map((f) => `<link rel="modulepreload" href="/ui/${f}">\n`).join('');
 writeFileSync(join(out, 'index.html'), `<!doctype html>
 <html lang="en">
 <head>
@@ -39,7 +44,8 @@ writeFileSync(join(out, 'index.html'), `<!doctype html>
 <title>nilbox</title>
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="/ui/app.css">
-${preload}<script type="module" src="/ui/app.js"></script>
+${preload}<script type="module" src="/ui/boot.js"></script>
+<script type="module" src="/ui/app.js"></script>
 </head>
 <body>
 <div id="root"><main><h1>nilbox</h1><p>Loading…</p></main></div>

@@ -9,7 +9,11 @@
           goal <= 1 s (median over --runs)
   echo    keystroke echo latency in the same tiny VM (TCG unless KVM):
             ui     keydown in the page -> xterm.js parsed the echo
-                   (WebSocket -> nilboxd pty -> nbmux -> guest tty)
+                   (WebSocket -> nilboxd pty -> nbmux -> guest tty); a
+                   real key event (DevTools), released after the echo,
+                   with no DevTools traffic in between; legs: keydown ->
+                   ws.send, ws.send -> the echo's message event, message
+                   -> parsed
             shell  `nilbox shell VM` under a pty: byte written to the pty ->
                    its echo read back (CLI -> nilboxd -> the same path)
           goal: ui <= 1.2x shell (medians). Rounds alternate ui and shell.
@@ -109,6 +113,11 @@ def shell_echo(nilbox, env, vm, keys):
         os.close(fd)
 
 
+def load():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))]
@@ -151,21 +160,32 @@ def main():
         pr = node(env, "paint", api["url"], api["token"], str(a.runs))
         fmp = [x["fmp"] for x in pr]
         fcp = [x["fcp"] for x in pr if x["fcp"] is not None]
-        print("paint (cold cache, %d runs): first meaningful paint median %.0f ms (min %.0f, "
-              "max %.0f); first contentful paint median %.0f ms; %d resources from a cache"
-              % (len(fmp), statistics.median(fmp), min(fmp), max(fmp),
-                 statistics.median(fcp) if fcp else -1,
-                 sum(x["cached"] for x in pr)))
-        ui, ui_frame, sh = [], [], []
-        for _ in range(a.rounds):
+        dcl = [x["dcl"] for x in pr if x.get("dcl") is not None]
+        print("paint (cold cache, %d runs, load %s): first meaningful paint median %.0f ms "
+              "(min %.0f, max %.0f; all %s); first contentful paint median %.0f ms; "
+              "DOMContentLoaded (app compiled and run) median %.0f ms; %d resources from a cache"
+              % (len(fmp), load(), statistics.median(fmp), min(fmp), max(fmp),
+                 " ".join("%.0f" % x for x in fmp), statistics.median(fcp) if fcp else -1,
+                 statistics.median(dcl) if dcl else -1, sum(x["cached"] for x in pr)))
+        ui, ui_frame, sh, legs = [], [], [], {"send": [], "net": [], "parse": []}
+        for r in range(a.rounds):
             res = node(env, "echo", api["url"], api["token"], "bench", str(a.keys))
             ui += [x["parsed"] for x in res]
             ui_frame += [x["frame"] for x in res]
-            sh += shell_echo(e2e_env.NILBOX, d.env, "bench", a.keys)
+            for k in legs:
+                legs[k] += [x[k] for x in res]
+            sh_r = shell_echo(e2e_env.NILBOX, d.env, "bench", a.keys)
+            sh += sh_r
+            print("  round %d (load %s): ui median %.2f ms, shell median %.2f ms"
+                  % (r + 1, load(), statistics.median(x["parsed"] for x in res),
+                     statistics.median(sh_r)))
         mu, ms, mf = statistics.median(ui), statistics.median(sh), statistics.median(ui_frame)
         print("echo (%d keys): ui median %.2f ms (p90 %.2f), to the next frame %.2f ms; "
               "nilbox shell median %.2f ms (p90 %.2f)"
               % (len(ui), mu, pct(ui, .9), mf, ms, pct(sh, .9)))
+        print("  ui legs (medians): keydown -> ws.send %.2f ms, ws.send -> echo message %.2f ms, "
+              "message -> parsed %.2f ms" % tuple(statistics.median(legs[k])
+                                                  for k in ("send", "net", "parse")))
         print("RESULT bundle_js_gzip_kib=%.1f fmp_ms=%.0f echo_ui_ms=%.2f echo_shell_ms=%.2f "
               "ratio=%.2f ratio_frame=%.2f" % (js_gz / 1024, statistics.median(fmp), mu,
                                                ms, mu / ms, mf / ms))

@@ -5,8 +5,12 @@
 //                          VM table is in the document
 //   echo URL TOKEN VM KEYS keystroke echo latency in a terminal tab: from the
 //                          keydown in the page to xterm.js having parsed the
-//                          echo (and to the next frame)
-// Prints one JSON line.
+//                          echo (and to the next frame), with the legs:
+//                          keydown -> ws.send, ws.send -> the echo's message
+//                          event, message -> parsed
+// Prints one JSON line. NB_BENCH_CHROMIUM_ARGS adds chromium switches
+// (space-separated), e.g. --disable-features=DeferRendererTasksAfterInput
+// to see what chromium's deferral of tasks after input costs.
 import { createRequire } from 'node:module';
 const require = createRequire(process.env.NB_UI_TESTS + '/package.json');
 const { chromium } = require('playwright-core');
@@ -14,7 +18,8 @@ const { chromium } = require('playwright-core');
 const [mode, url, token, a3, a4] = process.argv.slice(2);
 const launch = () => chromium.launch({
   executablePath: process.env.NB_CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--no-first-run'],
+  args: ['--no-sandbox', '--disable-gpu', '--no-first-run',
+         ...(process.env.NB_BENCH_CHROMIUM_ARGS || '').split(' ').filter(Boolean)],
 });
 
 async function paint(runs) {
@@ -26,6 +31,7 @@ async function paint(runs) {
       // Installed before the page's own scripts (through DevTools, not inline: the CSP allows none).
       await page.addInitScript(() => {
         const done = () => requestAnimationFrame(() => { window.__fmp = performance.now(); });
+        document.addEventListener('DOMContentLoaded', () => { window.__dcl = performance.now(); });
         const mo = new MutationObserver(() => {
           if (document.querySelector('table.vms tbody tr')) { mo.disconnect(); done(); }
         });
@@ -35,6 +41,7 @@ async function paint(runs) {
       await page.waitForFunction(() => window.__fmp !== undefined, null, { timeout: 30000 });
       out.push(await page.evaluate(() => ({
         fmp: window.__fmp,
+        dcl: window.__dcl,
         fcp: performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null,
         transfer: performance.getEntriesByType('resource').reduce((n, r) => n + (r.transferSize || 0), 0),
         cached: performance.getEntriesByType('resource').filter((r) => r.transferSize === 0).length,
@@ -50,6 +57,25 @@ async function echo(vm, keys) {
   const browser = await launch();
   try {
     const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+    // The pty socket's binary sends and the first binary message after each
+    // send (the echo), timed before the page's own handler runs.
+    await page.addInitScript(() => {
+      const W = window.WebSocket;
+      const send = W.prototype.send;
+      W.prototype.send = function (d) {
+        if (typeof d !== 'string') { window.__ts = performance.now(); window.__tm = undefined; }
+        return send.call(this, d);
+      };
+      window.WebSocket = class extends W {
+        constructor(u, p) {
+          super(u, p);
+          if (String(u).includes('/pty'))
+            this.addEventListener('message', (m) => {
+              if (typeof m.data !== 'string' && window.__tm === undefined) window.__tm = performance.now();
+            });
+        }
+      };
+    });
     await page.goto(`${url}#token=${token}`);
     await page.getByRole('button', { name: `open a terminal in ${vm}` }).click();
     await page.locator('.term-tab:not([hidden]) .term-status').filter({ hasText: 'connected' }).waitFor({ timeout: 60000 });
@@ -63,8 +89,10 @@ async function echo(vm, keys) {
         const w = window.__wait;
         if (!w || window.__t0 === undefined) return;
         window.__wait = null;
-        const parsed = performance.now() - window.__t0;
-        requestAnimationFrame(() => w({ parsed, frame: performance.now() - window.__t0 }));
+        const now = performance.now();
+        const r = { parsed: now - window.__t0, send: window.__ts - window.__t0,
+                    net: window.__tm - window.__ts, parse: now - window.__tm };
+        requestAnimationFrame(() => w({ ...r, frame: performance.now() - window.__t0 }));
       });
     });
     await ta.focus();
@@ -74,15 +102,19 @@ async function echo(vm, keys) {
         await page.keyboard.press('Control+U');
         await page.waitForTimeout(300);
       }
-      // The waiter is in place before the key goes out (one round trip
-      // first), and a lost echo fails instead of hanging.
       await page.evaluate(() => {
         window.__t0 = undefined;
         window.__res = new Promise((r) => { window.__wait = r; });
       });
-      await page.keyboard.press('x');
-      res.push(await page.evaluate(() => Promise.race([window.__res, new Promise((_, no) =>
-        setTimeout(() => no(new Error(`no echo within 10 s (keydown seen: ${window.__t0 !== undefined})`)), 10000))])));
+      // The wait is sent first and the key's release only after the echo:
+      // no DevTools traffic crosses the measured interval but the key's own
+      // (a person's key is released ~100 ms later, not 1 ms as press() does),
+      // and a lost echo fails instead of hanging.
+      const echoed = page.evaluate(() => Promise.race([window.__res, new Promise((_, no) =>
+        setTimeout(() => no(new Error(`no echo within 10 s (keydown seen: ${window.__t0 !== undefined})`)), 10000))]));
+      await page.keyboard.down('x');
+      res.push(await echoed);
+      await page.keyboard.up('x');
     }
     await page.keyboard.press('Control+U');
     return res;

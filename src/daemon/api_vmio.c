@@ -9,7 +9,11 @@
  * {"ack": n} (the rest stays unconsumed in the channel, so the guest
  * pauses), and acknowledges input with {"ack": n} once the channel has
  * taken it; a client keeps at most IN_WINDOW unacknowledged input bytes in
- * flight. */
+ * flight. Input acks are batched (IN_ACK_EVERY, and whatever is left when
+ * the channel drains after being full): one per keystroke would be one more
+ * message for the client to handle ahead of each echo (bench/ui). A client
+ * waits only with IN_WINDOW in flight, which is more than the server ever
+ * leaves unacknowledged once the channel has taken it, so it never stalls. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +28,8 @@
 
 #define OUT_WINDOW (1u << 20)
 #define IN_WINDOW (1u << 20)
-#define PENDING_MAX (16u << 20) /* > the channel's largest stream window */
+#define IN_ACK_EVERY (64u << 10) /* < IN_WINDOW */
+#define PENDING_MAX (16u << 20)  /* > the channel's largest stream window */
 #define READY_WAIT_MS 120000u
 
 enum { K_EXEC, K_PTY };
@@ -266,7 +271,7 @@ static void on_input(bridge_t *b, const uint8_t *p, size_t n)
         return;
     }
     b->in_unacked += n - 1;
-    if (nb_muxsess_stream_writable(b->st)) {
+    if (b->in_unacked >= IN_ACK_EVERY && nb_muxsess_stream_writable(b->st)) {
         send_json(b, json_pack("{s:I}", "ack", (json_int_t)b->in_unacked));
         b->in_unacked = 0;
     }

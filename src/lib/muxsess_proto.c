@@ -25,6 +25,8 @@ void nb_mxs_schedule_flush(nb_muxsess_t *s)
 
 /* ------------------------------------------------------------ transport */
 
+#define FLAT_MAX 4096 /* frames up to this size are copied into one buffer */
+
 static void on_linger(uv_timer_t *t)
 {
     nb_mxs_conn_close(t->data);
@@ -60,7 +62,24 @@ int nb_mxs_submit(nb_muxsess_t *s, struct conn *c, wreq_t *w)
         /* Nothing queued in libuv: write now and skip the request (and the
          * extra loop iteration its deferred callback costs) when it all
          * fits, which is the common case for small frames. */
-        int n = uv_try_write((uv_stream_t *)&c->pipe, w->bufs, w->nbufs);
+        int n;
+        if (w->nbufs > 1 && w->bytes <= FLAT_MAX) {
+            /* Small frames go out as one buffer: a guest's virtio port
+             * writes each iovec of a writev on its own, so the host would
+             * get a frame's header and its payload apart, the payload up to
+             * a few ms later under TCG: the latency of every keystroke's
+             * echo (bench/ui). */
+            char flat[FLAT_MAX];
+            size_t off = 0;
+            for (unsigned i = 0; i < w->nbufs; i++) {
+                memcpy(flat + off, w->bufs[i].base, w->bufs[i].len);
+                off += w->bufs[i].len;
+            }
+            uv_buf_t b = uv_buf_init(flat, (unsigned)off);
+            n = uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+        } else {
+            n = uv_try_write((uv_stream_t *)&c->pipe, w->bufs, w->nbufs);
+        }
         if (n > 0 && (size_t)n == w->bytes) {
             nb_mxs_wreq_put(s, w);
             return 0;

@@ -3,14 +3,17 @@
 // screen is shown.
 import { lazy, Suspense, useCallback, useEffect, useRef, useState } from 'react';
 import { api, dispatch, NbEvent, Prompt, subscribe, token, Vm } from './api';
+import { earlyVms, takeEarlyVms } from './early';
 import { AuditScreen, DestinationsScreen, ErrorBox, PromptModal, SecretsScreen, VmsScreen } from './screens';
 // xterm.js is about half the code: loaded when the first terminal opens.
+// The other screens load when first shown: the VMs screen, the first one,
+// compiles and paints sooner without them (bench/ui).
 const TerminalTab = lazy(() => import('./Terminal').then((m) => ({ default: m.TerminalTab })));
-import { UsageScreen } from './usage';
-import { MappingsScreen } from './mappings';
-import { McpScreen } from './mcp';
-import { StoreScreen } from './store';
-import { SettingsScreen } from './settings';
+const UsageScreen = lazy(() => import('./usage').then((m) => ({ default: m.UsageScreen })));
+const MappingsScreen = lazy(() => import('./mappings').then((m) => ({ default: m.MappingsScreen })));
+const McpScreen = lazy(() => import('./mcp').then((m) => ({ default: m.McpScreen })));
+const StoreScreen = lazy(() => import('./store').then((m) => ({ default: m.StoreScreen })));
+const SettingsScreen = lazy(() => import('./settings').then((m) => ({ default: m.SettingsScreen })));
 
 type Screen = 'vms' | 'terminal' | 'destinations' | 'secrets' | 'usage' | 'mappings' | 'mcp' |
   'store' | 'audit' | 'settings';
@@ -24,7 +27,8 @@ let tabSeq = 0;
 
 export function App() {
   const [screen, setScreen] = useState<Screen>('vms');
-  const [vms, setVms] = useState<Vm[] | null>(null);
+  // The early answer (early.ts) is usually in by the first render.
+  const [vms, setVms] = useState<Vm[] | null>(() => earlyVms?.value ?? null);
   const [err, setErr] = useState<unknown>(null);
   const [live, setLive] = useState(false);
   const [prompts, setPrompts] = useState<Prompt[]>([]);
@@ -36,7 +40,8 @@ export function App() {
   const reloadTimer = useRef(0);
 
   const loadVms = useCallback(() => {
-    api('GET', '/v1/vms').then((j) => { setVms(j.vms); setErr(null); }).catch(setErr);
+    (takeEarlyVms() ?? api('GET', '/v1/vms').then((j) => j.vms as Vm[]))
+      .then((v) => { setVms(v); setErr(null); }).catch(setErr);
   }, []);
   const loadPrompts = useCallback(() => {
     api('GET', '/v1/prompts').then((j) => setPrompts(j.prompts)).catch(() => {});
@@ -145,12 +150,14 @@ export function App() {
         </section>
         {screen === 'destinations' && <DestinationsScreen prompts={prompts} tick={tick} />}
         {screen === 'secrets' && <SecretsScreen tick={tick} />}
-        {screen === 'usage' && <UsageScreen vms={vms ?? []} />}
-        {screen === 'mappings' && <MappingsScreen vms={vms ?? []} />}
-        {screen === 'mcp' && <McpScreen vms={vms ?? []} />}
-        {screen === 'store' && <StoreScreen vms={vms ?? []} />}
+        <Suspense fallback={<p role="status">Loading…</p>}>
+          {screen === 'usage' && <UsageScreen vms={vms ?? []} />}
+          {screen === 'mappings' && <MappingsScreen vms={vms ?? []} />}
+          {screen === 'mcp' && <McpScreen vms={vms ?? []} />}
+          {screen === 'store' && <StoreScreen vms={vms ?? []} />}
+          {screen === 'settings' && <SettingsScreen vms={vms ?? []} reload={loadVms} />}
+        </Suspense>
         {screen === 'audit' && <AuditScreen tick={tick} />}
-        {screen === 'settings' && <SettingsScreen vms={vms ?? []} reload={loadVms} />}
       </main>
       {prompts.length > 0 && <PromptModal prompt={prompts[0]} onDone={loadPrompts} />}
     </>

@@ -3,6 +3,7 @@
 // as the API escaped them (A16).
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { api, ApiError, Binding, hint, NbEvent, Prompt, Rule, Secret, Vm } from './api';
+import { earlyImages, takeEarlyImages } from './early';
 
 export function ErrorBox({ err, onClose }: { err: unknown; onClose?: () => void }) {
   if (!err) return null;
@@ -40,12 +41,12 @@ export function VmsScreen({ vms, reload, progress, openTerminal }: {
   openTerminal: (vm: string) => void;
 }) {
   const [err, run, clear] = useAction();
-  const [images, setImages] = useState<string[]>([]);
+  const [images, setImages] = useState<string[]>(() => earlyImages?.value ?? []);
   const [form, setForm] = useState({ name: '', image: 'tiny', cpus: 1, memory: '512', disk: '4G' });
   const [logsOf, setLogsOf] = useState<string | null>(null);
   useEffect(() => {
-    api('GET', '/v1/images').then((j) => setImages(j.images.map((i: any) => i.name)))
-      .catch(() => {});
+    (takeEarlyImages() ?? api('GET', '/v1/images').then((j) => j.images.map((i: any) => i.name) as string[]))
+      .then(setImages).catch(() => {});
   }, []);
   const act = (name: string, verb: string, body?: unknown) =>
     run(async () => {
