@@ -306,14 +306,41 @@ static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     return NB_CLI_OK;
 }
 
+/* Adds each given option that was set to BODY (the option "path-prefix" as the
+ * field "path_prefix"), posts it as a new binding of NAME and prints the result;
+ * takes BODY. */
+static int post_binding(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a, const char *name,
+                        json_t *body, const char *const *opts, size_t nopts)
+{
+    for (size_t i = 0; i < nopts; i++) {
+        const char *val = nb_cli_opt(v, a, opts[i]);
+        char field[32];
+        snprintf(field, sizeof field, "%s", opts[i]);
+        for (char *c = field; *c; c++)
+            if (*c == '-')
+                *c = '_';
+        if (val)
+            json_object_set_new(body, field, json_string(val));
+    }
+    char path[256];
+    snprintf(path, sizeof path, "/v1/secrets/%s/bindings", name);
+    json_t *res = NULL;
+    int code;
+    int done = nb_cli_call_or_json(cli, "POST", path, body, &res, &code);
+    json_decref(body);
+    if (done)
+        return code;
+    printf("bound %s: ", name);
+    print_binding(res, "");
+    json_decref(res);
+    return NB_CLI_OK;
+}
+
 static int do_bind(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     const char *name = a->pos[0];
     const char *host = nb_cli_opt(v, a, "host"), *hdr = nb_cli_opt(v, a, "header");
     const char *basic = nb_cli_opt(v, a, "basic"), *query = nb_cli_opt(v, a, "query");
-    const char *pp = nb_cli_opt(v, a, "path-prefix"), *vm = nb_cli_opt(v, a, "vm");
-    char path[256];
-    json_t *res = NULL;
     if (!name_ok(name))
         return bad_name(name);
     if (!host) {
@@ -328,26 +355,8 @@ static int do_bind(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     }
     json_t *body = json_pack("{s:s, s:b}", "host", host, "allow_cleartext",
                              nb_cli_flag(v, a, "allow-cleartext"));
-    if (pp)
-        json_object_set_new(body, "path_prefix", json_string(pp));
-    if (vm)
-        json_object_set_new(body, "vm", json_string(vm));
-    if (hdr)
-        json_object_set_new(body, "header", json_string(hdr));
-    if (basic)
-        json_object_set_new(body, "basic", json_string(basic));
-    if (query)
-        json_object_set_new(body, "query", json_string(query));
-    snprintf(path, sizeof path, "/v1/secrets/%s/bindings", name);
-    int code;
-    int done = nb_cli_call_or_json(cli, "POST", path, body, &res, &code);
-    json_decref(body);
-    if (done)
-        return code;
-    printf("bound %s: ", name);
-    print_binding(res, "");
-    json_decref(res);
-    return NB_CLI_OK;
+    static const char *const opts[] = {"path-prefix", "vm", "header", "basic", "query"};
+    return post_binding(cli, v, a, name, body, opts, sizeof opts / sizeof *opts);
 }
 
 /* nilbox secret bind-aws NAME --host H [--region R] [--service S]: NAME
@@ -356,11 +365,7 @@ static int do_bind(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 static int do_bind_aws(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     const char *name = a->pos[0];
-    const char *host = nb_cli_opt(v, a, "host"), *pp = nb_cli_opt(v, a, "path-prefix");
-    const char *vm = nb_cli_opt(v, a, "vm"), *region = nb_cli_opt(v, a, "region");
-    const char *service = nb_cli_opt(v, a, "service");
-    char path[256];
-    json_t *res = NULL;
+    const char *host = nb_cli_opt(v, a, "host");
     if (!name_ok(name))
         return bad_name(name);
     if (!host) {
@@ -370,24 +375,8 @@ static int do_bind_aws(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     }
     json_t *body = json_pack("{s:s, s:b, s:b}", "host", host, "sigv4", 1, "allow_cleartext",
                              nb_cli_flag(v, a, "allow-cleartext"));
-    if (pp)
-        json_object_set_new(body, "path_prefix", json_string(pp));
-    if (vm)
-        json_object_set_new(body, "vm", json_string(vm));
-    if (region)
-        json_object_set_new(body, "region", json_string(region));
-    if (service)
-        json_object_set_new(body, "service", json_string(service));
-    snprintf(path, sizeof path, "/v1/secrets/%s/bindings", name);
-    int code;
-    int done = nb_cli_call_or_json(cli, "POST", path, body, &res, &code);
-    json_decref(body);
-    if (done)
-        return code;
-    printf("bound %s: ", name);
-    print_binding(res, "");
-    json_decref(res);
-    return NB_CLI_OK;
+    static const char *const opts[] = {"path-prefix", "vm", "region", "service"};
+    return post_binding(cli, v, a, name, body, opts, sizeof opts / sizeof *opts);
 }
 
 static int do_unbind(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)

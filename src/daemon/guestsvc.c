@@ -1,36 +1,11 @@
-/* Guest services: per-VM state, watchers and lifecycle; guest networking
- * is in guestsvc_net.c, provisioning in guestsvc_prov.c. See guestsvc.h and
+/* Guest services, top: the composition of guest networking
+ * (guestsvc_net.c) and guest provisioning (guestsvc_prov.c) over the
+ * per-VM table (guestsvc_vm.c): watchers, the VM manager's hooks, dropping
+ * a stopped VM's state, lifecycle. See guestsvc.h and
  * docs/internals/guestsvc.md. */
 #include "daemon/guestsvc_int.h"
 
 /* ------------------------------------------------------------ per VM */
-
-static gvm_t *vm_find(nb_guestsvc_t *g, const char *name)
-{
-    for (gvm_t *v = g->vms; v; v = v->next)
-        if (strcmp(v->name, name) == 0)
-            return v;
-    return NULL;
-}
-
-gvm_t *nb_gsv_vm_get(nb_guestsvc_t *g, const char *name)
-{
-    gvm_t *v = vm_find(g, name);
-    if (v)
-        return v;
-    if (strlen(name) >= sizeof v->name || !nb_rules_vm_valid(name))
-        return NULL;
-    if (!(v = calloc(1, sizeof *v)))
-        return NULL;
-    snprintf(v->name, sizeof v->name, "%s", name);
-    if (nb_fakedns_new(NULL, &v->dns) < 0) {
-        free(v);
-        return NULL;
-    }
-    v->next = g->vms;
-    g->vms = v;
-    return v;
-}
 
 static void vm_drop(nb_guestsvc_t *g, gvm_t *v)
 {
@@ -75,7 +50,7 @@ static void on_event(const json_t *ev, void *ud)
     if (strcmp(type, "vm.stopped") == 0 || strcmp(type, "vm.crashed") == 0 ||
         strcmp(type, "vm.removed") == 0) {
         /* A new boot starts with an empty guest resolver cache. */
-        gvm_t *v = vm_find(g, vm);
+        gvm_t *v = nb_gsv_vm_find(g, vm);
         if (v)
             vm_drop(g, v);
     }
@@ -176,15 +151,6 @@ int nb_guestsvc_new(nb_daemon_t *d, nb_guestsvc_engine_fn engine, nb_guestsvc_t 
     d->guestsvc = g;
     *out = g;
     return 0;
-}
-
-void nb_gsv_unref(nb_guestsvc_t *g)
-{
-    g->live--;
-    if (g->freed && g->live == 0) {
-        free(g->test_ca);
-        free(g);
-    }
 }
 
 void nb_guestsvc_free(nb_guestsvc_t *g)

@@ -1,8 +1,10 @@
 /* Internal to the guest services (not an interface; the API is
- * guestsvc.h): the state shared by
- *   guestsvc.c       per-VM state, watchers, lifecycle
+ * guestsvc.h): the state shared by, calls pointing down only,
+ *   guestsvc.c       top: composes the two services (watchers, the VM
+ *                    manager's hooks, dropping a VM's state, lifecycle)
  *   guestsvc_net.c   guest networking: egress and DNS streams
  *   guestsvc_prov.c  guest provisioning: placeholders, CA, environment
+ *   guestsvc_vm.c    bottom: the per-VM table, the service's references
  * Loop thread only. */
 #ifndef NB_GUESTSVC_INT_H
 #define NB_GUESTSVC_INT_H
@@ -78,9 +80,13 @@ struct gvm {
     unsigned audit_rows;
 };
 
-/* guestsvc.c: the VM's state, created on first use. */
+/* guestsvc_vm.c: the VM's state, or NULL. */
+gvm_t *nb_gsv_vm_find(nb_guestsvc_t *g, const char *name);
+/* guestsvc_vm.c: the VM's state, created on first use (NULL: bad name or
+ * out of memory). */
 gvm_t *nb_gsv_vm_get(nb_guestsvc_t *g, const char *name);
-/* guestsvc.c: drops a reference taken with g->live++. */
+/* guestsvc_vm.c: drops a reference taken with g->live++; frees g after
+ * nb_guestsvc_free once none is left. */
 void nb_gsv_unref(nb_guestsvc_t *g);
 
 /* guestsvc_prov.c: the VM's session if its agent is up; (re)provisions

@@ -1,11 +1,14 @@
 /* Internal structures and functions shared by the nbmux session layer's
- * modules (not a public interface; the API is lib/muxsess.h):
- *   muxsess.c         session lifecycle, transport attach/close, teardown,
- *                     handshake, the session half of the API
- *   muxsess_stream.c  stream table, ready/window lists, outbound chunks,
- *                     flow-control bookkeeping, the stream half of the API
- *   muxsess_io.c      write scheduler (framing, write requests), reads,
- *                     frame dispatch, keepalive tick
+ * modules (not a public interface; the API is lib/muxsess.h). Calls point
+ * down only:
+ *   muxsess.c         top: the session API (create, attach, close, free)
+ *   muxsess_stream.c  top: the stream API (open, accept, write, FIN, getters)
+ *   muxsess_proto.c   the protocol engine: handshake, teardown, write
+ *                     scheduler, reads, frame dispatch, keepalive, and the
+ *                     stream calls the dispatch makes (reject, reset, consume)
+ *   muxsess_mem.c     bottom: the objects and their memory (stream table and
+ *                     lists, chunks, write requests, transport handles,
+ *                     deferred frees); calls nothing above it
  * Invariants and states: docs/internals/mux.md. All of it runs on the
  * session's loop thread. */
 #ifndef NB_MUXSESS_INT_H
@@ -167,15 +170,42 @@ static inline nb_muxsess_stream_t *hash_get(nb_muxsess_t *s, uint32_t id)
     return NULL;
 }
 
-/* --- muxsess.c */
+/* --- muxsess_mem.c (bottom) */
 
 /* End of a top-level callback: deliver on_down, free dead streams. Must
  * be the last use of s by the caller. */
 void nb_mxs_leave(nb_muxsess_t *s);
-/* Arms the prepare handle that flushes (and delivers a pending on_down). */
-void nb_mxs_schedule_flush(nb_muxsess_t *s);
+/* Frees a session nb_muxsess_free released once nothing uses it any more. */
+void nb_mxs_maybe_free(nb_muxsess_t *s);
+/* Returns the free copy chunks to the heap. */
+void nb_mxs_pool_release(nb_muxsess_t *s);
 /* Closes both handles of a transport; it is freed when both have closed. */
 void nb_mxs_conn_close(struct conn *c);
+void nb_mxs_ready_del(nb_muxsess_t *s, nb_muxsess_stream_t *st);
+void nb_mxs_ready_add(nb_muxsess_t *s, nb_muxsess_stream_t *st);
+void nb_mxs_wlist_del(nb_muxsess_t *s, nb_muxsess_stream_t *st);
+void nb_mxs_wlist_add(nb_muxsess_t *s, nb_muxsess_stream_t *st);
+/* 1 when st has credit for its next frame (or only a FIN to send). */
+int nb_mxs_stream_ready(const nb_muxsess_stream_t *st);
+/* A copy chunk of `cap` bytes (CHUNK_SMALL or CHUNK_BIG), from the pool
+ * when it has one; NULL when out of memory. */
+struct chunk *nb_mxs_chunk_get(nb_muxsess_t *s, size_t cap);
+/* Drops one reference; pooled copy chunks go back to their session. */
+void nb_mxs_chunk_unref(struct chunk *c);
+/* A new stream in the table (NULL when out of memory). */
+nb_muxsess_stream_t *nb_mxs_stream_new(nb_muxsess_t *s, uint32_t id, int local, int state);
+/* Removes a stream from every live structure and moves it to the
+ * graveyard (freed at the end of the current top-level callback), then
+ * tells the application if `notify`. */
+void nb_mxs_stream_finish(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg,
+                          int notify);
+wreq_t *nb_mxs_wreq_get(nb_muxsess_t *s, struct conn *c);
+void nb_mxs_wreq_put(nb_muxsess_t *s, wreq_t *w);
+
+/* --- muxsess_proto.c (the engine) */
+
+/* Arms the prepare handle that flushes (and delivers a pending on_down). */
+void nb_mxs_schedule_flush(nb_muxsess_t *s);
 /* Ends the session on its current transport (no-op without one): logs why,
  * optionally sends GOAWAY `code`, finishes every stream and queues on_down. */
 void nb_mxs_teardown(nb_muxsess_t *s, int err, uint32_t code, int goaway, const char *fmt, ...)
@@ -189,28 +219,8 @@ int nb_mxs_ctl_frame_result(nb_muxsess_t *s, int r);
 /* Handshake steps for a HELLO (S_HS_HELLO) and an AUTH (S_HS_AUTH) frame. */
 void nb_mxs_hs_hello(nb_muxsess_t *s, const nb_mux_ev_t *ev);
 void nb_mxs_hs_auth(nb_muxsess_t *s, const nb_mux_ev_t *ev);
-
-/* --- muxsess_stream.c */
-
-void nb_mxs_ready_del(nb_muxsess_t *s, nb_muxsess_stream_t *st);
-void nb_mxs_ready_add(nb_muxsess_t *s, nb_muxsess_stream_t *st);
-void nb_mxs_wlist_del(nb_muxsess_t *s, nb_muxsess_stream_t *st);
 /* Puts st on the ready list (and schedules a flush) iff it can send now. */
 void nb_mxs_update_ready(nb_muxsess_stream_t *st);
-/* Drops one reference; pooled copy chunks go back to their session. */
-void nb_mxs_chunk_unref(struct chunk *c);
-/* A new stream in the table (NULL when out of memory). */
-nb_muxsess_stream_t *nb_mxs_stream_new(nb_muxsess_t *s, uint32_t id, int local, int state);
-/* Removes a stream from every live structure and moves it to the
- * graveyard (freed at the end of the current top-level callback), then
- * tells the application if `notify`. */
-void nb_mxs_stream_finish(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg,
-                          int notify);
-
-/* --- muxsess_io.c */
-
-wreq_t *nb_mxs_wreq_get(nb_muxsess_t *s, struct conn *c);
-void nb_mxs_wreq_put(nb_muxsess_t *s, wreq_t *w);
 /* Writes w to c (takes ownership of w, also on failure). */
 int nb_mxs_submit(nb_muxsess_t *s, struct conn *c, wreq_t *w);
 /* Frames queued control and stream data into write requests. */

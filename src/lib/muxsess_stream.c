@@ -1,5 +1,7 @@
-/* nbmux session layer: the stream table, outbound chunks and flow-control
- * bookkeeping, and the stream API. Module map: muxsess_int.h. */
+/* nbmux session layer, top: the stream API (open, accept, write, FIN and
+ * the getters; reject, reset and consume are in muxsess_proto.c, whose
+ * frame dispatch calls them), with the writer's back-pressure. Module map:
+ * muxsess_int.h. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,95 +9,7 @@
 #include "lib/err.h"
 #include "lib/muxsess_int.h"
 
-/* ------------------------------------------------------------- streams */
-
-static void hash_del(nb_muxsess_t *s, nb_muxsess_stream_t *st)
-{
-    nb_muxsess_stream_t **pp = &s->buckets[hidx(st->id)];
-    while (*pp && *pp != st)
-        pp = &(*pp)->hnext;
-    if (*pp)
-        *pp = st->hnext;
-}
-
-void nb_mxs_ready_del(nb_muxsess_t *s, nb_muxsess_stream_t *st)
-{
-    if (!st->in_ready)
-        return;
-    if (st->rprev)
-        st->rprev->rnext = st->rnext;
-    else
-        s->rhead = st->rnext;
-    if (st->rnext)
-        st->rnext->rprev = st->rprev;
-    else
-        s->rtail = st->rprev;
-    st->rprev = st->rnext = NULL;
-    st->in_ready = 0;
-}
-
-void nb_mxs_ready_add(nb_muxsess_t *s, nb_muxsess_stream_t *st)
-{
-    if (st->in_ready)
-        return;
-    st->rnext = NULL;
-    st->rprev = s->rtail;
-    if (s->rtail)
-        s->rtail->rnext = st;
-    else
-        s->rhead = st;
-    s->rtail = st;
-    st->in_ready = 1;
-}
-
-void nb_mxs_wlist_del(nb_muxsess_t *s, nb_muxsess_stream_t *st)
-{
-    if (!st->in_wlist)
-        return;
-    if (st->wprev)
-        st->wprev->wnext = st->wnext;
-    else
-        s->whead = st->wnext;
-    if (st->wnext)
-        st->wnext->wprev = st->wprev;
-    st->wprev = st->wnext = NULL;
-    st->in_wlist = 0;
-}
-
-static void wlist_add(nb_muxsess_t *s, nb_muxsess_stream_t *st)
-{
-    if (st->in_wlist)
-        return;
-    st->wprev = NULL;
-    st->wnext = s->whead;
-    if (s->whead)
-        s->whead->wprev = st;
-    s->whead = st;
-    st->in_wlist = 1;
-}
-
-static int stream_ready(const nb_muxsess_stream_t *st)
-{
-    if (st->state != ST_OPEN || st->fin_sent)
-        return 0;
-    const struct chunk *c = st->qhead;
-    if (!c)
-        return st->fin_queued;
-    if (c->chan == NB_MUX_CHAN_CTL)
-        return st->send_credit >= c->len - c->off;
-    return st->send_credit > 0;
-}
-
-void nb_mxs_update_ready(nb_muxsess_stream_t *st)
-{
-    nb_muxsess_t *s = st->s;
-    if (stream_ready(st)) {
-        nb_mxs_ready_add(s, st);
-        nb_mxs_schedule_flush(s);
-    } else {
-        nb_mxs_ready_del(s, st);
-    }
-}
+/* ------------------------------------------------------------- writers */
 
 static int writable(const nb_muxsess_stream_t *st)
 {
@@ -112,95 +26,6 @@ static void note_pressure(nb_muxsess_stream_t *st)
     st->want_drain = 1;
     if (st->s->queued >= st->s->o.send_budget)
         st->s->send_blocked = 1;
-}
-
-void nb_mxs_chunk_unref(struct chunk *c)
-{
-    if (--c->refs)
-        return;
-    if (c->free_fn)
-        c->free_fn(c->p);
-    int k = c->cap == CHUNK_BIG ? 1 : c->cap == CHUNK_SMALL ? 0 : -1;
-    nb_muxsess_t *s = c->s;
-    if (k >= 0 && s && !s->freed && s->conn && s->npool[k] < (k ? POOL_BIG : POOL_SMALL)) {
-        c->next = s->pool[k];
-        s->pool[k] = c;
-        s->npool[k]++;
-        return;
-    }
-    free(c);
-}
-
-static struct chunk *chunk_get(nb_muxsess_t *s, size_t cap)
-{
-    int k = cap == CHUNK_BIG ? 1 : 0;
-    struct chunk *c = s->pool[k];
-    if (c) {
-        s->pool[k] = c->next;
-        s->npool[k]--;
-    } else if (!(c = malloc(sizeof *c + cap))) {
-        return NULL;
-    }
-    memset(c, 0, sizeof *c);
-    c->s = s;
-    c->p = (uint8_t *)(c + 1);
-    c->cap = cap;
-    c->refs = 1;
-    return c;
-}
-
-nb_muxsess_stream_t *nb_mxs_stream_new(nb_muxsess_t *s, uint32_t id, int local, int state)
-{
-    nb_muxsess_stream_t *st = calloc(1, sizeof *st);
-    if (!st)
-        return NULL;
-    st->s = s;
-    st->id = id;
-    st->local = (uint8_t)local;
-    st->state = (uint8_t)state;
-    st->recv_credit = st->window = NB_MUX_INITIAL_WINDOW;
-    unsigned i = hidx(id);
-    st->hnext = s->buckets[i];
-    s->buckets[i] = st;
-    st->anext = s->all;
-    if (s->all)
-        s->all->aprev = st;
-    s->all = st;
-    s->nstreams++;
-    return st;
-}
-
-void nb_mxs_stream_finish(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg,
-                          int notify)
-{
-    nb_muxsess_t *s = st->s;
-    if (st->state == ST_DEAD)
-        return;
-    hash_del(s, st);
-    if (st->aprev)
-        st->aprev->anext = st->anext;
-    else
-        s->all = st->anext;
-    if (st->anext)
-        st->anext->aprev = st->aprev;
-    nb_mxs_ready_del(s, st);
-    nb_mxs_wlist_del(s, st);
-    s->nstreams--;
-    s->unconsumed -= st->unconsumed;
-    s->queued -= st->queued;
-    st->unconsumed = 0;
-    st->queued = 0;
-    struct chunk *c;
-    while ((c = st->qhead)) {
-        st->qhead = c->next;
-        nb_mxs_chunk_unref(c);
-    }
-    st->qtail = NULL;
-    st->state = ST_DEAD;
-    st->gnext = s->grave;
-    s->grave = st;
-    if (notify && st->cbs && st->cbs->on_close)
-        st->cbs->on_close(st, err, code, msg ? msg : "", st->ud);
 }
 
 int nb_muxsess_open(nb_muxsess_t *s, const char *service, nb_iov_t args,
@@ -256,34 +81,6 @@ int nb_muxsess_stream_accept(nb_muxsess_stream_t *st)
     return 0;
 }
 
-void nb_muxsess_stream_reject(nb_muxsess_stream_t *st, uint32_t code, const char *msg)
-{
-    nb_muxsess_t *s = st->s;
-    if (st->state != ST_PENDING) {
-        nb_muxsess_stream_reset(st, code, msg);
-        return;
-    }
-    if (s->conn) {
-        s->stats.opens_refused++;
-        nb_mxs_ctl_frame_result(s, nb_mux_enc_code(&s->ctlq, NB_MUX_OPEN_ERR, st->id, code, msg));
-    }
-    nb_mxs_stream_finish(st, 0, code, NULL, 0);
-}
-
-void nb_muxsess_stream_reset(nb_muxsess_stream_t *st, uint32_t code, const char *msg)
-{
-    nb_muxsess_t *s = st->s;
-    if (st->state == ST_DEAD)
-        return;
-    if (st->state == ST_PENDING) {
-        nb_muxsess_stream_reject(st, code, msg);
-        return;
-    }
-    if (s->conn)
-        nb_mxs_ctl_frame_result(s, nb_mux_enc_code(&s->ctlq, NB_MUX_RST, st->id, code, msg));
-    nb_mxs_stream_finish(st, 0, code, NULL, 0);
-}
-
 static int queue_chunk(nb_muxsess_stream_t *st, struct chunk *c)
 {
     nb_muxsess_t *s = st->s;
@@ -336,7 +133,7 @@ int nb_muxsess_stream_write(nb_muxsess_stream_t *st, unsigned chan, const void *
         }
         /* A CTL message is one chunk of its own (<= 4096 bytes). */
         size_t cap = chan == NB_MUX_CHAN_CTL || n < CHUNK_SMALL ? CHUNK_SMALL : CHUNK_BIG;
-        struct chunk *c = chunk_get(s, cap);
+        struct chunk *c = nb_mxs_chunk_get(s, cap);
         if (!c)
             return -ENOMEM; /* what was copied so far stays queued */
         size_t k = n < cap ? n : cap;
@@ -401,26 +198,6 @@ int nb_muxsess_stream_fin(nb_muxsess_stream_t *st)
     st->fin_queued = 1;
     nb_mxs_update_ready(st);
     return 0;
-}
-
-void nb_muxsess_stream_consume(nb_muxsess_stream_t *st, size_t n)
-{
-    nb_muxsess_t *s = st->s;
-    if (st->state == ST_DEAD)
-        return;
-    if (n > st->unconsumed)
-        n = st->unconsumed;
-    st->unconsumed -= n;
-    s->unconsumed -= n;
-    if (!st->fin_recv) {
-        st->consumed_pending += (uint32_t)n;
-        if (st->consumed_pending >= st->window / 4) {
-            wlist_add(s, st);
-            nb_mxs_schedule_flush(s);
-        }
-    }
-    if (s->conn && !s->conn->reading)
-        nb_mxs_schedule_flush(s); /* on_prep re-checks the read budget */
 }
 
 uint32_t nb_muxsess_stream_id(const nb_muxsess_stream_t *st)

@@ -1,46 +1,33 @@
-/* nbmux session layer: the write scheduler, reads, frame dispatch and the
- * keepalive tick. Module map: muxsess_int.h. */
+/* nbmux session layer, middle: the protocol engine. Handshake, teardown,
+ * the write scheduler, reads and frame dispatch, the keepalive tick, and
+ * the stream calls the dispatch itself makes (reject, reset, consume).
+ * One unit because every path through it can end the session and ending
+ * it writes a GOAWAY and finishes the streams. Uses muxsess_mem.c only;
+ * module map in muxsess_int.h. */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <sodium.h>
 
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/muxsess_int.h"
 
-/* ------------------------------------------------------------ transport */
-
-wreq_t *nb_mxs_wreq_get(nb_muxsess_t *s, struct conn *c)
+void nb_mxs_schedule_flush(nb_muxsess_t *s)
 {
-    wreq_t *w = s->wfree;
-    if (w) {
-        s->wfree = w->next;
-        s->nwfree--;
-    } else if (!(w = malloc(sizeof *w))) {
-        return NULL;
-    }
-    w->next = NULL;
-    w->conn = c;
-    nb_buf_init(&w->ctl, SIZE_MAX);
-    w->bytes = 0;
-    w->nbufs = w->nhdr = w->nref = 0;
-    return w;
+    if (!s->freed)
+        uv_prepare_start(&s->prep, nb_mxs_on_prep);
 }
 
-void nb_mxs_wreq_put(nb_muxsess_t *s, wreq_t *w)
+/* ------------------------------------------------------------ transport */
+
+static void on_linger(uv_timer_t *t)
 {
-    for (unsigned i = 0; i < w->nref; i++)
-        nb_mxs_chunk_unref(w->ref[i]);
-    w->nref = 0;
-    nb_buf_free(&w->ctl);
-    if (s->nwfree < WFREE_MAX && !s->freed) {
-        w->next = s->wfree;
-        s->wfree = w;
-        s->nwfree++;
-    } else {
-        free(w);
-    }
+    nb_mxs_conn_close(t->data);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -95,6 +82,237 @@ int nb_mxs_submit(nb_muxsess_t *s, struct conn *c, wreq_t *w)
     c->writes++;
     c->inflight += w->bytes;
     return 0;
+}
+
+/* ------------------------------------------------------------- teardown */
+
+void nb_mxs_teardown(nb_muxsess_t *s, int err, uint32_t code, int goaway, const char *fmt, ...)
+{
+    struct conn *c = s->conn;
+    if (!c)
+        return;
+    char why[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+
+    int level = (code == NB_MUX_E_NONE || code == NB_MUX_E_SHUTDOWN) ? NB_LOG_INFO : NB_LOG_WARN;
+    nb_log_conn(level, s->conn_id, "nbmux session %s: %s (%s)",
+                s->state == S_UP ? "down" : "handshake failed", why, nb_mux_code_name(code));
+
+    s->conn = NULL;
+    s->state = S_IDLE;
+    uv_timer_stop(&s->tick);
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->pipe);
+        c->reading = 0;
+    }
+    c->closing = 1;
+    if (goaway && !c->handles_closed) {
+        wreq_t *w = nb_mxs_wreq_get(s, c);
+        if (w && nb_mux_enc_code(&w->ctl, NB_MUX_GOAWAY, 0, code, why) == 0) {
+            w->bufs[0] = uv_buf_init((char *)w->ctl.p, (unsigned)w->ctl.len);
+            w->nbufs = 1;
+            w->bytes = w->ctl.len;
+            (void)nb_mxs_submit(s, c, w);
+        } else if (w) {
+            nb_mxs_wreq_put(s, w);
+        }
+    }
+    if (c->writes == 0)
+        nb_mxs_conn_close(c);
+    else if (!c->handles_closed)
+        uv_timer_start(&c->linger, on_linger, LINGER_MS, 0);
+
+    snprintf(s->down_reason, sizeof s->down_reason, "%s", why);
+    s->down_err = err ? err : NB_ECLOSED;
+    s->down_pending = 1;
+
+    /* Fresh state for the next attach, before any application callback
+     * (which may attach again). The decoder keeps its buffer: a CTL
+     * payload handed to on_data may still be in use up the stack. */
+    uint8_t *pbuf = s->dec.pbuf;
+    nb_mux_dec_init(&s->dec);
+    s->dec.pbuf = pbuf;
+    nb_buf_free(&s->ctlq);
+    nb_buf_init(&s->ctlq, s->o.ctl_queue_max + CTLQ_SLACK);
+    s->paused_local = 0;
+    s->send_blocked = 0;
+    sodium_memzero(s->hello_mine, sizeof s->hello_mine);
+    sodium_memzero(s->hello_peer, sizeof s->hello_peer);
+    nb_mxs_schedule_flush(s); /* delivers on_down from on_prep if no callback is running */
+
+    char msg[320];
+    snprintf(msg, sizeof msg, "session ended: %s", why);
+    nb_muxsess_stream_t *st;
+    while ((st = s->all))
+        nb_mxs_stream_finish(st, s->down_err, code == NB_MUX_E_NONE ? NB_MUX_E_SHUTDOWN : code, msg,
+                             1);
+    if (!s->conn) /* nobody attached again from a callback */
+        nb_mxs_pool_release(s);
+}
+
+void nb_mxs_proto_error(nb_muxsess_t *s, uint32_t code, const char *fmt, ...)
+{
+    char why[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    int err = code == NB_MUX_E_AUTH ? NB_EAUTH : nb_mux_code_to_err(code);
+    nb_mxs_teardown(s, err, code, 1, "%s", why);
+}
+
+int nb_mxs_ctl_frame_result(nb_muxsess_t *s, int r)
+{
+    if (r == NB_ETOOBIG && s->conn)
+        nb_mxs_teardown(s, r, NB_MUX_E_PROTOCOL, 1,
+                        "the peer does not read: more than %zu bytes of control frames queued",
+                        s->ctlq.max);
+    else if (r < 0 && s->conn)
+        nb_mxs_teardown(s, r, NB_MUX_E_INTERNAL, 1, "cannot queue a control frame: %s",
+                        nb_strerror(r));
+    else
+        nb_mxs_schedule_flush(s);
+    return r;
+}
+
+/* ------------------------------------------------------------- handshake */
+
+static void established(nb_muxsess_t *s)
+{
+    nb_mux_hello_t mine, peer;
+    (void)nb_mux_parse_hello(nb_iov(s->hello_mine, NB_MUX_HELLO_LEN), &mine);
+    (void)nb_mux_parse_hello(nb_iov(s->hello_peer, NB_MUX_HELLO_LEN), &peer);
+    s->features = mine.features & peer.features;
+    s->state = S_UP;
+    nb_mux_dec_allow(&s->dec, NB_MUX_MASK_SESSION);
+    s->next_local_id = s->o.role == NB_MUX_ROLE_HOST ? 1 : 2;
+    s->last_peer_id = 0;
+    s->last_ping = s->last_rx = s->t_tokens = now_ms(s);
+    s->tokens = (uint64_t)s->o.open_burst * 1000;
+    s->stats.sessions++;
+    s->stats.opens_in = s->stats.opens_refused = 0;
+    nb_log_conn(NB_LOG_INFO, s->conn_id, "nbmux session up (%s side)",
+                s->o.role == NB_MUX_ROLE_HOST ? "host" : "guest");
+    if (s->o.on_up)
+        s->o.on_up(s, s->o.ud);
+}
+
+void nb_mxs_hs_hello(nb_muxsess_t *s, const nb_mux_ev_t *ev)
+{
+    nb_mux_hello_t h;
+    (void)nb_mux_parse_hello(ev->payload, &h);
+    if (h.version != NB_MUX_VERSION) {
+        nb_mxs_proto_error(s, NB_MUX_E_VERSION, "peer speaks nbmux version %u, this side speaks %u",
+                           h.version, NB_MUX_VERSION);
+        return;
+    }
+    uint8_t want = s->o.role == NB_MUX_ROLE_HOST ? NB_MUX_ROLE_GUEST : NB_MUX_ROLE_HOST;
+    if (h.role != want) {
+        nb_mxs_proto_error(s, NB_MUX_E_AUTH, "peer HELLO claims role %u, expected %u (reflected?)",
+                           h.role, want);
+        return;
+    }
+    memcpy(s->hello_peer, ev->payload.p, NB_MUX_HELLO_LEN);
+    if (s->o.role == NB_MUX_ROLE_GUEST) {
+        uint8_t nonce[NB_MUX_NONCE_LEN], mac[NB_MUX_AUTH_LEN];
+        randombytes_buf(nonce, sizeof nonce);
+        nb_mux_put_hello(s->hello_mine, NB_MUX_ROLE_GUEST, 0, nonce);
+        nb_mux_auth_mac(mac, s->key, NB_MUX_ROLE_GUEST, s->hello_peer, s->hello_mine);
+        int r = nb_mux_enc_frame(&s->ctlq, NB_MUX_HELLO, 0, 0, s->hello_mine, NB_MUX_HELLO_LEN);
+        if (r == 0)
+            r = nb_mux_enc_frame(&s->ctlq, NB_MUX_AUTH, 0, 0, mac, sizeof mac);
+        sodium_memzero(mac, sizeof mac);
+        if (nb_mxs_ctl_frame_result(s, r) < 0)
+            return;
+    }
+    s->state = S_HS_AUTH;
+    nb_mux_dec_allow(&s->dec, NB_MUX_T(NB_MUX_AUTH) | NB_MUX_T(NB_MUX_GOAWAY));
+}
+
+void nb_mxs_hs_auth(nb_muxsess_t *s, const nb_mux_ev_t *ev)
+{
+    int host = s->o.role == NB_MUX_ROLE_HOST;
+    const uint8_t *hh = host ? s->hello_mine : s->hello_peer;
+    const uint8_t *hg = host ? s->hello_peer : s->hello_mine;
+    uint8_t prover = host ? NB_MUX_ROLE_GUEST : NB_MUX_ROLE_HOST;
+    if (nb_mux_auth_verify(ev->payload.p, s->key, prover, hh, hg) < 0) {
+        nb_mxs_proto_error(s, NB_MUX_E_AUTH,
+                           "authentication failed: the peer does not know the key");
+        return;
+    }
+    if (host) {
+        uint8_t mac[NB_MUX_AUTH_LEN];
+        nb_mux_auth_mac(mac, s->key, NB_MUX_ROLE_HOST, hh, hg);
+        int r = nb_mux_enc_frame(&s->ctlq, NB_MUX_AUTH, 0, 0, mac, sizeof mac);
+        sodium_memzero(mac, sizeof mac);
+        if (nb_mxs_ctl_frame_result(s, r) < 0)
+            return;
+    }
+    established(s);
+}
+
+/* ---------------------------------------------------------- stream state */
+
+void nb_mxs_update_ready(nb_muxsess_stream_t *st)
+{
+    nb_muxsess_t *s = st->s;
+    if (nb_mxs_stream_ready(st)) {
+        nb_mxs_ready_add(s, st);
+        nb_mxs_schedule_flush(s);
+    } else {
+        nb_mxs_ready_del(s, st);
+    }
+}
+
+void nb_muxsess_stream_reject(nb_muxsess_stream_t *st, uint32_t code, const char *msg)
+{
+    nb_muxsess_t *s = st->s;
+    if (st->state != ST_PENDING) {
+        nb_muxsess_stream_reset(st, code, msg);
+        return;
+    }
+    if (s->conn) {
+        s->stats.opens_refused++;
+        nb_mxs_ctl_frame_result(s, nb_mux_enc_code(&s->ctlq, NB_MUX_OPEN_ERR, st->id, code, msg));
+    }
+    nb_mxs_stream_finish(st, 0, code, NULL, 0);
+}
+
+void nb_muxsess_stream_reset(nb_muxsess_stream_t *st, uint32_t code, const char *msg)
+{
+    nb_muxsess_t *s = st->s;
+    if (st->state == ST_DEAD)
+        return;
+    if (st->state == ST_PENDING) {
+        nb_muxsess_stream_reject(st, code, msg);
+        return;
+    }
+    if (s->conn)
+        nb_mxs_ctl_frame_result(s, nb_mux_enc_code(&s->ctlq, NB_MUX_RST, st->id, code, msg));
+    nb_mxs_stream_finish(st, 0, code, NULL, 0);
+}
+
+void nb_muxsess_stream_consume(nb_muxsess_stream_t *st, size_t n)
+{
+    nb_muxsess_t *s = st->s;
+    if (st->state == ST_DEAD)
+        return;
+    if (n > st->unconsumed)
+        n = st->unconsumed;
+    st->unconsumed -= n;
+    s->unconsumed -= n;
+    if (!st->fin_recv) {
+        st->consumed_pending += (uint32_t)n;
+        if (st->consumed_pending >= st->window / 4) {
+            nb_mxs_wlist_add(s, st);
+            nb_mxs_schedule_flush(s);
+        }
+    }
+    if (s->conn && !s->conn->reading)
+        nb_mxs_schedule_flush(s); /* on_prep re-checks the read budget */
 }
 
 /* -------------------------------------------------------------- writing */
