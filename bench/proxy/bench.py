@@ -110,13 +110,15 @@ class Bench:
     def measure(self, peer):
         pid = peer["pid"]
         (u0, s0), io0 = nbbench.cpu_s(pid), nbbench.rw_calls(pid)
+        (v0, i0) = nbbench.ctx_switches(pid)
         one = self.rps(peer, 1)
         many = self.rps(peer, self.a.conns)
         (u1, s1), io1 = nbbench.cpu_s(pid), nbbench.rw_calls(pid)
+        (v1, i1) = nbbench.ctx_switches(pid)
         n = max(1, one["reqs"] + many["reqs"])
         return {"one": one, "many": many, "cpu_us": (u1 + s1 - u0 - s0) * 1e6 / n,
                 "sys_us": (s1 - s0) * 1e6 / n, "rw_calls": (io1 - io0) / n,
-                "sse": self.sse(peer)}
+                "cs_vol": (v1 - v0) / n, "cs_invol": (i1 - i0) / n, "sse": self.sse(peer)}
 
     def setup_upstream(self):
         import fake_upstream
@@ -204,7 +206,8 @@ class Bench:
 def best(runs):
     """Per figure, the best of the rounds: highest req/s, lowest times."""
     r = runs[0]
-    out = {k: min(x[k] for x in runs) for k in ("cpu_us", "sys_us", "rw_calls")}
+    out = {k: min(x[k] for x in runs) for k in ("cpu_us", "sys_us", "rw_calls",
+                                                     "cs_vol", "cs_invol")}
     for k in ("one", "many", "sse"):
         out[k] = {f: (max if f == "rps" else min)(x[k][f] for x in runs)
                   for f in r[k] if f in ("rps", "p50_us", "p90_us", "p99_us")}
@@ -214,22 +217,22 @@ def best(runs):
 def report(a, res, injected, load):
     print("bench/proxy: keep-alive HTTPS GETs to a local upstream, %.0f s per run, best of %d "
           "rounds, load average %.2f-%.2f" % (a.secs, a.rounds, min(load), max(load)))
-    print("%-9s %9s %9s %7s %7s %8s %8s %7s %7s %8s %8s" % (
+    print("%-9s %9s %9s %7s %7s %8s %8s %7s %7s %6s %6s %8s %8s" % (
         "", "req/s 1c", "req/s %dc" % a.conns, "p50 us", "p99 us", "+p50 ms", "CPU us", "sys us",
-        "r/w", "SSE p50", "SSE p99"))
+        "r/w", "cs vol", "invol", "SSE p50", "SSE p99"))
     d = res["direct"]
     for k in ("direct", "nilbox", "squid", "mitmdump"):
         if k not in res:
             print("%-9s (not run%s)" % (k, "" if a.only else ": bench/setup.sh installs it"))
             continue
         r = res[k]
-        print("%-9s %9.0f %9.0f %7d %7d %8.3f %8.1f %7.1f %7.1f %8d %8d" % (
+        print("%-9s %9.0f %9.0f %7d %7d %8.3f %8.1f %7.1f %7.1f %6.2f %6.2f %8d %8d" % (
             k, r["one"]["rps"], r["many"]["rps"], r["one"]["p50_us"], r["one"]["p99_us"],
             (r["one"]["p50_us"] - d["one"]["p50_us"]) / 1000.0, r["cpu_us"], r["sys_us"],
-            r["rw_calls"], r["sse"]["p50_us"], r["sse"]["p99_us"]))
+            r["rw_calls"], r["cs_vol"], r["cs_invol"], r["sse"]["p50_us"], r["sse"]["p99_us"]))
     print("(per request: CPU (user + system) and system CPU in us, read/write system calls, "
-          "of the proxy process and its children; for direct, of the upstream. SSE: us from "
-          "the upstream to the client.)")
+          "voluntary and involuntary context switches, of the proxy process and its children; "
+          "for direct, of the upstream. SSE: us from the upstream to the client.)")
     if "nilbox" not in res:
         print(json.dumps(res))
         return
