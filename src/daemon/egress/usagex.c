@@ -235,14 +235,21 @@ int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
             j->vlen = 0;
             j->cut = 0;
             j->esc = 0;
+            j->kodd = 0;
             break;
         case J_KEY:
+            if (c == '\\')
+                j->kodd = 1;
             if (str_byte(j, c, &bad)) {
                 int lvl = j->depth - 1;
                 path_cut(j, j->seg[lvl]);
                 j->path_over &= ~(1u << lvl);
+                if (j->kodd || memchr(j->val, '.', j->vlen))
+                    j->odd_keys++;
                 if (j->cut || path_add(j, j->val, j->vlen) < 0)
                     j->path_over |= 1u << lvl;
+                else if (j->kcb && !j->path_over)
+                    j->kcb(j->ctx, j->path, j->plen);
                 j->state = J_COLON;
             }
             if (bad)

@@ -39,9 +39,18 @@ typedef enum { NB_UJSON_NUMBER = 1, NB_UJSON_STRING, NB_UJSON_LITERAL } nb_ujson
 typedef int (*nb_ujson_cb)(void *ctx, const char *path, size_t pathlen, nb_ujson_kind_t kind,
                            const char *v, size_t vlen, int cut);
 
+/* A key at `path` (its own dotted path, NUL-terminated), reported when
+ * its string ends, before its value (not when the path does not fit). */
+typedef void (*nb_ujson_key_cb)(void *ctx, const char *path, size_t pathlen);
+
 typedef struct {
     nb_ujson_cb cb;
     void *ctx;
+    nb_ujson_key_cb kcb; /* optional (NULL after init) */
+    /* Keys holding an escape or a '.' (their paths are not what a JSON
+     * parser reads: "\r" is taken as 'r', "a.b" looks nested): a reader
+     * that must agree with a parser does not trust the paths when > 0. */
+    unsigned odd_keys;
     /* private */
     int state, depth, err;
     uint8_t stack[NB_UJSON_DEPTH]; /* 1 object, 2 array */
@@ -51,7 +60,7 @@ typedef struct {
     unsigned path_over; /* levels whose key did not fit (their scalars are not reported) */
     char val[NB_UJSON_SCALAR + 1];
     size_t vlen;
-    int cut, esc, uhex, done;
+    int cut, esc, uhex, done, kodd;
 } nb_ujson_t;
 
 void nb_ujson_init(nb_ujson_t *j, nb_ujson_cb cb, void *ctx);
