@@ -174,14 +174,24 @@ static int str_byte(nb_ujson_t *j, uint8_t c, int *bad)
 
 /* Inside a string, bytes str_byte would just keep: what most of a stream's
  * bytes are (text deltas), taken as a run instead of one by one. */
+static const uint8_t plain_byte[256] = {
+    [0x20 ... 0x21] = 1, [0x23 ... 0x5b] = 1, [0x5d ... 0xff] = 1}; /* not '"', '\\', controls */
+
 static size_t plain_run(const nb_ujson_t *j, const uint8_t *p, size_t len)
 {
     size_t n = 0;
     if ((j->state != J_STR && j->state != J_KEY) || j->esc || j->uhex)
         return 0;
-    while (n < len && p[n] != '"' && p[n] != '\\' && p[n] >= 0x20)
+    while (n < len && plain_byte[p[n]])
         n++;
     return n;
+}
+
+/* Nothing is pending: no key and no scalar begun. */
+static int ujson_settled(const nb_ujson_t *j)
+{
+    return j->state == J_AFTER || j->state == J_END || j->state == J_KEY_FIRST ||
+           j->state == J_ARR_FIRST || j->state == J_KEY_NEXT;
 }
 
 int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
@@ -310,6 +320,10 @@ int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
         case J_END:
             if (!is_ws(c))
                 r = NB_EPROTO;
+            break;
+        }
+        if (j->stop_settled && r == 0 && ujson_settled(j)) {
+            j->stopped = i + 1;
             break;
         }
     }
@@ -470,6 +484,8 @@ enum { MODE_JSON = 0, MODE_SSE, MODE_EVENTSTREAM };
 
 /* A needle: part of a wanted path's last segment that a key naming that
  * segment must hold byte for byte in the raw JSON (see needles_init). */
+#define NEEDLE_SUFFIX 6
+
 typedef struct {
     const char *p;
     size_t len;
@@ -579,6 +595,26 @@ static void needles_init(nb_umeter_t *m)
                 m->needles[m->nneedles++] = best;
         }
     }
+    /* Needles sharing a suffix of NEEDLE_SUFFIX bytes or more are searched
+     * as that suffix ("_tokens" for "ompt_tokens", "completion_tokens",
+     * "cached_tokens"): one memmem instead of several. Each of its
+     * occurrences ends where the longer needle's would, and more may be
+     * found, so the scan may go further, never less far. */
+    for (size_t a = 0; a < m->nneedles; a++)
+        for (size_t b = a + 1; b < m->nneedles;) {
+            needle_t *x = &m->needles[a], *y = &m->needles[b];
+            size_t n = 0;
+            while (n < x->len && n < y->len && x->p[x->len - 1 - n] == y->p[y->len - 1 - n])
+                n++;
+            if (n < NEEDLE_SUFFIX) {
+                b++;
+                continue;
+            }
+            x->p += x->len - n;
+            x->len = n;
+            m->needles[b] = m->needles[--m->nneedles];
+            b = a + 1;
+        }
 }
 
 /* The end of the last needle in p[0, len), or 0 when none is there. Only
@@ -596,13 +632,6 @@ static size_t needles_last_end(const nb_umeter_t *m, const uint8_t *p, size_t le
         }
     }
     return end;
-}
-
-/* Nothing is pending: no key and no scalar begun. */
-static int ujson_settled(const nb_ujson_t *j)
-{
-    return j->state == J_AFTER || j->state == J_END || j->state == J_KEY_FIRST ||
-           j->state == J_ARR_FIRST || j->state == J_KEY_NEXT;
 }
 
 /* One complete JSON document (an SSE event's data, a frame's payload); a
@@ -624,9 +653,13 @@ static void scan_doc(nb_umeter_t *m, const uint8_t *p, size_t len)
     size_t end = needles_last_end(m, p, len);
     if (end == 0 || nb_ujson_feed(&m->js, p, end) != 0)
         return;
-    for (; end < len && !ujson_settled(&m->js); end++)
-        if (nb_ujson_feed(&m->js, p + end, 1) != 0)
+    if (end < len && !ujson_settled(&m->js)) {
+        /* On until the key or value the last needle is in is over. */
+        m->js.stop_settled = 1;
+        if (nb_ujson_feed(&m->js, p + end, len - end) != 0)
             return;
+        end = m->js.stopped ? end + m->js.stopped : len;
+    }
     if (end == len)
         nb_ujson_finish(&m->js); /* (it reports a root scalar only, at path "") */
 }

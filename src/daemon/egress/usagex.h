@@ -61,6 +61,8 @@ typedef struct {
     char val[NB_UJSON_SCALAR + 1];
     size_t vlen;
     int cut, esc, uhex, done, kodd;
+    int stop_settled; /* stop after the byte that leaves nothing pending */
+    size_t stopped;   /* bytes of the last feed taken before that stop, or 0 */
 } nb_ujson_t;
 
 void nb_ujson_init(nb_ujson_t *j, nb_ujson_cb cb, void *ctx);
