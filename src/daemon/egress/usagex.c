@@ -254,7 +254,7 @@ int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
                 int lvl = j->depth - 1;
                 path_cut(j, j->seg[lvl]);
                 j->path_over &= ~(1u << lvl);
-                if (j->kodd || memchr(j->val, '.', j->vlen))
+                if (j->kcb && (j->kodd || memchr(j->val, '.', j->vlen)))
                     j->odd_keys++;
                 if (j->cut || path_add(j, j->val, j->vlen) < 0)
                     j->path_over |= 1u << lvl;
@@ -486,6 +486,13 @@ enum { MODE_JSON = 0, MODE_SSE, MODE_EVENTSTREAM };
  * segment must hold byte for byte in the raw JSON (see needles_init). */
 #define NEEDLE_SUFFIX 6
 
+/* A usage path with its length (a scalar's path is compared to each). */
+typedef struct {
+    const char *path;
+    size_t len;
+    int field;
+} want_t;
+
 typedef struct {
     const char *p;
     size_t len;
@@ -495,6 +502,8 @@ struct nb_umeter {
     const nb_llm_api_t *api;
     int mode;
     needle_t needles[NB_UF_N * NB_LLM_PATHS];
+    want_t want[NB_UF_N * NB_LLM_PATHS]; /* the catalogue's usage paths, in its order */
+    size_t nwant;
     size_t nneedles; /* 0: every event is scanned whole */
     nb_decode_t *dec;
     int undecodable;
@@ -522,27 +531,25 @@ static int on_scalar(void *ctx, const char *path, size_t pathlen, nb_ujson_kind_
                      const char *v, size_t vlen, int cut)
 {
     nb_umeter_t *m = ctx;
-    for (int f = 0; f < NB_UF_N; f++) {
-        for (int k = 0; k < NB_LLM_PATHS && m->api->usage[f][k][0]; k++) {
-            const char *want = m->api->usage[f][k];
-            if (want[0] != path[0] || strlen(want) != pathlen || memcmp(want, path, pathlen) != 0)
-                continue;
-            if (f == NB_UF_MODEL) {
-                if (kind == NB_UJSON_STRING && vlen && !cut && vlen < sizeof m->seen.model) {
-                    memcpy(m->seen.model, v, vlen);
-                    m->seen.model[vlen] = '\0';
-                }
-                return 0;
+    for (size_t i = 0; i < m->nwant; i++) {
+        const want_t *w = &m->want[i];
+        if (w->len != pathlen || w->path[0] != path[0] || memcmp(w->path, path, pathlen) != 0)
+            continue;
+        if (w->field == NB_UF_MODEL) {
+            if (kind == NB_UJSON_STRING && vlen && !cut && vlen < sizeof m->seen.model) {
+                memcpy(m->seen.model, v, vlen);
+                m->seen.model[vlen] = '\0';
             }
-            if (kind == NB_UJSON_LITERAL && vlen == 4 && memcmp(v, "null", 4) == 0)
-                return 0; /* OpenAI streams say "usage": null until the last chunk */
-            int64_t n = kind == NB_UJSON_NUMBER && !cut ? nb_usage_parse_count(v, vlen) : -1;
-            if (n < 0)
-                m->seen.malformed++;
-            else
-                m->seen.v[f] = n;
             return 0;
         }
+        if (kind == NB_UJSON_LITERAL && vlen == 4 && memcmp(v, "null", 4) == 0)
+            return 0; /* OpenAI streams say "usage": null until the last chunk */
+        int64_t n = kind == NB_UJSON_NUMBER && !cut ? nb_usage_parse_count(v, vlen) : -1;
+        if (n < 0)
+            m->seen.malformed++;
+        else
+            m->seen.v[w->field] = n;
+        return 0;
     }
     return 0;
 }
@@ -727,8 +734,11 @@ int nb_umeter_new(const nb_llm_api_t *api, nb_iov_t ctype, nb_iov_t cenc, nb_ume
     if (!m)
         return -ENOMEM;
     m->api = api;
-    for (int f = 0; f < NB_UF_N; f++)
+    for (int f = 0; f < NB_UF_N; f++) {
         m->seen.v[f] = -1;
+        for (int k = 0; k < NB_LLM_PATHS && api->usage[f][k][0]; k++)
+            m->want[m->nwant++] = (want_t){api->usage[f][k], strlen(api->usage[f][k]), f};
+    }
     if (ctype_is(ctype, "text/event-stream"))
         m->mode = MODE_SSE;
     else if (ctype_is(ctype, "application/vnd.amazon.eventstream"))

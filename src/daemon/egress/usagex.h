@@ -47,9 +47,10 @@ typedef struct {
     nb_ujson_cb cb;
     void *ctx;
     nb_ujson_key_cb kcb; /* optional (NULL after init) */
-    /* Keys holding an escape or a '.' (their paths are not what a JSON
-     * parser reads: "\r" is taken as 'r', "a.b" looks nested): a reader
-     * that must agree with a parser does not trust the paths when > 0. */
+    /* With kcb set: keys holding an escape or a '.' (their paths are not
+     * what a JSON parser reads: "\r" is taken as 'r', "a.b" looks
+     * nested); a reader that must agree with a parser does not trust the
+     * paths when > 0. */
     unsigned odd_keys;
     /* private */
     int state, depth, err;
