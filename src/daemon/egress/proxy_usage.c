@@ -76,6 +76,7 @@ int nb_px_usage_hold(const cconn_t *c)
 
 typedef struct {
     const nb_llm_api_t *api;
+    const nb_ujson_t *j;
     const char *target[2 * NB_LLM_PATHS + 3]; /* the paths read, NULL-terminated */
     char model[NB_LLM_PATHS][NB_LLM_MODEL_MAX];
     unsigned has_model; /* bit k: req_model[k] is a string */
@@ -146,6 +147,8 @@ static int rq_scalar(void *ctx, const char *path, size_t n, nb_ujson_kind_t kind
         return 0;
     for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0]; k++)
         if (kind == NB_UJSON_STRING && strcmp(path, api->req_model[k]) == 0) {
+            if (q->j->vesc)
+                q->untrusted = 1; /* "\u0061" is read as '?': the price could differ */
             size_t m = vlen < NB_LLM_MODEL_MAX - 1 ? vlen : NB_LLM_MODEL_MAX - 1;
             memcpy(q->model[k], v, m);
             q->model[k][m] = '\0';
@@ -186,6 +189,7 @@ static int rq_scan(rq_t *q, const nb_llm_api_t *api, const uint8_t *p, size_t le
     nb_ujson_t j;
     nb_ujson_init(&j, rq_scalar, q);
     j.kcb = rq_key;
+    q->j = &j;
     if (nb_ujson_feed(&j, p, len) != 0 || nb_ujson_finish(&j) != 0)
         return 0;
     return !j.odd_keys && !q->untrusted;

@@ -123,6 +123,7 @@ static int begin_value(nb_ujson_t *j, uint8_t c)
     if (c == '"') {
         j->state = J_STR;
         j->esc = 0;
+        j->vesc = 0;
         return 0;
     }
     if (c == '-' || (c >= '0' && c <= '9')) {
@@ -285,6 +286,8 @@ int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
             }
             break;
         case J_STR:
+            if (c == '\\')
+                j->vesc = 1;
             if (str_byte(j, c, &bad)) {
                 r = emit(j, NB_UJSON_STRING);
                 value_done(j);

@@ -52,6 +52,7 @@ typedef struct {
      * nested); a reader that must agree with a parser does not trust the
      * paths when > 0. */
     unsigned odd_keys;
+    int vesc; /* the string value being reported held an escape */
     /* private */
     int state, depth, err;
     uint8_t stack[NB_UJSON_DEPTH]; /* 1 object, 2 array */
