@@ -16,6 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemon_harness  # noqa: E402
 import fake_llm  # noqa: E402
 import fake_upstream  # noqa: E402
 from proxy_env import ProxyEnv, read_all, run_suite  # noqa: E402
@@ -354,6 +355,39 @@ def test_request_body_read_as_a_parser_does():
     assert b'"choices":[]' not in out and b"[DONE]" in out, out
 
 
+def test_usage_event_while_watched():
+    """usage.record is built only while someone watches the events live
+    (usage.h emit_wanted): a follower (`nilbox events --follow`, WebSocket)
+    gets one per record with its counts; unwatched, none is made (the
+    record is in the ledger either way)."""
+    e = E["e"]
+    px = e.llm_proxy("ev")
+    msgs = b'"messages":[{"role":"user","content":"hi"}]'
+    body = b'{"model":"gpt-4o-mini","max_tokens":2,' + msgs + b'}'
+    assert raw_post(e, px, body)[0] == 200
+    settle(e, 1, vm="ev")
+    evs = [x for x in e.events("usage.") if x.get("vm") == "ev"]
+    assert not evs, evs  # nobody watched
+    cmd = [daemon_harness.NILBOX, "--json", "events", "--follow"]
+    f = subprocess.Popen(cmd, env=e.d.env, stdout=subprocess.PIPE, text=True)
+    try:
+        e.wait_for(lambda: json.loads(e.d.unix("GET", "/v1/status")[2])["counts"][
+            "event_clients"] == 1, timeout=10, what="the follower attached")
+        assert raw_post(e, px, body)[0] == 200
+        rec = e.wait_for(lambda: (lambda r: r if len(r) >= 2 else None)(e.records("ev")),
+                         timeout=10, what="2 records")[0]
+        seen = None
+        while seen is None:
+            ev = json.loads(f.stdout.readline())
+            if ev.get("type") == "usage.record" and ev.get("vm") == "ev":
+                seen = ev
+        assert seen["request_id"] == rec["request_id"], (seen, rec)
+        assert seen["input"] == rec["input"] and seen["output"] == rec["output"], (seen, rec)
+    finally:
+        f.terminate()
+        f.wait(timeout=10)
+
+
 def test_stop_clean():
     E["e"].stop_clean()
 
@@ -363,4 +397,5 @@ run_suite(setup, [test_openai_json_exact, test_openai_stream_usage_added_and_str
                   test_gemini_exact, test_bedrock_exact,
                   test_summary_and_no_text_stored, test_concurrent_streams_never_overshoot,
                   test_rate_limit_retry_after, test_limit_cli_errors, test_warning_header,
-                  test_request_body_read_as_a_parser_does, test_stop_clean])
+                  test_request_body_read_as_a_parser_does, test_usage_event_while_watched,
+                  test_stop_clean])

@@ -808,7 +808,7 @@ void nb_usage_settle(nb_usage_t *u, nb_usage_req_t *r, const nb_usage_result_t *
         flush(u);
     else if (!uv_is_active((uv_handle_t *)u->timer))
         uv_timer_start(u->timer, on_flush, RECORD_FLUSH_MS, 0);
-    if (u->cfg.emit)
+    if (u->cfg.emit && (!u->cfg.emit_wanted || u->cfg.emit_wanted(u->cfg.emit_ud)))
         u->cfg.emit(u->cfg.emit_ud, "usage.record",
                     json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:b, s:s}", "vm", r->vm,
                               "provider", r->provider, "model", model, "input", (json_int_t)in,
