@@ -8,8 +8,6 @@
  * reservation is settled when the response ends or the exchange dies. */
 #include <errno.h>
 #include <inttypes.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,229 +68,59 @@ int nb_px_usage_hold(const cconn_t *c)
     return c->x.us && !c->x.req_done;
 }
 
-/* The held body read with the bounded scanner (usagex.c) instead of a
- * parse into a tree: only the fields the reservation needs. */
-#define RQ_SEEN 16 /* relevant keys remembered (to catch a duplicate) */
-
-typedef struct {
-    const nb_llm_api_t *api;
-    const nb_ujson_t *j;
-    const char *target[2 * NB_LLM_PATHS + 3]; /* the paths read, NULL-terminated */
-    char model[NB_LLM_PATHS][NB_LLM_MODEL_MAX];
-    unsigned has_model; /* bit k: req_model[k] is a string */
-    int64_t max[NB_LLM_PATHS];
-    int stream, include_usage, has_options;
-    int untrusted; /* a duplicate relevant key, an integer past int64: ask jansson */
-    char seen[RQ_SEEN][NB_LLM_PATH_MAX];
-    size_t nseen;
-} rq_t;
-
-/* Is `path` one of the targets, or an object on the way to one? */
-static int rq_relevant(const rq_t *q, const char *path, size_t n)
+static void set_model(struct px_usage *us, const char *s)
 {
-    for (size_t i = 0; q->target[i]; i++) {
-        const char *t = q->target[i];
-        if (strncmp(t, path, n) == 0 && (t[n] == '\0' || t[n] == '.'))
-            return 1;
-    }
-    return 0;
-}
-
-/* A relevant key named twice: a parser keeps the last one, which may be an
- * object the scalar callback never sees; jansson decides instead. */
-static void rq_key(void *ctx, const char *path, size_t n)
-{
-    rq_t *q = ctx;
-    if (q->untrusted || !rq_relevant(q, path, n))
-        return;
-    if (n == 14 && memcmp(path, "stream_options", 14) == 0)
-        q->has_options = 1;
-    for (size_t i = 0; i < q->nseen; i++)
-        if (strcmp(q->seen[i], path) == 0) {
-            q->untrusted = 1;
-            return;
-        }
-    if (q->nseen == RQ_SEEN || n >= NB_LLM_PATH_MAX) {
-        q->untrusted = 1;
-        return;
-    }
-    memcpy(q->seen[q->nseen++], path, n + 1);
-}
-
-/* What json_integer_value() gives for a number: its value when it is an
- * integer, 0 for a real; an integer past int64 fails jansson's parse. */
-static int64_t rq_int(rq_t *q, const char *v, size_t n)
-{
-    size_t i = v[0] == '-';
-    int64_t x = 0;
-    for (; i < n; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return 0;
-        if (x > (INT64_MAX - (v[i] - '0')) / 10) {
-            q->untrusted = 1;
-            return 0;
-        }
-        x = x * 10 + (v[i] - '0');
-    }
-    return v[0] == '-' ? -x : x;
-}
-
-static int rq_scalar(void *ctx, const char *path, size_t n, nb_ujson_kind_t kind, const char *v,
-                     size_t vlen, int cut)
-{
-    rq_t *q = ctx;
-    const nb_llm_api_t *api = q->api;
-    (void)cut; /* a cut model name is as long as the field keeps */
-    if (!rq_relevant(q, path, n))
-        return 0;
-    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0]; k++)
-        if (kind == NB_UJSON_STRING && strcmp(path, api->req_model[k]) == 0) {
-            if (q->j->vesc)
-                q->untrusted = 1; /* "\u0061" is read as '?': the price could differ */
-            size_t m = vlen < NB_LLM_MODEL_MAX - 1 ? vlen : NB_LLM_MODEL_MAX - 1;
-            memcpy(q->model[k], v, m);
-            q->model[k][m] = '\0';
-            q->has_model |= 1u << k;
-        }
-    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0]; k++)
-        if (kind == NB_UJSON_NUMBER && strcmp(path, api->req_max[k]) == 0)
-            q->max[k] = rq_int(q, v, vlen);
-    int yes = kind == NB_UJSON_LITERAL && vlen == 4 && memcmp(v, "true", 4) == 0;
-    if (api->req_stream[0] && strcmp(path, api->req_stream) == 0)
-        q->stream = yes;
-    if (strcmp(path, "stream_options.include_usage") == 0)
-        q->include_usage = yes;
-    return 0;
-}
-
-/* 1 when the scan can stand for a parse: a complete object whose keys
- * are plain and not repeated where it matters. */
-static int rq_scan(rq_t *q, const nb_llm_api_t *api, const uint8_t *p, size_t len)
-{
-    memset(q, 0, offsetof(rq_t, seen)); /* not the 1.5 KiB of seen[] */
-    q->nseen = 0;
-    q->api = api;
-    size_t t = 0;
-    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0]; k++)
-        q->target[t++] = api->req_model[k];
-    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0]; k++)
-        q->target[t++] = api->req_max[k];
-    if (api->req_stream[0])
-        q->target[t++] = api->req_stream;
-    q->target[t++] = "stream_options.include_usage";
-    q->target[t] = NULL;
-    size_t i = 0;
-    while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
-        i++;
-    if (i == len || p[i] != '{')
-        return 0;
-    nb_ujson_t j;
-    nb_ujson_init(&j, rq_scalar, q);
-    j.kcb = rq_key;
-    q->j = &j;
-    if (nb_ujson_feed(&j, p, len) != 0 || nb_ujson_finish(&j) != 0)
-        return 0;
-    return !j.odd_keys && !q->untrusted;
-}
-
-static const json_t *dig(const json_t *j, const char *path)
-{
-    char seg[NB_LLM_PATH_MAX];
-    while (j && *path) {
-        const char *dot = strchr(path, '.');
-        size_t n = dot ? (size_t)(dot - path) : strlen(path);
-        if (n >= sizeof seg)
-            return NULL;
-        memcpy(seg, path, n);
-        seg[n] = '\0';
-        j = json_object_get(j, seg);
-        path += n + (dot ? 1 : 0);
-    }
-    return j;
-}
-
-static void set_model(struct px_usage *us, const char *s, size_t n)
-{
-    if (n >= sizeof us->model)
-        n = sizeof us->model - 1;
+    size_t n = strnlen(s, sizeof us->model - 1);
     memcpy(us->model, s, n);
     us->model[n] = '\0';
 }
 
-/* The held body whole (jansson), for what the scan cannot stand for: the
- * same reading, and the include_usage rewrite of a body that names
- * stream_options already. */
-static int prepare_parsed(cconn_t *c, struct px_usage *us, int rewrite_only)
+/* Reads model, output cap and streaming from the held body (the bounded
+ * scan, or jansson when the scan cannot stand for a parse); asks an
+ * OpenAI stream for its usage chunk when the client did not. */
+static int prepare(cconn_t *c, struct px_usage *us)
 {
     exch_t *x = &c->x;
-    const nb_llm_api_t *api = us->m.api;
-    json_t *j = json_loadb((const char *)x->pending.p, x->pending.len, 0, NULL);
-    if (!json_is_object(j)) {
-        json_decref(j);
-        return 0; /* the upstream will refuse it; the provider default cap is reserved */
-    }
-    for (int k = 0; !rewrite_only && k < NB_LLM_PATHS && api->req_model[k][0] && !us->model[0];
-         k++) {
-        const char *s = json_string_value(dig(j, api->req_model[k]));
-        if (s)
-            set_model(us, s, strlen(s));
-    }
-    for (int k = 0; !rewrite_only && k < NB_LLM_PATHS && api->req_max[k][0] && !us->max_out; k++) {
-        json_int_t v = json_integer_value(dig(j, api->req_max[k]));
-        if (v > 0)
-            us->max_out = v < NB_USAGE_MAX_TOKENS ? v : NB_USAGE_MAX_TOKENS;
-    }
-    int stream = api->req_stream[0] && json_is_true(dig(j, api->req_stream));
-    int r = 0;
-    if (stream && us->m.include_usage && !json_is_true(dig(j, "stream_options.include_usage"))) {
+    nb_usage_body_t b;
+    set_model(us, us->m.path_model);
+    if (!nb_usage_body_scan(us->m.api, x->pending.p, x->pending.len, &b))
+        nb_usage_body_parse(us->m.api, x->pending.p, x->pending.len, &b);
+    if (!us->model[0])
+        set_model(us, b.model);
+    us->max_out = b.max_out;
+    if (!(b.stream && us->m.include_usage && !b.include_usage))
+        return 0;
+    if (b.has_options) {
+        /* Merged into the client's stream_options: re-serialised. */
+        json_t *j = json_loadb((const char *)x->pending.p, x->pending.len, 0, NULL);
         json_t *so = json_object_get(j, "stream_options");
         if (!json_is_object(so)) {
             so = json_object();
             json_object_set_new(j, "stream_options", so);
         }
         json_object_set_new(so, "include_usage", json_true());
-        char *s = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17));
+        char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+        json_decref(j);
+        int r = 0;
         nb_buf_reset(&x->pending);
         if (!s || nb_buf_append(&x->pending, s, strlen(s)) < 0)
             r = -ENOMEM;
         free(s);
-        x->head.content_length = (int64_t)x->pending.len;
-        x->req_chunked = 0;
-        us->strip = 1;
+        if (r < 0)
+            return r;
+    } else {
+        /* No stream_options: one member appended to the object, the
+         * client's bytes otherwise as they were. */
+        static const char add[] = ",\"stream_options\":{\"include_usage\":true}}";
+        size_t end = x->pending.len;
+        while (end && x->pending.p[end - 1] != '}')
+            end--; /* an object, then only blanks */
+        if (!end)
+            return 0;
+        nb_buf_truncate(&x->pending, end - 1);
+        if (nb_buf_append(&x->pending, add, sizeof add - 1) < 0)
+            return -ENOMEM;
     }
-    json_decref(j);
-    return r;
-}
-
-/* Reads model, output cap and streaming from the held body; asks an
- * OpenAI stream for its usage chunk when the client did not. */
-static int prepare(cconn_t *c, struct px_usage *us)
-{
-    exch_t *x = &c->x;
-    const nb_llm_api_t *api = us->m.api;
-    set_model(us, us->m.path_model, strlen(us->m.path_model));
-    rq_t q;
-    if (!rq_scan(&q, api, x->pending.p, x->pending.len))
-        return prepare_parsed(c, us, 0);
-    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0] && !us->model[0]; k++)
-        if (q.has_model & (1u << k))
-            set_model(us, q.model[k], strlen(q.model[k]));
-    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0] && !us->max_out; k++)
-        if (q.max[k] > 0)
-            us->max_out = q.max[k] < NB_USAGE_MAX_TOKENS ? q.max[k] : NB_USAGE_MAX_TOKENS;
-    if (!(q.stream && us->m.include_usage && !q.include_usage))
-        return 0;
-    if (q.has_options)
-        return prepare_parsed(c, us, 1); /* merged into the client's stream_options */
-    /* No stream_options: one member appended to the object, the client's
-     * bytes otherwise as they were. */
-    static const char add[] = ",\"stream_options\":{\"include_usage\":true}}";
-    size_t end = x->pending.len;
-    while (end && x->pending.p[end - 1] != '}')
-        end--; /* the scan saw an object, then only blanks */
-    nb_buf_truncate(&x->pending, end - 1);
-    if (nb_buf_append(&x->pending, add, sizeof add - 1) < 0)
-        return -ENOMEM;
     x->head.content_length = (int64_t)x->pending.len;
     x->req_chunked = 0;
     us->strip = 1;

@@ -3,6 +3,7 @@
 #include "daemon/egress/usagex.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -852,4 +853,190 @@ void nb_umeter_header(nb_umeter_t *m, nb_usage_field_t f, nb_iov_t value)
         m->seen.malformed++;
     else
         m->seen.v[f] = n;
+}
+
+/* ================================================= request bodies */
+
+/* The held request body read with the scanner for the fields a
+ * reservation needs, with what a JSON parser would read. */
+#define RQ_SEEN 16 /* relevant keys remembered (to catch a duplicate) */
+
+typedef struct {
+    const nb_llm_api_t *api;
+    const nb_ujson_t *j;
+    const char *target[2 * NB_LLM_PATHS + 3]; /* the paths read, NULL-terminated */
+    char model[NB_LLM_PATHS][NB_LLM_MODEL_MAX];
+    unsigned has_model; /* bit k: req_model[k] is a string */
+    int64_t max[NB_LLM_PATHS];
+    int stream, include_usage, has_options;
+    int untrusted; /* a repeated relevant key, an escaped model, an integer past int64 */
+    char seen[RQ_SEEN][NB_LLM_PATH_MAX];
+    size_t nseen;
+} rq_t;
+
+/* Is `path` one of the targets, or an object on the way to one? */
+static int rq_relevant(const rq_t *q, const char *path, size_t n)
+{
+    for (size_t i = 0; q->target[i]; i++) {
+        const char *t = q->target[i];
+        if (strncmp(t, path, n) == 0 && (t[n] == '\0' || t[n] == '.'))
+            return 1;
+    }
+    return 0;
+}
+
+/* A relevant key named twice: a parser keeps the last one, which may be an
+ * object the scalar callback never sees; the scan cannot stand for it. */
+static void rq_key(void *ctx, const char *path, size_t n)
+{
+    rq_t *q = ctx;
+    if (q->untrusted || !rq_relevant(q, path, n))
+        return;
+    if (n == 14 && memcmp(path, "stream_options", 14) == 0)
+        q->has_options = 1;
+    for (size_t i = 0; i < q->nseen; i++)
+        if (strcmp(q->seen[i], path) == 0) {
+            q->untrusted = 1;
+            return;
+        }
+    if (q->nseen == RQ_SEEN || n >= NB_LLM_PATH_MAX) {
+        q->untrusted = 1;
+        return;
+    }
+    memcpy(q->seen[q->nseen++], path, n + 1);
+}
+
+/* What json_integer_value() gives for a number: its value when it is an
+ * integer, 0 for a real; an integer past int64 fails jansson's parse. */
+static int64_t rq_int(rq_t *q, const char *v, size_t n)
+{
+    size_t i = v[0] == '-';
+    int64_t x = 0;
+    for (; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+        if (x > (INT64_MAX - (v[i] - '0')) / 10) {
+            q->untrusted = 1;
+            return 0;
+        }
+        x = x * 10 + (v[i] - '0');
+    }
+    return v[0] == '-' ? -x : x;
+}
+
+static int rq_scalar(void *ctx, const char *path, size_t n, nb_ujson_kind_t kind, const char *v,
+                     size_t vlen, int cut)
+{
+    rq_t *q = ctx;
+    const nb_llm_api_t *api = q->api;
+    (void)cut; /* a cut model name is as long as the field keeps */
+    if (!rq_relevant(q, path, n))
+        return 0;
+    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0]; k++)
+        if (kind == NB_UJSON_STRING && strcmp(path, api->req_model[k]) == 0) {
+            if (q->j->vesc)
+                q->untrusted = 1; /* "\u0061" is read as '?': the price could differ */
+            size_t m = vlen < NB_LLM_MODEL_MAX - 1 ? vlen : NB_LLM_MODEL_MAX - 1;
+            memcpy(q->model[k], v, m);
+            q->model[k][m] = '\0';
+            q->has_model |= 1u << k;
+        }
+    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0]; k++)
+        if (kind == NB_UJSON_NUMBER && strcmp(path, api->req_max[k]) == 0)
+            q->max[k] = rq_int(q, v, vlen);
+    int yes = kind == NB_UJSON_LITERAL && vlen == 4 && memcmp(v, "true", 4) == 0;
+    if (api->req_stream[0] && strcmp(path, api->req_stream) == 0)
+        q->stream = yes;
+    if (strcmp(path, "stream_options.include_usage") == 0)
+        q->include_usage = yes;
+    return 0;
+}
+
+static void body_model(nb_usage_body_t *out, const char *s)
+{
+    size_t n = strnlen(s, sizeof out->model - 1);
+    memcpy(out->model, s, n);
+    out->model[n] = '\0';
+}
+
+int nb_usage_body_scan(const nb_llm_api_t *api, const uint8_t *p, size_t len, nb_usage_body_t *out)
+{
+    memset(out, 0, sizeof *out);
+    rq_t q;
+    memset(&q, 0, offsetof(rq_t, seen)); /* not the 1.5 KiB of seen[] */
+    q.nseen = 0;
+    q.api = api;
+    size_t t = 0;
+    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0]; k++)
+        q.target[t++] = api->req_model[k];
+    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0]; k++)
+        q.target[t++] = api->req_max[k];
+    if (api->req_stream[0])
+        q.target[t++] = api->req_stream;
+    q.target[t++] = "stream_options.include_usage";
+    q.target[t] = NULL;
+    size_t i = 0;
+    while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    if (i == len || p[i] != '{')
+        return 0;
+    nb_ujson_t j;
+    nb_ujson_init(&j, rq_scalar, &q);
+    j.kcb = rq_key;
+    q.j = &j;
+    if (nb_ujson_feed(&j, p, len) != 0 || nb_ujson_finish(&j) != 0 || j.odd_keys || q.untrusted)
+        return 0;
+    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0] && !out->model[0]; k++)
+        if (q.has_model & (1u << k))
+            body_model(out, q.model[k]);
+    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0] && !out->max_out; k++)
+        if (q.max[k] > 0)
+            out->max_out = q.max[k] < NB_USAGE_MAX_TOKENS ? q.max[k] : NB_USAGE_MAX_TOKENS;
+    out->stream = q.stream;
+    out->include_usage = q.include_usage;
+    out->has_options = q.has_options;
+    out->object = 1;
+    return 1;
+}
+
+static const json_t *dig(const json_t *j, const char *path)
+{
+    char seg[NB_LLM_PATH_MAX];
+    while (j && *path) {
+        const char *dot = strchr(path, '.');
+        size_t n = dot ? (size_t)(dot - path) : strlen(path);
+        if (n >= sizeof seg)
+            return NULL;
+        memcpy(seg, path, n);
+        seg[n] = '\0';
+        j = json_object_get(j, seg);
+        path += n + (dot ? 1 : 0);
+    }
+    return j;
+}
+
+void nb_usage_body_parse(const nb_llm_api_t *api, const uint8_t *p, size_t len,
+                         nb_usage_body_t *out)
+{
+    memset(out, 0, sizeof *out);
+    json_t *j = json_loadb((const char *)p, len, 0, NULL);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return;
+    }
+    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0] && !out->model[0]; k++) {
+        const char *s = json_string_value(dig(j, api->req_model[k]));
+        if (s)
+            body_model(out, s);
+    }
+    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0] && !out->max_out; k++) {
+        json_int_t v = json_integer_value(dig(j, api->req_max[k]));
+        if (v > 0)
+            out->max_out = v < NB_USAGE_MAX_TOKENS ? v : NB_USAGE_MAX_TOKENS;
+    }
+    out->stream = api->req_stream[0] && json_is_true(dig(j, api->req_stream));
+    out->include_usage = json_is_true(dig(j, "stream_options.include_usage"));
+    out->has_options = json_object_get(j, "stream_options") != NULL;
+    out->object = 1;
+    json_decref(j);
 }

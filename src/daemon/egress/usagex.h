@@ -136,4 +136,27 @@ void nb_umeter_header(nb_umeter_t *m, nb_usage_field_t f, nb_iov_t value);
  * otherwise. */
 int64_t nb_usage_parse_count(const char *s, size_t len);
 
+/* ---- request bodies ---- */
+
+/* What a request body says for its reservation. */
+typedef struct {
+    char model[NB_LLM_MODEL_MAX]; /* the first model path holding a non-empty string, or "" */
+    int64_t max_out;              /* the first output cap path with an integer > 0 (capped), or 0 */
+    int stream;                   /* the stream path is true */
+    int include_usage;            /* stream_options.include_usage is true */
+    int has_options;              /* the object has a stream_options member */
+    int object;                   /* the body is a JSON object (else all the rest is 0) */
+} nb_usage_body_t;
+
+/* Reads `api`'s request fields from a complete body with the bounded
+ * scanner (no tree). 1 when the scan stands for a parse: a complete
+ * object, no key with an escape or a '.', no escaped model name, no
+ * relevant key (a wanted path or an object on its way) named twice, no
+ * integer past int64; `out` then holds what nb_usage_body_parse would.
+ * 0 otherwise (`out` cleared): call nb_usage_body_parse. Pure. */
+int nb_usage_body_scan(const nb_llm_api_t *api, const uint8_t *p, size_t len, nb_usage_body_t *out);
+/* The same fields read from a jansson tree (the reference). */
+void nb_usage_body_parse(const nb_llm_api_t *api, const uint8_t *p, size_t len,
+                         nb_usage_body_t *out);
+
 #endif
