@@ -1,11 +1,14 @@
 /* libFuzzer target for the usage extractors (src/daemon/egress/usagex.c):
- * the JSON scanner, SSE and AWS event-stream framing through the meter.
+ * the JSON scanner, SSE and AWS event-stream framing through the meter,
+ * and the request body reader.
  *
  * Byte 0 picks the API (from the built-in catalogue) and the framing,
  * byte 1 a split step. The rest is metered whole and in pieces, and whole
  * without the shortcut that skips what cannot hold usage
  * (nb_umeter_exhaustive): the results must be identical, and counts stay
- * within the documented cap. */
+ * within the documented cap. The rest is also read as a request body:
+ * when the scan says it stands for a parse and jansson reads an object,
+ * both must read the same fields. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -75,5 +78,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         a.failed != c.failed || a.malformed != c.malformed || a.bytes != c.bytes ||
         a.events != c.events)
         abort();
+    nb_usage_body_t sb, pb;
+    if (nb_usage_body_scan(mt.api, data + 2, size - 2, &sb)) {
+        nb_usage_body_parse(mt.api, data + 2, size - 2, &pb);
+        if (pb.object && (strcmp(sb.model, pb.model) != 0 || sb.max_out != pb.max_out ||
+                          sb.stream != pb.stream || sb.include_usage != pb.include_usage ||
+                          sb.has_options != pb.has_options))
+            abort();
+    }
     return 0;
 }

@@ -100,13 +100,15 @@ class Bench:
 
     def measure(self, side):
         a, h = self.a, HOSTS[side]
+        none = {"reqs": 0, "events": 0, "rps": 0, "eps": 0, "ev_p50_us": 0, "ev_p99_us": 0,
+                "req_p50_us": 0, "req_p99_us": 0}
         c0 = self.cpu()
-        sse = self.client(h, a.secs, a.conns, "sse", a.events, 0)
+        sse = self.client(h, a.secs, a.conns, "sse", a.events, 0) if a.phase != "json" else none
         c1 = self.cpu()
-        js = self.client(h, a.secs, a.conns, "json", 0, 0)
+        js = self.client(h, a.secs, a.conns, "json", 0, 0) if a.phase != "sse" else none
         c2 = self.cpu()
-        lat = self.client(h, a.secs, 1, "sse", a.events, a.pace_ms)
-        jl = self.client(h, a.secs, 1, "json", 0, 0)
+        lat = self.client(h, a.secs, 1, "sse", a.events, a.pace_ms) if not a.phase else none
+        jl = self.client(h, a.secs, 1, "json", 0, 0) if not a.phase else none
         return {"sse_eps": sse["eps"], "sse_rps": sse["rps"], "json_rps": js["rps"],
                 "cpu_us_event": (c1 - c0) * 1e6 / max(1, sse["events"]),
                 "cpu_us_req": (c2 - c1) * 1e6 / max(1, js["reqs"]),
@@ -171,9 +173,13 @@ def main():
     ap.add_argument("--pace-ms", type=int, default=2, help="event spacing in the latency run")
     ap.add_argument("--only", choices=("on", "off"), help="one side only (for a profile: "
                     "perf record -p PID meanwhile, with the nilboxd pid printed on stderr)")
+    ap.add_argument("--phase", choices=("sse", "json"), help="only that throughput run (for a "
+                    "profile; no latency runs)")
+    ap.add_argument("--wrap", help="run nilboxd under this command (for a profile, e.g. "
+                    "'valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%%p'; with --only)")
     a = ap.parse_args()
     b = Bench(a)
-    nbbench.use_build(a.build, b.tmp)
+    nbbench.use_build(a.build, b.tmp, a.wrap)
     runs, load, reqs = {}, [], {"on": 0, "off": 0}
     try:
         b.setup()
@@ -181,17 +187,24 @@ def main():
         for side in HOSTS:  # warm up: leaf certificates, upstream connections
             b.client(HOSTS[side], 0.3, 1, "json", 0, 0)
         base = b.records()
+        cg = a.wrap and "callgrind" in a.wrap
+        if cg:  # count the measured runs only: zero now, dump after them
+            subprocess.run(["callgrind_control", "-z", str(b.d.proc.pid)], check=True,
+                           capture_output=True)
         for i in range(a.rounds):
             load.append(os.getloadavg()[0])
             for side in [a.only] if a.only else (("on", "off") if i % 2 else ("off", "on")):
                 m = b.measure(side)
                 runs.setdefault(side, []).append(m)
                 reqs[side] += m["reqs"]
+        if cg:
+            subprocess.run(["callgrind_control", "-d", "measured", str(b.d.proc.pid)],
+                           check=True, capture_output=True)
         after = b.records()
     finally:
         b.cleanup()
     if a.only:
-        print(json.dumps({k: best(v) for k, v in runs.items()}))
+        print(json.dumps({k: dict(best(v), reqs_total=reqs[k]) for k, v in runs.items()}))
         return
 
     def count(summary):

@@ -270,6 +270,14 @@ static void on_usage_event(void *ud, const char *type, json_t *data)
         nb_events_emit(d->events, type, data);
 }
 
+/* usage.record goes to live watchers (the UI, `nilbox events -f`): with
+ * none attached it is not built at all (usage.h). */
+static int usage_event_wanted(void *ud)
+{
+    nb_daemon_t *d = ud;
+    return d->events && nb_events_ws_count(d->events) > 0;
+}
+
 /* The usage ledger: the built-in LLM catalogue, or llm-catalogue.json in
  * the home when present (a broken one fails the start: limits must not
  * silently stop applying). */
@@ -293,7 +301,11 @@ static int start_usage(nb_daemon_t *d, char *err, size_t errsz)
             return NB_EINVAL;
         }
     }
-    nb_usage_cfg_t uc = {.store = d->store, .emit = on_usage_event, .emit_ud = d, .loop = d->loop};
+    nb_usage_cfg_t uc = {.store = d->store,
+                         .emit = on_usage_event,
+                         .emit_wanted = usage_event_wanted,
+                         .emit_ud = d,
+                         .loop = d->loop};
     int r = nb_llmcat_load(text ? text : (const char *)nb_llmcat_builtin,
                            text ? len : nb_llmcat_builtin_len, &uc.cat, cerr, sizeof cerr);
     int own = text != NULL;

@@ -16,9 +16,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemon_harness  # noqa: E402
 import fake_llm  # noqa: E402
 import fake_upstream  # noqa: E402
-from proxy_env import ProxyEnv, run_suite  # noqa: E402
+from proxy_env import ProxyEnv, read_all, run_suite  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NODE_DIR = os.path.join(HERE, "usage_node")
@@ -315,6 +316,78 @@ def test_warning_header():
     assert not out[2].get("warning"), out
 
 
+def raw_post(e, px, body):
+    """One chat completion with exactly these body bytes: (status, body)."""
+    s = e.tunnel("api.openai.com", px=px)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\n"
+              b"Authorization: Bearer OPENAI_API_KEY\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    resp = read_all(s, timeout=10)
+    s.close()
+    head, _, rest = resp.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), rest
+
+
+def test_request_body_read_as_a_parser_does():
+    """The held body is read by a bounded scanner (proxy_usage.c), which must
+    reserve what a JSON parser (and so the upstream) reads: a second
+    max_tokens that is an object, or one spelled with an escape, is the one
+    that counts (here past the limit: 429), never the small one before it."""
+    e = E["e"]
+    px = e.llm_proxy("rq")
+    e.cli("limit", "set", "--vm", "rq", "--per", "day", "--tokens", "2000")
+    msgs = b'"messages":[{"role":"user","content":"hi"}]'
+    st, _ = raw_post(e, px, b'{"model":"gpt-4o-mini","max_tokens":3,' + msgs + b'}')
+    assert st == 200, st  # control: a small cap fits
+    for body in (b'{"model":"gpt-4o-mini","max_tokens":3,"max_tokens":{},' + msgs + b'}',
+                 b'{"model":"gpt-4o-mini","max_tokens":3,"max_tok\\u0065ns":5000,' + msgs + b'}',
+                 b'{"model":"gpt-4o-mini","max_tokens":5000,' + msgs + b'}'):
+        n = len(e.served_rows())
+        st, out = raw_post(e, px, body)
+        assert st == 429 and json.loads(out)["code"] == "usage-limit", (body, st, out)
+        assert len(e.served_rows()) == n, body  # never reached the upstream
+    # A stream whose stream_options lacks include_usage: merged into it, and
+    # the usage chunk the client did not ask for is cut.
+    st, out = raw_post(e, px, b'{"model":"gpt-4o-mini","max_tokens":2,"stream":true,'
+                              b'"stream_options":{"include_usage":false},' + msgs + b'}')
+    served = e.served_rows()[-1]
+    assert st == 200 and served["stream"] and served["include_usage"], (st, served)
+    assert b'"choices":[]' not in out and b"[DONE]" in out, out
+
+
+def test_usage_event_while_watched():
+    """usage.record is built only while someone watches the events live
+    (usage.h emit_wanted): a follower (`nilbox events --follow`, WebSocket)
+    gets one per record with its counts; unwatched, none is made (the
+    record is in the ledger either way)."""
+    e = E["e"]
+    px = e.llm_proxy("ev")
+    msgs = b'"messages":[{"role":"user","content":"hi"}]'
+    body = b'{"model":"gpt-4o-mini","max_tokens":2,' + msgs + b'}'
+    assert raw_post(e, px, body)[0] == 200
+    settle(e, 1, vm="ev")
+    evs = [x for x in e.events("usage.") if x.get("vm") == "ev"]
+    assert not evs, evs  # nobody watched
+    cmd = [daemon_harness.NILBOX, "--json", "events", "--follow"]
+    f = subprocess.Popen(cmd, env=e.d.env, stdout=subprocess.PIPE, text=True)
+    try:
+        e.wait_for(lambda: json.loads(e.d.unix("GET", "/v1/status")[2])["counts"][
+            "event_clients"] == 1, timeout=10, what="the follower attached")
+        assert raw_post(e, px, body)[0] == 200
+        rec = e.wait_for(lambda: (lambda r: r if len(r) >= 2 else None)(e.records("ev")),
+                         timeout=10, what="2 records")[0]
+        seen = None
+        while seen is None:
+            ev = json.loads(f.stdout.readline())
+            if ev.get("type") == "usage.record" and ev.get("vm") == "ev":
+                seen = ev
+        assert seen["request_id"] == rec["request_id"], (seen, rec)
+        assert seen["input"] == rec["input"] and seen["output"] == rec["output"], (seen, rec)
+    finally:
+        f.terminate()
+        f.wait(timeout=10)
+
+
 def test_stop_clean():
     E["e"].stop_clean()
 
@@ -324,4 +397,5 @@ run_suite(setup, [test_openai_json_exact, test_openai_stream_usage_added_and_str
                   test_gemini_exact, test_bedrock_exact,
                   test_summary_and_no_text_stored, test_concurrent_streams_never_overshoot,
                   test_rate_limit_retry_after, test_limit_cli_errors, test_warning_header,
+                  test_request_body_read_as_a_parser_does, test_usage_event_while_watched,
                   test_stop_clean])

@@ -1,6 +1,7 @@
 #include "daemon/base/events.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -65,12 +66,40 @@ int64_t nb_events_now_ms(void)
 
 void nb_events_format_time(int64_t ms, char *out, size_t outsz)
 {
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    char base[24];
-    gmtime_r(&s, &tm);
-    strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out, outsz, "%s.%03dZ", base, (int)(ms % 1000));
+    /* Every event is stamped, and most fall in the second of the one
+     * before: its date is kept (per thread) and only the milliseconds
+     * are written. */
+    static _Thread_local int64_t last_s = INT64_MIN;
+    static _Thread_local char base[24];
+    static _Thread_local size_t blen;
+    int64_t sec = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
+    int frac = (int)(ms - sec * 1000);
+    if (sec != last_s) {
+        time_t s = (time_t)sec;
+        struct tm tm;
+        if (!gmtime_r(&s, &tm) ||
+            (blen = strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm)) == 0) {
+            if (outsz)
+                out[0] = '\0';
+            last_s = INT64_MIN;
+            return;
+        }
+        last_s = sec;
+    }
+    char t[32];
+    memcpy(t, base, blen);
+    t[blen] = '.';
+    t[blen + 1] = (char)('0' + frac / 100);
+    t[blen + 2] = (char)('0' + frac / 10 % 10);
+    t[blen + 3] = (char)('0' + frac % 10);
+    t[blen + 4] = 'Z';
+    size_t n = blen + 5;
+    if (!outsz)
+        return;
+    if (n >= outsz)
+        n = outsz - 1;
+    memcpy(out, t, n);
+    out[n] = '\0';
 }
 
 int nb_events_new(uv_loop_t *loop, nb_store_t *store, nb_events_t **out)

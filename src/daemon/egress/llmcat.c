@@ -365,20 +365,34 @@ const nb_llm_model_t *nb_llmcat_model(const nb_llm_provider_t *p, const char *mo
         return NULL;
     /* Bedrock ids carry a region prefix ("us.anthropic...") and OpenRouter
      * a vendor ("openai/gpt-4o"): match after the last '/' or at a '.'
-     * boundary too. */
+     * boundary too. The places a match may start are found once (a model
+     * is priced twice per request or more). */
+    enum { STARTS = 16 };
+    const char *start[STARTS];
+    size_t ns = 0;
+    start[ns++] = model;
+    for (const char *d = model; (d = strpbrk(d, "./")) != NULL && ns < STARTS;)
+        start[ns++] = ++d;
+    if (ns == STARTS && strpbrk(start[ns - 1], "./"))
+        ns = 0; /* more boundaries than kept: every one below */
     for (size_t i = 0; i < p->nmodels; i++) {
         const char *pat = p->models[i].match;
         size_t n = strlen(pat);
-        const char *s = model;
-        for (;;) {
+        if (n <= bestlen)
+            continue;
+        for (size_t k = 0; k < ns; k++)
+            if (start[k][0] == pat[0] && strncmp(start[k], pat, n) == 0) {
+                best = &p->models[i];
+                bestlen = n;
+                break;
+            }
+        for (const char *s = ns ? NULL : model; s;) {
             if (strncmp(s, pat, n) == 0 && n > bestlen) {
                 best = &p->models[i];
                 bestlen = n;
             }
             const char *d = strpbrk(s, "./");
-            if (!d)
-                break;
-            s = d + 1;
+            s = d ? d + 1 : NULL;
         }
     }
     return best;

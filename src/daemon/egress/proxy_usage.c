@@ -68,64 +68,63 @@ int nb_px_usage_hold(const cconn_t *c)
     return c->x.us && !c->x.req_done;
 }
 
-static const json_t *dig(const json_t *j, const char *path)
+static void set_model(struct px_usage *us, const char *s)
 {
-    char seg[NB_LLM_PATH_MAX];
-    while (j && *path) {
-        const char *dot = strchr(path, '.');
-        size_t n = dot ? (size_t)(dot - path) : strlen(path);
-        if (n >= sizeof seg)
-            return NULL;
-        memcpy(seg, path, n);
-        seg[n] = '\0';
-        j = json_object_get(j, seg);
-        path += n + (dot ? 1 : 0);
-    }
-    return j;
+    size_t n = strnlen(s, sizeof us->model - 1);
+    memcpy(us->model, s, n);
+    us->model[n] = '\0';
 }
 
-/* Reads model, output cap and streaming from the held body; asks an
+/* Reads model, output cap and streaming from the held body (the bounded
+ * scan, or jansson when the scan cannot stand for a parse); asks an
  * OpenAI stream for its usage chunk when the client did not. */
 static int prepare(cconn_t *c, struct px_usage *us)
 {
     exch_t *x = &c->x;
-    const nb_llm_api_t *api = us->m.api;
-    snprintf(us->model, sizeof us->model, "%s", us->m.path_model);
-    json_t *j = json_loadb((const char *)x->pending.p, x->pending.len, 0, NULL);
-    if (!json_is_object(j)) {
-        json_decref(j);
-        return 0; /* the upstream will refuse it; the provider default cap is reserved */
-    }
-    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0] && !us->model[0]; k++) {
-        const char *s = json_string_value(dig(j, api->req_model[k]));
-        if (s)
-            snprintf(us->model, sizeof us->model, "%s", s);
-    }
-    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0] && !us->max_out; k++) {
-        json_int_t v = json_integer_value(dig(j, api->req_max[k]));
-        if (v > 0)
-            us->max_out = v < NB_USAGE_MAX_TOKENS ? v : NB_USAGE_MAX_TOKENS;
-    }
-    int stream = api->req_stream[0] && json_is_true(dig(j, api->req_stream));
-    int r = 0;
-    if (stream && us->m.include_usage && !json_is_true(dig(j, "stream_options.include_usage"))) {
+    nb_usage_body_t b;
+    set_model(us, us->m.path_model);
+    if (!nb_usage_body_scan(us->m.api, x->pending.p, x->pending.len, &b))
+        nb_usage_body_parse(us->m.api, x->pending.p, x->pending.len, &b);
+    if (!us->model[0])
+        set_model(us, b.model);
+    us->max_out = b.max_out;
+    if (!(b.stream && us->m.include_usage && !b.include_usage))
+        return 0;
+    if (b.has_options) {
+        /* Merged into the client's stream_options: re-serialised. */
+        json_t *j = json_loadb((const char *)x->pending.p, x->pending.len, 0, NULL);
         json_t *so = json_object_get(j, "stream_options");
         if (!json_is_object(so)) {
             so = json_object();
             json_object_set_new(j, "stream_options", so);
         }
         json_object_set_new(so, "include_usage", json_true());
-        char *s = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17));
+        char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+        json_decref(j);
+        int r = 0;
         nb_buf_reset(&x->pending);
         if (!s || nb_buf_append(&x->pending, s, strlen(s)) < 0)
             r = -ENOMEM;
         free(s);
-        x->head.content_length = (int64_t)x->pending.len;
-        x->req_chunked = 0;
-        us->strip = 1;
+        if (r < 0)
+            return r;
+    } else {
+        /* No stream_options: one member appended to the object, the
+         * client's bytes otherwise as they were. */
+        static const char add[] = ",\"stream_options\":{\"include_usage\":true}}";
+        size_t end = x->pending.len;
+        while (end && x->pending.p[end - 1] != '}')
+            end--; /* an object, then only blanks */
+        if (!end)
+            return 0;
+        nb_buf_truncate(&x->pending, end - 1);
+        if (nb_buf_append(&x->pending, add, sizeof add - 1) < 0)
+            return -ENOMEM;
     }
-    json_decref(j);
-    return r;
+    x->head.content_length = (int64_t)x->pending.len;
+    x->req_chunked = 0;
+    us->strip = 1;
+    return 0;
 }
 
 int nb_px_usage_prepare(cconn_t *c)

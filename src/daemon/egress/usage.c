@@ -125,6 +125,15 @@ struct nb_usage_req {
     size_t nholds;
 };
 
+/* snprintf(dst, size, "%s", src) without the format machinery: a request
+ * copies a dozen names on its way through. */
+static void copy(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 static const char *const scope_names[] = {"global", "vm", "provider", "secret"};
 static const char *const window_names[] = {"minute", "hour", "day", "month"};
 static const char *const unit_names[] = {"tokens", "usd", "requests"};
@@ -650,11 +659,11 @@ int nb_usage_reserve(nb_usage_t *u, const nb_usage_ask_t *a, nb_usage_req_t **ou
     nb_usage_req_t *r = calloc(1, sizeof *r);
     if (!r)
         return -ENOMEM;
-    snprintf(r->vm, sizeof r->vm, "%s", a->vm ? a->vm : "");
-    snprintf(r->provider, sizeof r->provider, "%s", a->m->provider);
-    snprintf(r->model, sizeof r->model, "%s", a->model ? a->model : "");
+    copy(r->vm, sizeof r->vm, a->vm ? a->vm : "");
+    copy(r->provider, sizeof r->provider, a->m->provider);
+    copy(r->model, sizeof r->model, a->model ? a->model : "");
     for (size_t i = 0; i < a->nsecrets && i < NB_USAGE_SECRETS; i++)
-        snprintf(r->secrets[r->nsecrets++], sizeof r->secrets[0], "%s", a->secrets[i]);
+        copy(r->secrets[r->nsecrets++], sizeof r->secrets[0], a->secrets[i]);
     r->prov = a->m->prov;
     r->api = a->m->api;
     r->in_bytes = a->in_bytes;
@@ -762,12 +771,14 @@ void nb_usage_settle(nb_usage_t *u, nb_usage_req_t *r, const nb_usage_result_t *
         if (applies(l, r) && l->def.unit != NB_LIM_REQUESTS)
             add(l, l->def.unit == NB_LIM_TOKENS ? (double)tokens : cost, t);
     char secrets[NB_USAGE_SECRETS * NB_USAGE_WHO_MAX + 8] = "", rid[64];
-    for (size_t i = 0; i < r->nsecrets; i++) {
-        size_t n = strlen(secrets);
-        snprintf(secrets + n, sizeof secrets - n, "%s%s", i ? "," : "", r->secrets[i]);
+    for (size_t i = 0, n = 0; i < r->nsecrets && n + 1 < sizeof secrets; i++) {
+        if (i)
+            secrets[n++] = ',';
+        copy(secrets + n, sizeof secrets - n, r->secrets[i]);
+        n += strlen(secrets + n);
     }
     if (res->request_id && *res->request_id)
-        snprintf(rid, sizeof rid, "%s", res->request_id);
+        copy(rid, sizeof rid, res->request_id);
     else
         snprintf(rid, sizeof rid, "nb-%lld-%llu", (long long)t, (unsigned long long)++u->seq);
     rec_t *x = calloc(1, sizeof *x);
@@ -781,12 +792,12 @@ void nb_usage_settle(nb_usage_t *u, nb_usage_req_t *r, const nb_usage_result_t *
                      .cost = cost,
                      .estimated = estimated,
                      .status = res->status};
-        snprintf(x->vm, sizeof x->vm, "%s", r->vm);
-        snprintf(x->provider, sizeof x->provider, "%s", r->provider);
-        snprintf(x->model, sizeof x->model, "%s", model);
-        snprintf(x->host, sizeof x->host, "%s", res->host ? res->host : "");
-        snprintf(x->secrets, sizeof x->secrets, "%s", secrets);
-        snprintf(x->rid, sizeof x->rid, "%s", rid);
+        copy(x->vm, sizeof x->vm, r->vm);
+        copy(x->provider, sizeof x->provider, r->provider);
+        copy(x->model, sizeof x->model, model);
+        copy(x->host, sizeof x->host, res->host ? res->host : "");
+        copy(x->secrets, sizeof x->secrets, secrets);
+        copy(x->rid, sizeof x->rid, rid);
         *u->qtail = x;
         u->qtail = &x->next;
         u->nq++;
@@ -797,7 +808,7 @@ void nb_usage_settle(nb_usage_t *u, nb_usage_req_t *r, const nb_usage_result_t *
         flush(u);
     else if (!uv_is_active((uv_handle_t *)u->timer))
         uv_timer_start(u->timer, on_flush, RECORD_FLUSH_MS, 0);
-    if (u->cfg.emit)
+    if (u->cfg.emit && (!u->cfg.emit_wanted || u->cfg.emit_wanted(u->cfg.emit_ud)))
         u->cfg.emit(u->cfg.emit_ud, "usage.record",
                     json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:b, s:s}", "vm", r->vm,
                               "provider", r->provider, "model", model, "input", (json_int_t)in,

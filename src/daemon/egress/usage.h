@@ -68,6 +68,11 @@ typedef struct {
     nb_llmcat_t *cat;  /* taken: freed with the ledger */
     /* A usage event for the UI ("usage.record"); `data` is taken. */
     void (*emit)(void *ud, const char *type, json_t *data);
+    /* Whether anyone watches "usage.record" live now (NULL: always). At
+     * request rate building the event cost more than a quarter of what
+     * accounting adds to a request (bench/usage); unwatched, it is not
+     * built: the record itself is in the ledger. */
+    int (*emit_wanted)(void *ud);
     void *emit_ud;
     int64_t (*now_ms)(void); /* wall clock (tests); NULL: the real one */
     /* Records are written in batches, one transaction per RECORD_FLUSH_MS

@@ -3,6 +3,7 @@
 #include "daemon/egress/usagex.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -123,6 +124,7 @@ static int begin_value(nb_ujson_t *j, uint8_t c)
     if (c == '"') {
         j->state = J_STR;
         j->esc = 0;
+        j->vesc = 0;
         return 0;
     }
     if (c == '-' || (c >= '0' && c <= '9')) {
@@ -174,14 +176,24 @@ static int str_byte(nb_ujson_t *j, uint8_t c, int *bad)
 
 /* Inside a string, bytes str_byte would just keep: what most of a stream's
  * bytes are (text deltas), taken as a run instead of one by one. */
+static const uint8_t plain_byte[256] = {
+    [0x20 ... 0x21] = 1, [0x23 ... 0x5b] = 1, [0x5d ... 0xff] = 1}; /* not '"', '\\', controls */
+
 static size_t plain_run(const nb_ujson_t *j, const uint8_t *p, size_t len)
 {
     size_t n = 0;
     if ((j->state != J_STR && j->state != J_KEY) || j->esc || j->uhex)
         return 0;
-    while (n < len && p[n] != '"' && p[n] != '\\' && p[n] >= 0x20)
+    while (n < len && plain_byte[p[n]])
         n++;
     return n;
+}
+
+/* Nothing is pending: no key and no scalar begun. */
+static int ujson_settled(const nb_ujson_t *j)
+{
+    return j->state == J_AFTER || j->state == J_END || j->state == J_KEY_FIRST ||
+           j->state == J_ARR_FIRST || j->state == J_KEY_NEXT;
 }
 
 int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
@@ -235,14 +247,21 @@ int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
             j->vlen = 0;
             j->cut = 0;
             j->esc = 0;
+            j->kodd = 0;
             break;
         case J_KEY:
+            if (c == '\\')
+                j->kodd = 1;
             if (str_byte(j, c, &bad)) {
                 int lvl = j->depth - 1;
                 path_cut(j, j->seg[lvl]);
                 j->path_over &= ~(1u << lvl);
+                if (j->kcb && (j->kodd || memchr(j->val, '.', j->vlen)))
+                    j->odd_keys++;
                 if (j->cut || path_add(j, j->val, j->vlen) < 0)
                     j->path_over |= 1u << lvl;
+                else if (j->kcb && !j->path_over)
+                    j->kcb(j->ctx, j->path, j->plen);
                 j->state = J_COLON;
             }
             if (bad)
@@ -268,6 +287,8 @@ int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
             }
             break;
         case J_STR:
+            if (c == '\\')
+                j->vesc = 1;
             if (str_byte(j, c, &bad)) {
                 r = emit(j, NB_UJSON_STRING);
                 value_done(j);
@@ -303,6 +324,10 @@ int nb_ujson_feed(nb_ujson_t *j, const uint8_t *p, size_t len)
         case J_END:
             if (!is_ws(c))
                 r = NB_EPROTO;
+            break;
+        }
+        if (j->stop_settled && r == 0 && ujson_settled(j)) {
+            j->stopped = i + 1;
             break;
         }
     }
@@ -463,6 +488,15 @@ enum { MODE_JSON = 0, MODE_SSE, MODE_EVENTSTREAM };
 
 /* A needle: part of a wanted path's last segment that a key naming that
  * segment must hold byte for byte in the raw JSON (see needles_init). */
+#define NEEDLE_SUFFIX 6
+
+/* A usage path with its length (a scalar's path is compared to each). */
+typedef struct {
+    const char *path;
+    size_t len;
+    int field;
+} want_t;
+
 typedef struct {
     const char *p;
     size_t len;
@@ -472,6 +506,8 @@ struct nb_umeter {
     const nb_llm_api_t *api;
     int mode;
     needle_t needles[NB_UF_N * NB_LLM_PATHS];
+    want_t want[NB_UF_N * NB_LLM_PATHS]; /* the catalogue's usage paths, in its order */
+    size_t nwant;
     size_t nneedles; /* 0: every event is scanned whole */
     nb_decode_t *dec;
     int undecodable;
@@ -499,27 +535,25 @@ static int on_scalar(void *ctx, const char *path, size_t pathlen, nb_ujson_kind_
                      const char *v, size_t vlen, int cut)
 {
     nb_umeter_t *m = ctx;
-    for (int f = 0; f < NB_UF_N; f++) {
-        for (int k = 0; k < NB_LLM_PATHS && m->api->usage[f][k][0]; k++) {
-            const char *want = m->api->usage[f][k];
-            if (want[0] != path[0] || strlen(want) != pathlen || memcmp(want, path, pathlen) != 0)
-                continue;
-            if (f == NB_UF_MODEL) {
-                if (kind == NB_UJSON_STRING && vlen && !cut && vlen < sizeof m->seen.model) {
-                    memcpy(m->seen.model, v, vlen);
-                    m->seen.model[vlen] = '\0';
-                }
-                return 0;
+    for (size_t i = 0; i < m->nwant; i++) {
+        const want_t *w = &m->want[i];
+        if (w->len != pathlen || w->path[0] != path[0] || memcmp(w->path, path, pathlen) != 0)
+            continue;
+        if (w->field == NB_UF_MODEL) {
+            if (kind == NB_UJSON_STRING && vlen && !cut && vlen < sizeof m->seen.model) {
+                memcpy(m->seen.model, v, vlen);
+                m->seen.model[vlen] = '\0';
             }
-            if (kind == NB_UJSON_LITERAL && vlen == 4 && memcmp(v, "null", 4) == 0)
-                return 0; /* OpenAI streams say "usage": null until the last chunk */
-            int64_t n = kind == NB_UJSON_NUMBER && !cut ? nb_usage_parse_count(v, vlen) : -1;
-            if (n < 0)
-                m->seen.malformed++;
-            else
-                m->seen.v[f] = n;
             return 0;
         }
+        if (kind == NB_UJSON_LITERAL && vlen == 4 && memcmp(v, "null", 4) == 0)
+            return 0; /* OpenAI streams say "usage": null until the last chunk */
+        int64_t n = kind == NB_UJSON_NUMBER && !cut ? nb_usage_parse_count(v, vlen) : -1;
+        if (n < 0)
+            m->seen.malformed++;
+        else
+            m->seen.v[w->field] = n;
+        return 0;
     }
     return 0;
 }
@@ -572,6 +606,26 @@ static void needles_init(nb_umeter_t *m)
                 m->needles[m->nneedles++] = best;
         }
     }
+    /* Needles sharing a suffix of NEEDLE_SUFFIX bytes or more are searched
+     * as that suffix ("_tokens" for "ompt_tokens", "completion_tokens",
+     * "cached_tokens"): one memmem instead of several. Each of its
+     * occurrences ends where the longer needle's would, and more may be
+     * found, so the scan may go further, never less far. */
+    for (size_t a = 0; a < m->nneedles; a++)
+        for (size_t b = a + 1; b < m->nneedles;) {
+            needle_t *x = &m->needles[a], *y = &m->needles[b];
+            size_t n = 0;
+            while (n < x->len && n < y->len && x->p[x->len - 1 - n] == y->p[y->len - 1 - n])
+                n++;
+            if (n < NEEDLE_SUFFIX) {
+                b++;
+                continue;
+            }
+            x->p += x->len - n;
+            x->len = n;
+            m->needles[b] = m->needles[--m->nneedles];
+            b = a + 1;
+        }
 }
 
 /* The end of the last needle in p[0, len), or 0 when none is there. Only
@@ -589,13 +643,6 @@ static size_t needles_last_end(const nb_umeter_t *m, const uint8_t *p, size_t le
         }
     }
     return end;
-}
-
-/* Nothing is pending: no key and no scalar begun. */
-static int ujson_settled(const nb_ujson_t *j)
-{
-    return j->state == J_AFTER || j->state == J_END || j->state == J_KEY_FIRST ||
-           j->state == J_ARR_FIRST || j->state == J_KEY_NEXT;
 }
 
 /* One complete JSON document (an SSE event's data, a frame's payload); a
@@ -617,9 +664,13 @@ static void scan_doc(nb_umeter_t *m, const uint8_t *p, size_t len)
     size_t end = needles_last_end(m, p, len);
     if (end == 0 || nb_ujson_feed(&m->js, p, end) != 0)
         return;
-    for (; end < len && !ujson_settled(&m->js); end++)
-        if (nb_ujson_feed(&m->js, p + end, 1) != 0)
+    if (end < len && !ujson_settled(&m->js)) {
+        /* On until the key or value the last needle is in is over. */
+        m->js.stop_settled = 1;
+        if (nb_ujson_feed(&m->js, p + end, len - end) != 0)
             return;
+        end = m->js.stopped ? end + m->js.stopped : len;
+    }
     if (end == len)
         nb_ujson_finish(&m->js); /* (it reports a root scalar only, at path "") */
 }
@@ -687,8 +738,11 @@ int nb_umeter_new(const nb_llm_api_t *api, nb_iov_t ctype, nb_iov_t cenc, nb_ume
     if (!m)
         return -ENOMEM;
     m->api = api;
-    for (int f = 0; f < NB_UF_N; f++)
+    for (int f = 0; f < NB_UF_N; f++) {
         m->seen.v[f] = -1;
+        for (int k = 0; k < NB_LLM_PATHS && api->usage[f][k][0]; k++)
+            m->want[m->nwant++] = (want_t){api->usage[f][k], strlen(api->usage[f][k]), f};
+    }
     if (ctype_is(ctype, "text/event-stream"))
         m->mode = MODE_SSE;
     else if (ctype_is(ctype, "application/vnd.amazon.eventstream"))
@@ -799,4 +853,190 @@ void nb_umeter_header(nb_umeter_t *m, nb_usage_field_t f, nb_iov_t value)
         m->seen.malformed++;
     else
         m->seen.v[f] = n;
+}
+
+/* ================================================= request bodies */
+
+/* The held request body read with the scanner for the fields a
+ * reservation needs, with what a JSON parser would read. */
+#define RQ_SEEN 16 /* relevant keys remembered (to catch a duplicate) */
+
+typedef struct {
+    const nb_llm_api_t *api;
+    const nb_ujson_t *j;
+    const char *target[2 * NB_LLM_PATHS + 3]; /* the paths read, NULL-terminated */
+    char model[NB_LLM_PATHS][NB_LLM_MODEL_MAX];
+    unsigned has_model; /* bit k: req_model[k] is a string */
+    int64_t max[NB_LLM_PATHS];
+    int stream, include_usage, has_options;
+    int untrusted; /* a repeated relevant key, an escaped model, an integer past int64 */
+    char seen[RQ_SEEN][NB_LLM_PATH_MAX];
+    size_t nseen;
+} rq_t;
+
+/* Is `path` one of the targets, or an object on the way to one? */
+static int rq_relevant(const rq_t *q, const char *path, size_t n)
+{
+    for (size_t i = 0; q->target[i]; i++) {
+        const char *t = q->target[i];
+        if (strncmp(t, path, n) == 0 && (t[n] == '\0' || t[n] == '.'))
+            return 1;
+    }
+    return 0;
+}
+
+/* A relevant key named twice: a parser keeps the last one, which may be an
+ * object the scalar callback never sees; the scan cannot stand for it. */
+static void rq_key(void *ctx, const char *path, size_t n)
+{
+    rq_t *q = ctx;
+    if (q->untrusted || !rq_relevant(q, path, n))
+        return;
+    if (n == 14 && memcmp(path, "stream_options", 14) == 0)
+        q->has_options = 1;
+    for (size_t i = 0; i < q->nseen; i++)
+        if (strcmp(q->seen[i], path) == 0) {
+            q->untrusted = 1;
+            return;
+        }
+    if (q->nseen == RQ_SEEN || n >= NB_LLM_PATH_MAX) {
+        q->untrusted = 1;
+        return;
+    }
+    memcpy(q->seen[q->nseen++], path, n + 1);
+}
+
+/* What json_integer_value() gives for a number: its value when it is an
+ * integer, 0 for a real; an integer past int64 fails jansson's parse. */
+static int64_t rq_int(rq_t *q, const char *v, size_t n)
+{
+    size_t i = v[0] == '-';
+    int64_t x = 0;
+    for (; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+        if (x > (INT64_MAX - (v[i] - '0')) / 10) {
+            q->untrusted = 1;
+            return 0;
+        }
+        x = x * 10 + (v[i] - '0');
+    }
+    return v[0] == '-' ? -x : x;
+}
+
+static int rq_scalar(void *ctx, const char *path, size_t n, nb_ujson_kind_t kind, const char *v,
+                     size_t vlen, int cut)
+{
+    rq_t *q = ctx;
+    const nb_llm_api_t *api = q->api;
+    (void)cut; /* a cut model name is as long as the field keeps */
+    if (!rq_relevant(q, path, n))
+        return 0;
+    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0]; k++)
+        if (kind == NB_UJSON_STRING && strcmp(path, api->req_model[k]) == 0) {
+            if (q->j->vesc)
+                q->untrusted = 1; /* "\u0061" is read as '?': the price could differ */
+            size_t m = vlen < NB_LLM_MODEL_MAX - 1 ? vlen : NB_LLM_MODEL_MAX - 1;
+            memcpy(q->model[k], v, m);
+            q->model[k][m] = '\0';
+            q->has_model |= 1u << k;
+        }
+    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0]; k++)
+        if (kind == NB_UJSON_NUMBER && strcmp(path, api->req_max[k]) == 0)
+            q->max[k] = rq_int(q, v, vlen);
+    int yes = kind == NB_UJSON_LITERAL && vlen == 4 && memcmp(v, "true", 4) == 0;
+    if (api->req_stream[0] && strcmp(path, api->req_stream) == 0)
+        q->stream = yes;
+    if (strcmp(path, "stream_options.include_usage") == 0)
+        q->include_usage = yes;
+    return 0;
+}
+
+static void body_model(nb_usage_body_t *out, const char *s)
+{
+    size_t n = strnlen(s, sizeof out->model - 1);
+    memcpy(out->model, s, n);
+    out->model[n] = '\0';
+}
+
+int nb_usage_body_scan(const nb_llm_api_t *api, const uint8_t *p, size_t len, nb_usage_body_t *out)
+{
+    memset(out, 0, sizeof *out);
+    rq_t q;
+    memset(&q, 0, offsetof(rq_t, seen)); /* not the 1.5 KiB of seen[] */
+    q.nseen = 0;
+    q.api = api;
+    size_t t = 0;
+    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0]; k++)
+        q.target[t++] = api->req_model[k];
+    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0]; k++)
+        q.target[t++] = api->req_max[k];
+    if (api->req_stream[0])
+        q.target[t++] = api->req_stream;
+    q.target[t++] = "stream_options.include_usage";
+    q.target[t] = NULL;
+    size_t i = 0;
+    while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    if (i == len || p[i] != '{')
+        return 0;
+    nb_ujson_t j;
+    nb_ujson_init(&j, rq_scalar, &q);
+    j.kcb = rq_key;
+    q.j = &j;
+    if (nb_ujson_feed(&j, p, len) != 0 || nb_ujson_finish(&j) != 0 || j.odd_keys || q.untrusted)
+        return 0;
+    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0] && !out->model[0]; k++)
+        if (q.has_model & (1u << k))
+            body_model(out, q.model[k]);
+    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0] && !out->max_out; k++)
+        if (q.max[k] > 0)
+            out->max_out = q.max[k] < NB_USAGE_MAX_TOKENS ? q.max[k] : NB_USAGE_MAX_TOKENS;
+    out->stream = q.stream;
+    out->include_usage = q.include_usage;
+    out->has_options = q.has_options;
+    out->object = 1;
+    return 1;
+}
+
+static const json_t *dig(const json_t *j, const char *path)
+{
+    char seg[NB_LLM_PATH_MAX];
+    while (j && *path) {
+        const char *dot = strchr(path, '.');
+        size_t n = dot ? (size_t)(dot - path) : strlen(path);
+        if (n >= sizeof seg)
+            return NULL;
+        memcpy(seg, path, n);
+        seg[n] = '\0';
+        j = json_object_get(j, seg);
+        path += n + (dot ? 1 : 0);
+    }
+    return j;
+}
+
+void nb_usage_body_parse(const nb_llm_api_t *api, const uint8_t *p, size_t len,
+                         nb_usage_body_t *out)
+{
+    memset(out, 0, sizeof *out);
+    json_t *j = json_loadb((const char *)p, len, 0, NULL);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return;
+    }
+    for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0] && !out->model[0]; k++) {
+        const char *s = json_string_value(dig(j, api->req_model[k]));
+        if (s)
+            body_model(out, s);
+    }
+    for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0] && !out->max_out; k++) {
+        json_int_t v = json_integer_value(dig(j, api->req_max[k]));
+        if (v > 0)
+            out->max_out = v < NB_USAGE_MAX_TOKENS ? v : NB_USAGE_MAX_TOKENS;
+    }
+    out->stream = api->req_stream[0] && json_is_true(dig(j, api->req_stream));
+    out->include_usage = json_is_true(dig(j, "stream_options.include_usage"));
+    out->has_options = json_object_get(j, "stream_options") != NULL;
+    out->object = 1;
+    json_decref(j);
 }

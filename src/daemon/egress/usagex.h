@@ -39,9 +39,20 @@ typedef enum { NB_UJSON_NUMBER = 1, NB_UJSON_STRING, NB_UJSON_LITERAL } nb_ujson
 typedef int (*nb_ujson_cb)(void *ctx, const char *path, size_t pathlen, nb_ujson_kind_t kind,
                            const char *v, size_t vlen, int cut);
 
+/* A key at `path` (its own dotted path, NUL-terminated), reported when
+ * its string ends, before its value (not when the path does not fit). */
+typedef void (*nb_ujson_key_cb)(void *ctx, const char *path, size_t pathlen);
+
 typedef struct {
     nb_ujson_cb cb;
     void *ctx;
+    nb_ujson_key_cb kcb; /* optional (NULL after init) */
+    /* With kcb set: keys holding an escape or a '.' (their paths are not
+     * what a JSON parser reads: "\r" is taken as 'r', "a.b" looks
+     * nested); a reader that must agree with a parser does not trust the
+     * paths when > 0. */
+    unsigned odd_keys;
+    int vesc; /* the string value being reported held an escape */
     /* private */
     int state, depth, err;
     uint8_t stack[NB_UJSON_DEPTH]; /* 1 object, 2 array */
@@ -51,7 +62,9 @@ typedef struct {
     unsigned path_over; /* levels whose key did not fit (their scalars are not reported) */
     char val[NB_UJSON_SCALAR + 1];
     size_t vlen;
-    int cut, esc, uhex, done;
+    int cut, esc, uhex, done, kodd;
+    int stop_settled; /* stop after the byte that leaves nothing pending */
+    size_t stopped;   /* bytes of the last feed taken before that stop, or 0 */
 } nb_ujson_t;
 
 void nb_ujson_init(nb_ujson_t *j, nb_ujson_cb cb, void *ctx);
@@ -122,5 +135,28 @@ void nb_umeter_header(nb_umeter_t *m, nb_usage_field_t f, nb_iov_t value);
 /* Strict token count: decimal digits only, 0..NB_USAGE_MAX_TOKENS. -1
  * otherwise. */
 int64_t nb_usage_parse_count(const char *s, size_t len);
+
+/* ---- request bodies ---- */
+
+/* What a request body says for its reservation. */
+typedef struct {
+    char model[NB_LLM_MODEL_MAX]; /* the first model path holding a non-empty string, or "" */
+    int64_t max_out;              /* the first output cap path with an integer > 0 (capped), or 0 */
+    int stream;                   /* the stream path is true */
+    int include_usage;            /* stream_options.include_usage is true */
+    int has_options;              /* the object has a stream_options member */
+    int object;                   /* the body is a JSON object (else all the rest is 0) */
+} nb_usage_body_t;
+
+/* Reads `api`'s request fields from a complete body with the bounded
+ * scanner (no tree). 1 when the scan stands for a parse: a complete
+ * object, no key with an escape or a '.', no escaped model name, no
+ * relevant key (a wanted path or an object on its way) named twice, no
+ * integer past int64; `out` then holds what nb_usage_body_parse would.
+ * 0 otherwise (`out` cleared): call nb_usage_body_parse. Pure. */
+int nb_usage_body_scan(const nb_llm_api_t *api, const uint8_t *p, size_t len, nb_usage_body_t *out);
+/* The same fields read from a jansson tree (the reference). */
+void nb_usage_body_parse(const nb_llm_api_t *api, const uint8_t *p, size_t len,
+                         nb_usage_body_t *out);
 
 #endif

@@ -145,8 +145,38 @@ static void test_persisted_batched(void)
     rmdir(dir);
 }
 
+/* The stamp keeps the date of the last second it wrote: the same second
+ * again, the next one, a jump back, a day and a year boundary, and an
+ * output buffer too small for it. */
+static void test_format_time(void)
+{
+    char t[32];
+    static const struct {
+        int64_t ms;
+        const char *want;
+    } cases[] = {
+        {1733450000000LL, "2024-12-06T01:53:20.000Z"},
+        {1733450000999LL, "2024-12-06T01:53:20.999Z"},
+        {1733450001007LL, "2024-12-06T01:53:21.007Z"},
+        {1733450000042LL, "2024-12-06T01:53:20.042Z"},
+        {1733529599999LL, "2024-12-06T23:59:59.999Z"},
+        {1733529600000LL, "2024-12-07T00:00:00.000Z"},
+        {1735689599500LL, "2024-12-31T23:59:59.500Z"},
+        {1735689600000LL, "2025-01-01T00:00:00.000Z"},
+        {0, "1970-01-01T00:00:00.000Z"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nb_events_format_time(cases[i].ms, t, sizeof t);
+        NB_CHECK_STR(t, cases[i].want);
+    }
+    char small[11];
+    nb_events_format_time(1733450000000LL, small, sizeof small);
+    NB_CHECK_STR(small, "2024-12-06");
+}
+
 int main(void)
 {
+    NB_RUN(test_format_time);
     NB_RUN(test_emit_and_ring);
     NB_RUN(test_persisted);
     NB_RUN(test_persisted_batched);

@@ -111,6 +111,15 @@ static void test_catalogue(void)
     NB_CHECK(nb_llmcat_model(m.prov, "unknown-model") == NULL);
     double c = nb_llmcat_cost(mm, 1000000, 1000000, 0, 0);
     NB_CHECK(c > 0.74 && c < 0.76);
+    /* After a vendor or region prefix, at any '/' or '.' boundary, also
+     * past the 16 boundaries nb_llmcat_model notes at once. */
+    mm = nb_llmcat_model(m.prov, "openai/gpt-4o-2024-08-06");
+    NB_CHECK(mm && strcmp(mm->match, "gpt-4o") == 0);
+    mm = nb_llmcat_model(m.prov, "us.gpt-4.1-mini");
+    NB_CHECK(mm && strcmp(mm->match, "gpt-4.1-mini") == 0);
+    mm = nb_llmcat_model(m.prov, "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r/o3-mini");
+    NB_CHECK(mm && strcmp(mm->match, "o3-mini") == 0);
+    NB_CHECK(nb_llmcat_model(m.prov, "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r/x") == NULL);
 
     /* Bad catalogues are refused with a sentence. */
     char err[256];
