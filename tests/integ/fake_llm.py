@@ -18,7 +18,8 @@ server, other routes):
 The counts are made up from the request (input from the body size, output
 from max_tokens up to 12) and logged, one JSON line per response, to the
 --served file: what the provider "billed", which the test compares with
-what nilbox recorded. Header x-fake-delay-ms spaces the stream's events.
+what nilbox recorded. Header x-fake-delay-ms spaces the stream's events;
+x-fake-hold-ms holds the whole answer first.
 
 Usage: fake_llm.py --cert C --key K --log FILE --served FILE; prints "PORT <n>".
 """
@@ -66,6 +67,11 @@ class Llm(fake_upstream.Upstream):
             return True
         self.seq += 1
         delay = int(headers.get("x-fake-delay-ms", "0")) / 1000.0
+        # Holds the answer, so that requests sent together are in flight
+        # together however slowly a loaded machine admits them.
+        hold = int(headers.get("x-fake-hold-ms", "0")) / 1000.0
+        if hold:
+            await asyncio.sleep(hold)
         n_in = 7 + state["len"] // 13
         n_out = min(int(req.get("max_tokens") or req.get("max_completion_tokens") or 12), 12)
         stream = bool(req.get("stream"))

@@ -61,9 +61,9 @@ class LlmEnv(ProxyEnv):
         return json.loads(self.cli(*args).stdout)["records"]
 
 
-def sdk(px, scenario, n=1, delay=0, timeout=120):
+def sdk(px, scenario, n=1, delay=0, timeout=120, hold=0):
     r = subprocess.run(["node", os.path.join(NODE_DIR, "sdk.mjs"), px.url, E["e"].ca_pem,
-                        scenario, str(n), str(delay)], capture_output=True, text=True,
+                        scenario, str(n), str(delay), str(hold)], capture_output=True, text=True,
                        timeout=timeout, cwd=NODE_DIR)
     assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
     j = json.loads(r.stdout)
@@ -239,7 +239,9 @@ def test_concurrent_streams_never_overshoot():
     # bills ~50. 50 concurrent streams against 4000 tokens: some must go.
     lim = json.loads(e.cli("--json", "limit", "set", "--vm", "burst", "--per", "day",
                            "--tokens", "4000").stdout)
-    out = sdk(px, "concurrent-openai", n=50, delay=20, timeout=180)
+    # The fake holds each answer 8 s, so the admitted streams overlap even
+    # when a loaded machine takes seconds to open all 50 connections.
+    out = sdk(px, "concurrent-openai", n=50, delay=20, timeout=180, hold=8000)
     ok = [o for o in out if o["ok"]]
     refused = [o for o in out if not o["ok"]]
     assert ok and refused, (len(ok), len(refused))

@@ -21,9 +21,10 @@ import { BedrockRuntimeClient, ConverseCommand, ConverseStreamCommand }
   from '@aws-sdk/client-bedrock-runtime';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 
-const [proxy, caFile, scenario, nArg, delayArg] = process.argv.slice(2);
+const [proxy, caFile, scenario, nArg, delayArg, holdArg] = process.argv.slice(2);
 const n = Number(nArg || 1);
 const delay = String(delayArg || 0);
+const hold = String(holdArg || 0);
 const pu = new URL(proxy);
 const opts = { uri: pu.origin, requestTls: { ca: readFileSync(caFile) }, connections: 64 };
 if (pu.username || pu.password) {
@@ -40,7 +41,8 @@ const viaProxy = async (url, init) => {
                                         retryAfter: r.headers.get('retry-after') });
   return r;
 };
-const common = { fetch: viaProxy, maxRetries: 0, defaultHeaders: { 'x-fake-delay-ms': delay } };
+const common = { fetch: viaProxy, maxRetries: 0, defaultHeaders: { 'x-fake-delay-ms': delay,
+                                                                   'x-fake-hold-ms': hold } };
 // The keys are placeholders: nilbox injects the real ones (the test binds them).
 const openai = new OpenAI({ apiKey: 'OPENAI_API_KEY', ...common });
 const anthropic = new Anthropic({ apiKey: 'ANTHROPIC_API_KEY', ...common });
