@@ -35,13 +35,18 @@ export function StoreScreen({ vms }: { vms: Vm[] }) {
   useEffect(() => onEvent((e) => {
     const j = jobRef.current;
     if (!j || e.vm !== j.vm || e.app !== j.app) return;
+    // Functional updates: events often arrive in one burst ("step two" and
+    // "installed" together), before a render refreshes jobRef, and each
+    // must build on the one before it.
+    const upd = (f: (cur: Job) => Job) =>
+      setJob((cur) => (cur && cur.vm === e.vm && cur.app === e.app ? f(cur) : cur));
     if (e.type === 'progress') {
-      setJob({ ...j, lines: [...j.lines.slice(-199), String(e.message ?? '')] });
+      upd((cur) => ({ ...cur, lines: [...cur.lines.slice(-199), String(e.message ?? '')] }));
     } else if (e.type === 'store.installed') {
-      setJob({ ...j, state: 'installed' });
+      upd((cur) => ({ ...cur, state: 'installed' }));
       loadInstalled();
     } else if (e.type === 'store.install_failed') {
-      setJob({ ...j, state: 'failed', message: String(e.message ?? '') });
+      upd((cur) => ({ ...cur, state: 'failed', message: String(e.message ?? '') }));
       loadInstalled();
     }
   }), [loadInstalled]);
