@@ -63,6 +63,12 @@ typedef struct {
      * boot; given this (passed as tsc_early_khz) it boots every time. With
      * AUTO machine and TCG, 0 here selects q35. */
     unsigned tsc_khz;
+    /* The folder mapping's shared data area (docs/internals/share.md,
+     * "Shared memory"): an existing 0600 file of shm_size bytes (a power of
+     * two) that QEMU maps shared and shows the guest as an ivshmem-plain
+     * PCI device (microvm gets its PCIe bus for it). NULL: no device. */
+    const char *shm_file;
+    size_t shm_size;
 } nb_qemu_spec_t;
 
 typedef struct {

@@ -136,6 +136,11 @@ const char *nb_vm_console_path(const nb_vm_t *vm)
     return vm->console;
 }
 
+const char *nb_vm_share_shm_path(const nb_vm_t *vm)
+{
+    return vm->shm;
+}
+
 const char *nb_vm_qemu_log_path(const nb_vm_t *vm)
 {
     return vm->qemu_log;
@@ -367,7 +372,8 @@ static int vm_paths(nb_vm_t *vm, char *msg, size_t msgsz)
               nb_vm_fmt(vm->qemu_log, sizeof vm->qemu_log, "%s/qemu.log", vm->dir) |
               nb_vm_fmt(vm->pidfile, sizeof vm->pidfile, "%s/qemu.pid", vm->dir) |
               nb_vm_fmt(vm->keyfile, sizeof vm->keyfile, "%s/mux.key", vm->rdir) |
-              nb_vm_fmt(vm->fwcfg_key, sizeof vm->fwcfg_key, "%s/boot.key", vm->rdir);
+              nb_vm_fmt(vm->fwcfg_key, sizeof vm->fwcfg_key, "%s/boot.key", vm->rdir) |
+              nb_vm_fmt(vm->shm, sizeof vm->shm, "%s/share.shm", vm->rdir);
     if (bad) {
         nb_vm_fmt(msg, msgsz, "the state folder path %s is too long", m->home);
         return NB_ETOOBIG;
