@@ -300,12 +300,48 @@ static uint32_t wire_open(int flags)
     return f;
 }
 
+/* The kernel caps a FUSE mount's readahead at its backing device's
+ * read_ahead_kb (128 KiB by default) when it takes the INIT reply, whatever
+ * max_readahead says: a sequential read would then be a round trip per
+ * 128 KiB. Raise it to NB_FSP_IO_MAX before answering INIT. The device
+ * number comes from /proc/self/mountinfo: a stat of the mount point would
+ * wait for the INIT we have not answered yet. Best effort. */
+static void raise_readahead(const char *path)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    char line[1024], dev[32] = "";
+    while (f && fgets(line, sizeof line, f)) {
+        /* id parent major:minor root mountpoint ... (no spaces to unescape:
+         * path_ok refuses none, but a path with one just does not match) */
+        char d[32], root[8], mp[300];
+        if (sscanf(line, "%*u %*u %31s %7s %299s", d, root, mp) == 3 && strcmp(mp, path) == 0)
+            snprintf(dev, sizeof dev, "%s", d); /* the last one is the newest mount */
+    }
+    if (f)
+        fclose(f);
+    if (!dev[0])
+        return;
+    char p[96];
+    snprintf(p, sizeof p, "/sys/class/bdi/%s/read_ahead_kb", dev);
+    int fd = open(p, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char v[16];
+    int n = snprintf(v, sizeof v, "%u", NB_FSP_IO_MAX / 1024);
+    if (write(fd, v, (size_t)n) < 0)
+        nb_log(NB_LOG_DEBUG, "fs: cannot set %s: %s", p, strerror(errno));
+    close(fd);
+}
+
 static void fs_init(void *ud, struct fuse_conn_info *conn)
 {
-    (void)ud;
+    fsm_t *m = ud;
+    raise_readahead(m->path);
     if (conn->max_write > NB_FSP_IO_MAX)
         conn->max_write = NB_FSP_IO_MAX;
-    conn->max_readahead = conn->max_readahead > NB_FSP_IO_MAX ? NB_FSP_IO_MAX : conn->max_readahead;
+    /* The kernel proposes its current readahead (128 KiB); ask for 1 MiB
+     * (raise_readahead made the device's cap that large). */
+    conn->max_readahead = NB_FSP_IO_MAX;
     conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE; /* the host sees writes at once */
     /* Opens keep the file's cached pages (keep_cache, on_reply); the kernel
      * drops them when a refreshed attribute shows another size or mtime. */

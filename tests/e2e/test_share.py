@@ -204,7 +204,7 @@ class ShareE2E(VmSuite):
         self.assertGreaterEqual(self.share("/mnt/host")["shm_ops"] - before, 16)
         # Fallback: the area's file is gone on the host (as for a VM booted
         # by an older daemon): a new mount moves its data over the channel.
-        shm = os.path.join(self.inspect(VM)["runtime_dir"], "share.shm")
+        shm = self.inspect(VM)["share_shm"]
         self.assertTrue(os.path.exists(shm), shm)
         self.assertEqual(os.stat(shm).st_mode & 0o777, 0o600)
         os.unlink(shm)
