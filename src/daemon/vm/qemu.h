@@ -37,7 +37,12 @@ typedef enum {
 
 /* NB_QEMU_KVM_CPU, NB_QEMU_KVM_MICROVM and NB_QEMU_SANDBOX: host/accel.h (the KVM
  * probe boots with them too). */
-#define NB_QEMU_TCG_CPU "max"
+/* Under TCG, `rep movsb` runs one emulated iteration per byte, and with
+ * ERMS/FSRM advertised the guest kernel and glibc copy everything with it:
+ * without them they use 8-byte string moves or vector loops. It made the
+ * guest's CPU per byte through a folder mapping about 2.6x smaller
+ * (bench/README.md, "share"). */
+#define NB_QEMU_TCG_CPU "max,erms=off,fsrm=off"
 #define NB_QEMU_TCG_MICROVM "microvm,x-option-roms=off,rtc=on"
 
 typedef struct {
