@@ -9,12 +9,15 @@
  *      READDIRPLUS entries fit the guest's buffer of `asked` bytes);
  *   2  the server on a read-only copy of a small tree (files, a
  *      directory, a symlink out): every answer it gives parses with the
- *      agent's reply parser, and nothing outside the tree changes. */
+ *      agent's reply parser, and nothing outside the tree changes. It has
+ *      a shared area of two slots followed by an inaccessible page, so a
+ *      READ_SHM that escaped the bounds check would fault. */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,6 +51,12 @@ static void setup(void)
     char err[200];
     if (nb_fsrv_new(root, 1, &srv, err, sizeof err) < 0)
         abort();
+    size_t len = 2 * NB_FSP_SHM_SLOT;
+    uint8_t *area =
+        mmap(NULL, len + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (area == MAP_FAILED || mprotect(area + len, 4096, PROT_NONE) < 0)
+        abort();
+    nb_fsrv_set_shm(srv, area, len);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

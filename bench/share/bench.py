@@ -23,6 +23,7 @@ usage: bench.py --build BUILD_DIR [--size MiB] [--files N] [--runs N]
                 [--msize BYTES] [--cache none|loose|mmap] [--cpu MODEL]
 """
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -62,6 +63,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=%(msize)d,cache=%(cache)s nbb
 cp /mnt/9p/share_io /tmp/share_io
 mkdir -p /mnt/9p/w9p /mnt/nb/wnb
 grep -E ' /mnt/(9p|nb) ' /proc/mounts
+echo "readahead of /mnt/nb: $(cat /sys/class/bdi/$(awk '$5=="/mnt/nb"{print $3}' /proc/self/mountinfo)/read_ahead_kb) KiB"
 echo ready
 """
 
@@ -151,13 +153,23 @@ def main():
         mounts = out.strip().split("\n")[:-1]
         qpid = int(open(os.path.join(d.home, "vms", "bench", "qemu.pid")).read().strip())
         pids = (qpid, d.proc.pid)
+        shm = {"write": 0, "read": 0}  # requests through the shared area, last round
+
+        def shm_ops():
+            s = json.loads(nbbench.cli(d, "--json", "share", "ls").stdout)["shares"][0]
+            return s.get("shm_ops", 0) if s.get("shm") else 0
+
         for rnd in range(a.runs + 1):  # round 0: warm-up, not counted
             for name, dirp in paths:
                 io = "/tmp/share_io %%s %s " % dirp
                 cp = cpus[name] if rnd else {w: None for w in cpus[name]}
+                o0 = shm_ops()
                 s, n = timed(d, io % "write" + str(a.size), pids, cp["write"])
                 w = n / s / (1 << 20)
+                o1 = shm_ops()
                 s, n = timed(d, DROP + io % "read", pids, cp["read"])
+                if name == "nilbox":
+                    shm = {"write": o1 - o0, "read": shm_ops() - o1}
                 if n != a.size << 20:
                     sys.exit("%s: read %d bytes of %d" % (name, n, a.size << 20))
                 r = n / s / (1 << 20)
@@ -189,6 +201,8 @@ def main():
               (k, best["nilbox"], units[k], " ".join("%.1f" % x for x in res["nilbox"][k]),
                best["9p"], " ".join("%.1f" % x for x in res["9p"][k]),
                best["nilbox"] / best["9p"]))
+    print("  nilbox requests through the shared area in the last round: write %d, read %d "
+          "(0: data over the channel)" % (shm["write"], shm["read"]))
     print("  CPU seconds per run (QEMU / nilboxd; the nbmux exec around each workload included):")
     for k in ("write", "read", "create", "stat"):
         print("  %-6s nilbox %6.2f / %5.2f   9p %6.2f / %5.2f" %

@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -35,6 +37,7 @@ typedef struct pending {
     struct pending *next;
     uint32_t id;
     uint8_t op;
+    int slot;       /* READ_SHM/WRITE_SHM: the shared-area slot it holds; else -1 */
     uint32_t asked; /* READ/READDIR size */
     fuse_req_t req;
     struct fuse_file_info fi; /* OPEN/CREATE/OPENDIR: the info to reply with */
@@ -47,12 +50,123 @@ typedef struct {
     struct fuse_buf fbuf;
     uv_poll_t poll;
     int polling, mounted, closing, ended, ro;
+    int shm; /* 1: file data through the shared area (the host offered it, the tag matched) */
     char path[256];
     nb_buf_t in; /* reply bytes not yet a whole frame */
     pending_t *pend;
     unsigned npend;
     uint32_t next_id;
 } fsm_t;
+
+/* ------------------------------------------------------------ shared area */
+
+/* The shared data area (docs/internals/share.md, "Shared memory"): the
+ * ivshmem-plain device's BAR 2, mapped once for the agent's life and used
+ * by every mount. Slot k is the NB_FSP_SHM_SLOT bytes at k * SLOT; slot 0
+ * holds the host's tag, so slots 1..NSLOTS-1 carry data. The agent alone
+ * hands slots out: a request holds one from sending until its reply. */
+#define SHM_NSLOTS (NB_FSP_SHM_SIZE / NB_FSP_SHM_SLOT)
+static uint8_t *shm_base;
+static uint8_t *shm_bounce; /* READ_SHM replies go to the kernel from here (on_reply) */
+static int shm_tried;
+static uint8_t shm_used[SHM_NSLOTS]; /* 1: in use; 2: lost (see slot_lost) */
+
+/* Finds PCI 1af4:1110 (ivshmem) and maps its BAR 2 read-write. */
+static void shm_find(void)
+{
+    shm_tried = 1;
+    DIR *d = opendir("/sys/bus/pci/devices");
+    struct dirent *e;
+    while (d && !shm_base && (e = readdir(d)) != NULL) {
+        char p[300], v[16] = "", dv[16] = "";
+        if (e->d_name[0] == '.')
+            continue;
+        FILE *f;
+        snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/vendor", e->d_name);
+        if ((f = fopen(p, "re")) != NULL) {
+            if (!fgets(v, sizeof v, f))
+                v[0] = '\0';
+            fclose(f);
+        }
+        snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/device", e->d_name);
+        if ((f = fopen(p, "re")) != NULL) {
+            if (!fgets(dv, sizeof dv, f))
+                dv[0] = '\0';
+            fclose(f);
+        }
+        if (strncmp(v, "0x1af4", 6) != 0 || strncmp(dv, "0x1110", 6) != 0)
+            continue;
+        /* No driver binds ivshmem: turn its memory decoding on ourselves. */
+        snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/enable", e->d_name);
+        int fd = open(p, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            if (write(fd, "1", 1) < 0)
+                nb_log(NB_LOG_DEBUG, "fs: cannot enable %s: %s", e->d_name, strerror(errno));
+            close(fd);
+        }
+        snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/resource2", e->d_name);
+        struct stat st;
+        fd = open(p, O_RDWR | O_CLOEXEC);
+        if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size >= (off_t)NB_FSP_SHM_SIZE) {
+            void *a = mmap(NULL, NB_FSP_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            if (a != MAP_FAILED)
+                shm_base = a;
+        }
+        if (fd >= 0)
+            close(fd);
+        if (!shm_base)
+            nb_log(NB_LOG_WARN, "fs: cannot map the shared area %s", p);
+    }
+    if (d)
+        closedir(d);
+}
+
+/* 1 when the host offered the area (`j`: {"tag": hex, "size": n}) and the
+ * BAR we map is that area (the host's tag at offset 0). */
+static int shm_usable(const json_t *j)
+{
+    const char *hex = j ? nb_json_str(j, "tag") : NULL;
+    json_t *sz = j ? json_object_get(j, "size") : NULL;
+    uint8_t tag[NB_FSP_SHM_TAG_LEN];
+    if (!hex || strlen(hex) != 2 * NB_FSP_SHM_TAG_LEN || !json_is_integer(sz) ||
+        json_integer_value(sz) != (json_int_t)NB_FSP_SHM_SIZE)
+        return 0;
+    for (unsigned i = 0; i < NB_FSP_SHM_TAG_LEN; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+            return 0;
+        tag[i] = (uint8_t)v;
+    }
+    if (!shm_tried)
+        shm_find();
+    return shm_base && memcmp(shm_base, tag, sizeof tag) == 0;
+}
+
+static int slot_get(void)
+{
+    for (int i = 1; i < (int)SHM_NSLOTS; i++)
+        if (!shm_used[i]) {
+            shm_used[i] = 1;
+            return i;
+        }
+    return -1;
+}
+
+/* A request that ended without its reply (the mount ended) may still be
+ * running on the host, which may still write into its slot: the slot is
+ * never handed out again. At worst every slot is lost and the mounts move
+ * their data over the channel. */
+static void slot_lost(int slot)
+{
+    if (slot > 0)
+        shm_used[slot] = 2;
+}
+
+static void slot_put(int slot)
+{
+    if (slot > 0)
+        shm_used[slot] = 0;
+}
 
 /* ------------------------------------------------------------ requests */
 
@@ -61,6 +175,7 @@ static void fail_all(fsm_t *m, int err)
     while (m->pend) {
         pending_t *p = m->pend;
         m->pend = p->next;
+        slot_lost(p->slot);
         fuse_reply_err(p->req, err);
         free(p);
     }
@@ -81,10 +196,11 @@ static void free_wbuf(void *p)
  * encoded alone and the data handed to the stream as it is (the buffer
  * becomes the stream's; libfuse allocates a new one for the next
  * request), which spares the guest CPU two copies and a wipe per byte. */
-static void send_req_data(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q,
-                          const struct fuse_file_info *fi, int own)
+static void send_req_slot(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q,
+                          const struct fuse_file_info *fi, int own, int slot)
 {
     if (m->closing || !m->st) {
+        slot_put(slot);
         fuse_reply_err(req, EIO);
         return;
     }
@@ -92,6 +208,7 @@ static void send_req_data(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q,
     nb_buf_t b;
     nb_buf_init(&b, NB_FSP_FRAME_MAX + 4);
     if (!p) {
+        slot_put(slot);
         fuse_reply_err(req, ENOMEM);
         return;
     }
@@ -118,11 +235,13 @@ static void send_req_data(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q,
     }
     if (r < 0) {
         free(p);
+        slot_put(slot);
         fuse_reply_err(req, r == NB_EINVAL ? EINVAL : EIO);
         return;
     }
     p->id = q->id;
     p->op = q->op;
+    p->slot = slot;
     p->asked = q->size;
     p->req = req;
     if (fi)
@@ -135,6 +254,12 @@ static void send_req_data(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q,
         uv_poll_stop(&m->poll);
         m->polling = 0;
     }
+}
+
+static void send_req_data(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q,
+                          const struct fuse_file_info *fi, int own)
+{
+    send_req_slot(m, req, q, fi, own, -1);
 }
 
 static void send_req(fsm_t *m, fuse_req_t req, nb_fsp_req_t *q, const struct fuse_file_info *fi)
@@ -175,13 +300,53 @@ static uint32_t wire_open(int flags)
     return f;
 }
 
+/* The kernel caps a FUSE mount's readahead at its backing device's
+ * read_ahead_kb (128 KiB by default) when it takes the INIT reply, whatever
+ * max_readahead says: a sequential read would then be a round trip per
+ * 128 KiB. Raise it to NB_FSP_IO_MAX before answering INIT. The device
+ * number comes from /proc/self/mountinfo: a stat of the mount point would
+ * wait for the INIT we have not answered yet. Best effort. */
+static void raise_readahead(const char *path)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    char line[1024], dev[32] = "";
+    while (f && fgets(line, sizeof line, f)) {
+        /* id parent major:minor root mountpoint ... (no spaces to unescape:
+         * path_ok refuses none, but a path with one just does not match) */
+        char d[32], root[8], mp[300];
+        if (sscanf(line, "%*u %*u %31s %7s %299s", d, root, mp) == 3 && strcmp(mp, path) == 0)
+            snprintf(dev, sizeof dev, "%s", d); /* the last one is the newest mount */
+    }
+    if (f)
+        fclose(f);
+    if (!dev[0])
+        return;
+    char p[96];
+    snprintf(p, sizeof p, "/sys/class/bdi/%s/read_ahead_kb", dev);
+    int fd = open(p, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char v[16];
+    int n = snprintf(v, sizeof v, "%u", NB_FSP_IO_MAX / 1024);
+    if (write(fd, v, (size_t)n) < 0)
+        nb_log(NB_LOG_DEBUG, "fs: cannot set %s: %s", p, strerror(errno));
+    close(fd);
+}
+
 static void fs_init(void *ud, struct fuse_conn_info *conn)
 {
-    (void)ud;
+    fsm_t *m = ud;
+    raise_readahead(m->path);
     if (conn->max_write > NB_FSP_IO_MAX)
         conn->max_write = NB_FSP_IO_MAX;
-    conn->max_readahead = conn->max_readahead > NB_FSP_IO_MAX ? NB_FSP_IO_MAX : conn->max_readahead;
+    /* The kernel proposes its current readahead (128 KiB); ask for 1 MiB
+     * (raise_readahead made the device's cap that large). */
+    conn->max_readahead = NB_FSP_IO_MAX;
     conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE; /* the host sees writes at once */
+    /* Opens keep the file's cached pages (keep_cache, on_reply); the kernel
+     * drops them when a refreshed attribute shows another size or mtime. */
+    if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
+        conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
     /* READDIRPLUS in the kernel's adaptive mode: a listing's first batch
      * brings every entry's attributes, and later batches do too while the
      * program stats what it reads (busybox `ls -l`), so that costs a round
@@ -384,11 +549,18 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         fuse_reply_buf(req, NULL, 0);
         return;
     }
+    fsm_t *m = M(req);
     nb_fsp_req_t q = {.op = NB_FSP_READ,
                       .fh = fi->fh,
                       .off = (uint64_t)off,
                       .size = (uint32_t)(size > NB_FSP_IO_MAX ? NB_FSP_IO_MAX : size)};
-    send_req(M(req), req, &q, NULL);
+    /* The host preads straight into a slot; the reply carries the count. */
+    int slot = m->shm ? slot_get() : -1;
+    if (slot > 0) {
+        q.op = NB_FSP_READ_SHM;
+        q.shm = (uint64_t)slot * NB_FSP_SHM_SLOT;
+    }
+    send_req_slot(m, req, &q, NULL, 0, slot);
 }
 
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
@@ -403,6 +575,17 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     size_t n = size > NB_FSP_IO_MAX ? NB_FSP_IO_MAX : size;
     nb_fsp_req_t q = {
         .op = NB_FSP_WRITE, .fh = fi->fh, .off = (uint64_t)off, .data = nb_iov(buf, n)};
+    /* One guest copy into a slot; the host pwrites from it. */
+    int slot = m->shm && n > 0 ? slot_get() : -1;
+    if (slot > 0) {
+        memcpy(shm_base + (size_t)slot * NB_FSP_SHM_SLOT, buf, n);
+        q.op = NB_FSP_WRITE_SHM;
+        q.size = (uint32_t)n;
+        q.shm = (uint64_t)slot * NB_FSP_SHM_SLOT;
+        q.data = nb_iov(NULL, 0);
+        send_req_slot(m, req, &q, NULL, 0, slot);
+        return;
+    }
     /* The data is in our receive buffer (libfuse copies nothing for a
      * plain WRITE): hand that buffer over when it is where it always is. */
     const char *base = m->fbuf.mem;
@@ -619,11 +802,13 @@ static void on_reply(fsm_t *m, const uint8_t *body, size_t n)
         nb_log(NB_LOG_WARN, "fs %s: bad %s reply from the host: %s", m->path, nb_fsp_op_name(p->op),
                why);
         fuse_reply_err(p->req, EIO);
+        slot_put(p->slot);
         free(p);
         return;
     }
     if (r.err) {
         fuse_reply_err(p->req, (int)r.err);
+        slot_put(p->slot);
         free(p);
         return;
     }
@@ -650,12 +835,29 @@ static void on_reply(fsm_t *m, const uint8_t *body, size_t n)
     case NB_FSP_OPEN:
     case NB_FSP_OPENDIR:
         p->fi.fh = r.fh;
+        /* A file's pages stay cached across opens; coherence with the
+         * host comes from the attributes (1 s) and AUTO_INVAL_DATA. */
+        if (p->op == NB_FSP_OPEN)
+            p->fi.keep_cache = 1;
         fuse_reply_open(p->req, &p->fi);
         break;
     case NB_FSP_READ:
         fuse_reply_buf(p->req, (const char *)r.data.p, r.data.len);
         break;
+    case NB_FSP_READ_SHM:
+        /* Not straight from the slot: the kernel takes a FUSE reply by
+         * pinning the writer's pages (get_user_pages), which a PCI BAR
+         * mapping (VM_PFNMAP) does not allow, so that writev fails with
+         * EFAULT. One copy into ordinary memory first. */
+        if (!shm_bounce && !(shm_bounce = malloc(NB_FSP_SHM_SLOT))) {
+            fuse_reply_err(p->req, ENOMEM);
+            break;
+        }
+        memcpy(shm_bounce, shm_base + (size_t)p->slot * NB_FSP_SHM_SLOT, r.count);
+        fuse_reply_buf(p->req, (const char *)shm_bounce, r.count);
+        break;
     case NB_FSP_WRITE:
+    case NB_FSP_WRITE_SHM:
         fuse_reply_write(p->req, r.written);
         break;
     case NB_FSP_READDIR:
@@ -681,6 +883,7 @@ static void on_reply(fsm_t *m, const uint8_t *body, size_t n)
         fuse_reply_err(p->req, 0);
         break;
     }
+    slot_put(p->slot);
     free(p);
 }
 
@@ -867,6 +1070,7 @@ int nb_agent_fs_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     }
     const char *path = nb_json_str(j, "path");
     int ro = nb_json_bool(j, "ro", 0);
+    int shm = shm_usable(json_object_get(j, "shm"));
     if (!path || !path_ok(path)) {
         json_decref(j);
         nb_muxsess_stream_reject(st, NB_MUX_E_BAD_ARGS,
@@ -882,6 +1086,7 @@ int nb_agent_fs_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     json_decref(j);
     m->a = a;
     m->ro = ro;
+    m->shm = shm;
     nb_buf_init(&m->in, 2 * (NB_FSP_FRAME_MAX + 4));
     ensure_dev_fuse();
     int r = mkdirs(m->path);
@@ -921,7 +1126,8 @@ int nb_agent_fs_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
         return 0;
     }
     resume(m);
-    nb_log(NB_LOG_INFO, "fs: mounted the host share on %s%s", m->path, ro ? " (read-only)" : "");
+    nb_log(NB_LOG_INFO, "fs: mounted the host share on %s%s%s", m->path, ro ? " (read-only)" : "",
+           shm ? " (data through the shared area)" : "");
     return 0;
 fail:
     if (m->se)

@@ -64,6 +64,12 @@ struct nb_fsrv {
     uint64_t next_id;
     handle_t **h; /* slots (pointers: a readdir may hold one while the array grows) */
     size_t nh, hcap, hused;
+    /* The shared data area (nb_fsrv_set_shm): guest memory, so only ever
+     * touched by pread/pwrite (a fault there is EFAULT, never a signal),
+     * at offsets the request gives and we bound by shm_len. */
+    uint8_t *shm;
+    size_t shm_len;
+    uint64_t shm_ops; /* atomic */
 };
 
 static long sys_openat2(int dfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve)
@@ -783,48 +789,85 @@ static int op_readdir(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
     return 0;
 }
 
+/* pread until `n` bytes, EOF or an error (an error after some bytes: what
+ * was read). */
+static ssize_t pread_full(int fd, uint8_t *p, size_t n, uint64_t off)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t k = pread(fd, p + got, n - got, (off_t)(off + got));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return got ? (ssize_t)got : -errno;
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    return (ssize_t)got;
+}
+
+static ssize_t pwrite_full(int fd, const uint8_t *p, size_t n, uint64_t off)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t k = pwrite(fd, p + done, n - done, (off_t)(off + done));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return done ? (ssize_t)done : (k < 0 ? -errno : -EIO);
+        done += (size_t)k;
+    }
+    return (ssize_t)done;
+}
+
 static int op_io(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
 {
     size_t idx;
+    uint8_t *area = NULL;
+    if (q->op == NB_FSP_READ_SHM || q->op == NB_FSP_WRITE_SHM) {
+        /* The offset and size come from the guest: the whole range must be
+         * inside the area (the parser already refused shm + size overflow). */
+        if (!s->shm || q->shm > s->shm_len || q->size > s->shm_len - q->shm)
+            return -EINVAL;
+        area = s->shm + q->shm;
+        __atomic_add_fetch(&s->shm_ops, 1, __ATOMIC_RELAXED);
+    }
     int fd = handle_get(s, q->fh, 0, &idx);
     if (fd < 0)
         return fd;
     int r = 0;
-    if (q->op == NB_FSP_READ) {
+    ssize_t k;
+    switch (q->op) {
+    case NB_FSP_READ:
         if ((r = nb_buf_reserve(out, q->size)) == 0) {
-            size_t got = 0;
-            while (got < q->size) {
-                ssize_t k =
-                    pread(fd, out->p + out->len + got, q->size - got, (off_t)(q->off + got));
-                if (k < 0 && errno == EINTR)
-                    continue;
-                if (k < 0) {
-                    r = got ? 0 : -errno;
-                    break;
-                }
-                if (k == 0)
-                    break;
-                got += (size_t)k;
-            }
-            if (r == 0)
-                out->len += got;
+            if ((k = pread_full(fd, out->p + out->len, q->size, q->off)) < 0)
+                r = (int)k;
+            else
+                out->len += (size_t)k;
         }
-    } else if (q->op == NB_FSP_WRITE) {
-        size_t done = 0;
-        while (done < q->data.len) {
-            ssize_t k = pwrite(fd, q->data.p + done, q->data.len - done, (off_t)(q->off + done));
-            if (k < 0 && errno == EINTR)
-                continue;
-            if (k <= 0) {
-                r = done ? 0 : (k < 0 ? -errno : -EIO);
-                break;
-            }
-            done += (size_t)k;
-        }
-        if (r == 0)
-            r = nb_fsp_put_u32(out, (uint32_t)done);
-    } else { /* FSYNC */
+        break;
+    case NB_FSP_READ_SHM:
+        /* Straight into guest memory: no copy on the host, none on the
+         * channel. The guest may scribble on the area meanwhile; it only
+         * spoils its own data. */
+        if ((k = pread_full(fd, area, q->size, q->off)) < 0)
+            r = (int)k;
+        else
+            r = nb_fsp_put_u32(out, (uint32_t)k);
+        break;
+    case NB_FSP_WRITE:
+    case NB_FSP_WRITE_SHM:
+        /* WRITE_SHM: the bytes are whatever the area holds while pwrite
+         * copies them (nothing is validated in them, so a guest changing
+         * them meanwhile only changes what it writes). */
+        k = q->op == NB_FSP_WRITE ? pwrite_full(fd, q->data.p, q->data.len, q->off)
+                                  : pwrite_full(fd, area, q->size, q->off);
+        r = k < 0 ? (int)k : nb_fsp_put_u32(out, (uint32_t)k);
+        break;
+    default: /* FSYNC */
         r = (q->flags ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
+        break;
     }
     handle_put(s, idx);
     return r;
@@ -841,6 +884,7 @@ static int is_write_op(const nb_fsp_req_t *q)
     case NB_FSP_RENAME:
     case NB_FSP_CREATE:
     case NB_FSP_WRITE:
+    case NB_FSP_WRITE_SHM:
         return 1;
     case NB_FSP_OPEN:
         return is_write_open(q->flags);
@@ -862,6 +906,8 @@ static int dispatch(nb_fsrv_t *s, const nb_fsp_req_t *q, nb_buf_t *out)
     switch (q->op) {
     case NB_FSP_READ:
     case NB_FSP_WRITE:
+    case NB_FSP_READ_SHM:
+    case NB_FSP_WRITE_SHM:
     case NB_FSP_FSYNC:
         return op_io(s, q, out);
     case NB_FSP_READDIR:
@@ -1109,6 +1155,17 @@ int nb_fsrv_new(const char *root, int ro, nb_fsrv_t **out, char *err, size_t err
     lru_add(s, rn);
     *out = s;
     return 0;
+}
+
+void nb_fsrv_set_shm(nb_fsrv_t *s, void *base, size_t len)
+{
+    s->shm = base;
+    s->shm_len = base ? len : 0;
+}
+
+uint64_t nb_fsrv_shm_ops(nb_fsrv_t *s)
+{
+    return __atomic_load_n(&s->shm_ops, __ATOMIC_RELAXED);
 }
 
 void nb_fsrv_set_fd_budget(nb_fsrv_t *s, size_t n)

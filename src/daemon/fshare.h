@@ -44,6 +44,17 @@ void nb_fsrv_free(nb_fsrv_t *s);
  * errors are replies (err = errno), never failures. */
 int nb_fsrv_handle(nb_fsrv_t *s, const uint8_t *p, size_t n, nb_buf_t *out, const char **why);
 
+/* The shared data area of READ_SHM/WRITE_SHM (docs/internals/share.md,
+ * "Shared memory"): `len` bytes at `base`, borrowed (the caller keeps it
+ * mapped until nb_fsrv_free). Guest-writable memory: the server only
+ * pread()s into it and pwrite()s from it, at offsets it bounds by `len`.
+ * Call before the first request; without it (or with NULL) those ops get
+ * EINVAL. */
+void nb_fsrv_set_shm(nb_fsrv_t *s, void *base, size_t len);
+
+/* READ_SHM/WRITE_SHM requests executed so far (for `share ls` and tests). */
+uint64_t nb_fsrv_shm_ops(nb_fsrv_t *s);
+
 /* How many node descriptors may stay open (default: half the descriptor
  * limit); past it the least recently used are closed and re-opened on
  * use. For tests. */

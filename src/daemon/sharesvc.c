@@ -2,13 +2,16 @@
 #include "daemon/sharesvc.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "daemon/base/events.h"
@@ -47,6 +50,7 @@ struct mnt {
     nb_fsrv_t *srv;
     nb_muxsess_stream_t *st; /* NULL once closed */
     nb_buf_t in;
+    void *shm; /* the VM's shared data area, mapped for this mount; NULL: none */
     job_t *wait_head, *wait_tail;
     unsigned nwait, inflight, refs;
 };
@@ -119,9 +123,35 @@ static void mnt_unref(mnt_t *m)
             free(j);
         }
         nb_fsrv_free(m->srv);
+        if (m->shm)
+            munmap(m->shm, NB_FSP_SHM_SIZE);
         nb_buf_free(&m->in);
         free(m);
     }
+}
+
+/* Maps the VM's shared data area (created by the boot, see
+ * nb_vm_share_shm_path) and reads its tag. Only our own regular 0600 file
+ * of the right size is used; anything else means "no area" and the share
+ * moves its data over the channel. The mapping is never read or written
+ * directly (the guest can change it any time, and a page the host cannot
+ * allocate would be a SIGBUS): only pread/pwrite go through it. */
+static void *shm_map(const char *path, uint8_t tag[NB_FSP_SHM_TAG_LEN])
+{
+    int fd = path ? open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC) : -1;
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    void *p = NULL;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+        (st.st_mode & 077) == 0 && st.st_size == (off_t)NB_FSP_SHM_SIZE &&
+        pread(fd, tag, NB_FSP_SHM_TAG_LEN, 0) == NB_FSP_SHM_TAG_LEN) {
+        p = mmap(NULL, NB_FSP_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED)
+            p = NULL;
+    }
+    close(fd);
+    return p;
 }
 
 static void mnt_reset(mnt_t *m, const char *why)
@@ -230,6 +260,11 @@ static json_t *share_json(const share_t *sh)
         nb_fsrv_counts(sh->mnt->srv, &nodes, &handles);
         json_object_set_new(j, "nodes", json_integer((json_int_t)nodes));
         json_object_set_new(j, "open_files", json_integer((json_int_t)handles));
+        /* Which data path the mount has: the shared area when the daemon
+         * offered it and the guest used it (shm_ops counts its reads and
+         * writes), else the channel. */
+        json_object_set_new(j, "shm", json_boolean(sh->mnt->shm != NULL));
+        json_object_set_new(j, "shm_ops", json_integer((json_int_t)nb_fsrv_shm_ops(sh->mnt->srv)));
     }
     return j;
 }
@@ -405,12 +440,23 @@ static void mount_start(nb_sharesvc_t *s, share_t *sh)
         return;
     }
     json_t *args = json_pack("{s:s, s:b}", "path", sh->guest, "ro", sh->ro);
+    uint8_t tag[NB_FSP_SHM_TAG_LEN];
+    char hex[2 * NB_FSP_SHM_TAG_LEN + 1];
+    if (args && (m->shm = shm_map(nb_vm_share_shm_path(vm), tag)) != NULL) {
+        for (unsigned i = 0; i < NB_FSP_SHM_TAG_LEN; i++)
+            snprintf(hex + 2 * i, 3, "%02x", tag[i]);
+        nb_fsrv_set_shm(m->srv, m->shm, NB_FSP_SHM_SIZE);
+        json_object_set_new(
+            args, "shm", json_pack("{s:s, s:I}", "tag", hex, "size", (json_int_t)NB_FSP_SHM_SIZE));
+    }
     char *a = args ? json_dumps(args, JSON_COMPACT) : NULL;
     json_decref(args);
     r = a ? nb_muxsess_open(sess, "fs", nb_iov(a, strlen(a)), &st_cbs, m, &m->st) : -ENOMEM;
     free(a);
     if (r < 0) {
         nb_fsrv_free(m->srv);
+        if (m->shm)
+            munmap(m->shm, NB_FSP_SHM_SIZE);
         free(m);
         snprintf(sh->error, sizeof sh->error, "cannot open the fs stream: %s", nb_strerror(r));
         sh->state = "error";

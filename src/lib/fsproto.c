@@ -34,6 +34,8 @@ static const struct {
     [NB_FSP_RELEASEDIR] = {"releasedir", F_(FH)},
     [NB_FSP_STATFS] = {"statfs", F_(NODE)},
     [NB_FSP_READDIRPLUS] = {"readdirplus", F_(NODE) | F_(FH) | F_(OFF) | F_(SIZE)},
+    [NB_FSP_READ_SHM] = {"read_shm", F_(FH) | F_(OFF) | F_(SIZE) | F_(SHM)},
+    [NB_FSP_WRITE_SHM] = {"write_shm", F_(FH) | F_(OFF) | F_(SIZE) | F_(SHM)},
 };
 
 unsigned nb_fsp_fields(unsigned op)
@@ -141,6 +143,8 @@ int nb_fsp_req_parse(const uint8_t *p, size_t n, nb_fsp_req_t *q, const char **w
         q->off = rd64(&r);
     if (f & F_(SIZE))
         q->size = rd32(&r);
+    if (f & F_(SHM))
+        q->shm = rd64(&r);
     if (f & F_(FLAGS))
         q->flags = rd32(&r);
     if (f & F_(MODE))
@@ -189,6 +193,10 @@ int nb_fsp_req_parse(const uint8_t *p, size_t n, nb_fsp_req_t *q, const char **w
     if (((f & F_(SIZE)) && (q->size == 0 || q->size > NB_FSP_IO_MAX)) ||
         ((f & F_(DATA)) && q->data.len > NB_FSP_IO_MAX)) {
         *why = "bad size";
+        return NB_EPROTO;
+    }
+    if ((f & F_(SHM)) && q->shm > UINT64_MAX - q->size) {
+        *why = "bad shared-area offset";
         return NB_EPROTO;
     }
     if ((f & F_(MODE)) && (q->mode & ~07777u)) {
@@ -289,6 +297,8 @@ static int req_encode(const nb_fsp_req_t *q, int head, nb_buf_t *out)
         r = put_le(&b, q->off, 8);
     if (r == 0 && (f & F_(SIZE)))
         r = put_le(&b, q->size, 4);
+    if (r == 0 && (f & F_(SHM)))
+        r = put_le(&b, q->shm, 8);
     if (r == 0 && (f & F_(FLAGS)))
         r = put_le(&b, q->flags, 4);
     if (r == 0 && (f & F_(MODE)))
@@ -533,6 +543,20 @@ int nb_fsp_reply_parse(unsigned op, uint32_t asked, const uint8_t *p, size_t n, 
         break;
     case NB_FSP_WRITE:
         q->written = rd32(&r);
+        break;
+    case NB_FSP_WRITE_SHM:
+        q->written = rd32(&r);
+        if (!r.bad && q->written > asked) {
+            *why = "wrote more than asked";
+            return NB_EPROTO;
+        }
+        break;
+    case NB_FSP_READ_SHM:
+        q->count = rd32(&r);
+        if (!r.bad && q->count > asked) {
+            *why = "read reply longer than asked";
+            return NB_EPROTO;
+        }
         break;
     case NB_FSP_READDIR:
     case NB_FSP_READDIRPLUS: {

@@ -25,6 +25,16 @@
 #define NB_FSP_ROOT 1u                           /* the share's root node (FUSE_ROOT_ID) */
 #define NB_FSP_ATTR_LEN 80u
 
+/* The shared data area (docs/internals/share.md, "Shared memory"): a host
+ * file QEMU shows the guest as ivshmem-plain (PCI 1af4:1110, BAR 2). The
+ * daemon writes a random tag at offset 0 at each boot and names it in the
+ * stream's open arguments, so the agent knows the BAR it mapped is that
+ * file. The agent owns every byte after the first slot and allocates
+ * slots of NB_FSP_SHM_SLOT bytes for READ_SHM/WRITE_SHM. */
+#define NB_FSP_SHM_SIZE (32u << 20)
+#define NB_FSP_SHM_TAG_LEN 16u
+#define NB_FSP_SHM_SLOT NB_FSP_IO_MAX
+
 enum {
     NB_FSP_LOOKUP = 1,
     NB_FSP_FORGET, /* no reply */
@@ -47,6 +57,8 @@ enum {
     NB_FSP_RELEASEDIR,
     NB_FSP_STATFS,
     NB_FSP_READDIRPLUS, /* READDIR + a lookup of each entry (node 0: none) */
+    NB_FSP_READ_SHM,    /* READ into the shared area at `shm`; reply: u32 count */
+    NB_FSP_WRITE_SHM,   /* WRITE `size` bytes from the shared area at `shm` */
     NB_FSP_OP_END
 };
 
@@ -88,6 +100,7 @@ enum {
 #define NB_FSP_F_NAME2 0x400u  /* u16 len + a name */
 #define NB_FSP_F_TARGET 0x800u /* u16 len + a symlink target */
 #define NB_FSP_F_DATA 0x1000u  /* u32 len + bytes */
+#define NB_FSP_F_SHM 0x2000u   /* u64: an offset in the shared data area (after SIZE) */
 
 typedef struct {
     uint64_t ino, size, blocks;
@@ -103,7 +116,9 @@ typedef struct {
     uint64_t node2; /* RENAME: new parent */
     uint64_t fh;    /* open file/dir handle; SETATTR: NB_FSP_NOFH or one */
     uint64_t off;   /* READ/WRITE/READDIR offset; FORGET: lookups to drop; SETATTR: size */
-    uint32_t size;  /* READ/READDIR: most bytes wanted */
+    uint32_t size;  /* READ/READDIR: most bytes wanted; WRITE_SHM: bytes to write */
+    uint64_t shm;   /* READ_SHM/WRITE_SHM: where the data is in the shared area (unchecked:
+                       the server bounds it by its own area's size) */
     uint32_t flags; /* OPEN/CREATE: NB_FSP_O_*; RENAME: NB_FSP_RENAME_*; FSYNC: datasync;
                        SETATTR: NB_FSP_SET_* */
     uint32_t mode;  /* MKDIR/CREATE/SETATTR: permission bits (07777) */
@@ -150,8 +165,9 @@ typedef struct {
     uint64_t node, gen; /* LOOKUP/SYMLINK/MKDIR/CREATE */
     nb_fsp_attr_t attr; /* those and GETATTR/SETATTR */
     uint64_t fh;        /* OPEN/OPENDIR/CREATE */
-    uint32_t written;   /* WRITE */
-    uint32_t count;     /* READDIR(PLUS): entries in `data` (already checked) */
+    uint32_t written;   /* WRITE, WRITE_SHM */
+    uint32_t count;     /* READDIR(PLUS): entries in `data` (already checked); READ_SHM: bytes
+                           placed in the shared area (at most the size asked) */
     nb_iov_t data;      /* READ bytes, READLINK target, READDIR(PLUS) entries (borrowed) */
     nb_fsp_statfs_t st; /* STATFS */
 } nb_fsp_reply_t;

@@ -90,14 +90,28 @@ def alive(pid):
 
 
 def kill_qemu(d):
-    """SIGKILLs the QEMU whose pid file is in d, if it is still a QEMU."""
+    """SIGKILLs the QEMU whose pid file is in d, if it is still a QEMU, and
+    removes the file of its shared data area (folder mappings), which may be
+    in /dev/shm rather than in the suite's folders."""
     pid = qemu_pid(d)
+    shm = None
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
-            if b"qemu" in f.read():
-                os.kill(pid, signal.SIGKILL)
-    except OSError:
+            argv = f.read().split(b"\0")
+        if any(b"qemu" in a for a in argv):
+            for a in argv:
+                if a.startswith(b"memory-backend-file,id=nbshm,"):
+                    # QEMU's escape: a comma inside a value is doubled
+                    v = a.split(b"mem-path=", 1)[1].replace(b",,", b"\0").split(b",")[0]
+                    shm = v.replace(b"\0", b",").decode()
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, IndexError):
         pass
+    if shm:
+        try:
+            os.unlink(shm)
+        except OSError:
+            pass
 
 
 def vm_daemon(images, env=None, args=()):

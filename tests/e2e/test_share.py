@@ -10,6 +10,9 @@ One daemon, one VM, host folders in the suite's temporary folder, in order:
      refused, chmod/utimes, owner mapping, fsync, statfs, mmap, 5 GiB offsets;
   04 host-side changes (new file, rewritten file) seen by the guest;
   04b large files both ways, three readers and three writers at once, hashed;
+  04c the shared data area: large files both ways through it (hashed, its
+      request counter moves), then a share mounted without it (its file
+      gone on the host) moves the same data over the channel;
   05 A19 from the guest: symlinks and hard links to host files outside the
      share lead nowhere; `..` stays in the guest;
   06 read-only share: reads work, every write is refused, the host folder is
@@ -171,6 +174,52 @@ class ShareE2E(VmSuite):
             os.unlink(os.path.join(self.host, "w%d" % i))
         os.unlink(os.path.join(self.host, "bulk.bin"))
 
+    # -- 04c -------------------------------------------------------------------
+    def share(self, guest):
+        return [s for s in self.shares() if s["guest"] == guest][0]
+
+    def big_both_ways(self, hostdir, guestdir):
+        """A 9 MiB host file read in the guest and a 7 MiB guest file written
+        to the host, both hashed on the other side."""
+        data = os.urandom(9 * 1024 * 1024 + 4321)
+        with open(os.path.join(hostdir, "big.in"), "wb") as f:
+            f.write(data)
+        r = self.sh("sha256sum %s/big.in && head -c 7340033 /dev/urandom > /tmp/big && "
+                    "sha256sum /tmp/big && dd if=/tmp/big of=%s/big.out bs=1M conv=fsync 2>/dev/null && "
+                    "rm /tmp/big" %
+                    (guestdir, guestdir), timeout=600)
+        lines = r.stdout.split()
+        self.assertEqual(lines[0], hashlib.sha256(data).hexdigest(), r.stdout)
+        with open(os.path.join(hostdir, "big.out"), "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), lines[2], "big.out")
+        os.unlink(os.path.join(hostdir, "big.in"))
+        os.unlink(os.path.join(hostdir, "big.out"))
+
+    def test_04c_shared_area(self):
+        s = self.share("/mnt/host")
+        self.assertTrue(s["shm"], s)
+        before = s["shm_ops"]
+        self.big_both_ways(self.host, "/mnt/host")
+        # 9 MiB read and 7 MiB written in requests of at most 1 MiB.
+        self.assertGreaterEqual(self.share("/mnt/host")["shm_ops"] - before, 16)
+        # Fallback: the area's file is gone on the host (as for a VM booted
+        # by an older daemon): a new mount moves its data over the channel.
+        shm = self.inspect(VM)["share_shm"]
+        self.assertTrue(os.path.exists(shm), shm)
+        self.assertEqual(os.stat(shm).st_mode & 0o777, 0o600)
+        os.unlink(shm)
+        fb = os.path.join(self.tmp, "fallback")
+        os.makedirs(fb)
+        self.cli("share", "add", VM, fb, "/mnt/fb", timeout=180)
+        s = self.share("/mnt/fb")
+        self.assertFalse(s["shm"], s)
+        self.big_both_ways(fb, "/mnt/fb")
+        self.assertEqual(self.share("/mnt/fb")["shm_ops"], 0)
+        # The first mount keeps its area.
+        self.big_both_ways(self.host, "/mnt/host")
+        self.cli("share", "rm", str(self.share("/mnt/fb")["id"]))
+        wait_for(lambda: not self.mounted("/mnt/fb"), 60, "the guest unmounted /mnt/fb")
+
     # -- 05 --------------------------------------------------------------------
     def test_05_escapes(self):
         os.symlink(self.outside, os.path.join(self.host, "out_abs"))
@@ -240,6 +289,8 @@ class ShareE2E(VmSuite):
         self.wait_agent()
         wait_for(lambda: {s["state"] for s in self.shares()} == {"mounted"}, 120,
                  "the shares mounted again")
+        # A new boot has a new shared area (test 04c removed the old file).
+        self.assertTrue(self.share("/mnt/host")["shm"])
         with open(os.path.join(self.host, "after"), "w") as f:
             f.write("restart\n")
         self.assertEqual(self.sh("cat /mnt/host/after").stdout, "restart\n")

@@ -3,8 +3,10 @@
  * and QEMU's command line. Touches no loop state; lifecycle.c queues it
  * and spawns QEMU with the result. See manager_int.h. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +18,27 @@
 #include "host/image.h"
 #include "daemon/vm/manager_int.h"
 #include "lib/err.h"
+#include "lib/fsproto.h"
+#include "lib/log.h"
+
+/* Creates the shared data area's file (0600, NB_FSP_SHM_SIZE bytes, sparse)
+ * with a fresh random tag at offset 0. 0 or -errno; nothing left behind on
+ * failure. */
+static int create_shm(const char *path)
+{
+    uint8_t tag[NB_FSP_SHM_TAG_LEN];
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    randombytes_buf(tag, sizeof tag);
+    int r = 0;
+    if (ftruncate(fd, NB_FSP_SHM_SIZE) < 0 || pwrite(fd, tag, sizeof tag, 0) != sizeof tag)
+        r = errno ? -errno : -EIO;
+    close(fd);
+    if (r < 0)
+        unlink(path);
+    return r;
+}
 
 static pthread_once_t tsc_once = PTHREAD_ONCE_INIT;
 static unsigned tsc_khz;
@@ -158,6 +181,20 @@ void nb_vm_boot_work(nb_vm_job_t *jj)
                   nb_strerror(jj->r));
         return;
     }
+    /* The folder mapping's shared data area: a fresh file per boot (a
+     * stale QEMU may still map the old one), pages allocated as the guest
+     * touches them. Without it shares use the channel for data. */
+    const char *shm = NULL;
+    const char *shm_env = getenv("NILBOX_SHARE_SHM");
+    unlink(vm->shm);
+    if (!shm_env || strcmp(shm_env, "0") != 0) {
+        int sr = create_shm(vm->shm);
+        if (sr == 0)
+            shm = vm->shm;
+        else
+            nb_log(NB_LOG_WARN, "vm %s: no shared data area for folder mappings (%s): %s",
+                   vm->spec.name, vm->shm, nb_strerror(sr));
+    }
     nb_qemu_spec_t spec = {
         .qemu = j->qemu,
         .name = vm->spec.name,
@@ -175,6 +212,8 @@ void nb_vm_boot_work(nb_vm_job_t *jj)
         .console_log = vm->console,
         .pidfile = vm->pidfile,
         .tsc_khz = tsc_khz,
+        .shm_file = shm,
+        .shm_size = NB_FSP_SHM_SIZE,
     };
     if ((jj->r = nb_qemu_build_argv(&spec, &j->argv)) < 0)
         nb_vm_fmt(jj->msg, sizeof jj->msg, "cannot build the QEMU command line (see the log)");

@@ -42,6 +42,7 @@ static void start_fail(nb_vm_t *vm, int r, const char *msg, nb_vmm_cb cb, void *
 {
     unlink(vm->fwcfg_key);
     unlink(vm->keyfile);
+    unlink(vm->shm);
     nb_vm_fmt(vm->last_exit, sizeof vm->last_exit, "start failed: %s", msg ? msg : nb_strerror(r));
     if (vm->state == NB_VM_CRASHED && vm->spec.restart == NB_VM_RESTART_ON_FAILURE) {
         /* A restart attempt of the policy failed: count it, try again. */
@@ -451,6 +452,7 @@ static void teardown(nb_vm_t *vm, int keep_runtime)
     if (!keep_runtime) {
         unlink(vm->keyfile);
         unlink(vm->fwcfg_key);
+        unlink(vm->shm);
         unlink(vm->qmp_sock);
         unlink(vm->mux_sock);
         unlink(vm->pidfile);

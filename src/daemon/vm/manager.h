@@ -152,6 +152,11 @@ json_t *nb_vm_json(const nb_vm_t *vm, int detail);
 nb_muxsess_t *nb_vm_session(const nb_vm_t *vm);
 /* Path of the serial console log. */
 const char *nb_vm_console_path(const nb_vm_t *vm);
+/* The file behind the VM's shared data area for folder mappings
+ * (docs/internals/share.md, "Shared memory"): created 0600 in the VM's
+ * runtime folder at each boot; may be missing (then shares fall back to
+ * the channel). Loop thread. */
+const char *nb_vm_share_shm_path(const nb_vm_t *vm);
 
 /* Creates a VM: validates the spec, checks that the image is built, that
  * qemu-img exists and that there is disk space, creates the overlay and

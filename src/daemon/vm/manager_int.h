@@ -67,6 +67,7 @@ struct nb_vm {
     char dir[VM_PATH], rdir[VM_PATH];
     char disk[VM_PATH], console[VM_PATH], qemu_log[VM_PATH], pidfile[VM_PATH];
     char keyfile[VM_PATH], fwcfg_key[VM_PATH];
+    char shm[VM_PATH]; /* the folder mapping's shared data area (share.shm) */
     char qmp_sock[VM_SOCK], mux_sock[VM_SOCK];
 
     /* one boot */

@@ -206,6 +206,9 @@ int nb_qemu_build_argv(const nb_qemu_spec_t *s, nb_qemu_argv_t *out)
                        strspn(s->kvm_cpu, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                           "0123456789,_=.+-") != strlen(s->kvm_cpu)))
         return bad("KVM CPU model must be 1-127 of [A-Za-z0-9,_=.+-]");
+    if (s->shm_file && (!valid_path(s->shm_file) || s->shm_size < 4096 ||
+                        (s->shm_size & (s->shm_size - 1)) || s->shm_size > (1u << 30)))
+        return bad("shared area: a path and a power-of-two size of 4 KiB..1 GiB");
     if (!valid_cmdline(s->cmdline))
         return bad("kernel arguments must be printable ASCII, < 2048 bytes");
     unsigned cpus = s->cpus ? s->cpus : 1;
@@ -236,7 +239,10 @@ int nb_qemu_build_argv(const nb_qemu_spec_t *s, nb_qemu_argv_t *out)
         /* No option ROMs (direct kernel boot needs none). Under KVM the
          * legacy PIT/PIC are useless (kvmclock, in-kernel LAPIC); under TCG
          * the kernel needs the PIT for its timer. */
-        add(&a, kvm ? NB_QEMU_KVM_MICROVM : NB_QEMU_TCG_MICROVM);
+        /* The shared data area is a PCI device: microvm's PCIe host
+         * (ECAM, described by ACPI) only when there is one. */
+        addf(&a, "%s%s", kvm ? NB_QEMU_KVM_MICROVM : NB_QEMU_TCG_MICROVM,
+             s->shm_file ? ",pcie=on" : "");
     else
         add(&a, "q35,vmport=off");
     add(&a, "-accel");
@@ -296,6 +302,16 @@ int nb_qemu_build_argv(const nb_qemu_spec_t *s, nb_qemu_argv_t *out)
     add(&a, "virtserialport,bus=vser0.0,chardev=nbmux,name=" NB_QEMU_MUX_PORT);
     add(&a, "-fw_cfg");
     addf(&a, "name=" NB_QEMU_KEY_FWCFG ",file=%E", s->key_file);
+
+    if (s->shm_file) {
+        /* Plain memory, no doorbell, no interrupt: the channel stays the
+         * only control path; the area carries file data only. */
+        add(&a, "-object");
+        addf(&a, "memory-backend-file,id=nbshm,share=on,mem-path=%E,size=%u", s->shm_file,
+             (unsigned)s->shm_size);
+        add(&a, "-device");
+        add(&a, "ivshmem-plain,memdev=nbshm");
+    }
 
     add(&a, "-chardev");
     addf(&a, "socket,id=qmp0,path=%E,server=on,wait=off", s->qmp_socket);

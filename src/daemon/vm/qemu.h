@@ -37,7 +37,12 @@ typedef enum {
 
 /* NB_QEMU_KVM_CPU, NB_QEMU_KVM_MICROVM and NB_QEMU_SANDBOX: host/accel.h (the KVM
  * probe boots with them too). */
-#define NB_QEMU_TCG_CPU "max"
+/* Under TCG, `rep movsb` runs one emulated iteration per byte, and with
+ * ERMS/FSRM advertised the guest kernel and glibc copy everything with it:
+ * without them they use 8-byte string moves or vector loops. It made the
+ * guest's CPU per byte through a folder mapping about 2.6x smaller
+ * (bench/README.md, "share"). */
+#define NB_QEMU_TCG_CPU "max,erms=off,fsrm=off"
 #define NB_QEMU_TCG_MICROVM "microvm,x-option-roms=off,rtc=on"
 
 typedef struct {
@@ -63,6 +68,12 @@ typedef struct {
      * boot; given this (passed as tsc_early_khz) it boots every time. With
      * AUTO machine and TCG, 0 here selects q35. */
     unsigned tsc_khz;
+    /* The folder mapping's shared data area (docs/internals/share.md,
+     * "Shared memory"): an existing 0600 file of shm_size bytes (a power of
+     * two) that QEMU maps shared and shows the guest as an ivshmem-plain
+     * PCI device (microvm gets its PCIe bus for it). NULL: no device. */
+    const char *shm_file;
+    size_t shm_size;
 } nb_qemu_spec_t;
 
 typedef struct {

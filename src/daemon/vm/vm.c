@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -136,6 +138,11 @@ const char *nb_vm_console_path(const nb_vm_t *vm)
     return vm->console;
 }
 
+const char *nb_vm_share_shm_path(const nb_vm_t *vm)
+{
+    return vm->shm;
+}
+
 const char *nb_vm_qemu_log_path(const nb_vm_t *vm)
 {
     return vm->qemu_log;
@@ -205,6 +212,7 @@ json_t *nb_vm_json(const nb_vm_t *vm, int detail)
         json_object_set_new(j, "console_log", json_string(vm->console));
         json_object_set_new(j, "qemu_log", json_string(vm->qemu_log));
         json_object_set_new(j, "runtime_dir", json_string(vm->rdir));
+        json_object_set_new(j, "share_shm", json_string(vm->shm));
         json_object_set_new(j, "qmp_socket", json_string(vm->qmp_sock));
         json_object_set_new(j, "mux_socket", json_string(vm->mux_sock));
         if (vm->qemu_version[0])
@@ -356,6 +364,28 @@ int nb_vm_db_set_want(nb_vm_t *vm, int want)
 
 /* ------------------------------------------------------------ the table */
 
+/* Where the folder mapping's shared data area lives (docs/internals/share.md,
+ * "Shared memory"): in the VM's runtime folder when that is in memory
+ * (tmpfs, the usual XDG_RUNTIME_DIR), else in /dev/shm under a name made
+ * of our uid and a hash of the runtime folder (so a restarted daemon finds
+ * it again): a shared mapping of a file on a disk file system is written
+ * back to the disk while the guest uses it. Someone else's file of that
+ * name only means no area (the boot's O_EXCL create fails, and a mount
+ * maps only our own 0600 file). */
+static int vm_shm_path(nb_vm_t *vm)
+{
+    struct statfs fs;
+    if ((statfs(vm->m->runtime, &fs) == 0 &&
+         (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)) ||
+        statfs("/dev/shm", &fs) < 0 || fs.f_type != TMPFS_MAGIC)
+        return nb_vm_fmt(vm->shm, sizeof vm->shm, "%s/share.shm", vm->rdir);
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = vm->rdir; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return nb_vm_fmt(vm->shm, sizeof vm->shm, "/dev/shm/nilbox-%u-%016llx.shm", (unsigned)geteuid(),
+                     (unsigned long long)h);
+}
+
 static int vm_paths(nb_vm_t *vm, char *msg, size_t msgsz)
 {
     nb_vmm_t *m = vm->m;
@@ -367,7 +397,8 @@ static int vm_paths(nb_vm_t *vm, char *msg, size_t msgsz)
               nb_vm_fmt(vm->qemu_log, sizeof vm->qemu_log, "%s/qemu.log", vm->dir) |
               nb_vm_fmt(vm->pidfile, sizeof vm->pidfile, "%s/qemu.pid", vm->dir) |
               nb_vm_fmt(vm->keyfile, sizeof vm->keyfile, "%s/mux.key", vm->rdir) |
-              nb_vm_fmt(vm->fwcfg_key, sizeof vm->fwcfg_key, "%s/boot.key", vm->rdir);
+              nb_vm_fmt(vm->fwcfg_key, sizeof vm->fwcfg_key, "%s/boot.key", vm->rdir) |
+              vm_shm_path(vm);
     if (bad) {
         nb_vm_fmt(msg, msgsz, "the state folder path %s is too long", m->home);
         return NB_ETOOBIG;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -887,6 +888,89 @@ static void test_big_io(void)
     nb_fsrv_free(s);
 }
 
+/* READ_SHM/WRITE_SHM against a shared area followed by an inaccessible
+ * page: the data moves through the area, every range that is not wholly
+ * inside it is refused, and a server without an area refuses both ops. */
+static void test_shm(void)
+{
+    setup_dirs("shm");
+    const size_t len = 2 * NB_FSP_SHM_SLOT;
+    uint8_t *area =
+        mmap(NULL, len + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    NB_CHECK(area != MAP_FAILED);
+    NB_CHECK_EQ_INT(mprotect(area + len, 4096, PROT_NONE), 0);
+    nb_fsrv_t *s;
+    char err[200];
+    NB_CHECK_EQ_INT(nb_fsrv_new(root, 0, &s, err, sizeof err), 0);
+    nb_fsp_reply_t rep;
+    NB_CHECK_EQ_INT(create(s, NB_FSP_ROOT, "f", NB_FSP_O_RDWR, &rep), 0);
+    uint64_t fh = rep.fh;
+    nb_fsp_req_t w = {.op = NB_FSP_WRITE_SHM, .fh = fh, .size = 100, .shm = 0};
+    nb_fsp_req_t rq = {.op = NB_FSP_READ_SHM, .fh = fh, .size = 100, .shm = 0};
+    /* No area yet. */
+    NB_CHECK_EQ_INT(op1(s, w, &rep), EINVAL);
+    NB_CHECK_EQ_INT(op1(s, rq, &rep), EINVAL);
+    nb_fsrv_set_shm(s, area, len);
+    /* A full slot out of the second half of the area, 1 MiB + 3 in. */
+    for (size_t i = 0; i < NB_FSP_SHM_SLOT; i++)
+        area[NB_FSP_SHM_SLOT + i] = (uint8_t)(i * 7 + (i >> 11));
+    w = (nb_fsp_req_t){.op = NB_FSP_WRITE_SHM,
+                       .fh = fh,
+                       .off = 3,
+                       .size = NB_FSP_SHM_SLOT,
+                       .shm = NB_FSP_SHM_SLOT};
+    NB_CHECK_EQ_INT(op1(s, w, &rep), 0);
+    NB_CHECK_EQ_INT(rep.written, (int)NB_FSP_SHM_SLOT);
+    /* Back into the first half, and compared byte for byte. */
+    rq = (nb_fsp_req_t){
+        .op = NB_FSP_READ_SHM, .fh = fh, .off = 3, .size = NB_FSP_SHM_SLOT, .shm = 0};
+    NB_CHECK_EQ_INT(op1(s, rq, &rep), 0);
+    NB_CHECK_EQ_INT(rep.count, (int)NB_FSP_SHM_SLOT);
+    NB_CHECK(memcmp(area, area + NB_FSP_SHM_SLOT, NB_FSP_SHM_SLOT) == 0);
+    /* Past the end of the file: what there is. */
+    rq.off = NB_FSP_SHM_SLOT - 7;
+    rq.size = 100;
+    NB_CHECK_EQ_INT(op1(s, rq, &rep), 0);
+    NB_CHECK_EQ_INT(rep.count, 10);
+    /* Ranges not wholly inside the area (the guard page would fault). */
+    uint64_t bad[][2] = {{len - 99, 100}, {len, 1}, {len + 4096, 1}, {(uint64_t)1 << 40, 1}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        w.shm = rq.shm = bad[i][0];
+        w.size = rq.size = (uint32_t)bad[i][1];
+        NB_CHECK_EQ_INT(op1(s, w, &rep), EINVAL);
+        NB_CHECK_EQ_INT(op1(s, rq, &rep), EINVAL);
+    }
+    /* The last byte of the area is fine. */
+    w.shm = len - 1;
+    w.size = 1;
+    NB_CHECK_EQ_INT(op1(s, w, &rep), 0);
+    NB_CHECK_EQ_INT(rep.written, 1);
+    /* shm + size overflowing never parses. */
+    nb_buf_t b;
+    nb_buf_init(&b, 4096);
+    w.shm = UINT64_MAX - 5;
+    w.size = 10;
+    NB_CHECK_EQ_INT(nb_fsp_req_encode(&w, &b), NB_EINVAL);
+    nb_buf_free(&b);
+    NB_CHECK(nb_fsrv_shm_ops(s) == 4);
+    release(s, fh);
+    nb_fsrv_free(s);
+
+    /* Read-only: WRITE_SHM is a write. */
+    NB_CHECK_EQ_INT(nb_fsrv_new(root, 1, &s, err, sizeof err), 0);
+    nb_fsrv_set_shm(s, area, len);
+    NB_CHECK_EQ_INT(lookup(s, NB_FSP_ROOT, "f", &rep), 0);
+    NB_CHECK_EQ_INT(open_node(s, rep.node, NB_FSP_O_RDONLY, &fh), 0);
+    w = (nb_fsp_req_t){.op = NB_FSP_WRITE_SHM, .fh = fh, .size = 10, .shm = 0};
+    NB_CHECK_EQ_INT(op1(s, w, &rep), EROFS);
+    rq = (nb_fsp_req_t){.op = NB_FSP_READ_SHM, .fh = fh, .size = 10, .shm = 0};
+    NB_CHECK_EQ_INT(op1(s, rq, &rep), 0);
+    NB_CHECK_EQ_INT(rep.count, 10);
+    release(s, fh);
+    nb_fsrv_free(s);
+    munmap(area, len + 4096);
+}
+
 int main(void)
 {
     snprintf(tmp, sizeof tmp, "/tmp/nb-fshare-XXXXXX");
@@ -897,6 +981,7 @@ int main(void)
     NB_RUN(test_parser);
     NB_RUN(test_encode_head);
     NB_RUN(test_big_io);
+    NB_RUN(test_shm);
     NB_RUN(test_ops);
     NB_RUN(test_escapes);
     NB_RUN(test_swap_race);

@@ -183,6 +183,54 @@ static void test_argv_microvm(void)
     nb_qemu_argv_free(&a);
 }
 
+/* The folder mapping's shared data area: a shared file-backed memory
+ * object shown as ivshmem-plain; microvm gets its PCIe bus for it; no
+ * device without a file; bad sizes refused; a comma in the path escaped. */
+static void test_argv_shm(void)
+{
+    nb_qemu_spec_t s = base_spec();
+    nb_qemu_argv_t a;
+    s.tsc_khz = 2096013;
+    NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), 0);
+    NB_CHECK(!strstr(opt_value(&a, "-machine", "microvm"), "pcie"));
+    NB_CHECK(find(&a, "-object") < 0);
+    NB_CHECK(opt_value(&a, "-device", "ivshmem") == NULL);
+    nb_qemu_argv_free(&a);
+
+    s.shm_file = "/run/nb/vms/box1/share,x.shm";
+    s.shm_size = 32u << 20;
+    NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), 0);
+    const char *m = opt_value(&a, "-machine", "microvm");
+    NB_CHECK(m && strstr(m, ",pcie=on"));
+    NB_CHECK_STR(opt_value(&a, "-object", "memory-backend-file"),
+                 "memory-backend-file,id=nbshm,share=on,mem-path=/run/nb/vms/box1/share,,x.shm,"
+                 "size=33554432");
+    NB_CHECK_STR(opt_value(&a, "-device", "ivshmem"), "ivshmem-plain,memdev=nbshm");
+    nb_qemu_argv_free(&a);
+
+    s.accel = NB_QEMU_ACCEL_KVM;
+    NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), 0);
+    m = opt_value(&a, "-machine", "microvm");
+    NB_CHECK(m && strstr(m, "pit=off") && strstr(m, ",pcie=on"));
+    nb_qemu_argv_free(&a);
+
+    s.machine = NB_QEMU_MACHINE_Q35; /* a PCI machine: the device alone */
+    NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), 0);
+    NB_CHECK(opt_value(&a, "-device", "ivshmem-plain,memdev=nbshm") != NULL);
+    NB_CHECK(opt_value(&a, "-machine", "q35") != NULL &&
+             !strstr(opt_value(&a, "-machine", "q35"), "pcie"));
+    nb_qemu_argv_free(&a);
+
+    size_t bad[] = {0, 1000, (32u << 20) + 4096, (size_t)2 << 30};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s.shm_size = bad[i];
+        NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), NB_EINVAL);
+    }
+    s.shm_size = 32u << 20;
+    s.shm_file = "/run/a\nb.shm";
+    NB_CHECK_EQ_INT(nb_qemu_build_argv(&s, &a), NB_EINVAL);
+}
+
 static void test_argv_escaping_and_errors(void)
 {
     nb_qemu_spec_t s = base_spec();
@@ -635,6 +683,7 @@ int main(void)
         return 1;
     NB_RUN(test_argv_q35_tcg);
     NB_RUN(test_argv_microvm);
+    NB_RUN(test_argv_shm);
     NB_RUN(test_argv_escaping_and_errors);
     NB_RUN(test_key_file_not_in_argv);
     NB_RUN(test_find_running);
