@@ -32,7 +32,8 @@ import threading
 import time
 import unittest
 
-from e2e_env import AGENT, NILBOX, TINY, VmSuite, build_image, need, wait_for
+from e2e_env import (AGENT, NILBOX, TINY, VmSuite, build_image, need, pause_kill_resume,
+                     wait_for)
 
 TESTSRV = os.environ.get("NB_MCP_TESTSRV", "")
 NODE_DIR = os.environ.get("NB_MCP_NODE", "")
@@ -410,69 +411,64 @@ class McpE2E(VmSuite):
         self.assertIn("crashing on purpose", log)
         self.assertIn("initialized again", log)
 
-    def kill_between_calls(self, *args, name="demo", ends_with_client=True):
+    def server_pids(self):
+        """The pids of the test server's processes in the VM."""
+        # The tiny image's busybox has no pgrep: read /proc.
+        r = subprocess.run([NILBOX, "exec", "m1", "--", "sh", "-c",
+                            "for f in /proc/[0-9]*/cmdline; do "
+                            "[ \"$(tr -d '\\000' 2>/dev/null < $f)\" = /tmp/mcpsrv ] && "
+                            "{ f=${f%/cmdline}; echo ${f#/proc/}; }; done; true"],
+                           env=self.d.env, capture_output=True, text=True, timeout=60)
+        return set(int(x) for x in r.stdout.split())
+
+    def kill_between_calls(self, *args, name="demo", ends_with_client=True, wait_notice=True):
         """The server dies while no call is in flight (killed from outside, between two calls of
         one session): the next call starts it again, replays initialize, and the session goes
         on (found with the real server-everything in e2e_mcp_debian)."""
-        def pids():
-            # The tiny image's busybox has no pgrep: read /proc.
-            r = subprocess.run([NILBOX, "exec", "m1", "--", "sh", "-c",
-                                "for f in /proc/[0-9]*/cmdline; do "
-                                "[ \"$(tr -d '\\000' 2>/dev/null < $f)\" = /tmp/mcpsrv ] && "
-                                "{ f=${f%/cmdline}; echo ${f#/proc/}; }; done; true"],
-                               env=self.d.env,
-                               capture_output=True, text=True, timeout=60)
-            return set(int(x) for x in r.stdout.split())
-        before = pids()
-        starts = self.cli("mcp", "logs", "m1", name).stdout.count("server started")
-        p = subprocess.Popen(["node", os.path.join(NODE_DIR, "client.mjs"), *args],
-                             env=self.d.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
-        try:
-            self.assertEqual(json.loads(p.stdout.readline()), {"paused": True})
-            mine = sorted(pids() - before)
-            self.assertEqual(len(mine), 1, mine)
-            subprocess.run([NILBOX, "exec", "m1", "--", "kill", "-KILL", str(mine[0])],
+        def log():
+            return self.cli("mcp", "logs", "m1", name).stdout
+
+        def kill(pid):
+            subprocess.run([NILBOX, "exec", "m1", "--", "kill", "-KILL", str(pid)],
                            env=self.d.env, timeout=60)
-            wait_for(lambda: "server killed by signal 9" in
-                     self.cli("mcp", "logs", "m1", name).stdout, 60, "the bridge seeing it")
-            p.stdin.write("go\n")
-            p.stdin.close()  # a Node process with an open stdin pipe does not exit
-            out = {}
-            t = threading.Thread(target=lambda: out.update(json.loads(p.stdout.readline() or "{}")))
-            t.start()
-            t.join(120)
-            self.assertFalse(t.is_alive(), "the client hangs after the restart")
-            self.assertEqual(p.wait(60), 0)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stdin.close()
-            p.stdout.close()
-        self.assertNotIn("fatal", out, out.get("fatal"))
+        pids = self.server_pids
+        before = pids()
+        starts = log().count("server started")
+        try:
+            out, status = pause_kill_resume(
+                ["node", os.path.join(NODE_DIR, "client.mjs"), *args], self.d.env, pids, kill,
+                (lambda: log().count("server killed by signal 9")) if wait_notice else None)
+        except AssertionError as e:
+            self.fail("%s; bridge log: %s" % (e, log()[-2000:]))
+        self.assertNotIn("fatal", out, "%s; bridge log: %s" % (out.get("fatal"), log()[-2000:]))
+        self.assertEqual(status, 0)
         self.assertEqual((out["before"], out["after"]), ("one", "two"))
         self.assertGreaterEqual(out["tools"], 8)
         self.assertEqual(out["errors"], [])
-        log = self.cli("mcp", "logs", "m1", name).stdout
-        self.assertGreaterEqual(log.count("server started"), starts + 2, log[-2000:])
+        self.assertGreaterEqual(log().count("server started"), starts + 2, log()[-2000:])
         # The session ended with its client: its (restarted) server goes with it. (An HTTP
         # session outlives an SDK client, whose close() sends no DELETE.)
         if ends_with_client:
             wait_for(lambda: not (pids() - before), 60, "the session's server to end with it")
+        return log()
 
     def test_05b_kill_between_calls_stdio(self):
         self.kill_between_calls("stdio", "pause", NILBOX, "mcp", "stdio", "m1", "demo")
 
     def test_05c_kill_between_calls_http(self):
         # A server whose output outlives it (a child holds its stdout, as Node's servers can):
-        # the agent's exit notice comes long before the stream closes, and the next call in
-        # between must wait for the restart, not be failed along with the old server.
-        self.cli("mcp", "add", "m1", "linger", "--", "sh", "-c", "sleep 15 & exec /tmp/mcpsrv")
+        # the agent's exit notice comes only when the child ends, long after the death. The
+        # next call goes at once, so it reaches the bridge before that notice and is written
+        # to the dead server's stdin: the agent says the server never read it (stdin_read),
+        # and the bridge gives it to the restarted server instead of failing it with the old
+        # one (-32003).
+        self.cli("mcp", "add", "m1", "linger", "--", "sh", "-c", "sleep 20 & exec /tmp/mcpsrv")
         try:
             info = self.get("m1", "linger")
-            self.kill_between_calls("http", "pause", "http://127.0.0.1:%d/mcp" % info["port"],
-                                    info["token"], name="linger", ends_with_client=False)
+            log = self.kill_between_calls(
+                "http", "pause", "http://127.0.0.1:%d/mcp" % info["port"], info["token"],
+                name="linger", ends_with_client=False, wait_notice=False)
+            self.assertIn("request(s) the server never read go to the next one", log)
         finally:
             self.cli("mcp", "rm", "m1", "linger")
 
