@@ -37,6 +37,9 @@ from e2e_env import (AGENT, NILBOX, TINY, VmSuite, build_image, need, pause_kill
 
 TESTSRV = os.environ.get("NB_MCP_TESTSRV", "")
 NODE_DIR = os.environ.get("NB_MCP_NODE", "")
+# Streamable HTTP sessions' idle expiry here (05d): short, yet above any pause between two
+# requests of one session in the other cases (SDK clients hold a GET stream meanwhile).
+IDLE_S = 20
 FRAME_MAX = 65536
 
 
@@ -52,7 +55,8 @@ class McpE2E(VmSuite):
         if not node_ok():
             raise unittest.SkipTest("npm ci in tests/integ/mcp_node first")
         build_image("tiny", TINY, AGENT)
-        cls.d = cls.daemon({"tiny": TINY}, env={"NILBOX_MCP_MAX_FRAME": str(FRAME_MAX)})
+        cls.d = cls.daemon({"tiny": TINY}, env={"NILBOX_MCP_MAX_FRAME": str(FRAME_MAX),
+                                                "NILBOX_MCP_SESSION_IDLE": str(IDLE_S)})
         r = cls.d.cli("vm", "create", "m1", "--start", timeout=300)
         assert r.returncode == 0, r.stderr
         with open(TESTSRV, "rb") as f:
@@ -471,6 +475,37 @@ class McpE2E(VmSuite):
             self.assertIn("request(s) the server never read go to the next one", log)
         finally:
             self.cli("mcp", "rm", "m1", "linger")
+
+    def test_05d_http_session_idle_expiry(self):
+        # A Streamable HTTP client that goes without a DELETE: once its session has been idle
+        # (no stream open, no request) for NILBOX_MCP_SESSION_IDLE (IDLE_S here), it ends with
+        # its server process in the VM, and its id gets 404 (the client initializes again).
+        info = self.get("m1", "demo")
+        port = info["port"]
+        hdr = {"Content-Type": "application/json", "Accept": "application/json",
+               "Authorization": "Bearer " + info["token"]}
+        before = self.server_pids()
+        st, h, body = self.http(port, "POST", json.dumps({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "leaves", "version": "0"}}}), hdr)
+        self.assertEqual(st, 200, body)
+        hdr["Mcp-Session-Id"] = h["mcp-session-id"]
+        st, _, body = self.http(port, "POST", '{"jsonrpc":"2.0","method":"notifications/initialized"}',
+                                hdr)
+        self.assertEqual(st, 202, body)
+        st, _, body = self.http(port, "POST", json.dumps({
+            "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "still here"}}}), hdr)
+        self.assertEqual(st, 200, body)
+        self.assertIn("still here", body.decode())
+        mine = self.server_pids() - before
+        self.assertEqual(len(mine), 1, mine)
+        wait_for(lambda: not (self.server_pids() & mine), IDLE_S * 10,
+                 "the idle session's server to end")
+        st, _, body = self.http(port, "POST", '{"jsonrpc":"2.0","id":3,"method":"tools/list"}', hdr)
+        self.assertEqual(st, 404, body)
+        self.assertIn("expired", body.decode())
 
     # -- 06 ------------------------------------------------------------------
     def test_06_ask(self):
