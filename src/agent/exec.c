@@ -4,8 +4,10 @@
  * Lifetime: the object lives until the process has exited, every pipe is
  * closed and the stream is closed; whichever comes last frees it. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,6 +264,7 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     json_t *j = NULL;
     nb_agent_cmd_t cmd;
     char why[200];
+    int in_fds[2] = {-1, -1};
     int r;
     memset(&cmd, 0, sizeof cmd);
     if ((r = nb_agent_args_object(args, &j, why, sizeof why)) < 0 ||
@@ -272,6 +275,13 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     }
     int want_stdin = nb_json_bool(j, "stdin", 1);
     int count_in = want_stdin && nb_json_bool(j, "stdin_read", 0);
+    /* Counting: stdin is a pipe(2), not libuv's socketpair. What the child
+     * has not read stays in a pipe when the child dies (FIONREAD on our end
+     * counts it); a socket drops it with its last reader. */
+    if (count_in && pipe2(in_fds, O_CLOEXEC) < 0) {
+        r = -errno;
+        goto out;
+    }
 
     exec_t *x = calloc(1, sizeof *x);
     if (!x) {
@@ -282,7 +292,10 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     x->count_in = count_in;
     uv_stdio_container_t stdio[NPIPES];
     for (int i = 0; i < NPIPES; i++) {
-        if ((r = nb_stream_pipe_new(a->loop, -1, &x->pipes[i])) < 0) {
+        int fd = i == P_IN ? in_fds[1] : -1;
+        if (i == P_IN)
+            in_fds[1] = -1; /* the stream owns it, even when it fails */
+        if ((r = nb_stream_pipe_new(a->loop, fd, &x->pipes[i])) < 0) {
             x->exited = 1;
             a->live++;
             for (int k = 0; k < i; k++)
@@ -295,6 +308,10 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
         x->handles++;
         stdio[i].flags = UV_CREATE_PIPE | (i == P_IN ? UV_READABLE_PIPE : UV_WRITABLE_PIPE);
         stdio[i].data.stream = nb_stream_uv_handle(x->pipes[i]);
+        if (fd >= 0) {
+            stdio[i].flags = UV_INHERIT_FD;
+            stdio[i].data.fd = in_fds[0];
+        }
     }
     if (!want_stdin)
         stdio[P_IN].flags = UV_IGNORE; /* libuv gives the child /dev/null */
@@ -341,6 +358,9 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     nb_stream_read_start(x->pipes[P_ERR]);
     r = 0;
 out:
+    for (int i = 0; i < 2; i++)
+        if (in_fds[i] >= 0)
+            close(in_fds[i]); /* [0]: the child has its copy */
     nb_agent_cmd_free(&cmd);
     json_decref(j);
     return r;
