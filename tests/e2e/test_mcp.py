@@ -15,7 +15,10 @@
   04b an HTTP MCP server in the guest (`--url`), reached through `tcp` streams;
      its GET stream (messages outside a request) held by the bridge
   04 wrong token, foreign Origin, foreign Host (DNS rebinding), bad session
-  05 server restart: a crashed server answers the next call (initialize replay)
+  05 server restart: a crashed server answers the next call (initialize replay); 05b-05e
+     the server killed between two calls (the next call after the bridge saw the death;
+     before, over HTTP, its exit notice delayed by a child; into its pipe, never read);
+     05d an HTTP session left without DELETE expires
   06 ask: the call waits for a prompt, answered through `nilbox prompts`
   07 malformed and oversized frames, both directions, raw over stdio; the
      daemon stays up
@@ -425,7 +428,8 @@ class McpE2E(VmSuite):
                            env=self.d.env, capture_output=True, text=True, timeout=60)
         return set(int(x) for x in r.stdout.split())
 
-    def kill_between_calls(self, *args, name="demo", ends_with_client=True, wait_notice=True):
+    def kill_between_calls(self, *args, name="demo", ends_with_client=True, wait_notice=True,
+                           sig="KILL"):
         """The server dies while no call is in flight (killed from outside, between two calls of
         one session): the next call starts it again, replays initialize, and the session goes
         on (found with the real server-everything in e2e_mcp_debian)."""
@@ -433,7 +437,7 @@ class McpE2E(VmSuite):
             return self.cli("mcp", "logs", "m1", name).stdout
 
         def kill(pid):
-            subprocess.run([NILBOX, "exec", "m1", "--", "kill", "-KILL", str(pid)],
+            subprocess.run([NILBOX, "exec", "m1", "--", "kill", "-" + sig, str(pid)],
                            env=self.d.env, timeout=60)
         pids = self.server_pids
         before = pids()
@@ -475,6 +479,18 @@ class McpE2E(VmSuite):
             self.assertIn("request(s) the server never read go to the next one", log)
         finally:
             self.cli("mcp", "rm", "m1", "linger")
+
+    def test_05e_dies_with_call_unread(self):
+        # The next call reaches the server's stdin while it still lives, but it dies without
+        # reading it (mcp_testsrv on SIGUSR1: stops reading, and kills itself once input
+        # waits): the call sat in the dead server's pipe, so it goes to the restarted one.
+        # (With libuv's socketpair as stdin the agent lost those bytes from its count.)
+        note = "request(s) the server never read go to the next one"
+        seen = self.cli("mcp", "logs", "m1", "demo").stdout.count(note)
+        log = self.kill_between_calls("stdio", "pause", NILBOX, "mcp", "stdio", "m1", "demo",
+                                      wait_notice=False, sig="USR1")
+        self.assertIn("input waiting unread, dying", log)
+        self.assertEqual(log.count(note), seen + 1, log[-2000:])
 
     def test_05d_http_session_idle_expiry(self):
         # A Streamable HTTP client that goes without a DELETE: once its session has been idle
