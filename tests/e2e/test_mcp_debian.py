@@ -44,6 +44,7 @@ PKG_DIR = os.environ.get("NB_MCP_EVERYTHING", "")
 # 60 s to start the server and answer initialize.
 CLIENT_ENV = {"NB_MCP_TIMEOUT_MS": "300000"}
 WAIT = 360
+UNREAD = "request(s) the server never read go to the next one"  # the bridge's log note
 FRAME_MAX = 262144  # well above the server's biggest answer (tools/list, ~10 KiB)
 ENTRY = "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 # The tools the server registers for any client (others come with client capabilities).
@@ -201,6 +202,7 @@ class McpDebian(VmSuite):
         # Servers of earlier sessions may still run: a Streamable HTTP session
         # lives on after its client went without a DELETE (the SDK's close()).
         starts = self.log().count("server started")
+        unread = self.log().count(UNREAD)
         try:
             out, _ = pause_kill_resume(
                 ["node", os.path.join(NODE_DIR, "client.mjs"), *args],
@@ -218,6 +220,9 @@ class McpDebian(VmSuite):
         log = self.log()
         self.assertEqual(log.count("server started"), starts + 2, log[-2000:])
         self.assertIn("restarted server initialized again", log)
+        # Which ordering this run met (the next call written to the dead server, or not).
+        sys.stderr.write("(%s restart: %d request(s) the dead server never read) " %
+                         (args[0], log.count(UNREAD) - unread))
 
     def test_03_restart(self):
         # stdio: the next call after the bridge saw the death; HTTP: at once, racing the
