@@ -4,10 +4,13 @@
  * with the command's status.
  *
  *   muxc --listen PATH --key-file F [--sessions N] [--idle-timeout MS] CMD
- *   CMD: exec [--no-stdin] [--stdin-read] [--env K=V]... [--cwd D] [--user U] [--signal-after
- * MS:SIG] -- ARGV... pty [--rows R] [--cols C] [--term T] [--resize-on-input RxC] [-- ARGV...] tcp
- * PORT ctl JSON [--data-file F] flow N BYTES     N exec streams of BYTES each plus one never-read
- * stream serve            keep sessions up until SIGTERM (for hostile-peer tests)
+ *   CMD: exec [--no-stdin] [--stdin-read] [--env K=V]... [--cwd D] [--user U]
+ *             [--signal-after MS:SIG] -- ARGV...
+ *        pty [--rows R] [--cols C] [--term T] [--resize-on-input RxC] [-- ARGV...]
+ *        tcp PORT
+ *        ctl JSON [--data-file F]
+ *        flow N BYTES     N exec streams of BYTES each plus one never-read stream
+ *        serve            keep sessions up until SIGTERM (for hostile-peer tests)
  *
  * Exit status: the command's exit code, 128+signal, 125 for channel errors. */
 #include <errno.h>
