@@ -99,8 +99,10 @@ void nb_agent_cmd_free(nb_agent_cmd_t *cmd);
 /* Parses args as a JSON object. NB_EINVAL (reason in why) otherwise. */
 int nb_agent_args_object(nb_iov_t args, json_t **out, char *why, size_t whysz);
 
-/* Sends {"exit": code} or {"signal": n} on CTL and FIN. */
-int nb_agent_send_exit(nb_muxsess_stream_t *st, int64_t exit_status, int term_signal);
+/* Sends {"exit": code} or {"signal": n} on CTL and FIN; with
+ * "stdin_read": N when stdin_read >= 0 (exec's "stdin_read" option). */
+int nb_agent_send_exit(nb_muxsess_stream_t *st, int64_t exit_status, int term_signal,
+                       int64_t stdin_read);
 
 /* uv_alloc_cb that mallocs a 64 KiB buffer (handed to the stream with
  * nb_muxsess_stream_write_owned) and the matching free. */

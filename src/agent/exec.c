@@ -4,7 +4,10 @@
  * Lifetime: the object lives until the process has exited, every pipe is
  * closed and the stream is closed; whichever comes last frees it. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +32,15 @@ typedef struct {
     int term_signal;
     unsigned stdin_writes; /* writes to stdin in flight */
     int pid;
+    /* "stdin_read": true (the MCP bridge): at the exit, stdin closes and the
+     * exit notice says how many of the host's stdin bytes the process may
+     * have read; the rest (a suffix: bytes still in the pipe, queued, or
+     * sent after the exit) it never saw, and the host may give them to the
+     * next process. */
+    int count_in;
+    int in_unknown;     /* the count cannot be given (a failed queued write) */
+    uint64_t in_total;  /* STDIO bytes from the host */
+    uint64_t in_unread; /* the suffix of them that never reached the process */
 } exec_t;
 
 static void maybe_free(exec_t *x)
@@ -85,13 +97,34 @@ static void maybe_report(exec_t *x)
     if (!x->st || x->status_sent || !x->exited || x->pipe_open[P_OUT] || x->pipe_open[P_ERR])
         return;
     x->status_sent = 1;
-    if (nb_agent_send_exit(x->st, x->exit_status, x->term_signal) < 0)
+    int64_t read = x->count_in && !x->in_unknown ? (int64_t)(x->in_total - x->in_unread) : -1;
+    if (nb_agent_send_exit(x->st, x->exit_status, x->term_signal, read) < 0)
         abort_stream(x, NB_MUX_E_INTERNAL, "cannot send the exit status");
+}
+
+/* Bytes written to stdin that its reader has not taken (FIONREAD works on
+ * either end of a pipe), plus those libuv still queues: together the
+ * newest bytes, a suffix of what the host sent. */
+static void count_unread(exec_t *x)
+{
+    uv_stream_t *h = nb_stream_uv_handle(x->pipes[P_IN]);
+    uv_os_fd_t fd;
+    int n = 0;
+    if (!h || uv_fileno((uv_handle_t *)h, &fd) < 0 || ioctl(fd, FIONREAD, &n) < 0 || n < 0) {
+        x->in_unknown = 1;
+        return;
+    }
+    x->in_unread += (uint64_t)n + uv_stream_get_write_queue_size(h);
 }
 
 static void on_exit_cb(uv_process_t *p, int64_t status, int sig)
 {
     exec_t *x = p->data;
+    if (x->count_in && x->pipe_open[P_IN]) {
+        /* What its children could still read was not the process's. */
+        count_unread(x);
+        close_pipe(x, P_IN);
+    }
     x->exited = 1;
     x->exit_status = status;
     x->term_signal = sig;
@@ -148,6 +181,8 @@ static void on_in_written(nb_stream_t *s, int status, void *ud)
     x->stdin_writes--;
     if (x->st)
         nb_muxsess_stream_consume(x->st, (size_t)(uintptr_t)ud);
+    if (status < 0 && status != UV_ECANCELED && x->pipe_open[P_IN])
+        x->in_unknown = 1; /* how much of this write went in is not known */
     if (status < 0 || (x->stdin_fin && x->stdin_writes == 0))
         close_pipe(x, P_IN); /* EPIPE: the child closed stdin; drop the rest */
 }
@@ -180,12 +215,25 @@ static void on_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud
         handle_ctl(x, d);
         return;
     }
+    if (chan == NB_MUX_CHAN_STDIO)
+        x->in_total += d.len;
     if (chan != NB_MUX_CHAN_STDIO || !x->pipe_open[P_IN] || x->stdin_fin) {
+        if (chan == NB_MUX_CHAN_STDIO)
+            x->in_unread += d.len;
         nb_muxsess_stream_consume(st, d.len); /* nobody to give it to */
         return;
     }
-    if (nb_stream_write_copy(x->pipes[P_IN], d.p, d.len, on_in_written, (void *)(uintptr_t)d.len) <
-        0) {
+    int r =
+        nb_stream_write_copy(x->pipes[P_IN], d.p, d.len, on_in_written, (void *)(uintptr_t)d.len);
+    if (r < 0) {
+        /* A write that fails at once put nothing in the pipe (EPIPE: the
+         * reader is gone), unless a copy of the rest was what failed. */
+        if (r == -ENOMEM)
+            x->in_unknown = 1;
+        else if (x->count_in) {
+            count_unread(x);
+            x->in_unread += d.len;
+        }
         nb_muxsess_stream_consume(st, d.len);
         close_pipe(x, P_IN);
         return;
@@ -216,6 +264,7 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     json_t *j = NULL;
     nb_agent_cmd_t cmd;
     char why[200];
+    int in_fds[2] = {-1, -1};
     int r;
     memset(&cmd, 0, sizeof cmd);
     if ((r = nb_agent_args_object(args, &j, why, sizeof why)) < 0 ||
@@ -225,6 +274,14 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
         goto out;
     }
     int want_stdin = nb_json_bool(j, "stdin", 1);
+    int count_in = want_stdin && nb_json_bool(j, "stdin_read", 0);
+    /* Counting: stdin is a pipe(2), not libuv's socketpair. What the child
+     * has not read stays in a pipe when the child dies (FIONREAD on our end
+     * counts it); a socket drops it with its last reader. */
+    if (count_in && pipe2(in_fds, O_CLOEXEC) < 0) {
+        r = -errno;
+        goto out;
+    }
 
     exec_t *x = calloc(1, sizeof *x);
     if (!x) {
@@ -232,9 +289,13 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
         goto out;
     }
     x->a = a;
+    x->count_in = count_in;
     uv_stdio_container_t stdio[NPIPES];
     for (int i = 0; i < NPIPES; i++) {
-        if ((r = nb_stream_pipe_new(a->loop, -1, &x->pipes[i])) < 0) {
+        int fd = i == P_IN ? in_fds[1] : -1;
+        if (i == P_IN)
+            in_fds[1] = -1; /* the stream owns it, even when it fails */
+        if ((r = nb_stream_pipe_new(a->loop, fd, &x->pipes[i])) < 0) {
             x->exited = 1;
             a->live++;
             for (int k = 0; k < i; k++)
@@ -247,6 +308,10 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
         x->handles++;
         stdio[i].flags = UV_CREATE_PIPE | (i == P_IN ? UV_READABLE_PIPE : UV_WRITABLE_PIPE);
         stdio[i].data.stream = nb_stream_uv_handle(x->pipes[i]);
+        if (fd >= 0) {
+            stdio[i].flags = UV_INHERIT_FD;
+            stdio[i].data.fd = in_fds[0];
+        }
     }
     if (!want_stdin)
         stdio[P_IN].flags = UV_IGNORE; /* libuv gives the child /dev/null */
@@ -293,6 +358,9 @@ int nb_agent_exec_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     nb_stream_read_start(x->pipes[P_ERR]);
     r = 0;
 out:
+    for (int i = 0; i < 2; i++)
+        if (in_fds[i] >= 0)
+            close(in_fds[i]); /* [0]: the child has its copy */
     nb_agent_cmd_free(&cmd);
     json_decref(j);
     return r;

@@ -271,12 +271,17 @@ static int send_ctl(nb_muxsess_stream_t *st, json_t *msg)
     return r;
 }
 
-int nb_agent_send_exit(nb_muxsess_stream_t *st, int64_t exit_status, int term_signal)
+int nb_agent_send_exit(nb_muxsess_stream_t *st, int64_t exit_status, int term_signal,
+                       int64_t stdin_read)
 {
     json_t *m = term_signal ? json_pack("{s:i}", "signal", term_signal)
                             : json_pack("{s:I}", "exit", (json_int_t)exit_status);
     if (!m)
         return -ENOMEM;
+    if (stdin_read >= 0 && json_object_set_new(m, "stdin_read", json_integer(stdin_read)) < 0) {
+        json_decref(m);
+        return -ENOMEM;
+    }
     int r = send_ctl(st, m);
     json_decref(m);
     if (r == 0)

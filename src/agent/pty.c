@@ -85,7 +85,7 @@ static void report(pty_t *t)
     if (t->status_sent || !t->st)
         return;
     t->status_sent = 1;
-    if (nb_agent_send_exit(t->st, t->exit_status, t->term_signal) < 0) {
+    if (nb_agent_send_exit(t->st, t->exit_status, t->term_signal, -1) < 0) {
         nb_muxsess_stream_reset(t->st, NB_MUX_E_INTERNAL, "cannot send the exit status");
         t->st = NULL;
     }

@@ -392,6 +392,33 @@ static int load(nb_mcp_t *m, char *err, size_t errsz)
     return 0;
 }
 
+static void on_sweep(uv_timer_t *t)
+{
+    nb_mcp_t *m = t->data;
+    uint64_t now = uv_hrtime();
+    for (mcp_server_t *s = m->servers; s; s = s->next)
+        nb_mcp_http_expire(s, now, m->sess_idle_ns);
+}
+
+static void on_sweep_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* NILBOX_MCP_SESSION_IDLE: seconds, 1..604800. */
+static uint64_t idle_setting(void)
+{
+    const char *e = getenv("NILBOX_MCP_SESSION_IDLE");
+    if (e && *e) {
+        char *end;
+        unsigned long long v = strtoull(e, &end, 10);
+        if (!*end && v >= 1 && v <= 604800)
+            return v;
+        nb_log(NB_LOG_WARN, "ignoring NILBOX_MCP_SESSION_IDLE '%.20s' (1..604800 s)", e);
+    }
+    return NB_MCP_SESS_IDLE_S;
+}
+
 int nb_mcp_new(nb_daemon_t *d, nb_mcp_t **out, char *err, size_t errsz)
 {
     *out = NULL;
@@ -411,11 +438,25 @@ int nb_mcp_new(nb_daemon_t *d, nb_mcp_t **out, char *err, size_t errsz)
         else
             nb_log(NB_LOG_WARN, "ignoring NILBOX_MCP_MAX_FRAME '%.20s' (1024..67108864)", e);
     }
+    uint64_t idle_s = idle_setting();
+    m->sess_idle_ns = idle_s * 1000000000ull;
+    /* Looked for four times per expiry period, at most once a minute. */
+    uint64_t every = idle_s * 250 < 60000 ? idle_s * 250 : 60000;
+    if (!(m->sweep = malloc(sizeof *m->sweep))) {
+        free(m);
+        return -ENOMEM;
+    }
+    uv_timer_init(m->loop, m->sweep);
+    m->sweep->data = m;
+    uv_unref((uv_handle_t *)m->sweep);
+    uv_timer_start(m->sweep, on_sweep, every, every);
     snprintf(m->dir, sizeof m->dir, "%s/mcp", d->home.home);
     if (mkdir(m->dir, 0700) < 0 && errno != EEXIST) {
+        int r = -errno;
         snprintf(err, errsz, "cannot create %s: %s", m->dir, strerror(errno));
+        uv_close((uv_handle_t *)m->sweep, on_sweep_closed);
         free(m);
-        return -errno;
+        return r;
     }
     int r = load(m, err, errsz);
     if (r < 0) {
@@ -431,6 +472,7 @@ void nb_mcp_free(nb_mcp_t *m)
     if (!m)
         return;
     m->closing = 1;
+    uv_close((uv_handle_t *)m->sweep, on_sweep_closed);
     nb_mcp_sess_end_all(m, NULL, "the daemon is stopping");
     while (m->servers) {
         mcp_server_t *s = m->servers;

@@ -43,6 +43,9 @@
 #define NB_MCP_QUEUE_MAX 64         /* client messages held while the server starts */
 #define NB_MCP_LOG_MAX (1u << 20)   /* a server's stderr log rotates past this */
 #define NB_MCP_START_WAIT_MS 60000u /* waiting for the VM's agent */
+/* A Streamable HTTP session with no stream open and no request for this
+ * long ends (NILBOX_MCP_SESSION_IDLE, seconds). */
+#define NB_MCP_SESS_IDLE_S 1800u
 
 typedef struct nb_mcp nb_mcp_t;
 typedef struct nb_mcp_sess nb_mcp_sess_t;

@@ -17,6 +17,7 @@
  * messages that no POST stream is waiting for; DELETE ends the session.
  * GET /sse and POST /message are the older HTTP+SSE transport (mcp_sse.c). */
 #include <errno.h>
+#include <inttypes.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +56,7 @@ static void stream_unlink(hstream_t *st)
 {
     if (!st->h)
         return;
+    st->h->last_used = uv_hrtime(); /* idle from the end of its last stream */
     for (hstream_t **pp = &st->h->streams; *pp; pp = &(*pp)->next)
         if (*pp == st) {
             *pp = st->next;
@@ -422,6 +424,18 @@ int nb_mcp_http_start(mcp_server_t *s, char *err, size_t errsz)
     }
     s->port = port;
     return 0;
+}
+
+void nb_mcp_http_expire(mcp_server_t *s, uint64_t now, uint64_t idle_ns)
+{
+    for (mcp_hsess_t *h = s->hsess, *n; h; h = n) {
+        n = h->next;
+        if (h->streams || now - h->last_used < idle_ns)
+            continue;
+        nb_log(NB_LOG_INFO, "mcp %s/%s: HTTP session idle for %" PRIu64 " s ended", s->vm, s->name,
+               (now - h->last_used) / 1000000000u);
+        hsess_free(h, 1);
+    }
 }
 
 void nb_mcp_http_stop(mcp_server_t *s)

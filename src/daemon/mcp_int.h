@@ -46,6 +46,8 @@ struct nb_mcp {
     nb_mcp_sess_t *sessions; /* every live session */
     unsigned nsess;
     size_t frame_max;
+    uint64_t sess_idle_ns;          /* Streamable HTTP sessions' idle expiry */
+    uv_timer_t *sweep;              /* looks for them (freed by its close callback) */
     char dir[NB_HOME_PATH_MAX + 8]; /* $NILBOX_HOME/mcp: stderr logs */
     int closing;
     /* mcp.c: persists a tool's action (an *-always answer); no completion. */
@@ -104,5 +106,8 @@ void nb_mcp_respond_rpc_error(nb_httpd_req_t *req, int status, const json_t *id,
 /* mcp_http.c: the server's loopback endpoint. */
 int nb_mcp_http_start(mcp_server_t *s, char *err, size_t errsz);
 void nb_mcp_http_stop(mcp_server_t *s);
+/* Ends the endpoint's sessions idle (no stream open) since before `now -
+ * idle_ns` (uv_hrtime clock); their clients get 404 and initialize again. */
+void nb_mcp_http_expire(mcp_server_t *s, uint64_t now, uint64_t idle_ns);
 
 #endif

@@ -8,7 +8,9 @@
  * its `initialize` is replayed first (REPLAY) and its answer swallowed, so
  * the client does not notice the restart beyond the requests that were in
  * flight, which get a JSON-RPC error. Client messages wait in a bounded
- * queue meanwhile. */
+ * queue meanwhile. Requests the dead process never read (the agent's
+ * `stdin_read` count, protocol.md §6) are not in flight: they go to the
+ * next process, once. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -41,6 +43,11 @@ typedef struct pend {
     const char *decision, *reason;
     uint64_t t0;
     size_t req_bytes;
+    /* Stdio servers: written to the current process at byte `off` of its
+     * stdin (kept to go to the next process if this one never read it). */
+    json_t *msg;
+    uint64_t off;
+    int requeued; /* once only: a server that dies unread twice fails it */
 } pend_t;
 
 typedef struct ask {
@@ -77,7 +84,16 @@ struct nb_mcp_sess {
     size_t nups;
     nb_mcp_uphttp_t *up_get; /* HTTP servers: the GET stream, one of ups */
     int up_get_off;          /* the server offers none (405 or an error) */
+    uint64_t in_bytes;       /* stdin bytes written to the current process */
+    int64_t in_read;         /* of them, what it may have read (exit notice); -1 unknown */
 };
+
+static void pend_free(pend_t *p)
+{
+    if (p)
+        json_decref(p->msg);
+    free(p);
+}
 
 static void deliver(nb_mcp_sess_t *s, const json_t *msg)
 {
@@ -275,7 +291,7 @@ static void fail_pending(nb_mcp_sess_t *s, const char *why, const json_t *keep)
             id = json_integer(strtoll(p->key + 2, NULL, 10));
         reply_error(s, id, NB_JSONRPC_UNAVAILABLE, why);
         json_decref(id);
-        free(p);
+        pend_free(p);
     }
 }
 
@@ -292,6 +308,8 @@ static int write_line(nb_mcp_sess_t *s, const json_t *msg)
                   : NB_ECLOSED;
     if (!s->st)
         free(t);
+    if (r == 0)
+        s->in_bytes += n + 1;
     return r;
 }
 
@@ -349,7 +367,7 @@ static void on_server_msg(nb_mcp_sess_t *s, nb_jsonrpc_msg_t *msg, size_t bytes)
             json_object_get(msg->msg, "error") || json_is_true(json_object_get(res, "isError"));
         audit_call(s, p->tool, p->decision, p->reason, p->t0, p->req_bytes, bytes, err);
     }
-    free(p);
+    pend_free(p);
     deliver(s, msg->msg);
 }
 
@@ -375,7 +393,7 @@ static void on_line(void *ud, nb_iov_t line, int oversize)
         if (p && p->type == P_CALL)
             audit_call(s, p->tool, p->decision, p->reason, p->t0, p->req_bytes, line.len, 1);
         reply_error(s, p ? err_id : NULL, NB_JSONRPC_INTERNAL, text);
-        free(p);
+        pend_free(p);
         json_decref(err_id);
         return;
     }
@@ -398,6 +416,9 @@ static void st_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud
              * Client messages from now on are for the next server. */
             if (s->state == S_RUN && (json_object_get(m, "exit") || json_object_get(m, "signal")))
                 s->state = S_EXITED;
+            json_t *rd = json_object_get(m, "stdin_read");
+            if (json_is_integer(rd) && json_integer_value(rd) >= 0)
+                s->in_read = json_integer_value(rd);
             if (json_is_integer(json_object_get(m, "exit")))
                 log_note(s, "server exited with status %" JSON_INTEGER_FORMAT,
                          json_integer_value(json_object_get(m, "exit")));
@@ -419,6 +440,41 @@ static void st_fin(nb_muxsess_stream_t *st, void *ud)
     nb_muxsess_stream_fin(st);
 }
 
+static int by_off(const void *a, const void *b)
+{
+    const pend_t *x = *(pend_t *const *)a, *y = *(pend_t *const *)b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* The requests written to the process that exited past the point it read
+ * to (the agent's `stdin_read`: they were still in the pipe, or came after
+ * its death) never reached it: they go first in the queue for the next
+ * process rather than fail with this one. Returns how many. */
+static size_t requeue_unread(nb_mcp_sess_t *s, uint64_t read)
+{
+    pend_t *v[NB_MCP_PENDING_MAX];
+    size_t n = 0;
+    for (pend_t *p = s->pend; p && n < NB_MCP_PENDING_MAX; p = p->next)
+        if (p->msg && !p->requeued && p->off >= read)
+            v[n++] = p;
+    if (n == 0)
+        return 0;
+    qsort(v, n, sizeof *v, by_off);
+    json_t *q = json_array();
+    if (!q)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        v[i]->requeued = 1;
+        json_array_append_new(q, v[i]->msg);
+        v[i]->msg = NULL;
+    }
+    json_array_extend(q, s->queue);
+    json_decref(s->queue);
+    s->queue = q;
+    log_note(s, "%zu request(s) the server never read go to the next one", n);
+    return n;
+}
+
 static void st_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char *msg, void *ud)
 {
     nb_mcp_sess_t *s = ud;
@@ -429,14 +485,17 @@ static void st_close(nb_muxsess_stream_t *st, int err, uint32_t code, const char
     int replaying = s->state == S_REPLAY, exited = s->state == S_EXITED;
     s->state = S_IDLE;
     nb_jsonrpc_lines_free(&s->lines);
-    /* Messages queued after the exit notice never reached this server: they
-     * start the next one. Everything else pending was sent to this one and
-     * is answered here (every request is pending). */
+    /* Messages queued after the exit notice, and those the process never
+     * read, were not seen by this server: they start the next one.
+     * Everything else pending was sent to this one and is answered here
+     * (every request is pending). */
+    size_t unread = !replaying && s->in_read >= 0 ? requeue_unread(s, (uint64_t)s->in_read) : 0;
+    int again = !replaying && (exited || unread) && json_array_size(s->queue) > 0;
     fail_pending(s,
                  replaying ? "the MCP server in the VM exited while restarting"
                            : "the MCP server in the VM exited; the next message starts it again",
-                 exited ? s->queue : NULL);
-    if (exited && json_array_size(s->queue) > 0) {
+                 again ? s->queue : NULL);
+    if (again) {
         start(s);
         return;
     }
@@ -474,7 +533,8 @@ static void on_ready(void *ud, int r, const char *msg, json_t *res)
         flush_queue(s);
         return;
     }
-    json_t *args = json_pack("{s:O, s:b}", "argv", s->srv->argv, "stdin", 1);
+    /* stdin_read: the exit notice says how much of stdin the process read. */
+    json_t *args = json_pack("{s:O, s:b, s:b}", "argv", s->srv->argv, "stdin", 1, "stdin_read", 1);
     json_t *genv = d->guest.env ? d->guest.env(d->guest.ud, s->srv->vm) : NULL;
     if (genv)
         json_object_set_new(args, "env", genv);
@@ -492,6 +552,8 @@ static void on_ready(void *ud, int r, const char *msg, json_t *res)
         goto fail;
     }
     s->starts++;
+    s->in_bytes = 0;
+    s->in_read = -1;
     log_note(s, "server started (start %u)", s->starts);
     if (s->init_req && s->starts > 1) {
         json_t *rq = json_deep_copy(s->init_req);
@@ -531,7 +593,7 @@ static void up_fail(void *ud, const json_t *id, const char *why)
         return;
     if (p->type == P_CALL)
         audit_call(s, p->tool, p->decision, p->reason, p->t0, p->req_bytes, 0, 1);
-    free(p);
+    pend_free(p);
     log_note(s, "%s", why);
     reply_error(s, id, NB_JSONRPC_UNAVAILABLE, why);
 }
@@ -592,14 +654,31 @@ static void post(nb_mcp_sess_t *s, json_t *msg)
                 ms ? "cannot send to the MCP server in the VM" : "the VM's agent is not connected");
 }
 
+/* A request went to the process at stdin offset `off`: remembered with it. */
+static void note_sent(nb_mcp_sess_t *s, json_t *msg, uint64_t off)
+{
+    char key[160];
+    nb_jsonrpc_id_key(json_object_get(msg, "id"), key, sizeof key);
+    for (pend_t *p = s->pend; p && key[0]; p = p->next)
+        if (!strcmp(p->key, key)) {
+            json_decref(p->msg);
+            p->msg = json_incref(msg);
+            p->off = off;
+            return;
+        }
+}
+
 /* Sends a client message to the server now, or holds it. */
 static void forward(nb_mcp_sess_t *s, json_t *msg)
 {
     if (s->state == S_RUN && json_array_size(s->queue) == 0) {
-        if (s->srv->is_http)
+        if (s->srv->is_http) {
             post(s, msg);
-        else
-            write_line(s, msg);
+            return;
+        }
+        uint64_t off = s->in_bytes;
+        if (write_line(s, msg) == 0 && json_object_get(msg, "method"))
+            note_sent(s, msg, off);
         return;
     }
 
@@ -783,7 +862,7 @@ void nb_mcp_sess_submit(nb_mcp_sess_t *s, nb_jsonrpc_msg_t *msg)
             pend_t *p = key[0] ? pend_take(s, key) : NULL;
             if (p && p->type == P_CALL)
                 audit_call(s, p->tool, p->decision, "cancelled", p->t0, p->req_bytes, 0, -1);
-            free(p);
+            pend_free(p);
         }
     }
     forward(s, msg->msg);
@@ -813,6 +892,7 @@ int nb_mcp_sess_open(nb_mcp_t *m, const char *vm, const char *name, const nb_mcp
     s->cbs = *cbs;
     s->ud = ud;
     s->log_fd = -1;
+    s->in_read = -1;
     s->next = m->sessions;
     if (m->sessions)
         m->sessions->prev = s;
@@ -851,7 +931,7 @@ static void sess_free(nb_mcp_sess_t *s)
         s->pend = p->next;
         if (p->type == P_CALL)
             audit_call(s, p->tool, p->decision, p->reason, p->t0, p->req_bytes, 0, 1);
-        free(p);
+        pend_free(p);
     }
     for (size_t i = 0; i < s->nups; i++)
         nb_mcp_uphttp_cancel(s->ups[i]);

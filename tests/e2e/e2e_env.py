@@ -21,6 +21,7 @@ import glob
 import ipaddress
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -180,6 +181,49 @@ def npm_project_to_guest(d, vm, src, name):
         if r.returncode != 0:
             raise RuntimeError("cannot copy %s into %s: %s" % (f, vm, r.stderr))
     return home + "/" + name
+
+
+def check(cond, what):
+    """An AssertionError saying `what` unless cond (unlike assert, also under -O)."""
+    if not cond:
+        raise AssertionError(what)
+
+
+def pause_kill_resume(client, env, server_pids, kill, notices=None, wait=120):
+    """The MCP server dies between two calls of one session, for the 'pause' scenario of
+    tests/integ/mcp_node/client.mjs (argv `client`): waits for the client's {"paused": true}
+    after its first call, kills (kill(pid)) the one server process that appeared meanwhile
+    (server_pids(): the set of server pids in the guest), then lets the client make its second
+    call. notices (a function: how many deaths the bridge has noted so far) given: "go" waits
+    until the bridge has seen this one (the next call starts a new server); None: "go" at once,
+    racing the agent's exit notice (the call may reach the dead server's stdin). Returns the
+    client's result line (a dict) and its exit status; an AssertionError when a step fails or
+    takes over `wait` s (the bounded wait ends the case rather than hang it)."""
+    before = server_pids()
+    seen = notices() if notices else 0
+    p = subprocess.Popen(client, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        check(select.select([p.stdout], [], [], wait)[0], "the client never paused")
+        line = p.stdout.readline()
+        check(json.loads(line or "{}") == {"paused": True}, "the client said %r" % line)
+        mine = sorted(server_pids() - before)
+        check(len(mine) == 1, "server processes of this client: %r" % mine)
+        kill(mine[0])
+        if notices:
+            wait_for(lambda: notices() > seen, wait, "the bridge noting the server's death")
+        p.stdin.write("go\n")
+        p.stdin.close()  # a Node process with an open stdin pipe never exits
+        check(select.select([p.stdout], [], [], wait)[0],
+              "no answer from the client %d s after the restart" % wait)
+        out = json.loads(p.stdout.readline() or "{}")
+        return out, p.wait(wait)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdin.close()
+        p.stdout.close()
 
 
 class VmSuite(unittest.TestCase):

@@ -8,17 +8,21 @@
  * {bytes} (an answer that size); secret, asked (for policy tests: they
  * answer like echo); later (answers, then, outside any request, sends
  * notifications/tools/list_changed and a ping request of its own: the
- * client's answer is noted in the log). Every line received is noted on stderr (the log). */
+ * client's answer is noted in the log). Every line received is noted on stderr (the log).
+ * SIGUSR1: stops reading, waits for input to arrive on stdin, and kills
+ * itself with it unread (a server that dies with a request in its pipe). */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static FILE *out; /* stdout, or (--http) the connection being answered */
@@ -240,8 +244,30 @@ static int serve_http(int port)
     }
 }
 
+/* Never returns: the read the main loop may be in stays interrupted. Only
+ * async-signal-safe calls. */
+static void on_usr1(int sig)
+{
+    (void)sig;
+    static const char stalled[] = "testsrv: stalled, not reading\n";
+    static const char dying[] = "testsrv: input waiting unread, dying\n";
+    if (write(2, stalled, sizeof stalled - 1) < 0)
+        _exit(3);
+    for (;;) {
+        int n = 0;
+        if (ioctl(0, FIONREAD, &n) == 0 && n > 0) {
+            if (write(2, dying, sizeof dying - 1) < 0)
+                _exit(3);
+            kill(getpid(), SIGKILL);
+        }
+        struct timespec t = {0, 20 * 1000 * 1000};
+        nanosleep(&t, NULL);
+    }
+}
+
 int main(int argc, char **argv)
 {
+    signal(SIGUSR1, on_usr1);
     fprintf(stderr, "testsrv: started, pid %d\n", (int)getpid());
     out = stdout;
     signal(SIGPIPE, SIG_IGN); /* a GET stream the client left */

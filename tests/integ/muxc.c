@@ -4,7 +4,8 @@
  * with the command's status.
  *
  *   muxc --listen PATH --key-file F [--sessions N] [--idle-timeout MS] CMD
- *   CMD: exec [--no-stdin] [--env K=V]... [--cwd D] [--user U] [--signal-after MS:SIG] -- ARGV...
+ *   CMD: exec [--no-stdin] [--stdin-read] [--env K=V]... [--cwd D] [--user U]
+ *             [--signal-after MS:SIG] -- ARGV...
  *        pty [--rows R] [--cols C] [--term T] [--resize-on-input RxC] [-- ARGV...]
  *        tcp PORT
  *        ctl JSON [--data-file F]
@@ -40,7 +41,7 @@ static struct {
     uv_signal_t sigterm;
     int cmd;
     char **argv; /* exec/pty argv */
-    int no_stdin, rows, cols;
+    int no_stdin, stdin_read, rows, cols;
     const char *term, *cwd, *user, *ctl_json, *data_file;
     json_t *env;
     int resize_rows, resize_cols, resized;
@@ -226,6 +227,9 @@ static void st_data(nb_muxsess_stream_t *st, unsigned chan, nb_iov_t d, void *ud
     if (chan == NB_MUX_CHAN_CTL) {
         json_t *m = json_loadb((const char *)d.p, d.len, 0, NULL);
         json_t *e = json_object_get(m, "exit"), *s = json_object_get(m, "signal");
+        if (json_is_integer(json_object_get(m, "stdin_read")))
+            logx("stdin_read %" JSON_INTEGER_FORMAT,
+                 json_integer_value(json_object_get(m, "stdin_read")));
         if (json_is_integer(e)) {
             M.status = (int)json_integer_value(e);
             logx("exit %d", M.status);
@@ -437,6 +441,8 @@ static void start_command(void)
         if (M.cmd == C_EXEC) {
             svc = "exec";
             json_object_set_new(args, "stdin", json_boolean(!M.no_stdin));
+            if (M.stdin_read)
+                json_object_set_new(args, "stdin_read", json_true());
         } else {
             svc = "pty";
             json_object_set_new(args, "rows", json_integer(M.rows));
@@ -600,6 +606,9 @@ int main(int argc, char **argv)
                 break;
             } else if (!strcmp(a, "--no-stdin")) {
                 M.no_stdin = 1;
+                continue;
+            } else if (!strcmp(a, "--stdin-read")) {
+                M.stdin_read = 1;
                 continue;
             }
             if (!v)

@@ -66,6 +66,39 @@ def test_exec_signal_from_host():
     check(r.returncode == 128 + 9, r)
 
 
+def test_exec_stdin_read():
+    # "stdin_read" (the MCP bridge's): the exit notice says how much of stdin the process may
+    # have read. The child reads exactly 10 of the 100 bytes (dd, one byte per read) and dies;
+    # the other 90 sat in its stdin, or came after its death: never read. (libuv's stdio
+    # socketpair would lose them from the count: a socket drops its unread bytes with its
+    # reader.) stdin stays open, so no EOF closes it before the exit.
+    p = subprocess.Popen([MUXC, "--listen", SOCK, "--key-file", KEY, "exec", "--stdin-read", "--",
+                          "sh", "-c", "dd bs=1 count=10 of=/dev/null 2>/dev/null; kill -9 $$"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = b""
+    try:
+        p.stdin.write(b"x" * 100)
+        p.stdin.flush()
+        # stdin closes (EOF) only once the exit notice is in.
+        while b"muxc: exit" not in err:
+            line = p.stderr.readline()
+            check(line, err)
+            err += line
+        p.stdin.close()
+        err += p.stderr.read()
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    check(p.returncode == 128 + 9, (p.returncode, err))
+    check(b"stdin_read 10\n" in err, err)
+    # Without the option the notice has no count.
+    r = muxc("exec", "--", "sh", "-c", "dd bs=1 count=10 of=/dev/null 2>/dev/null; exit 4",
+             input=b"y" * 100)
+    check(r.returncode == 4 and b"stdin_read" not in r.stderr, r)
+
+
 def test_exec_spawn_failure():
     r = muxc("exec", "--no-stdin", "--", "/nonexistent/nilbox-cmd")
     check(r.returncode == 125, r)
