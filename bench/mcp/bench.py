@@ -15,12 +15,16 @@ bench:N: N sequential `echo` calls after 5 warm-up calls). Four ways:
   stdio    the client runs `nilbox mcp stdio VM demo`: CLI -> daemon
            WebSocket -> nbmux exec stream -> the server in a tiny VM
   http     the client speaks Streamable HTTP to the server's loopback endpoint
+  http-raw the same endpoint from a minimal keep-alive client (Python's
+           http.client, the SSE answer read whole): what the bridge's HTTP side
+           costs without the SDK's client (undici fetch, SSE stream parsing)
 Rounds alternate between the ways; each figure is the median over rounds
 of each round's p50 / p90.
 
 usage: bench/mcp/run.sh [BUILD] [--calls N] [--rounds R] [--server testsrv|everything]
 """
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -28,10 +32,42 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NODE = os.path.join(ROOT, "tests", "integ", "mcp_node")
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def raw_http(port, token, calls):
+    """Round trips (ms) of `calls` echo calls over one keep-alive connection."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    hdr = {"Authorization": "Bearer " + token, "Content-Type": "application/json",
+           "Accept": "application/json, text/event-stream"}
+
+    def post(msg):
+        c.request("POST", "/mcp", json.dumps(msg), hdr)
+        r = c.getresponse()
+        body = r.read()
+        if r.status not in (200, 202):
+            sys.exit("http-raw: %d %r" % (r.status, body[:200]))
+        return r
+    r = post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-03-26", "capabilities": {},
+        "clientInfo": {"name": "bench-raw", "version": "1"}}})
+    hdr["Mcp-Session-Id"] = r.getheader("Mcp-Session-Id")
+    post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    ms = []
+    for i in range(calls + 5):  # 5 warm-up calls, as client.mjs makes
+        t = time.perf_counter()
+        post({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+              "params": {"name": "echo", "arguments": {"text": "ping", "message": "ping"}}})
+        if i >= 5:
+            ms.append((time.perf_counter() - t) * 1000)
+    c.request("DELETE", "/mcp", headers=hdr)
+    c.getresponse().read()
+    c.close()
+    return ms
 
 
 def main():
@@ -102,10 +138,15 @@ def main():
             "exec": ["stdio", e2e_env.NILBOX, "exec", "bench", "--", *guest_cmd],
             "stdio": ["stdio", e2e_env.NILBOX, "mcp", "stdio", "bench", "demo"],
             "http": ["http", "http://127.0.0.1:%d/mcp" % info["port"], info["token"]],
+            "http-raw": None,
         }
         res = {w: [] for w in ways}
         for _ in range(a.rounds):
             for w, args in ways.items():
+                if args is None:
+                    ms = sorted(raw_http(info["port"], info["token"], a.calls))
+                    res[w].append((ms[len(ms) // 2], ms[int(len(ms) * 0.9)]))
+                    continue
                 p = subprocess.run(["node", os.path.join(NODE, "client.mjs"), args[0],
                                     "bench:%d" % a.calls, *args[1:]],
                                    env=d.env, capture_output=True, text=True, timeout=600)
@@ -114,7 +155,7 @@ def main():
                     sys.exit("%s: %s %s" % (w, out, p.stderr))
                 ms = sorted(out["ms"])
                 res[w].append((ms[len(ms) // 2], ms[int(len(ms) * 0.9)]))
-        accel = json.loads(cli("--json", "vm", "inspect", "bench")).get("accel_used", "?")
+        accel = json.loads(cli("--json", "vm", "inspect", "bench")).get("accel", "?")
         base = statistics.median(r[0] for r in res["direct"])
         vm = statistics.median(r[0] for r in res["exec"])
         print("MCP tool call (echo) round trip, server %s, %d calls x %d rounds, VM accel %s" %
@@ -125,7 +166,7 @@ def main():
             p90 = statistics.median(r[1] for r in res[w])
             print("%-8s %10.3f %10.3f %12s %14s" % (
                 w, p50, p90, "-" if w == "direct" else "%+.3f ms" % (p50 - base),
-                "%+.3f ms" % (p50 - vm) if w in ("stdio", "http") else "-"))
+                "%+.3f ms" % (p50 - vm) if w in ("stdio", "http", "http-raw") else "-"))
     finally:
         e2e_env.teardown(d)
         if keydir:
