@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,18 @@ static uint8_t *shm_bounce; /* READ_SHM replies go to the kernel from here (on_r
 static int shm_tried;
 static uint8_t shm_used[SHM_NSLOTS]; /* 1: in use; 2: lost (see slot_lost) */
 
+/* The first line of /sys/bus/pci/devices/DEV/ATTR into out ("" if none). */
+static void pci_attr(const char *dev, const char *attr, char *out, size_t outsz)
+{
+    char p[300];
+    snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/%s", dev, attr);
+    FILE *f = fopen(p, "re");
+    if (!f || !fgets(out, (int)outsz, f))
+        out[0] = '\0';
+    if (f)
+        fclose(f);
+}
+
 /* Finds PCI 1af4:1110 (ivshmem) and maps its BAR 2 read-write. */
 static void shm_find(void)
 {
@@ -78,22 +91,11 @@ static void shm_find(void)
     DIR *d = opendir("/sys/bus/pci/devices");
     struct dirent *e;
     while (d && !shm_base && (e = readdir(d)) != NULL) {
-        char p[300], v[16] = "", dv[16] = "";
+        char p[300], v[16], dv[16];
         if (e->d_name[0] == '.')
             continue;
-        FILE *f;
-        snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/vendor", e->d_name);
-        if ((f = fopen(p, "re")) != NULL) {
-            if (!fgets(v, sizeof v, f))
-                v[0] = '\0';
-            fclose(f);
-        }
-        snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/device", e->d_name);
-        if ((f = fopen(p, "re")) != NULL) {
-            if (!fgets(dv, sizeof dv, f))
-                dv[0] = '\0';
-            fclose(f);
-        }
+        pci_attr(e->d_name, "vendor", v, sizeof v);
+        pci_attr(e->d_name, "device", dv, sizeof dv);
         if (strncmp(v, "0x1af4", 6) != 0 || strncmp(dv, "0x1110", 6) != 0)
             continue;
         /* No driver binds ivshmem: turn its memory decoding on ourselves. */
@@ -128,15 +130,12 @@ static int shm_usable(const json_t *j)
     const char *hex = j ? nb_json_str(j, "tag") : NULL;
     json_t *sz = j ? json_object_get(j, "size") : NULL;
     uint8_t tag[NB_FSP_SHM_TAG_LEN];
+    size_t got = 0;
     if (!hex || strlen(hex) != 2 * NB_FSP_SHM_TAG_LEN || !json_is_integer(sz) ||
-        json_integer_value(sz) != (json_int_t)NB_FSP_SHM_SIZE)
+        json_integer_value(sz) != (json_int_t)NB_FSP_SHM_SIZE ||
+        sodium_hex2bin(tag, sizeof tag, hex, strlen(hex), NULL, &got, NULL) != 0 ||
+        got != sizeof tag)
         return 0;
-    for (unsigned i = 0; i < NB_FSP_SHM_TAG_LEN; i++) {
-        unsigned v;
-        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
-            return 0;
-        tag[i] = (uint8_t)v;
-    }
     if (!shm_tried)
         shm_find();
     return shm_base && memcmp(shm_base, tag, sizeof tag) == 0;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -443,8 +444,7 @@ static void mount_start(nb_sharesvc_t *s, share_t *sh)
     uint8_t tag[NB_FSP_SHM_TAG_LEN];
     char hex[2 * NB_FSP_SHM_TAG_LEN + 1];
     if (args && (m->shm = shm_map(nb_vm_share_shm_path(vm), tag)) != NULL) {
-        for (unsigned i = 0; i < NB_FSP_SHM_TAG_LEN; i++)
-            snprintf(hex + 2 * i, 3, "%02x", tag[i]);
+        sodium_bin2hex(hex, sizeof hex, tag, sizeof tag);
         nb_fsrv_set_shm(m->srv, m->shm, NB_FSP_SHM_SIZE);
         json_object_set_new(
             args, "shm", json_pack("{s:s, s:I}", "tag", hex, "size", (json_int_t)NB_FSP_SHM_SIZE));
