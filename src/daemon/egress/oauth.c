@@ -421,14 +421,6 @@ static int push_json(lua_State *L, const json_t *j, int depth)
     }
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c |= 0x20;
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 /* Percent-decodes (and '+' → ' ') into `b`; NB_EPARSE on a bad escape. */
 static int form_decode(const uint8_t *p, size_t n, nb_buf_t *b)
 {
@@ -440,7 +432,7 @@ static int form_decode(const uint8_t *p, size_t n, nb_buf_t *b)
         else if (c == '%') {
             if (n - i < 3)
                 return NB_EPARSE;
-            int hi = hexval(p[i + 1]), lo = hexval(p[i + 2]);
+            int hi = nb_hexval(p[i + 1]), lo = nb_hexval(p[i + 2]);
             if (hi < 0 || lo < 0)
                 return NB_EPARSE;
             c = (uint8_t)(hi << 4 | lo);

@@ -135,6 +135,20 @@ static void test_json(void)
     NB_CHECK_EQ_INT(nb_json_parse(nb_iov(deep, sizeof deep), &j, err, sizeof err), NB_EPARSE);
 }
 
+static void test_str_hex(void)
+{
+    char d[4];
+    nb_str_copy(d, sizeof d, "abcdef");
+    NB_CHECK_STR(d, "abc");
+    nb_str_copy(d, sizeof d, "");
+    NB_CHECK_STR(d, "");
+    NB_CHECK_EQ_INT(nb_hexval('0'), 0);
+    NB_CHECK_EQ_INT(nb_hexval('f'), 15);
+    NB_CHECK_EQ_INT(nb_hexval('F'), 15);
+    NB_CHECK_EQ_INT(nb_hexval('g'), -1);
+    NB_CHECK_EQ_INT(nb_hexval((char)0xc6), -1);
+}
+
 int main(void)
 {
     NB_RUN(test_err);
@@ -143,5 +157,6 @@ int main(void)
     NB_RUN(test_iov);
     NB_RUN(test_log_escape);
     NB_RUN(test_json);
+    NB_RUN(test_str_hex);
     NB_TEST_MAIN_END();
 }
