@@ -28,68 +28,14 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#define MAX_SAMPLES (4u << 20)
+#include "../benchtls.h"
 
-typedef struct {
-    SSL *ssl;
-    char buf[65536];
-    size_t off, len;
-} rd_t;
+#define MAX_SAMPLES (4u << 20)
 
 static const char *g_host, *g_ca, *g_header;
 static int g_port, g_proxy;
 static double g_secs;
 static SSL_CTX *g_ctx;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int64_t wall_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int fill(rd_t *r)
-{
-    if (r->off == r->len)
-        r->off = r->len = 0;
-    if (r->len == sizeof r->buf) {
-        memmove(r->buf, r->buf + r->off, r->len - r->off);
-        r->len -= r->off;
-        r->off = 0;
-    }
-    int n = SSL_read(r->ssl, r->buf + r->len, (int)(sizeof r->buf - r->len));
-    if (n <= 0)
-        return -1;
-    r->len += (size_t)n;
-    return 0;
-}
-
-/* Reads a line (without CRLF) into out. */
-static int read_line(rd_t *r, char *out, size_t outsz)
-{
-    for (;;) {
-        char *nl = memchr(r->buf + r->off, '\n', r->len - r->off);
-        if (nl) {
-            size_t n = (size_t)(nl - (r->buf + r->off));
-            size_t k = n && nl[-1] == '\r' ? n - 1 : n;
-            if (k >= outsz)
-                k = outsz - 1;
-            memcpy(out, r->buf + r->off, k);
-            out[k] = '\0';
-            r->off += n + 1;
-            return 0;
-        }
-        if (fill(r) < 0)
-            return -1;
-    }
-}
 
 static int read_n(rd_t *r, size_t n, char *sink, size_t sinksz, size_t *got)
 {
@@ -234,12 +180,6 @@ static void *rps_worker(void *arg)
     close(fd);
     free(r);
     return NULL;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
 }
 
 static int rps(int conns)

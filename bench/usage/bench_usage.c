@@ -37,67 +37,14 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "../benchtls.h"
+
 #define MAX_SAMPLES (4u << 20)
 #define MODEL "gpt-4o-mini-2024-07-18"
 
 static SSL_CTX *g_ctx;
 
-static int64_t wall_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- buffered TLS reader (both sides) ---- */
-
-typedef struct {
-    SSL *ssl;
-    char buf[65536];
-    size_t off, len;
-} rd_t;
-
-static int fill(rd_t *r)
-{
-    if (r->off == r->len)
-        r->off = r->len = 0;
-    if (r->len == sizeof r->buf) {
-        memmove(r->buf, r->buf + r->off, r->len - r->off);
-        r->len -= r->off;
-        r->off = 0;
-    }
-    int n = SSL_read(r->ssl, r->buf + r->len, (int)(sizeof r->buf - r->len));
-    if (n <= 0)
-        return -1;
-    r->len += (size_t)n;
-    return 0;
-}
-
-static int read_line(rd_t *r, char *out, size_t outsz)
-{
-    for (;;) {
-        char *nl = memchr(r->buf + r->off, '\n', r->len - r->off);
-        if (nl) {
-            size_t n = (size_t)(nl - (r->buf + r->off));
-            size_t k = n && nl[-1] == '\r' ? n - 1 : n;
-            if (k >= outsz)
-                k = outsz - 1;
-            memcpy(out, r->buf + r->off, k);
-            out[k] = '\0';
-            r->off += n + 1;
-            return 0;
-        }
-        if (fill(r) < 0)
-            return -1;
-    }
-}
 
 /* Reads n bytes; the first sinksz - 1 go to sink (NUL-terminated). */
 static int read_n(rd_t *r, size_t n, char *sink, size_t sinksz)
@@ -116,11 +63,6 @@ static int read_n(rd_t *r, size_t n, char *sink, size_t sinksz)
     if (sink)
         sink[g < sinksz - 1 ? g : sinksz - 1] = '\0';
     return 0;
-}
-
-static int put(SSL *ssl, const char *p, size_t n)
-{
-    return SSL_write(ssl, p, (int)n) == (int)n ? 0 : -1;
 }
 
 /* ---- upstream ---- */
@@ -233,36 +175,6 @@ out:
     close(fd);
     free(r);
     return NULL;
-}
-
-static int upstream(const char *cert, const char *key)
-{
-    g_ctx = SSL_CTX_new(TLS_server_method());
-    if (!g_ctx || SSL_CTX_use_certificate_chain_file(g_ctx, cert) != 1 ||
-        SSL_CTX_use_PrivateKey_file(g_ctx, key, SSL_FILETYPE_PEM) != 1) {
-        fprintf(stderr, "bench_usage: cannot load %s / %s\n", cert, key);
-        return 1;
-    }
-    int srv = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof a;
-    if (srv < 0 || bind(srv, (struct sockaddr *)&a, sizeof a) < 0 || listen(srv, 512) < 0 ||
-        getsockname(srv, (struct sockaddr *)&a, &alen) < 0) {
-        fprintf(stderr, "bench_usage: cannot listen\n");
-        return 1;
-    }
-    printf("PORT %d\n", ntohs(a.sin_port));
-    fflush(stdout);
-    for (;;) {
-        int fd = accept(srv, NULL, NULL);
-        pthread_t t;
-        if (fd < 0)
-            continue;
-        if (pthread_create(&t, NULL, serve, (void *)(intptr_t)fd) != 0)
-            close(fd);
-        else
-            pthread_detach(t);
-    }
 }
 
 /* ---- client ---- */
@@ -424,12 +336,6 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 static uint32_t *merge(worker_t *w, int conns, int ev, size_t *total)
 {
     size_t t = 0, k = 0;
@@ -487,7 +393,7 @@ int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     if (argc == 4 && strcmp(argv[1], "upstream") == 0)
-        return upstream(argv[2], argv[3]);
+        return tls_serve("bench_usage", argv[2], argv[3], &g_ctx, serve);
     if (argc != 10 || strcmp(argv[1], "client") != 0) {
         fprintf(stderr, "usage: bench_usage upstream CERT KEY\n"
                         "       bench_usage client HOST PROXYPORT CA SECS CONNS sse|json "
