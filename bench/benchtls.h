@@ -1,20 +1,24 @@
 /* Plain blocking OpenSSL pieces shared by the HTTPS benchmarks (bench/proxy,
- * bench/usage): clocks, a buffered TLS line reader, and a loopback TLS
- * server with one thread per connection. Nothing from the project: they
+ * bench/usage): clocks, a buffered TLS line reader, a client connection
+ * (direct or through CONNECT) and a loopback TLS server with one thread per
+ * connection. Nothing from the project: they
  * measure it from outside. */
 #ifndef NB_BENCH_TLS_H
 #define NB_BENCH_TLS_H
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 static inline int64_t wall_ns(void)
@@ -82,6 +86,59 @@ static inline int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
     return x < y ? -1 : x > y;
+}
+
+/* A TLS connection to HOST:PORT (the certificate checked for HOST), through
+ * an explicit proxy on loopback port `proxy` (CONNECT, NB_PROXY_AUTH from
+ * the environment as Proxy-Authorization) unless it is 0; its socket in
+ * *fdp. NULL on failure (a refused CONNECT or TLS error said on stderr). */
+static inline SSL *tls_connect(SSL_CTX *ctx, const char *host, int port, int proxy, int *fdp)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)(proxy ? proxy : port))};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        close(fd);
+        return NULL;
+    }
+    if (proxy) {
+        char req[1024], resp[1024];
+        const char *auth = getenv("NB_PROXY_AUTH");
+        int n = snprintf(req, sizeof req, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n%s%s%s\r\n",
+                         host, port, host, port, auth ? "Proxy-Authorization: " : "",
+                         auth ? auth : "", auth ? "\r\n" : "");
+        size_t got = 0;
+        if (n < 0 || (size_t)n >= sizeof req || write(fd, req, (size_t)n) != n) {
+            close(fd);
+            return NULL;
+        }
+        while (got < sizeof resp - 1) { /* byte by byte: nothing past the head */
+            if (read(fd, resp + got, 1) != 1)
+                break;
+            resp[++got] = '\0';
+            if (got >= 4 && strcmp(resp + got - 4, "\r\n\r\n") == 0)
+                break;
+        }
+        if (got < 12 || strncmp(resp, "HTTP/1.", 7) != 0 || strncmp(resp + 8, " 200", 4) != 0) {
+            fprintf(stderr, "CONNECT refused: %.80s\n", got ? resp : "");
+            close(fd);
+            return NULL;
+        }
+    }
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    SSL_set_tlsext_host_name(ssl, host);
+    SSL_set1_host(ssl, host);
+    if (SSL_connect(ssl) != 1) {
+        ERR_print_errors_fp(stderr);
+        SSL_free(ssl);
+        close(fd);
+        return NULL;
+    }
+    *fdp = fd;
+    return ssl;
 }
 
 /* Loads CERT and KEY into *ctx, listens on a loopback port, prints "PORT

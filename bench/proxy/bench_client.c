@@ -87,61 +87,6 @@ static int read_response(rd_t *r)
     }
 }
 
-static SSL *open_conn(int *fdp)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    a.sin_port = htons((uint16_t)(g_proxy ? g_proxy : g_port));
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        close(fd);
-        return NULL;
-    }
-    if (g_proxy) {
-        char req[1024], resp[1024];
-        const char *auth = getenv("NB_PROXY_AUTH");
-        int n = snprintf(req, sizeof req, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n%s%s%s\r\n",
-                         g_host, g_port, g_host, g_port, auth ? "Proxy-Authorization: " : "",
-                         auth ? auth : "", auth ? "\r\n" : "");
-        if (n < 0 || (size_t)n >= sizeof req) {
-            close(fd);
-            return NULL;
-        }
-        if (write(fd, req, (size_t)n) != n) {
-            close(fd);
-            return NULL;
-        }
-        size_t got = 0;
-        while (got < sizeof resp - 1) { /* byte by byte: nothing past the head */
-            if (read(fd, resp + got, 1) != 1)
-                break;
-            got++;
-            resp[got] = '\0';
-            if (got >= 4 && strcmp(resp + got - 4, "\r\n\r\n") == 0)
-                break;
-        }
-        if (strncmp(resp, "HTTP/1.1 200", 12) != 0 && strncmp(resp, "HTTP/1.0 200", 12) != 0) {
-            fprintf(stderr, "CONNECT refused: %.80s\n", resp);
-            close(fd);
-            return NULL;
-        }
-    }
-    SSL *ssl = SSL_new(g_ctx);
-    SSL_set_fd(ssl, fd);
-    SSL_set_tlsext_host_name(ssl, g_host);
-    SSL_set1_host(ssl, g_host);
-    if (SSL_connect(ssl) != 1) {
-        ERR_print_errors_fp(stderr);
-        SSL_free(ssl);
-        close(fd);
-        return NULL;
-    }
-    *fdp = fd;
-    return ssl;
-}
-
 typedef struct {
     uint32_t *lat; /* microseconds */
     size_t n, cap;
@@ -152,7 +97,7 @@ static void *rps_worker(void *arg)
 {
     worker_t *w = arg;
     int fd;
-    SSL *ssl = open_conn(&fd);
+    SSL *ssl = tls_connect(g_ctx, g_host, g_port, g_proxy, &fd);
     if (!ssl) {
         w->failed = 1;
         return NULL;
@@ -223,7 +168,7 @@ static int rps(int conns)
 static int sse(int nev, int ms)
 {
     int fd;
-    SSL *ssl = open_conn(&fd);
+    SSL *ssl = tls_connect(g_ctx, g_host, g_port, g_proxy, &fd);
     if (!ssl)
         return 1;
     rd_t *r = calloc(1, sizeof *r);

@@ -183,52 +183,6 @@ static const char *g_host;
 static int g_proxy, g_sse, g_events, g_ms;
 static double g_secs;
 
-static SSL *open_conn(int *fdp)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_proxy)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        close(fd);
-        return NULL;
-    }
-    char req[1024], resp[1024];
-    const char *auth = getenv("NB_PROXY_AUTH");
-    int n =
-        snprintf(req, sizeof req, "CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n%s%s%s\r\n", g_host,
-                 g_host, auth ? "Proxy-Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
-    size_t got = 0;
-    if (n < 0 || (size_t)n >= sizeof req || write(fd, req, (size_t)n) != n) {
-        close(fd);
-        return NULL;
-    }
-    while (got < sizeof resp - 1) { /* byte by byte: nothing past the head */
-        if (read(fd, resp + got, 1) != 1)
-            break;
-        resp[++got] = '\0';
-        if (got >= 4 && strcmp(resp + got - 4, "\r\n\r\n") == 0)
-            break;
-    }
-    if (got < 12 || strncmp(resp + 9, "200", 3) != 0) {
-        fprintf(stderr, "CONNECT refused: %.80s\n", got ? resp : "");
-        close(fd);
-        return NULL;
-    }
-    SSL *ssl = SSL_new(g_ctx);
-    SSL_set_fd(ssl, fd);
-    SSL_set_tlsext_host_name(ssl, g_host);
-    SSL_set1_host(ssl, g_host);
-    if (SSL_connect(ssl) != 1) {
-        ERR_print_errors_fp(stderr);
-        SSL_free(ssl);
-        close(fd);
-        return NULL;
-    }
-    *fdp = fd;
-    return ssl;
-}
-
 typedef struct {
     uint32_t *req, *ev; /* microseconds */
     size_t nreq, nev, cap;
@@ -301,7 +255,7 @@ static void *worker(void *arg)
 {
     worker_t *w = arg;
     int fd;
-    SSL *ssl = open_conn(&fd);
+    SSL *ssl = tls_connect(g_ctx, g_host, 443, g_proxy, &fd);
     if (!ssl) {
         w->failed = 1;
         return NULL;
