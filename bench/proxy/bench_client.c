@@ -28,68 +28,14 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#define MAX_SAMPLES (4u << 20)
+#include "../benchtls.h"
 
-typedef struct {
-    SSL *ssl;
-    char buf[65536];
-    size_t off, len;
-} rd_t;
+#define MAX_SAMPLES (4u << 20)
 
 static const char *g_host, *g_ca, *g_header;
 static int g_port, g_proxy;
 static double g_secs;
 static SSL_CTX *g_ctx;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int64_t wall_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int fill(rd_t *r)
-{
-    if (r->off == r->len)
-        r->off = r->len = 0;
-    if (r->len == sizeof r->buf) {
-        memmove(r->buf, r->buf + r->off, r->len - r->off);
-        r->len -= r->off;
-        r->off = 0;
-    }
-    int n = SSL_read(r->ssl, r->buf + r->len, (int)(sizeof r->buf - r->len));
-    if (n <= 0)
-        return -1;
-    r->len += (size_t)n;
-    return 0;
-}
-
-/* Reads a line (without CRLF) into out. */
-static int read_line(rd_t *r, char *out, size_t outsz)
-{
-    for (;;) {
-        char *nl = memchr(r->buf + r->off, '\n', r->len - r->off);
-        if (nl) {
-            size_t n = (size_t)(nl - (r->buf + r->off));
-            size_t k = n && nl[-1] == '\r' ? n - 1 : n;
-            if (k >= outsz)
-                k = outsz - 1;
-            memcpy(out, r->buf + r->off, k);
-            out[k] = '\0';
-            r->off += n + 1;
-            return 0;
-        }
-        if (fill(r) < 0)
-            return -1;
-    }
-}
 
 static int read_n(rd_t *r, size_t n, char *sink, size_t sinksz, size_t *got)
 {
@@ -141,61 +87,6 @@ static int read_response(rd_t *r)
     }
 }
 
-static SSL *open_conn(int *fdp)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    a.sin_port = htons((uint16_t)(g_proxy ? g_proxy : g_port));
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        close(fd);
-        return NULL;
-    }
-    if (g_proxy) {
-        char req[1024], resp[1024];
-        const char *auth = getenv("NB_PROXY_AUTH");
-        int n = snprintf(req, sizeof req, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n%s%s%s\r\n",
-                         g_host, g_port, g_host, g_port, auth ? "Proxy-Authorization: " : "",
-                         auth ? auth : "", auth ? "\r\n" : "");
-        if (n < 0 || (size_t)n >= sizeof req) {
-            close(fd);
-            return NULL;
-        }
-        if (write(fd, req, (size_t)n) != n) {
-            close(fd);
-            return NULL;
-        }
-        size_t got = 0;
-        while (got < sizeof resp - 1) { /* byte by byte: nothing past the head */
-            if (read(fd, resp + got, 1) != 1)
-                break;
-            got++;
-            resp[got] = '\0';
-            if (got >= 4 && strcmp(resp + got - 4, "\r\n\r\n") == 0)
-                break;
-        }
-        if (strncmp(resp, "HTTP/1.1 200", 12) != 0 && strncmp(resp, "HTTP/1.0 200", 12) != 0) {
-            fprintf(stderr, "CONNECT refused: %.80s\n", resp);
-            close(fd);
-            return NULL;
-        }
-    }
-    SSL *ssl = SSL_new(g_ctx);
-    SSL_set_fd(ssl, fd);
-    SSL_set_tlsext_host_name(ssl, g_host);
-    SSL_set1_host(ssl, g_host);
-    if (SSL_connect(ssl) != 1) {
-        ERR_print_errors_fp(stderr);
-        SSL_free(ssl);
-        close(fd);
-        return NULL;
-    }
-    *fdp = fd;
-    return ssl;
-}
-
 typedef struct {
     uint32_t *lat; /* microseconds */
     size_t n, cap;
@@ -206,7 +97,7 @@ static void *rps_worker(void *arg)
 {
     worker_t *w = arg;
     int fd;
-    SSL *ssl = open_conn(&fd);
+    SSL *ssl = tls_connect(g_ctx, g_host, g_port, g_proxy, &fd);
     if (!ssl) {
         w->failed = 1;
         return NULL;
@@ -234,12 +125,6 @@ static void *rps_worker(void *arg)
     close(fd);
     free(r);
     return NULL;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
 }
 
 static int rps(int conns)
@@ -283,7 +168,7 @@ static int rps(int conns)
 static int sse(int nev, int ms)
 {
     int fd;
-    SSL *ssl = open_conn(&fd);
+    SSL *ssl = tls_connect(g_ctx, g_host, g_port, g_proxy, &fd);
     if (!ssl)
         return 1;
     rd_t *r = calloc(1, sizeof *r);

@@ -22,19 +22,9 @@
 
 #include <openssl/ssl.h>
 
+#include "../benchtls.h"
+
 static SSL_CTX *ctx;
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int put(SSL *ssl, const char *p, size_t n)
-{
-    return SSL_write(ssl, p, (int)n) == (int)n ? 0 : -1;
-}
 
 /* Chunked events, one every ms milliseconds, then the last chunk. */
 static int sse(SSL *ssl, const char *head)
@@ -51,7 +41,7 @@ static int sse(SSL *ssl, const char *head)
         struct timespec ts = {step / 1000, (step % 1000) * 1000000};
         nanosleep(&ts, NULL);
         char ev[128], chunk[160];
-        int e = snprintf(ev, sizeof ev, "id: %d\ndata: %lld\n\n", i, (long long)now_ns());
+        int e = snprintf(ev, sizeof ev, "id: %d\ndata: %lld\n\n", i, (long long)wall_ns());
         int c = snprintf(chunk, sizeof chunk, "%x\r\n%s\r\n", e, ev);
         if (put(ssl, chunk, (size_t)c) < 0)
             return -1;
@@ -103,30 +93,5 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    ctx = SSL_CTX_new(TLS_server_method());
-    if (!ctx || SSL_CTX_use_certificate_chain_file(ctx, argv[1]) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx, argv[2], SSL_FILETYPE_PEM) != 1) {
-        fprintf(stderr, "bench_upstream: cannot load %s / %s\n", argv[1], argv[2]);
-        return 1;
-    }
-    int srv = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof a;
-    if (srv < 0 || bind(srv, (struct sockaddr *)&a, sizeof a) < 0 || listen(srv, 512) < 0 ||
-        getsockname(srv, (struct sockaddr *)&a, &alen) < 0) {
-        fprintf(stderr, "bench_upstream: cannot listen\n");
-        return 1;
-    }
-    printf("PORT %d\n", ntohs(a.sin_port));
-    fflush(stdout);
-    for (;;) {
-        int fd = accept(srv, NULL, NULL);
-        pthread_t t;
-        if (fd < 0)
-            continue;
-        if (pthread_create(&t, NULL, serve, (void *)(intptr_t)fd) != 0)
-            close(fd);
-        else
-            pthread_detach(t);
-    }
+    return tls_serve("bench_upstream", argv[1], argv[2], &ctx, serve);
 }

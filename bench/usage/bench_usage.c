@@ -37,67 +37,14 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "../benchtls.h"
+
 #define MAX_SAMPLES (4u << 20)
 #define MODEL "gpt-4o-mini-2024-07-18"
 
 static SSL_CTX *g_ctx;
 
-static int64_t wall_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- buffered TLS reader (both sides) ---- */
-
-typedef struct {
-    SSL *ssl;
-    char buf[65536];
-    size_t off, len;
-} rd_t;
-
-static int fill(rd_t *r)
-{
-    if (r->off == r->len)
-        r->off = r->len = 0;
-    if (r->len == sizeof r->buf) {
-        memmove(r->buf, r->buf + r->off, r->len - r->off);
-        r->len -= r->off;
-        r->off = 0;
-    }
-    int n = SSL_read(r->ssl, r->buf + r->len, (int)(sizeof r->buf - r->len));
-    if (n <= 0)
-        return -1;
-    r->len += (size_t)n;
-    return 0;
-}
-
-static int read_line(rd_t *r, char *out, size_t outsz)
-{
-    for (;;) {
-        char *nl = memchr(r->buf + r->off, '\n', r->len - r->off);
-        if (nl) {
-            size_t n = (size_t)(nl - (r->buf + r->off));
-            size_t k = n && nl[-1] == '\r' ? n - 1 : n;
-            if (k >= outsz)
-                k = outsz - 1;
-            memcpy(out, r->buf + r->off, k);
-            out[k] = '\0';
-            r->off += n + 1;
-            return 0;
-        }
-        if (fill(r) < 0)
-            return -1;
-    }
-}
 
 /* Reads n bytes; the first sinksz - 1 go to sink (NUL-terminated). */
 static int read_n(rd_t *r, size_t n, char *sink, size_t sinksz)
@@ -116,11 +63,6 @@ static int read_n(rd_t *r, size_t n, char *sink, size_t sinksz)
     if (sink)
         sink[g < sinksz - 1 ? g : sinksz - 1] = '\0';
     return 0;
-}
-
-static int put(SSL *ssl, const char *p, size_t n)
-{
-    return SSL_write(ssl, p, (int)n) == (int)n ? 0 : -1;
 }
 
 /* ---- upstream ---- */
@@ -235,87 +177,11 @@ out:
     return NULL;
 }
 
-static int upstream(const char *cert, const char *key)
-{
-    g_ctx = SSL_CTX_new(TLS_server_method());
-    if (!g_ctx || SSL_CTX_use_certificate_chain_file(g_ctx, cert) != 1 ||
-        SSL_CTX_use_PrivateKey_file(g_ctx, key, SSL_FILETYPE_PEM) != 1) {
-        fprintf(stderr, "bench_usage: cannot load %s / %s\n", cert, key);
-        return 1;
-    }
-    int srv = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof a;
-    if (srv < 0 || bind(srv, (struct sockaddr *)&a, sizeof a) < 0 || listen(srv, 512) < 0 ||
-        getsockname(srv, (struct sockaddr *)&a, &alen) < 0) {
-        fprintf(stderr, "bench_usage: cannot listen\n");
-        return 1;
-    }
-    printf("PORT %d\n", ntohs(a.sin_port));
-    fflush(stdout);
-    for (;;) {
-        int fd = accept(srv, NULL, NULL);
-        pthread_t t;
-        if (fd < 0)
-            continue;
-        if (pthread_create(&t, NULL, serve, (void *)(intptr_t)fd) != 0)
-            close(fd);
-        else
-            pthread_detach(t);
-    }
-}
-
 /* ---- client ---- */
 
 static const char *g_host;
 static int g_proxy, g_sse, g_events, g_ms;
 static double g_secs;
-
-static SSL *open_conn(int *fdp)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_proxy)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        close(fd);
-        return NULL;
-    }
-    char req[1024], resp[1024];
-    const char *auth = getenv("NB_PROXY_AUTH");
-    int n =
-        snprintf(req, sizeof req, "CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n%s%s%s\r\n", g_host,
-                 g_host, auth ? "Proxy-Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
-    size_t got = 0;
-    if (n < 0 || (size_t)n >= sizeof req || write(fd, req, (size_t)n) != n) {
-        close(fd);
-        return NULL;
-    }
-    while (got < sizeof resp - 1) { /* byte by byte: nothing past the head */
-        if (read(fd, resp + got, 1) != 1)
-            break;
-        resp[++got] = '\0';
-        if (got >= 4 && strcmp(resp + got - 4, "\r\n\r\n") == 0)
-            break;
-    }
-    if (got < 12 || strncmp(resp + 9, "200", 3) != 0) {
-        fprintf(stderr, "CONNECT refused: %.80s\n", got ? resp : "");
-        close(fd);
-        return NULL;
-    }
-    SSL *ssl = SSL_new(g_ctx);
-    SSL_set_fd(ssl, fd);
-    SSL_set_tlsext_host_name(ssl, g_host);
-    SSL_set1_host(ssl, g_host);
-    if (SSL_connect(ssl) != 1) {
-        ERR_print_errors_fp(stderr);
-        SSL_free(ssl);
-        close(fd);
-        return NULL;
-    }
-    *fdp = fd;
-    return ssl;
-}
 
 typedef struct {
     uint32_t *req, *ev; /* microseconds */
@@ -389,7 +255,7 @@ static void *worker(void *arg)
 {
     worker_t *w = arg;
     int fd;
-    SSL *ssl = open_conn(&fd);
+    SSL *ssl = tls_connect(g_ctx, g_host, 443, g_proxy, &fd);
     if (!ssl) {
         w->failed = 1;
         return NULL;
@@ -422,12 +288,6 @@ static void *worker(void *arg)
     close(fd);
     free(r);
     return NULL;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
 }
 
 static uint32_t *merge(worker_t *w, int conns, int ev, size_t *total)
@@ -487,7 +347,7 @@ int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     if (argc == 4 && strcmp(argv[1], "upstream") == 0)
-        return upstream(argv[2], argv[3]);
+        return tls_serve("bench_usage", argv[2], argv[3], &g_ctx, serve);
     if (argc != 10 || strcmp(argv[1], "client") != 0) {
         fprintf(stderr, "usage: bench_usage upstream CERT KEY\n"
                         "       bench_usage client HOST PROXYPORT CA SECS CONNS sse|json "

@@ -293,9 +293,7 @@ static int do_update(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         goto out;
     json_t *body = json_pack("{s:s}", "path", path), *res = NULL;
     int code;
-    int done = nb_cli_call_or_json(cli, "POST", "/v1/blocklist/load", body, &res, &code);
-    json_decref(body);
-    if (done) {
+    if (nb_cli_call_or_json(cli, "POST", "/v1/blocklist/load", body, &res, &code)) {
         rc = code;
         goto out;
     }

@@ -54,9 +54,7 @@ static int do_set(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         json_object_set_new(body, "who", json_string(who));
     json_t *res = NULL;
     int code;
-    int done = nb_cli_call_or_json(cli, "POST", "/v1/limits", body, &res, &code);
-    json_decref(body);
-    if (done)
+    if (nb_cli_call_or_json(cli, "POST", "/v1/limits", body, &res, &code))
         return code;
     printf("limit %lld: %g %s per %s for %s%s%s\n", (long long)nb_json_int(res, "id", 0), x, unit,
            per, scope, who ? " " : "", who ? who : "");

@@ -53,16 +53,12 @@ static int do_add(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         json_object_set_new(body, "command", argv);
     }
     json_t *res = NULL;
-    int rc = nb_cli_call(cli, "POST", "/v1/mcp", body, &res);
-    json_decref(body);
-    if (rc != NB_CLI_OK)
-        return rc;
-    if (cli->json)
-        nb_cli_print_json(res);
-    else
-        printf("added MCP server %s/%s (%s); host endpoint %s\n"
-               "use it from a client: nilbox mcp config --client claude-desktop\n",
-               a->pos[0], a->pos[1], nb_json_str(res, "kind"), nb_json_str(res, "endpoint"));
+    int code;
+    if (nb_cli_call_or_json(cli, "POST", "/v1/mcp", body, &res, &code))
+        return code;
+    printf("added MCP server %s/%s (%s); host endpoint %s\n"
+           "use it from a client: nilbox mcp config --client claude-desktop\n",
+           a->pos[0], a->pos[1], nb_json_str(res, "kind"), nb_json_str(res, "endpoint"));
     json_decref(res);
     return NB_CLI_OK;
 }
@@ -77,14 +73,9 @@ static int do_ls(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         snprintf(path, sizeof path, "/v1/mcp?vm=%s", a->pos[0]);
     }
     json_t *res = NULL;
-    int rc = nb_cli_call(cli, "GET", path, NULL, &res);
-    if (rc != NB_CLI_OK)
-        return rc;
-    if (cli->json) {
-        nb_cli_print_json(res);
-        json_decref(res);
-        return NB_CLI_OK;
-    }
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", path, NULL, &res, &code))
+        return code;
     json_t *arr = json_object_get(res, "servers"), *s;
     size_t i;
     if (!json_array_size(arr))
@@ -124,15 +115,12 @@ static int do_rm(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return NB_CLI_USAGE;
     snprintf(path, sizeof path, "/v1/mcp/%s/%s", a->pos[0], a->pos[1]);
     json_t *res = NULL;
-    int rc = nb_cli_call(cli, "DELETE", path, NULL, &res);
-    if (rc == NB_CLI_OK) {
-        if (cli->json)
-            nb_cli_print_json(res);
-        else
-            printf("removed MCP server %s/%s\n", a->pos[0], a->pos[1]);
-    }
+    int code;
+    if (nb_cli_call_or_json(cli, "DELETE", path, NULL, &res, &code))
+        return code;
+    printf("removed MCP server %s/%s\n", a->pos[0], a->pos[1]);
     json_decref(res);
-    return rc;
+    return NB_CLI_OK;
 }
 
 static int do_logs(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
@@ -143,22 +131,18 @@ static int do_logs(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         return NB_CLI_USAGE;
     snprintf(path, sizeof path, "/v1/mcp/%s/%s/logs", a->pos[0], a->pos[1]);
     json_t *res = NULL;
-    int rc = nb_cli_call(cli, "GET", path, NULL, &res);
-    if (rc != NB_CLI_OK)
-        return rc;
-    if (cli->json) {
-        nb_cli_print_json(res);
-    } else {
-        /* The server's own bytes: escaped for the terminal line by line (A20). */
-        const char *log = nb_json_str(res, "log");
-        size_t len = json_string_length(json_object_get(res, "log"));
-        char esc[2048];
-        for (size_t off = 0; log && off < len;) {
-            const char *nl = memchr(log + off, '\n', len - off);
-            size_t n = nl ? (size_t)(nl - (log + off)) : len - off;
-            printf("%s\n", nb_log_escape(esc, sizeof esc, log + off, n));
-            off += n + 1;
-        }
+    int code;
+    if (nb_cli_call_or_json(cli, "GET", path, NULL, &res, &code))
+        return code;
+    /* The server's own bytes: escaped for the terminal line by line (A20). */
+    const char *log = nb_json_str(res, "log");
+    size_t len = json_string_length(json_object_get(res, "log"));
+    char esc[2048];
+    for (size_t off = 0; log && off < len;) {
+        const char *nl = memchr(log + off, '\n', len - off);
+        size_t n = nl ? (size_t)(nl - (log + off)) : len - off;
+        printf("%s\n", nb_log_escape(esc, sizeof esc, log + off, n));
+        off += n + 1;
     }
     json_decref(res);
     return NB_CLI_OK;

@@ -69,9 +69,7 @@ static int do_add(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         json_pack("{s:s, s:s, s:s}", "name", a->pos[0], "script", script, "vm", vm ? vm : "");
     json_t *res = NULL;
     int code;
-    int done = nb_cli_call_or_json(cli, "POST", "/v1/oauth", body, &res, &code);
-    json_decref(body);
-    if (done)
+    if (nb_cli_call_or_json(cli, "POST", "/v1/oauth", body, &res, &code))
         return code;
     json_t *s = json_object_get(res, "secrets");
     char e[512];
@@ -135,9 +133,7 @@ static int do_test(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         snprintf(path, sizeof path, "/v1/oauth/test");
     json_t *res = NULL;
     int code;
-    int done = nb_cli_call_or_json(cli, "POST", path, body, &res, &code);
-    json_decref(body);
-    if (done)
+    if (nb_cli_call_or_json(cli, "POST", path, body, &res, &code))
         return code;
     char e[600];
     const char *err = nb_json_str(res, "error");

@@ -32,9 +32,7 @@ static int do_add(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
         json_object_set_new(body, "bind", json_string(bind));
     json_t *res = NULL;
     int code;
-    int done = nb_cli_call_or_json(cli, "POST", "/v1/ports", body, &res, &code);
-    json_decref(body);
-    if (!done) {
+    if (!nb_cli_call_or_json(cli, "POST", "/v1/ports", body, &res, &code)) {
         const char *b = nb_json_str(res, "bind");
         int v6 = b && strchr(b, ':');
         printf("port %lld: %s%s%s:%u -> vm %s port %u\n", (long long)nb_json_int(res, "id", 0),

@@ -89,9 +89,7 @@ static int do_answer(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     json_t *body = json_pack("{s:s}", "answer", ans);
     snprintf(path, sizeof path, "/v1/prompts/%lld/answer", id);
     int code;
-    int done = nb_cli_call_or_json(cli, "POST", path, body, &res, &code);
-    json_decref(body);
-    if (done)
+    if (nb_cli_call_or_json(cli, "POST", path, body, &res, &code))
         return code;
     char d[700];
     const json_t *pj = json_object_get(res, "prompt");

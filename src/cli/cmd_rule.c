@@ -44,9 +44,7 @@ static int do_add(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     if (note)
         json_object_set_new(body, "note", json_string(note));
     int code;
-    int done = nb_cli_call_or_json(cli, "POST", "/v1/rules", body, &res, &code);
-    json_decref(body);
-    if (done)
+    if (nb_cli_call_or_json(cli, "POST", "/v1/rules", body, &res, &code))
         return code;
     const char *rvm = nb_json_str(res, "vm");
     json_int_t rp = nb_json_int(res, "port", 0);

@@ -140,11 +140,25 @@ static int read_stdin(uint8_t *buf, size_t cap, size_t *len)
     return 0;
 }
 
+/* Asks for the len bytes at buf again (prompt `again`), into locked memory
+ * that is wiped: 0 when both entries are the same, 1 when they differ, or
+ * a negative error. */
+static int read_again(const char *again, const uint8_t *buf, size_t len)
+{
+    size_t l2 = 0;
+    uint8_t *chk = sodium_malloc(VALUE_MAX + 2);
+    int r = chk ? read_tty(again, chk, VALUE_MAX, &l2) : -ENOMEM;
+    if (r == 0 && (l2 != len || sodium_memcmp(buf, chk, l2) != 0))
+        r = 1;
+    sodium_free(chk);
+    return r;
+}
+
 /* The value into locked memory (NUL-terminated). */
 static int read_value(nb_cli_t *cli, const char *prompt, const char *again, uint8_t **out,
                       size_t *len)
 {
-    uint8_t *buf = sodium_malloc(VALUE_MAX + 2), *chk = NULL;
+    uint8_t *buf = sodium_malloc(VALUE_MAX + 2);
     int r;
     *out = NULL;
     *len = 0;
@@ -152,17 +166,9 @@ static int read_value(nb_cli_t *cli, const char *prompt, const char *again, uint
         return nb_cli_fail(cli, NB_CLI_ERROR, "internal", "cannot lock memory for the value");
     if (isatty(STDIN_FILENO)) {
         r = read_tty(prompt, buf, VALUE_MAX, len);
-        if (r == 0 && again && *len > 0) {
-            size_t l2 = 0;
-            if (!(chk = sodium_malloc(VALUE_MAX + 2)))
-                r = -ENOMEM;
-            else if ((r = read_tty(again, chk, VALUE_MAX, &l2)) == 0 &&
-                     (l2 != *len || sodium_memcmp(buf, chk, l2) != 0)) {
-                sodium_free(chk);
-                sodium_free(buf);
-                return nb_cli_fail(cli, NB_CLI_ERROR, "mismatch", "the two entries differ");
-            }
-            sodium_free(chk);
+        if (r == 0 && again && *len > 0 && (r = read_again(again, buf, *len)) > 0) {
+            sodium_free(buf);
+            return nb_cli_fail(cli, NB_CLI_ERROR, "mismatch", "the two entries differ");
         }
     } else {
         r = read_stdin(buf, VALUE_MAX + 1, len);
@@ -326,9 +332,7 @@ static int post_binding(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a,
     snprintf(path, sizeof path, "/v1/secrets/%s/bindings", name);
     json_t *res = NULL;
     int code;
-    int done = nb_cli_call_or_json(cli, "POST", path, body, &res, &code);
-    json_decref(body);
-    if (done)
+    if (nb_cli_call_or_json(cli, "POST", path, body, &res, &code))
         return code;
     printf("bound %s: ", name);
     print_binding(res, "");
@@ -422,8 +426,7 @@ static int do_status(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
  * and *out NULL). A new store asks twice. */
 static int read_offer(nb_cli_t *cli, int fresh, uint8_t **out, size_t *len)
 {
-    uint8_t *buf = sodium_malloc(VALUE_MAX + 2), *chk = NULL;
-    size_t l2 = 0;
+    uint8_t *buf = sodium_malloc(VALUE_MAX + 2);
     *out = NULL;
     *len = 0;
     if (!buf)
@@ -431,17 +434,10 @@ static int read_offer(nb_cli_t *cli, int fresh, uint8_t **out, size_t *len)
     int r = read_tty(fresh ? "New passphrase for the secret store (empty: not now): "
                            : "Passphrase to unlock it now (empty: not now): ",
                      buf, VALUE_MAX, len);
-    if (r == 0 && *len > 0 && fresh) {
-        if (!(chk = sodium_malloc(VALUE_MAX + 2)))
-            r = -ENOMEM;
-        else if ((r = read_tty("Repeat the passphrase: ", chk, VALUE_MAX, &l2)) == 0 &&
-                 (l2 != *len || sodium_memcmp(buf, chk, l2) != 0)) {
-            sodium_free(chk);
-            sodium_free(buf);
-            return nb_cli_fail(cli, NB_CLI_ERROR, "mismatch",
-                               "the two entries differ; run 'nilbox secret unlock' to try again");
-        }
-        sodium_free(chk);
+    if (r == 0 && *len > 0 && fresh && (r = read_again("Repeat the passphrase: ", buf, *len)) > 0) {
+        sodium_free(buf);
+        return nb_cli_fail(cli, NB_CLI_ERROR, "mismatch",
+                           "the two entries differ; run 'nilbox secret unlock' to try again");
     }
     if (r < 0 || *len == 0) {
         sodium_free(buf);

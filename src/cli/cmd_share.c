@@ -30,9 +30,7 @@ static int do_add(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
                              nb_cli_flag(v, a, "ro"));
     json_t *res = NULL;
     int code;
-    int done = nb_cli_call_or_json(cli, "POST", "/v1/shares", body, &res, &code);
-    json_decref(body);
-    if (done)
+    if (nb_cli_call_or_json(cli, "POST", "/v1/shares", body, &res, &code))
         return code;
     char b1[600], b2[300], b3[300];
     const char *state = nb_json_str(res, "state"), *err = nb_json_str(res, "error");

@@ -27,6 +27,15 @@ static void add_query(char *path, size_t sz, const char *k, const char *v)
     path[n] = '\0';
 }
 
+static void summary_row(const char *key, const json_t *r)
+{
+    printf("%-32s %8lld %12lld %12lld %12lld %12.4f %10lld\n", key,
+           (long long)nb_json_int(r, "requests", 0), (long long)nb_json_int(r, "input", 0),
+           (long long)nb_json_int(r, "output", 0), (long long)nb_json_int(r, "cached", 0),
+           json_number_value(json_object_get(r, "cost_usd")),
+           (long long)nb_json_int(r, "estimated", 0));
+}
+
 static int do_summary(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
 {
     char path[512] = "/v1/usage";
@@ -49,18 +58,9 @@ static int do_summary(nb_cli_t *cli, const nb_cli_verb_t *v, nb_cli_args_t *a)
     json_array_foreach (rows, i, r) {
         const char *k = nb_json_str(r, "key");
         char kb[80];
-        printf("%-32s %8lld %12lld %12lld %12lld %12.4f %10lld\n",
-               nb_log_escape(kb, sizeof kb, k ? k : "", k ? strlen(k) : 0),
-               (long long)nb_json_int(r, "requests", 0), (long long)nb_json_int(r, "input", 0),
-               (long long)nb_json_int(r, "output", 0), (long long)nb_json_int(r, "cached", 0),
-               json_number_value(json_object_get(r, "cost_usd")),
-               (long long)nb_json_int(r, "estimated", 0));
+        summary_row(nb_log_escape(kb, sizeof kb, k ? k : "", k ? strlen(k) : 0), r);
     }
-    printf("%-32s %8lld %12lld %12lld %12lld %12.4f %10lld\n", "total",
-           (long long)nb_json_int(tot, "requests", 0), (long long)nb_json_int(tot, "input", 0),
-           (long long)nb_json_int(tot, "output", 0), (long long)nb_json_int(tot, "cached", 0),
-           json_number_value(json_object_get(tot, "cost_usd")),
-           (long long)nb_json_int(tot, "estimated", 0));
+    summary_row("total", tot);
     json_decref(res);
     return NB_CLI_OK;
 }

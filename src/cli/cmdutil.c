@@ -9,10 +9,11 @@
 
 #include "lib/log.h"
 
-int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, const json_t *body,
+int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, json_t *body,
                         json_t **res, int *code)
 {
     *code = nb_cli_call(cli, method, path, body, res);
+    json_decref(body);
     if (*code != NB_CLI_OK)
         return 1;
     if (!cli->json)

@@ -14,9 +14,9 @@
 /* Calls the daemon (nb_cli_call) and, with --json, prints the reply as it
  * is. Returns 1 when the verb is finished, with its exit code in *code (the
  * call failed, or the reply was printed and released); 0 when the caller
- * renders *res as text and json_decref's it (*code is NB_CLI_OK). Borrows
- * body. */
-int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, const json_t *body,
+ * renders *res as text and json_decref's it (*code is NB_CLI_OK). Takes
+ * body (may be NULL). */
+int nb_cli_call_or_json(nb_cli_t *cli, const char *method, const char *path, json_t *body,
                         json_t **res, int *code);
 
 /* Parses a positional id argument: a decimal number >= 1. On anything else

@@ -5,18 +5,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lib/buf.h"
 #include "lib/err.h"
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 int nb_apiroute_pct_decode(const char *p, size_t len, int plus, char *out, size_t outsz)
 {
@@ -27,7 +17,7 @@ int nb_apiroute_pct_decode(const char *p, size_t len, int plus, char *out, size_
         int c = (unsigned char)p[i];
         if (c == '%') {
             int h, l;
-            if (i + 2 >= len || (h = hexval(p[i + 1])) < 0 || (l = hexval(p[i + 2])) < 0)
+            if (i + 2 >= len || (h = nb_hexval(p[i + 1])) < 0 || (l = nb_hexval(p[i + 2])) < 0)
                 return NB_EPARSE;
             c = h * 16 + l;
             i += 2;

@@ -98,6 +98,15 @@ static void job_free(job_t *j)
     free(j);
 }
 
+/* The service went away while a call was out: the job goes with it. */
+static int orphaned(job_t *j)
+{
+    if (j->s)
+        return 0;
+    job_free(j);
+    return 1;
+}
+
 void nb_appstore_free(nb_appstore_t *s)
 {
     if (!s)
@@ -207,10 +216,8 @@ static void on_exec_done(void *ud, int err, int status, const char *msg, const c
     job_t *j = ud;
     char last[300];
     j->x = NULL;
-    if (!j->s) { /* the service went away */
-        job_free(j);
+    if (orphaned(j))
         return;
-    }
     last_line(tail, last, sizeof last);
     if (j->step == S_CHECK) {
         if (!err && status == 0) {
@@ -260,10 +267,8 @@ static void on_snap_deleted(void *ud, int r, const char *msg, json_t *res)
 {
     job_t *j = ud;
     j->vmm_pending = 0;
-    if (!j->s) {
-        job_free(j);
+    if (orphaned(j))
         return;
-    }
     if (r < 0)
         nb_log(NB_LOG_WARN, "store: VM %s: cannot delete snapshot %s: %s", j->vm, SNAP_NAME,
                msg ? msg : nb_strerror(r));
@@ -286,10 +291,8 @@ static void on_snap_saved(void *ud, int r, const char *msg, json_t *res)
 {
     job_t *j = ud;
     j->vmm_pending = 0;
-    if (!j->s) {
-        job_free(j);
+    if (orphaned(j))
         return;
-    }
     if (r < 0) {
         /* Nothing changed yet: no rollback needed. */
         snprintf(j->reason, sizeof j->reason, "cannot take a snapshot before installing: %s",
@@ -304,11 +307,8 @@ static void on_snap_saved(void *ud, int r, const char *msg, json_t *res)
 static void on_old_deleted(void *ud, int r, const char *msg, json_t *res)
 {
     job_t *j = ud;
-    if (!j->s) {
-        j->vmm_pending = 0;
-        job_free(j);
+    if (orphaned(j))
         return;
-    }
     nb_vmm_snapshot(j->s->d->vmm, j->vm, NB_VM_SNAP_SAVE, SNAP_NAME, on_snap_saved, j);
 }
 
@@ -357,10 +357,8 @@ static void on_mcp_added(void *ud, int r, const char *msg, json_t *res)
         snprintf(j->mcp_msg, sizeof j->mcp_msg, "%s", msg ? msg : "");
         return;
     }
-    if (!j->s) {
-        job_free(j);
+    if (orphaned(j))
         return;
-    }
     mcp_added(j, r, msg);
 }
 
@@ -494,10 +492,8 @@ static void on_rollback_started(void *ud, int r, const char *msg, json_t *res)
 {
     job_t *j = ud;
     j->vmm_pending = 0;
-    if (!j->s) {
-        job_free(j);
+    if (orphaned(j))
         return;
-    }
     if (r < 0)
         nb_log(NB_LOG_WARN, "store: VM %s did not come back after the rollback: %s", j->vm,
                msg ? msg : nb_strerror(r));
@@ -507,11 +503,8 @@ static void on_rollback_started(void *ud, int r, const char *msg, json_t *res)
 static void on_restored(void *ud, int r, const char *msg, json_t *res)
 {
     job_t *j = ud;
-    if (!j->s) {
-        j->vmm_pending = 0;
-        job_free(j);
+    if (orphaned(j))
         return;
-    }
     size_t n = strlen(j->reason);
     snprintf(j->reason + n, sizeof j->reason - n, "%s",
              r < 0 ? "; the rollback failed (restore the snapshot by hand: nilbox vm snapshot "
@@ -524,11 +517,8 @@ static void on_restored(void *ud, int r, const char *msg, json_t *res)
 static void on_rollback_stopped(void *ud, int r, const char *msg, json_t *res)
 {
     job_t *j = ud;
-    if (!j->s) {
-        j->vmm_pending = 0;
-        job_free(j);
+    if (orphaned(j))
         return;
-    }
     nb_vmm_snapshot(j->s->d->vmm, j->vm, NB_VM_SNAP_RESTORE, SNAP_NAME, on_restored, j);
 }
 

@@ -15,6 +15,7 @@
 #include "daemon/base/events.h"
 #include "daemon/secrets/binding.h"
 #include "lib/buf.h"
+#include "lib/env.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -1028,20 +1029,6 @@ static void on_timer_closed(uv_handle_t *h)
     free(a);
 }
 
-static int64_t env_num(const char *name, int64_t def)
-{
-    const char *v = getenv(name);
-    char *end;
-    if (!v || !*v)
-        return def;
-    long long n = strtoll(v, &end, 10);
-    if (*end || n < 0) {
-        nb_log(NB_LOG_WARN, "audit: ignoring %s=%.20s (not a count)", name, v);
-        return def;
-    }
-    return n;
-}
-
 int nb_audit_open(uv_loop_t *loop, nb_store_t *st, nb_events_t *ev, nb_audit_t **out)
 {
     nb_audit_t *a = NULL;
@@ -1084,10 +1071,12 @@ int nb_audit_open(uv_loop_t *loop, nb_store_t *st, nb_events_t *ev, nb_audit_t *
         }
         snprintf(a->anchor_path, n, "%.*s/%s", dl, slash ? path : ".", NB_AUDIT_HEAD_FILE);
     }
-    a->lim.agg_window_ms = env_num("NILBOX_AUDIT_AGG_WINDOW_MS", NB_AUDIT_AGG_WINDOW_MS);
-    a->lim.vm_per_min = env_num("NILBOX_AUDIT_VM_PER_MIN", NB_AUDIT_VM_PER_MIN);
-    a->lim.max_rows = env_num("NILBOX_AUDIT_MAX_ROWS", NB_AUDIT_MAX_ROWS);
-    a->lim.max_days = env_num("NILBOX_AUDIT_MAX_DAYS", NB_AUDIT_MAX_DAYS);
+    a->lim.agg_window_ms =
+        (int64_t)nb_env_u64("NILBOX_AUDIT_AGG_WINDOW_MS", 0, INT64_MAX, NB_AUDIT_AGG_WINDOW_MS);
+    a->lim.vm_per_min =
+        (int64_t)nb_env_u64("NILBOX_AUDIT_VM_PER_MIN", 0, INT64_MAX, NB_AUDIT_VM_PER_MIN);
+    a->lim.max_rows = (int64_t)nb_env_u64("NILBOX_AUDIT_MAX_ROWS", 0, INT64_MAX, NB_AUDIT_MAX_ROWS);
+    a->lim.max_days = (int64_t)nb_env_u64("NILBOX_AUDIT_MAX_DAYS", 0, INT64_MAX, NB_AUDIT_MAX_DAYS);
     if ((r = uv_timer_init(loop, &a->retry)) < 0)
         goto fail;
     a->retry.data = a;

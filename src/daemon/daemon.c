@@ -37,6 +37,7 @@
 #include "daemon/sshgw.h"
 #include "daemon/base/store.h"
 #include "daemon/vm/manager.h"
+#include "lib/env.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -110,18 +111,10 @@ static void hook_rule_stored(void *ud, const nb_rule_t *r, int status)
 static uint64_t prompt_timeout_ms(nb_store_t *st)
 {
     char *set = NULL;
-    const char *e = getenv("NILBOX_PROMPT_TIMEOUT_MS");
-    uint64_t ms = 0;
+    const char *name = "NILBOX_PROMPT_TIMEOUT_MS", *e = getenv(name);
     if ((!e || !e[0]) && nb_store_setting_get(st, "gate.prompt_timeout_ms", &set) == 0)
-        e = set;
-    if (e && e[0]) {
-        char *end;
-        unsigned long long v = strtoull(e, &end, 10);
-        if (!*end && v >= 100 && v <= 3600000)
-            ms = v;
-        else
-            nb_log(NB_LOG_WARN, "ignoring prompt timeout '%.20s' (100..3600000 ms)", e);
-    }
+        name = "gate.prompt_timeout_ms", e = set;
+    uint64_t ms = nb_env_value(name, e, 100, 3600000, 0);
     free(set);
     return ms;
 }
@@ -195,14 +188,7 @@ static void size_budgets(nb_proxy_cfg_t *cfg)
     if (per > 1024)
         per = 1024;
     cfg->max_conns_total = total;
-    cfg->max_conns = per;
-    const char *e = getenv("NILBOX_PROXY_MAX_CONNS");
-    char *end;
-    unsigned long long v = e ? strtoull(e, &end, 10) : 0;
-    if (e && *e && !*end && v >= 1 && v <= total)
-        cfg->max_conns = (size_t)v;
-    else if (e)
-        nb_log(NB_LOG_WARN, "NILBOX_PROXY_MAX_CONNS must be 1..%zu; using %zu", total, per);
+    cfg->max_conns = (size_t)nb_env_u64("NILBOX_PROXY_MAX_CONNS", 1, total, per);
     nb_log(NB_LOG_INFO, "proxy budgets: %zu connections per listener, %zu in all (fd limit %zu)",
            cfg->max_conns, total, lim);
 }

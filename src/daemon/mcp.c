@@ -5,7 +5,6 @@
 #include "daemon/mcp.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include "daemon/base/events.h"
 #include "daemon/base/store.h"
 #include "daemon/mcp_int.h"
+#include "lib/env.h"
 #include "lib/err.h"
 #include "lib/log.h"
 
@@ -406,21 +406,6 @@ static void on_sweep_closed(uv_handle_t *h)
     free(h);
 }
 
-/* A setting from the environment: NAME's decimal value when it is within
- * lo..hi, else (with a warning when it is set) dflt. */
-static uint64_t env_setting(const char *name, uint64_t lo, uint64_t hi, uint64_t dflt)
-{
-    const char *e = getenv(name);
-    if (e && *e) {
-        char *end;
-        unsigned long long v = strtoull(e, &end, 10);
-        if (!*end && v >= lo && v <= hi)
-            return v;
-        nb_log(NB_LOG_WARN, "ignoring %s '%.20s' (%" PRIu64 "..%" PRIu64 ")", name, e, lo, hi);
-    }
-    return dflt;
-}
-
 int nb_mcp_new(nb_daemon_t *d, nb_mcp_t **out, char *err, size_t errsz)
 {
     *out = NULL;
@@ -430,9 +415,9 @@ int nb_mcp_new(nb_daemon_t *d, nb_mcp_t **out, char *err, size_t errsz)
     m->d = d;
     m->loop = d->loop;
     m->frame_max =
-        (size_t)env_setting("NILBOX_MCP_MAX_FRAME", 1024, 64u << 20, NB_JSONRPC_FRAME_MAX);
+        (size_t)nb_env_u64("NILBOX_MCP_MAX_FRAME", 1024, 64u << 20, NB_JSONRPC_FRAME_MAX);
     m->remember = remember;
-    uint64_t idle_s = env_setting("NILBOX_MCP_SESSION_IDLE", 1, 604800, NB_MCP_SESS_IDLE_S);
+    uint64_t idle_s = nb_env_u64("NILBOX_MCP_SESSION_IDLE", 1, 604800, NB_MCP_SESS_IDLE_S);
     m->sess_idle_ns = idle_s * 1000000000ull;
     /* Looked for four times per expiry period, at most once a minute. */
     uint64_t every = idle_s * 250 < 60000 ? idle_s * 250 : 60000;

@@ -259,15 +259,8 @@ static int accepts(const char *accept, const char *type)
 static void on_post(mcp_server_t *srv, nb_httpd_req_t *req)
 {
     nb_jsonrpc_msg_t msg;
-    json_t *err_id = NULL;
-    char why[128];
-    int r = nb_jsonrpc_parse(nb_httpd_req_body(req), nb_mcp_frame_max(srv->m), &msg, &err_id, why,
-                             sizeof why);
-    if (r < 0) {
-        nb_mcp_respond_rpc_error(req, r == NB_JSONRPC_TOO_BIG ? 413 : 400, err_id, r, why);
-        json_decref(err_id);
+    if (nb_mcp_parse_post(srv, req, &msg) < 0)
         return;
-    }
     const char *sid = nb_httpd_req_header(req, "Mcp-Session-Id");
     mcp_hsess_t *h = NULL;
     if (msg.kind == NB_JSONRPC_REQUEST && !strcmp(msg.method, "initialize") && !sid) {

@@ -102,6 +102,9 @@ void nb_mcp_sse_stop(mcp_server_t *srv);
 /* A JSON-RPC error as an HTTP answer. */
 void nb_mcp_respond_rpc_error(nb_httpd_req_t *req, int status, const json_t *id, int code,
                               const char *msg);
+/* Parses a POST's body as one JSON-RPC message (nb_jsonrpc_parse, under
+ * the bridge's frame cap); on error answers 413 or 400 and returns < 0. */
+int nb_mcp_parse_post(mcp_server_t *srv, nb_httpd_req_t *req, nb_jsonrpc_msg_t *msg);
 
 /* mcp_http.c: the server's loopback endpoint. */
 int nb_mcp_http_start(mcp_server_t *s, char *err, size_t errsz);

@@ -43,6 +43,18 @@ void nb_mcp_respond_rpc_error(nb_httpd_req_t *req, int status, const json_t *id,
     json_decref(e);
 }
 
+int nb_mcp_parse_post(mcp_server_t *srv, nb_httpd_req_t *req, nb_jsonrpc_msg_t *msg)
+{
+    json_t *err_id = NULL;
+    char why[128];
+    int r = nb_jsonrpc_parse(nb_httpd_req_body(req), nb_mcp_frame_max(srv->m), msg, &err_id, why,
+                             sizeof why);
+    if (r < 0)
+        nb_mcp_respond_rpc_error(req, r == NB_JSONRPC_TOO_BIG ? 413 : 400, err_id, r, why);
+    json_decref(err_id);
+    return r;
+}
+
 static void unlink_ss(mcp_ssess_t *ss)
 {
     mcp_server_t *srv = ss->srv;
@@ -184,15 +196,8 @@ void nb_mcp_sse_post(mcp_server_t *srv, nb_httpd_req_t *req)
         return;
     }
     nb_jsonrpc_msg_t msg;
-    json_t *err_id = NULL;
-    char why[128];
-    int r = nb_jsonrpc_parse(nb_httpd_req_body(req), nb_mcp_frame_max(srv->m), &msg, &err_id, why,
-                             sizeof why);
-    if (r < 0) {
-        nb_mcp_respond_rpc_error(req, r == NB_JSONRPC_TOO_BIG ? 413 : 400, err_id, r, why);
-        json_decref(err_id);
+    if (nb_mcp_parse_post(srv, req, &msg) < 0)
         return;
-    }
     ss->last_used = uv_hrtime();
     nb_httpd_respond(req, 202, "text/plain", "Accepted", 8);
     nb_mcp_sess_submit(ss->s, &msg); /* answers (even a deny) go out on the stream */

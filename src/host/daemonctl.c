@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "host/client.h"
+#include "host/doctor.h"
 
 static int exe_dir(char *out, size_t outsz)
 {
@@ -45,18 +46,7 @@ int nb_daemonctl_find(char *out, size_t outsz)
             access(out, X_OK) == 0)
             return 1;
     }
-    const char *path = getenv("PATH");
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
-    for (char *p = buf, *next; p; p = next) {
-        next = strchr(p, ':');
-        if (next)
-            *next++ = '\0';
-        if (*p && snprintf(out, outsz, "%s/nilboxd", p) < (int)outsz && access(out, X_OK) == 0)
-            return 1;
-    }
-    out[0] = '\0';
-    return 0;
+    return nb_doctor_find_in_path("nilboxd", out, outsz);
 }
 
 int nb_daemonctl_answers(const nb_home_t *h)

@@ -32,8 +32,7 @@ static void set(nb_doctor_result_t *res, nb_doctor_status_t st, const char *hint
     snprintf(res->hint, sizeof res->hint, "%s", hint ? hint : "");
 }
 
-/* Looks `name` up in $PATH, as the VM manager will when it runs it. */
-static int find_in_path(const char *name, char *out, size_t outsz)
+int nb_doctor_find_in_path(const char *name, char *out, size_t outsz)
 {
     const char *path = getenv("PATH");
     char buf[4096];
@@ -57,8 +56,8 @@ static void check_qemu(const nb_home_t *h, nb_doctor_result_t *res)
     char sys[1024], img[1024];
     const char *q = getenv("NILBOX_QEMU");
     int have_sys = q && q[0] ? snprintf(sys, sizeof sys, "%s", q) > 0 && access(sys, X_OK) == 0
-                             : find_in_path("qemu-system-x86_64", sys, sizeof sys);
-    int have_img = find_in_path("qemu-img", img, sizeof img);
+                             : nb_doctor_find_in_path("qemu-system-x86_64", sys, sizeof sys);
+    int have_img = nb_doctor_find_in_path("qemu-img", img, sizeof img);
     if (have_sys && have_img)
         set(res, NB_DOCTOR_OK, NULL, "QEMU found: %s and %s", sys, img);
     else
@@ -78,7 +77,7 @@ static void check_kvm(const nb_home_t *h, nb_doctor_result_t *res)
     const char *tcg = "VMs will run under TCG software emulation (works, but several times slower)";
     char qemu[1024];
     const char *q = getenv("NILBOX_QEMU");
-    if (!(q && q[0]) && find_in_path("qemu-system-x86_64", qemu, sizeof qemu))
+    if (!(q && q[0]) && nb_doctor_find_in_path("qemu-system-x86_64", qemu, sizeof qemu))
         q = qemu;
     nb_kvm_probe_opts_t o = {.home = h->home, .qemu = q && q[0] ? q : NULL};
     nb_kvm_status_t st;

@@ -36,4 +36,9 @@ json_t *nb_doctor_run(const nb_home_t *h);
  * the CLI for its own "daemon" check). Updates "ok". */
 void nb_doctor_add(json_t *report, const char *name, const nb_doctor_result_t *res);
 
+/* Looks `name` up in $PATH (else /usr/local/bin:/usr/bin:/bin), as the VM
+ * manager will when it runs it: 1 with the executable's path in out, or 0
+ * with out empty. */
+int nb_doctor_find_in_path(const char *name, char *out, size_t outsz);
+
 #endif

@@ -10,6 +10,7 @@
 
 #include <sodium.h>
 
+#include "lib/buf.h"
 #include "lib/blocklist.h"
 #include "lib/err.h"
 
@@ -22,23 +23,7 @@ static int is_space(char c)
 
 void nb_bl_hex(const uint8_t *in, size_t n, char *out)
 {
-    static const char hx[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hx[in[i] >> 4];
-        out[2 * i + 1] = hx[in[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
+    sodium_bin2hex(out, 2 * n + 1, in, n);
 }
 
 int nb_bl_unhex(const char *in, size_t len, uint8_t *out, size_t n)
@@ -46,7 +31,7 @@ int nb_bl_unhex(const char *in, size_t len, uint8_t *out, size_t n)
     if (len != 2 * n)
         return NB_EINVAL;
     for (size_t i = 0; i < n; i++) {
-        int hi = hexval(in[2 * i]), lo = hexval(in[2 * i + 1]);
+        int hi = nb_hexval(in[2 * i]), lo = nb_hexval(in[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return NB_EINVAL;
         out[i] = (uint8_t)(hi << 4 | lo);

@@ -99,6 +99,24 @@ int nb_buf_append(nb_buf_t *b, const void *p, size_t n)
     return 0;
 }
 
+void nb_str_copy(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+int nb_hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 int nb_buf_append_str(nb_buf_t *b, const char *s)
 {
     return nb_buf_append(b, s, strlen(s));

@@ -36,6 +36,13 @@ static inline int nb_iov_eq_nocase(nb_iov_t a, const char *s)
     return a.len == n && nb_iov_eq_nocase_n(a, s, n);
 }
 
+/* snprintf(dst, size, "%s", src) without the format machinery: copies at
+ * most size - 1 bytes of src and NUL-terminates (size > 0). */
+void nb_str_copy(char *dst, size_t size, const char *src);
+
+/* The value of hex digit c (either case), or -1. */
+int nb_hexval(int c);
+
 /* Every buffer is wiped: growing copies the bytes and wipes the old block
  * (never realloc), consume/truncate/reset wipe what they drop, free wipes
  * the rest. Only [0, len) is ever wiped, so never lower len by hand: bytes

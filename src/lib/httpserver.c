@@ -1322,6 +1322,34 @@ static void ws_reject(nb_httpd_req_t *req, const char *why)
     nb_httpd_respond_error(req, 400, "bad-websocket-request", why);
 }
 
+/* The connection becomes ws's (C_WS) and the head built in b (r: how that
+ * went) goes out; a head that could not be built is a 500 and ws is freed.
+ * No callback may run before the caller has its handle: on a failed write
+ * the connection closes without on_close (the error is returned). */
+static int take_over(conn_t *c, nb_httpd_req_t *req, nb_ws_t *ws, nb_buf_t *b, int r)
+{
+    if (r < 0) {
+        nb_buf_free(b);
+        nb_ws_parser_free(ws->parser);
+        free(ws);
+        nb_httpd_respond_error(req, 500, "internal", "out of memory");
+        return r;
+    }
+    c->inflight = NULL;
+    nb_httpd_req_free(req);
+    c->state = C_WS;
+    c->ws = ws;
+    c->req_started = 0;
+    ws->closed_cb_done = 1;
+    r = nb_httpd_conn_write_buf(c, b);
+    nb_buf_free(b);
+    if (r < 0)
+        return r;
+    ws->closed_cb_done = 0;
+    c->last_activity = c->last_rx = uv_now(c->srv->loop);
+    return 0;
+}
+
 int nb_httpd_ws_accept(nb_httpd_req_t *req, const nb_ws_cbs_t *cbs, void *ud, nb_ws_t **out)
 {
     conn_t *c = req->conn;
@@ -1382,29 +1410,10 @@ int nb_httpd_ws_accept(nb_httpd_req_t *req, const nb_ws_cbs_t *cbs, void *ud, nb
         r = nb_buf_append(&b, req->resp_hdrs.p, req->resp_hdrs.len);
     if (r == 0)
         r = nb_buf_append_str(&b, "\r\n");
-    if (r < 0) {
-        nb_buf_free(&b);
-        nb_ws_parser_free(ws->parser);
-        free(ws);
-        nb_httpd_respond_error(req, 500, "internal", "out of memory");
+    if ((r = take_over(c, req, ws, &b, r)) < 0)
         return r;
-    }
-    c->inflight = NULL;
-    nb_httpd_req_free(req);
-    c->state = C_WS;
-    c->ws = ws;
-    c->req_started = 0;
-    /* No callback may run before the caller has its handle: on a failed
-     * write the connection closes without on_close (we return the error). */
-    ws->closed_cb_done = 1;
-    r = nb_httpd_conn_write_buf(c, &b);
-    nb_buf_free(&b);
-    if (r < 0)
-        return r;
-    ws->closed_cb_done = 0;
     nb_log_conn(NB_LOG_DEBUG, c->id, "websocket accepted");
     *out = ws;
-    c->last_activity = c->last_rx = uv_now(c->srv->loop);
     /* Frames that arrived right behind the request are parsed from the
      * timer on the next loop turn, never inside this call. */
     uv_timer_start(&c->timer, nb_httpd_conn_on_timer, 0, 0);
@@ -1493,25 +1502,9 @@ int nb_httpd_stream_accept(nb_httpd_req_t *req, int status, const char *content_
         r = nb_buf_append(&b, req->resp_hdrs.p, req->resp_hdrs.len);
     if (r == 0)
         r = nb_buf_append_str(&b, "Cache-Control: no-store\r\nConnection: close\r\n\r\n");
-    if (r < 0) {
-        nb_buf_free(&b);
-        free(ws);
-        nb_httpd_respond_error(req, 500, "internal", "out of memory");
+    if ((r = take_over(c, req, ws, &b, r)) < 0)
         return r;
-    }
-    c->inflight = NULL;
-    nb_httpd_req_free(req);
-    c->state = C_WS;
-    c->ws = ws;
-    c->req_started = 0;
-    ws->closed_cb_done = 1;
-    r = nb_httpd_conn_write_buf(c, &b);
-    nb_buf_free(&b);
-    if (r < 0)
-        return r;
-    ws->closed_cb_done = 0;
     *out = ws;
-    c->last_activity = c->last_rx = uv_now(c->srv->loop);
     uv_timer_start(&c->timer, nb_httpd_conn_on_timer, c->srv->cfg.idle_timeout_ms, 0);
     nb_httpd_conn_update_reading(c);
     return 0;

@@ -331,6 +331,21 @@ int nb_gate_rules_verdict(const nb_gate_t *g, const nb_dest_t *d, nb_gate_verdic
     return 1;
 }
 
+static void add_waiter(nb_gate_t *g, prompt_t *p, nb_gate_wait_t *w, int created)
+{
+    w->p = p;
+    w->next = p->waiters;
+    if (p->waiters)
+        p->waiters->prev = w;
+    p->waiters = w;
+    p->info.waiters++;
+    /* The hooks see the prompt with its new waiter counted. */
+    if (created && g->cfg.hooks.on_prompt_created)
+        g->cfg.hooks.on_prompt_created(g->cfg.hooks.ud, &p->info);
+    else if (!created && g->cfg.hooks.on_prompt_waiters)
+        g->cfg.hooks.on_prompt_waiters(g->cfg.hooks.ud, &p->info);
+}
+
 int nb_gate_check(nb_gate_t *g, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gate_done_fn done,
                   void *ud, nb_gate_wait_t **wait)
 {
@@ -370,35 +385,11 @@ int nb_gate_check(nb_gate_t *g, const nb_dest_t *d, nb_gate_verdict_t *v, nb_gat
         nb_log(NB_LOG_INFO, "prompt %" PRIu64 ": vm '%s' wants %s port %u", p->info.id, p->info.vm,
                p->info.host, p->info.port);
     }
-    w->p = p;
     w->done = done;
     w->ud = ud;
-    w->next = p->waiters;
-    if (p->waiters)
-        p->waiters->prev = w;
-    p->waiters = w;
-    p->info.waiters++;
     *wait = w;
-    /* The hooks see the prompt with its new waiter counted. */
-    if (created && g->cfg.hooks.on_prompt_created)
-        g->cfg.hooks.on_prompt_created(g->cfg.hooks.ud, &p->info);
-    else if (!created && g->cfg.hooks.on_prompt_waiters)
-        g->cfg.hooks.on_prompt_waiters(g->cfg.hooks.ud, &p->info);
+    add_waiter(g, p, w, created);
     return 0;
-}
-
-static void add_waiter(nb_gate_t *g, prompt_t *p, nb_gate_wait_t *w, int created)
-{
-    w->p = p;
-    w->next = p->waiters;
-    if (p->waiters)
-        p->waiters->prev = w;
-    p->waiters = w;
-    p->info.waiters++;
-    if (created && g->cfg.hooks.on_prompt_created)
-        g->cfg.hooks.on_prompt_created(g->cfg.hooks.ud, &p->info);
-    else if (!created && g->cfg.hooks.on_prompt_waiters)
-        g->cfg.hooks.on_prompt_waiters(g->cfg.hooks.ud, &p->info);
 }
 
 int nb_gate_ask(nb_gate_t *g, const char *vm, const char *kind, const char *subject,

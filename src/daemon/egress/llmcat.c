@@ -294,14 +294,6 @@ int nb_llmcat_glob(const char *pat, const uint8_t *s, size_t len, char sep, char
     return i == len;
 }
 
-static int hexval(char c)
-{
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
 /* SDKs percent-encode the model in the path (the AWS SDK sends Bedrock's
  * "...-v1:0" as "...-v1%3A0"); the record and the price lookup want the id.
  * Only printable ASCII is decoded: anything else stays as sent. */
@@ -309,7 +301,7 @@ static void pct_decode(char *s)
 {
     char *o = s;
     for (const char *i = s; *i; i++) {
-        int hi = i[0] == '%' ? hexval(i[1]) : -1, lo = hi >= 0 ? hexval(i[2]) : -1;
+        int hi = i[0] == '%' ? nb_hexval(i[1]) : -1, lo = hi >= 0 ? nb_hexval(i[2]) : -1;
         int c = hi * 16 + lo;
         if (hi >= 0 && lo >= 0 && c > 0x20 && c < 0x7f) {
             *o++ = (char)c;

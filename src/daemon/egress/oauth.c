@@ -132,7 +132,10 @@ static void drop_fields(lua_State *L, const char *table, const char *const *name
     lua_pop(L, 1);
 }
 
-static lua_State *sbx_open(sbx_t *s, const nb_oauth_limits_t *lim)
+/* A sandboxed state for script `name`; NULL (the reason in err) when it
+ * cannot be made. */
+static lua_State *sbx_open(sbx_t *s, const nb_oauth_limits_t *lim, const char *name, char *err,
+                           size_t errsz)
 {
     nb_oauth_limits_t def;
     if (!lim) {
@@ -145,8 +148,10 @@ static lua_State *sbx_open(sbx_t *s, const nb_oauth_limits_t *lim)
     s->steps_max = lim->steps_max;
     s->deadline_ns = now_ns() + (uint64_t)lim->timeout_ms * 1000000u;
     lua_State *L = lua_newstate(sbx_alloc, s);
-    if (!L)
+    if (!L) {
+        snprintf(err, errsz, "oauth script %s: cannot create a Lua state", name);
         return NULL;
+    }
     static const luaL_Reg libs[] = {
         {LUA_GNAME, luaopen_base},        {LUA_TABLIBNAME, luaopen_table},
         {LUA_STRLIBNAME, luaopen_string}, {LUA_MATHLIBNAME, luaopen_math},
@@ -359,11 +364,9 @@ int nb_oauth_declare(const char *src, size_t len, const char *name, const nb_oau
     memset(out, 0, sizeof *out);
     err[0] = '\0';
     sbx_t s;
-    lua_State *L = sbx_open(&s, lim);
-    if (!L) {
-        snprintf(err, errsz, "oauth script %s: cannot create a Lua state", name);
+    lua_State *L = sbx_open(&s, lim, name, err, errsz);
+    if (!L)
         return -ENOMEM;
-    }
     int r = sbx_chunk(L, &s, src, len, name, err, errsz);
     if (r == 0)
         r = read_decl(L, name, out, err, errsz);
@@ -421,14 +424,6 @@ static int push_json(lua_State *L, const json_t *j, int depth)
     }
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c |= 0x20;
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 /* Percent-decodes (and '+' → ' ') into `b`; NB_EPARSE on a bad escape. */
 static int form_decode(const uint8_t *p, size_t n, nb_buf_t *b)
 {
@@ -440,7 +435,7 @@ static int form_decode(const uint8_t *p, size_t n, nb_buf_t *b)
         else if (c == '%') {
             if (n - i < 3)
                 return NB_EPARSE;
-            int hi = hexval(p[i + 1]), lo = hexval(p[i + 2]);
+            int hi = nb_hexval(p[i + 1]), lo = nb_hexval(p[i + 2]);
             if (hi < 0 || lo < 0)
                 return NB_EPARSE;
             c = (uint8_t)(hi << 4 | lo);
@@ -552,11 +547,9 @@ int nb_oauth_parse(const char *src, size_t len, const char *name, const nb_oauth
         return NB_ETOOBIG;
     }
     sbx_t s;
-    lua_State *L = sbx_open(&s, lim);
-    if (!L) {
-        snprintf(err, errsz, "oauth script %s: cannot create a Lua state", name);
+    lua_State *L = sbx_open(&s, lim, name, err, errsz);
+    if (!L)
         return -ENOMEM;
-    }
     int r = sbx_chunk(L, &s, src, len, name, err, errsz);
     json_t *j = NULL;
     if (r < 0)

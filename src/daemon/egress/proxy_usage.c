@@ -15,6 +15,7 @@
 #include "daemon/egress/proxy_int.h"
 #include "daemon/egress/usage.h"
 #include "daemon/egress/usagex.h"
+#include "lib/buf.h"
 #include "lib/err.h"
 #include "lib/log.h"
 
@@ -68,13 +69,6 @@ int nb_px_usage_hold(const cconn_t *c)
     return c->x.us && !c->x.req_done;
 }
 
-static void set_model(struct px_usage *us, const char *s)
-{
-    size_t n = strnlen(s, sizeof us->model - 1);
-    memcpy(us->model, s, n);
-    us->model[n] = '\0';
-}
-
 /* Reads model, output cap and streaming from the held body (the bounded
  * scan, or jansson when the scan cannot stand for a parse); asks an
  * OpenAI stream for its usage chunk when the client did not. */
@@ -82,11 +76,11 @@ static int prepare(cconn_t *c, struct px_usage *us)
 {
     exch_t *x = &c->x;
     nb_usage_body_t b;
-    set_model(us, us->m.path_model);
+    nb_str_copy(us->model, sizeof us->model, us->m.path_model);
     if (!nb_usage_body_scan(us->m.api, x->pending.p, x->pending.len, &b))
         nb_usage_body_parse(us->m.api, x->pending.p, x->pending.len, &b);
     if (!us->model[0])
-        set_model(us, b.model);
+        nb_str_copy(us->model, sizeof us->model, b.model);
     us->max_out = b.max_out;
     if (!(b.stream && us->m.include_usage && !b.include_usage))
         return 0;

@@ -7,36 +7,15 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
+#include <sodium.h>
 
 #include "lib/err.h"
-
-static const char hexd[] = "0123456789abcdef";
-
-static void to_hex(const uint8_t *p, size_t n, char *out)
-{
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hexd[p[i] >> 4];
-        out[2 * i + 1] = hexd[p[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int hexval(uint8_t c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 void nb_sigv4_sha256_hex(const void *p, size_t len, char hex[NB_SIGV4_HEX + 1])
 {
     uint8_t d[32];
     SHA256(p, len, d);
-    to_hex(d, 32, hex);
+    sodium_bin2hex(hex, NB_SIGV4_HEX + 1, d, 32);
 }
 
 int nb_sigv4_is_hex64(nb_iov_t s)
@@ -193,7 +172,8 @@ static long pct_decode(nb_iov_t s, char *dst, size_t cap)
         uint8_t c = s.p[i];
         if (c == '%') {
             int h, l;
-            if (i + 2 >= s.len || (h = hexval(s.p[i + 1])) < 0 || (l = hexval(s.p[i + 2])) < 0)
+            if (i + 2 >= s.len || (h = nb_hexval(s.p[i + 1])) < 0 ||
+                (l = nb_hexval(s.p[i + 2])) < 0)
                 return -1;
             c = (uint8_t)(h * 16 + l);
             i += 2;
@@ -537,7 +517,7 @@ void nb_sigv4_sign(const uint8_t key[32], nb_iov_t amzdate, nb_iov_t date, nb_io
                      sc, ch);
     uint8_t mac[32];
     hmac(key, 32, sts, n < 0 ? 0 : (size_t)n < sizeof sts ? (size_t)n : sizeof sts - 1, mac);
-    to_hex(mac, 32, sig);
+    sodium_bin2hex(sig, NB_SIGV4_HEX + 1, mac, 32);
 }
 
 void nb_sigv4_chunk_sign(const uint8_t key[32], nb_iov_t amzdate, nb_iov_t date, nb_iov_t region,
@@ -548,12 +528,12 @@ void nb_sigv4_chunk_sign(const uint8_t key[32], nb_iov_t amzdate, nb_iov_t date,
     /* SHA-256 of the empty string: the chunk's (absent) headers. */
     static const char empty[] = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     scope(sc, sizeof sc, date, region, service);
-    to_hex(chash, 32, hx);
+    sodium_bin2hex(hx, NB_SIGV4_HEX + 1, chash, 32);
     int n = snprintf(sts, sizeof sts, NB_SIGV4_ALGO "-PAYLOAD\n%.*s\n%s\n%.*s\n%s\n%s",
                      (int)amzdate.len, amzdate.p, sc, (int)prev.len, prev.p, empty, hx);
     uint8_t mac[32];
     hmac(key, 32, sts, n < 0 ? 0 : (size_t)n < sizeof sts ? (size_t)n : sizeof sts - 1, mac);
-    to_hex(mac, 32, sig);
+    sodium_bin2hex(sig, NB_SIGV4_HEX + 1, mac, 32);
 }
 
 void nb_sigv4_trailer_sign(const uint8_t key[32], nb_iov_t amzdate, nb_iov_t date, nb_iov_t region,
@@ -562,12 +542,12 @@ void nb_sigv4_trailer_sign(const uint8_t key[32], nb_iov_t amzdate, nb_iov_t dat
 {
     char sts[640], sc[256], hx[NB_SIGV4_HEX + 1];
     scope(sc, sizeof sc, date, region, service);
-    to_hex(thash, 32, hx);
+    sodium_bin2hex(hx, NB_SIGV4_HEX + 1, thash, 32);
     int n = snprintf(sts, sizeof sts, NB_SIGV4_ALGO "-TRAILER\n%.*s\n%s\n%.*s\n%s",
                      (int)amzdate.len, amzdate.p, sc, (int)prev.len, prev.p, hx);
     uint8_t mac[32];
     hmac(key, 32, sts, n < 0 ? 0 : (size_t)n < sizeof sts ? (size_t)n : sizeof sts - 1, mac);
-    to_hex(mac, 32, sig);
+    sodium_bin2hex(sig, NB_SIGV4_HEX + 1, mac, 32);
 }
 
 /* ---- credentials ---- */
@@ -707,7 +687,7 @@ static int64_t chunk_size(nb_iov_t l, int is_signed)
         return -1;
     int64_t size = 0;
     for (const uint8_t *p = l.p; p < end; p++) {
-        int h = hexval(*p);
+        int h = nb_hexval(*p);
         if (h < 0)
             return -1;
         size = size * 16 + h;

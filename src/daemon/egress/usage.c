@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lib/buf.h"
 #include "lib/err.h"
 #include "lib/log.h"
 
@@ -124,15 +125,6 @@ struct nb_usage_req {
     hold_t holds[HOLDS_MAX];
     size_t nholds;
 };
-
-/* snprintf(dst, size, "%s", src) without the format machinery: a request
- * copies a dozen names on its way through. */
-static void copy(char *dst, size_t size, const char *src)
-{
-    size_t n = strnlen(src, size - 1);
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
 
 static const char *const scope_names[] = {"global", "vm", "provider", "secret"};
 static const char *const window_names[] = {"minute", "hour", "day", "month"};
@@ -659,11 +651,11 @@ int nb_usage_reserve(nb_usage_t *u, const nb_usage_ask_t *a, nb_usage_req_t **ou
     nb_usage_req_t *r = calloc(1, sizeof *r);
     if (!r)
         return -ENOMEM;
-    copy(r->vm, sizeof r->vm, a->vm ? a->vm : "");
-    copy(r->provider, sizeof r->provider, a->m->provider);
-    copy(r->model, sizeof r->model, a->model ? a->model : "");
+    nb_str_copy(r->vm, sizeof r->vm, a->vm ? a->vm : "");
+    nb_str_copy(r->provider, sizeof r->provider, a->m->provider);
+    nb_str_copy(r->model, sizeof r->model, a->model ? a->model : "");
     for (size_t i = 0; i < a->nsecrets && i < NB_USAGE_SECRETS; i++)
-        copy(r->secrets[r->nsecrets++], sizeof r->secrets[0], a->secrets[i]);
+        nb_str_copy(r->secrets[r->nsecrets++], sizeof r->secrets[0], a->secrets[i]);
     r->prov = a->m->prov;
     r->api = a->m->api;
     r->in_bytes = a->in_bytes;
@@ -774,11 +766,11 @@ void nb_usage_settle(nb_usage_t *u, nb_usage_req_t *r, const nb_usage_result_t *
     for (size_t i = 0, n = 0; i < r->nsecrets && n + 1 < sizeof secrets; i++) {
         if (i)
             secrets[n++] = ',';
-        copy(secrets + n, sizeof secrets - n, r->secrets[i]);
+        nb_str_copy(secrets + n, sizeof secrets - n, r->secrets[i]);
         n += strlen(secrets + n);
     }
     if (res->request_id && *res->request_id)
-        copy(rid, sizeof rid, res->request_id);
+        nb_str_copy(rid, sizeof rid, res->request_id);
     else
         snprintf(rid, sizeof rid, "nb-%lld-%llu", (long long)t, (unsigned long long)++u->seq);
     rec_t *x = calloc(1, sizeof *x);
@@ -792,12 +784,12 @@ void nb_usage_settle(nb_usage_t *u, nb_usage_req_t *r, const nb_usage_result_t *
                      .cost = cost,
                      .estimated = estimated,
                      .status = res->status};
-        copy(x->vm, sizeof x->vm, r->vm);
-        copy(x->provider, sizeof x->provider, r->provider);
-        copy(x->model, sizeof x->model, model);
-        copy(x->host, sizeof x->host, res->host ? res->host : "");
-        copy(x->secrets, sizeof x->secrets, secrets);
-        copy(x->rid, sizeof x->rid, rid);
+        nb_str_copy(x->vm, sizeof x->vm, r->vm);
+        nb_str_copy(x->provider, sizeof x->provider, r->provider);
+        nb_str_copy(x->model, sizeof x->model, model);
+        nb_str_copy(x->host, sizeof x->host, res->host ? res->host : "");
+        nb_str_copy(x->secrets, sizeof x->secrets, secrets);
+        nb_str_copy(x->rid, sizeof x->rid, rid);
         *u->qtail = x;
         u->qtail = &x->next;
         u->nq++;

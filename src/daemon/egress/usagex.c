@@ -10,6 +10,7 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "lib/buf.h"
 #include "lib/err.h"
 
 /* ================================================= JSON scanner */
@@ -952,13 +953,6 @@ static int rq_scalar(void *ctx, const char *path, size_t n, nb_ujson_kind_t kind
     return 0;
 }
 
-static void body_model(nb_usage_body_t *out, const char *s)
-{
-    size_t n = strnlen(s, sizeof out->model - 1);
-    memcpy(out->model, s, n);
-    out->model[n] = '\0';
-}
-
 int nb_usage_body_scan(const nb_llm_api_t *api, const uint8_t *p, size_t len, nb_usage_body_t *out)
 {
     memset(out, 0, sizeof *out);
@@ -988,7 +982,7 @@ int nb_usage_body_scan(const nb_llm_api_t *api, const uint8_t *p, size_t len, nb
         return 0;
     for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0] && !out->model[0]; k++)
         if (q.has_model & (1u << k))
-            body_model(out, q.model[k]);
+            nb_str_copy(out->model, sizeof out->model, q.model[k]);
     for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0] && !out->max_out; k++)
         if (q.max[k] > 0)
             out->max_out = q.max[k] < NB_USAGE_MAX_TOKENS ? q.max[k] : NB_USAGE_MAX_TOKENS;
@@ -1027,7 +1021,7 @@ void nb_usage_body_parse(const nb_llm_api_t *api, const uint8_t *p, size_t len,
     for (int k = 0; k < NB_LLM_PATHS && api->req_model[k][0] && !out->model[0]; k++) {
         const char *s = json_string_value(dig(j, api->req_model[k]));
         if (s)
-            body_model(out, s);
+            nb_str_copy(out->model, sizeof out->model, s);
     }
     for (int k = 0; k < NB_LLM_PATHS && api->req_max[k][0] && !out->max_out; k++) {
         json_int_t v = json_integer_value(dig(j, api->req_max[k]));

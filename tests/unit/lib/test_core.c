@@ -1,9 +1,10 @@
-/* Unit tests for src/lib: err, log, buf, json. */
+/* Unit tests for src/lib: err, log, buf, env, json. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "lib/buf.h"
+#include "lib/env.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -135,6 +136,25 @@ static void test_json(void)
     NB_CHECK_EQ_INT(nb_json_parse(nb_iov(deep, sizeof deep), &j, err, sizeof err), NB_EPARSE);
 }
 
+static void test_str_hex_env(void)
+{
+    char d[4];
+    nb_str_copy(d, sizeof d, "abcdef");
+    NB_CHECK_STR(d, "abc");
+    nb_str_copy(d, sizeof d, "");
+    NB_CHECK_STR(d, "");
+    NB_CHECK_EQ_INT(nb_hexval('0'), 0);
+    NB_CHECK_EQ_INT(nb_hexval('f'), 15);
+    NB_CHECK_EQ_INT(nb_hexval('F'), 15);
+    NB_CHECK_EQ_INT(nb_hexval('g'), -1);
+    NB_CHECK_EQ_INT(nb_hexval((char)0xc6), -1);
+    NB_CHECK_EQ_INT(nb_env_value("X", NULL, 1, 9, 5), 5);
+    NB_CHECK_EQ_INT(nb_env_value("X", "", 1, 9, 5), 5);
+    NB_CHECK_EQ_INT(nb_env_value("X", "9", 1, 9, 5), 9);
+    NB_CHECK_EQ_INT(nb_env_value("X", "10", 1, 9, 5), 5);
+    NB_CHECK_EQ_INT(nb_env_value("X", "3x", 1, 9, 5), 5);
+}
+
 int main(void)
 {
     NB_RUN(test_err);
@@ -143,5 +163,6 @@ int main(void)
     NB_RUN(test_iov);
     NB_RUN(test_log_escape);
     NB_RUN(test_json);
+    NB_RUN(test_str_hex_env);
     NB_TEST_MAIN_END();
 }
