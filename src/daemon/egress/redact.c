@@ -662,7 +662,9 @@ static size_t pat_match(const nb_redact_t *r, const uint8_t *buf, size_t len, si
     }
     for (; lo < r->npat && r->pat[lo].h == h; lo++) {
         const pat_t *p = &r->pat[lo];
-        if ((enc_only && p->cls == PAT_RAW) || p->len > len - pos || p->len <= best)
+        /* Longest; among equals, the first needle (deterministic). */
+        if ((enc_only && p->cls == PAT_RAW) || p->len > len - pos || p->len < best ||
+            (p->len == best && p->owner > *which))
             continue;
         if (pat_eq(r, p, buf + pos, p->len)) {
             best = p->len;
