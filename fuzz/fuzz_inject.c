@@ -158,6 +158,24 @@ static int sink(void *ctx, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* s spells t (n bytes): any ASCII case, or for base64 text (t in the
+ * standard alphabet) the exact case with '-' and '_' read as '+' and '/'. */
+static int ci_eq(const uint8_t *s, const uint8_t *t, size_t n, int b64)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint8_t a = s[i], b = t[i];
+        if (b64)
+            a = a == '-' ? '+' : a == '_' ? '/' : a;
+        else {
+            a = a >= 'A' && a <= 'Z' ? (uint8_t)(a + 32) : a;
+            b = b >= 'A' && b <= 'Z' ? (uint8_t)(b + 32) : b;
+        }
+        if (a != b)
+            return 0;
+    }
+    return 1;
+}
+
 static void fuzz_redact(const uint8_t *d, size_t n)
 {
     if (n < 2)
@@ -166,7 +184,8 @@ static void fuzz_redact(const uint8_t *d, size_t n)
     d++;
     n--;
     /* Up to 3 needles of lowercase letters, separated by '|', then the
-     * stream. Replacements are digits, so output cannot form a needle. */
+     * stream. Replacements are digits, so output cannot form a needle
+     * (in any case). */
     const uint8_t *nd[3];
     size_t nlen[3], k = 0, i = 0;
     while (k < 3 && i < n) {
@@ -204,35 +223,80 @@ static void fuzz_redact(const uint8_t *d, size_t n)
             abort();
     if (nb_redact_finish(r, sink, &got) != 0)
         abort();
-    /* Reference: leftmost-longest over the whole buffer, then the end rule. */
+    /* The encoded runs redact.c derives from each needle (its hex, and per
+     * base64 alignment the characters made of its bits only), computed
+     * here with libsodium; needles also match in any case. */
+    typedef struct {
+        char t[192];
+        size_t len, owner;
+        int b64;
+    } run_t;
+    run_t runs[12];
+    size_t nr = 0, maxn = 0;
+    for (size_t j = 0; j < k; j++) {
+        maxn = nlen[j] > maxn ? nlen[j] : maxn;
+        if (2 * nlen[j] >= NB_REDACT_MIN_ENC) {
+            sodium_bin2hex(runs[nr].t, sizeof runs[nr].t, nd[j], nlen[j]);
+            runs[nr].len = 2 * nlen[j];
+            runs[nr].owner = j;
+            runs[nr++].b64 = 0;
+        }
+        for (size_t a = 0; a < 3; a++) {
+            uint8_t raw[80] = {0};
+            char enc[128];
+            memcpy(raw + a, nd[j], nlen[j]);
+            sodium_bin2base64(enc, sizeof enc, raw, a + nlen[j], sodium_base64_VARIANT_ORIGINAL);
+            size_t js = (8 * a + 5) / 6, je = 8 * (a + nlen[j]) / 6;
+            if (je - js < NB_REDACT_MIN_ENC)
+                continue;
+            memcpy(runs[nr].t, enc + js, je - js);
+            runs[nr].len = je - js;
+            runs[nr].owner = j;
+            runs[nr++].b64 = 1;
+        }
+    }
+    for (size_t x = 0; x < nr; x++)
+        maxn = runs[x].len > maxn ? runs[x].len : maxn;
+    /* Reference: leftmost-longest over the whole buffer (a needle before
+     * an encoded run of the same length, then the first needle), then the
+     * end rule. */
     size_t pos = 0, last = 0;
     while (pos < inl) {
-        size_t best = k;
+        size_t best = k, bl = 0;
         for (size_t j = 0; j < k; j++)
-            if (nlen[j] <= inl - pos && memcmp(in + pos, nd[j], nlen[j]) == 0 &&
-                (best == k || nlen[j] > nlen[best]))
-                best = j;
+            if (nlen[j] <= inl - pos && ci_eq(in + pos, nd[j], nlen[j], 0) &&
+                (best == k || nlen[j] > bl))
+                best = j, bl = nlen[j];
+        for (size_t x = 0; x < nr; x++)
+            if (runs[x].len <= inl - pos && runs[x].len > bl &&
+                ci_eq(in + pos, (const uint8_t *)runs[x].t, runs[x].len, runs[x].b64))
+                best = runs[x].owner, bl = runs[x].len;
         if (best < k) {
             sink(&want, (const uint8_t *)reps[best], strlen(reps[best]));
-            pos += nlen[best];
+            pos += bl;
             last = pos;
         } else {
             sink(&want, in + pos, 1);
             pos++;
         }
     }
-    /* A tail (after the last match) that is a proper prefix of a needle and
-     * at least NB_REDACT_MIN_PARTIAL long is replaced as well. */
-    size_t maxn = 0;
-    for (size_t j = 0; j < k; j++)
-        maxn = nlen[j] > maxn ? nlen[j] : maxn;
+    /* A tail (after the last match) that is a proper prefix of a needle or
+     * of an encoded run, spelling at least NB_REDACT_MIN_PARTIAL needle
+     * bytes, is replaced as well. */
     for (size_t l = inl - last < maxn ? inl - last : (maxn ? maxn - 1 : 0); l > 0; l--) {
-        size_t w = k;
-        for (size_t j = 0; j < k && w == k; j++)
-            if (nlen[j] > l && memcmp(nd[j], in + inl - l, l) == 0)
-                w = j;
+        size_t w = k, g = 0;
+        for (size_t j = 0; j < k; j++)
+            if (nlen[j] > l && ci_eq(in + inl - l, nd[j], l, 0) && (w == k || l > g))
+                w = j, g = l;
+        for (size_t x = 0; x < nr; x++) {
+            size_t gx = runs[x].b64 ? l * 6 / 8 : l / 2;
+            if (runs[x].len > l &&
+                ci_eq(in + inl - l, (const uint8_t *)runs[x].t, l, runs[x].b64) &&
+                (w == k || gx > g))
+                w = runs[x].owner, g = gx;
+        }
         if (w < k) {
-            if (l >= NB_REDACT_MIN_PARTIAL) {
+            if (g >= NB_REDACT_MIN_PARTIAL) {
                 want.len -= l;
                 sink(&want, (const uint8_t *)reps[w], strlen(reps[w]));
             }
@@ -242,8 +306,10 @@ static void fuzz_redact(const uint8_t *d, size_t n)
     if (got.len != want.len || memcmp(got.p, want.p, got.len) != 0)
         abort();
     for (size_t j = 0; j < k; j++)
-        if (got.len && memmem(got.p, got.len, nd[j], nlen[j]))
-            abort();
+        if (got.len >= nlen[j])
+            for (size_t x = 0; x + nlen[j] <= got.len; x++)
+                if (ci_eq(got.p + x, nd[j], nlen[j], 0))
+                    abort();
     free(got.p);
     free(want.p);
     free(in);

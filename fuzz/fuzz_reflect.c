@@ -4,7 +4,8 @@
  *
  * Byte 0 picks the part (mod 3), byte 1 a split step. Invariants:
  *  - redactor: feeding in pieces gives the same output as one feed; no
- *    needle is left verbatim in the output.
+ *    needle is left in the output, in any case, nor the long needle's hex
+ *    or base64.
  *  - decoder: pieces and one feed give the same output and the same
  *    result; the output respects the bomb cap.
  *  - scanner: pieces and one feed give the same result, and the same
@@ -48,27 +49,70 @@ static int out_sink(void *ctx, const uint8_t *p, size_t n)
     return 0;
 }
 
-/* Needles: lowercase letters and '/', '+', '%', '&' (spelled forms in
- * play); replacements are digits so that output cannot form a needle. */
-static const char *const needles[] = {"sk/ab+cd", "k%&z", "zzzzzzzzzz"};
-static const char *const reps[] = {"1", "22", "333"};
+/* Needles: letters and '/', '+', '%', '&' (spelled forms in play), one
+ * long enough for its hex and base64 runs to count (NB_REDACT_MIN_ENC);
+ * replacements are '!' runs, in no needle and no encoded run, so that
+ * output cannot form one. */
+#define NNEEDLES 4
+static const char *const needles[NNEEDLES] = {"sk/ab+cd", "k%&z", "zzzzzzzzzz", "ZxwuPhjkVeXp"};
+static const char *const reps[NNEEDLES] = {"!", "!!", "!!!", "!!!!"};
 
 static nb_redact_t *mk(void)
 {
     nb_redact_t *r = NULL;
     if (nb_redact_new(&r) != 0)
         abort();
-    for (size_t i = 0; i < 3; i++)
+    for (size_t i = 0; i < NNEEDLES; i++)
         if (nb_redact_add(r, needles[i], strlen(needles[i]), reps[i], strlen(reps[i])) != 0)
             abort();
     return r;
 }
 
+static uint8_t lc(uint8_t c)
+{
+    return c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
+}
+
+/* memmem without ASCII case. */
+static int has_ci(const uint8_t *p, size_t n, const char *s)
+{
+    size_t l = strlen(s);
+    for (size_t i = 0; l <= n && i <= n - l; i++) {
+        size_t k = 0;
+        while (k < l && lc(p[i + k]) == lc((uint8_t)s[k]))
+            k++;
+        if (k == l)
+            return 1;
+    }
+    return 0;
+}
+
+/* No needle in any case, and for the long one no hex (any case) and no
+ * base64 run (3 alignments, both alphabets: the characters made of its
+ * bits only), computed here with libsodium. */
 static void no_needle(const uint8_t *p, size_t n)
 {
-    for (size_t i = 0; i < 3; i++)
-        if (n && memmem(p, n, needles[i], strlen(needles[i])))
+    for (size_t i = 0; i < NNEEDLES; i++)
+        if (has_ci(p, n, needles[i]))
             abort();
+    const char *v = needles[NNEEDLES - 1];
+    size_t vl = strlen(v);
+    char hex[64], raw[32], enc[64], run[64];
+    sodium_bin2hex(hex, sizeof hex, (const uint8_t *)v, vl);
+    if (has_ci(p, n, hex))
+        abort();
+    for (size_t a = 0; a < 3; a++) {
+        memset(raw, 0, a);
+        memcpy(raw + a, v, vl);
+        for (int url = 0; url < 2; url++) {
+            sodium_bin2base64(enc, sizeof enc, (const uint8_t *)raw, a + vl,
+                              url ? sodium_base64_VARIANT_URLSAFE : sodium_base64_VARIANT_ORIGINAL);
+            size_t js = (8 * a + 5) / 6, je = 8 * (a + vl) / 6;
+            memcpy(run, enc + js, je - js);
+            if (n && memmem(p, n, run, je - js))
+                abort();
+        }
+    }
 }
 
 static void redact_run(const uint8_t *d, size_t n, size_t step, out_t *o)

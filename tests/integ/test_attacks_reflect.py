@@ -183,6 +183,19 @@ class Upstream:
             return self.send(c, 302, "", extra=[("Location", "https://x.test/cb?token=" + enc)]) \
                 if q.get("where") == "header" else \
                 self.send(c, 200, "token=" + enc, ctype="application/x-www-form-urlencoded")
+        if path == "/encoded":
+            # the token re-encoded: base64 (both alphabets, padded or not,
+            # the bare value or the whole header value, so at another
+            # alignment), hex in either case, the value upper/lower-cased
+            m = q.get("mode", "")
+            t = tok.encode()
+            doc = {"b64": base64.b64encode(t).decode(),
+                   "b64url": base64.urlsafe_b64encode(t).decode().rstrip("="),
+                   "b64auth": base64.b64encode(auth.encode()).decode(),
+                   "b64auth_url": base64.urlsafe_b64encode(b"x" + auth.encode()).decode(),
+                   "hex": t.hex(), "HEX": t.hex().upper(), "upper": tok.upper(),
+                   "lower": tok.lower()}.get(m, "")
+            return self.send(c, 200, json.dumps({"mode": m, "echo": doc}))
         if path == "/json-escaped":
             doc = json.dumps({"auth": auth}).replace("/", "\\/")
             return self.send(c, 200, doc)
@@ -553,6 +566,35 @@ def test_A5_percent_encoded_echo():
     wait_a5(before, "A5 row for the percent-encoded echo")
 
 
+def encoded_forms(v):
+    """The runs of base64 (3 alignments, both alphabets) and hex (both
+    cases) made of v's bytes only, and v upper- and lower-cased."""
+    b = v.encode()
+    out = [b.hex(), b.hex().upper(), v.upper(), v.lower()]
+    for a in range(3):
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            e = enc(b"\0" * a + b).decode()
+            out.append(e[(8 * a + 5) // 6:8 * (a + len(b)) // 6])
+    return out
+
+
+def test_A5_base64_hex_case_echo():
+    before = len(a5_rows())
+    for mode in ("b64", "b64url", "b64auth", "b64auth_url", "hex", "HEX", "upper", "lower"):
+        code, body, _ = E.curl(E.px, "https://%s/encoded?mode=%s" % (HOST, mode),
+                               "-H", "Authorization: Bearer REFLECT_KEY")
+        assert code == 200, body
+        assert_clean(body, "encoded " + mode)
+        for f in encoded_forms(KEY):
+            assert f.encode() not in body, ("encoded %s: the value reached the client as %r"
+                                            % (mode, f), body)
+        doc = json.loads(body)
+        assert doc["mode"] == mode and "REFLECT_KEY" in doc["echo"], body
+        if mode in ("hex", "HEX", "upper", "lower"):
+            assert doc["echo"] == "REFLECT_KEY", body
+    wait_a5(before, "A5 row for the encoded echo")
+
+
 def test_A5_json_and_html_escaped_echo():
     before = len(a5_rows())
     for path in ("/json-escaped", "/json-u"):
@@ -596,4 +638,4 @@ if __name__ == "__main__":
                       test_A5_store_then_retrieve_other_port, test_A5_store_then_retrieve_other_vm,
                       test_A5_compressed_curl, test_A5_compressed_requests,
                       test_A5_undecodable_encoding_refused, test_A5_percent_encoded_echo,
-                      test_A5_json_and_html_escaped_echo, test_A5_sse_still_incremental])
+                      test_A5_base64_hex_case_echo, test_A5_json_and_html_escaped_echo, test_A5_sse_still_incremental])

@@ -16,6 +16,21 @@ typedef struct {
     size_t rlen;
 } needle_t;
 
+/* A run of characters to look for as it is, derived from a needle at
+ * start(): the needle itself (its literal occurrences, any ASCII case),
+ * its hex (any case) or one base64 alignment of it (either alphabet). */
+enum { PAT_RAW, PAT_HEX, PAT_B64 };
+
+typedef struct {
+    uint64_t h;   /* hash of the first `win` folded bytes */
+    size_t off;   /* text: arena offset */
+    size_t len;   /* characters */
+    size_t owner; /* needle index: the replacement */
+    int cls;      /* PAT_* */
+} pat_t;
+
+#define PAT_BITS 16 /* 2^16-bit filter of window hashes */
+
 /* Everything secret lives in one locked arena, allocated once and reused
  * across responses (nb_redact_reset): sodium_malloc costs several system
  * calls, far too many for each request. */
@@ -38,12 +53,26 @@ struct nb_redact {
      * zeros: leading zeros seen since. */
     int ref_state;
     unsigned ref_zeros;
+    /* Literal runs (pat_t), built by start() in the arena (they are the
+     * secrets, spelled out): npat entries sorted by hash, the hash filter
+     * `bits`, and `pfirst` marking the folded first byte of every encoded
+     * run. win: the hashed window, the shortest run (at most
+     * NB_REDACT_MIN_ENC); q: the sampled q-gram (pat_first), gbits its
+     * filter; patmax: longest encoded run. */
+    pat_t *pat;
+    size_t npat, win, q, patmax;
+    uint8_t *bits, *gbits, *pfirst;
+    uint8_t fold[256]; /* ASCII lower case, '-' -> '+', '_' -> '/' */
 };
 
 int nb_redact_new(nb_redact_t **out)
 {
     *out = calloc(1, sizeof(**out));
-    return *out ? 0 : -ENOMEM;
+    if (!*out)
+        return -ENOMEM;
+    for (unsigned c = 0; c < 256; c++)
+        (*out)->fold[c] = c == '-' ? '+' : c == '_' ? '/' : c >= 'A' && c <= 'Z' ? c + 32 : c;
+    return 0;
 }
 
 void nb_redact_free(nb_redact_t *r)
@@ -62,10 +91,29 @@ void nb_redact_reset(nb_redact_t *r)
     memset(r->starts, 0, sizeof r->starts);
     memset(r->inneedle, 0, sizeof r->inneedle);
     r->hold = r->scratch = NULL;
+    r->pat = NULL;
+    r->bits = r->gbits = r->pfirst = NULL;
+    r->npat = r->win = r->q = r->patmax = 0;
     r->started = 0;
     r->replaced = 0;
     r->ref_state = 0;
     r->ref_zeros = 0;
+}
+
+static uint8_t lower(uint8_t c)
+{
+    return c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
+}
+
+static uint8_t upper(uint8_t c)
+{
+    return c >= 'a' && c <= 'z' ? (uint8_t)(c - 32) : c;
+}
+
+/* Equal but for ASCII case. */
+static int ieq(unsigned a, unsigned b)
+{
+    return a == b || (a < 256 && b < 256 && lower((uint8_t)a) == lower((uint8_t)b));
 }
 
 static int arena_reserve(nb_redact_t *r, size_t need)
@@ -114,9 +162,11 @@ int nb_redact_add(nb_redact_t *r, const void *needle, size_t nlen, const void *r
     d->rlen = rlen;
     d->ambiguous = memchr(needle, '%', nlen) || memchr(needle, '\\', nlen) ||
                    memchr(needle, '&', nlen) || memchr(needle, '\0', nlen);
-    r->starts[d->n[0]] = 1;
+    /* Matched in any ASCII case: an upstream may upper- or lower-case
+     * what it echoes. */
+    r->starts[lower(d->n[0])] = r->starts[upper(d->n[0])] = 1;
     for (size_t k = 0; k < nlen; k++)
-        r->inneedle[d->n[k]] = 1;
+        r->inneedle[lower(d->n[k])] = r->inneedle[upper(d->n[k])] = 1;
     r->starts['%'] = r->starts['\\'] = r->starts['&'] = r->starts[0] = 1;
     r->used += nlen + rlen;
     if (nlen > r->maxlen)
@@ -158,9 +208,10 @@ static int emit(nb_redact_sink sink, void *ctx, const uint8_t *p, size_t n)
  * JSON-escaped ("\/", "\u002F"), or as HTML character references
  * ("&#x2F;", "&#47;", "&sol;"), or as UTF-16/UTF-32 text (the byte with
  * one to three NULs beside it). The matcher decodes these per byte while it
- * compares, so one needle catches every mix of them without listing the
- * combinations. What is not a per-byte spelling (base64 of the bare value,
- * case changes, a value split across messages) stays out of reach; see
+ * compares (and without ASCII case), so one needle catches every mix of
+ * them without listing the combinations. Base64 and hex of the value are
+ * runs of their own ("literal runs" below). What is neither (a value split
+ * across messages, an encoding of an encoding) stays out of reach; see
  * docs/security.md (A5). */
 
 static int hexval(uint8_t ch)
@@ -228,7 +279,7 @@ static int spell_entity(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
         }
         /* HTML decodes a numeric reference without its ';' too ("&#47x"
          * is "/x"); the digits end at the first non-digit either way. */
-        if (!digits || v != b)
+        if (!digits || !ieq(v, b))
             return 0;
         *used = i + (s[i] == ';');
         return 1;
@@ -270,7 +321,7 @@ static int spell_escape(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
             if ((r = hexn(s + at, avail - at, 2, &v)) <= 0)
                 return r;
             at += 2;
-            if (v == b) {
+            if (ieq(v, b)) {
                 *used = at;
                 return 1;
             }
@@ -300,7 +351,7 @@ static int spell_escape(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
             return 0;
         if ((r = hexn(s + k + 1, avail - k - 1, 4, &v)) <= 0)
             return r;
-        if (v != b)
+        if (!ieq(v, b))
             return 0;
         *used = k + 5;
         return 1;
@@ -316,7 +367,7 @@ static int spell_escape(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
             z++;
         if (z >= avail)
             return -1;
-        if (s[z] != b)
+        if (!ieq(s[z], b))
             return 0;
         *used = z + 1;
         return 1;
@@ -341,7 +392,7 @@ static int match_mode(const needle_t *d, const uint8_t *s, size_t avail, size_t 
         }
         uint8_t b = d->n[i];
         size_t u = 0;
-        if (lit && s[pos] == b) {
+        if (lit && ieq(s[pos], b)) {
             pos++;
             continue;
         }
@@ -354,7 +405,7 @@ static int match_mode(const needle_t *d, const uint8_t *s, size_t avail, size_t 
             *got = i;
             return -1;
         }
-        if (s[pos] != b)
+        if (!ieq(s[pos], b))
             return 0;
         pos++;
     }
@@ -386,11 +437,11 @@ static size_t match_here(const nb_redact_t *r, const uint8_t *buf, size_t len, s
     for (size_t i = 0; i < r->count; i++) {
         const needle_t *d = &r->nd[i];
         size_t used = 0, got = 0;
-        if (!esc && d->n[0] != b)
+        if (!esc && !ieq(d->n[0], b))
             continue;
         /* Cheap reject before the full matcher: the second byte must be
          * the needle's, or start an escape. */
-        if (!esc && d->nlen > 1 && pos + 1 < len && buf[pos + 1] != d->n[1] &&
+        if (!esc && d->nlen > 1 && pos + 1 < len && !ieq(buf[pos + 1], d->n[1]) &&
             buf[pos + 1] != '%' && buf[pos + 1] != '\\' && buf[pos + 1] != '&' && buf[pos + 1] != 0)
             continue;
         if (match_at(d, buf + pos, len - pos, &used, &got) == 1 && used > best) {
@@ -528,6 +579,189 @@ static size_t next_intro(const nb_redact_t *r, const uint8_t *buf, size_t len, s
     }
 }
 
+/* ---- literal runs: any case, hex, base64 ----
+ *
+ * Three transforms are not per-byte spellings and need runs of their own,
+ * derived from each needle by start():
+ *  - case changes: the needle's literal occurrences in any ASCII case (an
+ *    upstream upper- or lower-casing what it echoes; the per-byte matcher
+ *    above compares without case too, so "%2f" of an upper-cased value is
+ *    caught as well);
+ *  - hex of the value, in any case ("736b2d...", "736B2D...");
+ *  - base64 of the value, either alphabet ('+' '/' or '-' '_'), padded or
+ *    not, wherever it starts in the encoded stream. The value's first byte
+ *    falls at one of 3 positions of a 3-byte group, so there is one run per
+ *    alignment: the characters made of value bits only. The leading
+ *    character(s) mixing in the unknown preceding byte and the trailing one
+ *    mixing in the unknown following byte (or padding bits) are left out.
+ * An encoded run shorter than NB_REDACT_MIN_ENC is not registered: too
+ * short to tell a secret from ordinary text (a 12-character base64 run is
+ * 72 bits, a 12-digit hex run 48).
+ *
+ * What the guest then sees: the run replaced by the placeholder. Around a
+ * base64 run, the one or two characters left out stay, so at most the
+ * first and the last byte of the value (a few bits of each alignment) can
+ * reach the guest, never the rest.
+ *
+ * Base64 and hex alphabets make almost every byte a possible start, so
+ * these runs are not tried at every position. Each run is known by its
+ * first `win` bytes (folded: lower case, '-' as '+', '_' as '/'). One
+ * q-gram in every win - q + 1 bytes is looked up in a 2^16-bit filter of
+ * the q-grams of those windows (pat_first); only on a hit are the nearby
+ * starts hashed, checked against a second filter of window hashes, and
+ * looked up (binary search) among the runs with that hash, each then
+ * compared for real. Linear, about one table lookup per 9 bytes whatever
+ * the number of needles; the needles' literal occurrences are found the
+ * same way. */
+
+#define HASH_B 0x100000001b3ULL
+
+static uint64_t win_hash(const nb_redact_t *r, const uint8_t *s)
+{
+    uint64_t h = 0;
+    for (size_t k = 0; k < r->win; k++)
+        h = h * HASH_B + r->fold[s[k]];
+    return h;
+}
+
+static size_t bucket(uint64_t h)
+{
+    return (size_t)((h * 0x9E3779B97F4A7C15ULL) >> (64 - PAT_BITS));
+}
+
+/* 1 when the n bytes at s spell the first n characters of p. */
+static int pat_eq(const nb_redact_t *r, const pat_t *p, const uint8_t *s, size_t n)
+{
+    const uint8_t *t = r->arena + p->off;
+    if (p->cls == PAT_B64) {
+        for (size_t i = 0; i < n; i++) {
+            uint8_t c = s[i] == '-' ? '+' : s[i] == '_' ? '/' : s[i];
+            if (c != t[i])
+                return 0;
+        }
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (lower(s[i]) != lower(t[i]))
+            return 0;
+    return 1;
+}
+
+/* Longest run (encoded ones only with enc_only) complete at pos, whose
+ * window hashes to h; 0 when none. *which gets its needle. */
+static size_t pat_match(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t pos,
+                        uint64_t h, int enc_only, size_t *which)
+{
+    size_t lo = 0, hi = r->npat, best = 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (r->pat[mid].h < h)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (; lo < r->npat && r->pat[lo].h == h; lo++) {
+        const pat_t *p = &r->pat[lo];
+        /* Longest; among equals, the first needle (deterministic). */
+        if ((enc_only && p->cls == PAT_RAW) || p->len > len - pos || p->len < best ||
+            (p->len == best && p->owner > *which))
+            continue;
+        if (pat_eq(r, p, buf + pos, p->len)) {
+            best = p->len;
+            *which = p->owner;
+        }
+    }
+    return best;
+}
+
+/* q-gram of the window (at most 4 folded bytes) -> filter bit. */
+static size_t gram(const nb_redact_t *r, const uint8_t *s)
+{
+    const uint8_t *f = r->fold;
+    uint64_t g = 0;
+    if (r->q == 4) /* the usual case, unrolled */
+        g = (uint64_t)f[s[0]] << 24 | (uint64_t)f[s[1]] << 16 | (uint64_t)f[s[2]] << 8 | f[s[3]];
+    else
+        for (size_t k = 0; k < r->q; k++)
+            g = g << 8 | f[s[k]];
+    return (size_t)(((g + 1) * 0x9E3779B97F4A7C15ULL) >> (64 - PAT_BITS));
+}
+
+/* Leftmost position in [from, limit) where a run is complete, or SIZE_MAX.
+ *
+ * Sampled: every window of `win` bytes holds exactly one q-gram starting
+ * at a multiple of win - q + 1 (from `from`), so only those q-grams are
+ * looked up in `gbits` (every q-gram of every run's window); a hit checks
+ * the win - q + 1 starts whose window holds it. About one lookup per 9
+ * bytes for the usual 12-byte window. */
+static size_t pat_first(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
+                        size_t limit)
+{
+    size_t w = r->win, q = r->q, st = w - q + 1, which;
+    if (len < w || from > len - w)
+        return SIZE_MAX;
+    if (limit > len - w + 1)
+        limit = len - w + 1;
+    if (from >= limit)
+        return SIZE_MAX;
+    for (size_t g = from; g < limit + w - q; g += st) {
+        size_t b = gram(r, buf + g);
+        if (!((r->gbits[b >> 3] >> (b & 7)) & 1))
+            continue;
+        size_t c = g >= from + w - q ? g - (w - q) : from;
+        for (; c <= g && c < limit; c++) {
+            uint64_t h = win_hash(r, buf + c);
+            size_t hb = bucket(h);
+            if ((r->bits[hb >> 3] >> (hb & 7)) & 1 && pat_match(r, buf, len, c, h, 0, &which))
+                return c;
+        }
+    }
+    return SIZE_MAX;
+}
+
+static int enc_char(uint8_t c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '+' ||
+           c == '/' || c == '-' || c == '_';
+}
+
+/* First position in [from, last] where an encoded run is still matching
+ * when buf ends, or SIZE_MAX. *got: the value bytes that prefix spells. */
+static size_t pat_partial(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
+                          size_t last, size_t *which, size_t *got)
+{
+    if (r->patmax < 2)
+        return SIZE_MAX;
+    size_t lo = len > r->patmax - 1 ? len - (r->patmax - 1) : 0;
+    if (lo < from)
+        lo = from;
+    size_t q = len;
+    while (q > lo && enc_char(buf[q - 1])) /* a run's prefix is all alphabet */
+        q--;
+    for (; q < len && q <= last; q++) {
+        if (!r->pfirst[r->fold[buf[q]]])
+            continue;
+        size_t best = 0;
+        int found = 0;
+        for (size_t i = 0; i < r->npat; i++) {
+            const pat_t *p = &r->pat[i];
+            if (p->cls == PAT_RAW || p->len <= len - q || !pat_eq(r, p, buf + q, len - q))
+                continue;
+            size_t g = p->cls == PAT_HEX ? (len - q) / 2 : (len - q) * 6 / 8;
+            if (!found || g > best) {
+                best = g;
+                *which = p->owner;
+            }
+            found = 1;
+        }
+        if (found) {
+            *got = best;
+            return q;
+        }
+    }
+    return SIZE_MAX;
+}
+
 /* Leftmost complete match starting in [from, limit); the longest wins at
  * equal positions. Returns the position (*mlen its length), or SIZE_MAX.
  *
@@ -543,15 +777,7 @@ static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, s
         limit = len;
     if (from >= limit)
         return SIZE_MAX;
-    size_t m1 = SIZE_MAX;
-    for (size_t i = 0; i < r->count; i++) {
-        const needle_t *d = &r->nd[i];
-        if (d->nlen > len - from)
-            continue;
-        const uint8_t *m = memmem(buf + from, len - from, d->n, d->nlen);
-        if (m && (size_t)(m - buf) < limit && (size_t)(m - buf) < m1)
-            m1 = (size_t)(m - buf);
-    }
+    size_t m1 = pat_first(r, buf, len, from, limit);
     size_t iend = limit + r->maxlen - 1 < len ? limit + r->maxlen - 1 : len;
     size_t nx[4] = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX}, scanned = from;
     for (size_t e = next_intro(r, buf, len, from, iend, nx);;
@@ -564,7 +790,7 @@ static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, s
         size_t we = e < limit - 1 ? e : limit - 1;
         if (ws > m1 || ws >= limit)
             break;
-        for (size_t p = ws; p <= we && p <= m1; p++) {
+        for (size_t p = ws; p <= we && p < m1; p++) {
             if (!r->starts[buf[p]])
                 continue;
             size_t l = match_here(r, buf, len, p, which);
@@ -577,7 +803,13 @@ static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, s
     }
     if (m1 == SIZE_MAX)
         return SIZE_MAX;
-    *mlen = match_here(r, buf, len, m1, which); /* the longest there, any spelling */
+    /* The longest there: the needle in any spelling, or an encoded run. */
+    size_t w2 = 0, l2 = pat_match(r, buf, len, m1, win_hash(r, buf + m1), 1, &w2);
+    *mlen = match_here(r, buf, len, m1, which);
+    if (l2 > *mlen) {
+        *mlen = l2;
+        *which = w2;
+    }
     return m1;
 }
 
@@ -586,8 +818,8 @@ static size_t find_match(const nb_redact_t *r, const uint8_t *buf, size_t len, s
  * there is none. As in find_match, only positions that can start such an
  * occurrence are tried: within maxlen - 1 bytes of the end (all literal),
  * or within maxlen - 1 bytes before an escape introducer (its first one). */
-static size_t first_partial(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
-                            size_t last, size_t *which, size_t *got_out)
+static size_t raw_partial(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
+                          size_t last, size_t *which, size_t *got_out)
 {
     size_t q = len - from < r->span ? from : len - r->span + 1;
     size_t tail = len >= r->maxlen ? len - r->maxlen + 1 : 0;
@@ -620,6 +852,27 @@ static size_t first_partial(const nb_redact_t *r, const uint8_t *buf, size_t len
         }
     }
     return SIZE_MAX;
+}
+
+/* The first position in [from, last] where a needle, in a spelling or an
+ * encoding, is still matching when buf ends (SIZE_MAX: none). *got: the
+ * needle bytes matched, or spelled by the encoded prefix. */
+static size_t first_partial(const nb_redact_t *r, const uint8_t *buf, size_t len, size_t from,
+                            size_t last, size_t *which, size_t *got)
+{
+    size_t w1 = 0, g1 = 0, w2 = 0, g2 = 0;
+    size_t q1 = raw_partial(r, buf, len, from, last, &w1, &g1);
+    size_t q2 = pat_partial(r, buf, len, from, q1 == SIZE_MAX ? last : q1, &w2, &g2);
+    if (q2 < q1 || (q2 == q1 && q2 != SIZE_MAX && g2 > g1)) {
+        q1 = q2;
+        w1 = w2;
+        g1 = g2;
+    }
+    if (which)
+        *which = w1;
+    if (got)
+        *got = g1;
+    return q1;
 }
 
 /* Length of the tail of buf[from, len) that may still start a needle. */
@@ -677,6 +930,111 @@ static int process(nb_redact_t *r, const uint8_t *buf, size_t len, nb_redact_sin
     return 0;
 }
 
+/* Base64 alignment a (value bytes before it in its group): the first
+ * character made of value bits only, through *js, and how many follow. */
+static size_t b64_run(size_t a, size_t n, size_t *js)
+{
+    size_t je = 8 * (a + n) / 6; /* past the last character ending in the value */
+    *js = (8 * a + 5) / 6;       /* the first one starting in it */
+    return je > *js ? je - *js : 0;
+}
+
+/* Character j of the standard base64 of (a zero bytes, then v). */
+static uint8_t b64_char(const uint8_t *v, size_t n, size_t a, size_t j)
+{
+    static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t bit = 6 * j, k = bit / 8;
+    unsigned hi = k >= a && k - a < n ? v[k - a] : 0;
+    unsigned lo = k + 1 >= a && k + 1 - a < n ? v[k + 1 - a] : 0;
+    return (uint8_t)al[((hi << 8 | lo) >> (10 - bit % 8)) & 63];
+}
+
+static int pat_cmp(const void *a, const void *b)
+{
+    uint64_t x = ((const pat_t *)a)->h, y = ((const pat_t *)b)->h;
+    return x < y ? -1 : x > y;
+}
+
+static void pat_put(nb_redact_t *r, size_t off, size_t len, size_t owner, int cls)
+{
+    r->pat[r->npat++] = (pat_t){.off = off, .len = len, .owner = owner, .cls = cls};
+    if (cls != PAT_RAW && len > r->patmax)
+        r->patmax = len;
+}
+
+/* Builds the runs of every needle (see "literal runs") in the arena. */
+static int build_pats(nb_redact_t *r)
+{
+    size_t np = 0, text = 0, js;
+    r->win = NB_REDACT_MIN_ENC;
+    for (size_t i = 0; i < r->count; i++) {
+        size_t n = r->nd[i].nlen;
+        np++;
+        if (n < r->win)
+            r->win = n;
+        if (2 * n >= NB_REDACT_MIN_ENC)
+            np++, text += 2 * n;
+        for (size_t a = 0; a < 3; a++) {
+            size_t l = b64_run(a, n, &js);
+            if (l >= NB_REDACT_MIN_ENC)
+                np++, text += l;
+        }
+    }
+    size_t pad = (8 - r->used % 8) % 8, bytes = (size_t)1 << (PAT_BITS - 3);
+    int rc = arena_reserve(r, pad + np * sizeof(pat_t) + 2 * bytes + 256 + text);
+    if (rc < 0)
+        return rc;
+    r->used += pad;
+    r->pat = (pat_t *)(void *)(r->arena + r->used);
+    r->used += np * sizeof(pat_t);
+    r->bits = r->arena + r->used;
+    r->gbits = r->bits + bytes;
+    r->pfirst = r->gbits + bytes;
+    memset(r->bits, 0, 2 * bytes + 256);
+    r->used += 2 * bytes + 256;
+    for (size_t i = 0; i < r->count; i++) {
+        const uint8_t *v = r->nd[i].n;
+        size_t n = r->nd[i].nlen;
+        pat_put(r, (size_t)(v - r->arena), n, i, PAT_RAW);
+        if (2 * n >= NB_REDACT_MIN_ENC) {
+            static const char hx[] = "0123456789abcdef";
+            uint8_t *t = r->arena + r->used;
+            for (size_t k = 0; k < n; k++) {
+                t[2 * k] = (uint8_t)hx[v[k] >> 4];
+                t[2 * k + 1] = (uint8_t)hx[v[k] & 15];
+            }
+            pat_put(r, r->used, 2 * n, i, PAT_HEX);
+            r->used += 2 * n;
+        }
+        for (size_t a = 0; a < 3; a++) {
+            size_t l = b64_run(a, n, &js);
+            if (l < NB_REDACT_MIN_ENC)
+                continue;
+            uint8_t *t = r->arena + r->used;
+            for (size_t j = 0; j < l; j++)
+                t[j] = b64_char(v, n, a, js + j);
+            pat_put(r, r->used, l, i, PAT_B64);
+            r->used += l;
+        }
+    }
+    r->q = r->win < 4 ? r->win : 4;
+    for (size_t i = 0; i < r->npat; i++) {
+        pat_t *p = &r->pat[i];
+        const uint8_t *t = r->arena + p->off;
+        p->h = win_hash(r, t);
+        size_t b = bucket(p->h);
+        r->bits[b >> 3] |= (uint8_t)(1u << (b & 7));
+        for (size_t k = 0; k + r->q <= r->win; k++) {
+            size_t g = gram(r, t + k);
+            r->gbits[g >> 3] |= (uint8_t)(1u << (g & 7));
+        }
+        if (p->cls != PAT_RAW)
+            r->pfirst[r->fold[t[0]]] = 1;
+    }
+    qsort(r->pat, r->npat, sizeof(pat_t), pat_cmp);
+    return 0;
+}
+
 static int start(nb_redact_t *r)
 {
     if (r->started)
@@ -686,9 +1044,13 @@ static int start(nb_redact_t *r)
         int rc = arena_reserve(r, 3 * r->span);
         if (rc < 0)
             return rc;
-        r->hold = r->arena + r->used;
-        r->scratch = r->hold + r->span;
+        size_t hold = r->used;
         r->used += 3 * r->span;
+        if ((rc = build_pats(r)) < 0)
+            return rc;
+        /* Only now: build_pats may have moved the arena. */
+        r->hold = r->arena + hold;
+        r->scratch = r->hold + r->span;
     }
     r->started = 1;
     return 0;

@@ -22,11 +22,15 @@
  * leading zeros, a few named ones such as "&sol;") and UTF-16/UTF-32 text
  * of either byte order (NULs beside each byte). Leading zeros past
  * the second are dropped from the output to keep every spelling bounded
- * (see nb_redact_feed). Other
- * transforms (base64 of the bare value, case changes) need their own
- * needle (the injector registers base64 for Basic credentials) or stay out
- * of reach: docs/security.md (A5). Compressed bodies are decoded before
- * they get here (decode.h).
+ * (see nb_redact_feed). A needle is also found in any ASCII case (an
+ * upstream upper- or lower-casing its echo), as hex of the value (any
+ * case) and as base64 of it (either alphabet, padded or not, at any of the
+ * 3 alignments), when that run is at least NB_REDACT_MIN_ENC characters
+ * (redact.c, "literal runs"); these runs are derived from each needle at
+ * the first feed and do not count against NB_REDACT_MAX_NEEDLES. Other
+ * transforms (a value split across messages, encodings of an encoding
+ * such as percent-encoded base64) stay out of reach: docs/security.md
+ * (A5). Compressed bodies are decoded before they get here (decode.h).
  *
  * Needles, held bytes and scratch space live in one sodium_malloc()ed
  * arena, wiped on reset and free. Keep one redactor per connection and
@@ -41,6 +45,10 @@
 #define NB_REDACT_MAX_NEEDLES 128
 #define NB_REDACT_MAX_NEEDLE 131072
 #define NB_REDACT_MIN_PARTIAL 8
+/* Shortest hex or base64 run of a value that is looked for (see redact.c,
+ * "literal runs"): hex needs a value of 6 bytes or more, base64 one of
+ * about 10. Shorter runs would match ordinary text. */
+#define NB_REDACT_MIN_ENC 12
 /* Longest spelling of one byte ("&#x002F;"): an occurrence of an n-byte
  * needle spans at most n * NB_REDACT_SPELL_MAX stream bytes, the most that
  * is ever held back. */

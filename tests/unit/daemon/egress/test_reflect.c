@@ -1,9 +1,8 @@
 /* Unit tests for the A5 reflection defences (THREATS.md A5): the
  * redactor's spellings (percent-encoding in either hex case, JSON and HTML
- * escapes, mixed), the streaming body decoder (gzip, deflate, raw
- * deflate, multi-member gzip, bombs) and the WebSocket frame scanner
- * (whole, fragmented, control frames interleaved, long frames streamed,
- * protocol errors). */
+ * escapes, mixed; base64, hex and case changes of the value), the streaming body decoder (gzip,
+ * deflate, raw deflate, multi-member gzip, bombs) and the WebSocket frame scanner (whole,
+ * fragmented, control frames interleaved, long frames streamed, protocol errors). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,11 +247,11 @@ static void test_random_spellings(void)
 
 static void test_not_spellings(void)
 {
-    /* Near misses pass unchanged: a different byte, a broken escape, a
-     * decoded value that is not the key's byte. */
+    /* Near misses pass unchanged: a different byte (in any case), a broken
+     * escape, a decoded value that is not the key's byte. */
     const char *in[] = {
         "sk-live/Ab+9=Zq%x&z",      "sk-live%2GAb+9=Zq%x&y",    "sk-live%2EAb+9=Zq%x&y",
-        "sk-live\\u002Ab+9=Zq%x&y", "sk-live&#x2F Ab+9=Zq%x&y", "SK-LIVE/AB+9=ZQ%X&Y",
+        "sk-live\\u002Ab+9=Zq%x&y", "sk-live&#x2F Ab+9=Zq%x&y", "SK-LIVE/AB+9=ZQ%X&Z",
     };
     for (size_t i = 0; i < sizeof in / sizeof in[0]; i++) {
         uint64_t n = 0;
@@ -289,6 +288,278 @@ static void test_false_start(void)
     char *got = redact_str("100% sk-live&amp; done &#x", 1, NULL);
     NB_CHECK_STR(got, "100% sk-live&amp; done &#x");
     free(got);
+}
+
+/* ---- encodings and case (redact.c, "literal runs") ---- */
+
+/* A value whose base64 holds '+' and '/' ('?' ending a group is '/', "~~~"
+ * is "fn5+") at some alignments, so both alphabets matter. */
+#define KEY2 "sk-live-x?>y?>Zq8Xw7Lm4Np2Rt6~~~"
+#define NAME2 "ANTHROPIC_KEY"
+
+/* One redactor with KEY2, fed `in` in two pieces split at k (k == n: one
+ * feed); the output and the replacement count. */
+static char *redact_split2(const char *key, const char *in, size_t n, size_t k, uint64_t *count)
+{
+    nb_redact_t *r = NULL;
+    NB_CHECK_EQ_INT(nb_redact_new(&r), 0);
+    NB_CHECK_EQ_INT(nb_redact_add(r, key, strlen(key), NAME2, strlen(NAME2)), 0);
+    out_t o = {0};
+    NB_CHECK_EQ_INT(nb_redact_feed(r, (const uint8_t *)in, k, out_sink, &o), 0);
+    NB_CHECK_EQ_INT(nb_redact_feed(r, (const uint8_t *)in + k, n - k, out_sink, &o), 0);
+    NB_CHECK_EQ_INT(nb_redact_finish(r, out_sink, &o), 0);
+    if (count)
+        *count = nb_redact_count(r);
+    nb_redact_free(r);
+    return o.p ? (char *)o.p : strdup("");
+}
+
+/* `in` gives `want`, with one replacement, at every split point. */
+static void check_every_split(const char *key, const char *in, const char *want, int count)
+{
+    size_t n = strlen(in);
+    for (size_t k = 0; k <= n; k++) {
+        uint64_t c = 0;
+        char *got = redact_split2(key, in, n, k, &c);
+        if (strcmp(got, want) != 0 || (int)c != count)
+            fprintf(stderr, "in %s split %zu: got %s (%d)\n", in, k, got, (int)c);
+        NB_CHECK_STR(got, want);
+        NB_CHECK_EQ_INT((int)c, count);
+        free(got);
+    }
+}
+
+static const int b64_variants[] = {
+    sodium_base64_VARIANT_ORIGINAL, sodium_base64_VARIANT_ORIGINAL_NO_PADDING,
+    sodium_base64_VARIANT_URLSAFE, sodium_base64_VARIANT_URLSAFE_NO_PADDING};
+
+/* base64 of (prefix, value, suffix): every alignment (prefix of 0 to 5
+ * bytes), both alphabets, padded or not, at every split point. The
+ * characters made of value bits only become the placeholder; the ones
+ * mixing in the prefix, the suffix or padding bits stay. */
+static void test_base64(void)
+{
+    const char *pre[] = {"", "B", "Be", "Bea", "Bear", "Beare"};
+    const char *suf[] = {"", "\n", "!x"};
+    size_t klen = strlen(KEY2);
+    int saw_plus = 0, saw_dash = 0;
+    for (size_t p = 0; p < 6; p++) {
+        for (size_t s = 0; s < 3; s++) {
+            for (size_t v = 0; v < 4; v++) {
+                char raw[128], enc[256], in[512], want[512];
+                size_t pl = strlen(pre[p]), rl;
+                rl = (size_t)snprintf(raw, sizeof raw, "%s%s%s", pre[p], KEY2, suf[s]);
+                sodium_bin2base64(enc, sizeof enc, (const uint8_t *)raw, rl, b64_variants[v]);
+                saw_plus |= strpbrk(enc, "+/") != NULL;
+                saw_dash |= strpbrk(enc, "-_") != NULL;
+                size_t js = (8 * pl + 5) / 6, je = 8 * (pl + klen) / 6;
+                snprintf(in, sizeof in, "{\"echo\":\"%s\"}", enc);
+                snprintf(want, sizeof want, "{\"echo\":\"%.*s%s%s\"}", (int)js, enc, NAME2,
+                         enc + je);
+                check_every_split(KEY2, in, want, 1);
+            }
+        }
+    }
+    NB_CHECK(saw_plus && saw_dash); /* both alphabets were in play */
+}
+
+/* Hex of the value, lower, upper and mixed case, at every split point. */
+static void test_hex(void)
+{
+    char hex[128], in[256], want[256];
+    sodium_bin2hex(hex, sizeof hex, (const uint8_t *)KEY2, strlen(KEY2));
+    snprintf(want, sizeof want, "x=%s;", NAME2);
+    for (int mode = 0; mode < 3; mode++) {
+        char h[128];
+        snprintf(h, sizeof h, "%s", hex);
+        for (size_t i = 0; h[i]; i++)
+            if (mode == 1 || (mode == 2 && i % 3 == 0))
+                h[i] = (char)(h[i] >= 'a' && h[i] <= 'f' ? h[i] - 32 : h[i]);
+        snprintf(in, sizeof in, "x=%s;", h);
+        check_every_split(KEY2, in, want, 1);
+    }
+}
+
+/* The raw value upper- or lower-cased, also with per-byte spellings. */
+static void test_case_changes(void)
+{
+    const char *in[] = {"[SK-LIVE-X?>Y?>ZQ8XW7LM4NP2RT6~~~]", "[sk-live-x?>y?>zq8xw7lm4np2rt6~~~]",
+                        "[Sk-LiVe-X%3F&gt;y%3f>zQ8xW7lM4nP2rT6~~~]",
+                        "[\\u0053K-LIVE-X?>Y?>ZQ8XW7LM4NP2RT6%7E~~]"};
+    char want[64];
+    snprintf(want, sizeof want, "[%s]", NAME2);
+    for (size_t i = 0; i < sizeof in / sizeof in[0]; i++)
+        check_every_split(KEY2, in[i], want, 1);
+    /* The first spelling of KEY, upper-cased (the near miss stays, see
+     * test_not_spellings). */
+    char *got = redact_str("SK-LIVE%2FAB+9=ZQ%X&Y", 2, NULL);
+    NB_CHECK_STR(got, NAME);
+    free(got);
+}
+
+/* Ordinary text and encodings of other data pass unchanged; so do runs
+ * too short to tell (NB_REDACT_MIN_ENC) and a run with one wrong byte. */
+static void test_encodings_not(void)
+{
+    uint8_t other[300];
+    char b64[512], hex[700];
+    uint32_t seed = 7;
+    for (size_t i = 0; i < sizeof other; i++) {
+        seed = seed * 1103515245 + 12345;
+        other[i] = (uint8_t)(seed >> 16);
+    }
+    sodium_bin2base64(b64, sizeof b64, other, sizeof other, sodium_base64_VARIANT_ORIGINAL);
+    sodium_bin2hex(hex, sizeof hex, other, sizeof other);
+    char enc[128], bad[256];
+    sodium_bin2base64(enc, sizeof enc, (const uint8_t *)KEY2, strlen(KEY2),
+                      sodium_base64_VARIANT_ORIGINAL);
+    enc[10] = enc[10] == 'A' ? 'B' : 'A';
+    snprintf(bad, sizeof bad, "{\"b\":\"%s\"}", enc);
+    const char *in[] = {"{\"text\":\"The quick brown fox jumps over the lazy dog 0123456789\"}",
+                        b64, hex, bad, "sk-live-x?>y?>Zq8Xw7Lm4Np2Rt6~~!"};
+    for (size_t i = 0; i < sizeof in / sizeof in[0]; i++) {
+        uint64_t c = 0;
+        char *got = redact_split2(KEY2, in[i], strlen(in[i]), strlen(in[i]) / 2, &c);
+        NB_CHECK_STR(got, in[i]);
+        NB_CHECK_EQ_INT((int)c, 0);
+        free(got);
+    }
+    /* A 5-byte value: its hex (10 characters) and base64 (6) are too short
+     * to register and pass; the value itself is still caught. */
+    uint64_t c = 0;
+    char *got = redact_split2("k3y!Z", "6b3379215a azM5IVo= k3y!z", 25, 12, &c);
+    NB_CHECK_STR(got, "6b3379215a azM5IVo= " NAME2);
+    NB_CHECK_EQ_INT((int)c, 1);
+    free(got);
+}
+
+/* Streaming: a chunk ending in a word that no run starts with leaves at
+ * once; one ending in the start of a run is held that far; a stream
+ * cut inside a run spelling NB_REDACT_MIN_PARTIAL bytes or more ends in
+ * the placeholder, a shorter cut is released. */
+static void test_encoded_holdback(void)
+{
+    char hex[128];
+    sodium_bin2hex(hex, sizeof hex, (const uint8_t *)KEY2, strlen(KEY2));
+    for (int cut = 0; cut < 2; cut++) {
+        nb_redact_t *r = NULL;
+        NB_CHECK_EQ_INT(nb_redact_new(&r), 0);
+        NB_CHECK_EQ_INT(nb_redact_add(r, KEY2, strlen(KEY2), NAME2, strlen(NAME2)), 0);
+        out_t o = {0};
+        const char *a = "data: hello world\n\n";
+        NB_CHECK_EQ_INT(nb_redact_feed(r, (const uint8_t *)a, strlen(a), out_sink, &o), 0);
+        NB_CHECK_EQ_INT((int)o.len, (int)strlen(a));
+        char b[64];
+        size_t bl = (size_t)snprintf(b, sizeof b, "data: %.*s", cut ? 16 : 10, hex);
+        NB_CHECK_EQ_INT(nb_redact_feed(r, (const uint8_t *)b, bl, out_sink, &o), 0);
+        NB_CHECK_EQ_INT((int)o.len, (int)strlen(a) + 6); /* the hex prefix held */
+        NB_CHECK_EQ_INT(nb_redact_finish(r, out_sink, &o), 0);
+        char want[128];
+        snprintf(want, sizeof want, "%sdata: %s", a, cut ? NAME2 : "736b2d6c69");
+        NB_CHECK_STR((char *)o.p, want);
+        out_free(&o);
+        nb_redact_free(r);
+    }
+}
+
+/* Random streams: every spelling of the value planted among base64 and
+ * hex of other data, random chunking; the value never reaches the output
+ * in any of them. */
+static void test_encodings_random(void)
+{
+    size_t klen = strlen(KEY2);
+    char runs[16][128];
+    size_t nruns = 0;
+    /* The determined runs of every alignment, both alphabets, and the hex. */
+    for (size_t a = 0; a < 3; a++)
+        for (size_t v = 0; v < 4; v += 2) {
+            char raw[64], enc[128];
+            memset(raw, 'Q', a);
+            memcpy(raw + a, KEY2, klen);
+            sodium_bin2base64(enc, sizeof enc, (const uint8_t *)raw, a + klen, b64_variants[v]);
+            size_t js = (8 * a + 5) / 6, je = 8 * (a + klen) / 6;
+            snprintf(runs[nruns++], sizeof runs[0], "%.*s", (int)(je - js), enc + js);
+        }
+    sodium_bin2hex(runs[nruns++], sizeof runs[0], (const uint8_t *)KEY2, klen);
+    uint32_t seed = 99;
+    for (int iter = 0; iter < 200; iter++) {
+        static char in[8192];
+        size_t n = 0;
+        while (n < 6000) {
+            seed = seed * 1103515245 + 12345;
+            int c = (seed >> 16) % 8;
+            char piece[256];
+            uint8_t raw[64];
+            size_t rl = 0;
+            if (c < 3) { /* base64 of something holding the value */
+                rl = (seed >> 8) % 5;
+                memset(raw, 'z', rl);
+                memcpy(raw + rl, KEY2, klen);
+                rl += klen;
+                sodium_bin2base64(piece, sizeof piece, raw, rl, b64_variants[(seed >> 4) % 4]);
+            } else if (c == 3) {
+                sodium_bin2hex(piece, sizeof piece, (const uint8_t *)KEY2, klen);
+                if (seed & 1024)
+                    for (size_t i = 0; piece[i]; i++)
+                        piece[i] = (char)(piece[i] >= 'a' ? piece[i] - 32 : piece[i]);
+            } else if (c == 4) {
+                snprintf(piece, sizeof piece, "%s", "SK-LIVE-X?>Y?>ZQ8XW7LM4NP2RT6~~~");
+            } else { /* base64 of other bytes */
+                for (size_t i = 0; i < 20; i++)
+                    raw[i] = (uint8_t)(seed >> (i % 24));
+                sodium_bin2base64(piece, sizeof piece, raw, 20, sodium_base64_VARIANT_ORIGINAL);
+            }
+            size_t pl = strlen(piece);
+            memcpy(in + n, piece, pl);
+            n += pl;
+            in[n++] = (seed & 64) ? ' ' : '"';
+        }
+        nb_redact_t *r = NULL;
+        NB_CHECK_EQ_INT(nb_redact_new(&r), 0);
+        NB_CHECK_EQ_INT(nb_redact_add(r, KEY2, klen, NAME2, strlen(NAME2)), 0);
+        out_t o = {0};
+        for (size_t off = 0; off < n;) {
+            seed = seed * 1103515245 + 12345;
+            size_t k = 1 + (seed >> 16) % 300;
+            if (k > n - off)
+                k = n - off;
+            NB_CHECK_EQ_INT(nb_redact_feed(r, (const uint8_t *)in + off, k, out_sink, &o), 0);
+            off += k;
+        }
+        NB_CHECK_EQ_INT(nb_redact_finish(r, out_sink, &o), 0);
+        for (size_t i = 0; i < nruns; i++)
+            NB_CHECK(!strcasestr((char *)o.p, runs[i]));
+        NB_CHECK(!strcasestr((char *)o.p, KEY2));
+        out_free(&o);
+        nb_redact_free(r);
+    }
+}
+
+/* A full needle table: every needle's runs are registered and found. */
+static void test_encodings_full_table(void)
+{
+    nb_redact_t *r = NULL;
+    NB_CHECK_EQ_INT(nb_redact_new(&r), 0);
+    static char keys[NB_REDACT_MAX_NEEDLES][48];
+    for (int i = 0; i < NB_REDACT_MAX_NEEDLES; i++) {
+        snprintf(keys[i], sizeof keys[i], "key-%03d-Zq8Xw7Lm4Np2Rt6Vy9Bc3", i);
+        NB_CHECK_EQ_INT(nb_redact_add(r, keys[i], strlen(keys[i]), NAME2, strlen(NAME2)), 0);
+    }
+    NB_CHECK_EQ_INT(nb_redact_add(r, "one-too-many-key", 16, "X", 1), NB_ETOOBIG);
+    out_t o = {0};
+    for (int i = 0; i < NB_REDACT_MAX_NEEDLES; i += 9) {
+        char enc[128], hex[128], line[512];
+        sodium_bin2base64(enc, sizeof enc, (const uint8_t *)keys[i], strlen(keys[i]),
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        sodium_bin2hex(hex, sizeof hex, (const uint8_t *)keys[i], strlen(keys[i]));
+        snprintf(line, sizeof line, "%s %s %s|", enc, hex, keys[i]);
+        NB_CHECK_EQ_INT(nb_redact_feed(r, (const uint8_t *)line, strlen(line), out_sink, &o), 0);
+    }
+    NB_CHECK_EQ_INT(nb_redact_finish(r, out_sink, &o), 0);
+    NB_CHECK_EQ_INT((int)nb_redact_count(r), 3 * ((NB_REDACT_MAX_NEEDLES + 8) / 9));
+    NB_CHECK(!strstr((char *)o.p, "Zq8Xw7"));
+    out_free(&o);
+    nb_redact_free(r);
 }
 
 /* ---- decode ---- */
@@ -629,6 +900,13 @@ int main(void)
     NB_RUN(test_not_spellings);
     NB_RUN(test_streaming_holdback);
     NB_RUN(test_false_start);
+    NB_RUN(test_base64);
+    NB_RUN(test_hex);
+    NB_RUN(test_case_changes);
+    NB_RUN(test_encodings_not);
+    NB_RUN(test_encoded_holdback);
+    NB_RUN(test_encodings_random);
+    NB_RUN(test_encodings_full_table);
     NB_RUN(test_decode);
     NB_RUN(test_decode_br);
     NB_RUN(test_decode_gzip_members_and_errors);
