@@ -21,8 +21,11 @@
             shell  `nilbox shell VM` under a pty: byte written to the pty ->
                    its echo read back (CLI -> nilboxd -> the same path)
           goal: ui <= 1.2x shell (medians). Rounds alternate ui, bare and shell.
+  screen  (--screen) key -> the echo's pixels under Xvfb, no page touched:
+          Debian's chromium (--app) and nilbox-desktop (WebKitGTK), the
+          latter also with WEBKIT_DISABLE_COMPOSITING_MODE=1 (screen.py)
 
-usage: bench/ui/run.sh [BUILD] [--runs N] [--keys N] [--rounds R]
+usage: bench/ui/run.sh [BUILD] [--runs N] [--keys N] [--rounds R] [--screen]
 """
 import argparse
 import gzip
@@ -133,6 +136,8 @@ def main():
     ap.add_argument("--runs", type=int, default=5, help="cold-cache page loads (0: none)")
     ap.add_argument("--keys", type=int, default=100, help="keystrokes per echo round")
     ap.add_argument("--rounds", type=int, default=3, help="echo rounds (ui, bare page and shell alternate)")
+    ap.add_argument("--screen", action="store_true",
+                    help="also key -> pixel in chromium and nilbox-desktop under Xvfb")
     a = ap.parse_args()
     build = os.path.abspath(a.build)
     os.environ.update({
@@ -201,6 +206,23 @@ def main():
         mu = statistics.median(x["parsed"] for x in pages["echo"])
         mb = statistics.median(x["parsed"] for x in pages["bare"])
         mf = statistics.median(x["frame"] for x in pages["echo"])
+        if a.screen:
+            import screen
+            desktop = os.path.join(build, "src", "desktop", "nilbox-desktop")
+            kinds = ["chromium"] + (["desktop", "desktop-nocomp"] if os.access(desktop, os.X_OK)
+                                    else [])
+            scr = {k: [] for k in kinds}
+            for r in range(a.rounds):
+                med = {}
+                for k in kinds:
+                    xs = screen.screen_echo(k, desktop, d.env, api, a.keys)
+                    scr[k] += xs
+                    med[k] = statistics.median(xs)
+                print("  screen round %d (load %s): %s" % (r + 1, load(), ", ".join(
+                    "%s %.2f ms" % kv for kv in med.items())))
+            for k, xs in scr.items():
+                print("echo to the screen, %s (%d keys): median %.2f ms (p90 %.2f)"
+                      % (k, len(xs), statistics.median(xs), pct(xs, .9)))
         print("RESULT bundle_js_gzip_kib=%.1f fmp_ms=%.0f echo_ui_ms=%.2f echo_bare_ms=%.2f "
               "echo_shell_ms=%.2f ratio=%.2f ratio_bare=%.2f ratio_frame=%.2f"
               % (js_gz / 1024, statistics.median(fmp), mu, mb, ms, mu / ms, mb / ms, mf / ms))
