@@ -14,6 +14,7 @@ Ctrl-U every 20 keys, not measured). Everything started is stopped after."""
 import ctypes
 import mmap
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -196,3 +197,4 @@ def screen_echo(kind, desktop, daemon_env, api, keys):
         if scr:
             scr.close()
         stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
