@@ -14,11 +14,18 @@
                    with no DevTools traffic in between; legs: keydown ->
                    ws.send, ws.send -> the echo's message event, message
                    -> parsed
+            bare   the browser's floor: the same key and WebSocket from a
+                   page of the daemon's origin with no React and no
+                   xterm.js (a textarea; keydown sends, the echo's message
+                   event is the end)
             shell  `nilbox shell VM` under a pty: byte written to the pty ->
                    its echo read back (CLI -> nilboxd -> the same path)
-          goal: ui <= 1.2x shell (medians). Rounds alternate ui and shell.
+          goal: ui <= 1.2x shell (medians). Rounds alternate ui, bare and shell.
+  screen  (--screen) key -> the echo's pixels under Xvfb, no page touched:
+          Debian's chromium (--app) and nilbox-desktop (WebKitGTK), the
+          latter also with WEBKIT_DISABLE_COMPOSITING_MODE=1 (screen.py)
 
-usage: bench/ui/run.sh [BUILD] [--runs N] [--keys N] [--rounds R]
+usage: bench/ui/run.sh [BUILD] [--runs N] [--keys N] [--rounds R] [--screen]
 """
 import argparse
 import gzip
@@ -126,9 +133,11 @@ def pct(xs, p):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("build", nargs="?", default=os.path.join(ROOT, "build"))
-    ap.add_argument("--runs", type=int, default=5, help="cold-cache page loads")
+    ap.add_argument("--runs", type=int, default=5, help="cold-cache page loads (0: none)")
     ap.add_argument("--keys", type=int, default=100, help="keystrokes per echo round")
-    ap.add_argument("--rounds", type=int, default=3, help="echo rounds (ui and shell alternate)")
+    ap.add_argument("--rounds", type=int, default=3, help="echo rounds (ui, bare page and shell alternate)")
+    ap.add_argument("--screen", action="store_true",
+                    help="also key -> pixel in chromium and nilbox-desktop under Xvfb")
     a = ap.parse_args()
     build = os.path.abspath(a.build)
     os.environ.update({
@@ -157,38 +166,66 @@ def main():
             sys.exit("vm create: " + r.stderr)
         api = d.api()
         env = dict(d.env, NB_UI_TESTS=UI_TESTS)
-        pr = node(env, "paint", api["url"], api["token"], str(a.runs))
-        fmp = [x["fmp"] for x in pr]
-        fcp = [x["fcp"] for x in pr if x["fcp"] is not None]
-        dcl = [x["dcl"] for x in pr if x.get("dcl") is not None]
-        print("paint (cold cache, %d runs, load %s): first meaningful paint median %.0f ms "
-              "(min %.0f, max %.0f; all %s); first contentful paint median %.0f ms; "
-              "DOMContentLoaded (app compiled and run) median %.0f ms; %d resources from a cache"
-              % (len(fmp), load(), statistics.median(fmp), min(fmp), max(fmp),
-                 " ".join("%.0f" % x for x in fmp), statistics.median(fcp) if fcp else -1,
-                 statistics.median(dcl) if dcl else -1, sum(x["cached"] for x in pr)))
-        ui, ui_frame, sh, legs = [], [], [], {"send": [], "net": [], "parse": []}
+        fmp = [float("nan")]
+        if a.runs > 0:  # --runs 0: echo only
+            pr = node(env, "paint", api["url"], api["token"], str(a.runs))
+            fmp = [x["fmp"] for x in pr]
+            fcp = [x["fcp"] for x in pr if x["fcp"] is not None]
+            dcl = [x["dcl"] for x in pr if x.get("dcl") is not None]
+            print("paint (cold cache, %d runs, load %s): first meaningful paint median %.0f ms "
+                  "(min %.0f, max %.0f; all %s); first contentful paint median %.0f ms; "
+                  "DOMContentLoaded (app compiled and run) median %.0f ms; %d resources from a "
+                  "cache" % (len(fmp), load(), statistics.median(fmp), min(fmp), max(fmp),
+                             " ".join("%.0f" % x for x in fmp),
+                             statistics.median(fcp) if fcp else -1,
+                             statistics.median(dcl) if dcl else -1, sum(x["cached"] for x in pr)))
+        pages = {"echo": [], "bare": []}  # ui.mjs modes: the UI, the bare page
+        sh = []
         for r in range(a.rounds):
-            res = node(env, "echo", api["url"], api["token"], "bench", str(a.keys))
-            ui += [x["parsed"] for x in res]
-            ui_frame += [x["frame"] for x in res]
-            for k in legs:
-                legs[k] += [x[k] for x in res]
+            med = {}
+            for mode, res in pages.items():
+                rr = node(env, mode, api["url"], api["token"], "bench", str(a.keys))
+                res += rr
+                med[mode] = statistics.median(x["parsed"] for x in rr)
             sh_r = shell_echo(e2e_env.NILBOX, d.env, "bench", a.keys)
             sh += sh_r
-            print("  round %d (load %s): ui median %.2f ms, shell median %.2f ms"
-                  % (r + 1, load(), statistics.median(x["parsed"] for x in res),
+            print("  round %d (load %s): %s, shell median %.2f ms"
+                  % (r + 1, load(), ", ".join("%s %.2f ms" % kv for kv in med.items()),
                      statistics.median(sh_r)))
-        mu, ms, mf = statistics.median(ui), statistics.median(sh), statistics.median(ui_frame)
-        print("echo (%d keys): ui median %.2f ms (p90 %.2f), to the next frame %.2f ms; "
-              "nilbox shell median %.2f ms (p90 %.2f)"
-              % (len(ui), mu, pct(ui, .9), mf, ms, pct(sh, .9)))
-        print("  ui legs (medians): keydown -> ws.send %.2f ms, ws.send -> echo message %.2f ms, "
-              "message -> parsed %.2f ms" % tuple(statistics.median(legs[k])
-                                                  for k in ("send", "net", "parse")))
-        print("RESULT bundle_js_gzip_kib=%.1f fmp_ms=%.0f echo_ui_ms=%.2f echo_shell_ms=%.2f "
-              "ratio=%.2f ratio_frame=%.2f" % (js_gz / 1024, statistics.median(fmp), mu,
-                                               ms, mu / ms, mf / ms))
+        ms = statistics.median(sh)
+        for mode, name in (("echo", "ui"), ("bare", "bare page")):
+            xs = [x["parsed"] for x in pages[mode]]
+            print("echo %s (%d keys): median %.2f ms (p90 %.2f), to the next frame %.2f ms; legs "
+                  "(medians): keydown -> ws.send %.2f ms, ws.send -> echo message %.2f ms, "
+                  "message -> parsed %.2f ms"
+                  % ((name, len(xs), statistics.median(xs), pct(xs, .9),
+                      statistics.median(x["frame"] for x in pages[mode]))
+                     + tuple(statistics.median(x[k] for x in pages[mode])
+                             for k in ("send", "net", "parse"))))
+        print("echo nilbox shell (%d keys): median %.2f ms (p90 %.2f)" % (len(sh), ms, pct(sh, .9)))
+        mu = statistics.median(x["parsed"] for x in pages["echo"])
+        mb = statistics.median(x["parsed"] for x in pages["bare"])
+        mf = statistics.median(x["frame"] for x in pages["echo"])
+        if a.screen:
+            import screen
+            desktop = os.path.join(build, "src", "desktop", "nilbox-desktop")
+            kinds = ["chromium"] + (["desktop", "desktop-nocomp"] if os.access(desktop, os.X_OK)
+                                    else [])
+            scr = {k: [] for k in kinds}
+            for r in range(a.rounds):
+                med = {}
+                for k in kinds:
+                    xs = screen.screen_echo(k, desktop, d.env, api, a.keys)
+                    scr[k] += xs
+                    med[k] = statistics.median(xs)
+                print("  screen round %d (load %s): %s" % (r + 1, load(), ", ".join(
+                    "%s %.2f ms" % kv for kv in med.items())))
+            for k, xs in scr.items():
+                print("echo to the screen, %s (%d keys): median %.2f ms (p90 %.2f)"
+                      % (k, len(xs), statistics.median(xs), pct(xs, .9)))
+        print("RESULT bundle_js_gzip_kib=%.1f fmp_ms=%.0f echo_ui_ms=%.2f echo_bare_ms=%.2f "
+              "echo_shell_ms=%.2f ratio=%.2f ratio_bare=%.2f ratio_frame=%.2f"
+              % (js_gz / 1024, statistics.median(fmp), mu, mb, ms, mu / ms, mb / ms, mf / ms))
     finally:
         e2e_env.teardown(d)
 

@@ -2,7 +2,7 @@
 # bench/ui: the web UI's first meaningful paint (cold cache), bundle size, and
 # terminal keystroke echo latency through the UI against `nilbox shell` in the
 # same VM (bench.py, ui.mjs).
-# usage: bench/ui/run.sh [BUILD] [--runs N] [--keys N]
+# usage: bench/ui/run.sh [BUILD] [--runs N] [--keys N] [--rounds R] [--screen]
 set -e
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$(dirname "$HERE")")
