@@ -6,6 +6,7 @@
 
 #include <sodium.h>
 
+#include "lib/buf.h"
 #include "lib/err.h"
 
 typedef struct {
@@ -214,17 +215,6 @@ static int emit(nb_redact_sink sink, void *ctx, const uint8_t *p, size_t n)
  * across messages, an encoding of an encoding) stays out of reach; see
  * docs/security.md (A5). */
 
-static int hexval(uint8_t ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Reads `n` hex digits of s (avail bytes). 1 with *v, 0 not hex, -1 ran out. */
 static int hexn(const uint8_t *s, size_t avail, size_t n, unsigned *v)
 {
@@ -232,7 +222,7 @@ static int hexn(const uint8_t *s, size_t avail, size_t n, unsigned *v)
     for (size_t i = 0; i < n; i++) {
         if (i >= avail)
             return -1;
-        int h = hexval(s[i]);
+        int h = nb_hexval(s[i]);
         if (h < 0)
             return 0;
         *v = *v * 16 + (unsigned)h;
@@ -269,7 +259,7 @@ static int spell_entity(uint8_t b, const uint8_t *s, size_t avail, size_t *used)
                 return 0;
             if (i >= avail)
                 return -1;
-            int d = hex ? hexval(s[i]) : (s[i] >= '0' && s[i] <= '9' ? s[i] - '0' : -1);
+            int d = hex ? nb_hexval(s[i]) : (s[i] >= '0' && s[i] <= '9' ? s[i] - '0' : -1);
             if (d < 0)
                 break;
             v = v * (hex ? 16u : 10u) + (unsigned)d;
@@ -513,7 +503,7 @@ static int escape_value(const uint8_t *s, size_t avail)
                 return -1;
             if (i >= avail)
                 return -2;
-            int d = hex ? hexval(s[i]) : (s[i] >= '0' && s[i] <= '9' ? s[i] - '0' : -1);
+            int d = hex ? nb_hexval(s[i]) : (s[i] >= '0' && s[i] <= '9' ? s[i] - '0' : -1);
             if (d < 0)
                 break;
             val = val * (hex ? 16u : 10u) + (unsigned)d;
