@@ -2,13 +2,14 @@
 # Installs what the benchmarks need from Debian's archive, on top of the
 # project's own dependencies (scripts/install-deps.sh): Squid with ssl-bump
 # (squid-openssl) and mitmproxy, the peers bench/proxy compares against, and
-# valgrind for profiles (bench/README.md). Idempotent: installs only what is
-# missing, `apt-get update` first. Benchmarks are opt-in, so this is too.
+# valgrind for profiles (bench/README.md), and xterm, the terminal `nilbox
+# shell` runs in for bench/ui's echo to the screen. Idempotent: installs only
+# what is missing, `apt-get update` first. Benchmarks are opt-in, so this is too.
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/install-deps.sh
 missing=""
-for p in squid-openssl mitmproxy valgrind; do
+for p in squid-openssl mitmproxy valgrind xterm; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
 [ -z "$missing" ] && exit 0

@@ -23,7 +23,10 @@
           goal: ui <= 1.2x shell (medians). Rounds alternate ui, bare and shell.
   screen  (--screen) key -> the echo's pixels under Xvfb, no page touched:
           Debian's chromium (--app) and nilbox-desktop (WebKitGTK), the
-          latter also with WEBKIT_DISABLE_COMPOSITING_MODE=1 (screen.py)
+          latter also with WEBKIT_DISABLE_COMPOSITING_MODE=1, and
+          `nilbox shell VM` in Debian's xterm (shell-xterm, the goal's
+          like-for-like yardstick: screen_ratio = chromium / shell-xterm)
+          (screen.py)
 
 usage: bench/ui/run.sh [BUILD] [--runs N] [--keys N] [--rounds R] [--screen]
 """
@@ -33,6 +36,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -137,7 +141,8 @@ def main():
     ap.add_argument("--keys", type=int, default=100, help="keystrokes per echo round")
     ap.add_argument("--rounds", type=int, default=3, help="echo rounds (ui, bare page and shell alternate)")
     ap.add_argument("--screen", action="store_true",
-                    help="also key -> pixel in chromium and nilbox-desktop under Xvfb")
+                    help="also key -> pixel in chromium, nilbox-desktop and `nilbox shell` "
+                    "in xterm under Xvfb")
     a = ap.parse_args()
     build = os.path.abspath(a.build)
     os.environ.update({
@@ -209,13 +214,14 @@ def main():
         if a.screen:
             import screen
             desktop = os.path.join(build, "src", "desktop", "nilbox-desktop")
-            kinds = ["chromium"] + (["desktop", "desktop-nocomp"] if os.access(desktop, os.X_OK)
-                                    else [])
+            kinds = (["chromium"] + (["desktop", "desktop-nocomp"] if os.access(desktop, os.X_OK)
+                                     else [])
+                     + (["shell-xterm"] if shutil.which("xterm") else []))
             scr = {k: [] for k in kinds}
             for r in range(a.rounds):
                 med = {}
                 for k in kinds:
-                    xs = screen.screen_echo(k, desktop, d.env, api, a.keys)
+                    xs = screen.screen_echo(k, desktop, d.env, api, a.keys, e2e_env.NILBOX, "bench")
                     scr[k] += xs
                     med[k] = statistics.median(xs)
                 print("  screen round %d (load %s): %s" % (r + 1, load(), ", ".join(
@@ -223,9 +229,19 @@ def main():
             for k, xs in scr.items():
                 print("echo to the screen, %s (%d keys): median %.2f ms (p90 %.2f)"
                       % (k, len(xs), statistics.median(xs), pct(xs, .9)))
+        extra = ""
+        if a.screen:
+            sm = {k: statistics.median(xs) for k, xs in scr.items()}
+            nan = float("nan")
+            sh_x = sm.get("shell-xterm", nan)
+            extra = (" screen_chromium_ms=%.2f screen_desktop_ms=%.2f screen_shell_ms=%.2f "
+                     "screen_ratio=%.2f screen_ratio_desktop=%.2f"
+                     % (sm["chromium"], sm.get("desktop", nan), sh_x, sm["chromium"] / sh_x,
+                        sm.get("desktop", nan) / sh_x))
         print("RESULT bundle_js_gzip_kib=%.1f fmp_ms=%.0f echo_ui_ms=%.2f echo_bare_ms=%.2f "
-              "echo_shell_ms=%.2f ratio=%.2f ratio_bare=%.2f ratio_frame=%.2f"
-              % (js_gz / 1024, statistics.median(fmp), mu, mb, ms, mu / ms, mb / ms, mf / ms))
+              "echo_shell_ms=%.2f ratio=%.2f ratio_bare=%.2f ratio_frame=%.2f%s"
+              % (js_gz / 1024, statistics.median(fmp), mu, mb, ms, mu / ms, mb / ms, mf / ms,
+                 extra))
     finally:
         e2e_env.teardown(d)
 

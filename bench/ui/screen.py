@@ -1,14 +1,18 @@
 """bench/ui screen phase (bench.py --screen): keystroke echo from a key
 injected into an X server to the echo's pixels on its screen, for the two
 windows issue 15 has: Debian's chromium (--app, the web UI) and
-nilbox-desktop (WebKitGTK, the same UI). Neither page is touched: the key is
+nilbox-desktop (WebKitGTK, the same UI), and for the goal's yardstick,
+`nilbox shell VM` in Debian's xterm (the like-for-like "shell" figure:
+xterm's own key handling, pty, CLI, and its drawing of the echo are in it as
+the browser's are in the UI's). No page is touched: the key is
 an XTest event and the end is the first change of the screen rows where the
 echo lands, read from Xvfb's own framebuffer (-fbdir, an XWD file mapped
 into this process), polled every 0.3 ms. It measures more than the page's
 "parsed" (bench.py echo): layout, paint and the window's compositing too.
 
 Each run: Xvfb, a session bus, the window on the scratch daemon's UI; a click
-on the VM row's Terminal button (found on the screen by its colour), a first
+on the VM row's Terminal button (found on the screen by its colour) (xterm:
+`nilbox shell VM` started in it, the pointer on its window for the focus), a first
 key to find the rows that change, then one key at a time as in bench.py (a
 Ctrl-U every 20 keys, not measured). Everything started is stopped after."""
 import ctypes
@@ -125,9 +129,18 @@ def stop(procs):
             p.wait()
 
 
-def screen_echo(kind, desktop, daemon_env, api, keys):
-    """Key-to-pixel echo times (ms) in `kind`: "chromium", "desktop", or
-    "desktop-nocomp" (nilbox-desktop with WEBKIT_DISABLE_COMPOSITING_MODE=1)."""
+# xterm's settings, plain: DejaVu Sans Mono 11 through Xft, no blinking
+# cursor (+bc), 150x45 cells at the top left (about chromium's 1200x800 window),
+# no utmp entry; otherwise Debian's defaults (jump scroll, no scrollbar, no
+# window manager: the focus follows the pointer).
+XTERM = ["xterm", "-fa", "DejaVu Sans Mono", "-fs", "11", "+bc", "-geometry", "150x45+0+0",
+         "-ut", "-title", "nilbox shell"]
+
+
+def screen_echo(kind, desktop, daemon_env, api, keys, nilbox=None, vm="bench"):
+    """Key-to-pixel echo times (ms) in `kind`: "chromium", "desktop",
+    "desktop-nocomp" (nilbox-desktop with WEBKIT_DISABLE_COMPOSITING_MODE=1),
+    or "shell-xterm" (`nilbox shell vm` in xterm, XTERM)."""
     procs = []
     tmp = tempfile.mkdtemp(prefix="nb-bench-screen-")
     scr = None
@@ -152,19 +165,29 @@ def screen_echo(kind, desktop, daemon_env, api, keys):
                           "--window-position=0,0", "--window-size=1200,800",
                           "--app=%s#token=%s" % (api["url"], api["token"])],
                   env, stdout=subprocess.DEVNULL, stderr=err)
+        elif kind == "shell-xterm":
+            spawn(procs, XTERM + ["-e", nilbox, "shell", vm], env, stdout=subprocess.DEVNULL,
+                  stderr=err)
         else:
             if kind == "desktop-nocomp":
                 env["WEBKIT_DISABLE_COMPOSITING_MODE"] = "1"
             spawn(procs, [desktop], env, stdout=subprocess.DEVNULL, stderr=err)
         scr = Screen(tmp, env["DISPLAY"])
+        if kind == "shell-xterm":
+            time.sleep(2)  # the window maps
+            # The pointer on the window: with no window manager the focus is PointerRoot.
+            scr.t.XTestFakeMotionEvent(scr.dpy, -1, 300, 200, 0)
+            scr.x.XFlush(scr.dpy)
+            time.sleep(5)  # the shell connects, the guest prints its prompt
         end = time.monotonic() + 60
-        while scr.terminal_button() is None:
+        while kind != "shell-xterm" and scr.terminal_button() is None:
             if time.monotonic() > end:
                 raise RuntimeError("%s: no VM row with a Terminal button on the screen" % kind)
             time.sleep(0.5)
-        time.sleep(2)  # settled (fonts, the event stream): found again
-        scr.click(*scr.terminal_button())
-        time.sleep(5)  # the tab connects, the guest prints its prompt
+        if kind != "shell-xterm":
+            time.sleep(2)  # settled (fonts, the event stream): found again
+            scr.click(*scr.terminal_button())
+            time.sleep(5)  # the tab connects, the guest prints its prompt
         # The rows the echo changes: one key, the whole screen compared.
         scr.ctrl_u()
         time.sleep(0.5)
