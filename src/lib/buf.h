@@ -43,6 +43,17 @@ void nb_str_copy(char *dst, size_t size, const char *src);
 /* The value of hex digit c (either case), or -1. */
 int nb_hexval(int c);
 
+/* ASCII case mapping of one byte (other bytes unchanged). */
+static inline uint8_t nb_ascii_lower(uint8_t c)
+{
+    return c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
+}
+
+static inline uint8_t nb_ascii_upper(uint8_t c)
+{
+    return c >= 'a' && c <= 'z' ? (uint8_t)(c - 32) : c;
+}
+
 /* Every buffer is wiped: growing copies the bytes and wipes the old block
  * (never realloc), consume/truncate/reset wipe what they drop, free wipes
  * the rest. Only [0, len) is ever wiped, so never lower len by hand: bytes

@@ -146,17 +146,12 @@ static int iov_eq_str(nb_iov_t a, const char *s)
     return a.len == n && memcmp(a.p, s, n) == 0;
 }
 
-static uint8_t lower(uint8_t c)
-{
-    return c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
-}
-
 static int has_ci(nb_iov_t s, const char *needle)
 {
     size_t n = strlen(needle);
-    uint8_t c0 = lower((uint8_t)needle[0]); /* a cheap look before the compare */
+    uint8_t c0 = nb_ascii_lower((uint8_t)needle[0]); /* a cheap look before the compare */
     for (size_t i = 0; i + n <= s.len; i++)
-        if (lower(s.p[i]) == c0 && nb_iov_eq_nocase(nb_iov(s.p + i, n), needle))
+        if (nb_ascii_lower(s.p[i]) == c0 && nb_iov_eq_nocase(nb_iov(s.p + i, n), needle))
             return 1;
     return 0;
 }

@@ -101,20 +101,11 @@ void nb_redact_reset(nb_redact_t *r)
     r->ref_zeros = 0;
 }
 
-static uint8_t lower(uint8_t c)
-{
-    return c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
-}
-
-static uint8_t upper(uint8_t c)
-{
-    return c >= 'a' && c <= 'z' ? (uint8_t)(c - 32) : c;
-}
-
 /* Equal but for ASCII case. */
 static int ieq(unsigned a, unsigned b)
 {
-    return a == b || (a < 256 && b < 256 && lower((uint8_t)a) == lower((uint8_t)b));
+    return a == b ||
+           (a < 256 && b < 256 && nb_ascii_lower((uint8_t)a) == nb_ascii_lower((uint8_t)b));
 }
 
 static int arena_reserve(nb_redact_t *r, size_t need)
@@ -165,9 +156,9 @@ int nb_redact_add(nb_redact_t *r, const void *needle, size_t nlen, const void *r
                    memchr(needle, '&', nlen) || memchr(needle, '\0', nlen);
     /* Matched in any ASCII case: an upstream may upper- or lower-case
      * what it echoes. */
-    r->starts[lower(d->n[0])] = r->starts[upper(d->n[0])] = 1;
+    r->starts[nb_ascii_lower(d->n[0])] = r->starts[nb_ascii_upper(d->n[0])] = 1;
     for (size_t k = 0; k < nlen; k++)
-        r->inneedle[lower(d->n[k])] = r->inneedle[upper(d->n[k])] = 1;
+        r->inneedle[nb_ascii_lower(d->n[k])] = r->inneedle[nb_ascii_upper(d->n[k])] = 1;
     r->starts['%'] = r->starts['\\'] = r->starts['&'] = r->starts[0] = 1;
     r->used += nlen + rlen;
     if (nlen > r->maxlen)
@@ -631,10 +622,7 @@ static int pat_eq(const nb_redact_t *r, const pat_t *p, const uint8_t *s, size_t
         }
         return 1;
     }
-    for (size_t i = 0; i < n; i++)
-        if (lower(s[i]) != lower(t[i]))
-            return 0;
-    return 1;
+    return nb_iov_eq_nocase_n(nb_iov(s, n), (const char *)t, n);
 }
 
 /* Longest run (encoded ones only with enc_only) complete at pos, whose
@@ -963,7 +951,7 @@ static int build_pats(nb_redact_t *r)
         if (n < r->win)
             r->win = n;
         if (2 * n >= NB_REDACT_MIN_ENC)
-            np++, text += 2 * n;
+            np++, text += 2 * n + 1; /* sodium_bin2hex's NUL */
         for (size_t a = 0; a < 3; a++) {
             size_t l = b64_run(a, n, &js);
             if (l >= NB_REDACT_MIN_ENC)
@@ -987,14 +975,9 @@ static int build_pats(nb_redact_t *r)
         size_t n = r->nd[i].nlen;
         pat_put(r, (size_t)(v - r->arena), n, i, PAT_RAW);
         if (2 * n >= NB_REDACT_MIN_ENC) {
-            static const char hx[] = "0123456789abcdef";
-            uint8_t *t = r->arena + r->used;
-            for (size_t k = 0; k < n; k++) {
-                t[2 * k] = (uint8_t)hx[v[k] >> 4];
-                t[2 * k + 1] = (uint8_t)hx[v[k] & 15];
-            }
+            sodium_bin2hex((char *)r->arena + r->used, 2 * n + 1, v, n);
             pat_put(r, r->used, 2 * n, i, PAT_HEX);
-            r->used += 2 * n;
+            r->used += 2 * n + 1;
         }
         for (size_t a = 0; a < 3; a++) {
             size_t l = b64_run(a, n, &js);
