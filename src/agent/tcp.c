@@ -124,6 +124,13 @@ int nb_agent_tcp_open(nb_agent_t *a, nb_muxsess_stream_t *st, nb_iov_t args)
     }
     t->conn.data = t;
     nb_stream_set_cbs(t->mux, on_pending_read, NULL, NULL, t);
+    /* No Nagle on the guest leg either (the host sets it on the client's
+     * socket): the agent writes whatever each DATA frame carries, so a
+     * client's small writes arrive here as small writes, and a second one
+     * held back until the server's delayed ACK (40 ms) would stall
+     * write-write-read exchanges. libuv applies it when it creates the
+     * socket in uv_tcp_connect. */
+    uv_tcp_nodelay((uv_tcp_t *)nb_stream_uv_handle(t->tcp), 1);
     r = uv_tcp_connect(&t->conn, (uv_tcp_t *)nb_stream_uv_handle(t->tcp), (struct sockaddr *)&ss,
                        on_connect);
     if (r < 0) {

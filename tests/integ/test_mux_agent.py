@@ -262,6 +262,67 @@ def test_tcp_echo_and_refused():
     check(r.returncode == 125 and b"BAD_ARGS" in r.stderr, r.stderr)
 
 
+def test_tcp_small_writes_not_delayed():
+    """The agent's leg to the guest port has no Nagle: a client's second
+    small write, sent while the server holds back its ACK (it answers only
+    once the whole message is there), must not wait for the server's
+    delayed ACK (40 ms and more)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    gaps = []
+
+    def serve():
+        c, _ = srv.accept()
+        # Request/answer rounds until the connection is past TCP's quick-ACK
+        # start and in interactive (delayed, piggy-backed ACK) mode.
+        for _ in range(40):
+            if c.recv(64) != b"ping":
+                return
+            c.sendall(b"pong")
+        for _ in range(3):
+            d = c.recv(64)
+            t = time.monotonic()
+            while d != b"head-tail":
+                more = c.recv(64)
+                if not more:
+                    return
+                d += more
+            gaps.append(time.monotonic() - t)
+            c.sendall(b"done")
+        c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    p = subprocess.Popen([MUXC, "--listen", SOCK, "--key-file", KEY, "tcp", str(port)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(40):
+            p.stdin.write(b"ping")
+            p.stdin.flush()
+            check(p.stdout.read(4) == b"pong", "no answer")
+        for _ in range(3):
+            p.stdin.write(b"head")
+            p.stdin.flush()
+            time.sleep(0.005)
+            p.stdin.write(b"-tail")
+            p.stdin.flush()
+            check(p.stdout.read(4) == b"done", "no answer")
+        p.stdin.close()
+        p.wait(10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        t.join(5)
+        srv.close()
+    check(len(gaps) == 3, gaps)
+    # Without TCP_NODELAY every round waits for the delayed ACK; with it, only
+    # a stalled machine makes all three slow.
+    check(min(gaps) < 0.030, ["%.1f ms" % (g * 1000) for g in gaps])
+
+
 # ---------------------------------------------------------------- ctl
 
 def ctl(obj, data_file=None):
