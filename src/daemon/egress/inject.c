@@ -477,6 +477,85 @@ static int matches_template(nb_iov_t v, const char *tmpl, const char *name, size
            memcmp(v.p + pl + nl, ph + 8, sl) == 0;
 }
 
+/* 1 when some usable binding would put its value into header h (the
+ * tests do_header makes, without fetching anything). */
+static int substitutes(const ictx_t *c, const nb_inject_header_t *h)
+{
+    int auth = nb_iov_eq_nocase(h->name, "authorization");
+    uint8_t cred[BASIC_MAX];
+    int cl = -2; /* not decoded yet */
+    for (size_t i = 0; i < c->nb; i++) {
+        const nb_binding_t *b = &c->b[i];
+        size_t pre, post;
+        if (b->placement == NB_PLACE_HEADER && nb_iov_eq_nocase(h->name, b->header) &&
+            matches_template(h->value, b->tmpl, b->secret, &pre, &post) &&
+            binding_state(c, b) == ST_USABLE)
+            return 1;
+        if (b->placement != NB_PLACE_BASIC || !auth)
+            continue;
+        if (cl == -2)
+            cl = basic_decode(h->value, cred, sizeof(cred));
+        size_t ul = strlen(b->user), nl = strlen(b->secret);
+        if (cl >= 0 && (size_t)cl == ul + 1 + nl && memcmp(cred, b->user, ul) == 0 &&
+            cred[ul] == ':' && memcmp(cred + ul + 1, b->secret, nl) == 0 &&
+            binding_state(c, b) == ST_USABLE) {
+            sodium_memzero(cred, sizeof(cred));
+            return 1;
+        }
+    }
+    sodium_memzero(cred, sizeof(cred));
+    return 0;
+}
+
+/* A credential header that appears more than once (another field of the
+ * same name, whatever its value), or a credential query parameter named
+ * twice, would leave it to the upstream which one counts, and could make
+ * it combine the real value with text the guest chose: such a request
+ * gets no value at all (NB_EPROTO, A4). */
+static int ambiguous_query(const ictx_t *c)
+{
+    nb_iov_t q = c->t.query;
+    for (size_t k = 0; q.p && k < c->nb; k++) {
+        const nb_binding_t *b = &c->b[k];
+        if (b->placement != NB_PLACE_QUERY)
+            continue;
+        size_t named = 0, filled = 0, i = 0;
+        while (i <= q.len) {
+            size_t e = i;
+            while (e < q.len && q.p[e] != '&')
+                e++;
+            nb_iov_t param = nb_iov(q.p + i, e - i);
+            const uint8_t *eq = memchr(param.p, '=', param.len);
+            nb_iov_t pn = nb_iov(param.p, eq ? (size_t)(eq - param.p) : param.len);
+            if (iov_eq_str(pn, b->param)) {
+                named++;
+                filled += eq && iov_eq_str(nb_iov(eq + 1, param.len - pn.len - 1), b->secret);
+            }
+            i = e + 1;
+        }
+        if (named > 1 && filled && binding_state(c, b) == ST_USABLE)
+            return 1;
+    }
+    return 0;
+}
+
+static int ambiguous_credentials(const ictx_t *c)
+{
+    const nb_inject_req_t *q = c->req;
+    if (ambiguous_query(c))
+        return 1;
+    for (size_t i = 0; i < q->nheaders; i++) {
+        if (!substitutes(c, &q->headers[i]))
+            continue;
+        for (size_t j = 0; j < q->nheaders; j++)
+            if (j != i && q->headers[j].name.len == q->headers[i].name.len &&
+                nb_iov_eq_nocase_n(q->headers[j].name, (const char *)q->headers[i].name.p,
+                                   q->headers[i].name.len))
+                return 1;
+    }
+    return 0;
+}
+
 static int do_header(ictx_t *c, const nb_inject_header_t *h)
 {
     int r;
@@ -521,6 +600,7 @@ static int do_header(ictx_t *c, const nb_inject_header_t *h)
         scan(c, nb_iov(cred, (size_t)cl), "basic", h->name, 0);
     }
     scan(c, h->value, "header", h->name, 0);
+    scan(c, h->name, "header-name", nb_iov(NULL, 0), 0);
     if ((r = put(c, h->name.p, h->name.len)) < 0 || (r = put(c, ": ", 2)) < 0 ||
         (r = put(c, h->value.p, h->value.len)) < 0 || (r = put(c, "\r\n", 2)) < 0)
         return r;
@@ -623,6 +703,10 @@ int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
     int r;
     if ((r = parse_target(c)) < 0)
         goto out;
+    if (ambiguous_credentials(c)) {
+        r = NB_EPROTO;
+        goto out;
+    }
     const char *ver = req->version_minor ? " HTTP/1.1\r\n" : " HTTP/1.0\r\n";
     if ((r = put(c, req->method.p, req->method.len)) < 0 || (r = put(c, " ", 1)) < 0 ||
         (r = do_target(c)) < 0 || (r = put(c, ver, 11)) < 0)
