@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.parse
 
+import fake_aws
 from daemon_harness import status_of
 from proxy_env import ProxyEnv, read_all, run_suite, with_auth
 
@@ -40,6 +41,8 @@ KEY = "sk-RED.team+Key_0123456789abcdefXYZ"
 XKEY = "xk-SECOND.value_9876543210zyxwvuABC"  # x-api-key binding on a.api.test
 CKEY = "ck-CLEAR.value_1122334455667788ZZ"  # cleartext binding on plain.test
 QKEY = "qk-QUERY.value_5566778899aabbccQQ"  # ?key= binding on a.api.test
+AWS_AKID, AWS_SECRET = "AKIAREDTEAMKEY0000042", "rEdTeAm/SeCrEt+Key0123456789abcdefABCDEF"
+SIGHOST = "meta.test"  # SigV4 binding under /bkt-a only
 HOST = "bench.test"
 XHOST = "a.api.test"
 OTHER = "other.test"
@@ -59,7 +62,7 @@ def assert_clean(blob, what):
     if isinstance(blob, str):
         blob = blob.encode("latin-1", "replace")
     low = blob.lower()
-    for v in (KEY, XKEY, CKEY, QKEY):
+    for v in (KEY, XKEY, CKEY, QKEY, AWS_SECRET, AWS_AKID):
         for s in spellings(v):
             assert s.encode().lower() not in low, ("%s: the real value reached the client as %r"
                                                    % (what, s), blob[:600])
@@ -263,16 +266,18 @@ def setup():
     E.bind("X_KEY", XHOST, "--header", "x-api-key: {secret}")
     E.secret("Q_KEY", QKEY)
     E.bind("Q_KEY", XHOST, "--query", "key")
+    E.secret("AWS_RT", "%s\n%s\n" % (AWS_AKID, AWS_SECRET))
+    E.cli("secret", "bind-aws", "AWS_RT", "--host", SIGHOST, "--path-prefix", "/bkt-a")
     E.secret("CLEAR_KEY", CKEY)
     E.bind("CLEAR_KEY", PLAIN, "--header", "x-clear: {secret}", "--allow-cleartext")
     E.rule("allow", "127.0.0.1:%d" % UP.port)
     E.rule("allow", "127.0.0.1:%d" % UPP.port)
-    for h in (HOST, XHOST, OTHER):
+    for h in (HOST, XHOST, OTHER, SIGHOST):
         E.rule("allow", h + ":443")
     E.rule("allow", HOST + ":8443", "--http")
     E.rule("allow", PLAIN + ":80")
     E.rule("allow", OTHER + ":80")
-    res = ["%s:443:127.0.0.1:%d" % (h, UP.port) for h in (HOST, XHOST, OTHER)]
+    res = ["%s:443:127.0.0.1:%d" % (h, UP.port) for h in (HOST, XHOST, OTHER, SIGHOST)]
     res += ["%s:8443:127.0.0.1:%d" % (HOST, UP.port)]
     res += ["%s:80:127.0.0.1:%d" % (h, UPP.port) for h in (PLAIN, OTHER)]
     E.px = E.proxy(vm="a", extra_resolve=res)
@@ -586,6 +591,40 @@ def test_A4_proxy_credentials_never_forwarded():
     assert r and CKEY.encode() not in r[0]["head"] and tok not in r[0]["head"], r
 
 
+def sigv4_get(path, service, n):
+    """A GET signed with the VM's placeholder credentials, as an AWS SDK would."""
+    amzdate = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    scope = "%s/us-east-1/%s/aws4_request" % (amzdate[:8], service)
+    headers = [("Host", SIGHOST), ("x-amz-date", amzdate),
+               ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"), ("X-N", "sig%d" % n)]
+    signed = "host;x-amz-content-sha256;x-amz-date"
+    sig, _ = fake_aws.signature("AWS_SECRET_ACCESS_KEY", "GET", path, headers, signed,
+                                "UNSIGNED-PAYLOAD", amzdate, scope, False)
+    auth = "AWS4-HMAC-SHA256 Credential=AWS_ACCESS_KEY_ID/%s, SignedHeaders=%s, Signature=%s" % (
+        scope, signed, sig)
+    out = tls(("GET %s HTTP/1.1\r\n" % path + "".join("%s: %s\r\n" % h for h in headers) +
+               "Authorization: %s\r\nConnection: close\r\n\r\n" % auth).encode(), host=SIGHOST)
+    assert_clean(out, path)
+    got = UP.got(lambda r: ("X-N", "sig%d" % n) in r["headers"])
+    return out, got[0]["head"] if got else b""
+
+
+def test_A4_sigv4_path_prefix_dot_segments():
+    # positive control: under the prefix, the request is signed again with the real key
+    _, head = sigv4_get("/bkt-a/obj", "s3", 0)
+    assert b"Credential=" + AWS_AKID.encode() in head, head
+    _, head = sigv4_get("/bkt-a", "execute-api", 1)
+    assert b"Credential=" + AWS_AKID.encode() in head, head
+    # paths an upstream resolves outside the prefix: never signed with the real key
+    for i, path in enumerate(("/bkt-a/../bkt-b/obj", "/bkt-a/%2e%2e/bkt-b", "/bkt-a/..%2fbkt-b",
+                              "/bkt-a//../bkt-b", "/bkt-a/./../bkt-b", "/bkt-a/..",
+                              "/bkt-a;/../bkt-b", "/bkt-a%2F..%2Fbkt-b", "/bkt-ab/obj")):
+        for j, service in enumerate(("s3", "execute-api")):
+            n = 10 + 2 * i + j
+            _, head = sigv4_get(path, service, n)
+            assert AWS_AKID.encode() not in head, (path, service, head)
+
+
 # ---- A5 reflection: response shapes ----------------------------------------------
 
 def test_A5_reflect_response_shapes():
@@ -818,6 +857,7 @@ if __name__ == "__main__":
     run_suite(setup, [test_A1_host_spellings_in_tunnel, test_A1_second_request_other_host_keepalive,
                       test_A1_http10_and_absolute_forms, test_A4_duplicate_credential_headers,
                       test_A4_placeholder_near_misses, test_A4_proxy_credentials_never_forwarded,
+                      test_A4_sigv4_path_prefix_dot_segments,
                       test_A5_reflect_response_shapes,
                       test_A5_bytes_past_content_length, test_A5_upgrade_other_protocols,
                       test_A5_stacked_codings, test_A5_alpn_h2_only_and_prior_knowledge,

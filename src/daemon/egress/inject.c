@@ -23,7 +23,6 @@ enum { ST_NONE, ST_OTHER_VM, ST_OTHER_PATH, ST_CLEARTEXT, ST_USABLE };
 typedef struct {
     nb_iov_t path;  /* empty for authority-form and "*" */
     nb_iov_t query; /* after '?', without it; p == NULL when absent */
-    int path_safe;  /* no encoded dots/slashes, dot segments or ';' */
 } target_t;
 
 /* A value in the output's locked work area (an offset: the area may move). */
@@ -146,16 +145,6 @@ static int iov_eq_str(nb_iov_t a, const char *s)
     return a.len == n && memcmp(a.p, s, n) == 0;
 }
 
-static int has_ci(nb_iov_t s, const char *needle)
-{
-    size_t n = strlen(needle);
-    uint8_t c0 = nb_ascii_lower((uint8_t)needle[0]); /* a cheap look before the compare */
-    for (size_t i = 0; i + n <= s.len; i++)
-        if (nb_ascii_lower(s.p[i]) == c0 && nb_iov_eq_nocase(nb_iov(s.p + i, n), needle))
-            return 1;
-    return 0;
-}
-
 /* ---- the request target ------------------------------------------------------ */
 
 static int parse_target(ictx_t *c)
@@ -210,13 +199,6 @@ static int parse_target(ictx_t *c)
             i++;
         o->query = nb_iov(t.p + qs, i - qs);
     }
-    nb_iov_t p = o->path;
-    o->path_safe = p.len > 0 && p.p[0] == '/' && !memchr(p.p, ';', p.len) &&
-                   !memchr(p.p, '\\', p.len) && !has_ci(p, "%2e") && !has_ci(p, "%2f") &&
-                   !has_ci(p, "%5c") && !has_ci(p, "%00") && !has_ci(p, "//") &&
-                   !has_ci(p, "/./") && !has_ci(p, "/../") &&
-                   !(p.len >= 2 && memcmp(p.p + p.len - 2, "/.", 2) == 0) &&
-                   !(p.len >= 3 && memcmp(p.p + p.len - 3, "/..", 3) == 0);
     return 0;
 }
 
@@ -232,13 +214,8 @@ static int binding_state(const ictx_t *c, const nb_binding_t *b)
     const char *vm = c->dest->vm ? c->dest->vm : "";
     if (b->vm[0] && strcmp(b->vm, vm) != 0)
         return ST_OTHER_VM;
-    if (b->path_prefix[0]) {
-        size_t pl = strlen(b->path_prefix);
-        nb_iov_t p = c->t.path;
-        if (!c->t.path_safe || p.len < pl || memcmp(p.p, b->path_prefix, pl) != 0 ||
-            (p.len > pl && p.p[pl] != '/'))
-            return ST_OTHER_PATH;
-    }
+    if (!nb_binding_path_ok(b, c->t.path))
+        return ST_OTHER_PATH;
     if (!c->dest->tls && !b->allow_cleartext)
         return ST_CLEARTEXT;
     return ST_USABLE;

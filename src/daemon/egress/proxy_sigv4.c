@@ -111,16 +111,6 @@ static int parse_sig(const nb_sigv4_header_t *h, size_t nh, nb_iov_t target, nb_
     return nb_sigv4_parse_query(target, a);
 }
 
-static int path_ok(const nb_binding_t *b, nb_iov_t target)
-{
-    size_t pl = strlen(b->path_prefix);
-    if (!pl)
-        return 1;
-    if (target.len < pl || memcmp(target.p, b->path_prefix, pl) != 0)
-        return 0;
-    return target.len == pl || target.p[pl] == '/' || target.p[pl] == '?';
-}
-
 static const nb_binding_t *pick(const nb_inject_dest_t *dest, const nb_binding_t *b, size_t nb,
                                 const nb_sigv4_auth_t *a, nb_iov_t target, const char **why)
 {
@@ -141,7 +131,7 @@ static const nb_binding_t *pick(const nb_inject_dest_t *dest, const nb_binding_t
             *why = "plain HTTP: the SigV4 binding needs TLS";
             continue;
         }
-        if (!path_ok(x, target)) {
+        if (!nb_binding_path_ok(x, target)) {
             *why = "the path is outside the binding's prefix";
             continue;
         }
