@@ -206,10 +206,7 @@ static int parse_target(ictx_t *c)
 
 static int binding_state(const ictx_t *c, const nb_binding_t *b)
 {
-    const char *host = c->dest->host;
-    int hm = (b->host[0] == '*' && b->host[1] == '.') ? nb_host_pattern_match(b->host, host)
-                                                      : strcmp(b->host, host) == 0;
-    if (!hm)
+    if (!nb_binding_host_ok(b, c->dest->host))
         return ST_NONE;
     const char *vm = c->dest->vm ? c->dest->vm : "";
     if (b->vm[0] && strcmp(b->vm, vm) != 0)

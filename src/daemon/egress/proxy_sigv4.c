@@ -8,7 +8,6 @@
 #include <sodium.h>
 
 #include "lib/err.h"
-#include "lib/hostname.h"
 
 #define TARGET_MAX 16384
 #define AUTH_MAX 2560
@@ -120,8 +119,7 @@ static const nb_binding_t *pick(const nb_inject_dest_t *dest, const nb_binding_t
         const nb_binding_t *x = &b[i];
         if (x->placement != NB_PLACE_SIGV4)
             continue;
-        int wild = x->host[0] == '*' && x->host[1] == '.';
-        if (!(wild ? nb_host_pattern_match(x->host, dest->host) : !strcmp(x->host, dest->host)))
+        if (!nb_binding_host_ok(x, dest->host))
             continue;
         if (x->vm[0] && strcmp(x->vm, vm) != 0) {
             *why = "the SigV4 binding is for another VM";

@@ -173,6 +173,11 @@ static int path_clean(nb_iov_t p)
            !(p.len >= 3 && memcmp(p.p + p.len - 3, "/..", 3) == 0);
 }
 
+int nb_binding_host_ok(const nb_binding_t *b, const char *host)
+{
+    return nb_host_pattern_match(b->host, host);
+}
+
 int nb_binding_path_ok(const nb_binding_t *b, nb_iov_t path)
 {
     size_t pl = strnlen(b->path_prefix, sizeof(b->path_prefix));

@@ -58,6 +58,13 @@ int nb_binding_set_header(nb_binding_t *b, const char *spec);
  * 0 or NB_EINVAL. */
 int nb_binding_normalize(nb_binding_t *b);
 
+/* 1 when b names `host` (a normalised name or IP literal, as the gate
+ * approved it): equal, or for "*.suffix" a name with at least one more
+ * label (nb_host_pattern_match). The one host decision for every
+ * placement: injection, SigV4 re-signing and whether responses are
+ * scanned (A5) all ask it. */
+int nb_binding_host_ok(const nb_binding_t *b, const char *host);
+
 /* 1 when request path `path` (origin-form; a "?query" or "#fragment" and
  * what follows are ignored) is under b's path prefix: equal to it or
  * followed by '/'. Always 1 without a prefix. With one, the path must also

@@ -482,8 +482,9 @@ static void test_keyring_headless(void)
     unsetenv("DBUS_SESSION_BUS_ADDRESS");
 }
 
-/* One decision for "is this path under the prefix" (A4), for every
- * placement: the injector and the SigV4 re-signer both use it. */
+/* One decision for "is this path under the prefix" (A4) and for "does
+ * this binding name the host", for every placement: the injector, the
+ * SigV4 re-signer and the response scanner's choice all use them. */
 static void test_binding_path_ok(void)
 {
     nb_binding_t b;
@@ -502,6 +503,18 @@ static void test_binding_path_ok(void)
         "/V1/x",        "*",          "/x/v1",  "//v1/x",    "/v1/a/../b", NULL};
     for (size_t i = 0; bad[i]; i++)
         NB_CHECK(!nb_binding_path_ok(&b, nb_iov(bad[i], strlen(bad[i]))));
+    /* Hosts: exact, or one more label under a wildcard. */
+    snprintf(b.host, sizeof(b.host), "api.example.com");
+    NB_CHECK(nb_binding_host_ok(&b, "api.example.com"));
+    NB_CHECK(!nb_binding_host_ok(&b, "x.api.example.com") &&
+             !nb_binding_host_ok(&b, "example.com"));
+    snprintf(b.host, sizeof(b.host), "*.example.com");
+    NB_CHECK(nb_binding_host_ok(&b, "a.example.com") && nb_binding_host_ok(&b, "a.b.example.com"));
+    NB_CHECK(!nb_binding_host_ok(&b, "example.com") && !nb_binding_host_ok(&b, ".example.com"));
+    NB_CHECK(!nb_binding_host_ok(&b, "aexample.com") &&
+             !nb_binding_host_ok(&b, "example.com.evil"));
+    snprintf(b.host, sizeof(b.host), "10.0.0.1");
+    NB_CHECK(nb_binding_host_ok(&b, "10.0.0.1") && !nb_binding_host_ok(&b, "10.0.0.10"));
 }
 
 static void test_bindings(void)
