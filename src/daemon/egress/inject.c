@@ -23,7 +23,6 @@ enum { ST_NONE, ST_OTHER_VM, ST_OTHER_PATH, ST_CLEARTEXT, ST_USABLE };
 typedef struct {
     nb_iov_t path;  /* empty for authority-form and "*" */
     nb_iov_t query; /* after '?', without it; p == NULL when absent */
-    int path_safe;  /* no encoded dots/slashes, dot segments or ';' */
 } target_t;
 
 /* A value in the output's locked work area (an offset: the area may move). */
@@ -146,16 +145,6 @@ static int iov_eq_str(nb_iov_t a, const char *s)
     return a.len == n && memcmp(a.p, s, n) == 0;
 }
 
-static int has_ci(nb_iov_t s, const char *needle)
-{
-    size_t n = strlen(needle);
-    uint8_t c0 = nb_ascii_lower((uint8_t)needle[0]); /* a cheap look before the compare */
-    for (size_t i = 0; i + n <= s.len; i++)
-        if (nb_ascii_lower(s.p[i]) == c0 && nb_iov_eq_nocase(nb_iov(s.p + i, n), needle))
-            return 1;
-    return 0;
-}
-
 /* ---- the request target ------------------------------------------------------ */
 
 static int parse_target(ictx_t *c)
@@ -210,13 +199,6 @@ static int parse_target(ictx_t *c)
             i++;
         o->query = nb_iov(t.p + qs, i - qs);
     }
-    nb_iov_t p = o->path;
-    o->path_safe = p.len > 0 && p.p[0] == '/' && !memchr(p.p, ';', p.len) &&
-                   !memchr(p.p, '\\', p.len) && !has_ci(p, "%2e") && !has_ci(p, "%2f") &&
-                   !has_ci(p, "%5c") && !has_ci(p, "%00") && !has_ci(p, "//") &&
-                   !has_ci(p, "/./") && !has_ci(p, "/../") &&
-                   !(p.len >= 2 && memcmp(p.p + p.len - 2, "/.", 2) == 0) &&
-                   !(p.len >= 3 && memcmp(p.p + p.len - 3, "/..", 3) == 0);
     return 0;
 }
 
@@ -224,21 +206,13 @@ static int parse_target(ictx_t *c)
 
 static int binding_state(const ictx_t *c, const nb_binding_t *b)
 {
-    const char *host = c->dest->host;
-    int hm = (b->host[0] == '*' && b->host[1] == '.') ? nb_host_pattern_match(b->host, host)
-                                                      : strcmp(b->host, host) == 0;
-    if (!hm)
+    if (!nb_binding_host_ok(b, c->dest->host))
         return ST_NONE;
     const char *vm = c->dest->vm ? c->dest->vm : "";
     if (b->vm[0] && strcmp(b->vm, vm) != 0)
         return ST_OTHER_VM;
-    if (b->path_prefix[0]) {
-        size_t pl = strlen(b->path_prefix);
-        nb_iov_t p = c->t.path;
-        if (!c->t.path_safe || p.len < pl || memcmp(p.p, b->path_prefix, pl) != 0 ||
-            (p.len > pl && p.p[pl] != '/'))
-            return ST_OTHER_PATH;
-    }
+    if (!nb_binding_path_ok(b, c->t.path))
+        return ST_OTHER_PATH;
     if (!c->dest->tls && !b->allow_cleartext)
         return ST_CLEARTEXT;
     return ST_USABLE;
@@ -477,6 +451,85 @@ static int matches_template(nb_iov_t v, const char *tmpl, const char *name, size
            memcmp(v.p + pl + nl, ph + 8, sl) == 0;
 }
 
+/* 1 when some usable binding would put its value into header h (the
+ * tests do_header makes, without fetching anything). */
+static int substitutes(const ictx_t *c, const nb_inject_header_t *h)
+{
+    int auth = nb_iov_eq_nocase(h->name, "authorization");
+    uint8_t cred[BASIC_MAX];
+    int cl = -2; /* not decoded yet */
+    for (size_t i = 0; i < c->nb; i++) {
+        const nb_binding_t *b = &c->b[i];
+        size_t pre, post;
+        if (b->placement == NB_PLACE_HEADER && nb_iov_eq_nocase(h->name, b->header) &&
+            matches_template(h->value, b->tmpl, b->secret, &pre, &post) &&
+            binding_state(c, b) == ST_USABLE)
+            return 1;
+        if (b->placement != NB_PLACE_BASIC || !auth)
+            continue;
+        if (cl == -2)
+            cl = basic_decode(h->value, cred, sizeof(cred));
+        size_t ul = strlen(b->user), nl = strlen(b->secret);
+        if (cl >= 0 && (size_t)cl == ul + 1 + nl && memcmp(cred, b->user, ul) == 0 &&
+            cred[ul] == ':' && memcmp(cred + ul + 1, b->secret, nl) == 0 &&
+            binding_state(c, b) == ST_USABLE) {
+            sodium_memzero(cred, sizeof(cred));
+            return 1;
+        }
+    }
+    sodium_memzero(cred, sizeof(cred));
+    return 0;
+}
+
+/* A credential header that appears more than once (another field of the
+ * same name, whatever its value), or a credential query parameter named
+ * twice, would leave it to the upstream which one counts, and could make
+ * it combine the real value with text the guest chose: such a request
+ * gets no value at all (NB_EPROTO, A4). */
+static int ambiguous_query(const ictx_t *c)
+{
+    nb_iov_t q = c->t.query;
+    for (size_t k = 0; q.p && k < c->nb; k++) {
+        const nb_binding_t *b = &c->b[k];
+        if (b->placement != NB_PLACE_QUERY)
+            continue;
+        size_t named = 0, filled = 0, i = 0;
+        while (i <= q.len) {
+            size_t e = i;
+            while (e < q.len && q.p[e] != '&')
+                e++;
+            nb_iov_t param = nb_iov(q.p + i, e - i);
+            const uint8_t *eq = memchr(param.p, '=', param.len);
+            nb_iov_t pn = nb_iov(param.p, eq ? (size_t)(eq - param.p) : param.len);
+            if (iov_eq_str(pn, b->param)) {
+                named++;
+                filled += eq && iov_eq_str(nb_iov(eq + 1, param.len - pn.len - 1), b->secret);
+            }
+            i = e + 1;
+        }
+        if (named > 1 && filled && binding_state(c, b) == ST_USABLE)
+            return 1;
+    }
+    return 0;
+}
+
+static int ambiguous_credentials(const ictx_t *c)
+{
+    const nb_inject_req_t *q = c->req;
+    if (ambiguous_query(c))
+        return 1;
+    for (size_t i = 0; i < q->nheaders; i++) {
+        if (!substitutes(c, &q->headers[i]))
+            continue;
+        for (size_t j = 0; j < q->nheaders; j++)
+            if (j != i && q->headers[j].name.len == q->headers[i].name.len &&
+                nb_iov_eq_nocase_n(q->headers[j].name, (const char *)q->headers[i].name.p,
+                                   q->headers[i].name.len))
+                return 1;
+    }
+    return 0;
+}
+
 static int do_header(ictx_t *c, const nb_inject_header_t *h)
 {
     int r;
@@ -521,6 +574,7 @@ static int do_header(ictx_t *c, const nb_inject_header_t *h)
         scan(c, nb_iov(cred, (size_t)cl), "basic", h->name, 0);
     }
     scan(c, h->value, "header", h->name, 0);
+    scan(c, h->name, "header-name", nb_iov(NULL, 0), 0);
     if ((r = put(c, h->name.p, h->name.len)) < 0 || (r = put(c, ": ", 2)) < 0 ||
         (r = put(c, h->value.p, h->value.len)) < 0 || (r = put(c, "\r\n", 2)) < 0)
         return r;
@@ -623,6 +677,10 @@ int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
     int r;
     if ((r = parse_target(c)) < 0)
         goto out;
+    if (ambiguous_credentials(c)) {
+        r = NB_EPROTO;
+        goto out;
+    }
     const char *ver = req->version_minor ? " HTTP/1.1\r\n" : " HTTP/1.0\r\n";
     if ((r = put(c, req->method.p, req->method.len)) < 0 || (r = put(c, " ", 1)) < 0 ||
         (r = do_target(c)) < 0 || (r = put(c, ver, 11)) < 0)

@@ -116,7 +116,11 @@ void nb_inject_out_free(nb_inject_out_t *o);
  * anyway). When `redact` is not NULL, every injected value (and its
  * encoded form) is registered there with its placeholder as replacement.
  * Returns 0, NB_EINVAL (unusable secret value), NB_ETOOBIG (head over the
- * output cap), or the callback's error; on error out->len is 0. */
+ * output cap), NB_EDENIED (absolute-form target naming another host or
+ * carrying userinfo, A1), NB_EPROTO (a header a value would go into
+ * appears more than once: which one the upstream reads is not ours to
+ * guess, so none gets the value, A4), or the callback's error; on error
+ * out->len is 0. */
 int nb_inject_head(const nb_inject_req_t *req, const nb_inject_dest_t *dest,
                    const nb_binding_t *bindings, size_t nbindings, const char *const *known,
                    size_t nknown, nb_inject_get_fn get, void *ctx, nb_redact_t *redact,

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lib/hostname.h"
 #include "lib/err.h"
 
 struct nb_pxcreds {
@@ -135,9 +134,7 @@ const char *const *nb_pxcreds_names(const nb_pxcreds_t *c, size_t *n)
 int nb_pxcreds_host_bound_any(const nb_pxcreds_t *c, const char *host)
 {
     for (size_t i = 0; i < c->nbindings; i++) {
-        const nb_binding_t *b = &c->wbindings[i];
-        int wild = b->host[0] == '*' && b->host[1] == '.';
-        if (wild ? nb_host_pattern_match(b->host, host) : strcmp(b->host, host) == 0)
+        if (nb_binding_host_ok(&c->wbindings[i], host))
             return 1;
     }
     return 0;

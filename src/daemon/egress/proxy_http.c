@@ -442,6 +442,13 @@ static int send_head(cconn_t *c, upconn_t *u)
             nb_px_reply(c, 403, "refused", "host-mismatch", x->auth.host,
                         "the request names another host than the approved destination",
                         "send requests only to the host of the tunnel", 1);
+        } else if (r == NB_EPROTO) {
+            nb_px_record(
+                c, "refusal", x->auth.host, x->auth.port,
+                json_pack("{s:s, s:s}", "reason", "ambiguous-credentials", "threat", "A4"));
+            nb_px_reply(c, 400, "bad-request", "ambiguous-credentials", x->auth.host,
+                        "a header that a secret goes into appears more than once",
+                        "send each credential header once", 1);
         } else if (r == NB_ETOOBIG) {
             nb_px_reply(c, 431, "refused", "headers-too-large", x->auth.host,
                         "the request head is too large after injection", "send smaller headers", 1);

@@ -280,7 +280,7 @@ static void on_stored(void *opv, int status)
 static int fail(cconn_t *c, const char *token, const char *msg)
 {
     c->x.fail_token = token;
-    snprintf(c->x.fail_msg, sizeof c->x.fail_msg, "%s", msg);
+    nb_str_copy(c->x.fail_msg, sizeof c->x.fail_msg, msg); /* cut to fit */
     nb_log_conn(NB_LOG_WARN, c->id, "%s", msg);
     return NB_EPROTO;
 }

@@ -8,7 +8,6 @@
 #include <sodium.h>
 
 #include "lib/err.h"
-#include "lib/hostname.h"
 
 #define TARGET_MAX 16384
 #define AUTH_MAX 2560
@@ -111,16 +110,6 @@ static int parse_sig(const nb_sigv4_header_t *h, size_t nh, nb_iov_t target, nb_
     return nb_sigv4_parse_query(target, a);
 }
 
-static int path_ok(const nb_binding_t *b, nb_iov_t target)
-{
-    size_t pl = strlen(b->path_prefix);
-    if (!pl)
-        return 1;
-    if (target.len < pl || memcmp(target.p, b->path_prefix, pl) != 0)
-        return 0;
-    return target.len == pl || target.p[pl] == '/' || target.p[pl] == '?';
-}
-
 static const nb_binding_t *pick(const nb_inject_dest_t *dest, const nb_binding_t *b, size_t nb,
                                 const nb_sigv4_auth_t *a, nb_iov_t target, const char **why)
 {
@@ -130,8 +119,7 @@ static const nb_binding_t *pick(const nb_inject_dest_t *dest, const nb_binding_t
         const nb_binding_t *x = &b[i];
         if (x->placement != NB_PLACE_SIGV4)
             continue;
-        int wild = x->host[0] == '*' && x->host[1] == '.';
-        if (!(wild ? nb_host_pattern_match(x->host, dest->host) : !strcmp(x->host, dest->host)))
+        if (!nb_binding_host_ok(x, dest->host))
             continue;
         if (x->vm[0] && strcmp(x->vm, vm) != 0) {
             *why = "the SigV4 binding is for another VM";
@@ -141,7 +129,7 @@ static const nb_binding_t *pick(const nb_inject_dest_t *dest, const nb_binding_t
             *why = "plain HTTP: the SigV4 binding needs TLS";
             continue;
         }
-        if (!path_ok(x, target)) {
+        if (!nb_binding_path_ok(x, target)) {
             *why = "the path is outside the binding's prefix";
             continue;
         }

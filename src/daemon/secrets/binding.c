@@ -152,6 +152,45 @@ static int path_prefix_normalize(char *p)
     return 0;
 }
 
+static int has_nocase(nb_iov_t s, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= s.len; i++)
+        if (nb_iov_eq_nocase_n(nb_iov(s.p + i, n), needle, n))
+            return 1;
+    return 0;
+}
+
+static int path_clean(nb_iov_t p)
+{
+    static const char *const bad[] = {"%2e", "%2f", "%5c", "%00", "//", "/./", "/../", NULL};
+    if (p.len == 0 || p.p[0] != '/' || memchr(p.p, ';', p.len) || memchr(p.p, '\\', p.len))
+        return 0;
+    for (size_t i = 0; bad[i]; i++)
+        if (has_nocase(p, bad[i]))
+            return 0;
+    return !(p.len >= 2 && memcmp(p.p + p.len - 2, "/.", 2) == 0) &&
+           !(p.len >= 3 && memcmp(p.p + p.len - 3, "/..", 3) == 0);
+}
+
+int nb_binding_host_ok(const nb_binding_t *b, const char *host)
+{
+    return nb_host_pattern_match(b->host, host);
+}
+
+int nb_binding_path_ok(const nb_binding_t *b, nb_iov_t path)
+{
+    size_t pl = strnlen(b->path_prefix, sizeof(b->path_prefix));
+    if (pl == 0)
+        return 1;
+    size_t n = 0;
+    while (n < path.len && path.p[n] != '?' && path.p[n] != '#')
+        n++;
+    path.len = n;
+    return path_clean(path) && path.len >= pl && memcmp(path.p, b->path_prefix, pl) == 0 &&
+           (path.len == pl || path.p[pl] == '/');
+}
+
 static int vm_name_valid(const char *v)
 {
     size_t n = strlen(v);

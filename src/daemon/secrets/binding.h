@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 
+#include "lib/buf.h"
+
 #define NB_SECRETS_NAME_MAX 128
 
 /* 1 when `name` is a valid user secret name. */
@@ -55,6 +57,23 @@ int nb_binding_set_header(nb_binding_t *b, const char *spec);
  * prefix starting with '/', placement fields present and well-formed).
  * 0 or NB_EINVAL. */
 int nb_binding_normalize(nb_binding_t *b);
+
+/* 1 when b names `host` (a normalised name or IP literal, as the gate
+ * approved it): equal, or for "*.suffix" a name with at least one more
+ * label (nb_host_pattern_match). The one host decision for every
+ * placement: injection, SigV4 re-signing and whether responses are
+ * scanned (A5) all ask it. */
+int nb_binding_host_ok(const nb_binding_t *b, const char *host);
+
+/* 1 when request path `path` (origin-form; a "?query" or "#fragment" and
+ * what follows are ignored) is under b's path prefix: equal to it or
+ * followed by '/'. Always 1 without a prefix. With one, the path must also
+ * be clean: it starts with '/' and holds no ';', backslash, "//", dot segment
+ * ("/./", "/../", a final "/." or "/..") or percent-encoded '.', '/', backslash
+ * or NUL (either hex case), since an upstream may resolve any of those to
+ * a path outside the prefix (A4). The one decision for every placement:
+ * the injector and the SigV4 re-signer both ask it. */
+int nb_binding_path_ok(const nb_binding_t *b, nb_iov_t path);
 
 /* Why a secret may not be placed in header `h` (a static sentence), or
  * NULL when it may. Refused: Host and framing headers (the proxy owns

@@ -274,6 +274,52 @@ static void test_A4_placement(void)
     nb_inject_out_free(&o);
 }
 
+/* A credential header sent twice: which one the upstream reads is its
+ * choice, so neither gets the value (A4); a lone one still does. */
+static void test_A4_duplicate_credential_headers(void)
+{
+    nb_inject_out_t o;
+    nb_inject_out_init(&o, 8192);
+    const char *const cases[][3] = {
+        {"Authorization: Bearer OPENAI_API_KEY", "Authorization: Bearer OPENAI_API_KEY", NULL},
+        {"Authorization: Bearer OPENAI_API_KEY", "authorization: Bearer other", NULL},
+        {"AUTHORIZATION: Basic eDp5", "Authorization: Bearer OPENAI_API_KEY", NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        NB_CHECK_EQ_INT(inject(&o, "api.openai.com", "", 1, "GET", "/v1", cases[i], NULL),
+                        NB_EPROTO);
+        NB_CHECK(o.len == 0 && o.ninjected == 0 && nasked == 0);
+    }
+    /* Basic: the same with two Authorization fields. */
+    const char *hb[] = {"Authorization: Basic Ym90OkJBU0lDX1BX", /* bot:BASIC_PW */
+                        "Authorization: Basic Ym90OkJBU0lDX1BX", NULL};
+    NB_CHECK_EQ_INT(inject(&o, "registry.example.com", "", 1, "GET", "/", hb, NULL), NB_EPROTO);
+    NB_CHECK(o.len == 0 && nasked == 0);
+    /* A query parameter named twice, one of them the placeholder. */
+    const char *const targets[] = {"/v1?key=GEMINI_KEY&key=GEMINI_KEY", "/v1?key=x&key=GEMINI_KEY",
+                                   "/v1?key=GEMINI_KEY&a=1&key", "/v1?key&key=GEMINI_KEY"};
+    for (size_t i = 0; i < sizeof(targets) / sizeof(targets[0]); i++) {
+        NB_CHECK_EQ_INT(inject(&o, "a.googleapis.com", "", 1, "GET", targets[i], NULL, NULL),
+                        NB_EPROTO);
+        NB_CHECK(o.len == 0 && nasked == 0);
+    }
+    NB_CHECK_EQ_INT(inject(&o, "a.googleapis.com", "", 1, "GET", "/v1?key=a&key=b", NULL, NULL), 0);
+    NB_CHECK_EQ_INT(
+        inject(&o, "a.googleapis.com", "", 1, "GET", "/v1?Key=x&key=GEMINI_KEY", NULL, NULL), 0);
+    NB_CHECK(out_has(&o, "key=AIza") && o.ninjected == 1);
+    /* Two fields of a header no value goes into here: left alone. */
+    const char *h2[] = {"Authorization: Bearer OPENAI_API_KEY", "Authorization: Bearer x", NULL};
+    NB_CHECK_EQ_INT(inject(&o, "api.anthropic.com", "", 1, "GET", "/", h2, NULL), 0);
+    /* Positive control: one field, injected; the name as a header name is reported. */
+    const char *h3[] = {"Authorization: Bearer OPENAI_API_KEY", "OPENAI_API_KEY: 1", "x-api-key: y",
+                        NULL};
+    NB_CHECK_EQ_INT(inject(&o, "api.openai.com", "", 1, "GET", "/v1", h3, NULL), 0);
+    NB_CHECK(out_has(&o, "Authorization: Bearer " V_OPENAI "\r\n") && o.ninjected == 1);
+    NB_CHECK(out_has(&o, "OPENAI_API_KEY: 1\r\n"));
+    NB_CHECK(has_leak(&o, "OPENAI_API_KEY", NB_LEAK_PLACEMENT, "header-name"));
+    nb_inject_out_free(&o);
+}
+
 static void test_A7_cleartext(void)
 {
     nb_inject_out_t o;
@@ -791,6 +837,7 @@ int main(void)
     NB_RUN(test_path_prefix);
     NB_RUN(test_work_area);
     NB_RUN(test_refusals);
+    NB_RUN(test_A4_duplicate_credential_headers);
     NB_RUN(test_A5_redaction);
     NB_RUN(test_A5_streaming_latency);
     NB_RUN(test_A5_reset);

@@ -482,6 +482,41 @@ static void test_keyring_headless(void)
     unsetenv("DBUS_SESSION_BUS_ADDRESS");
 }
 
+/* One decision for "is this path under the prefix" (A4) and for "does
+ * this binding name the host", for every placement: the injector, the
+ * SigV4 re-signer and the response scanner's choice all use them. */
+static void test_binding_path_ok(void)
+{
+    nb_binding_t b;
+    memset(&b, 0, sizeof(b));
+    NB_CHECK(nb_binding_path_ok(&b, NB_IOV_STR("/../anything"))); /* no prefix: any path */
+    snprintf(b.path_prefix, sizeof(b.path_prefix), "/v1");
+    static const char *const good[] = {
+        "/v1",     "/v1/", "/v1/models", "/v1?x=/../", "/v1/a#/../..", "/v1/a.b/c..d/.e",
+        "/v1/%41", NULL};
+    for (size_t i = 0; good[i]; i++)
+        NB_CHECK(nb_binding_path_ok(&b, nb_iov(good[i], strlen(good[i]))));
+    static const char *const bad[] = {
+        "/v1/../admin", "/v1/..",     "/v1/.",  "/v1/./x",   "/v1//x",     "/v1/%2e%2e/x",
+        "/v1/%2E%2E/x", "/v1%2f..",   "/v1%2F", "/v1/x%5cy", "/v1/x%00",   "/v1/..;/x",
+        "/v1;x",        "/v1\\..\\x", "/v10",   "/v",        "v1/x",       "",
+        "/V1/x",        "*",          "/x/v1",  "//v1/x",    "/v1/a/../b", NULL};
+    for (size_t i = 0; bad[i]; i++)
+        NB_CHECK(!nb_binding_path_ok(&b, nb_iov(bad[i], strlen(bad[i]))));
+    /* Hosts: exact, or one more label under a wildcard. */
+    snprintf(b.host, sizeof(b.host), "api.example.com");
+    NB_CHECK(nb_binding_host_ok(&b, "api.example.com"));
+    NB_CHECK(!nb_binding_host_ok(&b, "x.api.example.com") &&
+             !nb_binding_host_ok(&b, "example.com"));
+    snprintf(b.host, sizeof(b.host), "*.example.com");
+    NB_CHECK(nb_binding_host_ok(&b, "a.example.com") && nb_binding_host_ok(&b, "a.b.example.com"));
+    NB_CHECK(!nb_binding_host_ok(&b, "example.com") && !nb_binding_host_ok(&b, ".example.com"));
+    NB_CHECK(!nb_binding_host_ok(&b, "aexample.com") &&
+             !nb_binding_host_ok(&b, "example.com.evil"));
+    snprintf(b.host, sizeof(b.host), "10.0.0.1");
+    NB_CHECK(nb_binding_host_ok(&b, "10.0.0.1") && !nb_binding_host_ok(&b, "10.0.0.10"));
+}
+
 static void test_bindings(void)
 {
     sqlite3 *db = open_db("bind.db");
@@ -641,6 +676,7 @@ int main(int argc, char **argv)
         close(lfd);
     }
     NB_RUN(test_names);
+    NB_RUN(test_binding_path_ok);
     NB_RUN(test_roundtrip);
     NB_RUN(test_A24_wrong_master_key);
     NB_RUN(test_A24_tamper_and_swap);
