@@ -181,7 +181,8 @@ int nb_stream_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb,
 
 /* Same, copying `n` bytes from borrowed `p`; the slices of `bufs` in
  * order. A TCP/pipe stream with nothing queued writes what the socket
- * takes straight from them and copies only the rest. */
+ * takes straight from them and copies only the rest (on a batching loop,
+ * nb_stream_loop_batch, it copies all: the send comes later). */
 int nb_stream_write_copy(nb_stream_t *s, const void *p, size_t n, nb_stream_write_cb cb, void *ud);
 int nb_stream_writev_copy(nb_stream_t *s, const uv_buf_t *bufs, unsigned n, nb_stream_write_cb cb,
                           void *ud);
