@@ -13,6 +13,7 @@ PKGS="$PKGS liblua5.4-dev"
 PKGS="$PKGS libssh-dev"
 PKGS="$PKGS chromium"
 PKGS="$PKGS libfuse3-dev fuse3"
+PKGS="$PKGS liburing-dev"
 PKGS="$PKGS rsync"
 PKGS="$PKGS libgtk-3-dev libwebkit2gtk-4.1-dev libnotify-dev xvfb xauth imagemagick python3-gi python3-dbus"
 

@@ -4,7 +4,7 @@ proxy of bench/proxy (nilbox by default, or squid), counted rather than
 timed, so the figures hold under load:
 
   * system calls per request, in total and read, write, readv, writev,
-    epoll_wait, epoll_ctl (perf's syscall tracepoints on the proxy's
+    epoll_wait, epoll_ctl, io_uring_enter (nilboxd's batched writes; perf's syscall tracepoints on the proxy's
     process, every thread);
   * context switches per request: voluntary (the proxy slept in
     epoll_wait) and involuntary (a process it woke preempted it), from
@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench  # noqa: E402
 import nbbench  # noqa: E402
 
-CALLS = ["read", "write", "readv", "writev", "epoll_wait", "epoll_ctl"]
+CALLS = ["read", "write", "readv", "writev", "epoll_wait", "epoll_ctl", "io_uring_enter"]
 EVENTS = ["raw_syscalls:sys_enter"] + ["syscalls:sys_enter_" + c for c in CALLS]
 
 
@@ -99,9 +99,9 @@ def main():
         b.rps(peer, 1, secs=0.3)  # warm up: leaf certificates, upstream connections
         print("bench/proxy/kernel: %s, per request, %.0f s per run, load average %.2f" % (
             a.peer, a.secs, os.getloadavg()[0]))
-        print("%-6s %8s %8s %8s %6s %6s %5s %5s %6s %6s %7s %7s %6s" % (
+        print("%-6s %8s %8s %8s %6s %6s %5s %5s %6s %6s %7s %7s %6s %6s" % (
             "conns", "req/s", "CPU us", "sys us", "cs vol", "invol", "segs", "calls", "read",
-            "write", "readv+w", "ep_wait", "ep_ctl"))
+            "write", "readv+w", "ep_wait", "ep_ctl", "uring"))
         for conns in (1, a.conns):
             perf = perf_start(pid)
             segs0, cs0, cpu0 = tcp_out_segs(), nbbench.ctx_switches(pid), nbbench.cpu_s(pid)
@@ -112,13 +112,13 @@ def main():
 
             def per(key):
                 return "%.2f" % (calls[key] / n) if key in calls else "-"
-            print("%-6d %8.0f %8.1f %8.1f %6.2f %6.2f %5s %5s %6s %6s %7s %7s %6s" % (
+            print("%-6d %8.0f %8.1f %8.1f %6.2f %6.2f %5s %5s %6s %6s %7s %7s %6s %6s" % (
                 conns, r["rps"], (sum(cpu1) - sum(cpu0)) * 1e6 / n, (cpu1[1] - cpu0[1]) * 1e6 / n,
                 (cs1[0] - cs0[0]) / n, (cs1[1] - cs0[1]) / n,
                 "%.2f" % ((segs1 - segs0) / n) if os.environ.get("NB_BENCH_NETNS") else "-",
                 per("syscalls"), per("read"), per("write"),
                 "%.2f" % ((calls["readv"] + calls["writev"]) / n) if "readv" in calls else "-",
-                per("epoll_wait"), per("epoll_ctl")))
+                per("epoll_wait"), per("epoll_ctl"), per("io_uring_enter")))
     finally:
         b.cleanup()
 

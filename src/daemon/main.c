@@ -19,6 +19,7 @@
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/log.h"
+#include "lib/stream.h"
 
 #define LOG_ROTATE_BYTES (10L << 20)
 
@@ -271,6 +272,12 @@ int main(int argc, char **argv)
         goto fail;
     }
     d.loop = &loop;
+    /* One io_uring submission for an iteration's socket writes (issue 10;
+     * NILBOX_IO_URING=0 turns it off). */
+    if ((r = nb_stream_loop_batch(&loop)) < 0) {
+        snprintf(err, sizeof err, "cannot set up write batching: %s", nb_strerror(r));
+        goto fail;
+    }
     d.on_stopped = on_stopped;
     if ((r = nb_daemon_start(&d, err, sizeof err)) < 0)
         goto fail;
@@ -280,6 +287,7 @@ int main(int argc, char **argv)
         notify = -1;
     }
     uv_run(&loop, UV_RUN_DEFAULT);
+    nb_stream_loop_unbatch(&loop);
     if (uv_loop_close(&loop) == UV_EBUSY) {
         uv_walk(&loop, on_walk_close, NULL);
         uv_run(&loop, UV_RUN_DEFAULT);
@@ -296,6 +304,7 @@ fail:
     else if (!foreground)
         fprintf(stderr, "nilboxd: %s\n", err);
     if (d.loop) {
+        nb_stream_loop_unbatch(&loop);
         uv_walk(&loop, on_walk_close, NULL);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);

@@ -3,15 +3,19 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <sodium.h>
 
 #include "lib/err.h"
+#include "lib/stream_int.h"
 
 #define READ_BLOCK (64u * 1024u)
+#define WQ_IOV 16        /* queued blocks one batched send takes */
 #define GATHER_ROUNDS 64 /* loop iterations gathered bytes may wait for more */
 
 static void block_free(const nb_stream_t *s, void *p, size_t n);
@@ -139,6 +143,17 @@ static void maybe_drain(nb_stream_t *s, int any)
 
 /* ---- libuv TCP / pipe backend ---- */
 
+nb_wbatch_t *nb_wbatch_list;
+
+/* A write waiting in a batched stream's queue (stream_uring.c sends it). */
+typedef struct wqe {
+    struct wqe *next;
+    uint8_t *p;
+    size_t len, off; /* p + off: what is left to send */
+    nb_stream_write_cb cb;
+    void *ud;
+} wqe_t;
+
 typedef struct {
     nb_stream_t base;
     union {
@@ -148,11 +163,25 @@ typedef struct {
         uv_pipe_t pipe;
     } u;
     int is_tcp;
-    int shutting; /* shutdown requested, callback not yet run */
-    size_t queued;
+    int shutting;  /* shutdown requested, callback not yet run */
+    size_t queued; /* bytes in uv_write requests and in wq */
     uv_shutdown_t shut;
     nb_stream_write_cb shut_cb;
     void *shut_ud;
+    /* Batched writes (the loop's batcher, stream_int.h). A stream writes
+     * either through uv_write or through its queue, never both at once:
+     * whichever path holds bytes takes the next write, so order holds. */
+    nb_wbatch_t *wb;   /* NULL: the loop does not batch */
+    nb_wbatch_op_t op; /* our slot in the batcher */
+    int fdkind;        /* 0 not known yet, 1 a socket (batched), -1 not batched */
+    unsigned uvreqs;   /* uv_write requests outstanding */
+    wqe_t *wq, **wq_tail;
+    int werr;        /* a batched send failed: later writes fail with it */
+    int shut_wait;   /* shutdown waits for wq to drain */
+    int in_done;     /* completions being handed out */
+    int close_wait;  /* close waits for the op in flight */
+    int close_reset; /* ... and then resets */
+    struct iovec iov[WQ_IOV];
 } uvs_t;
 
 typedef struct {
@@ -213,6 +242,7 @@ static void uvs_on_written(uv_write_t *req, int status)
     uvw_t *w = (uvw_t *)req;
     uvs_t *u = w->u;
     u->queued -= w->n;
+    u->uvreqs--;
     block_free(&u->base, w->p, w->n + w->off);
     if (w->cb)
         w->cb(&u->base, status, w->ud);
@@ -220,9 +250,177 @@ static void uvs_on_written(uv_write_t *req, int status)
     maybe_drain(&u->base, 0);
 }
 
+/* 1 when the next write goes through the batcher: the loop batches, the
+ * handle has a socket, and no uv_write request is ahead of it. */
+static int uvs_batched(uvs_t *u)
+{
+    if (!u->wb || u->fdkind < 0)
+        return 0;
+    if (u->wq || u->op.state != NB_WBOP_IDLE)
+        return 1;
+    if (u->uvreqs)
+        return 0;
+    if (u->fdkind == 0) {
+        uv_os_fd_t fd;
+        struct stat st;
+        if (uv_fileno(&u->u.h, &fd) < 0)
+            return 0; /* no socket yet (not connected or accepted) */
+        u->op.fd = fd;
+        u->fdkind = u->is_tcp || (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) ? 1 : -1;
+    }
+    return u->fdkind > 0;
+}
+
+static int uvs_enqueue(uvs_t *u, uint8_t *p, size_t n, nb_stream_write_cb cb, void *ud)
+{
+    nb_stream_t *s = &u->base;
+    if (u->werr) {
+        block_free(s, p, n);
+        return u->werr;
+    }
+    if (n == 0 && !u->wq && u->op.state == NB_WBOP_IDLE) {
+        block_free(s, p, n);
+        if (cb)
+            cb(s, 0, ud);
+        return 0;
+    }
+    wqe_t *e = malloc(sizeof *e);
+    if (!e) {
+        block_free(s, p, n);
+        return -ENOMEM;
+    }
+    *e = (wqe_t){.p = p, .len = n, .cb = cb, .ud = ud};
+    *u->wq_tail = e;
+    u->wq_tail = &e->next;
+    u->queued += n;
+    u->wb->kick(u->wb, &u->op);
+    return 0;
+}
+
+static size_t uvs_prep(nb_wbatch_op_t *op)
+{
+    uvs_t *u = (uvs_t *)((char *)op - offsetof(uvs_t, op));
+    size_t total = 0;
+    int i = 0;
+    for (const wqe_t *e = u->wq; e && i < WQ_IOV; e = e->next, i++) {
+        u->iov[i].iov_base = e->p + e->off;
+        u->iov[i].iov_len = e->len - e->off;
+        total += e->len - e->off;
+    }
+    memset(&op->msg, 0, sizeof op->msg);
+    op->msg.msg_iov = u->iov;
+    op->msg.msg_iovlen = (size_t)i;
+    return total;
+}
+
+static wqe_t *wq_pop(uvs_t *u)
+{
+    wqe_t *e = u->wq;
+    if (e && !(u->wq = e->next))
+        u->wq_tail = &u->wq;
+    return e;
+}
+
+/* Hands a finished queue entry back: freed (wiped if asked), then its
+ * callback. */
+static void wqe_finish(uvs_t *u, wqe_t *e, int status)
+{
+    block_free(&u->base, e->p, e->len);
+    if (e->cb)
+        e->cb(&u->base, status, e->ud);
+    free(e);
+}
+
+static void uvs_on_shutdown(uv_shutdown_t *req, int status)
+{
+    uvs_t *u = req->data;
+    u->shutting = 0;
+    if (u->shut_cb)
+        u->shut_cb(&u->base, status, u->shut_ud);
+}
+
+static int uvs_shutdown_now(uvs_t *u)
+{
+    u->shut.data = u;
+    int r = uv_shutdown(&u->shut, &u->u.s, uvs_on_shutdown);
+    if (r == 0)
+        u->shutting = 1;
+    return r;
+}
+
+static void uvs_close_now(uvs_t *u, int reset);
+static void wq_try_send(uvs_t *u);
+
+/* The batcher finished our send: `res` bytes went out, or it failed. */
+static void uvs_done(nb_wbatch_op_t *op, int res)
+{
+    uvs_t *u = (uvs_t *)((char *)op - offsetof(uvs_t, op));
+    nb_stream_t *s = &u->base;
+    wqe_t *fin = NULL, **fin_tail = &fin;
+    int status = 0;
+    if (res == 0 && u->wq)
+        res = UV_EPIPE; /* a stream socket never takes 0 of n > 0 bytes */
+    if (res >= 0) {
+        size_t left = (size_t)res;
+        while (u->wq) {
+            wqe_t *e = u->wq;
+            size_t k = e->len - e->off < left ? e->len - e->off : left;
+            e->off += k;
+            left -= k;
+            u->queued -= k;
+            if (e->off < e->len)
+                break;
+            *fin_tail = wq_pop(u);
+            fin_tail = &e->next;
+            e->next = NULL;
+        }
+    } else {
+        /* An error fails everything queued, in order; a cancel (close)
+         * leaves the queue to the close callback. */
+        status = res;
+        if (!s->closing) {
+            u->werr = res;
+            fin = u->wq;
+            for (wqe_t *e = fin; e; e = e->next)
+                u->queued -= e->len - e->off;
+            u->wq = NULL;
+            u->wq_tail = &u->wq;
+        }
+    }
+    u->in_done = 1;
+    for (wqe_t *e = fin, *next; e; e = next) {
+        next = e->next;
+        wqe_finish(u, e, status);
+    }
+    u->in_done = 0;
+    if (s->closing) {
+        if (u->close_wait) {
+            u->close_wait = 0;
+            if (!u->close_reset && u->wq)
+                wq_try_send(u);
+            uvs_close_now(u, u->close_reset);
+        }
+        return;
+    }
+    if (u->wq) {
+        u->wb->kick(u->wb, &u->op);
+    } else if (u->shut_wait) {
+        u->shut_wait = 0;
+        int r = uvs_shutdown_now(u);
+        if (r < 0 && u->shut_cb) {
+            u->shut_cb(s, r, u->shut_ud);
+            if (s->closing)
+                return;
+        }
+    }
+    maybe_drain(s, 0);
+}
+
 static int uvs_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb, void *ud)
 {
     uvs_t *u = (uvs_t *)s;
+    if (uvs_batched(u))
+        return uvs_enqueue(u, p, n, cb, ud);
     uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
     size_t off = 0;
     if (u->queued == 0) {
@@ -254,23 +452,29 @@ static int uvs_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb
         return r;
     }
     u->queued += n - off;
+    u->uvreqs++;
     return 0;
 }
 
 static void uvs_on_closed(uv_handle_t *h)
 {
     uvs_t *u = h->data;
-    if (u->base.on_close)
-        u->base.on_close(&u->base, u->base.ud);
+    nb_stream_t *s = &u->base;
+    /* Batched writes still queued: those the close sent in full succeeded
+     * (uvs_close), the rest are cancelled. */
+    wqe_t *e;
+    while ((e = wq_pop(u))) {
+        u->queued -= e->len - e->off;
+        wqe_finish(u, e, e->off == e->len ? 0 : UV_ECANCELED);
+    }
+    if (u->shut_wait) {
+        u->shut_wait = 0;
+        if (u->shut_cb)
+            u->shut_cb(s, UV_ECANCELED, u->shut_ud);
+    }
+    if (s->on_close)
+        s->on_close(s, s->ud);
     free(u);
-}
-
-static void uvs_on_shutdown(uv_shutdown_t *req, int status)
-{
-    uvs_t *u = req->data;
-    u->shutting = 0;
-    if (u->shut_cb)
-        u->shut_cb(&u->base, status, u->shut_ud);
 }
 
 static int uvs_shutdown(nb_stream_t *s, nb_stream_write_cb cb, void *ud)
@@ -278,11 +482,11 @@ static int uvs_shutdown(nb_stream_t *s, nb_stream_write_cb cb, void *ud)
     uvs_t *u = (uvs_t *)s;
     u->shut_cb = cb;
     u->shut_ud = ud;
-    u->shut.data = u;
-    int r = uv_shutdown(&u->shut, &u->u.s, uvs_on_shutdown);
-    if (r == 0)
-        u->shutting = 1;
-    return r;
+    if (u->wb && (u->wq || u->op.state != NB_WBOP_IDLE)) {
+        u->shut_wait = 1; /* after the queued bytes (uvs_done) */
+        return 0;
+    }
+    return uvs_shutdown_now(u);
 }
 
 static size_t uvs_queued(const nb_stream_t *s)
@@ -295,12 +499,48 @@ static int uvs_writable(const nb_stream_t *s)
     return ((const uvs_t *)s)->queued <= s->hiwat;
 }
 
-static void uvs_close(nb_stream_t *s, int reset)
+static void uvs_close_now(uvs_t *u, int reset)
 {
-    uvs_t *u = (uvs_t *)s;
     if (reset && u->is_tcp && !u->shutting && uv_tcp_close_reset(&u->u.tcp, uvs_on_closed) == 0)
         return;
     uv_close(&u->u.h, uvs_on_closed);
+}
+
+/* A close without reset sends what the socket takes of the batched queue
+ * at once, as unbatched writes would have been sent already. */
+static void wq_try_send(uvs_t *u)
+{
+    uv_buf_t b[WQ_IOV];
+    unsigned n = 0;
+    for (const wqe_t *e = u->wq; e && n < WQ_IOV; e = e->next, n++)
+        b[n] = uv_buf_init((char *)e->p + e->off, (unsigned)(e->len - e->off));
+    int t = n ? uv_try_write(&u->u.s, b, n) : 0;
+    size_t left = t > 0 ? (size_t)t : 0;
+    for (wqe_t *e = u->wq; e && left; e = e->next) {
+        size_t k = e->len - e->off < left ? e->len - e->off : left;
+        e->off += k;
+        left -= k;
+        u->queued -= k;
+    }
+}
+
+static void uvs_close(nb_stream_t *s, int reset)
+{
+    uvs_t *u = (uvs_t *)s;
+    if (u->wb) {
+        if (u->op.state == NB_WBOP_INFLIGHT || u->in_done) {
+            /* The kernel may still read the queued blocks and holds the
+             * socket: close once the send's completion came (uvs_done). */
+            u->close_wait = 1;
+            u->close_reset = reset;
+            u->wb->cancel(u->wb, &u->op);
+            return;
+        }
+        u->wb->cancel(u->wb, &u->op); /* out of the next flush */
+        if (!reset && u->wq)
+            wq_try_send(u);
+    }
+    uvs_close_now(u, reset);
 }
 
 static const nb_stream_ops_t uvs_ops = {
@@ -313,6 +553,20 @@ static const nb_stream_ops_t uvs_ops = {
     .close = uvs_close,
 };
 
+/* Joins the loop's batcher, if it has one (stream_uring.c). */
+static void uvs_init(uvs_t *u, uv_loop_t *loop)
+{
+    stream_init(&u->base, &uvs_ops, loop);
+    u->u.h.data = u;
+    u->wq_tail = &u->wq;
+    u->op.fd = -1;
+    u->op.prep = uvs_prep;
+    u->op.done = uvs_done;
+    for (nb_wbatch_t *b = nb_wbatch_list; b; b = b->next)
+        if (b->loop == loop)
+            u->wb = b;
+}
+
 int nb_stream_tcp_new(uv_loop_t *loop, nb_stream_t **out)
 {
     *out = NULL;
@@ -322,9 +576,8 @@ int nb_stream_tcp_new(uv_loop_t *loop, nb_stream_t **out)
         free(u);
         return r;
     }
-    stream_init(&u->base, &uvs_ops, loop);
+    uvs_init(u, loop);
     u->is_tcp = 1;
-    u->u.h.data = u;
     *out = &u->base;
     return 0;
 }
@@ -340,8 +593,7 @@ int nb_stream_pipe_new(uv_loop_t *loop, int fd, nb_stream_t **out)
         free(u);
         return r;
     }
-    stream_init(&u->base, &uvs_ops, loop);
-    u->u.h.data = u;
+    uvs_init(u, loop);
     if (fd >= 0 && (r = uv_pipe_open(&u->u.pipe, fd)) < 0) {
         close(fd);
         u->base.closing = 1;
@@ -360,7 +612,7 @@ int nb_stream_writev_copy(nb_stream_t *s, const uv_buf_t *bufs, unsigned n, nb_s
     size_t total = 0, skip = 0;
     for (unsigned i = 0; i < n; i++)
         total += bufs[i].len;
-    if (s->ops == &uvs_ops && ((uvs_t *)s)->queued == 0) {
+    if (s->ops == &uvs_ops && ((uvs_t *)s)->queued == 0 && !uvs_batched((uvs_t *)s)) {
         /* Most writes fit in the socket buffer: no copy. */
         int t = uv_try_write(&((uvs_t *)s)->u.s, bufs, n);
         if (t < 0 && t != UV_EAGAIN)

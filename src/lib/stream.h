@@ -127,6 +127,28 @@ void nb_stream_mux_reset(nb_stream_t *s, uint32_t code, const char *msg);
  * is gone (peer reset, session down) or for another backend. */
 nb_muxsess_stream_t *nb_stream_mux_stream(const nb_stream_t *s);
 
+/* Batches the socket writes of `loop`'s TCP/pipe streams created from now
+ * on (nilboxd only: the agent and the CLI do not link it): a loop
+ * iteration's writes are queued (nb_stream_write_copy/writev_copy copy
+ * them) and sent with one io_uring_enter after the iteration's I/O
+ * callbacks, instead of one write() each, so the readers they wake preempt
+ * the loop once per iteration instead of once per write. Write callbacks
+ * then run from the loop, never inside nb_stream_write; order, back-
+ * pressure, shutdown-after-the-queue and close behave as without. Falls
+ * back to one write() at a time, with a debug log line, when io_uring is
+ * unavailable, and when NILBOX_IO_URING=0 is in the environment. Streams
+ * that are not sockets are never batched. 0 (batching on or fell back) or
+ * -ENOMEM. Call from the loop's thread before other threads create
+ * streams. */
+int nb_stream_loop_batch(uv_loop_t *loop);
+
+/* 1 when `loop` batches its writes. */
+int nb_stream_loop_batched(uv_loop_t *loop);
+
+/* Ends batching on `loop` once every stream of it is closed (its handles
+ * close with the loop's next run). No-op when it does not batch. */
+void nb_stream_loop_unbatch(uv_loop_t *loop);
+
 /* ---- the interface ---- */
 
 /* Sets callbacks and user data; any of them may be NULL. */
@@ -159,7 +181,8 @@ int nb_stream_write(nb_stream_t *s, uint8_t *p, size_t n, nb_stream_write_cb cb,
 
 /* Same, copying `n` bytes from borrowed `p`; the slices of `bufs` in
  * order. A TCP/pipe stream with nothing queued writes what the socket
- * takes straight from them and copies only the rest. */
+ * takes straight from them and copies only the rest (on a batching loop,
+ * nb_stream_loop_batch, it copies all: the send comes later). */
 int nb_stream_write_copy(nb_stream_t *s, const void *p, size_t n, nb_stream_write_cb cb, void *ud);
 int nb_stream_writev_copy(nb_stream_t *s, const uv_buf_t *bufs, unsigned n, nb_stream_write_cb cb,
                           void *ud);
