@@ -59,7 +59,7 @@ class EgressDebian(VmSuite):
 
     def auths(self, host):
         with open(self.up_log) as f:
-            rows = [json.loads(l) for l in f if l.strip()]
+            rows = [json.loads(l) for l in f if l.endswith("\n") and l.strip()]
         return [dict((k.lower(), v) for k, v in r["headers"]).get("authorization") for r in rows
                 if dict((k.lower(), v) for k, v in r["headers"]).get("host") == host]
 

@@ -171,7 +171,7 @@ class EgressE2E(VmSuite):
     def received(self, host=None):
         try:
             with open(self.up_log) as f:
-                rows = [json.loads(l) for l in f if l.strip()]
+                rows = [json.loads(l) for l in f if l.endswith("\n") and l.strip()]
         except FileNotFoundError:
             return []
         if host:

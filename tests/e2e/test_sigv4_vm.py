@@ -73,7 +73,7 @@ class SigV4E2E(VmSuite):
 
     def rows(self):
         with open(self.log) as f:
-            return [json.loads(l) for l in f if l.strip()]
+            return [json.loads(l) for l in f if l.endswith("\n") and l.strip()]
 
     def test_01_env(self):
         r = self.sh('echo "$AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY $AWS_SESSION_TOKEN"')

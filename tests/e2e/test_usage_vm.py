@@ -83,7 +83,7 @@ class UsageE2E(VmSuite):
 
     def rows(self, path):
         with open(path) as f:
-            return [json.loads(l) for l in f if l.strip()]
+            return [json.loads(l) for l in f if l.endswith("\n") and l.strip()]
 
     def records(self):
         r = self.ccli("--json", "usage", "ls", "--vm", VM, "-n", "100")

@@ -232,7 +232,7 @@ class ProxyEnv:
     def received(self):
         try:
             with open(self.up_log) as f:
-                return [json.loads(l) for l in f if l.strip()]
+                return [json.loads(l) for l in f if l.endswith("\n") and l.strip()]
         except FileNotFoundError:
             return []
 

@@ -52,7 +52,7 @@ class LlmEnv(ProxyEnv):
     def served_rows(self):
         try:
             with open(self.served) as f:
-                return [json.loads(l) for l in f if l.strip()]
+                return [json.loads(l) for l in f if l.endswith("\n") and l.strip()]
         except FileNotFoundError:
             return []
 
