@@ -481,6 +481,31 @@ static int substitutes(const ictx_t *c, const nb_inject_header_t *h)
     return 0;
 }
 
+/* One `&`-separated parameter of a query: all of it, its name (all of it
+ * when there is no '='), its value (p NULL when there is no '='), and
+ * whether it is the last one. */
+typedef struct {
+    nb_iov_t all, name, value;
+    int last;
+} qparam_t;
+
+/* The parameter from *i on; *i moves past it. 0 once the query is used up. */
+static int next_param(nb_iov_t q, size_t *i, qparam_t *p)
+{
+    if (*i > q.len)
+        return 0;
+    size_t e = *i;
+    while (e < q.len && q.p[e] != '&')
+        e++;
+    p->all = nb_iov(q.p + *i, e - *i);
+    const uint8_t *eq = memchr(p->all.p, '=', p->all.len);
+    p->name = nb_iov(p->all.p, eq ? (size_t)(eq - p->all.p) : p->all.len);
+    p->value = eq ? nb_iov(eq + 1, p->all.len - p->name.len - 1) : nb_iov(NULL, 0);
+    p->last = e >= q.len;
+    *i = e + 1;
+    return 1;
+}
+
 /* A credential header that appears more than once (another field of the
  * same name, whatever its value), or a credential query parameter named
  * twice, would leave it to the upstream which one counts, and could make
@@ -494,19 +519,12 @@ static int ambiguous_query(const ictx_t *c)
         if (b->placement != NB_PLACE_QUERY)
             continue;
         size_t named = 0, filled = 0, i = 0;
-        while (i <= q.len) {
-            size_t e = i;
-            while (e < q.len && q.p[e] != '&')
-                e++;
-            nb_iov_t param = nb_iov(q.p + i, e - i);
-            const uint8_t *eq = memchr(param.p, '=', param.len);
-            nb_iov_t pn = nb_iov(param.p, eq ? (size_t)(eq - param.p) : param.len);
-            if (iov_eq_str(pn, b->param)) {
+        qparam_t p;
+        while (next_param(q, &i, &p))
+            if (iov_eq_str(p.name, b->param)) {
                 named++;
-                filled += eq && iov_eq_str(nb_iov(eq + 1, param.len - pn.len - 1), b->secret);
+                filled += p.value.p && iov_eq_str(p.value, b->secret);
             }
-            i = e + 1;
-        }
         if (named > 1 && filled && binding_state(c, b) == ST_USABLE)
             return 1;
     }
@@ -621,36 +639,29 @@ static int do_target(ictx_t *c)
     if ((r = put(c, t.p, qoff)) < 0)
         return r;
     size_t i = 0;
-    while (i <= q.len) {
-        size_t e = i;
-        while (e < q.len && q.p[e] != '&')
-            e++;
-        nb_iov_t param = nb_iov(q.p + i, e - i);
-        const uint8_t *eq = memchr(param.p, '=', param.len);
+    qparam_t p;
+    while (next_param(q, &i, &p)) {
         int done = 0;
-        for (size_t k = 0; eq && k < c->nb && !done; k++) {
+        for (size_t k = 0; p.value.p && k < c->nb && !done; k++) {
             const nb_binding_t *b = &c->b[k];
-            nb_iov_t pn = nb_iov(param.p, (size_t)(eq - param.p));
-            nb_iov_t pv = nb_iov(eq + 1, param.len - pn.len - 1);
-            if (b->placement != NB_PLACE_QUERY || !iov_eq_str(pn, b->param) ||
-                !iov_eq_str(pv, b->secret) || binding_state(c, b) != ST_USABLE)
+            if (b->placement != NB_PLACE_QUERY || !iov_eq_str(p.name, b->param) ||
+                !iov_eq_str(p.value, b->secret) || binding_state(c, b) != ST_USABLE)
                 continue;
             val_t v;
-            if ((r = fetch(c, b, &v)) < 0 || (r = put(c, pn.p, pn.len + 1)) < 0 ||
+            if ((r = fetch(c, b, &v)) < 0 || (r = put(c, p.name.p, p.name.len + 1)) < 0 ||
                 (r = put_pct(c, v, b->secret)) < 0)
                 return r;
             note_injection(c, b);
             if (c->ncons < MAX_CONSUMED) {
-                c->cons_from[c->ncons] = (size_t)(pv.p - t.p);
-                c->cons_to[c->ncons++] = (size_t)(pv.p - t.p) + pv.len;
+                c->cons_from[c->ncons] = (size_t)(p.value.p - t.p);
+                c->cons_to[c->ncons++] = (size_t)(p.value.p - t.p) + p.value.len;
             }
             done = 1;
         }
-        if (!done && (r = put(c, param.p, param.len)) < 0)
+        if (!done && (r = put(c, p.all.p, p.all.len)) < 0)
             return r;
-        if (e < q.len && (r = put(c, "&", 1)) < 0)
+        if (!p.last && (r = put(c, "&", 1)) < 0)
             return r;
-        i = e + 1;
     }
     size_t rest = qoff + q.len;
     return put(c, t.p + rest, t.len - rest); /* a fragment, if any */
