@@ -9,7 +9,8 @@
  * When: streams queue their bytes during the iteration; the check handle
  * (right after the poll phase, so after every ready socket was handled)
  * submits one sendmsg per stream with one io_uring_enter and reaps the
- * completions at once (loopback sends complete inline). The prepare handle
+ * completions at once (loopback sends complete inline); a lone stream with
+ * nothing in flight is sent with a plain sendmsg (ub_send_lone). The prepare handle
  * does the same before the loop blocks, for writes made outside the poll
  * phase (timers, close callbacks). A send on a full socket completes later
  * (io_uring waits for POLLOUT itself): the ring's own descriptor, watched
@@ -129,9 +130,32 @@ static void ub_reap(ub_t *b)
     }
 }
 
+/* One stream to send and nothing in flight: nothing to batch (a single
+ * connection's turn), so send it as an unbatched write would, one
+ * sendmsg without a ring round trip. Only what the socket cannot take now
+ * goes through the ring (it waits for room there). 1 when sent. */
+static int ub_send_lone(ub_t *b)
+{
+    nb_wbatch_op_t *op = b->qhead;
+    if (!op || op != b->qtail || b->inflight)
+        return 0;
+    ub_unqueue(b, op);
+    if (op->prep(op) == 0)
+        return 1;
+    ssize_t n = sendmsg(op->fd, &op->msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        ub_kick(&b->base, op);
+        return 0;
+    }
+    op->done(op, n < 0 ? -errno : (int)n);
+    return 1;
+}
+
 static void ub_flush(ub_t *b)
 {
     for (int round = 0; round < UB_ROUNDS && b->qhead; round++) {
+        if (ub_send_lone(b))
+            continue;
         nb_wbatch_op_t *op;
         while ((op = b->qhead)) {
             ub_unqueue(b, op);
