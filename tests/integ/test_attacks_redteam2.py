@@ -1,0 +1,240 @@
+#!/usr/bin/python3
+"""Red-team pass 2 (h-red2): revocation on open connections and VM scoping,
+through the real `nilbox proxy` for VM "a" and one for VM "b", against the
+scripted TLS upstream of test_attacks_redteam.py (it records raw heads).
+
+  A27  on a keep-alive tunnel that already carried an injected request: the
+       secret's value changed, the binding removed, the secret removed, the
+       allow rule removed, a deny rule added: the next request on the SAME
+       connection gets the new value / no value / is refused.
+  A9   bindings scoped to VM "a" (header, query, SigV4) used through VM
+       "b"'s proxy; a value of "a"'s secret the upstream stored and hands
+       to "b" is redacted.
+  A2   SigV4 signed with a key id that names another secret, or with the
+       secret-key placeholder in the body: never re-signed, never sent.
+
+Every test has a positive control: the real value does reach the bound
+host in its placement on the same path."""
+import socket
+import ssl
+import time
+
+import fake_aws
+from daemon_harness import status_of
+from proxy_env import ProxyEnv, run_suite, with_auth
+from test_attacks_redteam import Upstream, dechunk, read_response
+
+V1 = "rv-FIRST.value_0123456789abcdefAAA"
+V2 = "rv-SECOND.value_9876543210fedcbaBBB"
+VA = "va-ONLY.for.vm.a_55443322110099ZZ"
+QA = "qa-QUERY.vm.a_66778899aabbccddQQ"
+AKID, ASEC = "AKIAREDTWOKEY0000077", "rEdTwO/SeCrEt+Key0123456789abcdefGHIJKL"
+RHOST, DHOST, VHOST, SHOST = "api.test", "other.test", "a.api.test", "meta.test"
+E = None
+UP = None
+
+
+class StoreUpstream(Upstream):
+    """Also /stored: answers with the last credential any request carried
+    (an upstream that stores what one VM sent and shows it to another)."""
+    last = b""
+
+    def route(self, c, f, method, target, hd, body):
+        auth = hd.get("authorization", "")
+        tok = (auth.split(" ", 1)[1] if " " in auth else auth).encode()
+        if target.startswith("/keep"):
+            StoreUpstream.last = tok
+            return self.send(c, 200, "kept")
+        if target.startswith("/stored"):
+            return self.send(c, 200, b"stored=" + StoreUpstream.last)
+        return super().route(c, f, method, target, hd, body)
+
+
+def setup():
+    global E, UP
+    E = ProxyEnv(prompt_timeout_ms=1000, names=("evil.test",))
+    E.__enter__()
+    UP = StoreUpstream(E.up_cert, E.up_key)
+    E.rule("allow", "127.0.0.1:%d" % UP.port)
+    hosts = (RHOST, DHOST, VHOST, SHOST)
+    res = ["%s:443:127.0.0.1:%d" % (h, UP.port) for h in hosts]
+    E.pa = E.proxy(vm="a", extra_resolve=res)
+    E.pb = E.proxy(vm="b", extra_resolve=res)
+
+
+def tunnel(host, px):
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+    s.sendall(with_auth(px, b"CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n"
+                        % (host.encode(), host.encode())))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        b = s.recv(1)
+        if not b:
+            raise ConnectionError("closed during CONNECT")
+        head += b
+    assert status_of(head) == 200, head
+    ctx = ssl.create_default_context(cafile=E.ca_pem)
+    return ctx.wrap_socket(s, server_hostname=host)
+
+
+def ask(s, host, path, auth=b"Bearer R_KEY", extra=b"", body=b""):
+    """One keep-alive request on s: (response head, body), ("", "") if closed."""
+    try:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\nAuthorization: %s\r\n%s\r\n"
+                  % (path.encode(), host.encode(), auth, extra) + body)
+        return read_response(s)
+    except (OSError, ssl.SSLError):
+        return b"", b""
+
+
+def seen(path):
+    got = UP.got(lambda r: r["target"] == path)
+    return got[0]["head"] + got[0]["body"] if got else None
+
+
+def test_A27_revocation_on_open_tunnel():
+    E.secret("R_KEY", V1)
+    bid = E.bind("R_KEY", RHOST)["id"]
+    rid = E.rule("allow", RHOST + ":443")["id"]
+    s = tunnel(RHOST, E.pa)
+    # positive control: injected on the tunnel
+    h, b = ask(s, RHOST, "/echo?r1")
+    assert status_of(h) == 200 and V1.encode() in seen("/echo?r1"), (h, seen("/echo?r1"))
+    assert V1.encode() not in h + b, (h, b)
+    # (d) the value changes: the next request on the same connection gets the new one
+    E.secret("R_KEY", V2)
+    h, b = ask(s, RHOST, "/echo?r2")
+    got = seen("/echo?r2")
+    assert got and V2.encode() in got and V1.encode() not in got, got
+    # (a) the binding goes: no value at all on the same connection
+    E.cli("secret", "unbind", str(bid))
+    h, b = ask(s, RHOST, "/echo?r3")
+    got = seen("/echo?r3") or b""
+    assert V1.encode() not in got and V2.encode() not in got, got
+    # bound again: injected again (the connection is still usable)
+    E.bind("R_KEY", RHOST)
+    s.close()
+    s = tunnel(RHOST, E.pa)
+    h, b = ask(s, RHOST, "/echo?r4")
+    assert V2.encode() in (seen("/echo?r4") or b""), seen("/echo?r4")
+    # (b) the secret goes
+    E.cli("secret", "rm", "R_KEY")
+    h, b = ask(s, RHOST, "/echo?r5")
+    got = seen("/echo?r5") or b""
+    assert V2.encode() not in got, got
+    s.close()
+    # (c) the allow rule goes: the next request on the open tunnel is not sent
+    E.secret("R_KEY", V1)
+    E.bind("R_KEY", RHOST)
+    s = tunnel(RHOST, E.pa)
+    h, b = ask(s, RHOST, "/echo?r6")
+    assert V1.encode() in (seen("/echo?r6") or b""), seen("/echo?r6")
+    E.cli("rule", "rm", str(rid))
+    h, b = ask(s, RHOST, "/echo?r7")
+    assert seen("/echo?r7") is None, seen("/echo?r7")
+    assert status_of(h) != 200 if h else True, h
+    s.close()
+
+
+def test_A27_deny_rule_on_open_tunnel():
+    E.secret("D_KEY", V1)
+    E.bind("D_KEY", DHOST)
+    E.rule("allow", DHOST + ":443")
+    s = tunnel(DHOST, E.pa)
+    h, b = ask(s, DHOST, "/echo?d1", auth=b"Bearer D_KEY")
+    assert V1.encode() in (seen("/echo?d1") or b""), (h, seen("/echo?d1"))
+    E.rule("deny", DHOST + ":443")
+    h, b = ask(s, DHOST, "/echo?d2", auth=b"Bearer D_KEY")
+    assert seen("/echo?d2") is None, seen("/echo?d2")
+    assert status_of(h) != 200 if h else True, h
+    s.close()
+
+
+def sigv4_head(host, path, akid="AWS_ACCESS_KEY_ID", n=0, body=b""):
+    amzdate = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    scope = "%s/us-east-1/s3/aws4_request" % amzdate[:8]
+    headers = [("Host", host), ("x-amz-date", amzdate),
+               ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")]
+    signed = "host;x-amz-content-sha256;x-amz-date"
+    sig, _ = fake_aws.signature("AWS_SECRET_ACCESS_KEY", "GET", path, headers, signed,
+                                "UNSIGNED-PAYLOAD", amzdate, scope, False)
+    auth = "AWS4-HMAC-SHA256 Credential=%s/%s, SignedHeaders=%s, Signature=%s" % (
+        akid, scope, signed, sig)
+    extra = "".join("%s: %s\r\n" % h for h in headers[1:]).encode()
+    if body:
+        extra += b"Content-Length: %d\r\n" % len(body)
+    return auth.encode(), extra
+
+
+def test_A9_cross_vm_header_query_sigv4():
+    E.secret("VA_KEY", VA)
+    E.bind("VA_KEY", VHOST, "--vm", "a")
+    E.secret("QA_KEY", QA)
+    E.bind("QA_KEY", VHOST, "--query", "key", "--vm", "a")
+    E.secret("AWS_A", "%s\n%s\n" % (AKID, ASEC))
+    E.cli("secret", "bind-aws", "AWS_A", "--host", SHOST, "--vm", "a")
+    E.rule("allow", VHOST + ":443")
+    E.rule("allow", SHOST + ":443")
+    for px, tag in ((E.pa, "a"), (E.pb, "b")):
+        s = tunnel(VHOST, px)
+        ask(s, VHOST, "/echo?h" + tag, auth=b"Bearer VA_KEY")
+        ask(s, VHOST, "/echo?key=QA_KEY&q" + tag, auth=b"Bearer x")
+        s.close()
+        s = tunnel(SHOST, px)
+        auth, extra = sigv4_head(SHOST, "/obj-" + tag)
+        ask(s, SHOST, "/obj-" + tag, auth=auth, extra=extra)
+        s.close()
+    # positive controls: VM a gets its values in their placements
+    assert VA.encode() in seen("/echo?ha"), seen("/echo?ha")
+    assert UP.got(lambda r: r["target"] == "/echo?key=%s&qa" % QA), "query for a"
+    assert b"Credential=" + AKID.encode() in seen("/obj-a"), seen("/obj-a")
+    # VM b: none of them
+    for p in ("/echo?hb", "/obj-b"):
+        got = seen(p) or b""
+        for v in (VA, QA, AKID, ASEC):
+            assert v.encode() not in got, (p, v, got)
+    for r in UP.got(lambda r: r["target"].endswith("&qb")):
+        assert QA not in r["target"], r["target"]
+
+
+def test_A9_stored_value_reflected_to_other_vm():
+    # VM a's value reaches the upstream (positive control), which hands it to VM b
+    s = tunnel(VHOST, E.pa)
+    ask(s, VHOST, "/keep", auth=b"Bearer VA_KEY")
+    s.close()
+    assert StoreUpstream.last == VA.encode(), StoreUpstream.last
+    s = tunnel(VHOST, E.pb)
+    h, b = ask(s, VHOST, "/stored", auth=b"Bearer nothing")
+    s.close()
+    assert status_of(h) == 200 and b"stored=" in b, (h, b)
+    assert VA.encode() not in h + b and b"VA_KEY" in dechunk(b), (h, b)
+
+
+def test_A2_sigv4_foreign_key_id_and_body_placeholder():
+    # positive control on the same host and VM
+    s = tunnel(SHOST, E.pa)
+    auth, extra = sigv4_head(SHOST, "/obj-p1")
+    ask(s, SHOST, "/obj-p1", auth=auth, extra=extra)
+    assert b"Credential=" + AKID.encode() in (seen("/obj-p1") or b""), seen("/obj-p1")
+    # a key id naming the secret (or its value, or another placeholder): not re-signed
+    for i, akid in enumerate(("AWS_A", AKID, "R_KEY", "aws_access_key_id")):
+        auth, extra = sigv4_head(SHOST, "/obj-f%d" % i, akid=akid)
+        ask(s, SHOST, "/obj-f%d" % i, auth=auth, extra=extra)
+        got = seen("/obj-f%d" % i) or b""
+        assert ASEC.encode() not in got, got
+        if akid != AKID:
+            assert AKID.encode() not in got, (akid, got)
+    # the secret-key placeholder in the body: never replaced by the real key
+    pb = b"AWS_SECRET_ACCESS_KEY AWS_ACCESS_KEY_ID"
+    auth, extra = sigv4_head(SHOST, "/obj-b1", body=pb)
+    ask(s, SHOST, "/obj-b1", auth=auth, extra=extra, body=pb)
+    got = seen("/obj-b1") or b""
+    assert ASEC.encode() not in got, got
+    s.close()
+
+
+if __name__ == "__main__":
+    run_suite(setup, [test_A27_revocation_on_open_tunnel, test_A27_deny_rule_on_open_tunnel,
+                      test_A9_cross_vm_header_query_sigv4,
+                      test_A9_stored_value_reflected_to_other_vm,
+                      test_A2_sigv4_foreign_key_id_and_body_placeholder])
