@@ -58,6 +58,7 @@ def setup():
     E.rule("allow", "127.0.0.1:%d" % UP.port)
     hosts = (RHOST, DHOST, VHOST, SHOST)
     res = ["%s:443:127.0.0.1:%d" % (h, UP.port) for h in hosts]
+    res += ["%s:443:127.0.0.1:%d" % (h, E.tls_port) for h in ("sse.test", "ws.test")]
     E.pa = E.proxy(vm="a", extra_resolve=res)
     E.pb = E.proxy(vm="b", extra_resolve=res)
 
@@ -150,6 +151,71 @@ def test_A27_deny_rule_on_open_tunnel():
     s.close()
 
 
+def read_for(s, secs):
+    """Whatever s yields within `secs` (until it closes)."""
+    out = b""
+    deadline = time.time() + secs
+    s.settimeout(0.2)
+    while time.time() < deadline:
+        try:
+            b = s.recv(65536)
+        except socket.timeout:
+            continue
+        except (OSError, ssl.SSLError):
+            break
+        if not b:
+            break
+        out += b
+    return out
+
+
+def test_A27_deny_mid_sse_stream():
+    E.rule("allow", "sse.test:443")
+    s = tunnel("sse.test", E.pa)
+    s.sendall(b"GET /sse?n=40&delay=0.2 HTTP/1.1\r\nHost: sse.test\r\n\r\n")
+    # positive control: events arrive
+    before = read_for(s, 1.0)
+    assert before.count(b"event: tick") >= 2, before
+    E.rule("deny", "sse.test:443")
+    after = read_for(s, 4.0)
+    s.close()
+    # the deny rule cuts the stream: at most what was in flight, not 4 more seconds of it
+    assert after.count(b"event: tick") <= 3, after.count(b"event: tick")
+
+
+def upload_rule_goes(tag, change):
+    """A chunked upload to ws.test: a piece, then `change()`, then more
+    pieces and the end. The upstream's record of it, or None."""
+    s = tunnel("ws.test", E.pa)
+    s.sendall(b"POST /upload?%s HTTP/1.1\r\nHost: ws.test\r\nTransfer-Encoding: chunked\r\n"
+              b"\r\n5\r\nhello\r\n" % tag.encode())
+    time.sleep(0.5)
+    change()
+    time.sleep(0.5)
+    try:
+        for i in range(20):
+            s.sendall(b"6\r\nleak%02d\r\n" % i)
+            time.sleep(0.05)
+        s.sendall(b"0\r\n\r\n")
+    except (OSError, ssl.SSLError):
+        pass
+    out = read_for(s, 2.0)
+    s.close()
+    got = [r for r in E.received() if r.get("target", "").endswith("?" + tag)]
+    return got, out
+
+
+def test_A27_deny_mid_chunked_upload():
+    rid = E.rule("allow", "ws.test:443")["id"]
+    # positive control: nothing changes, the whole upload arrives
+    got, out = upload_rule_goes("u0", lambda: None)
+    assert got, (out, E.received()[-2:])
+    # a deny rule mid-upload: the rest never reaches the denied host
+    got, out = upload_rule_goes("u1", lambda: E.rule("deny", "ws.test:443"))
+    assert not got, got
+    E.cli("rule", "rm", str(rid))
+
+
 def sigv4_head(host, path, akid="AWS_ACCESS_KEY_ID", n=0, body=b""):
     amzdate = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     scope = "%s/us-east-1/s3/aws4_request" % amzdate[:8]
@@ -235,6 +301,7 @@ def test_A2_sigv4_foreign_key_id_and_body_placeholder():
 
 if __name__ == "__main__":
     run_suite(setup, [test_A27_revocation_on_open_tunnel, test_A27_deny_rule_on_open_tunnel,
+                      test_A27_deny_mid_sse_stream, test_A27_deny_mid_chunked_upload,
                       test_A9_cross_vm_header_query_sigv4,
                       test_A9_stored_value_reflected_to_other_vm,
                       test_A2_sigv4_foreign_key_id_and_body_placeholder])

@@ -252,10 +252,12 @@ static const nb_dest_t *conn_dest(const cconn_t *c)
 }
 
 /* Gate watcher: the ruleset changed. Byte pipes (raw tunnels, WebSocket
- * after 101) carry no requests to judge, so one the rules no longer allow
- * is closed at once: a deny rule now covers it, or the allow rule that
- * admitted it is gone (an allow-once admission stands until a rule
- * decides). Inspected connections are re-judged per request
+ * after 101) carry no requests to judge, and an inspected exchange
+ * already under way (a streamed response, an endless chunked upload)
+ * would not meet the next judgement until it ends (A27): one the rules no
+ * longer allow is closed at once: a deny rule now covers it, or the allow
+ * rule that admitted it is gone (an allow-once admission stands until a
+ * rule decides). Idle inspected connections are re-judged per request
  * (proxy_http.c tunnel_rejudge), lazily. */
 static void on_policy_changed(void *ud)
 {
@@ -268,7 +270,10 @@ static void on_policy_changed(void *ud)
         for (cconn_t *c = l->conns, *n; c; c = n) {
             n = c->next; /* closing frees nothing before the loop turns */
             const nb_dest_t *d = conn_dest(c);
-            if ((c->state != CS_PIPE && c->state != CS_CONNECTING) || !d)
+            /* c->up: an exchange is talking to its upstream (up to its end). */
+            int flowing =
+                c->state == CS_PIPE || c->state == CS_CONNECTING || (c->state == CS_HTTP && c->up);
+            if (!flowing || !d)
                 continue;
             nb_gate_verdict_t v;
             int decided = nb_gate_rules_verdict(g, d, &v);
@@ -280,7 +285,9 @@ static void on_policy_changed(void *ud)
             int port = c->tunnel ? c->auth.port : c->x.auth.port;
             nb_log_conn(NB_LOG_NOTICE, c->id, "%s:%d is no longer allowed (%s): closing the %s",
                         host, port, nb_gate_why_name(v.why),
-                        c->tunnel && !c->inspect ? "raw tunnel" : "WebSocket");
+                        c->tunnel && !c->inspect ? "raw tunnel"
+                        : c->state == CS_PIPE    ? "WebSocket"
+                                                 : "exchange under way");
             nb_px_record_gate(c, host, port, &v, "policy-change");
             px->st.denied++;
             nb_px_conn_close(c);
