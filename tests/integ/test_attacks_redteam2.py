@@ -15,11 +15,14 @@ scripted TLS upstream of test_attacks_redteam.py (it records raw heads).
 
 Every test has a positive control: the real value does reach the bound
 host in its placement on the same path."""
+import json
+import os
 import socket
 import ssl
 import time
 
 import fake_aws
+import fake_oauth
 from daemon_harness import status_of
 from proxy_env import ProxyEnv, run_suite, with_auth
 from test_attacks_redteam import Upstream, dechunk, read_response
@@ -30,8 +33,20 @@ VA = "va-ONLY.for.vm.a_55443322110099ZZ"
 QA = "qa-QUERY.vm.a_66778899aabbccddQQ"
 AKID, ASEC = "AKIAREDTWOKEY0000077", "rEdTwO/SeCrEt+Key0123456789abcdefGHIJKL"
 RHOST, DHOST, VHOST, SHOST = "api.test", "other.test", "a.api.test", "meta.test"
+OAUTH_HOST, OAPI_HOST = "rebind.test", "bench.test"  # token endpoint, API (test CA names)
+CS = "cs-REAL.client.secret_0099887766AA"
+OAUTH_LUA = """
+return {
+  token_url = "https://%s/token",
+  request = "form",
+  secrets = { client_secret = "client_secret", refresh_token = "refresh_token" },
+  api_hosts = { "%s" },
+  api_header = "Authorization: Bearer {secret}",
+}
+""" % (OAUTH_HOST, OAPI_HOST)
 E = None
 UP = None
+SRV = None
 
 
 class StoreUpstream(Upstream):
@@ -51,7 +66,7 @@ class StoreUpstream(Upstream):
 
 
 def setup():
-    global E, UP
+    global E, UP, SRV
     E = ProxyEnv(prompt_timeout_ms=1000, names=("evil.test",))
     E.__enter__()
     UP = StoreUpstream(E.up_cert, E.up_key)
@@ -59,6 +74,9 @@ def setup():
     hosts = (RHOST, DHOST, VHOST, SHOST)
     res = ["%s:443:127.0.0.1:%d" % (h, UP.port) for h in hosts]
     res += ["%s:443:127.0.0.1:%d" % (h, E.tls_port) for h in ("sse.test", "ws.test")]
+    SRV = fake_oauth.OAuthServer(E.up_cert, E.up_key, {"cid": CS})
+    E.rule("allow", "127.0.0.1:%d" % SRV.port)
+    res += ["%s:443:127.0.0.1:%d" % (h, SRV.port) for h in (OAUTH_HOST, OAPI_HOST)]
     E.pa = E.proxy(vm="a", extra_resolve=res)
     E.pb = E.proxy(vm="b", extra_resolve=res)
 
@@ -299,9 +317,43 @@ def test_A2_sigv4_foreign_key_id_and_body_placeholder():
     s.close()
 
 
+def test_A9_oauth_binding_scoped_to_vm_a():
+    E.secret("RT_CLIENT_SECRET", CS)
+    d = os.path.join(E.d.home, "oauth")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "rt.lua"), "w") as f:
+        f.write(OAUTH_LUA)
+    E.cli("oauth", "add", "RT", "--script", "rt", "--vm", "a")
+    E.rule("allow", OAUTH_HOST + ":443")
+    E.rule("allow", OAPI_HOST + ":443")
+    tok = ("https://%s/token" % OAUTH_HOST, "-d", "grant_type=client_credentials",
+           "-d", "client_id=cid", "-d", "client_secret=RT_CLIENT_SECRET")
+    # positive control: VM a's exchange carries the real client secret, its API call the token
+    code, raw, _ = E.curl(E.pa, tok[0], *tok[1:])
+    assert code == 200 and b"RT_ACCESS_TOKEN" in raw, raw
+    last = [x for x in SRV.log if x["path"] == "/token"][-1]
+    assert "client_secret=" + CS in last["body"], last
+    assert CS.encode() not in raw and all(t.encode() not in raw for t in SRV.issued), raw
+    code, raw, _ = E.curl(E.pa, "https://%s/user" % OAPI_HOST,
+                          "-H", "Authorization: Bearer RT_ACCESS_TOKEN")
+    got = [x for x in SRV.log if x["path"] == "/user"][-1]["headers"]["Authorization"]
+    assert code == 200 and got == "Bearer " + SRV.issued[-1], (code, got)
+    # VM b: the same exchange and API call carry neither
+    n = len(SRV.log)
+    code, raw, _ = E.curl(E.pb, tok[0], *tok[1:])
+    assert CS.encode() not in raw and all(t.encode() not in raw for t in SRV.issued), raw
+    code, raw, _ = E.curl(E.pb, "https://%s/user" % OAPI_HOST,
+                          "-H", "Authorization: Bearer RT_ACCESS_TOKEN")
+    assert code != 200, raw
+    for x in SRV.log[n:]:
+        blob = json.dumps(x)
+        assert CS not in blob and all(t not in blob for t in SRV.issued), x
+
+
 if __name__ == "__main__":
     run_suite(setup, [test_A27_revocation_on_open_tunnel, test_A27_deny_rule_on_open_tunnel,
                       test_A27_deny_mid_sse_stream, test_A27_deny_mid_chunked_upload,
                       test_A9_cross_vm_header_query_sigv4,
                       test_A9_stored_value_reflected_to_other_vm,
-                      test_A2_sigv4_foreign_key_id_and_body_placeholder])
+                      test_A2_sigv4_foreign_key_id_and_body_placeholder,
+                      test_A9_oauth_binding_scoped_to_vm_a])
