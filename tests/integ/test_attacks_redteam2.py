@@ -20,6 +20,7 @@ import os
 import socket
 import ssl
 import time
+import urllib.parse
 
 import fake_aws
 import fake_oauth
@@ -99,8 +100,9 @@ def tunnel(host, px):
 def ask(s, host, path, auth=b"Bearer R_KEY", extra=b"", body=b""):
     """One keep-alive request on s: (response head, body), ("", "") if closed."""
     try:
-        s.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\nAuthorization: %s\r\n%s\r\n"
-                  % (path.encode(), host.encode(), auth, extra) + body)
+        a = b"Authorization: %s\r\n" % auth if auth is not None else b""
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\n%s%s\r\n"
+                  % (path.encode(), host.encode(), a, extra) + body)
         return read_response(s)
     except (OSError, ssl.SSLError):
         return b"", b""
@@ -317,6 +319,48 @@ def test_A2_sigv4_foreign_key_id_and_body_placeholder():
     s.close()
 
 
+def presigned(path, akid="AWS_ACCESS_KEY_ID"):
+    """A presigned-URL target (query auth) signed with the placeholder key."""
+    amzdate = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    scope = "%s/us-east-1/s3/aws4_request" % amzdate[:8]
+    q = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=%s&X-Amz-Date=%s"
+         "&X-Amz-Expires=300&X-Amz-SignedHeaders=host"
+         % (urllib.parse.quote("%s/%s" % (akid, scope), safe=""), amzdate))
+    sig, _ = fake_aws.signature("AWS_SECRET_ACCESS_KEY", "GET", path + "?" + q,
+                                [("Host", SHOST)], "host", "UNSIGNED-PAYLOAD", amzdate, scope,
+                                True)
+    return path + "?" + q + "&X-Amz-Signature=" + sig
+
+
+def test_A2_A9_sigv4_presigned_query_and_host():
+    # positive control: VM a's presigned URL is signed again with the real key id
+    for px, tag in ((E.pa, "a"), (E.pb, "b")):
+        s = tunnel(SHOST, px)
+        ask(s, SHOST, presigned("/pre-" + tag), auth=None)
+        ask(s, SHOST, presigned("/pre-f" + tag, akid="AWS_A"), auth=None)
+        s.close()
+    got = UP.got(lambda r: r["target"].startswith("/pre-a?"))
+    assert got and AKID in urllib.parse.unquote(got[0]["target"]), got
+    for p in ("/pre-b?", "/pre-fa?", "/pre-fb?"):
+        for r in UP.got(lambda r: r["target"].startswith(p)):
+            blob = urllib.parse.unquote(r["target"]).encode() + r["head"]
+            assert AKID.encode() not in blob and ASEC.encode() not in blob, (p, blob)
+    # Host spelled in another case or with the port: the bound host still (signed once);
+    # another host inside the tunnel: refused, never signed with the real key
+    s = tunnel(SHOST, E.pa)
+    for i, host in enumerate(("META.TEST", "meta.test:443", "other.test", "meta.test.evil.test")):
+        auth, extra = sigv4_head(host, "/hc%d" % i)
+        s2 = tunnel(SHOST, E.pa)
+        ask(s2, host, "/hc%d" % i, auth=auth, extra=extra)
+        s2.close()
+        got = seen("/hc%d" % i) or b""
+        if i < 2:
+            assert b"Credential=" + AKID.encode() in got, (host, got)
+        else:
+            assert AKID.encode() not in got and ASEC.encode() not in got, (host, got)
+    s.close()
+
+
 def test_A9_oauth_binding_scoped_to_vm_a():
     E.secret("RT_CLIENT_SECRET", CS)
     d = os.path.join(E.d.home, "oauth")
@@ -356,4 +400,5 @@ if __name__ == "__main__":
                       test_A9_cross_vm_header_query_sigv4,
                       test_A9_stored_value_reflected_to_other_vm,
                       test_A2_sigv4_foreign_key_id_and_body_placeholder,
+                      test_A2_A9_sigv4_presigned_query_and_host,
                       test_A9_oauth_binding_scoped_to_vm_a])
