@@ -394,6 +394,28 @@ def test_A9_oauth_binding_scoped_to_vm_a():
         assert CS not in blob and all(t not in blob for t in SRV.issued), x
 
 
+def test_A27_sigv4_revocation_on_open_tunnel():
+    akid2, asec2 = "AKIAREDTWOKEY0000099", "sEcOnD/SeCrEt+Key0123456789abcdefGHIJKL"
+    s = tunnel(SHOST, E.pa)
+    auth, extra = sigv4_head(SHOST, "/sr1")
+    ask(s, SHOST, "/sr1", auth=auth, extra=extra)
+    assert b"Credential=" + AKID.encode() in (seen("/sr1") or b""), seen("/sr1")
+    # (d) the key pair changes: the same connection's next request is signed with the new one
+    E.secret("AWS_A", "%s\n%s\n" % (akid2, asec2))
+    auth, extra = sigv4_head(SHOST, "/sr2")
+    ask(s, SHOST, "/sr2", auth=auth, extra=extra)
+    got = seen("/sr2") or b""
+    assert b"Credential=" + akid2.encode() in got and AKID.encode() not in got, got
+    # (b) the secret (and its binding) goes: not signed with any real key
+    E.cli("secret", "rm", "AWS_A")
+    auth, extra = sigv4_head(SHOST, "/sr3")
+    ask(s, SHOST, "/sr3", auth=auth, extra=extra)
+    got = seen("/sr3") or b""
+    for v in (AKID, ASEC, akid2, asec2):
+        assert v.encode() not in got, (v, got)
+    s.close()
+
+
 if __name__ == "__main__":
     run_suite(setup, [test_A27_revocation_on_open_tunnel, test_A27_deny_rule_on_open_tunnel,
                       test_A27_deny_mid_sse_stream, test_A27_deny_mid_chunked_upload,
@@ -401,4 +423,5 @@ if __name__ == "__main__":
                       test_A9_stored_value_reflected_to_other_vm,
                       test_A2_sigv4_foreign_key_id_and_body_placeholder,
                       test_A2_A9_sigv4_presigned_query_and_host,
-                      test_A9_oauth_binding_scoped_to_vm_a])
+                      test_A9_oauth_binding_scoped_to_vm_a,
+                      test_A27_sigv4_revocation_on_open_tunnel])
