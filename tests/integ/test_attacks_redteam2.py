@@ -75,6 +75,7 @@ def setup():
     hosts = (RHOST, DHOST, VHOST, SHOST)
     res = ["%s:443:127.0.0.1:%d" % (h, UP.port) for h in hosts]
     res += ["%s:443:127.0.0.1:%d" % (h, E.tls_port) for h in ("sse.test", "ws.test")]
+    res += ["evil.test:8443:127.0.0.1:%d" % UP.port]
     SRV = fake_oauth.OAuthServer(E.up_cert, E.up_key, {"cid": CS})
     E.rule("allow", "127.0.0.1:%d" % SRV.port)
     res += ["%s:443:127.0.0.1:%d" % (h, SRV.port) for h in (OAUTH_HOST, OAPI_HOST)]
@@ -416,6 +417,44 @@ def test_A27_sigv4_revocation_on_open_tunnel():
     s.close()
 
 
+def test_A27_A5_raw_tunnel_open_when_its_host_gets_bound():
+    """A raw tunnel (end-to-end TLS, never scanned) is refused to a bound
+    host; one opened before the binding must not outlive it."""
+    E.rule("allow", "evil.test:8443")
+
+    def raw_tls():
+        s = socket.create_connection(("127.0.0.1", E.pa.port), timeout=10)
+        s.sendall(with_auth(E.pa, b"CONNECT evil.test:8443 HTTP/1.1\r\nHost: evil.test:8443"
+                                  b"\r\n\r\n"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            b = s.recv(1)
+            if not b:
+                break
+            head += b
+        if status_of(head) != 200:
+            s.close()
+            return None, head
+        ctx = ssl.create_default_context(cafile=E.up_ca)  # the upstream's own CA: raw
+        return ctx.wrap_socket(s, server_hostname="evil.test"), head
+
+    s, head = raw_tls()
+    assert s, head
+    # positive control: the raw tunnel works, end to end with the upstream
+    h, b = ask(s, "evil.test", "/ok", auth=b"x")
+    assert status_of(h) == 200 and b == b"ok", (h, b)
+    E.secret("EVIL_KEY", V1)
+    E.bind("EVIL_KEY", "evil.test")
+    time.sleep(0.3)
+    # a value sent to evil.test (and stored there) is now reachable through it:
+    h, b = ask(s, "evil.test", "/ok", auth=b"x")
+    s.close()
+    assert not h, ("the raw tunnel to a now bound host still carries bytes", h, b)
+    # and a new raw tunnel is refused, as before
+    s, head = raw_tls()
+    assert s is None and status_of(head) == 403, head
+
+
 if __name__ == "__main__":
     run_suite(setup, [test_A27_revocation_on_open_tunnel, test_A27_deny_rule_on_open_tunnel,
                       test_A27_deny_mid_sse_stream, test_A27_deny_mid_chunked_upload,
@@ -424,4 +463,5 @@ if __name__ == "__main__":
                       test_A2_sigv4_foreign_key_id_and_body_placeholder,
                       test_A2_A9_sigv4_presigned_query_and_host,
                       test_A9_oauth_binding_scoped_to_vm_a,
-                      test_A27_sigv4_revocation_on_open_tunnel])
+                      test_A27_sigv4_revocation_on_open_tunnel,
+                      test_A27_A5_raw_tunnel_open_when_its_host_gets_bound])

@@ -862,6 +862,32 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
     return 0;
 }
 
+/* A raw tunnel is refused to a host any binding names (A5,
+ * proxy_tunnel.c raw_refused), judged when it opens. One opened before
+ * its host was bound would carry a value stored there back unscanned: a
+ * new snapshot closes every raw tunnel whose host it binds (A27). */
+static void close_raw_to_bound(nb_proxy_t *px)
+{
+    for (nb_proxy_listener_t *l = px->listeners; l; l = l->next) {
+        if (l->closing)
+            continue;
+        for (cconn_t *c = l->conns, *n; c; c = n) {
+            n = c->next; /* closing frees nothing before the loop turns */
+            if (!c->tunnel || c->inspect || (c->state != CS_PIPE && c->state != CS_CONNECTING) ||
+                !nb_pxcreds_host_bound_any(px->creds, c->auth.host))
+                continue;
+            nb_log_conn(NB_LOG_NOTICE, c->id,
+                        "%s:%u is now bound to a secret: closing the raw tunnel", c->auth.host,
+                        (unsigned)c->auth.port);
+            nb_px_record(c, "refusal", c->auth.host, c->auth.port,
+                         json_pack("{s:s, s:s, s:s}", "reason", "raw-tunnel-bound-host", "threat",
+                                   "A5", "via", "binding-change"));
+            px->st.denied++;
+            nb_px_conn_close(c);
+        }
+    }
+}
+
 void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c)
 {
     if (!c && nb_pxcreds_empty(&c) < 0)
@@ -870,6 +896,7 @@ void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c)
         nb_pxcreds_set_unseal(c, px->cfg.unseal, px->cfg.unseal_ud);
     nb_pxcreds_unref(px->creds);
     px->creds = c;
+    close_raw_to_bound(px);
 }
 
 void nb_proxy_set_oauth(nb_proxy_t *px, nb_oauth_set_t *s)
