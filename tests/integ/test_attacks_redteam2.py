@@ -455,6 +455,13 @@ def test_A27_A5_raw_tunnel_open_when_its_host_gets_bound():
     assert s is None and status_of(head) == 403, head
 
 
+def test_daemon_stops_clean():
+    """After connections closed under it by rule and binding changes,
+    nilboxd stops with exit 0 and no sanitizer report."""
+    SRV.stop()
+    E.stop_clean()
+
+
 if __name__ == "__main__":
     run_suite(setup, [test_A27_revocation_on_open_tunnel, test_A27_deny_rule_on_open_tunnel,
                       test_A27_deny_mid_sse_stream, test_A27_deny_mid_chunked_upload,
@@ -464,4 +471,5 @@ if __name__ == "__main__":
                       test_A2_A9_sigv4_presigned_query_and_host,
                       test_A9_oauth_binding_scoped_to_vm_a,
                       test_A27_sigv4_revocation_on_open_tunnel,
-                      test_A27_A5_raw_tunnel_open_when_its_host_gets_bound])
+                      test_A27_A5_raw_tunnel_open_when_its_host_gets_bound,
+                      test_daemon_stops_clean])
