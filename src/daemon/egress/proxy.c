@@ -252,10 +252,12 @@ static const nb_dest_t *conn_dest(const cconn_t *c)
 }
 
 /* Gate watcher: the ruleset changed. Byte pipes (raw tunnels, WebSocket
- * after 101) carry no requests to judge, so one the rules no longer allow
- * is closed at once: a deny rule now covers it, or the allow rule that
- * admitted it is gone (an allow-once admission stands until a rule
- * decides). Inspected connections are re-judged per request
+ * after 101) carry no requests to judge, and an inspected exchange
+ * already under way (a streamed response, an endless chunked upload)
+ * would not meet the next judgement until it ends (A27): one the rules no
+ * longer allow is closed at once: a deny rule now covers it, or the allow
+ * rule that admitted it is gone (an allow-once admission stands until a
+ * rule decides). Idle inspected connections are re-judged per request
  * (proxy_http.c tunnel_rejudge), lazily. */
 static void on_policy_changed(void *ud)
 {
@@ -268,7 +270,10 @@ static void on_policy_changed(void *ud)
         for (cconn_t *c = l->conns, *n; c; c = n) {
             n = c->next; /* closing frees nothing before the loop turns */
             const nb_dest_t *d = conn_dest(c);
-            if ((c->state != CS_PIPE && c->state != CS_CONNECTING) || !d)
+            /* c->up: an exchange is talking to its upstream (up to its end). */
+            int flowing =
+                c->state == CS_PIPE || c->state == CS_CONNECTING || (c->state == CS_HTTP && c->up);
+            if (!flowing || !d)
                 continue;
             nb_gate_verdict_t v;
             int decided = nb_gate_rules_verdict(g, d, &v);
@@ -280,7 +285,9 @@ static void on_policy_changed(void *ud)
             int port = c->tunnel ? c->auth.port : c->x.auth.port;
             nb_log_conn(NB_LOG_NOTICE, c->id, "%s:%d is no longer allowed (%s): closing the %s",
                         host, port, nb_gate_why_name(v.why),
-                        c->tunnel && !c->inspect ? "raw tunnel" : "WebSocket");
+                        c->tunnel && !c->inspect ? "raw tunnel"
+                        : c->state == CS_PIPE    ? "WebSocket"
+                                                 : "exchange under way");
             nb_px_record_gate(c, host, port, &v, "policy-change");
             px->st.denied++;
             nb_px_conn_close(c);
@@ -855,6 +862,32 @@ int nb_proxy_new(uv_loop_t *loop, const nb_proxy_cfg_t *cfg, nb_proxy_t **out)
     return 0;
 }
 
+/* A raw tunnel is refused to a host any binding names (A5,
+ * proxy_tunnel.c raw_refused), judged when it opens. One opened before
+ * its host was bound would carry a value stored there back unscanned: a
+ * new snapshot closes every raw tunnel whose host it binds (A27). */
+static void close_raw_to_bound(nb_proxy_t *px)
+{
+    for (nb_proxy_listener_t *l = px->listeners; l; l = l->next) {
+        if (l->closing)
+            continue;
+        for (cconn_t *c = l->conns, *n; c; c = n) {
+            n = c->next; /* closing frees nothing before the loop turns */
+            if (!c->tunnel || c->inspect || (c->state != CS_PIPE && c->state != CS_CONNECTING) ||
+                !nb_pxcreds_host_bound_any(px->creds, c->auth.host))
+                continue;
+            nb_log_conn(NB_LOG_NOTICE, c->id,
+                        "%s:%u is now bound to a secret: closing the raw tunnel", c->auth.host,
+                        (unsigned)c->auth.port);
+            nb_px_record(c, "refusal", c->auth.host, c->auth.port,
+                         json_pack("{s:s, s:s, s:s}", "reason", "raw-tunnel-bound-host", "threat",
+                                   "A5", "via", "binding-change"));
+            px->st.denied++;
+            nb_px_conn_close(c);
+        }
+    }
+}
+
 void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c)
 {
     if (!c && nb_pxcreds_empty(&c) < 0)
@@ -863,6 +896,7 @@ void nb_proxy_set_creds(nb_proxy_t *px, nb_pxcreds_t *c)
         nb_pxcreds_set_unseal(c, px->cfg.unseal, px->cfg.unseal_ud);
     nb_pxcreds_unref(px->creds);
     px->creds = c;
+    close_raw_to_bound(px);
 }
 
 void nb_proxy_set_oauth(nb_proxy_t *px, nb_oauth_set_t *s)
