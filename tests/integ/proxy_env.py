@@ -204,9 +204,10 @@ class ProxyEnv:
         return px
 
     # -- clients ---------------------------------------------------------
-    def tunnel(self, host, port=443, sni=None, px=None):
+    def tunnel(self, host, port=443, sni=None, px=None, alpn=None):
         """CONNECT through px (the first proxy) and TLS with the interception
-        CA (the name checked unless sni is another one): the TLS socket."""
+        CA (the name checked unless sni is another one; ALPN protocols if
+        given): the TLS socket."""
         px = px or self.proxies[0]
         s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
         s.sendall(with_auth(px, b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" %
@@ -220,6 +221,8 @@ class ProxyEnv:
         assert status_of(head) == 200, head
         ctx = ssl.create_default_context(cafile=self.ca_pem)
         ctx.check_hostname = sni in (None, host)
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
         return ctx.wrap_socket(s, server_hostname=sni or host)
 
     def curl(self, px, url, *args, timeout=30):

@@ -286,20 +286,7 @@ def setup():
 # ---- helpers ----------------------------------------------------------------
 
 def tunnel(host=HOST, port=443, alpn=None):
-    s = socket.create_connection(("127.0.0.1", E.px.port), timeout=10)
-    s.sendall(with_auth(E.px, b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n"
-                        % (host.encode(), port, host.encode(), port)))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        b = s.recv(1)
-        if not b:
-            raise ConnectionError("closed during CONNECT")
-        head += b
-    assert status_of(head) == 200, head
-    ctx = ssl.create_default_context(cafile=E.ca_pem)
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    return ctx.wrap_socket(s, server_hostname=host)
+    return E.tunnel(host, port, px=E.px, alpn=alpn)
 
 
 def tls(raw, host=HOST, port=443, timeout=6):

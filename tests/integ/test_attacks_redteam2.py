@@ -84,18 +84,7 @@ def setup():
 
 
 def tunnel(host, px):
-    s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
-    s.sendall(with_auth(px, b"CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n"
-                        % (host.encode(), host.encode())))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        b = s.recv(1)
-        if not b:
-            raise ConnectionError("closed during CONNECT")
-        head += b
-    assert status_of(head) == 200, head
-    ctx = ssl.create_default_context(cafile=E.ca_pem)
-    return ctx.wrap_socket(s, server_hostname=host)
+    return E.tunnel(host, px=px)
 
 
 def ask(s, host, path, auth=b"Bearer R_KEY", extra=b"", body=b""):
