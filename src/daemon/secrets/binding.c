@@ -163,7 +163,7 @@ static int has_nocase(nb_iov_t s, const char *needle)
 
 static int path_clean(nb_iov_t p)
 {
-    static const char *const bad[] = {"%2e", "%2f", "%5c", "%00", "//", "/./", "/../", NULL};
+    static const char *const bad[] = {"%2e", "%2f", "%5c", "%00", "%25", "//", "/./", "/../", NULL};
     if (p.len == 0 || p.p[0] != '/' || memchr(p.p, ';', p.len) || memchr(p.p, '\\', p.len))
         return 0;
     for (size_t i = 0; bad[i]; i++)

@@ -69,10 +69,10 @@ int nb_binding_host_ok(const nb_binding_t *b, const char *host);
  * what follows are ignored) is under b's path prefix: equal to it or
  * followed by '/'. Always 1 without a prefix. With one, the path must also
  * be clean: it starts with '/' and holds no ';', backslash, "//", dot segment
- * ("/./", "/../", a final "/." or "/..") or percent-encoded '.', '/', backslash
- * or NUL (either hex case), since an upstream may resolve any of those to
- * a path outside the prefix (A4). The one decision for every placement:
- * the injector and the SigV4 re-signer both ask it. */
+ * ("/./", "/../", a final "/." or "/..") or percent-encoded '.', '/', backslash,
+ * NUL or '%' (either hex case; "%252e" is "%2e" after one decoding), since an
+ * upstream may resolve any of those to a path outside the prefix (A4). The one decision for every
+ * placement: the injector and the SigV4 re-signer both ask it. */
 int nb_binding_path_ok(const nb_binding_t *b, nb_iov_t path);
 
 /* Why a secret may not be placed in header `h` (a static sentence), or

@@ -500,7 +500,8 @@ static void test_binding_path_ok(void)
         "/v1/../admin", "/v1/..",     "/v1/.",  "/v1/./x",   "/v1//x",     "/v1/%2e%2e/x",
         "/v1/%2E%2E/x", "/v1%2f..",   "/v1%2F", "/v1/x%5cy", "/v1/x%00",   "/v1/..;/x",
         "/v1;x",        "/v1\\..\\x", "/v10",   "/v",        "v1/x",       "",
-        "/V1/x",        "*",          "/x/v1",  "//v1/x",    "/v1/a/../b", NULL};
+        "/V1/x",        "*",          "/x/v1",  "//v1/x",    "/v1/a/../b", "/v1/%252e%252e/x",
+        "/v1%252f..",   NULL};
     for (size_t i = 0; bad[i]; i++)
         NB_CHECK(!nb_binding_path_ok(&b, nb_iov(bad[i], strlen(bad[i]))));
     /* Hosts: exact, or one more label under a wildcard. */
