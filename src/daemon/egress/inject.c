@@ -451,34 +451,45 @@ static int matches_template(nb_iov_t v, const char *tmpl, const char *name, size
            memcmp(v.p + pl + nl, ph + 8, sl) == 0;
 }
 
-/* 1 when some usable binding would put its value into header h (the
- * tests do_header makes, without fetching anything). */
+/* 1 when usable HEADER binding b fills header h: pre and post are the
+ * template's text around the value. */
+static int header_fills(const ictx_t *c, const nb_binding_t *b, const nb_inject_header_t *h,
+                        size_t *pre, size_t *post)
+{
+    return b->placement == NB_PLACE_HEADER && nb_iov_eq_nocase(h->name, b->header) &&
+           binding_state(c, b) == ST_USABLE &&
+           matches_template(h->value, b->tmpl, b->secret, pre, post);
+}
+
+/* 1 when usable BASIC binding b fills the decoded Basic credential
+ * cred[0..cl) ("user:PLACEHOLDER"; cl < 0: none). */
+static int basic_fills(const ictx_t *c, const nb_binding_t *b, const uint8_t *cred, int cl)
+{
+    size_t ul = strlen(b->user), nl = strlen(b->secret);
+    return b->placement == NB_PLACE_BASIC && cl >= 0 && (size_t)cl == ul + 1 + nl &&
+           memcmp(cred, b->user, ul) == 0 && cred[ul] == ':' &&
+           memcmp(cred + ul + 1, b->secret, nl) == 0 && binding_state(c, b) == ST_USABLE;
+}
+
+/* The Basic credential of header h decoded into cred (an Authorization
+ * header only), or -1. */
+static int header_basic(const nb_inject_header_t *h, uint8_t *cred, size_t cap)
+{
+    return nb_iov_eq_nocase(h->name, "authorization") ? basic_decode(h->value, cred, cap) : -1;
+}
+
+/* 1 when some usable binding would put its value into header h (what
+ * do_header decides, without fetching anything). */
 static int substitutes(const ictx_t *c, const nb_inject_header_t *h)
 {
-    int auth = nb_iov_eq_nocase(h->name, "authorization");
     uint8_t cred[BASIC_MAX];
-    int cl = -2; /* not decoded yet */
-    for (size_t i = 0; i < c->nb; i++) {
-        const nb_binding_t *b = &c->b[i];
+    int cl = header_basic(h, cred, sizeof(cred)), hit = 0;
+    for (size_t i = 0; i < c->nb && !hit; i++) {
         size_t pre, post;
-        if (b->placement == NB_PLACE_HEADER && nb_iov_eq_nocase(h->name, b->header) &&
-            matches_template(h->value, b->tmpl, b->secret, &pre, &post) &&
-            binding_state(c, b) == ST_USABLE)
-            return 1;
-        if (b->placement != NB_PLACE_BASIC || !auth)
-            continue;
-        if (cl == -2)
-            cl = basic_decode(h->value, cred, sizeof(cred));
-        size_t ul = strlen(b->user), nl = strlen(b->secret);
-        if (cl >= 0 && (size_t)cl == ul + 1 + nl && memcmp(cred, b->user, ul) == 0 &&
-            cred[ul] == ':' && memcmp(cred + ul + 1, b->secret, nl) == 0 &&
-            binding_state(c, b) == ST_USABLE) {
-            sodium_memzero(cred, sizeof(cred));
-            return 1;
-        }
+        hit = header_fills(c, &c->b[i], h, &pre, &post) || basic_fills(c, &c->b[i], cred, cl);
     }
     sodium_memzero(cred, sizeof(cred));
-    return 0;
+    return hit;
 }
 
 /* One `&`-separated parameter of a query: all of it, its name (all of it
@@ -555,9 +566,7 @@ static int do_header(ictx_t *c, const nb_inject_header_t *h)
     for (size_t i = 0; i < c->nb; i++) {
         const nb_binding_t *b = &c->b[i];
         size_t pre, post;
-        if (b->placement != NB_PLACE_HEADER || !nb_iov_eq_nocase(h->name, b->header) ||
-            binding_state(c, b) != ST_USABLE ||
-            !matches_template(h->value, b->tmpl, b->secret, &pre, &post))
+        if (!header_fills(c, b, h, &pre, &post))
             continue;
         if ((r = fetch(c, b, &v)) < 0)
             return r;
@@ -574,15 +583,11 @@ static int do_header(ictx_t *c, const nb_inject_header_t *h)
         return redact_add(c, W(c, v.off), v.len, b->secret, strlen(b->secret));
     }
     uint8_t cred[BASIC_MAX];
-    int cl = nb_iov_eq_nocase(h->name, "authorization") ? basic_decode(h->value, cred, sizeof(cred))
-                                                        : -1;
+    int cl = header_basic(h, cred, sizeof(cred));
     if (cl >= 0) {
         for (size_t i = 0; i < c->nb; i++) {
             const nb_binding_t *b = &c->b[i];
-            size_t ul = strlen(b->user), nl = strlen(b->secret);
-            if (b->placement != NB_PLACE_BASIC || binding_state(c, b) != ST_USABLE ||
-                (size_t)cl != ul + 1 + nl || memcmp(cred, b->user, ul) != 0 || cred[ul] != ':' ||
-                memcmp(cred + ul + 1, b->secret, nl) != 0)
+            if (!basic_fills(c, b, cred, cl))
                 continue;
             if ((r = fetch(c, b, &v)) < 0 || (r = write_basic(c, h->name, b, v)) < 0)
                 return r;
